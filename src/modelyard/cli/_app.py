@@ -1,0 +1,143 @@
+"""Root Typer app, shared options and the one error handler.
+
+Commands import the services they call lazily, so ``yard --help`` stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from modelyard import __version__
+from modelyard.errors import UsageError, YardError
+
+if TYPE_CHECKING:
+    from modelyard.core import Context, Platform
+
+app = typer.Typer(
+    name="yard",
+    help="modelyard: data, experiments, training, registry, optimisation, serving and monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class State:
+    debug: bool = False
+    project: str | None = None
+
+
+# Root options for the commands of one invocation; main() resets it, so nothing leaks between calls.
+_STATE: contextvars.ContextVar[State | None] = contextvars.ContextVar("yard_cli_state", default=None)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.", envvar="YARD_DEBUG"),
+    project: str | None = typer.Option(
+        None, "--project", "-p", help="Project to act in (default YARD_PROJECT)."
+    ),
+) -> None:
+    _STATE.set(State(debug=debug, project=project))
+
+
+def state() -> State:
+    return _STATE.get() or State()
+
+
+@contextlib.contextmanager
+def acting() -> Iterator[tuple[Platform, Context]]:
+    """Open the platform and resolve who is acting (YARD_TOKEN, else the OS user)."""
+    from modelyard.core import Platform
+
+    with Platform() as platform:
+        yield platform, platform.context(project=state().project)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    t = Table(title=title, show_lines=False)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*(Text("" if v is None else str(v)) for v in row))  # Text: no markup parsing
+    console.print(t)
+
+
+def print_json(data: Any) -> None:
+    def default(o: Any) -> Any:
+        return o.isoformat() if isinstance(o, datetime) else str(o)
+
+    typer.echo(json.dumps(data, default=default, indent=2))
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    err_console.print(f"error: {message}", markup=False)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point. Exit 2 for usage errors, 1 for failures; traceback only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
+    token = _STATE.set(State(debug=debug))
+    try:
+        result = app(args=args, prog_name="yard", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except YardError as exc:
+        return _fail(exc.message, exc.exit_code, debug)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, debug)
+    except Exception as exc:
+        # Typer vendors its own click, so its exceptions are matched by shape, not by class.
+        kind = type(exc).__name__
+        if kind == "Exit" or isinstance(exc, typer.Exit):
+            return int(getattr(exc, "exit_code", 0))
+        if kind == "NoArgsIsHelpError":
+            getattr(exc, "show")()  # noqa: B009
+            return 0
+        if kind == "Abort" or isinstance(exc, typer.Abort):
+            return _fail("aborted", 1, debug)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = exc.format_message()
+            if exc.exit_code == 2:  # click.UsageError and its subclasses
+                cctx = getattr(exc, "ctx", None)
+                where = cctx.command_path if cctx is not None else "yard"
+                return _fail(f"{message} (see `{where} --help`)", 2, debug)
+            return _fail(message, int(exc.exit_code), debug)
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        return _fail(f"unexpected {kind}: {exc}{hint}", 1, debug)
+    finally:
+        _STATE.reset(token)
+
+
+def usage(message: str) -> UsageError:
+    return UsageError(message)

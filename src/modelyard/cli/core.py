@@ -1,0 +1,360 @@
+"""Core commands: init, whoami, doctor, artifacts, keys, projects, users, tokens, audit."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from modelyard.cli._app import acting, app, console, print_json, table
+from modelyard.errors import UsageError
+
+
+@app.command()
+def init(
+    region: str | None = typer.Option(None, help="Region of this home's stores, e.g. me-central-1."),
+) -> None:
+    """Create the home, master key, metadata and artifact stores, and make you admin. Idempotent."""
+    from modelyard.core import init_home
+
+    report = init_home(region=region)
+    for item in report.created:
+        console.print(f"created  {item}", markup=False)
+    for item in report.existing:
+        console.print(f"exists   {item}", markup=False)
+    console.print(f"ready: home {report.home}, region {report.region}", markup=False)
+
+
+@app.command()
+def whoami(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show who you act as, in which project, with which role."""
+    with acting() as (_, ctx):
+        data = {
+            "user": ctx.user,
+            "project": ctx.project,
+            "role": str(ctx.role),
+            "region": ctx.region,
+            "via": ctx.via,
+        }
+    if json_out:
+        print_json(data)
+    else:
+        console.print(
+            f"{ctx.user} ({ctx.role} in project {ctx.project}, region {ctx.region}, via {ctx.via})",
+            markup=False,
+        )
+
+
+@app.command()
+def doctor() -> None:
+    """Print what is installed and configured: stores, keys, extras, torch/onnxruntime, GPU."""
+    from modelyard.core import doctor as run_doctor
+
+    rows = run_doctor()
+    table("modelyard doctor", ["check", "value", "status"], rows)
+    if any(status == "fail" for *_, status in rows):
+        raise typer.Exit(1)
+
+
+# -- artifacts --------------------------------------------------------------------------------------------
+artifacts = typer.Typer(help="Encrypted, content-addressed artifacts.", no_args_is_help=True)
+app.add_typer(artifacts, name="artifacts")
+
+
+@artifacts.command("put")
+def artifacts_put(
+    file: Path = typer.Argument(..., help="File to store.", dir_okay=False),
+    name: str | None = typer.Option(None, help="Name to record (default: the file name)."),
+    region: str | None = typer.Option(None, help="Region the data belongs to (default: the project's)."),
+) -> None:
+    """Encrypt and store FILE; print its SHA-256 digest."""
+    from modelyard.core import put_artifact
+
+    with acting() as (platform, ctx):
+        info = put_artifact(platform, ctx, file, name=name, region=region)
+    typer.echo(info.digest)
+
+
+@artifacts.command("get")
+def artifacts_get(
+    digest: str = typer.Argument(..., help="SHA-256 digest printed by `put`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the verified plaintext."),
+) -> None:
+    """Decrypt, verify and write an artifact to a file."""
+    from modelyard.core import get_artifact
+
+    with acting() as (platform, ctx):
+        size = get_artifact(platform, ctx, digest, output)
+    console.print(f"wrote {size} bytes to {output}", markup=False)
+
+
+@artifacts.command("ls")
+def artifacts_ls(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the project's artifacts."""
+    from modelyard.core import list_artifacts
+
+    with acting() as (platform, ctx):
+        items = list_artifacts(platform, ctx)
+    if json_out:
+        print_json([vars(i) for i in items])
+        return
+    table(
+        f"artifacts in {ctx.project}",
+        ["digest", "name", "size", "region", "created", "by"],
+        [(i.digest, i.name, i.size, i.region, i.created_at, i.created_by) for i in items],
+    )
+
+
+@artifacts.command("rm")
+def artifacts_rm(digest: str = typer.Argument(..., help="SHA-256 digest.")) -> None:
+    """Remove the project's references to an artifact."""
+    from modelyard.core import delete_artifact
+
+    with acting() as (platform, ctx):
+        n = delete_artifact(platform, ctx, digest)
+    console.print(f"removed {n} reference(s) to {digest}", markup=False)
+
+
+# -- keys -------------------------------------------------------------------------------------------------
+keys = typer.Typer(help="Master key status and rotation.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("ls")
+def keys_ls() -> None:
+    """Show the master key id and where it comes from (never the key)."""
+    with acting() as (platform, ctx):
+        platform.authorize(ctx, "key.read", "key:master")
+        ring = platform.keyring
+        rows = [("master (AES-256-GCM key wrapping)", ring.current.key_id, ring.source)]
+    table("keys", ["key", "id", "source"], rows)
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-wrap every data key under a new master key; the old key opens nothing afterwards."""
+    from modelyard.core import rotate_master_key
+
+    with acting() as (platform, ctx):
+        old, new, count = rotate_master_key(platform, ctx)
+    console.print(f"rotated master key {old} -> {new}; re-wrapped {count} data key(s)", markup=False)
+
+
+# -- projects ---------------------------------------------------------------------------------------------
+projects = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
+app.add_typer(projects, name="projects")
+
+
+@projects.command("create")
+def projects_create(
+    name: str = typer.Argument(...),
+    region: str | None = typer.Option(None, help="Region (default: the installation's)."),
+) -> None:
+    """Create a project; you become its admin."""
+    from modelyard.core import create_project
+
+    with acting() as (platform, ctx):
+        proj = create_project(platform, ctx, name, region=region)
+    console.print(f"created project {proj.name} (region {proj.region})", markup=False)
+
+
+@projects.command("ls")
+def projects_ls() -> None:
+    """List the projects you are a member of."""
+    from modelyard.core import list_projects
+
+    with acting() as (platform, ctx):
+        rows = [(p.name, p.region, str(role)) for p, role in list_projects(platform, ctx)]
+    table("projects", ["project", "region", "your role"], rows)
+
+
+# -- users ------------------------------------------------------------------------------------------------
+users = typer.Typer(help="Users and their roles in the project.", no_args_is_help=True)
+app.add_typer(users, name="users")
+
+
+@users.command("add")
+def users_add(
+    name: str = typer.Argument(...),
+    role: str = typer.Option(..., help="viewer, scientist, engineer, approver or admin."),
+) -> None:
+    """Add a user to the project with a role."""
+    from modelyard.core import add_user
+
+    with acting() as (platform, ctx):
+        info = add_user(platform, ctx, name, role)
+    console.print(f"added {info.user} as {info.role} in {ctx.project}", markup=False)
+
+
+@users.command("set-role")
+def users_set_role(name: str = typer.Argument(...), role: str = typer.Argument(...)) -> None:
+    """Change a member's role."""
+    from modelyard.core import set_role
+
+    with acting() as (platform, ctx):
+        info = set_role(platform, ctx, name, role)
+    console.print(f"{info.user} is now {info.role} in {ctx.project}", markup=False)
+
+
+@users.command("ls")
+def users_ls(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the project's members."""
+    from modelyard.core import list_users
+
+    with acting() as (platform, ctx):
+        members = list_users(platform, ctx)
+    if json_out:
+        print_json([{"user": m.user, "role": str(m.role), "disabled": m.disabled} for m in members])
+        return
+    table(
+        f"users in {ctx.project}",
+        ["user", "role", "disabled"],
+        [(m.user, str(m.role), m.disabled) for m in members],
+    )
+
+
+# -- tokens -----------------------------------------------------------------------------------------------
+tokens = typer.Typer(help="API tokens (shown once, stored hashed).", no_args_is_help=True)
+app.add_typer(tokens, name="tokens")
+
+
+@tokens.command("create")
+def tokens_create(
+    user: str = typer.Option(..., "--user", help="User the token acts as."),
+    expires: str = typer.Option("90d", help="Lifetime: 30d, 12h, 2w, or never."),
+) -> None:
+    """Create a token. It is printed once on stdout and cannot be shown again."""
+    from modelyard.core import create_token, parse_duration
+
+    lifetime = parse_duration(expires)
+    with acting() as (platform, ctx):
+        info, secret = create_token(platform, ctx, user, expires_in=lifetime)
+    until = info.expires_at.isoformat() if info.expires_at else "never"
+    print(
+        f"token {info.id} for {info.user} in {info.project}, expires {until}; copy it now:", file=sys.stderr
+    )
+    typer.echo(secret)
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: str = typer.Argument(..., help="Token id (the part after yard_).")) -> None:
+    """Revoke a token immediately."""
+    from modelyard.core import revoke_token
+
+    with acting() as (platform, ctx):
+        info = revoke_token(platform, ctx, token_id)
+    console.print(f"revoked token {info.id} of {info.user}", markup=False)
+
+
+@tokens.command("ls")
+def tokens_ls() -> None:
+    """List tokens (admins: the project's; others: their own)."""
+    from modelyard.core import list_tokens
+
+    with acting() as (platform, ctx):
+        items = list_tokens(platform, ctx)
+    table(
+        "tokens",
+        ["id", "user", "created", "expires", "state"],
+        [
+            (
+                t.id,
+                t.user,
+                t.created_at,
+                t.expires_at or "never",
+                "active" if t.active else ("revoked" if t.revoked_at else "expired"),
+            )
+            for t in items
+        ],
+    )
+
+
+# -- audit ------------------------------------------------------------------------------------------------
+audit = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit, name="audit")
+
+
+def _since(value: str | None) -> str | None:
+    """ISO date/time, or a look-back like 1h or 7d."""
+    if value is None:
+        return None
+    from modelyard.core import parse_duration
+
+    try:
+        when = datetime.fromisoformat(value)
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    except ValueError:
+        try:
+            delta = parse_duration(value)
+        except UsageError:
+            raise UsageError(
+                f"--since {value!r}: expected an ISO date/time (2026-11-01T12:00) or 1h, 7d"
+            ) from None
+        if delta is None:
+            return None
+        when = datetime.now(UTC) - delta
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@audit.command("ls")
+def audit_ls(
+    since: str | None = typer.Option(None, help="ISO date/time or look-back (1h, 7d)."),
+    actor: str | None = typer.Option(None, help="Only records of this user."),
+    limit: int = typer.Option(200, min=1, help="At most this many records."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List audit records of the project."""
+    from modelyard.core import list_records
+
+    with acting() as (platform, ctx):
+        recs = list_records(platform, ctx, since=_since(since), actor=actor, limit=limit)
+    if json_out:
+        print_json(recs)
+        return
+    table(
+        f"audit log of {ctx.project}",
+        ["seq", "time", "actor", "action", "resource", "outcome"],
+        [(r["seq"], r["ts"], r["actor"], r["action"], r["resource"], r["outcome"]) for r in recs],
+    )
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the hash chain; exit 1 and name the first broken record on any tampering."""
+    from modelyard.core import verify_chain
+
+    with acting() as (platform, ctx):
+        result = verify_chain(platform, ctx)
+    if not result.ok:
+        from modelyard.errors import IntegrityError
+
+        raise IntegrityError(
+            f"audit chain broken at record {result.broken_seq}: {result.reason} "
+            f"({result.checked} records verified before it)"
+        )
+    console.print(f"audit chain intact: {result.checked} records verified", markup=False)
+
+
+@audit.command("export")
+def audit_export(
+    fmt: str = typer.Option("jsonl", "--format", help="Only jsonl for now."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default stdout)."),
+    all_projects: bool = typer.Option(False, "--all-projects", help="Admins: every project's records."),
+) -> None:
+    """Export records with their hashes, one JSON object per line."""
+    import json
+
+    from modelyard.core import list_records
+
+    if fmt != "jsonl":
+        raise UsageError(f"--format {fmt!r} is not supported; expected jsonl")
+    with acting() as (platform, ctx):
+        recs = list_records(platform, ctx, all_projects=all_projects)
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs)
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        output.write_text(lines, encoding="utf-8")
+        console.print(f"wrote {len(recs)} records to {output}", markup=False)

@@ -1,0 +1,155 @@
+"""Typed settings, read at call time.
+
+Precedence: explicit argument > environment (``YARD_*``) > ``$YARD_HOME/config.yaml`` > default.
+Nothing is read or created at import time: call :func:`load_settings` when you need the values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from modelyard.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("YARD_HOME") or Path.home() / ".modelyard").expanduser()
+
+
+class _HomeYamlSource(PydanticBaseSettingsSource):
+    """Reads ``config.yaml`` from the home the higher-precedence sources point at."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._init_kwargs = init_kwargs
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        home = self._init_kwargs.get("home") or default_home()
+        path = Path(home).expanduser() / CONFIG_FILE
+        if not path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}; fix the YAML or delete the file") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must be a mapping of settings, got {type(data).__name__}")
+        allowed = set(self.settings_cls.model_fields) - {"master_key", "token"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {unknown}; expected some of {sorted(allowed)}")
+        return data
+
+
+class Settings(BaseSettings):
+    """Platform settings. Environment variables are the field names upper-cased with ``YARD_``."""
+
+    model_config = SettingsConfigDict(env_prefix="YARD_", extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str | None = None
+    artifact_uri: str | None = None
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    region: str = "local"
+    project: str = "default"
+    token: SecretStr | None = None
+    s3_endpoint_url: str | None = None
+    debug: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs = init_settings() if callable(init_settings) else {}
+        return (init_settings, env_settings, _HomeYamlSource(settings_cls, dict(init_kwargs)))
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, v: str) -> str:
+        if not _REGION_RE.match(v):
+            raise ValueError(f"region {v!r} must be lower-case letters, digits and '-', e.g. me-central-1")
+        return v
+
+    @field_validator("project")
+    @classmethod
+    def _check_project(cls, v: str) -> str:
+        check_name(v, "project")
+        return v
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'yard.db'}"
+
+    @property
+    def resolved_artifact_uri(self) -> str:
+        return self.artifact_uri or (self.home / "artifacts").as_uri()
+
+    @property
+    def resolved_key_file(self) -> Path:
+        return (self.master_key_file or self.home / "keys" / "master.key").expanduser()
+
+
+def check_name(value: str, what: str) -> str:
+    """Names of projects, users and stores: short, no path characters."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(
+            f"{what} name {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from explicit overrides, the environment, the home's config.yaml and defaults."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ConfigError:
+        raise
+    except Exception as exc:  # pydantic ValidationError: name the setting and the env var
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            parts = []
+            for err in errors():
+                loc = ".".join(str(p) for p in err.get("loc", ()))
+                parts.append(f"{loc} (YARD_{loc.upper()}): {err.get('msg')}")
+            raise ConfigError("invalid settings: " + "; ".join(parts)) from exc
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def write_home_config(settings: Settings, values: dict[str, Any]) -> Path:
+    """Persist chosen settings (region, URLs) to the home's config.yaml, keeping existing keys."""
+    path = settings.home / CONFIG_FILE
+    current: dict[str, Any] = {}
+    if path.is_file():
+        current = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    current.update({k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None})
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(current, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,58 @@
+"""Platform core: metadata store, encrypted artifact store, identity, RBAC, audit chain, residency."""
+
+from modelyard.core._artifacts import (
+    ArtifactInfo,
+    ArtifactStore,
+    delete_artifact,
+    get_artifact,
+    list_artifacts,
+    open_artifact,
+    put_artifact,
+)
+from modelyard.core._audit import VerifyResult, list_records, verify_chain
+from modelyard.core._db import MetadataStore
+from modelyard.core._home import doctor, init_home
+from modelyard.core._identity import (
+    add_user,
+    create_project,
+    create_token,
+    list_projects,
+    list_tokens,
+    list_users,
+    parse_duration,
+    revoke_token,
+    set_role,
+)
+from modelyard.core._keys import rotate_master_key
+from modelyard.core._platform import Context, Platform
+from modelyard.core._rbac import PERMISSIONS, Role
+
+__all__ = [
+    "PERMISSIONS",
+    "ArtifactInfo",
+    "ArtifactStore",
+    "Context",
+    "MetadataStore",
+    "Platform",
+    "Role",
+    "VerifyResult",
+    "add_user",
+    "create_project",
+    "create_token",
+    "delete_artifact",
+    "doctor",
+    "get_artifact",
+    "init_home",
+    "list_artifacts",
+    "list_projects",
+    "list_records",
+    "list_tokens",
+    "list_users",
+    "open_artifact",
+    "parse_duration",
+    "put_artifact",
+    "revoke_token",
+    "rotate_master_key",
+    "set_role",
+    "verify_chain",
+]

@@ -1,0 +1,163 @@
+"""Append-only, hash-chained audit log.
+
+Each record's hash covers its fields and the previous record's hash, so editing, deleting or reordering any
+record breaks the chain from that point; the head row (last seq and hash) exposes deleted trailing records.
+Appends lock the head row, so the chain is linear under any number of concurrent writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelyard.core._models import AuditHead, AuditRecord
+from modelyard.core._rbac import Role
+
+if TYPE_CHECKING:
+    from modelyard.core._platform import Context, Platform
+
+GENESIS = "0" * 64
+_FIELDS = ("seq", "ts", "actor", "project", "action", "resource", "outcome", "detail", "prev_hash")
+
+
+def now_ts() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _canonical(detail: dict[str, Any] | None) -> str:
+    return json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def record_hash(fields: dict[str, Any]) -> str:
+    payload = json.dumps([fields[k] for k in _FIELDS], separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def append(
+    session: Session,
+    *,
+    actor: str,
+    project: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    detail: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Append one record inside the caller's write transaction (so it commits with the mutation)."""
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+    fields: dict[str, Any] = {
+        "seq": head.seq + 1,
+        "ts": now_ts(),
+        "actor": actor,
+        "project": project,
+        "action": action,
+        "resource": resource,
+        "outcome": outcome,
+        "detail": _canonical(detail),
+        "prev_hash": head.hash,
+    }
+    rec = AuditRecord(**fields, hash=record_hash(fields))
+    session.add(rec)
+    head.seq, head.hash = rec.seq, rec.hash
+    session.flush()
+    return rec
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def verify(session: Session, *, batch: int = 5000) -> VerifyResult:
+    """Recompute the chain from the first record; report the first record that does not fit."""
+    prev_hash, expected_seq, checked = GENESIS, 1, 0
+    rows = session.execute(select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=batch))
+    for rec in rows.scalars():
+        fields = {k: getattr(rec, k) for k in _FIELDS}
+        if rec.seq != expected_seq:
+            return VerifyResult(
+                False, checked, expected_seq, f"record {expected_seq} is missing (deleted or renumbered)"
+            )
+        if rec.prev_hash != prev_hash:
+            return VerifyResult(
+                False,
+                checked,
+                rec.seq,
+                f"record {rec.seq} does not follow record {rec.seq - 1} (deleted, inserted or reordered)",
+            )
+        if record_hash(fields) != rec.hash:
+            return VerifyResult(False, checked, rec.seq, f"record {rec.seq} was modified (hash mismatch)")
+        prev_hash, expected_seq, checked = rec.hash, expected_seq + 1, checked + 1
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
+    if head is None:
+        return VerifyResult(False, checked, None, "the audit head row is missing")
+    if head.seq != checked or head.hash != prev_hash:
+        if head.seq > checked:
+            return VerifyResult(
+                False, checked, checked + 1, f"records {checked + 1}..{head.seq} were deleted from the end"
+            )
+        return VerifyResult(False, checked, head.seq, "the audit head does not match the last record")
+    return VerifyResult(True, checked)
+
+
+def query(
+    session: Session,
+    *,
+    since: str | None = None,
+    actor: str | None = None,
+    project: str | None = None,
+    limit: int | None = None,
+) -> Iterator[AuditRecord]:
+    stmt = select(AuditRecord).order_by(AuditRecord.seq)
+    if since:
+        stmt = stmt.where(AuditRecord.ts >= since)
+    if actor:
+        stmt = stmt.where(AuditRecord.actor == actor)
+    if project:
+        stmt = stmt.where(AuditRecord.project == project)
+    if limit:
+        stmt = stmt.limit(limit)
+    yield from session.execute(stmt.execution_options(yield_per=1000)).scalars()
+
+
+def to_dict(rec: AuditRecord) -> dict[str, Any]:
+    out = {k: getattr(rec, k) for k in _FIELDS}
+    out["detail"] = json.loads(rec.detail)
+    out["hash"] = rec.hash
+    return out
+
+
+# -- services ---------------------------------------------------------------------------------------------
+# Reading the log needs the approver role; it spans projects only for the installation's admins, so the
+# filters below always include the actor's project unless ``all_projects`` is asked for by an admin.
+
+
+def list_records(
+    platform: Platform,
+    ctx: Context,
+    *,
+    since: str | None = None,
+    actor: str | None = None,
+    all_projects: bool = False,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    platform.authorize(ctx, "audit.read", f"project:{ctx.project}")
+    project = None if all_projects and ctx.role >= Role.ADMIN else ctx.project
+    with platform.db.read() as s:
+        return [to_dict(r) for r in query(s, since=since, actor=actor, project=project, limit=limit)]
+
+
+def verify_chain(platform: Platform, ctx: Context) -> VerifyResult:
+    platform.authorize(ctx, "audit.read", "audit:chain")
+    with platform.db.read() as s:
+        return verify(s)

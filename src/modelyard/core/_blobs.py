@@ -1,0 +1,396 @@
+"""Raw blob backends, chosen by URI scheme. They move already-encrypted bytes; no crypto here.
+
+Names are validated with ``safe_key`` by every backend, so a hostile name is refused before any
+filesystem or network call. ``list`` yields names in code-point order (the order S3 lists keys in)
+and only names that ``safe_key`` accepts unchanged, so every listed name can be opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import stat
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from modelyard.core._paths import safe_join, safe_key
+from modelyard.errors import BackendError, NotFoundError, UnsafePathError, UsageError
+
+# '~' as a leading segment is refused by safe_key, so no valid name can reach the staging area.
+_STAGING = "~staging"
+_READ_BUFFER = 1 << 20
+
+
+class BlobBackend(Protocol):
+    """Where encrypted objects live. Names are relative POSIX keys accepted by ``safe_key``."""
+
+    uri: str
+
+    def put_file(self, name: str, path: Path) -> None:
+        """Publish ``path`` under ``name`` atomically, replacing any object of that name.
+
+        The backend takes ownership of ``path``: it is moved or deleted, so callers create it in
+        ``staging_dir()`` and do not reuse it.
+        """
+        ...
+
+    def open(self, name: str) -> BinaryIO:
+        """A streaming reader; NotFoundError if there is no such object."""
+        ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; removing a missing name is not an error."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Names starting with ``prefix`` (a plain string prefix, as in S3), in code-point order."""
+        ...
+
+    def write_bytes(self, name: str, data: bytes) -> None: ...
+
+    def read_bytes(self, name: str) -> bytes: ...
+
+    def staging_dir(self) -> Path:
+        """A local directory for temp files that are about to be passed to ``put_file``."""
+        ...
+
+
+def _check_prefix(prefix: str) -> str:
+    # A prefix may end in '/' ("models/") or in part of a segment ("models/v"); the rest must be safe.
+    if prefix:
+        safe_key(prefix.removesuffix("/"), what="prefix")
+    return prefix
+
+
+def _is_canonical(name: str) -> bool:
+    try:
+        return safe_key(name) == name
+    except UnsafePathError:
+        return False
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    if directory and os.name == "nt":
+        return  # directories cannot be opened for fsync on Windows
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBackend:
+    """Objects as files under a local root; publishing is a rename on one filesystem."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.uri = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"FileBackend({self.uri!r})"
+
+    @contextlib.contextmanager
+    def _os_errors(self, action: str, name: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise BackendError(f"file store {self.uri}: cannot {action} {name!r}: {reason}") from exc
+
+    def _makedirs(self, directory: Path) -> None:
+        # Path.mkdir(parents=True) would give intermediate directories the umask default; we want 0700.
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+
+    def staging_dir(self) -> Path:
+        staging = self.root / _STAGING
+        self._makedirs(staging)
+        return staging
+
+    def put_file(self, name: str, path: Path) -> None:
+        dest = safe_join(self.root, name)
+        with self._os_errors("publish", name):
+            staging = self.staging_dir()
+            src = path
+            if os.stat(path).st_dev != os.stat(staging).st_dev:
+                # Not on the store's filesystem: copy into staging so publishing is still one rename.
+                fd, tmp = tempfile.mkstemp(dir=staging, suffix=".tmp")
+                os.close(fd)
+                shutil.copyfile(path, tmp)
+                src = Path(tmp)
+            _fsync_path(src)  # the data must be on disk before the rename makes it visible
+            self._makedirs(dest.parent)
+            os.replace(src, dest)
+            _fsync_path(dest.parent, directory=True)
+            if src != path:
+                path.unlink()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        safe_join(self.root, name)  # refuse a bad name before creating anything
+        with self._os_errors("write", name):
+            fd, tmp = tempfile.mkstemp(dir=self.staging_dir(), suffix=".tmp")  # mode 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                self.put_file(name, Path(tmp))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def open(self, name: str) -> BinaryIO:
+        path = safe_join(self.root, name)
+        with self._os_errors("open", name):
+            try:
+                # O_NOFOLLOW closes the gap between safe_join's symlink check and this open.
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise NotFoundError(f"no object named {name!r} in {self.uri}") from None
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise NotFoundError(f"no object named {name!r} in {self.uri} ({name!r} is a directory)")
+            return os.fdopen(fd, "rb", buffering=_READ_BUFFER)
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def exists(self, name: str) -> bool:
+        return safe_join(self.root, name).is_file()
+
+    def delete(self, name: str) -> None:
+        path = safe_join(self.root, name)
+        with self._os_errors("delete", name), contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            path.unlink()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        directory = _check_prefix(prefix).rpartition("/")[0]
+        start = safe_join(self.root, directory) if directory else self.root
+        for name in self._walk(start, f"{directory}/" if directory else ""):
+            if name.startswith(prefix) and _is_canonical(name):
+                yield name
+
+    def _walk(self, directory: Path, rel: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Sorting a directory by name+'/' for subdirectories makes a depth-first walk yield full
+        # paths in code-point order without holding the whole listing in memory.
+        entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+        for entry in entries:
+            name = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if name != _STAGING:
+                    yield from self._walk(Path(entry.path), name + "/")
+            elif entry.is_file(follow_symlinks=False):
+                yield name
+
+
+class _S3Raw(io.RawIOBase):
+    """Adapts a botocore StreamingBody to RawIOBase, so it can be buffered and closes the socket."""
+
+    def __init__(self, body: Any, describe: Callable[[Exception], BackendError]) -> None:
+        self._body = body
+        self._describe = describe
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            data = self._body.read(len(buffer))
+        except BotoCoreError as exc:
+            raise self._describe(exc) from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class S3Backend:
+    """Objects under ``prefix`` in an S3-compatible bucket; credentials come from boto3's usual chain."""
+
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client: Any = None
+    ) -> None:
+        if not _BUCKET.fullmatch(bucket):
+            raise UsageError(
+                f"invalid S3 bucket name {bucket!r}; expected 3-63 lowercase letters, digits, '.' or '-'"
+            )
+        prefix = prefix.strip("/")
+        self.bucket = bucket
+        self.prefix = safe_key(prefix, what="S3 prefix") + "/" if prefix else ""
+        self.uri = f"s3://{bucket}/{self.prefix}"
+        self.endpoint_url = endpoint_url
+        self._client = client if client is not None else _make_client(endpoint_url)
+        self._staging: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.uri!r}, endpoint_url={self.endpoint_url!r})"
+
+    def _key(self, name: str) -> str:
+        return self.prefix + safe_key(name)
+
+    def _where(self) -> str:
+        return f"bucket {self.bucket!r} at {self.endpoint_url or 'the default AWS endpoint'}"
+
+    def _describe(self, exc: Exception, action: str, name: str | None = None) -> BackendError | NotFoundError:
+        from botocore.exceptions import ClientError
+
+        if not isinstance(exc, ClientError):
+            return BackendError(
+                f"S3 {action} failed for {self._where()}: {exc}; check YARD_S3_ENDPOINT_URL, the network "
+                "and the AWS credentials"
+            )
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound") and name is not None:
+            return NotFoundError(f"no object named {name!r} in {self.uri}")
+        if code in ("NoSuchBucket", "404", "NotFound"):
+            return BackendError(f"S3 {self._where()} does not exist; create it or fix the artifact URI")
+        if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return BackendError(
+                f"access to S3 {self._where()} was denied ({code}); check the AWS credentials and the "
+                "bucket policy"
+            )
+        message = f"{code} {error.get('Message', '')}".strip()
+        return BackendError(f"S3 {action} failed for {self._where()}: {message}")
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, name: str | None = None) -> Iterator[None]:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except S3UploadFailedError as exc:
+            # upload_file wraps the ClientError it got in an exception that carries only text.
+            cause = exc.__context__ if isinstance(exc.__context__, ClientError) else exc
+            raise self._describe(cause, action) from exc
+        except (BotoCoreError, ClientError) as exc:
+            raise self._describe(exc, action, name) from exc
+
+    def staging_dir(self) -> Path:
+        if self._staging is None:
+            # Private (0700, unpredictable name) so other users of /tmp cannot plant files or links.
+            self._staging = Path(tempfile.mkdtemp(prefix="modelyard-s3-staging-"))
+            weakref.finalize(self, shutil.rmtree, self._staging, ignore_errors=True)
+        return self._staging
+
+    def put_file(self, name: str, path: Path) -> None:
+        key = self._key(name)
+        with self._errors("upload", name):
+            # Managed transfer: multipart and streamed from disk for large files; an object appears
+            # only when the upload completes.
+            self._client.upload_file(str(path), self.bucket, key)
+        path.unlink()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        key = self._key(name)
+        with self._errors("write", name):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def open(self, name: str) -> BinaryIO:
+        key = self._key(name)
+        with self._errors("open", name):
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        where = self._where()
+        raw = _S3Raw(body, lambda exc: BackendError(f"reading {name!r} from S3 {where} failed: {exc}"))
+        return io.BufferedReader(raw, buffer_size=_READ_BUFFER)
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def exists(self, name: str) -> bool:
+        key = self._key(name)
+        try:
+            with self._errors("lookup", name):
+                self._client.head_object(Bucket=self.bucket, Key=key)
+        except NotFoundError:
+            # HEAD answers a bare 404 for a missing bucket too; tell the two apart so a misconfigured
+            # store fails loudly instead of looking empty.
+            with self._errors("lookup"):
+                self._client.head_bucket(Bucket=self.bucket)
+            return False
+        return True
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        with self._errors("delete", name):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = self.prefix + _check_prefix(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors("list"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.prefix) :]
+                    if _is_canonical(name):
+                        yield name
+
+
+def _make_client(endpoint_url: str | None) -> Any:
+    try:
+        import boto3
+    except ImportError:
+        raise UsageError("s3:// artifact stores need boto3: pip install 'modelyard[s3]'") from None
+    return boto3.client("s3", endpoint_url=endpoint_url)
+
+
+def _open_file(parts: SplitResult, uri: str, s3_endpoint_url: str | None) -> BlobBackend:
+    path = unquote(parts.path)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment or not path.startswith("/"):
+        raise UsageError(f"invalid file URI {uri!r}; expected file:///absolute/path")
+    return FileBackend(Path(path))
+
+
+def _open_s3(parts: SplitResult, uri: str, s3_endpoint_url: str | None) -> BlobBackend:
+    if not parts.netloc or parts.query or parts.fragment:
+        raise UsageError(f"invalid S3 URI {uri!r}; expected s3://bucket or s3://bucket/prefix")
+    return S3Backend(parts.netloc, parts.path, endpoint_url=s3_endpoint_url)
+
+
+# The registry that DESIGN.md section 4 asks for: the error for an unknown scheme lists these.
+_SCHEMES: dict[str, Callable[[SplitResult, str, str | None], BlobBackend]] = {
+    "file": _open_file,
+    "s3": _open_s3,
+}
+
+
+def open_backend(uri: str, *, s3_endpoint_url: str | None = None) -> BlobBackend:
+    """``file:///abs/path`` (or a bare absolute path) or ``s3://bucket/prefix``."""
+    if uri.startswith("/"):
+        return FileBackend(Path(uri))
+    parts = urlsplit(uri)
+    opener = _SCHEMES.get(parts.scheme)
+    if opener is None:
+        valid = ", ".join(f"{scheme}://" for scheme in _SCHEMES)
+        raise UsageError(
+            f"unsupported artifact store URI {uri!r}; valid schemes are {valid} "
+            "(e.g. file:///var/lib/yard/artifacts or s3://bucket/prefix)"
+        )
+    return opener(parts, uri, s3_endpoint_url)

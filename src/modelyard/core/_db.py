@@ -1,0 +1,180 @@
+"""Metadata store: engine per URL scheme, SQLite tuned for many writer processes, migrations on open."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelyard.errors import BackendError, UsageError
+
+# Backends are chosen by URL scheme; the error lists these.
+SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgresql+psycopg": "postgresql+psycopg"}
+_BUSY_TIMEOUT_MS = 60_000
+# Arbitrary constant key for pg_advisory_lock: one migration runner per database at a time.
+_PG_MIGRATION_LOCK = 0x59415244  # "YARD"
+
+
+def _normalise_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise UsageError(
+            f"database URL {url!r} is not a URL; expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        ) from exc
+    driver = SCHEMES.get(parsed.drivername)
+    if driver is None:
+        raise UsageError(
+            f"database URL scheme {parsed.drivername!r} is not supported; "
+            f"use one of sqlite://, postgresql:// (postgresql+psycopg://)"
+        )
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Python's sqlite3 opens implicit transactions itself; turn that off so we control BEGIN below.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL; fsync at checkpoint
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction that later tries to
+    # upgrade fails with SQLITE_BUSY without waiting, which is where "database is locked" comes from.
+    if conn.get_execution_options().get("yard_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+class MetadataStore:
+    """Transactions over the metadata database. Use :meth:`write` for anything that changes state."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = _normalise_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        kwargs: dict[str, Any] = {"future": True}
+        if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except Exception as exc:  # missing driver, bad options
+            raise BackendError(f"cannot create database engine for {self.safe_url}: {exc}") from exc
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        self._write_engine = self.engine.execution_options(yard_write=True)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._wrap_errors(), self._read() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A short write transaction: commits on success, rolls back on any exception."""
+        with self._wrap_errors(), self._write() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def _wrap_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise BackendError(f"metadata store {self.safe_url} failed: {exc.orig}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- migrations -----------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Bring the schema to head. Safe when many processes open a brand-new store at once: the
+        upgrade runs under a cross-process lock and every waiter re-checks the revision after it."""
+        if self.current_revision() == head_revision():
+            return
+        with self._migration_lock() as conn:
+            _run_alembic_upgrade(conn)
+
+    def current_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("alembic_version"):
+                    return None
+                row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+                return row[0] if row else None
+        except (OperationalError, DBAPIError) as exc:
+            raise BackendError(f"cannot open metadata store {self.safe_url}: {exc.orig}") from exc
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[Any]:
+        if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            lock_path = f"{path}.migrate.lock" if path and path != ":memory:" else None
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if lock_path else None
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                with self.engine.connect() as conn:
+                    yield conn
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+        else:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                conn.commit()
+                try:
+                    yield conn
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    conn.commit()
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    return cfg
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    head: str | None = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return head
+
+
+def _run_alembic_upgrade(conn: Any) -> None:
+    from alembic import command
+
+    cfg = _alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+    conn.commit()

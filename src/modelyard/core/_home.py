@@ -1,0 +1,235 @@
+"""``yard init`` (idempotent set-up of a home) and ``yard doctor`` (what is installed and configured)."""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata as md
+import json
+import os
+import platform as _pyplatform
+import shutil
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from modelyard.config import Settings, load_settings, write_home_config
+from modelyard.core._crypto import MasterKey, load_master_key_file, write_master_key_file
+from modelyard.core._models import Membership, Meta, Project, User
+from modelyard.core._platform import STORE_MARKER, Context, Platform, utcnow
+from modelyard.core._rbac import Role
+from modelyard.errors import ConfigError, NotFoundError, YardError
+
+
+@dataclass
+class InitReport:
+    home: str
+    region: str
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+
+def init_home(settings: Settings | None = None, *, region: str | None = None) -> InitReport:
+    """Create the home (0700), master key (0600), metadata store, artifact store marker, the default
+    project and the OS user as its admin. Running it again changes nothing; a conflicting region is an
+    error."""
+    settings = settings or load_settings()
+    if region and region != settings.region:
+        settings = load_settings(**{**_explicit(settings), "region": region})
+    report = InitReport(str(settings.home), settings.region)
+    home = settings.home
+    if not home.exists():
+        home.mkdir(parents=True, mode=0o700)
+        report.created.append(f"home {home}")
+    else:
+        report.existing.append(f"home {home}")
+
+    if settings.master_key is not None:
+        MasterKey.from_b64(settings.master_key.get_secret_value())  # validate
+        report.existing.append("master key (YARD_MASTER_KEY)")
+    elif settings.resolved_key_file.exists():
+        load_master_key_file(settings.resolved_key_file)  # validates mode and format
+        report.existing.append(f"master key {settings.resolved_key_file}")
+    else:
+        write_master_key_file(settings.resolved_key_file, MasterKey.generate())
+        report.created.append(f"master key {settings.resolved_key_file} (mode 0600)")
+
+    platform = Platform(settings)
+    try:
+        _init_metadata(platform, settings, report)
+        _init_store_marker(platform, settings, report)
+    finally:
+        platform.close()
+    if region:
+        write_home_config(settings, {"region": region})
+    return report
+
+
+def _explicit(settings: Settings) -> dict[str, Any]:
+    return {k: getattr(settings, k) for k in settings.model_fields_set}
+
+
+def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -> None:
+    owner = getpass.getuser()
+    with platform.db.write() as s:
+        existing_region = s.get(Meta, "region")
+        if existing_region is not None and existing_region.value != settings.region:
+            raise ConfigError(
+                f"this home's metadata store is in region {existing_region.value!r}, "
+                f"not {settings.region!r}; a store keeps its region: use a new YARD_HOME for another region"
+            )
+        if existing_region is None:
+            now = utcnow().isoformat()
+            s.add_all(
+                [
+                    Meta(key="region", value=settings.region),
+                    Meta(key="owner", value=owner),
+                    Meta(key="created_at", value=now),
+                ]
+            )
+            report.created.append(f"metadata store {platform.db.safe_url}")
+        else:
+            report.existing.append(f"metadata store {platform.db.safe_url}")
+        proj = s.execute(select(Project).where(Project.name == settings.project)).scalar_one_or_none()
+        if proj is None:
+            proj = Project(
+                name=settings.project, region=settings.region, created_at=utcnow(), created_by=owner
+            )
+            s.add(proj)
+            s.flush()
+            report.created.append(f"project {settings.project!r}")
+        user = s.execute(select(User).where(User.name == owner)).scalar_one_or_none()
+        if user is None:
+            user = User(name=owner, created_at=utcnow(), disabled=False)
+            s.add(user)
+            s.flush()
+            report.created.append(f"user {owner!r} (admin)")
+        if s.get(Membership, (user.id, proj.id)) is None:
+            s.add(Membership(user_id=user.id, project_id=proj.id, role=str(Role.ADMIN)))
+        if report.created:
+            ctx = Context(owner, user.id, proj.name, proj.id, proj.region, Role.ADMIN)
+            platform.audit(
+                ctx,
+                "home.init",
+                f"home:{settings.home}",
+                "ok",
+                {"region": settings.region, "created": report.created},
+                session=s,
+            )
+
+
+def _init_store_marker(platform: Platform, settings: Settings, report: InitReport) -> None:
+    try:
+        marker = json.loads(platform.backend.read_bytes(STORE_MARKER))
+    except NotFoundError:
+        marker = {"format": 1, "region": settings.region, "created_at": utcnow().isoformat()}
+        platform.backend.write_bytes(STORE_MARKER, json.dumps(marker).encode())
+        report.created.append(f"artifact store {settings.resolved_artifact_uri}")
+        return
+    if marker.get("region") != settings.region:
+        raise ConfigError(
+            f"artifact store {settings.resolved_artifact_uri} is in region {marker.get('region')!r}, "
+            f"not {settings.region!r}; point YARD_ARTIFACT_URI at a store in {settings.region!r}"
+        )
+    report.existing.append(f"artifact store {settings.resolved_artifact_uri}")
+
+
+# -- doctor -----------------------------------------------------------------------------------------------
+
+EXTRAS = {
+    "train": ["torch", "transformers", "sentencepiece", "optuna", "sacrebleu", "rouge-score", "safetensors"],
+    "optimize": ["onnx", "onnxruntime"],
+    "serve": ["fastapi", "uvicorn", "onnxruntime", "prometheus-client"],
+    "postgres": ["psycopg"],
+    "s3": ["boto3"],
+    "bench": ["dvc"],
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _gpu() -> str:
+    # Only doctor pays for importing torch; `yard --help` never does.
+    if _version("torch") is not None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return f"CUDA: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+            return "none (torch sees no CUDA device)"
+        except Exception as exc:  # a broken torch install should not break doctor
+            return f"unknown (torch failed to import: {exc})"
+    return "present (nvidia-smi found; torch not installed)" if shutil.which("nvidia-smi") else "none"
+
+
+def doctor(settings: Settings | None = None) -> list[tuple[str, str, str]]:
+    """Rows of (check, value, status) where status is ok, warn or fail. Never raises for a broken setup."""
+    from modelyard import __version__
+
+    settings = settings or load_settings()
+    rows: list[tuple[str, str, str]] = [
+        ("modelyard", __version__, "ok"),
+        ("python", f"{_pyplatform.python_version()} ({_pyplatform.platform()})", "ok"),
+        ("home", str(settings.home), "ok" if settings.home.is_dir() else "fail"),
+        ("region", settings.region, "ok"),
+    ]
+    rows.append(_key_row(settings))
+    platform: Platform | None = None
+    try:
+        platform = Platform(settings, migrate=False)
+        rev = platform.db.current_revision()
+        from modelyard.core._db import head_revision
+
+        state = "ok" if rev == head_revision() else "warn"
+        rows.append(("metadata store", f"{platform.db.safe_url} (schema {rev or 'none'})", state))
+        try:
+            rows.append(
+                ("artifact store", f"{settings.resolved_artifact_uri} (region {platform.store_region})", "ok")
+            )
+        except YardError as exc:
+            rows.append(("artifact store", f"{settings.resolved_artifact_uri}: {exc.message}", "fail"))
+        if rev is not None:
+            try:
+                ctx = platform.context()
+                rows.append(("identity", f"{ctx.user} ({ctx.role} in {ctx.project}, via {ctx.via})", "ok"))
+            except YardError as exc:
+                rows.append(("identity", exc.message, "warn"))
+    except YardError as exc:
+        rows.append(("metadata store", exc.message, "fail"))
+    finally:
+        if platform is not None:
+            platform.close()
+    for extra, dists in EXTRAS.items():
+        missing = [d for d in dists if _version(d) is None]
+        rows.append(
+            (
+                f"extra [{extra}]",
+                "installed" if not missing else f"missing {', '.join(missing)}",
+                "ok" if not missing else "warn",
+            )
+        )
+    for dist in ("torch", "onnxruntime"):
+        rows.append((dist, _version(dist) or "not installed", "ok" if _version(dist) else "warn"))
+    rows.append(("gpu", _gpu(), "ok"))
+    return rows
+
+
+def _key_row(settings: Settings) -> tuple[str, str, str]:
+    try:
+        if settings.master_key is not None:
+            key = MasterKey.from_b64(settings.master_key.get_secret_value())
+            return ("master key", f"from YARD_MASTER_KEY, id {key.key_id}", "ok")
+        path = settings.resolved_key_file
+        if not path.exists():
+            return ("master key", f"missing ({path}); run `yard init`", "fail")
+        key = load_master_key_file(path)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        return ("master key", f"{path} (mode {mode:04o}), id {key.key_id}", "ok")
+    except YardError as exc:
+        return ("master key", exc.message, "fail")

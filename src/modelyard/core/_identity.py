@@ -1,0 +1,243 @@
+"""Projects (tenants), users, memberships and API tokens: services with permission checks and audit."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelyard.config import check_name
+from modelyard.core._models import Membership, Project, Token, User
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.core._rbac import Role
+from modelyard.errors import AlreadyExistsError, NotFoundError, ResidencyError, UsageError
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    user: str
+    role: Role
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    user: str
+    project: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > utcnow())
+
+
+# -- projects ---------------------------------------------------------------------------------------------
+
+
+def create_project(platform: Platform, ctx: Context, name: str, *, region: str | None = None) -> Project:
+    """A new tenant; its creator becomes its admin. Its region must be the store's region."""
+    resource = f"project:{name}"
+    platform.authorize(ctx, "project.create", resource)
+    try:
+        _name(name, "project")
+        region = region or ctx.region
+        store_region = platform.meta("region")
+        if region != store_region:
+            raise ResidencyError(
+                f"project region {region!r} differs from this installation's region {store_region!r}; "
+                "a project's metadata and data stay in its region: use an installation in that region"
+            )
+    except (UsageError, ResidencyError) as exc:
+        raise platform.refuse(ctx, "project.create", resource, exc) from None
+    with platform.mutate(ctx, "project.create", resource, {"region": region}) as s:
+        if s.execute(select(Project).where(Project.name == name)).first():
+            raise AlreadyExistsError(f"project {name!r} already exists")
+        proj = Project(name=name, region=region, created_at=utcnow(), created_by=ctx.user)
+        s.add(proj)
+        s.flush()
+        s.add(Membership(user_id=ctx.user_id, project_id=proj.id, role=str(Role.ADMIN)))
+    return proj
+
+
+def list_projects(platform: Platform, ctx: Context) -> list[tuple[Project, Role]]:
+    """Projects the actor is a member of; others are invisible."""
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Project, Membership.role)
+            .join(Membership, Membership.project_id == Project.id)
+            .where(Membership.user_id == ctx.user_id)
+            .order_by(Project.name)
+        ).all()
+    return [(p, Role.parse(r)) for p, r in rows]
+
+
+# -- users ------------------------------------------------------------------------------------------------
+
+
+def _user(s: Session, name: str) -> User:
+    user = s.execute(select(User).where(User.name == name)).scalar_one_or_none()
+    if user is None:
+        raise NotFoundError(f"user {name!r} does not exist; add it with `yard users add {name} --role ROLE`")
+    return user
+
+
+def add_user(platform: Platform, ctx: Context, name: str, role: str | Role) -> MemberInfo:
+    """Create the user if needed and make it a member of ctx's project with ``role``."""
+    resource = f"user:{name}"
+    platform.authorize(ctx, "user.manage", resource)
+    try:
+        _name(name, "user")
+        parsed = Role.parse(role)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "user.manage", resource, exc) from None
+    with platform.mutate(ctx, "user.manage", resource, {"role": str(parsed), "op": "add"}) as s:
+        user = s.execute(select(User).where(User.name == name)).scalar_one_or_none()
+        if user is None:
+            user = User(name=name, created_at=utcnow(), disabled=False)
+            s.add(user)
+            s.flush()
+        if s.get(Membership, (user.id, ctx.project_id)) is not None:
+            raise AlreadyExistsError(
+                f"user {name!r} is already a member of {ctx.project!r}; change the role with "
+                f"`yard users set-role {name} ROLE`"
+            )
+        s.add(Membership(user_id=user.id, project_id=ctx.project_id, role=str(parsed)))
+    return MemberInfo(name, parsed, False)
+
+
+def set_role(platform: Platform, ctx: Context, name: str, role: str | Role) -> MemberInfo:
+    resource = f"user:{name}"
+    platform.authorize(ctx, "user.manage", resource)
+    try:
+        parsed = Role.parse(role)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "user.manage", resource, exc) from None
+    with platform.mutate(ctx, "user.manage", resource, {"role": str(parsed), "op": "set-role"}) as s:
+        user = _user(s, name)
+        member = s.get(Membership, (user.id, ctx.project_id))
+        if member is None:
+            raise NotFoundError(f"user {name!r} is not a member of {ctx.project!r}")
+        if user.id == ctx.user_id and parsed < Role.ADMIN:
+            raise UsageError("you cannot lower your own role; ask another admin")
+        member.role = str(parsed)
+    return MemberInfo(name, parsed, user.disabled)
+
+
+def list_users(platform: Platform, ctx: Context) -> list[MemberInfo]:
+    platform.authorize(ctx, "user.read", f"project:{ctx.project}")
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(User, Membership.role)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.project_id == ctx.project_id)
+            .order_by(User.name)
+        ).all()
+    return [MemberInfo(u.name, Role.parse(r), u.disabled) for u, r in rows]
+
+
+# -- tokens -----------------------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``30d``, ``12h``, ``90m``, ``2w``; ``never`` for no expiry."""
+    if text.strip().lower() == "never":
+        return None
+    m = _DURATION_RE.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise UsageError(f"duration {text!r} is not valid; expected e.g. 30d, 12h, 90m, 2w or never")
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+
+
+def create_token(
+    platform: Platform, ctx: Context, user: str, *, expires_in: timedelta | None = timedelta(days=90)
+) -> tuple[TokenInfo, str]:
+    """Returns the token's info and the secret token string. The string is not stored and not shown again."""
+    action = "token.create.self" if user == ctx.user else "token.manage"
+    resource = f"user:{user}"
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    now = utcnow()
+    with platform.mutate(ctx, action, resource, {"token": token_id}) as s:
+        target = _user(s, user)
+        if s.get(Membership, (target.id, ctx.project_id)) is None:
+            raise NotFoundError(f"user {user!r} is not a member of {ctx.project!r}")
+        tok = Token(
+            id=token_id,
+            user_id=target.id,
+            project_id=ctx.project_id,
+            secret_hash=hashlib.sha256(secret.encode()).hexdigest(),
+            created_at=now,
+            expires_at=now + expires_in if expires_in else None,
+            created_by=ctx.user,
+        )
+        s.add(tok)
+    info = TokenInfo(token_id, user, ctx.project, now, tok.expires_at, None)
+    return info, f"yard_{token_id}_{secret}"
+
+
+def revoke_token(platform: Platform, ctx: Context, token_id: str) -> TokenInfo:
+    with platform.db.read() as s:
+        tok = s.get(Token, token_id)
+        owner = s.get(User, tok.user_id) if tok else None
+    own = tok is not None and tok.user_id == ctx.user_id
+    action = "token.revoke.self" if own else "token.manage"
+    with platform.mutate(ctx, action, f"token:{token_id}") as s:
+        tok = s.get(Token, token_id)
+        if tok is None or tok.project_id != ctx.project_id:
+            raise NotFoundError(f"token {token_id!r} not found in project {ctx.project!r}")
+        if tok.revoked_at is None:
+            tok.revoked_at = utcnow()
+        revoked = tok.revoked_at
+        expires = tok.expires_at
+        created = tok.created_at
+    return TokenInfo(
+        token_id,
+        owner.name if owner else "?",
+        ctx.project,
+        as_utc(created),
+        as_utc(expires) if expires else None,
+        as_utc(revoked),
+    )
+
+
+def list_tokens(platform: Platform, ctx: Context) -> list[TokenInfo]:
+    """Admins see the project's tokens; everyone else sees their own."""
+    with platform.db.read() as s:
+        stmt = (
+            select(Token, User.name)
+            .join(User, User.id == Token.user_id)
+            .where(Token.project_id == ctx.project_id)
+            .order_by(Token.created_at)
+        )
+        if ctx.role < Role.ADMIN:
+            stmt = stmt.where(Token.user_id == ctx.user_id)
+        rows = s.execute(stmt).all()
+    return [
+        TokenInfo(
+            t.id,
+            name,
+            ctx.project,
+            as_utc(t.created_at),
+            as_utc(t.expires_at) if t.expires_at else None,
+            as_utc(t.revoked_at) if t.revoked_at else None,
+        )
+        for t, name in rows
+    ]

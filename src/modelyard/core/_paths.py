@@ -1,0 +1,127 @@
+"""Validation of artifact keys, dataset member names and archive entries.
+
+Keys are data, not trust (DESIGN.md section 3). ``safe_key`` is pure string logic, so a hostile key is
+refused before any filesystem call; ``safe_join`` then adds the checks that need the filesystem
+(symlinks, the resolved path staying inside the root).
+
+Policy: a key must already be in canonical form. Empty segments (``a//b``, ``a/``) and ``.``
+segments are rejected rather than normalised away, so one object never has two spellings that
+metadata would treat as different keys. The only normalisation is Unicode NFC, so that the same
+visible name typed on macOS (NFD) and Linux (NFC) is the same key; callers must store the returned
+form.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import unicodedata
+from pathlib import Path
+
+from modelyard.errors import UnsafePathError
+
+MAX_KEY_CHARS = 1024
+# Most filesystems cap one path component at 255 bytes; refusing here gives a clear error instead
+# of ENAMETOOLONG deep inside a write.
+MAX_SEGMENT_BYTES = 255
+
+_EXPECTED = "expected a relative POSIX path such as 'models/v1/weights.safetensors'"
+# Any %XX (or IIS-style %uXXXX) escape is refused outright: if no escape is present, no number of
+# decoding passes can produce '.', '/', '\\' or NUL, which closes double and triple encoding.
+_PERCENT_ESCAPE = re.compile(r"%(?:[0-9A-Fa-f]{2}|[uU][0-9A-Fa-f]{4})")
+_DRIVE = re.compile(r"[A-Za-z]:")
+# Characters with a meaning in URLs or paths on some platform; refused anywhere in a key.
+_FORBIDDEN = {
+    "\\": "a backslash (use '/' as the separator)",
+    "#": "'#' (a URL fragment)",
+    "?": "'?' (a URL query)",
+    ";": "';' (a URL path parameter)",
+}
+# ASCII characters that a non-ASCII look-alike must not turn into, under NFKC or a Windows best-fit
+# code page (the "WorstFit" attacks): '.', '/', '\\', ':' and friends.
+_STRUCTURAL = frozenset("./\\:%#?;~")
+# Separators that NFKC leaves alone but that look like, or best-fit to, '/' or '\\'.
+_SLASH_LOOKALIKES = frozenset("\u2044\u2215\u2216\u29f5\u29f8\u29f9")
+# Control, format (bidi overrides, zero-width), surrogate and line/paragraph separator categories.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _refuse(key: str, what: str, problem: str) -> UnsafePathError:
+    shown = key if len(key) <= 80 else key[:77] + "..."
+    return UnsafePathError(f"unsafe {what} {shown!r}: {problem}; {_EXPECTED}", key=shown)
+
+
+def _check_char(key: str, what: str, ch: str) -> None:
+    if ch in _FORBIDDEN:
+        raise _refuse(key, what, f"it contains {_FORBIDDEN[ch]}")
+    if unicodedata.category(ch) in _BAD_CATEGORIES:
+        raise _refuse(key, what, f"it contains the control or invisible character U+{ord(ch):04X}")
+    if ch.isascii():
+        return
+    folded = unicodedata.normalize("NFKC", ch)
+    if ch in _SLASH_LOOKALIKES or any(c in _STRUCTURAL for c in folded):
+        name = unicodedata.name(ch, "unnamed")
+        raise _refuse(key, what, f"U+{ord(ch):04X} ({name}) is a look-alike of {folded!r}")
+
+
+def _check_segment(key: str, what: str, index: int, segment: str) -> None:
+    if not segment:
+        raise _refuse(key, what, "it has an empty segment (a leading, trailing or doubled '/')")
+    if segment == "..":
+        raise _refuse(key, what, "'..' (parent directory) segments are not allowed")
+    # '.', '...' and, because Windows strips trailing dots and spaces, '.. ' would alias a directory.
+    if not segment.strip(". "):
+        raise _refuse(key, what, f"segment {segment!r} is made only of dots or spaces")
+    if index == 0 and segment.startswith("~"):
+        raise _refuse(key, what, "a leading '~' segment would name a home directory")
+    if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        raise _refuse(key, what, f"a segment is longer than {MAX_SEGMENT_BYTES} bytes")
+
+
+def safe_key(key: str, *, what: str = "key") -> str:
+    """Return ``key`` in canonical form (NFC) or raise UnsafePathError; never touches the filesystem."""
+    if not isinstance(key, str):
+        raise UnsafePathError(f"{what} must be a string, got {type(key).__name__}; {_EXPECTED}")
+    key = unicodedata.normalize("NFC", key)
+    if not key:
+        raise _refuse(key, what, "it is empty")
+    if len(key) > MAX_KEY_CHARS:
+        raise _refuse(key, what, f"it is longer than {MAX_KEY_CHARS} characters")
+    for ch in key:
+        _check_char(key, what, ch)
+    if key.startswith("/"):
+        raise _refuse(key, what, "it is an absolute path")
+    if _DRIVE.match(key):
+        raise _refuse(key, what, "it starts with a Windows drive letter")
+    escape = _PERCENT_ESCAPE.search(key)
+    if escape:
+        problem = f"it contains the percent-encoded sequence {escape.group()!r}; decode it first"
+        raise _refuse(key, what, problem)
+    for index, segment in enumerate(key.split("/")):
+        _check_segment(key, what, index, segment)
+    return key
+
+
+def safe_join(root: Path, key: str) -> Path:
+    """Join a validated key onto ``root``, refusing symlinks and anything that resolves outside it.
+
+    A symlink anywhere below the root is refused even if it points inside: the store never creates
+    one, so its presence means tampering. The check races with a concurrent writer who can plant
+    symlinks, but such a writer already owns the store.
+    """
+    rel = safe_key(key)
+    base = root.resolve()
+    path = base
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            break  # nothing below a missing component exists, so it cannot be a symlink yet
+        if stat.S_ISLNK(mode):
+            raise _refuse(key, "key", f"{path} is a symbolic link, and links are not followed")
+    joined = base.joinpath(*rel.split("/"))
+    if not joined.resolve().is_relative_to(base):
+        raise _refuse(key, "key", f"it resolves outside {base}")
+    return joined

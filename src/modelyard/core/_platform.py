@@ -1,0 +1,269 @@
+"""The platform handle and the acting context.
+
+Every service function takes a :class:`Context` (who acts, in which project). :meth:`Platform.authorize`
+and :meth:`Platform.mutate` are the one place where permissions are checked and audit records written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelyard.config import Settings, load_settings
+from modelyard.core import _audit
+from modelyard.core._db import MetadataStore
+from modelyard.core._models import Membership, Meta, Project, Token, User
+from modelyard.core._rbac import Role, allowed, required_role
+from modelyard.errors import (
+    AuthenticationError,
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    YardError,
+)
+
+if TYPE_CHECKING:
+    from modelyard.core._artifacts import ArtifactStore
+    from modelyard.core._blobs import BlobBackend
+    from modelyard.core._keys import Keyring
+
+STORE_MARKER = "store.json"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who is acting, in which project, with which role there."""
+
+    user: str
+    user_id: int
+    project: str
+    project_id: int
+    region: str
+    role: Role
+    via: str = "local"  # "local" (OS user) or "token:<id>"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; treat them as the UTC we stored."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Platform:
+    """Settings plus lazily opened stores. Cheap to create; nothing heavy happens until it is used."""
+
+    def __init__(self, settings: Settings | None = None, *, migrate: bool = True) -> None:
+        self.settings = settings or load_settings()
+        self.db = MetadataStore(self.settings.resolved_database_url, migrate=migrate)
+
+    @classmethod
+    def open(cls, **overrides: Any) -> Platform:
+        return cls(load_settings(**overrides))
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- stores -----------------------------------------------------------------------------------------
+    @cached_property
+    def backend(self) -> BlobBackend:
+        from modelyard.core._blobs import open_backend
+
+        return open_backend(
+            self.settings.resolved_artifact_uri, s3_endpoint_url=self.settings.s3_endpoint_url
+        )
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        from modelyard.core._keys import Keyring
+
+        return Keyring.load(self.settings)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        from modelyard.core._artifacts import ArtifactStore
+
+        return ArtifactStore(self.backend, self.db, self.keyring, region=self.store_region)
+
+    @cached_property
+    def store_region(self) -> str:
+        """The artifact store's region, from the marker ``yard init`` wrote into the store itself."""
+        from modelyard.errors import NotFoundError as _NF
+
+        try:
+            marker = json.loads(self.backend.read_bytes(STORE_MARKER))
+        except _NF:
+            raise ConfigError(
+                f"artifact store {self.settings.resolved_artifact_uri} is not initialised; run `yard init`"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"artifact store marker {STORE_MARKER} is corrupt: {exc}") from exc
+        return str(marker["region"])
+
+    def meta(self, key: str) -> str | None:
+        with self.db.read() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
+    # -- identity -----------------------------------------------------------------------------------------
+    def context(self, *, token: str | None = None, project: str | None = None) -> Context:
+        """Resolve the actor: an API token if given (or YARD_TOKEN), else the OS user (local mode)."""
+        if token is None and self.settings.token is not None:
+            token = self.settings.token.get_secret_value()
+        if token:
+            return self._context_from_token(token)
+        name = getpass.getuser()
+        project_name = project or self.settings.project
+        with self.db.read() as s:
+            row = s.execute(
+                select(User, Project, Membership)
+                .join(Membership, Membership.user_id == User.id)
+                .join(Project, Project.id == Membership.project_id)
+                .where(User.name == name, Project.name == project_name)
+            ).first()
+            if row is None:
+                if s.execute(select(User).where(User.name == name)).first() is None:
+                    raise AuthenticationError(
+                        f"OS user {name!r} has no account in this home; run `yard init` as the owner, "
+                        f"or ask an admin to run `yard users add {name} --role viewer`"
+                    )
+                raise PermissionDeniedError(
+                    f"user {name!r} is not a member of project {project_name!r}; "
+                    "ask an admin of that project to add you, or choose another with YARD_PROJECT"
+                )
+            user, proj, member = row
+            if user.disabled:
+                raise AuthenticationError(f"user {name!r} is disabled")
+            return Context(name, user.id, proj.name, proj.id, proj.region, Role.parse(member.role))
+
+    def _context_from_token(self, token: str) -> Context:
+        try:
+            prefix, token_id, secret = token.split("_", 2)
+        except ValueError:
+            prefix = token_id = secret = ""
+        if prefix != "yard" or not token_id or not secret:
+            raise AuthenticationError(
+                "malformed API token; expected the yard_<id>_<secret> string shown once"
+            )
+        with self.db.read() as s:
+            row = s.execute(
+                select(Token, User, Project, Membership)
+                .join(User, User.id == Token.user_id)
+                .join(Project, Project.id == Token.project_id)
+                .outerjoin(
+                    Membership,
+                    (Membership.user_id == Token.user_id) & (Membership.project_id == Token.project_id),
+                )
+                .where(Token.id == token_id)
+            ).first()
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        # Compare even when the id is unknown so timing does not reveal which ids exist.
+        stored = row[0].secret_hash if row else "0" * 64
+        if not hmac.compare_digest(digest, stored) or row is None:
+            raise AuthenticationError("unknown API token")
+        tok, user, proj, member = row
+        if tok.revoked_at is not None:
+            raise AuthenticationError(f"API token {tok.id} was revoked")
+        if tok.expires_at is not None and as_utc(tok.expires_at) <= utcnow():
+            raise AuthenticationError(f"API token {tok.id} expired at {as_utc(tok.expires_at).isoformat()}")
+        if user.disabled or member is None:
+            raise AuthenticationError(f"API token {tok.id} belongs to a user without access to {proj.name!r}")
+        return Context(
+            user.name,
+            user.id,
+            proj.name,
+            proj.id,
+            proj.region,
+            Role.parse(member.role),
+            via=f"token:{tok.id}",
+        )
+
+    # -- the one place for permission checks and audit records ------------------------------------------
+    def audit(
+        self,
+        ctx: Context,
+        action: str,
+        resource: str,
+        outcome: str,
+        detail: dict[str, Any] | None = None,
+        session: Session | None = None,
+    ) -> None:
+        detail = {**(detail or {}), "via": ctx.via}
+        kwargs = {
+            "actor": ctx.user,
+            "project": ctx.project,
+            "action": action,
+            "resource": resource,
+            "outcome": outcome,
+            "detail": detail,
+        }
+        if session is not None:
+            _audit.append(session, **kwargs)  # type: ignore[arg-type]
+        else:
+            with self.db.write() as s:
+                _audit.append(s, **kwargs)  # type: ignore[arg-type]
+
+    def authorize(self, ctx: Context, action: str, resource: str) -> None:
+        """Raise PermissionDeniedError (and audit the refusal) unless ctx's role allows the action."""
+        if allowed(ctx.role, action):
+            return
+        need = required_role(action)
+        self.audit(ctx, action, resource, "denied", {"role": str(ctx.role), "required": str(need)})
+        raise PermissionDeniedError(
+            f"{ctx.user} ({ctx.role} in project {ctx.project!r}) may not {action} {resource}; "
+            f"it needs the {need} role or higher — ask a project admin to grant it",
+            action=action,
+            required_role=str(need),
+        )
+
+    def refuse(self, ctx: Context, action: str, resource: str, error: YardError) -> YardError:
+        """Audit a refused mutation (bad input, residency, conflict) and hand the error back to raise."""
+        self.audit(ctx, action, resource, "refused", {"code": error.code, "message": error.message})
+        return error
+
+    @contextlib.contextmanager
+    def mutate(
+        self, ctx: Context, action: str, resource: str, detail: dict[str, Any] | None = None
+    ) -> Iterator[Session]:
+        """Authorise, then run the caller's writes and the audit record in one transaction.
+
+        On failure the transaction rolls back and a separate record notes the refusal or error, so the
+        log holds every attempted mutation and the store holds none of a failed one."""
+        self.authorize(ctx, action, resource)
+        try:
+            with self.db.write() as s:
+                yield s
+                self.audit(ctx, action, resource, "ok", detail, session=s)
+        except YardError as exc:
+            self.audit(
+                ctx, action, resource, "refused", {**(detail or {}), "code": exc.code, "message": exc.message}
+            )
+            raise
+        except Exception as exc:
+            self.audit(ctx, action, resource, "error", {**(detail or {}), "error": type(exc).__name__})
+            raise
+
+    def project_by_name(self, s: Session, name: str) -> Project:
+        proj = s.execute(select(Project).where(Project.name == name)).scalar_one_or_none()
+        if proj is None:
+            raise NotFoundError(f"project {name!r} does not exist; list them with `yard projects ls`")
+        return proj
