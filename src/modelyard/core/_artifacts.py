@@ -110,8 +110,9 @@ class ArtifactStore:
             "created_at": utcnow(),
         }
         insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
-        result = s.execute(insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["digest"]))
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        # RETURNING, not rowcount: psycopg reports -1 for ORM-enabled inserts.
+        stmt = insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["digest"])
+        return s.execute(stmt.returning(Blob.digest)).first() is not None
 
     def discard(self, staged: StagedBlob) -> None:
         if staged.object_name:
@@ -263,7 +264,9 @@ def delete_artifact(platform: Platform, ctx: Context, digest: str) -> int:
     check_digest(digest)
     with platform.mutate(ctx, "artifact.delete", f"artifact:{digest}") as s:
         _ref(s, ctx, digest)
-        result = s.execute(
-            delete(Artifact).where(Artifact.project_id == ctx.project_id, Artifact.digest == digest)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        removed = s.execute(
+            delete(Artifact)
+            .where(Artifact.project_id == ctx.project_id, Artifact.digest == digest)
+            .returning(Artifact.id)
+        ).all()
+        return len(removed)

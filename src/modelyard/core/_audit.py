@@ -32,7 +32,15 @@ def now_ts() -> str:
 
 
 def _canonical(detail: dict[str, Any] | None) -> str:
-    return json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str)
+    # ensure_ascii escapes NUL and control characters, which PostgreSQL text columns refuse.
+    return json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
+
+
+def _printable(value: str, limit: int) -> str:
+    """Hostile input (NUL, control characters, megabyte names) is recorded escaped and bounded."""
+    if not value.isprintable():
+        value = value.encode("unicode_escape").decode("ascii")
+    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def record_hash(fields: dict[str, Any]) -> str:
@@ -55,10 +63,10 @@ def append(
     fields: dict[str, Any] = {
         "seq": head.seq + 1,
         "ts": now_ts(),
-        "actor": actor,
-        "project": project,
-        "action": action,
-        "resource": resource,
+        "actor": _printable(actor, 160),
+        "project": _printable(project, 128),
+        "action": _printable(action, 64),
+        "resource": _printable(resource, 2048),
         "outcome": outcome,
         "detail": _canonical(detail),
         "prev_hash": head.hash,

@@ -66,9 +66,9 @@ class BlobBackend(Protocol):
 
 def _check_prefix(prefix: str) -> str:
     # A prefix may end in '/' ("models/") or in part of a segment ("models/v"); the rest must be safe.
-    if prefix:
-        safe_key(prefix.removesuffix("/"), what="prefix")
-    return prefix
+    if not prefix:
+        return ""
+    return safe_key(prefix.removesuffix("/"), what="prefix") + ("/" if prefix.endswith("/") else "")
 
 
 def _is_canonical(name: str) -> bool:
@@ -177,7 +177,8 @@ class FileBackend:
             path.unlink()
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        directory = _check_prefix(prefix).rpartition("/")[0]
+        prefix = _check_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
         start = safe_join(self.root, directory) if directory else self.root
         for name in self._walk(start, f"{directory}/" if directory else ""):
             if name.startswith(prefix) and _is_canonical(name):

@@ -56,8 +56,8 @@ _WRAP_NONCE = 12
 _WRAP_AAD = b"modelyard/wrap-data-key/v1\x00"
 _KEY_FILE_VERSION = 1
 _MAX_KEY_FILE_BYTES = 64 << 10
-# encrypt_into/decrypt_into (cryptography >= 46) write into reused buffers; allocating a fresh
-# 1 MiB result per chunk costs about 5x in throughput.
+# Newer cryptography releases have encrypt_into/decrypt_into, which write into our reused buffers
+# instead of allocating a result per chunk (about 1.4x faster AES); older ones still work.
 _HAS_INTO = hasattr(AESGCM, "encrypt_into")
 
 
@@ -326,15 +326,15 @@ def _decrypt_views(
     A view is valid only until the next one is requested, which is why this is private.
     """
     _check_data_key(data_key)
-    raw_header = src.read(_HEADER.size)
-    if len(raw_header) < _HEADER.size:
+    header_buf = memoryview(bytearray(_HEADER.size))
+    if _read_full(src, header_buf) < _HEADER.size:
         raise _corrupt("it is shorter than the encryption header")
-    magic, chunk_size, prefix = _HEADER.unpack(raw_header)
+    header = bytes(header_buf)
+    magic, chunk_size, prefix = _HEADER.unpack(header)
     if magic != MAGIC:
         raise _corrupt("it does not start with the modelyard encryption header (bad magic)")
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise _corrupt(f"its header declares an impossible chunk size {chunk_size}")
-    header = bytes(raw_header)
     aead = AESGCM(data_key)
     digest = hashlib.sha256()
     ct_size = chunk_size + _TAG

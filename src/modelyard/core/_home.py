@@ -10,9 +10,12 @@ import platform as _pyplatform
 import shutil
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from modelyard.config import Settings, load_settings, write_home_config
 from modelyard.core._crypto import MasterKey, load_master_key_file, write_master_key_file
@@ -64,6 +67,21 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     if region:
         write_home_config(settings, {"region": region})
     return report
+
+
+def missing_sqlite_store(settings: Settings) -> Path | None:
+    """The SQLite file of a home that `yard init` has not set up yet, else None.
+
+    Opening a SQLite store creates its file and directory (with the umask's mode, not 0700), so code that
+    must not create anything (every command but `yard init`, and `yard doctor`) checks this first."""
+    try:
+        url = make_url(settings.resolved_database_url)
+    except ArgumentError:
+        return None  # MetadataStore explains a malformed URL
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path
 
 
 def _explicit(settings: Settings) -> dict[str, Any]:
@@ -180,6 +198,34 @@ def doctor(settings: Settings | None = None) -> list[tuple[str, str, str]]:
         ("region", settings.region, "ok"),
     ]
     rows.append(_key_row(settings))
+    rows.extend(_store_rows(settings))
+    for extra, dists in EXTRAS.items():
+        missing = [d for d in dists if _version(d) is None]
+        rows.append(
+            (
+                f"extra [{extra}]",
+                "installed" if not missing else f"missing {', '.join(missing)}",
+                "ok" if not missing else "warn",
+            )
+        )
+    for dist in ("torch", "onnxruntime"):
+        rows.append((dist, _version(dist) or "not installed", "ok" if _version(dist) else "warn"))
+    rows.append(("gpu", _gpu(), "ok"))
+    return rows
+
+
+def _store_rows(settings: Settings) -> list[tuple[str, str, str]]:
+    missing = missing_sqlite_store(settings)
+    if missing is not None:  # opening it would create the home and an empty store: doctor changes nothing
+        return [
+            (
+                "metadata store",
+                f"{settings.resolved_database_url}: {missing} does not exist; run `yard init`",
+                "fail",
+            ),
+            ("artifact store", f"{settings.resolved_artifact_uri} (not checked)", "warn"),
+        ]
+    rows: list[tuple[str, str, str]] = []
     platform: Platform | None = None
     try:
         platform = Platform(settings, migrate=False)
@@ -205,18 +251,6 @@ def doctor(settings: Settings | None = None) -> list[tuple[str, str, str]]:
     finally:
         if platform is not None:
             platform.close()
-    for extra, dists in EXTRAS.items():
-        missing = [d for d in dists if _version(d) is None]
-        rows.append(
-            (
-                f"extra [{extra}]",
-                "installed" if not missing else f"missing {', '.join(missing)}",
-                "ok" if not missing else "warn",
-            )
-        )
-    for dist in ("torch", "onnxruntime"):
-        rows.append((dist, _version(dist) or "not installed", "ok" if _version(dist) else "warn"))
-    rows.append(("gpu", _gpu(), "ok"))
     return rows
 
 

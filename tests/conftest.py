@@ -1,0 +1,45 @@
+"""Shared fixtures. Every test gets a clean environment: no YARD_* from the developer's shell."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelyard.core import Platform
+from modelyard.testing import fresh_postgres_database, make_platform
+
+PG_ENV = "YARD_TEST_DATABASE_URL"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("YARD_") and key != PG_ENV:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("YARD_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def platform(home: Path) -> Iterator[Platform]:
+    """An initialised home on SQLite and a local folder, as `yard init` makes it."""
+    p = make_platform(home)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A brand-new, empty PostgreSQL database (dropped afterwards); skipped without a server."""
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(f"{PG_ENV} is not set")
+    with fresh_postgres_database(server) as url:
+        yield url

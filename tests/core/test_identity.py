@@ -1,0 +1,155 @@
+"""Users, projects and API tokens: random, shown once, stored hashed, expiring, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from modelyard.core import (
+    Platform,
+    Role,
+    add_user,
+    create_project,
+    create_token,
+    list_projects,
+    list_tokens,
+    list_users,
+    parse_duration,
+    revoke_token,
+    set_role,
+)
+from modelyard.core._models import Token
+from modelyard.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    NotFoundError,
+    ResidencyError,
+    UsageError,
+)
+
+
+def test_local_mode_os_user_is_admin_of_their_home(platform: Platform) -> None:
+    ctx = platform.context()
+    assert ctx.role is Role.ADMIN and ctx.project == "default" and ctx.via == "local"
+
+
+def test_token_is_random_shown_once_and_stored_hashed(platform: Platform) -> None:
+    admin = platform.context()
+    add_user(platform, admin, "alice", Role.SCIENTIST)
+    info1, token1 = create_token(platform, admin, "alice")
+    _, token2 = create_token(platform, admin, "alice")
+    assert token1 != token2 and token1.startswith(f"yard_{info1.id}_")
+    secret = token1.split("_", 2)[2]
+    with platform.db.read() as s:
+        row = s.get(Token, info1.id)
+        assert row is not None
+        assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    db_files = Path(str(platform.db.engine.url.database)).parent.glob("yard.db*")  # with -wal and -shm
+    assert all(secret.encode() not in f.read_bytes() for f in db_files)
+    ctx = platform.context(token=token1)
+    assert (ctx.user, ctx.role, ctx.via) == ("alice", Role.SCIENTIST, f"token:{info1.id}")
+
+
+def test_revoked_token_is_refused(platform: Platform) -> None:
+    admin = platform.context()
+    add_user(platform, admin, "alice", Role.VIEWER)
+    info, token = create_token(platform, admin, "alice")
+    revoke_token(platform, admin, info.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        platform.context(token=token)
+    assert [t.active for t in list_tokens(platform, admin)] == [False]
+
+
+def test_expired_token_is_refused(platform: Platform) -> None:
+    admin = platform.context()
+    add_user(platform, admin, "alice", Role.VIEWER)
+    _, token = create_token(platform, admin, "alice", expires_in=timedelta(microseconds=1))
+    with pytest.raises(AuthenticationError, match="expired"):
+        platform.context(token=token)
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "yard_", "yard_abc", "yard_abc_def", "Bearer x"])
+def test_malformed_or_unknown_tokens_are_refused(platform: Platform, token: str) -> None:
+    with pytest.raises(AuthenticationError):
+        platform.context(token=token or "x")
+
+
+def test_tampered_secret_is_refused(platform: Platform) -> None:
+    admin = platform.context()
+    _, token = create_token(platform, admin, admin.user)
+    with pytest.raises(AuthenticationError, match="unknown"):
+        platform.context(token=token[:-2] + ("aa" if not token.endswith("aa") else "bb"))
+
+
+def test_token_from_settings_env(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = platform.context()
+    add_user(platform, admin, "alice", Role.ENGINEER)
+    _, token = create_token(platform, admin, "alice")
+    monkeypatch.setenv("YARD_TOKEN", token)
+    with Platform() as p:
+        assert p.context().user == "alice"
+
+
+def test_token_is_bound_to_its_project(platform: Platform) -> None:
+    admin = platform.context()
+    create_project(platform, admin, "acme")
+    acme = platform.context(project="acme")
+    _, token = create_token(platform, acme, admin.user)
+    assert platform.context(token=token, project="default").project == "acme"
+
+
+def test_users_add_ls_set_role(platform: Platform) -> None:
+    admin = platform.context()
+    add_user(platform, admin, "bob", "scientist")
+    with pytest.raises(AlreadyExistsError):
+        add_user(platform, admin, "bob", "viewer")
+    set_role(platform, admin, "bob", "approver")
+    assert {(m.user, m.role) for m in list_users(platform, admin)} == {
+        (admin.user, Role.ADMIN),
+        ("bob", Role.APPROVER),
+    }
+    with pytest.raises(UsageError, match="unknown role"):
+        add_user(platform, admin, "carol", "superuser")
+    with pytest.raises(UsageError):
+        add_user(platform, admin, "../carol", "viewer")
+    with pytest.raises(NotFoundError):
+        set_role(platform, admin, "nobody", "viewer")
+    with pytest.raises(UsageError, match="own role"):
+        set_role(platform, admin, admin.user, "viewer")
+
+
+def test_os_user_without_account(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("getpass.getuser", lambda: "stranger")
+    with pytest.raises(AuthenticationError, match="yard users add stranger"):
+        platform.context()
+
+
+def test_projects_carry_the_installation_region(home: Path) -> None:
+    from modelyard.testing import make_platform
+
+    p = make_platform(home, region="me-central-1")
+    admin = p.context()
+    assert admin.region == "me-central-1"
+    with pytest.raises(ResidencyError, match="me-central-1"):
+        create_project(p, admin, "eu-team", region="eu-west-1")
+    proj = create_project(p, admin, "uae-team")
+    assert proj.region == "me-central-1"
+    assert [proj.name for proj, _ in list_projects(p, admin)] == ["default", "uae-team"]
+    p.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("2w", timedelta(weeks=2)), ("never", None)],
+)
+def test_parse_duration(text: str, expected: timedelta | None) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0d", "30", "d30", "-1d", "1y", "1.5h"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
