@@ -91,9 +91,7 @@ class Settings(BaseSettings):
     @field_validator("region")
     @classmethod
     def _check_region(cls, v: str) -> str:
-        if not _REGION_RE.match(v):
-            raise ValueError(f"region {v!r} must be lower-case letters, digits and '-', e.g. me-central-1")
-        return v
+        return check_region(v)
 
     @field_validator("project")
     @classmethod
@@ -112,6 +110,13 @@ class Settings(BaseSettings):
     @property
     def resolved_key_file(self) -> Path:
         return (self.master_key_file or self.home / "keys" / "master.key").expanduser()
+
+
+def check_region(value: str) -> str:
+    """Region names: lower-case letters, digits and '-' (``me-central-1``)."""
+    if not isinstance(value, str) or not _REGION_RE.match(value):
+        raise ValueError(f"region {value!r} must be lower-case letters, digits and '-', e.g. me-central-1")
+    return value
 
 
 def check_name(value: str, what: str) -> str:

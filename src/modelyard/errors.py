@@ -23,7 +23,10 @@ class YardError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON error body for the REST API."""
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        # Details add context; they never replace the stable code or the message.
+        body.update((k, v) for k, v in self.details.items() if k not in body)
+        return {"error": body}
 
 
 class UsageError(YardError):

@@ -17,8 +17,14 @@ def init(
     region: str | None = typer.Option(None, help="Region of this home's stores, e.g. me-central-1."),
 ) -> None:
     """Create the home, master key, metadata and artifact stores, and make you admin. Idempotent."""
+    from modelyard.config import check_region
     from modelyard.core import init_home
 
+    if region is not None:
+        try:
+            check_region(region)
+        except ValueError as exc:  # a bad option value is a usage error (exit 2), not a broken setup
+            raise UsageError(f"--region: {exc}") from None
     report = init_home(region=region)
     for item in report.created:
         console.print(f"created  {item}", markup=False)

@@ -25,13 +25,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from modelyard.core._blobs import BlobBackend
-from modelyard.core._crypto import encrypt_stream, iter_decrypt, new_data_key
+from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key
 from modelyard.core._db import MetadataStore
 from modelyard.core._keys import Keyring
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import NotFoundError, ResidencyError, UsageError
+from modelyard.errors import IntegrityError, NotFoundError, ResidencyError, UsageError
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -132,29 +132,35 @@ class ArtifactStore:
         with self.db.read() as s:
             return s.get(Blob, digest) is not None
 
-    def iter_bytes(self, digest: str) -> Iterator[bytes]:
-        """Authenticated plaintext chunks; the digest is re-checked before the last chunk is released."""
+    def _locate(self, digest: str) -> tuple[str, bytes]:
+        """The object's name and its unwrapped data key."""
         check_digest(digest)
         with self.db.read() as s:
             blob = s.get(Blob, digest)
             if blob is None:
                 raise NotFoundError(f"artifact {digest} is not in the store")
             object_name, key_id, wrapped = blob.object_name, blob.key_id, blob.wrapped_key
-        data_key = self.keyring.unwrap(key_id, wrapped, digest.encode())
-        with contextlib.closing(self.backend.open(object_name)) as f:
+        return object_name, self.keyring.unwrap(key_id, wrapped, digest.encode())
+
+    def iter_bytes(self, digest: str) -> Iterator[bytes]:
+        """Authenticated plaintext chunks; the digest is re-checked before the last chunk is released."""
+        object_name, data_key = self._locate(digest)
+        with _naming(digest, object_name), contextlib.closing(self.backend.open(object_name)) as f:
             yield from iter_decrypt(f, data_key, expected_digest=digest)
 
     def get_to_file(self, digest: str, dest: Path) -> int:
         """Write the plaintext to ``dest`` only once it is fully verified (temp file + fsync + rename)."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        object_name, data_key = self._locate(digest)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self.iter_bytes(digest):
-                    out.write(chunk)
-                    size += len(chunk)
+            with (
+                _naming(digest, object_name),
+                os.fdopen(fd, "wb") as out,
+                contextlib.closing(self.backend.open(object_name)) as f,
+            ):
+                _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp_name, dest)
@@ -162,6 +168,19 @@ class ArtifactStore:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         return size
+
+
+@contextlib.contextmanager
+def _naming(digest: str, object_name: str) -> Iterator[None]:
+    """Say which artifact is damaged and what to do about it."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"artifact {digest} (object {object_name}) failed verification: {exc.message}; "
+            "nothing was written — restore the object from a backup or put the original file again",
+            digest=digest,
+        ) from exc
 
 
 # -- services: permission, residency, audit ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelyard.errors import BackendError, UsageError
 
 # Backends are chosen by URL scheme; the error lists these.
-SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgresql+psycopg": "postgresql+psycopg"}
+SCHEMES = {
+    "sqlite": "sqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
 _BUSY_TIMEOUT_MS = 60_000
 # Arbitrary constant key for pg_advisory_lock: one migration runner per database at a time.
 _PG_MIGRATION_LOCK = 0x59415244  # "YARD"
@@ -59,6 +65,43 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+class _WriterLock:
+    """Queues SQLite writers (threads and processes) on an flock before BEGIN IMMEDIATE.
+
+    SQLite's busy handler polls with sleeps of up to 100 ms, so under contention writers mostly sleep; a
+    blocking flock hands the lock to the next waiter as soon as it is released. The SQLite lock still
+    guards correctness; this only makes waiting efficient. A no-op for PostgreSQL and in-memory SQLite."""
+
+    def __init__(self, db_path: str | None) -> None:
+        self._path = f"{db_path}.write.lock" if db_path else None
+        self._fd: int | None = None
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        if self._path is None:
+            return
+        self._thread_lock.acquire()
+        if self._depth == 0:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._path is None:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class MetadataStore:
     """Transactions over the metadata database. Use :meth:`write` for anything that changes state."""
 
@@ -70,6 +113,8 @@ class MetadataStore:
             path = make_url(self.url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # It holds wrapped data keys and token hashes: create it private, whatever the umask.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True
@@ -81,6 +126,7 @@ class MetadataStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         self._write_engine = self.engine.execution_options(yard_write=True)
+        self._writer = _WriterLock(self._sqlite_file())
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         if migrate:
@@ -98,8 +144,12 @@ class MetadataStore:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A short write transaction: commits on success, rolls back on any exception."""
-        with self._wrap_errors(), self._write() as session, session.begin():
+        with self._writer, self._wrap_errors(), self._write() as session, session.begin():
             yield session
+
+    def _sqlite_file(self) -> str | None:
+        path = make_url(self.url).database if self.dialect == "sqlite" else None
+        return path if path and path != ":memory:" else None
 
     @contextlib.contextmanager
     def _wrap_errors(self) -> Iterator[None]:
@@ -110,6 +160,7 @@ class MetadataStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._writer.close()
 
     # -- migrations -----------------------------------------------------------------------------------
     def migrate(self) -> None:

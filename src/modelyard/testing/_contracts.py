@@ -233,7 +233,7 @@ class ArtifactStoreContract:
         raw[len(raw) // 2] ^= 0x01
         platform.backend.write_bytes(name, bytes(raw))
         out = tmp_path / "out.bin"
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError, match=info.digest):  # names the damaged artifact
             get_artifact(platform, ctx, info.digest, out)
         assert not out.exists()  # unverified bytes never reach the destination
 

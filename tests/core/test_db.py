@@ -1,0 +1,44 @@
+"""Metadata-store details not covered by the contract suite."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from modelyard.core import MetadataStore
+from modelyard.core._audit import append, verify
+from modelyard.core._db import _normalise_url
+from modelyard.core._models import AuditRecord
+
+
+def test_postgres_scheme_alias() -> None:
+    assert _normalise_url("postgres://u@h/db").startswith("postgresql+psycopg://")
+    assert _normalise_url("postgresql://u@h/db").startswith("postgresql+psycopg://")
+
+
+def test_sqlite_file_is_private(tmp_path: Path) -> None:
+    store = MetadataStore(f"sqlite:///{tmp_path / 'yard.db'}")
+    store.dispose()
+    assert stat.S_IMODE((tmp_path / "yard.db").stat().st_mode) == 0o600
+
+
+def test_threads_sharing_one_store_lose_nothing(tmp_path: Path) -> None:
+    store = MetadataStore(f"sqlite:///{tmp_path / 'yard.db'}")
+
+    def work(n: int) -> None:
+        for i in range(200):
+            with store.write() as s:
+                append(s, actor=f"t{n}", project="p", action="a", resource=str(i), outcome="ok")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(AuditRecord)) == 800
+        assert verify(s).ok
+    store.dispose()
