@@ -153,3 +153,11 @@ def test_parse_duration(text: str, expected: timedelta | None) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(text)
+
+
+def test_opening_an_uninitialised_home_creates_nothing(home: Path) -> None:
+    from modelyard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="yard init"):
+        Platform()
+    assert not home.exists()

@@ -75,21 +75,9 @@ def state() -> State:
 @contextlib.contextmanager
 def acting() -> Iterator[tuple[Platform, Context]]:
     """Open the platform and resolve who is acting (YARD_TOKEN, else the OS user)."""
-    from modelyard.config import load_settings
     from modelyard.core import Platform
-    from modelyard.core._home import missing_sqlite_store
-    from modelyard.errors import ConfigError
 
-    settings = load_settings()
-    missing = missing_sqlite_store(settings)
-    if missing is not None:
-        # Opening the store would create the home (with the umask's mode) and an empty database, and
-        # `yard init` would then keep that home as it found it.
-        raise ConfigError(
-            f"no modelyard home at {settings.home}: its metadata store {missing} does not exist; "
-            "run `yard init` first, or point YARD_HOME (or YARD_DATABASE_URL) at an initialised home"
-        )
-    with Platform(settings) as platform:
+    with Platform() as platform:
         yield platform, platform.context(project=state().project)
 
 

@@ -45,6 +45,18 @@ def _normalise_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist yet (opening it would create it), else None."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # MetadataStore explains a malformed URL
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # Python's sqlite3 opens implicit transactions itself; turn that off so we control BEGIN below.
     dbapi_conn.isolation_level = None

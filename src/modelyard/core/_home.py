@@ -10,15 +10,13 @@ import platform as _pyplatform
 import shutil
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from modelyard.config import Settings, load_settings, write_home_config
 from modelyard.core._crypto import MasterKey, load_master_key_file, write_master_key_file
+from modelyard.core._db import missing_sqlite_file
 from modelyard.core._models import Membership, Meta, Project, User
 from modelyard.core._platform import STORE_MARKER, Context, Platform, utcnow
 from modelyard.core._rbac import Role
@@ -58,7 +56,7 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
         write_master_key_file(settings.resolved_key_file, MasterKey.generate())
         report.created.append(f"master key {settings.resolved_key_file} (mode 0600)")
 
-    platform = Platform(settings)
+    platform = Platform(settings, create=True)
     try:
         _init_metadata(platform, settings, report)
         _init_store_marker(platform, settings, report)
@@ -67,21 +65,6 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     if region:
         write_home_config(settings, {"region": region})
     return report
-
-
-def missing_sqlite_store(settings: Settings) -> Path | None:
-    """The SQLite file of a home that `yard init` has not set up yet, else None.
-
-    Opening a SQLite store creates its file and directory (with the umask's mode, not 0700), so code that
-    must not create anything (every command but `yard init`, and `yard doctor`) checks this first."""
-    try:
-        url = make_url(settings.resolved_database_url)
-    except ArgumentError:
-        return None  # MetadataStore explains a malformed URL
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    path = Path(url.database)
-    return None if path.exists() else path
 
 
 def _explicit(settings: Settings) -> dict[str, Any]:
@@ -215,7 +198,7 @@ def doctor(settings: Settings | None = None) -> list[tuple[str, str, str]]:
 
 
 def _store_rows(settings: Settings) -> list[tuple[str, str, str]]:
-    missing = missing_sqlite_store(settings)
+    missing = missing_sqlite_file(settings.resolved_database_url)
     if missing is not None:  # opening it would create the home and an empty store: doctor changes nothing
         return [
             (

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.config import Settings, load_settings
 from modelyard.core import _audit
-from modelyard.core._db import MetadataStore
+from modelyard.core._db import MetadataStore, missing_sqlite_file
 from modelyard.core._models import Membership, Meta, Project, Token, User
 from modelyard.core._rbac import Role, allowed, required_role
 from modelyard.errors import (
@@ -66,8 +66,18 @@ def as_utc(value: datetime) -> datetime:
 class Platform:
     """Settings plus lazily opened stores. Cheap to create; nothing heavy happens until it is used."""
 
-    def __init__(self, settings: Settings | None = None, *, migrate: bool = True) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, migrate: bool = True, create: bool = False
+    ) -> None:
         self.settings = settings or load_settings()
+        missing = missing_sqlite_file(self.settings.resolved_database_url)
+        if missing is not None and not create:
+            # Opening would create an empty store and its folder with the umask's mode; only `yard init`
+            # (create=True) sets a home up, private and complete.
+            raise ConfigError(
+                f"no modelyard home at {self.settings.home}: its metadata store {missing} does not exist; "
+                "run `yard init` first, or point YARD_HOME (or YARD_DATABASE_URL) at an initialised home"
+            )
         self.db = MetadataStore(self.settings.resolved_database_url, migrate=migrate)
 
     @classmethod
