@@ -406,3 +406,38 @@ def test_allocating_aead_path_is_compatible(key: bytes, monkeypatch: pytest.Monk
         decrypt(bytes(tampered), key)
     monkeypatch.undo()
     assert decrypt(slow, key) == data
+
+
+def test_nested_streams_in_one_thread_keep_their_own_buffers() -> None:
+    """Re-encrypting one object while decrypting another (same thread) must not share the reused buffers."""
+    import io
+
+    from modelyard.core._crypto import encrypt_stream, iter_decrypt, new_data_key
+
+    first, second = new_data_key(), new_data_key()
+    plain = os.urandom(3 * (1 << 20) + 7)
+    sealed = io.BytesIO()
+    encrypt_stream(io.BytesIO(plain), sealed, first)
+    sealed.seek(0)
+    chunks = iter_decrypt(sealed, first)
+
+    class Pull(io.RawIOBase):
+        pending = b""
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            while not self.pending:
+                self.pending = next(chunks, b"")
+                if not self.pending:
+                    return 0
+            n = min(len(b), len(self.pending))
+            b[:n], self.pending = self.pending[:n], self.pending[n:]
+            return n
+
+    resealed = io.BytesIO()
+    digest, size = encrypt_stream(Pull(), resealed, second)  # decrypt of `first` is open meanwhile
+    resealed.seek(0)
+    assert b"".join(iter_decrypt(resealed, second, expected_digest=digest)) == plain
+    assert size == len(plain)
