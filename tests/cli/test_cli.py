@@ -349,6 +349,28 @@ def test_artifacts_put_get_ls_rm(yard: Yard, ready: Path, sample: Path, tmp_path
     assert not (tmp_path / "again.bin").exists()
 
 
+def test_put_several_files_and_a_directory_as_one_batch(yard: Yard, ready: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "dataset"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.csv").write_bytes(b"x,y\n1,2\n")
+    (tree / "sub" / "b.csv").write_bytes(b"x,y\n3,4\n")
+    single = tmp_path / "single.bin"
+    single.write_bytes(b"single")
+    r = yard("artifacts", "put", tree, single)
+    assert r.code == 0, r.err
+    lines = [line.split("  ") for line in r.out.splitlines()]
+    assert [name for _, name in lines] == ["dataset/a.csv", "dataset/sub/b.csv", "single.bin"]
+    assert lines[0][0] == hashlib.sha256(b"x,y\n1,2\n").hexdigest()
+    listed = {item["name"] for item in yard("artifacts", "ls", "--json").json()}
+    assert listed == {"dataset/a.csv", "dataset/sub/b.csv", "single.bin"}
+    records = audit_records(yard)
+    assert [r["resource"] for r in records if r["action"] == "artifact.write"][-1] == "artifacts:3 files"
+    r = yard("artifacts", "put", tree, "--name", "x")
+    assert r.code == 2 and "single file" in r.error
+    r = yard("artifacts", "put", tmp_path / "missing")
+    assert r.code == 2 and "missing" in r.error
+
+
 def test_put_with_a_name_and_no_plaintext_at_rest(yard: Yard, ready: Path, tmp_path: Path) -> None:
     secret = b"TOP-SECRET-PLAINTEXT-" * 200
     src = tmp_path / "data.txt"

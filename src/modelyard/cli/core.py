@@ -71,16 +71,45 @@ app.add_typer(artifacts, name="artifacts")
 
 @artifacts.command("put")
 def artifacts_put(
-    file: Path = typer.Argument(..., help="File to store.", dir_okay=False),
-    name: str | None = typer.Option(None, help="Name to record (default: the file name)."),
+    paths: list[Path] = typer.Argument(..., help="Files or directories (stored recursively) to store."),
+    name: str | None = typer.Option(None, help="Name to record for a single file (default: its name)."),
     region: str | None = typer.Option(None, help="Region the data belongs to (default: the project's)."),
 ) -> None:
-    """Encrypt and store FILE; print its SHA-256 digest."""
-    from modelyard.core import put_artifact
+    """Encrypt and store files in one batch. One file: print its SHA-256 digest; several: digest and name."""
+    from modelyard.core import put_artifacts
 
+    files, names = _expand(paths)
+    if name is not None:
+        if len(files) != 1:
+            raise UsageError(f"--name applies to a single file, but {len(files)} files were given")
+        names = [name]
     with acting() as (platform, ctx):
-        info = put_artifact(platform, ctx, file, name=name, region=region)
-    typer.echo(info.digest)
+        infos = put_artifacts(platform, ctx, files, names=names, region=region)
+    if len(infos) == 1 and paths[0].is_file():
+        typer.echo(infos[0].digest)
+    else:
+        for info in infos:
+            typer.echo(f"{info.digest}  {info.name}")
+
+
+def _expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Files as given; directories walked (symlinks skipped), named ``<dir>/<relative path>``."""
+    files: list[Path] = []
+    names: list[str] = []
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not child.is_symlink():
+                    files.append(child)
+                    names.append(f"{path.resolve().name}/{child.relative_to(path).as_posix()}")
+        elif path.is_file():
+            files.append(path)
+            names.append(path.name)
+        else:
+            raise UsageError(f"{path} is not a readable file or directory")
+    if not files:
+        raise UsageError(f"no files to store under {', '.join(str(p) for p in paths)}")
+    return files, names
 
 
 @artifacts.command("get")

@@ -5,9 +5,11 @@ from modelyard.core._artifacts import (
     ArtifactStore,
     delete_artifact,
     get_artifact,
+    get_artifacts,
     list_artifacts,
     open_artifact,
     put_artifact,
+    put_artifacts,
 )
 from modelyard.core._audit import VerifyResult, list_records, verify_chain
 from modelyard.core._db import MetadataStore
@@ -42,6 +44,7 @@ __all__ = [
     "delete_artifact",
     "doctor",
     "get_artifact",
+    "get_artifacts",
     "init_home",
     "list_artifacts",
     "list_projects",
@@ -51,6 +54,7 @@ __all__ = [
     "open_artifact",
     "parse_duration",
     "put_artifact",
+    "put_artifacts",
     "revoke_token",
     "rotate_master_key",
     "set_role",

@@ -4,6 +4,9 @@ Layout: ``objects/<d[:2]>/<digest>.<uuid>`` in the blob backend holds the encryp
 table maps the plaintext digest to that object and its wrapped data key. Every put writes a fresh, uniquely
 named object and then claims the digest with an insert-if-absent, so concurrent puts of the same bytes
 never overwrite each other: the loser deletes its copy.
+
+Puts and gets work in batches (a single file is a batch of one): one metadata transaction, one lock of the
+audit chain and one filesystem flush per batch, so many small files cost little more than copying them.
 """
 
 from __future__ import annotations
@@ -13,18 +16,18 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from modelyard.core._blobs import BlobBackend
+from modelyard.core._blobs import BlobBackend, sync_filesystem
 from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key
 from modelyard.core._db import MetadataStore
 from modelyard.core._keys import Keyring
@@ -34,6 +37,15 @@ from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import IntegrityError, NotFoundError, ResidencyError, UsageError
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+# Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
+_ROWS = 500
+# Batches up to this size fsync every file; larger ones publish everything, then flush the filesystem once.
+_DURABLE_EACH = 4
+# Files sealed into local temp space before they are published: bounds the temp space a batch needs.
+_GROUP_FILES = 256
+_GROUP_BYTES = 1 << 30
+
+T = TypeVar("T")
 
 
 def check_digest(digest: str) -> str:
@@ -42,9 +54,26 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+def _chunks(items: Sequence[T], size: int = _ROWS) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """Encrypted into a local temp file; not yet published."""
+
+    tmp: Path
+    digest: str
+    size: int
+    key_id: str
+    wrapped_key: bytes
+
+
 @dataclass(frozen=True)
 class StagedBlob:
-    """An encrypted payload written to the backend, not yet claimed in the metadata store."""
+    """An encrypted payload published to the backend (``object_name`` empty when its bytes were already
+    stored), not yet claimed in the metadata store."""
 
     digest: str
     size: int
@@ -71,88 +100,183 @@ class ArtifactStore:
         self.backend, self.db, self.keyring, self.region = backend, db, keyring, region
 
     # -- write ------------------------------------------------------------------------------------------
-    def stage(self, src: BinaryIO, *, region: str) -> StagedBlob:
-        """Encrypt ``src`` in one streaming pass (hash + AES-GCM) and upload it under a unique name."""
+    def _check_region(self, region: str) -> None:
         if region != self.region:
             raise ResidencyError(
                 f"data of region {region!r} cannot be written to the artifact store of region "
                 f"{self.region!r}; use a store in {region!r} (YARD_ARTIFACT_URI) or keep the data in-region"
             )
+
+    def _seal(self, src: BinaryIO) -> _Sealed:
+        """Hash and encrypt ``src`` in one streaming pass into a temp file in the staging area."""
         data_key = new_data_key()
         fd, tmp_name = tempfile.mkstemp(prefix=".put-", dir=self.backend.staging_dir())
-        tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
                 digest, size = encrypt_stream(src, out, data_key)
-                out.flush()
-                os.fsync(out.fileno())
-            object_name = f"objects/{digest[:2]}/{digest}.{uuid.uuid4().hex}"
-            key_id, wrapped = self.keyring.wrap(data_key, digest.encode())
-            if not self.has_blob(digest):  # dedup: known bytes are not uploaded again
-                self.backend.put_file(object_name, tmp)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        key_id, wrapped = self.keyring.wrap(data_key, digest.encode())
+        return _Sealed(Path(tmp_name), digest, size, key_id, wrapped)
+
+    def _publish(
+        self, group: Sequence[_Sealed], region: str, published: dict[str, str], durable: bool
+    ) -> list[StagedBlob]:
+        """Upload what the store does not hold yet; ``published`` (digest -> object) spans the batch."""
+        known = self.known_digests([s.digest for s in group])
+        staged: list[StagedBlob] = []
+        for item in group:
+            name = ""
+            if item.digest not in known and item.digest not in published:
+                name = f"objects/{item.digest[:2]}/{item.digest}.{uuid.uuid4().hex}"
+                self.backend.put_file(name, item.tmp, durable=durable)
+                published[item.digest] = name
             else:
-                object_name = ""
-            return StagedBlob(digest, size, object_name, key_id, wrapped, region)
+                item.tmp.unlink(missing_ok=True)  # its bytes are stored already
+            staged.append(StagedBlob(item.digest, item.size, name, item.key_id, item.wrapped_key, region))
+        return staged
+
+    def stage_files(self, paths: Sequence[Path], *, region: str) -> list[StagedBlob]:
+        """Seal and publish files in groups, so local temp space stays bounded (S3 stages locally), and
+        make everything durable before returning: nothing may record an object that a crash could lose."""
+        self._check_region(region)
+        durable = len(paths) <= _DURABLE_EACH
+        staged: list[StagedBlob] = []
+        published: dict[str, str] = {}
+        group: list[_Sealed] = []
+        try:
+            for i, path in enumerate(paths):
+                with open(path, "rb") as src:
+                    group.append(self._seal(src))
+                full = len(group) >= _GROUP_FILES or sum(g.size for g in group) >= _GROUP_BYTES
+                if full or i == len(paths) - 1:
+                    staged += self._publish(group, region, published, durable)
+                    group = []
+            if published and not durable:
+                self.backend.sync()
+        except BaseException:
+            for name in published.values():
+                self.backend.delete(name)
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            for item in group:
+                item.tmp.unlink(missing_ok=True)  # published ones were moved away already
+        return staged
 
-    def claim(self, s: Session, staged: StagedBlob) -> bool:
-        """Record the staged blob unless its digest is already known. True if this call stored it."""
-        if not staged.object_name:
-            return False
-        values = {
-            "digest": staged.digest,
-            "size": staged.size,
-            "object_name": staged.object_name,
-            "key_id": staged.key_id,
-            "wrapped_key": staged.wrapped_key,
-            "region": staged.region,
-            "created_at": utcnow(),
-        }
-        insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
-        # RETURNING, not rowcount: psycopg reports -1 for ORM-enabled inserts.
-        stmt = insert(Blob).values(**values).on_conflict_do_nothing(index_elements=["digest"])
-        return s.execute(stmt.returning(Blob.digest)).first() is not None
+    def stage(self, src: BinaryIO, *, region: str) -> StagedBlob:
+        self._check_region(region)
+        sealed = self._seal(src)
+        try:
+            return self._publish([sealed], region, {}, durable=True)[0]
+        finally:
+            sealed.tmp.unlink(missing_ok=True)
 
-    def discard(self, staged: StagedBlob) -> None:
-        if staged.object_name:
-            self.backend.delete(staged.object_name)
+    def claim(self, s: Session, staged: Sequence[StagedBlob]) -> set[str]:
+        """Record staged blobs whose digests are not known yet; return the digests this call stored."""
+        now = utcnow()
+        rows = [
+            {
+                "digest": b.digest,
+                "size": b.size,
+                "object_name": b.object_name,
+                "key_id": b.key_id,
+                "wrapped_key": b.wrapped_key,
+                "region": b.region,
+                "created_at": now,
+            }
+            for b in staged
+            if b.object_name
+        ]
+        dialect_insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
+        claimed: set[str] = set()
+        for chunk in _chunks(rows):
+            # RETURNING, not rowcount: psycopg reports -1 for ORM-enabled inserts.
+            stmt = dialect_insert(Blob).values(list(chunk)).on_conflict_do_nothing(index_elements=["digest"])
+            claimed.update(s.scalars(stmt.returning(Blob.digest)))
+        return claimed
+
+    def discard(self, staged: Iterable[StagedBlob], keep: set[str] | None = None) -> None:
+        """Delete published objects that no metadata row refers to (lost a race, or the commit failed)."""
+        for b in staged:
+            if b.object_name and b.digest not in (keep or set()):
+                self.backend.delete(b.object_name)
 
     def put(self, src: BinaryIO, *, region: str | None = None) -> str:
         """Store bytes without a project reference (internal use: manifests, checkpoints)."""
         staged = self.stage(src, region=region or self.region)
-        with self.db.write() as s:
-            stored = self.claim(s, staged)
-        if not stored:
-            self.discard(staged)
+        claimed: set[str] = set()
+        try:
+            with self.db.write() as s:
+                claimed = self.claim(s, [staged])
+        finally:
+            self.discard([staged], keep=claimed)
         return staged.digest
 
     # -- read -------------------------------------------------------------------------------------------
-    def has_blob(self, digest: str) -> bool:
+    def known_digests(self, digests: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(digests))
         with self.db.read() as s:
-            return s.get(Blob, digest) is not None
+            for chunk in _chunks(unique):
+                found.update(s.scalars(select(Blob.digest).where(Blob.digest.in_(chunk))))
+        return found
 
-    def _locate(self, digest: str) -> tuple[str, bytes]:
-        """The object's name and its unwrapped data key."""
-        check_digest(digest)
+    def has_blob(self, digest: str) -> bool:
+        return bool(self.known_digests([digest]))
+
+    def _locate(self, digests: Sequence[str]) -> dict[str, tuple[str, str, bytes]]:
+        """digest -> (object name, key id, wrapped data key); NotFoundError names the first missing."""
+        for d in digests:
+            check_digest(d)
+        unique = sorted(set(digests))
+        found: dict[str, tuple[str, str, bytes]] = {}
         with self.db.read() as s:
-            blob = s.get(Blob, digest)
-            if blob is None:
-                raise NotFoundError(f"artifact {digest} is not in the store")
-            object_name, key_id, wrapped = blob.object_name, blob.key_id, blob.wrapped_key
-        return object_name, self.keyring.unwrap(key_id, wrapped, digest.encode())
+            for chunk in _chunks(unique):
+                rows = s.execute(
+                    select(Blob.digest, Blob.object_name, Blob.key_id, Blob.wrapped_key).where(
+                        Blob.digest.in_(chunk)
+                    )
+                )
+                found.update((d, (name, key_id, wrapped)) for d, name, key_id, wrapped in rows)
+        missing = [d for d in digests if d not in found]
+        if missing:
+            raise NotFoundError(f"artifact {missing[0]} is not in the store")
+        return found
+
+    def _data_key(self, digest: str, key_id: str, wrapped: bytes) -> bytes:
+        return self.keyring.unwrap(key_id, wrapped, digest.encode())
 
     def iter_bytes(self, digest: str) -> Iterator[bytes]:
         """Authenticated plaintext chunks; the digest is re-checked before the last chunk is released."""
-        object_name, data_key = self._locate(digest)
+        object_name, key_id, wrapped = self._locate([digest])[digest]
+        data_key = self._data_key(digest, key_id, wrapped)
         with _naming(digest, object_name), contextlib.closing(self.backend.open(object_name)) as f:
             yield from iter_decrypt(f, data_key, expected_digest=digest)
 
+    def get_many(self, pairs: Sequence[tuple[str, Path]]) -> list[int]:
+        """Write each digest's plaintext to its destination, each only once fully verified (temp file +
+        rename). If one fails, the files before it are complete and verified; it and later ones are not
+        written. Small batches fsync each file, larger ones flush each destination filesystem once."""
+        located = self._locate([d for d, _ in pairs])
+        durable = len(pairs) <= _DURABLE_EACH
+        sizes: list[int] = []
+        parents: dict[int, Path] = {}
+        for digest, dest in pairs:
+            object_name, key_id, wrapped = located[digest]
+            data_key = self._data_key(digest, key_id, wrapped)
+            sizes.append(self._decrypt_to(digest, object_name, data_key, Path(dest), durable))
+            parents.setdefault(Path(dest).parent.stat().st_dev, Path(dest).parent)
+        if not durable:
+            for parent in parents.values():
+                sync_filesystem(parent)
+        return sizes
+
     def get_to_file(self, digest: str, dest: Path) -> int:
-        """Write the plaintext to ``dest`` only once it is fully verified (temp file + fsync + rename)."""
-        dest = Path(dest)
+        return self.get_many([(digest, dest)])[0]
+
+    def _decrypt_to(self, digest: str, object_name: str, data_key: bytes, dest: Path, durable: bool) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        object_name, data_key = self._locate(digest)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         try:
             with (
@@ -161,8 +285,9 @@ class ArtifactStore:
                 contextlib.closing(self.backend.open(object_name)) as f,
             ):
                 _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
-                out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    out.flush()
+                    os.fsync(out.fileno())
             os.replace(tmp_name, dest)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
@@ -186,16 +311,25 @@ def _naming(digest: str, object_name: str) -> Iterator[None]:
 # -- services: permission, residency, audit ------------------------------------------------------------
 
 
-def put_artifact(
-    platform: Platform, ctx: Context, path: Path, *, name: str | None = None, region: str | None = None
-) -> ArtifactInfo:
-    """Encrypt and store a file for ctx's project. Refused (and audited) before reading anything when the
-    role, the name or the region is wrong."""
-    path = Path(path)
-    resource = f"artifact:{name or path.name}"
+def put_artifacts(
+    platform: Platform,
+    ctx: Context,
+    paths: Sequence[Path],
+    *,
+    names: Sequence[str] | None = None,
+    region: str | None = None,
+) -> list[ArtifactInfo]:
+    """Encrypt and store files for ctx's project in one batch. The whole batch is refused (and audited)
+    before any file is read when the role, a name, a file or the region is wrong; otherwise every file is
+    recorded in one transaction with one audit record each."""
+    paths = [Path(p) for p in paths]
+    names = list(names) if names is not None else [p.name for p in paths]
+    resource = f"artifact:{names[0]}" if len(names) == 1 else f"artifacts:{len(names)} files"
     platform.authorize(ctx, "artifact.write", resource)
     try:
-        ref_name = safe_key(name or path.name, what="artifact name")
+        if not paths or len(names) != len(paths):
+            raise UsageError(f"expected one name per file, got {len(names)} names for {len(paths)} files")
+        ref_names = [safe_key(n, what="artifact name") for n in names]
         obj_region = region or ctx.region
         store = platform.artifacts
         if obj_region != store.region or ctx.region != store.region:
@@ -204,65 +338,103 @@ def put_artifact(
                 f"{obj_region!r} to the artifact store of region {store.region!r}; "
                 "use a store in that region (YARD_ARTIFACT_URI) or keep the data in-region"
             )
-        if not path.is_file():
-            raise UsageError(f"{path} is not a readable file")
+        unreadable = [p for p in paths if not p.is_file()]
+        if unreadable:
+            raise UsageError(f"{unreadable[0]} is not a readable file")
     except (UsageError, ResidencyError) as exc:
         raise platform.refuse(ctx, "artifact.write", resource, exc) from None
-    with path.open("rb") as src:
-        staged = store.stage(src, region=obj_region)
-    resource = f"artifact:{staged.digest}"
-    stored = committed = False
+    staged = store.stage_files(paths, region=obj_region)
+    items: list[tuple[str, dict[str, Any] | None]] = [
+        (f"artifact:{b.digest}", {"name": n, "size": b.size}) for b, n in zip(staged, ref_names, strict=True)
+    ]
+    if len(items) == 1:
+        (resource, detail), extra = items[0], []
+    else:
+        detail = {"count": len(items), "bytes": sum(b.size for b in staged)}
+        resource, extra = f"artifacts:{len(items)} files", items
+    now = utcnow()
+    claimed: set[str] = set()
+    committed = False
     try:
-        with platform.mutate(ctx, "artifact.write", resource, {"name": ref_name, "size": staged.size}) as s:
-            stored = store.claim(s, staged)
-            existing = s.execute(
-                select(Artifact).where(
-                    Artifact.project_id == ctx.project_id,
-                    Artifact.digest == staged.digest,
-                    Artifact.name == ref_name,
-                )
-            ).scalar_one_or_none()
-            ref = existing or Artifact(
-                project_id=ctx.project_id,
-                digest=staged.digest,
-                name=ref_name,
-                region=obj_region,
-                created_at=utcnow(),
-                created_by=ctx.user,
-            )
-            s.add(ref)
-            s.flush()
-            info = ArtifactInfo(ref.digest, staged.size, ref.name, ref.region, ref.created_at, ref.created_by)
+        with platform.mutate(ctx, "artifact.write", resource, detail) as s:
+            claimed = store.claim(s, staged)
+            existing = _existing_refs(s, ctx, [b.digest for b in staged])
+            rows = []
+            for b, name in zip(staged, ref_names, strict=True):
+                if (b.digest, name) not in existing:
+                    existing.add((b.digest, name))
+                    rows.append(
+                        {
+                            "project_id": ctx.project_id,
+                            "digest": b.digest,
+                            "name": name,
+                            "region": obj_region,
+                            "created_at": now,
+                            "created_by": ctx.user,
+                        }
+                    )
+            for chunk in _chunks(rows):
+                s.execute(insert(Artifact), list(chunk))
+            if extra:
+                platform.audit_many(ctx, "artifact.write", extra, "ok", session=s)
         committed = True
     finally:
-        if not (stored and committed):  # another writer owns this digest, or our transaction failed
-            store.discard(staged)
-    return info
+        # Objects that lost a race for their digest, or whose transaction failed, are not referenced.
+        store.discard(staged, keep=claimed if committed else set())
+    return [
+        ArtifactInfo(b.digest, b.size, n, obj_region, now, ctx.user)
+        for b, n in zip(staged, ref_names, strict=True)
+    ]
 
 
-def _ref(s: Session, ctx: Context, digest: str) -> Artifact:
+def put_artifact(
+    platform: Platform, ctx: Context, path: Path, *, name: str | None = None, region: str | None = None
+) -> ArtifactInfo:
+    """Encrypt and store one file (a batch of one)."""
+    return put_artifacts(platform, ctx, [path], names=[name or Path(path).name], region=region)[0]
+
+
+def _existing_refs(s: Session, ctx: Context, digests: Sequence[str]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(sorted(set(digests))):
+        found.update(
+            (d, n)
+            for d, n in s.execute(
+                select(Artifact.digest, Artifact.name).where(
+                    Artifact.project_id == ctx.project_id, Artifact.digest.in_(chunk)
+                )
+            )
+        )
+    return found
+
+
+def _require_refs(platform: Platform, ctx: Context, digests: Sequence[str]) -> None:
     # Another project's digest reads as "not found": existence is not leaked across tenants.
-    ref = s.execute(
-        select(Artifact).where(Artifact.project_id == ctx.project_id, Artifact.digest == digest).limit(1)
-    ).scalar_one_or_none()
-    if ref is None:
-        raise NotFoundError(f"artifact {digest} not found in project {ctx.project!r}")
-    return ref
+    with platform.db.read() as s:
+        present = {d for d, _ in _existing_refs(s, ctx, digests)}
+    missing = [d for d in digests if d not in present]
+    if missing:
+        raise NotFoundError(f"artifact {missing[0]} not found in project {ctx.project!r}")
+
+
+def get_artifacts(platform: Platform, ctx: Context, pairs: Sequence[tuple[str, Path]]) -> list[int]:
+    """Decrypt and verify artifacts of ctx's project to files; returns their sizes."""
+    digests = [check_digest(d) for d, _ in pairs]
+    platform.authorize(
+        ctx, "artifact.read", f"artifact:{digests[0]}" if len(digests) == 1 else f"artifacts:{len(digests)}"
+    )
+    _require_refs(platform, ctx, digests)
+    return platform.artifacts.get_many(pairs)
 
 
 def get_artifact(platform: Platform, ctx: Context, digest: str, dest: Path) -> int:
-    check_digest(digest)
-    platform.authorize(ctx, "artifact.read", f"artifact:{digest}")
-    with platform.db.read() as s:
-        _ref(s, ctx, digest)
-    return platform.artifacts.get_to_file(digest, dest)
+    return get_artifacts(platform, ctx, [(digest, dest)])[0]
 
 
 def open_artifact(platform: Platform, ctx: Context, digest: str) -> Iterator[bytes]:
     check_digest(digest)
     platform.authorize(ctx, "artifact.read", f"artifact:{digest}")
-    with platform.db.read() as s:
-        _ref(s, ctx, digest)
+    _require_refs(platform, ctx, [digest])
     return platform.artifacts.iter_bytes(digest)
 
 
@@ -282,10 +454,11 @@ def delete_artifact(platform: Platform, ctx: Context, digest: str) -> int:
     """Remove the project's references to a digest (the blob stays while any project still refers to it)."""
     check_digest(digest)
     with platform.mutate(ctx, "artifact.delete", f"artifact:{digest}") as s:
-        _ref(s, ctx, digest)
         removed = s.execute(
             delete(Artifact)
             .where(Artifact.project_id == ctx.project_id, Artifact.digest == digest)
             .returning(Artifact.id)
         ).all()
+        if not removed:
+            raise NotFoundError(f"artifact {digest} not found in project {ctx.project!r}")
         return len(removed)

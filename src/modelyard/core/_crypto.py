@@ -227,6 +227,8 @@ def _check_data_key(data_key: bytes) -> None:
 
 
 _local = threading.local()
+# Only default-sized buffers are kept: one object with 64 MiB chunks must not pin 192 MiB per thread.
+_MAX_CACHED = DEFAULT_CHUNK_SIZE + _TAG
 
 
 @contextlib.contextmanager
@@ -234,7 +236,7 @@ def _lease(size: int) -> Iterator[tuple[memoryview, memoryview, memoryview]]:
     """Three ``size``-byte buffers, reused per thread. Fresh megabyte buffers for every object cost a page
     fault per 4 KiB touched, which dominated getting many 1 MiB artifacts. A stream that starts while
     another is open in the same thread (reading one artifact into another) gets its own buffers."""
-    if getattr(_local, "busy", False):
+    if getattr(_local, "busy", False) or size > _MAX_CACHED:
         yield memoryview(bytearray(size)), memoryview(bytearray(size)), memoryview(bytearray(size))
         return
     cached: tuple[memoryview, memoryview, memoryview] | None = getattr(_local, "buffers", None)

@@ -217,20 +217,33 @@ class Platform:
         detail: dict[str, Any] | None = None,
         session: Session | None = None,
     ) -> None:
-        detail = {**(detail or {}), "via": ctx.via}
-        kwargs = {
-            "actor": ctx.user,
-            "project": ctx.project,
-            "action": action,
-            "resource": resource,
-            "outcome": outcome,
-            "detail": detail,
-        }
+        self.audit_many(ctx, action, [(resource, detail)], outcome, session=session)
+
+    def audit_many(
+        self,
+        ctx: Context,
+        action: str,
+        items: list[tuple[str, dict[str, Any] | None]],
+        outcome: str,
+        session: Session | None = None,
+    ) -> None:
+        """One record per (resource, detail), in ``session`` if given (to commit with the mutation)."""
+        entries = [
+            {
+                "actor": ctx.user,
+                "project": ctx.project,
+                "action": action,
+                "resource": resource,
+                "outcome": outcome,
+                "detail": {**(detail or {}), "via": ctx.via},
+            }
+            for resource, detail in items
+        ]
         if session is not None:
-            _audit.append(session, **kwargs)  # type: ignore[arg-type]
+            _audit.append_many(session, entries)
         else:
             with self.db.write() as s:
-                _audit.append(s, **kwargs)  # type: ignore[arg-type]
+                _audit.append_many(s, entries)
 
     def authorize(self, ctx: Context, action: str, resource: str) -> None:
         """Raise PermissionDeniedError (and audit the refusal) unless ctx's role allows the action."""

@@ -23,8 +23,10 @@ from modelyard.core import (
     Platform,
     create_project,
     get_artifact,
+    get_artifacts,
     list_artifacts,
     put_artifact,
+    put_artifacts,
     rotate_master_key,
 )
 from modelyard.core._audit import append, verify
@@ -185,6 +187,35 @@ class ArtifactStoreContract:
             assert out.read_bytes() == src.read_bytes()
         assert len(list_artifacts(platform, ctx)) == len(self.sizes)
 
+    def test_batch_put_and_get(self, platform: Platform, tmp_path: Path) -> None:
+        ctx = platform.context()
+        files = [self._file(tmp_path, size, f"f{i}") for i, size in enumerate([16, 100, 5000, 70_000] * 5)]
+        dup = tmp_path / "dup"
+        dup.write_bytes(files[2].read_bytes())  # same bytes under another name
+        paths = [*files, dup, files[3]]  # and the same file twice, under two names
+        names = [f"batch/{i}" for i in range(len(paths))]
+        infos = put_artifacts(platform, ctx, paths, names=names)
+        assert [i.name for i in infos] == names
+        assert len(self._objects(platform)) == len({i.digest for i in infos}) == 20
+        with platform.db.read() as s:
+            per_item = s.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.resource.like("artifact:%"), AuditRecord.outcome == "ok"
+                )
+            ).all()
+        assert len(per_item) == len(paths)  # one audit record per artifact, plus the batch summary
+        outs = [(i.digest, tmp_path / "out" / f"{n}") for n, i in enumerate(infos)]
+        assert get_artifacts(platform, ctx, outs) == [p.stat().st_size for p in paths]
+        assert all(out.read_bytes() == src.read_bytes() for (_, out), src in zip(outs, paths, strict=True))
+
+    def test_a_bad_name_refuses_the_whole_batch(self, platform: Platform, tmp_path: Path) -> None:
+        ctx = platform.context()
+        paths = [self._file(tmp_path, 100, f"f{i}") for i in range(3)]
+        with pytest.raises(UnsafePathError):
+            put_artifacts(platform, ctx, paths, names=["ok-1", "../bad", "ok-2"])
+        assert self._objects(platform) == []
+        assert list_artifacts(platform, ctx) == []
+
     def test_same_bytes_are_stored_once(self, platform: Platform, tmp_path: Path) -> None:
         ctx = platform.context()
         src = self._file(tmp_path, 100_000)
@@ -192,6 +223,9 @@ class ArtifactStoreContract:
         second = put_artifact(platform, ctx, src, name="b")
         assert first.digest == second.digest
         assert len(self._objects(platform)) == 1
+        put_artifacts(platform, ctx, [src] * 6, names=[f"c{i}" for i in range(6)])  # a batch of copies
+        assert len(self._objects(platform)) == 1
+        assert list(platform.backend.staging_dir().iterdir()) == []  # no temp file left behind
 
     def test_concurrent_puts_of_the_same_bytes_keep_one_object(
         self, platform: Platform, tmp_path: Path
