@@ -3,11 +3,11 @@ end-to-end run proves the point (exit codes, the console script, what gets impor
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import itertools
 import json
 import os
+import pwd
 import re
 import sqlite3
 import stat
@@ -25,7 +25,7 @@ import pytest
 from modelyard import __version__
 from modelyard.cli import main
 
-ME = getpass.getuser()
+ME = pwd.getpwuid(os.geteuid()).pw_name
 GENESIS = "0" * 64
 
 

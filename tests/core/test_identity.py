@@ -122,7 +122,7 @@ def test_users_add_ls_set_role(platform: Platform) -> None:
 
 
 def test_os_user_without_account(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("getpass.getuser", lambda: "stranger")
+    monkeypatch.setattr("modelyard.core._platform.os_user", lambda: "stranger")
     with pytest.raises(AuthenticationError, match="yard users add stranger"):
         platform.context()
 

@@ -17,7 +17,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -28,13 +28,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from modelyard.core._blobs import BlobBackend, sync_filesystem
-from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key
+from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key, wrap_key
 from modelyard.core._db import MetadataStore
-from modelyard.core._keys import Keyring
+from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import IntegrityError, NotFoundError, ResidencyError, UsageError
+from modelyard.errors import IntegrityError, MasterKeyError, NotFoundError, ResidencyError, UsageError
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
@@ -172,8 +172,35 @@ class ArtifactStore:
         finally:
             sealed.tmp.unlink(missing_ok=True)
 
+    def _current_wrapping(self, s: Session, staged: Sequence[StagedBlob]) -> list[StagedBlob]:
+        """Data keys must be wrapped with the master key the store records. A process that loaded its
+        keyring before another one rotated the key re-wraps here (reading the new key file) instead of
+        storing a key wrapped with the retired master, which nothing could open afterwards."""
+        recorded = recorded_key_id(s, lock=True)  # also holds off a concurrent rotation until we commit
+        stale = [b for b in staged if b.object_name and b.key_id != recorded]
+        if recorded is None or not stale:
+            return list(staged)
+        data_keys = {b.digest: self.keyring.unwrap(b.key_id, b.wrapped_key, b.digest.encode()) for b in stale}
+        if self.keyring.known(recorded) is None:
+            self.keyring.refresh()
+        master = self.keyring.known(recorded)
+        if master is None:
+            raise MasterKeyError(
+                f"the store's master key was rotated to {recorded}, but this machine's key file holds "
+                f"{self.keyring.current.key_id}; install the current key file, then retry"
+            )
+        return [
+            replace(
+                b, key_id=master.key_id, wrapped_key=wrap_key(master, data_keys[b.digest], b.digest.encode())
+            )
+            if b.digest in data_keys
+            else b
+            for b in staged
+        ]
+
     def claim(self, s: Session, staged: Sequence[StagedBlob]) -> set[str]:
         """Record staged blobs whose digests are not known yet; return the digests this call stored."""
+        staged = self._current_wrapping(s, staged)
         now = utcnow()
         rows = [
             {

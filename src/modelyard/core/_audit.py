@@ -18,7 +18,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelyard.core._models import AuditHead, AuditRecord
-from modelyard.core._rbac import Role
 
 if TYPE_CHECKING:
     from modelyard.core._platform import Context, Platform
@@ -165,8 +164,8 @@ def to_dict(rec: AuditRecord) -> dict[str, Any]:
 
 
 # -- services ---------------------------------------------------------------------------------------------
-# Reading the log needs the approver role; it spans projects only for the installation's admins, so the
-# filters below always include the actor's project unless ``all_projects`` is asked for by an admin.
+# Reading the log needs the approver role in the project; every project's records need an installation
+# admin (admin of the system project).
 
 
 def list_records(
@@ -178,8 +177,11 @@ def list_records(
     all_projects: bool = False,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    platform.authorize(ctx, "audit.read", f"project:{ctx.project}")
-    project = None if all_projects and ctx.role >= Role.ADMIN else ctx.project
+    if all_projects:
+        platform.authorize_installation(ctx, "audit.read", "audit:all-projects")
+    else:
+        platform.authorize(ctx, "audit.read", f"project:{ctx.project}")
+    project = None if all_projects else ctx.project
     with platform.db.read() as s:
         return [to_dict(r) for r in query(s, since=since, actor=actor, project=project, limit=limit)]
 

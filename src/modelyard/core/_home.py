@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import importlib.metadata as md
 import json
 import os
@@ -17,8 +16,16 @@ from sqlalchemy import select
 from modelyard.config import Settings, load_settings, write_home_config
 from modelyard.core._crypto import MasterKey, load_master_key_file, write_master_key_file
 from modelyard.core._db import missing_sqlite_file
+from modelyard.core._keys import MASTER_KEY_ID
 from modelyard.core._models import Membership, Meta, Project, User
-from modelyard.core._platform import STORE_MARKER, Context, Platform, utcnow
+from modelyard.core._platform import (
+    STORE_MARKER,
+    SYSTEM_PROJECT,
+    Context,
+    Platform,
+    os_user,
+    utcnow,
+)
 from modelyard.core._rbac import Role
 from modelyard.errors import ConfigError, NotFoundError, YardError
 
@@ -72,52 +79,49 @@ def _explicit(settings: Settings) -> dict[str, Any]:
 
 
 def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -> None:
-    owner = getpass.getuser()
+    """Bootstrap a fresh store: region, owner, master key id, the first project and its admin.
+
+    On an existing store this only checks: running `yard init` must never grant anyone a role or create a
+    project (that is what `yard users add` and `yard projects create`, with their checks, are for)."""
+    owner = os_user()
     with platform.db.write() as s:
         existing_region = s.get(Meta, "region")
-        if existing_region is not None and existing_region.value != settings.region:
-            raise ConfigError(
-                f"this home's metadata store is in region {existing_region.value!r}, "
-                f"not {settings.region!r}; a store keeps its region: use a new YARD_HOME for another region"
-            )
-        if existing_region is None:
-            now = utcnow().isoformat()
-            s.add_all(
-                [
-                    Meta(key="region", value=settings.region),
-                    Meta(key="owner", value=owner),
-                    Meta(key="created_at", value=now),
-                ]
-            )
-            report.created.append(f"metadata store {platform.db.safe_url}")
-        else:
+        if existing_region is not None:
+            if existing_region.value != settings.region:
+                raise ConfigError(
+                    f"this home's metadata store is in region {existing_region.value!r}, not "
+                    f"{settings.region!r}; a store keeps its region: use a new YARD_HOME for another region"
+                )
             report.existing.append(f"metadata store {platform.db.safe_url}")
-        proj = s.execute(select(Project).where(Project.name == settings.project)).scalar_one_or_none()
-        if proj is None:
-            proj = Project(
-                name=settings.project, region=settings.region, created_at=utcnow(), created_by=owner
-            )
-            s.add(proj)
-            s.flush()
-            report.created.append(f"project {settings.project!r}")
-        user = s.execute(select(User).where(User.name == owner)).scalar_one_or_none()
-        if user is None:
-            user = User(name=owner, created_at=utcnow(), disabled=False)
-            s.add(user)
-            s.flush()
-            report.created.append(f"user {owner!r} (admin)")
-        if s.get(Membership, (user.id, proj.id)) is None:
-            s.add(Membership(user_id=user.id, project_id=proj.id, role=str(Role.ADMIN)))
-        if report.created:
-            ctx = Context(owner, user.id, proj.name, proj.id, proj.region, Role.ADMIN)
-            platform.audit(
-                ctx,
-                "home.init",
-                f"home:{settings.home}",
-                "ok",
-                {"region": settings.region, "created": report.created},
-                session=s,
-            )
+            return
+        now = utcnow()
+        s.add_all(
+            [
+                Meta(key="region", value=settings.region),
+                Meta(key="owner", value=owner),
+                Meta(key="created_at", value=now.isoformat()),
+                Meta(key=SYSTEM_PROJECT, value=settings.project),
+                Meta(key=MASTER_KEY_ID, value=platform.keyring.current.key_id),
+            ]
+        )
+        report.created.append(f"metadata store {platform.db.safe_url}")
+        proj = Project(name=settings.project, region=settings.region, created_at=now, created_by=owner)
+        user = s.execute(select(User).where(User.name == owner)).scalar_one_or_none() or User(
+            name=owner, created_at=now, disabled=False
+        )
+        s.add_all([proj, user])
+        s.flush()
+        s.add(Membership(user_id=user.id, project_id=proj.id, role=str(Role.ADMIN)))
+        report.created += [f"project {settings.project!r}", f"user {owner!r} (admin)"]
+        ctx = Context(owner, user.id, proj.name, proj.id, proj.region, Role.ADMIN)
+        platform.audit(
+            ctx,
+            "home.init",
+            f"home:{settings.home}",
+            "ok",
+            {"region": settings.region, "created": report.created},
+            session=s,
+        )
 
 
 def _init_store_marker(platform: Platform, settings: Settings, report: InitReport) -> None:

@@ -52,7 +52,7 @@ class TokenInfo:
 def create_project(platform: Platform, ctx: Context, name: str, *, region: str | None = None) -> Project:
     """A new tenant; its creator becomes its admin. Its region must be the store's region."""
     resource = f"project:{name}"
-    platform.authorize(ctx, "project.create", resource)
+    platform.authorize_installation(ctx, "project.create", resource)
     try:
         _name(name, "project")
         region = region or ctx.region

@@ -1,19 +1,25 @@
 """The master keyring and key rotation.
 
-Rotation re-wraps every data key under a new master key in one database transaction; payloads are never
-re-encrypted. The new key is written to ``<key file>.next`` before the transaction and moved over the old
-key file after it, so a crash at any point leaves a keyring that still opens every object; the next load
-finishes or discards the half-done rotation.
+The metadata store records which master key every data key must be wrapped with (``meta.master_key_id``);
+only a rotation changes it, in the same transaction that re-wraps every data key, so payloads are never
+re-encrypted. Around that transaction, on disk: the new key is written to ``<key file>.next`` first and
+moved over the key file after the commit, all under one exclusive lock (``<key file>.lock``), so two
+rotations never interleave. A rotation interrupted between its commit and the move is settled the next
+time a keyring is opened: the recorded id says which of the two files is the live key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from modelyard.config import Settings
 from modelyard.core._crypto import (
@@ -24,18 +30,20 @@ from modelyard.core._crypto import (
     write_master_key_file,
 )
 from modelyard.core._db import MetadataStore
-from modelyard.core._models import Blob
+from modelyard.core._models import Blob, Meta
 from modelyard.errors import MasterKeyError, YardError
 
 if TYPE_CHECKING:
     from modelyard.core._platform import Context, Platform
+
+MASTER_KEY_ID = "master_key_id"  # the meta row naming the live master key
 
 
 @dataclass
 class Keyring:
     current: MasterKey
     source: str  # "env" or the key file path
-    pending: MasterKey | None = None  # a rotation's new key, until the rotation completes
+    pending: MasterKey | None = None  # a rotation's new key, until the rotation is settled
 
     @classmethod
     def load(cls, settings: Settings) -> Keyring:
@@ -47,40 +55,84 @@ class Keyring:
                 f"no master key: {path} does not exist and YARD_MASTER_KEY is not set; "
                 "run `yard init` or point YARD_MASTER_KEY_FILE at your key file"
             )
+        return cls.from_file(path)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Keyring:
         pending_path = _pending_path(path)
         pending = load_master_key_file(pending_path) if pending_path.exists() else None
         return cls(load_master_key_file(path), str(path), pending)
 
-    def for_id(self, key_id: str) -> MasterKey:
-        if self.pending is not None and key_id == self.pending.key_id:
-            return self.pending
-        return self.current  # unwrap_key explains a mismatch with both ids
+    def known(self, key_id: str) -> MasterKey | None:
+        for key in (self.current, self.pending):
+            if key is not None and key.key_id == key_id:
+                return key
+        return None
 
     def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        return unwrap_key(self.for_id(key_id), key_id, wrapped, aad)
+        # With an unknown id, unwrap_key explains the mismatch naming both ids.
+        return unwrap_key(self.known(key_id) or self.current, key_id, wrapped, aad)
 
     def wrap(self, data_key: bytes, aad: bytes) -> tuple[str, bytes]:
         return self.current.key_id, wrap_key(self.current, data_key, aad)
+
+    def refresh(self) -> None:
+        """Re-read the key file (another process may have rotated the key)."""
+        if self.source != "env":
+            fresh = Keyring.from_file(Path(self.source))
+            self.current, self.pending = fresh.current, fresh.pending
 
 
 def _pending_path(path: Path) -> Path:
     return path.with_name(path.name + ".next")
 
 
-def finish_pending_rotation(keyring: Keyring, db: MetadataStore) -> None:
-    """Complete (or discard) a rotation that crashed between its steps."""
-    if keyring.pending is None or keyring.source == "env":
+@contextlib.contextmanager
+def _rotation_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def recorded_key_id(s: Session, *, lock: bool = False) -> str | None:
+    stmt = select(Meta).where(Meta.key == MASTER_KEY_ID)
+    if lock:  # FOR UPDATE on PostgreSQL; SQLite writers are serialised anyway
+        stmt = stmt.with_for_update()
+    row = s.scalars(stmt).one_or_none()
+    return row.value if row else None
+
+
+def settle(keyring: Keyring, db: MetadataStore) -> None:
+    """Finish or discard a rotation that stopped between its commit and the key-file move."""
+    if keyring.source == "env" or keyring.pending is None:
         return
     path = Path(keyring.source)
+    with _rotation_lock(path):
+        _settle_locked(keyring, db, path)
+
+
+def _settle_locked(keyring: Keyring, db: MetadataStore, path: Path) -> None:
+    keyring.refresh()  # under the lock: a rotation that was running may have finished meanwhile
+    if keyring.pending is None:
+        return
     with db.read() as s:
-        under_new = s.scalar(select(func.count()).where(Blob.key_id == keyring.pending.key_id)) or 0
-        under_old = s.scalar(select(func.count()).where(Blob.key_id == keyring.current.key_id)) or 0
-    if under_new and not under_old:
+        recorded = recorded_key_id(s)
+    if recorded == keyring.pending.key_id:  # committed: the new key is live
         os.replace(_pending_path(path), path)
         keyring.current, keyring.pending = keyring.pending, None
-    elif not under_new:
+    elif recorded in (None, keyring.current.key_id):  # never committed: the new key protects nothing
         _pending_path(path).unlink()
         keyring.pending = None
+    else:
+        raise MasterKeyError(
+            f"the store's data keys are wrapped with master key {recorded}, but {path} holds "
+            f"{keyring.current.key_id} and {_pending_path(path)} holds {keyring.pending.key_id}; "
+            "restore the key file with that id"
+        )
 
 
 def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
@@ -90,27 +142,39 @@ def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
             "the master key comes from YARD_MASTER_KEY, so `yard keys rotate` cannot replace it; "
             "store it in a key file (YARD_MASTER_KEY_FILE) and unset YARD_MASTER_KEY, then rotate"
         )
-    finish_pending_rotation(keyring, db)
     path = Path(keyring.source)
-    old, new = keyring.current, MasterKey.generate()
-    write_master_key_file(_pending_path(path), new, overwrite=True)
-    keyring.pending = new
-    count = 0
-    with db.write() as s:
-        for blob in s.execute(select(Blob).execution_options(yield_per=1000)).scalars():
-            aad = blob.digest.encode()
-            data_key = keyring.unwrap(blob.key_id, blob.wrapped_key, aad)
-            blob.wrapped_key = wrap_key(new, data_key, aad)
-            blob.key_id = new.key_id
-            count += 1
-    os.replace(_pending_path(path), path)
-    keyring.current, keyring.pending = new, None
+    with _rotation_lock(path):
+        _settle_locked(keyring, db, path)
+        old, new = keyring.current, MasterKey.generate()
+        write_master_key_file(_pending_path(path), new)  # never overwrites: settled above
+        keyring.pending = new
+        count = 0
+        try:
+            with db.write() as s:
+                recorded = recorded_key_id(s, lock=True)
+                if recorded not in (None, old.key_id):
+                    raise MasterKeyError(
+                        f"the store records master key {recorded}, but this key file holds {old.key_id}; "
+                        "rotate from a machine with the current key"
+                    )
+                for blob in s.execute(select(Blob).execution_options(yield_per=1000)).scalars():
+                    aad = blob.digest.encode()
+                    data_key = keyring.unwrap(blob.key_id, blob.wrapped_key, aad)
+                    blob.wrapped_key = wrap_key(new, data_key, aad)
+                    blob.key_id = new.key_id
+                    count += 1
+                s.merge(Meta(key=MASTER_KEY_ID, value=new.key_id))
+        except BaseException:
+            # If the commit went through after all (acknowledgement lost), settling keeps the new key.
+            _settle_locked(keyring, db, path)
+            raise
+        _settle_locked(keyring, db, path)
     return old.key_id, new.key_id, count
 
 
 def rotate_master_key(platform: Platform, ctx: Context) -> tuple[str, str, int]:
-    """Service: admin only, audited with both key ids (never the keys)."""
-    platform.authorize(ctx, "key.rotate", "key:master")
+    """Service: installation admins only, audited with both key ids (never the keys)."""
+    platform.authorize_installation(ctx, "key.rotate", "key:master")
     try:
         old_id, new_id, count = rotate(platform.keyring, platform.db)
     except YardError as exc:

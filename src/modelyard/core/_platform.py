@@ -7,10 +7,10 @@ and :meth:`Platform.mutate` are the one place where permissions are checked and 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from modelyard.core._keys import Keyring
 
 STORE_MARKER = "store.json"
+# meta keys: the project whose admins administer the installation (keys, projects, the whole audit log),
+# and the id of the master key every data key must be wrapped with (changed only by a rotation).
+SYSTEM_PROJECT = "system_project"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,19 @@ class Context:
     region: str
     role: Role
     via: str = "local"  # "local" (OS user) or "token:<id>"
+
+
+def os_user() -> str:
+    """The account this process runs as. Not getpass.getuser(): that trusts $USER and $LOGNAME, so anyone
+    could act (and be audited) as anyone in local mode by setting an environment variable."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # no passwd entry (some containers) or not POSIX
+        import getpass
+
+        return getpass.getuser()
 
 
 def utcnow() -> datetime:
@@ -104,9 +120,11 @@ class Platform:
 
     @cached_property
     def keyring(self) -> Keyring:
-        from modelyard.core._keys import Keyring
+        from modelyard.core._keys import Keyring, settle
 
-        return Keyring.load(self.settings)
+        keyring = Keyring.load(self.settings)
+        settle(keyring, self.db)  # a rotation interrupted before its key-file move is finished here
+        return keyring
 
     @cached_property
     def artifacts(self) -> ArtifactStore:
@@ -141,7 +159,7 @@ class Platform:
             token = self.settings.token.get_secret_value()
         if token:
             return self._context_from_token(token)
-        name = getpass.getuser()
+        name = os_user()
         project_name = project or self.settings.project
         with self.db.read() as s:
             row = s.execute(
@@ -256,6 +274,20 @@ class Platform:
             f"it needs the {need} role or higher — ask a project admin to grant it",
             action=action,
             required_role=str(need),
+        )
+
+    def authorize_installation(self, ctx: Context, action: str, resource: str) -> None:
+        """Installation-wide actions (master key, projects, every project's audit log) need the admin role
+        in the system project: a tenant's admin administers only their tenant."""
+        self.authorize(ctx, action, resource)
+        system = self.meta(SYSTEM_PROJECT)
+        if ctx.project == system:
+            return
+        self.audit(ctx, action, resource, "denied", {"role": str(ctx.role), "required": f"admin of {system}"})
+        raise PermissionDeniedError(
+            f"{action} affects the whole installation: only admins of project {system!r} may do it "
+            f"(you act in {ctx.project!r}; an admin of {system!r} runs it with -p {system})",
+            action=action,
         )
 
     def refuse(self, ctx: Context, action: str, resource: str, error: YardError) -> YardError:
