@@ -35,3 +35,51 @@ def test_batches_publish_in_bounded_groups(
     outs = [(i.digest, tmp_path / "out" / i.name) for i in infos]
     get_artifacts(platform, platform.context(), outs)
     assert [o.read_bytes() for _, o in outs] == [f.read_bytes() for f in files]
+
+
+def test_a_failed_upload_is_audited_and_leaves_nothing(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.core import list_records
+    from modelyard.errors import BackendError
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise BackendError("disk unplugged")
+
+    monkeypatch.setattr(platform.backend, "put_file", fail)
+    src = tmp_path / "x.bin"
+    src.write_bytes(b"x" * 100)
+    with pytest.raises(BackendError):
+        put_artifacts(platform, platform.context(), [src])
+    last = list_records(platform, platform.context())[-1]
+    assert (last["action"], last["outcome"], last["detail"]["code"]) == (
+        "artifact.write",
+        "refused",
+        "backend_error",
+    )
+    assert list(platform.backend.list("objects/")) == []
+    assert list(platform.backend.staging_dir().iterdir()) == []
+
+
+def test_output_errors_are_usage_errors(platform: Platform, tmp_path: Path) -> None:
+    from modelyard.core import get_artifact, put_artifact
+    from modelyard.errors import UsageError
+
+    src = tmp_path / "x.bin"
+    src.write_bytes(b"x" * 100)
+    info = put_artifact(platform, platform.context(), src)
+    with pytest.raises(UsageError, match="is a directory"):
+        get_artifact(platform, platform.context(), info.digest, tmp_path)
+    with pytest.raises(UsageError, match="cannot write output"):
+        get_artifact(platform, platform.context(), info.digest, src / "below-a-file")
+
+
+def test_a_corrupt_store_marker_is_a_clear_error(platform: Platform) -> None:
+    from modelyard.core import doctor
+    from modelyard.errors import ConfigError
+
+    platform.backend.write_bytes("store.json", b"[1]")
+    with Platform(platform.settings) as fresh, pytest.raises(ConfigError, match="corrupt"):
+        fresh.store_region  # noqa: B018
+    rows = {check: status for check, _, status in doctor(platform.settings)}
+    assert rows["artifact store"] == "fail"  # doctor reports it, never raises

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from modelyard.core import (
     Platform,
@@ -98,7 +99,9 @@ def test_token_is_bound_to_its_project(platform: Platform) -> None:
     create_project(platform, admin, "acme")
     acme = platform.context(project="acme")
     _, token = create_token(platform, acme, admin.user)
-    assert platform.context(token=token, project="default").project == "acme"
+    assert platform.context(token=token).project == "acme"
+    with pytest.raises(UsageError, match="acme"):  # an explicit other project is an error, not ignored
+        platform.context(token=token, project="default")
 
 
 def test_users_add_ls_set_role(platform: Platform) -> None:
@@ -161,3 +164,28 @@ def test_opening_an_uninitialised_home_creates_nothing(home: Path) -> None:
     with pytest.raises(ConfigError, match="yard init"):
         Platform()
     assert not home.exists()
+
+
+def test_init_on_an_existing_home_grants_nothing(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelyard.core import init_home
+    from modelyard.core._models import Membership, Project, User
+    from modelyard.errors import AuthenticationError
+
+    def counts() -> tuple[int, int, int]:
+        with platform.db.read() as s:
+            return tuple(len(s.scalars(select(t)).all()) for t in (User, Project, Membership))  # type: ignore[return-value]
+
+    before = counts()
+    monkeypatch.setattr("modelyard.core._home.os_user", lambda: "mallory")
+    monkeypatch.setattr("modelyard.core._platform.os_user", lambda: "mallory")
+    report = init_home(platform.settings.model_copy(update={"project": "mallory-land"}))
+    assert report.created == []
+    assert counts() == before
+    with pytest.raises(AuthenticationError):
+        platform.context()
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "999999999d", "100000000w", "36526d"])
+def test_parse_duration_bounds(text: str) -> None:
+    with pytest.raises(UsageError, match="100 years"):
+        parse_duration(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from modelyard.core import (
     set_role,
 )
 from modelyard.core._models import Artifact, AuditRecord, Blob, Membership, Project, Token, User
-from modelyard.errors import NotFoundError, PermissionDeniedError
+from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError
 from modelyard.testing import actor
 
 
@@ -114,7 +115,11 @@ def test_non_admin_cannot_mint_tokens_for_others(platform: Platform, admin: Cont
     sci = actor(platform, admin, "sam", Role.SCIENTIST)
     add_user(platform, admin, "ada", Role.APPROVER)
     _assert_refused(platform, sci, "token.manage", lambda: create_token(platform, sci, "ada"))
-    info, token = create_token(platform, sci, "sam")  # self-service is allowed
+    with pytest.raises(UsageError, match="cannot be created with a token"):
+        create_token(platform, sci, "sam")  # a token never mints tokens, not even for itself
+    assert _last_audit(platform).outcome == "refused"
+    local_sam = dataclasses.replace(sci, via="local")  # sam at his own OS account
+    info, token = create_token(platform, local_sam, "sam")  # self-service is allowed
     assert platform.context(token=token).user == "sam"
     assert info.user == "sam"
 

@@ -391,5 +391,8 @@ def audit_export(
     if output is None:
         sys.stdout.write(lines)
     else:
-        output.write_text(lines, encoding="utf-8")
+        try:
+            output.write_text(lines, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
         console.print(f"wrote {len(recs)} records to {output}", markup=False)

@@ -34,7 +34,15 @@ from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import IntegrityError, MasterKeyError, NotFoundError, ResidencyError, UsageError
+from modelyard.errors import (
+    BackendError,
+    IntegrityError,
+    MasterKeyError,
+    NotFoundError,
+    ResidencyError,
+    UsageError,
+    YardError,
+)
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
@@ -303,8 +311,13 @@ class ArtifactStore:
         return self.get_many([(digest, dest)])[0]
 
     def _decrypt_to(self, digest: str, object_name: str, data_key: bytes, dest: Path, durable: bool) -> int:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        if dest.is_dir():
+            raise UsageError(f"output {dest} is a directory; give a file path to write the artifact to")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        except OSError as exc:
+            raise UsageError(f"cannot write output {dest}: {exc.strerror or exc}") from None
         try:
             with (
                 _naming(digest, object_name),
@@ -370,7 +383,13 @@ def put_artifacts(
             raise UsageError(f"{unreadable[0]} is not a readable file")
     except (UsageError, ResidencyError) as exc:
         raise platform.refuse(ctx, "artifact.write", resource, exc) from None
-    staged = store.stage_files(paths, region=obj_region)
+    try:
+        staged = store.stage_files(paths, region=obj_region)
+    except YardError as exc:  # read, upload or flush failed: the attempt is still on record
+        raise platform.refuse(ctx, "artifact.write", resource, exc) from None
+    except OSError as exc:
+        failure = BackendError(f"storing {resource} failed: {exc}")
+        raise platform.refuse(ctx, "artifact.write", resource, failure) from exc
     items: list[tuple[str, dict[str, Any] | None]] = [
         (f"artifact:{b.digest}", {"name": n, "size": b.size}) for b, n in zip(staged, ref_names, strict=True)
     ]

@@ -154,6 +154,7 @@ def list_users(platform: Platform, ctx: Context) -> list[MemberInfo]:
 
 _DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_MAX_DURATION = timedelta(days=36525)
 
 
 def parse_duration(text: str) -> timedelta | None:
@@ -163,7 +164,13 @@ def parse_duration(text: str) -> timedelta | None:
     m = _DURATION_RE.match(text.strip())
     if not m or int(m.group(1)) == 0:
         raise UsageError(f"duration {text!r} is not valid; expected e.g. 30d, 12h, 90m, 2w or never")
-    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        delta = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    except OverflowError:
+        delta = _MAX_DURATION + timedelta(days=1)
+    if delta > _MAX_DURATION:
+        raise UsageError(f"duration {text!r} is longer than 100 years; use `never` for no expiry")
+    return delta
 
 
 def create_token(
@@ -171,6 +178,15 @@ def create_token(
 ) -> tuple[TokenInfo, str]:
     """Returns the token's info and the secret token string. The string is not stored and not shown again."""
     action = "token.create.self" if user == ctx.user else "token.manage"
+    platform.authorize(ctx, action, f"user:{user}")
+    if ctx.via.startswith("token:"):
+        # A token must not mint longer-lived or broader tokens (a 1-hour token would become permanent).
+        raise platform.refuse(
+            ctx,
+            action,
+            f"user:{user}",
+            UsageError("tokens cannot be created with a token; create them from a local (OS user) session"),
+        )
     resource = f"user:{user}"
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)

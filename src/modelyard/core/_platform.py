@@ -30,6 +30,7 @@ from modelyard.errors import (
     ConfigError,
     NotFoundError,
     PermissionDeniedError,
+    UsageError,
     YardError,
 )
 
@@ -145,6 +146,11 @@ class Platform:
             ) from None
         except ValueError as exc:
             raise ConfigError(f"artifact store marker {STORE_MARKER} is corrupt: {exc}") from exc
+        if not isinstance(marker, dict) or not isinstance(marker.get("region"), str):
+            raise ConfigError(
+                f"artifact store marker {STORE_MARKER} in {self.settings.resolved_artifact_uri} is corrupt: "
+                'expected {"region": "..."}; restore it from a backup'
+            )
         return str(marker["region"])
 
     def meta(self, key: str) -> str | None:
@@ -158,7 +164,13 @@ class Platform:
         if token is None and self.settings.token is not None:
             token = self.settings.token.get_secret_value()
         if token:
-            return self._context_from_token(token)
+            ctx = self._context_from_token(token)
+            if project is not None and project != ctx.project:
+                raise UsageError(
+                    f"the API token acts in project {ctx.project!r}, not {project!r}; "
+                    "drop --project or use a token of that project"
+                )
+            return ctx
         name = os_user()
         project_name = project or self.settings.project
         with self.db.read() as s:
