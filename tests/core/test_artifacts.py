@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -83,3 +84,35 @@ def test_a_corrupt_store_marker_is_a_clear_error(platform: Platform) -> None:
         fresh.store_region  # noqa: B018
     rows = {check: status for check, _, status in doctor(platform.settings)}
     assert rows["artifact store"] == "fail"  # doctor reports it, never raises
+
+
+def test_a_lost_commit_acknowledgement_keeps_the_objects(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction commits but the caller sees an error (connection dropped before the reply): the
+    referenced objects must not be discarded."""
+    import contextlib
+
+    from modelyard.core import get_artifact
+    from modelyard.errors import BackendError
+
+    real_write = platform.db.write
+    calls = {"n": 0}
+
+    @contextlib.contextmanager
+    def write():  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        with real_write() as s:
+            yield s
+        if calls["n"] == 1:  # the put's transaction: committed, then the acknowledgement is "lost"
+            raise BackendError("connection lost after COMMIT")
+
+    src = tmp_path / "x.bin"
+    src.write_bytes(os.urandom(5000))
+    monkeypatch.setattr(platform.db, "write", write)
+    with pytest.raises(BackendError):
+        put_artifacts(platform, platform.context(), [src])
+    monkeypatch.setattr(platform.db, "write", real_write)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    get_artifact(platform, platform.context(), digest, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()

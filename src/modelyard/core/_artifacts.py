@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -231,21 +231,40 @@ class ArtifactStore:
             claimed.update(s.scalars(stmt.returning(Blob.digest)))
         return claimed
 
-    def discard(self, staged: Iterable[StagedBlob], keep: set[str] | None = None) -> None:
-        """Delete published objects that no metadata row refers to (lost a race, or the commit failed)."""
-        for b in staged:
-            if b.object_name and b.digest not in (keep or set()):
+    def discard(self, staged: Sequence[StagedBlob], *, committed: bool, claimed: set[str]) -> None:
+        """Delete published objects that no metadata row refers to: those that lost the race for their
+        digest, or all of them when the transaction failed. When the outcome of a failed commit is unknown
+        (its acknowledgement may have been lost), ask the store; if it cannot answer, keep everything:
+        an orphaned object is harmless, a deleted referenced one is data lost."""
+        published = [b for b in staged if b.object_name]
+        if not committed and published:
+            try:
+                with self.db.read() as s:
+                    referenced = set(
+                        s.scalars(
+                            select(Blob.object_name).where(
+                                Blob.object_name.in_([b.object_name for b in published])
+                            )
+                        )
+                    )
+            except Exception:
+                return
+            claimed = {b.digest for b in published if b.object_name in referenced}
+        for b in published:
+            if b.digest not in claimed:
                 self.backend.delete(b.object_name)
 
     def put(self, src: BinaryIO, *, region: str | None = None) -> str:
         """Store bytes without a project reference (internal use: manifests, checkpoints)."""
         staged = self.stage(src, region=region or self.region)
         claimed: set[str] = set()
+        committed = False
         try:
             with self.db.write() as s:
                 claimed = self.claim(s, [staged])
+            committed = True
         finally:
-            self.discard([staged], keep=claimed)
+            self.discard([staged], committed=committed, claimed=claimed)
         return staged.digest
 
     # -- read -------------------------------------------------------------------------------------------
@@ -426,7 +445,7 @@ def put_artifacts(
         committed = True
     finally:
         # Objects that lost a race for their digest, or whose transaction failed, are not referenced.
-        store.discard(staged, keep=claimed if committed else set())
+        store.discard(staged, committed=committed, claimed=claimed)
     return [
         ArtifactInfo(b.digest, b.size, n, obj_region, now, ctx.user)
         for b, n in zip(staged, ref_names, strict=True)
