@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,17 @@ def test_a_lost_commit_acknowledgement_keeps_the_objects(
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     get_artifact(platform, platform.context(), digest, tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == src.read_bytes()
+
+
+def test_init_sweeps_stale_staging_files_only(platform: Platform) -> None:
+    from modelyard.core import init_home
+
+    staging = platform.backend.staging_dir()
+    stale, fresh = staging / ".put-crashed", staging / ".put-in-progress"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    day_ago = time.time() - 2 * 86_400
+    os.utime(stale, (day_ago, day_ago))
+    report = init_home(platform.settings)
+    assert not stale.exists() and fresh.exists()
+    assert report.cleaned == ["1 stale temp file(s) left by interrupted writes"] and report.created == []

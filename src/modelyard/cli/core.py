@@ -30,6 +30,8 @@ def init(
         console.print(f"created  {item}", markup=False)
     for item in report.existing:
         console.print(f"exists   {item}", markup=False)
+    for item in report.cleaned:
+        console.print(f"cleaned  {item}", markup=False)
     console.print(f"ready: home {report.home}, region {report.region}", markup=False)
 
 

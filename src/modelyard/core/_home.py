@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import json
 import os
 import platform as _pyplatform
 import shutil
 import stat
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -36,6 +39,7 @@ class InitReport:
     region: str
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
 
 
 def init_home(settings: Settings | None = None, *, region: str | None = None) -> InitReport:
@@ -138,6 +142,22 @@ def _init_store_marker(platform: Platform, settings: Settings, report: InitRepor
             f"not {settings.region!r}; point YARD_ARTIFACT_URI at a store in {settings.region!r}"
         )
     report.existing.append(f"artifact store {settings.resolved_artifact_uri}")
+    swept = sweep_staging(platform.backend.staging_dir())
+    if swept:
+        report.cleaned.append(f"{swept} stale temp file(s) left by interrupted writes")
+
+
+def sweep_staging(staging: Path, *, older_than: float = 86_400) -> int:
+    """Remove temp files an interrupted put left behind. Files being written have a fresh mtime, so a
+    day-old one belongs to no live writer; nothing in staging is referenced by the metadata store."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for entry in staging.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed += 1
+    return removed
 
 
 # -- doctor -----------------------------------------------------------------------------------------------
