@@ -153,14 +153,15 @@ class ArtifactStore:
         staged: list[StagedBlob] = []
         published: dict[str, str] = {}
         group: list[_Sealed] = []
+        group_bytes = 0
         try:
             for i, path in enumerate(paths):
                 with open(path, "rb") as src:
                     group.append(self._seal(src))
-                full = len(group) >= _GROUP_FILES or sum(g.size for g in group) >= _GROUP_BYTES
-                if full or i == len(paths) - 1:
+                group_bytes += group[-1].size
+                if len(group) >= _GROUP_FILES or group_bytes >= _GROUP_BYTES or i == len(paths) - 1:
                     staged += self._publish(group, region, published, durable)
-                    group = []
+                    group, group_bytes = [], 0
             if published and not durable:
                 self.backend.sync()
         except BaseException:
@@ -276,9 +277,6 @@ class ArtifactStore:
                 found.update(s.scalars(select(Blob.digest).where(Blob.digest.in_(chunk))))
         return found
 
-    def has_blob(self, digest: str) -> bool:
-        return bool(self.known_digests([digest]))
-
     def _locate(self, digests: Sequence[str]) -> dict[str, tuple[str, str, bytes]]:
         """digest -> (object name, key id, wrapped data key); NotFoundError names the first missing."""
         for d in digests:
@@ -320,7 +318,8 @@ class ArtifactStore:
             object_name, key_id, wrapped = located[digest]
             data_key = self._data_key(digest, key_id, wrapped)
             sizes.append(self._decrypt_to(digest, object_name, data_key, Path(dest), durable))
-            parents.setdefault(Path(dest).parent.stat().st_dev, Path(dest).parent)
+            if not durable:  # one flush per destination filesystem at the end
+                parents.setdefault(Path(dest).parent.stat().st_dev, Path(dest).parent)
         if not durable:
             for parent in parents.values():
                 sync_filesystem(parent)

@@ -178,16 +178,16 @@ def create_token(
 ) -> tuple[TokenInfo, str]:
     """Returns the token's info and the secret token string. The string is not stored and not shown again."""
     action = "token.create.self" if user == ctx.user else "token.manage"
-    platform.authorize(ctx, action, f"user:{user}")
+    resource = f"user:{user}"
+    platform.authorize(ctx, action, resource)  # a missing role is reported before the token rule
     if ctx.via.startswith("token:"):
         # A token must not mint longer-lived or broader tokens (a 1-hour token would become permanent).
         raise platform.refuse(
             ctx,
             action,
-            f"user:{user}",
+            resource,
             UsageError("tokens cannot be created with a token; create them from a local (OS user) session"),
         )
-    resource = f"user:{user}"
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     now = utcnow()

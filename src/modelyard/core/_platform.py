@@ -40,8 +40,7 @@ if TYPE_CHECKING:
     from modelyard.core._keys import Keyring
 
 STORE_MARKER = "store.json"
-# meta keys: the project whose admins administer the installation (keys, projects, the whole audit log),
-# and the id of the master key every data key must be wrapped with (changed only by a rotation).
+# meta key: the project whose admins administer the installation (keys, projects, the whole audit log).
 SYSTEM_PROJECT = "system_project"
 
 
