@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     token: SecretStr | None = None
     s3_endpoint_url: str | None = None
     debug: bool = False
+    # Tracking: how often a run's process proves it is alive, and after how long without that proof a
+    # RUNNING run is reaped to FAILED; how often buffered metrics are flushed; system metrics sampling
+    # (0 disables); how long end_run/exit waits for a flush before giving up with a warning.
+    run_heartbeat_s: float = Field(default=10.0, gt=0)
+    run_heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    metric_flush_s: float = Field(default=1.0, gt=0)
+    system_metrics_s: float = Field(default=10.0, ge=0)
+    flush_timeout_s: float = Field(default=30.0, gt=0)
+    # Data: threads that hash and encrypt files (0 = one per CPU).
+    data_workers: int = Field(default=0, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,10 @@
 """The ``yard`` command line. Each stage adds one module of commands; all of them call the services."""
 
-from modelyard.cli import core as _core  # noqa: F401  (registers the core commands)
+# Importing a module registers its commands on the root app.
+from modelyard.cli import core as _core  # noqa: F401
+from modelyard.cli import data as _data  # noqa: F401
+from modelyard.cli import lineage as _lineage  # noqa: F401
+from modelyard.cli import tracking as _tracking  # noqa: F401
 from modelyard.cli._app import app, main
 
 __all__ = ["app", "main"]

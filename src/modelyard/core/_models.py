@@ -8,7 +8,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -120,5 +122,151 @@ class Artifact(Base):
     digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), index=True)
     name: Mapped[str] = mapped_column(String(1024))
     region: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+# -- tracking (issue 3) ---------------------------------------------------------------------------------
+_BIGINT = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_experiment_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+class Run(Base):
+    """One execution. ``heartbeat_at`` is refreshed by the owning process; a RUNNING run whose heartbeat
+    is older than the timeout is reaped to FAILED, so a killed process never leaves a run RUNNING."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    name: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    user: Mapped[str] = mapped_column(String(160))
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunParam(Base):
+    __tablename__ = "run_params"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RunTag(Base):
+    __tablename__ = "run_tags"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RunMetric(Base):
+    """Every logged point. ``value`` is NULL for NaN (SQLite cannot store NaN); ``ts`` is epoch ms."""
+
+    __tablename__ = "run_metrics"
+    __table_args__ = (Index("ix_run_metrics_run_key_step", "run_id", "key", "step"),)
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(250))
+    value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    step: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[int] = mapped_column(BigInteger)
+
+
+class RunLatestMetric(Base):
+    """The point with the highest (step, ts) per run and key: what search filters and sorts on."""
+
+    __tablename__ = "run_latest_metrics"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    step: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[int] = mapped_column(BigInteger)
+
+
+class MetricBatch(Base):
+    """Idempotency key of a flushed metric batch: a retry after a lost commit acknowledgement finds its
+    batch id already recorded and writes nothing twice."""
+
+    __tablename__ = "metric_batches"
+    batch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+
+
+class RunArtifact(Base):
+    __tablename__ = "run_artifacts"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- datasets (issue 3) ---------------------------------------------------------------------------------
+class Dataset(Base):
+    """``last_version`` is bumped in the transaction that adds a version: numbers are gapless, never
+    reused after a delete, and concurrent adds serialise on this row."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_dataset_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    region: Mapped[str] = mapped_column(String(64))
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+class DatasetVersion(Base):
+    """A manifest (JSON lines of path, size, sha256, sorted by path) stored as a blob, plus the profile
+    (schema and statistics of tabular members, JSON) used by diff and as the drift reference."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version", name="uq_dataset_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    manifest_digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"))
+    files: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    message: Mapped[str] = mapped_column(Text, default="")
+    region: Mapped[str] = mapped_column(String(64))
+    profile: Mapped[str] = mapped_column(Text, default="{}")
+    source_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+# -- lineage (issue 3) ----------------------------------------------------------------------------------
+class LineageEdge(Base):
+    """``src`` -> ``dst`` between object references such as ``dataset:name@3``, ``run:<id>``,
+    ``artifact:<sha256>`` and, later, ``model:name@2`` and ``deployment:...``."""
+
+    __tablename__ = "lineage_edges"
+    __table_args__ = (UniqueConstraint("project_id", "src", "dst", "relation", name="uq_lineage_edge"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    src: Mapped[str] = mapped_column(String(300), index=True)
+    dst: Mapped[str] = mapped_column(String(300), index=True)
+    relation: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(160))

@@ -1,0 +1,161 @@
+"""The lineage graph: edges between object references, recorded inside the writes that create them.
+
+References are strings with a kind prefix: ``dataset:name@3``, ``run:<id>``, ``artifact:<sha256>`` and,
+from the registry on, ``model:name@2`` and ``deployment:...``. An edge ``src -> dst`` says dst was made
+from (or with) src. Edges belong to a project; nothing crosses tenants.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from modelyard.core._models import LineageEdge
+from modelyard.core._platform import Context, Platform, utcnow
+from modelyard.errors import UsageError
+
+KINDS = ("dataset", "run", "artifact", "model", "deployment")
+_REF_RE = re.compile(r"^(?P<kind>[a-z]+):(?P<id>[A-Za-z0-9][A-Za-z0-9._@:/-]{0,290})$")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_VERSIONED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+$")
+MAX_DEPTH = 50
+
+
+def dataset_ref(name: str, version: int) -> str:
+    return f"dataset:{name}@{version}"
+
+
+def run_ref(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def artifact_ref(digest: str) -> str:
+    return f"artifact:{digest}"
+
+
+def model_ref(name: str, version: int) -> str:
+    return f"model:{name}@{version}"
+
+
+def parse_ref(text: str) -> str:
+    """Canonical reference for what a user typed: ``kind:id``, a bare run id, a bare sha256 (artifact) or
+    ``name@N`` (dataset version)."""
+    if not isinstance(text, str) or not text:
+        raise UsageError("expected an object reference such as dataset:name@3, run:<id> or artifact:<sha256>")
+    if _RUN_ID_RE.match(text):
+        return run_ref(text)
+    if _DIGEST_RE.match(text):
+        return artifact_ref(text)
+    if _VERSIONED_RE.match(text):
+        return f"dataset:{text}"
+    m = _REF_RE.match(text)
+    if m is None or m["kind"] not in KINDS:
+        raise UsageError(
+            f"{text!r} is not an object reference; expected one of "
+            + ", ".join(f"{k}:..." for k in KINDS)
+            + " (e.g. dataset:name@3, run:<32-hex id>, artifact:<sha256>)"
+        )
+    return text
+
+
+def add_edges(s: Session, ctx: Context, edges: Iterable[tuple[str, str, str]]) -> None:
+    """Record (src, dst, relation) edges in the caller's transaction; an edge already present is kept."""
+    now = utcnow()
+    rows = [
+        {
+            "project_id": ctx.project_id,
+            "src": parse_ref(src),
+            "dst": parse_ref(dst),
+            "relation": relation,
+            "created_at": now,
+            "created_by": ctx.user,
+        }
+        for src, dst, relation in edges
+    ]
+    if not rows:
+        return
+    dialect = s.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    for i in range(0, len(rows), 500):
+        s.execute(insert(LineageEdge).values(rows[i : i + 500]).on_conflict_do_nothing())
+
+
+@dataclass
+class LineageNode:
+    ref: str
+    relation: str = ""
+    children: list[LineageNode] = field(default_factory=list)
+    truncated: bool = False  # depth limit reached or already shown above (cycles, shared inputs)
+
+
+def _walk(s: Session, project_id: int, ref: str, *, upstream: bool, depth: int) -> LineageNode:
+    root = LineageNode(ref)
+    seen = {ref}
+    frontier = [root]
+    for _ in range(depth):
+        if not frontier:
+            break
+        by_ref = {n.ref: n for n in frontier}
+        near, far = (LineageEdge.dst, LineageEdge.src) if upstream else (LineageEdge.src, LineageEdge.dst)
+        rows = s.execute(
+            select(near, far, LineageEdge.relation)
+            .where(LineageEdge.project_id == project_id, near.in_(list(by_ref)))
+            .order_by(LineageEdge.id)
+        ).all()
+        frontier = []
+        for here, there, relation in rows:
+            child = LineageNode(there, relation)
+            by_ref[here].children.append(child)
+            if there in seen:
+                child.truncated = True
+            else:
+                seen.add(there)
+                frontier.append(child)
+    for n in frontier:  # the depth limit cut these; say so if they have more
+        n.truncated = n.truncated or _has_edges(s, project_id, n.ref, upstream=upstream)
+    return root
+
+
+def _has_edges(s: Session, project_id: int, ref: str, *, upstream: bool) -> bool:
+    col = LineageEdge.dst if upstream else LineageEdge.src
+    return (
+        s.execute(
+            select(LineageEdge.id).where(LineageEdge.project_id == project_id, col == ref).limit(1)
+        ).first()
+        is not None
+    )
+
+
+def lineage(
+    platform: Platform, ctx: Context, ref: str, *, depth: int = 10
+) -> tuple[LineageNode, LineageNode]:
+    """(upstream tree, downstream tree) of ``ref`` in ctx's project."""
+    ref = parse_ref(ref)
+    if not 1 <= depth <= MAX_DEPTH:
+        raise UsageError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
+    platform.authorize(ctx, "lineage.read", ref)
+    with platform.db.read() as s:
+        return (
+            _walk(s, ctx.project_id, ref, upstream=True, depth=depth),
+            _walk(s, ctx.project_id, ref, upstream=False, depth=depth),
+        )
+
+
+def downstream_refs(s: Session, project_id: int, ref: str, *, depth: int = MAX_DEPTH) -> set[str]:
+    """Every reference reachable downstream of ``ref`` (e.g. the models built from a dataset version)."""
+    out: set[str] = set()
+
+    def visit(node: LineageNode) -> None:
+        for c in node.children:
+            out.add(c.ref)
+            visit(c)
+
+    visit(_walk(s, project_id, ref, upstream=False, depth=depth))
+    return out
