@@ -15,6 +15,20 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from modelyard.config import Settings, load_settings
     from modelyard.core import Context, Platform, Role, init_home
+    from modelyard.tracking import (
+        Client,
+        end_run,
+        log_artifact,
+        log_dict,
+        log_figure,
+        log_metric,
+        log_metrics,
+        log_param,
+        log_params,
+        set_tag,
+        set_tags,
+        start_run,
+    )
 
 _LAZY = {
     "Settings": "modelyard.config",
@@ -23,17 +37,41 @@ _LAZY = {
     "Platform": "modelyard.core",
     "Role": "modelyard.core",
     "init_home": "modelyard.core",
+    "Client": "modelyard.tracking",
+    "start_run": "modelyard.tracking",
+    "end_run": "modelyard.tracking",
+    "log_param": "modelyard.tracking",
+    "log_params": "modelyard.tracking",
+    "log_metric": "modelyard.tracking",
+    "log_metrics": "modelyard.tracking",
+    "set_tag": "modelyard.tracking",
+    "set_tags": "modelyard.tracking",
+    "log_artifact": "modelyard.tracking",
+    "log_dict": "modelyard.tracking",
+    "log_figure": "modelyard.tracking",
 }
 
 __all__ = [
+    "Client",
     "Context",
     "Platform",
     "Role",
     "Settings",
     "YardError",
     "__version__",
+    "end_run",
     "init_home",
     "load_settings",
+    "log_artifact",
+    "log_dict",
+    "log_figure",
+    "log_metric",
+    "log_metrics",
+    "log_param",
+    "log_params",
+    "set_tag",
+    "set_tags",
+    "start_run",
 ]
 
 

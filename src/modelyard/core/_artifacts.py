@@ -16,7 +16,8 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -76,6 +77,31 @@ class _Sealed:
     size: int
     key_id: str
     wrapped_key: bytes
+
+
+def _seal_all(
+    seal: Callable[[Path], _Sealed], paths: Sequence[Path], pool: ThreadPoolExecutor | None
+) -> list[_Sealed]:
+    """Seal ``paths`` in order; if one fails, remove the temp files of the others before raising."""
+    if pool is None:
+        done: list[_Sealed] = []
+        try:
+            for p in paths:
+                done.append(seal(p))
+        except BaseException:
+            for item in done:
+                item.tmp.unlink(missing_ok=True)
+            raise
+        return done
+    futures = [pool.submit(seal, p) for p in paths]
+    wait(futures)
+    results = [f.result() for f in futures if f.exception() is None]
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        for item in results:
+            item.tmp.unlink(missing_ok=True)
+        raise failed
+    return results
 
 
 @dataclass(frozen=True)
@@ -145,31 +171,48 @@ class ArtifactStore:
             staged.append(StagedBlob(item.digest, item.size, name, item.key_id, item.wrapped_key, region))
         return staged
 
-    def stage_files(self, paths: Sequence[Path], *, region: str) -> list[StagedBlob]:
+    def stage_files(
+        self, paths: Sequence[Path], *, region: str, workers: int = 1, sync: bool = True
+    ) -> list[StagedBlob]:
         """Seal and publish files in groups, so local temp space stays bounded (S3 stages locally), and
-        make everything durable before returning: nothing may record an object that a crash could lose."""
+        make everything durable before returning: nothing may record an object that a crash could lose.
+
+        ``workers`` > 1 seals a group's files on that many threads: SHA-256 and AES-GCM release the GIL
+        on large buffers, so hashing and encryption scale with cores. ``sync=False`` leaves the final
+        flush to the caller (a dataset add stages many batches and flushes once before recording);
+        a caller passing it must call ``backend.sync()`` before claiming anything."""
         self._check_region(region)
-        durable = len(paths) <= _DURABLE_EACH
+        durable = sync and len(paths) <= _DURABLE_EACH
         staged: list[StagedBlob] = []
         published: dict[str, str] = {}
-        group: list[_Sealed] = []
+        group: list[Path] = []
+        sealed: list[_Sealed] = []
         group_bytes = 0
+        pool = ThreadPoolExecutor(workers) if workers > 1 and len(paths) > 1 else None
+
+        def seal_path(path: Path) -> _Sealed:
+            with open(path, "rb") as src:
+                return self._seal(src)
+
         try:
             for i, path in enumerate(paths):
-                with open(path, "rb") as src:
-                    group.append(self._seal(src))
-                group_bytes += group[-1].size
+                group.append(path)
+                with contextlib.suppress(OSError):  # an unreadable file fails below, when it is opened
+                    group_bytes += os.stat(path).st_size
                 if len(group) >= _GROUP_FILES or group_bytes >= _GROUP_BYTES or i == len(paths) - 1:
-                    staged += self._publish(group, region, published, durable)
-                    group, group_bytes = [], 0
-            if published and not durable:
+                    sealed = _seal_all(seal_path, group, pool)
+                    staged += self._publish(sealed, region, published, durable)
+                    group, sealed, group_bytes = [], [], 0
+            if published and not durable and sync:
                 self.backend.sync()
         except BaseException:
             for name in published.values():
                 self.backend.delete(name)
             raise
         finally:
-            for item in group:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            for item in sealed:
                 item.tmp.unlink(missing_ok=True)  # published ones were moved away already
         return staged
 
@@ -306,21 +349,22 @@ class ArtifactStore:
         with _naming(digest, object_name), contextlib.closing(self.backend.open(object_name)) as f:
             yield from iter_decrypt(f, data_key, expected_digest=digest)
 
-    def get_many(self, pairs: Sequence[tuple[str, Path]]) -> list[int]:
+    def get_many(self, pairs: Sequence[tuple[str, Path]], *, sync: bool = True) -> list[int]:
         """Write each digest's plaintext to its destination, each only once fully verified (temp file +
         rename). If one fails, the files before it are complete and verified; it and later ones are not
-        written. Small batches fsync each file, larger ones flush each destination filesystem once."""
+        written. Small batches fsync each file, larger ones flush each destination filesystem once;
+        ``sync=False`` leaves that flush to the caller (a dataset checkout flushes once at the end)."""
         located = self._locate([d for d, _ in pairs])
-        durable = len(pairs) <= _DURABLE_EACH
+        durable = sync and len(pairs) <= _DURABLE_EACH
         sizes: list[int] = []
         parents: dict[int, Path] = {}
         for digest, dest in pairs:
             object_name, key_id, wrapped = located[digest]
             data_key = self._data_key(digest, key_id, wrapped)
             sizes.append(self._decrypt_to(digest, object_name, data_key, Path(dest), durable))
-            if not durable:  # one flush per destination filesystem at the end
+            if not durable and sync:  # one flush per destination filesystem at the end
                 parents.setdefault(Path(dest).parent.stat().st_dev, Path(dest).parent)
-        if not durable:
+        if not durable and sync:
             for parent in parents.values():
                 sync_filesystem(parent)
         return sizes

@@ -1,0 +1,248 @@
+"""Dataset versioning: `yard data add` against `dvc add` on the same tree, first add and re-add.
+
+One tree of random files is generated (default 1 GiB in 10,000 files), then every tool gets its own copy
+of it (untimed) and, in the same run and on the same filesystem:
+
+* first add: the whole tree is versioned (hash, store; modelyard also encrypts every file);
+* re-add: 1% of the files get new contents of the same size (untimed), then the tree is added again
+  (unchanged files come from the stat cache: modelyard's and DVC's state database).
+
+Tools: ``yard`` runs ``yard data add`` as a subprocess against a home made by ``yard init`` (CLI to CLI);
+``dvc`` runs ``dvc add`` as a subprocess in a fresh ``git init`` + ``dvc init --no-scm`` repository;
+``in-process`` calls ``modelyard.data.add_version`` in this process (no interpreter start-up).
+The table shows seconds, MB/s and how many times faster modelyard is than DVC (dvc time / modelyard time).
+
+Run ``python benchmarks/data.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform as pyplatform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+MIB = 1 << 20
+MB = 1_000_000
+GOAL = 3.0
+TOOLS = ("yard", "dvc", "in-process")
+
+out = Console(width=None if sys.stdout.isatty() else 150)
+log = Console(stderr=True, style="dim")
+
+
+def generate(root: Path, files: int, total: int, seed: int) -> list[Path]:
+    """``files`` distinct random files of about ``total / files`` bytes, 100 per directory."""
+    rng = random.Random(seed)
+    size = max(1, total // files)
+    paths = []
+    for i in range(files):
+        path = root / f"shard-{i // 100:04d}" / f"part-{i:06d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+        paths.append(path)
+    return paths
+
+
+def touch_some(root: Path, rels: Sequence[str], seed: int) -> None:
+    """New contents (same size) for the chosen files: the re-add must pick exactly these up."""
+    rng = random.Random(seed + 1)
+    for rel in rels:
+        path = root / rel
+        path.write_bytes(rng.randbytes(path.stat().st_size))
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {proc.stderr.strip()}")
+
+
+def timed(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
+    sync()
+    start = time.perf_counter()
+    run(cmd, cwd=cwd, env=env)
+    return time.perf_counter() - start
+
+
+def settle() -> None:
+    # Both tools refuse to trust the stat of a file written within the last tick; wait past
+    # modelyard's one-second window so the first add caches every file, as it would for older data.
+    time.sleep(1.2)
+
+
+def bench_yard(src: Path, scratch: Path, rels: Sequence[str], seed: int) -> tuple[float, float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    env.update(YARD_HOME=str(scratch / "home"), COLUMNS="200")
+    yard = [sys.executable, "-m", "modelyard.cli"]
+    run([*yard, "init"], env=env)
+    data = scratch / "data"
+    run(["cp", "-r", src, data])
+    settle()
+    first = timed([*yard, "data", "add", data, "--name", "bench"], env=env)
+    touch_some(data, rels, seed)
+    settle()
+    again = timed([*yard, "data", "add", data, "--name", "bench"], env=env)
+    return first, again
+
+
+def bench_in_process(src: Path, scratch: Path, rels: Sequence[str], seed: int) -> tuple[float, float]:
+    from modelyard.data import add_version
+    from modelyard.testing import make_platform
+
+    platform = make_platform(scratch / "home")
+    try:
+        ctx = platform.context()
+        warm = scratch / "warm"
+        warm.mkdir()
+        (warm / "x.csv").write_text("a\n1\n")
+        add_version(platform, ctx, warm, "warm-up")  # opens stores, imports pyarrow: untimed
+        data = scratch / "data"
+        run(["cp", "-r", src, data])
+        settle()
+        sync()
+        start = time.perf_counter()
+        add_version(platform, ctx, data, "bench")
+        first = time.perf_counter() - start
+        touch_some(data, rels, seed)
+        settle()
+        sync()
+        start = time.perf_counter()
+        info = add_version(platform, ctx, data, "bench")
+        again = time.perf_counter() - start
+        assert info.version == 2, info
+    finally:
+        platform.close()
+    return first, again
+
+
+def bench_dvc(src: Path, scratch: Path, rels: Sequence[str], seed: int) -> tuple[float, float]:
+    repo = scratch / "repo"
+    repo.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
+    dvc = [sys.executable, "-m", "dvc"]
+    run(["git", "init", "-q"], cwd=repo, env=env)
+    run([*dvc, "init", "--no-scm", "-q"], cwd=repo, env=env)
+    run([*dvc, "config", "core.analytics", "false"], cwd=repo, env=env)
+    run([*dvc, "config", "--local", "core.site_cache_dir", scratch / "site-cache"], cwd=repo, env=env)
+    data = repo / "data"
+    run(["cp", "-r", src, data])
+    settle()
+    first = timed([*dvc, "add", "-q", "data"], cwd=repo, env=env)
+    touch_some(data, rels, seed)
+    settle()
+    again = timed([*dvc, "add", "-q", "data"], cwd=repo, env=env)
+    return first, again
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--total-mib", type=int, default=1024, help="size of the tree in MiB (default 1024)")
+    parser.add_argument("--files", type=int, default=10_000, help="number of files (default 10,000)")
+    parser.add_argument("--touch-percent", type=float, default=1.0, help="files changed before re-add (1)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"subset of {','.join(TOOLS)}")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    for t in args.tools:
+        if t not in TOOLS:
+            parser.error(f"unknown tool {t!r}; choose from {', '.join(TOOLS)}")
+    if args.files < 1 or args.total_mib < 1 or not 0 < args.touch_percent <= 100:
+        parser.error("--files and --total-mib must be positive, --touch-percent in (0, 100]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name in [n for n in os.environ if n.startswith("YARD_")]:
+        del os.environ[name]
+    tools = list(args.tools)
+    if "dvc" in tools and importlib.util.find_spec("dvc") is None:
+        out.print("dvc: not installed, skipped (pip install -e '.[bench]')")
+        tools.remove("dvc")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="modelyard-data-bench-", dir=args.workdir))
+    total = args.total_mib * MIB
+    workers = os.environ.get("YARD_DATA_WORKERS") or "one per CPU"
+    out.print(
+        f"workdir {root}; {os.cpu_count()} CPUs, Python {pyplatform.python_version()}, "
+        f"data workers {workers}, load average {os.getloadavg()[0]:.1f}"
+    )
+    results: dict[str, tuple[float, float]] = {}
+    started = time.perf_counter()
+    try:
+        src = root / "src"
+        log.print(f"generating {args.total_mib} MiB in {args.files:,} files")
+        paths = generate(src, args.files, total, args.seed)
+        count = max(1, round(len(paths) * args.touch_percent / 100))
+        rels = sorted(str(p.relative_to(src)) for p in random.Random(args.seed).sample(paths, count))
+        for tool in tools:
+            scratch = root / tool
+            scratch.mkdir()
+            log.print(f"{tool}: first add, then re-add after changing {count:,} files")
+            try:
+                fn = {"yard": bench_yard, "dvc": bench_dvc, "in-process": bench_in_process}[tool]
+                results[tool] = fn(src, scratch, rels, args.seed)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report(results, total, args.files, count)
+    out.print(f"benchmark took {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+def report(results: dict[str, tuple[float, float]], total: int, files: int, touched: int) -> None:
+    table = Table(
+        title=(
+            f"dataset add: {total // MIB:,} MiB in {files:,} files; re-add after changing {touched:,} "
+            "(speed-up = dvc time / modelyard time)"
+        ),
+        title_justify="left",
+    )
+    for col, justify in [
+        ("tool", "left"),
+        ("first add s", "right"),
+        ("first MB/s", "right"),
+        ("re-add s", "right"),
+        ("first: speed-up vs dvc", "right"),
+        ("re-add: speed-up vs dvc", "right"),
+    ]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    dvc = results.get("dvc")
+    for tool, (first, again) in results.items():
+        up1 = up2 = "-"
+        if dvc is not None and tool != "dvc":
+            up1, up2 = f"{dvc[0] / first:.2f}x", f"{dvc[1] / again:.2f}x"
+        table.add_row(tool, f"{first:.2f}", f"{total / MB / first:,.0f}", f"{again:.2f}", up1, up2)
+    out.print(table)
+    if dvc is not None and "yard" in results:
+        first, again = results["yard"]
+        ok = dvc[0] / first >= GOAL and dvc[1] / again >= GOAL
+        verdict = "met" if ok else "MISSED"
+        out.print(
+            f"goal: `yard data add` at least {GOAL:g}x faster than `dvc add` (CLI to CLI) on first add and "
+            f"re-add: first {dvc[0] / first:.2f}x, re-add {dvc[1] / again:.2f}x -> {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,651 @@
+"""PII detection and anonymisation: pure functions over strings and Arrow tables.
+
+Precision first: every numeric kind is shape-matched by a bounded regex and then validated (Luhn,
+ISO 13616 mod-97, registry lengths, allocation rules) so that a clean file reports nothing. All
+patterns are linear in the input: no nested unbounded quantifiers, and every candidate either has a
+bounded length or starts only where its left-context guard allows (one start per token).
+
+Hand-written rather than a dependency: Presidio/scrubadub pull in spaCy models, and `phonenumbers`
+(~10 MB of metadata) is lenient by design and flags look-alikes; we need a small precision-first set.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from modelyard.errors import UsageError
+
+__all__ = [
+    "KINDS",
+    "METHODS",
+    "anonymize_table",
+    "find_spans",
+    "redact_text",
+    "scan_lines",
+    "scan_table",
+    "scan_text",
+]
+
+KINDS: tuple[str, ...] = (
+    "email",
+    "phone",
+    "credit_card",
+    "iban",
+    "ip_address",
+    "emirates_id",
+    "us_ssn",
+    "uk_nino",
+)
+METHODS: tuple[str, ...] = ("mask", "hash", "drop")
+MIN_SALT_BYTES = 16
+_MASK = "***"
+
+# --------------------------------------------------------------------------------------------------
+# Shared guards. A number inside a word, a decimal ("3.1415..."), or a longer dashed/slashed/colon
+# number (dates, times, order ids "ORD-0501234567") is not a standalone identifier.
+_NUM_L = r"(?<![\w.\-])(?<!\d[/:])"
+_NUM_R = r"(?!\w)(?![.\-/:]\d)"
+
+_ANY_DIGIT = re.compile(r"\d")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Email: pragmatic RFC 5322 subset (dot-atoms of [A-Za-z0-9_%+-], ASCII domain, alphabetic TLD).
+# The lookbehind makes a local part start only at the beginning of its token, so 'a' * 10**6 + '@'
+# is one linear attempt, not a quadratic one; the domain is bounded to 8 labels of <= 63 chars.
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9_%+\-.])"
+    r"[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}"
+    r"(?P<tld>[A-Za-z]{2,24})"
+    r"(?![A-Za-z0-9_\-])"
+)
+# File extensions that are not TLDs: "icon@2x.png" is an asset name, not an address.
+_NOT_TLDS = frozenset(
+    {
+        *("png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "tif", "tiff", "heic"),
+        *("js", "ts", "css", "scss", "html", "htm", "json", "yaml", "yml", "csv", "tsv", "txt", "pdf"),
+        *("rb", "java", "cpp", "log", "ini", "toml", "xml"),
+    }
+)
+
+
+def _find_emails(text: str) -> Iterator[tuple[int, int]]:
+    if "@" not in text:
+        return
+    for m in _EMAIL.finditer(text):
+        local = m.group().split("@", 1)[0]
+        if len(local) <= 64 and m.group("tld").lower() not in _NOT_TLDS:
+            yield m.span()
+
+
+# --------------------------------------------------------------------------------------------------
+# Phone numbers. E.164-style international numbers need the leading "+"; national formats are an
+# explicit list (NANP, UAE, UK) because a generic "some digits with separators" rule flags dates.
+_PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){7,14}" + _NUM_R)
+_PHONE_NATIONAL = [
+    # NANP: (555) 123-4567, 555-123-4567, 555.123.4567 (one separator kind). Not "555 123 4567":
+    # space-separated number lists ("sizes 250 500 1000") look the same.
+    re.compile(
+        _NUM_L + r"(?:\([2-9]\d{2}\)[ .\-]?|[2-9]\d{2}(?P<s>[.\-]))\d{3}(?(s)(?P=s)|[ .\-])\d{4}" + _NUM_R
+    ),
+    # UAE mobile 05X (050 123 4567, 0501234567) and landline 0A with a separator (04 123 4567).
+    re.compile(
+        _NUM_L
+        + r"0(?:5[024568](?P<a>[ \-]?)\d{3}(?P=a)?\d{4}|[234679](?P<b>[ \-])\d{3}(?P=b)?\d{4})"
+        + _NUM_R
+    ),
+    # UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code.
+    re.compile(_NUM_L + r"0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})" + _NUM_R),
+]
+
+
+def _find_phones(text: str) -> Iterator[tuple[int, int]]:
+    if "+" in text:
+        for m in _PHONE_INTL.finditer(text):
+            s = m.group()
+            n_digits = sum(ch.isdigit() for ch in s)
+            compact = n_digits == len(s) - 1
+            # A bare "+12345678" is more often a signed amount than a phone: ask for 10+ digits then.
+            if n_digits < (10 if compact else 8) or n_digits > 15:
+                continue
+            opens, closes = s.count("("), s.count(")")
+            if opens != closes or opens > 1 or (opens and s.index("(") > s.index(")")):
+                continue
+            yield m.span()
+    for pattern in _PHONE_NATIONAL:
+        for m in pattern.finditer(text):
+            n_digits = sum(ch.isdigit() for ch in m.group())
+            if 9 <= n_digits <= 11:
+                yield m.span()
+
+
+# --------------------------------------------------------------------------------------------------
+# Credit cards: a run of digit groups, then windows of 13-19 digits checked against IIN ranges,
+# lengths and Luhn. Windows (instead of one bounded regex) find "ref 12 4111 1111 1111 1111" too.
+_DIGIT_RUN = re.compile(r"(?<![\w.\-])(?<!\d[/:])\d+(?:[ \-]\d+)*(?!\w)(?![.:/]\d)")
+_DIGITS = re.compile(r"\d+")
+# How issuers print numbers (16: 4-4-4-4, Amex 4-6-5, Diners 4-6-4, 17-19: 4-4-4-4-N, 13: 4-3-3-3);
+# other groupings ("4723-1459-80648") are reference numbers far more often than cards.
+_CARD_GROUPINGS = frozenset(
+    {
+        (4, 4, 4, 4),
+        (4, 6, 5),
+        (4, 6, 4),
+        (4, 4, 4, 4, 1),
+        (4, 4, 4, 4, 2),
+        (4, 4, 4, 4, 3),
+        (4, 3, 3, 3),
+        (4, 4, 4, 3),
+    }
+)
+
+
+def _card_network_ok(d: str) -> bool:
+    n = len(d)
+    p2, p3, p4, p6 = int(d[:2]), int(d[:3]), int(d[:4]), int(d[:6])
+    if d[0] == "4":  # Visa
+        return n in (13, 16, 19)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:  # Mastercard
+        return n == 16
+    if p2 in (34, 37):  # American Express
+        return n == 15
+    if p4 == 6011 or 644 <= p3 <= 649 or p2 == 65 or 622126 <= p6 <= 622925:  # Discover
+        return 16 <= n <= 19
+    if 300 <= p3 <= 305 or p2 in (36, 38, 39):  # Diners Club
+        return 14 <= n <= 19
+    if 3528 <= p4 <= 3589:  # JCB
+        return 16 <= n <= 19
+    if p2 == 62:  # UnionPay
+        return 16 <= n <= 19
+    if p4 in (5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763):  # Maestro
+        return 13 <= n <= 19
+    if 2200 <= p4 <= 2204:  # Mir
+        return 16 <= n <= 19
+    return False
+
+
+def _card_ok(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and _card_network_ok(digits) and _luhn_ok(digits)
+
+
+def _find_cards(text: str) -> Iterator[tuple[int, int]]:
+    for m in _DIGIT_RUN.finditer(text):
+        raw = m.group()
+        if len(raw) < 13:
+            continue
+        base = m.start()
+        groups = [g.span() for g in _DIGITS.finditer(raw)]
+        lengths = [b - a for a, b in groups]
+        n = len(groups)
+        i = 0
+        while i < n:
+            hit = -1
+            if lengths[i] >= 13:
+                hit = i if _card_window_ok(raw, groups, lengths, i, i) else -1
+            elif lengths[i] == 4:
+                # Printed numbers lead with 4 digits and span at most 5 groups (_CARD_GROUPINGS).
+                total = 4
+                for j in range(i + 1, min(n, i + 6)):
+                    total += lengths[j]
+                    if total > 19 or lengths[j] > 6:
+                        break
+                    if total >= 13 and _card_window_ok(raw, groups, lengths, i, j):
+                        hit = j  # keep going: the longest valid window wins
+            if hit < 0:
+                i += 1
+                continue
+            yield base + groups[i][0], base + groups[hit][1]
+            i = hit + 1
+
+
+def _card_window_ok(raw: str, groups: list[tuple[int, int]], lengths: list[int], i: int, j: int) -> bool:
+    # A window inside a dashed run is part of a longer identifier; only a space may border it.
+    if i > 0 and raw[groups[i][0] - 1] != " ":
+        return False
+    if j < len(groups) - 1 and raw[groups[j][1]] != " ":
+        return False
+    if not 13 <= sum(lengths[i : j + 1]) <= 19:
+        return False
+    if j > i and (
+        tuple(lengths[i : j + 1]) not in _CARD_GROUPINGS or len({raw[groups[k][1]] for k in range(i, j)}) != 1
+    ):
+        return False
+    return _card_ok("".join(raw[groups[k][0] : groups[k][1]] for k in range(i, j + 1)))
+
+
+# --------------------------------------------------------------------------------------------------
+# IBAN (ISO 13616): registry length per country, check digits 02-98, mod-97 == 1. Uppercase only;
+# printed form must group by 4.
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28,
+    "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28,
+    "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23,
+    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
+    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
+
+
+def _iban_ok(compact: str) -> bool:
+    if _IBAN_LENGTHS.get(compact[:2]) != len(compact) or not 2 <= int(compact[2:4]) <= 98:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _find_ibans(text: str) -> Iterator[tuple[int, int]]:
+    pos = 0
+    while (m := _IBAN.search(text, pos)) is not None:
+        span = _iban_at(text, m.start(), m.end())
+        if span is None:
+            pos = m.start() + 1
+            continue
+        yield span
+        pos = span[1]
+
+
+def _iban_at(text: str, start: int, stop: int) -> tuple[int, int] | None:
+    # The regex over-reads (it cannot know the country's length); cut at the registry length.
+    length = _IBAN_LENGTHS.get(text[start : start + 2])
+    if length is None:
+        return None
+    chars: list[str] = []
+    spaces: list[int] = []  # number of characters seen before each space
+    end = start
+    for k in range(start, stop):
+        ch = text[k]
+        if ch == " ":
+            spaces.append(len(chars))
+            continue
+        chars.append(ch)
+        end = k + 1
+        if len(chars) == length:
+            break
+    if len(chars) != length or (end < len(text) and text[end].isalnum()):
+        return None
+    if spaces and spaces != list(range(4, length, 4)):
+        return None
+    return (start, end) if _iban_ok("".join(chars)) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# IP addresses: shape by regex, validity by `ipaddress` (octets <= 255, no leading zeros).
+_IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
+_IPV6 = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
+)
+
+
+def _find_ips(text: str) -> Iterator[tuple[int, int]]:
+    if ":" in text:
+        for m in _IPV6.finditer(text):
+            s = m.group()
+            parts = [p for p in re.split(r"[:.]", s) if p]
+            # "::1", "1::2" or "a[::2]" are code far more often than addresses worth redacting.
+            if len(parts) < 2 or sum(len(p) for p in parts) < 4:
+                continue
+            try:
+                ipaddress.IPv6Address(s)
+            except ValueError:
+                continue
+            yield m.span()
+    for m in _IPV4.finditer(text):
+        try:
+            ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        yield m.span()
+
+
+# --------------------------------------------------------------------------------------------------
+# National identifiers.
+# UAE Emirates ID: 784-YYYY-NNNNNNN-C, Luhn over the 15 digits, plausible birth year.
+_EMIRATES_ID = re.compile(_NUM_L + r"784(?P<s>[ \-]?)(?P<year>\d{4})(?P=s)\d{7}(?P=s)\d" + _NUM_R)
+
+
+def _emirates_ok(digits: str) -> bool:
+    return (
+        len(digits) == 15
+        and digits.startswith("784")
+        and 1900 <= int(digits[3:7]) <= 2100
+        and _luhn_ok(digits)
+    )
+
+
+def _find_emirates_ids(text: str) -> Iterator[tuple[int, int]]:
+    for m in _EMIRATES_ID.finditer(text):
+        if _emirates_ok(re.sub(r"\D", "", m.group())):
+            yield m.span()
+
+
+# US SSN, dashed form only: area 000/666/9xx, group 00 and serial 0000 are never issued.
+_US_SSN = re.compile(_NUM_L + r"(?P<area>\d{3})-(?P<group>\d{2})-(?P<serial>\d{4})" + _NUM_R)
+
+
+def _find_ssns(text: str) -> Iterator[tuple[int, int]]:
+    for m in _US_SSN.finditer(text):
+        area = m.group("area")
+        if (
+            area in ("000", "666")
+            or area[0] == "9"
+            or m.group("group") == "00"
+            or m.group("serial") == "0000"
+        ):
+            continue
+        yield m.span()
+
+
+# UK National Insurance number: HMRC prefix letters (no D F I Q U V; second letter no O), suffix A-D.
+_UK_NINO = re.compile(
+    r"(?<![\w])(?P<prefix>[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])"
+    r"(?P<s> ?)\d{2}(?P=s)\d{2}(?P=s)\d{2}(?P=s)[A-D](?!\w)"
+)
+_NINO_UNALLOCATED = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
+
+
+def _find_ninos(text: str) -> Iterator[tuple[int, int]]:
+    for m in _UK_NINO.finditer(text):
+        if m.group("prefix") not in _NINO_UNALLOCATED:
+            yield m.span()
+
+
+# --------------------------------------------------------------------------------------------------
+# Overlaps resolve by priority (most specific, best validated first), then by length.
+_Finder = Callable[[str], Iterator[tuple[int, int]]]
+_FINDERS: tuple[tuple[str, _Finder, bool], ...] = (  # (kind, finder, needs a digit)
+    ("email", _find_emails, False),
+    ("iban", _find_ibans, True),
+    ("emirates_id", _find_emirates_ids, True),
+    ("credit_card", _find_cards, True),
+    ("us_ssn", _find_ssns, True),
+    ("uk_nino", _find_ninos, True),
+    ("ip_address", _find_ips, False),
+    ("phone", _find_phones, True),
+)
+
+
+def find_spans(text: str) -> list[tuple[int, int, str]]:
+    """Detected PII as ``(start, end, kind)``, sorted by start and non-overlapping."""
+    has_digit = _ANY_DIGIT.search(text) is not None
+    if not has_digit and "@" not in text and ":" not in text:
+        return []
+    candidates: list[tuple[int, int, int, int, str]] = []
+    for priority, (kind, finder, needs_digit) in enumerate(_FINDERS):
+        if needs_digit and not has_digit:
+            continue
+        for start, end in finder(text):
+            candidates.append((priority, start - end, start, end, kind))
+    candidates.sort()
+    starts: list[int] = []
+    chosen: list[tuple[int, int, str]] = []
+    for _, _, start, end, kind in candidates:
+        i = bisect.bisect_left(starts, end)
+        # Chosen spans are disjoint and sorted, so only the last one starting before `end` can overlap.
+        if i and chosen[i - 1][1] > start:
+            continue
+        starts.insert(i, start)
+        chosen.insert(i, (start, end, kind))
+    return chosen
+
+
+def scan_text(text: str) -> dict[str, int]:
+    """Count of findings per kind in one string; kinds with no finding are absent."""
+    counts: dict[str, int] = {}
+    for _, _, kind in find_spans(text):
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def scan_lines(lines: Iterable[str]) -> dict[str, int]:
+    """Summed :func:`scan_text` counts over lines, streaming (nothing is held but the totals)."""
+    totals: dict[str, int] = {}
+    for line in lines:
+        for kind, n in scan_text(line).items():
+            totals[kind] = totals.get(kind, 0) + n
+    return totals
+
+
+def redact_text(text: str) -> str:
+    """Replace every detected span with ``<KIND>`` (``<EMAIL>``, ``<CREDIT_CARD>``, ...)."""
+    spans = find_spans(text)
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    for start, end, kind in spans:
+        out.append(text[pos:start])
+        out.append(f"<{kind.upper()}>")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables.
+# Every kind needs an "@", a ":" or at least two digits; Arrow's vectorised (RE2) regex drops the
+# other cells before any Python work.
+_MAYBE_PII = "[@:]|[0-9][^0-9]*[0-9]"
+_MIN_CARD = 10**12  # 13 digits: the shortest card; Emirates IDs have 15
+
+
+def _is_text_type(t: Any) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t))
+
+
+def _is_string_view(t: Any) -> bool:
+    check = getattr(pa.types, "is_string_view", None)
+    return bool(check is not None and check(t))
+
+
+def _text_chunks(column: Any) -> Iterator[Any]:
+    """String chunks of a string-like column (string, large_string, string_view, dictionary)."""
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_decode()
+        if _is_string_view(chunk.type):
+            chunk = chunk.cast(pa.large_string())
+        yield chunk
+
+
+def _counted_values(chunk: Any) -> Iterator[tuple[Any, int]]:
+    """Distinct non-null values of an array with their multiplicity (repeated cells scan once)."""
+    if len(chunk) == chunk.null_count:
+        return
+    vc = pc.value_counts(chunk)
+    values = vc.field("values").to_pylist()
+    counts = vc.field("counts").to_pylist()
+    for value, n in zip(values, counts, strict=True):
+        if value is not None:
+            yield value, int(n)
+
+
+def _scan_text_column(column: Any) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for chunk in _text_chunks(column):
+        if len(chunk) == chunk.null_count:
+            continue
+        candidates = chunk.filter(pc.match_substring_regex(chunk, _MAYBE_PII))
+        for value, n in _counted_values(candidates):
+            for kind, k in scan_text(value).items():
+                found[kind] = found.get(kind, 0) + k * n
+    return found
+
+
+def _numeric_kind(digits: str) -> str | None:
+    # Numbers carry no separators or context, so only checksum-validated kinds are reported.
+    if _emirates_ok(digits):
+        return "emirates_id"
+    if _card_ok(digits):
+        return "credit_card"
+    return None
+
+
+def _scan_number_column(column: Any) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for chunk in column.chunks:
+        if pa.types.is_decimal(chunk.type):
+            chunk = chunk.cast(pa.string())
+            big = pc.greater_equal(pc.utf8_length(chunk), 13)
+        else:
+            big = pc.greater_equal(chunk, pa.scalar(_MIN_CARD, chunk.type))
+        for value, n in _counted_values(chunk.filter(big)):
+            kind = _numeric_kind(str(value))
+            if kind is not None:
+                found[kind] = found.get(kind, 0) + n
+    return found
+
+
+def _is_number_type(t: Any) -> bool:
+    # Only 64-bit integers (and scale-0 decimals) can hold 13+ digits.
+    if pa.types.is_int64(t) or pa.types.is_uint64(t):
+        return True
+    return bool(pa.types.is_decimal(t) and t.scale == 0 and t.precision >= 13)
+
+
+def scan_table(table: Any) -> dict[str, dict[str, int]]:
+    """``column -> kind -> count`` for the columns with findings.
+
+    String-like columns get the full text scan. 64-bit integer and scale-0 decimal columns are
+    checked only for checksum-validated kinds (credit cards, Emirates IDs), since a bare number has
+    no formatting to tell a phone from a count.
+    """
+    result: dict[str, dict[str, int]] = {}
+    for field, column in zip(table.schema, table.columns, strict=True):
+        t = field.type
+        value_type = t.value_type if pa.types.is_dictionary(t) else t
+        if _is_text_type(value_type):
+            found = _scan_text_column(column)
+        elif _is_number_type(t):
+            found = _scan_number_column(column)
+        else:
+            continue
+        if found:
+            merged = result.setdefault(field.name, {})
+            for kind, n in found.items():
+                merged[kind] = merged.get(kind, 0) + n
+    return result
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _as_strings(chunk: Any) -> Any:
+    """The chunk as a string array: the canonical text each cell is masked or hashed from."""
+    if pa.types.is_dictionary(chunk.type):
+        chunk = chunk.dictionary_decode()
+    if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+        return chunk
+    try:
+        # Arrow's own formatting: 123 -> "123", so an int key hashes like the same key stored as text.
+        return chunk.cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.array([None if v is None else _canonical(v) for v in chunk.to_pylist()], pa.large_string())
+
+
+def _map_column(column: Any, fn: Callable[[str], str]) -> Any:
+    """Apply ``fn`` to each distinct non-null cell; nulls stay null; the result is a string column."""
+    out = []
+    for chunk in column.chunks:
+        encoded = _as_strings(chunk).dictionary_encode()
+        mapped = pa.array([fn(v) for v in encoded.dictionary.to_pylist()], pa.string())
+        out.append(mapped.take(encoded.indices))
+    return pa.chunked_array(out, pa.string())
+
+
+def _mask_cell(value: str) -> str:
+    redacted = redact_text(value)
+    # Nothing detected: the user still named the column sensitive, so hide the whole cell.
+    return redacted if redacted != value else _MASK
+
+
+def _hasher(salt: bytes) -> Callable[[str], str]:
+    keyed = hmac.new(salt, digestmod=hashlib.sha256)
+
+    def digest(value: str) -> str:
+        h = keyed.copy()
+        h.update(value.encode("utf-8"))
+        return "h:" + h.hexdigest()[:32]
+
+    return digest
+
+
+def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt: bytes) -> Any:
+    """Mask, hash or drop PII columns; returns a new table (the input is not changed).
+
+    ``columns=None`` means the columns where :func:`scan_table` finds PII. ``mask`` replaces
+    detected spans with ``<KIND>`` and cells without any with ``***``; ``hash`` replaces each cell
+    with ``h:`` + the first 32 hex digits of HMAC-SHA256(salt, cell) (deterministic per salt, so joins
+    still work); ``drop`` removes the columns. Nulls stay null; masked/hashed columns become strings.
+    """
+    if method not in METHODS:
+        raise UsageError(
+            f"unknown anonymisation method {method!r}; valid methods: {', '.join(METHODS)}",
+            method=method,
+            valid=list(METHODS),
+        )
+    if not isinstance(salt, bytes | bytearray) or len(salt) < MIN_SALT_BYTES:
+        got = f"{len(salt)} bytes" if isinstance(salt, bytes | bytearray) else type(salt).__name__
+        raise UsageError(
+            f"salt must be at least {MIN_SALT_BYTES} random bytes, got {got}; "
+            "generate one with secrets.token_bytes(32) and keep it secret",
+        )
+    if isinstance(columns, str):
+        raise UsageError(
+            f"columns must be a list of column names, not the string {columns!r}; use [{columns!r}]"
+        )
+    names: list[str] = list(table.column_names)
+    if columns is None:
+        chosen = list(scan_table(table))
+    else:
+        chosen = list(dict.fromkeys(columns))
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise UsageError(
+                f"unknown column(s) {', '.join(map(repr, unknown))}; valid columns: {', '.join(names)}",
+                unknown=unknown,
+                valid=names,
+            )
+    if not chosen:
+        return table
+    if method == "drop":
+        return table.drop_columns(chosen)
+    fn = _mask_cell if method == "mask" else _hasher(bytes(salt))
+    for name in chosen:
+        for index in table.schema.get_all_field_indices(name):
+            field = table.schema.field(index)
+            new_field = pa.field(name, pa.string(), nullable=field.nullable, metadata=field.metadata)
+            table = table.set_column(index, new_field, _map_column(table.column(index), fn))
+    return table

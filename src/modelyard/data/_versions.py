@@ -1,0 +1,803 @@
+"""Dataset version services: add, list, show, diff, checkout, get, remove.
+
+A version is a manifest (see _manifest) stored as a blob, plus a profile of its tables (see _profile).
+File contents go into the encrypted artifact store, deduplicated by digest. An add walks the tree in
+chunks: the stat cache answers for unchanged files, files whose digest the store already holds are not
+sealed again, the rest are hashed and encrypted on a thread pool; published objects are recorded in a
+spill file rather than in memory, so a 100k-file tree costs no more memory than a 1k-file one. One
+flush makes everything durable, then one transaction claims the blobs, bumps the version number and
+inserts the version, with one audit record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from modelyard.config import check_name
+from modelyard.core._artifacts import ArtifactStore, StagedBlob
+from modelyard.core._blobs import sync_filesystem
+from modelyard.core._models import Dataset, DatasetVersion
+from modelyard.core._paths import safe_join
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.data import _manifest, _profile
+from modelyard.errors import (
+    BackendError,
+    NotFoundError,
+    ResidencyError,
+    UsageError,
+    YardError,
+)
+
+Progress = Callable[[int, int], None]  # (files done, bytes done)
+_SPEC_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>[^@]*))?$")
+_GET_BATCH = 256
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: int
+    files: int
+    bytes: int
+    manifest_digest: str
+    message: str
+    region: str
+    created_at: datetime
+    created_by: str
+    source: str | None = None  # "name@v" this version was derived from (anonymisation)
+    profile: dict[str, Any] = field(default_factory=dict, repr=False)
+    created: bool = True  # False when add found nothing changed and returned the latest version
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self, *, profile: bool = False) -> dict[str, Any]:
+        out = {
+            "name": self.name,
+            "version": self.version,
+            "files": self.files,
+            "bytes": self.bytes,
+            "manifest_digest": self.manifest_digest,
+            "message": self.message,
+            "region": self.region,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "source": self.source,
+        }
+        if profile:
+            out["profile"] = self.profile
+        return out
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    region: str
+    latest: int | None
+    versions: int
+    created_at: datetime
+    created_by: str
+
+
+@dataclass
+class DiffResult:
+    a: str
+    b: str
+    added: list[_manifest.Member] = field(default_factory=list)
+    removed: list[_manifest.Member] = field(default_factory=list)
+    changed: list[tuple[_manifest.Member, _manifest.Member]] = field(default_factory=list)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "added": [vars_(m) for m in self.added],
+            "removed": [vars_(m) for m in self.removed],
+            "changed": [
+                {"path": x.path, "size": [x.size, y.size], "sha256": [x.sha256, y.sha256]}
+                for x, y in self.changed
+            ],
+            "tables": self.tables,
+        }
+
+
+def vars_(m: _manifest.Member) -> dict[str, Any]:
+    return {"path": m.path, "size": m.size, "sha256": m.sha256}
+
+
+# -- names ------------------------------------------------------------------------------------------------
+
+
+def check_dataset_name(name: str) -> str:
+    try:
+        return check_name(name, "dataset")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_spec(text: str, *, version_required: bool = True) -> tuple[str, int | None]:
+    """``NAME@VERSION`` (or ``NAME`` for the latest, where allowed) -> (name, version or None)."""
+    expected = "expected NAME@VERSION such as reviews@3" + ("" if version_required else " or NAME")
+    m = _SPEC_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise UsageError(f"{text!r} is not a dataset version; {expected}")
+    name = check_dataset_name(m["name"])
+    raw = m["version"]
+    if raw is None:
+        if version_required:
+            raise UsageError(f"{text!r} names no version; {expected}")
+        return name, None
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+        raise UsageError(f"{text!r} has an invalid version {raw!r}; versions are 1, 2, 3, ...; {expected}")
+    return name, int(raw)
+
+
+def _workers(platform: Platform, workers: int | None) -> int:
+    n = workers if workers is not None else platform.settings.data_workers
+    return n or os.cpu_count() or 1
+
+
+def _cache_path(platform: Platform) -> Path:
+    return platform.settings.home / "cache" / "stat.db"
+
+
+# -- lookups ----------------------------------------------------------------------------------------------
+
+
+def _dataset(s: Session, ctx: Context, name: str) -> Dataset:
+    ds = s.execute(
+        select(Dataset).where(Dataset.project_id == ctx.project_id, Dataset.name == name)
+    ).scalar_one_or_none()
+    if ds is None:
+        # Another project's dataset reads the same: existence is not leaked across tenants.
+        raise NotFoundError(
+            f"dataset {name!r} not found in project {ctx.project!r}; list them with `yard data ls`"
+        )
+    return ds
+
+
+def _version_row(s: Session, ctx: Context, name: str, version: int | None) -> tuple[Dataset, DatasetVersion]:
+    ds = _dataset(s, ctx, name)
+    stmt = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
+    if version is None:
+        stmt = stmt.order_by(DatasetVersion.version.desc()).limit(1)
+    else:
+        stmt = stmt.where(DatasetVersion.version == version)
+    row = s.execute(stmt).scalar_one_or_none()
+    if row is None:
+        what = f"version {version}" if version is not None else "any version"
+        raise NotFoundError(f"dataset {name!r} has no {what}; list its versions with `yard data ls {name}`")
+    return ds, row
+
+
+def _info(s: Session, name: str, row: DatasetVersion, **extra: Any) -> VersionInfo:
+    source = None
+    if row.source_version_id is not None:
+        src = s.execute(
+            select(Dataset.name, DatasetVersion.version)
+            .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+            .where(DatasetVersion.id == row.source_version_id)
+        ).first()
+        source = f"{src[0]}@{src[1]}" if src else None
+    return VersionInfo(
+        name,
+        row.version,
+        row.files,
+        row.bytes,
+        row.manifest_digest,
+        row.message,
+        row.region,
+        as_utc(row.created_at),
+        row.created_by,
+        source,
+        _profile.loads(row.profile),
+        **extra,
+    )
+
+
+def resolve(platform: Platform, ctx: Context, spec: str, *, version_required: bool = False) -> VersionInfo:
+    name, version = parse_spec(spec, version_required=version_required)
+    with platform.db.read() as s:
+        _, row = _version_row(s, ctx, name, version)
+        return _info(s, name, row)
+
+
+def members(store: ArtifactStore, manifest_digest: str) -> Iterator[_manifest.Member]:
+    """A version's members, streamed from its verified manifest."""
+    return _manifest.parse_lines(store.iter_bytes(manifest_digest))
+
+
+# -- add --------------------------------------------------------------------------------------------------
+
+
+class _Spill:
+    """Staged blobs kept in a temp file instead of memory until the transaction claims them."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix=".spill-", dir=directory)
+        self.path = Path(name)
+        self._f: BinaryIO = os.fdopen(fd, "w+b")
+        self.count = 0
+
+    def write(self, b: StagedBlob) -> None:
+        rec = {
+            "d": b.digest,
+            "s": b.size,
+            "o": b.object_name,
+            "k": b.key_id,
+            "w": b.wrapped_key.hex(),
+            "r": b.region,
+        }
+        self._f.write(json.dumps(rec).encode() + b"\n")
+        self.count += 1
+
+    def chunks(self, size: int = 500) -> Iterator[list[StagedBlob]]:
+        self._f.flush()
+        self._f.seek(0)
+        batch: list[StagedBlob] = []
+        for raw in self._f:
+            r = json.loads(raw)
+            batch.append(StagedBlob(r["d"], r["s"], r["o"], r["k"], bytes.fromhex(r["w"]), r["r"]))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        self._f.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _NoCache(_manifest.StatCache):
+    """For trees modelyard made itself in temp space: nothing to remember, nothing to trust."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.hashed = 0
+
+    def fill(self, entries: Sequence[_manifest.Entry]) -> list[_manifest.Entry]:
+        return list(entries)
+
+    def store(self, entries: Sequence[_manifest.Entry]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class _Staging:
+    manifest: Path
+    manifest_digest: str
+    files: int
+    bytes: int
+    profile: dict[str, Any]
+    warnings: list[str]
+
+
+def _stage_tree(
+    store: ArtifactStore,
+    cache: _manifest.StatCache,
+    root: Path,
+    region: str,
+    spill: _Spill,
+    manifest_path: Path,
+    *,
+    workers: int,
+    previous_profile: dict[str, Any],
+    progress: Progress | None,
+) -> _Staging:
+    digest = hashlib.sha256()
+    files = total = 0
+    profile = _profile.empty()
+    warnings: list[str] = []
+    seen: set[str] = set()  # digests published by this add (a bounded 32 bytes of hex per new file)
+    published_any = False
+    old_tables = previous_profile.get("tables", {})
+    with open(manifest_path, "wb") as manifest:
+        for chunk in _manifest.chunked(_manifest.walk(root)):
+            misses = cache.fill(chunk)
+            hits = [e for e in chunk if e.sha256]
+            known = store.known_digests([e.sha256 for e in hits]) if hits else set()
+            to_seal = misses + [e for e in hits if e.sha256 not in known and e.sha256 not in seen]
+            if to_seal:
+                staged = store.stage_files(
+                    [Path(e.path) for e in to_seal], region=region, workers=workers, sync=False
+                )
+                for e, b in zip(to_seal, staged, strict=True):
+                    if b.size != e.size or not _manifest.restat(e):
+                        if b.object_name:
+                            store.backend.delete(b.object_name)
+                        raise UsageError(f"{e.path} changed while it was being read; add it again")
+                    e.sha256 = b.digest
+                    if b.object_name:
+                        published_any = True
+                        if b.digest in seen:  # same bytes published by an earlier chunk of this add
+                            store.backend.delete(b.object_name)
+                        else:
+                            seen.add(b.digest)
+                            spill.write(b)
+                cache.hashed += len(to_seal)
+                cache.store(misses)
+            for e in chunk:
+                data = _manifest.line(e)
+                manifest.write(data)
+                digest.update(data)
+                files += 1
+                total += e.size
+                fmt = _profile.table_format(e.name)
+                if fmt is not None:
+                    old = old_tables.get(e.name)
+                    if old is not None and old.get("sha256") == e.sha256:
+                        profile["tables"][e.name] = old
+                        continue
+                    try:
+                        profile["tables"][e.name] = _profile.profile_file(e.path, fmt, e.sha256, e.size)
+                    except ValueError as exc:
+                        profile["skipped"][e.name] = str(exc)
+                        warnings.append(f"{e.name}: no statistics recorded: {exc}")
+            if progress is not None:
+                progress(files, total)
+    if files == 0:
+        raise UsageError(f"{root} holds no files; a dataset version needs at least one file")
+    if published_any:
+        store.backend.sync()  # one flush for the whole add: nothing is recorded before it is durable
+    return _Staging(manifest_path, digest.hexdigest(), files, total, profile, warnings)
+
+
+def add_version(
+    platform: Platform,
+    ctx: Context,
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    message: str = "",
+    region: str | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> VersionInfo:
+    """Version the file or directory ``path`` as the next version of dataset ``name``. If the tree equals
+    the latest version, nothing is written and that version is returned (``created`` False)."""
+    return _add(
+        platform, ctx, Path(path), name, message=message, region=region, progress=progress, workers=workers
+    )
+
+
+def _add(
+    platform: Platform,
+    ctx: Context,
+    root: Path,
+    name: str,
+    *,
+    message: str,
+    region: str | None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    source: tuple[int, str] | None = None,
+    use_cache: bool = True,
+) -> VersionInfo:
+    resource = f"dataset:{name}"
+    platform.authorize(ctx, "dataset.write", resource)
+    try:
+        check_dataset_name(name)
+        if not isinstance(message, str) or len(message) > 10_000:
+            raise UsageError("the message must be text of at most 10,000 characters")
+        store = platform.artifacts
+        data_region = region or ctx.region
+        if data_region != ctx.region or data_region != store.region:
+            raise ResidencyError(
+                f"dataset {name!r} of project {ctx.project!r} (region {ctx.region}) cannot hold data of "
+                f"region {data_region!r} in the artifact store of region {store.region!r}; use a store "
+                "and project in that region, or keep the data in-region"
+            )
+        if not os.path.lexists(root):
+            raise UsageError(f"{root} does not exist; give a file or directory to version")
+        with platform.db.read() as s:
+            latest = None
+            with contextlib.suppress(NotFoundError):
+                latest = _info(s, name, _version_row(s, ctx, name, None)[1])
+    except (UsageError, ResidencyError) as exc:
+        raise platform.refuse(ctx, "dataset.write", resource, exc) from None
+
+    cache: _manifest.StatCache = _manifest.StatCache(_cache_path(platform)) if use_cache else _NoCache()
+    work = Path(tempfile.mkdtemp(prefix="data-add-", dir=store.backend.staging_dir()))
+    spill = _Spill(work)
+    manifest_staged: StagedBlob | None = None
+    try:
+        try:
+            staging = _stage_tree(
+                store,
+                cache,
+                root,
+                data_region,
+                spill,
+                work / "manifest.jsonl",
+                workers=_workers(platform, workers),
+                previous_profile=latest.profile if latest else {},
+                progress=progress,
+            )
+        except BaseException as exc:
+            # Nothing claimed them, so nothing else can refer to these uniquely named objects.
+            for chunk in spill.chunks():
+                for b in chunk:
+                    store.backend.delete(b.object_name)
+            if isinstance(exc, YardError):
+                raise platform.refuse(ctx, "dataset.write", resource, exc) from None
+            if isinstance(exc, OSError):
+                failure = BackendError(f"versioning {root} failed: {exc}")
+                raise platform.refuse(ctx, "dataset.write", resource, failure) from exc
+            raise
+        if latest is not None and latest.manifest_digest == staging.manifest_digest and source is None:
+            _discard(store, spill, committed=False, losers=[])
+            return dataclasses.replace(latest, created=False, warnings=tuple(staging.warnings))
+        with open(staging.manifest, "rb") as f:
+            manifest_staged = store.stage(f, region=data_region)
+        return _record(platform, ctx, name, data_region, message, staging, spill, manifest_staged, source)
+    finally:
+        cache.close()
+        spill.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _discard(store: ArtifactStore, spill: _Spill, *, committed: bool, losers: list[StagedBlob]) -> None:
+    if committed:
+        store.discard(losers, committed=True, claimed=set())
+        return
+    for chunk in spill.chunks():
+        store.discard(chunk, committed=False, claimed=set())
+
+
+def _ensure_dataset(s: Session, ctx: Context, name: str, region: str) -> int:
+    dialect = s.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    s.execute(
+        insert(Dataset)
+        .values(
+            project_id=ctx.project_id,
+            name=name,
+            region=region,
+            last_version=0,
+            created_at=utcnow(),
+            created_by=ctx.user,
+        )
+        .on_conflict_do_nothing(index_elements=["project_id", "name"])
+    )
+    ds = _dataset(s, ctx, name)
+    if ds.region != region:
+        raise ResidencyError(f"dataset {name!r} belongs to region {ds.region!r}, not {region!r}")
+    return ds.id
+
+
+def _record(
+    platform: Platform,
+    ctx: Context,
+    name: str,
+    region: str,
+    message: str,
+    staging: _Staging,
+    spill: _Spill,
+    manifest_staged: StagedBlob,
+    source: tuple[int, str] | None,
+) -> VersionInfo:
+    from modelyard.tracking._lineage import add_edges, dataset_ref
+
+    store = platform.artifacts
+    detail: dict[str, Any] = {
+        "files": staging.files,
+        "bytes": staging.bytes,
+        "manifest": staging.manifest_digest,
+        "new_objects": spill.count,
+    }
+    if source is not None:
+        detail["source"] = source[1]
+    losers: list[StagedBlob] = []
+    committed = False
+    manifest_claimed: set[str] = set()
+    now = utcnow()
+    try:
+        with platform.mutate(ctx, "dataset.write", f"dataset:{name}", detail) as s:
+            manifest_claimed = store.claim(s, [manifest_staged])
+            for chunk in spill.chunks():
+                claimed = store.claim(s, chunk)
+                losers += [b for b in chunk if b.digest not in claimed]
+            dataset_id = _ensure_dataset(s, ctx, name, region)
+            # The row lock of this UPDATE serialises concurrent adds: numbers have no gaps or duplicates.
+            version = s.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset_id)
+                .values(last_version=Dataset.last_version + 1)
+                .returning(Dataset.last_version)
+            ).scalar_one()
+            row = DatasetVersion(
+                dataset_id=dataset_id,
+                version=version,
+                manifest_digest=staging.manifest_digest,
+                files=staging.files,
+                bytes=staging.bytes,
+                message=message,
+                region=region,
+                profile=_profile.dumps(staging.profile),
+                source_version_id=source[0] if source else None,
+                created_at=now,
+                created_by=ctx.user,
+            )
+            s.add(row)
+            s.flush()
+            detail["version"] = version  # the audit record, written at the end of the block, names it
+            if source is not None:
+                add_edges(s, ctx, [(source[1], dataset_ref(name, version), "anonymized")])
+            info = _info(s, name, row, warnings=tuple(staging.warnings))
+        committed = True
+    finally:
+        store.discard([manifest_staged], committed=committed, claimed=manifest_claimed)
+        _discard(store, spill, committed=committed, losers=losers)
+    return info
+
+
+# -- read -------------------------------------------------------------------------------------------------
+
+
+def list_datasets(platform: Platform, ctx: Context) -> list[DatasetInfo]:
+    from sqlalchemy import func
+
+    platform.authorize(ctx, "dataset.read", f"project:{ctx.project}")
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Dataset, func.max(DatasetVersion.version), func.count(DatasetVersion.id))
+            .outerjoin(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+            .where(Dataset.project_id == ctx.project_id)
+            .group_by(Dataset.id)
+            .order_by(Dataset.name)
+        ).all()
+    return [
+        DatasetInfo(d.name, d.region, latest, n, as_utc(d.created_at), d.created_by) for d, latest, n in rows
+    ]
+
+
+def list_versions(platform: Platform, ctx: Context, name: str) -> list[VersionInfo]:
+    check_dataset_name(name)
+    platform.authorize(ctx, "dataset.read", f"dataset:{name}")
+    with platform.db.read() as s:
+        ds = _dataset(s, ctx, name)
+        rows = s.execute(
+            select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id).order_by(DatasetVersion.version)
+        ).scalars()
+        return [_info(s, name, r) for r in rows]
+
+
+def show(platform: Platform, ctx: Context, spec: str) -> VersionInfo:
+    """One version (``NAME@V``, or ``NAME`` for the latest) with its profile."""
+    parse_spec(spec, version_required=False)
+    platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
+    return resolve(platform, ctx, spec)
+
+
+def load_profile(platform: Platform, ctx: Context, spec: str) -> dict[str, Any]:
+    """The profile of a version (format in modelyard.data._profile): the drift reference."""
+    return show(platform, ctx, spec).profile
+
+
+def diff(platform: Platform, ctx: Context, a: str, b: str) -> DiffResult:
+    """Files added, removed and changed from version ``a`` to ``b``, and schema/statistics changes of
+    their tables; the manifests are merged as streams, so memory does not grow with the tree."""
+    for spec in (a, b):
+        parse_spec(spec)
+    platform.authorize(ctx, "dataset.read", f"dataset:{a}")
+    va, vb = (
+        resolve(platform, ctx, a, version_required=True),
+        resolve(platform, ctx, b, version_required=True),
+    )
+    store = platform.artifacts
+    result = DiffResult(f"{va.name}@{va.version}", f"{vb.name}@{vb.version}")
+    for kind, x, y in merge(members(store, va.manifest_digest), members(store, vb.manifest_digest)):
+        if kind == "added":
+            assert y is not None
+            result.added.append(y)
+        elif kind == "removed":
+            assert x is not None
+            result.removed.append(x)
+        elif kind == "changed":
+            assert x is not None and y is not None
+            result.changed.append((x, y))
+    result.tables = _profile.compare(va.profile, vb.profile)
+    return result
+
+
+def merge(
+    xs: Iterator[_manifest.Member], ys: Iterator[_manifest.Member]
+) -> Iterator[tuple[str, _manifest.Member | None, _manifest.Member | None]]:
+    """Streaming merge of two sorted manifests: ("added"|"removed"|"changed"|"same", a, b)."""
+    x, y = next(xs, None), next(ys, None)
+    while x is not None or y is not None:
+        if y is None or (x is not None and x.path < y.path):
+            yield "removed", x, None
+            x = next(xs, None)
+        elif x is None or y.path < x.path:
+            yield "added", None, y
+            y = next(ys, None)
+        else:
+            same = x.sha256 == y.sha256 and x.size == y.size
+            yield ("same" if same else "changed"), x, y
+            x, y = next(xs, None), next(ys, None)
+
+
+# -- checkout ---------------------------------------------------------------------------------------------
+
+
+def _check_dest(dest: Path) -> None:
+    if dest.is_symlink():
+        raise UsageError(f"{dest} is a symbolic link; give a real directory to check out into")
+    if dest.exists():
+        if not dest.is_dir():
+            raise UsageError(f"{dest} exists and is not a directory; give a new or empty directory")
+        if any(dest.iterdir()):
+            raise UsageError(f"{dest} is not empty; check out into a new or empty directory")
+
+
+def checkout(
+    platform: Platform,
+    ctx: Context,
+    spec: str,
+    dest: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> VersionInfo:
+    """Write version ``spec`` into the new (or empty) directory ``dest``, verifying every file's digest.
+    Files go to a temp directory beside ``dest`` that is renamed into place only once all are verified
+    and flushed; on any failure it is removed, so ``dest`` never holds a partial or unverified tree."""
+    parse_spec(spec)
+    platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
+    info = resolve(platform, ctx, spec, version_required=True)
+    dest = Path(dest)
+    _check_dest(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.checkout-", dir=dest.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write into {dest.parent}: {exc.strerror or exc}") from None
+    try:
+        _materialise(platform.artifacts, info, tmp, _workers(platform, workers), progress)
+        sync_filesystem(tmp)
+        _check_dest(dest)
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _materialise(
+    store: ArtifactStore, info: VersionInfo, root: Path, workers: int, progress: Progress | None
+) -> None:
+    files = total = 0
+    pending: list[Future[list[int]]] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        try:
+            batch: list[tuple[str, Path]] = []
+
+            def drain(limit: int) -> None:
+                nonlocal files, total
+                while len(pending) > limit:
+                    sizes = pending.pop(0).result()
+                    files += len(sizes)
+                    total += sum(sizes)
+                    if progress is not None:
+                        progress(files, total)
+
+            for m in members(store, info.manifest_digest):
+                batch.append((m.sha256, safe_join(root, m.path)))
+                if len(batch) >= _GET_BATCH:
+                    pending.append(pool.submit(store.get_many, batch, sync=False))
+                    batch = []
+                    drain(2 * workers)
+            if batch:
+                pending.append(pool.submit(store.get_many, batch, sync=False))
+            drain(0)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+    if (files, total) != (info.files, info.bytes):
+        raise BackendError(
+            f"checkout of {info.name}@{info.version} wrote {files} files ({total} bytes), but the version "
+            f"records {info.files} files ({info.bytes} bytes); its metadata is inconsistent"
+        )
+
+
+def _cache_dir(platform: Platform, ctx: Context, info: VersionInfo) -> Path:
+    return platform.settings.home / "cache" / "data" / ctx.project / f"{info.name}@{info.version}"
+
+
+def verify_tree(store: ArtifactStore, cache: _manifest.StatCache, root: Path, manifest_digest: str) -> bool:
+    """True if ``root`` holds exactly the version's files (names, sizes, digests; stat cache first)."""
+    expected = members(store, manifest_digest)
+    try:
+        for chunk in _manifest.chunked(_manifest.walk(root)):
+            for e in cache.fill(chunk):
+                e.sha256, _ = _manifest.hash_file(e.path)
+                cache.hashed += 1
+            cache.store(chunk)
+            for e in chunk:
+                m = next(expected, None)
+                if m is None or (m.path, m.size, m.sha256) != (e.name, e.size, e.sha256):
+                    return False
+    except (UsageError, OSError):
+        return False
+    return next(expected, None) is None
+
+
+def get(platform: Platform, ctx: Context, spec: str) -> Path:
+    """A verified local copy of version ``spec`` (``NAME@V`` or ``NAME`` for the latest), checked out into
+    the cache under $YARD_HOME/cache/data and reused while it still matches the manifest."""
+    parse_spec(spec, version_required=False)
+    platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
+    info = resolve(platform, ctx, spec)
+    target = _cache_dir(platform, ctx, info)
+    with _manifest.StatCache(_cache_path(platform)) as cache:
+        if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
+            return target
+    if target.exists() or target.is_symlink():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        checkout(platform, ctx, f"{info.name}@{info.version}", target)
+    except UsageError:
+        # Another process checked the same version out meanwhile; use it if it verifies.
+        with _manifest.StatCache(_cache_path(platform)) as cache:
+            if not verify_tree(platform.artifacts, cache, target, info.manifest_digest):
+                raise
+    return target
+
+
+# -- remove -----------------------------------------------------------------------------------------------
+
+
+def remove(platform: Platform, ctx: Context, spec: str, *, force: bool = False) -> VersionInfo:
+    """Delete a version's record (its number is never reused). Refused while a registered model depends on
+    it (a ``model:`` reference downstream in the lineage graph), unless an admin passes ``force``."""
+    from modelyard.tracking._lineage import dataset_ref, downstream_refs
+
+    name, version = parse_spec(spec)
+    assert version is not None
+    action = "dataset.delete.force" if force else "dataset.delete"
+    detail: dict[str, Any] = {}
+    with platform.mutate(ctx, action, dataset_ref(name, version), detail) as s:
+        _, row = _version_row(s, ctx, name, version)
+        info = _info(s, name, row)
+        models = sorted(
+            r
+            for r in downstream_refs(s, ctx.project_id, dataset_ref(name, version))
+            if r.startswith("model:")
+        )
+        detail["models"] = models
+        if models and not force:
+            raise UsageError(
+                f"{name}@{version} is used by registered model(s) {', '.join(models[:5])}; "
+                "an admin can delete it anyway with --force"
+            )
+        s.delete(row)
+    return info

@@ -1,0 +1,526 @@
+"""The SDK: ``Client`` owns a platform, an acting context and its active runs; ``Run`` is one run's handle;
+the module-level helpers (``modelyard.log_metric`` ...) delegate to the run that is active in the current
+context (a ``contextvars`` variable, so threads and asyncio tasks do not see each other's runs).
+
+A run never stays RUNNING after its process stops: the context manager ends it FINISHED, FAILED (exception)
+or KILLED (KeyboardInterrupt); SIGTERM/SIGINT handlers flush and end it KILLED before the default
+behaviour; an atexit hook flushes and ends what is still open; and a process that dies without any of these
+stops its heartbeat, so the reaper marks the run FAILED.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from modelyard.core._platform import Context, Platform
+from modelyard.errors import UsageError, ValidationError, YardError
+from modelyard.tracking import _store
+from modelyard.tracking._search import search_runs as _search_runs
+from modelyard.tracking._store import (
+    MetricPoint,
+    RunInfo,
+    check_key,
+    check_step,
+    check_timestamp,
+    check_value,
+)
+from modelyard.tracking._writer import MetricWriter
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_I64 = 2**63
+# The client whose run is active in this context (module helpers use it); each client keeps its own stack.
+_CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("modelyard_client", default=None)
+
+
+class Run:
+    """A live run of this process. Use it as a context manager, or call :meth:`end`."""
+
+    def __init__(self, client: Client, run_id: str, experiment: str, parent_id: str | None) -> None:
+        self.client = client
+        self.id = run_id
+        self.experiment = experiment
+        self.parent_id = parent_id
+        self.status = "RUNNING"
+        self._keys: set[str] = set()  # keys already validated: the hot path skips the regex
+        sampler = None
+        if client.platform.settings.system_metrics_s > 0 and parent_id is None:
+            from modelyard.tracking._system import system_sampler
+
+            sampler = system_sampler()
+        self._writer = MetricWriter(client.platform, client.ctx, run_id, sampler=sampler)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} experiment={self.experiment!r} status={self.status}>"
+
+    # -- metrics (buffered) --------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        if key not in self._keys:
+            check_key(key, "metric key")
+            self._keys.add(key)
+        return key
+
+    def log_metric(self, key: str, value: float, step: int = 0, timestamp: int | None = None) -> None:
+        """Buffer one point; it is durable after :meth:`flush`, :meth:`end` or within ``metric_flush_s``.
+        ``timestamp`` is epoch milliseconds (default now); NaN is kept (as a missing value)."""
+        if type(key) is not str:
+            check_key(key, "metric key")
+        point = MetricPoint(
+            self._key(key),
+            check_value(key, value),
+            step if type(step) is int and -_I64 <= step < _I64 else check_step(key, step),
+            int(time.time() * 1000) if timestamp is None else check_timestamp(key, timestamp),
+        )
+        self._writer.add([point])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None) -> None:
+        """Buffer several points with one step and timestamp; all are validated before any is kept."""
+        if not isinstance(metrics, Mapping):
+            raise ValidationError(f"metrics must be a mapping of key to number, got {type(metrics).__name__}")
+        ts = int(time.time() * 1000) if timestamp is None else check_timestamp("*", timestamp)
+        step = step if type(step) is int and -_I64 <= step < _I64 else check_step("*", step)
+        points = [MetricPoint(self._key(k), check_value(k, v), step, ts) for k, v in metrics.items()]
+        self._writer.add(points)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every metric logged so far is committed (BackendError after ``flush_timeout_s``;
+        the points stay buffered)."""
+        self._writer.flush(self.client.platform.settings.flush_timeout_s if timeout is None else timeout)
+
+    @property
+    def buffered(self) -> int:
+        """Points logged but not yet durable."""
+        return self._writer.buffered
+
+    # -- params, tags, artifacts, lineage (audited) ----------------------------------------------------
+    def log_param(self, key: str, value: object) -> None:
+        self.log_params({key: value})
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        _store.log_params(self.client.platform, self.client.ctx, self.id, params)
+
+    def set_tag(self, key: str, value: object) -> None:
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        _store.set_tags(self.client.platform, self.client.ctx, self.id, tags)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> list[str]:
+        """Store a file (or a directory's files) encrypted in the artifact store and record it on the run;
+        ``artifact_path`` is a folder inside the run. Returns the digests."""
+        src = Path(path)
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.is_file())
+            if not files:
+                raise UsageError(f"{src} holds no files to log")
+            prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{src.name}/"
+            pairs = [(p, prefix + p.relative_to(src).as_posix()) for p in files]
+        elif src.is_file():
+            pairs = [(src, f"{artifact_path.rstrip('/')}/{src.name}" if artifact_path else src.name)]
+        else:
+            raise UsageError(f"{src} is not a file or directory")
+        logged = _store.log_artifacts(self.client.platform, self.client.ctx, self.id, pairs)
+        return [digest for _, digest, _ in logged]
+
+    def log_dict(self, data: Mapping[str, Any] | Sequence[Any], name: str) -> str:
+        """Store ``data`` as JSON (or YAML when ``name`` ends in .yaml/.yml) under ``name``."""
+        if not isinstance(name, str) or not name:
+            raise UsageError("log_dict needs an artifact name such as 'config.json'")
+        if name.endswith((".yaml", ".yml")):
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=True)
+        else:
+            try:
+                text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValidationError(f"log_dict: {name!r} is not JSON-serialisable: {exc}") from None
+        return self._log_bytes(text.encode(), name)
+
+    def log_figure(self, figure: Any, name: str) -> str:
+        """Store a matplotlib figure as an image (PNG unless ``name`` says .svg/.pdf/.jpg)."""
+        if not hasattr(figure, "savefig"):
+            raise ValidationError(f"log_figure expects a matplotlib Figure, got {type(figure).__name__}")
+        if not isinstance(name, str) or not name:
+            raise UsageError("log_figure needs an artifact name such as 'curves.png'")
+        suffix = Path(name).suffix.lstrip(".") or "png"
+        with tempfile.TemporaryDirectory(prefix="yard-fig-") as tmp:
+            out = Path(tmp) / f"figure.{suffix}"
+            figure.savefig(out, format=suffix)
+            return self._log_file(out, name)
+
+    def _log_bytes(self, data: bytes, name: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="yard-art-") as tmp:
+            out = Path(tmp) / "payload"
+            out.write_bytes(data)
+            return self._log_file(out, name)
+
+    def _log_file(self, path: Path, name: str) -> str:
+        ((_, digest, _),) = _store.log_artifacts(
+            self.client.platform, self.client.ctx, self.id, [(path, name)]
+        )
+        return digest
+
+    def use_dataset(self, spec: str) -> str:
+        """Record that this run reads dataset version ``name@N`` (``name``: latest); returns its reference."""
+        return _store.use_dataset(self.client.platform, self.client.ctx, self.id, spec)
+
+    def info(self) -> RunInfo:
+        return self.client.get_run(self.id)
+
+    # -- ending ---------------------------------------------------------------------------------------
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Flush (bounded by ``flush_timeout_s``), then record the final status. Idempotent. If the flush
+        times out the status is still recorded, the points stay buffered and BackendError is raised."""
+        if status not in _store.TERMINAL:
+            raise UsageError(f"status {status!r} is not a final status; expected one of {_store.TERMINAL}")
+        if self.status != "RUNNING":
+            return
+        self.status = status
+        flush_error: YardError | None = None
+        try:
+            self._writer.stop(self.client.platform.settings.flush_timeout_s)
+        except YardError as exc:
+            flush_error = exc
+        try:
+            _store.end_run(self.client.platform, self.client.ctx, self.id, status, reason)
+        finally:
+            self.client._forget(self)
+        if flush_error is not None:
+            raise flush_error
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None or (exc_type is SystemExit and getattr(exc, "code", 1) in (0, None)):
+            self.end("FINISHED")
+            return
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            self.end(status, reason=f"{exc_type.__name__}: {exc}"[:2000])
+        except Exception as end_exc:  # never hide the exception that ended the run
+            warnings.warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=2)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs side by side: every param and latest metric key, and the params whose values differ."""
+
+    runs: list[RunInfo]
+    param_keys: list[str]
+    metric_keys: list[str]
+    differing_params: list[str]
+
+
+class Client:
+    """Tracking client: a platform, who acts, and this process's active runs.
+
+    ``Client()`` opens the platform from settings (YARD_HOME, YARD_DATABASE_URL, ...); pass ``platform`` to
+    share one, ``project`` and ``token`` to act elsewhere or as a token's user."""
+
+    def __init__(
+        self, platform: Platform | None = None, project: str | None = None, token: str | None = None
+    ) -> None:
+        self._owns_platform = platform is None
+        self.platform = platform or Platform()
+        try:
+            self.ctx: Context = self.platform.context(token=token, project=project)
+        except BaseException:
+            if self._owns_platform:
+                self.platform.close()
+            raise
+        self._stack: contextvars.ContextVar[tuple[Run, ...]] = contextvars.ContextVar(
+            f"modelyard_runs_{id(self)}", default=()
+        )
+        self._lock = threading.RLock()
+        self._active: dict[str, Run] = {}
+        self._saved_handlers: dict[int, Any] = {}
+        self._close_when_idle = False
+        ref = weakref.ref(self)
+        self._atexit = lambda: _at_exit(ref)
+        atexit.register(self._atexit)
+
+    def close(self) -> None:
+        """End active runs (FINISHED) and release the platform if this client opened it."""
+        self._end_all("FINISHED", "client closed")
+        atexit.unregister(self._atexit)
+        if self._owns_platform:
+            self.platform.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs of this process --------------------------------------------------------------------------
+    def start_run(
+        self,
+        experiment: str | None = None,
+        *,
+        name: str | None = None,
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, object] | None = None,
+        nested: bool = False,
+        run_id: str | None = None,
+        capture: bool = True,
+    ) -> Run:
+        """Start a run (or, with ``run_id``, continue an existing one) and make it the active run.
+
+        Inside an active run, ``nested=True`` starts a child (HPO trials); otherwise it is an error.
+        ``capture`` records git commit and dirty flag, command line, Python, host and package versions."""
+        parent = self.active_run()
+        if parent is not None and not nested:
+            raise UsageError(
+                f"run {parent.id} is already active; end it first, or pass nested=True to start a child run"
+            )
+        _store.reap_stale_runs(self.platform, self.ctx)
+        if run_id is not None:
+            _store.check_run_id(run_id)
+            _store.resume_run(self.platform, self.ctx, run_id)
+            info = _store.get_run(self.platform, self.ctx, run_id)
+            run = Run(self, run_id, info.experiment, info.parent_id)
+        else:
+            exp = experiment
+            if exp is None:
+                exp = parent.experiment if parent else _store.DEFAULT_EXPERIMENT
+            all_tags: dict[str, object] = {}
+            if capture and parent is None:
+                from modelyard.tracking._system import capture_tags
+
+                all_tags.update(capture_tags())
+            all_tags.update(tags or {})
+            new_id = _store.create_run(
+                self.platform,
+                self.ctx,
+                exp,
+                name=name,
+                params=params,
+                tags=all_tags,
+                parent_id=parent.id if parent else None,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+            run = Run(self, new_id, exp, parent.id if parent else None)
+        with self._lock:
+            self._active[run.id] = run
+        self._stack.set((*self._stack.get(), run))
+        _CURRENT.set(self)
+        self._install_signal_handlers()
+        return run
+
+    def active_run(self) -> Run | None:
+        stack = self._stack.get()
+        return stack[-1] if stack else None
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        run = self.active_run()
+        if run is None:
+            raise UsageError("no active run to end")
+        run.end(status)
+
+    def _forget(self, run: Run) -> None:
+        with self._lock:
+            self._active.pop(run.id, None)
+            idle = not self._active
+        self._stack.set(tuple(r for r in self._stack.get() if r is not run))
+        if idle:
+            self._restore_signal_handlers()
+            if _CURRENT.get() is self:
+                _CURRENT.set(None)
+            if self._close_when_idle:
+                self.close()
+
+    def _end_all(self, status: str, reason: str) -> None:
+        with self._lock:
+            runs = list(self._active.values())
+        for run in reversed(runs):  # children before parents
+            try:
+                run.end(status, reason)
+            except Exception as exc:
+                warnings.warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=2)
+
+    # -- signals: flush and end KILLED, then behave as the process would have -------------------------
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._saved_handlers:
+            return
+        for sig in _SIGNALS:
+            try:
+                prev = signal.getsignal(sig)
+                if prev is signal.SIG_IGN:
+                    continue  # the process chose to ignore it: so do we
+                signal.signal(sig, self._on_signal)
+                self._saved_handlers[sig] = prev
+            except (ValueError, OSError):  # not the main interpreter, or unsupported
+                continue
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        saved, self._saved_handlers = self._saved_handlers, {}
+        for sig, prev in saved.items():
+            try:
+                if signal.getsignal(sig) == self._on_signal:
+                    signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            except (ValueError, OSError):
+                continue
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        prev = self._saved_handlers.get(signum, signal.SIG_DFL)
+        self._end_all("KILLED", f"received {signal.Signals(signum).name}")
+        self._restore_signal_handlers()
+        if callable(prev):
+            prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        sys.exit(128 + signum)
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunInfo:
+        return _store.get_run(self.platform, self.ctx, run_id)
+
+    def search_runs(
+        self,
+        experiment: str | list[str] | None = None,
+        filter: str | None = None,
+        order_by: list[str] | None = None,
+        max_results: int = 1000,
+    ) -> list[RunInfo]:
+        """Runs matching ``filter`` such as ``"metrics.rougeL > 0.3 and params.lr = '1e-4'"``, sorted by
+        ``order_by`` such as ``["metrics.rougeL DESC", "start_time"]``."""
+        return _search_runs(self.platform, self.ctx, experiment, filter, order_by, max_results)
+
+    def compare_runs(self, run_ids: Sequence[str]) -> Comparison:
+        if isinstance(run_ids, str) or len(run_ids) < 1:
+            raise UsageError("compare_runs needs a list of run ids")
+        runs = [self.get_run(r) for r in run_ids]
+        params = sorted({k for r in runs for k in r.params})
+        metrics = sorted({k for r in runs for k in r.metrics})
+        differing = [k for k in params if len({r.params.get(k) for r in runs}) > 1]
+        return Comparison(runs, params, metrics, differing)
+
+    def metric_history(self, run_id: str, keys: Sequence[str] | None = None) -> dict[str, list[MetricPoint]]:
+        return _store.metric_history(self.platform, self.ctx, run_id, keys)
+
+    def list_artifacts(self, run_id: str) -> list[tuple[str, str, int]]:
+        return _store.list_run_artifacts(self.platform, self.ctx, run_id)
+
+    def list_experiments(self) -> list[tuple[str, int]]:
+        return _store.list_experiments(self.platform, self.ctx)
+
+    def delete_run(self, run_id: str) -> None:
+        _store.delete_run(self.platform, self.ctx, run_id)
+
+    def reap_stale_runs(self) -> list[str]:
+        return _store.reap_stale_runs(self.platform, self.ctx)
+
+
+def _at_exit(ref: weakref.ReferenceType[Client]) -> None:
+    """Interpreter exit: flush (bounded) and end what is still open, so nothing stays RUNNING."""
+    client = ref()
+    if client is not None:
+        client._end_all("FINISHED", "process exited with the run open")
+
+
+# -- module-level helpers ------------------------------------------------------------------------------------
+def _active() -> Run:
+    client = _CURRENT.get()
+    run = client.active_run() if client is not None else None
+    if run is None:
+        raise UsageError("no active run: call modelyard.start_run(...) first (or use a Client's run)")
+    return run
+
+
+def start_run(
+    experiment: str | None = None,
+    *,
+    name: str | None = None,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, object] | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
+    capture: bool = True,
+) -> Run:
+    """Start a run with the client of the active run, or a new ``Client()`` from settings (closed again when
+    its last run ends)."""
+    client = _CURRENT.get()
+    owned = client is None
+    if client is None:
+        client = Client()
+        client._close_when_idle = True
+    try:
+        return client.start_run(
+            experiment, name=name, params=params, tags=tags, nested=nested, run_id=run_id, capture=capture
+        )
+    except BaseException:
+        if owned:
+            client.close()
+        raise
+
+
+def end_run(status: str = "FINISHED") -> None:
+    _active().end(status)
+
+
+def active_run() -> Run | None:
+    client = _CURRENT.get()
+    return client.active_run() if client is not None else None
+
+
+def log_param(key: str, value: object) -> None:
+    _active().log_param(key, value)
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    _active().log_params(params)
+
+
+def log_metric(key: str, value: float, step: int = 0, timestamp: int | None = None) -> None:
+    _active().log_metric(key, value, step, timestamp)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None) -> None:
+    _active().log_metrics(metrics, step, timestamp)
+
+
+def set_tag(key: str, value: object) -> None:
+    _active().set_tag(key, value)
+
+
+def set_tags(tags: Mapping[str, object]) -> None:
+    _active().set_tags(tags)
+
+
+def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> list[str]:
+    return _active().log_artifact(path, artifact_path)
+
+
+def log_dict(data: Mapping[str, Any] | Sequence[Any], name: str) -> str:
+    return _active().log_dict(data, name)
+
+
+def log_figure(figure: Any, name: str) -> str:
+    return _active().log_figure(figure, name)
+
+
+def flush() -> None:
+    _active().flush()

@@ -1,0 +1,645 @@
+"""Tracking services: experiments, runs, params, tags, metric batches, heartbeats, the reaper, artifacts.
+
+Every function takes (platform, ctx) like the core services. Run creation, status changes, deletion,
+params, tags and artifacts go through ``platform.mutate`` (authorised and audited in one transaction).
+Metric batches and heartbeats are authorised but not audited: they are telemetry, and appending to the
+audit chain would serialise every writer of every run on its head row.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import Table, and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from modelyard.core import _audit
+from modelyard.core._models import (
+    Dataset,
+    DatasetVersion,
+    Experiment,
+    MetricBatch,
+    Project,
+    Run,
+    RunArtifact,
+    RunLatestMetric,
+    RunMetric,
+    RunParam,
+    RunTag,
+)
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.errors import NotFoundError, UsageError, ValidationError
+from modelyard.tracking._lineage import add_edges, artifact_ref, dataset_ref, run_ref
+
+STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_NAME = 256
+# Letters, digits and a few separators, like MLflow's key rule; no leading '/', no '..' segment.
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,250}$")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- /]{0,127}$")
+_DATASET_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<version>[0-9]{1,9}))?$")
+_ROWS = 500  # rows per multi-row statement, well under SQLite's bound-variable limit
+REAPER = "system:reaper"
+DEFAULT_EXPERIMENT = "Default"
+
+
+# -- validation: bad input never reaches the store or the metric buffer ------------------------------------
+def check_key(key: object, what: str = "key") -> str:
+    if not isinstance(key, str):
+        raise ValidationError(f"{what} must be a string, got {type(key).__name__}")
+    if not _KEY_RE.match(key) or key.startswith("/") or ".." in key.split("/") or key.strip() != key:
+        shown = key if len(key) <= 60 else key[:57] + "..."
+        raise ValidationError(
+            f"{what} {shown!r} is not valid: use 1-{MAX_KEY} letters, digits, '_', '-', '.', '/' or spaces "
+            "(no leading '/' or '..' segment, no surrounding spaces)"
+        )
+    return key
+
+
+def check_value(key: str, value: object) -> float | None:
+    """A finite number or NaN (stored as NULL; SQLite cannot store NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValidationError(f"metric {key!r}: value must be a number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        raise ValidationError(f"metric {key!r}: value must be finite or NaN, got {v}")
+    return v
+
+
+def check_step(key: str, step: object) -> int:
+    if isinstance(step, bool):
+        raise ValidationError(f"metric {key!r}: step must be an integer, got bool")
+    try:
+        n = operator.index(step)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValidationError(f"metric {key!r}: step must be an integer, got {type(step).__name__}") from None
+    if not -(2**63) <= n < 2**63:
+        raise ValidationError(f"metric {key!r}: step {n} does not fit in 64 bits")
+    return n
+
+
+def check_timestamp(key: str, ts: object) -> int:
+    """Epoch milliseconds, as MLflow takes them."""
+    if isinstance(ts, bool):
+        raise ValidationError(f"metric {key!r}: timestamp must be epoch milliseconds (int), got bool")
+    try:
+        n = operator.index(ts)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValidationError(
+            f"metric {key!r}: timestamp must be epoch milliseconds (int), got {type(ts).__name__}"
+        ) from None
+    if not 0 <= n < 2**53:
+        raise ValidationError(f"metric {key!r}: timestamp {n} is out of range (epoch milliseconds)")
+    return n
+
+
+def check_run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        raise UsageError(f"{run_id!r} is not a run id; expected 32 lower-case hex characters")
+    return run_id
+
+
+def _text(kind: str, key: str, value: object, limit: int) -> str:
+    if isinstance(value, bytes):
+        raise ValidationError(f"{kind} {key!r}: bytes are not a valid value; decode them first")
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        raise ValidationError(f"{kind} {key!r}: value has {len(text)} characters; at most {limit} allowed")
+    if "\x00" in text:
+        raise ValidationError(f"{kind} {key!r}: value contains a NUL character")
+    return text
+
+
+def check_pairs(kind: str, values: Mapping[str, object], limit: int) -> dict[str, str]:
+    if not isinstance(values, Mapping):
+        raise ValidationError(f"{kind}s must be a mapping of key to value, got {type(values).__name__}")
+    return {check_key(k, f"{kind} key"): _text(kind, k, v, limit) for k, v in values.items()}
+
+
+def check_experiment(name: object) -> str:
+    if not isinstance(name, str) or not _EXPERIMENT_RE.match(name):
+        raise ValidationError(
+            f"experiment name {name!r} is not valid: use 1-128 letters, digits, '.', '_', '-', '/' "
+            "or spaces, starting with a letter or digit"
+        )
+    return name
+
+
+def _insert(s: Session) -> Any:
+    return pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+# -- read models ----------------------------------------------------------------------------------------
+@dataclass
+class RunInfo:
+    id: str
+    experiment: str
+    name: str
+    status: str
+    start_time: datetime
+    end_time: datetime | None
+    user: str
+    host: str
+    parent_id: str | None = None
+    reason: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # latest value per key
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "experiment": self.experiment,
+            "name": self.name,
+            "status": self.status,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "user": self.user,
+            "host": self.host,
+            "parent_id": self.parent_id,
+            "reason": self.reason,
+            "params": self.params,
+            "tags": self.tags,
+            "metrics": self.metrics,
+        }
+
+
+class MetricPoint(NamedTuple):  # a tuple: built once per logged point, so it must be cheap
+    key: str
+    value: float | None
+    step: int
+    timestamp: int  # epoch ms
+
+
+def load_runs(s: Session, rows: Sequence[tuple[Run, str]]) -> list[RunInfo]:
+    """RunInfo for (run, experiment name) rows, with params, tags and latest metrics loaded in bulk."""
+    infos = {
+        r.id: RunInfo(
+            r.id,
+            exp,
+            r.name,
+            r.status,
+            as_utc(r.start_time),
+            as_utc(r.end_time) if r.end_time else None,
+            r.user,
+            r.host,
+            r.parent_id,
+            r.reason,
+        )
+        for r, exp in rows
+    }
+    ids = list(infos)
+    for i in range(0, len(ids), _ROWS):
+        chunk = ids[i : i + _ROWS]
+        for run_id, k, v in s.execute(
+            select(RunParam.run_id, RunParam.key, RunParam.value).where(RunParam.run_id.in_(chunk))
+        ):
+            infos[run_id].params[k] = v
+        for run_id, k, v in s.execute(
+            select(RunTag.run_id, RunTag.key, RunTag.value).where(RunTag.run_id.in_(chunk))
+        ):
+            infos[run_id].tags[k] = v
+        for run_id, k, mv in s.execute(
+            select(RunLatestMetric.run_id, RunLatestMetric.key, RunLatestMetric.value).where(
+                RunLatestMetric.run_id.in_(chunk)
+            )
+        ):
+            infos[run_id].metrics[k] = mv
+    return [infos[r.id] for r, _ in rows]
+
+
+def _run_row(s: Session, ctx: Context, run_id: str) -> Run:
+    # Another project's run reads as "not found": existence is not leaked across tenants.
+    run = s.execute(
+        select(Run).where(Run.id == run_id, Run.project_id == ctx.project_id)
+    ).scalar_one_or_none()
+    if run is None:
+        raise NotFoundError(
+            f"run {run_id} not found in project {ctx.project!r}; list runs with `yard runs ls`"
+        )
+    return run
+
+
+def resolve_run_id(platform: Platform, ctx: Context, text: str) -> str:
+    """A full run id, or a unique prefix of at least 6 characters (what `yard runs ls` shows)."""
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9a-f]{6,32}", text):
+        raise UsageError(f"{text!r} is not a run id; expected 32 (or a unique prefix of 6+) hex characters")
+    if len(text) == 32:
+        return text
+    with platform.db.read() as s:
+        ids = s.scalars(
+            select(Run.id).where(Run.project_id == ctx.project_id, Run.id.like(f"{text}%")).limit(2)
+        ).all()
+    if not ids:
+        raise NotFoundError(f"run {text} not found in project {ctx.project!r}")
+    if len(ids) > 1:
+        raise UsageError(f"run id prefix {text} is ambiguous; give more characters")
+    return ids[0]
+
+
+# -- experiments and runs ---------------------------------------------------------------------------------
+def _experiment_id(s: Session, ctx: Context, name: str) -> int:
+    """Get or create; concurrent creators of one name both end up with the same row."""
+    s.execute(
+        _insert(s)(Experiment)
+        .values(project_id=ctx.project_id, name=name, created_at=utcnow(), created_by=ctx.user)
+        .on_conflict_do_nothing()
+    )
+    return int(
+        s.execute(
+            select(Experiment.id).where(Experiment.project_id == ctx.project_id, Experiment.name == name)
+        ).scalar_one()
+    )
+
+
+def list_experiments(platform: Platform, ctx: Context) -> list[tuple[str, int]]:
+    """(name, number of runs) of ctx's project."""
+    platform.authorize(ctx, "run.read", f"project:{ctx.project}")
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Experiment.name, func.count(Run.id))
+            .outerjoin(Run, Run.experiment_id == Experiment.id)
+            .where(Experiment.project_id == ctx.project_id)
+            .group_by(Experiment.name)
+            .order_by(Experiment.name)
+        ).all()
+    return [(n, int(c)) for n, c in rows]
+
+
+def create_run(
+    platform: Platform,
+    ctx: Context,
+    experiment: str,
+    *,
+    name: str | None = None,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, object] | None = None,
+    parent_id: str | None = None,
+    host: str = "",
+    pid: int | None = None,
+) -> str:
+    """A new RUNNING run; params and tags are written in the same audited transaction."""
+    run_id = uuid.uuid4().hex
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        check_experiment(experiment)
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME):
+            raise ValidationError(f"run name must be a string of 1-{MAX_NAME} characters")
+        p = check_pairs("param", params or {}, MAX_PARAM_VALUE)
+        t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
+        if parent_id is not None:
+            check_run_id(parent_id)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    detail = {"experiment": experiment, "params": len(p), "tags": len(t)}
+    with platform.mutate(ctx, "run.write", resource, detail) as s:
+        if parent_id is not None:
+            _run_row(s, ctx, parent_id)
+        now = utcnow()
+        s.add(
+            Run(
+                id=run_id,
+                project_id=ctx.project_id,
+                experiment_id=_experiment_id(s, ctx, experiment),
+                parent_id=parent_id,
+                name=name or f"run-{run_id[:8]}",
+                status="RUNNING",
+                start_time=now,
+                heartbeat_at=now,
+                user=ctx.user,
+                host=host[:256],
+                pid=pid,
+            )
+        )
+        s.flush()
+        _put_pairs(s, RunParam, run_id, p)
+        _put_pairs(s, RunTag, run_id, t)
+    return run_id
+
+
+def resume_run(platform: Platform, ctx: Context, run_id: str) -> None:
+    """Mark an existing run RUNNING again (another process or a restart continues it)."""
+    check_run_id(run_id)
+    with platform.mutate(ctx, "run.write", run_ref(run_id), {"resume": True}) as s:
+        run = _run_row(s, ctx, run_id)
+        run.status, run.end_time, run.reason, run.heartbeat_at = "RUNNING", None, None, utcnow()
+
+
+def end_run(
+    platform: Platform, ctx: Context, run_id: str, status: str = "FINISHED", reason: str | None = None
+) -> None:
+    check_run_id(run_id)
+    if status not in TERMINAL:
+        raise UsageError(f"status {status!r} is not a final status; expected one of {', '.join(TERMINAL)}")
+    with platform.mutate(ctx, "run.write", run_ref(run_id), {"status": status}) as s:
+        run = _run_row(s, ctx, run_id)
+        run.status, run.end_time = status, utcnow()
+        run.reason = reason[:2000] if reason else None
+
+
+def delete_run(platform: Platform, ctx: Context, run_id: str) -> None:
+    """Delete a run with its params, tags and metrics; its children lose their parent link."""
+    check_run_id(run_id)
+    with platform.mutate(ctx, "run.delete", run_ref(run_id)) as s:
+        _run_row(s, ctx, run_id)
+        s.execute(delete(Run).where(Run.id == run_id))
+
+
+def get_run(platform: Platform, ctx: Context, run_id: str) -> RunInfo:
+    check_run_id(run_id)
+    platform.authorize(ctx, "run.read", run_ref(run_id))
+    reap_stale_runs(platform, ctx)
+    with platform.db.read() as s:
+        run = _run_row(s, ctx, run_id)
+        exp = s.execute(select(Experiment.name).where(Experiment.id == run.experiment_id)).scalar_one()
+        return load_runs(s, [(run, exp)])[0]
+
+
+def _put_pairs(s: Session, model: type[RunParam] | type[RunTag], run_id: str, values: dict[str, str]) -> None:
+    if not values:
+        return
+    rows = [{"run_id": run_id, "key": k, "value": v} for k, v in values.items()]
+    ins = _insert(s)
+    for i in range(0, len(rows), _ROWS):
+        stmt = ins(model).values(rows[i : i + _ROWS])
+        if model is RunTag:  # tags may change; params may not (like MLflow)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["run_id", "key"], set_={"value": stmt.excluded.value}
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing()
+        s.execute(stmt)
+    if model is RunParam:
+        stored: dict[str, str] = {
+            k: v
+            for k, v in s.execute(
+                select(RunParam.key, RunParam.value).where(
+                    RunParam.run_id == run_id, RunParam.key.in_(list(values))
+                )
+            )
+        }
+        changed = sorted(k for k, v in values.items() if stored.get(k) != v)
+        if changed:
+            k = changed[0]
+            raise UsageError(
+                f"param {k!r} of run {run_id} is already {stored.get(k)!r}; params cannot change "
+                f"(tried {values[k]!r}); log a new param name or start a new run"
+            )
+
+
+def log_params(platform: Platform, ctx: Context, run_id: str, params: Mapping[str, object]) -> None:
+    check_run_id(run_id)
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        values = check_pairs("param", params, MAX_PARAM_VALUE)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    with platform.mutate(ctx, "run.write", resource, {"params": sorted(values)[:50]}) as s:
+        _run_row(s, ctx, run_id)
+        _put_pairs(s, RunParam, run_id, values)
+
+
+def set_tags(platform: Platform, ctx: Context, run_id: str, tags: Mapping[str, object]) -> None:
+    check_run_id(run_id)
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        values = check_pairs("tag", tags, MAX_TAG_VALUE)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    with platform.mutate(ctx, "run.write", resource, {"tags": sorted(values)[:50]}) as s:
+        _run_row(s, ctx, run_id)
+        _put_pairs(s, RunTag, run_id, values)
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+def check_run_writable(platform: Platform, ctx: Context, run_id: str) -> None:
+    """What a metric writer checks once when it attaches to a run: the role, and that the run exists in
+    ctx's project. Batches then only re-check the role (in memory)."""
+    check_run_id(run_id)
+    platform.authorize(ctx, "run.write", run_ref(run_id))
+    with platform.db.read() as s:
+        _run_row(s, ctx, run_id)
+
+
+def write_metric_batch(
+    platform: Platform, ctx: Context, run_id: str, batch_id: str, points: Sequence[MetricPoint]
+) -> bool:
+    """Write one batch in one transaction; False if this batch id was already committed (a retry after a
+    lost acknowledgement), in which case nothing is written twice."""
+    platform.authorize(ctx, "run.write", run_ref(run_id))
+    with platform.db.write() as s:
+        ins = _insert(s)
+        claimed = s.execute(
+            ins(MetricBatch)
+            .values(batch_id=batch_id, run_id=run_id)
+            .on_conflict_do_nothing()
+            .returning(MetricBatch.batch_id)
+        ).first()
+        if claimed is None:
+            return False
+        rows = [
+            {"run_id": run_id, "key": p.key, "value": p.value, "step": p.step, "ts": p.timestamp}
+            for p in points
+        ]
+        # Core insert + executemany: no ORM unit of work for thousands of plain rows.
+        s.execute(cast(Table, RunMetric.__table__).insert(), rows)
+        latest: dict[str, MetricPoint] = {}
+        for p in points:
+            cur = latest.get(p.key)
+            if cur is None or (p.step, p.timestamp) >= (cur.step, cur.timestamp):
+                latest[p.key] = p
+        # Sorted keys: concurrent writers of one run lock the latest rows in the same order (no deadlock).
+        keys = sorted(latest)
+        for i in range(0, len(keys), _ROWS):
+            stmt = ins(RunLatestMetric).values(
+                [
+                    {"run_id": run_id, "key": k, "value": p.value, "step": p.step, "ts": p.timestamp}
+                    for k in keys[i : i + _ROWS]
+                    for p in (latest[k],)
+                ]
+            )
+            cur_t = RunLatestMetric.__table__.c
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["run_id", "key"],
+                set_={"value": stmt.excluded.value, "step": stmt.excluded.step, "ts": stmt.excluded.ts},
+                where=or_(
+                    stmt.excluded.step > cur_t.step,
+                    and_(stmt.excluded.step == cur_t.step, stmt.excluded.ts >= cur_t.ts),
+                ),
+            )
+            s.execute(stmt)
+    return True
+
+
+def metric_history(
+    platform: Platform, ctx: Context, run_id: str, keys: Iterable[str] | None = None
+) -> dict[str, list[MetricPoint]]:
+    """Every point of a run's metrics (or of ``keys``), ordered by step and time."""
+    check_run_id(run_id)
+    wanted = [check_key(k, "metric key") for k in keys] if keys is not None else None
+    platform.authorize(ctx, "run.read", run_ref(run_id))
+    with platform.db.read() as s:
+        _run_row(s, ctx, run_id)
+        q = select(RunMetric.key, RunMetric.value, RunMetric.step, RunMetric.ts).where(
+            RunMetric.run_id == run_id
+        )
+        if wanted is not None:
+            q = q.where(RunMetric.key.in_(wanted))
+        out: dict[str, list[MetricPoint]] = {}
+        for k, v, step, ts in s.execute(
+            q.order_by(RunMetric.key, RunMetric.step, RunMetric.ts, RunMetric.id)
+        ):
+            out.setdefault(k, []).append(MetricPoint(k, v, step, ts))
+    return out
+
+
+# -- liveness ---------------------------------------------------------------------------------------------
+def heartbeat(platform: Platform, run_id: str) -> None:
+    """Prove the owning process is alive. Not audited: liveness telemetry, every few seconds per run."""
+    with platform.db.write() as s:
+        s.execute(update(Run).where(Run.id == run_id, Run.status == "RUNNING").values(heartbeat_at=utcnow()))
+
+
+def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]:
+    """Mark RUNNING runs whose heartbeat is older than ``run_heartbeat_timeout_s`` FAILED, with a reason
+    and one audit record each (actor ``system:reaper``). Scoped to ctx's project when given. Cheap when
+    there is nothing to reap: one indexed read, no write lock."""
+    timeout = platform.settings.run_heartbeat_timeout_s
+    cutoff = utcnow() - timedelta(seconds=timeout)
+    cond = [Run.status == "RUNNING", or_(Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None))]
+    if ctx is not None:
+        cond.append(Run.project_id == ctx.project_id)
+    with platform.db.read() as s:
+        if s.execute(select(Run.id).where(*cond).limit(1)).first() is None:
+            return []
+    now = utcnow()
+    reason = f"no heartbeat for {timeout:g}s: the process died or lost the store"
+    with platform.db.write() as s:
+        rows = s.execute(
+            select(Run.id, Run.heartbeat_at, Project.name)
+            .join(Project, Project.id == Run.project_id)
+            .where(*cond)
+        ).all()
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        # Re-check the condition in the UPDATE: a heartbeat that landed in between keeps its run alive.
+        s.execute(
+            update(Run)
+            .where(Run.id.in_(ids), *cond)
+            .values(status="FAILED", end_time=now, reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        _audit.append_many(
+            s,
+            [
+                {
+                    "actor": REAPER,
+                    "project": project,
+                    "action": "run.write",
+                    "resource": run_ref(run_id),
+                    "outcome": "ok",
+                    "detail": {
+                        "status": "FAILED",
+                        "reason": reason,
+                        "last_heartbeat": as_utc(hb).isoformat() if hb else None,
+                    },
+                }
+                for run_id, hb, project in rows
+            ],
+        )
+    return ids
+
+
+# -- artifacts and lineage -------------------------------------------------------------------------------
+def log_artifacts(
+    platform: Platform, ctx: Context, run_id: str, files: Sequence[tuple[Path, str]]
+) -> list[tuple[str, str, int]]:
+    """Store files (path, artifact path) through the encrypted artifact store, then record them on the run
+    with an output lineage edge each. Returns (artifact path, digest, size)."""
+    from modelyard.core._artifacts import put_artifacts
+
+    check_run_id(run_id)
+    platform.authorize(ctx, "run.write", run_ref(run_id))
+    with platform.db.read() as s:
+        _run_row(s, ctx, run_id)
+    infos = put_artifacts(platform, ctx, [p for p, _ in files], names=[n for _, n in files])
+    now = utcnow()
+    detail = {"artifacts": len(infos), "paths": [i.name for i in infos][:20]}
+    with platform.mutate(ctx, "run.write", run_ref(run_id), detail) as s:
+        _run_row(s, ctx, run_id)
+        stmt = _insert(s)(RunArtifact).values(
+            [
+                {"run_id": run_id, "path": i.name, "digest": i.digest, "size": i.size, "created_at": now}
+                for i in infos
+            ]
+        )
+        s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["run_id", "path"],
+                set_={"digest": stmt.excluded.digest, "size": stmt.excluded.size, "created_at": now},
+            )
+        )
+        add_edges(s, ctx, [(run_ref(run_id), artifact_ref(i.digest), "output") for i in infos])
+    return [(i.name, i.digest, i.size) for i in infos]
+
+
+def list_run_artifacts(platform: Platform, ctx: Context, run_id: str) -> list[tuple[str, str, int]]:
+    check_run_id(run_id)
+    platform.authorize(ctx, "run.read", run_ref(run_id))
+    with platform.db.read() as s:
+        _run_row(s, ctx, run_id)
+        rows = s.execute(
+            select(RunArtifact.path, RunArtifact.digest, RunArtifact.size)
+            .where(RunArtifact.run_id == run_id)
+            .order_by(RunArtifact.path)
+        ).all()
+    return [(p, d, int(n)) for p, d, n in rows]
+
+
+def use_dataset(platform: Platform, ctx: Context, run_id: str, spec: str) -> str:
+    """Record that the run reads dataset version ``name@N`` (``name`` alone: the latest version); returns
+    the dataset reference of the edge dataset -> run (relation "input")."""
+    check_run_id(run_id)
+    m = _DATASET_RE.match(spec) if isinstance(spec, str) else None
+    if m is None:
+        raise UsageError(f"{spec!r} is not a dataset version; expected name@N or name (the latest version)")
+    name, version = m["name"], m["version"]
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    with platform.mutate(ctx, "run.write", resource, {"input": spec}) as s:
+        _run_row(s, ctx, run_id)
+        q = (
+            select(DatasetVersion.version)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(Dataset.project_id == ctx.project_id, Dataset.name == name)
+        )
+        if version is not None:
+            q = q.where(DatasetVersion.version == int(version))
+        found = s.execute(q.order_by(DatasetVersion.version.desc()).limit(1)).scalar_one_or_none()
+        if found is None:
+            what = f"dataset {name!r}" + (f" version {version}" if version else "")
+            raise NotFoundError(f"{what} not found in project {ctx.project!r}; list them with `yard data ls`")
+        ref = dataset_ref(name, int(found))
+        add_edges(s, ctx, [(ref, run_ref(run_id), "input")])
+    return ref

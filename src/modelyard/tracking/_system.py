@@ -1,0 +1,114 @@
+"""What a run captures by itself: where the code came from, how it was started, on what, and system load.
+
+Nothing here may slow a run's start by much or import heavy packages: git gets a short timeout, and torch
+or transformers are only consulted when the user's program already imported them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform as _platform
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+log = logging.getLogger("modelyard.tracking")
+_GIT_TIMEOUT_S = 2.0
+_PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # no git, or it hung
+    return r.stdout if r.returncode == 0 else None
+
+
+def capture_tags() -> dict[str, str]:
+    """``git.commit``, ``git.dirty``, ``cmd``, ``python``, ``host`` and ``pkg.<name>`` versions."""
+    tags: dict[str, str] = {
+        "cmd": shlex.join(sys.argv)[:8000] if sys.argv and sys.argv[0] else sys.executable,
+        "python": _platform.python_version(),
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+    }
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["git.commit"] = commit.strip()
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        if status is not None:
+            tags["git.dirty"] = "true" if status.strip() else "false"
+    for name in _PACKAGES:
+        # Heavy packages only when the program already imported them: capture must not import torch.
+        if name != "modelyard" and name not in sys.modules:
+            continue
+        try:
+            tags[f"pkg.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def system_sampler() -> Callable[[], dict[str, float]] | None:
+    """A function returning ``system/*`` metrics (CPU, RSS, GPU where present), or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    proc = psutil.Process()
+    proc.cpu_percent(None)  # the first call only starts the measurement
+    gpu = _gpu_reader()
+
+    def sample() -> dict[str, float]:
+        out = {
+            "system/cpu_percent": float(psutil.cpu_percent(None)),
+            "system/process_cpu_percent": float(proc.cpu_percent(None)),
+            "system/rss_mb": proc.memory_info().rss / 1e6,
+        }
+        if gpu is not None:
+            out.update(gpu())
+        return out
+
+    return sample
+
+
+def _gpu_reader() -> Callable[[], dict[str, float]] | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+        def nvml() -> dict[str, float]:
+            out: dict[str, float] = {}
+            for i, h in enumerate(handles):
+                out[f"system/gpu{i}_util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+                out[f"system/gpu{i}_memory_mb"] = pynvml.nvmlDeviceGetMemoryInfo(h).used / 1e6
+            return out
+
+        return nvml
+    except Exception as exc:  # not installed, no driver, no GPU
+        log.debug("no NVML: %s", exc)
+    torch: Any = sys.modules.get("torch")  # only if the program imported it
+    if torch is None or not torch.cuda.is_available():
+        return None
+
+    def cuda() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for i in range(torch.cuda.device_count()):
+            out[f"system/gpu{i}_memory_mb"] = torch.cuda.memory_allocated(i) / 1e6
+            try:
+                out[f"system/gpu{i}_util_percent"] = float(torch.cuda.utilization(i))
+            except Exception as exc:  # needs pynvml underneath
+                log.debug("no GPU utilisation: %s", exc)
+        return out
+
+    return cuda

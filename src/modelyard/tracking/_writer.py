@@ -1,0 +1,226 @@
+"""The buffered metric writer: one daemon thread per active run.
+
+``log_metric`` validates and appends to an in-memory buffer (microseconds); the thread flushes the buffer
+every ``metric_flush_s`` or as soon as it holds ``FLUSH_POINTS`` points, one transaction per batch. Each
+batch carries a uuid that is claimed insert-if-absent in the same transaction, so a retry after a lost
+commit acknowledgement writes nothing twice. The same thread sends the run's heartbeat and samples system
+metrics, so an active run costs one thread.
+
+Failures (store outage, lock timeouts) never reach the training loop: the batch stays pending with the same
+id and is retried with backoff; after ``OUTAGE_WARN_S`` of failing, one warning names the run and the number
+of buffered points. Nothing is dropped: the buffer grows while the store is away (about 100 bytes per
+point, so an hour of 1,000 points/s is ~360 MB); ``flush()`` raises after its timeout but keeps the points.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError
+
+from modelyard.errors import BackendError, PermissionDeniedError
+from modelyard.tracking._store import MetricPoint, heartbeat, write_metric_batch
+
+if TYPE_CHECKING:
+    from modelyard.core._platform import Context, Platform
+
+log = logging.getLogger("modelyard.tracking")
+
+# Flush early once this many points are buffered; at most BATCH_POINTS per transaction.
+FLUSH_POINTS = 5_000
+BATCH_POINTS = 20_000
+# How long the store may fail before the writer warns (it keeps retrying after that). The issue's budget
+# is 60 s of outage without disturbing training; tests shorten this.
+OUTAGE_WARN_S = 60.0
+_BACKOFF_MAX_S = 2.0
+
+
+class MetricWriterWarning(UserWarning):
+    """The metric store has been unreachable for a while; points are buffered, not lost."""
+
+
+class MetricWriter:
+    def __init__(
+        self,
+        platform: Platform,
+        ctx: Context,
+        run_id: str,
+        *,
+        sampler: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        st = platform.settings
+        self.platform, self.ctx, self.run_id = platform, ctx, run_id
+        self.flush_s = st.metric_flush_s
+        self.heartbeat_s = st.run_heartbeat_s
+        self.system_s = st.system_metrics_s if sampler is not None else 0.0
+        self.sampler = sampler
+        # RLock: a signal handler on the main thread may flush while that thread is inside log_metric.
+        self._cond = threading.Condition(threading.RLock())
+        self._buffer: deque[MetricPoint] = deque()
+        self._pending: tuple[str, list[MetricPoint]] | None = None  # taken from the buffer, not committed
+        self._logged = 0  # points accepted so far
+        self._committed = 0  # points durable so far (FIFO, so the first _committed points)
+        self._flush_wanted = False
+        self._stopping = False
+        self._failing_since: float | None = None
+        self._warned = False
+        self.last_error: BaseException | None = None
+        self._samples = 0
+        self._thread = threading.Thread(target=self._loop, name=f"modelyard-run-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    # -- producer side ---------------------------------------------------------------------------------
+    def add(self, points: list[MetricPoint]) -> None:
+        with self._cond:
+            if self._stopping and not self._thread.is_alive():
+                raise BackendError(f"run {self.run_id} has ended; start or resume a run to log metrics")
+            self._buffer.extend(points)
+            self._logged += len(points)
+            if len(self._buffer) >= FLUSH_POINTS:
+                self._cond.notify_all()
+
+    @property
+    def buffered(self) -> int:
+        with self._cond:
+            return self._logged - self._committed
+
+    def flush(self, timeout: float) -> None:
+        """Block until every point added before this call is committed; BackendError after ``timeout``
+        (the points stay buffered and are still retried)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._logged
+            self._flush_wanted = True
+            self._cond.notify_all()
+            while self._committed < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    missing = target - self._committed
+                    cause = f": {self.last_error}" if self.last_error else ""
+                    raise BackendError(
+                        f"run {self.run_id}: {missing} metric points are not yet durable after {timeout:g}s "
+                        f"(the metadata store is unavailable{cause}); they stay buffered and are retried"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def stop(self, timeout: float) -> None:
+        """Flush what is buffered (up to ``timeout``) and end the thread."""
+        try:
+            self.flush(timeout)
+        finally:
+            with self._cond:
+                if self._committed >= self._logged:
+                    self._stopping = True
+                    self._cond.notify_all()
+            if self._stopping:
+                self._thread.join(timeout=max(1.0, timeout))
+
+    # -- the thread --------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        now = time.monotonic()
+        next_flush = now + self.flush_s
+        next_beat = now + self.heartbeat_s
+        next_sample = now + self.system_s if self.system_s else float("inf")
+        backoff = 0.05
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping and not self._buffer and self._pending is None:
+                        return
+                    now = time.monotonic()
+                    due = (
+                        self._flush_wanted
+                        or len(self._buffer) >= FLUSH_POINTS
+                        or self._stopping
+                        or (now >= next_flush and (self._buffer or self._pending))
+                    )
+                    if due or now >= next_beat or now >= next_sample:
+                        break
+                    self._cond.wait(max(0.0, min(next_flush, next_beat, next_sample) - now))
+                if self._pending is None and self._buffer:
+                    n = min(len(self._buffer), BATCH_POINTS)
+                    self._pending = (uuid.uuid4().hex, [self._buffer.popleft() for _ in range(n)])
+                pending = self._pending if due else None
+            if now >= next_sample and self.sampler is not None:
+                next_sample = now + self.system_s
+                self._sample()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                try:
+                    heartbeat(self.platform, self.run_id)
+                except Exception as exc:  # the metric path reports outages
+                    log.debug("heartbeat of run %s failed: %s", self.run_id, exc)
+            if pending is None:
+                continue
+            try:
+                write_metric_batch(self.platform, self.ctx, self.run_id, pending[0], pending[1])
+            except (PermissionDeniedError, IntegrityError) as exc:  # role revoked or run deleted
+                self._give_up(exc)
+                return
+            except Exception as exc:  # store outage or contention: keep the batch (same id) and retry
+                self._failed(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = 0.05
+            with self._cond:
+                self._committed += len(pending[1])
+                self._pending = None
+                if self._committed >= self._logged:
+                    self._flush_wanted = False
+                self._cond.notify_all()
+                if self._failing_since is not None:
+                    if self._warned:
+                        log.warning(
+                            "run %s: metric store reachable again; buffered points flushed", self.run_id
+                        )
+                    self._failing_since, self._warned, self.last_error = None, False, None
+            next_flush = time.monotonic() + self.flush_s
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self.last_error = exc
+            if self._failing_since is None:
+                self._failing_since = now
+            if self._warned or now - self._failing_since < OUTAGE_WARN_S:
+                return
+            self._warned = True
+            count = self._logged - self._committed
+        message = (
+            f"modelyard: run {self.run_id} cannot reach the metadata store for "
+            f"{now - self._failing_since:.0f}s "
+            f"({type(exc).__name__}: {str(exc)[:300]}); {count} metric points are buffered in memory and "
+            "retried, none is dropped; flush()/end_run() will wait for the store"
+        )
+        log.warning(message)
+        warnings.warn(message, MetricWriterWarning, stacklevel=1)
+
+    def _give_up(self, exc: BaseException) -> None:
+        # Retrying cannot succeed (the role was revoked, or the run deleted). Say so; flush() reports it.
+        with self._cond:
+            self.last_error = exc
+            self._stopping = True
+            self._cond.notify_all()
+        log.error("run %s: metrics can no longer be written: %s", self.run_id, exc)
+
+    def _sample(self) -> None:
+        assert self.sampler is not None
+        try:
+            values = self.sampler()
+        except Exception as exc:  # a sampler must never break the run
+            log.debug("system metrics sampling failed: %s", exc)
+            return
+        ts = int(time.time() * 1000)
+        self._samples += 1
+        step = self._samples
+        with self._cond:
+            self._buffer.extend(MetricPoint(k, v, step, ts) for k, v in values.items())
+            self._logged += len(values)

@@ -1,0 +1,155 @@
+"""`yard data ...` driven in-process through ``modelyard.cli.main``; the import check in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelyard.cli import main
+from modelyard.data import _manifest
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error(self) -> str:
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), self.err
+        return lines[0]
+
+    def json(self) -> Any:
+        assert self.code == 0, self.err
+        return json.loads(self.out)
+
+
+Yard = Callable[..., Result]
+
+
+@pytest.fixture
+def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setattr(_manifest, "RACY_NS", 0)
+
+    def run(*args: str | Path) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    assert run("init").code == 0
+    return run
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha\n")
+    (root / "sub" / "b.bin").write_bytes(os.urandom(2048))
+    (root / "t.csv").write_text("id,city\n1,Paris\n2,Rome\n")
+    return root
+
+
+def test_add_ls_show_diff_checkout_rm(yard: Yard, tree: Path, tmp_path: Path) -> None:
+    r = yard("data", "add", tree, "--name", "ds", "-m", "first")
+    assert r.code == 0, r.err
+    assert "ds@1: 3 files" in r.out
+    assert "unchanged" in yard("data", "add", tree, "--name", "ds").out
+    (tree / "a.txt").write_text("changed\n")
+    assert "ds@2" in yard("data", "add", tree, "--name", "ds").out
+
+    listed = yard("data", "ls", "--json").json()
+    assert [(d["name"], d["latest"], d["versions"]) for d in listed] == [("ds", 2, 2)]
+    assert [v["version"] for v in yard("data", "ls", "ds", "--json").json()] == [1, 2]
+    shown = yard("data", "show", "ds@1", "--json").json()
+    assert shown["files"] == 3 and shown["message"] == "first"
+    assert shown["profile"]["tables"]["t.csv"]["columns"]["city"]["top"][0] == ["Paris", 1]
+    text = yard("data", "show", "ds@1").out
+    assert "files    3" in text and "t.csv (2 rows)" in text and "first" in text
+
+    d = yard("data", "diff", "ds@1", "ds@2", "--json").json()
+    assert [c["path"] for c in d["changed"]] == ["a.txt"] and d["added"] == d["removed"] == []
+    assert "~ a.txt" in yard("data", "diff", "ds@1", "ds@2").out
+
+    r = yard("data", "checkout", "ds@1", tmp_path / "out")
+    assert r.code == 0, r.err
+    assert (tmp_path / "out" / "a.txt").read_text() == "alpha\n"
+    r = yard("data", "checkout", "ds@1", tmp_path / "out")
+    assert r.code == 2 and "not empty" in r.error
+
+    assert yard("data", "rm", "ds@1").code == 0
+    assert [v["version"] for v in yard("data", "ls", "ds", "--json").json()] == [2]
+    audit = yard("audit", "ls", "--json").json()
+    assert [a["action"] for a in audit if a["action"].startswith("dataset")] == [
+        "dataset.write",
+        "dataset.write",
+        "dataset.delete",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (("data", "show", "ds@x"), 2, "invalid version"),
+        (("data", "checkout", "ds", "out"), 2, "names no version"),
+        (("data", "show", "nope@1"), 1, "not found"),
+        (("data", "add", "missing-dir", "--name", "ds"), 2, "does not exist"),
+        (("data", "add", "tree", "--name", "bad/name"), 2, "dataset name"),
+        (("data", "add", "tree", "--name", "ds", "--region", "me-central-1"), 1, "region"),
+        (("data", "rm", "ds"), 2, "names no version"),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    yard: Yard, tree: Path, args: tuple[str, ...], code: int, needle: str
+) -> None:
+    r = yard(*args)
+    assert r.code == code, (r.out, r.err)
+    assert needle in r.error
+    assert yard("data", "ls", "--json").json() == []
+
+
+def test_malformed_table_warns_and_is_versioned(yard: Yard, tree: Path) -> None:
+    (tree / "broken.parquet").write_bytes(b"PAR1 garbage")
+    r = yard("data", "add", tree, "--name", "ds")
+    assert r.code == 0
+    assert "warning: broken.parquet: no statistics recorded" in r.err
+
+
+def test_scan_and_anonymize(yard: Yard, tmp_path: Path) -> None:
+    root = tmp_path / "pii"
+    root.mkdir()
+    (root / "users.csv").write_text("id,email\n1,alice.smith@example.com\n2,bob.jones@example.org\n")
+    assert yard("data", "add", root, "--name", "users").code == 0
+    r = yard("data", "scan", "users@1")
+    assert r.code == 0 and "email" in r.out and "alice" not in r.out
+    assert yard("data", "scan", "users@1", "--json").json()["tables"]["users.csv"]["email"]["email"] == 2
+    r = yard("data", "anonymize", "users@1", "--columns", "email", "--method", "mask")
+    assert r.code == 0, r.err
+    assert "users@2: anonymized from users@1" in r.out
+    assert yard("data", "scan", "users@2", "--json").json()["tables"] == {}
+
+
+def test_help_does_not_import_pyarrow() -> None:
+    script = (
+        "import sys\nfrom modelyard.cli import main\n"
+        "try:\n    main(['data', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('pyarrow', 'torch', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\nprint('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ok")

@@ -1,0 +1,147 @@
+"""The lineage graph service and `yard lineage show`: trees both ways, cycles, depth, tenants, bad refs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+
+import pytest
+from sqlalchemy import func, select
+
+from modelyard.cli import main
+from modelyard.core import Context, Platform, Role, create_project
+from modelyard.core._models import LineageEdge
+from modelyard.errors import UsageError
+from modelyard.testing import actor
+from modelyard.tracking import lineage, parse_ref
+from modelyard.tracking._lineage import add_edges, downstream_refs
+
+RUN = "a" * 32
+DIGEST = "b" * 64
+
+
+@pytest.fixture
+def admin(platform: Platform) -> Context:
+    return platform.context()
+
+
+def _edges(platform: Platform, ctx: Context, edges: list[tuple[str, str, str]]) -> None:
+    with platform.db.write() as s:
+        add_edges(s, ctx, edges)
+
+
+def _refs(node: object) -> list[str]:
+    return [c.ref for c in node.children]  # type: ignore[attr-defined]
+
+
+def test_upstream_and_downstream_trees(platform: Platform, admin: Context) -> None:
+    _edges(
+        platform,
+        admin,
+        [
+            ("dataset:raw@1", "dataset:clean@1", "anonymized"),
+            ("dataset:clean@1", f"run:{RUN}", "input"),
+            (f"run:{RUN}", f"artifact:{DIGEST}", "output"),
+            (f"run:{RUN}", "model:t5@1", "registered"),
+        ],
+    )
+    up, down = lineage(platform, admin, f"run:{RUN}")
+    assert _refs(up) == ["dataset:clean@1"]
+    assert _refs(up.children[0]) == ["dataset:raw@1"]
+    assert up.children[0].relation == "input"
+    assert sorted(_refs(down)) == [f"artifact:{DIGEST}", "model:t5@1"]
+    # shorthand forms resolve to the same object
+    assert parse_ref(RUN) == f"run:{RUN}"
+    assert parse_ref(DIGEST) == f"artifact:{DIGEST}"
+    assert parse_ref("raw@1") == "dataset:raw@1"
+    with platform.db.read() as s:
+        assert downstream_refs(s, admin.project_id, "dataset:raw@1") == {
+            "dataset:clean@1",
+            f"run:{RUN}",
+            f"artifact:{DIGEST}",
+            "model:t5@1",
+        }
+
+
+def test_edges_are_idempotent_and_cycles_terminate(platform: Platform, admin: Context) -> None:
+    cycle = [("dataset:a@1", "dataset:b@1", "x"), ("dataset:b@1", "dataset:a@1", "x")]
+    _edges(platform, admin, cycle)
+    _edges(platform, admin, cycle)  # recorded once
+    up, down = lineage(platform, admin, "dataset:a@1")
+    with platform.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(LineageEdge)) == 2
+    assert _refs(up) == ["dataset:b@1"]
+    assert _refs(down) == ["dataset:b@1"]
+    assert _refs(down.children[0]) == ["dataset:a@1"]
+    assert down.children[0].children[0].truncated  # shown once, not followed again
+
+
+def test_depth_limit_marks_truncation(platform: Platform, admin: Context) -> None:
+    chain = [(f"dataset:d@{i}", f"dataset:d@{i + 1}", "derived") for i in range(1, 6)]
+    _edges(platform, admin, chain)
+    _, down = lineage(platform, admin, "dataset:d@1", depth=2)
+    assert _refs(down) == ["dataset:d@2"]
+    leaf = down.children[0].children[0]
+    assert leaf.ref == "dataset:d@3" and leaf.truncated and not leaf.children
+    with pytest.raises(UsageError, match="depth"):
+        lineage(platform, admin, "dataset:d@1", depth=0)
+
+
+def test_other_projects_see_nothing(platform: Platform, admin: Context) -> None:
+    _edges(platform, admin, [("dataset:x@1", f"run:{RUN}", "input")])
+    create_project(platform, admin, "tenant-b")
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    other = platform.context(project="tenant-b")
+    assert other.user == me
+    up, down = lineage(platform, other, f"run:{RUN}")
+    assert up.children == [] and down.children == []
+
+
+def test_viewer_reads_lineage(platform: Platform, admin: Context) -> None:
+    _edges(platform, admin, [("dataset:x@1", f"run:{RUN}", "input")])
+    viewer = actor(platform, admin, "vera", Role.VIEWER)
+    up, _ = lineage(platform, viewer, f"run:{RUN}")
+    assert _refs(up) == ["dataset:x@1"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "run:",
+        "dataset:../../etc@1",
+        "nosuchkind:abc",
+        "dataset:a b@1",
+        "run:abc'; DROP TABLE lineage_edges; --",
+        "artifact:" + "x" * 400,
+        "dataset:\x00@1",
+        "../etc/passwd",
+    ],
+)
+def test_bad_references_are_usage_errors(platform: Platform, admin: Context, bad: str) -> None:
+    with pytest.raises(UsageError):
+        lineage(platform, admin, bad)
+    with pytest.raises(UsageError), platform.db.write() as s:
+        add_edges(s, admin, [(bad, f"run:{RUN}", "input")])
+    with platform.db.read() as s:
+        assert downstream_refs(s, admin.project_id, f"run:{RUN}") == set()
+
+
+def test_cli_lineage_show(platform: Platform, admin: Context, capsys: pytest.CaptureFixture[str]) -> None:
+    _edges(
+        platform,
+        admin,
+        [("dataset:raw@2", f"run:{RUN}", "input"), (f"run:{RUN}", f"artifact:{DIGEST}", "output")],
+    )
+    capsys.readouterr()
+    assert main(["lineage", "show", RUN, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ref"] == f"run:{RUN}"
+    assert [n["ref"] for n in out["upstream"]] == ["dataset:raw@2"]
+    assert [n["ref"] for n in out["downstream"]] == [f"artifact:{DIGEST}"]
+    assert main(["lineage", "show", f"run:{RUN}"]) == 0
+    text = capsys.readouterr().out
+    assert "upstream" in text and "dataset:raw@2" in text and "(input)" in text
+    assert main(["lineage", "show", "nosuchkind:x"]) == 2
+    assert "is not an object reference" in capsys.readouterr().err

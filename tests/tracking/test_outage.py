@@ -1,0 +1,138 @@
+"""A store outage mid-run: a real TCP proxy in front of PostgreSQL is closed and reopened."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from modelyard.core import Platform
+from modelyard.core._models import RunMetric
+from modelyard.errors import BackendError
+from modelyard.testing import make_platform
+from modelyard.tracking import Client, MetricWriterWarning, _writer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+class Proxy:
+    """Forwards 127.0.0.1:<port> to a target; ``down()`` drops every connection and refuses new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self._listener is not None
+        # shutdown() wakes the accept() blocked in the kernel; close() alone would leave it listening.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+@pytest.fixture
+def proxied(postgres_url: str, home: Path) -> Iterator[tuple[Platform, Proxy, Platform]]:
+    """(platform through the proxy, the proxy, platform straight to the database)."""
+    direct = make_platform(home, database_url=postgres_url)
+    url = make_url(postgres_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    # A short heartbeat and flush so the outage is felt at once.
+    settings = direct.settings.model_copy(
+        update={"database_url": via, "metric_flush_s": 0.1, "run_heartbeat_s": 0.2, "flush_timeout_s": 1.0}
+    )
+    proxied_platform = Platform(settings)
+    yield proxied_platform, proxy, direct
+    proxied_platform.close()
+    direct.close()
+
+
+def test_outage_buffers_warns_and_loses_nothing(
+    proxied: tuple[Platform, Proxy, Platform], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform, proxy, direct = proxied
+    monkeypatch.setattr(_writer, "OUTAGE_WARN_S", 0.5)  # the 60 s tolerance, shortened
+    caplog.set_level(logging.WARNING, logger="modelyard.tracking")
+    with Client(platform=platform) as client:
+        run = client.start_run("outage", capture=False)
+        for i in range(1000):
+            run.log_metric("loss", float(i), step=i)
+        run.flush()
+        proxy.down()
+        with pytest.warns(MetricWriterWarning, match=f"run {run.id} cannot reach the metadata store"):
+            for i in range(1000, 3000):  # logging keeps returning while the store is away
+                run.log_metric("loss", float(i), step=i)
+            deadline = time.monotonic() + 20
+            while "cannot reach the metadata store" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert f"run {run.id} cannot reach the metadata store" in caplog.text
+        assert "buffered in memory" in caplog.text and "none is dropped" in caplog.text
+        with pytest.raises(BackendError, match="not yet durable"):
+            run.flush(timeout=0.5)  # a clear error; the points stay buffered
+        assert run.buffered == 2000
+        proxy.up()
+        run.flush(timeout=30)
+        assert run.buffered == 0
+        run.end()
+    with direct.db.read() as s:
+        steps = s.scalars(select(RunMetric.step).where(RunMetric.run_id == run.id)).all()
+        assert s.scalar(select(func.count()).select_from(RunMetric)) == 3000
+    assert sorted(steps) == list(range(3000))  # every acknowledged point, each once

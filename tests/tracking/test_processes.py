@@ -1,0 +1,158 @@
+"""Real processes and real signals: many writers into one run, SIGKILL, SIGTERM, SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from modelyard.core import Platform
+from modelyard.core._models import AuditRecord, RunLatestMetric, RunMetric
+from modelyard.tracking import Client
+
+WORKER = Path(__file__).with_name("worker.py")
+
+
+def _env(platform: Platform, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    env["YARD_HOME"] = str(platform.settings.home)
+    if platform.settings.database_url:
+        env["YARD_DATABASE_URL"] = platform.settings.database_url
+    env["YARD_SYSTEM_METRICS_S"] = "0"
+    env.update(extra)
+    return env
+
+
+def _spawn(platform: Platform, *args: str, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        env=_env(platform, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _first_line(proc: subprocess.Popen[str]) -> list[str]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"worker exited early ({proc.returncode}):\n{err}")
+    return line.split()
+
+
+@pytest.mark.slow
+def test_eight_processes_log_into_one_run_and_lose_nothing(any_platform: Platform) -> None:
+    per_process, processes = 10_000, 8
+    with Client(platform=any_platform) as client:
+        run = client.start_run("concurrent", capture=False)
+        run.end()
+    procs = [_spawn(any_platform, "concurrent", run.id, str(w), str(per_process)) for w in range(processes)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+        assert out.strip() == "done"
+        assert "Error" not in err and "locked" not in err, err
+    with any_platform.db.read() as s:
+        total = s.scalar(select(func.count()).select_from(RunMetric).where(RunMetric.run_id == run.id))
+        per_worker = {
+            value: n
+            for value, n in s.execute(
+                select(RunMetric.value, func.count(func.distinct(RunMetric.step)))
+                .where(RunMetric.run_id == run.id)
+                .group_by(RunMetric.value)
+            )
+        }
+        latest = s.execute(select(RunLatestMetric).where(RunLatestMetric.run_id == run.id)).scalar_one()
+    assert total == per_process * processes
+    assert per_worker == {float(w): per_process for w in range(processes)}
+    assert latest.step == per_process - 1
+    with Client(platform=any_platform) as client:
+        assert client.get_run(run.id).status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_is_reaped_failed_with_every_flushed_metric(platform: Platform) -> None:
+    proc = _spawn(platform, "crash", "500", YARD_RUN_HEARTBEAT_S="0.2", YARD_METRIC_FLUSH_S="0.2")
+    try:
+        _, run_id, flushed = _first_line(proc)
+        time.sleep(0.5)  # let it log (and flush) a little more
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    short = Platform(platform.settings.model_copy(update={"run_heartbeat_timeout_s": 2.0}))
+    try:
+        with Client(platform=short) as client:
+            assert client.get_run(run_id).status == "RUNNING"  # its heartbeat is still fresh
+            deadline = time.monotonic() + 30
+            while client.get_run(run_id).status == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(0.2)  # every read reaps
+            info = client.get_run(run_id)
+            assert info.status == "FAILED"
+            assert info.reason is not None and "heartbeat" in info.reason
+            steps = [p.step for p in client.metric_history(run_id)["loss"]]
+        assert set(range(int(flushed))) <= set(steps)
+        assert len(steps) == len(set(steps))  # nothing written twice
+        with short.db.read() as s:
+            reaped = s.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.resource == f"run:{run_id}", AuditRecord.actor == "system:reaper"
+                )
+            ).all()
+        assert len(reaped) == 1 and "FAILED" in reaped[0].detail
+    finally:
+        short.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, None)])
+def test_sigterm_and_sigint_flush_and_end_killed(platform: Platform, sig: int, code: int | None) -> None:
+    # A long flush interval: nothing is durable before the signal unless the handler flushes it.
+    proc = _spawn(platform, "term", "3000", YARD_METRIC_FLUSH_S="600")
+    try:
+        _, run_id, buffered = _first_line(proc)
+        assert int(buffered) > 0
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code is not None:
+        assert proc.returncode == code, err
+    else:
+        assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    with Client(platform=platform) as client:
+        info = client.get_run(run_id)
+        assert info.status == "KILLED"
+        assert info.reason is not None and signal.Signals(sig).name in info.reason
+        assert [p.step for p in client.metric_history(run_id)["loss"]] == list(range(3000))
+
+
+def test_a_run_left_open_is_finished_at_interpreter_exit(platform: Platform, tmp_path: Path) -> None:
+    script = tmp_path / "open_run.py"
+    script.write_text(
+        "import modelyard\n"
+        "run = modelyard.start_run('exit', capture=False)\n"
+        "for i in range(100): modelyard.log_metric('x', i, step=i)\n"
+        "print(run.id)\n"
+    )
+    env = _env(platform, YARD_METRIC_FLUSH_S="600")
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with Client(platform=platform) as client:
+        run_id = r.stdout.strip()
+        assert client.get_run(run_id).status == "FINISHED"
+        assert len(client.metric_history(run_id)["x"]) == 100
+

@@ -1,0 +1,271 @@
+"""The SDK end to end on a real store: runs, params, tags, metrics, nesting, artifacts, lineage, capture."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+import modelyard
+from modelyard.core import Platform, put_artifact
+from modelyard.core._models import (
+    AuditRecord,
+    Dataset,
+    DatasetVersion,
+    LineageEdge,
+    MetricBatch,
+    RunMetric,
+)
+from modelyard.core._platform import utcnow
+from modelyard.errors import NotFoundError, UsageError
+from modelyard.tracking import Client, MetricPoint, lineage
+from modelyard.tracking._store import write_metric_batch
+
+
+def test_run_lifecycle_params_tags_metrics(any_platform: Platform) -> None:
+    with Client(platform=any_platform) as client:
+        with client.start_run("exp", name="first", params={"lr": "1e-4", "layers": 2}) as run:
+            run.log_param("batch", 8)
+            run.set_tags({"team": "nlp"})
+            run.set_tag("team", "nlp2")  # tags may change
+            for i in range(10):
+                run.log_metric("loss", 1 / (i + 1), step=i)
+            run.log_metrics({"rougeL": 0.4, "bleu": 20.0}, step=9)
+            run.log_metric("loss", 5.0, step=3)  # an older step does not become the latest value
+            run.log_metric("nan", math.nan)
+        info = client.get_run(run.id)
+    assert info.status == "FINISHED" and info.end_time is not None
+    assert info.name == "first" and info.experiment == "exp"
+    assert info.params == {"lr": "1e-4", "layers": "2", "batch": "8"}
+    assert info.tags["team"] == "nlp2"
+    assert info.metrics["loss"] == pytest.approx(0.1)
+    assert info.metrics["rougeL"] == 0.4
+    assert info.metrics["nan"] is None  # NaN is kept, as a missing value
+
+
+def test_params_cannot_change(client: Client) -> None:
+    with client.start_run("exp", params={"lr": "1"}) as run:
+        run.log_param("lr", "1")  # the same value again is fine
+        with pytest.raises(UsageError, match="params cannot change"):
+            run.log_param("lr", "2")
+    assert client.get_run(run.id).params == {"lr": "1"}
+
+
+def test_exception_fails_and_keyboard_interrupt_kills(client: Client) -> None:
+    with pytest.raises(ValueError), client.start_run("exp") as failed:
+        failed.log_metric("x", 1.0)
+        raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt), client.start_run("exp") as killed:
+        raise KeyboardInterrupt
+    a, b = client.get_run(failed.id), client.get_run(killed.id)
+    assert (a.status, b.status) == ("FAILED", "KILLED")
+    assert a.reason == "ValueError: boom"
+    assert a.metrics == {"x": 1.0}  # flushed on the way out
+
+
+def test_nested_runs_record_their_parent(client: Client) -> None:
+    with client.start_run("hpo") as parent:
+        with pytest.raises(UsageError, match="nested=True"):
+            client.start_run("hpo")
+        for trial in range(3):
+            with client.start_run(nested=True, params={"trial": trial}) as child:
+                child.log_metric("score", trial / 10)
+                assert client.active_run() is child
+        assert client.active_run() is parent
+    children = client.search_runs("hpo", filter=f"tags.x = 'none' or params.trial in ('0', '1', '2')")
+    assert len(children) == 3
+    assert {c.parent_id for c in children} == {parent.id}
+    assert {c.experiment for c in children} == {"hpo"}
+
+
+def test_module_helpers_delegate_to_the_active_run(platform: Platform) -> None:
+    with pytest.raises(UsageError, match="no active run"):
+        modelyard.log_metric("x", 1.0)
+    with Client(platform=platform) as client:
+        with modelyard.Client(platform=platform).start_run("fluent") as other:
+            other.end()
+        with client.start_run("fluent") as run:
+            modelyard.log_param("p", 1)
+            modelyard.log_params({"q": 2})
+            modelyard.log_metric("m", 1.0, step=1)
+            modelyard.log_metrics({"n": 2.0})
+            modelyard.set_tag("t", "1")
+            modelyard.set_tags({"u": "2"})
+            with modelyard.start_run(nested=True) as child:  # the active run's client
+                assert child.client is client
+        info = client.get_run(run.id)
+    assert info.params == {"p": "1", "q": "2"}
+    assert info.metrics == {"m": 1.0, "n": 2.0}
+    assert {"t": "1", "u": "2"}.items() <= info.tags.items()
+    with pytest.raises(UsageError, match="no active run"):
+        modelyard.end_run()
+
+
+def test_module_start_run_opens_a_client_from_settings(platform: Platform) -> None:
+    with modelyard.start_run("fluent", params={"a": 1}) as run:
+        modelyard.log_metric("loss", 0.5)
+    with Client(platform=platform) as client:
+        info = client.get_run(run.id)
+    assert info.status == "FINISHED" and info.metrics == {"loss": 0.5}
+    assert run.client.platform.db.engine.pool.checkedout() == 0
+
+
+def test_auto_capture(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).parent)  # inside the repository: git is there
+    with client.start_run("capture") as run:
+        pass
+    tags = client.get_run(run.id).tags
+    assert {"cmd", "python", "host", "pkg.modelyard"} <= set(tags)
+    assert "pkg.torch" not in tags or "torch" in __import__("sys").modules
+    if "git.commit" in tags:
+        assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+
+
+def test_system_metrics_are_sampled(platform: Platform) -> None:
+    fast = Platform(platform.settings.model_copy(update={"system_metrics_s": 0.05, "metric_flush_s": 0.05}))
+    try:
+        with Client(platform=fast) as client:
+            with client.start_run("sys", capture=False) as run:
+                import time
+
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    run.flush()
+                    if "system/rss_mb" in client.get_run(run.id).metrics:
+                        break
+                    time.sleep(0.05)
+            metrics = client.get_run(run.id).metrics
+    finally:
+        fast.close()
+    assert metrics["system/rss_mb"] > 1 and "system/cpu_percent" in metrics
+
+
+def test_a_retried_batch_is_written_once(client: Client) -> None:
+    with client.start_run("idem", capture=False) as run:
+        batch = uuid.uuid4().hex
+        points = [MetricPoint("x", float(i), i, 1000 + i) for i in range(100)]
+        assert write_metric_batch(client.platform, client.ctx, run.id, batch, points) is True
+        assert write_metric_batch(client.platform, client.ctx, run.id, batch, points) is False
+    with client.platform.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(RunMetric)) == 100
+        assert s.scalar(select(func.count()).select_from(MetricBatch)) == 1
+
+
+def test_metric_batches_are_not_audited_but_run_changes_are(client: Client) -> None:
+    with client.start_run("audit", capture=False) as run:
+        for i in range(5000):
+            run.log_metric("x", float(i), step=i)
+        run.flush()
+        run.log_param("p", 1)
+    with client.platform.db.read() as s:
+        actions = s.execute(
+            select(AuditRecord.action, AuditRecord.outcome).where(AuditRecord.resource == f"run:{run.id}")
+        ).all()
+    assert [tuple(a) for a in actions] == [("run.write", "ok")] * 3  # create, param, end
+
+
+def test_artifacts_are_encrypted_recorded_and_in_lineage(client: Client, tmp_path: Path) -> None:
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights" * 1000)
+    folder = tmp_path / "eval"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("a")
+    (folder / "sub" / "b.txt").write_text("b")
+    with client.start_run("art", capture=False) as run:
+        (digest,) = run.log_artifact(src)
+        run.log_artifact(folder, artifact_path="reports")
+        run.log_dict({"lr": 1e-4}, "config.json")
+        run.log_dict({"lr": 1e-4}, "config.yaml")
+        with pytest.raises(UsageError, match="not a file"):
+            run.log_artifact(tmp_path / "missing")
+    paths = {p: d for p, d, _ in client.list_artifacts(run.id)}
+    assert set(paths) == {"model.bin", "reports/a.txt", "reports/sub/b.txt", "config.json", "config.yaml"}
+    assert paths["model.bin"] == digest
+    stored = b"".join(p.read_bytes() for p in (client.platform.settings.home / "artifacts").rglob("*") if p.is_file())
+    assert b"weights" * 10 not in stored  # encrypted at rest
+    up, down = lineage(client.platform, client.ctx, f"run:{run.id}")
+    assert {(c.ref, c.relation) for c in down.children} >= {(f"artifact:{digest}", "output")}
+
+
+def test_log_figure(client: Client) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    with client.start_run("fig", capture=False) as run:
+        run.log_figure(fig, "curve.png")
+        with pytest.raises(UsageError, match="matplotlib Figure"):
+            run.log_figure("not a figure", "x.png")
+    plt.close(fig)
+    assert [p for p, _, _ in client.list_artifacts(run.id)] == ["curve.png"]
+
+
+def _dataset(platform: Platform, project_id: int, name: str, versions: int, tmp_path: Path) -> None:
+    src = tmp_path / "manifest.jsonl"
+    src.write_text("{}\n")
+    ctx = platform.context()
+    digest = put_artifact(platform, ctx, src).digest
+    with platform.db.write() as s:
+        ds = Dataset(
+            project_id=project_id, name=name, region="local", last_version=versions, created_at=utcnow(),
+            created_by="t",
+        )
+        s.add(ds)
+        s.flush()
+        for v in range(1, versions + 1):
+            s.add(
+                DatasetVersion(
+                    dataset_id=ds.id, version=v, manifest_digest=digest, files=1, bytes=3, message="",
+                    region="local", profile="{}", created_at=utcnow(), created_by="t",
+                )
+            )
+
+
+def test_use_dataset_records_input_lineage(client: Client, tmp_path: Path) -> None:
+    _dataset(client.platform, client.ctx.project_id, "squad", 3, tmp_path)
+    with client.start_run("data", capture=False) as run:
+        assert run.use_dataset("squad@2") == "dataset:squad@2"
+        assert run.use_dataset("squad") == "dataset:squad@3"  # the latest version
+        with pytest.raises(NotFoundError, match="version 9"):
+            run.use_dataset("squad@9")
+        with pytest.raises(NotFoundError, match="nope"):
+            run.use_dataset("nope")
+        with pytest.raises(UsageError, match="not a dataset version"):
+            run.use_dataset("../etc@1")
+    with client.platform.db.read() as s:
+        edges = s.execute(select(LineageEdge.src, LineageEdge.dst, LineageEdge.relation)).all()
+    assert sorted(tuple(e) for e in edges) == [
+        ("dataset:squad@2", f"run:{run.id}", "input"),
+        ("dataset:squad@3", f"run:{run.id}", "input"),
+    ]
+
+
+def test_compare_history_delete(client: Client) -> None:
+    ids = []
+    for lr in ("1e-4", "1e-3"):
+        with client.start_run("cmp", params={"lr": lr, "bs": "8"}, capture=False) as run:
+            for i in range(3):
+                run.log_metric("loss", 1.0 - i / 10 - float(lr), step=i)
+        ids.append(run.id)
+    cmp = client.compare_runs(ids)
+    assert cmp.param_keys == ["bs", "lr"] and cmp.differing_params == ["lr"] and cmp.metric_keys == ["loss"]
+    assert [p.step for p in client.metric_history(ids[0])["loss"]] == [0, 1, 2]
+    client.delete_run(ids[0])
+    with pytest.raises(NotFoundError):
+        client.get_run(ids[0])
+    assert [e for e, _ in client.list_experiments()] == ["cmp"]
+
+
+def test_resume_continues_a_run(client: Client) -> None:
+    with client.start_run("resume", capture=False) as run:
+        run.log_metric("x", 1.0, step=0)
+    with client.start_run(run_id=run.id) as again:
+        assert client.get_run(run.id).status == "RUNNING"
+        again.log_metric("x", 2.0, step=1)
+    info = client.get_run(run.id)
+    assert info.status == "FINISHED" and info.metrics == {"x": 2.0}

@@ -1,0 +1,126 @@
+"""The filter grammar: valid queries, ordering, limits; injection attempts are syntax errors."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from modelyard.core._models import Run as RunRow
+from modelyard.errors import UsageError
+from modelyard.tracking import Client
+
+
+@pytest.fixture
+def runs(client: Client) -> list[str]:
+    ids = []
+    for i, (lr, rouge) in enumerate([("1e-4", 0.35), ("1e-4", 0.25), ("1e-3", 0.5), ("3e-4", 0.31)]):
+        with client.start_run(
+            "search", name=f"r{i}", params={"lr": lr, "model": "t5-small"}, tags={"stage": f"s{i % 2}"},
+            capture=False,
+        ) as run:
+            run.log_metrics({"rougeL": rouge, "loss": 1 - rouge}, step=i)
+        ids.append(run.id)
+        time.sleep(0.002)  # distinct start times for the default order
+    with client.start_run("elsewhere", params={"lr": "1e-4"}, capture=False) as run:
+        run.log_metric("rougeL", 0.9)
+    return ids
+
+
+def names(client: Client, filt: str | None = None, order_by: list[str] | None = None, **kw: object) -> list[str]:
+    return [r.name for r in client.search_runs("search", filter=filt, order_by=order_by, **kw)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("filt", "expected"),
+    [
+        ("metrics.rougeL > 0.3 and params.lr = '1e-4'", {"r0"}),
+        ("metrics.rougeL > 0.3", {"r0", "r2", "r3"}),
+        ("metrics.rougeL >= 0.5 or params.lr = \"3e-4\"", {"r2", "r3"}),
+        ("(metrics.rougeL < 0.3 or metrics.rougeL > 0.4) and tags.stage = 's1'", {"r1"}),
+        ("params.lr IN ('1e-3', '3e-4')", {"r2", "r3"}),
+        ("params.lr not in ('1e-3', '3e-4')", {"r0", "r1"}),
+        ("params.model LIKE 't5-%'", {"r0", "r1", "r2", "r3"}),
+        ("params.model ILIKE 'T5-SMALL'", {"r0", "r1", "r2", "r3"}),
+        ("params.lr != '1e-4'", {"r2", "r3"}),
+        ("metrics.`rougeL` = 0.5", {"r2"}),
+        ("metrics.missing > 0", set()),
+        ("attributes.status = 'finished' and attributes.name = 'r3'", {"r3"}),
+        ("status = 'FINISHED' and name like 'r_'", {"r0", "r1", "r2", "r3"}),
+        ("attributes.start_time > 0", {"r0", "r1", "r2", "r3"}),
+        ("metrics.loss <= 0.5", {"r2"}),
+        ("metrics.rougeL in (0.25, 0.35)", {"r0", "r1"}),
+    ],
+)
+def test_valid_filters(client: Client, runs: list[str], filt: str, expected: set[str]) -> None:
+    assert set(names(client, filt)) == expected
+
+
+def test_order_by_and_max_results(client: Client, runs: list[str]) -> None:
+    assert names(client, order_by=["metrics.rougeL DESC"]) == ["r2", "r0", "r3", "r1"]
+    assert names(client, order_by=["metrics.rougeL"]) == ["r1", "r3", "r0", "r2"]
+    assert names(client, order_by=["params.lr ASC", "metrics.rougeL DESC"]) == ["r2", "r0", "r1", "r3"]
+    assert names(client) == ["r3", "r2", "r1", "r0"]  # newest first
+    assert names(client, order_by=["attributes.start_time"]) == ["r0", "r1", "r2", "r3"]
+    assert names(client, "metrics.rougeL > 0.3", ["metrics.rougeL DESC"], max_results=2) == ["r2", "r0"]
+    assert len(client.search_runs()) == 5  # every experiment of the project
+    assert len(client.search_runs(["search", "elsewhere"])) == 5
+    found = client.search_runs("search", filter="metrics.rougeL > 0.45")
+    assert found[0].params == {"lr": "1e-3", "model": "t5-small"} and found[0].tags == {"stage": "s0"}
+
+
+@pytest.mark.parametrize(
+    ("filt", "position", "what"),
+    [
+        ("params.lr = '1e-4'; DROP TABLE runs", 19, "unexpected character ';'"),
+        ("params.lr = ''; DROP TABLE runs; --'", 15, "unexpected character ';'"),
+        ("'; DROP TABLE runs", 1, "unterminated string"),
+        ("__import__('os').system('rm -rf /')", 1, "unknown field '__import__'"),
+        ("metrics.x > 1 or 1=1", 18, "expected a field"),
+        ("metrics.rougeL > 0.3 and", 25, "expected a field"),
+        ("metrics.rougeL >> 0.3", 17, "expected a number"),
+        ("metrics.rougeL > 'a'", 18, "is a number"),
+        ("params.lr = 1e-4", 13, "quote the value"),
+        ("params.lr > '1'", 11, "is a string"),
+        ("metrics.rougeL like '%'", 16, "compares strings"),
+        ("(metrics.x > 1", 15, "expected ')'"),
+        ("runs.x = 1", 1, "unknown field prefix 'runs'"),
+        ("attributes.password = 'x'", 1, "unknown attribute"),
+        ("metrics.x > 1 metrics.y > 2", 15, "expected 'and', 'or'"),
+        ("params.lr in '1'", 14, "expected '('"),
+        ("params.lr = 'a' UNION SELECT * FROM tokens", 17, "expected 'and', 'or'"),
+    ],
+)
+def test_bad_filters_are_syntax_errors_naming_the_position(
+    client: Client, runs: list[str], filt: str, position: int, what: str
+) -> None:
+    with client.platform.db.read() as s:
+        before = s.scalar(select(func.count()).select_from(RunRow))
+    with pytest.raises(UsageError, match=f"position {position}: .*{re.escape(what)}") as err:
+        client.search_runs("search", filter=filt)
+    assert err.value.details["position"] == position
+    with client.platform.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(RunRow)) == before
+
+
+def test_deep_nesting_and_huge_filters_are_refused(client: Client, runs: list[str]) -> None:
+    with pytest.raises(UsageError, match="nested deeper"):
+        client.search_runs(filter="(" * 100 + "metrics.x > 1" + ")" * 100)
+    with pytest.raises(UsageError, match="at most"):
+        client.search_runs(filter="metrics.x > 1 or " * 1000 + "metrics.x > 1")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 50_001, "10", True, 1.5])
+def test_max_results_is_bounded(client: Client, bad: object) -> None:
+    with pytest.raises(UsageError, match="max_results"):
+        client.search_runs(max_results=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "order", [["metrics.x sideways"], ["drop table"], ["metrics.x; --"], "metrics.x", [1]]
+)
+def test_bad_order_by(client: Client, order: object) -> None:
+    with pytest.raises(UsageError):
+        client.search_runs(order_by=order)  # type: ignore[arg-type]

@@ -1,0 +1,173 @@
+"""Bad input gets a clear error and changes nothing; tenants and roles are enforced."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from modelyard.core import Platform, Role, create_project
+from modelyard.core._models import AuditRecord, Run, RunMetric, RunParam, RunTag
+from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
+from modelyard.testing import actor
+from modelyard.tracking import Client, Run as LiveRun
+
+
+def _counts(platform: Platform) -> tuple[int, ...]:
+    with platform.db.read() as s:
+        return tuple(
+            s.scalar(select(func.count()).select_from(m)) or 0 for m in (Run, RunParam, RunTag, RunMetric)
+        )
+
+
+@pytest.fixture
+def run(client: Client) -> Iterator[LiveRun]:
+    with client.start_run("v", capture=False) as r:
+        yield r
+
+
+HOSTILE_KEYS = [
+    "",
+    "k" * 251,
+    "../etc/passwd",
+    "/abs",
+    "a\x00b",
+    "a;DROP TABLE runs",
+    "a'b",
+    "ключ",
+    " padded ",
+    "a\nb",
+    "a#b",
+]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_hostile_keys_are_refused_everywhere(client: Client, run: LiveRun, key: str) -> None:
+    before = _counts(client.platform)
+    with pytest.raises(ValidationError, match="not valid"):
+        run.log_metric(key, 1.0)
+    with pytest.raises(ValidationError, match="not valid"):
+        run.log_metrics({"ok": 1.0, key: 2.0})  # all or nothing
+    with pytest.raises(ValidationError, match="not valid"):
+        run.set_tag(key, "v")
+    with pytest.raises(ValidationError, match="not valid"):
+        run.log_param(key, "v")
+    run.flush()
+    assert _counts(client.platform) == before
+    assert run.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [("1.0", "must be a number"), (None, "must be a number"), (True, "must be a number"),
+     (math.inf, "finite"), (-math.inf, "finite"), ([1], "must be a number")],
+)
+def test_bad_metric_values(run: LiveRun, value: object, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        run.log_metric("x", value)  # type: ignore[arg-type]
+    assert run.buffered == 0
+
+
+@pytest.mark.parametrize(("step", "match"), [(1.5, "integer"), ("3", "integer"), (True, "bool"), (2**64, "64 bits")])
+def test_bad_steps(run: LiveRun, step: object, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        run.log_metric("x", 1.0, step=step)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=match):
+        run.log_metrics({"x": 1.0}, step=step)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ts", [-1, 1.5, "now", 2**60])
+def test_bad_timestamps(run: LiveRun, ts: object) -> None:
+    with pytest.raises(ValidationError, match="timestamp"):
+        run.log_metric("x", 1.0, timestamp=ts)  # type: ignore[arg-type]
+
+
+def test_numpy_numbers_are_accepted(run: LiveRun) -> None:
+    np = pytest.importorskip("numpy")
+    run.log_metric("x", np.float32(0.5), step=np.int64(3))
+    run.log_metrics({"y": np.float64(1.0)}, step=np.int32(1))
+    run.flush()
+
+
+def test_bad_params_tags_and_names(client: Client, run: LiveRun) -> None:
+    before = _counts(client.platform)
+    with pytest.raises(ValidationError, match="at most 6000"):
+        run.log_param("big", "x" * 6001)
+    with pytest.raises(ValidationError, match="NUL"):
+        run.set_tag("t", "a\x00b")
+    with pytest.raises(ValidationError, match="bytes"):
+        run.set_tag("t", b"raw")
+    with pytest.raises(ValidationError, match="mapping"):
+        run.log_params(["a", "b"])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="experiment name"):
+        client.start_run("../x", nested=True)
+    with pytest.raises(ValidationError, match="experiment name"):
+        client.start_run("", nested=True)
+    assert _counts(client.platform) == before
+
+
+def test_unknown_and_malformed_run_ids(client: Client) -> None:
+    with pytest.raises(NotFoundError, match="not found"):
+        client.get_run("0" * 32)
+    for bad in ("x", "../" * 11, "0" * 31, 42):
+        with pytest.raises(UsageError, match="not a run id"):
+            client.get_run(bad)  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        client.start_run(run_id="f" * 32)
+    with pytest.raises(NotFoundError):
+        client.delete_run("f" * 32)
+    with pytest.raises(UsageError, match="final status"):
+        client.start_run("x", capture=False).end("DONE")
+    client.close()
+
+
+def test_another_projects_run_reads_as_not_found(platform: Platform, client: Client) -> None:
+    with client.start_run("mine", capture=False) as mine:
+        mine.log_metric("x", 1.0)
+    create_project(platform, client.ctx, "other")
+    other = Client(platform=platform, project="other")
+    try:
+        for call in (
+            lambda: other.get_run(mine.id),
+            lambda: other.metric_history(mine.id),
+            lambda: other.start_run(run_id=mine.id),
+            lambda: other.delete_run(mine.id),
+            lambda: other.list_artifacts(mine.id),
+        ):
+            with pytest.raises(NotFoundError):
+                call()
+        assert other.search_runs() == []
+    finally:
+        other.close()
+    assert client.get_run(mine.id).status == "FINISHED"
+
+
+def test_viewer_reads_but_cannot_write(platform: Platform, client: Client) -> None:
+    with client.start_run("roles", capture=False) as run:
+        run.log_metric("x", 1.0)
+    viewer = actor(platform, client.ctx, "vera", Role.VIEWER)
+    before = _counts(platform)
+    vclient = Client(platform=platform)
+    vclient.ctx = viewer  # act as the token's user
+    try:
+        assert vclient.get_run(run.id).metrics == {"x": 1.0}
+        with pytest.raises(PermissionDeniedError, match="run.write"):
+            vclient.start_run("roles", capture=False)
+        with pytest.raises(PermissionDeniedError, match="run.write"):
+            vclient.start_run(run_id=run.id)
+        with pytest.raises(PermissionDeniedError, match="run.delete"):
+            vclient.delete_run(run.id)
+        scientist = actor(platform, client.ctx, "sam", Role.SCIENTIST)
+        vclient.ctx = scientist
+        with pytest.raises(PermissionDeniedError, match="run.delete"):
+            vclient.delete_run(run.id)
+    finally:
+        vclient.close()
+    assert _counts(platform) == before
+    with platform.db.read() as s:
+        denied = s.scalar(
+            select(func.count()).select_from(AuditRecord).where(AuditRecord.outcome == "denied")
+        )
+    assert denied == 4
