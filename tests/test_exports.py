@@ -21,6 +21,19 @@ EXPECTED_TOP_LEVEL = {
     "__version__",
     "init_home",
     "load_settings",
+    # tracking: the client and the fluent API of the active run
+    "Client",
+    "start_run",
+    "end_run",
+    "log_param",
+    "log_params",
+    "log_metric",
+    "log_metrics",
+    "set_tag",
+    "set_tags",
+    "log_artifact",
+    "log_dict",
+    "log_figure",
 }
 
 
@@ -48,6 +61,26 @@ def test_lazy_names_are_the_real_objects() -> None:
     assert modelyard.YardError is errors.YardError
 
 
+def test_tracking_names_are_the_real_objects() -> None:
+    from modelyard import tracking
+
+    for name in (
+        "Client",
+        "start_run",
+        "end_run",
+        "log_metric",
+        "log_metrics",
+        "log_param",
+        "log_params",
+        "set_tag",
+        "set_tags",
+        "log_artifact",
+        "log_dict",
+        "log_figure",
+    ):
+        assert getattr(modelyard, name) is getattr(tracking, name), name
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         modelyard.no_such_name  # noqa: B018
@@ -55,7 +88,8 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "module_name", ["modelyard.core", "modelyard.errors", "modelyard.testing", "modelyard.cli"]
+    "module_name",
+    ["modelyard.core", "modelyard.errors", "modelyard.testing", "modelyard.cli", "modelyard.tracking"],
 )
 def test_submodule_all_members_resolve(module_name: str) -> None:
     module = importlib.import_module(module_name)
@@ -90,6 +124,8 @@ def test_importing_modelyard_is_light() -> None:
         modelyard.Platform  # first use loads the stage
         assert "modelyard.core" in sys.modules
         assert "torch" not in sys.modules
+        modelyard.log_metric  # the tracking SDK loads without torch or matplotlib
+        assert "torch" not in sys.modules and "matplotlib" not in sys.modules
         print("ok")
         """
     )

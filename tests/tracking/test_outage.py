@@ -106,7 +106,9 @@ def proxied(postgres_url: str, home: Path) -> Iterator[tuple[Platform, Proxy, Pl
 
 
 def test_outage_buffers_warns_and_loses_nothing(
-    proxied: tuple[Platform, Proxy, Platform], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    proxied: tuple[Platform, Proxy, Platform],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     platform, proxy, direct = proxied
     monkeypatch.setattr(_writer, "OUTAGE_WARN_S", 0.5)  # the 60 s tolerance, shortened

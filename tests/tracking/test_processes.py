@@ -155,4 +155,3 @@ def test_a_run_left_open_is_finished_at_interpreter_exit(platform: Platform, tmp
         run_id = r.stdout.strip()
         assert client.get_run(run_id).status == "FINISHED"
         assert len(client.metric_history(run_id)["x"]) == 100
-

@@ -18,7 +18,10 @@ def runs(client: Client) -> list[str]:
     ids = []
     for i, (lr, rouge) in enumerate([("1e-4", 0.35), ("1e-4", 0.25), ("1e-3", 0.5), ("3e-4", 0.31)]):
         with client.start_run(
-            "search", name=f"r{i}", params={"lr": lr, "model": "t5-small"}, tags={"stage": f"s{i % 2}"},
+            "search",
+            name=f"r{i}",
+            params={"lr": lr, "model": "t5-small"},
+            tags={"stage": f"s{i % 2}"},
             capture=False,
         ) as run:
             run.log_metrics({"rougeL": rouge, "loss": 1 - rouge}, step=i)
@@ -29,7 +32,9 @@ def runs(client: Client) -> list[str]:
     return ids
 
 
-def names(client: Client, filt: str | None = None, order_by: list[str] | None = None, **kw: object) -> list[str]:
+def names(
+    client: Client, filt: str | None = None, order_by: list[str] | None = None, **kw: object
+) -> list[str]:
     return [r.name for r in client.search_runs("search", filter=filt, order_by=order_by, **kw)]  # type: ignore[arg-type]
 
 
@@ -38,7 +43,7 @@ def names(client: Client, filt: str | None = None, order_by: list[str] | None = 
     [
         ("metrics.rougeL > 0.3 and params.lr = '1e-4'", {"r0"}),
         ("metrics.rougeL > 0.3", {"r0", "r2", "r3"}),
-        ("metrics.rougeL >= 0.5 or params.lr = \"3e-4\"", {"r2", "r3"}),
+        ('metrics.rougeL >= 0.5 or params.lr = "3e-4"', {"r2", "r3"}),
         ("(metrics.rougeL < 0.3 or metrics.rougeL > 0.4) and tags.stage = 's1'", {"r1"}),
         ("params.lr IN ('1e-3', '3e-4')", {"r2", "r3"}),
         ("params.lr not in ('1e-3', '3e-4')", {"r0", "r1"}),

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from modelyard.core import Platform, Role, create_project
+from modelyard.core import Platform, Role, add_user, create_project, create_token
 from modelyard.core._models import AuditRecord, Run, RunMetric, RunParam, RunTag
 from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
-from modelyard.testing import actor
-from modelyard.tracking import Client, Run as LiveRun
+from modelyard.tracking import Client
+from modelyard.tracking import Run as LiveRun
 
 
 def _counts(platform: Platform) -> tuple[int, ...]:
@@ -61,8 +61,14 @@ def test_hostile_keys_are_refused_everywhere(client: Client, run: LiveRun, key: 
 
 @pytest.mark.parametrize(
     ("value", "match"),
-    [("1.0", "must be a number"), (None, "must be a number"), (True, "must be a number"),
-     (math.inf, "finite"), (-math.inf, "finite"), ([1], "must be a number")],
+    [
+        ("1.0", "must be a number"),
+        (None, "must be a number"),
+        (True, "must be a number"),
+        (math.inf, "finite"),
+        (-math.inf, "finite"),
+        ([1], "must be a number"),
+    ],
 )
 def test_bad_metric_values(run: LiveRun, value: object, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
@@ -70,7 +76,9 @@ def test_bad_metric_values(run: LiveRun, value: object, match: str) -> None:
     assert run.buffered == 0
 
 
-@pytest.mark.parametrize(("step", "match"), [(1.5, "integer"), ("3", "integer"), (True, "bool"), (2**64, "64 bits")])
+@pytest.mark.parametrize(
+    ("step", "match"), [(1.5, "integer"), ("3", "integer"), (True, "bool"), (2**64, "64 bits")]
+)
 def test_bad_steps(run: LiveRun, step: object, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         run.log_metric("x", 1.0, step=step)  # type: ignore[arg-type]
@@ -147,27 +155,38 @@ def test_another_projects_run_reads_as_not_found(platform: Platform, client: Cli
 def test_viewer_reads_but_cannot_write(platform: Platform, client: Client) -> None:
     with client.start_run("roles", capture=False) as run:
         run.log_metric("x", 1.0)
-    viewer = actor(platform, client.ctx, "vera", Role.VIEWER)
+    add_user(platform, client.ctx, "vera", Role.VIEWER)
+    _, viewer_token = create_token(platform, client.ctx, "vera")
+    add_user(platform, client.ctx, "sam", Role.SCIENTIST)
+    _, scientist_token = create_token(platform, client.ctx, "sam")
     before = _counts(platform)
-    vclient = Client(platform=platform)
-    vclient.ctx = viewer  # act as the token's user
-    try:
-        assert vclient.get_run(run.id).metrics == {"x": 1.0}
-        with pytest.raises(PermissionDeniedError, match="run.write"):
-            vclient.start_run("roles", capture=False)
-        with pytest.raises(PermissionDeniedError, match="run.write"):
-            vclient.start_run(run_id=run.id)
-        with pytest.raises(PermissionDeniedError, match="run.delete"):
-            vclient.delete_run(run.id)
-        scientist = actor(platform, client.ctx, "sam", Role.SCIENTIST)
-        vclient.ctx = scientist
-        with pytest.raises(PermissionDeniedError, match="run.delete"):
-            vclient.delete_run(run.id)
-    finally:
-        vclient.close()
+    with Client(platform=platform, token=viewer_token) as viewer:
+        assert viewer.ctx.user == "vera"
+        assert viewer.get_run(run.id).metrics == {"x": 1.0}
+        with pytest.raises(PermissionDeniedError, match=r"run\.write"):
+            viewer.start_run("roles", capture=False)
+        with pytest.raises(PermissionDeniedError, match=r"run\.write"):
+            viewer.start_run(run_id=run.id)
+        with pytest.raises(PermissionDeniedError, match=r"run\.delete"):
+            viewer.delete_run(run.id)
+    with (
+        Client(platform=platform, token=scientist_token) as scientist,
+        pytest.raises(PermissionDeniedError, match=r"run\.delete"),
+    ):
+        scientist.delete_run(run.id)
     assert _counts(platform) == before
     with platform.db.read() as s:
         denied = s.scalar(
             select(func.count()).select_from(AuditRecord).where(AuditRecord.outcome == "denied")
         )
     assert denied == 4
+
+
+def test_logging_to_an_ended_run_is_an_error(client: Client) -> None:
+    with client.start_run("ended", capture=False) as run:
+        pass
+    with pytest.raises(UsageError, match="has ended"):
+        run.log_metric("x", 1.0)
+    with pytest.raises(UsageError, match="has ended"):
+        run.log_metrics({"x": 1.0})
+    assert client.active_run() is None

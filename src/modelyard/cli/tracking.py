@@ -63,7 +63,9 @@ def show(
         info = get_run(platform, ctx, run_id)
         artifacts = list_run_artifacts(platform, ctx, run_id)
     if json_out:
-        print_json({**info.to_dict(), "artifacts": [{"path": p, "digest": d, "size": n} for p, d, n in artifacts]})
+        print_json(
+            {**info.to_dict(), "artifacts": [{"path": p, "digest": d, "size": n} for p, d, n in artifacts]}
+        )
         return
     attrs = [
         ("id", info.id),
@@ -145,8 +147,14 @@ def metrics(
         values = [p.value for p in points if p.value is not None]
         last = points[-1]
         rows.append(
-            [k, len(points), _fmt(min(values) if values else None), _fmt(max(values) if values else None),
-             _fmt(last.value), last.step]
+            [
+                k,
+                len(points),
+                _fmt(min(values) if values else None),
+                _fmt(max(values) if values else None),
+                _fmt(last.value),
+                last.step,
+            ]
         )
     table(f"metrics of run {run_id}", ["key", "points", "min", "max", "last", "last step"], rows)
     if plot:

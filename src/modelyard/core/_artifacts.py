@@ -48,6 +48,8 @@ from modelyard.errors import (
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
 _ROWS = 500
+# Rows per executemany of claim (SQLAlchemy splits them into statements within the driver's limits).
+_CLAIM_ROWS = 5000
 # Batches up to this size fsync every file; larger ones publish everything, then flush the filesystem once.
 _DURABLE_EACH = 4
 # Files sealed into local temp space before they are published: bounds the temp space a batch needs.
@@ -216,6 +218,30 @@ class ArtifactStore:
                 item.tmp.unlink(missing_ok=True)  # published ones were moved away already
         return staged
 
+    def publish_files(self, paths: Sequence[Path], *, region: str) -> list[StagedBlob]:
+        """Seal and publish each file at once, without a flush and without asking the metadata store
+        whether its digest is known: the building block of a caller that runs many of these on its own
+        pool (a dataset add). The caller owns the published objects: it must delete those it does not
+        claim, and call ``backend.sync()`` before claiming any. On failure, this call's objects are
+        deleted before the error propagates."""
+        self._check_region(region)
+        staged: list[StagedBlob] = []
+        try:
+            for path in paths:
+                with open(path, "rb") as src:
+                    item = self._seal(src)
+                name = f"objects/{item.digest[:2]}/{item.digest}.{uuid.uuid4().hex}"
+                try:
+                    self.backend.put_file(name, item.tmp, durable=False)
+                finally:
+                    item.tmp.unlink(missing_ok=True)  # gone already when published
+                staged.append(StagedBlob(item.digest, item.size, name, item.key_id, item.wrapped_key, region))
+        except BaseException:
+            for b in staged:
+                self.backend.delete(b.object_name)
+            raise
+        return staged
+
     def stage(self, src: BinaryIO, *, region: str) -> StagedBlob:
         self._check_region(region)
         sealed = self._seal(src)
@@ -269,10 +295,20 @@ class ArtifactStore:
         ]
         dialect_insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
         claimed: set[str] = set()
-        for chunk in _chunks(rows):
-            # RETURNING, not rowcount: psycopg reports -1 for ORM-enabled inserts.
-            stmt = dialect_insert(Blob).values(list(chunk)).on_conflict_do_nothing(index_elements=["digest"])
-            claimed.update(s.scalars(stmt.returning(Blob.digest)))
+        if not rows:
+            return claimed
+        # One statement executed with many parameter sets: SQLAlchemy compiles it once and batches the
+        # rows into multi-row INSERTs ("insertmanyvalues"); a .values(rows) statement would be compiled
+        # anew for every chunk, which cost more than the inserts. RETURNING, not rowcount: psycopg
+        # reports -1 for executemany.
+        table = Blob.__table__
+        stmt = (
+            dialect_insert(table)
+            .on_conflict_do_nothing(index_elements=["digest"])
+            .returning(table.c.digest)
+        )
+        for chunk in _chunks(rows, _CLAIM_ROWS):
+            claimed.update(s.execute(stmt, list(chunk)).scalars())
         return claimed
 
     def discard(self, staged: Sequence[StagedBlob], *, committed: bool, claimed: set[str]) -> None:

@@ -29,6 +29,10 @@ from modelyard.errors import BackendError, NotFoundError, UnsafePathError, Usage
 # '~' as a leading segment is refused by safe_key, so no valid name can reach the staging area.
 _STAGING = "~staging"
 _READ_BUFFER = 1 << 20
+# The names the artifact store generates for objects (objects/<d[:2]>/<digest>.<uuid hex>): plain hex, so
+# safe_key accepts them unchanged. FileBackend checks their parent directory once per process instead of
+# resolving the whole path on every publish, which dominated publishing many small objects.
+_OBJECT_NAME = re.compile(r"objects/[0-9a-f]{2}/[0-9a-f]{64}\.[0-9a-f]{32}")
 
 
 class BlobBackend(Protocol):
@@ -125,6 +129,9 @@ class FileBackend:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.uri = self.root.as_uri()
+        self._staging: Path | None = None
+        self._staging_dev = -1
+        self._checked_dirs: set[str] = set()  # object directories verified (no symlink) and created
 
     def __repr__(self) -> str:
         return f"FileBackend({self.uri!r})"
@@ -149,15 +156,31 @@ class FileBackend:
 
     def staging_dir(self) -> Path:
         staging = self.root / _STAGING
-        self._makedirs(staging)
+        if self._staging is None or not staging.is_dir():
+            self._makedirs(staging)
+            self._staging_dev = os.stat(staging).st_dev
+            self._staging = staging
         return staging
 
+    def _object_dest(self, name: str) -> Path:
+        """``safe_join`` with its checks done once per object directory for generated object names."""
+        if not _OBJECT_NAME.fullmatch(name):
+            return safe_join(self.root, name)
+        parent = name[:10]  # "objects/xx"
+        if parent not in self._checked_dirs:
+            directory = safe_join(self.root, parent)
+            with self._os_errors("publish", name):
+                self._makedirs(directory)
+            safe_join(self.root, parent)  # still no symlink once it exists
+            self._checked_dirs.add(parent)
+        return self.root / name
+
     def put_file(self, name: str, path: Path, *, durable: bool = True) -> None:
-        dest = safe_join(self.root, name)
+        dest = self._object_dest(name)
         with self._os_errors("publish", name):
             staging = self.staging_dir()
             src = path
-            if os.stat(path).st_dev != os.stat(staging).st_dev:
+            if os.stat(path).st_dev != self._staging_dev:
                 # Not on the store's filesystem: copy into staging so publishing is still one rename.
                 fd, tmp = tempfile.mkstemp(dir=staging, suffix=".tmp")
                 os.close(fd)
@@ -165,8 +188,13 @@ class FileBackend:
                 src = Path(tmp)
             if durable:
                 _fsync_path(src)  # the data must be on disk before the rename makes it visible
-            self._makedirs(dest.parent)
-            os.replace(src, dest)
+            try:
+                os.replace(src, dest)
+            except FileNotFoundError:
+                if not os.path.exists(src):
+                    raise
+                self._makedirs(dest.parent)  # created on first use (or removed by someone since)
+                os.replace(src, dest)
             if durable:
                 _fsync_path(dest.parent, directory=True)
             if src != path:

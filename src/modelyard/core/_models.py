@@ -193,6 +193,8 @@ class RunLatestMetric(Base):
     """The point with the highest (step, ts) per run and key: what search filters and sorts on."""
 
     __tablename__ = "run_latest_metrics"
+    # Search: metric conditions and sorts read (key, value) ranges of this index, never the table.
+    __table_args__ = (Index("ix_run_latest_metrics_key_value", "key", "value", "run_id"),)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     value: Mapped[float | None] = mapped_column(Double, nullable=True)

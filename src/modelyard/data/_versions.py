@@ -11,6 +11,7 @@ inserts the version, with one audit record.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -49,6 +50,7 @@ from modelyard.errors import (
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 _SPEC_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>[^@]*))?$")
 _GET_BATCH = 256
+_CLAIM_CHUNK = 5000  # spilled blobs claimed per statement batch
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,34 @@ class _Staging:
     warnings: list[str]
 
 
+# Files per sealing task: enough to amortise a pool hand-off, few enough to keep both workers busy to
+# the end of a chunk.
+_TASK_FILES = 16
+_TASK_BYTES = 16 << 20
+
+
+def _tasks(entries: Sequence[_manifest.Entry]) -> Iterator[list[_manifest.Entry]]:
+    task: list[_manifest.Entry] = []
+    size = 0
+    for e in entries:
+        task.append(e)
+        size += e.size
+        if len(task) >= _TASK_FILES or size >= _TASK_BYTES:
+            yield task
+            task, size = [], 0
+    if task:
+        yield task
+
+
+@dataclass
+class _Chunk:
+    """One chunk of the walk whose files to seal are in flight on the pool."""
+
+    entries: list[_manifest.Entry]
+    misses: list[_manifest.Entry]
+    tasks: list[tuple[list[_manifest.Entry], Future[list[StagedBlob]]]]
+
+
 def _stage_tree(
     store: ArtifactStore,
     cache: _manifest.StatCache,
@@ -312,50 +342,90 @@ def _stage_tree(
     seen: set[str] = set()  # digests published by this add (a bounded 32 bytes of hex per new file)
     published_any = False
     old_tables = previous_profile.get("tables", {})
-    with open(manifest_path, "wb") as manifest:
-        for chunk in _manifest.chunked(_manifest.walk(root)):
-            misses = cache.fill(chunk)
-            hits = [e for e in chunk if e.sha256]
-            known = store.known_digests([e.sha256 for e in hits]) if hits else set()
-            to_seal = misses + [e for e in hits if e.sha256 not in known and e.sha256 not in seen]
-            if to_seal:
-                staged = store.stage_files(
-                    [Path(e.path) for e in to_seal], region=region, workers=workers, sync=False
-                )
-                for e, b in zip(to_seal, staged, strict=True):
-                    if b.size != e.size or not _manifest.restat(e):
-                        if b.object_name:
+    pending: collections.deque[_Chunk] = collections.deque()
+
+    def finish(chunk: _Chunk) -> None:
+        """Record one chunk whose sealing was submitted: its new objects go to the spill file (or are
+        deleted when the store or this add already holds their bytes), then its manifest lines."""
+        nonlocal files, total, published_any
+        results: list[tuple[_manifest.Entry, StagedBlob]] = []
+        failure: BaseException | None = None
+        for entries, future in chunk.tasks:
+            try:
+                results += zip(entries, future.result(), strict=True)
+            except BaseException as exc:  # the others' objects are still ours to delete
+                failure = failure or exc
+        handed = 0
+        try:
+            if failure is not None:
+                raise failure
+            known = store.known_digests([b.digest for _, b in results]) if results else set()
+            for e, b in results:
+                if b.size != e.size or not _manifest.restat(e):
+                    raise UsageError(f"{e.path} changed while it was being read; add it again")
+                e.sha256 = b.digest
+                published_any = True
+                if b.digest in known or b.digest in seen:  # stored already, or earlier in this add
+                    store.backend.delete(b.object_name)
+                else:
+                    seen.add(b.digest)
+                    spill.write(b)
+                handed += 1
+        except BaseException:
+            for _, b in results[handed:]:
+                store.backend.delete(b.object_name)
+            raise
+        if chunk.tasks:
+            cache.hashed += len(results)
+            cache.store(chunk.misses)
+        for e in chunk.entries:
+            data = _manifest.line(e)
+            manifest.write(data)
+            digest.update(data)
+            files += 1
+            total += e.size
+            fmt = _profile.table_format(e.name)
+            if fmt is not None:
+                old = old_tables.get(e.name)
+                if old is not None and old.get("sha256") == e.sha256:
+                    profile["tables"][e.name] = old
+                    continue
+                try:
+                    profile["tables"][e.name] = _profile.profile_file(e.path, fmt, e.sha256, e.size)
+                except ValueError as exc:
+                    profile["skipped"][e.name] = str(exc)
+                    warnings.append(f"{e.name}: no statistics recorded: {exc}")
+        if progress is not None:
+            progress(files, total)
+
+    with open(manifest_path, "wb") as manifest, ThreadPoolExecutor(max(1, workers)) as pool:
+        try:
+            # The pool seals one chunk while this thread walks, looks up and records its neighbours;
+            # at most two chunks are in flight, so memory stays flat whatever the tree size.
+            for entries in _manifest.chunked(_manifest.walk(root)):
+                misses = cache.fill(entries)
+                hits = [e for e in entries if e.sha256]
+                known = store.known_digests([e.sha256 for e in hits]) if hits else set()
+                to_seal = misses + [e for e in hits if e.sha256 not in known and e.sha256 not in seen]
+                tasks = [
+                    (task, pool.submit(store.publish_files, [Path(e.path) for e in task], region=region))
+                    for task in _tasks(to_seal)
+                ]
+                pending.append(_Chunk(entries, misses, tasks))
+                while len(pending) > 1:
+                    finish(pending.popleft())
+            while pending:
+                finish(pending.popleft())
+        except BaseException:
+            # Objects of chunks not recorded yet belong to nobody: delete them (the caller deletes the
+            # spilled ones).
+            while pending:
+                for _, future in pending.popleft().tasks:
+                    future.cancel()
+                    with contextlib.suppress(BaseException):
+                        for b in future.result():
                             store.backend.delete(b.object_name)
-                        raise UsageError(f"{e.path} changed while it was being read; add it again")
-                    e.sha256 = b.digest
-                    if b.object_name:
-                        published_any = True
-                        if b.digest in seen:  # same bytes published by an earlier chunk of this add
-                            store.backend.delete(b.object_name)
-                        else:
-                            seen.add(b.digest)
-                            spill.write(b)
-                cache.hashed += len(to_seal)
-                cache.store(misses)
-            for e in chunk:
-                data = _manifest.line(e)
-                manifest.write(data)
-                digest.update(data)
-                files += 1
-                total += e.size
-                fmt = _profile.table_format(e.name)
-                if fmt is not None:
-                    old = old_tables.get(e.name)
-                    if old is not None and old.get("sha256") == e.sha256:
-                        profile["tables"][e.name] = old
-                        continue
-                    try:
-                        profile["tables"][e.name] = _profile.profile_file(e.path, fmt, e.sha256, e.size)
-                    except ValueError as exc:
-                        profile["skipped"][e.name] = str(exc)
-                        warnings.append(f"{e.name}: no statistics recorded: {exc}")
-            if progress is not None:
-                progress(files, total)
+            raise
     if files == 0:
         raise UsageError(f"{root} holds no files; a dataset version needs at least one file")
     if published_any:
@@ -515,7 +585,7 @@ def _record(
     try:
         with platform.mutate(ctx, "dataset.write", f"dataset:{name}", detail) as s:
             manifest_claimed = store.claim(s, [manifest_staged])
-            for chunk in spill.chunks():
+            for chunk in spill.chunks(_CLAIM_CHUNK):
                 claimed = store.claim(s, chunk)
                 losers += [b for b in chunk if b.digest not in claimed]
             dataset_id = _ensure_dataset(s, ctx, name, region)

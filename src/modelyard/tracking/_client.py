@@ -78,6 +78,8 @@ class Run:
     def log_metric(self, key: str, value: float, step: int = 0, timestamp: int | None = None) -> None:
         """Buffer one point; it is durable after :meth:`flush`, :meth:`end` or within ``metric_flush_s``.
         ``timestamp`` is epoch milliseconds (default now); NaN is kept (as a missing value)."""
+        if self.status != "RUNNING":
+            raise self._ended()
         if type(key) is not str:
             check_key(key, "metric key")
         point = MetricPoint(
@@ -92,10 +94,18 @@ class Run:
         """Buffer several points with one step and timestamp; all are validated before any is kept."""
         if not isinstance(metrics, Mapping):
             raise ValidationError(f"metrics must be a mapping of key to number, got {type(metrics).__name__}")
+        if self.status != "RUNNING":
+            raise self._ended()
         ts = int(time.time() * 1000) if timestamp is None else check_timestamp("*", timestamp)
         step = step if type(step) is int and -_I64 <= step < _I64 else check_step("*", step)
         points = [MetricPoint(self._key(k), check_value(k, v), step, ts) for k, v in metrics.items()]
         self._writer.add(points)
+
+    def _ended(self) -> UsageError:
+        return UsageError(
+            f"run {self.id} has ended ({self.status}); start a new run, or continue this one with "
+            f"start_run(run_id={self.id!r})"
+        )
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every metric logged so far is committed (BackendError after ``flush_timeout_s``;
@@ -197,6 +207,8 @@ class Run:
             self._writer.stop(self.client.platform.settings.flush_timeout_s)
         except YardError as exc:
             flush_error = exc
+            if self._writer.alive:  # it keeps retrying; the exit waits for it once more
+                atexit.register(_flush_at_exit, self)
         try:
             _store.end_run(self.client.platform, self.client.ctx, self.id, status, reason)
         finally:
@@ -328,8 +340,11 @@ class Client:
         return run
 
     def active_run(self) -> Run | None:
-        stack = self._stack.get()
-        return stack[-1] if stack else None
+        # A run ended from another thread or context is still on this context's stack: skip it.
+        for run in reversed(self._stack.get()):
+            if run.status == "RUNNING":
+                return run
+        return None
 
     def end_run(self, status: str = "FINISHED") -> None:
         run = self.active_run()
@@ -437,8 +452,17 @@ class Client:
 def _at_exit(ref: weakref.ReferenceType[Client]) -> None:
     """Interpreter exit: flush (bounded) and end what is still open, so nothing stays RUNNING."""
     client = ref()
-    if client is not None:
-        client._end_all("FINISHED", "process exited with the run open")
+    if client is None:
+        return
+    client._end_all("FINISHED", "process exited with the run open")
+
+
+def _flush_at_exit(run: Run) -> None:
+    """A run whose final flush timed out (store outage) gets one more bounded wait at exit."""
+    try:
+        run.flush()
+    except YardError as exc:
+        warnings.warn(f"modelyard: exiting with metrics not stored: {exc}", stacklevel=1)
 
 
 # -- module-level helpers ------------------------------------------------------------------------------------

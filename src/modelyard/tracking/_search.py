@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
+from sqlalchemy import ColumnElement, and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from modelyard.core._models import Experiment, Run, RunLatestMetric, RunParam, RunTag
@@ -161,27 +161,34 @@ class _Parser:
         t = tok or self.tok
         return _syntax(message, t.pos, self.source)
 
-    def parse(self) -> ColumnElement[bool]:
+    # Each level returns (expression, the (kind, key) fields every matching run must have): a sort on a
+    # metric that the filter already requires can then be an inner join, which lets the database walk the
+    # (key, value) index in order instead of sorting every candidate.
+    def parse(self) -> tuple[ColumnElement[bool], set[tuple[str, str]]]:
         expr = self.expr()
         if self.tok.kind != "end":
             raise self.error(f"expected 'and', 'or' or the end, got {self.tok.text!r}")
         return expr
 
-    def expr(self) -> ColumnElement[bool]:
+    def expr(self) -> tuple[ColumnElement[bool], set[tuple[str, str]]]:
         parts = [self.and_expr()]
         while self.tok.kind == "kw" and self.tok.text == "or":
             self.take()
             parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else or_(*parts)
+        if len(parts) == 1:
+            return parts[0]
+        return or_(*(e for e, _ in parts)), set.intersection(*(r for _, r in parts))
 
-    def and_expr(self) -> ColumnElement[bool]:
+    def and_expr(self) -> tuple[ColumnElement[bool], set[tuple[str, str]]]:
         parts = [self.atom()]
         while self.tok.kind == "kw" and self.tok.text == "and":
             self.take()
             parts.append(self.atom())
-        return parts[0] if len(parts) == 1 else and_(*parts)
+        if len(parts) == 1:
+            return parts[0]
+        return and_(*(e for e, _ in parts)), set.union(*(r for _, r in parts))
 
-    def atom(self) -> ColumnElement[bool]:
+    def atom(self) -> tuple[ColumnElement[bool], set[tuple[str, str]]]:
         if self.tok.kind == "punct" and self.tok.text == "(":
             self.depth += 1
             if self.depth > MAX_DEPTH:
@@ -195,17 +202,18 @@ class _Parser:
             return inner
         field_tok = self.take()
         fld = parse_field(field_tok, self.source)
+        need = {(fld.kind, fld.key)}
         op_tok = self.take()
         if op_tok.kind == "kw" and op_tok.text == "not":
             nxt = self.take()
             if not (nxt.kind == "kw" and nxt.text == "in"):
                 raise self.error("expected 'in' after 'not'", nxt)
-            return not_(self.compare(fld, "in", self.value_list(), op_tok))
+            return not_(self.compare(fld, "in", self.value_list(), op_tok)), set()
         if op_tok.kind == "kw" and op_tok.text == "in":
-            return self.compare(fld, "in", self.value_list(), op_tok)
+            return self.compare(fld, "in", self.value_list(), op_tok), need
         if op_tok.kind == "op" or (op_tok.kind == "kw" and op_tok.text in ("like", "ilike")):
             op = {"==": "=", "<>": "!="}.get(op_tok.text, op_tok.text)
-            return self.compare(fld, op, [self.value()], op_tok)
+            return self.compare(fld, op, [self.value()], op_tok), need
         raise self.error(
             f"expected a comparison (=, !=, <, <=, >, >=, like, ilike, in) after {field_tok.text!r}, "
             f"got {op_tok.text or 'the end'!r}",
@@ -287,26 +295,32 @@ def _condition(fld: Field, op: str, values: list[Any]) -> ColumnElement[bool]:
             values = [v.upper() for v in values] if op in ("=", "!=", "in") else values
         return _apply(col, op, values)
     model: Any = {"metrics": RunLatestMetric, "params": RunParam, "tags": RunTag}[fld.kind]
-    # The other table only ever appears as a correlated EXISTS with bound values.
-    return exists(
-        select(1).where(model.run_id == Run.id, model.key == fld.key, _apply(model.value, op, values))
-    )
+    # The other table only ever appears as an uncorrelated IN subquery with bound values: the database
+    # finds the matching run ids from the (key, value) index instead of probing once per run.
+    return Run.id.in_(select(model.run_id).where(model.key == fld.key, _apply(model.value, op, values)))
 
 
-def compile_filter(source: str | None) -> ColumnElement[bool] | None:
-    """The filter as a SQLAlchemy boolean expression over ``Run``; None for no filter."""
-    if source is None or not source.strip():
-        return None
+def compile_filter(source: str | None) -> tuple[ColumnElement[bool] | None, set[tuple[str, str]]]:
+    """The filter as a SQLAlchemy boolean expression over ``Run`` (None for no filter), and the fields
+    every matching run has."""
+    if source is None:
+        return None, set()
     if not isinstance(source, str):
         raise UsageError(f"filter must be a string, got {type(source).__name__}")
+    if not source.strip():
+        return None, set()
     if len(source) > MAX_FILTER:
         raise UsageError(f"filter has {len(source)} characters; at most {MAX_FILTER} allowed")
     return _Parser(source).parse()
 
 
-def compile_order_by(items: list[str] | tuple[str, ...] | None) -> tuple[list[Any], list[Any]]:
-    """(outer joins, ORDER BY clauses) for MLflow-style items such as ``"metrics.rougeL DESC"``. Runs
-    without the metric or param sort last either way."""
+def compile_order_by(
+    items: list[str] | tuple[str, ...] | None,
+    required: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+) -> tuple[list[Any], list[Any]]:
+    """(joins as (alias, on, outer), ORDER BY clauses) for MLflow-style items such as
+    ``"metrics.rougeL DESC"``. Runs without the metric or param sort last; a field the filter requires
+    (``required``) is joined inner, since every matching run has it."""
     joins: list[Any] = []
     clauses: list[Any] = []
     if isinstance(items, str):
@@ -335,7 +349,13 @@ def compile_order_by(items: list[str] | tuple[str, ...] | None) -> tuple[list[An
         else:
             model: Any = {"metrics": RunLatestMetric, "params": RunParam, "tags": RunTag}[fld.kind]
             alias = aliased(model)
-            joins.append((alias, and_(alias.run_id == Run.id, alias.key == fld.key)))
+            joins.append(
+                (
+                    alias,
+                    and_(alias.run_id == Run.id, alias.key == fld.key),
+                    (fld.kind, fld.key) not in required,
+                )
+            )
             col = alias.value
         clauses.append((col.desc() if desc else col.asc()).nulls_last())
     return joins, clauses
@@ -363,13 +383,13 @@ def search_runs(
     names = [experiment] if isinstance(experiment, str) else list(experiment or [])
     for n in names:
         check_experiment(n)
-    where = compile_filter(filter)
-    joins, clauses = compile_order_by(order_by)
+    where, required = compile_filter(filter)
+    joins, clauses = compile_order_by(order_by, required)
     platform.authorize(ctx, "run.read", f"project:{ctx.project}")
     reap_stale_runs(platform, ctx)
     q = select(Run, Experiment.name).join(Experiment, Experiment.id == Run.experiment_id)
-    for alias, on in joins:
-        q = q.outerjoin(alias, on)
+    for alias, on, outer in joins:
+        q = q.outerjoin(alias, on) if outer else q.join(alias, on)
     q = q.where(Run.project_id == ctx.project_id)
     if names:
         q = q.where(Experiment.name.in_(names))

@@ -535,21 +535,25 @@ def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]
     now = utcnow()
     reason = f"no heartbeat for {timeout:g}s: the process died or lost the store"
     with platform.db.write() as s:
-        rows = s.execute(
-            select(Run.id, Run.heartbeat_at, Project.name)
-            .join(Project, Project.id == Run.project_id)
-            .where(*cond)
-        ).all()
-        if not rows:
-            return []
-        ids = [r[0] for r in rows]
-        # Re-check the condition in the UPDATE: a heartbeat that landed in between keeps its run alive.
-        s.execute(
+        # RETURNING names exactly the runs this UPDATE changed: a concurrent reaper (or a heartbeat that
+        # landed in between) leaves them out, so each run is reaped and audited once.
+        reaped = s.execute(
             update(Run)
-            .where(Run.id.in_(ids), *cond)
+            .where(*cond)
             .values(status="FAILED", end_time=now, reason=reason)
+            .returning(Run.id, Run.heartbeat_at, Run.project_id)
             .execution_options(synchronize_session=False)
-        )
+        ).all()
+        if not reaped:
+            return []
+        projects = {
+            pid: name
+            for pid, name in s.execute(
+                select(Project.id, Project.name).where(Project.id.in_({r[2] for r in reaped}))
+            )
+        }
+        rows = [(run_id, hb, projects[pid]) for run_id, hb, pid in reaped]
+        ids = [r[0] for r in rows]
         _audit.append_many(
             s,
             [

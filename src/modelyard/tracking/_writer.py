@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
-from modelyard.errors import BackendError, PermissionDeniedError
+from modelyard.errors import BackendError, NotFoundError, PermissionDeniedError
 from modelyard.tracking._store import MetricPoint, heartbeat, write_metric_batch
 
 if TYPE_CHECKING:
@@ -87,6 +87,10 @@ class MetricWriter:
                 self._cond.notify_all()
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def buffered(self) -> int:
         with self._cond:
             return self._logged - self._committed
@@ -101,8 +105,13 @@ class MetricWriter:
             self._cond.notify_all()
             while self._committed < target:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    missing = target - self._committed
+                missing = target - self._committed
+                if not self._thread.is_alive():
+                    raise BackendError(
+                        f"run {self.run_id}: metric writing stopped ({self.last_error}); {missing} "
+                        "metric points could not be stored"
+                    )
+                if left <= 0:
                     cause = f": {self.last_error}" if self.last_error else ""
                     raise BackendError(
                         f"run {self.run_id}: {missing} metric points are not yet durable after {timeout:g}s "
@@ -161,8 +170,11 @@ class MetricWriter:
                 continue
             try:
                 write_metric_batch(self.platform, self.ctx, self.run_id, pending[0], pending[1])
-            except (PermissionDeniedError, IntegrityError) as exc:  # role revoked or run deleted
+            except PermissionDeniedError as exc:  # the role was revoked mid-run
                 self._give_up(exc)
+                return
+            except IntegrityError:  # the run's row is gone: its foreign key refuses the batch
+                self._give_up(NotFoundError(f"run {self.run_id} no longer exists (it was deleted)"))
                 return
             except Exception as exc:  # store outage or contention: keep the batch (same id) and retry
                 self._failed(exc)

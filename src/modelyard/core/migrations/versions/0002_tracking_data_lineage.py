@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.Column("step", sa.BigInteger, nullable=False),
         sa.Column("ts", sa.BigInteger, nullable=False),
     )
+    op.create_index("ix_run_latest_metrics_key_value", "run_latest_metrics", ["key", "value", "run_id"])
     op.create_table(
         "metric_batches",
         sa.Column("batch_id", sa.String(32), primary_key=True),
