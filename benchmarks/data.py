@@ -23,6 +23,7 @@ import os
 import platform as pyplatform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,13 +161,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"subset of {','.join(TOOLS)}")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per tool, order rotated; medians shown")
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in args.tools:
         if t not in TOOLS:
             parser.error(f"unknown tool {t!r}; choose from {', '.join(TOOLS)}")
-    if args.files < 1 or args.total_mib < 1 or not 0 < args.touch_percent <= 100:
-        parser.error("--files and --total-mib must be positive, --touch-percent in (0, 100]")
+    if args.files < 1 or args.total_mib < 1 or args.repeat < 1 or not 0 < args.touch_percent <= 100:
+        parser.error("--files, --total-mib and --repeat must be positive, --touch-percent in (0, 100]")
     return args
 
 
@@ -186,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"workdir {root}; {os.cpu_count()} CPUs, Python {pyplatform.python_version()}, "
         f"data workers {workers}, load average {os.getloadavg()[0]:.1f}"
     )
-    results: dict[str, tuple[float, float]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
     started = time.perf_counter()
     try:
         src = root / "src"
@@ -194,27 +196,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = generate(src, args.files, total, args.seed)
         count = max(1, round(len(paths) * args.touch_percent / 100))
         rels = sorted(str(p.relative_to(src)) for p in random.Random(args.seed).sample(paths, count))
-        for tool in tools:
-            scratch = root / tool
-            scratch.mkdir()
-            log.print(f"{tool}: first add, then re-add after changing {count:,} files")
-            try:
+        for rep in range(args.repeat):
+            # Rotated order, so no tool always runs first (cold) or last. Nothing is deleted until the
+            # end: ext4 skips recently freed inodes when it allocates new ones (recently_deleted(),
+            # for up to 5 minutes), which made whichever tool ran after a cleanup of 20,000 files
+            # several times slower at creating its own.
+            for tool in tools[rep % len(tools) :] + tools[: rep % len(tools)]:
+                scratch = root / f"{tool}-{rep}"
+                scratch.mkdir()
+                log.print(f"{tool} (run {rep + 1}): first add, then re-add after changing {count:,} files")
                 fn = {"yard": bench_yard, "dvc": bench_dvc, "in-process": bench_in_process}[tool]
-                results[tool] = fn(src, scratch, rels, args.seed)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                runs[tool].append(fn(src, scratch, rels, args.seed))
+                log.print(f"  first {runs[tool][-1][0]:.2f} s, re-add {runs[tool][-1][1]:.2f} s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report(results, total, args.files, count)
+    results = {
+        t: (statistics.median(f for f, _ in r), statistics.median(a for _, a in r))
+        for t, r in runs.items()
+        if r
+    }
+    report(results, total, args.files, count, args.repeat)
     out.print(f"benchmark took {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 
-def report(results: dict[str, tuple[float, float]], total: int, files: int, touched: int) -> None:
+def report(
+    results: dict[str, tuple[float, float]], total: int, files: int, touched: int, repeat: int
+) -> None:
+    runs = f"median of {repeat} runs" if repeat > 1 else "one run"
     table = Table(
         title=(
             f"dataset add: {total // MIB:,} MiB in {files:,} files; re-add after changing {touched:,} "
-            "(speed-up = dvc time / modelyard time)"
+            f"({runs}; speed-up = dvc time / modelyard time)"
         ),
         title_justify="left",
     )

@@ -60,7 +60,7 @@ def tree(tmp_path: Path) -> Path:
     (root / "sub").mkdir(parents=True)
     (root / "a.txt").write_text("alpha\n")
     (root / "sub" / "b.bin").write_bytes(os.urandom(2048))
-    (root / "t.csv").write_text("id,city\n1,Paris\n2,Rome\n")
+    (root / "t.csv").write_text("id,city\n1,Paris\n2,Rome\n3,Paris\n")
     return root
 
 
@@ -77,9 +77,9 @@ def test_add_ls_show_diff_checkout_rm(yard: Yard, tree: Path, tmp_path: Path) ->
     assert [v["version"] for v in yard("data", "ls", "ds", "--json").json()] == [1, 2]
     shown = yard("data", "show", "ds@1", "--json").json()
     assert shown["files"] == 3 and shown["message"] == "first"
-    assert shown["profile"]["tables"]["t.csv"]["columns"]["city"]["top"][0] == ["Paris", 1]
+    assert shown["profile"]["tables"]["t.csv"]["columns"]["city"]["top"] == [["Paris", 2], ["Rome", 1]]
     text = yard("data", "show", "ds@1").out
-    assert "files    3" in text and "t.csv (2 rows)" in text and "first" in text
+    assert "files    3" in text and "t.csv (3 rows)" in text and "first" in text
 
     d = yard("data", "diff", "ds@1", "ds@2", "--json").json()
     assert [c["path"] for c in d["changed"]] == ["a.txt"] and d["added"] == d["removed"] == []

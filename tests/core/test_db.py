@@ -42,3 +42,28 @@ def test_threads_sharing_one_store_lose_nothing(tmp_path: Path) -> None:
         assert s.scalar(select(func.count()).select_from(AuditRecord)) == 800
         assert verify(s).ok
     store.dispose()
+
+
+def test_head_revision_constant_matches_alembic(tmp_path: Path) -> None:
+    """MetadataStore.migrate skips importing Alembic when the store is at HEAD_REVISION; it must be the
+    head Alembic computes, or a new migration file has been added without updating it."""
+    import sys
+
+    from modelyard.core import _db
+
+    assert _db.head_revision() == _db.HEAD_REVISION
+    assert _db._known_head() == _db.HEAD_REVISION
+    store = MetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        assert store.current_revision() == _db.HEAD_REVISION
+    finally:
+        store.dispose()
+    assert "alembic" in sys.modules  # imported by head_revision above; the fast path is checked below
+    code = (
+        "import sys; from modelyard.core._db import MetadataStore; "
+        f"MetadataStore('sqlite:///{tmp_path / 'm.db'}').dispose(); "
+        "assert 'alembic' not in sys.modules, 'opening a store at head imported alembic'"
+    )
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True)

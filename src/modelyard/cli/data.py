@@ -264,11 +264,24 @@ def anonymize(
     ),
     method: str = typer.Option("mask", "--method", help="mask, hash (salted, joinable) or drop."),
     message: str | None = typer.Option(None, "--message", "-m"),
+    allow_unprocessed: bool = typer.Option(
+        False, "--allow-unprocessed", help="Copy unparseable tables and binary files unchanged."
+    ),
 ) -> None:
     """Write a new version with PII masked, hashed or dropped (text files redacted), linked to its source."""
     from modelyard.data import anonymize as anonymize_version
 
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with acting() as (platform, ctx):
-        info = anonymize_version(platform, ctx, spec, columns=cols, method=method, message=message)
+        info = anonymize_version(
+            platform,
+            ctx,
+            spec,
+            columns=cols,
+            method=method,
+            message=message,
+            allow_unprocessed=allow_unprocessed,
+        )
+    for warning in info.warnings:
+        err_console.print(f"warning: {warning}", markup=False)
     console.print(f"{info.name}@{info.version}: anonymized from {info.source} ({method})", markup=False)

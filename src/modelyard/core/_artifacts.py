@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -302,10 +302,9 @@ class ArtifactStore:
         # anew for every chunk, which cost more than the inserts. RETURNING, not rowcount: psycopg
         # reports -1 for executemany.
         table = Blob.__table__
+        assert isinstance(table, Table)
         stmt = (
-            dialect_insert(table)
-            .on_conflict_do_nothing(index_elements=["digest"])
-            .returning(table.c.digest)
+            dialect_insert(table).on_conflict_do_nothing(index_elements=["digest"]).returning(table.c.digest)
         )
         for chunk in _chunks(rows, _CLAIM_ROWS):
             claimed.update(s.execute(stmt, list(chunk)).scalars())

@@ -21,8 +21,20 @@ METHODS = ("mask", "hash", "drop")
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".log", ".json", ".xml", ".html", ".yaml", ".yml", ".tsv")
 
 
-def _is_text(name: str) -> bool:
-    return name.lower().endswith(TEXT_SUFFIXES)
+def _is_text(name: str, path: Path) -> bool:
+    """Known text suffixes, or any file that decodes as UTF-8 without NUL bytes (sniffed, so a .rst or
+    .jsonl-like export is not silently passed over)."""
+    if name.lower().endswith(TEXT_SUFFIXES):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a cut multi-byte character at the end of the sample is fine
+        return exc.start >= len(head) - 3
+    return True
 
 
 def _checkout_tmp(platform: Platform, ctx: Context, spec: str) -> tuple[_versions.VersionInfo, Path, Path]:
@@ -65,7 +77,9 @@ def scan(platform: Platform, ctx: Context, spec: str) -> dict[str, Any]:
                 found = {c: dict(k) for c, k in _pii.scan_table(table).items() if any(k.values())}
                 if found:
                     out["tables"][name] = found
-            elif _is_text(name):
+            elif not _is_text(name, path):
+                out["skipped"][name] = "binary file: not scanned"
+            else:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     counts = {k: n for k, n in _pii.scan_lines(f).items() if n}
                 if counts:
@@ -100,10 +114,14 @@ def anonymize(
     columns: Sequence[str] | None = None,
     method: str = "mask",
     message: str | None = None,
+    allow_unprocessed: bool = False,
 ) -> _versions.VersionInfo:
     """Write a new version of the dataset with PII removed from ``spec``'s tables (``columns``, or where
     PII was found) by ``method`` (mask, hash with the project's secret salt, or drop) and redacted from
-    its text files. The new version records its source and a lineage edge ``anonymized``."""
+    its text files. The new version records its source and a lineage edge ``anonymized``.
+
+    Fails closed: a table that cannot be parsed or a binary file (compressed, images...) could still hold
+    PII, so the whole call is refused, naming them, unless ``allow_unprocessed`` copies them unchanged."""
     from modelyard.data import _pii
     from modelyard.data._secret import project_salt
     from modelyard.tracking._lineage import dataset_ref
@@ -118,26 +136,38 @@ def anonymize(
     info, work, tree = _checkout_tmp(platform, ctx, spec)
     try:
         seen_columns: set[str] = set()
+        unprocessed: list[str] = []
         for member, path in _files(tree):
             fmt = _profile.table_format(member)
             if fmt is not None:
                 try:
                     table = _profile.read_table(str(path), fmt)
                 except ValueError:
-                    continue  # left as is; the new version's profile records it as skipped
+                    unprocessed.append(f"{member} (table could not be parsed)")
+                    continue
                 present = None if cols is None else [c for c in cols if c in table.column_names]
                 seen_columns.update(table.column_names)
                 if present == []:
                     continue
                 _write_table(_pii.anonymize_table(table, present, method, salt), path, fmt)
-            elif _is_text(member):
+            elif _is_text(member, path):
                 text = path.read_text(encoding="utf-8", errors="replace")
                 path.write_text(_pii.redact_text(text), encoding="utf-8")
+            else:
+                unprocessed.append(f"{member} (binary)")
         missing = sorted(set(cols or ()) - seen_columns)
         if missing:
             raise UsageError(
                 f"column(s) {', '.join(missing)} are in no table of {info.name}@{info.version}; "
                 f"its columns are: {', '.join(sorted(seen_columns)) or '(no tables)'}"
+            )
+        if unprocessed and not allow_unprocessed:
+            shown = ", ".join(unprocessed[:10]) + (
+                f" and {len(unprocessed) - 10} more" if len(unprocessed) > 10 else ""
+            )
+            raise UsageError(
+                f"{info.name}@{info.version}: cannot anonymize (they may hold PII): {shown}; "
+                "fix or remove them, or pass --allow-unprocessed to copy them unchanged"
             )
         src_row = _source_id(platform, ctx, info)
         return _versions._add(

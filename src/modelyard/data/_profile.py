@@ -140,7 +140,8 @@ def _column(col: Any) -> dict[str, Any]:
         counts = pc.value_counts(col.drop_null())
         distinct = len(counts)
         out["distinct"] = distinct
-        if distinct and (kind == "boolean" or distinct <= max(TOP, _MAX_CATEGORY_RATIO * out["count"])):
+        categorical = distinct < out["count"] and distinct <= max(TOP, _MAX_CATEGORY_RATIO * out["count"])
+        if distinct and (kind == "boolean" or (categorical and not _has_pii(col))):
             pairs = sorted(
                 zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True),
                 key=lambda p: (-p[1], str(p[0])),
@@ -151,6 +152,16 @@ def _column(col: Any) -> dict[str, Any]:
         out["min"] = _iso(mm["min"].as_py())
         out["max"] = _iso(mm["max"].as_py())
     return out
+
+
+def _has_pii(col: Any) -> bool:
+    """The profile is plain metadata shown to every viewer: a column holding personal data (e-mails,
+    cards, national ids...) keeps its counts but never lists its values."""
+    import pyarrow as pa
+
+    from modelyard.data._pii import scan_table
+
+    return bool(scan_table(pa.table({"c": col})))
 
 
 def _shown(value: Any) -> Any:
