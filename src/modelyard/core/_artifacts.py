@@ -290,7 +290,9 @@ class ArtifactStore:
                 "region": b.region,
                 "created_at": now,
             }
-            for b in staged
+            for b in sorted(
+                staged, key=lambda b: b.digest
+            )  # one lock order: concurrent claims cannot deadlock
             if b.object_name
         ]
         dialect_insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert

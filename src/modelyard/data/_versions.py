@@ -748,9 +748,12 @@ def checkout(
         _materialise(platform.artifacts, info, tmp, _workers(platform, workers), progress)
         sync_filesystem(tmp)
         _check_dest(dest)
-        if dest.exists():
-            dest.rmdir()
-        os.rename(tmp, dest)
+        try:
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+        except OSError as exc:  # another checkout filled dest between the check and the rename
+            raise UsageError(f"cannot check out into {dest}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
