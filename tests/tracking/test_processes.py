@@ -155,3 +155,69 @@ def test_a_run_left_open_is_finished_at_interpreter_exit(platform: Platform, tmp
         run_id = r.stdout.strip()
         assert client.get_run(run_id).status == "FINISHED"
         assert len(client.metric_history(run_id)["x"]) == 100
+
+
+@pytest.mark.slow
+def test_sigterm_during_end_is_killed_with_every_metric(platform: Platform) -> None:
+    # The signal lands while end() flushes: the handler must finish that end (KILLED), not skip the run
+    # as already ended and exit with it RUNNING and its buffered points lost.
+    proc = _spawn(platform, "term_in_end", "2000", YARD_METRIC_FLUSH_S="600")
+    try:
+        _, run_id = _first_line(proc)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "end returned" not in out
+    with Client(platform=platform) as client:
+        info = client.get_run(run_id)
+        assert info.status == "KILLED"
+        assert info.reason is not None and "SIGTERM" in info.reason
+        assert [p.step for p in client.metric_history(run_id)["loss"]] == list(range(2000))
+
+
+def test_an_end_that_did_not_commit_is_retried_at_exit(platform: Platform) -> None:
+    proc = _spawn(platform, "end_fails_once", "50", YARD_METRIC_FLUSH_S="600")
+    try:
+        _, _, run_id = _first_line(proc)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    with Client(platform=platform) as client:
+        info = client.get_run(run_id)
+        assert (info.status, info.reason) == ("FAILED", "diverged")  # what end() asked for
+        assert len(client.metric_history(run_id)["loss"]) == 50
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "reason"),
+    [
+        ("raise RuntimeError('training diverged')", "FAILED", "RuntimeError: training diverged"),
+        ("raise KeyboardInterrupt", "KILLED", "KeyboardInterrupt"),
+        ("raise SystemExit(0)", "FINISHED", "exited with the run open"),
+        ("pass", "FINISHED", "exited with the run open"),
+    ],
+)
+def test_a_run_left_open_gets_the_status_of_how_the_process_ended(
+    platform: Platform, tmp_path: Path, ending: str, status: str, reason: str
+) -> None:
+    script = tmp_path / "open_run.py"
+    script.write_text(
+        "from modelyard.tracking import Client\n"
+        "run = Client().start_run('exit', capture=False)\n"
+        "run.log_metric('x', 1.0)\n"
+        "print(run.id, flush=True)\n"
+        f"{ending}\n"
+    )
+    env = _env(platform, YARD_METRIC_FLUSH_S="600")
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    with Client(platform=platform) as client:
+        info = client.get_run(r.stdout.strip())
+    assert info.status == status, r.stderr
+    assert info.reason is not None and reason in info.reason
+    assert info.metrics == {"x": 1.0}

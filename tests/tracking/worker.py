@@ -4,10 +4,13 @@ Settings come from the environment (YARD_HOME, YARD_DATABASE_URL, YARD_RUN_HEART
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
-from modelyard.tracking import Client
+from modelyard.errors import BackendError
+from modelyard.tracking import Client, _store, _writer
 
 
 def concurrent(run_id: str, worker: int, count: int) -> None:
@@ -44,6 +47,46 @@ def term(count: int) -> None:
             time.sleep(0.05)
 
 
+def term_in_end(count: int) -> None:
+    """Buffer ``count`` points, then end the run; SIGTERM arrives while end() is flushing."""
+    client = Client()
+    run = client.start_run("term", capture=False)
+    for i in range(count):
+        run.log_metric("loss", float(i), step=i)
+    print(f"ready {run.id}", flush=True)
+    real_stop = _writer.MetricWriter.stop
+    sent = []
+
+    def stop(self: _writer.MetricWriter, timeout: float) -> None:
+        if not sent:  # once: the handler's own flush must not signal again
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_stop(self, timeout)
+
+    _writer.MetricWriter.stop = stop  # type: ignore[method-assign]
+    run.end()
+    print("end returned", flush=True)  # not reached: the handler exits 128+15
+
+
+def end_fails_once(count: int) -> None:
+    """Ask for FAILED while the store refuses the final status, then exit with the run's end pending."""
+    client = Client()
+    run = client.start_run("endfail", capture=False)
+    for i in range(count):
+        run.log_metric("loss", float(i), step=i)
+    real_end = _store.end_run
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise BackendError("store unavailable (simulated outage)")
+
+    _store.end_run = refuse  # type: ignore[assignment]
+    try:
+        run.end("FAILED", reason="diverged")
+    except BackendError:
+        print(f"end failed {run.id}", flush=True)
+    _store.end_run = real_end  # the store is back; the exit must retry what end() asked for
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "concurrent":
@@ -52,5 +95,9 @@ if __name__ == "__main__":
         crash(int(args[0]))
     elif mode == "term":
         term(int(args[0]))
+    elif mode == "term_in_end":
+        term_in_end(int(args[0]))
+    elif mode == "end_fails_once":
+        end_fails_once(int(args[0]))
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -29,7 +29,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from modelyard.core._platform import Context, Platform
-from modelyard.errors import UsageError, ValidationError, YardError
+from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError, YardError
 from modelyard.tracking import _store
 from modelyard.tracking._search import search_runs as _search_runs
 from modelyard.tracking._store import (
@@ -56,7 +56,10 @@ class Run:
         self.id = run_id
         self.experiment = experiment
         self.parent_id = parent_id
-        self.status = "RUNNING"
+        self.status = "RUNNING"  # changes only once the final status is committed
+        # The end asked for (status, reason), kept until it commits: a failed end is retried with it.
+        self._end_request: tuple[str, str | None] | None = None
+        self._ending = False  # an end() of this run is in progress (re-entry guard)
         self._keys: set[str] = set()  # keys already validated: the hot path skips the regex
         sampler = None
         if client.platform.settings.system_metrics_s > 0 and parent_id is None:
@@ -78,7 +81,7 @@ class Run:
     def log_metric(self, key: str, value: float, step: int = 0, timestamp: int | None = None) -> None:
         """Buffer one point; it is durable after :meth:`flush`, :meth:`end` or within ``metric_flush_s``.
         ``timestamp`` is epoch milliseconds (default now); NaN is kept (as a missing value)."""
-        if self.status != "RUNNING":
+        if self._end_request is not None:
             raise self._ended()
         if type(key) is not str:
             check_key(key, "metric key")
@@ -94,7 +97,7 @@ class Run:
         """Buffer several points with one step and timestamp; all are validated before any is kept."""
         if not isinstance(metrics, Mapping):
             raise ValidationError(f"metrics must be a mapping of key to number, got {type(metrics).__name__}")
-        if self.status != "RUNNING":
+        if self._end_request is not None:
             raise self._ended()
         ts = int(time.time() * 1000) if timestamp is None else check_timestamp("*", timestamp)
         step = step if type(step) is int and -_I64 <= step < _I64 else check_step("*", step)
@@ -102,9 +105,9 @@ class Run:
         self._writer.add(points)
 
     def _ended(self) -> UsageError:
+        state = f"has ended ({self.status})" if self.status != "RUNNING" else "is ending"
         return UsageError(
-            f"run {self.id} has ended ({self.status}); start a new run, or continue this one with "
-            f"start_run(run_id={self.id!r})"
+            f"run {self.id} {state}; start a new run, or continue this one with start_run(run_id={self.id!r})"
         )
 
     def flush(self, timeout: float | None = None) -> None:
@@ -132,18 +135,12 @@ class Run:
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> list[str]:
         """Store a file (or a directory's files) encrypted in the artifact store and record it on the run;
-        ``artifact_path`` is a folder inside the run. Returns the digests."""
-        src = Path(path)
-        if src.is_dir():
-            files = sorted(p for p in src.rglob("*") if p.is_file())
-            if not files:
-                raise UsageError(f"{src} holds no files to log")
-            prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{src.name}/"
-            pairs = [(p, prefix + p.relative_to(src).as_posix()) for p in files]
-        elif src.is_file():
-            pairs = [(src, f"{artifact_path.rstrip('/')}/{src.name}" if artifact_path else src.name)]
-        else:
-            raise UsageError(f"{src} is not a file or directory")
+        ``artifact_path`` is a folder inside the run. Returns the digests. Symbolic links are refused
+        (UnsafePathError naming the link) before anything is stored: following one could upload a file
+        from outside the directory."""
+        pairs = _store.artifact_files(
+            self.client.platform, self.client.ctx, self.id, Path(path), artifact_path
+        )
         logged = _store.log_artifacts(self.client.platform, self.client.ctx, self.id, pairs)
         return [digest for _, digest, _ in logged]
 
@@ -195,25 +192,45 @@ class Run:
 
     # -- ending ---------------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
-        """Flush (bounded by ``flush_timeout_s``), then record the final status. Idempotent. If the flush
-        times out the status is still recorded, the points stay buffered and BackendError is raised."""
+        """Flush (bounded by ``flush_timeout_s``), then record the final status. Idempotent once the status
+        is recorded. If the flush times out the status is still recorded, the points stay buffered and
+        BackendError is raised. If recording the status fails (store outage) the run stays open in this
+        process, with its heartbeat stopped: calling ``end`` again, or the interpreter's exit, retries."""
         if status not in _store.TERMINAL:
             raise UsageError(f"status {status!r} is not a final status; expected one of {_store.TERMINAL}")
-        if self.status != "RUNNING":
-            return
-        self.status = status
+        self._end(status, reason)
+
+    def _end(self, status: str, reason: str | None, *, interrupting: bool = False) -> None:
+        """``interrupting``: a signal handler ending the run while an ``end`` of it is in progress on
+        this thread (the handler then does that end itself, with its own status, before the process
+        stops)."""
+        if self.status != "RUNNING" or (self._ending and not interrupting):
+            return  # recorded already, or another end of this run is in progress
+        self._ending = True
+        self._end_request = (status, reason)
         flush_error: YardError | None = None
         try:
-            self._writer.stop(self.client.platform.settings.flush_timeout_s)
-        except YardError as exc:
-            flush_error = exc
+            self._writer.begin_end()
+            try:
+                self._writer.stop(self.client.platform.settings.flush_timeout_s)
+            except YardError as exc:
+                flush_error = exc
+            if self.status != "RUNNING":
+                return  # a signal handler ended it while we were flushing
+            status, reason = self._end_request  # a signal handler may have asked for KILLED meanwhile
+            try:
+                _store.end_run(self.client.platform, self.client.ctx, self.id, status, reason)
+            except (NotFoundError, PermissionDeniedError):
+                # The run was deleted or the role revoked: no retry can record it, so stop holding it.
+                self.client._forget(self)
+                raise
+            self.status = status
+        finally:
+            self._ending = False
+        self.client._forget(self)
+        if flush_error is not None:
             if self._writer.alive:  # it keeps retrying; the exit waits for it once more
                 atexit.register(_flush_at_exit, self)
-        try:
-            _store.end_run(self.client.platform, self.client.ctx, self.id, status, reason)
-        finally:
-            self.client._forget(self)
-        if flush_error is not None:
             raise flush_error
 
     def __enter__(self) -> Run:
@@ -265,14 +282,21 @@ class Client:
         self._lock = threading.RLock()
         self._active: dict[str, Run] = {}
         self._saved_handlers: dict[int, Any] = {}
+        self._in_signal = False
         self._close_when_idle = False
         ref = weakref.ref(self)
         self._atexit = lambda: _at_exit(ref)
         atexit.register(self._atexit)
 
     def close(self) -> None:
-        """End active runs (FINISHED) and release the platform if this client opened it."""
+        """End active runs (FINISHED) and release the platform if this client opened it. A run whose end
+        could not be recorded (store outage) keeps the client open: the exit retries it, and the client
+        closes when its last run is ended."""
         self._end_all("FINISHED", "client closed")
+        with self._lock:
+            if self._active:
+                self._close_when_idle = True
+                return
         atexit.unregister(self._atexit)
         if self._owns_platform:
             self.platform.close()
@@ -342,7 +366,7 @@ class Client:
     def active_run(self) -> Run | None:
         # A run ended from another thread or context is still on this context's stack: skip it.
         for run in reversed(self._stack.get()):
-            if run.status == "RUNNING":
+            if run.status == "RUNNING" and run._end_request is None:
                 return run
         return None
 
@@ -364,12 +388,15 @@ class Client:
             if self._close_when_idle:
                 self.close()
 
-    def _end_all(self, status: str, reason: str) -> None:
+    def _end_all(self, status: str, reason: str, *, signalled: bool = False) -> None:
+        """End every active run. A run whose earlier end did not commit is ended with the status that end
+        asked for, except on a signal, which ends everything KILLED (including an end in progress)."""
         with self._lock:
             runs = list(self._active.values())
         for run in reversed(runs):  # children before parents
+            st, why = (status, reason) if signalled or run._end_request is None else run._end_request
             try:
-                run.end(status, reason)
+                run._end(st, why, interrupting=signalled)
             except Exception as exc:
                 warnings.warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=2)
 
@@ -399,8 +426,14 @@ class Client:
                 continue
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_signal:
+            return  # a second signal while the first is ending the runs: that one finishes the job
         prev = self._saved_handlers.get(signum, signal.SIG_DFL)
-        self._end_all("KILLED", f"received {signal.Signals(signum).name}")
+        self._in_signal = True
+        try:
+            self._end_all("KILLED", f"received {signal.Signals(signum).name}", signalled=True)
+        finally:
+            self._in_signal = False
         self._restore_signal_handlers()
         if callable(prev):
             prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
@@ -450,11 +483,25 @@ class Client:
 
 
 def _at_exit(ref: weakref.ReferenceType[Client]) -> None:
-    """Interpreter exit: flush (bounded) and end what is still open, so nothing stays RUNNING."""
+    """Interpreter exit: flush (bounded) and end what is still open, so nothing stays RUNNING. After an
+    uncaught exception that is FAILED (KILLED for KeyboardInterrupt) with the exception as reason;
+    a run whose earlier end did not commit gets the status that end asked for."""
     client = ref()
     if client is None:
         return
-    client._end_all("FINISHED", "process exited with the run open")
+    status, reason = _exit_status()
+    client._end_all(status, reason)
+
+
+def _exit_status() -> tuple[str, str]:
+    # The interpreter stores an uncaught exception in sys.last_exc (3.12+) / sys.last_value before it
+    # runs atexit hooks; SystemExit never lands there. An interactive session keeps the last error of
+    # any statement it survived, so it says nothing about how the session ended: ignore it there.
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if not isinstance(exc, BaseException) or hasattr(sys, "ps1") or sys.flags.interactive:
+        return "FINISHED", "process exited with the run open"
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    return status, f"uncaught {type(exc).__name__}: {exc}"[:2000]
 
 
 def _flush_at_exit(run: Run) -> None:

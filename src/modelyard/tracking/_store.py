@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from modelyard.core._models import (
     RunTag,
 )
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import NotFoundError, UsageError, ValidationError
+from modelyard.errors import NotFoundError, UnsafePathError, UsageError, ValidationError
 from modelyard.tracking._lineage import add_edges, artifact_ref, dataset_ref, run_ref
 
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
@@ -140,6 +142,14 @@ def check_experiment(name: object) -> str:
             "or spaces, starting with a letter or digit"
         )
     return name
+
+
+def _db_now(platform: Platform) -> Any:
+    """The clock that heartbeats and the reaper's cutoff share. On PostgreSQL, processes on several hosts
+    write heartbeats and reap each other's runs, so both sides use the database server's clock (their
+    own may be skewed); a SQLite store is local, and its own CURRENT_TIMESTAMP is naive text that compares
+    wrongly with the stored format, so there the local UTC clock is the one clock."""
+    return func.now() if platform.db.dialect == "postgresql" else utcnow()
 
 
 def _insert(s: Session) -> Any:
@@ -323,7 +333,7 @@ def create_run(
                 name=name or f"run-{run_id[:8]}",
                 status="RUNNING",
                 start_time=now,
-                heartbeat_at=now,
+                heartbeat_at=_db_now(platform),
                 user=ctx.user,
                 host=host[:256],
                 pid=pid,
@@ -340,7 +350,7 @@ def resume_run(platform: Platform, ctx: Context, run_id: str) -> None:
     check_run_id(run_id)
     with platform.mutate(ctx, "run.write", run_ref(run_id), {"resume": True}) as s:
         run = _run_row(s, ctx, run_id)
-        run.status, run.end_time, run.reason, run.heartbeat_at = "RUNNING", None, None, utcnow()
+        run.status, run.end_time, run.reason, run.heartbeat_at = "RUNNING", None, None, _db_now(platform)
 
 
 def end_run(
@@ -398,10 +408,10 @@ def _put_pairs(s: Session, model: type[RunParam] | type[RunTag], run_id: str, va
         }
         changed = sorted(k for k, v in values.items() if stored.get(k) != v)
         if changed:
-            k = changed[0]
+            # Only the key: this message lands in the permanent audit chain, and values may be secrets.
             raise UsageError(
-                f"param {k!r} of run {run_id} is already {stored.get(k)!r}; params cannot change "
-                f"(tried {values[k]!r}); log a new param name or start a new run"
+                f"param {changed[0]!r} of run {run_id} already has a different value; params cannot "
+                "change; log a new param name or start a new run"
             )
 
 
@@ -517,7 +527,11 @@ def metric_history(
 def heartbeat(platform: Platform, run_id: str) -> None:
     """Prove the owning process is alive. Not audited: liveness telemetry, every few seconds per run."""
     with platform.db.write() as s:
-        s.execute(update(Run).where(Run.id == run_id, Run.status == "RUNNING").values(heartbeat_at=utcnow()))
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == "RUNNING")
+            .values(heartbeat_at=_db_now(platform))
+        )
 
 
 def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]:
@@ -525,14 +539,14 @@ def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]
     and one audit record each (actor ``system:reaper``). Scoped to ctx's project when given. Cheap when
     there is nothing to reap: one indexed read, no write lock."""
     timeout = platform.settings.run_heartbeat_timeout_s
-    cutoff = utcnow() - timedelta(seconds=timeout)
+    cutoff = _db_now(platform) - timedelta(seconds=timeout)
     cond = [Run.status == "RUNNING", or_(Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None))]
     if ctx is not None:
         cond.append(Run.project_id == ctx.project_id)
     with platform.db.read() as s:
         if s.execute(select(Run.id).where(*cond).limit(1)).first() is None:
             return []
-    now = utcnow()
+    now = _db_now(platform)
     reason = f"no heartbeat for {timeout:g}s: the process died or lost the store"
     with platform.db.write() as s:
         # RETURNING names exactly the runs this UPDATE changed: a concurrent reaper (or a heartbeat that
@@ -576,6 +590,65 @@ def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]
 
 
 # -- artifacts and lineage -------------------------------------------------------------------------------
+def artifact_files(
+    platform: Platform, ctx: Context, run_id: str, src: Path, artifact_path: str | None
+) -> list[tuple[Path, str]]:
+    """(file, artifact path) for a file or every file under a directory, walked without following
+    symbolic links: a link (the path itself, or a file or directory inside it) is refused, audited, before
+    anything is stored, because following it could upload a file from outside the directory."""
+    check_run_id(run_id)
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        files = _walk_artifact(src)
+        if not files:
+            raise UsageError(f"{src} holds no files to log")
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    if len(files) == 1 and files[0][1] == "":  # a single file
+        return [(src, f"{artifact_path.rstrip('/')}/{src.name}" if artifact_path else src.name)]
+    prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{src.name}/"
+    return [(p, prefix + rel) for p, rel in files]
+
+
+def _walk_artifact(src: Path) -> list[tuple[Path, str]]:
+    """Regular files under ``src`` with their '/'-joined relative paths (``src`` itself: one file, ''),
+    sorted; lstat and scandir(follow_symlinks=False), so a link is seen as a link, never followed."""
+    try:
+        st = os.lstat(src)
+    except OSError:
+        raise UsageError(f"{src} is not a file or directory") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError(f"{src} is a symbolic link; log the real path (links are not followed)")
+    if stat.S_ISREG(st.st_mode):
+        return [(src, "")]
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{src} is not a file or directory")
+    out: list[tuple[Path, str]] = []
+    todo = [(src, "")]
+    while todo:
+        folder, rel = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise UsageError(f"cannot list {folder}: {exc.strerror or exc}") from None
+        for e in entries:
+            path, name = folder / e.name, rel + e.name
+            if e.is_symlink():
+                raise UnsafePathError(
+                    f"{path} is a symbolic link; links are not followed (they could point outside the "
+                    "directory): replace it with the file or remove it"
+                )
+            if e.is_dir(follow_symlinks=False):
+                todo.append((path, name + "/"))
+            elif e.is_file(follow_symlinks=False):
+                out.append((path, name))
+            else:
+                raise UsageError(f"{path} is not a regular file (device, socket or pipe); remove it")
+    return sorted(out, key=lambda t: t[1])
+
+
 def log_artifacts(
     platform: Platform, ctx: Context, run_id: str, files: Sequence[tuple[Path, str]]
 ) -> list[tuple[str, str, int]]:

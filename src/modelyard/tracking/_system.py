@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform as _platform
+import re
 import shlex
 import socket
 import subprocess
@@ -20,6 +21,43 @@ from typing import Any
 log = logging.getLogger("modelyard.tracking")
 _GIT_TIMEOUT_S = 2.0
 _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
+# Argument names whose values are secrets: `--hf-token X`, `--password=X`, `API_KEY=X`, `db.passwd=X`.
+_SECRET_NAME = re.compile(r"token|key|secret|password|passwd|pwd|auth|credential|apikey", re.IGNORECASE)
+_OPTION = re.compile(r"^(-{1,2}[A-Za-z0-9][A-Za-z0-9_.\-]*)(=.*)?$", re.DOTALL)
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
+REDACTED = "***"
+
+
+def redact_argv(argv: list[str]) -> str:
+    """The command line as a shell would take it, with secret values replaced by ``***``: the value of an
+    option whose name looks secret (``--x value`` and ``--x=value``), of an env-style ``NAME=value``
+    word, and the password of a ``scheme://user:password@host`` URL. The ``cmd`` tag is readable by
+    every viewer of the project, so it must not carry tokens."""
+    words: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next and not (arg.startswith("--") and _OPTION.match(arg)):  # "--next-option": a flag
+            hide_next = False
+            words.append(REDACTED)
+            continue
+        hide_next = False
+        opt = _OPTION.match(arg)
+        if opt is not None:
+            if _SECRET_NAME.search(opt.group(1)):
+                if opt.group(2) is None:
+                    hide_next = True  # the value is the next word
+                    words.append(shlex.quote(arg))
+                else:
+                    words.append(shlex.quote(opt.group(1) + "=") + REDACTED)
+                continue
+        else:
+            assign = _ASSIGN.match(arg)
+            if assign is not None and _SECRET_NAME.search(assign.group(1)):
+                words.append(shlex.quote(assign.group(0)) + REDACTED)
+                continue
+        words.append(shlex.quote(_URL_PASSWORD.sub(rf"\1{REDACTED}@", arg)))
+    return " ".join(words)
 
 
 def _git(*args: str) -> str | None:
@@ -35,7 +73,7 @@ def _git(*args: str) -> str | None:
 def capture_tags() -> dict[str, str]:
     """``git.commit``, ``git.dirty``, ``cmd``, ``python``, ``host`` and ``pkg.<name>`` versions."""
     tags: dict[str, str] = {
-        "cmd": shlex.join(sys.argv)[:8000] if sys.argv and sys.argv[0] else sys.executable,
+        "cmd": redact_argv(sys.argv)[:8000] if sys.argv and sys.argv[0] else sys.executable,
         "python": _platform.python_version(),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),

@@ -69,6 +69,7 @@ class MetricWriter:
         self._committed = 0  # points durable so far (FIFO, so the first _committed points)
         self._flush_wanted = False
         self._stopping = False
+        self._ending = False  # the run is ending: no more heartbeats or samples (see begin_end)
         self._failing_since: float | None = None
         self._warned = False
         self.last_error: BaseException | None = None
@@ -119,6 +120,14 @@ class MetricWriter:
                     )
                 self._cond.wait(min(left, 0.5))
 
+    def begin_end(self) -> None:
+        """The run is ending: stop heartbeats and system samples, keep writing what is buffered. If the
+        end never commits (the process dies, or the store stays away), the silent heartbeat lets the
+        reaper take the run instead of an orphaned thread keeping it RUNNING."""
+        with self._cond:
+            self._ending = True
+            self._cond.notify_all()
+
     def stop(self, timeout: float) -> None:
         """Flush what is buffered (up to ``timeout``) and end the thread."""
         try:
@@ -143,6 +152,8 @@ class MetricWriter:
                 while True:
                     if self._stopping and not self._buffer and self._pending is None:
                         return
+                    if self._ending:
+                        next_beat = next_sample = float("inf")
                     now = time.monotonic()
                     due = (
                         self._flush_wanted
@@ -157,6 +168,8 @@ class MetricWriter:
                     n = min(len(self._buffer), BATCH_POINTS)
                     self._pending = (uuid.uuid4().hex, [self._buffer.popleft() for _ in range(n)])
                 pending = self._pending if due else None
+            if self._ending:  # read without the lock: at worst one more beat or sample
+                next_beat = next_sample = float("inf")
             if now >= next_sample and self.sampler is not None:
                 next_sample = now + self.system_s
                 self._sample()

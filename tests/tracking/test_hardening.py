@@ -1,0 +1,229 @@
+"""Ending a run when the store fails, symlinks in artifacts, secrets in the command line and in refused
+params, and heartbeats that do not depend on the writer host's clock."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from modelyard.core import Platform
+from modelyard.core._models import AuditRecord, RunArtifact
+from modelyard.core._models import Run as RunRow
+from modelyard.errors import BackendError, UnsafePathError, UsageError
+from modelyard.testing import make_platform
+from modelyard.tracking import Client, _store, _writer
+from modelyard.tracking._system import redact_argv
+
+
+# -- 1. an end that cannot be recorded ---------------------------------------------------------------------
+def test_store_outage_during_end_keeps_the_run_open_and_retries(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = Platform(
+        platform.settings.model_copy(
+            update={
+                "run_heartbeat_s": 0.05,
+                "run_heartbeat_timeout_s": 1.0,
+                "metric_flush_s": 0.05,
+                "flush_timeout_s": 0.3,
+            }
+        )
+    )
+    client = Client(platform=fast)
+    try:
+        run = client.start_run("outage", capture=False)
+        run.log_metric("loss", 1.0, step=0)
+        run.flush()
+
+        def down(*args: object, **kwargs: object) -> None:
+            raise BackendError("store unavailable (simulated outage)")
+
+        # Metric batches and the final status fail; heartbeats still get through.
+        monkeypatch.setattr(_writer, "write_metric_batch", down)
+        monkeypatch.setattr(_store, "end_run", down)
+        run.log_metric("loss", 2.0, step=1)
+        with pytest.raises(BackendError):
+            run.end()
+        assert run.status == "RUNNING"  # nothing was recorded, so the handle does not claim it
+        assert client._active == {run.id: run}  # kept: a second end() or the exit retries it
+        assert client.active_run() is None  # but it is no longer the run new metrics go to
+        with pytest.raises(UsageError, match="is ending"):
+            run.log_metric("loss", 3.0, step=2)
+        # Once ending began its heartbeat stopped: had the process died, the reaper takes the run.
+        deadline = time.monotonic() + 30
+        while client.get_run(run.id).status == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get_run(run.id).status == "FAILED"
+
+        monkeypatch.undo()  # the store is back: ending again records the status and the last point
+        run.flush(timeout=30)  # the writer may be in its retry backoff (up to 2 s), longer than 0.3 s
+        run.end()
+        info = client.get_run(run.id)
+        assert (info.status, info.metrics) == ("FINISHED", {"loss": 2.0})
+        assert run.status == "FINISHED" and not client._active
+        run._writer._thread.join(10)
+        assert not run._writer.alive
+    finally:
+        client.close()
+        fast.close()
+
+
+# -- 3. symlinks in artifacts ----------------------------------------------------------------------------
+@pytest.fixture
+def outputs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    secret = tmp_path / "outside" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("PRIVATE KEY")
+    out = tmp_path / "outputs"
+    (out / "sub").mkdir(parents=True)
+    (out / "model.txt").write_text("weights")
+    (out / "sub" / "eval.txt").write_text("eval")
+    yield out, secret
+
+
+def _link_cases(out: Path, secret: Path) -> list[tuple[Path, Path]]:
+    """(path to log, the link the error must name), one case per way a link can hide."""
+    cases = []
+    (out / "sub" / "leak.txt").symlink_to(secret)  # a file link deep inside
+    cases.append((out, out / "sub" / "leak.txt"))
+    other = out.parent / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("a")
+    (other / "linkdir").symlink_to(secret.parent, target_is_directory=True)  # a directory link inside
+    cases.append((other, other / "linkdir"))
+    top_file = out.parent / "top.txt"
+    top_file.symlink_to(secret)  # the path given is itself a link to a file
+    cases.append((top_file, top_file))
+    top_dir = out.parent / "topdir"
+    top_dir.symlink_to(out, target_is_directory=True)  # ... or to a directory
+    cases.append((top_dir, top_dir))
+    return cases
+
+
+def test_symlinks_in_artifacts_are_refused_before_anything_is_stored(
+    client: Client, outputs: tuple[Path, Path]
+) -> None:
+    out, secret = outputs
+    art_root = client.platform.settings.home / "artifacts"
+    before = sorted(p for p in art_root.rglob("*") if p.is_file()) if art_root.exists() else []
+    with client.start_run("links", capture=False) as run:
+        for path, link in _link_cases(out, secret):
+            with pytest.raises(UnsafePathError, match="symbolic link") as err:
+                run.log_artifact(path)
+            assert str(link) in str(err.value)
+    after = sorted(p for p in art_root.rglob("*") if p.is_file()) if art_root.exists() else []
+    assert after == before  # nothing uploaded, not even the regular files next to the link
+    with client.platform.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(RunArtifact)) == 0
+        refused = s.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.resource == f"run:{run.id}", AuditRecord.outcome == "refused"
+            )
+        ).all()
+    assert len(refused) == 4 and all("symbolic link" in d for d in refused)
+
+
+def test_a_directory_without_links_is_still_logged(client: Client, outputs: tuple[Path, Path]) -> None:
+    out, _ = outputs
+    with client.start_run("nolinks", capture=False) as run:
+        run.log_artifact(out, artifact_path="o")
+        run.log_artifact(out / "model.txt")
+    paths = [p for p, _, _ in client.list_artifacts(run.id)]
+    assert paths == ["model.txt", "o/model.txt", "o/sub/eval.txt"]
+
+
+# -- 4. secrets on the command line ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "cmd"),
+    [
+        (["train.py", "--hf-token", "hf_abc", "--lr", "1e-4"], "train.py --hf-token *** --lr 1e-4"),
+        (["train.py", "--password=hunter2"], "train.py --password=***"),
+        (["train.py", "--DB_PASSWD", "x y"], "train.py --DB_PASSWD ***"),
+        (["train.py", "API_KEY=sk-1", "db.secret=s"], "train.py API_KEY=*** db.secret=***"),
+        (["t.py", "--Authorization", "Bearer z", "--apikey=q"], "t.py --Authorization *** --apikey=***"),
+        (["t.py", "--client-credential", "c", "--pwd", "p"], "t.py --client-credential *** --pwd ***"),
+        (["t.py", "--use-auth", "--epochs", "3"], "t.py --use-auth --epochs 3"),  # a flag: no value
+        (["t.py", "--db", "postgresql://u:pw@h/d"], "t.py --db 'postgresql://u:***@h/d'"),
+        (["t.py", "--name", "a b", "--token"], "t.py --name 'a b' --token"),
+    ],
+)
+def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:
+    assert redact_argv(argv) == cmd
+
+
+def test_the_cmd_tag_holds_no_secret(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["train.py", "--hf-token", "hf_SECRET1", "--api-key=SECRET2", "WANDB_API_KEY=SECRET3", "--lr=1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with client.start_run("capture") as run:
+        pass
+    cmd = client.get_run(run.id).tags["cmd"]
+    assert "SECRET" not in cmd
+    assert cmd == "train.py --hf-token *** --api-key=*** WANDB_API_KEY=*** --lr=1"
+
+
+# -- 6. a refused param change keeps the values out of the audit chain --------------------------------------
+def test_a_refused_param_change_audits_the_key_but_not_the_values(client: Client) -> None:
+    with client.start_run("params", capture=False) as run:
+        run.log_param("hf_token", "OLD-SECRET-VALUE")
+        with pytest.raises(UsageError, match="params cannot change") as err:
+            run.log_param("hf_token", "NEW-SECRET-VALUE")
+    assert "hf_token" in str(err.value) and "SECRET-VALUE" not in str(err.value)
+    with client.platform.db.read() as s:
+        records = s.execute(
+            select(AuditRecord.outcome, AuditRecord.detail).where(AuditRecord.resource == f"run:{run.id}")
+        ).all()
+    refused = [d for o, d in records if o == "refused"]
+    assert len(refused) == 1 and "hf_token" in refused[0]
+    assert not any("SECRET-VALUE" in d for _, d in records)
+
+
+# -- 5. heartbeats and the reaper use the database server's clock -------------------------------------------
+@pytest.mark.postgres
+def test_a_host_with_a_skewed_clock_is_not_reaped_and_reaps_correctly(
+    postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = make_platform(home, database_url=postgres_url)
+    try:
+        p.settings = p.settings.model_copy(update={"run_heartbeat_timeout_s": 60.0})
+        ctx = p.context()
+        real = _store.utcnow
+        # A writer host whose clock lags an hour creates a run and sends a heartbeat ...
+        monkeypatch.setattr(_store, "utcnow", lambda: real() - timedelta(hours=1))
+        alive = _store.create_run(p, ctx, "skew")
+        _store.heartbeat(p, alive)
+        monkeypatch.setattr(_store, "utcnow", real)
+        # ... a host with a correct clock does not reap it: the heartbeat is fresh by the server's clock.
+        assert _store.reap_stale_runs(p, ctx) == []
+        # A run that really went silent two minutes ago (by the server's clock) ...
+        dead = _store.create_run(p, ctx, "skew")
+        with p.db.write() as s:
+            s.execute(
+                update(RunRow).where(RunRow.id == dead).values(heartbeat_at=func.now() - timedelta(minutes=2))
+            )
+        # ... is reaped even by a host whose clock lags an hour.
+        monkeypatch.setattr(_store, "utcnow", lambda: real() - timedelta(hours=1))
+        assert _store.reap_stale_runs(p, ctx) == [dead]
+        monkeypatch.setattr(_store, "utcnow", real)
+        with p.db.read() as s:
+            statuses = dict(s.execute(select(RunRow.id, RunRow.status)).all())
+            beat = s.scalar(select(RunRow.heartbeat_at).where(RunRow.id == alive))
+        assert statuses == {alive: "RUNNING", dead: "FAILED"}
+        assert isinstance(beat, datetime) and abs(beat - real()) < timedelta(minutes=5)
+    finally:
+        p.close()
+
+
+def test_sqlite_heartbeats_keep_the_local_utc_clock(platform: Platform) -> None:
+    ctx = platform.context()
+    run_id = _store.create_run(platform, ctx, "local")
+    _store.heartbeat(platform, run_id)
+    assert _store.reap_stale_runs(platform, ctx) == []  # fresh, compared in one consistent format
+    with platform.db.write() as s:
+        s.execute(update(RunRow).values(heartbeat_at=_store.utcnow() - timedelta(hours=1)))
+    assert _store.reap_stale_runs(platform, ctx) == [run_id]
