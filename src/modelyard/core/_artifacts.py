@@ -5,6 +5,15 @@ table maps the plaintext digest to that object and its wrapped data key. Every p
 named object and then claims the digest with an insert-if-absent, so concurrent puts of the same bytes
 never overwrite each other: the loser deletes its copy.
 
+Packs: a dataset add seals its small files (below ``PACK_MAX_BLOB``) one after another into one pack object
+``objects/pk/<uuid>`` per task instead of one object per file, as git does with packfiles: creating ten
+thousand files is the kernel's inode allocation, which costs more than hashing and encrypting them. Each
+packed blob keeps exactly the per-blob format (own data key, chunked AES-GCM stream, key wrapped in its
+row); its row adds the byte range (``pack_offset``, ``pack_length``) and reads go through a ranged reader,
+so verification is unchanged and a damaged blob fails alone. A pack member whose digest turns out to be
+stored already is never claimed: its bytes stay in the pack as dead space. A pack is deleted only when
+none of its blobs was claimed.
+
 Puts and gets work in batches (a single file is a batch of one): one metadata transaction, one lock of the
 audit chain and one filesystem flush per batch, so many small files cost little more than copying them.
 """
@@ -21,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -49,12 +58,14 @@ _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
 _ROWS = 500
 # Rows per executemany of claim (SQLAlchemy splits them into statements within the driver's limits).
-_CLAIM_ROWS = 5000
+_CLAIM_ROWS = 1000
 # Batches up to this size fsync every file; larger ones publish everything, then flush the filesystem once.
 _DURABLE_EACH = 4
 # Files sealed into local temp space before they are published: bounds the temp space a batch needs.
 _GROUP_FILES = 256
 _GROUP_BYTES = 1 << 30
+# publish_files packs files smaller than this; larger ones get one object each.
+PACK_MAX_BLOB = 4 << 20
 
 T = TypeVar("T")
 
@@ -117,6 +128,16 @@ class StagedBlob:
     key_id: str
     wrapped_key: bytes
     region: str
+    pack_offset: int | None = None  # set for a blob stored inside a pack object
+    pack_length: int | None = None
+
+
+class _Location(NamedTuple):
+    object_name: str
+    key_id: str
+    wrapped_key: bytes
+    pack_offset: int | None
+    pack_length: int | None
 
 
 @dataclass(frozen=True)
@@ -219,15 +240,30 @@ class ArtifactStore:
         return staged
 
     def publish_files(self, paths: Sequence[Path], *, region: str) -> list[StagedBlob]:
-        """Seal and publish each file at once, without a flush and without asking the metadata store
-        whether its digest is known: the building block of a caller that runs many of these on its own
-        pool (a dataset add). The caller owns the published objects: it must delete those it does not
-        claim, and call ``backend.sync()`` before claiming any. On failure, this call's objects are
+        """Seal and publish files at once (one ``StagedBlob`` per path, in order), without a flush and
+        without asking the metadata store whether their digests are known: the building block of a
+        caller that runs many of these on its own pool (a dataset add). Files smaller than
+        ``PACK_MAX_BLOB`` go into one pack object (when there are at least two), larger ones into one
+        object each. The caller owns the published objects: it must delete those none of whose blobs it
+        claims, and call ``backend.sync()`` before claiming any. On failure, this call's objects are
         deleted before the error propagates."""
         self._check_region(region)
-        staged: list[StagedBlob] = []
+        results: list[StagedBlob | None] = [None] * len(paths)
+        small: list[int] = []
+        for i, path in enumerate(paths):
+            with contextlib.suppress(OSError):  # an unreadable file fails below, when it is opened
+                if os.stat(path).st_size < PACK_MAX_BLOB:
+                    small.append(i)
+        if len(small) < 2:
+            small = []
+        published: list[str] = []
         try:
-            for path in paths:
+            if small:
+                self._publish_pack(paths, small, region, results, published)
+            packed = set(small)
+            for i, path in enumerate(paths):
+                if i in packed:
+                    continue
                 with open(path, "rb") as src:
                     item = self._seal(src)
                 name = f"objects/{item.digest[:2]}/{item.digest}.{uuid.uuid4().hex}"
@@ -235,12 +271,52 @@ class ArtifactStore:
                     self.backend.put_file(name, item.tmp, durable=False)
                 finally:
                     item.tmp.unlink(missing_ok=True)  # gone already when published
-                staged.append(StagedBlob(item.digest, item.size, name, item.key_id, item.wrapped_key, region))
+                published.append(name)
+                results[i] = StagedBlob(item.digest, item.size, name, item.key_id, item.wrapped_key, region)
         except BaseException:
-            for b in staged:
-                self.backend.delete(b.object_name)
+            for name in published:
+                self.backend.delete(name)
             raise
+        staged = [b for b in results if b is not None]
+        assert len(staged) == len(paths)
         return staged
+
+    def _publish_pack(
+        self,
+        paths: Sequence[Path],
+        members: Sequence[int],
+        region: str,
+        results: list[StagedBlob | None],
+        published: list[str],
+    ) -> None:
+        """Seal ``paths[i]`` for each member, one after another, into one temp file (streamed: memory
+        stays flat), then publish it as one pack object. A digest repeated within the pack is stored
+        once: its later copies are cut off again and share the first one's range and key."""
+        name = f"objects/pk/{uuid.uuid4().hex}"
+        fd, tmp_name = tempfile.mkstemp(prefix=".pack-", dir=self.backend.staging_dir())
+        tmp = Path(tmp_name)
+        try:
+            by_digest: dict[str, StagedBlob] = {}
+            with os.fdopen(fd, "wb") as out:
+                for i in members:
+                    offset = out.tell()
+                    data_key = new_data_key()
+                    with open(paths[i], "rb") as src:
+                        digest, size = encrypt_stream(src, out, data_key)
+                    first = by_digest.get(digest)
+                    if first is not None:
+                        out.seek(offset)
+                        out.truncate()
+                        results[i] = first
+                        continue
+                    key_id, wrapped = self.keyring.wrap(data_key, digest.encode())
+                    length = out.tell() - offset
+                    blob = StagedBlob(digest, size, name, key_id, wrapped, region, offset, length)
+                    results[i] = by_digest[digest] = blob
+            self.backend.put_file(name, tmp, durable=False)
+            published.append(name)
+        finally:
+            tmp.unlink(missing_ok=True)  # gone already when published
 
     def stage(self, src: BinaryIO, *, region: str) -> StagedBlob:
         self._check_region(region)
@@ -289,6 +365,8 @@ class ArtifactStore:
                 "wrapped_key": b.wrapped_key,
                 "region": b.region,
                 "created_at": now,
+                "pack_offset": b.pack_offset,
+                "pack_length": b.pack_length,
             }
             for b in sorted(
                 staged, key=lambda b: b.digest
@@ -316,24 +394,42 @@ class ArtifactStore:
         """Delete published objects that no metadata row refers to: those that lost the race for their
         digest, or all of them when the transaction failed. When the outcome of a failed commit is unknown
         (its acknowledgement may have been lost), ask the store; if it cannot answer, keep everything:
-        an orphaned object is harmless, a deleted referenced one is data lost."""
+        an orphaned object is harmless, a deleted referenced one is data lost.
+
+        A pack object is deleted only if none of its blobs was claimed. ``staged`` may hold only some of
+        a pack's blobs (a dataset add passes the losers of its races), so for packs the store is asked
+        which of them a row refers to; if it cannot answer, they are kept."""
         published = [b for b in staged if b.object_name]
-        if not committed and published:
+        if not published:
+            return
+        packs = {b.object_name for b in published if b.pack_offset is not None}
+        if not committed or packs:
+            asked = {b.object_name for b in published} if not committed else packs
             try:
-                with self.db.read() as s:
-                    referenced = set(
-                        s.scalars(
-                            select(Blob.object_name).where(
-                                Blob.object_name.in_([b.object_name for b in published])
-                            )
-                        )
-                    )
+                referenced = self._referenced(sorted(asked))
             except Exception:
-                return
-            claimed = {b.digest for b in published if b.object_name in referenced}
+                if not committed:
+                    return
+                referenced = packs  # unknown: keep every pack
+            if not committed:
+                claimed = {b.digest for b in published if b.object_name in referenced}
+            packs -= referenced  # packs no row refers to: none of their blobs was claimed
+        doomed: set[str] = set()
         for b in published:
-            if b.digest not in claimed:
-                self.backend.delete(b.object_name)
+            if b.pack_offset is not None:
+                if b.object_name in packs:
+                    doomed.add(b.object_name)
+            elif b.digest not in claimed:
+                doomed.add(b.object_name)
+        for name in sorted(doomed):
+            self.backend.delete(name)
+
+    def _referenced(self, object_names: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self.db.read() as s:
+            for chunk in _chunks(object_names):
+                found.update(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk))))
+        return found
 
     def put(self, src: BinaryIO, *, region: str | None = None) -> str:
         """Store bytes without a project reference (internal use: manifests, checkpoints)."""
@@ -357,20 +453,25 @@ class ArtifactStore:
                 found.update(s.scalars(select(Blob.digest).where(Blob.digest.in_(chunk))))
         return found
 
-    def _locate(self, digests: Sequence[str]) -> dict[str, tuple[str, str, bytes]]:
-        """digest -> (object name, key id, wrapped data key); NotFoundError names the first missing."""
+    def _locate(self, digests: Sequence[str]) -> dict[str, _Location]:
+        """digest -> where its payload is and its wrapped data key; NotFoundError names the first missing."""
         for d in digests:
             check_digest(d)
         unique = sorted(set(digests))
-        found: dict[str, tuple[str, str, bytes]] = {}
+        found: dict[str, _Location] = {}
         with self.db.read() as s:
             for chunk in _chunks(unique):
                 rows = s.execute(
-                    select(Blob.digest, Blob.object_name, Blob.key_id, Blob.wrapped_key).where(
-                        Blob.digest.in_(chunk)
-                    )
+                    select(
+                        Blob.digest,
+                        Blob.object_name,
+                        Blob.key_id,
+                        Blob.wrapped_key,
+                        Blob.pack_offset,
+                        Blob.pack_length,
+                    ).where(Blob.digest.in_(chunk))
                 )
-                found.update((d, (name, key_id, wrapped)) for d, name, key_id, wrapped in rows)
+                found.update((row[0], _Location(*row[1:])) for row in rows)
         missing = [d for d in digests if d not in found]
         if missing:
             raise NotFoundError(f"artifact {missing[0]} is not in the store")
@@ -379,11 +480,16 @@ class ArtifactStore:
     def _data_key(self, digest: str, key_id: str, wrapped: bytes) -> bytes:
         return self.keyring.unwrap(key_id, wrapped, digest.encode())
 
+    def _open(self, loc: _Location) -> BinaryIO:
+        if loc.pack_offset is None or loc.pack_length is None:
+            return self.backend.open(loc.object_name)
+        return self.backend.open_range(loc.object_name, loc.pack_offset, loc.pack_length)
+
     def iter_bytes(self, digest: str) -> Iterator[bytes]:
         """Authenticated plaintext chunks; the digest is re-checked before the last chunk is released."""
-        object_name, key_id, wrapped = self._locate([digest])[digest]
-        data_key = self._data_key(digest, key_id, wrapped)
-        with _naming(digest, object_name), contextlib.closing(self.backend.open(object_name)) as f:
+        loc = self._locate([digest])[digest]
+        data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)
+        with _naming(digest, loc.object_name), contextlib.closing(self._open(loc)) as f:
             yield from iter_decrypt(f, data_key, expected_digest=digest)
 
     def get_many(self, pairs: Sequence[tuple[str, Path]], *, sync: bool = True) -> list[int]:
@@ -396,9 +502,9 @@ class ArtifactStore:
         sizes: list[int] = []
         parents: dict[int, Path] = {}
         for digest, dest in pairs:
-            object_name, key_id, wrapped = located[digest]
-            data_key = self._data_key(digest, key_id, wrapped)
-            sizes.append(self._decrypt_to(digest, object_name, data_key, Path(dest), durable))
+            loc = located[digest]
+            data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)
+            sizes.append(self._decrypt_to(digest, loc, data_key, Path(dest), durable))
             if not durable and sync:  # one flush per destination filesystem at the end
                 parents.setdefault(Path(dest).parent.stat().st_dev, Path(dest).parent)
         if not durable and sync:
@@ -409,7 +515,7 @@ class ArtifactStore:
     def get_to_file(self, digest: str, dest: Path) -> int:
         return self.get_many([(digest, dest)])[0]
 
-    def _decrypt_to(self, digest: str, object_name: str, data_key: bytes, dest: Path, durable: bool) -> int:
+    def _decrypt_to(self, digest: str, loc: _Location, data_key: bytes, dest: Path, durable: bool) -> int:
         if dest.is_dir():
             raise UsageError(f"output {dest} is a directory; give a file path to write the artifact to")
         try:
@@ -419,9 +525,9 @@ class ArtifactStore:
             raise UsageError(f"cannot write output {dest}: {exc.strerror or exc}") from None
         try:
             with (
-                _naming(digest, object_name),
+                _naming(digest, loc.object_name),
                 os.fdopen(fd, "wb") as out,
-                contextlib.closing(self.backend.open(object_name)) as f,
+                contextlib.closing(self._open(loc)) as f,
             ):
                 _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
                 if durable:

@@ -29,10 +29,11 @@ from modelyard.errors import BackendError, NotFoundError, UnsafePathError, Usage
 # '~' as a leading segment is refused by safe_key, so no valid name can reach the staging area.
 _STAGING = "~staging"
 _READ_BUFFER = 1 << 20
-# The names the artifact store generates for objects (objects/<d[:2]>/<digest>.<uuid hex>): plain hex, so
-# safe_key accepts them unchanged. FileBackend checks their parent directory once per process instead of
-# resolving the whole path on every publish, which dominated publishing many small objects.
-_OBJECT_NAME = re.compile(r"objects/[0-9a-f]{2}/[0-9a-f]{64}\.[0-9a-f]{32}")
+# The names the artifact store generates for objects (objects/<d[:2]>/<digest>.<uuid hex>, and packs
+# objects/pk/<uuid hex>): plain ASCII, so safe_key accepts them unchanged. FileBackend checks their parent
+# directory once per process instead of resolving the whole path on every publish, which dominated
+# publishing many small objects.
+_OBJECT_NAME = re.compile(r"objects/(?:[0-9a-f]{2}/[0-9a-f]{64}\.[0-9a-f]{32}|pk/[0-9a-f]{32})")
 
 
 class BlobBackend(Protocol):
@@ -53,6 +54,11 @@ class BlobBackend(Protocol):
 
     def open(self, name: str) -> BinaryIO:
         """A streaming reader; NotFoundError if there is no such object."""
+        ...
+
+    def open_range(self, name: str, offset: int, length: int) -> BinaryIO:
+        """A streaming reader of at most ``length`` bytes from ``offset`` (one blob inside a pack); it
+        ends early where the object does, so a truncated pack reads as a truncated blob."""
         ...
 
     def exists(self, name: str) -> bool: ...
@@ -216,7 +222,7 @@ class FileBackend:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
-    def open(self, name: str) -> BinaryIO:
+    def _open_fd(self, name: str) -> int:
         path = safe_join(self.root, name)
         with self._os_errors("open", name):
             try:
@@ -227,7 +233,21 @@ class FileBackend:
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise NotFoundError(f"no object named {name!r} in {self.uri} ({name!r} is a directory)")
-            return os.fdopen(fd, "rb", buffering=_READ_BUFFER)
+            return fd
+
+    def open(self, name: str) -> BinaryIO:
+        return os.fdopen(self._open_fd(name), "rb", buffering=_READ_BUFFER)
+
+    def open_range(self, name: str, offset: int, length: int) -> BinaryIO:
+        _check_range(offset, length)
+        raw = os.fdopen(self._open_fd(name), "rb", buffering=0)
+        with self._os_errors("open", name):
+            try:
+                raw.seek(offset)
+            except BaseException:
+                raw.close()
+                raise
+        return io.BufferedReader(_Limited(raw, length), buffer_size=min(_READ_BUFFER, max(length, 1)))
 
     def read_bytes(self, name: str) -> bytes:
         with self.open(name) as f:
@@ -264,6 +284,35 @@ class FileBackend:
                     yield from self._walk(Path(entry.path), name + "/")
             elif entry.is_file(follow_symlinks=False):
                 yield name
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 1:
+        raise UsageError(f"invalid byte range: offset {offset}, length {length}")
+
+
+class _Limited(io.RawIOBase):
+    """At most ``length`` bytes of an unbuffered reader (positioned at the range's start)."""
+
+    def __init__(self, raw: io.RawIOBase, length: int) -> None:
+        self._raw = raw
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")
+        n = self._raw.readinto(view[: min(len(view), self._left)]) or 0
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 class _S3Raw(io.RawIOBase):
@@ -382,9 +431,18 @@ class S3Backend:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
     def open(self, name: str) -> BinaryIO:
+        return self._get(name)
+
+    def open_range(self, name: str, offset: int, length: int) -> BinaryIO:
+        _check_range(offset, length)
+        # A ranged GET: only the blob's bytes travel, whatever the size of its pack.
+        return self._get(name, f"bytes={offset}-{offset + length - 1}")
+
+    def _get(self, name: str, byte_range: str | None = None) -> BinaryIO:
         key = self._key(name)
+        extra = {"Range": byte_range} if byte_range is not None else {}
         with self._errors("open", name):
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            body = self._client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
         where = self._where()
         raw = _S3Raw(body, lambda exc: BackendError(f"reading {name!r} from S3 {where} failed: {exc}"))
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER)

@@ -227,7 +227,7 @@ class MetadataStore:
 # The newest migration (revision ids are the migration files' stems). tests/core/test_db.py asserts it
 # equals Alembic's computed head; and _known_head ignores it once a newer migration file exists, so a
 # forgotten update costs an Alembic import, never a skipped migration.
-HEAD_REVISION = "0002_tracking_data_lineage"
+HEAD_REVISION = "0003_blob_packs"
 _VERSIONS = Path(__file__).with_name("migrations") / "versions"
 
 

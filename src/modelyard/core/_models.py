@@ -99,8 +99,10 @@ class AuditHead(Base):
 
 
 class Blob(Base):
-    """One stored, encrypted object per plaintext digest. The wrapped data key lives here, not in the
-    object, so rotating the master key is one transaction and never rewrites payloads."""
+    """One stored, encrypted payload per plaintext digest. The wrapped data key lives here, not in the
+    object, so rotating the master key is one transaction and never rewrites payloads. A packed blob
+    (small files of a dataset add) is the byte range ``pack_offset``/``pack_length`` of the shared
+    object ``object_name``; an unpacked one (both NULL) is the whole object."""
 
     __tablename__ = "blobs"
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -110,6 +112,8 @@ class Blob(Base):
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     region: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pack_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pack_length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Artifact(Base):

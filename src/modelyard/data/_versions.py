@@ -3,10 +3,11 @@
 A version is a manifest (see _manifest) stored as a blob, plus a profile of its tables (see _profile).
 File contents go into the encrypted artifact store, deduplicated by digest. An add walks the tree in
 chunks: the stat cache answers for unchanged files, files whose digest the store already holds are not
-sealed again, the rest are hashed and encrypted on a thread pool; published objects are recorded in a
-spill file rather than in memory, so a 100k-file tree costs no more memory than a 1k-file one. One
-flush makes everything durable, then one transaction claims the blobs, bumps the version number and
-inserts the version, with one audit record.
+sealed again, the rest are hashed and encrypted on a thread pool, small files packed into one object
+per task (see core/_artifacts: creating one inode per file cost more than hashing and encrypting it).
+Published objects are recorded in a spill file rather than in memory, so a 100k-file tree costs no more
+memory than a 1k-file one. One flush makes everything durable, then one transaction claims the blobs,
+bumps the version number and inserts the version, with one audit record.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from modelyard.errors import (
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 _SPEC_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>[^@]*))?$")
 _GET_BATCH = 256
-_CLAIM_CHUNK = 5000  # spilled blobs claimed per statement batch
+_CLAIM_CHUNK = 1000  # spilled blobs claimed per statement batch (bounds peak memory)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,8 @@ class _Spill:
             "w": b.wrapped_key.hex(),
             "r": b.region,
         }
+        if b.pack_offset is not None:
+            rec["po"], rec["pl"] = b.pack_offset, b.pack_length
         self._f.write(json.dumps(rec).encode() + b"\n")
         self.count += 1
 
@@ -256,7 +259,11 @@ class _Spill:
         batch: list[StagedBlob] = []
         for raw in self._f:
             r = json.loads(raw)
-            batch.append(StagedBlob(r["d"], r["s"], r["o"], r["k"], bytes.fromhex(r["w"]), r["r"]))
+            batch.append(
+                StagedBlob(
+                    r["d"], r["s"], r["o"], r["k"], bytes.fromhex(r["w"]), r["r"], r.get("po"), r.get("pl")
+                )
+            )
             if len(batch) >= size:
                 yield batch
                 batch = []
@@ -295,10 +302,11 @@ class _Staging:
     warnings: list[str]
 
 
-# Files per sealing task: enough to amortise a pool hand-off, few enough to keep both workers busy to
-# the end of a chunk.
-_TASK_FILES = 16
-_TASK_BYTES = 16 << 20
+# Files per sealing task, and so per pack object (publish_files packs a task's small files): enough to
+# make objects few and amortise a pool hand-off, few enough to keep both workers busy to the end of a
+# walk chunk (_manifest.CHUNK entries) and to bound the temp space of the packs in flight.
+_TASK_FILES = 512
+_TASK_BYTES = 32 << 20
 
 
 def _tasks(entries: Sequence[_manifest.Entry]) -> Iterator[list[_manifest.Entry]]:
@@ -356,6 +364,7 @@ def _stage_tree(
             except BaseException as exc:  # the others' objects are still ours to delete
                 failure = failure or exc
         handed = 0
+        packs: dict[str, bool] = {}  # pack object -> whether any of its blobs was spilled
         try:
             if failure is not None:
                 raise failure
@@ -365,15 +374,22 @@ def _stage_tree(
                     raise UsageError(f"{e.path} changed while it was being read; add it again")
                 e.sha256 = b.digest
                 published_any = True
-                if b.digest in known or b.digest in seen:  # stored already, or earlier in this add
-                    store.backend.delete(b.object_name)
-                else:
+                keep = b.digest not in known and b.digest not in seen  # else stored, or earlier in this add
+                if keep:
                     seen.add(b.digest)
                     spill.write(b)
+                if b.pack_offset is not None:
+                    # A duplicate inside a pack stays there as dead space; a pack of duplicates only goes.
+                    packs[b.object_name] = packs.get(b.object_name, False) or keep
+                elif not keep:
+                    store.backend.delete(b.object_name)
                 handed += 1
+            for pack, used in packs.items():
+                if not used:
+                    store.backend.delete(pack)
         except BaseException:
-            for _, b in results[handed:]:
-                store.backend.delete(b.object_name)
+            for name in {b.object_name for _, b in results[handed:]}:
+                store.backend.delete(name)
             raise
         if chunk.tasks:
             cache.hashed += len(results)
@@ -423,8 +439,8 @@ def _stage_tree(
                 for _, future in pending.popleft().tasks:
                     future.cancel()
                     with contextlib.suppress(BaseException):
-                        for b in future.result():
-                            store.backend.delete(b.object_name)
+                        for object_name in {b.object_name for b in future.result()}:
+                            store.backend.delete(object_name)
             raise
     if files == 0:
         raise UsageError(f"{root} holds no files; a dataset version needs at least one file")
@@ -507,8 +523,8 @@ def _add(
         except BaseException as exc:
             # Nothing claimed them, so nothing else can refer to these uniquely named objects.
             for chunk in spill.chunks():
-                for b in chunk:
-                    store.backend.delete(b.object_name)
+                for object_name in {b.object_name for b in chunk}:
+                    store.backend.delete(object_name)
             if isinstance(exc, YardError):
                 raise platform.refuse(ctx, "dataset.write", resource, exc) from None
             if isinstance(exc, OSError):
