@@ -107,7 +107,7 @@ class Blob(Base):
     __tablename__ = "blobs"
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    object_name: Mapped[str] = mapped_column(String(256))
+    object_name: Mapped[str] = mapped_column(String(256), index=True)
     key_id: Mapped[str] = mapped_column(String(32), index=True)
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     region: Mapped[str] = mapped_column(String(64))

@@ -2,7 +2,7 @@
 
 Revision ID: 0003_blob_packs
 Revises: 0002_tracking_data_lineage
-Create Date: 2026-11-30
+Create Date: 2026-11-23
 """
 
 import sqlalchemy as sa
@@ -18,9 +18,12 @@ def upgrade() -> None:
     with op.batch_alter_table("blobs") as batch:
         batch.add_column(sa.Column("pack_offset", sa.BigInteger, nullable=True))
         batch.add_column(sa.Column("pack_length", sa.BigInteger, nullable=True))
+    # discard() asks which pack objects any row refers to: without an index that is a full scan.
+    op.create_index("ix_blobs_object_name", "blobs", ["object_name"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_blobs_object_name", "blobs")
     with op.batch_alter_table("blobs") as batch:
         batch.drop_column("pack_length")
         batch.drop_column("pack_offset")
