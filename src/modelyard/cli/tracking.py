@@ -180,7 +180,9 @@ def _plot(history: dict[str, Any], path: Path, run_id: str) -> None:
     try:
         for ax, k in zip(axes[:, 0], keys, strict=True):
             points = [p for p in history[k] if p.value is not None]
-            ax.plot([p.step for p in points], [p.value for p in points], linewidth=1.2)
+            # Markers for short series: a single point is invisible as a line.
+            marker = "o" if len(points) <= 50 else None
+            ax.plot([p.step for p in points], [p.value for p in points], linewidth=1.2, marker=marker)
             ax.set_title(k, fontsize=9)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
