@@ -6,6 +6,7 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from modelyard.core import MetadataStore
@@ -67,3 +68,39 @@ def test_head_revision_constant_matches_alembic(tmp_path: Path) -> None:
     import subprocess
 
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_migration_file_disables_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration named Alembic's default way (no leading digit) must not be skipped."""
+    import shutil
+
+    from modelyard.core import _db
+
+    versions = tmp_path / "versions"
+    shutil.copytree(_db._VERSIONS, versions)
+    monkeypatch.setattr(_db, "_VERSIONS", versions)
+    assert _db._known_head() == _db.HEAD_REVISION
+    (versions / "a1b2c3_add_things.py").write_text("revision = 'a1b2c3'\n")
+    assert _db._known_head() is None
+
+
+def test_a_failed_syncfs_is_an_error_not_a_silent_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-back errors reported by syncfs(2) must fail the batch: os.sync() cannot report them."""
+    import ctypes
+    import errno
+
+    from modelyard.core import _blobs
+
+    class FailingLibc:
+        def syncfs(self, fd: int) -> int:
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(_blobs, "_libc", lambda: FailingLibc())
+    with pytest.raises(OSError, match="syncfs") as info:
+        _blobs.sync_filesystem(tmp_path)
+    assert info.value.errno == errno.EIO

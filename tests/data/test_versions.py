@@ -289,3 +289,24 @@ def test_unknown_dataset_and_version_read_as_not_found(platform: Platform, tree:
     data.add_version(platform, ctx, tree, "ds")
     with pytest.raises(NotFoundError, match="version 7"):
         data.show(platform, ctx, "ds@7")
+
+
+def test_a_failed_cleanup_after_the_commit_does_not_fail_the_add(
+    platform: Platform, tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removing unreferenced objects after the version is recorded can fail (an S3 503); the version is
+    stored, so the add succeeds and says what was left behind instead of reporting a failure."""
+    ctx = platform.context()
+    store = platform.artifacts
+
+    def broken_discard(*args: object, **kwargs: object) -> None:
+        raise OSError("the store answered 503")
+
+    monkeypatch.setattr(store, "discard", broken_discard)
+    with caplog.at_level("WARNING", logger="modelyard.data"):
+        info = data.add_version(platform, ctx, tree, "ds")
+    assert info.version == 1 and data.show(platform, ctx, "ds@1").files == 6
+    assert "removing unreferenced objects failed" in caplog.text
+    monkeypatch.undo()
+    data.checkout(platform, ctx, "ds@1", tree.parent / "out")
+    assert same_tree(tree, tree.parent / "out")

@@ -21,6 +21,7 @@ audit chain and one filesystem flush per batch, so many small files cost little 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -54,6 +55,7 @@ from modelyard.errors import (
     YardError,
 )
 
+log = logging.getLogger("modelyard.artifacts")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
 _ROWS = 500
@@ -368,9 +370,7 @@ class ArtifactStore:
                 "pack_offset": b.pack_offset,
                 "pack_length": b.pack_length,
             }
-            for b in sorted(
-                staged, key=lambda b: b.digest
-            )  # one lock order: concurrent claims cannot deadlock
+            for b in sorted(staged, key=lambda b: b.digest)  # a stable order across claims
             if b.object_name
         ]
         dialect_insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
@@ -631,7 +631,13 @@ def put_artifacts(
         committed = True
     finally:
         # Objects that lost a race for their digest, or whose transaction failed, are not referenced.
-        store.discard(staged, committed=committed, claimed=claimed)
+        try:
+            store.discard(staged, committed=committed, claimed=claimed)
+        except Exception as exc:
+            if not committed:
+                raise
+            # Stored and recorded: a failed clean-up leaves unreferenced objects, not a failed put.
+            log.warning("%s: stored, but removing unreferenced objects failed: %s", resource, exc)
     return [
         ArtifactInfo(b.digest, b.size, n, obj_region, now, ctx.user)
         for b, n in zip(staged, ref_names, strict=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import io
 import os
@@ -113,8 +114,13 @@ def sync_filesystem(path: Path) -> None:
         try:
             if libc.syncfs(fd) == 0:
                 return
+            err = ctypes.get_errno()
         finally:
             os.close(fd)
+        # Only "not supported" may fall back to sync(2), which cannot report errors; a write-back
+        # failure (EIO) must fail the batch so that nothing is recorded as stored.
+        if err != errno.ENOSYS:
+            raise OSError(err, f"syncfs of {path} failed: {os.strerror(err)}")
     os.sync()
 
 
@@ -442,8 +448,17 @@ class S3Backend:
         key = self._key(name)
         extra = {"Range": byte_range} if byte_range is not None else {}
         with self._errors("open", name):
-            body = self._client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+            response = self._client.get_object(Bucket=self.bucket, Key=key, **extra)
+        body = response["Body"]
         where = self._where()
+        if byte_range is not None and not response.get("ContentRange"):
+            # A server that ignores Range sends the whole pack: every blob in it would then fail
+            # verification as if damaged. Name the real cause instead.
+            body.close()
+            raise BackendError(
+                f"S3 {where} ignored the Range header reading {name!r}; packed blobs need an S3-compatible "
+                "store that supports ranged GET"
+            )
         raw = _S3Raw(body, lambda exc: BackendError(f"reading {name!r} from S3 {where} failed: {exc}"))
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER)
 

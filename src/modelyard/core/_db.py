@@ -225,18 +225,21 @@ class MetadataStore:
 
 
 # The newest migration (revision ids are the migration files' stems). tests/core/test_db.py asserts it
-# equals Alembic's computed head; and _known_head ignores it once a newer migration file exists, so a
-# forgotten update costs an Alembic import, never a skipped migration.
+# equals Alembic's computed head; and _known_head trusts it only while the migration files are exactly
+# _MIGRATIONS, so a migration file added under any name costs an Alembic import, never a skipped migration.
 HEAD_REVISION = "0003_blob_packs"
+_MIGRATIONS = ("0001_core", "0002_tracking_data_lineage", HEAD_REVISION)
 _VERSIONS = Path(__file__).with_name("migrations") / "versions"
 
 
 def _known_head() -> str | None:
     try:
-        names = sorted(n for n in os.listdir(_VERSIONS) if n.endswith(".py") and n[:1].isdigit())
+        names = sorted(n for n in os.listdir(_VERSIONS) if n.endswith(".py") and n != "__init__.py")
     except OSError:
         return None
-    return HEAD_REVISION if names and names[-1] == f"{HEAD_REVISION}.py" else None
+    # Any migration file the constant does not know (whatever its name) means: ask Alembic.
+    known = {f"{rev}.py" for rev in _MIGRATIONS}
+    return HEAD_REVISION if names and set(names) == known else None
 
 
 def _alembic_config() -> Any:

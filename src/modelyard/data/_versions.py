@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,6 +48,8 @@ from modelyard.errors import (
     UsageError,
     YardError,
 )
+
+log = logging.getLogger("modelyard.data")
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 _SPEC_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>[^@]*))?$")
@@ -388,7 +391,9 @@ def _stage_tree(
                 if not used:
                     store.backend.delete(pack)
         except BaseException:
-            for name in {b.object_name for _, b in results[handed:]}:
+            doomed = {b.object_name for _, b in results[handed:]}
+            doomed.update(pack for pack, used in packs.items() if not used)
+            for name in doomed:
                 store.backend.delete(name)
             raise
         if chunk.tasks:
@@ -633,8 +638,15 @@ def _record(
             info = _info(s, name, row, warnings=tuple(staging.warnings))
         committed = True
     finally:
-        store.discard([manifest_staged], committed=committed, claimed=manifest_claimed)
-        _discard(store, spill, committed=committed, losers=losers)
+        try:
+            store.discard([manifest_staged], committed=committed, claimed=manifest_claimed)
+            _discard(store, spill, committed=committed, losers=losers)
+        except Exception as exc:
+            if not committed:
+                raise
+            # The version is recorded: a failed clean-up leaves unreferenced objects (harmless), not a
+            # failed add. Say so instead of reporting an error for data that was stored.
+            log.warning("dataset %s: version stored, but removing unreferenced objects failed: %s", name, exc)
     return info
 
 
