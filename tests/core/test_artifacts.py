@@ -131,3 +131,34 @@ def test_init_sweeps_stale_staging_files_only(platform: Platform) -> None:
     report = init_home(platform.settings)
     assert not stale.exists() and fresh.exists()
     assert report.cleaned == ["1 stale temp file(s) left by interrupted writes"] and report.created == []
+
+
+@pytest.mark.postgres
+def test_an_unsettled_commit_keeps_its_objects(postgres_url: str, tmp_path: Path) -> None:
+    """A commit whose acknowledgement was lost may still be in progress, invisible to other snapshots.
+    discard() must wait for its outcome, and keep the objects while it is unknown: asking which objects
+    rows refer to would answer "none" and delete what the commit is about to reference."""
+    from sqlalchemy import text
+
+    from modelyard.testing import make_platform
+
+    platform = make_platform(tmp_path / "home", database_url=postgres_url)
+    try:
+        store = platform.artifacts
+        src = tmp_path / "f.bin"
+        src.write_bytes(os.urandom(4096))
+        with open(src, "rb") as f:
+            staged = store.stage(f, region=store.region)
+        assert store.backend.exists(staged.object_name)
+        with platform.db.engine.connect() as conn:  # a transaction that stays open: "in progress"
+            conn.execute(text("CREATE TEMP TABLE t (x int)"))
+            xid = str(conn.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+            assert not store._settled(xid, wait_s=0.3)
+            store.discard([staged], committed=False, claimed=set(), xid=xid)
+            assert store.backend.exists(staged.object_name)  # outcome unknown: kept
+            conn.rollback()
+        assert store._settled(xid, wait_s=0.3)  # aborted
+        store.discard([staged], committed=False, claimed=set(), xid=xid)
+        assert not store.backend.exists(staged.object_name)  # aborted and unreferenced: deleted
+    finally:
+        platform.close()

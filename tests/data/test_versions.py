@@ -310,3 +310,25 @@ def test_a_failed_cleanup_after_the_commit_does_not_fail_the_add(
     monkeypatch.undo()
     data.checkout(platform, ctx, "ds@1", tree.parent / "out")
     assert same_tree(tree, tree.parent / "out")
+
+
+def test_blobs_stored_by_someone_else_first_leave_no_orphans(
+    platform: Platform, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a concurrent writer causes: the add did not know these digests when it sealed them, so
+    its claims lose. After the commit, the add removes its own unreferenced objects (walking its spill
+    file, not a list in memory) and keeps every pack a claimed blob lives in."""
+    from modelyard.core import put_artifacts
+
+    ctx = platform.context()
+    store = platform.artifacts
+    put_artifacts(platform, ctx, [tree / "b.bin", tree / "sub" / "c.bin"])  # the other writer won
+    monkeypatch.setattr(store, "known_digests", lambda digests: set())  # sealed as if unknown
+    info = data.add_version(platform, ctx, tree, "ds")
+    monkeypatch.undo()
+    with platform.db.read() as s:
+        referenced = set(s.scalars(select(Blob.object_name)))
+    objects = {n for n in store.backend.list("objects/")}
+    assert objects == referenced  # nothing orphaned, nothing referenced missing
+    data.checkout(platform, ctx, f"ds@{info.version}", tree.parent / "out")
+    assert same_tree(tree, tree.parent / "out")

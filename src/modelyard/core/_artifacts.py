@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -33,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -390,7 +391,35 @@ class ArtifactStore:
             claimed.update(s.execute(stmt, list(chunk)).scalars())
         return claimed
 
-    def discard(self, staged: Sequence[StagedBlob], *, committed: bool, claimed: set[str]) -> None:
+    def transaction_id(self, s: Session) -> str | None:
+        """The PostgreSQL transaction id of ``s`` (call it inside the claiming transaction), so that a
+        commit whose acknowledgement was lost can be told apart from one that failed: see discard()."""
+        if self.db.dialect != "postgresql":
+            return None  # SQLite commits locally: once commit returns or raises, new readers see the outcome
+        return str(s.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+
+    def _settled(self, xid: str, *, wait_s: float = 30.0) -> bool:
+        """Whether transaction ``xid`` has committed or aborted. A commit whose acknowledgement was lost
+        may still be running (WAL flush, a synchronous standby) and is invisible to other snapshots
+        until it ends; asking which objects it references before then would answer "none"."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self.db.read() as s:
+                    status = s.execute(
+                        text("SELECT pg_xact_status(CAST(:x AS xid8))"), {"x": xid}
+                    ).scalar_one_or_none()
+            except Exception:
+                return False
+            if status in ("committed", "aborted"):
+                return True
+            if status is None or time.monotonic() >= deadline:
+                return False  # unknown or still running: the caller keeps everything
+            time.sleep(0.2)
+
+    def discard(
+        self, staged: Sequence[StagedBlob], *, committed: bool, claimed: set[str], xid: str | None = None
+    ) -> None:
         """Delete published objects that no metadata row refers to: those that lost the race for their
         digest, or all of them when the transaction failed. When the outcome of a failed commit is unknown
         (its acknowledgement may have been lost), ask the store; if it cannot answer, keep everything:
@@ -398,9 +427,12 @@ class ArtifactStore:
 
         A pack object is deleted only if none of its blobs was claimed. ``staged`` may hold only some of
         a pack's blobs (a dataset add passes the losers of its races), so for packs the store is asked
-        which of them a row refers to; if it cannot answer, they are kept."""
+        which of them a row refers to; if it cannot answer, they are kept. With ``xid`` (PostgreSQL, from
+        transaction_id()) a failed commit is first waited for until its outcome is known."""
         published = [b for b in staged if b.object_name]
         if not published:
+            return
+        if not committed and xid is not None and not self._settled(xid):
             return
         packs = {b.object_name for b in published if b.pack_offset is not None}
         if not committed or packs:
@@ -436,12 +468,14 @@ class ArtifactStore:
         staged = self.stage(src, region=region or self.region)
         claimed: set[str] = set()
         committed = False
+        xid: str | None = None
         try:
             with self.db.write() as s:
                 claimed = self.claim(s, [staged])
+                xid = self.transaction_id(s)
             committed = True
         finally:
-            self.discard([staged], committed=committed, claimed=claimed)
+            self.discard([staged], committed=committed, claimed=claimed, xid=xid)
         return staged.digest
 
     # -- read -------------------------------------------------------------------------------------------
@@ -606,9 +640,11 @@ def put_artifacts(
     now = utcnow()
     claimed: set[str] = set()
     committed = False
+    xid: str | None = None
     try:
         with platform.mutate(ctx, "artifact.write", resource, detail) as s:
             claimed = store.claim(s, staged)
+            xid = store.transaction_id(s)
             existing = _existing_refs(s, ctx, [b.digest for b in staged])
             rows = []
             for b, name in zip(staged, ref_names, strict=True):
@@ -632,7 +668,7 @@ def put_artifacts(
     finally:
         # Objects that lost a race for their digest, or whose transaction failed, are not referenced.
         try:
-            store.discard(staged, committed=committed, claimed=claimed)
+            store.discard(staged, committed=committed, claimed=claimed, xid=xid)
         except Exception as exc:
             if not committed:
                 raise

@@ -537,7 +537,7 @@ def _add(
                 raise platform.refuse(ctx, "dataset.write", resource, failure) from exc
             raise
         if latest is not None and latest.manifest_digest == staging.manifest_digest and source is None:
-            _discard(store, spill, committed=False, losers=[])
+            _discard(store, spill)
             return dataclasses.replace(latest, created=False, warnings=tuple(staging.warnings))
         with open(staging.manifest, "rb") as f:
             manifest_staged = store.stage(f, region=data_region)
@@ -548,12 +548,12 @@ def _add(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _discard(store: ArtifactStore, spill: _Spill, *, committed: bool, losers: list[StagedBlob]) -> None:
-    if committed:
-        store.discard(losers, committed=True, claimed=set())
-        return
+def _discard(store: ArtifactStore, spill: _Spill, *, xid: str | None = None) -> None:
+    """Delete this add's objects that no row refers to, chunk by chunk from the spill file (memory stays
+    flat however many blobs lost a race). Asking the store is right whatever the commit's outcome: the
+    object names are this add's own, so only its committed claims can refer to them."""
     for chunk in spill.chunks():
-        store.discard(chunk, committed=False, claimed=set())
+        store.discard(chunk, committed=False, claimed=set(), xid=xid)
 
 
 def _ensure_dataset(s: Session, ctx: Context, name: str, region: str) -> int:
@@ -599,16 +599,17 @@ def _record(
     }
     if source is not None:
         detail["source"] = source[1]
-    losers: list[StagedBlob] = []
     committed = False
+    xid: str | None = None
+    lost = 0  # blobs another writer stored first: their objects here are unreferenced
     manifest_claimed: set[str] = set()
     now = utcnow()
     try:
         with platform.mutate(ctx, "dataset.write", f"dataset:{name}", detail) as s:
             manifest_claimed = store.claim(s, [manifest_staged])
             for chunk in spill.chunks(_CLAIM_CHUNK):
-                claimed = store.claim(s, chunk)
-                losers += [b for b in chunk if b.digest not in claimed]
+                lost += len(chunk) - len(store.claim(s, chunk))
+            xid = store.transaction_id(s)
             dataset_id = _ensure_dataset(s, ctx, name, region)
             # The row lock of this UPDATE serialises concurrent adds: numbers have no gaps or duplicates.
             version = s.execute(
@@ -639,8 +640,9 @@ def _record(
         committed = True
     finally:
         try:
-            store.discard([manifest_staged], committed=committed, claimed=manifest_claimed)
-            _discard(store, spill, committed=committed, losers=losers)
+            store.discard([manifest_staged], committed=committed, claimed=manifest_claimed, xid=xid)
+            if lost or not committed:
+                _discard(store, spill, xid=xid)
         except Exception as exc:
             if not committed:
                 raise
