@@ -3,6 +3,7 @@
 # Importing a module registers its commands on the root app.
 from modelyard.cli import core as _core  # noqa: F401
 from modelyard.cli import data as _data  # noqa: F401
+from modelyard.cli import examples as _examples  # noqa: F401
 from modelyard.cli import lineage as _lineage  # noqa: F401
 from modelyard.cli import tracking as _tracking  # noqa: F401
 from modelyard.cli._app import app, main
