@@ -3,7 +3,18 @@ the training loop imports them when it runs."""
 
 from __future__ import annotations
 
+from modelyard.training._data import Example, Splits, load_splits
 from modelyard.training._exampledata import make_examples, write_dataset
+from modelyard.training._model import (
+    DeviceCaps,
+    autocast_context,
+    build_model,
+    load_model,
+    make_grad_scaler,
+    resolve_precision,
+    save_model,
+    verify_model_dir,
+)
 from modelyard.training._recipe import (
     EVAL_METRICS,
     PRESETS,
@@ -25,27 +36,50 @@ from modelyard.training._recipe import (
     load_recipe,
     parse_recipe,
 )
+from modelyard.training._tokenize import (
+    TokenStats,
+    build_tokenizer,
+    check_tokenization,
+    encode_examples,
+    validate_tokenization,
+)
 
 __all__ = [
     "EVAL_METRICS",
     "PRESETS",
     "CheckpointSection",
     "DataSection",
+    "DeviceCaps",
     "DistributedSection",
     "EarlyStopping",
     "EvaluationSection",
+    "Example",
     "GenerationSettings",
     "Hyperparameters",
     "ModelSection",
     "Recipe",
     "SearchParam",
     "SplitRatios",
+    "Splits",
     "T5Dims",
+    "TokenStats",
     "TokenizerSection",
     "TrainSection",
+    "autocast_context",
+    "build_model",
+    "build_tokenizer",
     "check_data",
+    "check_tokenization",
+    "encode_examples",
+    "load_model",
     "load_recipe",
+    "load_splits",
     "make_examples",
+    "make_grad_scaler",
     "parse_recipe",
+    "resolve_precision",
+    "save_model",
+    "validate_tokenization",
+    "verify_model_dir",
     "write_dataset",
 ]
