@@ -6,49 +6,11 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from modelyard.cli import main
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error(self) -> str:
-        lines = [line for line in self.err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: "), self.err
-        return lines[0]
-
-    def json(self) -> Any:
-        assert self.code == 0, self.err
-        return json.loads(self.out)
-
-
-Yard = Callable[..., Result]
-
-
-@pytest.fixture
-def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setenv("NO_COLOR", "1")
-
-    def run(*args: str | Path) -> Result:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
+from modelyard.testing import Yard
 
 
 def rows(path: Path) -> list[dict[str, str]]:

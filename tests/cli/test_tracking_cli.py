@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from modelyard.cli import main
 from modelyard.core import Platform
+from modelyard.testing import Yard
 from modelyard.tracking import Client
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Yard = Callable[..., Result]
-
-
-@pytest.fixture
-def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setenv("NO_COLOR", "1")
-
-    def run(*args: str | Path) -> Result:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 """Fixtures and contract suites shipped with modelyard, run over every backend (needs pytest)."""
 
+from modelyard.testing._cli import CliResult, Yard, cli_runner
 from modelyard.testing._contracts import ArtifactStoreContract, MetadataStoreContract
 from modelyard.testing._fixtures import actor, fresh_postgres_database, make_platform
 from modelyard.testing._s3server import moto_s3_server
 
 __all__ = [
     "ArtifactStoreContract",
+    "CliResult",
     "MetadataStoreContract",
+    "Yard",
     "actor",
+    "cli_runner",
     "fresh_postgres_database",
     "make_platform",
     "moto_s3_server",
