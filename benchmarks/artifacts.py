@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import filecmp
 import hashlib
-import importlib.util
 import io
 import os
 import platform as pyplatform
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from _common import dvc_available, dvc_repo, run, sync
 from rich.console import Console
 from rich.table import Table
 
@@ -106,17 +106,6 @@ def generate(directory: Path, shape: Shape, total: int, seed: int) -> list[Path]
     return files
 
 
-def sync() -> None:
-    """Flush dirty pages left by earlier steps so that no tool pays for another's writeback."""
-    subprocess.run(["sync"], check=True)
-
-
-def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {proc.stderr.strip()}")
-
-
 def timed(step: Callable[[], object]) -> float:
     start = time.perf_counter()
     step()
@@ -135,10 +124,6 @@ def check_same(src: Path, dst: Path) -> None:
     for name in {names[0], names[-1]}:
         if not filecmp.cmp(src / name, dst / name, shallow=False):
             raise RuntimeError(f"{dst / name} differs from {src / name}")
-
-
-def dvc_available() -> bool:
-    return importlib.util.find_spec("dvc") is not None
 
 
 # -- the tools -----------------------------------------------------------------------------------------
@@ -210,15 +195,7 @@ def bench_cp(src: Path, scratch: Path, *, durable: bool) -> tuple[float, float]:
 
 
 def bench_dvc(src: Path, scratch: Path) -> tuple[float, float]:
-    repo = scratch / "repo"
-    repo.mkdir()
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
-    dvc = [sys.executable, "-m", "dvc"]
-    run(["git", "init", "-q"], cwd=repo, env=env)
-    run([*dvc, "init", "--no-scm", "-q"], cwd=repo, env=env)
-    run([*dvc, "config", "core.analytics", "false"], cwd=repo, env=env)
-    # Keep DVC's state database inside the scratch directory, so it starts empty and is cleaned up.
-    run([*dvc, "config", "--local", "core.site_cache_dir", scratch / "site-cache"], cwd=repo, env=env)
+    repo, env, dvc = dvc_repo(scratch)
     data = repo / "data"
     run(["cp", "-r", src, data])
     sync()

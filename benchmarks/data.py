@@ -21,19 +21,18 @@ Run ``python benchmarks/data.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform as pyplatform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from _common import dvc_available, dvc_repo, run, sync
 from rich.console import Console
 from rich.table import Table
 
@@ -67,16 +66,6 @@ def touch_some(root: Path, rels: Sequence[str], seed: int) -> None:
     for rel in rels:
         path = root / rel
         path.write_bytes(rng.randbytes(path.stat().st_size))
-
-
-def sync() -> None:
-    subprocess.run(["sync"], check=True)
-
-
-def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
 def timed(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
@@ -137,22 +126,10 @@ def bench_in_process(src: Path, scratch: Path, rels: Sequence[str], seed: int) -
     return first, again
 
 
-def _dvc_repo(scratch: Path) -> tuple[Path, dict[str, str], list[str]]:
-    repo = scratch / "repo"
-    repo.mkdir()
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
-    dvc = [sys.executable, "-m", "dvc"]
-    run(["git", "init", "-q"], cwd=repo, env=env)
-    run([*dvc, "init", "--no-scm", "-q"], cwd=repo, env=env)
-    run([*dvc, "config", "core.analytics", "false"], cwd=repo, env=env)
-    run([*dvc, "config", "--local", "core.site_cache_dir", scratch / "site-cache"], cwd=repo, env=env)
-    return repo, env, dvc
-
-
 def bench_dvc_in_process(src: Path, scratch: Path, rels: Sequence[str], seed: int) -> tuple[float, float]:
     from dvc.repo import Repo
 
-    repo, _, _ = _dvc_repo(scratch)
+    repo, _, _ = dvc_repo(scratch)
     os.environ["DVC_NO_ANALYTICS"] = "1"
     warm = repo / "warm"
     warm.mkdir()
@@ -178,7 +155,7 @@ def bench_dvc_in_process(src: Path, scratch: Path, rels: Sequence[str], seed: in
 
 
 def bench_dvc(src: Path, scratch: Path, rels: Sequence[str], seed: int) -> tuple[float, float]:
-    repo, env, dvc = _dvc_repo(scratch)
+    repo, env, dvc = dvc_repo(scratch)
     data = repo / "data"
     run(["cp", "-r", src, data])
     settle()
@@ -215,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in [n for n in os.environ if n.startswith("YARD_")]:
         del os.environ[name]
     tools = list(args.tools)
-    if importlib.util.find_spec("dvc") is None:
+    if not dvc_available():
         for tool in ("dvc", "dvc-in-process"):
             if tool in tools:
                 out.print(f"{tool}: dvc is not installed, skipped (pip install -e '.[bench]')")

@@ -514,8 +514,7 @@ def _flush_at_exit(run: Run) -> None:
 
 # -- module-level helpers ------------------------------------------------------------------------------------
 def _active() -> Run:
-    client = _CURRENT.get()
-    run = client.active_run() if client is not None else None
+    run = active_run()
     if run is None:
         raise UsageError("no active run: call modelyard.start_run(...) first (or use a Client's run)")
     return run

@@ -415,30 +415,34 @@ def _put_pairs(s: Session, model: type[RunParam] | type[RunTag], run_id: str, va
             )
 
 
-def log_params(platform: Platform, ctx: Context, run_id: str, params: Mapping[str, object]) -> None:
+def _write_pairs(
+    platform: Platform,
+    ctx: Context,
+    run_id: str,
+    kind: str,
+    table: type[RunParam] | type[RunTag],
+    pairs: Mapping[str, object],
+    limit: int,
+) -> None:
+    """Validate, then write params or tags in one audited transaction (bad input refused and audited)."""
     check_run_id(run_id)
     resource = run_ref(run_id)
     platform.authorize(ctx, "run.write", resource)
     try:
-        values = check_pairs("param", params, MAX_PARAM_VALUE)
+        values = check_pairs(kind, pairs, limit)
     except UsageError as exc:
         raise platform.refuse(ctx, "run.write", resource, exc) from None
-    with platform.mutate(ctx, "run.write", resource, {"params": sorted(values)[:50]}) as s:
+    with platform.mutate(ctx, "run.write", resource, {f"{kind}s": sorted(values)[:50]}) as s:
         _run_row(s, ctx, run_id)
-        _put_pairs(s, RunParam, run_id, values)
+        _put_pairs(s, table, run_id, values)
+
+
+def log_params(platform: Platform, ctx: Context, run_id: str, params: Mapping[str, object]) -> None:
+    _write_pairs(platform, ctx, run_id, "param", RunParam, params, MAX_PARAM_VALUE)
 
 
 def set_tags(platform: Platform, ctx: Context, run_id: str, tags: Mapping[str, object]) -> None:
-    check_run_id(run_id)
-    resource = run_ref(run_id)
-    platform.authorize(ctx, "run.write", resource)
-    try:
-        values = check_pairs("tag", tags, MAX_TAG_VALUE)
-    except UsageError as exc:
-        raise platform.refuse(ctx, "run.write", resource, exc) from None
-    with platform.mutate(ctx, "run.write", resource, {"tags": sorted(values)[:50]}) as s:
-        _run_row(s, ctx, run_id)
-        _put_pairs(s, RunTag, run_id, values)
+    _write_pairs(platform, ctx, run_id, "tag", RunTag, tags, MAX_TAG_VALUE)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
