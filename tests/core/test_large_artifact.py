@@ -14,14 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import hashlib, json, sys
     from pathlib import Path
-    from modelyard.testing import make_platform
-
-    def vm_hwm_kib():
-        # Peak RSS of this address space. Not ru_maxrss: across vfork+exec that keeps the parent's peak.
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmHWM in /proc/self/status")
+    from modelyard.testing import make_platform, vm_hwm_kib
 
     SIZE = int(sys.argv[2])
     BLOCK = 1 << 20

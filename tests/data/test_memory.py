@@ -12,17 +12,10 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
-    from modelyard.testing import make_platform
+    from modelyard.testing import make_platform, vm_hwm_kib
     from modelyard.data import add_version, checkout, _manifest
 
     _manifest.RACY_NS = 0
-
-    def vm_hwm_kib():
-        # Peak RSS of this address space. Not ru_maxrss: across vfork+exec that keeps the parent's peak.
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
 
     def tree(root, n):
         for i in range(n):

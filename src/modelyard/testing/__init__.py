@@ -2,7 +2,7 @@
 
 from modelyard.testing._cli import CliResult, Yard, cli_runner
 from modelyard.testing._contracts import ArtifactStoreContract, MetadataStoreContract
-from modelyard.testing._fixtures import actor, fresh_postgres_database, make_platform
+from modelyard.testing._fixtures import actor, fresh_postgres_database, make_platform, vm_hwm_kib
 from modelyard.testing._s3server import moto_s3_server
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "fresh_postgres_database",
     "make_platform",
     "moto_s3_server",
+    "vm_hwm_kib",
 ]

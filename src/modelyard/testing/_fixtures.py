@@ -57,3 +57,12 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def vm_hwm_kib() -> int:
+    """Peak resident memory of this process in KiB (Linux). Not ru_maxrss: across vfork+exec that keeps
+    the parent's peak, so a test subprocess would report pytest's memory."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
