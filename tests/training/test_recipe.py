@@ -61,13 +61,14 @@ def test_full_example_parses() -> None:
     assert r.precision == "auto"
     assert r.hyperparameters.lr == pytest.approx(3e-4)
     assert r.evaluation.beams == 4
-    assert r.data.versions() == {"dataset": "normalise@1"} and r.data.group_field == "locale"
+    assert r.data.versions() == dict.fromkeys(("train", "validation", "test"), "normalise@1")
+    assert r.data.group_field == "locale"
     assert r.search is not None and "hyperparameters.lr" in r.search
 
 
 def test_tiny_example_parses() -> None:
     r = load_recipe(EXAMPLES / "recipe-tiny.yaml")
-    assert r.data.versions() == {"dataset": "normalise@1"}
+    assert r.data.versions() == dict.fromkeys(("train", "validation", "test"), "normalise@1")
     assert r.data.group_field == "locale"
     assert r.model.dims() == PRESETS["tiny"]
     assert r.tokenizer.train == "sentencepiece"
@@ -281,8 +282,7 @@ def test_params_are_flat_scalars() -> None:
     params = r.params()
     assert params["hyperparameters.lr"] == pytest.approx(3e-3)
     assert params["hyperparameters.max_steps"] == 1500
-    assert params["data.dataset"] == "normalise@1"
-    assert params["data.split.train"] == pytest.approx(0.8)
+    assert params["data.train"] == params["data.test"] == "normalise@1"
     assert params["model.preset"] == "tiny"
     assert params["tokenizer.train"] == "sentencepiece"
     assert params["checkpoints.keep_best"] == "true"

@@ -1,0 +1,166 @@
+"""``yard train`` and ``yard tune``: run a recipe, alone, under torchrun, or as an Optuna study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from modelyard.cli._app import acting, app, console, print_json, state, table
+from modelyard.errors import UsageError
+
+if TYPE_CHECKING:
+    from modelyard.training import Recipe
+
+
+def parse_sets(values: list[str]) -> dict[str, Any]:
+    """``--set section.key=value`` pairs; values are YAML scalars (``3e-4``, ``true``, ``[1, 2]``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes section.key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise UsageError(f"--set {key}: {raw!r} is not a YAML value") from None
+    return out
+
+
+def read_recipe(path: Path, sets: list[str]) -> tuple[Recipe, str]:
+    """The validated recipe with ``--set`` overrides applied, and the text to store with the run."""
+    import yaml
+
+    from modelyard.training import load_recipe
+
+    recipe = load_recipe(path)
+    overrides = parse_sets(sets)
+    if overrides:
+        recipe = recipe.with_overrides(overrides)
+        data = recipe.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = path.read_text(encoding="utf-8")
+    return recipe, text
+
+
+@app.command("train")
+def train_cmd(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this node (torchrun, DDP)."),
+    nnodes: str = typer.Option("1", "--nnodes", help="Nodes (or MIN:MAX) for a multi-node job."),
+    node_rank: int | None = typer.Option(None, "--node-rank", help="This node's rank (multi-node)."),
+    rdzv_endpoint: str | None = typer.Option(None, "--rdzv", "--rdzv-endpoint", help="HOST:PORT rendezvous."),
+    rdzv_id: str | None = typer.Option(None, "--rdzv-id", help="Job id shared by the nodes."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue RUN (id or prefix) or 'latest'."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    sets: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value."),
+    name: str | None = typer.Option(None, "--name", help="Run name."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train a recipe: data, tokenizer, model, loop with periodic validation and checkpoints, evaluation."""
+    recipe, text = read_recipe(recipe_path, sets)
+    launching = (nproc > 1 or nnodes != "1") and "WORLD_SIZE" not in os.environ
+    with acting() as (platform, ctx):
+        from modelyard.training import check_data
+
+        check_data(platform, ctx, recipe)  # missing versions fail before any process starts
+        if launching:
+            launcher = {
+                "nproc": nproc,
+                "nnodes": nnodes,
+                "node_rank": node_rank,
+                "rdzv_endpoint": rdzv_endpoint,
+                "rdzv_id": rdzv_id,
+            }
+            code = _launch(
+                recipe_path,
+                launcher,
+                resume=resume,
+                device=device,
+                sets=sets,
+                name=name,
+                no_progress=no_progress,
+            )
+            raise typer.Exit(code)
+        import transformers
+
+        from modelyard.tracking import Client
+        from modelyard.training._train import train
+
+        transformers.utils.logging.disable_progress_bar()  # ours is the one progress bar
+
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        client = Client(platform, project=state().project) if rank0 else None
+        try:
+            result = train(
+                recipe,
+                client=client,
+                recipe_text=text,
+                resume=resume,
+                device=device,
+                run_name=name,
+                progress=not no_progress and rank0,
+            )
+        finally:
+            if client is not None:
+                client.close()
+    if not rank0:
+        return
+    if as_json:
+        print_json(
+            {
+                "run_id": result.run_id,
+                "steps": result.steps,
+                "stopped_early": result.stopped_early,
+                "best": result.best,
+                "metrics": result.metrics,
+                "baseline": result.baseline,
+            }
+        )
+        return
+    console.print(f"run {result.run_id} finished after {result.steps} steps")
+    if result.metrics:
+        keys = sorted(result.metrics)
+        table(
+            "evaluation (test split)",
+            ["", *keys],
+            [
+                ["model", *(f"{result.metrics[k]:.4f}" for k in keys)],
+                ["copy baseline", *(f"{result.baseline.get(k, float('nan')):.4f}" for k in keys)],
+            ],
+        )
+
+
+def _launch(
+    recipe_path: Path,
+    launcher: dict[str, Any],
+    *,
+    resume: str | None,
+    device: str,
+    sets: list[str],
+    name: str | None,
+    no_progress: bool,
+) -> int:
+    """Re-run ``yard train`` under torchrun; the children get the same options minus the launcher's."""
+    from modelyard.training._dist import torchrun_argv
+
+    args = ["train", str(recipe_path.resolve()), "--device", device]
+    for item in sets:
+        args += ["--set", item]
+    if resume is not None:
+        args += ["--resume", resume]
+    if name is not None:
+        args += ["--name", name]
+    if no_progress:
+        args.append("--no-progress")
+    env = dict(os.environ)
+    if state().project:
+        env["YARD_PROJECT"] = state().project or ""
+    return subprocess.call(torchrun_argv(args, **launcher), env=env)

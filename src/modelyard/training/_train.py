@@ -1,0 +1,777 @@
+"""The training loop: the nine steps of a recipe, run by one process or by each rank of a torchrun job.
+
+Exactness rules (what makes ``--resume`` end bitwise equal to an uninterrupted run on CPU):
+
+* The order of examples is a permutation seeded by ``(seed, epoch)``; micro-batch ``i`` of an epoch is a fixed
+  slice of it, and rank ``r`` takes its fixed share. Resuming skips the batches already consumed by index, it
+  does not replay them.
+* Nothing but the model's dropout draws from the global RNG: the DataLoader gets its own generator, and every
+  rank's RNG state goes into the checkpoint.
+* Evaluation and checkpointing happen after an optimizer step, in that order, so the checkpoint holds the
+  state the uninterrupted run continues from.
+
+``hyperparameters.batch_size`` is the global micro-batch: with N processes each takes batch_size / N rows. The
+loss is the sum of token losses over the global micro-batch divided by its global token count, so N processes
+compute the same gradients as one process with the same batch (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelyard.errors import NotFoundError, UsageError
+from modelyard.training import _checkpoint as ck
+from modelyard.training import _dist
+from modelyard.training._data import Example
+
+if TYPE_CHECKING:
+    from modelyard.tracking import Client, Run
+    from modelyard.training._recipe import Recipe
+
+EvalHook = Callable[[int, dict[str, float]], None]
+
+
+class Pruned(Exception):
+    """Raised by an ``on_eval`` hook to stop a trial early (HPO pruning); the run ends KILLED."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    steps: int
+    stopped_early: bool
+    best: dict[str, Any]
+    #: final evaluation of the saved model on the test split (validation when there is no test split)
+    metrics: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def checkpoint_root(client: Client, run_id: str) -> Path:
+    return client.platform.settings.home / "checkpoints" / run_id
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+def _collate(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> dict[str, Any]:
+    import torch
+
+    n = len(rows)
+    src_len = max(len(s) for s, _ in rows)
+    tgt_len = max(len(t) for _, t in rows)
+    input_ids = torch.full((n, src_len), pad, dtype=torch.long)
+    mask = torch.zeros((n, src_len), dtype=torch.long)
+    labels = torch.full((n, tgt_len), -100, dtype=torch.long)
+    for i, (s, t) in enumerate(rows):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, : len(t)] = torch.tensor(t)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class _Rows:
+    """A map-style dataset over encoded pairs (the DataLoader's workers index it)."""
+
+    def __init__(self, sources: list[list[int]], targets: list[list[int]]) -> None:
+        self.sources, self.targets = sources, targets
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.sources[i], self.targets[i]
+
+
+def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global micro-batches of ``epoch``: a seeded permutation cut into full batches (rest dropped)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    return [order[i : i + batch] for i in range(0, n - batch + 1, batch)]
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Setup:
+    recipe: Recipe
+    dist: _dist.Dist
+    device: Any
+    precision: str
+    model: Any  # DDP-wrapped when distributed
+    core: Any  # the bare model
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    total_steps: int
+    steps_per_epoch: int
+    train_rows: _Rows
+    val: list[Example]
+    test: list[Example]
+    has_test: bool
+
+
+def _lr_scheduler(recipe: Recipe, optimizer: Any, total: int) -> Any:
+    import transformers
+
+    hp = recipe.hyperparameters
+    warmup = hp.warmup_steps if hp.warmup_steps is not None else int((hp.warmup_ratio or 0.0) * total)
+    if hp.schedule == "linear":
+        return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+    if hp.schedule == "cosine":
+        return transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _optimizer(recipe: Recipe, model: Any) -> Any:
+    import torch
+
+    hp = recipe.hyperparameters
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if "layer_norm" in name or name.endswith("bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": hp.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if hp.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=hp.lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(groups, lr=hp.lr)
+
+
+def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+    """Rank's micro-batches of ``epoch`` from global batch ``start`` on."""
+    import torch
+
+    recipe, dist = setup.recipe, setup.dist
+    local = recipe.hyperparameters.batch_size // dist.world
+    batches = epoch_batches(
+        len(setup.train_rows), recipe.hyperparameters.batch_size, recipe.hyperparameters.seed, epoch
+    )
+    mine = [b[dist.rank * local : (dist.rank + 1) * local] for b in batches[start:]]
+    pad = setup.tokenizer.pad_token_id
+    pin = recipe.distributed.pin_memory
+    workers = recipe.distributed.dataloader_workers
+    loader = torch.utils.data.DataLoader(
+        setup.train_rows,  # type: ignore[arg-type]
+        batch_sampler=mine,
+        collate_fn=lambda rows: _collate(rows, pad),
+        num_workers=workers,
+        pin_memory=(setup.device.type == "cuda") if pin == "auto" else bool(pin),
+        generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by worker seeding
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _token_losses(setup: _Setup, model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    """Sum of the token cross-entropies of ``batch`` and its number of target tokens."""
+    import torch.nn.functional as F
+
+    from modelyard.training._model import autocast_context
+
+    labels = batch["labels"]
+    decoder_input_ids = setup.core.prepare_decoder_input_ids_from_labels(labels=labels)
+    with autocast_context(setup.precision, setup.device):  # type: ignore[arg-type]
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
+        ).logits
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=setup.recipe.hyperparameters.label_smoothing,
+    )
+    return loss, int((labels != -100).sum())
+
+
+def validation_loss(setup: _Setup, examples: Sequence[Example]) -> float:
+    import torch
+
+    from modelyard.training._tokenize import encode_examples
+
+    if not examples:
+        return math.nan
+    enc = encode_examples(setup.tokenizer, examples, setup.recipe)
+    rows = list(zip(enc["input_ids"], enc["labels"], strict=True))
+    size = setup.recipe.evaluation.batch_size
+    total, tokens = 0.0, 0
+    was_training = setup.core.training
+    setup.core.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(rows), size):
+                batch = {k: v.to(setup.device) for k, v in _collate(rows[i : i + size], 0).items()}
+                batch["input_ids"][batch["attention_mask"] == 0] = setup.tokenizer.pad_token_id
+                loss, n = _token_losses(setup, setup.core, batch)
+                total, tokens = total + float(loss), tokens + n
+    finally:
+        setup.core.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _periodic_eval(setup: _Setup) -> dict[str, float]:
+    """Validation loss and generation metrics on up to ``train.eval_max_samples`` validation rows."""
+    from modelyard.training._eval import generate, score
+
+    recipe = setup.recipe
+    rows = setup.val[: recipe.train.eval_max_samples] if recipe.train.eval_max_samples else setup.val
+    out = {"loss": validation_loss(setup, rows)}
+    gen = recipe.train.generation
+    preds = generate(
+        setup.core,
+        setup.tokenizer,
+        [e.source for e in rows],
+        num_beams=gen.num_beams,
+        max_new_tokens=gen.max_new_tokens,
+        batch_size=recipe.evaluation.batch_size,
+        max_source_length=recipe.tokenizer.max_source_length,
+        device=setup.device,
+    )
+    scores = score(preds, [e.target for e in rows], recipe.evaluation.metrics)
+    out.update({k: float(v) for k, v in scores.overall.items()})
+    return out
+
+
+def _better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+
+
+def train(
+    recipe: Recipe,
+    *,
+    client: Client | None = None,
+    recipe_text: str | None = None,
+    resume: str | None = None,
+    device: str = "auto",
+    nested: bool = False,
+    run_name: str | None = None,
+    on_eval: EvalHook | None = None,
+    progress: bool = True,
+    final_eval: bool = True,
+) -> TrainResult:
+    """Run ``recipe`` (every rank of a torchrun job calls this; rank 0 needs ``client``). ``resume`` is a run
+    id or ``latest``. ``on_eval(step, metrics)`` is called on rank 0 after each periodic evaluation; raising
+    :class:`Pruned` there ends the run KILLED. Returns the run's result (on every rank)."""
+    import torch
+
+    from modelyard.training._data import load_splits
+    from modelyard.training._model import build_model, make_grad_scaler, resolve_precision
+
+    dist = _dist.from_env()
+    dev = _dist.pick_device(device, dist)
+    hp = recipe.hyperparameters
+    if hp.batch_size % dist.world:
+        raise UsageError(
+            f"hyperparameters.batch_size {hp.batch_size} (the global batch) must be divisible by the "
+            f"number of processes ({dist.world})"
+        )
+    if dist.main and client is None:
+        raise UsageError("rank 0 needs a tracking client")
+    _dist.init_group(dist, recipe.distributed.backend, dev)
+    run: Run | None = None
+    try:
+        # -- steps 1 and 2: data and tokenizer, on rank 0, shared with the other ranks ------------------
+        run_id, ckpt_path, splits, tok_files = None, None, None, None
+        if dist.main:
+            assert client is not None
+            run, ckpt_path = _open_run(client, recipe, recipe_text, resume, nested, run_name, dist)
+            run_id = run.id
+            splits = load_splits(client.platform, client.ctx, recipe)
+            if not splits.train:
+                raise UsageError("the training split is empty")
+            for spec in dict.fromkeys(splits.versions.values()):
+                run.use_dataset(spec)
+            tok_files = _tokenizer_files(recipe, splits.train, checkpoint_root(client, run.id))
+        run_id, ckpt_path, splits, tok_files = _dist.broadcast(dist, (run_id, ckpt_path, splits, tok_files))
+        assert splits is not None and run_id is not None
+        with tempfile.TemporaryDirectory(prefix="yard-tok-") as tmp:
+            tokenizer = _load_tokenizer(recipe, tok_files, Path(tmp))
+        if dist.main and run is not None:
+            _check_tokens(recipe, tokenizer, splits.train, run)
+
+        # -- step 3 and 4: model, optimizer, schedule ----------------------------------------------------
+        from modelyard.training._tokenize import encode_examples
+
+        enc = encode_examples(tokenizer, splits.train, recipe)
+        rows = _Rows(enc["input_ids"], enc["labels"])
+        per_epoch = (len(rows) // hp.batch_size) // hp.gradient_accumulation
+        if per_epoch == 0:
+            raise UsageError(
+                f"{len(rows)} training rows are fewer than one optimizer step "
+                f"(batch_size {hp.batch_size} x gradient_accumulation {hp.gradient_accumulation})"
+            )
+        total = hp.max_steps if hp.max_steps is not None else per_epoch * (hp.epochs or 1)
+        core = build_model(
+            recipe,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(hp.seed + 7919 * dist.rank)  # dropout: seeded, different per rank
+        precision = resolve_precision(recipe.precision, dev, core.config.model_type)
+        core.to(dev)
+        model = core
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None)
+        optimizer = _optimizer(recipe, core)
+        setup = _Setup(
+            recipe,
+            dist,
+            dev,
+            precision,
+            model,
+            core,
+            tokenizer,
+            optimizer,
+            _lr_scheduler(recipe, optimizer, total),
+            make_grad_scaler(precision, dev),
+            total,
+            per_epoch,
+            rows,
+            splits.validation,
+            splits.test or splits.validation,
+            bool(splits.test),
+        )
+        state = ck.TrainerState(world_size=dist.world)
+        if ckpt_path is not None:
+            state = _restore(setup, Path(ckpt_path))
+        if dist.main and run is not None:
+            run.log_params(
+                {
+                    "run.world_size": dist.world,
+                    "run.device": dev.type,
+                    "run.precision": precision,
+                    "run.total_steps": total,
+                    "run.train_rows": len(rows),
+                }
+            )
+        # -- steps 5-7: the loop -------------------------------------------------------------------------
+        _loop(setup, state, run, client, on_eval, progress)
+        # -- step 9: final model, evaluation and artifacts -----------------------------------------------
+        result = TrainResult(
+            run_id=run_id,
+            steps=state.step,
+            stopped_early=state.stopped_early,
+            best={"value": state.best_value, "step": state.best_step, "metric": recipe.checkpoints.metric},
+            last_eval=dict(state.last_eval),
+        )
+        if dist.main and run is not None and client is not None:
+            _finish(setup, state, run, client, recipe_text, result, final_eval)
+            run.end("FINISHED")
+        _dist.barrier(dist)
+        return result
+    except BaseException as exc:
+        if run is not None and run.status == "RUNNING":
+            status = "KILLED" if isinstance(exc, Pruned | KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):
+                run.end(status, f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    finally:
+        _dist.close_group(dist)
+
+
+def _open_run(
+    client: Client,
+    recipe: Recipe,
+    recipe_text: str | None,
+    resume: str | None,
+    nested: bool,
+    name: str | None,
+    dist: _dist.Dist,
+) -> tuple[Run, str | None]:
+    """Rank 0: a new run, or the resumed one and its newest complete checkpoint."""
+    from modelyard.tracking import _store
+
+    experiment = recipe.experiment or "default"
+    params = recipe.params()
+    if resume is None:
+        run = client.start_run(experiment, name=name, params=params, nested=nested)
+        _attach_job(client, run.id)
+        return run, None
+    run_id = _resolve_resume(client, experiment, resume)
+    stored = _store.get_run(client.platform, client.ctx, run_id).params
+    changed = sorted(k for k in set(stored) | set(params) if _differs(k, stored, params))
+    if changed:
+        raise UsageError(
+            f"run {run_id[:8]} was trained with a different recipe ({', '.join(changed[:5])}); "
+            "resume it with the same recipe, or start a new run"
+        )
+    root = checkpoint_root(client, run_id)
+    path = ck.latest_checkpoint(root)
+    run = client.start_run(run_id=run_id)
+    _attach_job(client, run.id)
+    if path is None:
+        warnings.warn(f"run {run_id[:8]} has no complete checkpoint; starting it from step 0", stacklevel=2)
+        return run, None
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))["trainer"]
+    if state["world_size"] != dist.world:
+        raise UsageError(
+            f"checkpoint {path.name} was written by {state['world_size']} processes; resume with "
+            f"--nproc {state['world_size']} (the data order and RNG streams depend on it)"
+        )
+    return run, str(path)
+
+
+def _differs(key: str, stored: dict[str, str], params: dict[str, Any]) -> bool:
+    if key.startswith("run."):
+        return False  # derived at run time, not part of the recipe
+    new = params.get(key)
+    return stored.get(key) != (None if new is None else _param_text(new))
+
+
+def _param_text(value: Any) -> str:
+    from modelyard.tracking._store import check_pairs
+
+    return check_pairs("param", {"v": value}, 10**6)["v"]
+
+
+def _resolve_resume(client: Client, experiment: str, resume: str) -> str:
+    from modelyard.tracking import _store
+
+    if resume != "latest":
+        return _store.resolve_run_id(client.platform, client.ctx, resume)
+    for info in client.search_runs(experiment, order_by=["start_time DESC"], max_results=200):
+        root = checkpoint_root(client, info.id)
+        if info.parent_id is None and root.is_dir() and any(root.glob("step-*/manifest.json")):
+            return info.id
+    raise NotFoundError(f"no run of experiment {experiment!r} has a checkpoint to resume")
+
+
+def _attach_job(client: Client, run_id: str) -> None:
+    job = os.environ.get("YARD_JOB_ID")
+    if not job:
+        return
+    from modelyard.training import _jobs  # type: ignore[attr-defined]
+
+    _jobs.attach_run(client.platform, client.ctx, job, run_id)
+
+
+def _tokenizer_files(recipe: Recipe, train: list[Example], root: Path) -> dict[str, bytes] | None:
+    """Rank 0: the trained tokenizer's files (trained once per run and kept beside its checkpoints, so a
+    resumed run uses the very same vocabulary). None for a pretrained model's tokenizer."""
+    from modelyard.training._tokenize import build_tokenizer
+
+    if recipe.tokenizer.train is None:
+        return None
+    tok_dir = root / "tokenizer"
+    if not (tok_dir / "done").is_file():
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        build_tokenizer(recipe, train, tok_dir)
+        (tok_dir / "done").write_text("ok\n", encoding="utf-8")
+    return {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file() and p.name != "done"}
+
+
+def _load_tokenizer(recipe: Recipe, files: dict[str, bytes] | None, tmp: Path) -> Any:
+    from modelyard.training._tokenize import build_tokenizer
+
+    if files is None:
+        return build_tokenizer(recipe, [], tmp)
+    from transformers import AutoTokenizer
+
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    return AutoTokenizer.from_pretrained(str(tmp), local_files_only=True)
+
+
+def _check_tokens(recipe: Recipe, tokenizer: Any, train: list[Example], run: Run) -> None:
+    from modelyard.training._tokenize import check_tokenization, validate_tokenization
+
+    stats = validate_tokenization(tokenizer, train, recipe)
+    run.log_metrics(stats.metrics(), step=0)
+    check_tokenization(stats, recipe)
+
+
+def _restore(setup: _Setup, path: Path) -> ck.TrainerState:
+    """Every rank: load rank 0's checkpoint (weights, optimizer, schedule, scaler) and its own RNG state."""
+    import torch
+
+    data = None
+    if setup.dist.main:
+        loaded = ck.load_checkpoint(path, setup.core)
+        data = (loaded, {k: v.cpu() for k, v in setup.core.state_dict().items()})
+    loaded, weights = _dist.broadcast(setup.dist, data)
+    if not setup.dist.main:
+        setup.core.load_state_dict(weights)
+    setup.optimizer.load_state_dict(loaded.optimizer)
+    setup.scheduler.load_state_dict(loaded.scheduler)
+    if loaded.scaler:
+        setup.scaler.load_state_dict(loaded.scaler)
+    ck.set_rng_state(loaded.rng[setup.dist.rank])
+    del torch
+    return loaded.state
+
+
+def _save(setup: _Setup, state: ck.TrainerState, client: Client | None, run: Run | None) -> None:
+    rngs = _dist.gather(setup.dist, ck.rng_state())
+    if setup.dist.main and client is not None and run is not None:
+        root = checkpoint_root(client, run.id)
+        ck.save_checkpoint(
+            root,
+            state,
+            model=setup.core,
+            optimizer=setup.optimizer,
+            scheduler=setup.scheduler,
+            scaler=setup.scaler,
+            rng=rngs,
+        )
+        cfg = setup.recipe.checkpoints
+        ck.prune_checkpoints(root, keep_last=cfg.keep_last, keep=state.best_step if cfg.keep_best else None)
+
+
+def _loop(
+    setup: _Setup,
+    state: ck.TrainerState,
+    run: Run | None,
+    client: Client | None,
+    on_eval: EvalHook | None,
+    show_progress: bool,
+) -> None:
+    import torch
+
+    recipe, dist, hp = setup.recipe, setup.dist, setup.recipe.hyperparameters
+    accum = hp.gradient_accumulation
+    log_every = recipe.train.log_every_steps
+    eval_every = recipe.train.eval_every_steps
+    ckpt_every = recipe.checkpoints.every_steps
+    window = [0.0, 0.0, 0.0, 0.0]  # loss sum, target tokens, all tokens, samples since the last log
+    t_window = time.perf_counter()
+    setup.model.train()
+    bar = _progress(show_progress and dist.main, setup.total_steps, state.step)
+    with bar:
+        while state.step < setup.total_steps and not state.stopped_early:
+            micro = 0
+            for batch in _loader(setup, state.epoch, state.batch_in_epoch):
+                batch = {k: v.to(setup.device, non_blocking=True) for k, v in batch.items()}
+                # Global token count first, so every rank normalises by the same number.
+                local_tokens = int((batch["labels"] != -100).sum())
+                global_tokens = (
+                    _dist.all_sum(dist, [float(local_tokens)])[0] if dist.enabled else local_tokens
+                )
+                last_micro = (micro + 1) % accum == 0
+                sync = setup.model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext()
+                with sync:
+                    loss_sum, _ = _token_losses(setup, setup.model, batch)
+                    loss = loss_sum / max(global_tokens, 1) * dist.world / accum
+                    setup.scaler.scale(loss).backward()
+                window[0] += float(loss_sum.detach())
+                window[1] += local_tokens
+                window[2] += local_tokens + int(batch["attention_mask"].sum())
+                window[3] += batch["input_ids"].shape[0]
+                state.batch_in_epoch += 1
+                micro += 1
+                if not last_micro:
+                    continue
+                _optimizer_step(setup)
+                state.step += 1
+                state.samples += hp.batch_size * accum
+                bar.advance()
+                if state.step % log_every == 0 or state.step == setup.total_steps:
+                    t_window = _log_train(setup, state, run, window, t_window)
+                if eval_every and (state.step % eval_every == 0 or state.step == setup.total_steps):
+                    _evaluate_step(setup, state, run, on_eval)
+                if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps:
+                    _save(setup, state, client, run)
+                if state.step >= setup.total_steps or state.stopped_early:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                continue
+            break
+    del torch
+
+
+def _optimizer_step(setup: _Setup) -> None:
+    import torch
+
+    max_norm = setup.recipe.hyperparameters.max_grad_norm
+    if max_norm is not None:
+        setup.scaler.unscale_(setup.optimizer)
+        torch.nn.utils.clip_grad_norm_(setup.core.parameters(), max_norm)
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    setup.scheduler.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+
+
+def _log_train(
+    setup: _Setup, state: ck.TrainerState, run: Run | None, window: list[float], since: float
+) -> float:
+    """Log the window's global mean token loss, learning rate and throughput; reset the window."""
+    loss_sum, labels, tokens, samples = _dist.all_sum(setup.dist, list(window))
+    now = time.perf_counter()
+    state.tokens += int(tokens)
+    if run is not None:
+        elapsed = max(now - since, 1e-9)
+        run.log_metrics(
+            {
+                "loss": loss_sum / max(labels, 1),
+                "lr": float(setup.scheduler.get_last_lr()[0]),
+                "tokens_per_s": tokens / elapsed,
+                "samples_per_s": samples / elapsed,
+                "epoch": state.epoch + state.batch_in_epoch / max(setup.steps_per_epoch * _accum(setup), 1),
+            },
+            step=state.step,
+        )
+    window[:] = [0.0] * len(window)
+    return now
+
+
+def _accum(setup: _Setup) -> int:
+    return setup.recipe.hyperparameters.gradient_accumulation
+
+
+def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_eval: EvalHook | None) -> None:
+    """Rank 0 evaluates while the others wait; the early-stopping decision is shared."""
+    recipe = setup.recipe
+    stop = False
+    if setup.dist.main:
+        metrics = _periodic_eval(setup)
+        state.last_eval = metrics
+        if run is not None:
+            run.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
+        cfg = recipe.checkpoints
+        value = metrics.get(cfg.metric)
+        if value is not None and _better(value, state.best_value, cfg.direction, 0.0):
+            state.best_value, state.best_step = value, state.step
+        es = recipe.train.early_stopping
+        if es is not None:
+            current = metrics.get(es.metric)
+            if current is not None and _better(current, state.es_best, es.direction, es.min_delta):
+                state.es_best, state.bad_evals = current, 0
+            else:
+                state.bad_evals += 1
+            stop = state.bad_evals >= es.patience
+        if on_eval is not None:
+            on_eval(state.step, dict(metrics))
+    state.stopped_early = bool(_dist.broadcast(setup.dist, stop))
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self) -> None:
+        return None
+
+
+class _Bar(_NoBar):
+    """A Rich progress bar with ETA, on stderr."""
+
+    def __init__(self, total: int, done: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task("train", total=total, completed=done)
+
+    def __enter__(self) -> _Bar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+
+
+def _progress(show: bool, total: int, done: int) -> _NoBar:
+    return _Bar(total, done) if show else _NoBar()
+
+
+def _finish(
+    setup: _Setup,
+    state: ck.TrainerState,
+    run: Run,
+    client: Client,
+    recipe_text: str | None,
+    result: TrainResult,
+    final_eval: bool,
+) -> None:
+    """Rank 0: store the model (the best checkpoint's weights when kept), the recipe and the evaluation."""
+    from modelyard.training._eval import evaluate
+    from modelyard.training._model import save_model
+
+    recipe = setup.recipe
+    root = checkpoint_root(client, run.id)
+    model_step = state.step
+    if recipe.checkpoints.keep_best and state.best_step is not None and state.best_step != state.step:
+        best = ck.step_dir(root, state.best_step)
+        if (best / ck.MANIFEST).is_file():
+            ck.load_checkpoint(best, setup.core)  # verified; only the weights are used
+            model_step = state.best_step
+    run.set_tags({"model_step": model_step, "stopped_early": state.stopped_early})
+    with tempfile.TemporaryDirectory(prefix="yard-model-") as tmp:
+        out = save_model(setup.core, setup.tokenizer, Path(tmp) / "model")
+        run.log_artifact(out, "model")
+        text = recipe_text if recipe_text is not None else _recipe_yaml(recipe)
+        (Path(tmp) / "recipe.yaml").write_text(text, encoding="utf-8")
+        run.log_artifact(Path(tmp) / "recipe.yaml", "recipe.yaml")
+        if final_eval and setup.test:
+            ev = recipe.evaluation
+            report = evaluate(
+                setup.core,
+                setup.tokenizer,
+                setup.test,
+                ev,
+                max_source_length=recipe.tokenizer.max_source_length,
+                baseline=True,
+                device=setup.device,
+            )
+            result.metrics = dict(report.overall)
+            result.baseline = dict(report.baseline.overall) if report.baseline is not None else {}
+            report.info.update({"run": run.id, "split": "test" if setup.has_test else "validation"})
+            run.log_metrics(report.metrics_to_log(), step=state.step)
+            (Path(tmp) / "report.json").write_text(report.to_json(), encoding="utf-8")
+            (Path(tmp) / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+            run.log_artifact(Path(tmp) / "report.json", "eval/report.json")
+            run.log_artifact(Path(tmp) / "report.md", "eval/report.md")
+
+
+def _recipe_yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
+__all__ = ["Pruned", "TrainResult", "checkpoint_root", "epoch_batches", "train"]
