@@ -418,13 +418,16 @@ def _open_run(
         _attach_job(client, run.id)
         return run, None
     run_id = _resolve_resume(client, experiment, resume)
-    stored = _store.get_run(client.platform, client.ctx, run_id).params
+    info = _store.get_run(client.platform, client.ctx, run_id)
+    stored = info.params
     changed = sorted(k for k in set(stored) | set(params) if _differs(k, stored, params))
     if changed:
         raise UsageError(
             f"run {run_id[:8]} was trained with a different recipe ({', '.join(changed[:5])}); "
             "resume it with the same recipe, or start a new run"
         )
+    if info.status == "FINISHED":
+        raise UsageError(f"run {run_id[:8]} has FINISHED; there is nothing to resume (start a new run)")
     root = checkpoint_root(client, run_id)
     path = ck.latest_checkpoint(root)
     run = client.start_run(run_id=run_id)
@@ -461,7 +464,8 @@ def _resolve_resume(client: Client, experiment: str, resume: str) -> str:
         return _store.resolve_run_id(client.platform, client.ctx, resume)
     for info in client.search_runs(experiment, order_by=["start_time DESC"], max_results=200):
         root = checkpoint_root(client, info.id)
-        if info.parent_id is None and root.is_dir() and any(root.glob("step-*/manifest.json")):
+        resumable = info.status != "FINISHED" and info.parent_id is None
+        if resumable and root.is_dir() and any(root.glob("step-*/manifest.json")):
             return info.id
     raise NotFoundError(f"no run of experiment {experiment!r} has a checkpoint to resume")
 
@@ -746,7 +750,7 @@ def _finish(
         run.log_artifact(out, "model")
         text = recipe_text if recipe_text is not None else _recipe_yaml(recipe)
         (Path(tmp) / "recipe.yaml").write_text(text, encoding="utf-8")
-        run.log_artifact(Path(tmp) / "recipe.yaml", "recipe.yaml")
+        run.log_artifact(Path(tmp) / "recipe.yaml")
         if final_eval and setup.test:
             ev = recipe.evaluation
             report = evaluate(
@@ -764,8 +768,8 @@ def _finish(
             run.log_metrics(report.metrics_to_log(), step=state.step)
             (Path(tmp) / "report.json").write_text(report.to_json(), encoding="utf-8")
             (Path(tmp) / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-            run.log_artifact(Path(tmp) / "report.json", "eval/report.json")
-            run.log_artifact(Path(tmp) / "report.md", "eval/report.md")
+            run.log_artifact(Path(tmp) / "report.json", "eval")
+            run.log_artifact(Path(tmp) / "report.md", "eval")
 
 
 def _recipe_yaml(recipe: Recipe) -> str:
