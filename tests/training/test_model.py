@@ -88,9 +88,13 @@ def test_tiny_preset_has_the_preset_dims_and_the_tokenizer_vocab(tiny: Any) -> N
         16,
     )
     assert c.vocab_size == VOCAB and c.feed_forward_proj == "gated-gelu"
-    # flan-t5 (T5 v1.1) style: transformers 5 always ties lm_head to the shared embedding and records
-    # tie_word_embeddings: false as "do not scale the decoder output"; transformers 4 unties the head.
-    assert getattr(c, "scale_decoder_outputs", None) is False or not c.tie_word_embeddings
+    # transformers 5 always ties lm_head to the shared embedding; scratch models scale the decoder output
+    # as a tied head needs, so the loss at init is near ln(vocab), not tens.
+    assert c.tie_word_embeddings
+    ids = torch.randint(3, VOCAB, (4, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss = float(tiny(input_ids=ids, labels=ids).loss)
+    assert loss < 2 * math.log(VOCAB)
     assert (c.pad_token_id, c.eos_token_id, c.decoder_start_token_id) == (0, 1, 0)
     assert tiny.get_input_embeddings().num_embeddings == VOCAB
     assert tiny.get_output_embeddings().out_features == VOCAB

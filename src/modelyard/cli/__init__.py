@@ -3,9 +3,11 @@
 # Importing a module registers its commands on the root app.
 from modelyard.cli import core as _core  # noqa: F401
 from modelyard.cli import data as _data  # noqa: F401
+from modelyard.cli import evaluate as _evaluate  # noqa: F401
 from modelyard.cli import examples as _examples  # noqa: F401
 from modelyard.cli import lineage as _lineage  # noqa: F401
 from modelyard.cli import tracking as _tracking  # noqa: F401
+from modelyard.cli import training as _training  # noqa: F401
 from modelyard.cli._app import app, main
 
 __all__ = ["app", "main"]

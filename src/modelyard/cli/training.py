@@ -94,7 +94,8 @@ def train_cmd(
         from modelyard.tracking import Client
         from modelyard.training._train import train
 
-        transformers.utils.logging.disable_progress_bar()  # ours is the one progress bar
+        hf_logging: Any = transformers.utils.logging
+        hf_logging.disable_progress_bar()  # ours is the one progress bar
 
         rank0 = int(os.environ.get("RANK", "0")) == 0
         client = Client(platform, project=state().project) if rank0 else None
@@ -164,3 +165,73 @@ def _launch(
     if state().project:
         env["YARD_PROJECT"] = state().project or ""
     return subprocess.call(torchrun_argv(args, **launcher), env=env)
+
+
+@app.command("tune")
+def tune_cmd(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML with a search: section."),
+    trials: int = typer.Option(20, "--trials", "-n", help="Trials in all (every worker's together)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe, random or grid."),
+    pruner: str = typer.Option("median", "--pruner", help="median, hyperband or none."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default EXPERIMENT-tune)."),
+    worker: bool = typer.Option(False, "--worker", help="Join an existing study and run trials for it."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampler seed."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop starting trials after SECONDS."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    sets: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Search the recipe's hyperparameter space with Optuna; each trial is a child run."""
+    recipe, text = read_recipe(recipe_path, sets)
+    with acting() as (platform, ctx):
+        import transformers
+
+        from modelyard.tracking import Client
+        from modelyard.training import check_data
+        from modelyard.training._tune import tune
+
+        check_data(platform, ctx, recipe)
+        hf_logging: Any = transformers.utils.logging
+        hf_logging.disable_progress_bar()
+        with Client(platform, project=state().project) as client:
+            result = tune(
+                recipe,
+                client=client,
+                recipe_text=text,
+                trials=trials,
+                sampler=sampler,
+                pruner=pruner,
+                study=study,
+                worker=worker,
+                seed=seed,
+                device=device,
+                timeout=timeout,
+            )
+    if as_json:
+        print_json(result.__dict__)
+        return
+    console.print(f"study {result.study}: parent run {result.parent_run}")
+    table(
+        "trials",
+        ["trial", "state", result.metric, "params", "run"],
+        [
+            [
+                t["number"],
+                t["state"],
+                "" if t["value"] is None else f"{t['value']:.4f}",
+                _params_text(t["params"]),
+                (t["run"] or "")[:8],
+            ]
+            for t in result.trials
+        ],
+    )
+    if result.best_value is not None:
+        console.print(f"best {result.metric} {result.best_value:.4f} (run {str(result.best_run)[:8]})")
+        if result.default_value is not None:
+            console.print(f"the recipe's own values gave {result.default_value:.4f}")
+    if result.importances:
+        table("importance", ["param", "importance"], [[k, f"{v:.3f}"] for k, v in result.importances.items()])
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

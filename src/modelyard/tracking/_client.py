@@ -318,12 +318,18 @@ class Client:
         nested: bool = False,
         run_id: str | None = None,
         capture: bool = True,
+        parent_id: str | None = None,
     ) -> Run:
         """Start a run (or, with ``run_id``, continue an existing one) and make it the active run.
 
         Inside an active run, ``nested=True`` starts a child (HPO trials); otherwise it is an error.
+        ``parent_id`` makes the new run a child of a run of another process (HPO workers of one study).
         ``capture`` records git commit and dirty flag, command line, Python, host and package versions."""
         parent = self.active_run()
+        if parent is not None and parent_id is not None:
+            raise UsageError(
+                "parent_id is for a run of another process; inside an active run use nested=True"
+            )
         if parent is not None and not nested:
             raise UsageError(
                 f"run {parent.id} is already active; end it first, or pass nested=True to start a child run"
@@ -339,7 +345,7 @@ class Client:
             if exp is None:
                 exp = parent.experiment if parent else _store.DEFAULT_EXPERIMENT
             all_tags: dict[str, object] = {}
-            if capture and parent is None:
+            if capture and parent is None and parent_id is None:
                 from modelyard.tracking._system import capture_tags
 
                 all_tags.update(capture_tags())
@@ -351,11 +357,11 @@ class Client:
                 name=name,
                 params=params,
                 tags=all_tags,
-                parent_id=parent.id if parent else None,
+                parent_id=parent.id if parent else parent_id,
                 host=socket.gethostname(),
                 pid=os.getpid(),
             )
-            run = Run(self, new_id, exp, parent.id if parent else None)
+            run = Run(self, new_id, exp, parent.id if parent else parent_id)
         with self._lock:
             self._active[run.id] = run
         self._stack.set((*self._stack.get(), run))
@@ -471,6 +477,30 @@ class Client:
 
     def list_artifacts(self, run_id: str) -> list[tuple[str, str, int]]:
         return _store.list_run_artifacts(self.platform, self.ctx, run_id)
+
+    def download_artifacts(
+        self,
+        run_id: str,
+        path: str = "",
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> Path:
+        """Verified copies of a run's artifacts under ``path`` (a folder such as ``"model"``, one artifact
+        such as ``"recipe.yaml"``, or ``""`` for all) in ``dest`` (default: a new temp directory, which the
+        caller removes). Returns the local path of what was asked for. A non-empty ``dest`` is refused
+        unless ``overwrite``."""
+        if dest is not None:
+            return _store.download_artifacts(self.platform, self.ctx, run_id, path, dest, overwrite=overwrite)
+        target = Path(tempfile.mkdtemp(prefix="yard-artifacts-"))
+        try:
+            return _store.download_artifacts(self.platform, self.ctx, run_id, path, target)
+        except BaseException:
+            try:
+                target.rmdir()  # still empty: nothing is moved in unless every file verified
+            except OSError:
+                pass
+            raise
 
     def list_experiments(self) -> list[tuple[str, int]]:
         return _store.list_experiments(self.platform, self.ctx)

@@ -698,6 +698,87 @@ def list_run_artifacts(platform: Platform, ctx: Context, run_id: str) -> list[tu
     return [(p, d, int(n)) for p, d, n in rows]
 
 
+def download_artifacts(
+    platform: Platform,
+    ctx: Context,
+    run_id: str,
+    prefix: str,
+    dest_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a run's artifacts into ``dest_dir``: every artifact under the folder ``prefix`` (``"model"``)
+    with its path relative to that folder, or the one artifact named ``prefix`` (``"recipe.yaml"``) as
+    ``dest_dir/<its name>``, or with ``""`` all of them. Returns the local path of what was asked for
+    (``dest_dir``, or the file).
+
+    Reads go through the artifact store (decrypted, every byte verified against its SHA-256) into a temp
+    directory beside ``dest_dir``, moved into place only once every file verified: a failure leaves
+    ``dest_dir`` as it was. Artifact paths are checked like any key (``..``, absolute paths, encodings,
+    symlinks in ``dest_dir``), so nothing lands outside it. A non-empty ``dest_dir`` is refused unless
+    ``overwrite`` (then files of the same name are replaced and other files are kept)."""
+    import shutil
+    import tempfile
+
+    from modelyard.core._artifacts import get_artifacts
+    from modelyard.core._paths import safe_join, safe_key
+
+    check_run_id(run_id)
+    if not isinstance(prefix, str):
+        raise UsageError(f"artifact path must be a string such as 'model', got {type(prefix).__name__}")
+    want = safe_key(prefix.rstrip("/"), what="artifact path") if prefix.rstrip("/") else ""
+    artifacts = list_run_artifacts(platform, ctx, run_id)
+    exact = [(p, d) for p, d, _ in artifacts if p == want]
+    single = bool(want) and bool(exact)
+    if single:
+        picked = [(want.rsplit("/", 1)[-1], exact[0][1])]
+    else:
+        cut = len(want) + 1 if want else 0
+        picked = [(p[cut:], d) for p, d, _ in artifacts if not want or p.startswith(want + "/")]
+    if not picked:
+        some = ", ".join(p for p, _, _ in artifacts[:10]) + (", ..." if len(artifacts) > 10 else "")
+        what = f"no artifact {want!r} and none under {want + '/'!r}" if want else "no artifacts"
+        raise NotFoundError(
+            f"run {run_id} has {what}" + (f"; its artifacts: {some}" if artifacts else ""), run_id=run_id
+        )
+    rels = [safe_key(rel, what="artifact path") for rel, _ in picked]
+
+    dest = Path(dest_dir)
+    if dest.is_symlink():
+        raise UnsafePathError(f"{dest} is a symbolic link; download into a real directory")
+    if dest.exists():
+        if not dest.is_dir():
+            raise UsageError(f"{dest} exists and is not a directory; give a new or empty directory")
+        if any(dest.iterdir()) and not overwrite:
+            raise UsageError(
+                f"{dest} is not empty; download into a new or empty directory (or allow overwriting)"
+            )
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'download'}.download-", dir=dest.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write into {dest.parent}: {exc.strerror or exc}") from None
+    try:
+        pairs = [(digest, safe_join(tmp, rel)) for rel, (_, digest) in zip(rels, picked, strict=True)]
+        get_artifacts(platform, ctx, pairs)
+        if not dest.exists() or not any(dest.iterdir()):
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+        else:
+            for rel in rels:
+                target = safe_join(dest, rel)
+                if target.is_dir():
+                    raise UsageError(f"cannot overwrite the directory {target} with the artifact {rel}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(safe_join(tmp, rel), target)
+    except OSError as exc:
+        raise UsageError(f"cannot write into {dest}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / rels[0] if single else dest
+
+
 def use_dataset(platform: Platform, ctx: Context, run_id: str, spec: str) -> str:
     """Record that the run reads dataset version ``name@N`` (``name`` alone: the latest version); returns
     the dataset reference of the edge dataset -> run (relation "input")."""

@@ -4,6 +4,7 @@ the training loop imports them when it runs."""
 from __future__ import annotations
 
 from modelyard.training._data import Example, Splits, load_splits
+from modelyard.training._eval import EvalReport, Scores, evaluate, generate, score
 from modelyard.training._exampledata import make_examples, write_dataset
 from modelyard.training._model import (
     DeviceCaps,
@@ -52,12 +53,14 @@ __all__ = [
     "DeviceCaps",
     "DistributedSection",
     "EarlyStopping",
+    "EvalReport",
     "EvaluationSection",
     "Example",
     "GenerationSettings",
     "Hyperparameters",
     "ModelSection",
     "Recipe",
+    "Scores",
     "SearchParam",
     "SplitRatios",
     "Splits",
@@ -71,6 +74,8 @@ __all__ = [
     "check_data",
     "check_tokenization",
     "encode_examples",
+    "evaluate",
+    "generate",
     "load_model",
     "load_recipe",
     "load_splits",
@@ -79,6 +84,7 @@ __all__ = [
     "parse_recipe",
     "resolve_precision",
     "save_model",
+    "score",
     "validate_tokenization",
     "verify_model_dir",
     "write_dataset",

@@ -185,7 +185,7 @@ class TokenizerSection(_Section):
 
 
 class T5Dims(_Section):
-    """The T5Config sizes of a model trained from scratch (flan-t5 uses gated-gelu and untied embeddings)."""
+    """The T5Config sizes of a model trained from scratch (gated-gelu as flan-t5; tied, scaled output)."""
 
     d_model: PositiveInt
     d_ff: PositiveInt
@@ -196,7 +196,9 @@ class T5Dims(_Section):
     dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
     feed_forward_proj: Literal["gated-gelu", "relu", "gelu"] = "gated-gelu"
     relative_attention_num_buckets: PositiveInt = 32
-    tie_word_embeddings: bool = False
+    # transformers 5 ties T5's output layer to the shared embedding whatever this says; true also scales the
+    # decoder output by d_model**-0.5, which a tied head needs (false: a loss near 36 at init for `tiny`).
+    tie_word_embeddings: bool = True
 
     @model_validator(mode="after")
     def _heads_fit(self) -> T5Dims:

@@ -128,20 +128,22 @@ class _Setup:
 def _lr_scheduler(recipe: Recipe, optimizer: Any, total: int) -> Any:
     import transformers
 
+    tf: Any = transformers  # untyped functions
     hp = recipe.hyperparameters
     warmup = hp.warmup_steps if hp.warmup_steps is not None else int((hp.warmup_ratio or 0.0) * total)
     if hp.schedule == "linear":
-        return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return tf.get_linear_schedule_with_warmup(optimizer, warmup, total)
     if hp.schedule == "cosine":
-        return transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
+        return tf.get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    return tf.get_constant_schedule_with_warmup(optimizer, warmup)
 
 
 def _optimizer(recipe: Recipe, model: Any) -> Any:
     import torch
 
     hp = recipe.hyperparameters
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if "layer_norm" in name or name.endswith("bias") else decay).append(p)
@@ -150,8 +152,9 @@ def _optimizer(recipe: Recipe, model: Any) -> Any:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if hp.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
+        from transformers import optimization
 
+        Adafactor: Any = optimization.Adafactor
         return Adafactor(groups, lr=hp.lr, scale_parameter=False, relative_step=False, warmup_init=False)
     return torch.optim.AdamW(groups, lr=hp.lr)
 
@@ -169,7 +172,7 @@ def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
     pad = setup.tokenizer.pad_token_id
     pin = recipe.distributed.pin_memory
     workers = recipe.distributed.dataloader_workers
-    loader = torch.utils.data.DataLoader(
+    loader: Any = torch.utils.data.DataLoader(
         setup.train_rows,  # type: ignore[arg-type]
         batch_sampler=mine,
         collate_fn=lambda rows: _collate(rows, pad),
@@ -270,6 +273,8 @@ def train(
     resume: str | None = None,
     device: str = "auto",
     nested: bool = False,
+    parent_id: str | None = None,
+    tags: dict[str, Any] | None = None,
     run_name: str | None = None,
     on_eval: EvalHook | None = None,
     progress: bool = True,
@@ -300,7 +305,7 @@ def train(
         run_id, ckpt_path, splits, tok_files = None, None, None, None
         if dist.main:
             assert client is not None
-            run, ckpt_path = _open_run(client, recipe, recipe_text, resume, nested, run_name, dist)
+            run, ckpt_path = _open_run(client, recipe, resume, run_name, dist, nested, parent_id, tags)
             run_id = run.id
             splits = load_splits(client.platform, client.ctx, recipe)
             if not splits.train:
@@ -402,11 +407,12 @@ def train(
 def _open_run(
     client: Client,
     recipe: Recipe,
-    recipe_text: str | None,
     resume: str | None,
-    nested: bool,
     name: str | None,
     dist: _dist.Dist,
+    nested: bool = False,
+    parent_id: str | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> tuple[Run, str | None]:
     """Rank 0: a new run, or the resumed one and its newest complete checkpoint."""
     from modelyard.tracking import _store
@@ -414,7 +420,9 @@ def _open_run(
     experiment = recipe.experiment or "default"
     params = recipe.params()
     if resume is None:
-        run = client.start_run(experiment, name=name, params=params, nested=nested)
+        run = client.start_run(
+            experiment, name=name, params=params, tags=tags, nested=nested, parent_id=parent_id
+        )
         _attach_job(client, run.id)
         return run, None
     run_id = _resolve_resume(client, experiment, resume)
@@ -474,7 +482,7 @@ def _attach_job(client: Client, run_id: str) -> None:
     job = os.environ.get("YARD_JOB_ID")
     if not job:
         return
-    from modelyard.training import _jobs  # type: ignore[attr-defined]
+    from modelyard.training import _jobs
 
     _jobs.attach_run(client.platform, client.ctx, job, run_id)
 
@@ -516,8 +524,6 @@ def _check_tokens(recipe: Recipe, tokenizer: Any, train: list[Example], run: Run
 
 def _restore(setup: _Setup, path: Path) -> ck.TrainerState:
     """Every rank: load rank 0's checkpoint (weights, optimizer, schedule, scaler) and its own RNG state."""
-    import torch
-
     data = None
     if setup.dist.main:
         loaded = ck.load_checkpoint(path, setup.core)
@@ -530,8 +536,8 @@ def _restore(setup: _Setup, path: Path) -> ck.TrainerState:
     if loaded.scaler:
         setup.scaler.load_state_dict(loaded.scaler)
     ck.set_rng_state(loaded.rng[setup.dist.rank])
-    del torch
-    return loaded.state
+    restored: ck.TrainerState = loaded.state
+    return restored
 
 
 def _save(setup: _Setup, state: ck.TrainerState, client: Client | None, run: Run | None) -> None:
@@ -559,7 +565,6 @@ def _loop(
     on_eval: EvalHook | None,
     show_progress: bool,
 ) -> None:
-    import torch
 
     recipe, dist, hp = setup.recipe, setup.dist, setup.recipe.hyperparameters
     accum = hp.gradient_accumulation
@@ -611,7 +616,6 @@ def _loop(
                 state.batch_in_epoch = 0
                 continue
             break
-    del torch
 
 
 def _optimizer_step(setup: _Setup) -> None:

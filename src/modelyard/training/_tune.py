@@ -1,0 +1,329 @@
+"""Step 8: hyperparameter search with Optuna over the recipe's ``search:`` space.
+
+Each trial is a child run of the study's parent run, trained by the same loop as ``yard train`` with the
+trial's values applied as recipe overrides; its objective is the best validation value of
+``checkpoints.metric`` (periodic evaluation; the test split is never used to choose). Pruners see every
+periodic evaluation.
+
+The study lives in the platform's database so workers on other machines join it (``--study NAME --worker``).
+Optuna keeps its own Alembic version table, which would collide with ours, so on PostgreSQL its tables live in
+a schema ``optuna`` of the same database; on SQLite (one machine by nature) in ``optuna.db`` beside
+``yard.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from modelyard.errors import NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from modelyard.core import Platform
+    from modelyard.tracking import Client
+    from modelyard.training._recipe import Recipe, SearchParam
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("none", "median", "hyperband")
+_STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class TuneResult:
+    study: str
+    parent_run: str
+    direction: str
+    metric: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run: str | None
+    default_value: float | None
+    importances: dict[str, float] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def storage(platform: Platform) -> Any:
+    """Optuna's RDBStorage in the platform's database (see the module docstring for where)."""
+    import optuna
+    from sqlalchemy import text
+
+    url = platform.settings.resolved_database_url
+    if url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(f"sqlite:///{platform.settings.home / 'optuna.db'}")
+    if url.startswith("postgresql"):
+        with platform.db.engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True}
+        )
+    raise UsageError(f"hyperparameter search needs SQLite or PostgreSQL, not {url.split(':', 1)[0]}")
+
+
+def _sampler(name: str, space: dict[str, SearchParam], seed: int | None) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        grid: dict[str, list[Any]] = {}
+        for path, p in space.items():
+            if p.type == "categorical":
+                grid[path] = list(p.choices or [])
+            elif p.step is not None and p.low is not None and p.high is not None:
+                n = math.floor((p.high - p.low) / p.step + 1e-9) + 1
+                values = [p.low + i * p.step for i in range(n)]
+                grid[path] = [int(v) for v in values] if p.type == "int" else values
+            else:
+                raise UsageError(f"--sampler grid needs choices or a step for search.{path}")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
+
+
+def _pruner(name: str, recipe: Recipe) -> Any:
+    import optuna
+
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        every = recipe.train.eval_every_steps or 1
+        return optuna.pruners.HyperbandPruner(
+            min_resource=every, max_resource=recipe.hyperparameters.max_steps or "auto"
+        )
+    raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)}, not {name!r}")
+
+
+def _suggest(trial: Any, path: str, p: SearchParam) -> Any:
+    if p.type == "categorical":
+        return trial.suggest_categorical(path, list(p.choices or []))
+    if p.type == "int":
+        return trial.suggest_int(path, int(p.low or 0), int(p.high or 0), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(path, float(p.low or 0), float(p.high or 0), step=p.step, log=p.log)
+
+
+def _get(recipe: Recipe, path: str) -> Any:
+    node: Any = recipe
+    for part in path.split("."):
+        node = getattr(node, part.replace("from", "from_")) if not isinstance(node, dict) else node.get(part)
+    return node
+
+
+def _defaults(recipe: Recipe, space: dict[str, SearchParam]) -> dict[str, Any]:
+    """The recipe's own values of the searched keys, where they lie inside the space (trial 0 tries them)."""
+    out: dict[str, Any] = {}
+    for path, p in space.items():
+        value = _get(recipe, path)
+        if value is None:
+            return {}
+        if p.type == "categorical":
+            if value not in (p.choices or []):
+                return {}
+        elif not (p.low is not None and p.high is not None and p.low <= value <= p.high):
+            return {}
+        out[path] = value
+    return out
+
+
+def tune(
+    recipe: Recipe,
+    *,
+    client: Client,
+    recipe_text: str | None = None,
+    trials: int,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    study: str | None = None,
+    worker: bool = False,
+    seed: int | None = None,
+    device: str = "auto",
+    timeout: float | None = None,
+) -> TuneResult:
+    """Run ``trials`` trials (in all, counting every worker's) of ``recipe``'s search space and report the
+    best. ``worker=True`` joins the existing ``study`` instead of creating it."""
+    import optuna
+
+    from modelyard.training._train import Pruned, train
+
+    space = recipe.search
+    if not space:
+        raise UsageError(
+            "the recipe has no search: section; declare the space to search, e.g. "
+            "search: {hyperparameters.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}"
+        )
+    if trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    if recipe.train.eval_every_steps is None:
+        raise UsageError("tuning needs train.eval_every_steps: the objective is the best validation value")
+    name = study or f"{recipe.experiment or 'default'}-tune"
+    if not _STUDY_RE.match(name):
+        raise UsageError(f"study name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    metric = recipe.checkpoints.metric
+    direction: Literal["minimize", "maximize"] = (
+        "minimize" if recipe.checkpoints.direction == "min" else "maximize"
+    )
+    store = storage(client.platform)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    experiment = recipe.experiment or "default"
+    resource = f"study:{client.ctx.project}/{name}"
+    if worker:
+        try:
+            st = optuna.load_study(study_name=name, storage=store, sampler=_sampler(sampler, space, seed))
+        except KeyError:
+            raise NotFoundError(f"study {name!r} not found; start it without --worker first") from None
+        parent_id = str(st.user_attrs.get("parent_run", ""))
+        if st.user_attrs.get("project") != client.ctx.project or not parent_id:
+            raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
+        st.pruner = _pruner(pruner, recipe)
+        parent = None
+    else:
+        existing = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+        if name in existing:
+            raise UsageError(f"study {name!r} exists; join it with --worker or choose another --study")
+        client.platform.authorize(client.ctx, "run.write", resource)
+        parent = client.start_run(
+            experiment,
+            name=name,
+            params={
+                "tune.trials": trials,
+                "tune.sampler": sampler,
+                "tune.pruner": pruner,
+                "tune.metric": metric,
+            },
+            tags={"study": name},
+        )
+        parent_id = parent.id
+        with client.platform.mutate(client.ctx, "run.write", resource, {"parent_run": parent_id}):
+            st = optuna.create_study(
+                study_name=name,
+                storage=store,
+                direction=direction,
+                sampler=_sampler(sampler, space, seed),
+                pruner=_pruner(pruner, recipe),
+            )
+        st.set_user_attr("parent_run", parent_id)
+        st.set_user_attr("project", client.ctx.project)
+        st.set_user_attr("metric", metric)
+        defaults = _defaults(recipe, space)
+        if defaults and sampler != "grid":
+            st.enqueue_trial(defaults, user_attrs={"defaults": True})
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {path: _suggest(trial, path, p) for path, p in space.items()}
+        try:
+            trial_recipe = recipe.with_overrides(values)
+        except UsageError as exc:
+            raise optuna.TrialPruned(f"invalid combination: {exc}") from None
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            value = metrics.get(metric)
+            if value is None or math.isnan(value):
+                return
+            trial.report(value, step)
+            if trial.should_prune():
+                raise Pruned(f"pruned at step {step} ({metric} {value:.4g})")
+
+        result = None
+        try:
+            result = train(
+                trial_recipe,
+                client=client,
+                recipe_text=None,
+                device=device,
+                run_name=f"{name}-trial-{trial.number}",
+                nested=parent is not None,  # this process's parent run is active
+                parent_id=None if parent is not None else parent_id,  # a worker's trials join it by id
+                on_eval=report,
+                progress=False,
+                final_eval=False,
+                tags={"study": name, "trial": trial.number},
+            )
+        except Pruned as exc:
+            raise optuna.TrialPruned(str(exc)) from None
+        trial.set_user_attr("run", result.run_id)
+        value = result.best.get("value")
+        if value is None or math.isnan(value):
+            raise UsageError(f"trial {trial.number} produced no {metric} value")
+        return float(value)
+
+    callbacks = [
+        optuna.study.MaxTrialsCallback(
+            trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+    ]
+    try:
+        st.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks, catch=())
+    except BaseException as exc:
+        if parent is not None:
+            parent.end(
+                "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", f"{type(exc).__name__}: {exc}"
+            )
+        raise
+    result = _summary(st, name, parent_id, metric, direction)
+    if parent is not None:
+        _record(parent, result, recipe_text)
+        parent.end("FINISHED")
+    return result
+
+
+def _summary(st: Any, name: str, parent_id: str, metric: str, direction: str) -> TuneResult:
+    import optuna
+
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = st.best_trial if done else None
+    defaults = [t for t in done if t.user_attrs.get("defaults")]
+    importances: dict[str, float] = {}
+    if len(done) >= 2:
+        try:
+            importances = {k: float(v) for k, v in optuna.importance.get_param_importances(st).items()}
+        except (RuntimeError, ValueError):  # e.g. every trial had the same value
+            importances = {}
+    return TuneResult(
+        study=name,
+        parent_run=parent_id,
+        direction=direction,
+        metric=metric,
+        best_value=None if best is None else float(best.value),
+        best_params={} if best is None else dict(best.params),
+        best_run=None if best is None else best.user_attrs.get("run"),
+        default_value=float(defaults[0].value) if defaults else None,
+        importances=importances,
+        trials=[
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": dict(t.params),
+                "run": t.user_attrs.get("run"),
+            }
+            for t in st.trials
+        ],
+    )
+
+
+def _record(parent: Any, result: TuneResult, recipe_text: str | None) -> None:
+    """The parent run keeps the outcome: best value and params, importances, and a JSON summary."""
+    if result.best_value is not None:
+        parent.log_metrics({f"best_{result.metric}": result.best_value})
+        parent.log_params({f"best.{k}": v for k, v in result.best_params.items()})
+        parent.set_tags({"best_run": result.best_run or ""})
+    if result.importances:
+        parent.log_metrics({f"importance.{k}": v for k, v in result.importances.items()})
+    with tempfile.TemporaryDirectory(prefix="yard-tune-") as tmp:
+        summary = Path(tmp) / "summary.json"
+        body = {k: v for k, v in result.__dict__.items()}
+        summary.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+        parent.log_artifact(summary, "tune")
+        if recipe_text is not None:
+            (Path(tmp) / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+            parent.log_artifact(Path(tmp) / "recipe.yaml")
+
+
+__all__ = ["PRUNERS", "SAMPLERS", "TuneResult", "storage", "tune"]

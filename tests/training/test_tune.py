@@ -1,0 +1,146 @@
+"""`yard tune`: Optuna over the recipe's search space, trials as child runs, the study in the platform's
+database (SQLite beside yard.db; a schema of the same PostgreSQL database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _tiny import RECIPE  # tests/training/_tiny.py
+
+from modelyard.config import load_settings
+from modelyard.core import Platform
+from modelyard.testing import Yard, cli_runner, make_platform
+from modelyard.tracking import Client
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "hyperparameters.lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
+    "hyperparameters.warmup_steps": {"type": "int", "low": 0, "high": 4, "step": 2},
+}
+
+LR_ONLY = {"type": "float", "low": 0.001, "high": 0.01}
+
+
+@pytest.fixture
+def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
+    return cli_runner(capsys, monkeypatch, tmp_path)
+
+
+def recipe_file(path: Path, **changes: Any) -> Path:
+    recipe = yaml.safe_load(yaml.safe_dump(RECIPE))
+    recipe["hyperparameters"]["max_steps"] = 8
+    recipe["train"]["eval_every_steps"] = 4
+    recipe["checkpoints"]["every_steps"] = 8
+    recipe["search"] = SPACE
+    recipe.update(changes)
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def make_data(yard: Yard, tmp_path: Path) -> None:
+    r = yard("examples", "make-data", tmp_path / "norm", "--rows", "300", "--seed", "1", "--version", "norm")
+    assert r.code == 0, r.err
+
+
+def test_eight_trials_as_child_runs_at_least_as_good_as_the_defaults(
+    yard: Yard, home: Path, tmp_path: Path
+) -> None:
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    recipe = recipe_file(tmp_path / "r.yaml")
+    r = yard("tune", recipe, "--trials", "8", "--sampler", "tpe", "--pruner", "none", "--seed", "3", "--json")
+    assert r.code == 0, r.err
+    result = r.json()
+    assert result["metric"] == "loss" and result["direction"] == "minimize"
+    values = [t["value"] for t in result["trials"] if t["state"] == "COMPLETE"]
+    assert len(values) == 8
+    assert len({tuple(sorted(t["params"].items())) for t in result["trials"]}) > 1  # it searched
+    # trial 0 is the recipe's own values; the best found is at least as good
+    assert result["trials"][0]["params"] == {"hyperparameters.lr": 3e-3, "hyperparameters.warmup_steps": 2}
+    assert result["default_value"] == values[0]
+    assert result["best_value"] <= result["default_value"]
+    assert set(result["importances"]) == set(SPACE)
+    with Client() as c:
+        parent = c.get_run(result["parent_run"])
+        assert parent.status == "FINISHED" and parent.tags["study"] == result["study"]
+        assert parent.params["best.hyperparameters.lr"] == str(result["best_params"]["hyperparameters.lr"])
+        children = [x for x in c.search_runs("t") if x.parent_id == parent.id]
+        assert len(children) == 8 and all(x.status == "FINISHED" for x in children)
+        best = c.get_run(result["best_run"])
+        assert best.parent_id == parent.id
+        assert best.params["hyperparameters.lr"] == str(result["best_params"]["hyperparameters.lr"])
+        assert any(name == "tune/summary.json" for name, _, _ in c.list_artifacts(parent.id))
+
+
+def test_a_worker_joins_the_study_and_the_total_is_capped(yard: Yard, home: Path, tmp_path: Path) -> None:
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    recipe = recipe_file(tmp_path / "r.yaml")
+    first = yard("tune", recipe, "--trials", "2", "--sampler", "random", "--study", "s", "--json")
+    assert first.code == 0, first.err
+    # the same study name again without --worker is refused, nothing runs
+    again = yard("tune", recipe, "--trials", "2", "--study", "s")
+    assert again.code == 2 and "exists; join it with --worker" in again.error
+    joined = yard("tune", recipe, "-n", "3", "--sampler", "random", "--study", "s", "--worker", "--json")
+    assert joined.code == 0, joined.err
+    trials = joined.json()["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2]  # 3 in all: the worker added one
+    parent = first.json()["parent_run"]
+    with Client() as c:
+        children = [x for x in c.search_runs("t") if x.parent_id == parent]
+    assert len(children) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "changes", "message"),
+    [
+        (["--trials", "0"], {}, "--trials must be at least 1"),
+        (["--sampler", "annealing"], {}, "--sampler must be one of"),
+        (["--pruner", "asha"], {}, "--pruner must be one of"),
+        (["--study", "../x"], {}, "study name '../x'"),
+        (["--study", "nope", "--worker"], {}, "study 'nope' not found"),
+        ([], {"search": None}, "no search: section"),
+        (["--sampler", "grid"], {"search": {"hyperparameters.lr": LR_ONLY}}, "grid needs choices or a step"),
+    ],
+)
+def test_bad_tune_requests_fail_before_any_trial(
+    yard: Yard, home: Path, tmp_path: Path, args: list[str], changes: dict[str, Any], message: str
+) -> None:
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    recipe = recipe_file(tmp_path / "r.yaml", **changes)
+    r = yard("tune", recipe, *args)
+    assert r.code in (1, 2) and message in r.error
+    with Client() as c:
+        assert c.search_runs("t") == []
+
+
+@pytest.mark.postgres
+def test_study_lives_in_its_own_schema_of_the_platform_database(
+    yard: Yard, postgres_url: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "pg-home"
+    make_platform(home, database_url=postgres_url).close()
+    env: dict[str, str | None] = {"YARD_HOME": str(home), "YARD_DATABASE_URL": postgres_url}
+    r = yard("examples", "make-data", tmp_path / "d", "-n", "300", "--version", "norm", env=env)
+    assert r.code == 0, r.err
+    recipe = recipe_file(tmp_path / "r.yaml")
+    r = yard("tune", recipe, "--trials", "2", "--study", "pg", "--json", env=env)
+    assert r.code == 0, r.err
+    import optuna
+
+    from modelyard.training._tune import storage
+
+    with Platform(load_settings(home=home, database_url=postgres_url)) as platform:
+        summaries = optuna.get_all_study_summaries(storage(platform), include_best_trial=False)
+        assert [s.study_name for s in summaries] == ["pg"] and summaries[0].n_trials == 2
+        from sqlalchemy import text
+
+        with platform.db.engine.connect() as conn:
+            ours = conn.execute(text("SELECT version_num FROM public.alembic_version")).scalar()
+            theirs = conn.execute(text("SELECT count(*) FROM optuna.trials")).scalar()
+        assert ours is not None and ours.startswith("000") and theirs == 2
