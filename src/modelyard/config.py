@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -42,6 +41,8 @@ class _HomeYamlSource(PydanticBaseSettingsSource):
         path = Path(home).expanduser() / CONFIG_FILE
         if not path.is_file():
             return {}
+        import yaml  # only when there is a file to read: it is a tenth of a CLI command's imports
+
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -80,6 +81,16 @@ class Settings(BaseSettings):
     flush_timeout_s: float = Field(default=30.0, gt=0)
     # Data: threads that hash and encrypt files (0 = one per CPU).
     data_workers: int = Field(default=0, ge=0)
+    # Job queue: how often a worker proves it is alive on the jobs it runs, after how long without that
+    # proof a RUNNING job goes back to the queue (or FAILED past its retries), the default retries, how often
+    # an idle worker polls, how long a cancelled job gets between SIGTERM and SIGKILL, and the container
+    # image of Kubernetes jobs (default modelyard:<version>).
+    job_heartbeat_s: float = Field(default=5.0, gt=0)
+    job_heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    job_max_retries: int = Field(default=2, ge=0, le=100)
+    job_poll_s: float = Field(default=1.0, gt=0)
+    job_kill_grace_s: float = Field(default=10.0, ge=0)
+    job_image: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -159,6 +170,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 def write_home_config(settings: Settings, values: dict[str, Any]) -> Path:
     """Persist chosen settings (region, URLs) to the home's config.yaml, keeping existing keys."""
+    import yaml
+
     path = settings.home / CONFIG_FILE
     current: dict[str, Any] = {}
     if path.is_file():

@@ -37,7 +37,6 @@ RECIPE: dict[str, Any] = {
 }
 
 
-
 def write_recipe(path: Path, **changes: Any) -> Path:
     recipe = yaml.safe_load(yaml.safe_dump(RECIPE))
     for dotted, value in changes.items():

@@ -26,6 +26,7 @@ from modelyard.tracking import Client
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture
 def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
     return cli_runner(capsys, monkeypatch, tmp_path)
@@ -117,6 +118,27 @@ def test_train_records_everything(yard: Yard, data_home: Path, tmp_path: Path) -
     # lineage: the run read norm@1
     shown = yard("lineage", "show", f"run:{info.id}")
     assert shown.code == 0 and "norm@1" in shown.out
+
+
+def test_early_stopping_and_dataloader_workers(yard: Yard, data_home: Path, tmp_path: Path) -> None:
+    """A min_delta no evaluation can beat stops after `patience` evaluations; batches come from 2 workers."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        hyperparameters__max_steps=40,
+        train__eval_every_steps=2,
+        train__early_stopping={"metric": "loss", "patience": 2, "min_delta": 100.0},
+        checkpoints__every_steps=None,
+        distributed__dataloader_workers=2,
+    )
+    r = yard("train", recipe, "--no-progress", "--json")
+    assert r.code == 0, r.err
+    result = r.json()
+    # the first evaluation sets the reference, the next two fail to improve it by 100
+    assert result["stopped_early"] and result["steps"] == 6
+    with Client() as c:
+        info = c.get_run(result["run_id"])
+        assert info.tags["stopped_early"] == "true"
+        assert [p.step for p in c.metric_history(info.id, ["val_loss"])["val_loss"]] == [2, 4, 6]
 
 
 # -- exact resume -----------------------------------------------------------------------------------------

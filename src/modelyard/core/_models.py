@@ -276,3 +276,52 @@ class LineageEdge(Base):
     relation: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(160))
+
+
+# -- job queue (issue 4) --------------------------------------------------------------------------------
+class Job(Base):
+    """A queued command (``train``, ``tune`` or ``eval`` of a stored recipe). Workers claim QUEUED rows
+    with ``SELECT ... FOR UPDATE SKIP LOCKED`` (SQLite: inside ``BEGIN IMMEDIATE``), highest ``priority``
+    first, then oldest; the claiming worker refreshes ``heartbeat_at``, and a RUNNING job whose heartbeat
+    is stale goes back to QUEUED (``retries`` + 1) or to FAILED past ``max_retries``. ``attempts`` counts
+    claims. ``backend`` is ``local`` (the queue) or ``kubernetes`` (handed to a cluster, never claimed)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_queue", "project_id", "status", "priority", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    command: Mapped[str] = mapped_column(String(16))
+    args: Mapped[str] = mapped_column(Text)  # JSON list of strings
+    recipe: Mapped[str] = mapped_column(Text)  # the YAML text, validated at submit
+    recipe_name: Mapped[str] = mapped_column(String(256))
+    backend: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str | None] = mapped_column(String(320), nullable=True)  # namespace/name
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[float] = mapped_column(Double)
+    gpus: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(BigInteger)  # bytes; 0 = not stated
+    max_retries: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    submitted_by: Mapped[str] = mapped_column(String(160))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class JobLog(Base):
+    """A chunk of a job's combined stdout and stderr, in ``id`` order per job (one writer per attempt)."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_id", "job_id", "id"),)
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[str] = mapped_column(Text)

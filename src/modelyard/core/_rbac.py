@@ -56,6 +56,13 @@ PERMISSIONS: dict[str, Role] = {
     "model.register": Role.SCIENTIST,
     "model.deploy": Role.ENGINEER,
     "model.approve": Role.APPROVER,
+    # Job queue: submit and cancel your own jobs as a scientist; cancelling someone else's job and running
+    # a worker (which executes queued jobs with the worker's own identity) are operations work.
+    "job.read": Role.VIEWER,
+    "job.write": Role.SCIENTIST,
+    "job.cancel": Role.SCIENTIST,
+    "job.cancel.any": Role.ENGINEER,
+    "worker.run": Role.ENGINEER,
 }
 
 

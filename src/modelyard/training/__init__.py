@@ -6,6 +6,16 @@ from __future__ import annotations
 from modelyard.training._data import Example, Splits, load_splits
 from modelyard.training._eval import EvalReport, Scores, evaluate, generate, score
 from modelyard.training._exampledata import make_examples, write_dataset
+from modelyard.training._jobs import (
+    JobInfo,
+    Worker,
+    attach_run,
+    cancel_job,
+    get_job,
+    iter_logs,
+    list_jobs,
+    submit_job,
+)
 from modelyard.training._model import (
     DeviceCaps,
     autocast_context,
@@ -58,6 +68,7 @@ __all__ = [
     "Example",
     "GenerationSettings",
     "Hyperparameters",
+    "JobInfo",
     "ModelSection",
     "Recipe",
     "Scores",
@@ -68,14 +79,20 @@ __all__ = [
     "TokenStats",
     "TokenizerSection",
     "TrainSection",
+    "Worker",
+    "attach_run",
     "autocast_context",
     "build_model",
     "build_tokenizer",
+    "cancel_job",
     "check_data",
     "check_tokenization",
     "encode_examples",
     "evaluate",
     "generate",
+    "get_job",
+    "iter_logs",
+    "list_jobs",
     "load_model",
     "load_recipe",
     "load_splits",
@@ -85,6 +102,7 @@ __all__ = [
     "resolve_precision",
     "save_model",
     "score",
+    "submit_job",
     "validate_tokenization",
     "verify_model_dir",
     "write_dataset",

@@ -18,6 +18,7 @@ compute the same gradients as one process with the same batch (up to float summa
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -175,7 +176,7 @@ def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
     loader: Any = torch.utils.data.DataLoader(
         setup.train_rows,  # type: ignore[arg-type]
         batch_sampler=mine,
-        collate_fn=lambda rows: _collate(rows, pad),
+        collate_fn=functools.partial(_collate, pad=pad),  # picklable for worker processes
         num_workers=workers,
         pin_memory=(setup.device.type == "cuda") if pin == "auto" else bool(pin),
         generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by worker seeding
@@ -748,7 +749,7 @@ def _finish(
         if (best / ck.MANIFEST).is_file():
             ck.load_checkpoint(best, setup.core)  # verified; only the weights are used
             model_step = state.best_step
-    run.set_tags({"model_step": model_step, "stopped_early": state.stopped_early})
+    run.set_tags({"model_step": model_step, "stopped_early": str(state.stopped_early).lower()})
     with tempfile.TemporaryDirectory(prefix="yard-model-") as tmp:
         out = save_model(setup.core, setup.tokenizer, Path(tmp) / "model")
         run.log_artifact(out, "model")

@@ -165,6 +165,7 @@ def tune(
     name = study or f"{recipe.experiment or 'default'}-tune"
     if not _STUDY_RE.match(name):
         raise UsageError(f"study name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    smp, prn = _sampler(sampler, space, seed), _pruner(pruner, recipe)  # bad names fail before any work
     metric = recipe.checkpoints.metric
     direction: Literal["minimize", "maximize"] = (
         "minimize" if recipe.checkpoints.direction == "min" else "maximize"
@@ -175,13 +176,13 @@ def tune(
     resource = f"study:{client.ctx.project}/{name}"
     if worker:
         try:
-            st = optuna.load_study(study_name=name, storage=store, sampler=_sampler(sampler, space, seed))
+            st = optuna.load_study(study_name=name, storage=store, sampler=smp)
         except KeyError:
             raise NotFoundError(f"study {name!r} not found; start it without --worker first") from None
         parent_id = str(st.user_attrs.get("parent_run", ""))
         if st.user_attrs.get("project") != client.ctx.project or not parent_id:
             raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
-        st.pruner = _pruner(pruner, recipe)
+        st.pruner = prn
         parent = None
     else:
         existing = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
@@ -205,8 +206,8 @@ def tune(
                 study_name=name,
                 storage=store,
                 direction=direction,
-                sampler=_sampler(sampler, space, seed),
-                pruner=_pruner(pruner, recipe),
+                sampler=smp,
+                pruner=prn,
             )
         st.set_user_attr("parent_run", parent_id)
         st.set_user_attr("project", client.ctx.project)

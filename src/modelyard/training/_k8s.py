@@ -1,0 +1,287 @@
+"""Kubernetes backend of the job queue: a ``batch/v1`` Job manifest for a submission, applied with the
+official ``kubernetes`` client (optional: ``pip install 'modelyard[k8s]'``).
+
+The pod needs nothing from the submitting machine: the recipe travels in a pod annotation, mounted as a
+file through a downward-API volume; the stores are reached through their URLs (PostgreSQL and an
+S3-compatible bucket: a SQLite file or a local folder on the submitter's disk would be unreachable); and
+every secret is a reference to a Kubernetes Secret (``secretKeyRef``), never a value: the master key, the
+API token the job acts with, the database password (libpq reads ``PGPASSWORD``; it is removed from the
+URL) and the S3 credentials.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import yaml
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from modelyard.core._platform import Context, Platform
+from modelyard.errors import BackendError, ConfigError, UsageError, ValidationError
+
+RECIPE_ANNOTATION = "modelyard.dev/recipe"
+RECIPE_DIR = "/etc/modelyard"
+WORK_DIR = "/work"
+# The Secret's keys and the environment variables they become. Optional ones may be missing from it.
+SECRET_KEYS: tuple[tuple[str, str, bool], ...] = (
+    ("YARD_MASTER_KEY", "master-key", False),
+    ("YARD_TOKEN", "token", False),
+    ("PGPASSWORD", "database-password", True),
+    ("AWS_ACCESS_KEY_ID", "aws-access-key-id", True),
+    ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key", True),
+)
+MAX_RECIPE_ANNOTATION = 200_000  # Kubernetes allows 256 KiB of annotations per object
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+
+
+def _label(value: str) -> str:
+    """A valid label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)[:63].strip("._-")
+    return cleaned or "x"
+
+
+def cpu_quantity(cpus: float) -> str:
+    return str(int(cpus)) if float(cpus).is_integer() else f"{round(cpus * 1000)}m"
+
+
+def memory_quantity(n: int) -> str:
+    for suffix, size in (("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def cluster_database_url(url: str) -> str:
+    """The database URL the pods use, without its password (that comes from the Secret as PGPASSWORD).
+    Only PostgreSQL: a SQLite file on this machine is not reachable from a cluster."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(f"database URL {url!r} is not a URL; expected postgresql://USER@HOST/DB") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise UsageError(
+            f"the kubernetes backend needs a PostgreSQL metadata store that the cluster can reach, not "
+            f"{parsed.get_backend_name()}; pass --cluster-database-url postgresql://USER@HOST/DB "
+            "(or set YARD_DATABASE_URL)"
+        )
+    if any(k.lower() == "password" for k in parsed.query):
+        raise UsageError(
+            "put the database password in the Secret (key database-password), not in the URL query"
+        )
+    # URL.set(password=None) means "unchanged"; the named-tuple _replace really drops it.
+    return parsed._replace(password=None).render_as_string(hide_password=False)
+
+
+def cluster_artifact_uri(uri: str) -> str:
+    if not uri.startswith("s3://") or "@" in uri.split("/", 3)[2]:
+        raise UsageError(
+            f"the kubernetes backend needs an S3-compatible artifact store that the cluster can reach, "
+            f"not {uri!r}; pass --cluster-artifact-uri s3://BUCKET/PREFIX (or set YARD_ARTIFACT_URI)"
+        )
+    return uri
+
+
+def job_name(command: str, job_id: int | None) -> str:
+    return f"yard-{command}-{job_id}" if job_id is not None else f"yard-{command}-{uuid.uuid4().hex[:10]}"
+
+
+def job_manifest(
+    platform: Platform,
+    ctx: Context,
+    req: Any,  # modelyard.training._jobs.JobRequest
+    *,
+    image: str | None = None,
+    namespace: str = "default",
+    secret_name: str = "modelyard",  # noqa: S107 (the name of a Kubernetes Secret, not a value)
+    database_url: str | None = None,
+    artifact_uri: str | None = None,
+    job_id: int | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job that runs ``python -m modelyard.cli <command> <recipe> [args]`` in a pod with the
+    requested CPUs, memory and ``nvidia.com/gpu``; ``backoffLimit`` is the job's max retries."""
+    from modelyard import __version__
+
+    settings = platform.settings
+    image = image or settings.job_image or f"modelyard:{__version__}"
+    if not _IMAGE.match(image):
+        raise ValidationError(f"image {image!r} is not a valid container image reference")
+    if not _DNS_LABEL.match(namespace):
+        raise ValidationError(f"namespace {namespace!r} is not a valid Kubernetes name (a DNS label)")
+    if not _SECRET_NAME.match(secret_name):
+        raise ValidationError(f"secret {secret_name!r} is not a valid Kubernetes Secret name")
+    db = cluster_database_url(database_url or settings.resolved_database_url)
+    store = cluster_artifact_uri(artifact_uri or settings.resolved_artifact_uri)
+    if len(req.recipe) > MAX_RECIPE_ANNOTATION:
+        raise ValidationError(
+            f"recipe {req.recipe_name!r} has {len(req.recipe)} characters; a Kubernetes job carries at most "
+            f"{MAX_RECIPE_ANNOTATION} (it travels in a pod annotation)"
+        )
+    name = name or job_name(req.command, job_id)
+    if not _DNS_LABEL.match(name):
+        raise ValidationError(f"job name {name!r} is not a valid Kubernetes name (a DNS label)")
+    from modelyard.training._jobs import priority_name
+
+    env: list[dict[str, Any]] = [
+        {"name": "YARD_DATABASE_URL", "value": db},
+        {"name": "YARD_ARTIFACT_URI", "value": store},
+        {"name": "YARD_REGION", "value": ctx.region},
+        {"name": "YARD_PROJECT", "value": ctx.project},
+        {"name": "YARD_HOME", "value": f"{WORK_DIR}/home"},
+        {"name": "HOME", "value": WORK_DIR},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if settings.s3_endpoint_url:
+        if "@" in settings.s3_endpoint_url:
+            raise UsageError("the S3 endpoint URL carries credentials; put them in the Secret instead")
+        env.append({"name": "YARD_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    if job_id is not None:
+        env.append({"name": "YARD_JOB_ID", "value": str(job_id)})
+    env += [
+        {
+            "name": var,
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key, "optional": optional}},
+        }
+        for var, key, optional in SECRET_KEYS
+    ]
+    requests: dict[str, str] = {"cpu": cpu_quantity(req.cpus)}
+    limits: dict[str, str] = {}
+    if req.memory:
+        requests["memory"] = limits["memory"] = memory_quantity(req.memory)
+    if req.gpus:
+        limits["nvidia.com/gpu"] = str(req.gpus)  # extended resources: requests default to limits
+    resources: dict[str, Any] = {"requests": requests}
+    if limits:
+        resources["limits"] = limits
+    labels = {
+        "app.kubernetes.io/name": "modelyard",
+        "app.kubernetes.io/component": "job",
+        "modelyard.dev/project": _label(ctx.project),
+        "modelyard.dev/command": req.command,
+        "modelyard.dev/priority": priority_name(req.priority),
+    }
+    if job_id is not None:
+        labels["modelyard.dev/job-id"] = str(job_id)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": req.command,
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": [
+                    "python",
+                    "-m",
+                    "modelyard.cli",
+                    req.command,
+                    f"{RECIPE_DIR}/recipe.yaml",
+                    *req.args,
+                ],
+                "workingDir": WORK_DIR,
+                "env": env,
+                "resources": resources,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [
+                    {"name": "recipe", "mountPath": RECIPE_DIR, "readOnly": True},
+                    {"name": "work", "mountPath": WORK_DIR},
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "recipe",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": "recipe.yaml",
+                            "fieldRef": {"fieldPath": f"metadata.annotations['{RECIPE_ANNOTATION}']"},
+                        }
+                    ]
+                },
+            },
+            {"name": "work", "emptyDir": {}},
+        ],
+    }
+    if req.gpus:
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": req.max_retries,
+            "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": {RECIPE_ANNOTATION: req.recipe}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML with multi-line strings (the recipe) as literal blocks, as a person would write them."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def manifest_yaml(manifest: dict[str, Any]) -> str:
+    return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=1000)
+
+
+def _client() -> Any:
+    try:
+        import kubernetes
+    except ImportError:
+        raise ConfigError(
+            "the kubernetes backend needs the kubernetes client: pip install 'modelyard[k8s]' "
+            "(or write the manifest with --dry-run and apply it with kubectl)"
+        ) from None
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        try:
+            kubernetes.config.load_kube_config()
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            raise ConfigError(
+                f"no Kubernetes configuration found (in-cluster or kubeconfig): {exc}"
+            ) from None
+    return kubernetes
+
+
+def apply_manifest(manifest: dict[str, Any]) -> str:
+    """Create the Job in its namespace; returns ``namespace/name``."""
+    k8s = _client()
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    try:
+        k8s.client.BatchV1Api().create_namespaced_job(namespace, manifest)
+    except k8s.client.exceptions.ApiException as exc:
+        raise BackendError(f"Kubernetes refused job {namespace}/{name}: {exc.status} {exc.reason}") from None
+    return f"{namespace}/{name}"
+
+
+def delete_job(external_id: str) -> None:
+    """Delete a Job (and its pods) created by :func:`apply_manifest`; one already gone is fine."""
+    k8s = _client()
+    namespace, _, name = external_id.partition("/")
+    try:
+        k8s.client.BatchV1Api().delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except k8s.client.exceptions.ApiException as exc:
+        if exc.status != 404:
+            raise BackendError(
+                f"Kubernetes could not delete job {external_id}: {exc.status} {exc.reason}"
+            ) from None

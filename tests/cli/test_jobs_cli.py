@@ -1,0 +1,279 @@
+"""`yard jobs ...` and `yard worker` in-process: submit, ls, show, logs -f, cancel, the Kubernetes manifest,
+and one-line errors for bad input that change nothing."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from modelyard.core import Platform, create_token
+from modelyard.core._models import Job
+from modelyard.testing import Yard, actor
+from modelyard.training import _jobs
+
+RECIPE = """\
+experiment: jobs-test
+data: {dataset: normalise@1}
+tokenizer: {train: sentencepiece, vocab_size: 128}
+model: {init: scratch, preset: tiny}
+hyperparameters: {lr: 1e-3, max_steps: 2, batch_size: 4}
+"""
+# A real but trivial job process (the queue machinery is what is tested here, not `yard train`).
+PRINTER = """
+import sys, time
+for i in range(int(sys.argv[1])):
+    print('line', i, flush=True)
+    time.sleep(0.03)
+"""
+
+
+@pytest.fixture
+def home_with_data(platform: Platform, tmp_path: Path) -> Platform:
+    from modelyard.data import add_version
+    from modelyard.training import write_dataset
+
+    write_dataset(tmp_path / "normalise", 40, seed=1)
+    add_version(platform, platform.context(), tmp_path / "normalise", "normalise")
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    return platform
+
+
+def _jobs_count(platform: Platform) -> int:
+    with platform.db.read() as s:
+        return int(s.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def test_submit_ls_show_cancel(yard: Yard, home_with_data: Platform) -> None:
+    r = yard(
+        "jobs", "submit", "recipe.yaml", "--cpus", "2", "--gpus", "0", "--memory", "8G", "--priority", "high"
+    )
+    assert r.code == 0, r.err
+    job_id = int(r.out.strip())
+    assert f"job {job_id} queued: train recipe.yaml (priority high)" in r.err
+    r = yard("jobs", "submit", "recipe.yaml", "-c", "tune", "--max-retries", "0", "--", "--trials", "4")
+    assert r.code == 0, r.err
+    second = int(r.out.strip())
+    listed = yard("jobs", "ls", "--json").json()
+    assert [j["id"] for j in listed] == [second, job_id]
+    first = listed[1]
+    assert (first["status"], first["priority"], first["cpus"], first["memory"]) == (
+        "QUEUED",
+        "high",
+        2.0,
+        "8G",
+    )
+    assert listed[0]["args"] == ["--trials", "4"] and listed[0]["command"] == "tune"
+    assert listed[0]["max_retries"] == 0
+    table = yard("jobs", "ls")
+    assert table.code == 0 and "recipe.yaml" in table.out and "2/0/8G" in table.out
+    shown = yard("jobs", "show", str(job_id), "--json").json()
+    assert shown["submitted_by"] and "recipe" not in shown
+    assert yard("jobs", "show", str(job_id)).code == 0
+    r = yard("jobs", "cancel", str(job_id))
+    assert r.code == 0 and f"job {job_id} cancelled" in r.out
+    assert [j["id"] for j in yard("jobs", "ls", "-s", "cancelled", "--json").json()] == [job_id]
+    r = yard("jobs", "cancel", str(job_id))
+    assert r.code == 2 and "already CANCELLED" in r.error
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["jobs", "submit", "recipe.yaml", "--memory", "8X"], 2, "memory '8X' is not a size"),
+        (["jobs", "submit", "recipe.yaml", "--memory", "-1G"], 2, "is not a size"),
+        (["jobs", "submit", "recipe.yaml", "--cpus", "-1"], 2, "cpus -1.0 is out of range"),
+        (["jobs", "submit", "recipe.yaml", "--cpus", "two"], 2, "Invalid value for '--cpus'"),
+        (["jobs", "submit", "recipe.yaml", "--gpus", "-2"], 2, "gpus -2 is out of range"),
+        (["jobs", "submit", "recipe.yaml", "--priority", "highest"], 2, "unknown priority 'highest'"),
+        (["jobs", "submit", "recipe.yaml", "-c", "shell"], 2, "unknown job command 'shell'"),
+        (["jobs", "submit", "recipe.yaml", "--backend", "slurm"], 2, "unknown backend 'slurm'"),
+        (["jobs", "submit", "recipe.yaml", "--dry-run"], 2, "--dry-run is an option of --backend kubernetes"),
+        (["jobs", "submit", "nope.yaml"], 2, "recipe 'nope.yaml' not found"),
+        (["jobs", "submit", "bad.yaml"], 2, "bogus"),
+        (["jobs", "submit", "nodata.yaml"], 1, "normalise@9"),
+        (["jobs", "show", "99"], 1, "job 99 not found in project 'default'"),
+        (["jobs", "show", "abc"], 2, "'abc' is not a job id"),
+        (["jobs", "cancel", "99"], 1, "job 99 not found"),
+        (["jobs", "logs", "99"], 1, "job 99 not found"),
+        (["jobs", "ls", "--status", "DONE"], 2, "unknown job status 'DONE'"),
+        (["worker", "--cpus", "-1"], 2, "worker cpus -1.0 is out of range"),
+        (["worker", "--memory", "lots"], 2, "is not a size"),
+        (["worker", "--max-jobs", "0"], 2, "max jobs 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(
+    yard: Yard, home_with_data: Platform, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "bad.yaml").write_text(RECIPE + "bogus: 1\n")
+    (tmp_path / "nodata.yaml").write_text(RECIPE.replace("normalise@1", "normalise@9"))
+    r = yard(*args)
+    assert r.code == code, r.err
+    assert message in r.error
+    assert _jobs_count(home_with_data) == 0
+
+
+def test_roles_through_tokens(yard: Yard, home_with_data: Platform) -> None:
+    admin = home_with_data.context()
+    actor(home_with_data, admin, "vic", "viewer")
+    _, token = create_token(home_with_data, admin, "vic")
+    r = yard("jobs", "submit", "recipe.yaml", env={"YARD_TOKEN": token})
+    assert r.code == 1 and "needs the scientist role" in r.error
+    r = yard("worker", "--exit-when-idle", env={"YARD_TOKEN": token})
+    assert r.code == 1 and "needs the engineer role" in r.error
+    assert yard("jobs", "ls", env={"YARD_TOKEN": token}).code == 0
+    assert _jobs_count(home_with_data) == 0
+
+
+def test_worker_exits_when_idle(yard: Yard, home_with_data: Platform) -> None:
+    r = yard("worker", "--cpus", "2", "--gpus", "0", "--memory", "4G", "--exit-when-idle", "--name", "w1")
+    assert r.code == 0, r.err
+    assert "worker w1: project default, 2 cpus, 0 gpus, 4G memory" in r.err
+    assert "stopped after 0 job(s)" in r.err
+
+
+def test_logs_follow_prints_everything_to_the_end(yard: Yard, home_with_data: Platform) -> None:
+    platform = home_with_data
+    job_id = int(yard("jobs", "submit", "recipe.yaml").out)
+    fast = Platform(platform.settings.model_copy(update={"job_poll_s": 0.1, "job_heartbeat_s": 0.2}))
+    worker = _jobs.Worker(
+        fast,
+        fast.context(),
+        cpus=1,
+        memory="1G",
+        exit_when_idle=True,
+        executor=lambda job, recipe: [sys.executable, "-c", PRINTER, "40"],
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        r = yard("jobs", "logs", str(job_id), "-f")
+    finally:
+        thread.join(timeout=60)
+    assert r.code == 0, r.err
+    assert r.out.splitlines() == [f"line {i}" for i in range(40)]
+    assert f"job {job_id} SUCCEEDED" in r.err
+    again = yard("jobs", "logs", str(job_id))  # without -f: what is stored, at once
+    assert again.out == r.out
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------------------
+CLUSTER = [
+    "--cluster-database-url",
+    "postgresql+psycopg://yard:hunter2@db.internal:5432/yard?sslmode=require",
+    "--cluster-artifact-uri",
+    "s3://models/yard",
+]
+
+
+def _validate(manifest: dict[str, object]) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    # strict: unknown fields are errors too. The schemas ship inside the package: nothing is downloaded.
+    kv.validate(manifest, kv.latest_version(), strict=True)
+
+
+def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
+    yard: Yard, home_with_data: Platform, tmp_path: Path
+) -> None:
+    r = yard(
+        "jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "--cpus", "2", "--gpus",
+        "1", "--memory", "8G", "--priority", "urgent", "--image", "registry.example/modelyard:0.1",
+        "--max-retries", "3", "--namespace", "ml", "--secret", "yard-secrets", *CLUSTER, "--", "--nproc", "1",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    manifest = yaml.safe_load(r.out)
+    _validate(manifest)
+    assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "Job")
+    assert manifest["metadata"]["namespace"] == "ml" and manifest["spec"]["backoffLimit"] == 3
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/modelyard:0.1"
+    assert container["command"] == [
+        "python", "-m", "modelyard.cli", "train", "/etc/modelyard/recipe.yaml", "--nproc", "1",
+    ]  # fmt: skip
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+    }
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["YARD_DATABASE_URL"]["value"] == "postgresql+psycopg://yard@db.internal:5432/yard?sslmode=require"
+    )
+    assert env["YARD_ARTIFACT_URI"]["value"] == "s3://models/yard"
+    for name, key in [
+        ("YARD_MASTER_KEY", "master-key"),
+        ("YARD_TOKEN", "token"),
+        ("PGPASSWORD", "database-password"),
+    ]:
+        assert "value" not in env[name]
+        assert env[name]["valueFrom"]["secretKeyRef"] == {
+            "name": "yard-secrets",
+            "key": key,
+            "optional": name == "PGPASSWORD",
+        }
+    # No secret value anywhere: not the database password, not the master key.
+    assert "hunter2" not in r.out
+    key_file = home_with_data.settings.resolved_key_file
+    assert key_file.read_text().strip() not in r.out
+    # The recipe travels in the pod's annotation and is mounted as the file the command reads.
+    annotations = manifest["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["modelyard.dev/recipe"] == RECIPE
+    assert pod["volumes"][0]["downwardAPI"]["items"][0]["path"] == "recipe.yaml"
+    assert _jobs_count(home_with_data) == 0  # a dry run records nothing
+
+    out = tmp_path / "job.yaml"
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "-o", out, *CLUSTER)
+    assert r.code == 0 and r.out == "" and f"wrote {out}" in r.err
+    cpu_only = yaml.safe_load(out.read_text())
+    _validate(cpu_only)
+    resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "1"}}
+    assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
+
+
+def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platform, tmp_path: Path) -> None:
+    platform = home_with_data
+    manifest, info = _jobs.submit_kubernetes_job(
+        platform, platform.context(), tmp_path / "recipe.yaml", cpus=0.5, memory="1536M", dry_run=True,
+        database_url="postgresql://yard@db/yard", artifact_uri="s3://b/p",
+    )  # fmt: skip
+    _validate(manifest)
+    assert info is None
+    resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "500m", "memory": "1536Mi"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "needs a PostgreSQL metadata store that the cluster can reach, not sqlite"),
+        (CLUSTER[:2], "needs an S3-compatible artifact store"),
+        (
+            ["--cluster-database-url", "postgresql://u@h/d?password=x", *CLUSTER[2:]],
+            "put the database password",
+        ),
+        ([*CLUSTER, "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not a valid Kubernetes name"),
+        ([*CLUSTER, "--image", "bad image"], "image 'bad image' is not a valid container image"),
+        ([*CLUSTER, "--gpus", "-1"], "gpus -1 is out of range"),
+    ],
+)
+def test_kubernetes_bad_input(yard: Yard, home_with_data: Platform, extra: list[str], message: str) -> None:
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", *extra)
+    assert r.code == 2, r.err
+    assert message in r.error
+
+
+def test_kubernetes_apply_without_the_client_is_a_clear_error(yard: Yard, home_with_data: Platform) -> None:
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("the kubernetes client is installed: applying would need a cluster")
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", *CLUSTER)
+    assert r.code == 1 and "pip install 'modelyard[k8s]'" in r.error
+    assert _jobs_count(home_with_data) == 0

@@ -1,0 +1,680 @@
+"""The job queue with real worker processes, real signals and a real PostgreSQL queue.
+
+Why a trivial executor: `yard train` of even the tiny recipe takes seconds of torch start-up and training
+per job, so twenty of them, or a job that must still be running when its worker is SIGKILLed, would make
+these tests slow and timing-dependent. The queue machinery (claim, heartbeat, reaper, retry, logs, cancel,
+process groups, PR_SET_PDEATHSIG) is the same whatever the job's argv is, so these tests give the real
+Worker a real but trivial executor: a small Python child (CHILD below) that records that it ran, prints,
+sleeps and exits as asked. The default executor (`python -m modelyard.cli train ...`) is covered by
+test_train_job_end_to_end, skipped while `yard train` does not exist.
+
+Run as a script (``python test_jobs.py worker NAME MARKS [--cpus N] [--drain]``) this file is the worker
+process of the multi-process tests; its settings come from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from modelyard.core import Context, Platform, create_project
+from modelyard.core._models import AuditRecord, Job, JobLog
+from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
+from modelyard.testing import actor, make_platform
+from modelyard.training import _jobs
+
+HERE = Path(__file__)
+RECIPE = """\
+experiment: jobs-test
+data: {dataset: normalise@1}
+tokenizer: {train: sentencepiece, vocab_size: 128}
+model: {init: scratch, preset: tiny}
+hyperparameters: {lr: 1e-3, max_steps: 2, batch_size: 4}
+"""
+
+# The job's process: records (job, attempt, worker, pid, resume run) in MARKS, prints, sleeps, exits.
+CHILD = r"""
+import os, signal, sys, time
+job, attempt, recipe, marks, worker, resume, *opts = sys.argv[1:]
+def opt(name, default):
+    return opts[opts.index(name) + 1] if name in opts else default
+if "--ignore-term" in opts:
+    signal.signal(signal.SIGTERM, lambda *a: print("got SIGTERM, ignoring", flush=True))
+mode = oct(os.stat(recipe).st_mode & 0o777)
+with open(marks, "a") as f:
+    f.write(f"{job} {attempt} {worker} {os.getpid()} {resume}\n")
+print(f"job {job} attempt {attempt} env {os.environ['YARD_JOB_ID']} recipe {mode} "
+      f"gpus [{os.environ['CUDA_VISIBLE_DEVICES']}]", flush=True)
+for i in range(int(opt("--lines", "0"))):
+    print(f"line {i}", flush=True)
+    time.sleep(float(opt("--every", "0.05")))
+print("to stderr", file=sys.stderr, flush=True)
+time.sleep(float(opt("--sleep", "0")))
+sys.exit(int(opt("--exit", "0")))
+"""
+
+
+def trivial_executor(marks: Path) -> _jobs.Executor:
+    def argv(job: _jobs.JobInfo, recipe_file: Path) -> list[str]:
+        real = _jobs.cli_argv(job, recipe_file)  # what the default executor would run: shows --resume
+        resume = real[real.index("--resume") + 1] if "--resume" in real else "-"
+        ids = [str(job.id), str(job.attempts), str(recipe_file), str(marks), job.worker or "?", resume]
+        return [sys.executable, "-c", CHILD, *ids, *job.args]
+
+    return argv
+
+
+def read_marks(marks: Path) -> list[tuple[int, int, str, int, str]]:
+    if not marks.exists():
+        return []
+    out = []
+    for line in marks.read_text().splitlines():
+        job, attempt, worker, pid, resume = line.split()
+        out.append((int(job), int(attempt), worker, int(pid), resume))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie no-one reaped is dead
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def jobs_by_id(platform: Platform) -> dict[int, Job]:
+    with platform.db.read() as s:
+        return {j.id: j for j in s.scalars(select(Job))}
+
+
+def fast(platform: Platform, **extra: float) -> Platform:
+    """The same store with short heartbeat, timeout and grace settings."""
+    values = {
+        "job_heartbeat_s": 0.2,
+        "job_heartbeat_timeout_s": 1.5,
+        "job_poll_s": 0.1,
+        "job_kill_grace_s": 0.5,
+        **extra,
+    }
+    return Platform(platform.settings.model_copy(update=values))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_platform(request: pytest.FixtureRequest, home: Path) -> Iterator[Platform]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    p = make_platform(home, database_url=url)
+    yield p
+    p.close()
+
+
+def _dataset(platform: Platform, ctx: Context, tmp: Path) -> None:
+    from modelyard.data import add_version
+    from modelyard.training import write_dataset
+
+    write_dataset(tmp / "normalise", 40, seed=1)
+    add_version(platform, ctx, tmp / "normalise", "normalise")
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture
+def queue(any_platform: Platform, tmp_path: Path, recipe: Path) -> tuple[Platform, Context, Path]:
+    ctx = any_platform.context()
+    _dataset(any_platform, ctx, tmp_path)
+    return any_platform, ctx, recipe
+
+
+@pytest.fixture
+def local_queue(platform: Platform, tmp_path: Path, recipe: Path) -> tuple[Platform, Context, Path]:
+    ctx = platform.context()
+    _dataset(platform, ctx, tmp_path)
+    return platform, ctx, recipe
+
+
+class ThreadWorker:
+    """A real Worker running in a thread of the test process (its jobs are real subprocesses)."""
+
+    def __init__(self, platform: Platform, ctx: Context, marks: Path, **options: object) -> None:
+        options.setdefault("exit_when_idle", True)
+        self.worker = _jobs.Worker(platform, ctx, executor=trivial_executor(marks), **options)  # type: ignore[arg-type]
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> _jobs.Worker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        """A draining worker (exit_when_idle) is waited for; any other is stopped."""
+        if not self.worker.exit_when_idle or exc[0] is not None:
+            self.worker.stop()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "worker thread did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+# -- two worker processes, one queue ------------------------------------------------------------------------
+def _env(platform: Platform, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    env["YARD_HOME"] = str(platform.settings.home)
+    if platform.settings.database_url:
+        env["YARD_DATABASE_URL"] = platform.settings.database_url
+    env.update(YARD_JOB_HEARTBEAT_S="0.2", YARD_JOB_HEARTBEAT_TIMEOUT_S="1.5", YARD_JOB_POLL_S="0.1", **extra)
+    return env
+
+
+def spawn_worker(platform: Platform, name: str, marks: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(HERE), "worker", name, str(marks), *args],
+        env=_env(platform),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_two_worker_processes_run_20_jobs_exactly_once_in_priority_order(
+    queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, recipe = queue
+    priorities = ["low", "high", "normal", "urgent", "normal"] * 4
+    submitted = [
+        _jobs.submit_job(platform, ctx, recipe, priority=p, args=["--sleep", "0.15"]).id for p in priorities
+    ]
+    prio = dict(zip(submitted, (_jobs.PRIORITIES[p] for p in priorities), strict=True))
+    marks, go = tmp_path / "marks", tmp_path / "go"
+    workers = [
+        spawn_worker(platform, f"w{i}", marks, "--cpus", "1", "--drain", "--go", str(go)) for i in (1, 2)
+    ]
+    try:
+        for w in workers:  # both are up before either claims, so both get a share
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready", (
+                w.stderr and w.stderr.read()
+            )
+        go.touch()
+        for w in workers:
+            _, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    jobs = jobs_by_id(platform)
+    assert {j.status for j in jobs.values()} == {"SUCCEEDED"}
+    assert all(j.attempts == 1 and j.exit_code == 0 for j in jobs.values())
+    ran = Counter(m[0] for m in read_marks(marks))
+    assert ran == dict.fromkeys(submitted, 1)  # each job ran exactly once
+    by_worker = {
+        name: sorted((j for j in jobs.values() if j.worker == name), key=lambda j: j.started_at)
+        for name in ("w1", "w2")
+    }
+    assert all(by_worker.values()), "both workers ran jobs"
+    for claimed in by_worker.values():
+        # One worker's claims follow the queue exactly: priority first, then submission order.
+        keys = [(-prio[j.id], j.id) for j in claimed]
+        assert keys == sorted(keys)
+    # Across workers: when a job was claimed, every job of higher priority had been claimed already, except
+    # at most one the other worker was claiming in that instant (SKIP LOCKED passes over it).
+    order = sorted(jobs.values(), key=lambda j: j.started_at)
+    for i, job in enumerate(order):
+        later_higher = [j for j in order[i + 1 :] if prio[j.id] > prio[job.id]]
+        assert len(later_higher) <= 1, (job.id, [j.id for j in later_higher])
+    with platform.db.read() as s:
+        logged = s.scalar(select(func.count(func.distinct(JobLog.job_id))))
+        claims = s.scalar(
+            select(func.count()).where(
+                AuditRecord.action == "worker.run", AuditRecord.detail.contains('"claim"')
+            )
+        )
+    assert logged == 20 and claims == 20
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_job_is_retried_with_resume_then_failed_after_max_retries(
+    queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    from modelyard.tracking._store import create_run
+
+    platform, ctx, recipe = queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120"], max_retries=1)
+    marks = tmp_path / "marks"
+
+    def logged_attempts() -> set[int]:
+        with platform.db.read() as s:
+            return set(s.scalars(select(JobLog.attempt).where(JobLog.job_id == job.id)))
+
+    def kill_worker_mid_job(name: str, attempt: int) -> tuple[int, str]:
+        proc = spawn_worker(platform, name, marks)
+        try:
+            mark = wait_for(
+                lambda: [m for m in read_marks(marks) if m[1] == attempt], what=f"attempt {attempt}"
+            )
+            _, _, worker, child, resume = mark[0]  # type: ignore[index]
+            assert worker == name and alive(child)
+            if attempt == 1:  # the job's process reports its run, as `yard train` does
+                run_id = create_run(platform, ctx, "jobs-test")
+                _jobs.attach_run(platform, ctx, job.id, run_id)
+            wait_for(lambda: attempt in logged_attempts(), what=f"output of attempt {attempt}")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # PR_SET_PDEATHSIG: the job dies with its worker, so no orphan runs beside the retry.
+        wait_for(lambda: not alive(child), timeout=10, what="the orphaned job process to die")
+        return child, resume
+
+    _, resume1 = kill_worker_mid_job("wa", 1)
+    assert resume1 == "-"
+    assert jobs_by_id(platform)[job.id].status == "RUNNING"  # its heartbeat is not stale yet
+    # A new worker reaps the stale job (retry 1 of 1) and runs it again, resuming the attached run.
+    _, resume2 = kill_worker_mid_job("wb", 2)
+    attached = jobs_by_id(platform)[job.id].run_id
+    assert attached is not None and resume2 == attached
+    short = fast(platform)
+    try:
+        wait_for(lambda: _jobs.reap_stale_jobs(short, ctx), what="the reaper")
+    finally:
+        short.close()
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.retries) == ("FAILED", 2, 2)
+    assert final.reason is not None and "gave up after 2 retries" in final.reason
+    with platform.db.read() as s:
+        reaped = s.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.actor == "system:reaper", AuditRecord.resource == f"job:{job.id}"
+            )
+        ).all()
+    assert len(reaped) == 2 and '"QUEUED"' in reaped[0] and '"FAILED"' in reaped[1]
+    assert logged_attempts() == {1, 2}  # the output of both attempts is kept
+
+
+def _worker_main(argv: list[str]) -> None:
+    name, marks = argv[0], Path(argv[1])
+    cpus = float(argv[argv.index("--cpus") + 1]) if "--cpus" in argv else 1.0
+    platform = Platform()
+    ctx = platform.context()
+    worker = _jobs.Worker(
+        platform,
+        ctx,
+        cpus=cpus,
+        gpus=0,
+        memory="1G",
+        name=name,
+        executor=trivial_executor(marks),
+        exit_when_idle="--drain" in argv,
+    )
+    print("ready", flush=True)
+    if "--go" in argv:
+        go = Path(argv[argv.index("--go") + 1])
+        while not go.exists():
+            time.sleep(0.01)
+    worker.run()
+    platform.close()
+
+
+# -- resources ----------------------------------------------------------------------------------------------
+def test_jobs_that_do_not_fit_the_worker_are_not_claimed(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, recipe = local_queue
+    gpu = _jobs.submit_job(platform, ctx, recipe, gpus=1, priority="urgent")
+    big = _jobs.submit_job(platform, ctx, recipe, cpus=4, priority="urgent")
+    fat = _jobs.submit_job(platform, ctx, recipe, memory="2G", priority="urgent")
+    small = _jobs.submit_job(platform, ctx, recipe, cpus=2, memory="1G")
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=2, gpus=0, memory="1G") as w:
+        pass
+    jobs = jobs_by_id(platform)
+    assert w.claimed == 1 and jobs[small.id].status == "SUCCEEDED"
+    for j in (gpu, big, fat):
+        assert (jobs[j.id].status, jobs[j.id].attempts) == ("QUEUED", 0)
+
+
+def test_a_job_waits_for_free_resources_and_is_not_overtaken(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """Two 1-CPU jobs share a 2-CPU worker; a 2-CPU high-priority job then waits for both, and a low one
+    that would fit meanwhile does not overtake it (no backfill)."""
+    platform, ctx, recipe = local_queue
+    a = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "0.8"])
+    b = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "0.8"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, cpus=2, memory="1G", exit_when_idle=False) as w:
+        wait_for(lambda: len(read_marks(marks)) == 2, what="two jobs at once")
+        high = _jobs.submit_job(platform, ctx, recipe, cpus=2, priority="high", args=["--sleep", "0.2"])
+        low = _jobs.submit_job(platform, ctx, recipe, priority="low")
+        wait_for(lambda: jobs_by_id(platform)[low.id].status == "SUCCEEDED", what="the low job")
+    jobs = jobs_by_id(platform)
+    assert jobs[b.id].started_at < jobs[a.id].finished_at  # ran side by side
+    assert jobs[high.id].started_at >= max(jobs[a.id].finished_at, jobs[b.id].finished_at)
+    assert jobs[low.id].started_at >= jobs[high.id].finished_at
+    assert w.claimed == 4
+
+
+def test_gpus_are_assigned_through_cuda_visible_devices(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform, ctx, recipe = local_queue
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    one = _jobs.submit_job(platform, ctx, recipe, gpus=1)
+    none = _jobs.submit_job(platform, ctx, recipe)
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=1) as w:
+        assert w.gpu_ids == ["3", "5"]  # detected from the environment
+    logs = {j: "".join(c.data for c in _jobs.iter_logs(platform, ctx, j)) for j in (one.id, none.id)}
+    assert "gpus [3]" in logs[one.id] and "gpus []" in logs[none.id]
+    assert f"env {one.id} recipe 0o600" in logs[one.id]  # YARD_JOB_ID; the recipe file is private
+
+
+# -- cancel, stop, failures ---------------------------------------------------------------------------------
+def test_cancel_a_queued_job(local_queue: tuple[Platform, Context, Path], tmp_path: Path) -> None:
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe)
+    info = _jobs.cancel_job(platform, ctx, job.id)
+    assert info.status == "CANCELLED" and "while QUEUED" in (info.reason or "")
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=1) as w:
+        pass
+    assert w.claimed == 0 and not read_marks(tmp_path / "marks")
+    with pytest.raises(UsageError, match="already CANCELLED"):
+        _jobs.cancel_job(platform, ctx, job.id)
+
+
+def test_cancel_a_running_job_terminates_it_and_escalates_to_sigkill(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120", "--ignore-term"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1) as w:
+        child = wait_for(lambda: read_marks(marks), what="the job to start")[0][3]  # type: ignore[index]
+        _jobs.cancel_job(platform, ctx, job.id)
+        wait_for(lambda: not alive(child), timeout=15, what="the cancelled job to be killed")
+    final = jobs_by_id(platform)[job.id]
+    assert final.status == "CANCELLED" and final.exit_code is None  # the worker did not overwrite it
+    assert not w.finished
+    logs = "".join(c.data for c in _jobs.iter_logs(platform, ctx, job.id))
+    assert "got SIGTERM, ignoring" in logs  # SIGTERM first, SIGKILL after the grace period
+
+
+def test_a_stopping_worker_hands_its_job_back(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1, exit_when_idle=False):
+        child = wait_for(lambda: read_marks(marks), what="the job to start")[0][3]  # type: ignore[index]
+    assert not alive(child)
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.retries, final.worker) == ("QUEUED", 1, 0, None)
+
+
+def test_heartbeats_keep_a_long_job_from_being_reaped(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """A job running well past the heartbeat timeout is not re-queued while its worker lives."""
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "3"])
+    short = fast(platform)
+    with ThreadWorker(short, ctx, tmp_path / "marks", cpus=1):
+        while jobs_by_id(platform)[job.id].status in ("QUEUED", "RUNNING"):
+            assert _jobs.reap_stale_jobs(short, ctx) == []
+            time.sleep(0.1)
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.retries) == ("SUCCEEDED", 1, 0)
+
+
+def test_failing_job_is_failed_with_its_exit_code_and_logs(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--exit", "3"])
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=1):
+        pass
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.exit_code, final.reason, final.retries) == ("FAILED", 3, "exit code 3", 0)
+    logs = "".join(c.data for c in _jobs.iter_logs(platform, ctx, job.id))
+    assert "to stderr" in logs  # stderr is captured with stdout
+
+
+def test_follow_logs_reads_to_the_end(local_queue: tuple[Platform, Context, Path], tmp_path: Path) -> None:
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--lines", "30", "--every", "0.03"])
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=1):
+        text = "".join(c.data for c in _jobs.iter_logs(platform, ctx, job.id, follow=True, poll_s=0.05))
+    lines = [x for x in text.splitlines() if x.startswith("line ")]
+    assert lines == [f"line {i}" for i in range(30)]
+    assert text.rstrip().endswith("to stderr")
+
+
+# -- authorisation, audit, bad input ------------------------------------------------------------------------
+def _count(platform: Platform) -> int:
+    with platform.db.read() as s:
+        return int(s.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"memory": "8X"}, "not a size"),
+        ({"memory": "-1G"}, "not a size"),
+        ({"memory": "2P"}, "out of range"),
+        ({"cpus": -1}, "out of range"),
+        ({"cpus": 0}, "out of range"),
+        ({"cpus": 0.0001}, "millicore"),
+        ({"gpus": -1}, "out of range"),
+        ({"gpus": 1.5}, "whole number"),
+        ({"priority": "highest"}, "unknown priority 'highest'; expected one of: low, normal, high, urgent"),
+        ({"command": "rm"}, "unknown job command 'rm'"),
+        ({"max_retries": -1}, "max retries"),
+        ({"args": ["--resume", "abc"]}, "--resume is added by the worker"),
+        ({"args": ["a\x00b"]}, "NUL"),
+    ],
+)
+def test_bad_submissions_are_refused_and_change_nothing(
+    local_queue: tuple[Platform, Context, Path], options: dict[str, object], message: str
+) -> None:
+    platform, ctx, recipe = local_queue
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
+        _jobs.submit_job(platform, ctx, recipe, **options)  # type: ignore[arg-type]
+    assert _count(platform) == 0
+    with platform.db.read() as s:
+        last = s.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).one()
+    assert (last.action, last.outcome) == ("job.write", "refused")
+
+
+def test_bad_recipes_and_missing_data_queue_nothing(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, _ = local_queue
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE + "bogus: 1\n")
+    with pytest.raises(ValidationError, match="bogus"):
+        _jobs.submit_job(platform, ctx, bad)
+    with pytest.raises(UsageError, match="not found"):
+        _jobs.submit_job(platform, ctx, tmp_path / "missing.yaml")
+    missing = tmp_path / "missing-data.yaml"
+    missing.write_text(RECIPE.replace("normalise@1", "normalise@7"))
+    with pytest.raises(NotFoundError, match="normalise@7"):
+        _jobs.submit_job(platform, ctx, missing)
+    assert _count(platform) == 0
+
+
+def test_unknown_job_ids(local_queue: tuple[Platform, Context, Path]) -> None:
+    platform, ctx, recipe = local_queue
+    for call in (_jobs.get_job, _jobs.cancel_job, lambda p, c, j: list(_jobs.iter_logs(p, c, j))):
+        with pytest.raises(NotFoundError, match="job 42 not found"):
+            call(platform, ctx, 42)
+        with pytest.raises(UsageError, match="is not a job id"):
+            call(platform, ctx, "abc")
+    # Another project's job reads as not found.
+    job = _jobs.submit_job(platform, ctx, recipe)
+    create_project(platform, ctx, "other")
+    other = platform.context(project="other")
+    with pytest.raises(NotFoundError):
+        _jobs.get_job(platform, other, job.id)
+    assert _jobs.list_jobs(platform, other) == []
+
+
+def test_roles(local_queue: tuple[Platform, Context, Path]) -> None:
+    platform, admin, recipe = local_queue
+    viewer = actor(platform, admin, "vic", "viewer")
+    sam = actor(platform, admin, "sam", "scientist")
+    sue = actor(platform, admin, "sue", "scientist")
+    eve = actor(platform, admin, "eve", "engineer")
+    with pytest.raises(PermissionDeniedError, match="scientist"):
+        _jobs.submit_job(platform, viewer, recipe)
+    with pytest.raises(PermissionDeniedError, match="engineer"):
+        _jobs.Worker(platform, sam)
+    mine = _jobs.submit_job(platform, sam, recipe)
+    theirs = _jobs.submit_job(platform, sam, recipe)
+    assert [j.id for j in _jobs.list_jobs(platform, viewer)] == [theirs.id, mine.id]
+    with pytest.raises(PermissionDeniedError, match=r"job\.cancel"):
+        _jobs.cancel_job(platform, viewer, mine.id)
+    with pytest.raises(PermissionDeniedError, match="engineer"):
+        _jobs.cancel_job(platform, sue, theirs.id)  # someone else's job
+    assert _jobs.cancel_job(platform, sam, mine.id).status == "CANCELLED"
+    assert _jobs.cancel_job(platform, eve, theirs.id).status == "CANCELLED"
+    with platform.db.read() as s:
+        records = s.execute(
+            select(AuditRecord.actor, AuditRecord.action, AuditRecord.outcome).where(
+                AuditRecord.resource.like("job:%")
+            )
+        ).all()
+    assert ("sam", "job.write", "ok") in records and ("sam", "job.cancel", "ok") in records
+    assert ("sue", "job.cancel.any", "denied") in records and ("eve", "job.cancel.any", "ok") in records
+
+
+def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
+    from modelyard.tracking._store import create_run
+
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe)
+    run_id = create_run(platform, ctx, "jobs-test")
+    with pytest.raises(UsageError, match="not running"):
+        _jobs.attach_run(platform, ctx, job.id, run_id)
+    with platform.db.write() as s:  # as a worker's claim leaves it
+        s.get_one(Job, job.id).status = "RUNNING"
+    with pytest.raises(UsageError, match="not a run id"):
+        _jobs.attach_run(platform, ctx, job.id, "nope")
+    with pytest.raises(NotFoundError, match="run"):
+        _jobs.attach_run(platform, ctx, job.id, "0" * 32)
+    _jobs.attach_run(platform, ctx, str(job.id), run_id)
+    info = _jobs.get_job(platform, ctx, job.id)
+    assert info.run_id == run_id
+    assert _jobs.cli_argv(info, Path("r.yaml"))[-2:] == ["--resume", run_id]
+    assert "--resume" not in _jobs.cli_argv(
+        info.__class__(**{**info.__dict__, "command": "eval"}), Path("r.yaml")
+    )
+
+
+def test_memory_and_priority_parsing() -> None:
+    assert _jobs.parse_memory("8G") == 8 << 30
+    assert _jobs.parse_memory("8Gi") == _jobs.parse_memory("8gb") == 8 << 30
+    assert _jobs.parse_memory("1.5G") == 3 << 29
+    assert _jobs.parse_memory("512M") == 512 << 20
+    assert _jobs.parse_memory("100") == 100
+    assert _jobs.format_memory(8 << 30) == "8G" and _jobs.format_memory(1000) == "1000"
+    assert (
+        _jobs.PRIORITIES["urgent"]
+        > _jobs.PRIORITIES["high"]
+        > _jobs.PRIORITIES["normal"]
+        > _jobs.PRIORITIES["low"]
+    )
+    assert _jobs.parse_job_id("job:7") == 7
+    with pytest.raises(UsageError):
+        _jobs.parse_job_id("0")
+
+
+def test_migration_matches_models_for_job_tables(platform: Platform) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from modelyard.core._models import Base
+
+    with platform.db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if "job" in repr(d)] == []
+
+
+# -- the real command: yard train through the queue ---------------------------------------------------------
+def _train_available() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "train", "--help"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_train_job_end_to_end(tmp_path: Path, platform: Platform) -> None:
+    if not _train_available():
+        pytest.skip("`yard train` is not available yet")
+    import yaml
+
+    ctx = platform.context()
+    env = _env(platform)
+    data = tmp_path / "data"
+    make = [sys.executable, "-m", "modelyard.cli", "examples", "make-data", str(data), "--rows", "200"]
+    subprocess.run([*make, "--version", "normalise"], env=env, check=True, capture_output=True)
+    example = Path(__file__).parents[2] / "examples" / "flan-t5" / "recipe-tiny.yaml"
+    doc = yaml.safe_load(example.read_text())
+    doc["hyperparameters"].update(max_steps=2, warmup_steps=0, batch_size=8)
+    doc.get("train", {}).update(eval_every_steps=2, eval_max_samples=8)
+    doc.get("checkpoints", {}).update(every_steps=2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(doc))
+    job = _jobs.submit_job(platform, ctx, recipe, cpus=1)
+    worker = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "worker", "--cpus", "2", "--exit-when-idle"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert worker.returncode == 0, worker.stderr
+    info = _jobs.get_job(platform, ctx, job.id)
+    logs = "".join(c.data for c in _jobs.iter_logs(platform, ctx, job.id))
+    assert info.status == "SUCCEEDED", logs[-3000:]
+    assert info.run_id is not None  # yard train attached its run to the job (YARD_JOB_ID)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "worker":
+        _worker_main(sys.argv[2:])
