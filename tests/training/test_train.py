@@ -141,6 +141,20 @@ def test_early_stopping_and_dataloader_workers(yard: Yard, data_home: Path, tmp_
         assert [p.step for p in c.metric_history(info.id, ["val_loss"])["val_loss"]] == [2, 4, 6]
 
 
+def test_bf16_autocast_path_on_cpu(yard: Yard, data_home: Path, tmp_path: Path) -> None:
+    """The mixed-precision path of a GPU run (autocast, fp32 loss), exercised with CPU bf16 autocast."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml", precision="bf16", hyperparameters__max_steps=4, train__eval_every_steps=None
+    )
+    r = yard("train", recipe, "--no-progress", "--json")
+    assert r.code == 0, r.err
+    with Client() as c:
+        info = c.get_run(r.json()["run_id"])
+        losses = [p.value for p in c.metric_history(info.id, ["loss"])["loss"]]
+    assert info.params["run.precision"] == "bf16"
+    assert len(losses) == 4 and all(0 < v < 20 for v in losses)
+
+
 # -- exact resume -----------------------------------------------------------------------------------------
 
 
