@@ -3,19 +3,11 @@ the training loop imports them when it runs."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modelyard.training._data import Example, Splits, load_splits
 from modelyard.training._eval import EvalReport, Scores, evaluate, generate, score
 from modelyard.training._exampledata import make_examples, write_dataset
-from modelyard.training._jobs import (
-    JobInfo,
-    Worker,
-    attach_run,
-    cancel_job,
-    get_job,
-    iter_logs,
-    list_jobs,
-    submit_job,
-)
 from modelyard.training._model import (
     DeviceCaps,
     autocast_context,
@@ -107,3 +99,29 @@ __all__ = [
     "verify_model_dir",
     "write_dataset",
 ]
+
+# The job queue needs the metadata store (SQLAlchemy); it loads on first use so that importing this package
+# stays light (a test checks that only pydantic and PyYAML come with it).
+_JOBS = frozenset(
+    {"JobInfo", "Worker", "attach_run", "cancel_job", "get_job", "iter_logs", "list_jobs", "submit_job"}
+)
+
+if TYPE_CHECKING:
+    from modelyard.training._jobs import (
+        JobInfo,
+        Worker,
+        attach_run,
+        cancel_job,
+        get_job,
+        iter_logs,
+        list_jobs,
+        submit_job,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _JOBS:
+        from modelyard.training import _jobs
+
+        return getattr(_jobs, name)
+    raise AttributeError(f"module 'modelyard.training' has no attribute {name!r}")
