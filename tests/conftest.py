@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.core import Platform
-from modelyard.testing import fresh_postgres_database, make_platform
+from modelyard.testing import Yard, cli_runner, fresh_postgres_database, make_platform
 
 PG_ENV = "YARD_TEST_DATABASE_URL"
 
@@ -43,3 +43,9 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"{PG_ENV} is not set")
     with fresh_postgres_database(server) as url:
         yield url
+
+
+@pytest.fixture
+def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
+    """Run ``yard ARGS`` in this process; ``env`` sets (or with None, unsets) variables for that call."""
+    return cli_runner(capsys, monkeypatch, tmp_path)

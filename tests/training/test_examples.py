@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.testing import Yard, cli_runner
+from modelyard.testing import Yard
 from modelyard.tracking import Client
 
 pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flan-t5"
-
-
-@pytest.fixture
-def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
-    return cli_runner(capsys, monkeypatch, tmp_path)
 
 
 @pytest.fixture

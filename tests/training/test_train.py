@@ -21,15 +21,10 @@ from _tiny import write_recipe  # tests/training/_tiny.py
 
 from modelyard.config import load_settings
 from modelyard.core import Platform
-from modelyard.testing import Yard, cli_runner
+from modelyard.testing import Yard
 from modelyard.tracking import Client
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
-    return cli_runner(capsys, monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from _tiny import RECIPE  # tests/training/_tiny.py
 
 from modelyard.config import load_settings
 from modelyard.core import Platform
-from modelyard.testing import Yard, cli_runner, make_platform
+from modelyard.testing import Yard, make_platform
 from modelyard.tracking import Client
 
 pytestmark = pytest.mark.slow
@@ -23,11 +23,6 @@ SPACE = {
 }
 
 LR_ONLY = {"type": "float", "low": 0.001, "high": 0.01}
-
-
-@pytest.fixture
-def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
-    return cli_runner(capsys, monkeypatch, tmp_path)
 
 
 def recipe_file(path: Path, **changes: Any) -> Path:
