@@ -21,6 +21,21 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, st
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
+def compile_packages(*names: str) -> None:
+    """Byte-compile installed packages, as ``pip install`` does for a wheel.
+
+    A CLI run pays for compiling any module whose ``.pyc`` is missing, and an editable install with
+    PYTHONDONTWRITEBYTECODE set (as in this repository's environment) never writes them: modelyard
+    would compile its sources on every ``yard`` call while DVC's wheel came compiled. Compiling both
+    first (a no-op where up to date) makes the CLIs start alike."""
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            subprocess.run(
+                [sys.executable, "-m", "compileall", "-q", location], check=True, capture_output=True
+            )
+
+
 def dvc_available() -> bool:
     return importlib.util.find_spec("dvc") is not None
 

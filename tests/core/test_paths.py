@@ -263,3 +263,72 @@ def test_a_file_in_the_middle_of_a_key_is_not_an_error_here(tmp_path: Path) -> N
     # safe_join only guards the boundary; opening "f/x" later fails with NotADirectoryError.
     (tmp_path / "f").write_text("x")
     assert safe_join(tmp_path, "f/x") == tmp_path.resolve() / "f" / "x"
+
+
+# -- safe_child: the walk's per-segment check must agree with safe_key on the whole name -------------------
+
+_CHILD_NAMES = [
+    "x",
+    "file (1).txt",
+    "weights.bin",
+    "-dash",
+    "a b",
+    "~tilde",
+    "C:x",
+    "..",
+    ".",
+    "...",
+    " ",
+    "",
+    "a%2fb",
+    "100%.txt",
+    "a#b",
+    "a\\b",
+    "a\x00b",
+    "a\u200bb",
+    "a\uff0fb",
+    "caf\u00e9",
+    "cafe\u0301",
+    "\u6a21\u578b.bin",
+    "b" * 255,
+    "b" * 256,
+    "\u00e9" * 128,
+]
+
+
+@pytest.mark.parametrize("parent", ["a", "data/train", "/".join(["x" * 250] * 4)])
+@pytest.mark.parametrize("name", _CHILD_NAMES)
+def test_safe_child_agrees_with_safe_key(parent: str, name: str) -> None:
+    from modelyard.core._paths import safe_child
+
+    try:
+        expected: str | None = safe_key(f"{parent}/{name}")
+    except UnsafePathError:
+        expected = None
+    if expected is None:
+        with pytest.raises(UnsafePathError):
+            safe_child(parent, name)
+    else:
+        assert safe_child(parent, name) == expected
+
+
+@pytest.mark.parametrize("name", _CHILD_NAMES)
+def test_safe_child_of_the_root_is_safe_key(name: str) -> None:
+    from modelyard.core._paths import safe_child
+
+    try:
+        expected: str | None = safe_key(name)
+    except UnsafePathError:
+        expected = None
+    if expected is None:
+        with pytest.raises(UnsafePathError):
+            safe_child("", name)
+    else:
+        assert safe_child("", name) == expected
+
+
+def test_safe_child_takes_one_segment() -> None:
+    from modelyard.core._paths import safe_child
+
+    with pytest.raises(UnsafePathError, match="contains '/'"):
+        safe_child("a", "b/c")

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from modelyard import __version__
 from modelyard.errors import UsageError, YardError
@@ -82,6 +80,9 @@ def acting() -> Iterator[tuple[Platform, Context]]:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table  # on first use: most commands print no table
+    from rich.text import Text
+
     t = Table(title=title, show_lines=False)
     for col in columns:
         t.add_column(col)

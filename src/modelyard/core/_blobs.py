@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import io
+import mmap
 import os
 import re
 import shutil
 import stat
 import sys
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -135,8 +139,183 @@ def _libc() -> Any:
         return None
 
 
+# Staging writes go through two page-aligned buffers per thread, written in blocks of _ALIGN bytes by a
+# small shared pool of I/O threads, so the thread that encrypts fills one buffer while the other is
+# being written.
+_ALIGN = 4096
+_STAGING_BUFFER = 4 << 20
+_staging_local = threading.local()
+_io_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+_io_pool_lock = threading.Lock()
+
+
+def _staging_io() -> ThreadPoolExecutor:
+    global _io_pool
+    with _io_pool_lock:
+        if _io_pool is None or _io_pool[0] != os.getpid():
+            pool = ThreadPoolExecutor(max(2, os.cpu_count() or 1), thread_name_prefix="yard-staging-io")
+            _io_pool = (os.getpid(), pool)
+        return _io_pool[1]
+
+
+def _copy(dst: memoryview, src: memoryview) -> None:
+    """``dst[:] = src``; large copies from writable buffers run without the GIL (a memoryview slice
+    assignment holds it: half a second per GiB in which no other thread could hash or encrypt)."""
+    if len(src) >= 65536 and not src.readonly:
+        ctypes.memmove(
+            ctypes.addressof(ctypes.c_char.from_buffer(dst)),
+            ctypes.addressof(ctypes.c_char.from_buffer(src)),
+            len(src),
+        )
+    else:
+        dst[:] = src
+
+
+class StagingWriter:
+    """Writes a new staging file through reused, page-aligned buffers, with ``O_DIRECT`` where asked for
+    and the filesystem allows it.
+
+    Why: on the benchmark VM, writing 1 GiB of ciphertext through the page cache cost 0.8-4 s of kernel
+    time (allocating a page for every 4 KiB the guest had not touched lately) plus its write-back; with
+    ``O_DIRECT`` the same bytes go from these buffers to the disk in 0.7 s of mostly idle waiting. That
+    wait happens on an I/O thread while the caller fills the other buffer, so hashing and encryption
+    do not stop for the disk. Durability is unchanged: the caller still flushes (fsync or syncfs)
+    before anything records the file, which also commits its size and blocks. A filesystem that
+    refuses direct I/O (``EINVAL``: tmpfs, odd block sizes) gets ordinary writes of the same bytes.
+    The file's length is exact: the last block is written padded and the file truncated back."""
+
+    def __init__(self, fd: int, *, direct: bool) -> None:
+        self._fd = fd
+        self._direct = False
+        if direct and hasattr(os, "O_DIRECT"):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+                self._direct = True
+        # Buffers are kept per thread (fresh pages are what is slow here); a writer opened while another
+        # is open in the same thread gets its own.
+        self._shared = not getattr(_staging_local, "busy", False)
+        if self._shared:
+            if getattr(_staging_local, "buffers", None) is None:
+                _staging_local.buffers = (mmap.mmap(-1, _STAGING_BUFFER), mmap.mmap(-1, _STAGING_BUFFER))
+            _staging_local.busy = True
+            maps = _staging_local.buffers
+        else:
+            maps = (mmap.mmap(-1, _STAGING_BUFFER), mmap.mmap(-1, _STAGING_BUFFER))
+        self._bufs = [memoryview(maps[0]), memoryview(maps[1])]  # mmap memory is page-aligned
+        self._buf = self._bufs[0]
+        self._fill = 0  # bytes waiting in self._buf
+        self._start = 0  # file offset of self._buf's first byte (a multiple of _ALIGN)
+        self._pending: Future[None] | None = None  # the write of the other buffer
+        self._closed = False
+
+    def tell(self) -> int:
+        return self._start + self._fill
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        if view.itemsize != 1:
+            view = view.cast("B")
+        size = len(view)
+        cap = len(self._buf)
+        while view:
+            take = min(len(view), cap - self._fill)
+            _copy(self._buf[self._fill : self._fill + take], view[:take])
+            self._advance(take)
+            view = view[take:]
+        return size
+
+    def reserve(self, size: int) -> memoryview | None:
+        """The next ``size`` bytes of the buffer, to be filled in place (encryption writes its output
+        straight here, saving a copy) and then passed to :meth:`commit`; None if they do not fit."""
+        if self._fill + size > len(self._buf):
+            return None
+        return self._buf[self._fill : self._fill + size]
+
+    def commit(self, size: int) -> None:
+        """Keep ``size`` bytes filled in through :meth:`reserve`."""
+        if self._fill + size > len(self._buf):
+            raise ValueError("commit of more bytes than were reserved")
+        self._advance(size)
+
+    def _advance(self, size: int) -> None:
+        self._fill += size
+        if self._fill == len(self._buf):
+            self._wait()
+            self._pending = _staging_io().submit(self._pwrite, self._buf, self._start)
+            self._buf = self._bufs[1] if self._buf is self._bufs[0] else self._bufs[0]
+            self._start += self._fill
+            self._fill = 0
+
+    def rewind(self, offset: int) -> bool:
+        """Cut the file back to ``offset`` if those bytes are still in the buffer; False if not."""
+        if offset < self._start or offset > self.tell():
+            return False
+        self._fill = offset - self._start
+        return True
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _pwrite(self, view: memoryview, offset: int) -> None:
+        while view:
+            try:
+                n = os.pwrite(self._fd, view, offset)
+            except OSError as exc:
+                if not self._direct or exc.errno != errno.EINVAL:
+                    raise
+                # The filesystem took O_DIRECT at open but refuses these writes: write normally.
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self._direct = False
+                continue
+            view, offset = view[n:], offset + n
+
+    def close(self) -> None:
+        """Write what is buffered and set the file's exact length; closes the descriptor."""
+        if self._closed:
+            return
+        try:
+            self._wait()
+            if self._fill:
+                size = self.tell()
+                padded = -(-self._fill // _ALIGN) * _ALIGN
+                self._buf[self._fill : padded] = bytes(padded - self._fill)
+                self._pwrite(self._buf[:padded], self._start)
+                if padded != self._fill:
+                    os.ftruncate(self._fd, size)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            if self._pending is not None:  # never close the descriptor under a write in flight
+                with contextlib.suppress(Exception):
+                    self._pending.result()
+                self._pending = None
+        finally:
+            self._closed = True
+            os.close(self._fd)
+            if self._shared:
+                _staging_local.busy = False
+            for buf in self._bufs:
+                buf.release()
+
+    def __enter__(self) -> StagingWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:
+            self._release()  # the caller deletes the file; nothing more to write
+
+
 class FileBackend:
     """Objects as files under a local root; publishing is a rename on one filesystem."""
+
+    # Staging files are published by rename and never read back before that: write them with O_DIRECT.
+    direct_staging = True
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -105,6 +106,11 @@ class MasterKey:
 
     def to_b64(self) -> str:
         return base64.b64encode(self.secret).decode("ascii")
+
+    @functools.cached_property
+    def aead(self) -> AESGCM:
+        """The master key's cipher, built once: a dataset add wraps one data key per file."""
+        return AESGCM(self.secret)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,7 +205,7 @@ def wrap_key(master: MasterKey, data_key: bytes, aad: bytes) -> bytes:
     """Seal ``data_key`` under the master key: version (1) | nonce (12) | ciphertext+tag (48)."""
     _check_data_key(data_key)
     nonce = secrets.token_bytes(_WRAP_NONCE)
-    return _WRAP_VERSION + nonce + AESGCM(master.secret).encrypt(nonce, data_key, _WRAP_AAD + aad)
+    return _WRAP_VERSION + nonce + master.aead.encrypt(nonce, data_key, _WRAP_AAD + aad)
 
 
 def unwrap_key(master: MasterKey, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
@@ -212,7 +218,7 @@ def unwrap_key(master: MasterKey, key_id: str, wrapped: bytes, aad: bytes) -> by
         raise IntegrityError("the stored wrapped data key is malformed; the object's metadata is corrupt")
     nonce, sealed = wrapped[1 : 1 + _WRAP_NONCE], wrapped[1 + _WRAP_NONCE :]
     try:
-        return AESGCM(master.secret).decrypt(nonce, sealed, _WRAP_AAD + aad)
+        return master.aead.decrypt(nonce, sealed, _WRAP_AAD + aad)
     except InvalidTag:
         raise MasterKeyError(
             f"cannot unwrap the object's data key with master key {master.key_id}: the key material "
@@ -287,8 +293,14 @@ def _unseal(aead: AESGCM, nonce: bytes, sealed: memoryview, aad: bytes, out: mem
     return memoryview(aead.decrypt(nonce, sealed, aad))
 
 
+class Writable(Protocol):
+    """Where encrypt_stream writes: a binary file or anything with its ``write``."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
 def encrypt_stream(
-    src: BinaryIO, dst: BinaryIO, data_key: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    src: BinaryIO, dst: Writable, data_key: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> tuple[str, int]:
     """Encrypt ``src`` into ``dst``; return the plaintext's (sha256 hex, size), computed in the same pass."""
     _check_data_key(data_key)
@@ -299,6 +311,9 @@ def encrypt_stream(
     aead = AESGCM(data_key)
     digest = hashlib.sha256()
     dst.write(header)
+    # A destination that lends its own buffer (StagingWriter.reserve) gets the ciphertext written there
+    # directly, saving one copy of every byte.
+    reserve = getattr(dst, "reserve", None) if _HAS_INTO else None
     with _lease(chunk_size + _TAG) as (cur_buf, ahead_buf, out):
         cur, ahead = cur_buf[:chunk_size], ahead_buf[:chunk_size]
         size, counter = 0, 0
@@ -310,7 +325,12 @@ def encrypt_stream(
             last = next_filled == 0
             plain = cur[:filled]
             digest.update(plain)
-            dst.write(_seal(aead, _nonce(prefix, counter, last), plain, header, out))
+            target = reserve(filled + _TAG) if reserve is not None else None
+            if target is not None:
+                aead.encrypt_into(_nonce(prefix, counter, last), plain, header, target)
+                dst.commit(filled + _TAG)  # type: ignore[attr-defined]
+            else:
+                dst.write(_seal(aead, _nonce(prefix, counter, last), plain, header, out))
             size += filled
             if last:
                 return digest.hexdigest(), size

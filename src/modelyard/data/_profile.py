@@ -47,8 +47,13 @@ _MAX_VALUE_CHARS = 100
 _MAX_CATEGORY_RATIO = 0.5
 
 
+_SUFFIXES = tuple(TABULAR)
+
+
 def table_format(name: str) -> str | None:
     lower = name.lower()
+    if not lower.endswith(_SUFFIXES):  # one call for the common case: not a table
+        return None
     for suffix, fmt in TABULAR.items():
         if lower.endswith(suffix):
             return fmt
