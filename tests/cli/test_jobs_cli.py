@@ -13,16 +13,10 @@ from sqlalchemy import func, select
 
 from modelyard.core import Platform, create_token
 from modelyard.core._models import Job
-from modelyard.testing import Yard, actor
+from modelyard.testing import JOB_RECIPE, Yard, actor
 from modelyard.training import _jobs
 
-RECIPE = """\
-experiment: jobs-test
-data: {dataset: normalise@1}
-tokenizer: {train: sentencepiece, vocab_size: 128}
-model: {init: scratch, preset: tiny}
-hyperparameters: {lr: 1e-3, max_steps: 2, batch_size: 4}
-"""
+RECIPE = JOB_RECIPE
 # A real but trivial job process (the queue machinery is what is tested here, not `yard train`).
 PRINTER = """
 import sys, time

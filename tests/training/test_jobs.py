@@ -30,17 +30,11 @@ from sqlalchemy import func, select
 from modelyard.core import Context, Platform, create_project
 from modelyard.core._models import AuditRecord, Job, JobLog
 from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
-from modelyard.testing import actor, make_platform
+from modelyard.testing import JOB_RECIPE, actor, make_platform
 from modelyard.training import _jobs
 
 HERE = Path(__file__)
-RECIPE = """\
-experiment: jobs-test
-data: {dataset: normalise@1}
-tokenizer: {train: sentencepiece, vocab_size: 128}
-model: {init: scratch, preset: tiny}
-hyperparameters: {lr: 1e-3, max_steps: 2, batch_size: 4}
-"""
+RECIPE = JOB_RECIPE
 
 # The job's process: records (job, attempt, worker, pid, resume run) in MARKS, prints, sleeps, exits.
 CHILD = r"""

@@ -2,10 +2,11 @@
 
 from modelyard.testing._cli import CliResult, Yard, cli_runner
 from modelyard.testing._contracts import ArtifactStoreContract, MetadataStoreContract
-from modelyard.testing._fixtures import actor, fresh_postgres_database, make_platform, vm_hwm_kib
+from modelyard.testing._fixtures import JOB_RECIPE, actor, fresh_postgres_database, make_platform, vm_hwm_kib
 from modelyard.testing._s3server import moto_s3_server
 
 __all__ = [
+    "JOB_RECIPE",
     "ArtifactStoreContract",
     "CliResult",
     "MetadataStoreContract",

@@ -13,6 +13,16 @@ from sqlalchemy.engine import make_url
 from modelyard.config import load_settings
 from modelyard.core import Context, Platform, Role, add_user, create_token, init_home
 
+# The smallest valid recipe over dataset `normalise@1`, for tests of the job queue (which check the recipe
+# and its data at submission but need not train it).
+JOB_RECIPE = """\
+experiment: jobs-test
+data: {dataset: normalise@1}
+tokenizer: {train: sentencepiece, vocab_size: 128}
+model: {init: scratch, preset: tiny}
+hyperparameters: {lr: 1e-3, max_steps: 2, batch_size: 4}
+"""
+
 
 def make_platform(
     home: Path,

@@ -355,24 +355,42 @@ def submit_job(
     max_retries: int | None = None,
 ) -> JobInfo:
     """Queue ``command`` of the recipe at ``recipe``; returns the QUEUED job. Nothing is queued on error."""
+    request = {
+        "command": command,
+        "args": args,
+        "cpus": cpus,
+        "gpus": gpus,
+        "memory": memory,
+        "priority": priority,
+        "max_retries": max_retries,
+    }
+    req = _checked_request(platform, ctx, recipe, request)
+    return _insert_job(platform, ctx, req, backend="local", status="QUEUED")
+
+
+def _checked_request(
+    platform: Platform,
+    ctx: Context,
+    recipe: str | os.PathLike[str],
+    request: dict[str, Any],
+    check: Callable[[JobRequest], object] | None = None,
+    *,
+    audited: bool = True,
+) -> JobRequest:
+    """Authorize, then check the submission, its data and (``check``) anything else. A bad one is refused,
+    audited unless ``audited`` is false (a preview is not a mutation), and queues nothing."""
     resource = f"project:{ctx.project}"
     platform.authorize(ctx, "job.write", resource)
     try:
-        req = job_request(
-            platform,
-            recipe,
-            command=command,
-            args=args,
-            cpus=cpus,
-            gpus=gpus,
-            memory=memory,
-            priority=priority,
-            max_retries=max_retries,
-        )
+        req = job_request(platform, recipe, **request)
         check_recipe_data(platform, ctx, req)
+        if check is not None:
+            check(req)
     except (UsageError, NotFoundError) as exc:
+        if not audited:
+            raise
         raise platform.refuse(ctx, "job.write", resource, exc) from None
-    return _insert_job(platform, ctx, req, backend="local", status="QUEUED")
+    return req
 
 
 def submit_kubernetes_job(
@@ -380,55 +398,37 @@ def submit_kubernetes_job(
     ctx: Context,
     recipe: str | os.PathLike[str],
     *,
-    command: str = "train",
-    args: Sequence[str] | None = None,
-    cpus: float = 1.0,
-    gpus: int = 0,
-    memory: str | int | None = None,
-    priority: str = "normal",
-    max_retries: int | None = None,
     image: str | None = None,
     namespace: str = "default",
     secret_name: str = "modelyard",  # noqa: S107 (the name of a Kubernetes Secret, not a value)
     database_url: str | None = None,
     artifact_uri: str | None = None,
     dry_run: bool = False,
+    **request: Any,
 ) -> tuple[dict[str, Any], JobInfo | None]:
-    """The Kubernetes Job manifest of a submission. With ``dry_run`` nothing is recorded or applied (the
-    manifest is for kubectl); otherwise a SUBMITTED job row is recorded and the manifest, which then
-    carries ``YARD_JOB_ID``, is applied with the kubernetes client in the same transaction, so a refusal
-    from the cluster records nothing."""
+    """The Kubernetes Job manifest of a submission (``request``: the options of :func:`job_request`). With
+    ``dry_run`` nothing is recorded or applied (the manifest is for kubectl); otherwise a SUBMITTED job row
+    is recorded and the manifest, which then carries ``YARD_JOB_ID``, is applied with the kubernetes client
+    in the same transaction, so a refusal from the cluster records nothing."""
     from modelyard.training import _k8s
 
-    resource = f"project:{ctx.project}"
-    platform.authorize(ctx, "job.write", resource)
-    try:
-        req = job_request(
-            platform,
-            recipe,
-            command=command,
-            args=args,
-            cpus=cpus,
-            gpus=gpus,
-            memory=memory,
-            priority=priority,
-            max_retries=max_retries,
-        )
-        check_recipe_data(platform, ctx, req)
-        options: dict[str, Any] = {
-            "image": image,
-            "namespace": namespace,
-            "secret_name": secret_name,
-            "database_url": database_url,
-            "artifact_uri": artifact_uri,
-        }
-        manifest = _k8s.job_manifest(platform, ctx, req, **options)  # checks every option
-    except (UsageError, NotFoundError) as exc:
-        if dry_run:
-            raise  # nothing was attempted: a preview is not a mutation
-        raise platform.refuse(ctx, "job.write", resource, exc) from None
+    options: dict[str, Any] = {
+        "image": image,
+        "namespace": namespace,
+        "secret_name": secret_name,
+        "database_url": database_url,
+        "artifact_uri": artifact_uri,
+    }
+    req = _checked_request(
+        platform,
+        ctx,
+        recipe,
+        request,
+        lambda r: _k8s.job_manifest(platform, ctx, r, **options),  # checks every option
+        audited=not dry_run,
+    )
     if dry_run:
-        return manifest, None
+        return _k8s.job_manifest(platform, ctx, req, **options), None
     applied: dict[str, Any] = {}
 
     def apply(job_id: int) -> str:
