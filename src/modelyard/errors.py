@@ -103,6 +103,13 @@ class ConfigError(YardError):
     http_status = 500
 
 
+class GateFailedError(YardError):
+    """A model version failed a quality gate (metric, fairness, robustness, latency or size)."""
+
+    code = "gate_failed"
+    http_status = 409
+
+
 class BackendError(YardError):
     """A storage or database backend failed (connection, permissions, disk full)."""
 
@@ -115,6 +122,7 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "ConfigError",
+    "GateFailedError",
     "IntegrityError",
     "MasterKeyError",
     "NotFoundError",

@@ -41,6 +41,7 @@ STABLE_CODES = {
     "IntegrityError": ("integrity_error", 500),
     "MasterKeyError": ("key_error", 500),
     "ConfigError": ("config_error", 500),
+    "GateFailedError": ("gate_failed", 409),
     "BackendError": ("backend_error", 503),
 }
 

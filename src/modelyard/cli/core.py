@@ -155,18 +155,29 @@ def artifacts_rm(digest: str = typer.Argument(..., help="SHA-256 digest.")) -> N
 
 
 # -- keys -------------------------------------------------------------------------------------------------
-keys = typer.Typer(help="Master key status and rotation.", no_args_is_help=True)
+keys = typer.Typer(help="Master key status and rotation; model signing keys.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 
 
 @keys.command("ls")
 def keys_ls() -> None:
-    """Show the master key id and where it comes from (never the key)."""
+    """Show the master key id and where it comes from (never the key), and the signing keys' public keys."""
     with acting() as (platform, ctx):
         platform.authorize(ctx, "key.read", "key:master")
         ring = platform.keyring
-        rows = [("master (AES-256-GCM key wrapping)", ring.current.key_id, ring.source)]
-    table("keys", ["key", "id", "source"], rows)
+        rows = [("master (AES-256-GCM key wrapping)", ring.current.key_id, ring.source, "")]
+        from modelyard.core._signing import list_signing_keys
+
+        rows += [
+            (
+                "signing (Ed25519)" + (", active" if k.active else ""),
+                k.id,
+                f"created {k.created_at:%Y-%m-%d} by {k.created_by}",
+                k.public_key,
+            )
+            for k in list_signing_keys(platform)
+        ]
+    table("keys", ["key", "id", "source", "public key"], rows)
 
 
 @keys.command("rotate")

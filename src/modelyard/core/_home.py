@@ -71,6 +71,7 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     try:
         _init_metadata(platform, settings, report)
         _init_store_marker(platform, settings, report)
+        _init_signing_key(platform, report)
     finally:
         platform.close()
     if region:
@@ -145,6 +146,16 @@ def _init_store_marker(platform: Platform, settings: Settings, report: InitRepor
     swept = sweep_staging(platform.backend.staging_dir())
     if swept:
         report.cleaned.append(f"{swept} stale temp file(s) left by interrupted writes")
+
+
+def _init_signing_key(platform: Platform, report: InitReport) -> None:
+    """The Ed25519 key that signs model versions (a home made before the registry gets one now)."""
+    from modelyard.core._signing import ACTIVE, ensure_signing_key
+
+    if platform.meta(ACTIVE) is not None:
+        report.existing.append(f"signing key {platform.meta(ACTIVE)}")
+        return
+    report.created.append(f"signing key {ensure_signing_key(platform)} (Ed25519)")
 
 
 def sweep_staging(staging: Path, *, older_than: float = 86_400) -> int:

@@ -30,13 +30,18 @@ from modelyard.core._crypto import (
     write_master_key_file,
 )
 from modelyard.core._db import MetadataStore
-from modelyard.core._models import Blob, Meta
+from modelyard.core._models import Blob, Meta, SigningKey
 from modelyard.errors import MasterKeyError, YardError
 
 if TYPE_CHECKING:
     from modelyard.core._platform import Context, Platform
 
 MASTER_KEY_ID = "master_key_id"  # the meta row naming the live master key
+
+
+def signing_aad(key_id: str) -> bytes:
+    """What a wrapped model-signing key is bound to (so it cannot pass for a data key, or another key)."""
+    return f"signing-key:{key_id}".encode()
 
 
 @dataclass
@@ -163,6 +168,10 @@ def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
                     blob.wrapped_key = wrap_key(new, data_key, aad)
                     blob.key_id = new.key_id
                     count += 1
+                for key in s.execute(select(SigningKey)).scalars():  # model-signing keys, same envelope
+                    aad = signing_aad(key.id)
+                    private = keyring.unwrap(key.master_key_id, key.wrapped_private, aad)
+                    key.wrapped_private, key.master_key_id = wrap_key(new, private, aad), new.key_id
                 s.merge(Meta(key=MASTER_KEY_ID, value=new.key_id))
         except BaseException:
             # If the commit went through after all (acknowledgement lost), settling keeps the new key.

@@ -325,3 +325,103 @@ class JobLog(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     data: Mapped[str] = mapped_column(Text)
+
+
+# -- model registry (issue 5) ---------------------------------------------------------------------------
+class SigningKey(Base):
+    """An Ed25519 key of the installation. The private half is wrapped by the master key like a data key
+    (and re-wrapped by a rotation); the public half is here for anyone to verify with. ``meta.signing_key``
+    names the key new signatures use; retired keys still verify old ones."""
+
+    __tablename__ = "signing_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # first 32 hex of sha256(public key)
+    public_key: Mapped[str] = mapped_column(String(64))  # raw 32 bytes, hex
+    master_key_id: Mapped[str] = mapped_column(String(32))
+    wrapped_private: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+class RegisteredModel(Base):
+    """A named model of a project. ``last_version`` is bumped in the transaction that registers a version
+    (as for datasets): numbers are gapless, never reused, and concurrent registrations serialise here."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_model_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+class ModelVersion(Base):
+    """An immutable version: a signed manifest (canonical JSON stored as a blob) of its files, lineage,
+    evaluation and benchmark. The columns repeat what listing and search need; the manifest is the truth
+    and ``verify`` checks the columns against it. Nothing updates a row after it is written."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    manifest_digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"))
+    signature: Mapped[str] = mapped_column(String(128))  # Ed25519 over the manifest bytes, hex
+    key_id: Mapped[str] = mapped_column(ForeignKey("signing_keys.id"))
+    format: Mapped[str] = mapped_column(String(16))  # safetensors | onnx
+    variant: Mapped[str] = mapped_column(String(64))  # fp32, onnx-fp32, onnx-int8, pruned-0.3, distilled
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    files: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON: overall evaluation metrics
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))
+
+
+class ModelAlias(Base):
+    """``alias`` of a model points at one of its versions; every change is also an AliasEvent."""
+
+    __tablename__ = "model_aliases"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(160))
+
+
+class AliasEvent(Base):
+    """The alias history, append-only: ``set`` and ``promote`` push a version, ``rollback`` pops one,
+    ``delete`` clears the alias. Rollback targets are derived by replaying it."""
+
+    __tablename__ = "model_alias_events"
+    __table_args__ = (Index("ix_alias_events", "model_id", "alias", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # what the alias points at after
+    previous: Mapped[int | None] = mapped_column(Integer, nullable=True)  # ... and before
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    by: Mapped[str] = mapped_column(String(160))
+
+
+class Attestation(Base):
+    """A signed statement about a version, e.g. the result of its quality gates: ``body`` is canonical
+    JSON naming the version's manifest digest, signed like manifests."""
+
+    __tablename__ = "model_attestations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # gates
+    passed: Mapped[bool] = mapped_column(Boolean)
+    body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(ForeignKey("signing_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(160))

@@ -53,6 +53,9 @@ PERMISSIONS: dict[str, Role] = {
     "dataset.delete": Role.ENGINEER,
     "dataset.delete.force": Role.ADMIN,
     "lineage.read": Role.VIEWER,
+    # Registry: register versions and attest gate results as a scientist; move aliases (and roll them back)
+    # as an engineer; protected aliases (production) move only by an approver's gated promotion.
+    "model.read": Role.VIEWER,
     "model.register": Role.SCIENTIST,
     "model.deploy": Role.ENGINEER,
     "model.approve": Role.APPROVER,

@@ -2,19 +2,33 @@
 
 from modelyard.testing._cli import CliResult, Yard, cli_runner
 from modelyard.testing._contracts import ArtifactStoreContract, MetadataStoreContract
-from modelyard.testing._fixtures import JOB_RECIPE, actor, fresh_postgres_database, make_platform, vm_hwm_kib
+from modelyard.testing._fixtures import (
+    JOB_RECIPE,
+    TINY_RECIPE,
+    TrainedModel,
+    actor,
+    fresh_postgres_database,
+    make_platform,
+    train_tiny,
+    trained_model,
+    vm_hwm_kib,
+)
 from modelyard.testing._s3server import moto_s3_server
 
 __all__ = [
     "JOB_RECIPE",
+    "TINY_RECIPE",
     "ArtifactStoreContract",
     "CliResult",
     "MetadataStoreContract",
+    "TrainedModel",
     "Yard",
     "actor",
     "cli_runner",
     "fresh_postgres_database",
     "make_platform",
     "moto_s3_server",
+    "train_tiny",
+    "trained_model",
     "vm_hwm_kib",
 ]

@@ -505,8 +505,8 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _section_at(parts: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Recipe
+def _section_at(parts: list[str], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    model: type[BaseModel] = root or Recipe
     for part in parts:
         field = _field(model, part)
         if field is None:
@@ -599,11 +599,11 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _message(err: Mapping[str, Any]) -> str:
+def _message(err: Mapping[str, Any], root: type[BaseModel] | None = None) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         loc = [str(p) for p in err["loc"]]
-        model = _section_at(loc[:-1])
+        model = _section_at(loc[:-1], root)
         close = difflib.get_close_matches(loc[-1], _keys(model), n=1) if model is not None else []
         return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
@@ -624,20 +624,36 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _problems(exc: pydantic.ValidationError) -> list[str]:
+def _problems(exc: pydantic.ValidationError, root: type[BaseModel] | None = None) -> list[str]:
     problems: list[str] = []
     for err in exc.errors():
         where = _loc(err["loc"])
-        msg = _message(err)
+        msg = _message(err, root)
         # A cross-field check of the whole recipe names its own key in the message already.
         problems.append(f"{where}: {msg}" if where else msg)
     return problems
 
 
-def _invalid(source: str, exc: pydantic.ValidationError) -> ValidationError:
-    problems = _problems(exc)
+def _invalid(
+    source: str, exc: pydantic.ValidationError, root: type[BaseModel] | None = None, kind: str = "recipe"
+) -> ValidationError:
+    problems = _problems(exc, root)
     what = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
-    return ValidationError(f"{source}: invalid recipe, {what}: " + "; ".join(problems), problems=problems)
+    return ValidationError(f"{source}: invalid {kind}, {what}: " + "; ".join(problems), problems=problems)
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], data: Any, *, source: str, kind: str) -> M:
+    """Validate ``data`` as ``model`` (a closed, strict schema such as a recipe or a gate policy): one
+    ValidationError listing every problem as ``key.path: message``, with a suggestion for unknown keys."""
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"{source}: a {kind} must be a mapping of sections, not {type(data).__name__}")
+    try:
+        return model.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise _invalid(source, exc, model, kind) from None
 
 
 # -- loading ----------------------------------------------------------------------------------------------
@@ -666,25 +682,27 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
             f"{source}: a recipe must be a mapping of sections (data, model, hyperparameters, ...), "
             f"not {type(data).__name__}"
         )
-    try:
-        return Recipe.model_validate(dict(data))
-    except pydantic.ValidationError as exc:
-        raise _invalid(source, exc) from None
+    return parse_model(Recipe, data, source=source, kind="recipe")
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate the YAML recipe at ``path`` (safe loader; nothing in it is executed)."""
+    return parse_recipe(read_yaml(path, "recipe"), source=str(path))
+
+
+def read_yaml(path: str | Path, kind: str) -> Any:
+    """The YAML document at ``path`` (safe loader with YAML 1.2 floats); clear errors naming ``kind``."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"recipe {str(p)!r} not found") from None
+        raise UsageError(f"{kind} {str(p)!r} not found") from None
     except IsADirectoryError:
-        raise UsageError(f"recipe {str(p)!r} is a directory, not a YAML file") from None
+        raise UsageError(f"{kind} {str(p)!r} is a directory, not a YAML file") from None
     except UnicodeDecodeError:
-        raise ValidationError(f"recipe {str(p)!r} is not UTF-8 text") from None
+        raise ValidationError(f"{kind} {str(p)!r} is not UTF-8 text") from None
     except OSError as exc:
-        raise UsageError(f"recipe {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+        raise UsageError(f"{kind} {str(p)!r} cannot be read: {exc.strerror or exc}") from None
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
     except yaml.YAMLError as exc:
@@ -692,7 +710,7 @@ def load_recipe(path: str | Path) -> Recipe:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ValidationError(f"{p}: not valid YAML{where}: {problem}") from None
-    return parse_recipe(data, source=str(p))
+    return data
 
 
 # -- checks against the platform --------------------------------------------------------------------------

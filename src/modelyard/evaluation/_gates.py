@@ -1,0 +1,334 @@
+"""Quality gates: evaluate a registered version against a policy and store the signed result.
+
+One pass over the policy's evaluation set measures everything the checks need: the metrics overall and
+per slice, the metric on perturbed inputs (robustness), latency at batch 1 on a fixed input set, and the
+size on disk. A relative bound (``rougeL >= production - 0.01``) evaluates the alias's version on the same
+examples with the same decoding, so both numbers are comparable; with nothing at that alias yet the check
+is skipped and says so. The result (every check, its value, bound and verdict) is stored on the version as
+a signed attestation; :func:`gate_runner` adapts :func:`check_gates` for ``registry.promote``.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from modelyard.core._platform import Context, Platform
+from modelyard.errors import NotFoundError
+from modelyard.evaluation._perturb import perturb
+from modelyard.evaluation._policy import EvalData, GatePolicy
+from modelyard.training._data import Example
+
+_OPS = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
+
+
+@dataclass
+class Check:
+    name: str  # e.g. "metrics: rougeL >= 0.6", "fairness: rougeL gap (locale)"
+    kind: str  # metric | fairness | robustness | latency | size
+    value: float | None
+    bound: float | None
+    op: str
+    passed: bool
+    note: str = ""
+
+    @property
+    def margin(self) -> float | None:
+        """How far the value is past the bound (negative: by how much it failed)."""
+        if self.value is None or self.bound is None:
+            return None
+        return self.value - self.bound if self.op in (">=", ">") else self.bound - self.value
+
+    def describe(self) -> str:
+        if self.value is None or self.bound is None:
+            return f"{self.name}: {self.note or ('passed' if self.passed else 'failed')}"
+        verdict = "ok" if self.passed else f"FAILED by {abs(self.margin or 0):.4g}"
+        return f"{self.name}: {self.value:.4g} {self.op} {self.bound:.4g} {verdict}" + (
+            f" ({self.note})" if self.note else ""
+        )
+
+
+@dataclass
+class GateReport:
+    spec: str
+    passed: bool
+    checks: list[Check]
+    measured: dict[str, Any] = field(default_factory=dict)
+    attestation: int | None = None
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary(self) -> str:
+        bad = self.failed
+        if not bad:
+            return f"all {len(self.checks)} checks passed"
+        return "; ".join(c.describe() for c in bad)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+            "measured": self.measured,
+        }
+
+
+def eval_examples(platform: Platform, ctx: Context, data: EvalData) -> list[Example]:
+    """The policy's evaluation examples: the chosen member of the dataset version, a seeded sample of at
+    most ``max_samples`` in file order."""
+    from modelyard.data import get
+    from modelyard.training._data import pick_member, read_examples
+    from modelyard.training._recipe import DataSection
+
+    section = DataSection(
+        train=data.dataset,
+        file=data.file,
+        format=data.format,
+        source_field=data.source_field,
+        target_field=data.target_field,
+        group_field=data.group_field,
+    )
+    root = get(data.dataset, platform=platform, ctx=ctx)
+    member = pick_member(root, section, role=data.split)
+    rows = read_examples(root / member, section, label=f"{data.dataset}:{member}")
+    if not rows:
+        raise NotFoundError(f"{data.dataset}:{member} holds no examples to evaluate on")
+    if len(rows) > data.max_samples:
+        keep = sorted(random.Random(data.seed).sample(range(len(rows)), data.max_samples))
+        rows = [rows[i] for i in keep]
+    return rows
+
+
+def _latency_ms(model: Any, sources: Sequence[str], policy: GatePolicy) -> dict[str, float]:
+    assert policy.latency is not None
+    lat = policy.latency
+    picked = [sources[i % len(sources)] for i in range(lat.samples)]
+    for s in picked[: lat.warmup]:
+        model.generate([s], max_new_tokens=policy.decoding.max_new_tokens, batch_size=1)
+    times = []
+    for s in picked:
+        t0 = time.perf_counter()
+        model.generate([s], max_new_tokens=policy.decoding.max_new_tokens, batch_size=1)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {
+        "p50_ms": statistics.median(times),
+        "p95_ms": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+        "samples": float(len(times)),
+    }
+
+
+def _score(model: Any, rows: Sequence[Example], policy: GatePolicy, metrics: list[str]) -> Any:
+    from modelyard.training._eval import score
+
+    preds = model.generate(
+        [r.source for r in rows],
+        max_new_tokens=policy.decoding.max_new_tokens,
+        batch_size=policy.decoding.batch_size,
+    )
+    return score(preds, [r.target for r in rows], metrics, groups=[r.group for r in rows])
+
+
+def check_gates(
+    platform: Platform, ctx: Context, spec: str, policy: GatePolicy, *, attest: bool = True
+) -> GateReport:
+    """Evaluate ``spec`` against ``policy``; store the signed result on the version unless ``attest`` is
+    False. Raises only for errors (missing data, unreadable version); failed checks are in the report."""
+    from modelyard.registry import attest as store_attestation
+    from modelyard.registry import load, show
+
+    info = show(platform, ctx, spec)
+    exact = info.spec
+    rows = eval_examples(platform, ctx, policy.data)
+    metrics = policy.needed_metrics() or ["rougeL"]
+    threads = policy.latency.threads if policy.latency else None
+    model = load(exact, platform=platform, ctx=ctx, threads=threads)
+    clean = _score(model, rows, policy, metrics)
+    measured: dict[str, Any] = {
+        "examples": len(rows),
+        "data": policy.data.dataset,
+        "metrics": dict(clean.overall),
+        "slices": {g: {"n": clean.slice_sizes[g], **m} for g, m in clean.slices.items()},
+    }
+    checks: list[Check] = []
+
+    references: dict[str, dict[str, float] | None] = {}
+    for c in policy.checks:
+        value = clean.overall[c.metric]
+        if c.alias is None:
+            assert c.bound is not None
+            checks.append(
+                Check(f"metrics: {c.text}", "metric", value, c.bound, c.op, _OPS[c.op](value, c.bound))
+            )
+            continue
+        if c.alias not in references:
+            references[c.alias] = _reference_scores(
+                platform, ctx, info.name, c.alias, exact, rows, policy, metrics, clean.overall
+            )
+        ref = references[c.alias]
+        if ref is None:
+            checks.append(
+                Check(
+                    f"metrics: {c.text}",
+                    "metric",
+                    value,
+                    None,
+                    c.op,
+                    True,
+                    f"skipped: nothing at {info.name}@{c.alias} yet",
+                )
+            )
+            continue
+        bound = ref[c.metric] + c.offset
+        checks.append(
+            Check(
+                f"metrics: {c.text}",
+                "metric",
+                value,
+                bound,
+                c.op,
+                _OPS[c.op](value, bound),
+                f"{c.alias} scores {ref[c.metric]:.4g}",
+            )
+        )
+    measured["references"] = {k: v for k, v in references.items() if v is not None}
+
+    for f in policy.fairness:
+        group = f.group or policy.data.group_field
+        if group != policy.data.group_field:
+            rows_g = eval_examples(platform, ctx, policy.data.model_copy(update={"group_field": group}))
+            scores = _score(model, rows_g, policy, metrics)
+        else:
+            scores = clean
+        judged = {g: m[f.metric] for g, m in scores.slices.items() if scores.slice_sizes[g] >= f.min_examples}
+        small = sorted(set(scores.slices) - set(judged))
+        note = f"slices under {f.min_examples} examples not judged: {', '.join(small)}" if small else ""
+        if len(judged) < 1:
+            checks.append(
+                Check(
+                    f"fairness: {f.metric} by {group}",
+                    "fairness",
+                    None,
+                    None,
+                    "",
+                    False,
+                    f"no slice of {group!r} has {f.min_examples}+ examples",
+                )
+            )
+            continue
+        if f.max_gap is not None:
+            gap = max(judged.values()) - min(judged.values())
+            worst = min(judged, key=lambda g: judged[g])
+            best = max(judged, key=lambda g: judged[g])
+            checks.append(
+                Check(
+                    f"fairness: {f.metric} gap between {group} slices",
+                    "fairness",
+                    gap,
+                    f.max_gap,
+                    "<=",
+                    gap <= f.max_gap,
+                    f"{best} {judged[best]:.4g} vs {worst} {judged[worst]:.4g}"
+                    + (f"; {note}" if note else ""),
+                )
+            )
+        if f.min is not None:
+            for g, v in sorted(judged.items()):
+                checks.append(
+                    Check(f"fairness: {f.metric} of {group}={g}", "fairness", v, f.min, ">=", v >= f.min)
+                )
+
+    if policy.robustness is not None:
+        rb = policy.robustness
+        varied = perturb([r.source for r in rows], rb.perturbations, rb.seed)
+        perturbed_rows = [Example(text, r.target, kind) for (kind, text), r in zip(varied, rows, strict=True)]
+        noisy = _score(model, perturbed_rows, policy, [rb.metric])
+        base, value = clean.overall[rb.metric], noisy.overall[rb.metric]
+        ratio = value / base if base > 0 else (1.0 if value >= base else 0.0)
+        measured["robustness"] = {
+            "clean": base,
+            "perturbed": value,
+            "by_kind": {k: m[rb.metric] for k, m in noisy.slices.items()},
+        }
+        checks.append(
+            Check(
+                f"robustness: {rb.metric} on perturbed / clean inputs",
+                "robustness",
+                ratio,
+                rb.min_ratio,
+                ">=",
+                ratio >= rb.min_ratio,
+                f"{value:.4g} perturbed vs {base:.4g} clean; {', '.join(rb.perturbations)}",
+            )
+        )
+
+    if policy.latency is not None:
+        lat = _latency_ms(model, [r.source for r in rows], policy)
+        measured["latency"] = lat
+        checks.append(
+            Check(
+                "latency: p95 at batch 1 (ms)",
+                "latency",
+                lat["p95_ms"],
+                policy.latency.p95_ms,
+                "<=",
+                lat["p95_ms"] <= policy.latency.p95_ms,
+                f"p50 {lat['p50_ms']:.1f} ms",
+            )
+        )
+    if policy.size is not None:
+        mb = info.bytes / 1e6
+        measured["size_mb"] = mb
+        checks.append(
+            Check("size: on disk (MB)", "size", mb, policy.size.max_mb, "<=", mb <= policy.size.max_mb)
+        )
+
+    report = GateReport(exact, all(c.passed for c in checks), checks, measured)
+    if attest:
+        body = {**report.to_dict(), "policy": policy.model_dump(mode="json")}
+        report.attestation = store_attestation(platform, ctx, exact, "gates", body, passed=report.passed)
+    return report
+
+
+def _reference_scores(
+    platform: Platform,
+    ctx: Context,
+    name: str,
+    alias: str,
+    exact: str,
+    rows: Sequence[Example],
+    policy: GatePolicy,
+    metrics: list[str],
+    clean: dict[str, float],
+) -> dict[str, float] | None:
+    from modelyard.registry import load, show
+
+    try:
+        ref = show(platform, ctx, f"{name}@{alias}")
+    except NotFoundError:
+        return None
+    if ref.spec == exact:
+        return dict(clean)  # the alias points at this version already
+    return dict(_score(load(ref.spec, platform=platform, ctx=ctx), rows, policy, metrics).overall)
+
+
+def gate_runner(policy: GatePolicy) -> Any:
+    """``registry.promote(..., gates=gate_runner(policy))``: run the gates, store the attestation, and
+    return (passed, summary of the failed checks with their numbers)."""
+
+    def run(platform: Platform, ctx: Context, spec: str) -> tuple[bool, str]:
+        report = check_gates(platform, ctx, spec, policy)
+        return report.passed, report.summary()
+
+    return run

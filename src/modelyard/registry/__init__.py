@@ -1,0 +1,61 @@
+"""Model registry: immutable signed versions, aliases with history, gated four-eyes promotion, rollback,
+attestations, verified loading and model cards."""
+
+from modelyard.registry._aliases import (
+    PROTECTED,
+    AliasChange,
+    AliasEventInfo,
+    attest,
+    attestations,
+    delete_alias,
+    history,
+    promote,
+    rollback,
+    set_alias,
+)
+from modelyard.registry._card import Card, model_card
+from modelyard.registry._load import LoadedModel, load, load_dir
+from modelyard.registry._versions import (
+    ModelInfo,
+    VerifyReport,
+    VersionInfo,
+    download,
+    eval_report,
+    list_models,
+    list_versions,
+    parse_spec,
+    read_manifest,
+    register,
+    show,
+    verify,
+)
+
+__all__ = [
+    "PROTECTED",
+    "AliasChange",
+    "AliasEventInfo",
+    "Card",
+    "LoadedModel",
+    "ModelInfo",
+    "VerifyReport",
+    "VersionInfo",
+    "attest",
+    "attestations",
+    "delete_alias",
+    "download",
+    "eval_report",
+    "history",
+    "list_models",
+    "list_versions",
+    "load",
+    "load_dir",
+    "model_card",
+    "parse_spec",
+    "promote",
+    "read_manifest",
+    "register",
+    "rollback",
+    "set_alias",
+    "show",
+    "verify",
+]

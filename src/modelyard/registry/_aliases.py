@@ -1,0 +1,329 @@
+"""Aliases (``staging``, ``production``, any name) pointing at versions, their history, promotion behind
+quality gates and four eyes, one-command rollback, and signed attestations.
+
+* A protected alias (``production``) changes only by :func:`promote`: the approver role, held by someone
+  other than the version's author (four eyes), a gate policy, and every gate passing. The gate result is
+  stored first as a signed attestation naming the version's manifest digest.
+* Every change appends an :class:`AliasEvent`. ``set``/``promote`` push a version, ``rollback`` pops one,
+  ``delete`` empties the alias; replaying the events gives the stack a rollback pops, so rolling back twice
+  goes two versions back, never forth again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelyard.core._models import AliasEvent, Attestation, ModelAlias, ModelVersion, RegisteredModel
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.core._signing import Signer, canonical
+from modelyard.errors import GateFailedError, NotFoundError, PermissionDeniedError, UsageError, YardError
+from modelyard.registry._versions import (
+    _model,
+    check_alias,
+    check_model_name,
+    model_ref,
+    parse_spec,
+    resolve_row,
+    verify,
+)
+
+#: aliases that only a gated, four-eyes promotion may move
+PROTECTED = frozenset({"production"})
+
+
+@dataclass
+class AliasChange:
+    name: str
+    alias: str
+    version: int | None
+    previous: int | None
+    action: str
+
+
+@dataclass
+class AliasEventInfo:
+    alias: str
+    action: str
+    version: int | None
+    previous: int | None
+    reason: str
+    at: datetime
+    by: str
+
+
+def _alias_resource(name: str, alias: str) -> str:
+    return f"model:{name}#{alias}"
+
+
+def _stack(s: Session, model_id: int, alias: str) -> list[int]:
+    """The versions a rollback would return to, oldest first (replay of the alias history)."""
+    stack: list[int] = []
+    events = s.scalars(
+        select(AliasEvent)
+        .where(AliasEvent.model_id == model_id, AliasEvent.alias == alias)
+        .order_by(AliasEvent.id)
+    )
+    for e in events:
+        if e.action in ("set", "promote") and e.version is not None:
+            stack.append(e.version)
+        elif e.action == "rollback" and stack:
+            stack.pop()
+        elif e.action == "delete":
+            stack.clear()
+    return stack
+
+
+def _point(
+    s: Session,
+    ctx: Context,
+    model: RegisteredModel,
+    alias: str,
+    row: ModelVersion | None,
+    action: str,
+    reason: str,
+) -> AliasChange:
+    current = s.get(ModelAlias, (model.id, alias))
+    previous = None
+    if current is not None:
+        prev_row = s.get(ModelVersion, current.version_id)
+        previous = prev_row.version if prev_row is not None else None
+    now = utcnow()
+    if row is None:
+        if current is not None:
+            s.delete(current)
+    elif current is None:
+        s.add(
+            ModelAlias(model_id=model.id, alias=alias, version_id=row.id, updated_at=now, updated_by=ctx.user)
+        )
+    else:
+        current.version_id, current.updated_at, current.updated_by = row.id, now, ctx.user
+    version = row.version if row is not None else None
+    s.add(
+        AliasEvent(
+            model_id=model.id,
+            alias=alias,
+            action=action,
+            version=version,
+            previous=previous,
+            reason=reason,
+            at=now,
+            by=ctx.user,
+        )
+    )
+    return AliasChange(model.name, alias, version, previous, action)
+
+
+def _check_reason(platform: Platform, ctx: Context, action: str, resource: str, reason: str) -> None:
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise platform.refuse(ctx, action, resource, UsageError("reason: at most 1000 characters"))
+
+
+def set_alias(platform: Platform, ctx: Context, spec: str, alias: str, *, reason: str = "") -> AliasChange:
+    """Point ``alias`` at the version ``spec`` names (engineer). Protected aliases need :func:`promote`."""
+    name, _ = parse_spec(spec)
+    alias = check_alias(alias)
+    resource = _alias_resource(name, alias)
+    _check_reason(platform, ctx, "model.deploy", resource, reason)
+    if alias in PROTECTED:
+        platform.authorize(ctx, "model.deploy", resource)
+        raise platform.refuse(
+            ctx,
+            "model.deploy",
+            resource,
+            UsageError(
+                f"{alias!r} is a protected alias: use `yard models promote {spec} --to {alias}` "
+                "(quality gates and a second person's approval)"
+            ),
+        )
+    detail: dict[str, Any] = {"spec": spec}
+    with platform.mutate(ctx, "model.deploy", resource, detail) as s:
+        model, row = resolve_row(s, ctx, spec)
+        change = _point(s, ctx, model, alias, row, "set", reason)
+        detail.update(version=change.version, previous=change.previous)
+    return change
+
+
+def delete_alias(platform: Platform, ctx: Context, name: str, alias: str, *, reason: str = "") -> AliasChange:
+    name, alias = check_model_name(name), check_alias(alias)
+    resource = _alias_resource(name, alias)
+    action = "model.approve" if alias in PROTECTED else "model.deploy"
+    _check_reason(platform, ctx, action, resource, reason)
+    detail: dict[str, Any] = {}
+    with platform.mutate(ctx, action, resource, detail) as s:
+        model = _model(s, ctx, name)
+        if s.get(ModelAlias, (model.id, alias)) is None:
+            raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+        change = _point(s, ctx, model, alias, None, "delete", reason)
+        detail["previous"] = change.previous
+    return change
+
+
+GateRunner = Callable[[Platform, Context, str], tuple[bool, str]]
+
+
+def promote(
+    platform: Platform,
+    ctx: Context,
+    spec: str,
+    alias: str,
+    *,
+    gates: GateRunner | None = None,
+    reason: str = "",
+) -> AliasChange:
+    """Move ``alias`` to the version ``spec`` names, once the version verifies and ``gates`` pass.
+
+    ``gates(platform, ctx, "name@v")`` runs the quality gates, stores their signed attestation and returns
+    (passed, summary of failed checks). For a protected alias it is required, and the actor needs the
+    approver role and must not be the version's author."""
+    name, _ = parse_spec(spec)
+    alias = check_alias(alias)
+    resource = _alias_resource(name, alias)
+    protected = alias in PROTECTED
+    action = "model.approve" if protected else "model.deploy"
+    platform.authorize(ctx, action, resource)
+    _check_reason(platform, ctx, action, resource, reason)
+    with platform.db.read() as s:
+        model, row = resolve_row(s, ctx, spec)
+        exact = f"{model.name}@{row.version}"
+        author, manifest = row.created_by, row.manifest_digest
+    detail: dict[str, Any] = {"version": row.version, "author": author}
+    try:
+        if protected and author == ctx.user:
+            raise PermissionDeniedError(
+                f"{ctx.user} registered {exact} and cannot also approve it for {alias!r} (four eyes): "
+                "another user with the approver role must promote it",
+                action=action,
+            )
+        if protected and gates is None:
+            raise UsageError(
+                f"promotion to {alias!r} runs the quality gates: give a gate policy "
+                f"(`yard models promote {exact} --to {alias} --policy gates.yaml`)"
+            )
+        verify(platform, ctx, exact)
+        if gates is not None:
+            passed, summary = gates(platform, ctx, exact)
+            detail["gates"] = "passed" if passed else "failed"
+            if not passed:
+                raise GateFailedError(
+                    f"{exact} failed its quality gates, not promoted to {alias!r}: {summary}"
+                )
+    except YardError as exc:
+        raise platform.refuse(ctx, action, resource, exc) from None
+    with platform.mutate(ctx, action, resource, detail) as s:
+        model, row = resolve_row(s, ctx, exact)
+        if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
+            raise UsageError(f"{exact} changed while it was being promoted")
+        if gates is not None and not _has_passing(s, row, "gates"):
+            raise GateFailedError(f"{exact}: no passing gate attestation was recorded")
+        change = _point(s, ctx, model, alias, row, "promote", reason)
+        detail["previous"] = change.previous
+    return change
+
+
+def rollback(platform: Platform, ctx: Context, name: str, alias: str, *, reason: str = "") -> AliasChange:
+    """Point ``alias`` back at the version it pointed at before its current one (engineer)."""
+    name, alias = check_model_name(name), check_alias(alias)
+    resource = _alias_resource(name, alias)
+    _check_reason(platform, ctx, "model.deploy", resource, reason)
+    detail: dict[str, Any] = {}
+    with platform.mutate(ctx, "model.deploy", resource, detail) as s:
+        model = _model(s, ctx, name)
+        stack = _stack(s, model.id, alias)
+        if len(stack) < 2:
+            raise UsageError(f"{name}@{alias} has no earlier version to roll back to")
+        target = s.execute(
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == stack[-2])
+        ).scalar_one_or_none()
+        if target is None:
+            raise NotFoundError(f"{name}@{stack[-2]}, the version before, no longer exists")
+        change = _point(s, ctx, model, alias, target, "rollback", reason)
+        detail.update(version=change.version, previous=change.previous)
+    return change
+
+
+def history(platform: Platform, ctx: Context, name: str, alias: str | None = None) -> list[AliasEventInfo]:
+    name = check_model_name(name)
+    if alias is not None:
+        alias = check_alias(alias)
+    platform.authorize(ctx, "model.read", f"model:{name}")
+    with platform.db.read() as s:
+        model = _model(s, ctx, name)
+        q = select(AliasEvent).where(AliasEvent.model_id == model.id)
+        if alias is not None:
+            q = q.where(AliasEvent.alias == alias)
+        return [
+            AliasEventInfo(e.alias, e.action, e.version, e.previous, e.reason, as_utc(e.at), e.by)
+            for e in s.scalars(q.order_by(AliasEvent.id))
+        ]
+
+
+# -- attestations -----------------------------------------------------------------------------------------
+
+
+def _has_passing(s: Session, row: ModelVersion, kind: str) -> bool:
+    last = s.scalars(
+        select(Attestation)
+        .where(Attestation.version_id == row.id, Attestation.kind == kind)
+        .order_by(Attestation.id.desc())
+        .limit(1)
+    ).first()
+    return bool(
+        last is not None and last.passed and json.loads(last.body).get("manifest") == row.manifest_digest
+    )
+
+
+def attest(
+    platform: Platform, ctx: Context, spec: str, kind: str, result: Mapping[str, Any], *, passed: bool
+) -> int:
+    """Store a signed statement about a version (e.g. its gate results). Returns the attestation id."""
+    signer = Signer(platform)
+    detail: dict[str, Any] = {"kind": kind, "passed": passed}
+    with platform.mutate(ctx, "model.register", f"model:{spec}", detail) as s:
+        model, row = resolve_row(s, ctx, spec)
+        now = utcnow()
+        body = canonical(
+            {
+                "kind": kind,
+                "subject": model_ref(model.name, row.version),
+                "manifest": row.manifest_digest,
+                "passed": passed,
+                "result": dict(result),
+                "created_at": now.isoformat(),
+                "created_by": ctx.user,
+            }
+        )
+        a = Attestation(
+            version_id=row.id,
+            kind=kind,
+            passed=passed,
+            body=body.decode("utf-8"),
+            signature=signer.sign(body),
+            key_id=signer.key_id,
+            created_at=now,
+            created_by=ctx.user,
+        )
+        s.add(a)
+        s.flush()
+        detail["attestation"] = a.id
+        return a.id
+
+
+def attestations(
+    platform: Platform, ctx: Context, spec: str, kind: str | None = None
+) -> list[dict[str, Any]]:
+    """The version's attestations, newest last, each as its signed body plus ``id`` (signatures are checked
+    by :func:`~modelyard.registry.verify`)."""
+    platform.authorize(ctx, "model.read", f"model:{spec}")
+    with platform.db.read() as s:
+        _, row = resolve_row(s, ctx, spec)
+        q = select(Attestation).where(Attestation.version_id == row.id)
+        if kind is not None:
+            q = q.where(Attestation.kind == kind)
+        return [{"id": a.id, **json.loads(a.body)} for a in s.scalars(q.order_by(Attestation.id))]

@@ -1,0 +1,134 @@
+"""What a model version may contain: weights as safetensors or ONNX, configs as JSON/YAML, tokenizer files.
+
+Checked before a byte is stored, on names and on contents: a pickle is refused whatever its name (the
+pickle protocol header, or the zip container torch.save writes), and a ``.safetensors`` or ``.json`` file
+must parse as one. Symlinks and special files are refused: a version describes bytes inside its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelyard.core._paths import safe_key
+from modelyard.errors import UsageError
+
+#: suffix -> kind. Tokenizer files: sentencepiece models (.model), vocabularies and merges (.txt).
+ALLOWED = {
+    ".safetensors": "weights",
+    ".onnx": "weights",
+    ".onnx_data": "weights",  # ONNX external data
+    ".json": "config",
+    ".yaml": "config",
+    ".yml": "config",
+    ".model": "tokenizer",
+    ".txt": "tokenizer",
+    ".md": "doc",
+}
+PICKLE_SUFFIXES = frozenset(
+    {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".h5", ".dill"}
+)
+MAX_FILES = 1000
+_SAFETENSORS_HEADER_MAX = 100 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str  # relative, POSIX
+    local: Path
+    size: int
+
+
+def _refuse(root: Path, message: str) -> UsageError:
+    return UsageError(f"{root}: {message}")
+
+
+def _looks_pickled(head: bytes) -> bool:
+    # Pickle protocol 2+ starts with PROTO (0x80) and the protocol number; torch.save's default format
+    # is a zip archive holding a pickle. Neither is ever a safetensors, ONNX, JSON or text file.
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK\x03\x04")
+
+
+def _check_content(root: Path, rel: str, path: Path, size: int) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if _looks_pickled(head):
+            raise _refuse(
+                root,
+                f"{rel} is a pickle (or a torch zip archive); pickles can run code when loaded "
+                "and are never accepted: save the weights as safetensors",
+            )
+        suffix = Path(rel).suffix.lower()
+        if suffix == ".safetensors":
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(_SAFETENSORS_HEADER_MAX, size - 8):
+                raise _refuse(root, f"{rel} is not a safetensors file (bad header length)")
+            try:
+                header = json.loads(fh.read(n))
+            except ValueError:
+                header = None
+            if not isinstance(header, dict):
+                raise _refuse(root, f"{rel} is not a safetensors file (its header is not a JSON object)")
+        elif suffix == ".json":
+            fh.seek(0)
+            try:
+                json.load(fh)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise _refuse(root, f"{rel} is not valid JSON ({exc})") from None
+
+
+def scan_model_dir(root: str | os.PathLike[str]) -> list[ModelFile]:
+    """Every file of ``root`` checked as above, sorted by relative path; UsageError names the first
+    refused one and nothing has been stored."""
+    base = Path(root)
+    if not base.is_dir():
+        raise UsageError(f"{base} is not a directory; give the directory of a saved model or a run id")
+    out: list[ModelFile] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames.sort()
+        for name in sorted([*dirnames, *filenames]):
+            full = Path(dirpath) / name
+            rel = full.relative_to(base).as_posix()
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise _refuse(base, f"{rel} is a symlink; a model version holds regular files only")
+            if name in dirnames:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise _refuse(base, f"{rel} is not a regular file")
+            try:
+                safe_key(rel, what="model file name")
+            except UsageError as exc:
+                raise _refuse(base, exc.message) from None
+            suffix = Path(rel).suffix.lower()
+            if suffix in PICKLE_SUFFIXES:
+                raise _refuse(
+                    base,
+                    f"{rel} is a pickle-format file ({suffix}); pickles can run code when "
+                    "loaded and are never accepted: save the weights as safetensors or ONNX",
+                )
+            if suffix not in ALLOWED:
+                raise _refuse(
+                    base,
+                    f"{rel}: {suffix or 'files without a suffix'} not accepted in a model "
+                    f"version; expected one of {', '.join(sorted(ALLOWED))}",
+                )
+            _check_content(base, rel, full, st.st_size)
+            out.append(ModelFile(rel, full, st.st_size))
+            if len(out) > MAX_FILES:
+                raise _refuse(
+                    base, f"more than {MAX_FILES} files; a model version is weights, configs and a tokenizer"
+                )
+    if not out:
+        raise _refuse(base, "the directory is empty")
+    if not any(ALLOWED[Path(f.path).suffix.lower()] == "weights" for f in out):
+        raise _refuse(base, "no weights found (expected *.safetensors or *.onnx)")
+    return out
+
+
+def model_format(files: list[ModelFile]) -> str:
+    """``onnx`` when the version holds ONNX graphs, else ``safetensors``."""
+    return "onnx" if any(f.path.endswith(".onnx") for f in files) else "safetensors"

@@ -1,0 +1,687 @@
+"""Registered models and their immutable, signed versions.
+
+A version is a manifest: canonical JSON naming the project, model and version number, every file (path,
+size, SHA-256), the lineage (run, dataset versions, recipe, code commit, parent version), the evaluation
+(report digest and overall metrics) and, for optimised variants, a benchmark record. The manifest is
+stored as an encrypted blob named by its digest and signed with the installation's Ed25519 key; the files
+are blobs of the encrypted artifact store. One transaction claims the blobs, numbers the version (the row
+lock of ``UPDATE models SET last_version = last_version + 1``, plus a unique constraint: no gaps or
+duplicates under concurrency), records it, its lineage edges and the audit record.
+
+Reading a version back (``verify``, ``download``, ``load``) checks the signature against the manifest
+bytes, the row's columns against the manifest, and every file's bytes against its digest; an
+:class:`~modelyard.errors.IntegrityError` names the file or record that does not match.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from modelyard.config import check_name
+from modelyard.core._artifacts import StagedBlob
+from modelyard.core._models import (
+    Attestation,
+    LineageEdge,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+)
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.core._signing import Signer, canonical, verify_signature
+from modelyard.errors import IntegrityError, NotFoundError, UsageError, YardError
+from modelyard.registry._files import ModelFile, model_format, scan_model_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "modelyard.model-version/1"
+_SPEC_RE = re.compile(r"^(?P<name>[^@]+)(?:@(?P<ref>[^@]+))?$")
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_VARIANT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+LATEST = "latest"
+
+
+# -- names and specs --------------------------------------------------------------------------------------
+
+
+def check_model_name(name: str) -> str:
+    try:
+        return check_name(name, "model")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_alias(alias: str) -> str:
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or alias == LATEST:
+        raise UsageError(
+            f"alias {alias!r} is not valid: use 1-64 lower-case letters, digits, '_' or '-', starting with a "
+            f"letter ({LATEST!r} is reserved for the newest version)"
+        )
+    return alias
+
+
+def parse_spec(text: str) -> tuple[str, int | str | None]:
+    """``NAME`` (newest), ``NAME@3`` or ``NAME@alias`` -> (name, version number, alias or None)."""
+    m = _SPEC_RE.match(text) if isinstance(text, str) else None
+    expected = "expected NAME, NAME@VERSION or NAME@ALIAS, such as support-t5@3 or support-t5@production"
+    if m is None:
+        raise UsageError(f"{text!r} is not a model version; {expected}")
+    name = check_model_name(m["name"])
+    ref = m["ref"]
+    if ref is None or ref == LATEST:
+        return name, None
+    if ref.isascii() and ref.isdigit():
+        if len(ref) > 9 or int(ref) < 1:
+            raise UsageError(f"{text!r}: versions are 1, 2, 3, ...; {expected}")
+        return name, int(ref)
+    return name, check_alias(ref)
+
+
+def model_ref(name: str, version: int) -> str:
+    return f"model:{name}@{version}"
+
+
+# -- results ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VersionInfo:
+    name: str
+    version: int
+    format: str
+    variant: str
+    files: int
+    bytes: int
+    metrics: dict[str, float]
+    run_id: str | None
+    parent: str | None  # "name@v"
+    manifest_digest: str
+    key_id: str
+    description: str
+    created_at: datetime
+    created_by: str
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(vars(self))
+        out["created_at"] = self.created_at.isoformat()
+        return out
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    versions: int
+    latest: int | None
+    aliases: dict[str, int]
+    created_at: datetime
+    created_by: str
+
+
+@dataclass
+class VerifyReport:
+    spec: str
+    manifest_digest: str
+    key_id: str
+    files: int
+    bytes: int
+    attestations: int
+
+
+# -- internal reads -------------------------------------------------------------------------------------
+
+
+def _model(s: Session, ctx: Context, name: str) -> RegisteredModel:
+    row = s.execute(
+        select(RegisteredModel).where(
+            RegisteredModel.project_id == ctx.project_id, RegisteredModel.name == name
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError(
+            f"model {name!r} not found in project {ctx.project!r}; list them with `yard models ls`"
+        )
+    return row
+
+
+def resolve_row(s: Session, ctx: Context, spec: str) -> tuple[RegisteredModel, ModelVersion]:
+    name, ref = parse_spec(spec)
+    model = _model(s, ctx, name)
+    q = select(ModelVersion).where(ModelVersion.model_id == model.id)
+    if isinstance(ref, str):
+        alias = s.get(ModelAlias, (model.id, ref))
+        if alias is None:
+            raise NotFoundError(f"model {name!r} has no alias {ref!r}; see `yard models show {name}`")
+        row = s.get(ModelVersion, alias.version_id)
+    elif ref is None:
+        row = s.execute(q.order_by(ModelVersion.version.desc()).limit(1)).scalar_one_or_none()
+    else:
+        row = s.execute(q.where(ModelVersion.version == ref)).scalar_one_or_none()
+    if row is None:
+        what = f"version {ref}" if isinstance(ref, int) else "versions"
+        raise NotFoundError(f"model {name!r} has no {what}; see `yard models show {name}`")
+    return model, row
+
+
+def _aliases_of(s: Session, version_id: int) -> list[str]:
+    return sorted(s.scalars(select(ModelAlias.alias).where(ModelAlias.version_id == version_id)))
+
+
+def _info(s: Session, model: RegisteredModel, row: ModelVersion) -> VersionInfo:
+    parent = None
+    if row.parent_id is not None:
+        p = s.get(ModelVersion, row.parent_id)
+        if p is not None:
+            pm = s.get(RegisteredModel, p.model_id)
+            parent = f"{pm.name if pm else '?'}@{p.version}"
+    return VersionInfo(
+        name=model.name,
+        version=row.version,
+        format=row.format,
+        variant=row.variant,
+        files=row.files,
+        bytes=row.bytes,
+        metrics=json.loads(row.metrics or "{}"),
+        run_id=row.run_id,
+        parent=parent,
+        manifest_digest=row.manifest_digest,
+        key_id=row.key_id,
+        description=row.description,
+        created_at=as_utc(row.created_at),
+        created_by=row.created_by,
+        aliases=_aliases_of(s, row.id),
+    )
+
+
+# -- register ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """What a registration stores: the model files and what the manifest says about them."""
+
+    root: Path
+    files: list[ModelFile]
+    lineage: dict[str, Any]
+    eval_report: bytes | None = None
+    run_id: str | None = None
+
+
+def _run_source(platform: Platform, ctx: Context, run_id: str, work: Path) -> _Source:
+    """A finished run's ``model/`` artifacts, eval report and recipe, with its dataset inputs and code."""
+    from modelyard.tracking._lineage import run_ref
+    from modelyard.tracking._store import download_artifacts, get_run, list_run_artifacts
+
+    run = get_run(platform, ctx, run_id)
+    if run.status != "FINISHED":
+        raise UsageError(f"run {run_id} is {run.status}; only a FINISHED run's model can be registered")
+    paths = {p for p, _, _ in list_run_artifacts(platform, ctx, run_id)}
+    if not any(p.startswith("model/") for p in paths):
+        raise NotFoundError(f"run {run_id} stored no model (no artifacts under model/)")
+    root = download_artifacts(platform, ctx, run_id, "model", work / "model")
+    report = None
+    if "eval/report.json" in paths:
+        report = download_artifacts(platform, ctx, run_id, "eval/report.json", work / "eval").read_bytes()
+    recipe = None
+    if "recipe.yaml" in paths:
+        recipe = next(d for p, d, _ in list_run_artifacts(platform, ctx, run_id) if p == "recipe.yaml")
+    with platform.db.read() as s:
+        datasets = sorted(
+            s.scalars(
+                select(LineageEdge.src).where(
+                    LineageEdge.project_id == ctx.project_id,
+                    LineageEdge.dst == run_ref(run_id),
+                    LineageEdge.src.like("dataset:%"),
+                )
+            )
+        )
+    code = None
+    if "git.commit" in run.tags:
+        code = {"commit": run.tags["git.commit"], "dirty": run.tags.get("git.dirty") == "true"}
+    lineage = {
+        "run": run_id,
+        "experiment": run.experiment,
+        "datasets": [d.removeprefix("dataset:") for d in datasets],
+        "recipe": recipe,
+        "code": code,
+    }
+    return _Source(root, scan_model_dir(root), lineage, report, run_id)
+
+
+def _metrics(report: bytes | None) -> dict[str, float]:
+    if report is None:
+        return {}
+    try:
+        data = json.loads(report)
+        overall = data["overall"]
+        return {str(k): float(v) for k, v in overall.items() if isinstance(v, int | float)}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"the evaluation report is malformed ({exc}); expected modelyard's report.json"
+        ) from None
+
+
+def register(
+    platform: Platform,
+    ctx: Context,
+    source: str | os.PathLike[str],
+    name: str,
+    *,
+    description: str = "",
+    parent: str | None = None,
+    variant: str | None = None,
+    eval_report: str | os.PathLike[str] | bytes | None = None,
+    benchmark: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+) -> VersionInfo:
+    """Register the model of a finished run (``source`` = its id) or a model directory as the next version
+    of ``name``. Only safetensors/ONNX weights, JSON/YAML configs and tokenizer files are accepted; a
+    pickle is refused before anything is stored. ``parent`` (``name@v``) marks a derived version
+    (optimised, pruned, distilled)."""
+    name = check_model_name(name)
+    resource = f"model:{name}"
+    platform.authorize(ctx, "model.register", resource)
+    if not isinstance(description, str) or len(description) > 4000:
+        raise platform.refuse(
+            ctx, "model.register", resource, UsageError("description: at most 4000 characters")
+        )
+    if variant is not None and (not isinstance(variant, str) or not _VARIANT_RE.match(variant)):
+        raise platform.refuse(
+            ctx,
+            "model.register",
+            resource,
+            UsageError(f"variant {variant!r} is not valid: 1-64 lower-case letters, digits, '.', '_' or '-'"),
+        )
+    with tempfile.TemporaryDirectory(prefix="yard-register-") as tmp:
+        try:
+            text = os.fspath(source)
+            if _RUN_ID_RE.match(text) and not Path(text).exists():
+                src = _run_source(platform, ctx, text, Path(tmp))
+            else:
+                root = Path(text)
+                src = _Source(
+                    root, scan_model_dir(root), {"run": None, "datasets": [], "recipe": None, "code": None}
+                )
+            if lineage:
+                src.lineage.update(dict(lineage))
+            if eval_report is not None:
+                src.eval_report = (
+                    eval_report if isinstance(eval_report, bytes) else Path(eval_report).read_bytes()
+                )
+            metrics = _metrics(src.eval_report)
+            fmt = model_format(src.files)
+            if variant is None:
+                variant = _default_variant(src.root, fmt)
+            parent_row: ModelVersion | None = None
+            parent_spec: str | None = None
+            if parent is not None:
+                with platform.db.read() as s:
+                    pm, parent_row = resolve_row(s, ctx, parent)
+                    parent_spec = f"{pm.name}@{parent_row.version}"
+        except YardError as exc:
+            raise platform.refuse(ctx, "model.register", resource, exc) from None
+        except OSError as exc:
+            raise platform.refuse(
+                ctx, "model.register", resource, UsageError(f"cannot read {source}: {exc.strerror or exc}")
+            ) from None
+        src.lineage["parent"] = parent_spec
+        return _store_version(
+            platform,
+            ctx,
+            name,
+            src,
+            fmt=fmt,
+            variant=variant,
+            metrics=metrics,
+            description=description,
+            parent_row=parent_row,
+            benchmark=dict(benchmark) if benchmark else None,
+        )
+
+
+def _default_variant(root: Path, fmt: str) -> str:
+    if fmt != "onnx":
+        return "fp32"
+    try:
+        info = json.loads((root / "onnx.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "onnx-fp32"
+    return "onnx-int8" if "int8" in str(info.get("quantization", "")) else "onnx-fp32"
+
+
+def _store_version(
+    platform: Platform,
+    ctx: Context,
+    name: str,
+    src: _Source,
+    *,
+    fmt: str,
+    variant: str,
+    metrics: dict[str, float],
+    description: str,
+    parent_row: ModelVersion | None,
+    benchmark: dict[str, Any] | None,
+) -> VersionInfo:
+    from modelyard.tracking._lineage import add_edges, run_ref
+
+    store = platform.artifacts
+    resource = f"model:{name}"
+    try:
+        signer = Signer(platform)
+        staged = store.stage_files([f.local for f in src.files], region=ctx.region)
+        extra = [store.stage(io.BytesIO(src.eval_report), region=ctx.region)] if src.eval_report else []
+    except YardError as exc:
+        raise platform.refuse(ctx, "model.register", resource, exc) from None
+    report_digest = extra[0].digest if extra else None
+    detail: dict[str, Any] = {
+        "files": len(src.files),
+        "bytes": sum(f.size for f in src.files),
+        "variant": variant,
+    }
+    everything: list[StagedBlob] = [*staged, *extra]
+    claimed: set[str] = set()
+    committed = False
+    xid: str | None = None
+    manifest_blob: StagedBlob | None = None
+    try:
+        with platform.mutate(ctx, "model.register", resource, detail) as s:
+            claimed = store.claim(s, everything)
+            xid = store.transaction_id(s)
+            model_id = _ensure_model(s, ctx, name)
+            version = s.execute(
+                update(RegisteredModel)
+                .where(RegisteredModel.id == model_id)
+                .values(last_version=RegisteredModel.last_version + 1)
+                .returning(RegisteredModel.last_version)
+            ).scalar_one()
+            now = utcnow()
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "project": ctx.project,
+                "model": name,
+                "version": version,
+                "weights": fmt,
+                "variant": variant,
+                "files": [
+                    {"path": f.path, "size": b.size, "sha256": b.digest}
+                    for f, b in zip(src.files, staged, strict=True)
+                ],
+                "lineage": src.lineage,
+                "eval": {"report": report_digest, "metrics": metrics},
+                "benchmark": benchmark,
+                "description": description,
+                "created_at": now.isoformat(),
+                "created_by": ctx.user,
+            }
+            body = canonical(manifest)
+            manifest_blob = store.stage(io.BytesIO(body), region=ctx.region)
+            claimed |= store.claim(s, [manifest_blob])
+            row = ModelVersion(
+                model_id=model_id,
+                version=version,
+                manifest_digest=manifest_blob.digest,
+                signature=signer.sign(body),
+                key_id=signer.key_id,
+                format=fmt,
+                variant=variant,
+                parent_id=parent_row.id if parent_row is not None else None,
+                run_id=src.run_id,
+                files=len(src.files),
+                bytes=sum(b.size for b in staged),
+                metrics=json.dumps(metrics, sort_keys=True),
+                description=description,
+                created_at=now,
+                created_by=ctx.user,
+            )
+            s.add(row)
+            s.flush()
+            detail.update(version=version, manifest=manifest_blob.digest)
+            ref = model_ref(name, version)
+            edges = [(run_ref(src.run_id), ref, "registered")] if src.run_id else []
+            edges += [(f"dataset:{d}", ref, "trained-on") for d in src.lineage.get("datasets") or []]
+            if src.lineage.get("parent"):
+                edges.append((f"model:{src.lineage['parent']}", ref, "derived"))
+            add_edges(s, ctx, edges)
+            model = s.get(RegisteredModel, model_id)
+            assert model is not None
+            info = _info(s, model, row)
+        committed = True
+    finally:
+        blobs = [*everything, *([manifest_blob] if manifest_blob is not None else [])]
+        try:
+            store.discard(blobs, committed=committed, claimed=claimed, xid=xid)
+        except Exception as exc:
+            if not committed:
+                raise
+            log.warning("model %s: version stored, but removing unreferenced objects failed: %s", name, exc)
+    return info
+
+
+def _ensure_model(s: Session, ctx: Context, name: str) -> int:
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        insert: Any = pg_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        insert = sqlite_insert
+    s.execute(
+        insert(RegisteredModel)
+        .values(
+            project_id=ctx.project_id, name=name, last_version=0, created_at=utcnow(), created_by=ctx.user
+        )
+        .on_conflict_do_nothing(index_elements=["project_id", "name"])
+    )
+    return _model(s, ctx, name).id
+
+
+# -- read -------------------------------------------------------------------------------------------------
+
+
+def list_models(platform: Platform, ctx: Context) -> list[ModelInfo]:
+    platform.authorize(ctx, "model.read", f"project:{ctx.project}")
+    with platform.db.read() as s:
+        models = s.scalars(
+            select(RegisteredModel)
+            .where(RegisteredModel.project_id == ctx.project_id)
+            .order_by(RegisteredModel.name)
+        ).all()
+        out = []
+        for m in models:
+            versions = s.scalars(select(ModelVersion.version).where(ModelVersion.model_id == m.id)).all()
+            aliases = {
+                a: v
+                for a, v in s.execute(
+                    select(ModelAlias.alias, ModelVersion.version)
+                    .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
+                    .where(ModelAlias.model_id == m.id)
+                    .order_by(ModelAlias.alias)
+                )
+            }
+            out.append(
+                ModelInfo(
+                    m.name,
+                    len(versions),
+                    max(versions, default=None),
+                    aliases,
+                    as_utc(m.created_at),
+                    m.created_by,
+                )
+            )
+        return out
+
+
+def list_versions(platform: Platform, ctx: Context, name: str) -> list[VersionInfo]:
+    name = check_model_name(name)
+    platform.authorize(ctx, "model.read", f"model:{name}")
+    with platform.db.read() as s:
+        model = _model(s, ctx, name)
+        rows = s.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.version)
+        ).all()
+        return [_info(s, model, r) for r in rows]
+
+
+def show(platform: Platform, ctx: Context, spec: str) -> VersionInfo:
+    platform.authorize(ctx, "model.read", f"model:{spec}")
+    with platform.db.read() as s:
+        model, row = resolve_row(s, ctx, spec)
+        return _info(s, model, row)
+
+
+def read_manifest(platform: Platform, ctx: Context, spec: str) -> tuple[VersionInfo, dict[str, Any]]:
+    """The version and its manifest, the signature and the row checked against it."""
+    platform.authorize(ctx, "model.read", f"model:{spec}")
+    with platform.db.read() as s:
+        model, row = resolve_row(s, ctx, spec)
+        info = _info(s, model, row)
+        return info, _checked_manifest(platform, s, ctx, model, row)
+
+
+def _checked_manifest(
+    platform: Platform, s: Session, ctx: Context, model: RegisteredModel, row: ModelVersion
+) -> dict[str, Any]:
+    spec = f"{model.name}@{row.version}"
+    try:
+        body = b"".join(platform.artifacts.iter_bytes(row.manifest_digest))
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"{spec}: the manifest failed verification: {exc.message}", file="manifest"
+        ) from exc
+    verify_signature(s, row.key_id, body, row.signature, what=f"{spec}: manifest")
+    manifest: dict[str, Any] = json.loads(body)
+    expected = {
+        "format": MANIFEST_FORMAT,
+        "project": ctx.project,
+        "model": model.name,
+        "version": row.version,
+        "weights": row.format,
+        "variant": row.variant,
+    }
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise IntegrityError(
+                f"{spec}: the record says {key}={value!r} but its signed manifest says "
+                f"{manifest.get(key)!r}; the registry's database was altered",
+                file="manifest",
+            )
+    files = manifest.get("files") or []
+    if row.files != len(files) or row.bytes != sum(int(f["size"]) for f in files):
+        raise IntegrityError(
+            f"{spec}: the record's file count or size differs from its signed manifest", file="manifest"
+        )
+    return manifest
+
+
+def iter_attestations(s: Session, row: ModelVersion) -> Iterator[Attestation]:
+    yield from s.scalars(select(Attestation).where(Attestation.version_id == row.id).order_by(Attestation.id))
+
+
+def verify(platform: Platform, ctx: Context, spec: str) -> VerifyReport:
+    """Recompute every file's digest from the store, check the manifest signature and every attestation.
+    IntegrityError names the first file or record that does not match."""
+    info, manifest = read_manifest(platform, ctx, spec)
+    store = platform.artifacts
+    total = 0
+    for f in manifest["files"]:
+        size = 0
+        try:
+            for chunk in store.iter_bytes(f["sha256"]):  # decrypts and re-checks the SHA-256
+                size += len(chunk)
+        except (IntegrityError, NotFoundError) as exc:
+            raise IntegrityError(
+                f"{info.spec}: file {f['path']} failed verification: {exc.message}", file=f["path"]
+            ) from exc
+        if size != int(f["size"]):
+            raise IntegrityError(
+                f"{info.spec}: file {f['path']} has {size} bytes, not {f['size']}", file=f["path"]
+            )
+        total += size
+    with platform.db.read() as s:
+        _, row = resolve_row(s, ctx, info.spec)
+        attestations = list(iter_attestations(s, row))
+        for a in attestations:
+            verify_signature(
+                s, a.key_id, a.body.encode("utf-8"), a.signature, what=f"{info.spec}: attestation {a.id}"
+            )
+            if json.loads(a.body).get("manifest") != info.manifest_digest:
+                raise IntegrityError(
+                    f"{info.spec}: attestation {a.id} is about another manifest", file="attestation"
+                )
+    return VerifyReport(
+        info.spec, info.manifest_digest, info.key_id, len(manifest["files"]), total, len(attestations)
+    )
+
+
+def download(
+    platform: Platform, ctx: Context, spec: str, dest: str | os.PathLike[str], *, overwrite: bool = False
+) -> tuple[VersionInfo, Path]:
+    """Write the version's files into ``dest`` (created; must be empty unless ``overwrite``): each file is
+    decrypted and checked against its digest into a temp directory beside ``dest``, moved into place only
+    once all verified."""
+    from modelyard.core._paths import safe_join, safe_key
+
+    info, manifest = read_manifest(platform, ctx, spec)
+    target = Path(dest)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
+        raise UsageError(f"{target} exists and is not an empty directory; choose another or pass overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        pairs = [
+            (f["sha256"], safe_join(work, safe_key(f["path"], what="model file"))) for f in manifest["files"]
+        ]
+        for _, path in pairs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            platform.artifacts.get_many(pairs)
+        except (IntegrityError, NotFoundError) as exc:
+            bad = next((f["path"] for f in manifest["files"] if f["sha256"] in exc.message), "a file")
+            raise IntegrityError(
+                f"{info.spec}: file {bad} failed verification: {exc.message}", file=bad
+            ) from exc
+        if not target.exists():
+            os.replace(work, target)
+        else:
+            for _, path in pairs:
+                rel = path.relative_to(work)
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target / rel)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info, target
+
+
+def eval_report(platform: Platform, ctx: Context, spec: str) -> dict[str, Any] | None:
+    """The version's evaluation report (verified against the digest its signed manifest names)."""
+    _, manifest = read_manifest(platform, ctx, spec)
+    digest = (manifest.get("eval") or {}).get("report")
+    if not digest:
+        return None
+    data: dict[str, Any] = json.loads(b"".join(platform.artifacts.iter_bytes(digest)))
+    return data
+
+
+def all_versions(s: Session, model_id: int) -> Sequence[ModelVersion]:
+    return s.scalars(
+        select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.version)
+    ).all()

@@ -1,0 +1,328 @@
+"""Registering, verifying, loading and tampering: immutable signed versions of real trained models."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from modelyard import registry
+from modelyard.core import Platform, Role, rotate_master_key
+from modelyard.core._models import AuditRecord, Blob, LineageEdge, ModelVersion
+from modelyard.core._signing import list_signing_keys
+from modelyard.errors import IntegrityError, NotFoundError, PermissionDeniedError, UsageError
+from modelyard.testing import TrainedModel, actor, make_platform
+
+SOURCES = [
+    "Convert 3 March 2024 to ISO format",
+    "Write 1,234.50 EUR as a canonical amount",
+    "Normalise the address: 12 rue de la Paix, Paris",
+]
+
+
+def stored_object(platform: Platform, digest: str) -> tuple[Path, int]:
+    """The object file holding ``digest`` and the offset of its bytes in it."""
+    with platform.db.read() as s:
+        name, offset = s.execute(
+            select(Blob.object_name, Blob.pack_offset).where(Blob.digest == digest)
+        ).one()
+    return platform.settings.home / "artifacts" / name, offset or 0
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def audit_outcomes(platform: Platform, action: str) -> list[str]:
+    with platform.db.read() as s:
+        return list(s.scalars(select(AuditRecord.outcome).where(AuditRecord.action == action)))
+
+
+def test_init_creates_one_signing_key(platform: Platform) -> None:
+    keys = list_signing_keys(platform)
+    assert len(keys) == 1 and keys[0].active and len(keys[0].public_key) == 64
+
+
+def test_register_from_a_run_records_lineage_and_protects_its_data(
+    trained: TrainedModel, trained_platform: Platform
+) -> None:
+    ctx = trained_platform.context()
+    info = registry.register(trained_platform, ctx, trained.run_id, "from-run", description="date normaliser")
+    assert (info.version, info.format, info.variant, info.run_id) == (
+        1,
+        "safetensors",
+        "fp32",
+        trained.run_id,
+    )
+    report = json.loads(trained.report.read_text())
+    assert info.metrics == pytest.approx(report["overall"]) and info.metrics["rougeL"] > 0.05
+    _, manifest = registry.read_manifest(trained_platform, ctx, "from-run@1")
+    lineage = manifest["lineage"]
+    assert lineage["run"] == trained.run_id and lineage["datasets"] == ["norm@1"]
+    assert lineage["recipe"] is not None and len(lineage["recipe"]) == 64
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= paths
+    assert registry.eval_report(trained_platform, ctx, "from-run@1") == report
+    with trained_platform.db.read() as s:
+        edges = set(s.execute(select(LineageEdge.src, LineageEdge.dst, LineageEdge.relation)).all())
+    assert (f"run:{trained.run_id}", "model:from-run@1", "registered") in edges
+    assert ("dataset:norm@1", "model:from-run@1", "trained-on") in edges
+    # The data version it was trained on can no longer be deleted without an admin's --force.
+    from modelyard.data import remove
+
+    with pytest.raises(UsageError, match="model:from-run@1"):
+        remove(trained_platform, ctx, "norm@1")
+
+
+def test_register_a_directory_then_verify_and_load_it(
+    platform: Platform, model_dir: Path, trained: TrainedModel
+) -> None:
+    ctx = platform.context()
+    info = registry.register(platform, ctx, model_dir, "t5", eval_report=trained.report)
+    assert info.spec == "t5@1" and info.files == len(list(model_dir.iterdir()))
+    report = registry.verify(platform, ctx, "t5@1")
+    assert report.files == info.files and report.bytes == sum(p.stat().st_size for p in model_dir.iterdir())
+    from modelyard.training import generate, load_model
+
+    expected = generate(load_model(model_dir), _tokenizer(model_dir), SOURCES, max_new_tokens=16)
+    loaded = registry.load("t5", platform=platform, ctx=ctx)  # NAME alone: the newest version
+    assert loaded.backend == "torch" and loaded.spec == "t5@1"
+    assert loaded.generate(SOURCES, max_new_tokens=16) == expected
+    assert len(set(expected)) > 1  # the trained model answers each input differently
+    assert audit_outcomes(platform, "model.register") == ["ok"]
+
+
+def _tokenizer(path: Path) -> object:
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def test_versions_are_numbered_without_gaps_and_download_byte_for_byte(
+    platform: Platform, model_dir: Path, tmp_path: Path
+) -> None:
+    ctx = platform.context()
+    for expected in (1, 2, 3):
+        assert registry.register(platform, ctx, model_dir, "m").version == expected
+    assert [v.version for v in registry.list_versions(platform, ctx, "m")] == [1, 2, 3]
+    info, out = registry.download(platform, ctx, "m@2", tmp_path / "out")
+    assert info.version == 2
+    for f in model_dir.iterdir():
+        assert (out / f.name).read_bytes() == f.read_bytes()
+    with pytest.raises(UsageError, match="not an empty directory"):
+        registry.download(platform, ctx, "m@2", out)
+
+
+def test_a_flipped_byte_in_a_stored_file_fails_verify_and_load_naming_the_file(
+    platform: Platform, model_dir: Path, tmp_path: Path
+) -> None:
+    ctx = platform.context()
+    registry.register(platform, ctx, model_dir, "t5")
+    _, manifest = registry.read_manifest(platform, ctx, "t5@1")
+    weights = next(f for f in manifest["files"] if f["path"] == "model.safetensors")
+    path, offset = stored_object(platform, weights["sha256"])
+    flip_byte(path, offset + 5000)
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
+        registry.verify(platform, ctx, "t5@1")
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
+        registry.load("t5@1", platform=platform, ctx=ctx)
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
+        registry.download(platform, ctx, "t5@1", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_flipped_byte_in_the_manifest_fails_verify_and_load(platform: Platform, model_dir: Path) -> None:
+    ctx = platform.context()
+    info = registry.register(platform, ctx, model_dir, "t5")
+    path, offset = stored_object(platform, info.manifest_digest)
+    flip_byte(path, offset + 100)
+    with pytest.raises(IntegrityError, match="manifest"):
+        registry.verify(platform, ctx, "t5@1")
+    with pytest.raises(IntegrityError, match="manifest"):
+        registry.load("t5@1", platform=platform, ctx=ctx)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("variant", "'onnx-int8'", "variant"),
+        ("version", "7", "version"),
+        ("files", "1", "file count"),
+        ("signature", "'" + "00" * 64 + "'", "signature does not match"),
+    ],
+)
+def test_an_altered_database_record_is_detected(
+    platform: Platform, model_dir: Path, column: str, value: str, message: str
+) -> None:
+    ctx = platform.context()
+    registry.register(platform, ctx, model_dir, "t5")
+    with platform.db.write() as s:
+        s.execute(text(f"UPDATE model_versions SET {column} = {value}"))
+    spec = "t5@7" if column == "version" else "t5@1"
+    with pytest.raises(IntegrityError, match=message):
+        registry.verify(platform, ctx, spec)
+
+
+def test_a_manifest_swapped_between_versions_is_detected(platform: Platform, model_dir: Path) -> None:
+    """Both manifests are validly signed; the one of version 1 must not pass as version 2."""
+    ctx = platform.context()
+    first = registry.register(platform, ctx, model_dir, "t5")
+    registry.register(platform, ctx, model_dir, "t5")
+    with platform.db.write() as s:
+        row1 = s.execute(select(ModelVersion).where(ModelVersion.version == 1)).scalar_one()
+        s.execute(
+            text("UPDATE model_versions SET manifest_digest = :d, signature = :sig WHERE version = 2"),
+            {"d": first.manifest_digest, "sig": row1.signature},
+        )
+    with pytest.raises(IntegrityError, match="version"):
+        registry.verify(platform, ctx, "t5@2")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("pytorch_model.bin", pickle.dumps({"w": [1.0]}), "pickle"),
+        ("weights.pkl", b"not even a pickle", "pickle"),
+        ("extra.json", pickle.dumps({"looks": "like json"}), "pickle"),
+        ("more.safetensors", b"PK\x03\x04zipped torch archive", "pickle"),
+        ("bad.safetensors", b"\xff" * 64, "not a safetensors file"),
+        ("notes.json", b"{not json", "not valid JSON"),
+        ("loader.py", b"import os", "not accepted"),
+    ],
+)
+def test_pickles_and_foreign_files_are_refused_before_anything_is_stored(
+    platform: Platform, model_dir: Path, name: str, content: bytes, message: str
+) -> None:
+    ctx = platform.context()
+    (model_dir / name).write_bytes(content)
+    with platform.db.read() as s:
+        blobs_before = s.execute(text("SELECT count(*) FROM blobs")).scalar_one()
+    with pytest.raises(UsageError, match=message) as err:
+        registry.register(platform, ctx, model_dir, "t5")
+    assert name in err.value.message
+    with platform.db.read() as s:
+        assert s.execute(text("SELECT count(*) FROM blobs")).scalar_one() == blobs_before
+        assert s.execute(text("SELECT count(*) FROM model_versions")).scalar_one() == 0
+    assert audit_outcomes(platform, "model.register") == ["refused"]
+
+
+def test_symlinks_and_missing_sources_are_refused(
+    platform: Platform, model_dir: Path, tmp_path: Path
+) -> None:
+    ctx = platform.context()
+    (tmp_path / "outside.json").write_text("{}")
+    os.symlink(tmp_path / "outside.json", model_dir / "linked.json")
+    with pytest.raises(UsageError, match="symlink"):
+        registry.register(platform, ctx, model_dir, "t5")
+    with pytest.raises(UsageError, match="not a directory"):
+        registry.register(platform, ctx, tmp_path / "nope", "t5")
+    with pytest.raises(NotFoundError, match="run"):
+        registry.register(platform, ctx, "0" * 32, "t5")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p, c, d: registry.register(p, c, d, "../evil"), "model name"),
+        (lambda p, c, d: registry.register(p, c, d, "t5", variant="INT 8"), "variant"),
+        (lambda p, c, d: registry.register(p, c, d, "t5", description="x" * 5000), "description"),
+        (lambda p, c, d: registry.register(p, c, d, "t5", parent="ghost@1"), "not found"),
+        (lambda p, c, d: registry.show(p, c, "t5@0"), "versions are 1, 2, 3"),
+        (lambda p, c, d: registry.show(p, c, "t5@Prod"), "alias"),
+        (lambda p, c, d: registry.show(p, c, "t5@1@2"), "not a model version"),
+        (lambda p, c, d: registry.show(p, c, "ghost"), "not found"),
+    ],
+)
+def test_bad_input_is_a_clear_error(platform: Platform, model_dir: Path, call: object, message: str) -> None:
+    with pytest.raises((UsageError, NotFoundError), match=message):
+        call(platform, platform.context(), model_dir)  # type: ignore[operator]
+
+
+def test_roles(platform: Platform, model_dir: Path) -> None:
+    admin = platform.context()
+    viewer = actor(platform, admin, "vera", Role.VIEWER)
+    with pytest.raises(PermissionDeniedError):
+        registry.register(platform, viewer, model_dir, "t5")
+    registry.register(platform, admin, model_dir, "t5")
+    assert registry.show(platform, viewer, "t5@1").version == 1  # viewers read
+    registry.verify(platform, viewer, "t5@1")
+
+
+def test_signing_survives_master_key_rotation(platform: Platform, model_dir: Path) -> None:
+    ctx = platform.context()
+    registry.register(platform, ctx, model_dir, "t5")
+    rotate_master_key(platform, ctx)
+    fresh = Platform(platform.settings)
+    try:
+        registry.register(fresh, ctx, model_dir, "t5")  # the signing key (a blob) was re-wrapped too
+        for spec in ("t5@1", "t5@2"):
+            registry.verify(fresh, ctx, spec)
+    finally:
+        fresh.close()
+
+
+REGISTER = """
+import sys
+from modelyard.core import Platform
+from modelyard.registry import register
+with Platform() as p:
+    print(register(p, p.context(), sys.argv[1], "shared").version)
+"""
+
+
+def _register_concurrently(model_dir: Path, env: dict[str, str], n: int = 8) -> list[int]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", REGISTER, str(model_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        out.append(int(stdout.split()[-1]))
+    return sorted(out)
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    return {**env, "YARD_HOME": str(home), "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.slow
+def test_eight_processes_registering_at_once_get_versions_1_to_8(platform: Platform, model_dir: Path) -> None:
+    assert _register_concurrently(model_dir, _env(platform.settings.home)) == list(range(1, 9))
+    ctx = platform.context()
+    assert [v.version for v in registry.list_versions(platform, ctx, "shared")] == list(range(1, 9))
+    for v in range(1, 9):
+        registry.verify(platform, ctx, f"shared@{v}")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_eight_processes_registering_at_once_on_postgresql(
+    postgres_url: str, model_dir: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "pg-home"
+    platform = make_platform(home, database_url=postgres_url)
+    try:
+        env = _env(home, YARD_DATABASE_URL=postgres_url)
+        assert _register_concurrently(model_dir, env) == list(range(1, 9))
+        ctx = platform.context()
+        for v in range(1, 9):
+            registry.verify(platform, ctx, f"shared@{v}")
+    finally:
+        platform.close()
