@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelyard.core import Platform
-from modelyard.testing import Yard, cli_runner, fresh_postgres_database, make_platform
+from modelyard.testing import (
+    TrainedModel,
+    Yard,
+    cli_runner,
+    fresh_postgres_database,
+    make_platform,
+    trained_model,
+)
 
 PG_ENV = "YARD_TEST_DATABASE_URL"
 
@@ -49,3 +57,16 @@ def postgres_url() -> Iterator[str]:
 def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
     """Run ``yard ARGS`` in this process; ``env`` sets (or with None, unsets) variables for that call."""
     return cli_runner(capsys, monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A small T5 trained once per session by the real loop, in its own home (which holds norm@1)."""
+    pytest.importorskip("torch")
+    return trained_model(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture
+def model_dir(trained: TrainedModel, tmp_path: Path) -> Path:
+    """A private copy of the trained model's directory (tests may damage it)."""
+    return Path(shutil.copytree(trained.model_dir, tmp_path / "model"))

@@ -19,6 +19,15 @@ gates_app = typer.Typer(
 app.add_typer(gates_app, name="gates")
 
 
+def _quiet_transformers() -> None:
+    """No tqdm bars from transformers on stderr while a command loads a model (errors stay one line)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # ONNX-only installs have no transformers
+        return
+    hf_logging.disable_progress_bar()
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -172,6 +181,7 @@ def promote(
     from modelyard.registry import promote as do_promote
 
     runner = None
+    _quiet_transformers()
     if policy is not None:
         from modelyard.evaluation import gate_runner, load_policy
 
@@ -288,6 +298,7 @@ def gates_check(
     from modelyard.evaluation import check_gates, load_policy
 
     pol = load_policy(policy)
+    _quiet_transformers()
     with acting() as (platform, ctx):
         report = check_gates(platform, ctx, spec, pol)
     if json_out:

@@ -19,7 +19,8 @@ from modelyard.errors import UsageError
 Perturbation = Callable[[str, random.Random], str]
 
 _WORD = re.compile(r"[^\W\d_]{4,}")  # letters only, long enough to misspell
-_NUMBER = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d,]*\d)")
+# A number standing alone: not part of a date (02.03.2013), a postcode with a leading zero or an id.
+_NUMBER = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d.,]*\d)")
 
 
 def _pick(rng: random.Random, matches: list[re.Match[str]]) -> re.Match[str] | None:
@@ -71,19 +72,20 @@ def punctuation(text: str, rng: random.Random) -> str:
 
 
 def numbers(text: str, rng: random.Random) -> str:
-    """One number written another way: thousands separators added or removed, a decimal comma for a
-    decimal point, or a leading zero on a short integer (``7`` -> ``07``, as in dates)."""
-    m = _pick(rng, list(_NUMBER.finditer(text)))
+    """One amount or day written another way: a decimal comma for a decimal point, thousands separators
+    added to a decimal amount or removed from a grouped one, or a leading zero on a one-digit number
+    (``7 May`` -> ``07 May``). Plain integers of several digits (years, postcodes, house numbers) and
+    numbers with a leading zero are left alone: rewriting them would change what they mean."""
+    m = _pick(rng, [m for m in _NUMBER.finditer(text) if not m.group(1).startswith("0")])
     if m is None:
         return text
     whole, frac = m.group(1), m.group(2)
     digits = whole.replace(",", "")
     if frac is not None:
-        new = f"{digits},{frac}" if rng.random() < 0.5 else f"{int(digits):,}.{frac}"
+        grouped = f"{int(digits):,}.{frac}"
+        new = grouped if grouped != m.group() and rng.random() < 0.5 else f"{digits},{frac}"
     elif "," in whole:
         new = digits
-    elif len(digits) >= 4:
-        new = f"{int(digits):,}"
     elif len(digits) == 1:
         new = "0" + digits
     else:

@@ -1,0 +1,266 @@
+"""Aliases, gated four-eyes promotion, rollback and alias history, with the real gates on a trained model.
+
+These tests share the session's home (it holds the evaluation data ``norm@1``); each uses its own model
+name and its own people."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from modelyard import registry
+from modelyard.core import Context, Platform, Role
+from modelyard.core._models import AuditRecord
+from modelyard.errors import (
+    GateFailedError,
+    IntegrityError,
+    PermissionDeniedError,
+    UsageError,
+    ValidationError,
+)
+from modelyard.evaluation import GatePolicy, check_gates, gate_runner, parse_policy
+from modelyard.testing import TrainedModel
+
+DATA = {"dataset": "norm@1", "file": "test.jsonl", "group_field": "locale", "max_samples": 60}
+
+
+def policy(**checks: Any) -> GatePolicy:
+    return parse_policy({"data": DATA, "decoding": {"max_new_tokens": 32}, **checks})
+
+
+PASSING = policy(metrics=["rougeL >= 0.0", "bleu >= 0.0"], size={"max_mb": 100})
+
+
+@pytest.fixture
+def name() -> str:
+    return f"m-{secrets.token_hex(4)}"
+
+
+def person(platform: Platform, role: Role) -> Context:
+    from modelyard.testing import actor
+
+    return actor(platform, platform.context(), f"{role}-{secrets.token_hex(3)}", role)
+
+
+def refusals(platform: Platform, resource: str) -> list[tuple[str, str]]:
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(AuditRecord.action, AuditRecord.outcome).where(AuditRecord.resource == resource)
+        ).all()
+    return [(a, o) for a, o in rows if o in ("refused", "denied")]
+
+
+def test_promotion_needs_gates_and_a_second_person_and_rollback_walks_the_history(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    author = p.context()
+    approver, engineer, scientist = (
+        person(p, Role.APPROVER),
+        person(p, Role.ENGINEER),
+        person(p, Role.SCIENTIST),
+    )
+    for _ in range(3):
+        registry.register(p, author, model_dir, name)
+    resource = f"model:{name}#production"
+
+    with pytest.raises(PermissionDeniedError, match="four eyes"):
+        registry.promote(p, author, f"{name}@1", "production", gates=gate_runner(PASSING))
+    with pytest.raises(PermissionDeniedError, match="approver"):
+        registry.promote(p, engineer, f"{name}@1", "production", gates=gate_runner(PASSING))
+    with pytest.raises(UsageError, match="gate policy"):
+        registry.promote(p, approver, f"{name}@1", "production")
+    assert len(refusals(p, resource)) == 3  # every refused attempt is on record
+    assert registry.history(p, author, name) == []
+
+    for v in (1, 2, 3):
+        change = registry.promote(
+            p, approver, f"{name}@{v}", "production", gates=gate_runner(PASSING), reason=f"r{v}"
+        )
+        assert (change.version, change.previous) == (v, v - 1 if v > 1 else None)
+    assert registry.show(p, author, f"{name}@production").version == 3
+    gates = registry.attestations(p, author, f"{name}@3", kind="gates")
+    assert gates[-1]["passed"] is True and gates[-1]["created_by"] == approver.user
+    assert registry.verify(p, author, f"{name}@3").attestations == 1
+
+    with pytest.raises(PermissionDeniedError):
+        registry.rollback(p, scientist, name, "production")
+    assert registry.rollback(p, engineer, name, "production", reason="bad canary").version == 2
+    assert registry.rollback(p, engineer, name, "production").version == 1
+    with pytest.raises(UsageError, match="no earlier version"):
+        registry.rollback(p, engineer, name, "production")
+    assert registry.show(p, author, f"{name}@production").version == 1
+
+    events = [
+        (e.action, e.version, e.previous, e.by) for e in registry.history(p, author, name, "production")
+    ]
+    assert events == [
+        ("promote", 1, None, approver.user),
+        ("promote", 2, 1, approver.user),
+        ("promote", 3, 2, approver.user),
+        ("rollback", 2, 3, engineer.user),
+        ("rollback", 1, 2, engineer.user),
+    ]
+    # Promoting again after rollbacks pushes onto what is left: a rollback now returns to 1.
+    registry.promote(p, approver, f"{name}@3", "production", gates=gate_runner(PASSING))
+    assert registry.rollback(p, engineer, name, "production").version == 1
+    with p.db.read() as s:
+        actions = s.execute(
+            select(AuditRecord.action, AuditRecord.outcome).where(AuditRecord.resource == resource)
+        ).all()
+    assert actions.count(("model.deploy", "ok")) == 3 and actions.count(("model.approve", "ok")) == 4
+
+
+def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    author, engineer, scientist = p.context(), person(p, Role.ENGINEER), person(p, Role.SCIENTIST)
+    registry.register(p, author, model_dir, name)
+    with pytest.raises(UsageError, match="protected alias"):
+        registry.set_alias(p, engineer, f"{name}@1", "production")
+    with pytest.raises(PermissionDeniedError):
+        registry.set_alias(p, scientist, f"{name}@1", "staging")
+    assert registry.set_alias(p, engineer, f"{name}@1", "staging").version == 1
+    assert registry.show(p, scientist, f"{name}@staging").aliases == ["staging"]
+    assert registry.delete_alias(p, engineer, name, "staging").previous == 1
+    with pytest.raises(UsageError, match="alias"):
+        registry.set_alias(p, engineer, f"{name}@1", "Bad Alias")
+    with pytest.raises(UsageError, match="reserved"):
+        registry.set_alias(p, engineer, f"{name}@1", "latest")
+
+
+def test_a_failing_fairness_check_blocks_promotion_with_the_numbers_and_a_passing_one_promotes(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    author, approver = p.context(), person(p, Role.APPROVER)
+    registry.register(p, author, model_dir, name)
+    measure = policy(fairness=[{"metric": "rougeL", "max_gap": 1.0}])
+    report = check_gates(p, author, f"{name}@1", measure, attest=False)
+    [fair] = report.checks
+    gap = fair.value
+    assert gap is not None and gap > 0.01, (
+        "the trained model's slices must differ for this test to mean anything"
+    )
+
+    strict = policy(fairness=[{"metric": "rougeL", "max_gap": round(gap / 2, 4), "min_examples": 5}])
+    with pytest.raises(GateFailedError) as err:
+        registry.promote(p, approver, f"{name}@1", "production", gates=gate_runner(strict))
+    message = err.value.message
+    assert "fairness" in message and f"{gap:.4g}" in message and "FAILED by" in message
+    assert registry.history(p, author, name) == []
+    [failed] = registry.attestations(p, author, f"{name}@1", kind="gates")
+    assert failed["passed"] is False and failed["result"]["checks"][0]["value"] == pytest.approx(gap)
+
+    lenient = policy(fairness=[{"metric": "rougeL", "max_gap": round(gap + 0.01, 4), "min_examples": 5}])
+    assert registry.promote(p, approver, f"{name}@1", "production", gates=gate_runner(lenient)).version == 1
+
+
+def test_every_kind_of_check_is_measured_and_judged(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    author, approver = p.context(), person(p, Role.APPROVER)
+    registry.register(p, author, model_dir, name)
+    registry.register(p, author, model_dir, name)
+    full = policy(
+        metrics=["rougeL >= 0.01", "rougeL >= production - 0.01", "exact_match > production"],
+        fairness=[{"metric": "rougeL", "min": 0.0}],
+        robustness={"metric": "rougeL", "min_ratio": 0.01, "seed": 3},
+        latency={"p95_ms": 0.001, "samples": 5, "warmup": 1},
+        size={"max_mb": 0.01},
+    )
+    first = check_gates(p, author, f"{name}@1", full)
+    by_name = {c.name: c for c in first.checks}
+    assert by_name["metrics: rougeL >= 0.01"].passed
+    assert "skipped" in by_name["metrics: rougeL >= production - 0.01"].note  # nothing at production yet
+    assert not by_name["latency: p95 at batch 1 (ms)"].passed  # 1 µs: no model answers that fast
+    assert not by_name["size: on disk (MB)"].passed
+    robust = first.measured["robustness"]
+    assert set(robust["by_kind"]) == {"typos", "casing", "whitespace", "punctuation", "numbers"}
+    assert first.measured["latency"]["p95_ms"] >= first.measured["latency"]["p50_ms"] > 0
+    assert not first.passed and "latency" in first.summary() and "size" in first.summary()
+
+    registry.promote(p, approver, f"{name}@1", "production", gates=gate_runner(PASSING))
+    second = check_gates(p, author, f"{name}@2", full)
+    rel = {c.name: c for c in second.checks}
+    same = rel["metrics: rougeL >= production - 0.01"]
+    assert same.passed and same.bound == pytest.approx(second.measured["metrics"]["rougeL"] - 0.01)
+    assert not rel["metrics: exact_match > production"].passed  # identical weights cannot beat themselves
+
+
+def test_a_tampered_attestation_fails_verification(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    ctx = p.context()
+    registry.register(p, ctx, model_dir, name)
+    check_gates(p, ctx, f"{name}@1", policy(metrics=["rougeL >= 0.99"]))  # fails: stored as failed
+    with p.db.write() as s:
+        body = s.execute(text("SELECT id, body FROM model_attestations ORDER BY id DESC LIMIT 1")).one()
+        forged = json.loads(body[1]) | {"passed": True}
+        s.execute(
+            text("UPDATE model_attestations SET body = :b, passed = 1 WHERE id = :i"),
+            {"b": json.dumps(forged, sort_keys=True, separators=(",", ":")), "i": body[0]},
+        )
+    with pytest.raises(IntegrityError, match="attestation"):
+        registry.verify(p, ctx, f"{name}@1")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"data": DATA, "metricz": ["rougeL >= 1"]}, "did you mean 'metrics'"),
+        ({"data": DATA, "metrics": ["rougeL >== 1"]}, "not a metric check"),
+        ({"data": DATA, "metrics": ["accuracy >= 0.5"]}, "unknown metric"),
+        ({"data": DATA, "metrics": ["rougeL >= 0.5; DROP TABLE runs"]}, "not a metric check"),
+        ({"data": {"dataset": "norm@1"}, "fairness": [{"max_gap": 0.1}]}, "group column"),
+        ({"data": DATA, "fairness": [{"metric": "rougeL"}]}, "max_gap, min or both"),
+        ({"data": DATA}, "checks nothing"),
+        ({"data": DATA, "latency": {"p95_ms": "fast"}}, "latency.p95_ms"),
+        ({"data": DATA, "robustness": {"perturbations": ["emoji"]}}, "perturbations"),
+        ({"data": {"dataset": "norm"}, "size": {"max_mb": 1}}, "data.dataset"),
+        (["not", "a", "mapping"], "mapping"),
+    ],
+)
+def test_bad_policies_are_one_clear_error(data: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_policy(data)
+
+
+def test_the_model_card_shows_what_was_verified(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    author, approver = p.context(), person(p, Role.APPROVER)
+    info = registry.register(
+        p,
+        author,
+        model_dir,
+        name,
+        description="Normalises <script>alert(1)</script> dates",
+        eval_report=trained.report,
+    )
+    registry.promote(p, approver, info.spec, "production", gates=gate_runner(PASSING))
+    card = registry.model_card(p, author, info.spec)
+    md, html = card.markdown(), card.html()
+    for heading in (
+        "Intended use",
+        "Training data",
+        "Metrics",
+        "Quality gates",
+        "Optimisation",
+        "Lineage",
+        "Alias history",
+        "Signature",
+    ):
+        assert f"## {heading}" in md and f"<h2>{heading}</h2>" in html
+    assert "PASSED" in md and "rougeL >= 0.0" in md and info.manifest_digest in md and info.key_id in md
+    assert "| slice | n |" in md and "en-US" in md and "copy baseline" in md
+    assert "<script>" not in html and "&lt;script&gt;" in html
