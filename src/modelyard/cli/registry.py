@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -22,9 +23,10 @@ app.add_typer(gates_app, name="gates")
 def _quiet_transformers() -> None:
     """No tqdm bars from transformers on stderr while a command loads a model (errors stay one line)."""
     try:
-        from transformers.utils import logging as hf_logging
+        import transformers
     except ImportError:  # ONNX-only installs have no transformers
         return
+    hf_logging: Any = transformers.utils.logging
     hf_logging.disable_progress_bar()
 
 
