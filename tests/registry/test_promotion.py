@@ -264,3 +264,25 @@ def test_the_model_card_shows_what_was_verified(
     assert "PASSED" in md and "rougeL >= 0.0" in md and info.manifest_digest in md and info.key_id in md
     assert "| slice | n |" in md and "en-US" in md and "copy baseline" in md
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, name: str) -> None:
+    """examples/flan-t5/gates.yaml as shipped (its data pointed at this session's dataset)."""
+    from modelyard.evaluation import load_policy
+
+    shipped = load_policy(Path(__file__).parents[2] / "examples" / "flan-t5" / "gates.yaml")
+    assert shipped.data.dataset == "normalise@1" and {c.metric for c in shipped.checks} == {
+        "rougeL",
+        "exact_match",
+    }
+    assert shipped.fairness and shipped.robustness and shipped.latency and shipped.size
+    local = shipped.model_copy(
+        update={"data": shipped.data.model_copy(update={"dataset": "norm@1", "max_samples": 40})}
+    )
+    p = trained_platform
+    registry.register(p, p.context(), model_dir, name)
+    report = check_gates(p, p.context(), f"{name}@1", local, attest=False)
+    kinds = {c.kind for c in report.checks}
+    assert kinds == {"metric", "fairness", "robustness", "latency", "size"}
+    # the 300-step session model is far below the tiny recipe's 1500-step quality: the floor fails
+    assert not report.passed and "rougeL >= 0.5" in report.summary()
