@@ -77,7 +77,7 @@ def load_dir(path: str | os.PathLike[str], info: VersionInfo, *, threads: int | 
     if info.format == "onnx":
         from modelyard.serving import OnnxSeq2Seq
 
-        kwargs: dict[str, Any] = {} if threads is None else {"threads": threads}
+        kwargs: dict[str, Any] = {} if threads is None else {"intra_op_threads": threads}
         return LoadedModel(info, "onnx", OnnxSeq2Seq(root, **kwargs))
     import transformers
 

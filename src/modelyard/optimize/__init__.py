@@ -1,0 +1,13 @@
+"""CPU optimisation: ONNX export of seq2seq models and INT8 quantisation of the exported graphs.
+
+Importing this package loads neither torch nor onnxruntime; :func:`export_onnx` and :func:`quantize_int8`
+import what they need when they run. The directories they write are loaded with
+:class:`modelyard.serving.OnnxSeq2Seq`.
+"""
+
+from __future__ import annotations
+
+from modelyard.optimize._onnx import export_onnx
+from modelyard.optimize._quantize import quantize_int8
+
+__all__ = ["export_onnx", "quantize_int8"]
