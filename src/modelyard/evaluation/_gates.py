@@ -11,8 +11,6 @@ a signed attestation; :func:`gate_runner` adapts :func:`check_gates` for ``regis
 from __future__ import annotations
 
 import random
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +19,7 @@ from modelyard.core._platform import Context, Platform
 from modelyard.errors import NotFoundError
 from modelyard.evaluation._perturb import perturb
 from modelyard.evaluation._policy import EvalData, GatePolicy
+from modelyard.evaluation._speed import latency_ms
 from modelyard.training._data import Example
 
 _OPS = {
@@ -108,25 +107,6 @@ def eval_examples(platform: Platform, ctx: Context, data: EvalData) -> list[Exam
         keep = sorted(random.Random(data.seed).sample(range(len(rows)), data.max_samples))
         rows = [rows[i] for i in keep]
     return rows
-
-
-def _latency_ms(model: Any, sources: Sequence[str], policy: GatePolicy) -> dict[str, float]:
-    assert policy.latency is not None
-    lat = policy.latency
-    picked = [sources[i % len(sources)] for i in range(lat.samples)]
-    for s in picked[: lat.warmup]:
-        model.generate([s], max_new_tokens=policy.decoding.max_new_tokens, batch_size=1)
-    times = []
-    for s in picked:
-        t0 = time.perf_counter()
-        model.generate([s], max_new_tokens=policy.decoding.max_new_tokens, batch_size=1)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return {
-        "p50_ms": statistics.median(times),
-        "p95_ms": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
-        "samples": float(len(times)),
-    }
 
 
 def _score(model: Any, rows: Sequence[Example], policy: GatePolicy, metrics: list[str]) -> Any:
@@ -274,7 +254,13 @@ def check_gates(
         )
 
     if policy.latency is not None:
-        lat = _latency_ms(model, [r.source for r in rows], policy)
+        lat = latency_ms(
+            model,
+            [r.source for r in rows],
+            max_new_tokens=policy.decoding.max_new_tokens,
+            samples=policy.latency.samples,
+            warmup=policy.latency.warmup,
+        )
         measured["latency"] = lat
         checks.append(
             Check(

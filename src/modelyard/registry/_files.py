@@ -20,7 +20,8 @@ from modelyard.errors import UsageError
 ALLOWED = {
     ".safetensors": "weights",
     ".onnx": "weights",
-    ".onnx_data": "weights",  # ONNX external data
+    ".onnx_data": "weights",  # ONNX external data (weights.onnx.data: the graphs' shared tensors)
+    ".data": "weights",
     ".json": "config",
     ".yaml": "config",
     ".yml": "config",
@@ -124,7 +125,7 @@ def scan_model_dir(root: str | os.PathLike[str]) -> list[ModelFile]:
                 )
     if not out:
         raise _refuse(base, "the directory is empty")
-    if not any(ALLOWED[Path(f.path).suffix.lower()] == "weights" for f in out):
+    if not any(f.path.lower().endswith((".safetensors", ".onnx")) for f in out):
         raise _refuse(base, "no weights found (expected *.safetensors or *.onnx)")
     return out
 

@@ -24,7 +24,7 @@ from modelyard.registry._versions import VersionInfo, download
 class LoadedModel:
     """A verified version in memory. ``generate`` is greedy (or beam, for safetensors) seq2seq decoding."""
 
-    info: VersionInfo
+    info: VersionInfo | None  # None: a local directory, not (yet) a registered version
     backend: str  # "onnx" or "torch"
     model: Any  # OnnxSeq2Seq, or a transformers model
     tokenizer: Any = None  # transformers tokenizer (torch backend)
@@ -32,7 +32,7 @@ class LoadedModel:
 
     @property
     def spec(self) -> str:
-        return self.info.spec
+        return self.info.spec if self.info is not None else "(local model)"
 
     def generate(
         self, sources: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 32, num_beams: int = 1
@@ -71,10 +71,16 @@ def _acting(platform: Platform | None, ctx: Context | None) -> Iterator[tuple[Pl
         yield opened, ctx or opened.context()
 
 
-def load_dir(path: str | os.PathLike[str], info: VersionInfo, *, threads: int | None = None) -> LoadedModel:
-    """Load an already verified version directory (see :func:`load`)."""
+def load_dir(
+    path: str | os.PathLike[str], info: VersionInfo | None = None, *, threads: int | None = None
+) -> LoadedModel:
+    """Load a model directory: a downloaded (verified) version, or a local candidate such as an optimised
+    variant being measured before it is registered (its files are checked as registration would)."""
+    from modelyard.registry._files import model_format, scan_model_dir
+
     root = Path(path)
-    if info.format == "onnx":
+    fmt = info.format if info is not None else model_format(scan_model_dir(root))
+    if fmt == "onnx":
         from modelyard.serving import OnnxSeq2Seq
 
         kwargs: dict[str, Any] = {} if threads is None else {"intra_op_threads": threads}

@@ -703,14 +703,18 @@ def read_yaml(path: str | Path, kind: str) -> Any:
         raise ValidationError(f"{kind} {str(p)!r} is not UTF-8 text") from None
     except OSError as exc:
         raise UsageError(f"{kind} {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    return parse_yaml(text, source=str(p))
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    """``text`` parsed with the safe loader and YAML 1.2 floats; ValidationError naming ``source``."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ValidationError(f"{p}: not valid YAML{where}: {problem}") from None
-    return data
+        raise ValidationError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
 # -- checks against the platform --------------------------------------------------------------------------

@@ -1,0 +1,328 @@
+"""``yard optimize NAME@V``: CPU variants of a registered PyTorch version, each measured against it on the
+same examples, registered as a derived version, and the fastest one within the accuracy budget picked.
+
+Variants: the ONNX export (FP32), its INT8 dynamic quantisation, and, when asked, a magnitude-pruned model
+and a distilled student (each also exported to ONNX, INT8 when quantising). Every candidate, and the parent
+as the baseline, is loaded the way serving loads it and measured the same way: quality on the evaluation
+set (greedy, the training stage's ``score``), latency at batch 1 (p50/p95), throughput at batch 16, size on
+disk. The measurements go into the variant's signed manifest (``benchmark``) with an evaluation report, and
+lineage ``model:parent -> model:variant`` is recorded. A variant outside the budget is registered too (the
+record of what was tried) but never picked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelyard.core._platform import Context, Platform
+from modelyard.errors import UsageError
+
+if TYPE_CHECKING:
+    from modelyard.evaluation import EvalData
+    from modelyard.training._data import Example
+    from modelyard.training._recipe import Recipe
+
+METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
+_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*$")
+Progress = Callable[[str], None]
+
+
+def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
+    """``rougeL=-0.01`` (comma-separated or repeated): the largest allowed change of each metric; a negative
+    number is the drop allowed. Refuses unknown metrics and positive bounds on nothing."""
+    if isinstance(text, Mapping):
+        items = [f"{k}={v}" for k, v in text.items()]
+    else:
+        items = [p for part in ([text] if isinstance(text, str) else list(text)) for p in part.split(",")]
+    out: dict[str, float] = {}
+    for item in (i for i in items if i.strip()):
+        m = _BUDGET_RE.match(item)
+        if m is None:
+            raise UsageError(f"budget {item!r} is not METRIC=DELTA, such as rougeL=-0.01")
+        if m[1] not in METRICS:
+            raise UsageError(f"budget: unknown metric {m[1]!r}; expected one of {', '.join(METRICS)}")
+        out[m[1]] = float(m[2])
+    if not out:
+        raise UsageError("give an accuracy budget such as rougeL=-0.01")
+    return out
+
+
+@dataclass
+class Measured:
+    """One model measured on the evaluation set: quality, speed and size."""
+
+    variant: str
+    fmt: str
+    size_mb: float
+    p50_ms: float
+    p95_ms: float
+    throughput: float  # sequences/s at batch 16
+    metrics: dict[str, float]
+    delta: dict[str, float] = field(default_factory=dict)  # against the parent
+    speedup: float = 1.0  # parent p50 / this p50
+    within_budget: bool = True
+    spec: str | None = None  # NAME@V once registered
+    note: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "p50_ms": round(self.p50_ms, 3),
+            "p95_ms": round(self.p95_ms, 3),
+            "throughput_bs16": round(self.throughput, 3),
+            "size_mb": round(self.size_mb, 3),
+            "speedup_p50": round(self.speedup, 3),
+            **{f"delta_{k}": round(v, 5) for k, v in sorted(self.delta.items())},
+        }
+
+
+@dataclass
+class OptimizeReport:
+    parent: str
+    data: str
+    examples: int
+    budget: dict[str, float]
+    baseline: Measured
+    variants: list[Measured]
+    picked: Measured | None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            "parent": self.parent,
+            "data": self.data,
+            "examples": self.examples,
+            "budget": self.budget,
+            "baseline": asdict(self.baseline),
+            "variants": [asdict(v) for v in self.variants],
+            "picked": self.picked.spec if self.picked is not None else None,
+        }
+
+
+def judge(m: Measured, limits: Mapping[str, float]) -> None:
+    """Set ``within_budget`` (every budgeted metric changed by at least its bound) and say what broke it."""
+    m.within_budget = all(m.delta[k] >= bound for k, bound in limits.items())
+    if not m.within_budget:
+        worst = min(limits, key=lambda k: m.delta[k] - limits[k])
+        m.note = f"{worst} {m.delta[worst]:+.4f} < budget {limits[worst]:+.4f}"
+
+
+def _dir_mb(root: Path) -> float:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
+
+
+def _measure(
+    root: Path,
+    variant: str,
+    rows: Sequence[Example],
+    *,
+    max_new_tokens: int,
+    samples: int,
+    threads: int | None,
+) -> tuple[Measured, Any]:
+    from modelyard.evaluation import latency_ms, throughput
+    from modelyard.registry import load_dir
+    from modelyard.training._eval import score
+
+    model = load_dir(root, threads=threads)
+    sources = [r.source for r in rows]
+    preds = model.generate(sources, max_new_tokens=max_new_tokens, batch_size=32)
+    scores = score(preds, [r.target for r in rows], METRICS, groups=[r.group for r in rows])
+    lat = latency_ms(model, sources, max_new_tokens=max_new_tokens, samples=samples, warmup=2)
+    tput = throughput(model, sources, max_new_tokens=max_new_tokens, batch=16)
+    fmt = "onnx" if model.backend == "onnx" else "safetensors"
+    return Measured(
+        variant, fmt, _dir_mb(root), lat["p50_ms"], lat["p95_ms"], tput, dict(scores.overall)
+    ), scores
+
+
+def _report(scores: Any, rows: Sequence[Example], info: dict[str, Any]) -> bytes:
+    """An evaluation report in the training stage's format (so cards and gates read it the same way)."""
+    from modelyard.training._eval import REPORT_FORMAT
+
+    body = {
+        "format": REPORT_FORMAT,
+        "n": len(rows),
+        "metrics": list(METRICS),
+        "decoding": {"decoding": "greedy", "max_new_tokens": info["max_new_tokens"]},
+        "info": info,
+        "overall": dict(scores.overall),
+        "slices": scores.to_dict()["slices"],
+        "baseline": None,
+        "samples": [],
+        "seconds": 0.0,
+        "bleu_signature": "",
+    }
+    return json.dumps(body, indent=2, ensure_ascii=False).encode()
+
+
+def _eval_data(platform: Platform, ctx: Context, spec: str, data: EvalData | None) -> EvalData:
+    """``data`` if given, else the held-out split of the recipe that trained ``spec`` (its test version,
+    else its validation version, with its fields and group column)."""
+    from modelyard.evaluation import EvalData
+    from modelyard.registry import read_manifest
+    from modelyard.training._recipe import parse_recipe, parse_yaml
+
+    if data is not None:
+        return data
+    _, manifest = read_manifest(platform, ctx, spec)
+    digest = (manifest.get("lineage") or {}).get("recipe")
+    held_out = None
+    if digest:
+        text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
+        recipe = parse_recipe(parse_yaml(text, source=f"{spec}'s recipe"), source=f"{spec}'s recipe")
+        d = recipe.data
+        held_out = d.test or d.validation
+    if not digest or held_out is None:
+        raise UsageError(
+            f"{spec} names no held-out dataset version in its recipe; give the evaluation data with "
+            "--data NAME@V (and --file MEMBER when the version holds several tables)"
+        )
+    return EvalData(
+        dataset=held_out,
+        file=d.file,
+        split="test" if d.test else "validation",
+        format=d.format,
+        source_field=d.source_field,
+        target_field=d.target_field,
+        group_field=d.group_field,
+        max_samples=200,
+    )
+
+
+def optimize(
+    platform: Platform,
+    ctx: Context,
+    spec: str,
+    *,
+    quantize: bool = True,
+    prune: float | None = None,
+    structured: bool = False,
+    prune_finetune: Recipe | None = None,
+    distill: Recipe | None = None,
+    budget: Mapping[str, float] | str | Sequence[str] | None = None,
+    data: EvalData | None = None,
+    max_new_tokens: int = 48,
+    latency_samples: int = 20,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> OptimizeReport:
+    """Make, measure and register the CPU variants of ``spec`` (a PyTorch version); pick the fastest one
+    (p50 latency at batch 1) whose quality change is within ``budget`` (default ``rougeL=-0.01``)."""
+    from modelyard.evaluation import eval_examples
+    from modelyard.optimize._onnx import export_onnx
+    from modelyard.optimize._quantize import quantize_int8
+    from modelyard.registry import download, register, show
+
+    say = progress or (lambda _msg: None)
+    limits = parse_budget(budget or {"rougeL": -0.01})
+    if prune is not None and not 0 < prune < 1:
+        raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
+    platform.authorize(ctx, "model.register", f"model:{spec}")
+    info = show(platform, ctx, spec)
+    if info.format != "safetensors":
+        raise UsageError(
+            f"{info.spec} is already {info.format} ({info.variant}); optimise its PyTorch parent"
+        )
+    evaluation = _eval_data(platform, ctx, info.spec, data)
+    rows = eval_examples(platform, ctx, evaluation)
+    measure = dict(max_new_tokens=max_new_tokens, samples=latency_samples, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="yard-optimize-") as tmp_name:
+        tmp = Path(tmp_name)
+        say(f"downloading and verifying {info.spec}")
+        _, parent_dir = download(platform, ctx, info.spec, tmp / "parent")
+        say("measuring the parent (PyTorch eager)")
+        baseline, _ = _measure(parent_dir, info.variant, rows, **measure)  # type: ignore[arg-type]
+        baseline.spec = info.spec
+        candidates: list[tuple[str, Path]] = []
+
+        def onnx_forms(src: Path, prefix: str) -> None:
+            say(f"exporting {prefix or 'the model'} to ONNX")
+            exported = export_onnx(src, tmp / f"{prefix}onnx-fp32")
+            if not quantize or not prefix:
+                candidates.append((f"{prefix}onnx-fp32", exported))
+            if quantize:
+                say(f"quantising {prefix or 'the model'} to INT8")
+                candidates.append((f"{prefix}onnx-int8", quantize_int8(exported, tmp / f"{prefix}onnx-int8")))
+
+        onnx_forms(parent_dir, "")
+        if prune is not None:
+            from modelyard.optimize._prune import prune_model
+
+            name = f"pruned-{'s' if structured else 'u'}{prune:g}-"
+            say(f"pruning {prune:.0%} of the weights ({'structured' if structured else 'unstructured'})")
+            pruned = prune_model(
+                parent_dir,
+                tmp / "pruned",
+                amount=prune,
+                structured=structured,
+                finetune=prune_finetune,
+                platform=platform,
+                ctx=ctx,
+            )
+            candidates.append((name.rstrip("-"), pruned.out_dir))
+            onnx_forms(pruned.out_dir, name)
+        if distill is not None:
+            from modelyard.optimize._distill import distill as run_distill
+            from modelyard.tracking import Client
+
+            say("distilling a student")
+            with Client(platform, project=ctx.project) as client:
+                client.ctx = ctx  # the student's run belongs to whoever optimises
+                result = run_distill(parent_dir, distill, client=client)
+                student = client.download_artifacts(result.run_id, "model", tmp / "student")
+            candidates.append(("distilled", student))
+            onnx_forms(student, "distilled-")
+
+        variants: list[Measured] = []
+        for variant, root in candidates:
+            say(f"measuring {variant}")
+            m, scores = _measure(root, variant, rows, **measure)  # type: ignore[arg-type]
+            m.delta = {k: m.metrics[k] - baseline.metrics[k] for k in METRICS}
+            m.speedup = baseline.p50_ms / m.p50_ms if m.p50_ms > 0 else 0.0
+            judge(m, limits)
+            report = _report(
+                scores,
+                rows,
+                {
+                    "data": evaluation.dataset,
+                    "max_new_tokens": max_new_tokens,
+                    "parent": info.spec,
+                    "variant": variant,
+                },
+            )
+            say(f"registering {variant}")
+            registered = register(
+                platform,
+                ctx,
+                root,
+                info.name,
+                parent=info.spec,
+                variant=variant,
+                eval_report=report,
+                benchmark={
+                    **m.record(),
+                    "baseline": info.spec,
+                    "data": evaluation.dataset,
+                    "examples": len(rows),
+                    "threads": threads or 0,
+                },
+                description=f"{variant} of {info.spec}, optimised for CPU inference",
+            )
+            m.spec = registered.spec
+            variants.append(m)
+    return OptimizeReport(
+        info.spec, evaluation.dataset, len(rows), limits, baseline, variants, pick(variants)
+    )
+
+
+def pick(variants: Sequence[Measured]) -> Measured | None:
+    """The fastest variant (p50 at batch 1) within the budget; None when none is."""
+    eligible = [v for v in variants if v.within_budget]
+    return min(eligible, key=lambda v: v.p50_ms) if eligible else None

@@ -1,0 +1,143 @@
+"""`yard optimize`: variants made from a registered version, measured against it, registered, one picked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from modelyard import registry
+from modelyard.config import load_settings
+from modelyard.core import Platform
+from modelyard.core._models import LineageEdge
+from modelyard.errors import UsageError
+from modelyard.optimize import Measured, OptimizeReport, optimize, parse_budget
+from modelyard.optimize._pipeline import judge, pick
+from modelyard.testing import TrainedModel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def optimized(trained: TrainedModel) -> Iterator[tuple[Platform, str, OptimizeReport]]:
+    """The session's trained run registered as `opt@1` and optimised (ONNX FP32 + INT8)."""
+    platform = Platform(load_settings(home=trained.home))
+    ctx = platform.context()
+    parent = registry.register(platform, ctx, trained.run_id, "opt").spec
+    report = optimize(platform, ctx, parent, max_new_tokens=24, latency_samples=5, threads=1)
+    yield platform, parent, report
+    platform.close()
+
+
+def test_every_variant_is_measured_registered_and_linked(
+    optimized: tuple[Platform, str, OptimizeReport],
+) -> None:
+    platform, parent, report = optimized
+    ctx = platform.context()
+    assert (
+        report.parent == parent and report.data == "norm@1" and report.examples > 10
+    )  # the recipe's test split
+    assert [v.variant for v in report.variants] == ["onnx-fp32", "onnx-int8"]
+    for v in report.variants:
+        info, manifest = registry.read_manifest(platform, ctx, v.spec)
+        assert (info.format, info.variant, info.parent) == ("onnx", v.variant, parent)
+        bench = manifest["benchmark"]
+        assert bench["baseline"] == parent and bench["p95_ms"] >= bench["p50_ms"] > 0 and bench["size_mb"] > 0
+        assert bench["delta_rougeL"] == pytest.approx(v.delta["rougeL"], abs=1e-5)
+        assert info.metrics["rougeL"] == pytest.approx(v.metrics["rougeL"])
+        assert registry.eval_report(platform, ctx, v.spec)["slices"]  # per-locale scores, for cards and gates
+        registry.verify(platform, ctx, v.spec)
+    fp32, int8 = report.variants
+    assert fp32.delta["rougeL"] == pytest.approx(0.0, abs=1e-9)  # ONNX FP32 decodes exactly like PyTorch
+    assert int8.size_mb < fp32.size_mb
+    assert report.picked is not None and report.picked.within_budget
+    assert report.picked.p50_ms == min(v.p50_ms for v in report.variants if v.within_budget)
+    with platform.db.read() as s:
+        derived = set(s.scalars(select(LineageEdge.dst).where(LineageEdge.src == f"model:{parent}")))
+    assert derived == {f"model:{v.spec}" for v in report.variants}
+    card = registry.model_card(platform, ctx, parent).markdown()
+    assert all(v.spec in card for v in report.variants) and "p50_ms" in card
+
+
+def test_an_onnx_version_loads_and_generates_without_torch(
+    optimized: tuple[Platform, str, OptimizeReport],
+) -> None:
+    platform, _, report = optimized
+    spec = report.variants[1].spec  # INT8
+    sources = ["normalise date (de-DE): 02.03.2013", "normalise amount (en-US): $1,234.50"]
+    expected = registry.load(spec, platform=platform).generate(sources, max_new_tokens=24)
+    script = (
+        "import sys, json\n"
+        "sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "import modelyard.models\n"
+        f"m = modelyard.models.load({spec!r})\n"
+        f"print(json.dumps([m.backend, m.generate({sources!r}, max_new_tokens=24)]))\n"
+        "assert 'torch' not in [k for k, v in sys.modules.items() if v is not None]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    env["YARD_HOME"] = str(platform.settings.home)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == ["onnx", expected]
+
+
+def test_a_variant_outside_the_budget_is_registered_but_not_picked(
+    optimized: tuple[Platform, str, OptimizeReport],
+) -> None:
+    platform, parent, _ = optimized
+    before = len(registry.list_versions(platform, platform.context(), "opt"))
+    report = optimize(
+        platform,
+        platform.context(),
+        parent,
+        budget="rougeL=0.5",
+        max_new_tokens=24,
+        latency_samples=5,
+        threads=1,
+    )
+    assert report.picked is None
+    assert all(not v.within_budget and "rougeL" in v.note for v in report.variants)
+    assert len(registry.list_versions(platform, platform.context(), "opt")) == before + 2
+
+
+def test_picking_is_the_fastest_within_the_budget() -> None:
+    def m(name: str, p50: float, drop: float) -> Measured:
+        v = Measured(name, "onnx", 1.0, p50, p50, 1.0, {"rougeL": 0.5 + drop}, delta={"rougeL": drop})
+        judge(v, {"rougeL": -0.01})
+        return v
+
+    fast_bad, slow_ok, mid_ok = m("int8", 5, -0.02), m("fp32", 9, 0.0), m("pruned", 7, -0.01)
+    assert not fast_bad.within_budget and "rougeL -0.0200 < budget -0.0100" in fast_bad.note
+    assert pick([fast_bad, slow_ok, mid_ok]) is mid_ok
+    assert pick([fast_bad]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rougeL", "METRIC=DELTA"),
+        ("accuracy=-0.1", "unknown metric"),
+        ("", "give an accuracy budget"),
+        ("rougeL=-0.01; DROP TABLE", "METRIC=DELTA"),
+    ],
+)
+def test_bad_budgets(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_budget(text)
+
+
+def test_bad_requests(optimized: tuple[Platform, str, OptimizeReport]) -> None:
+    platform, _, report = optimized
+    ctx = platform.context()
+    with pytest.raises(UsageError, match="already onnx"):
+        optimize(platform, ctx, report.variants[0].spec)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        optimize(platform, ctx, "opt@1", prune=1.5)
+    assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
