@@ -224,6 +224,18 @@ class MetadataStore:
                     conn.commit()
 
 
+def insert_for(s: Any) -> Any:
+    """The ``insert`` construct of the session's database (PostgreSQL's or SQLite's, both with
+    ``on_conflict_do_nothing``/``on_conflict_do_update``), its dialect module imported only when used."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
 # The newest migration (revision ids are the migration files' stems). tests/core/test_db.py asserts it
 # equals Alembic's computed head; and _known_head trusts it only while the migration files are exactly
 # _MIGRATIONS, so a migration file added under any name costs an Alembic import, never a skipped migration.

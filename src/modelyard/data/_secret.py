@@ -13,9 +13,8 @@ import io
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from modelyard.core._db import insert_for
 from modelyard.core._models import Meta
 from modelyard.core._platform import Context, Platform
 from modelyard.errors import IntegrityError
@@ -34,8 +33,7 @@ def project_salt(platform: Platform, ctx: Context) -> bytes:
     if digest is None:
         candidate = store.put(io.BytesIO(secrets.token_bytes(SALT_BYTES)), region=store.region)
         with platform.db.write() as s:
-            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-            s.execute(insert(Meta).values(key=_key(ctx), value=candidate).on_conflict_do_nothing())
+            s.execute(insert_for(s)(Meta).values(key=_key(ctx), value=candidate).on_conflict_do_nothing())
             digest = s.execute(select(Meta.value).where(Meta.key == _key(ctx))).scalar_one()
     salt = b"".join(store.iter_bytes(digest))  # verified against its digest on read
     if len(salt) != SALT_BYTES:

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from modelyard.config import check_name
 from modelyard.core._artifacts import ArtifactStore, StagedBlob
 from modelyard.core._blobs import sync_filesystem
+from modelyard.core._db import insert_for
 from modelyard.core._models import Dataset, DatasetVersion
 from modelyard.core._paths import safe_join
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
@@ -569,16 +570,8 @@ def _discard(store: ArtifactStore, spill: _Spill, *, xid: str | None = None) -> 
 
 
 def _ensure_dataset(s: Session, ctx: Context, name: str, region: str) -> int:
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert  # imported only where used
-
-        insert: Any = pg_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        insert = sqlite_insert
     s.execute(
-        insert(Dataset)
+        insert_for(s)(Dataset)
         .values(
             project_id=ctx.project_id,
             name=name,

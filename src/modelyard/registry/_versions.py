@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.config import check_name
 from modelyard.core._artifacts import StagedBlob
+from modelyard.core._db import insert_for
 from modelyard.core._models import (
     Attestation,
     LineageEdge,
@@ -476,16 +477,8 @@ def _store_version(
 
 
 def _ensure_model(s: Session, ctx: Context, name: str) -> int:
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        insert: Any = pg_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        insert = sqlite_insert
     s.execute(
-        insert(RegisteredModel)
+        insert_for(s)(RegisteredModel)
         .values(
             project_id=ctx.project_id, name=name, last_version=0, created_at=utcnow(), created_by=ctx.user
         )

@@ -12,10 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from modelyard.core._db import insert_for
 from modelyard.core._models import LineageEdge
 from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import UsageError
@@ -81,8 +80,7 @@ def add_edges(s: Session, ctx: Context, edges: Iterable[tuple[str, str, str]]) -
     ]
     if not rows:
         return
-    dialect = s.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = insert_for(s)
     for i in range(0, len(rows), 500):
         s.execute(insert(LineageEdge).values(rows[i : i + 500]).on_conflict_do_nothing())
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, and_, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from modelyard.core import _audit
+from modelyard.core._db import insert_for
 from modelyard.core._models import (
     Dataset,
     DatasetVersion,
@@ -152,10 +151,6 @@ def _db_now(platform: Platform) -> Any:
     return func.now() if platform.db.dialect == "postgresql" else utcnow()
 
 
-def _insert(s: Session) -> Any:
-    return pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 # -- read models ----------------------------------------------------------------------------------------
 @dataclass
 class RunInfo:
@@ -268,7 +263,7 @@ def resolve_run_id(platform: Platform, ctx: Context, text: str) -> str:
 def _experiment_id(s: Session, ctx: Context, name: str) -> int:
     """Get or create; concurrent creators of one name both end up with the same row."""
     s.execute(
-        _insert(s)(Experiment)
+        insert_for(s)(Experiment)
         .values(project_id=ctx.project_id, name=name, created_at=utcnow(), created_by=ctx.user)
         .on_conflict_do_nothing()
     )
@@ -387,7 +382,7 @@ def _put_pairs(s: Session, model: type[RunParam] | type[RunTag], run_id: str, va
     if not values:
         return
     rows = [{"run_id": run_id, "key": k, "value": v} for k, v in values.items()]
-    ins = _insert(s)
+    ins = insert_for(s)
     for i in range(0, len(rows), _ROWS):
         stmt = ins(model).values(rows[i : i + _ROWS])
         if model is RunTag:  # tags may change; params may not (like MLflow)
@@ -462,7 +457,7 @@ def write_metric_batch(
     lost acknowledgement), in which case nothing is written twice."""
     platform.authorize(ctx, "run.write", run_ref(run_id))
     with platform.db.write() as s:
-        ins = _insert(s)
+        ins = insert_for(s)
         claimed = s.execute(
             ins(MetricBatch)
             .values(batch_id=batch_id, run_id=run_id)
@@ -669,7 +664,7 @@ def log_artifacts(
     detail = {"artifacts": len(infos), "paths": [i.name for i in infos][:20]}
     with platform.mutate(ctx, "run.write", run_ref(run_id), detail) as s:
         _run_row(s, ctx, run_id)
-        stmt = _insert(s)(RunArtifact).values(
+        stmt = insert_for(s)(RunArtifact).values(
             [
                 {"run_id": run_id, "path": i.name, "digest": i.digest, "size": i.size, "created_at": now}
                 for i in infos
