@@ -25,8 +25,8 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,38 @@ if TYPE_CHECKING:
     from modelyard.training._recipe import Recipe
 
 EvalHook = Callable[[int, dict[str, float]], None]
+#: ``loss(logits, batch) -> summed token loss``: ``logits`` are the model's fp32 logits of a micro-batch;
+#: ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (-100 where padded), ``decoder_input_ids``.
+LossHook = Callable[[Any, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """Extension points for callers that train a variant of a recipe through this loop rather than a copy of
+    it (the pruning fine-tune and distillation of :mod:`modelyard.optimize`). Every field is optional. A
+    resumed run calls them again, so each must give the same result every time (exact resume depends on it).
+
+    * ``params``: extra run params (``distill.alpha``, ...) logged with the recipe's; resuming compares them
+      like recipe values, and a key the recipe already has is refused.
+    * ``tokenizer_dir``: a directory holding only a saved tokenizer (``AutoTokenizer`` loads it), used instead
+      of the recipe's tokenizer origin (``from``/``train``); the recipe's lengths and checks still apply.
+      Rank 0 reads it and shares it with the other ranks, as a trained tokenizer.
+    * ``train_examples``: rank 0, once the data is read: the training examples -> the examples to train on
+      (e.g. targets added by a teacher). Validation and test examples are left alone.
+    * ``model``: every rank, the freshly built bare model, changed in place before the optimizer, DDP or a
+      checkpoint restore see it (e.g. pruning masks re-applied with ``torch.nn.utils.prune``; such
+      reparametrisations are made permanent before the final model is saved, so the saved weights are plain
+      tensors).
+    * ``loss``: every rank, the training loss of a micro-batch (see :data:`LossHook`) instead of the summed
+      token cross-entropy; the loop still divides it by the global number of target tokens. Validation loss
+      stays the plain cross-entropy, so ``val_loss`` compares across runs.
+    """
+
+    params: Mapping[str, str | int | float] = field(default_factory=dict)
+    tokenizer_dir: str | Path | None = None
+    train_examples: Callable[[list[Example]], list[Example]] | None = None
+    model: Callable[[Any], None] | None = None
+    loss: LossHook | None = None
 
 
 class Pruned(Exception):
@@ -124,6 +156,7 @@ class _Setup:
     val: list[Example]
     test: list[Example]
     has_test: bool
+    loss_hook: LossHook | None = None
 
 
 def _lr_scheduler(recipe: Recipe, optimizer: Any, total: int) -> Any:
@@ -185,8 +218,11 @@ def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
     yield from loader
 
 
-def _token_losses(setup: _Setup, model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Sum of the token cross-entropies of ``batch`` and its number of target tokens."""
+def _token_losses(
+    setup: _Setup, model: Any, batch: dict[str, Any], loss_hook: LossHook | None = None
+) -> tuple[Any, int]:
+    """Sum of the token cross-entropies of ``batch`` (or ``loss_hook``'s loss) and its number of target
+    tokens."""
     import torch.nn.functional as F
 
     from modelyard.training._model import autocast_context
@@ -199,6 +235,9 @@ def _token_losses(setup: _Setup, model: Any, batch: dict[str, Any]) -> tuple[Any
             attention_mask=batch["attention_mask"],
             decoder_input_ids=decoder_input_ids,
         ).logits
+    if loss_hook is not None:
+        loss = loss_hook(logits.float(), {**batch, "decoder_input_ids": decoder_input_ids})
+        return loss, int((labels != -100).sum())
     loss = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
@@ -280,10 +319,12 @@ def train(
     on_eval: EvalHook | None = None,
     progress: bool = True,
     final_eval: bool = True,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Run ``recipe`` (every rank of a torchrun job calls this; rank 0 needs ``client``). ``resume`` is a run
     id or ``latest``. ``on_eval(step, metrics)`` is called on rank 0 after each periodic evaluation; raising
-    :class:`Pruned` there ends the run KILLED. Returns the run's result (on every rank)."""
+    :class:`Pruned` there ends the run KILLED. ``hooks``: see :class:`TrainHooks`. Returns the run's result
+    (on every rank)."""
     import torch
 
     from modelyard.training._data import load_splits
@@ -299,6 +340,10 @@ def train(
         )
     if dist.main and client is None:
         raise UsageError("rank 0 needs a tracking client")
+    hooks = hooks or TrainHooks()
+    clash = sorted(set(hooks.params) & set(recipe.params()))
+    if clash:
+        raise UsageError(f"extra run params {', '.join(clash)} would overwrite recipe values")
     _dist.init_group(dist, recipe.distributed.backend, dev)
     run: Run | None = None
     try:
@@ -306,14 +351,23 @@ def train(
         run_id, ckpt_path, splits, tok_files = None, None, None, None
         if dist.main:
             assert client is not None
-            run, ckpt_path = _open_run(client, recipe, resume, run_name, dist, nested, parent_id, tags)
+            run, ckpt_path = _open_run(
+                client, recipe, resume, run_name, dist, nested, parent_id, tags, hooks.params
+            )
             run_id = run.id
             splits = load_splits(client.platform, client.ctx, recipe)
             if not splits.train:
                 raise UsageError("the training split is empty")
             for spec in dict.fromkeys(splits.versions.values()):
                 run.use_dataset(spec)
-            tok_files = _tokenizer_files(recipe, splits.train, checkpoint_root(client, run.id))
+            if hooks.train_examples is not None:
+                splits = replace(splits, train=hooks.train_examples(list(splits.train)))
+                if not splits.train:
+                    raise UsageError("the training split is empty")
+            if hooks.tokenizer_dir is not None:
+                tok_files = _read_tokenizer_dir(Path(hooks.tokenizer_dir))
+            else:
+                tok_files = _tokenizer_files(recipe, splits.train, checkpoint_root(client, run.id))
         run_id, ckpt_path, splits, tok_files = _dist.broadcast(dist, (run_id, ckpt_path, splits, tok_files))
         assert splits is not None and run_id is not None
         with tempfile.TemporaryDirectory(prefix="yard-tok-") as tmp:
@@ -340,6 +394,8 @@ def train(
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,
         )
+        if hooks.model is not None:
+            hooks.model(core)
         torch.manual_seed(hp.seed + 7919 * dist.rank)  # dropout: seeded, different per rank
         precision = resolve_precision(recipe.precision, dev, core.config.model_type)
         core.to(dev)
@@ -366,6 +422,7 @@ def train(
             splits.validation,
             splits.test or splits.validation,
             bool(splits.test),
+            hooks.loss,
         )
         state = ck.TrainerState(world_size=dist.world)
         if ckpt_path is not None:
@@ -414,12 +471,13 @@ def _open_run(
     nested: bool = False,
     parent_id: str | None = None,
     tags: dict[str, Any] | None = None,
+    extra_params: Mapping[str, str | int | float] | None = None,
 ) -> tuple[Run, str | None]:
     """Rank 0: a new run, or the resumed one and its newest complete checkpoint."""
     from modelyard.tracking import _store
 
     experiment = recipe.experiment or "default"
-    params = recipe.params()
+    params: dict[str, Any] = {**recipe.params(), **(extra_params or {})}
     if resume is None:
         run = client.start_run(
             experiment, name=name, params=params, tags=tags, nested=nested, parent_id=parent_id
@@ -501,6 +559,16 @@ def _tokenizer_files(recipe: Recipe, train: list[Example], root: Path) -> dict[s
         build_tokenizer(recipe, train, tok_dir)
         (tok_dir / "done").write_text("ok\n", encoding="utf-8")
     return {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file() and p.name != "done"}
+
+
+def _read_tokenizer_dir(path: Path) -> dict[str, bytes]:
+    """Rank 0: the files of a saved tokenizer (``TrainHooks.tokenizer_dir``)."""
+    if not path.is_dir():
+        raise NotFoundError(f"tokenizer directory {str(path)!r} not found")
+    files = {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file() and not p.is_symlink()}
+    if not files:
+        raise UsageError(f"tokenizer directory {str(path)!r} is empty")
+    return files
 
 
 def _load_tokenizer(recipe: Recipe, files: dict[str, bytes] | None, tmp: Path) -> Any:
@@ -589,7 +657,7 @@ def _loop(
                 last_micro = (micro + 1) % accum == 0
                 sync = setup.model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext()
                 with sync:
-                    loss_sum, _ = _token_losses(setup, setup.model, batch)
+                    loss_sum, _ = _token_losses(setup, setup.model, batch, setup.loss_hook)
                     loss = loss_sum / max(global_tokens, 1) * dist.world / accum
                     setup.scaler.scale(loss).backward()
                 window[0] += float(loss_sum.detach())
@@ -750,6 +818,7 @@ def _finish(
             ck.load_checkpoint(best, setup.core)  # verified; only the weights are used
             model_step = state.best_step
     run.set_tags({"model_step": model_step, "stopped_early": str(state.stopped_early).lower()})
+    _make_pruning_permanent(setup.core)
     with tempfile.TemporaryDirectory(prefix="yard-model-") as tmp:
         out = save_model(setup.core, setup.tokenizer, Path(tmp) / "model")
         run.log_artifact(out, "model")
@@ -777,10 +846,22 @@ def _finish(
             run.log_artifact(Path(tmp) / "report.md", "eval")
 
 
+def _make_pruning_permanent(model: Any) -> None:
+    """Fold ``torch.nn.utils.prune`` reparametrisations (``weight_orig`` * ``weight_mask``, which a
+    ``TrainHooks.model`` may have added) into plain weights, so the saved model loads as a normal one."""
+    from torch.nn.utils import prune as prune_module
+
+    prune: Any = prune_module  # untyped
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+
+
 def _recipe_yaml(recipe: Recipe) -> str:
     import yaml
 
     return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
 
 
-__all__ = ["Pruned", "TrainResult", "checkpoint_root", "epoch_batches", "train"]
+__all__ = ["LossHook", "Pruned", "TrainHooks", "TrainResult", "checkpoint_root", "epoch_batches", "train"]
