@@ -141,3 +141,53 @@ def test_bad_requests(optimized: tuple[Platform, str, OptimizeReport]) -> None:
     with pytest.raises(UsageError, match="between 0 and 1"):
         optimize(platform, ctx, "opt@1", prune=1.5)
     assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
+
+
+def test_pruned_and_distilled_variants_join_the_table(
+    optimized: tuple[Platform, str, OptimizeReport],
+) -> None:
+    import copy
+
+    from modelyard.testing import TINY_RECIPE
+    from modelyard.training import parse_recipe
+
+    platform, parent, _ = optimized
+    student = copy.deepcopy(TINY_RECIPE)
+    student["experiment"] = "students"
+    student["model"] = {
+        "init": "scratch",
+        "config": {"d_model": 32, "d_ff": 64, "num_layers": 1, "num_heads": 2},
+    }
+    student["hyperparameters"].update(max_steps=20)
+    report = optimize(
+        platform,
+        platform.context(),
+        parent,
+        quantize=False,
+        prune=0.3,
+        structured=True,
+        distill=parse_recipe(student),
+        max_new_tokens=24,
+        latency_samples=5,
+        threads=1,
+    )
+    by_variant = {v.variant: v for v in report.variants}
+    assert set(by_variant) == {
+        "onnx-fp32",
+        "pruned-s0.3",
+        "pruned-s0.3-onnx-fp32",
+        "distilled",
+        "distilled-onnx-fp32",
+    }
+    assert by_variant["pruned-s0.3"].size_mb < report.baseline.size_mb
+    assert by_variant["distilled"].size_mb < by_variant["pruned-s0.3"].size_mb
+    for v in report.variants:
+        info = registry.show(platform, platform.context(), v.spec)
+        assert info.parent == parent and info.variant == v.variant
+        registry.verify(platform, platform.context(), v.spec)
+    # the distilled student's training run is a real, finished run that names its teacher
+    from modelyard.tracking import Client
+
+    with Client(platform) as client:
+        [run] = client.search_runs("students")
+        assert run.status == "FINISHED" and "distill.alpha" in run.params
