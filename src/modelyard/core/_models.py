@@ -425,3 +425,51 @@ class Attestation(Base):
     key_id: Mapped[str] = mapped_column(ForeignKey("signing_keys.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(160))
+
+
+# -- serving and monitoring (issue 6) ----------------------------------------------------------------------
+class Deployment(Base):
+    """What servers of a model should route besides its stable version: a candidate version with a traffic
+    weight and a mode (``ab``, ``canary``, ``shadow``; ``off`` for none). Servers poll it, so every worker
+    and replica follows one decision; ``generation`` increases with every change."""
+
+    __tablename__ = "deployments"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    candidate: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    weight: Mapped[int] = mapped_column(Integer)  # percent of traffic (ab, canary); shadow copies all
+    generation: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(160))
+
+
+class Prediction(Base):
+    """A served prediction (sampled), inputs and outputs with PII redacted, for drift and feedback."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_model_ts", "project_id", "model", "ts"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the request id (+ input index)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    route: Mapped[str] = mapped_column(String(16))  # stable, candidate, shadow
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    input: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(Double)
+
+
+class Feedback(Base):
+    """Ground truth for a served prediction, posted by the client that asked for it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_model_ts", "project_id", "model", "ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(128))
+    prediction_id: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    by: Mapped[str] = mapped_column(String(160))

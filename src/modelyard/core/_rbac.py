@@ -56,6 +56,9 @@ PERMISSIONS: dict[str, Role] = {
     # Registry: register versions and attest gate results as a scientist; move aliases (and roll them back)
     # as an engineer; protected aliases (production) move only by an approver's gated promotion.
     "model.read": Role.VIEWER,
+    # Serving: a client's token predicts and posts feedback (telemetry, not audited one by one); changing what
+    # servers route (deploy a canary, roll it back) is an engineer's, like moving an alias.
+    "model.predict": Role.VIEWER,
     "model.register": Role.SCIENTIST,
     "model.deploy": Role.ENGINEER,
     "model.approve": Role.APPROVER,

@@ -1,0 +1,543 @@
+"""The serving app: FastAPI (app factory) over registered versions, with dynamic batching, token auth,
+A/B, canary and shadow traffic, blue-green alias swaps, the prediction log and Prometheus metrics.
+
+```
+POST /v1/models/{name}:predict   {"inputs": ["..."], "parameters": {"max_new_tokens": 32}, "key": "user-7"}
+POST /v1/models/{name}:feedback  {"request_id": "...", "target": "..."}
+GET  /v1/models | /healthz | /readyz | /metrics | /openapi.json
+```
+
+Bad input is answered, never crashes the server, and costs little: the body size is checked before it is
+read (413), the content type before it is parsed (415: JSON only, so never a pickle), JSON errors and deep
+nesting are 400, wrong shapes and limits 422, a full queue 429 with Retry-After, a request past its
+timeout 504. Every error body is ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelyard.core._platform import Context, Platform
+from modelyard.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+    ValidationError,
+    YardError,
+)
+from modelyard.serving._batcher import Draining, QueueFull
+from modelyard.serving._config import ServeConfig
+from modelyard.serving._metrics import Metrics
+from modelyard.serving._routing import Params, Route, Slot, SloWindow
+
+log = logging.getLogger("modelyard.serving")
+TOKEN_CACHE_S = 30.0
+_KEYS = frozenset({"inputs", "parameters", "key"})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+# -- request parsing ----------------------------------------------------------------------------------------
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send a JSON body (Content-Type: application/json), not {kind or 'no content type'}",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+        raise ApiError(413, "payload_too_large", f"the body is over the {max_bytes:,}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "payload_too_large", f"the body is over the {max_bytes:,}-byte limit")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON ({str(exc)[:200]})") from None
+
+
+def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, str | None]:
+    """(inputs, parameters, sticky key) of a predict body, or a 422 naming the first problem."""
+    lim = config.limits
+
+    def bad(message: str) -> ApiError:
+        return ApiError(422, "validation_error", message)
+
+    if not isinstance(data, dict):
+        raise bad('the body must be a JSON object such as {"inputs": ["..."]}')
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise bad(f"unknown field {unknown[0]!r}; expected inputs, parameters and key")
+    inputs = data.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise bad("inputs must be a non-empty list of strings")
+    if len(inputs) > lim.max_inputs:
+        raise bad(f"{len(inputs)} inputs; at most {lim.max_inputs} per request")
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise bad(f"inputs[{i}] must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise bad(f"inputs[{i}] is empty")
+        if len(text) > lim.max_input_chars:
+            raise bad(f"inputs[{i}] has {len(text):,} characters; at most {lim.max_input_chars:,}")
+    params = data.get("parameters", {})
+    if not isinstance(params, dict):
+        raise bad("parameters must be an object")
+    unknown = sorted(set(params) - {"max_new_tokens"})
+    if unknown:
+        raise bad(f"unknown parameter {unknown[0]!r}; supported: max_new_tokens")
+    tokens = params.get("max_new_tokens", lim.default_new_tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= lim.max_new_tokens:
+        raise bad(f"parameters.max_new_tokens must be a whole number from 1 to {lim.max_new_tokens}")
+    key = data.get("key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 256):
+        raise bad("key must be a string of 1 to 256 characters (it keeps a client on one side of a split)")
+    return list(inputs), Params(tokens), key
+
+
+# -- the server -------------------------------------------------------------------------------------------
+
+
+class Server:
+    """State of one serving process: the platform, who it acts as, its routes, metrics and prediction log."""
+
+    def __init__(self, config: ServeConfig, platform: Platform | None = None) -> None:
+        self.config = config
+        self._own_platform = platform is None
+        self.platform = platform or Platform()
+        self.ctx: Context = self.platform.context(project=config.project)
+        self.metrics = Metrics()
+        self.routes: dict[str, Route] = {}
+        self.ready = False
+        self._tokens: dict[str, tuple[Context, float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        from modelyard.serving._predlog import PredictionLog
+
+        self.predlog = PredictionLog(self.platform, self.ctx, flush_s=config.logging.flush_s)
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def _load(self, spec: str) -> Slot:
+        from modelyard.registry import load
+
+        loaded = load(spec, platform=self.platform, ctx=self.ctx, threads=self.config.threads)
+        info = loaded.info
+        assert info is not None
+        slot = Slot(
+            info.name,
+            info.version,
+            info.variant,
+            loaded,
+            self.config,
+            on_batch=self.metrics.batch_observer(info.name, info.version),
+        )
+        slot.warm()
+        return slot
+
+    async def start(self) -> None:
+        from modelyard.registry._versions import parse_spec
+
+        for spec in self.config.models:
+            name, ref = parse_spec(spec)
+            slot = await asyncio.to_thread(self._load, spec)
+            route = Route(name, ref if isinstance(ref, str) else None, slot)
+            slot.batcher.start()
+            self.routes[name] = route
+            self.metrics.set_model(route)
+            await self._follow_deployment(route)
+        self.ready = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="yard-watch")
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for route in self.routes.values():
+            for slot in (route.stable, route.candidate):
+                if slot is not None:
+                    await slot.close()
+        self.predlog.close()
+        if self._own_platform:
+            self.platform.close()
+
+    # -- following the registry: alias moves (blue-green) and deployments ----------------------------------
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.alias_poll_s)
+            for route in list(self.routes.values()):
+                try:
+                    await self._follow_alias(route)
+                    await self._follow_deployment(route)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the registry is unreachable: keep serving what is loaded
+                    log.warning("serving %s: could not follow the registry: %s", route.name, exc)
+
+    async def _follow_alias(self, route: Route) -> None:
+        if route.follow is None:
+            return
+        from modelyard.registry import show
+
+        info = await asyncio.to_thread(show, self.platform, self.ctx, f"{route.name}@{route.follow}")
+        if info.version == route.stable.version:
+            return
+        log.info("serving %s: %s moved to %s; loading it", route.name, route.follow, info.version)
+        new = await asyncio.to_thread(self._load, info.spec)
+        new.batcher.start()
+        old, route.stable = route.stable, new  # new requests go to the new version from here on
+        self.metrics.set_model(route)
+        await old.close()  # in-flight requests on the old version finish first
+
+    async def _follow_deployment(self, route: Route) -> None:
+        from modelyard.serving._deploy import current
+
+        dep = await asyncio.to_thread(current, self.platform, self.ctx, route.name)
+        if dep is None or dep.generation == route.generation:
+            return
+        old = route.candidate
+        if dep.mode == "off" or dep.candidate is None:
+            route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
+        else:
+            if old is None or old.version != dep.candidate:
+                new = await asyncio.to_thread(self._load, f"{route.name}@{dep.candidate}")
+                new.batcher.start()
+                route.candidate, route.window = new, SloWindow(self.config.canary)
+            route.mode, route.weight = dep.mode, dep.weight
+        route.generation = dep.generation
+        self.metrics.set_model(route)
+        if old is not None and old is not route.candidate:
+            await old.close()
+
+    async def _rollback(self, route: Route, reason: str) -> None:
+        """The candidate breached its SLOs: out of traffic here at once, then in the store (audited)."""
+        from modelyard.serving._deploy import rollback_candidate
+
+        old, generation = route.candidate, route.generation
+        if old is None:
+            return
+        route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
+        self.metrics.rollbacks.labels(route.name).inc()
+        log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
+        try:
+            await asyncio.to_thread(
+                rollback_candidate, self.platform, self.ctx, route.name, generation, reason
+            )
+            route.generation = generation + 1
+        finally:
+            self.metrics.set_model(route)
+            await old.close()
+
+    # -- auth ------------------------------------------------------------------------------------------------
+    async def authenticate(self, request: Request, model: str) -> Context:
+        if not self.config.auth:
+            return self.ctx
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "send an API token: Authorization: Bearer yard_...",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        token = token.strip()
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._tokens.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            ctx = cached[0]
+        else:
+            try:
+                ctx = await asyncio.to_thread(self.platform.context, token=token)
+            except AuthenticationError as exc:
+                raise ApiError(401, "unauthenticated", exc.message, {"WWW-Authenticate": "Bearer"}) from None
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[digest] = (ctx, time.monotonic() + TOKEN_CACHE_S)
+        if ctx.project != self.ctx.project:
+            raise ApiError(
+                403,
+                "permission_denied",
+                f"the token belongs to project {ctx.project!r}; this server serves {self.ctx.project!r}",
+            )
+        from modelyard.core._rbac import allowed
+
+        if not allowed(ctx.role, "model.predict"):
+            raise ApiError(403, "permission_denied", f"{ctx.user} may not use model {model!r}")
+        return ctx
+
+    def route(self, name: str) -> Route:
+        route = self.routes.get(name)
+        if route is None:
+            raise ApiError(
+                404, "not_found", f"this server does not serve a model {name!r}; see GET /v1/models"
+            )
+        return route
+
+    # -- predict ---------------------------------------------------------------------------------------------
+    async def _submit(self, slot: Slot, inputs: list[str], params: Params) -> list[str]:
+        return await asyncio.wait_for(slot.batcher.submit(inputs, params), self.config.limits.timeout_s)
+
+    async def predict(
+        self, route: Route, inputs: list[str], params: Params, key: str | None
+    ) -> tuple[Slot, list[str]]:
+        if route.candidate is not None and route.mode == "shadow":
+            self._spawn(self._shadow(route, route.candidate, inputs, params))
+        if route.to_candidate(key):
+            cand, window = route.candidate, route.window
+            assert cand is not None and window is not None
+            t0 = time.perf_counter()
+            try:
+                out = await self._submit(cand, inputs, params)
+            except (Draining, QueueFull):
+                pass  # being replaced or full: the stable version answers, nothing is counted against it
+            except Exception as exc:
+                window.add(False, (time.perf_counter() - t0) * 1000)
+                self.metrics.candidate_errors.labels(route.name, str(cand.version)).inc()
+                log.info(
+                    "serving %s: candidate %s failed (%s); stable answers",
+                    route.name,
+                    cand.version,
+                    type(exc).__name__,
+                )
+                await self._check_slo(route, window)
+            else:
+                window.add(True, (time.perf_counter() - t0) * 1000)
+                await self._check_slo(route, window)
+                return cand, out
+        for attempt in range(2):
+            slot = route.stable
+            try:
+                return slot, await self._submit(slot, inputs, params)
+            except Draining:  # swapped between routing and submitting: the new version answers
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _check_slo(self, route: Route, window: SloWindow) -> None:
+        reason = window.breach()
+        if reason is not None and route.window is window:
+            await self._rollback(route, reason)
+
+    async def _shadow(self, route: Route, slot: Slot, inputs: list[str], params: Params) -> None:
+        t0 = time.perf_counter()
+        window = route.window
+        try:
+            outputs = await self._submit(slot, inputs, params)
+        except (Draining, QueueFull):
+            return
+        except Exception:
+            if window is not None:
+                window.add(False, (time.perf_counter() - t0) * 1000)
+            self.metrics.candidate_errors.labels(route.name, str(slot.version)).inc()
+            return
+        ms = (time.perf_counter() - t0) * 1000
+        if window is not None:
+            window.add(True, ms)
+        if random.random() < self.config.logging.sample:
+            self.predlog.add(uuid.uuid4().hex, route.name, slot.version, "shadow", inputs, outputs, ms)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+# -- the app ----------------------------------------------------------------------------------------------
+
+
+def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI:
+    """The ASGI app serving ``config.models``; models load in its lifespan (``/readyz`` says when)."""
+    server_box: dict[str, Server] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server = Server(config, platform)
+        server_box["server"] = server
+        app.state.server = server
+        try:
+            await server.start()
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(title="modelyard serving", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def srv() -> Server:
+        server = server_box.get("server")
+        if server is None:
+            raise ApiError(503, "unavailable", "the server is starting")
+        return server
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        with contextlib.suppress(Exception):
+            srv().metrics.errors.labels(exc.code).inc()
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(YardError)
+    async def _yard_error(request: Request, exc: YardError) -> JSONResponse:
+        status = exc.http_status if exc.http_status < 500 else 503
+        return _error(status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "validation_error", "; ".join(str(e.get("msg")) for e in exc.errors())[:1000])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, "internal_error", f"unexpected {type(exc).__name__}")
+
+    predict_schema = {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "inputs": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 1,
+                            "maxItems": config.limits.max_inputs,
+                        },
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"max_new_tokens": {"type": "integer"}},
+                        },
+                        "key": {
+                            "type": "string",
+                            "description": "sticky assignment in A/B and canary splits",
+                        },
+                    },
+                }
+            }
+        },
+        "required": True,
+    }
+
+    @app.post("/v1/models/{name}:predict", openapi_extra={"requestBody": predict_schema})
+    async def predict(name: str, request: Request) -> JSONResponse:
+        server = srv()
+        t0 = time.perf_counter()
+        route = server.route(name)
+        await server.authenticate(request, name)
+        inputs, params, key = parse_predict(await read_json(request, config.limits.max_body_bytes), config)
+        rid = uuid.uuid4().hex
+        try:
+            slot, outputs = await server.predict(route, inputs, params, key)
+        except QueueFull as exc:
+            raise ApiError(
+                429, "overloaded", str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))}
+            ) from None
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no answer within {config.limits.timeout_s:g} s") from None
+        except Draining:
+            raise ApiError(
+                503, "unavailable", "the model is being replaced; retry", {"Retry-After": "1"}
+            ) from None
+        seconds = time.perf_counter() - t0
+        role = "candidate" if slot is route.candidate else "stable"
+        server.metrics.observe_request(name, slot.version, role, seconds)
+        if random.random() < config.logging.sample:
+            server.predlog.add(rid, name, slot.version, role, inputs, outputs, seconds * 1000)
+        return JSONResponse(
+            {"model": name, "version": slot.version, "request_id": rid, "outputs": outputs},
+            headers={"X-Request-Id": rid, "X-Model-Version": str(slot.version)},
+        )
+
+    @app.post("/v1/models/{name}:feedback")
+    async def feedback(name: str, request: Request) -> JSONResponse:
+        from modelyard.serving._predlog import record_feedback
+
+        server = srv()
+        server.route(name)
+        ctx = await server.authenticate(request, name)
+        data = await read_json(request, config.limits.max_body_bytes)
+        if not isinstance(data, dict) or set(data) != {"request_id", "target"}:
+            raise ApiError(422, "validation_error", 'expected {"request_id": "...", "target": "..."}')
+        server.predlog.flush()  # the prediction may still be in the buffer
+        try:
+            await asyncio.to_thread(
+                record_feedback, server.platform, ctx, name, data["request_id"], data["target"]
+            )
+        except (UsageError, ValidationError) as exc:
+            raise ApiError(422, "validation_error", exc.message) from None
+        except NotFoundError as exc:
+            raise ApiError(404, "not_found", exc.message) from None
+        except PermissionDeniedError as exc:
+            raise ApiError(403, "permission_denied", exc.message) from None
+        return JSONResponse({"recorded": True})
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        server = srv()
+        await server.authenticate(request, "*")
+        return JSONResponse({"models": [r.describe() for r in server.routes.values()]})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        server = server_box.get("server")
+        if server is None or not server.ready:
+            return _error(503, "unavailable", "models are loading")
+        return JSONResponse({"status": "ready", "models": [r.describe() for r in server.routes.values()]})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        server = srv()
+        body, content_type = server.metrics.render(server.routes.values())
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` workers: the config travels as JSON in YARD_SERVE_CONFIG."""
+    from modelyard.serving._config import parse_config
+
+    return create_app(parse_config(json.loads(os.environ["YARD_SERVE_CONFIG"]), source="YARD_SERVE_CONFIG"))

@@ -1,0 +1,168 @@
+"""Dynamic batching: requests are split into their inputs, inputs are gathered into batches of at most
+``max_batch_size`` (whatever the request sizes) or whatever arrived within ``max_wait_ms`` of the oldest,
+run together on a worker thread, and each request is answered with its own outputs.
+
+* The queue is bounded in inputs (``max_queue``): a request that would overflow it is refused at once
+  (:class:`QueueFull`, HTTP 429 with Retry-After) instead of waiting behind work it cannot catch up with.
+* Inputs with different generation parameters are never mixed in one batch (the parameters are part of the
+  batch key), so every input is decoded exactly as if it had come alone.
+* A request that times out or whose client went away cancels its waiting inputs; inputs already running
+  finish and their results are dropped. ``drain()`` stops intake and waits for queued work, so swapping a
+  model (blue-green) drops nothing in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+RunBatch = Callable[[list[str], Any], list[str]]  # (inputs, parameters) -> outputs
+OnBatch = Callable[[int, float], None]  # (batch size, seconds)
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"the queue is full; retry after {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+class Draining(Exception):
+    """The batcher stopped taking work (its model is being replaced or the server is shutting down)."""
+
+
+@dataclass
+class _Item:
+    text: str
+    params: Hashable  # generation parameters: the batch key
+    future: asyncio.Future[str]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        executor: Executor,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        on_batch: OnBatch | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < max_batch_size or max_wait_ms < 0:
+            raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size and max_wait_ms >= 0")
+        self._run, self._executor, self._on_batch = run, executor, on_batch
+        self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self._queue: deque[_Item] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._running = 0  # inputs in the batch being run
+        self._seconds_per_input = 0.01  # running estimate, for Retry-After
+        self.largest_batch = 0
+
+    @property
+    def depth(self) -> int:
+        """Inputs waiting or running."""
+        return len(self._queue) + self._running
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="yard-batcher")
+
+    async def submit(self, texts: Sequence[str], params: Hashable) -> list[str]:
+        """The outputs for ``texts`` (in order) generated with ``params`` (hashable: inputs share a batch only
+        with inputs of equal parameters). Raises QueueFull, Draining, or what the model raised."""
+        if self._draining:
+            raise Draining("this model version is being replaced")
+        if self.depth + len(texts) > self.max_queue:
+            raise QueueFull(max(1.0, self.depth * self._seconds_per_input))
+        loop = asyncio.get_running_loop()
+        items = [_Item(t, params, loop.create_future()) for t in texts]
+        self._queue.extend(items)
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(i.future for i in items)))
+        finally:
+            for i in items:  # timed out or cancelled: waiting inputs are skipped, running ones dropped
+                if not i.future.done():
+                    i.future.cancel()
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        """Refuse new work, then wait until everything queued has been answered."""
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        while self.depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _take(self) -> list[_Item]:
+        """Up to max_batch_size live inputs sharing the oldest live input's key, in arrival order."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+        if not self._queue:
+            return []
+        key = self._queue[0].params
+        batch: list[_Item] = []
+        rest: deque[_Item] = deque()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.future.done():
+                continue
+            (batch if item.params == key else rest).append(item)
+        rest.extend(self._queue)
+        self._queue = rest
+        return batch
+
+    def _ready(self) -> int:
+        key = next((i.params for i in self._queue if not i.future.done()), None)
+        return sum(1 for i in self._queue if i.params == key and not i.future.done())
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            oldest = self._queue[0].enqueued
+            while self._ready() < self.max_batch_size:
+                remaining = oldest + self.max_wait - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+            batch = self._take()
+            if not batch:
+                continue
+            self._running = len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            t0 = time.perf_counter()
+            try:
+                texts = [i.text for i in batch]
+                outputs = await loop.run_in_executor(self._executor, self._run, texts, batch[0].params)
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} inputs")
+            except Exception as exc:
+                for i in batch:
+                    if not i.future.done():
+                        i.future.set_exception(exc)
+            else:
+                for i, out in zip(batch, outputs, strict=True):
+                    if not i.future.done():
+                        i.future.set_result(out)
+            finally:
+                seconds = time.perf_counter() - t0
+                self._running = 0
+                self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * seconds / len(batch)
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), seconds)

@@ -1,0 +1,104 @@
+"""Server configuration: one closed, validated model (YAML file or flags), limits that keep bad input cheap.
+
+```yaml
+models: [support-t5@production]      # NAME@ALIAS (followed: alias moves swap versions blue-green) or NAME@V
+host: 127.0.0.1
+port: 8000
+auth: true                           # false only on 127.0.0.1 / ::1 / localhost
+batching: {max_batch_size: 16, max_wait_ms: 5, max_queue: 1024}
+limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30}
+canary: {max_error_rate: 0.05, max_p95_ms: 2000, window_s: 60, min_requests: 20}
+logging: {sample: 1.0}               # share of predictions stored (PII redacted) for drift and feedback
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Batching(_Section):
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
+    max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+    enabled: bool = True  # off: every input runs alone (for comparison)
+
+    @model_validator(mode="after")
+    def _fits(self) -> Batching:
+        if self.max_queue < self.max_batch_size:
+            raise ValueError("max_queue must be at least max_batch_size")
+        return self
+
+
+class Limits(_Section):
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+    max_inputs: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_input_chars: Annotated[int, Field(ge=1, le=1_000_000)] = 4000
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    default_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
+class Canary(_Section):
+    """The SLOs a canary (or A/B candidate) is held to; breaching one rolls it back automatically."""
+
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_p95_ms: Annotated[float, Field(gt=0)] = 5000.0
+    window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    min_requests: Annotated[int, Field(ge=1)] = 20
+
+
+class Logging(_Section):
+    sample: Annotated[float, Field(ge=0, le=1)] = 1.0
+    flush_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+
+class ServeConfig(_Section):
+    models: Annotated[list[str], Field(min_length=1, max_length=16)]
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    auth: bool = True
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None  # inference threads per model
+    alias_poll_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    batching: Batching = Batching()
+    limits: Limits = Limits()
+    canary: Canary = Canary()
+    logging: Logging = Logging()
+    project: str | None = None
+
+    @model_validator(mode="after")
+    def _safe(self) -> ServeConfig:
+        if not self.auth and self.host not in LOCAL_HOSTS:
+            raise ValueError(
+                f"auth can be off only on a loopback address (127.0.0.1, ::1, localhost), not {self.host!r}"
+            )
+        if self.limits.default_new_tokens > self.limits.max_new_tokens:
+            raise ValueError("limits.default_new_tokens must not exceed limits.max_new_tokens")
+        from modelyard.registry._versions import parse_spec
+
+        names = [parse_spec(m)[0] for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("serve each model name once")
+        return self
+
+
+def parse_config(data: Any, *, source: str = "serve config") -> ServeConfig:
+    from modelyard.training._recipe import parse_model
+
+    return parse_model(ServeConfig, data, source=source, kind="serve config")
+
+
+def load_config(path: str | Path) -> ServeConfig:
+    from modelyard.training._recipe import read_yaml
+
+    return parse_config(read_yaml(path, "serve config"), source=str(path))

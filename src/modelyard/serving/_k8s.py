@@ -1,0 +1,210 @@
+"""``yard serve NAME@ALIAS --export k8s DIR``: a Deployment, a Service, a HorizontalPodAutoscaler, the
+serve config as a ConfigMap, and a Dockerfile for a slim serving image (ONNX Runtime, no torch).
+
+Replicas reach the platform through its URLs (PostgreSQL and an S3-compatible store), with every secret a
+reference to a Kubernetes Secret (the job queue's convention: master key, the token the server acts as,
+database password, S3 credentials). Readiness is ``/readyz`` (models loaded and warmed), liveness
+``/healthz``. The autoscaler targets CPU and the per-pod ``yard_queue_depth`` metric (through a metrics
+adapter such as prometheus-adapter); pods are annotated for Prometheus scraping.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modelyard.core._platform import Platform
+from modelyard.errors import ValidationError
+from modelyard.serving._config import ServeConfig
+
+CONFIG_DIR = "/etc/modelyard"
+DOCKERFILE = """\
+# A slim serving image: ONNX Runtime, tokenizers and numpy; no torch, no transformers.
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 yard
+RUN pip install --no-cache-dir "modelyard[serve,postgres,s3]"
+USER 10001
+WORKDIR /home/yard
+ENV YARD_HOME=/home/yard/.modelyard PYTHONUNBUFFERED=1
+EXPOSE 8000
+ENTRYPOINT ["yard", "serve", "--config", "/etc/modelyard/serve.yaml"]
+"""
+
+
+def manifests(
+    platform: Platform,
+    config: ServeConfig,
+    *,
+    image: str,
+    replicas: int = 2,
+    namespace: str = "default",
+    secret_name: str = "modelyard",  # noqa: S107 (the name of a Kubernetes Secret, not a value)
+    max_replicas: int = 10,
+    queue_target: int = 32,
+    database_url: str | None = None,
+    artifact_uri: str | None = None,
+) -> list[dict[str, Any]]:
+    from modelyard.registry._versions import parse_spec
+    from modelyard.training._k8s import (
+        _DNS_LABEL,
+        _IMAGE,
+        SECRET_KEYS,
+        _label,
+        cluster_artifact_uri,
+        cluster_database_url,
+    )
+
+    if not _IMAGE.match(image):
+        raise ValidationError(f"image {image!r} is not a valid container image reference")
+    if not _DNS_LABEL.match(namespace):
+        raise ValidationError(f"namespace {namespace!r} is not a valid Kubernetes name (a DNS label)")
+    if not config.auth:
+        raise ValidationError(
+            "a server in a cluster listens beyond loopback: it must check API tokens (drop --no-auth)"
+        )
+    first = parse_spec(config.models[0])[0]
+    name = _label(f"yard-serve-{first}".lower()).replace(".", "-").replace("_", "-")[:63].strip("-")
+    settings = platform.settings
+    served = config.model_copy(update={"host": "0.0.0.0", "port": 8000, "workers": 1})  # noqa: S104 (in a pod)
+    labels = {
+        "app.kubernetes.io/name": "modelyard",
+        "app.kubernetes.io/component": "serving",
+        "modelyard.dev/model": _label(first),
+    }
+    env: list[dict[str, Any]] = [
+        {
+            "name": "YARD_DATABASE_URL",
+            "value": cluster_database_url(database_url or settings.resolved_database_url),
+        },
+        {
+            "name": "YARD_ARTIFACT_URI",
+            "value": cluster_artifact_uri(artifact_uri or settings.resolved_artifact_uri),
+        },
+        {"name": "YARD_REGION", "value": settings.region},
+        {"name": "YARD_PROJECT", "value": config.project or settings.project},
+        *[
+            {
+                "name": var,
+                "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key, "optional": optional}},
+            }
+            for var, key, optional in SECRET_KEYS
+        ],
+    ]
+    if settings.s3_endpoint_url:
+        env.append({"name": "YARD_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": "8000",
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationGracePeriodSeconds": 60,  # in-flight requests finish
+                    "containers": [
+                        {
+                            "name": "serve",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": [],
+                            "ports": [{"name": "http", "containerPort": 8000}],
+                            "env": env,
+                            "resources": {
+                                "requests": {"cpu": "1", "memory": "1Gi"},
+                                "limits": {"memory": "4Gi"},
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/readyz", "port": "http"},
+                                "periodSeconds": 5,
+                            },
+                            "livenessProbe": probe,
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                                {"name": "home", "mountPath": "/home/yard"},
+                                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 (the pod's own emptyDir)
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": name}},
+                        {"name": "home", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "data": {"serve.yaml": json.dumps(served.model_dump(mode="json"), indent=2)},
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"selector": dict(labels), "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": replicas,
+            "maxReplicas": max(replicas, max_replicas),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                },
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "yard_queue_depth"},
+                        "target": {"type": "AverageValue", "averageValue": str(queue_target)},
+                    },
+                },
+            ],
+        },
+    }
+    return [config_map, deployment, service, hpa]
+
+
+def export_k8s(platform: Platform, config: ServeConfig, out_dir: str | Path, **options: Any) -> list[Path]:
+    """Write the manifests (one YAML file each; ``options`` as :func:`manifests` takes them) and the
+    Dockerfile into ``out_dir``; returns the files."""
+    from modelyard.training._k8s import manifest_yaml
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for m in manifests(platform, config, **options):
+        path = out / f"{m['kind'].lower()}.yaml"
+        path.write_text(manifest_yaml(m), encoding="utf-8")
+        written.append(path)
+    (out / "Dockerfile").write_text(DOCKERFILE, encoding="utf-8")
+    return [*written, out / "Dockerfile"]

@@ -1,0 +1,179 @@
+"""The prediction log and feedback: what monitoring compares with the training data.
+
+Servers hand sampled predictions to a :class:`PredictionLog`, which redacts PII (the data stage's
+scanner: e-mails, phones, cards, IBANs, IPs, national ids become ``[KIND]``) and writes them in one
+transaction per ``flush_s`` from a background thread, so logging never adds a database round trip to a
+request. A full buffer drops the oldest rows and counts them (``dropped``): the log is telemetry and must
+not take the server down with it. Feedback (ground truth for a request id) is written at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from modelyard.core._models import Feedback, Prediction
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.errors import NotFoundError, UsageError
+
+log = logging.getLogger(__name__)
+MAX_TEXT = 20_000  # characters of an input or output kept in the log
+
+
+def redact(text: str) -> str:
+    from modelyard.data._pii import redact_text
+
+    return redact_text(text[:MAX_TEXT])
+
+
+class PredictionLog:
+    def __init__(
+        self, platform: Platform, ctx: Context, *, flush_s: float = 1.0, max_buffer: int = 100_000
+    ) -> None:
+        self._platform, self._ctx, self._flush_s = platform, ctx, flush_s
+        self._rows: deque[dict[str, Any]] = deque(maxlen=max_buffer)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.dropped = 0
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="yard-prediction-log", daemon=True)
+        self._thread.start()
+
+    def add(
+        self,
+        rid: str,
+        model: str,
+        version: int,
+        route: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        latency_ms: float,
+    ) -> None:
+        now = utcnow()
+        with self._lock:
+            for i, (x, y) in enumerate(zip(inputs, outputs, strict=True)):
+                if len(self._rows) == self._rows.maxlen:
+                    self.dropped += 1
+                self._rows.append(
+                    {
+                        "id": f"{rid}{i:x}"[:32] if len(inputs) > 1 else rid,
+                        "project_id": self._ctx.project_id,
+                        "model": model,
+                        "version": version,
+                        "route": route,
+                        "ts": now,
+                        "input": x,
+                        "output": y,
+                        "latency_ms": latency_ms,
+                    }
+                )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._flush_s)
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            rows = list(self._rows)
+            self._rows.clear()
+        if not rows:
+            return
+        for r in rows:  # redaction off the request path
+            r["input"], r["output"] = redact(r["input"]), redact(r["output"])
+        try:
+            with self._platform.db.write() as s:
+                s.execute(insert(Prediction), rows)
+            self.written += len(rows)
+        except Exception as exc:  # the store is down: keep serving, say so, lose this batch of telemetry
+            self.dropped += len(rows)
+            log.warning("prediction log: %d rows not stored: %s", len(rows), exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        with contextlib.suppress(Exception):
+            self.flush()
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    id: str
+    version: int
+    route: str
+    ts: datetime
+    input: str
+    output: str
+    latency_ms: float
+    target: str | None = None  # feedback, when some was posted
+
+
+def record_feedback(platform: Platform, ctx: Context, model: str, prediction_id: str, target: str) -> None:
+    """Ground truth for a logged prediction of ``model`` (a viewer's token suffices: clients post it)."""
+    platform.authorize(ctx, "model.predict", f"model:{model}")
+    if not isinstance(prediction_id, str) or not 1 <= len(prediction_id) <= 32 or not prediction_id.isalnum():
+        raise UsageError("request_id must be the id a prediction answered with (1-32 letters and digits)")
+    if not isinstance(target, str) or not target or len(target) > MAX_TEXT:
+        raise UsageError(f"target must be a non-empty string of at most {MAX_TEXT} characters")
+    with platform.db.write() as s:
+        row = s.get(Prediction, prediction_id)
+        if row is None or row.project_id != ctx.project_id or row.model != model:
+            raise NotFoundError(f"no logged prediction {prediction_id!r} of model {model!r}")
+        s.add(
+            Feedback(
+                project_id=ctx.project_id,
+                model=model,
+                prediction_id=prediction_id,
+                target=redact(target),
+                ts=utcnow(),
+                by=ctx.user,
+            )
+        )
+
+
+def predictions(
+    platform: Platform,
+    ctx: Context,
+    model: str,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    version: int | None = None,
+    limit: int = 100_000,
+) -> list[LoggedPrediction]:
+    """Logged predictions of ``model`` in [since, until), newest feedback per prediction attached."""
+    platform.authorize(ctx, "model.read", f"model:{model}")
+    with platform.db.read() as s:
+        q = select(Prediction).where(
+            Prediction.project_id == ctx.project_id, Prediction.model == model, Prediction.ts >= since
+        )
+        if until is not None:
+            q = q.where(Prediction.ts < until)
+        if version is not None:
+            q = q.where(Prediction.version == version)
+        rows = s.scalars(q.order_by(Prediction.ts).limit(limit)).all()
+        ids = [r.id for r in rows]
+        targets: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            for pid, target in s.execute(
+                select(Feedback.prediction_id, Feedback.target)
+                .where(Feedback.project_id == ctx.project_id, Feedback.prediction_id.in_(ids[i : i + 500]))
+                .order_by(Feedback.id)
+            ):
+                targets[pid] = target
+        return [
+            LoggedPrediction(
+                r.id, r.version, r.route, as_utc(r.ts), r.input, r.output, r.latency_ms, targets.get(r.id)
+            )
+            for r in rows
+        ]

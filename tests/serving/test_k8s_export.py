@@ -1,0 +1,89 @@
+"""`yard serve --export k8s DIR` and `yard deploy` from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelyard.testing import Yard
+
+CLUSTER = [
+    "--cluster-database-url",
+    "postgresql+psycopg://yard:hunter2@db.internal:5432/yard",
+    "--cluster-artifact-uri",
+    "s3://models/yard",
+]
+
+
+def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: Path) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    assert yard("init").code == 0
+    out = tmp_path / "k8s"
+    r = yard(
+        "serve",
+        "support@production",
+        "--export",
+        "k8s",
+        out,
+        "--image",
+        "registry.example/yard-serve:1",
+        "--replicas",
+        "3",
+        "--namespace",
+        "ml",
+        *CLUSTER,
+    )
+    assert r.code == 0, r.err
+    docs = {p.stem: yaml.safe_load(p.read_text()) for p in out.glob("*.yaml")}
+    assert set(docs) == {"configmap", "deployment", "service", "horizontalpodautoscaler"}
+    for doc in docs.values():
+        kv.validate(doc, kv.latest_version(), strict=True)  # the bundled schemas: offline
+    dep = docs["deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["YARD_DATABASE_URL"]["value"] == "postgresql+psycopg://yard@db.internal:5432/yard"
+    )  # no password
+    assert env["YARD_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "master-key"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "ml"
+    served = yaml.safe_load(docs["configmap"]["data"]["serve.yaml"])
+    assert (
+        served["models"] == ["support@production"] and served["auth"] is True and served["host"] == "0.0.0.0"
+    )
+    metrics = docs["horizontalpodautoscaler"]["spec"]["metrics"]
+    assert {m["type"] for m in metrics} == {"Resource", "Pods"}
+    assert any(m.get("pods", {}).get("metric", {}).get("name") == "yard_queue_depth" for m in metrics)
+    docker = (out / "Dockerfile").read_text()
+    assert (
+        "modelyard[serve" in docker and "torch" not in docker.split("no torch")[1] and "USER 10001" in docker
+    )
+
+
+def test_export_and_serve_refuse_what_is_unsafe(yard: Yard, tmp_path: Path) -> None:
+    assert yard("init").code == 0
+    r = yard("serve", "m@production", "--no-auth", "--host", "0.0.0.0")
+    assert r.code == 2 and "loopback" in r.error
+    r = yard("serve", "m@production", "--no-auth", "--export", "k8s", tmp_path / "k", *CLUSTER)
+    assert r.code == 2 and "API tokens" in r.error
+    r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k")  # a SQLite home: unreachable
+    assert r.code == 2 and "PostgreSQL" in r.error
+    r = yard("serve", "m@production")
+    assert r.code == 1 and "not found" in r.error  # checked before a server starts
+
+
+def test_yard_deploy(yard: Yard, model_dir: Path) -> None:
+    assert yard("init").code == 0
+    assert yard("models", "register", model_dir, "--name", "m").code == 0
+    r = yard("deploy", "m", "--version", "1", "--mode", "canary", "--weight", "10")
+    assert r.code == 0 and "canary m@1 at 10%" in r.out
+    r = yard("deploy", "m", "--mode", "off")
+    assert r.code == 0 and "no candidate" in r.out
+    r = yard("deploy", "m", "--version", "9")
+    assert r.code == 1 and "no version 9" in r.error
+    r = yard("deploy", "m", "--version", "1", "--weight", "150")
+    assert r.code == 2 and "weight" in r.error
+    r = yard("deploy", "m", "--version", "1", "--mode", "blue")
+    assert r.code == 2 and "mode" in r.error
