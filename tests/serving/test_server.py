@@ -363,7 +363,7 @@ def test_feedback_is_recorded_for_a_logged_prediction(served: Served, server_fac
     )
     assert ok.status_code == 200, ok.text
     assert (
-        httpx.post(url, json={"request_id": "0" * 32, "target": "x"}, headers=auth(served.token)).status_code
+        httpx.post(url, json={"request_id": "0" * 26, "target": "x"}, headers=auth(served.token)).status_code
         == 404
     )
     assert httpx.post(url, json={"request_id": rid}, headers=auth(served.token)).status_code == 422

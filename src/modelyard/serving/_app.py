@@ -3,7 +3,7 @@ A/B, canary and shadow traffic, blue-green alias swaps, the prediction log and P
 
 ```
 POST /v1/models/{name}:predict   {"inputs": ["..."], "parameters": {"max_new_tokens": 32}, "key": "user-7"}
-POST /v1/models/{name}:feedback  {"request_id": "...", "target": "..."}
+POST /v1/models/{name}:feedback  {"request_id": "...", "index": 0, "target": "..."}
 GET  /v1/models | /healthz | /readyz | /metrics | /openapi.json
 ```
 
@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +43,7 @@ from modelyard.errors import (
 from modelyard.serving._batcher import Draining, QueueFull
 from modelyard.serving._config import ServeConfig
 from modelyard.serving._metrics import Metrics
+from modelyard.serving._predlog import new_request_id
 from modelyard.serving._routing import Params, Route, Slot, SloWindow
 
 log = logging.getLogger("modelyard.serving")
@@ -369,7 +369,7 @@ class Server:
         if window is not None:
             window.add(True, ms)
         if random.random() < self.config.logging.sample:
-            self.predlog.add(uuid.uuid4().hex, route.name, slot.version, "shadow", inputs, outputs, ms)
+            self.predlog.add(new_request_id(), route.name, slot.version, "shadow", inputs, outputs, ms)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -464,7 +464,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         route = server.route(name)
         await server.authenticate(request, name)
         inputs, params, key = parse_predict(await read_json(request, config.limits.max_body_bytes), config)
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         try:
             slot, outputs = await server.predict(route, inputs, params, key)
         except QueueFull as exc:
@@ -495,12 +495,24 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         server.route(name)
         ctx = await server.authenticate(request, name)
         data = await read_json(request, config.limits.max_body_bytes)
-        if not isinstance(data, dict) or set(data) != {"request_id", "target"}:
-            raise ApiError(422, "validation_error", 'expected {"request_id": "...", "target": "..."}')
+        if not isinstance(data, dict) or not {"request_id", "target"} <= set(data) <= {
+            "request_id",
+            "index",
+            "target",
+        }:
+            raise ApiError(
+                422, "validation_error", 'expected {"request_id": "...", "index": 0, "target": "..."}'
+            )
         server.predlog.flush()  # the prediction may still be in the buffer
         try:
             await asyncio.to_thread(
-                record_feedback, server.platform, ctx, name, data["request_id"], data["target"]
+                record_feedback,
+                server.platform,
+                ctx,
+                name,
+                data["request_id"],
+                data["target"],
+                index=data.get("index", 0),
             )
         except (UsageError, ValidationError) as exc:
             raise ApiError(422, "validation_error", exc.message) from None

@@ -11,21 +11,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
+from modelyard.core._db import insert_for
 from modelyard.core._models import Feedback, Prediction
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.errors import NotFoundError, UsageError
 
 log = logging.getLogger(__name__)
 MAX_TEXT = 20_000  # characters of an input or output kept in the log
+REQUEST_ID_CHARS = 26  # + 6 digits of the input's index = a 32-character prediction id
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:REQUEST_ID_CHARS]
+
+
+def prediction_id(request_id: str, index: int) -> str:
+    """The logged prediction of input ``index`` of a request: its id and the index, 32 characters."""
+    return f"{request_id}{index:06d}"
 
 
 def redact(text: str) -> str:
@@ -65,7 +78,7 @@ class PredictionLog:
                     self.dropped += 1
                 self._rows.append(
                     {
-                        "id": f"{rid}{i:x}"[:32] if len(inputs) > 1 else rid,
+                        "id": prediction_id(rid, i),
                         "project_id": self._ctx.project_id,
                         "model": model,
                         "version": version,
@@ -91,8 +104,8 @@ class PredictionLog:
         for r in rows:  # redaction off the request path
             r["input"], r["output"] = redact(r["input"]), redact(r["output"])
         try:
-            with self._platform.db.write() as s:
-                s.execute(insert(Prediction), rows)
+            with self._platform.db.write() as s:  # a row flushed twice (a retry) is kept once
+                s.execute(insert_for(s)(Prediction).on_conflict_do_nothing(index_elements=["id"]), rows)
             self.written += len(rows)
         except Exception as exc:  # the store is down: keep serving, say so, lose this batch of telemetry
             self.dropped += len(rows)
@@ -118,22 +131,33 @@ class LoggedPrediction:
     target: str | None = None  # feedback, when some was posted
 
 
-def record_feedback(platform: Platform, ctx: Context, model: str, prediction_id: str, target: str) -> None:
-    """Ground truth for a logged prediction of ``model`` (a viewer's token suffices: clients post it)."""
+_REQUEST_ID = re.compile(rf"^[0-9a-f]{{{REQUEST_ID_CHARS}}}$")
+
+
+def record_feedback(
+    platform: Platform, ctx: Context, model: str, request_id: str, target: str, *, index: int = 0
+) -> None:
+    """Ground truth for input ``index`` of a logged request of ``model`` (a viewer's token suffices:
+    clients post it)."""
     platform.authorize(ctx, "model.predict", f"model:{model}")
-    if not isinstance(prediction_id, str) or not 1 <= len(prediction_id) <= 32 or not prediction_id.isalnum():
-        raise UsageError("request_id must be the id a prediction answered with (1-32 letters and digits)")
+    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+        raise UsageError(f"request_id must be the {REQUEST_ID_CHARS}-character id a prediction answered with")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1_000_000:
+        raise UsageError("index must be the position of the input in its request (0, 1, ...)")
     if not isinstance(target, str) or not target or len(target) > MAX_TEXT:
         raise UsageError(f"target must be a non-empty string of at most {MAX_TEXT} characters")
+    pid = prediction_id(request_id, index)
     with platform.db.write() as s:
-        row = s.get(Prediction, prediction_id)
+        row = s.get(Prediction, pid)
         if row is None or row.project_id != ctx.project_id or row.model != model:
-            raise NotFoundError(f"no logged prediction {prediction_id!r} of model {model!r}")
+            raise NotFoundError(
+                f"no logged prediction of input {index} of request {request_id} of model {model!r}"
+            )
         s.add(
             Feedback(
                 project_id=ctx.project_id,
                 model=model,
-                prediction_id=prediction_id,
+                prediction_id=pid,
                 target=redact(target),
                 ts=utcnow(),
                 by=ctx.user,
