@@ -20,6 +20,7 @@ from modelyard.config import load_settings
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
 from modelyard.serving import OnnxSeq2Seq, deploy, predictions
+from modelyard.serving._predlog import prediction_id
 
 pytestmark = pytest.mark.slow
 
@@ -374,5 +375,8 @@ def test_feedback_is_recorded_for_a_logged_prediction(served: Served, server_fac
                 p, p.context(), "srv", since=registry.show(p, p.context(), "srv@1").created_at
             )
         }
-    assert logged[rid].target is not None and "a@b.example" not in logged[rid].target  # PII redacted
-    assert logged[rid].target == "2013-03-02 (mail me at <EMAIL>)"
+    assert (
+        logged[prediction_id(rid, 0)].target is not None
+        and "a@b.example" not in logged[prediction_id(rid, 0)].target
+    )  # PII redacted
+    assert logged[prediction_id(rid, 0)].target == "2013-03-02 (mail me at <EMAIL>)"
