@@ -1,0 +1,117 @@
+"""``yard monitor drift`` (recent traffic against the training data), ``yard monitor run`` (alert rules)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from modelyard.cli._app import acting, app, console, print_json, table
+
+monitor_app = typer.Typer(help="Drift, quality and alert rules of served models.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("drift")
+def drift(
+    spec: str = typer.Argument(..., metavar="NAME@ALIAS"),
+    window: str = typer.Option("1h", "--window", help="Recent traffic to compare: 30m, 1h, 7d, ..."),
+    html: Path | None = typer.Option(None, "--html", help="Also write an HTML report with plots."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compare the inputs and outputs served in the window with the version's training data, and its
+    quality on feedback with its evaluation (concept drift). Exit 1 if the data drifted."""
+    from modelyard.monitoring._monitor import model_drift, parse_window, quality
+
+    span = parse_window(window)
+    with acting() as (platform, ctx):
+        ref, report, n = model_drift(platform, ctx, spec, window=span)
+        q = quality(platform, ctx, spec, window=span)
+    if html is not None:
+        report.to_html(html, title=f"Drift of {spec} over {window}")
+    if json_out:
+        print_json(
+            {
+                "reference": ref.spec,
+                "data": ref.data,
+                "predictions": n,
+                "drift": report.to_dict(),
+                "quality": {
+                    "examples": q.examples,
+                    "metrics": q.metrics,
+                    "evaluation": q.reference,
+                    "drop": q.drop,
+                },
+            }
+        )
+    else:
+        table(
+            f"{spec}: {n} predictions of the last {window} against the training data of {ref.spec} "
+            f"({ref.data})",
+            list(report.ROW_HEADER),
+            report.rows(),
+        )
+        if q.examples:
+            table(
+                f"quality on {q.examples} predictions with feedback",
+                ["metric", "now", "at evaluation", "drop"],
+                [
+                    (k, f"{v:.4f}", f"{q.reference.get(k, float('nan')):.4f}", f"{q.drop.get(k, 0.0):+.4f}")
+                    for k, v in sorted(q.metrics.items())
+                ],
+            )
+        verdict = "DRIFT" if report.dataset_drifted else "no drift"
+        console.print(
+            f"{verdict}: {len(report.drifted_columns)} of {len(report.columns)} columns drifted"
+            + (f"; report: {html}" if html is not None else ""),
+            markup=False,
+        )
+    if report.dataset_drifted:
+        raise typer.Exit(1)
+
+
+@monitor_app.command("run")
+def run(
+    rules: Path = typer.Argument(..., metavar="RULES.yaml"),
+    interval: float = typer.Option(0, "--interval", help="Seconds between evaluations (0: once)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Evaluate alert rules (drift, quality, latency) and act: log, webhook, retrain + gate + canary."""
+    from modelyard.monitoring._alerts import load_alerts, run_once
+
+    policy = load_alerts(rules)
+    while True:
+        with acting() as (platform, ctx):
+            result = run_once(platform, ctx, policy)
+        if json_out:
+            print_json(
+                {
+                    "model": result.model,
+                    "signals": result.signals,
+                    "quiet": result.quiet,
+                    "retrains": result.retrains,
+                    "fired": [
+                        {"rule": f.rule, "when": f.condition, "value": f.value, "actions": f.actions}
+                        for f in result.fired
+                    ],
+                }
+            )
+        else:
+            table(
+                f"{result.model}: signals",
+                ["signal", "value"],
+                [(k, f"{v:.4g}") for k, v in sorted(result.signals.items())],
+            )
+            for f in result.fired:
+                console.print(
+                    f"ALERT {f.rule}: {f.condition} (value {f.value:.4g}) -> {'; '.join(f.actions)}",
+                    markup=False,
+                )
+            for name in result.quiet:
+                console.print(f"alert {name} holds but is cooling down", markup=False)
+            for line in result.retrains:
+                console.print(line, markup=False)
+        if interval <= 0:
+            return
+        time.sleep(interval)

@@ -1,0 +1,378 @@
+"""Alert rules, evaluated on a schedule by ``yard monitor run``, and their actions: log, webhook, retrain.
+
+```yaml
+model: support-t5@production
+window: 1h                          # what "recent" means for every signal
+cooldown: 1h                        # a rule that fired stays quiet this long
+rules:
+  - {name: input drift, when: drift.input > 0, actions: [log, retrain]}
+  - {name: quality drop, when: quality_drop.rougeL > 0.05, actions: [log, webhook]}
+  - {name: slow, when: latency.p95_ms > 500, actions: [webhook]}
+webhook: {url: https://hooks.example/yard, allow_hosts: [hooks.example], allow_networks: []}
+retrain:
+  recipe: examples/flan-t5/recipe-tiny.yaml    # submitted as a job with its datasets at their newest versions
+  policy: examples/flan-t5/gates.yaml          # the retrained version must pass these gates
+  canary_weight: 10                            # then it is deployed as a canary at this weight
+```
+
+Signals: ``drift.share`` (share of drifted columns), ``drift.input`` / ``drift.output`` (1 when that column
+drifted), ``quality.<metric>`` and ``quality_drop.<metric>`` (evaluation minus now, from feedback),
+``latency.p50_ms`` / ``latency.p95_ms`` and ``requests`` from the prediction log. A rule's condition is
+``SIGNAL OP NUMBER`` (parsed, never evaluated); a signal without data (no feedback yet) never fires.
+
+Every alert and every action (and its failure) is an audit record. A retrain is followed through on later
+runs: once its job finishes, the new version is registered from the job's run, gated, and deployed as a
+canary; each step is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from modelyard.core._platform import Context, Platform, utcnow
+from modelyard.errors import NotFoundError, UsageError, YardError
+
+log = logging.getLogger("modelyard.monitoring")
+_RULE_RE = re.compile(
+    r"^\s*(?P<signal>[a-z_]+(?:\.[A-Za-z0-9_]+)?)\s*(?P<op>>=|<=|>|<)\s*(?P<n>-?\d+(?:\.\d+)?)\s*$"
+)
+_SIGNALS = re.compile(
+    r"^(drift\.(share|input|output)|quality\.\w+|quality_drop\.\w+|latency\.p(50|95)_ms|requests)$"
+)
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
+
+
+def _check_when(text: str) -> str:
+    m = _RULE_RE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(
+            f"{text!r} is not a condition; expected 'SIGNAL OP NUMBER' such as 'drift.share > 0.3'"
+        )
+    if not _SIGNALS.match(m["signal"]):
+        raise ValueError(
+            f"unknown signal {m['signal']!r}; expected drift.share, drift.input, drift.output, "
+            "quality.METRIC, quality_drop.METRIC, latency.p50_ms, latency.p95_ms or requests"
+        )
+    return text.strip()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+Action = Literal["log", "webhook", "retrain"]
+_LOG_ONLY: list[Action] = ["log"]
+
+
+class Rule(_Section):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    when: Annotated[str, AfterValidator(_check_when)]
+    actions: Annotated[list[Action], Field(min_length=1)] = Field(default_factory=lambda: _LOG_ONLY.copy())
+
+
+class Webhook(_Section):
+    url: str
+    allow_hosts: list[str] = Field(default_factory=list)
+    allow_networks: list[str] = Field(default_factory=list)
+
+
+class Retrain(_Section):
+    recipe: str
+    policy: str
+    canary_weight: Annotated[int, Field(ge=1, le=100)] = 10
+    cpus: Annotated[float, Field(gt=0)] = 1.0
+
+
+class AlertPolicy(_Section):
+    model: str
+    window: str = "1h"
+    cooldown: str = "1h"
+    rules: Annotated[list[Rule], Field(min_length=1)]
+    webhook: Webhook | None = None
+    retrain: Retrain | None = None
+
+    def check(self) -> AlertPolicy:
+        from modelyard.monitoring._monitor import parse_window
+        from modelyard.registry._versions import parse_spec
+
+        parse_spec(self.model)
+        parse_window(self.window)
+        parse_window(self.cooldown)
+        for rule in self.rules:
+            if "webhook" in rule.actions and self.webhook is None:
+                raise UsageError(f"rule {rule.name!r} calls a webhook, but the policy has no webhook section")
+            if "retrain" in rule.actions and self.retrain is None:
+                raise UsageError(f"rule {rule.name!r} retrains, but the policy has no retrain section")
+        if self.webhook is not None:
+            from modelyard.monitoring._webhook import WebhookPolicy, check_url
+
+            check_url(
+                self.webhook.url, WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
+            )
+        return self
+
+
+def load_alerts(path: str | Path) -> AlertPolicy:
+    from modelyard.training._recipe import parse_model, read_yaml
+
+    policy = parse_model(AlertPolicy, read_yaml(path, "alert rules"), source=str(path), kind="alert rules")
+    base = Path(path).parent
+    if policy.retrain is not None:  # recipe and policy paths are relative to the rules file
+        policy = policy.model_copy(
+            update={
+                "retrain": policy.retrain.model_copy(
+                    update={
+                        "recipe": str(base / policy.retrain.recipe),
+                        "policy": str(base / policy.retrain.policy),
+                    }
+                )
+            }
+        )
+    return policy.check()
+
+
+# -- state kept in the metadata store ---------------------------------------------------------------------
+
+
+def _key(kind: str, *parts: str) -> str:
+    return f"monitor:{kind}:" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:40]
+
+
+def _get(platform: Platform, key: str) -> dict[str, Any] | None:
+    value = platform.meta(key)
+    return json.loads(value) if value else None
+
+
+def _put(platform: Platform, key: str, value: dict[str, Any]) -> None:
+    from modelyard.core._models import Meta
+
+    with platform.db.write() as s:
+        s.merge(Meta(key=key, value=json.dumps(value)))
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fired:
+    rule: str
+    condition: str
+    value: float
+    actions: list[str] = field(default_factory=list)  # what each action did
+
+
+@dataclass
+class MonitorResult:
+    model: str
+    signals: dict[str, float]
+    fired: list[Fired]
+    quiet: list[str]  # rules whose condition held but that are cooling down
+    retrains: list[str]  # what happened to pending retrains
+
+
+def signals(platform: Platform, ctx: Context, spec: str, window: timedelta) -> dict[str, float]:
+    from modelyard.monitoring._monitor import model_drift, quality, serving_stats
+    from modelyard.registry import show
+
+    info = show(platform, ctx, spec)
+    stats = serving_stats(platform, ctx, info.name, window=window)
+    out = {"requests": stats["requests"]}
+    out.update({f"latency.{k}": stats[k] for k in ("p50_ms", "p95_ms") if k in stats})
+    if out["requests"]:
+        try:
+            _, report, _ = model_drift(platform, ctx, spec, window=window)
+        except NotFoundError:
+            pass
+        else:
+            out["drift.share"] = report.share_drifted
+            for col in report.columns:
+                out[f"drift.{col.name}"] = 1.0 if col.drifted else 0.0
+    q = quality(platform, ctx, spec, window=window)
+    if q.examples:
+        out.update({f"quality.{k}": v for k, v in q.metrics.items()})
+        out.update({f"quality_drop.{k}": v for k, v in q.drop.items()})
+    return {k: float(v) for k, v in out.items()}
+
+
+def run_once(
+    platform: Platform, ctx: Context, policy: AlertPolicy, *, now: datetime | None = None
+) -> MonitorResult:
+    """Evaluate every rule once, act on those that fire (outside their cooldown), advance retrains."""
+    from modelyard.monitoring._monitor import parse_window
+    from modelyard.registry._versions import parse_spec
+
+    platform.authorize(ctx, "model.read", f"model:{policy.model}")
+    name = parse_spec(policy.model)[0]
+    now = now or utcnow()
+    window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
+    values = signals(platform, ctx, policy.model, window)
+    fired: list[Fired] = []
+    quiet: list[str] = []
+    for rule in policy.rules:
+        m = _RULE_RE.match(rule.when)
+        assert m is not None
+        value = values.get(m["signal"])
+        if value is None or not _OPS[m["op"]](value, float(m["n"])):
+            continue
+        state = _get(platform, _key("rule", name, rule.name)) or {}
+        last = state.get("fired_at")
+        if last is not None and now - datetime.fromisoformat(last).astimezone(UTC) < cooldown:
+            quiet.append(rule.name)
+            continue
+        _put(platform, _key("rule", name, rule.name), {"fired_at": now.isoformat()})
+        alert = Fired(rule.name, rule.when, value)
+        platform.audit(
+            ctx,
+            "monitor.alert",
+            f"model:{policy.model}",
+            "ok",
+            {"rule": rule.name, "when": rule.when, "value": value},
+        )
+        for action in rule.actions:
+            alert.actions.append(_act(platform, ctx, policy, name, action, alert, values))
+        fired.append(alert)
+    retrains = advance_retrains(platform, ctx, policy, name)
+    return MonitorResult(policy.model, values, fired, quiet, retrains)
+
+
+def _act(
+    platform: Platform,
+    ctx: Context,
+    policy: AlertPolicy,
+    name: str,
+    action: str,
+    alert: Fired,
+    values: dict[str, float],
+) -> str:
+    detail: dict[str, Any] = {"rule": alert.rule, "action": action}
+    try:
+        if action == "log":
+            log.warning(
+                "alert %s on %s: %s (value %.4g)", alert.rule, policy.model, alert.condition, alert.value
+            )
+            outcome = "logged"
+        elif action == "webhook":
+            from modelyard.monitoring._webhook import WebhookPolicy, send
+
+            assert policy.webhook is not None
+            hook = policy.webhook
+            payload = {
+                "model": policy.model,
+                "rule": alert.rule,
+                "condition": alert.condition,
+                "value": alert.value,
+                "signals": values,
+            }
+            result = send(hook.url, payload, WebhookPolicy.parse(hook.allow_hosts, hook.allow_networks))
+            outcome = f"webhook answered {result.status}"
+        else:
+            outcome = _start_retrain(platform, ctx, policy, name)
+        detail["result"] = outcome
+        platform.audit(ctx, "monitor.action", f"model:{policy.model}", "ok", detail)
+        return outcome
+    except YardError as exc:
+        detail["error"] = exc.message
+        platform.audit(ctx, "monitor.action", f"model:{policy.model}", "error", detail)
+        return f"{action} failed: {exc.message}"
+
+
+# -- retraining -------------------------------------------------------------------------------------------
+
+
+def newest_data(
+    platform: Platform, ctx: Context, recipe_text: str, source: str
+) -> tuple[str, dict[str, str]]:
+    """The recipe with every dataset version replaced by the dataset's newest version, and what changed."""
+    from modelyard.data import list_versions
+    from modelyard.training._recipe import parse_recipe, parse_yaml
+
+    data = parse_yaml(recipe_text, source=source)
+    recipe = parse_recipe(data, source=source)
+    changes: dict[str, str] = {}
+    section = dict(data.get("data") or {})
+    for role, spec in recipe.data.versions().items():
+        dataset = spec.split("@")[0]
+        latest = f"{dataset}@{max(v.version for v in list_versions(platform, ctx, dataset))}"
+        key = "dataset" if recipe.data.dataset is not None else role
+        section[key] = latest
+        if latest != spec:
+            changes[spec] = latest
+    import yaml
+
+    return yaml.safe_dump({**data, "data": section}, sort_keys=False), changes
+
+
+def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: str) -> str:
+    from modelyard.training._jobs import submit_job
+
+    assert policy.retrain is not None
+    key = _key("retrain", name)
+    pending = _get(platform, key)
+    if pending is not None and pending.get("state") in ("queued", "registered"):
+        return f"retrain already under way (job {pending.get('job')})"
+    text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
+    recipe, changes = newest_data(platform, ctx, text, policy.retrain.recipe)
+    with tempfile.TemporaryDirectory(prefix="yard-retrain-") as tmp:
+        path = Path(tmp) / Path(policy.retrain.recipe).name
+        path.write_text(recipe, encoding="utf-8")
+        job = submit_job(platform, ctx, path, cpus=policy.retrain.cpus, priority="high")
+    _put(platform, key, {"state": "queued", "job": job.id, "data": changes, "at": utcnow().isoformat()})
+    moved = ", ".join(f"{a} -> {b}" for a, b in changes.items()) or "no newer data"
+    return f"retrain job {job.id} submitted ({moved})"
+
+
+def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name: str) -> list[str]:
+    """Follow a pending retrain: when its job finished, register its model, gate it, deploy it as a canary."""
+    from modelyard.training._jobs import get_job
+
+    key = _key("retrain", name)
+    pending = _get(platform, key)
+    if pending is None or pending.get("state") != "queued" or policy.retrain is None:
+        return []
+    job = get_job(platform, ctx, pending["job"])
+    if job.status in ("QUEUED", "RUNNING", "SUBMITTED"):
+        return [f"retrain job {job.id} is {job.status.lower()}"]
+    resource = f"model:{policy.model}"
+    if job.status != "SUCCEEDED" or job.run_id is None:
+        _put(platform, key, {**pending, "state": "failed", "status": job.status})
+        platform.audit(ctx, "monitor.retrain", resource, "error", {"job": job.id, "status": job.status})
+        return [f"retrain job {job.id} ended {job.status}"]
+    from modelyard.evaluation import check_gates, load_policy
+    from modelyard.registry import register
+    from modelyard.serving._deploy import deploy
+
+    info = register(platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})")
+    report = check_gates(platform, ctx, info.spec, load_policy(policy.retrain.policy))
+    detail: dict[str, Any] = {"job": job.id, "version": info.version, "gates": report.passed}
+    if not report.passed:
+        _put(platform, key, {**pending, "state": "gated-out", "version": info.version})
+        platform.audit(ctx, "monitor.retrain", resource, "refused", {**detail, "failed": report.summary()})
+        return [f"retrained {info.spec} failed its gates: {report.summary()}"]
+    deploy(
+        platform,
+        ctx,
+        name,
+        version=info.version,
+        mode="canary",
+        weight=policy.retrain.canary_weight,
+        reason=f"retrained after an alert (job {job.id})",
+    )
+    _put(platform, key, {**pending, "state": "deployed", "version": info.version})
+    platform.audit(ctx, "monitor.retrain", resource, "ok", detail)
+    return [f"retrained {info.spec} passed its gates and is a {policy.retrain.canary_weight}% canary"]

@@ -1,0 +1,144 @@
+"""What a served model sees against what it was trained on.
+
+* **Data drift** (:func:`model_drift`): the inputs (and outputs) the server logged in a window against the
+  training split of the recipe that trained the version (its sources and targets), column by column with
+  the text tests of :func:`modelyard.monitoring.detect_drift` (lengths, token distribution,
+  out-of-vocabulary rate).
+* **Concept drift** (:func:`quality`): predictions that received feedback in the window, scored with the
+  training stage's ``score``, against the version's own evaluation metrics.
+* **Serving health** (:func:`serving_stats`): request count and latency percentiles from the log.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from modelyard.core._platform import Context, Platform, utcnow
+from modelyard.errors import NotFoundError, UsageError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_window(text: str) -> timedelta:
+    """``90s``, ``30m``, ``1h``, ``7d`` -> a timedelta (at most 366 days)."""
+    t = text.strip().lower() if isinstance(text, str) else ""
+    if len(t) < 2 or t[-1] not in _UNITS or not t[:-1].isdigit() or int(t[:-1]) < 1:
+        raise UsageError(f"window {text!r}: expected a number and a unit, such as 30m, 1h or 7d")
+    seconds = int(t[:-1]) * _UNITS[t[-1]]
+    if seconds > 366 * 86400:
+        raise UsageError(f"window {text!r} is longer than a year")
+    return timedelta(seconds=seconds)
+
+
+@dataclass
+class Reference:
+    spec: str  # NAME@V whose training data this is
+    data: str  # dataset version(s)
+    sources: list[str]
+    targets: list[str]
+    metrics: dict[str, float]  # the version's evaluation
+
+
+def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20_000) -> Reference:
+    """The training split and evaluation metrics of the version ``spec`` names."""
+    from modelyard.registry import read_manifest
+    from modelyard.training._data import load_splits
+    from modelyard.training._recipe import parse_recipe, parse_yaml
+
+    info, manifest = read_manifest(platform, ctx, spec)
+    lineage = manifest.get("lineage") or {}
+    digest = lineage.get("recipe")
+    if not digest and lineage.get("parent"):  # an optimised variant: its parent was trained
+        return _with_metrics(
+            reference(platform, ctx, lineage["parent"], max_rows=max_rows), info.metrics, info.spec
+        )
+    if not digest:
+        raise NotFoundError(
+            f"{info.spec} records no training recipe, so there is no training data to compare with"
+        )
+    text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
+    recipe = parse_recipe(parse_yaml(text, source=f"{info.spec}'s recipe"), source=f"{info.spec}'s recipe")
+    splits = load_splits(platform, ctx, recipe)
+    rows = splits.train[:max_rows]
+    versions = ", ".join(sorted(set(splits.versions.values())))
+    return Reference(
+        info.spec, versions, [r.source for r in rows], [r.target for r in rows], dict(info.metrics)
+    )
+
+
+def _with_metrics(ref: Reference, metrics: dict[str, float], spec: str) -> Reference:
+    return Reference(spec, ref.data, ref.sources, ref.targets, metrics or ref.metrics)
+
+
+def model_drift(
+    platform: Platform, ctx: Context, spec: str, *, window: timedelta, now: datetime | None = None
+) -> tuple[Reference, Any, int]:
+    """(reference, drift report of inputs and outputs, predictions compared). NotFoundError if the window
+    holds no logged prediction."""
+    from modelyard.monitoring._drift import detect_drift
+    from modelyard.registry import show
+    from modelyard.serving._predlog import predictions
+
+    info = show(platform, ctx, spec)
+    end = now or utcnow()
+    logged = predictions(platform, ctx, info.name, since=end - window, until=end)
+    if not logged:
+        raise NotFoundError(f"no predictions of {info.name} were logged in the last {window}; serve it first")
+    ref = reference(platform, ctx, info.spec)
+    report = detect_drift(
+        {"input": ref.sources, "output": ref.targets},
+        {"input": [p.input for p in logged], "output": [p.output for p in logged]},
+        kinds={"input": "text", "output": "text"},
+    )
+    return ref, report, len(logged)
+
+
+@dataclass
+class Quality:
+    examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> dict[str, float]:
+        """How much lower than at evaluation each metric is (positive: worse now)."""
+        return {k: self.reference[k] - v for k, v in self.metrics.items() if k in self.reference}
+
+
+def quality(
+    platform: Platform, ctx: Context, spec: str, *, window: timedelta, now: datetime | None = None
+) -> Quality:
+    """The version's quality on the window's predictions that got feedback, and its evaluation metrics."""
+    from modelyard.registry import show
+    from modelyard.serving._predlog import predictions
+    from modelyard.training._eval import score
+
+    info = show(platform, ctx, spec)
+    end = now or utcnow()
+    judged = [p for p in predictions(platform, ctx, info.name, since=end - window, until=end) if p.target]
+    result = Quality(len(judged), reference=dict(info.metrics))
+    if judged:
+        names = [m for m in ("bleu", "rougeL", "exact_match") if m in info.metrics] or ["rougeL"]
+        result.metrics = dict(
+            score([p.output for p in judged], [p.target or "" for p in judged], names).overall
+        )
+    return result
+
+
+def serving_stats(
+    platform: Platform, ctx: Context, name: str, *, window: timedelta, now: datetime | None = None
+) -> dict[str, float]:
+    from modelyard.serving._predlog import predictions
+
+    end = now or utcnow()
+    lat = sorted(p.latency_ms for p in predictions(platform, ctx, name, since=end - window, until=end))
+    if not lat:
+        return {"requests": 0.0}
+    return {
+        "requests": float(len(lat)),
+        "p50_ms": statistics.median(lat),
+        "p95_ms": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
+    }

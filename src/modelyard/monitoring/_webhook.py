@@ -1,0 +1,182 @@
+"""Webhooks that cannot be turned against the network they run in (server-side request forgery).
+
+A webhook URL must be ``https`` (``http`` only for an allowlisted private address), its host must be on the
+allowlist, and every address the host resolves to must be public: loopback, link-local (the cloud metadata
+service at 169.254.169.254), private, shared, multicast, reserved and unspecified ranges are refused, in
+IPv4, IPv6 and IPv4-mapped forms, unless that exact network is allowlisted (``allow_networks``). The
+connection goes to the address that was checked (DNS is resolved once and pinned, so a second lookup cannot
+rebind the name to an internal address) while TLS still verifies the certificate for the host name.
+Redirects are followed at most three times and each target is checked the same way, so a redirect to an
+internal address is refused before any connection is made to it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from modelyard.errors import UsageError
+
+MAX_REDIRECTS = 3
+MAX_BODY = 1 << 20
+
+
+class WebhookRefused(UsageError):
+    """The URL, its host or one of its addresses is not allowed (nothing was sent to it)."""
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    hosts: tuple[str, ...] = ()  # host names (exact, case-insensitive) webhooks may go to
+    networks: tuple[str, ...] = ()  # CIDRs allowed even though private or loopback, e.g. "10.1.2.0/24"
+    timeout_s: float = 10.0
+
+    @classmethod
+    def parse(
+        cls, hosts: Sequence[str] = (), networks: Sequence[str] = (), timeout_s: float = 10.0
+    ) -> WebhookPolicy:
+        for n in networks:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise UsageError(f"allow_networks: {n!r} is not a network such as 10.1.2.0/24") from None
+        return cls(tuple(h.lower().rstrip(".") for h in hosts), tuple(networks), timeout_s)
+
+
+def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
+    """(scheme, host, port, address to connect to) for an allowed URL, else WebhookRefused saying why."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise WebhookRefused("a webhook URL must be a string of at most 2048 characters")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise WebhookRefused(f"webhook {url!r}: only https URLs (http for an allowlisted private address)")
+    if parts.username or parts.password:
+        raise WebhookRefused(f"webhook {url!r}: credentials in the URL are refused; use a secret header")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise WebhookRefused(f"webhook {url!r} names no host")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise WebhookRefused(f"webhook {url!r} has an invalid port") from None
+    networks = [ipaddress.ip_network(n, strict=False) for n in policy.networks]
+    literal = _literal(host)
+    if literal is None and host not in policy.hosts:
+        raise WebhookRefused(
+            f"webhook host {host!r} is not on the allowlist ({', '.join(policy.hosts) or 'empty'})"
+        )
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise WebhookRefused(f"webhook host {host!r} does not resolve ({exc.strerror})") from None
+    addresses = sorted({str(info[4][0]) for info in infos})
+    allowed_private = False
+    for a in addresses:
+        ip = ipaddress.ip_address(a.split("%")[0])
+        if any(ip in n for n in networks):
+            allowed_private = True
+            continue
+        if _blocked(ip):
+            raise WebhookRefused(
+                f"webhook host {host!r} resolves to {a}, a loopback, link-local, private or reserved "
+                "address; allowlist that network explicitly (allow_networks) if it is meant"
+            )
+        if literal is not None and host not in policy.hosts:
+            raise WebhookRefused(f"webhook address {host} is not on the allowlist")
+    if scheme == "http" and not allowed_private:
+        raise WebhookRefused(f"webhook {url!r}: plain http only to an allowlisted private network; use https")
+    return scheme, host, port, addresses[0]
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class _Pinned(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedTLS(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    url: str
+    status: int
+    redirects: int
+
+
+def send(url: str, payload: Any, policy: WebhookPolicy) -> WebhookResult:
+    """POST ``payload`` as JSON; WebhookRefused for a forbidden URL or redirect, UsageError if it fails."""
+    body = json.dumps(payload, default=str).encode()
+    if len(body) > MAX_BODY:
+        raise UsageError(f"webhook payload of {len(body)} bytes is over the {MAX_BODY}-byte limit")
+    current = url
+    for hop in range(MAX_REDIRECTS + 1):
+        scheme, host, port, address = check_url(current, policy)
+        conn_type = _PinnedTLS if scheme == "https" else _Pinned
+        conn = conn_type(host, port, address, policy.timeout_s)
+        parts = urlsplit(current)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request(
+                "POST",
+                path,
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "modelyard-monitor/1",
+                    "Host": parts.netloc,
+                },
+            )
+            response = conn.getresponse()
+            response.read(64 << 10)
+            status, location = response.status, response.getheader("Location")
+        except (OSError, http.client.HTTPException) as exc:
+            raise UsageError(f"webhook {current!r} failed: {exc}") from None
+        finally:
+            conn.close()
+        if status in (301, 302, 303, 307, 308) and location:
+            current = urljoin(current, location)
+            continue
+        if status >= 400:
+            raise UsageError(f"webhook {current!r} answered HTTP {status}")
+        return WebhookResult(current, status, hop)
+    raise WebhookRefused(f"webhook {url!r} redirected more than {MAX_REDIRECTS} times")

@@ -1,0 +1,219 @@
+"""Monitoring of a registered model from its prediction log: drift against its training data, quality from
+feedback, and alert rules whose retrain action trains, gates and deploys a canary through the job queue."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from modelyard import registry
+from modelyard.config import load_settings
+from modelyard.core import Platform
+from modelyard.core._models import AuditRecord
+from modelyard.errors import NotFoundError, UsageError, ValidationError
+from modelyard.monitoring._alerts import load_alerts, newest_data, run_once
+from modelyard.monitoring._monitor import model_drift, parse_window, quality
+from modelyard.serving._deploy import current
+from modelyard.serving._predlog import PredictionLog
+from modelyard.testing import TINY_RECIPE, TrainedModel
+from modelyard.training import make_examples
+
+pytestmark = pytest.mark.slow
+HOUR = parse_window("1h")
+
+
+@pytest.fixture(scope="module")
+def home(trained: TrainedModel) -> Iterator[Platform]:
+    p = Platform(load_settings(home=trained.home))
+    ctx = p.context()
+    for name in ("mon-same", "mon-shifted", "mon-alert"):
+        registry.register(p, ctx, trained.run_id, name)
+    yield p
+    p.close()
+
+
+def log_traffic(
+    p: Platform, model: str, rows: list[dict[str, str]], outputs: list[str] | None = None
+) -> list[str]:
+    plog = PredictionLog(p, p.context(), flush_s=60)
+    ids = []
+    for i, r in enumerate(rows):
+        rid = hashlib.sha256(f"{model}:{len(rows)}:{i}:{outputs is None}".encode()).hexdigest()[:26]
+        plog.add(
+            rid, model, 1, "stable", [r["source"]], [outputs[i] if outputs else r["target"]], 10.0 + i % 7
+        )
+        ids.append(rid)
+    plog.close()
+    return ids
+
+
+def test_no_drift_on_the_same_distribution_and_drift_on_shifted_inputs(home: Platform) -> None:
+    log_traffic(home, "mon-same", list(make_examples(300, seed=11)))
+    ref, report, n = model_drift(home, home.context(), "mon-same@1", window=HOUR)
+    assert n == 300 and ref.spec == "mon-same@1" and "norm@1" in ref.data
+    assert not report.dataset_drifted, report.rows()
+    log_traffic(home, "mon-shifted", list(make_examples(300, seed=12, shift=1.0)))
+    _, shifted, _ = model_drift(home, home.context(), "mon-shifted@1", window=HOUR)
+    assert shifted.column("input").drifted and shifted.dataset_drifted
+    with pytest.raises(NotFoundError, match="no predictions"):
+        model_drift(home, home.context(), "mon-alert@1", window=parse_window("1s"))
+
+
+def test_quality_from_feedback_against_the_evaluation(home: Platform) -> None:
+    from modelyard.serving._predlog import record_feedback
+
+    rows = list(make_examples(40, seed=13))
+    ids = log_traffic(home, "mon-same", rows, outputs=["wrong"] * 20 + [r["target"] for r in rows[20:]])
+    for rid, r in zip(ids, rows, strict=True):
+        record_feedback(home, home.context(), "mon-same", rid, r["target"])
+    q = quality(home, home.context(), "mon-same@1", window=HOUR)
+    assert q.examples == 40 and q.metrics["exact_match"] == pytest.approx(0.5)
+    assert q.drop["exact_match"] == pytest.approx(q.reference["exact_match"] - 0.5)
+    with pytest.raises(NotFoundError):
+        record_feedback(home, home.context(), "mon-same", "f" * 26, "x")
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_alert_retrains_gates_and_deploys_a_canary(
+    home: Platform, trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.data import add_version
+    from modelyard.training import Worker, write_dataset
+
+    monkeypatch.setenv("YARD_HOME", str(trained.home))  # the worker's `yard train` child
+    ctx = home.context()
+    files = write_dataset(tmp_path / "norm2", 600, seed=21, shift=0.5)
+    newer = add_version(home, ctx, files[0].parent, "norm")  # newer data the retrain must use
+    log_traffic(home, "mon-alert", list(make_examples(300, seed=14, shift=1.0)))
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["experiment"] = "retrain"
+    recipe["hyperparameters"]["max_steps"] = 40
+    recipe["tokenizer"]["max_source_length"] = 128  # shifted inputs are longer
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "gates.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"dataset": "norm@1", "file": "test.jsonl", "max_samples": 20},
+                "size": {"max_mb": 100},
+            }
+        )
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received = []
+    rules = {
+        "model": "mon-alert@1",
+        "window": "1h",
+        "cooldown": "1h",
+        "rules": [
+            {"name": "input drift", "when": "drift.input > 0", "actions": ["log", "webhook", "retrain"]},
+            {"name": "slow", "when": "latency.p95_ms > 100000", "actions": ["log"]},
+        ],
+        "webhook": {
+            "url": f"http://127.0.0.1:{server.server_address[1]}/alerts",
+            "allow_networks": ["127.0.0.1/32"],
+        },
+        "retrain": {"recipe": "recipe.yaml", "policy": "gates.yaml", "canary_weight": 20},
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    policy = load_alerts(tmp_path / "rules.yaml")
+    try:
+        first = run_once(home, ctx, policy)
+    finally:
+        server.shutdown()
+    [alert] = first.fired
+    assert alert.rule == "input drift" and first.signals["drift.input"] == 1.0
+    assert alert.actions[0] == "logged" and alert.actions[1] == "webhook answered 200"
+    assert (
+        alert.actions[2].startswith("retrain job") and f"norm@1 -> norm@{newer.version}" in alert.actions[2]
+    )
+    assert _Hook.received and _Hook.received[0]["rule"] == "input drift"
+
+    assert run_once(home, ctx, policy).quiet == ["input drift"]  # cooling down: no second retrain
+    Worker(home, ctx, cpus=2, exit_when_idle=True).run()
+    done = run_once(home, ctx, policy)
+    assert any("passed its gates and is a 20% canary" in line for line in done.retrains), done.retrains
+    dep = current(home, ctx, "mon-alert")
+    assert dep is not None and dep.mode == "canary" and dep.candidate == 2 and dep.weight == 20
+    _, manifest = registry.read_manifest(home, ctx, "mon-alert@2")
+    assert manifest["lineage"]["datasets"] == [f"norm@{newer.version}"]  # trained on the newest data
+    assert registry.attestations(home, ctx, "mon-alert@2", kind="gates")[-1]["passed"]
+    with home.db.read() as s:
+        actions = [
+            a
+            for (a,) in s.execute(
+                select(AuditRecord.action).where(AuditRecord.resource == "model:mon-alert@1")
+            )
+        ]
+    assert actions.count("monitor.alert") == 1 and actions.count("monitor.action") == 3
+    assert "monitor.retrain" in actions
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"model": "m@1", "rules": [{"name": "x", "when": "drift.share >> 1"}]}, "not a condition"),
+        ({"model": "m@1", "rules": [{"name": "x", "when": "cpu.load > 1"}]}, "unknown signal"),
+        ({"model": "m@1", "rules": [{"name": "x", "when": "requests > 1", "actions": ["email"]}]}, "actions"),
+        ({"model": "m@1", "rules": []}, "rules"),
+        ({"model": "m@1", "rules": [{"name": "x", "when": "requests > 1"}], "extra": 1}, "unknown key"),
+    ],
+)
+def test_bad_rules_are_one_clear_error(tmp_path: Path, rules: object, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    with pytest.raises(ValidationError, match=message):
+        load_alerts(path)
+
+
+def test_rules_that_need_a_missing_section_or_an_unsafe_webhook_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"model": "m@1", "rules": [{"name": "x", "when": "requests > 1", "actions": ["retrain"]}]}
+        )
+    )
+    with pytest.raises(UsageError, match="no retrain section"):
+        load_alerts(path)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "m@1",
+                "rules": [{"name": "x", "when": "requests > 1"}],
+                "webhook": {"url": "http://169.254.169.254/latest", "allow_hosts": []},
+            }
+        )
+    )
+    with pytest.raises(UsageError, match="loopback, link-local, private or reserved"):
+        load_alerts(path)
+
+
+def test_newest_data_rewrites_every_split(home: Platform) -> None:
+    from modelyard.data import list_versions
+
+    text = yaml.safe_dump(copy.deepcopy(TINY_RECIPE))
+    rewritten, changes = newest_data(home, home.context(), text, "recipe")
+    latest = max(v.version for v in list_versions(home, home.context(), "norm"))
+    data = yaml.safe_load(rewritten)["data"]
+    assert {data["train"], data["validation"], data["test"]} == {f"norm@{latest}"}
+    assert changes == ({} if latest == 1 else {"norm@1": f"norm@{latest}"})
