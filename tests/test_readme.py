@@ -17,7 +17,7 @@ def _setup_commands() -> list[str]:
 
 def test_readme_opens_with_two_setup_commands() -> None:
     main_job, tests = _setup_commands()
-    assert main_job.split("&&")[-2].strip().startswith("yard")
+    assert main_job.split("&&")[-1].strip() == "yard quickstart"
     assert tests.rstrip().endswith("pytest")
 
 

@@ -9,6 +9,7 @@ from modelyard.cli import jobs as _jobs  # noqa: F401
 from modelyard.cli import lineage as _lineage  # noqa: F401
 from modelyard.cli import monitor as _monitor  # noqa: F401
 from modelyard.cli import optimize as _optimize  # noqa: F401
+from modelyard.cli import quickstart as _quickstart  # noqa: F401
 from modelyard.cli import registry as _registry  # noqa: F401
 from modelyard.cli import serving as _serving  # noqa: F401
 from modelyard.cli import tracking as _tracking  # noqa: F401
