@@ -230,7 +230,9 @@ def run(
                 f"exact match {m.get('exact_match', 0):.3f}"
             )
             s.link = f"yard runs show {run_id} (eval/report.md)"
-        floor = max(0.0, round(min(m.get("rougeL", 0) - 0.05, 0.5), 2))
+        # The floor sits below what this run reached: a retrained version of similar quality passes it, one
+        # that lost a tenth of its ROUGE-L does not.
+        floor = max(0.0, round(min(m.get("rougeL", 0) - 0.1, 0.5), 2))
         policy_path = work / "gates.yaml"
         policy_path.write_text(yaml.safe_dump(gates(floor), sort_keys=False))
         policy = parse_policy(gates(floor))
@@ -314,8 +316,8 @@ def run(
                 )
                 s.link = f"{url}/metrics"
             with step("generate shifted data and serve it") as s:
-                # new data drifts half way; the traffic below drifts all the way
-                shifted = write_dataset(home / "data" / "normalise-shifted", rows, seed=1, shift=0.5)
+                # the new data version drifts part of the way; the traffic below drifts all the way
+                shifted = write_dataset(home / "data" / "normalise-shifted", rows, seed=1, shift=0.3)
                 v2 = add_version(
                     platform, admin, shifted[0].parent, "normalise", message="quickstart: shifted"
                 )
