@@ -20,6 +20,13 @@ What is measured, in one process, one run:
   and ONNX INT8 on ``--eval`` held-out examples, the difference in points, and the share of outputs
   identical to PyTorch's.
 
+* **Pruned and distilled variants** (``--variants``, on by default): a model trained by the platform's own
+  loop (``modelyard.testing.trained_model``: the tiny preset, 300 steps) is registered and run through
+  ``modelyard.optimize.optimize`` with structured pruning of 30% of the FFN neurons and a distilled
+  one-layer student, each also exported to ONNX INT8: every variant measured against the PyTorch parent on
+  the recipe's held-out split (ROUGE-L delta, p50/p95 at batch 1, sequences/s at batch 16, size), exactly
+  the table ``yard optimize`` prints.
+
 Goal (issue 5): INT8 ONNX at least 2.5x faster than eager FP32 at batch 1, quality loss under 1 ROUGE-L point.
 
 Run: ``python benchmarks/cpu_inference.py``; shrink it with ``--archs small --repeat 2 --sources 4
@@ -216,6 +223,43 @@ def quality(args: argparse.Namespace, root: Path, console: Console) -> dict[str,
     return {"rouge": rouge, "same": same, "n": len(rows)}
 
 
+def variants(args: argparse.Namespace, root: Path, console: Console) -> Any:
+    """``yard optimize`` with pruning and distillation on a model trained by the platform's loop."""
+    import copy
+
+    from modelyard import registry
+    from modelyard.config import load_settings
+    from modelyard.core import Platform
+    from modelyard.optimize import optimize
+    from modelyard.testing import TINY_RECIPE, trained_model
+    from modelyard.training import parse_recipe
+
+    console.print("training the tiny model for the pruned and distilled variants")
+    trained = trained_model(root / "variants")
+    student = copy.deepcopy(TINY_RECIPE)
+    student["experiment"] = "students"
+    student["model"] = {
+        "init": "scratch",
+        "config": {"d_model": 64, "d_ff": 128, "num_layers": 1, "num_heads": 4},
+    }
+    with Platform(load_settings(home=trained.home)) as platform:
+        ctx = platform.context()
+        parent = registry.register(platform, ctx, trained.run_id, "bench").spec
+        return optimize(
+            platform,
+            ctx,
+            parent,
+            quantize=True,
+            prune=0.3,
+            structured=True,
+            distill=parse_recipe(student),
+            budget={"rougeL": -0.01},
+            max_new_tokens=args.new_tokens,
+            latency_samples=args.sources * args.repeat,
+            threads=args.threads,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -228,6 +272,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=1200, help="0 skips the quality measurement")
     parser.add_argument("--eval", type=int, default=300, help="held-out examples for the quality measurement")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--no-variants", dest="variants", action="store_false", help="skip the pruned and distilled variants"
+    )
     args = parser.parse_args()
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = sorted(set(archs) - set(ARCHS))
@@ -252,6 +299,7 @@ def main() -> None:
                 speeds.append(speed(args, root, arch, tokenizer, console))
         if args.train_steps > 0:
             qual = quality(args, root, console)
+        opt = variants(args, root, console) if args.variants else None
 
     table = Table(title=f"Greedy generation of {args.new_tokens} tokens on CPU ({args.threads} threads)")
     for col in (
@@ -293,6 +341,36 @@ def main() -> None:
                 f"{qual['same'][engine]:.1%}",
             )
         console.print(qtable)
+    if opt is not None:
+        vtable = Table(
+            title=f"Variants of {opt.parent} ({opt.examples} held-out examples, budget {opt.budget})"
+        )
+        for col in (
+            "variant",
+            "size MB",
+            "b1 p50 ms",
+            "b1 p95 ms",
+            "b16 seq/s",
+            "b1 speed-up",
+            "ROUGE-L",
+            "delta (points)",
+            "in budget",
+        ):
+            vtable.add_column(col, justify="left" if col in ("variant", "in budget") else "right")
+        for m in [opt.baseline, *opt.variants]:
+            delta = m.delta.get("rougeL", 0.0) * 100
+            vtable.add_row(
+                m.variant + (" (picked)" if opt.picked is m else ""),
+                f"{m.size_mb:.2f}",
+                f"{m.p50_ms:.1f}",
+                f"{m.p95_ms:.1f}",
+                f"{m.throughput:.1f}",
+                f"{m.speedup:.2f}x",
+                f"{m.metrics['rougeL'] * 100:.2f}",
+                f"{delta:+.2f}",
+                "-" if m is opt.baseline else ("yes" if m.within_budget else "no"),
+            )
+        console.print(vtable)
     for res in speeds:
         ratio = res["p50"]["eager"] / res["p50"]["onnx-int8"]
         verdict = "met" if ratio >= 2.5 else "missed"
