@@ -371,24 +371,12 @@ def _student_params(recipe: Recipe, vocab: int, tokenizer: Any) -> int:
     import torch
     import transformers
 
+    from modelyard.training._model import t5_config
+
     dims = recipe.model.dims()
     if dims is not None:
-        T5Config: Any = transformers.T5Config
-        config: Any = T5Config(
-            vocab_size=vocab,
-            d_model=dims.d_model,
-            d_kv=dims.kv,
-            d_ff=dims.d_ff,
-            num_layers=dims.num_layers,
-            num_decoder_layers=dims.num_decoder_layers or dims.num_layers,
-            num_heads=dims.num_heads,
-            relative_attention_num_buckets=dims.relative_attention_num_buckets,
-            feed_forward_proj=dims.feed_forward_proj,
-            tie_word_embeddings=dims.tie_word_embeddings,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
+        pad = tokenizer.pad_token_id
+        config: Any = t5_config(dims, vocab, pad, tokenizer.eos_token_id, pad)
     else:
         assert recipe.model.pretrained is not None
         AutoConfig: Any = transformers.AutoConfig

@@ -64,6 +64,32 @@ class PrecisionWarning(UserWarning):
 # -- the model --------------------------------------------------------------------------------------------
 
 
+def t5_config(
+    dims: Any, vocab_size: int, pad_token_id: int, eos_token_id: int, decoder_start_token_id: int
+) -> Any:
+    """The ``T5Config`` of a scratch model of ``dims`` (a :class:`T5Dims`)."""
+    import transformers
+
+    T5Config: Any = transformers.T5Config
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=dims.d_model,
+        d_kv=dims.kv,
+        d_ff=dims.d_ff,
+        num_layers=dims.num_layers,
+        num_decoder_layers=dims.num_decoder_layers or dims.num_layers,
+        num_heads=dims.num_heads,
+        relative_attention_num_buckets=dims.relative_attention_num_buckets,
+        dropout_rate=dims.dropout_rate,
+        feed_forward_proj=dims.feed_forward_proj,
+        tie_word_embeddings=dims.tie_word_embeddings,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        decoder_start_token_id=decoder_start_token_id,
+        is_encoder_decoder=True,
+    )
+
+
 def build_model(
     recipe: Recipe,
     *,
@@ -102,25 +128,8 @@ def build_model(
         import torch
         import transformers
 
-        T5Config: Any = transformers.T5Config
         T5ForConditionalGeneration: Any = transformers.T5ForConditionalGeneration
-        config = T5Config(
-            vocab_size=vocab_size,
-            d_model=dims.d_model,
-            d_kv=dims.kv,
-            d_ff=dims.d_ff,
-            num_layers=dims.num_layers,
-            num_decoder_layers=dims.num_decoder_layers or dims.num_layers,
-            num_heads=dims.num_heads,
-            relative_attention_num_buckets=dims.relative_attention_num_buckets,
-            dropout_rate=dims.dropout_rate,
-            feed_forward_proj=dims.feed_forward_proj,
-            tie_word_embeddings=dims.tie_word_embeddings,
-            pad_token_id=pad_token_id,
-            eos_token_id=eos_token_id,
-            decoder_start_token_id=decoder_start_token_id,
-            is_encoder_decoder=True,
-        )
+        config = t5_config(dims, vocab_size, pad_token_id, eos_token_id, decoder_start_token_id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.hyperparameters.seed)
             model = T5ForConditionalGeneration(config)
