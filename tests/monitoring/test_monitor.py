@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -217,3 +218,29 @@ def test_newest_data_rewrites_every_split(home: Platform) -> None:
     data = yaml.safe_load(rewritten)["data"]
     assert {data["train"], data["validation"], data["test"]} == {f"norm@{latest}"}
     assert changes == ({} if latest == 1 else {"norm@1": f"norm@{latest}"})
+
+
+def test_yard_monitor_drift_cli(home: Platform, trained: TrainedModel, tmp_path: Path, yard: Any) -> None:
+    log_traffic(home, "mon-shifted", list(make_examples(200, seed=31, shift=1.0)))
+    env = {"YARD_HOME": str(trained.home)}
+    r = yard(
+        "monitor", "drift", "mon-shifted@1", "--window", "1h", "--html", tmp_path / "drift.html", env=env
+    )
+    assert r.code == 1 and "DRIFT" in r.out and "input" in r.out  # exit 1: the data drifted
+    html = (tmp_path / "drift.html").read_text()
+    assert html.startswith("<!") and "<img" in html
+    r = yard("monitor", "drift", "mon-shifted@1", "--window", "1h", "--json", env=env)
+    assert r.code == 1 and '"dataset_drifted": true' in r.out
+    r = yard("monitor", "drift", "mon-shifted@1", "--window", "soon", env=env)
+    assert r.code == 2 and "window" in r.error
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-shifted@1",
+                "rules": [{"name": "drift", "when": "drift.share >= 0.5", "actions": ["log"]}],
+            }
+        )
+    )
+    r = yard("monitor", "run", rules, "--json", env=env)
+    assert r.code == 0 and json.loads(r.out)["fired"][0]["rule"] == "drift"
