@@ -5,7 +5,7 @@ models: [support-t5@production]      # NAME@ALIAS (followed: alias moves swap ve
 host: 127.0.0.1
 port: 8000
 auth: true                           # false only on 127.0.0.1 / ::1 / localhost
-batching: {max_batch_size: 16, max_wait_ms: 5, max_queue: 1024}
+batching: {max_batch_size: 16, max_wait_ms: 0, max_queue: 1024}   # 0: start as soon as the model is free
 limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30}
 canary: {max_error_rate: 0.05, max_p95_ms: 2000, window_s: 60, min_requests: 20}
 logging: {sample: 1.0}               # share of predictions stored (PII redacted) for drift and feedback
@@ -28,7 +28,7 @@ class _Section(BaseModel):
 
 class Batching(_Section):
     max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
-    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
     max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     enabled: bool = True  # off: every input runs alone (for comparison)
 
