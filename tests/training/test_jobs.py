@@ -48,7 +48,7 @@ mode = oct(os.stat(recipe).st_mode & 0o777)
 with open(marks, "a") as f:
     f.write(f"{job} {attempt} {worker} {os.getpid()} {resume}\n")
 print(f"job {job} attempt {attempt} env {os.environ['YARD_JOB_ID']} recipe {mode} "
-      f"gpus [{os.environ['CUDA_VISIBLE_DEVICES']}]", flush=True)
+      f"gpus [{os.environ['CUDA_VISIBLE_DEVICES']}] threads {os.environ['OMP_NUM_THREADS']}", flush=True)
 for i in range(int(opt("--lines", "0"))):
     print(f"line {i}", flush=True)
     time.sleep(float(opt("--every", "0.05")))
@@ -391,6 +391,19 @@ def test_gpus_are_assigned_through_cuda_visible_devices(
     logs = {j: "".join(c.data for c in _jobs.iter_logs(platform, ctx, j)) for j in (one.id, none.id)}
     assert "gpus [3]" in logs[one.id] and "gpus []" in logs[none.id]
     assert f"env {one.id} recipe 0o600" in logs[one.id]  # YARD_JOB_ID; the recipe file is private
+
+
+def test_a_job_gets_as_many_threads_as_cpus_it_asked_for(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform, ctx, recipe = local_queue
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")  # the worker's own setting does not leak into jobs
+    one = _jobs.submit_job(platform, ctx, recipe, cpus=1)
+    two = _jobs.submit_job(platform, ctx, recipe, cpus=2.5)
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=4):
+        pass
+    logs = {j: "".join(c.data for c in _jobs.iter_logs(platform, ctx, j)) for j in (one.id, two.id)}
+    assert "threads 1" in logs[one.id] and "threads 2" in logs[two.id]
 
 
 # -- cancel, stop, failures ---------------------------------------------------------------------------------
