@@ -53,6 +53,8 @@ for i in range(int(opt("--lines", "0"))):
     print(f"line {i}", flush=True)
     time.sleep(float(opt("--every", "0.05")))
 print("to stderr", file=sys.stderr, flush=True)
+held = bytearray(int(opt("--alloc-mib", "0")) << 20)
+held[::4096] = b"\x01" * len(range(0, len(held), 4096))  # touch every page: resident, not just reserved
 time.sleep(float(opt("--sleep", "0")))
 sys.exit(int(opt("--exit", "0")))
 """
@@ -434,6 +436,37 @@ def test_cancel_a_running_job_terminates_it_and_escalates_to_sigkill(
     assert not w.finished
     logs = "".join(c.data for c in _jobs.iter_logs(platform, ctx, job.id))
     assert "got SIGTERM, ignoring" in logs  # SIGTERM first, SIGKILL after the grace period
+
+
+def test_a_job_over_its_memory_request_is_killed_and_fails_with_the_numbers(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    platform, ctx, recipe = local_queue
+
+    def submit(alloc_mib: int, sleep: int, memory: str | None) -> _jobs.JobInfo:
+        args = ["--alloc-mib", str(alloc_mib), "--sleep", str(sleep)]
+        return _jobs.submit_job(platform, ctx, recipe, memory=memory, args=args)
+
+    greedy = submit(300, 120, "100M")
+    modest = submit(20, 1, "200M")
+    free = submit(300, 1, None)  # no request, no limit
+    marks = tmp_path / "marks"
+    started = time.monotonic()
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1) as w:
+        pass
+    assert time.monotonic() - started < 60  # killed, not left to sleep its 120 s
+    jobs = jobs_by_id(platform)
+    assert (jobs[greedy.id].status, jobs[greedy.id].exit_code) == ("FAILED", -signal.SIGKILL)
+    reason = jobs[greedy.id].reason or ""
+    assert "memory limit exceeded" in reason and "100M requested" in reason, reason
+    used = float(reason.split("exceeded: ")[1].split(" MiB in use")[0])
+    assert 100 < used < 400  # the job's own pages, measured: over the request, not the machine's total
+    assert jobs[modest.id].status == "SUCCEEDED" and jobs[free.id].status == "SUCCEEDED"
+    assert (greedy.id, "FAILED") in w.finished
+    pids = {job: pid for job, _, _, pid, _ in read_marks(marks)}
+    assert not alive(pids[greedy.id])
+    logs = "".join(c.data for c in _jobs.iter_logs(platform, ctx, greedy.id))
+    assert "[yard] memory limit exceeded" in logs
 
 
 def test_a_stopping_worker_hands_its_job_back(

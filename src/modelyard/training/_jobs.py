@@ -765,6 +765,7 @@ class _Running:
     logged: int = 0
     term_at: float | None = None  # monotonic time SIGTERM was sent
     lost: str | None = None  # why the job is no longer ours (cancelled, re-queued)
+    over_memory: int | None = None  # bytes in use when it was killed for exceeding its memory request
 
 
 class Worker:
@@ -866,6 +867,7 @@ class Worker:
                     if outage is None:
                         outage = now
                         self._log(f"worker {self.name}: store error, retrying: {exc.message}")
+                self._enforce_memory()
                 self._escalate()
                 if self._stop.is_set():
                     self._shutdown_running()
@@ -1082,6 +1084,28 @@ class Worker:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(entry.proc.pid, signal.SIGTERM)
 
+    def _enforce_memory(self) -> None:
+        """A job using more memory than it asked for is killed, as a container's OOM killer would: jobs are
+        placed by their requests, so one that overruns starves its neighbours. Sampled every tick, so a
+        sudden allocation can overshoot until the next sample; Kubernetes jobs are held by their cgroup."""
+        for entry in self.running.values():
+            limit = entry.job.memory
+            if not limit or entry.over_memory is not None or entry.proc.poll() is not None:
+                continue
+            used = _group_memory(entry.proc.pid)
+            if used <= limit:
+                continue
+            entry.over_memory = used
+            note = (
+                f"[yard] memory limit exceeded: {used / 2**20:.1f} MiB in use, "
+                f"{format_memory(limit)} requested; killing the job\n"
+            )
+            with entry.lock:
+                entry.pending.append(note)
+            self._log(f"job {entry.job.id}: {note[7:].strip()}")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(entry.proc.pid, signal.SIGKILL)
+
     def _escalate(self) -> None:
         grace = self.platform.settings.job_kill_grace_s
         for entry in self.running.values():
@@ -1112,8 +1136,13 @@ class Worker:
                 if self._stop.is_set() and entry.term_at is not None:
                     self._requeue(entry)
                 else:
-                    status = "SUCCEEDED" if code == 0 else "FAILED"
-                    reason = None if code == 0 else _exit_reason(code)
+                    status = "SUCCEEDED" if code == 0 and entry.over_memory is None else "FAILED"
+                    reason = None if status == "SUCCEEDED" else _exit_reason(code)
+                    if entry.over_memory is not None:
+                        reason = (
+                            f"memory limit exceeded: {entry.over_memory / 2**20:.1f} MiB in use, "
+                            f"{format_memory(entry.job.memory)} requested (--memory)"
+                        )
                     self._finish(jid, entry.attempt, status, code, reason)
             if entry.proc.stdout is not None:
                 entry.proc.stdout.close()
@@ -1175,6 +1204,29 @@ def _safe_file_name(name: str) -> str:
     """The recipe's file name for the private copy (the command may show it); never a path."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[:128]
     return cleaned if cleaned and not cleaned.startswith(".") else "recipe.yaml"
+
+
+def _group_memory(pid: int) -> int:
+    """Memory of a job: the proportional set size (shared pages split between sharers, so forked data
+    loader workers are not counted twice) of its process and every descendant; RSS where PSS is unknown."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            info = proc.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except psutil.AccessDenied:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        except psutil.Error:  # exited meanwhile
+            continue
+    return total
 
 
 def _exit_reason(code: int) -> str:
