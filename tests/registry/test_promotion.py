@@ -213,6 +213,47 @@ def test_a_tampered_attestation_fails_verification(
         registry.verify(p, ctx, f"{name}@1")
 
 
+def test_a_signing_key_planted_in_the_database_is_not_trusted(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    """Someone who can write the database but not read the master key adds a key pair of their own (its
+    public half, and the real key's wrapped private half copied beside it) and signs a forged attestation."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    p = trained_platform
+    ctx = p.context()
+    registry.register(p, ctx, model_dir, name)
+    check_gates(p, ctx, f"{name}@1", policy(metrics=["rougeL >= 0.99"]))  # fails: stored as failed
+    mine = Ed25519PrivateKey.generate()
+    public = mine.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kid = hashlib.sha256(public).hexdigest()[:32]
+    with p.db.write() as s:
+        real = s.execute(text("SELECT master_key_id, wrapped_private FROM signing_keys LIMIT 1")).one()
+        s.execute(
+            text(
+                "INSERT INTO signing_keys (id, public_key, master_key_id, wrapped_private, created_at, "
+                "created_by) VALUES (:i, :p, :m, :w, CURRENT_TIMESTAMP, 'mallory')"
+            ),
+            {"i": kid, "p": public.hex(), "m": real[0], "w": real[1]},
+        )
+        att_id, body = s.execute(
+            text("SELECT id, body FROM model_attestations ORDER BY id DESC LIMIT 1")
+        ).one()
+        forged = json.dumps(json.loads(body) | {"passed": True}, sort_keys=True, separators=(",", ":"))
+        s.execute(
+            text(
+                "UPDATE model_attestations SET body = :b, passed = 1, key_id = :k, signature = :g "
+                "WHERE id = :i"
+            ),
+            {"b": forged, "k": kid, "g": mine.sign(forged.encode()).hex(), "i": att_id},
+        )
+    with pytest.raises(IntegrityError, match=f"signing key {kid} is not this installation's"):
+        registry.verify(p, ctx, f"{name}@1")
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,8 @@ from modelyard.core._platform import Platform, os_user, utcnow
 from modelyard.errors import IntegrityError, MasterKeyError
 
 ACTIVE = "signing_key"  # meta row naming the key new signatures use
+# Per platform: key id -> public key (hex) of rows already shown to belong to this installation.
+_TRUSTED: weakref.WeakKeyDictionary[Platform, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -109,15 +112,46 @@ class Signer:
         return self._key.sign(data).hex()
 
 
-def verify_signature(s: Session, key_id: str, data: bytes, signature: str, *, what: str) -> None:
-    """Raise IntegrityError unless ``signature`` (hex) is a valid signature of ``data`` by ``key_id``."""
+def _trusted_public_key(platform: Platform, row: SigningKey) -> Ed25519PublicKey:
+    """The row's public key, once its private half is shown to be wrapped by this installation's master
+    key. Without that check anyone able to write the database could add a key of their own, point a record
+    at it and sign whatever they liked; with it a key row is as hard to forge as the master key."""
+    cache = _TRUSTED.setdefault(platform, {})
+    if cache.get(row.id) != row.public_key:
+        problem = None
+        if _key_id(bytes.fromhex(row.public_key)) != row.id:
+            problem = "its id is not the digest of its public key"
+        else:
+            try:
+                raw = platform.keyring.unwrap(row.master_key_id, row.wrapped_private, signing_aad(row.id))
+                if _public_bytes(Ed25519PrivateKey.from_private_bytes(raw)).hex() != row.public_key:
+                    problem = "its private half does not match its public key"
+            except (IntegrityError, MasterKeyError, ValueError):
+                problem = "its private half does not unwrap with this installation's master key"
+        if problem:
+            raise IntegrityError(
+                f"signing key {row.id} is not this installation's: {problem} (a key row was added or "
+                "altered in the database)",
+                key_id=row.id,
+            )
+        cache[row.id] = row.public_key
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(row.public_key))
+
+
+def verify_signature(
+    platform: Platform, s: Session, key_id: str, data: bytes, signature: str, *, what: str
+) -> None:
+    """Raise IntegrityError unless ``signature`` (hex) is a valid signature of ``data`` by ``key_id``, a key
+    of this installation."""
     row = s.get(SigningKey, key_id)
     if row is None:
         raise IntegrityError(f"{what}: signed by unknown key {key_id!r}", key_id=key_id)
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(row.public_key)).verify(
-            bytes.fromhex(signature), data
-        )
+        public = _trusted_public_key(platform, row)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{what}: {exc.message}", key_id=key_id) from None
+    try:
+        public.verify(bytes.fromhex(signature), data)
     except (InvalidSignature, ValueError):
         raise IntegrityError(
             f"{what}: the signature does not match (key {key_id}); the record or its manifest was altered",

@@ -560,7 +560,7 @@ def _checked_manifest(
         raise IntegrityError(
             f"{spec}: the manifest failed verification: {exc.message}", file="manifest"
         ) from exc
-    verify_signature(s, row.key_id, body, row.signature, what=f"{spec}: manifest")
+    verify_signature(platform, s, row.key_id, body, row.signature, what=f"{spec}: manifest")
     manifest: dict[str, Any] = json.loads(body)
     expected = {
         "format": MANIFEST_FORMAT,
@@ -613,9 +613,8 @@ def verify(platform: Platform, ctx: Context, spec: str) -> VerifyReport:
         _, row = resolve_row(s, ctx, info.spec)
         attestations = list(iter_attestations(s, row))
         for a in attestations:
-            verify_signature(
-                s, a.key_id, a.body.encode("utf-8"), a.signature, what=f"{info.spec}: attestation {a.id}"
-            )
+            body, what = a.body.encode("utf-8"), f"{info.spec}: attestation {a.id}"
+            verify_signature(platform, s, a.key_id, body, a.signature, what=what)
             if json.loads(a.body).get("manifest") != info.manifest_digest:
                 raise IntegrityError(
                     f"{info.spec}: attestation {a.id} is about another manifest", file="attestation"
