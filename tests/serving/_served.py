@@ -6,12 +6,15 @@ table, so onnxruntime fails on it: a real model fault, as a bad export or a mism
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,16 @@ class Served:
     token: str  # a viewer of the default project
     other_token: str  # a member of another project
     engineer: str  # an engineer's token (deployments)
+
+
+def break_graph(onnx_dir: Path) -> None:
+    """An export whose encoder graph is not ONNX (its manifest matches, so only loading it fails)."""
+    from modelyard.serving._format import META_NAME, describe_files
+
+    (onnx_dir / "encoder.onnx").write_bytes(b"not an onnx graph")
+    meta = json.loads((onnx_dir / META_NAME).read_text())
+    meta["files"] = describe_files(onnx_dir)
+    (onnx_dir / META_NAME).write_text(json.dumps(meta))
 
 
 def break_tokenizer(onnx_dir: Path, word: str) -> None:
@@ -51,34 +64,96 @@ class Server:
     log: Path
 
 
-def start_server(served: Served, tmp_path: Path, **config: object) -> Server:
-    """`yard serve` in its own process with ``config`` (a serve config), ready when /readyz says so."""
+def launch(served: Served, tmp_path: Path, *, env: dict[str, str] | None = None, **config: object) -> Server:
+    """`yard serve` in its own process (and process group) with ``config`` (a serve config, ``workers``
+    included) and ``env`` added to its environment; see :func:`start_server` to wait until it is ready."""
     port = free_port()
     data = {"models": ["srv@live"], "port": port, "alias_poll_s": 0.2, **config}
     path = tmp_path / f"serve-{port}.yaml"
     path.write_text(yaml.safe_dump(data))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
-    env.update(YARD_HOME=str(served.home), OMP_NUM_THREADS="1", NO_COLOR="1")
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith("YARD_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    environ.update(YARD_HOME=str(served.home), OMP_NUM_THREADS="1", NO_COLOR="1", **(env or {}))
     log = tmp_path / f"serve-{port}.log"
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "modelyard.cli", "serve", "--config", str(path)],
-            env=env,
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: stop() can reach workers it left behind
         )
-    url = f"http://127.0.0.1:{port}"
+    return Server(f"http://127.0.0.1:{port}", proc, log)
+
+
+def start_server(
+    served: Served, tmp_path: Path, *, env: dict[str, str] | None = None, **config: object
+) -> Server:
+    """:func:`launch`, ready when /readyz says so (with several workers: when one of them is)."""
+    server = launch(served, tmp_path, env=env, **config)
+    proc, log = server.proc, server.log
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"yard serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(url, proc, log)
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            proc.kill()
+            stop(server, timeout=0)
             raise AssertionError(f"yard serve did not get ready:\n{log.read_text()[-4000:]}")
         time.sleep(0.2)
+
+
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            yield int(entry.name), fields[0], int(fields[1]), int(fields[2])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every running process below ``pid`` (zombies have exited and do not count)."""
+    children: dict[int, list[int]] = {}
+    for child, state, parent, _ in _processes():
+        if state != "Z":
+            children.setdefault(parent, []).append(child)
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def group(server: Server) -> set[int]:
+    """Running processes of the server's process group: the server and every worker it started, also one
+    that outlived it (an orphan is adopted by another parent but keeps its group)."""
+    return {pid for pid, state, _, pgrp in _processes() if pgrp == server.proc.pid and state != "Z"}
+
+
+def terminate(server: Server, timeout: float = 30) -> int | None:
+    """SIGTERM to `yard serve` (as a process manager sends it); its exit code, None if still running."""
+    server.proc.terminate()
+    try:
+        return server.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def stop(server: Server, timeout: float = 30) -> int:
+    """:func:`terminate`, then SIGKILL to whatever of its process group is left. Returns its exit code."""
+    terminate(server, timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    return server.proc.wait()

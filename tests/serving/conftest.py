@@ -3,12 +3,11 @@ tests/serving/_served.py)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _served import Served, Server, break_tokenizer, start_server  # tests/serving/_served.py
+from _served import Served, Server, break_tokenizer, start_server, stop  # tests/serving/_served.py
 
 from modelyard import registry
 from modelyard.config import load_settings
@@ -48,15 +47,11 @@ def served(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> S
 def server_factory(served: Served, tmp_path: Path) -> Iterator[object]:
     started: list[Server] = []
 
-    def start(**config: object) -> Server:
-        s = start_server(served, tmp_path, **config)
+    def start(*, env: dict[str, str] | None = None, **config: object) -> Server:
+        s = start_server(served, tmp_path, env=env, **config)
         started.append(s)
         return s
 
     yield start
     for s in started:
-        s.proc.terminate()
-        try:
-            s.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            s.proc.kill()
+        stop(s)

@@ -112,16 +112,43 @@ def _run(cfg: Any) -> None:
 
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
         return
+    import shutil
+    import tempfile
+
     os.environ["YARD_SERVE_CONFIG"] = json.dumps(cfg.model_dump(mode="json"))
-    uvicorn.run(
-        "modelyard.serving._app:app_from_env",
-        factory=True,
-        host=cfg.host,
-        port=cfg.port,
-        workers=cfg.workers,
-        log_level="warning",
-        access_log=False,
-    )
+    os.environ["YARD_SERVE_PARENT"] = str(os.getpid())  # a worker that outlives this process stops itself
+    # Each worker has its own metrics; prometheus_client's multiprocess mode merges them in every scrape.
+    # The directory is fresh and private (mode 0700): stale files would add old counts to the new ones.
+    # Workers are spawned, so they import prometheus_client after this is set.
+    metrics_dir = tempfile.mkdtemp(prefix="yard-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        # What uvicorn.run does for workers > 1, keeping the supervisor to learn why it stopped: a worker
+        # that cannot load its models makes it stop all of them, and that must not exit 0.
+        from uvicorn.config import STARTUP_FAILURE
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config(
+            "modelyard.serving._app:app_from_env",
+            factory=True,
+            host=cfg.host,
+            port=cfg.port,
+            workers=cfg.workers,
+            log_level="warning",
+            access_log=False,
+        )
+        sock = config.bind_socket()
+        try:
+            supervisor = Multiprocess(config, sockets=[sock])
+            supervisor.run()
+        finally:
+            sock.close()
+        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            from modelyard.errors import YardError
+
+            raise YardError("a worker could not start serving (its error is above); all workers stopped")
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command("deploy")

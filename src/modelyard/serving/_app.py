@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,6 +49,7 @@ from modelyard.serving._routing import Params, Route, Slot, SloWindow
 
 log = logging.getLogger("modelyard.serving")
 TOKEN_CACHE_S = 30.0
+FEEDBACK_GRACE_S = 2.0  # with several workers: how long past flush_s feedback waits for its prediction
 _KEYS = frozenset({"inputs", "parameters", "key"})
 
 
@@ -139,12 +141,14 @@ class Server:
         self._own_platform = platform is None
         self.platform = platform or Platform()
         self.ctx: Context = self.platform.context(project=config.project)
-        self.metrics = Metrics()
+        self.metrics = Metrics(multiprocess=config.workers > 1)
         self.routes: dict[str, Route] = {}
         self.ready = False
         self._tokens: dict[str, tuple[Context, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._orphan_guard: asyncio.Task[None] | None = None
         from modelyard.serving._predlog import PredictionLog
 
         self.predlog = PredictionLog(self.platform, self.ctx, flush_s=config.logging.flush_s)
@@ -179,14 +183,32 @@ class Server:
             self.metrics.set_model(route)
             await self._follow_deployment(route)
         self.ready = True
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="yard-watch")
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch(), name="yard-watch")
+        if self.metrics.multiprocess_dir is not None:  # several workers: the others' scrapes see our queue
+            self._publisher = loop.create_task(
+                self.metrics.publish(lambda: list(self.routes.values())), name="yard-metrics"
+            )
+        parent = os.environ.get("YARD_SERVE_PARENT", "")  # set by `yard serve --workers N`
+        if self.config.workers > 1 and parent.isdigit():
+            self._orphan_guard = loop.create_task(self._guard(int(parent)), name="yard-orphan-guard")
+
+    async def _guard(self, parent: int) -> None:
+        """A worker whose `yard serve` died without stopping it (SIGKILL, OOM) stops too, as gunicorn's do:
+        an orphan would keep the port and serve a config nobody manages."""
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("serving: the yard serve process %d is gone; this worker stops", parent)
+        signal.raise_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: requests in flight are answered
 
     async def stop(self) -> None:
         self.ready = False
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._publisher, self._orphan_guard):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.metrics.close()
         for route in self.routes.values():
             for slot in (route.stable, route.candidate):
                 if slot is not None:
@@ -504,23 +526,31 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
                 422, "validation_error", 'expected {"request_id": "...", "index": 0, "target": "..."}'
             )
         server.predlog.flush()  # the prediction may still be in the buffer
-        try:
-            await asyncio.to_thread(
-                record_feedback,
-                server.platform,
-                ctx,
-                name,
-                data["request_id"],
-                data["target"],
-                index=data.get("index", 0),
-            )
-        except (UsageError, ValidationError) as exc:
-            raise ApiError(422, "validation_error", exc.message) from None
-        except NotFoundError as exc:
-            raise ApiError(404, "not_found", exc.message) from None
-        except PermissionDeniedError as exc:
-            raise ApiError(403, "permission_denied", exc.message) from None
-        return JSONResponse({"recorded": True})
+        # With several workers, another worker may have answered it and still hold it in its buffer; that
+        # worker stores it within flush_s, so until then a miss is retried (a wait, not a busy thread).
+        patience = config.logging.flush_s + FEEDBACK_GRACE_S if config.workers > 1 else 0.0
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                await asyncio.to_thread(
+                    record_feedback,
+                    server.platform,
+                    ctx,
+                    name,
+                    data["request_id"],
+                    data["target"],
+                    index=data.get("index", 0),
+                )
+            except (UsageError, ValidationError) as exc:
+                raise ApiError(422, "validation_error", exc.message) from None
+            except NotFoundError as exc:
+                if time.monotonic() >= deadline:
+                    raise ApiError(404, "not_found", exc.message) from None
+                await asyncio.sleep(0.25)
+                continue
+            except PermissionDeniedError as exc:
+                raise ApiError(403, "permission_denied", exc.message) from None
+            return JSONResponse({"recorded": True})
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
