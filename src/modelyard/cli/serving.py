@@ -110,7 +110,14 @@ def _run(cfg: Any) -> None:
     if cfg.workers == 1:
         from modelyard.serving import create_app
 
-        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(cfg),
+            host=cfg.host,
+            port=cfg.port,
+            timeout_keep_alive=cfg.limits.keep_alive_s,
+            log_level="warning",
+            access_log=False,
+        )
         return
     import shutil
     import tempfile
@@ -134,6 +141,7 @@ def _run(cfg: Any) -> None:
             host=cfg.host,
             port=cfg.port,
             workers=cfg.workers,
+            timeout_keep_alive=cfg.limits.keep_alive_s,
             log_level="warning",
             access_log=False,
         )
