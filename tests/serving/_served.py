@@ -157,3 +157,14 @@ def stop(server: Server, timeout: float = 30) -> int:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(server.proc.pid, signal.SIGKILL)
     return server.proc.wait()
+
+
+def metric(server: Server, name: str) -> dict[str, float]:
+    """The samples of one metric family from ``/metrics``: {"name{labels}": value}."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out

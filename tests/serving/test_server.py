@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _served import Served, Server  # tests/serving/_served.py
+from _served import Served, Server, metric  # tests/serving/_served.py
 from sqlalchemy import select
 
 from modelyard import registry
@@ -46,16 +46,6 @@ def predict(server: Server, token: str, inputs: list[str], **body: Any) -> httpx
 
 def platform_of(served: Served) -> Platform:
     return Platform(load_settings(home=served.home))
-
-
-def metric(server: Server, name: str) -> dict[str, float]:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def test_predict_answers_like_the_model_and_the_endpoints_work(

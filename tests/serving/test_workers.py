@@ -19,6 +19,7 @@ from _served import (  # tests/serving/_served.py
     descendants,
     group,
     launch,
+    metric,
     stop,
     terminate,
 )
@@ -39,16 +40,6 @@ TOKENS = 24
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def scrape(server: Server, name: str) -> dict[str, float]:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 async def _spread(server: Server, token: str, n: int, clients: int = 12) -> list[tuple[str, httpx.Response]]:
@@ -140,18 +131,18 @@ def test_two_workers_answer_like_one_count_together_and_stop_cleanly(
     # every scrape, whichever worker answers it, counts every worker's requests
     key = 'yard_requests_total{model="srv",route="stable",version="1"}'
     for _ in range(6):
-        assert scrape(two, "yard_requests_total") == {key: sent}
+        assert metric(two, "yard_requests_total") == {key: sent}
         with httpx.Client(headers={"Connection": "close"}) as fresh:
             assert fresh.get(f"{two.url}/readyz").json()["status"] == "ready"
-    latency = scrape(two, "yard_request_seconds_count")
+    latency = metric(two, "yard_request_seconds_count")
     assert latency == {'yard_request_seconds_count{model="srv"}': sent}
-    batches = scrape(two, "yard_batch_size_sum")
+    batches = metric(two, "yard_batch_size_sum")
     assert batches['yard_batch_size_sum{model="srv",version="1"}'] == sent  # one input per request
-    info = scrape(two, "yard_model_info")
+    info = metric(two, "yard_model_info")
     assert info == {'yard_model_info{model="srv",route="stable",variant="onnx-fp32",version="1"}': 1}
     deadline = time.monotonic() + 10  # each worker publishes its queue depth every second
-    while scrape(two, "yard_queue_depth") != {'yard_queue_depth{model="srv",version="1"}': 0}:
-        assert time.monotonic() < deadline, scrape(two, "yard_queue_depth")
+    while metric(two, "yard_queue_depth") != {'yard_queue_depth{model="srv",version="1"}': 0}:
+        assert time.monotonic() < deadline, metric(two, "yard_queue_depth")
         time.sleep(0.2)
 
     # a worker that dies (SIGKILL: no clean stop) is replaced; its counts stay, its live gauges go
@@ -161,8 +152,8 @@ def test_two_workers_answer_like_one_count_together_and_stop_cleanly(
     while (workers := _worker_pids(two)) and dead in workers:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert scrape(two, "yard_requests_total") == {key: sent}
-    assert scrape(two, "yard_model_info") == info
+    assert metric(two, "yard_requests_total") == {key: sent}
+    assert metric(two, "yard_model_info") == info
     assert not list(metrics_dir.glob(f"gauge_live*_{dead}.db"))
     r = httpx.post(
         f"{two.url}/v1/models/srv:predict",
@@ -198,13 +189,13 @@ def test_two_workers_follow_an_alias_move_and_the_merged_metrics_follow(
         with Platform(load_settings(home=served.home)) as p:
             registry.set_alias(p, p.context(), "srv@2", "live", reason="workers test")
         deadline = time.monotonic() + 30
-        while scrape(two, "yard_model_info") != {
+        while metric(two, "yard_model_info") != {
             'yard_model_info{model="srv",route="stable",variant="onnx-int8",version="2"}': 1
         }:  # both workers swapped: no live worker still reports version 1
-            assert time.monotonic() < deadline, scrape(two, "yard_model_info")
+            assert time.monotonic() < deadline, metric(two, "yard_model_info")
             time.sleep(0.2)
         assert versions() == {2}
-        assert set(scrape(two, "yard_queue_depth")) == {'yard_queue_depth{model="srv",version="2"}'}
+        assert set(metric(two, "yard_queue_depth")) == {'yard_queue_depth{model="srv",version="2"}'}
     finally:
         with Platform(load_settings(home=served.home)) as p:
             registry.set_alias(p, p.context(), "srv@1", "live")
