@@ -1214,7 +1214,7 @@ def _group_memory(pid: int) -> int:
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
+    except (psutil.Error, OSError):  # gone, or /proc unreadable: nothing to hold it to this tick
         return 0
     total = 0
     for proc in procs:
@@ -1222,9 +1222,9 @@ def _group_memory(pid: int) -> int:
             info = proc.memory_full_info()
             total += getattr(info, "pss", info.rss)
         except psutil.AccessDenied:
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):
                 total += proc.memory_info().rss
-        except psutil.Error:  # exited meanwhile
+        except (psutil.Error, OSError):  # exited meanwhile
             continue
     return total
 
