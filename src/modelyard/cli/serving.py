@@ -107,17 +107,17 @@ def _run(cfg: Any) -> None:
         f"({cfg.workers} worker(s), auth {'on' if cfg.auth else 'OFF'})",
         markup=False,
     )
+    server: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "timeout_keep_alive": cfg.limits.keep_alive_s,
+        "log_level": "warning",
+        "access_log": False,
+    }
     if cfg.workers == 1:
         from modelyard.serving import create_app
 
-        uvicorn.run(
-            create_app(cfg),
-            host=cfg.host,
-            port=cfg.port,
-            timeout_keep_alive=cfg.limits.keep_alive_s,
-            log_level="warning",
-            access_log=False,
-        )
+        uvicorn.run(create_app(cfg), **server)
         return
     import shutil
     import tempfile
@@ -136,14 +136,7 @@ def _run(cfg: Any) -> None:
         from uvicorn.supervisors import Multiprocess
 
         config = uvicorn.Config(
-            "modelyard.serving._app:app_from_env",
-            factory=True,
-            host=cfg.host,
-            port=cfg.port,
-            workers=cfg.workers,
-            timeout_keep_alive=cfg.limits.keep_alive_s,
-            log_level="warning",
-            access_log=False,
+            "modelyard.serving._app:app_from_env", factory=True, workers=cfg.workers, **server
         )
         sock = config.bind_socket()
         try:

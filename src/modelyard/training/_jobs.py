@@ -1096,13 +1096,10 @@ class Worker:
             if used <= limit:
                 continue
             entry.over_memory = used
-            note = (
-                f"[yard] memory limit exceeded: {used / 2**20:.1f} MiB in use, "
-                f"{format_memory(limit)} requested; killing the job\n"
-            )
+            note = f"{_memory_exceeded(used, limit)}; killing the job"
             with entry.lock:
-                entry.pending.append(note)
-            self._log(f"job {entry.job.id}: {note[7:].strip()}")
+                entry.pending.append(f"[yard] {note}\n")
+            self._log(f"job {entry.job.id}: {note}")
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(entry.proc.pid, signal.SIGKILL)
 
@@ -1139,10 +1136,7 @@ class Worker:
                     status = "SUCCEEDED" if code == 0 and entry.over_memory is None else "FAILED"
                     reason = None if status == "SUCCEEDED" else _exit_reason(code)
                     if entry.over_memory is not None:
-                        reason = (
-                            f"memory limit exceeded: {entry.over_memory / 2**20:.1f} MiB in use, "
-                            f"{format_memory(entry.job.memory)} requested (--memory)"
-                        )
+                        reason = f"{_memory_exceeded(entry.over_memory, entry.job.memory)} (--memory)"
                     self._finish(jid, entry.attempt, status, code, reason)
             if entry.proc.stdout is not None:
                 entry.proc.stdout.close()
@@ -1204,6 +1198,10 @@ def _safe_file_name(name: str) -> str:
     """The recipe's file name for the private copy (the command may show it); never a path."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[:128]
     return cleaned if cleaned and not cleaned.startswith(".") else "recipe.yaml"
+
+
+def _memory_exceeded(used: int, limit: int) -> str:
+    return f"memory limit exceeded: {used / 2**20:.1f} MiB in use, {format_memory(limit)} requested"
 
 
 def _group_memory(pid: int) -> int:
