@@ -239,13 +239,14 @@ def insert_for(s: Any) -> Any:
 # The newest migration (revision ids are the migration files' stems). tests/core/test_db.py asserts it
 # equals Alembic's computed head; and _known_head trusts it only while the migration files are exactly
 # _MIGRATIONS, so a migration file added under any name costs an Alembic import, never a skipped migration.
-HEAD_REVISION = "0006_serving"
+HEAD_REVISION = "0007_canary_window"
 _MIGRATIONS = (
     "0001_core",
     "0002_tracking_data_lineage",
     "0003_blob_packs",
     "0004_jobs",
     "0005_registry",
+    "0006_serving",
     HEAD_REVISION,
 )
 _VERSIONS = Path(__file__).with_name("migrations") / "versions"

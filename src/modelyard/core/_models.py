@@ -473,3 +473,20 @@ class Feedback(Base):
     target: Mapped[str] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     by: Mapped[str] = mapped_column(String(160))
+
+
+class CanaryOutcome(Base):
+    """One server's candidate outcomes over about a second, so that every worker and replica of a model judges
+    its canary on the same window (a breach shows after ``min_requests`` in all, not in each)."""
+
+    __tablename__ = "canary_outcomes"
+    __table_args__ = (Index("ix_canary_outcomes_model", "project_id", "model", "generation", "ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(128))
+    generation: Mapped[int] = mapped_column(Integer)  # the deployment generation the candidate belongs to
+    server: Mapped[str] = mapped_column(String(96))  # host:pid:nonce of the worker that saw them
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    latencies: Mapped[str] = mapped_column(Text)  # JSON list of the successful requests' ms (sampled if many)

@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import random
+import secrets
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -149,6 +151,9 @@ class Server:
         self._watcher: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._orphan_guard: asyncio.Task[None] | None = None
+        self._sharer: asyncio.Task[None] | None = None
+        # Who this server is in the shared canary window (a worker restarted with the same pid is another).
+        self.server_id = f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
         from modelyard.serving._predlog import PredictionLog
 
         self.predlog = PredictionLog(self.platform, self.ctx, flush_s=config.logging.flush_s)
@@ -185,6 +190,7 @@ class Server:
         self.ready = True
         loop = asyncio.get_running_loop()
         self._watcher = loop.create_task(self._watch(), name="yard-watch")
+        self._sharer = loop.create_task(self._share(), name="yard-canary-share")
         if self.metrics.multiprocess_dir is not None:  # several workers: the others' scrapes see our queue
             self._publisher = loop.create_task(
                 self.metrics.publish(lambda: list(self.routes.values())), name="yard-metrics"
@@ -203,7 +209,7 @@ class Server:
 
     async def stop(self) -> None:
         self.ready = False
-        for task in (self._watcher, self._publisher, self._orphan_guard):
+        for task in (self._watcher, self._sharer, self._publisher, self._orphan_guard):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -258,8 +264,10 @@ class Server:
             if old is None or old.version != dep.candidate:
                 new = await asyncio.to_thread(self._load, f"{route.name}@{dep.candidate}")
                 new.batcher.start()
-                route.candidate, route.window = new, SloWindow(self.config.canary)
+                route.candidate, route.window = new, SloWindow(self.config.canary, dep.generation)
             route.mode, route.weight = dep.mode, dep.weight
+            if route.window is not None:
+                route.window.generation = dep.generation
         route.generation = dep.generation
         self.metrics.set_model(route)
         if old is not None and old is not route.candidate:
@@ -273,14 +281,16 @@ class Server:
         if old is None:
             return
         route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
-        self.metrics.rollbacks.labels(route.name).inc()
         log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
+        switched = True  # counted where the store was switched off, or here alone if it could not be told
         try:
-            await asyncio.to_thread(
+            switched = await asyncio.to_thread(
                 rollback_candidate, self.platform, self.ctx, route.name, generation, reason
             )
             route.generation = generation + 1
         finally:
+            if switched:  # another worker or replica that saw the same shared window got there first
+                self.metrics.rollbacks.labels(route.name).inc()
             self.metrics.set_model(route)
             await old.close()
 
@@ -369,6 +379,38 @@ class Server:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+    async def _share(self) -> None:
+        """Every ``canary.share_s``: hand this server's new candidate outcomes to the metadata store, take the
+        other workers' and replicas' back, and judge the canary on all of them."""
+        from modelyard.serving._deploy import share_outcomes
+
+        while True:
+            await asyncio.sleep(self.config.canary.share_s)
+            for route in list(self.routes.values()):
+                window = route.window
+                if window is None:
+                    continue
+                mine = window.take_unshared()
+                try:
+                    others = await asyncio.to_thread(
+                        share_outcomes,
+                        self.platform,
+                        self.ctx,
+                        route.name,
+                        window.generation,
+                        self.server_id,
+                        mine,
+                        window_s=self.config.canary.window_s,
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store is unreachable: judge on this server's requests alone
+                    window.untake(mine)
+                    log.warning("serving %s: could not share canary outcomes: %s", route.name, exc)
+                    continue
+                window.set_others(others)
+                await self._check_slo(route, window)
 
     async def _check_slo(self, route: Route, window: SloWindow) -> None:
         reason = window.breach()

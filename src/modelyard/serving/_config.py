@@ -60,6 +60,7 @@ class Canary(_Section):
     max_p95_ms: Annotated[float, Field(gt=0)] = 5000.0
     window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     min_requests: Annotated[int, Field(ge=1)] = 20
+    share_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # how often workers and replicas pool their outcomes
 
 
 class Logging(_Section):

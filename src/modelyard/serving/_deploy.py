@@ -10,16 +10,23 @@ poll. Changing a deployment needs the engineer role (``model.deploy``), like mov
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from modelyard.core._db import insert_for
-from modelyard.core._models import Deployment
+from modelyard.core._models import CanaryOutcome, Deployment
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.errors import UsageError
+from modelyard.serving._routing import Shared
+
+# Latencies kept per shared row: a p95 from a uniform sample of this many is within a few ms of the
+# exact one, and a row stays small whatever the traffic.
+SHARED_LATENCIES = 1000
 
 MODES = ("ab", "canary", "shadow", "off")
 
@@ -153,3 +160,61 @@ def rollback_candidate(platform: Platform, ctx: Context, name: str, generation: 
         if changed:
             platform.audit(ctx, "model.deploy", f"deployment:{name}", "ok", detail, session=s)
     return bool(changed)
+
+
+def share_outcomes(
+    platform: Platform,
+    ctx: Context,
+    name: str,
+    generation: int,
+    server: str,
+    mine: Shared,
+    *,
+    window_s: float,
+) -> list[Shared]:
+    """Record this server's new outcomes of ``name``'s candidate (deployment ``generation``) and return the
+    other servers' rows of the last ``window_s`` seconds, so that every worker and replica judges the canary
+    on the same requests. Rows older than two windows go whenever rows are added. Like rollback_candidate,
+    not authorised against the server's role: it only informs the servers' own SLO checks."""
+    now = utcnow()
+    if mine.requests:
+        latencies = mine.latencies
+        if len(latencies) > SHARED_LATENCIES:
+            latencies = random.sample(latencies, SHARED_LATENCIES)
+        with platform.db.write() as s:
+            s.add(
+                CanaryOutcome(
+                    project_id=ctx.project_id,
+                    model=name,
+                    generation=generation,
+                    server=server,
+                    ts=now,
+                    requests=mine.requests,
+                    errors=mine.errors,
+                    latencies=json.dumps([round(ms, 2) for ms in latencies]),
+                )
+            )
+            s.execute(
+                delete(CanaryOutcome).where(
+                    CanaryOutcome.project_id == ctx.project_id,
+                    CanaryOutcome.model == name,
+                    CanaryOutcome.ts < now - timedelta(seconds=2 * window_s),
+                )
+            )
+    with platform.db.read() as s:  # an idle server only reads: no write lock every second
+        rows = s.execute(
+            select(CanaryOutcome.ts, CanaryOutcome.requests, CanaryOutcome.errors, CanaryOutcome.latencies)
+            .where(
+                CanaryOutcome.project_id == ctx.project_id,
+                CanaryOutcome.model == name,
+                CanaryOutcome.generation == generation,
+                CanaryOutcome.server != server,
+                CanaryOutcome.ts >= now - timedelta(seconds=window_s),
+            )
+            .order_by(CanaryOutcome.id)
+        ).all()
+    # float() of each: a malformed row fails this share (logged by the caller), never a request's SLO check.
+    return [
+        Shared(as_utc(ts).timestamp(), int(n), int(errors), [float(ms) for ms in json.loads(lat)])
+        for ts, n, errors, lat in rows
+    ]

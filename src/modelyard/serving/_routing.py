@@ -9,8 +9,8 @@ without yielding in between, so a request can never reach a slot that has starte
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
-import statistics
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +19,17 @@ from typing import Any
 
 from modelyard.serving._batcher import Batcher, OnBatch
 from modelyard.serving._config import Canary, ServeConfig
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Candidate outcomes as servers share them: when, how many requests, how many failed, and the
+    latencies (ms) of those that succeeded (a sample when there were many)."""
+
+    at: float  # wall-clock seconds
+    requests: int
+    errors: int
+    latencies: list[float]
 
 
 @dataclass(frozen=True)
@@ -70,42 +81,63 @@ class Slot:
 
 
 class SloWindow:
-    """Outcomes of a candidate's recent requests: (time, ok, latency ms)."""
+    """A candidate's recent outcomes, judged against its SLOs: this server's own requests (time, ok, latency
+    ms) plus the rows other servers of the model shared through the metadata store (see
+    ``serving._deploy.share_outcomes``), so that N workers or replicas breach after ``min_requests`` in all,
+    not N times as many. Times are wall-clock: they are compared across processes and hosts."""
 
-    def __init__(self, slo: Canary) -> None:
+    def __init__(self, slo: Canary, generation: int) -> None:
         self.slo = slo
+        self.generation = generation  # of the deployment this candidate belongs to: the shared rows' key
         self._events: deque[tuple[float, bool, float]] = deque()
+        self._unshared = 0  # the newest events not handed to take_unshared() yet
+        self._others: list[Shared] = []
 
     def add(self, ok: bool, latency_ms: float) -> None:
-        self._events.append((time.monotonic(), ok, latency_ms))
+        self._events.append((time.time(), ok, latency_ms))
+        self._unshared += 1
+
+    def take_unshared(self) -> Shared:
+        """This server's outcomes since the last call, to share: (now, requests, errors, ok latencies)."""
+        n = min(self._unshared, len(self._events))
+        self._unshared = 0
+        new = list(itertools.islice(self._events, len(self._events) - n, None))
+        return Shared(time.time(), n, sum(1 for _, ok, _ in new if not ok), [ms for _, ok, ms in new if ok])
+
+    def untake(self, shared: Shared) -> None:
+        """Sharing failed: offer these outcomes again next time (those still in the window)."""
+        self._unshared += shared.requests
+
+    def set_others(self, rows: list[Shared]) -> None:
+        self._others = rows
+
+    def _current(self) -> tuple[int, int, list[float]]:
+        cutoff = time.time() - self.slo.window_s
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
+        others = [r for r in self._others if r.at >= cutoff]
+        n = len(self._events) + sum(r.requests for r in others)
+        errors = sum(1 for _, ok, _ in self._events if not ok) + sum(r.errors for r in others)
+        latencies = [ms for _, ok, ms in self._events if ok]
+        for r in others:
+            latencies += r.latencies
+        return n, errors, latencies
 
     def breach(self) -> str | None:
         """Why the candidate breaks its SLOs over the window, or None (also while too few requests)."""
-        cutoff = time.monotonic() - self.slo.window_s
-        while self._events and self._events[0][0] < cutoff:
-            self._events.popleft()
-        n = len(self._events)
+        n, errors, latencies = self._current()
         if n < self.slo.min_requests:
             return None
-        errors = sum(1 for _, ok, _ in self._events if not ok)
         if errors / n > self.slo.max_error_rate:
             return f"error rate {errors / n:.1%} over {n} requests > {self.slo.max_error_rate:.1%}"
-        latencies = sorted(ms for _, ok, ms in self._events if ok)
         if len(latencies) >= self.slo.min_requests:
+            latencies.sort()
             p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
             if p95 > self.slo.max_p95_ms:
                 return (
                     f"p95 latency {p95:.0f} ms over {len(latencies)} requests > {self.slo.max_p95_ms:.0f} ms"
                 )
         return None
-
-    def summary(self) -> dict[str, float]:
-        lat = [ms for _, ok, ms in self._events if ok]
-        return {
-            "requests": len(self._events),
-            "errors": sum(1 for _, ok, _ in self._events if not ok),
-            "p50_ms": statistics.median(lat) if lat else 0.0,
-        }
 
 
 class Route:
