@@ -22,13 +22,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from modelyard.core import Context, Platform, create_project
 from modelyard.core._models import AuditRecord, Job, JobLog
+from modelyard.core._platform import utcnow
 from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
 from modelyard.testing import JOB_RECIPE, actor, make_platform
 from modelyard.training import _jobs
@@ -341,6 +343,30 @@ def _worker_main(argv: list[str]) -> None:
             time.sleep(0.01)
     worker.run()
     platform.close()
+
+
+@pytest.mark.parametrize("aging_s", [0.0, 3600.0])
+def test_aging_lets_a_long_waiting_job_overtake_newer_higher_priority_ones(
+    queue: tuple[Platform, Context, Path], tmp_path: Path, aging_s: float
+) -> None:
+    """One level (low -> normal -> high) per job_aging_s waited: a low job queued 3 hours ago outranks a high
+    one queued now (10 + 30 > 30) and a normal one queued 30 minutes ago (20 + 5); with aging off (the
+    default) priority is strict."""
+    platform, ctx, recipe = queue
+    low = _jobs.submit_job(platform, ctx, recipe, priority="low")
+    normal = _jobs.submit_job(platform, ctx, recipe, priority="normal")
+    high = _jobs.submit_job(platform, ctx, recipe, priority="high")
+    now = utcnow()
+    with platform.db.write() as s:
+        for job, waited in ((low, timedelta(hours=3)), (normal, timedelta(minutes=30))):
+            s.execute(update(Job).where(Job.id == job.id).values(submitted_at=now - waited))
+    with ThreadWorker(fast(platform, job_aging_s=aging_s), ctx, tmp_path / "marks", cpus=1) as w:
+        pass
+    jobs = jobs_by_id(platform)
+    started = sorted((low, normal, high), key=lambda j: jobs[j.id].started_at)
+    expected = [low, high, normal] if aging_s else [high, normal, low]
+    assert [j.id for j in started] == [j.id for j in expected]
+    assert w.claimed == 3
 
 
 # -- resources ----------------------------------------------------------------------------------------------

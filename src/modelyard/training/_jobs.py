@@ -7,7 +7,9 @@
   workers never get the same row and never wait on each other), a ``BEGIN IMMEDIATE`` transaction on
   SQLite (writers are serialised). No backfill: when the best job that could ever run on this worker does
   not fit its *free* resources, the worker waits rather than start a lower-priority one, so a big
-  high-priority job is never starved by a stream of small ones.
+  high-priority job is never starved by a stream of small ones. With ``job_aging_s`` set, a queued job
+  gains one priority level per that many seconds waited, so neither is a low-priority one by a stream of
+  higher-priority jobs (aging).
 * The job runs as ``python -m modelyard.cli <command> <recipe file> [args]`` (no shell) in a new session,
   with ``YARD_JOB_ID`` set; its stdout and stderr are stored as chunks in ``job_logs``. The worker refreshes
   the row's heartbeat; a job whose heartbeat is stale (its worker died) is re-queued by any worker or reader
@@ -42,7 +44,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.core import _audit
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
 COMMANDS = ("train", "tune", "eval")
 PRIORITIES = {"low": 10, "normal": 20, "high": 30, "urgent": 40}
+PRIORITY_LEVEL = 10  # between two named priorities: what a job gains per job_aging_s waited
 STATUSES = ("QUEUED", "RUNNING", "SUBMITTED", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 BACKENDS = ("local", "kubernetes")
@@ -909,11 +912,23 @@ class Worker:
             Job.memory <= self.memory,
         ]
 
+    def _queue_order(self) -> list[Any]:
+        aging = self.platform.settings.job_aging_s
+        if not aging:
+            return [Job.priority.desc(), Job.id]
+        # Aging: priority p submitted at t ranks at p + LEVEL * (now - t) / aging. Between two jobs "now"
+        # cancels out, so the order is that of t - p * aging / LEVEL: a key of the row alone, no clock read.
+        if self.platform.db.dialect == "postgresql":
+            submitted: Any = func.extract("epoch", Job.submitted_at)
+        else:  # SQLite keeps UTC as text that julianday() reads
+            submitted = func.julianday(Job.submitted_at) * 86_400.0
+        return [(submitted - Job.priority * (aging / PRIORITY_LEVEL)).asc(), Job.id]
+
     def _peek(self) -> Job | None:
         """The best queued job this worker could ever run (a plain read)."""
         with self.platform.db.read() as s:
             return s.scalars(
-                select(Job).where(*self._queue_filter()).order_by(Job.priority.desc(), Job.id).limit(1)
+                select(Job).where(*self._queue_filter()).order_by(*self._queue_order()).limit(1)
             ).first()
 
     def _fits(self, job: Job) -> bool:
@@ -932,7 +947,7 @@ class Worker:
             job = s.execute(
                 select(Job)
                 .where(*self._queue_filter())
-                .order_by(Job.priority.desc(), Job.id)
+                .order_by(*self._queue_order())
                 .limit(1)
                 .with_for_update(skip_locked=True)
             ).scalar_one_or_none()
