@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +19,10 @@ from modelyard.config import load_settings
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord, CanaryOutcome
 from modelyard.core._platform import utcnow
+from modelyard.errors import BackendError
+from modelyard.serving import _deploy
 from modelyard.serving._config import Canary
-from modelyard.serving._deploy import SHARED_LATENCIES, share_outcomes
+from modelyard.serving._deploy import SHARED_LATENCIES, deploy, share_window
 from modelyard.serving._routing import SloWindow
 from modelyard.testing import make_platform
 
@@ -34,78 +38,86 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Platform]:
 
 
 def exchange(p: Platform, window: SloWindow, server: str, model: str = "srv") -> None:
-    """What a server's share loop does once (App._share), without the loop."""
-    others = share_outcomes(
-        p, p.context(), model, window.generation, server, window.take_unshared(), window_s=SLO.window_s
-    )
-    window.set_others(others)
+    """One turn of a server's share loop for one model (what Server._share does before judging)."""
+    asyncio.run(share_window(p, p.context(), model, window, server))
+
+
+def rows(p: Platform) -> list[tuple[str, int, int]]:
+    with p.db.read() as s:
+        return [
+            (r.server, r.requests, r.errors)
+            for r in s.scalars(select(CanaryOutcome).order_by(CanaryOutcome.id))
+        ]
+
+
+def plant(p: Platform, *, server: str, requests: int, errors: int, latencies: str, **extra: Any) -> None:
+    """A row as another (possibly broken or hostile) process could write it."""
+    values: dict[str, Any] = {"generation": 1, "ts": utcnow(), **extra}
+    with p.db.write() as s:
+        s.add(
+            CanaryOutcome(
+                project_id=p.context().project_id,
+                model="srv",
+                server=server,
+                requests=requests,
+                errors=errors,
+                latencies=latencies,
+                **values,
+            )
+        )
+
+
+def outage(*args: Any, **kwargs: Any) -> Any:
+    """A store call that fails as an unreachable store does (injected between a server's two calls)."""
+    raise BackendError("cannot reach the metadata store (injected)")
 
 
 def test_servers_below_min_requests_each_breach_together(store: Platform) -> None:
-    a, b = SloWindow(SLO, generation=3), SloWindow(SLO, generation=3)
+    a, b = SloWindow(SLO, key=3), SloWindow(SLO, key=3)
     for _ in range(6):
         a.add(False, 5.0)
         b.add(False, 5.0)
     assert a.breach() is None and b.breach() is None  # 6 each: below min_requests alone
 
-    exchange(store, a, "host:1:aa")  # shares its 6, sees nobody yet
+    exchange(store, a, "host:1:aa")  # stores its 6, sees nobody yet
     assert a.breach() is None
-    exchange(store, b, "host:2:bb")  # shares its 6, sees a's
-    assert b.breach() == "error rate 100.0% over 12 requests > 20.0%"
+    exchange(store, b, "host:2:bb")  # stores its 6, sees a's
+    assert b.breach(latency=False) == "error rate 100.0% over 12 requests > 20.0%"
     exchange(store, a, "host:1:aa")  # nothing new of its own; now sees b's
     assert a.breach() == "error rate 100.0% over 12 requests > 20.0%"  # its own 6 are not counted twice
+    assert rows(store) == [("host:1:aa", 6, 6), ("host:2:bb", 6, 6)]
 
-    # another generation of the deployment, or another model, starts from nothing
-    c = SloWindow(SLO, generation=4)
-    exchange(store, c, "host:3:cc")
-    assert c.breach() is None and c._current() == (0, 0, [])
-    d = SloWindow(SLO, generation=3)
-    exchange(store, d, "host:3:cc", model="other")
-    assert d._current() == (0, 0, [])
+    # another candidate's window, or another model, starts from nothing
+    for window, model in ((SloWindow(SLO, key=4), "srv"), (SloWindow(SLO, key=3), "other")):
+        exchange(store, window, "host:3:cc", model=model)
+        window.add(False, 1.0)
+        assert window.breach() is None
 
 
-def test_latencies_are_pooled_for_the_p95(store: Platform) -> None:
-    fast, slow = SloWindow(SLO, generation=1), SloWindow(SLO, generation=1)
+def test_latencies_are_pooled_and_a_sampled_row_weighs_what_it_stands_for(store: Platform) -> None:
+    fast, slow = SloWindow(SLO, key=1), SloWindow(SLO, key=1)
     for _ in range(10):
         fast.add(True, 50.0)
         slow.add(True, 500.0)
     assert fast.breach() is None  # 10 requests, p95 50 ms: within the SLO here
     exchange(store, slow, "b")
     exchange(store, fast, "a")
+    assert fast.breach(latency=False) is None  # the request path checks only the error rate
     assert fast.breach() == "p95 latency 500 ms over 20 requests > 100 ms"
 
-
-def test_rows_outside_the_window_are_ignored_and_old_ones_deleted(store: Platform) -> None:
-    ctx = store.context()
-    now = utcnow()
-    with store.db.write() as s:
-        for age, server in ((SLO.window_s * 1.5, "recent-but-out"), (SLO.window_s * 3, "stale")):
-            s.add(
-                CanaryOutcome(
-                    project_id=ctx.project_id,
-                    model="srv",
-                    generation=1,
-                    server=server,
-                    ts=now - timedelta(seconds=age),
-                    requests=50,
-                    errors=50,
-                    latencies="[]",
-                )
-            )
-    w = SloWindow(SLO, generation=1)
-    exchange(store, w, "a")  # nothing of its own to add: reads only
-    assert w._current() == (0, 0, [])
-    with store.db.read() as s:
-        assert s.scalar(select(func.count()).select_from(CanaryOutcome)) == 2
-    w.add(True, 1.0)
-    exchange(store, w, "a")  # adding a row deletes those older than two windows
-    with store.db.read() as s:
-        servers = set(s.scalars(select(CanaryOutcome.server)))
-    assert servers == {"recent-but-out", "a"}
+    # 3,000 slow successes stored as a sample of SHARED_LATENCIES still outweigh 200 fast ones
+    busy, quiet = SloWindow(SLO, key=2), SloWindow(SLO, key=2)
+    for _ in range(3 * SHARED_LATENCIES):
+        busy.add(True, 300.0)
+    for _ in range(200):
+        quiet.add(True, 10.0)
+    exchange(store, busy, "busy")
+    exchange(store, quiet, "quiet")
+    assert quiet.breach() == f"p95 latency 300 ms over {3 * SHARED_LATENCIES + 200} requests > 100 ms"
 
 
 def test_a_busy_server_shares_exact_counts_and_a_latency_sample(store: Platform) -> None:
-    w = SloWindow(SLO, generation=1)
+    w = SloWindow(SLO, key=1)
     for i in range(3 * SHARED_LATENCIES):
         w.add(i % 10 != 0, 20.0)
     exchange(store, w, "busy")
@@ -113,24 +125,110 @@ def test_a_busy_server_shares_exact_counts_and_a_latency_sample(store: Platform)
         row = s.execute(select(CanaryOutcome)).scalar_one()
         assert (row.requests, row.errors) == (3 * SHARED_LATENCIES, 3 * SHARED_LATENCIES // 10)
         assert len(json.loads(row.latencies)) == SHARED_LATENCIES
-    reader = SloWindow(SLO, generation=1)
+    reader = SloWindow(SLO, key=1)
     exchange(store, reader, "reader")
-    n, errors, latencies = reader._current()
-    assert (n, errors, len(latencies)) == (3 * SHARED_LATENCIES, 3 * SHARED_LATENCIES // 10, SHARED_LATENCIES)
+    reader.add(True, 20.0)
     assert reader.breach() is None  # 10% errors, p95 20 ms
+    for _ in range(3 * SHARED_LATENCIES):  # the same again, failing: 55% over the pooled window
+        reader.add(False, 20.0)
+    assert reader.breach(latency=False) == "error rate 55.0% over 6001 requests > 20.0%"
 
 
-def test_outcomes_that_could_not_be_shared_are_offered_again() -> None:
-    w = SloWindow(SLO, generation=1)
+def test_rows_outside_the_window_are_ignored_and_old_or_future_ones_deleted(store: Platform) -> None:
+    now = utcnow()
+    plant(
+        store, server="recent-but-out", requests=50, errors=50, latencies="[]", ts=now - timedelta(seconds=45)
+    )
+    plant(store, server="stale", requests=50, errors=50, latencies="[]", ts=now - timedelta(seconds=90))
+    plant(store, server="future", requests=50, errors=50, latencies="[]", ts=now + timedelta(hours=1))
+    w = SloWindow(SLO, key=1)
+    exchange(store, w, "a")  # nothing of its own to store: reads only, and sees none of them
+    w.add(True, 1.0)
+    assert w.breach() is None
+    assert {r[0] for r in rows(store)} == {"recent-but-out", "stale", "future"}
+    exchange(store, w, "a")  # storing a row deletes those older than two windows and those from the future
+    assert {r[0] for r in rows(store)} == {"recent-but-out", "a"}
+
+
+def test_malformed_or_hostile_rows_are_skipped_never_trusted(store: Platform) -> None:
+    w = SloWindow(SLO, key=1)
+    for _ in range(20):
+        w.add(False, 1.0)
+    assert w.breach() == "error rate 100.0% over 20 requests > 20.0%"
+    # would hide the breach (negative errors), fake one, or break the p95, if counted
+    plant(store, server="negative", requests=1000, errors=-1000, latencies="[]")
+    plant(store, server="more-errors", requests=1, errors=5, latencies="[]")
+    plant(store, server="nan", requests=2, errors=0, latencies="[NaN, 1]")
+    plant(store, server="negative-ms", requests=1, errors=0, latencies="[-5]")
+    plant(store, server="strings", requests=1, errors=0, latencies='["fast"]')
+    plant(store, server="not-json", requests=1, errors=0, latencies="{not json")
+    plant(store, server="object", requests=1, errors=0, latencies='{"a": 1}')
+    plant(store, server="too-many", requests=1, errors=0, latencies="[1, 2]")
+    plant(store, server="huge", requests=10**8, errors=0, latencies="[]")
+    plant(store, server="long", requests=5000, errors=0, latencies=json.dumps([1.5] * 5000))
+    plant(store, server="fine", requests=4, errors=0, latencies="[1, 2, 3, 4]")
+    exchange(store, w, "a")
+    assert w.warned  # logged once per window
+    assert w.breach() == "error rate 83.3% over 24 requests > 20.0%"  # its own 20 failures and "fine" only
+
+
+def test_a_failed_read_does_not_store_the_outcomes_twice(
+    store: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store takes the row, then the read of the others fails (an outage starting between the two):
+    the outcomes were stored, so the next turn must not store them again."""
+    w = SloWindow(SLO, key=1)
+    for _ in range(5):
+        w.add(False, 1.0)
+
+    monkeypatch.setattr(_deploy, "other_outcomes", outage)
+    exchange(store, w, "a")
+    monkeypatch.undo()
+    exchange(store, w, "a")
+    assert rows(store) == [("a", 5, 5)]
+
+
+def test_outcomes_that_could_not_be_stored_are_offered_again(
+    store: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = SloWindow(SLO, key=1)
     w.add(False, 1.0)
     w.add(True, 2.0)
-    mine = w.take_unshared()
-    assert (mine.requests, mine.errors, mine.latencies) == (2, 1, [2.0])
-    w.untake(mine)  # the store was unreachable
+
+    monkeypatch.setattr(_deploy, "add_outcomes", outage)
+    exchange(store, w, "a")
+    monkeypatch.undo()
     w.add(True, 3.0)
-    again = w.take_unshared()
-    assert (again.requests, again.errors, again.latencies) == (3, 1, [2.0, 3.0])
-    assert w.take_unshared().requests == 0
+    exchange(store, w, "a")
+    assert rows(store) == [("a", 3, 1)]
+    with store.db.read() as s:
+        assert json.loads(s.scalars(select(CanaryOutcome.latencies)).one()) == [2.0, 3.0]
+
+
+@pytest.mark.slow
+def test_a_weight_change_keeps_the_window_and_a_new_candidate_starts_one(
+    store: Platform, model_dir: Path
+) -> None:
+    from modelyard.registry import register
+
+    ctx = store.context()
+    for _ in range(2):
+        register(store, ctx, model_dir, "srv")
+    first = deploy(store, ctx, "srv", version=1, mode="canary", weight=10)
+    assert first.candidate_generation == first.generation
+    heavier = deploy(store, ctx, "srv", version=1, mode="canary", weight=50)
+    assert heavier.generation == first.generation + 1
+    assert heavier.candidate_generation == first.generation  # same candidate: same window
+    shadow = deploy(store, ctx, "srv", version=1, mode="shadow", weight=0)
+    assert shadow.candidate_generation == first.generation
+    plant(store, server="x", requests=1, errors=1, latencies="[]", generation=first.generation)
+    other = deploy(store, ctx, "srv", version=2, mode="canary", weight=10)
+    assert other.candidate_generation == other.generation  # a new candidate: a new window
+    assert rows(store) == []  # and the old one's outcomes are gone with it
+    off = deploy(store, ctx, "srv", version=None, mode="off")
+    assert off.candidate_generation is None
+    again = deploy(store, ctx, "srv", version=2, mode="canary", weight=10)
+    assert again.candidate_generation == again.generation  # back after "off": a fresh window
 
 
 @pytest.mark.slow
@@ -140,7 +238,7 @@ def test_two_servers_roll_a_canary_back_on_their_pooled_requests(served: Served)
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from modelyard.serving import create_app, deploy, parse_config
+    from modelyard.serving import create_app, parse_config
     from modelyard.serving._deploy import current
 
     config = parse_config(
@@ -207,25 +305,40 @@ def _rollbacks(client: Any) -> float:
     )
 
 
-def test_a_malformed_shared_row_fails_the_share_not_the_window(store: Platform) -> None:
-    ctx = store.context()
-    with store.db.write() as s:
-        for bad in ('["fast"]', "{not json", '{"a": 1}'):
-            s.add(
-                CanaryOutcome(
-                    project_id=ctx.project_id,
-                    model="srv",
-                    generation=1,
-                    server=f"hostile-{bad[:3]}",
-                    ts=utcnow(),
-                    requests=1,
-                    errors=0,
-                    latencies=bad,
+@pytest.mark.slow
+def test_a_rollback_the_store_cannot_record_fails_no_request(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses the rollback (an outage): the candidate still leaves this server's traffic, every
+    client is answered by the stable version, and the server stops cleanly."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from modelyard.serving import create_app, parse_config
+    from modelyard.serving._deploy import current
+
+    config = parse_config(
+        {
+            "models": ["srv@live"],
+            "auth": False,
+            "canary": {"max_error_rate": 0.2, "max_p95_ms": 60_000, "min_requests": 3, "share_s": 0.2},
+        }
+    )
+    p = Platform(load_settings(home=served.home))
+    try:
+        deploy(p, p.context(), "srv", version=3, mode="canary", weight=100, reason="unrecordable rollback")
+        monkeypatch.setattr(_deploy, "rollback_candidate", outage)
+        with TestClient(create_app(config, p)) as client:
+            for i in range(6):
+                r = client.post(
+                    "/v1/models/srv:predict", json={"inputs": [f"normalise date (de-DE): 0{i}.03.2013"]}
                 )
-            )
-    w = SloWindow(SLO, generation=1)
-    for _ in range(SLO.min_requests):
-        w.add(False, 1.0)
-    with pytest.raises(ValueError):  # the serving loop logs it and offers its outcomes again
-        exchange(store, w, "a")
-    assert w.breach() == "error rate 100.0% over 10 requests > 20.0%"  # its own requests still count
+                assert r.status_code == 200 and r.json()["version"] == 1, r.text
+            assert "candidate" not in client.get("/v1/models").json()["models"][0]
+            assert _rollbacks(client) == 0  # nothing was switched off in the store
+        dep = current(p, p.context(), "srv")
+        assert dep is not None and dep.mode == "canary"  # the store never heard of it
+    finally:
+        monkeypatch.undo()
+        deploy(p, p.context(), "srv", version=None, mode="off", reason="test cleanup")
+        p.close()

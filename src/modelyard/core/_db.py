@@ -7,10 +7,11 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, func, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -147,6 +148,16 @@ class MetadataStore:
     @property
     def safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
+
+    def now(self) -> Any:
+        """The clock that rows compared across processes share (heartbeats and their reaper, canary outcomes
+        and their window). On PostgreSQL, processes on several hosts write and compare, so both sides use
+        the database server's clock (their own may be skewed); a SQLite store is local, and its own
+        CURRENT_TIMESTAMP is naive text that compares wrongly with the stored format, so there the local
+        UTC clock is the one clock."""
+        if self.dialect == "postgresql":
+            return func.now()
+        return datetime.now(UTC)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

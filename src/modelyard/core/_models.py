@@ -443,6 +443,8 @@ class Deployment(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_by: Mapped[str] = mapped_column(String(160))
+    # The generation that put the current candidate in; its shared SLO window's key (CanaryOutcome).
+    candidate_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Prediction(Base):
@@ -484,7 +486,7 @@ class CanaryOutcome(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(128))
-    generation: Mapped[int] = mapped_column(Integer)  # the deployment generation the candidate belongs to
+    generation: Mapped[int] = mapped_column(Integer)  # the candidate's Deployment.candidate_generation
     server: Mapped[str] = mapped_column(String(96))  # host:pid:nonce of the worker that saw them
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     requests: Mapped[int] = mapped_column(Integer)

@@ -212,8 +212,12 @@ class Server:
         for task in (self._watcher, self._sharer, self._publisher, self._orphan_guard):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # a dead loop must not keep the rest (prediction log) from closing
+                    log.warning("serving: %s had stopped: %s", task.get_name(), exc)
         self.metrics.close()
         for route in self.routes.values():
             for slot in (route.stable, route.candidate):
@@ -264,10 +268,11 @@ class Server:
             if old is None or old.version != dep.candidate:
                 new = await asyncio.to_thread(self._load, f"{route.name}@{dep.candidate}")
                 new.batcher.start()
-                route.candidate, route.window = new, SloWindow(self.config.canary, dep.generation)
+                route.candidate = new
+            key = dep.candidate_generation if dep.candidate_generation is not None else dep.generation
+            if route.window is None or route.window.key != key:  # a weight or mode change keeps the window
+                route.window = SloWindow(self.config.canary, key)
             route.mode, route.weight = dep.mode, dep.weight
-            if route.window is not None:
-                route.window.generation = dep.generation
         route.generation = dep.generation
         self.metrics.set_model(route)
         if old is not None and old is not route.candidate:
@@ -282,14 +287,24 @@ class Server:
             return
         route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
         log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
-        switched = True  # counted where the store was switched off, or here alone if it could not be told
+        switched = False
         try:
             switched = await asyncio.to_thread(
                 rollback_candidate, self.platform, self.ctx, route.name, generation, reason
             )
-            route.generation = generation + 1
+        except Exception as exc:  # never the request's failure: the candidate is out of traffic here anyway
+            log.warning(
+                "serving %s: the rollback of candidate %s could not be recorded (%s); the other servers "
+                "judge the same shared window",
+                route.name,
+                old.version,
+                exc,
+            )
         finally:
-            if switched:  # another worker or replica that saw the same shared window got there first
+            # Counted where the store was switched off. When another worker or replica got there first (or the
+            # store could not be told), route.generation stays, so the next poll applies the store's state.
+            if switched:
+                route.generation = generation + 1
                 self.metrics.rollbacks.labels(route.name).inc()
             self.metrics.set_model(route)
             await old.close()
@@ -366,10 +381,10 @@ class Server:
                     cand.version,
                     type(exc).__name__,
                 )
-                await self._check_slo(route, window)
+                await self._check_slo(route, window, latency=False)
             else:
                 window.add(True, (time.perf_counter() - t0) * 1000)
-                await self._check_slo(route, window)
+                await self._check_slo(route, window, latency=False)
                 return cand, out
         for attempt in range(2):
             slot = route.stable
@@ -381,9 +396,10 @@ class Server:
         raise AssertionError("unreachable")
 
     async def _share(self) -> None:
-        """Every ``canary.share_s``: hand this server's new candidate outcomes to the metadata store, take the
-        other workers' and replicas' back, and judge the canary on all of them."""
-        from modelyard.serving._deploy import share_outcomes
+        """Every ``canary.share_s``: pool this server's candidate outcomes with the other workers' and
+        replicas' (share_window) and judge the canary on all of them, p95 included. A failure is logged and
+        the loop goes on: it must outlive a store outage or a rollback that could not be recorded."""
+        from modelyard.serving._deploy import share_window
 
         while True:
             await asyncio.sleep(self.config.canary.share_s)
@@ -391,29 +407,16 @@ class Server:
                 window = route.window
                 if window is None:
                     continue
-                mine = window.take_unshared()
                 try:
-                    others = await asyncio.to_thread(
-                        share_outcomes,
-                        self.platform,
-                        self.ctx,
-                        route.name,
-                        window.generation,
-                        self.server_id,
-                        mine,
-                        window_s=self.config.canary.window_s,
-                    )
+                    await share_window(self.platform, self.ctx, route.name, window, self.server_id)
+                    await self._check_slo(route, window)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the store is unreachable: judge on this server's requests alone
-                    window.untake(mine)
-                    log.warning("serving %s: could not share canary outcomes: %s", route.name, exc)
-                    continue
-                window.set_others(others)
-                await self._check_slo(route, window)
+                except Exception as exc:
+                    log.warning("serving %s: canary check failed: %s", route.name, exc)
 
-    async def _check_slo(self, route: Route, window: SloWindow) -> None:
-        reason = window.breach()
+    async def _check_slo(self, route: Route, window: SloWindow, *, latency: bool = True) -> None:
+        reason = window.breach(latency=latency)
         if reason is not None and route.window is window:
             await self._rollback(route, reason)
 

@@ -10,19 +10,25 @@ poll. Changing a deployment needs the engineer role (``model.deploy``), like mov
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, or_, select, update
+from sqlalchemy.orm import Session
 
 from modelyard.core._db import insert_for
 from modelyard.core._models import CanaryOutcome, Deployment
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.errors import UsageError
-from modelyard.serving._routing import Shared
+from modelyard.serving._routing import Shared, SloWindow
+
+log = logging.getLogger("modelyard.serving")
 
 # Latencies kept per shared row: a p95 from a uniform sample of this many is within a few ms of the
 # exact one, and a row stays small whatever the traffic.
@@ -41,6 +47,9 @@ class DeploymentInfo:
     reason: str
     updated_at: datetime
     updated_by: str
+    # The generation that put the current candidate in (kept while only its weight or mode changes): the
+    # key of its shared SLO window. None without a candidate.
+    candidate_generation: int | None = None
 
 
 def _info(row: Deployment) -> DeploymentInfo:
@@ -53,6 +62,7 @@ def _info(row: Deployment) -> DeploymentInfo:
         row.reason,
         as_utc(row.updated_at),
         row.updated_by,
+        row.candidate_generation,
     )
 
 
@@ -112,6 +122,21 @@ def deploy(
                 candidate=candidate,
                 weight=weight if mode != "off" else 0,
                 generation=Deployment.generation + 1,
+                # A new candidate (or one back after "off") starts a new SLO window; a weight or mode change
+                # keeps it. SET expressions read the row as it was before this UPDATE.
+                candidate_generation=None
+                if candidate is None
+                else case(
+                    (
+                        or_(
+                            Deployment.candidate.is_(None),
+                            Deployment.candidate != candidate,
+                            Deployment.candidate_generation.is_(None),
+                        ),
+                        Deployment.generation + 1,
+                    ),
+                    else_=Deployment.candidate_generation,
+                ),
                 reason=reason,
                 updated_at=now,
                 updated_by=ctx.user,
@@ -119,6 +144,7 @@ def deploy(
         )
         row = s.get(Deployment, (ctx.project_id, name))
         assert row is not None
+        _forget_outcomes(s, ctx, name, keep=row.candidate_generation)
         return _info(row)
 
 
@@ -149,6 +175,7 @@ def rollback_candidate(platform: Platform, ctx: Context, name: str, generation: 
             .values(
                 mode="off",
                 candidate=None,
+                candidate_generation=None,
                 weight=0,
                 generation=Deployment.generation + 1,
                 reason=f"automatic rollback: {reason}",
@@ -158,63 +185,129 @@ def rollback_candidate(platform: Platform, ctx: Context, name: str, generation: 
         )
         changed = int(result.rowcount or 0)
         if changed:
+            _forget_outcomes(s, ctx, name, keep=None)
             platform.audit(ctx, "model.deploy", f"deployment:{name}", "ok", detail, session=s)
     return bool(changed)
 
 
-def share_outcomes(
-    platform: Platform,
-    ctx: Context,
-    name: str,
-    generation: int,
-    server: str,
-    mine: Shared,
-    *,
-    window_s: float,
-) -> list[Shared]:
-    """Record this server's new outcomes of ``name``'s candidate (deployment ``generation``) and return the
-    other servers' rows of the last ``window_s`` seconds, so that every worker and replica judges the canary
-    on the same requests. Rows older than two windows go whenever rows are added. Like rollback_candidate,
-    not authorised against the server's role: it only informs the servers' own SLO checks."""
-    now = utcnow()
-    if mine.requests:
-        latencies = mine.latencies
-        if len(latencies) > SHARED_LATENCIES:
-            latencies = random.sample(latencies, SHARED_LATENCIES)
-        with platform.db.write() as s:
-            s.add(
-                CanaryOutcome(
-                    project_id=ctx.project_id,
-                    model=name,
-                    generation=generation,
-                    server=server,
-                    ts=now,
-                    requests=mine.requests,
-                    errors=mine.errors,
-                    latencies=json.dumps([round(ms, 2) for ms in latencies]),
-                )
+def _forget_outcomes(s: Session, ctx: Context, name: str, *, keep: int | None) -> None:
+    """Shared canary outcomes of candidates that are no longer deployed go with their deployment."""
+    where = [CanaryOutcome.project_id == ctx.project_id, CanaryOutcome.model == name]
+    if keep is not None:
+        where.append(CanaryOutcome.generation != keep)
+    s.execute(delete(CanaryOutcome).where(*where))
+
+
+# -- the canary's SLO window, pooled by every worker and replica of a model ---------------------------------
+# A row is one server's outcomes over about share_s. Rows are data other processes wrote, so each is
+# checked before it counts: a malformed or hostile one (negative counts, NaN, a huge list) is skipped,
+# never allowed to hide a breach or fake one. Rows dated ahead of the store's clock are ignored and deleted.
+MAX_ROW_REQUESTS = 10_000_000
+MAX_ROW_TEXT = SHARED_LATENCIES * 24
+FUTURE = timedelta(seconds=60)
+
+
+def add_outcomes(
+    platform: Platform, ctx: Context, name: str, key: int, server: str, mine: Shared, *, window_s: float
+) -> None:
+    """Record this server's new outcomes of ``name``'s candidate (window ``key``); rows older than two
+    windows, or dated in the future, go on the way. Like rollback_candidate, not authorised against the
+    server's role: it only informs the servers' own SLO checks."""
+    latencies = mine.latencies
+    if len(latencies) > SHARED_LATENCIES:
+        latencies = random.sample(latencies, SHARED_LATENCIES)
+    with platform.db.write() as s:
+        now = platform.db.now()
+        s.add(
+            CanaryOutcome(
+                project_id=ctx.project_id,
+                model=name,
+                generation=key,
+                server=server,
+                ts=now,
+                requests=mine.requests,
+                errors=mine.errors,
+                latencies=json.dumps([round(ms, 2) for ms in latencies]),
             )
-            s.execute(
-                delete(CanaryOutcome).where(
-                    CanaryOutcome.project_id == ctx.project_id,
-                    CanaryOutcome.model == name,
+        )
+        s.execute(
+            delete(CanaryOutcome).where(
+                CanaryOutcome.project_id == ctx.project_id,
+                CanaryOutcome.model == name,
+                or_(
                     CanaryOutcome.ts < now - timedelta(seconds=2 * window_s),
-                )
+                    CanaryOutcome.ts > now + FUTURE,
+                ),
             )
-    with platform.db.read() as s:  # an idle server only reads: no write lock every second
+        )
+
+
+def other_outcomes(
+    platform: Platform, ctx: Context, name: str, key: int, server: str, *, window_s: float
+) -> tuple[list[Shared], int]:
+    """The other servers' rows of window ``key`` from the last ``window_s`` seconds, and how many rows were
+    skipped as malformed."""
+    with platform.db.read() as s:  # a plain read: an idle server takes no write lock every second
+        now = platform.db.now()
         rows = s.execute(
-            select(CanaryOutcome.ts, CanaryOutcome.requests, CanaryOutcome.errors, CanaryOutcome.latencies)
+            select(CanaryOutcome.requests, CanaryOutcome.errors, CanaryOutcome.latencies)
             .where(
                 CanaryOutcome.project_id == ctx.project_id,
                 CanaryOutcome.model == name,
-                CanaryOutcome.generation == generation,
+                CanaryOutcome.generation == key,
                 CanaryOutcome.server != server,
                 CanaryOutcome.ts >= now - timedelta(seconds=window_s),
+                CanaryOutcome.ts <= now + FUTURE,
             )
             .order_by(CanaryOutcome.id)
         ).all()
-    # float() of each: a malformed row fails this share (logged by the caller), never a request's SLO check.
-    return [
-        Shared(as_utc(ts).timestamp(), int(n), int(errors), [float(ms) for ms in json.loads(lat)])
-        for ts, n, errors, lat in rows
-    ]
+    valid = [_parse_row(n, errors, text) for n, errors, text in rows]
+    return [r for r in valid if r is not None], sum(r is None for r in valid)
+
+
+def _parse_row(n: object, errors: object, text: object) -> Shared | None:
+    if not (isinstance(n, int) and isinstance(errors, int) and 0 <= errors <= n <= MAX_ROW_REQUESTS):
+        return None
+    if not isinstance(text, str) or len(text) > MAX_ROW_TEXT:
+        return None
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(values, list) or len(values) > min(n - errors, SHARED_LATENCIES):
+        return None
+    latencies = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            return None
+        latencies.append(float(v))
+    return Shared(n, errors, latencies)
+
+
+async def share_window(platform: Platform, ctx: Context, name: str, window: SloWindow, server: str) -> None:
+    """One turn of a server's share loop for one model: store this server's new outcomes, then fetch the
+    others'. The window is touched only here, on the event loop; the store is called in a thread. Outcomes
+    are offered again only when storing them failed (a failed fetch after a stored row would otherwise
+    store them twice); a failed fetch leaves the window to this server's own outcomes."""
+    window_s = window.slo.window_s
+    mine = window.take_unshared()
+    if mine.requests:
+        try:
+            await asyncio.to_thread(
+                add_outcomes, platform, ctx, name, window.key, server, mine, window_s=window_s
+            )
+        except Exception as exc:
+            window.untake(mine)
+            log.warning("serving %s: could not store canary outcomes: %s", name, exc)
+    try:
+        others, skipped = await asyncio.to_thread(
+            other_outcomes, platform, ctx, name, window.key, server, window_s=window_s
+        )
+    except Exception as exc:
+        window.set_others([])
+        log.warning("serving %s: could not read other servers' canary outcomes: %s", name, exc)
+        return
+    window.set_others(others)
+    if skipped and not window.warned:
+        window.warned = True
+        log.warning("serving %s: skipped %d malformed canary outcome rows in the store", name, skipped)

@@ -23,10 +23,9 @@ from modelyard.serving._config import Canary, ServeConfig
 
 @dataclass(frozen=True)
 class Shared:
-    """Candidate outcomes as servers share them: when, how many requests, how many failed, and the
-    latencies (ms) of those that succeeded (a sample when there were many)."""
+    """Candidate outcomes as servers share them: how many requests, how many failed, and the latencies (ms)
+    of those that succeeded (a sample when there were many)."""
 
-    at: float  # wall-clock seconds
     requests: int
     errors: int
     latencies: list[float]
@@ -81,62 +80,83 @@ class Slot:
 
 
 class SloWindow:
-    """A candidate's recent outcomes, judged against its SLOs: this server's own requests (time, ok, latency
-    ms) plus the rows other servers of the model shared through the metadata store (see
-    ``serving._deploy.share_outcomes``), so that N workers or replicas breach after ``min_requests`` in all,
-    not N times as many. Times are wall-clock: they are compared across processes and hosts."""
+    """A candidate's recent outcomes, judged against its SLOs: this server's own requests plus the rows the
+    other servers of the model shared through the metadata store (``serving._deploy.share_window``), so
+    that N workers or replicas breach after ``min_requests`` in all, not N times as many.
 
-    def __init__(self, slo: Canary, generation: int) -> None:
+    Own outcomes are kept with the monotonic clock and counted as they come, so the request path checks
+    the error rate in constant time; the p95 needs a sort and is checked by the share loop (every
+    ``share_s``). The others' rows are selected by the store's clock when fetched and replace the last
+    fetch. A sampled row weighs each of its latencies as the successes it stands for."""
+
+    def __init__(self, slo: Canary, key: int) -> None:
         self.slo = slo
-        self.generation = generation  # of the deployment this candidate belongs to: the shared rows' key
-        self._events: deque[tuple[float, bool, float]] = deque()
-        self._unshared = 0  # the newest events not handed to take_unshared() yet
+        self.key = key  # the deployment generation that put this candidate in: the shared rows' key
+        self.warned = False  # about malformed shared rows, once per window
+        self._events: deque[tuple[float, bool, float]] = deque()  # (monotonic time, ok, latency ms)
+        self._errors = 0  # failures among _events
+        self._unshared = 0  # the newest events not taken by take_unshared() yet
         self._others: list[Shared] = []
+        self._other_requests = 0
+        self._other_errors = 0
 
     def add(self, ok: bool, latency_ms: float) -> None:
-        self._events.append((time.time(), ok, latency_ms))
+        self._events.append((time.monotonic(), ok, latency_ms))
+        self._errors += not ok
         self._unshared += 1
 
+    def _prune(self) -> None:
+        cutoff = time.monotonic() - self.slo.window_s
+        while self._events and self._events[0][0] < cutoff:
+            self._errors -= not self._events.popleft()[1]
+        self._unshared = min(self._unshared, len(self._events))
+
     def take_unshared(self) -> Shared:
-        """This server's outcomes since the last call, to share: (now, requests, errors, ok latencies)."""
-        n = min(self._unshared, len(self._events))
-        self._unshared = 0
+        """This server's outcomes since the last call, to share."""
+        self._prune()
+        n, self._unshared = self._unshared, 0
         new = list(itertools.islice(self._events, len(self._events) - n, None))
-        return Shared(time.time(), n, sum(1 for _, ok, _ in new if not ok), [ms for _, ok, ms in new if ok])
+        return Shared(n, sum(1 for _, ok, _ in new if not ok), [ms for _, ok, ms in new if ok])
 
     def untake(self, shared: Shared) -> None:
-        """Sharing failed: offer these outcomes again next time (those still in the window)."""
+        """Storing them failed: offer these outcomes again next time (those still in the window)."""
         self._unshared += shared.requests
+        self._prune()
 
     def set_others(self, rows: list[Shared]) -> None:
         self._others = rows
+        self._other_requests = sum(r.requests for r in rows)
+        self._other_errors = sum(r.errors for r in rows)
 
-    def _current(self) -> tuple[int, int, list[float]]:
-        cutoff = time.time() - self.slo.window_s
-        while self._events and self._events[0][0] < cutoff:
-            self._events.popleft()
-        others = [r for r in self._others if r.at >= cutoff]
-        n = len(self._events) + sum(r.requests for r in others)
-        errors = sum(1 for _, ok, _ in self._events if not ok) + sum(r.errors for r in others)
-        latencies = [ms for _, ok, ms in self._events if ok]
-        for r in others:
-            latencies += r.latencies
-        return n, errors, latencies
-
-    def breach(self) -> str | None:
-        """Why the candidate breaks its SLOs over the window, or None (also while too few requests)."""
-        n, errors, latencies = self._current()
+    def breach(self, *, latency: bool = True) -> str | None:
+        """Why the candidate breaks its SLOs over the window, or None (also while too few requests).
+        ``latency=False``: the error rate only (the request path)."""
+        self._prune()
+        n = len(self._events) + self._other_requests
         if n < self.slo.min_requests:
             return None
+        errors = self._errors + self._other_errors
         if errors / n > self.slo.max_error_rate:
             return f"error rate {errors / n:.1%} over {n} requests > {self.slo.max_error_rate:.1%}"
-        if len(latencies) >= self.slo.min_requests:
-            latencies.sort()
-            p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-            if p95 > self.slo.max_p95_ms:
-                return (
-                    f"p95 latency {p95:.0f} ms over {len(latencies)} requests > {self.slo.max_p95_ms:.0f} ms"
-                )
+        if not latency:
+            return None
+        weighted = [(ms, 1.0) for _, ok, ms in self._events if ok]
+        for r in self._others:
+            if r.latencies:
+                weight = (r.requests - r.errors) / len(r.latencies)
+                weighted += [(ms, weight) for ms in r.latencies]
+        total = sum(w for _, w in weighted)
+        if total < self.slo.min_requests:
+            return None
+        weighted.sort()
+        seen, p95 = 0.0, weighted[-1][0]
+        for ms, w in weighted:  # the smallest latency with 95% of the weight at or below it
+            seen += w
+            if seen >= 0.95 * total - 1e-9:
+                p95 = ms
+                break
+        if p95 > self.slo.max_p95_ms:
+            return f"p95 latency {p95:.0f} ms over {round(total)} requests > {self.slo.max_p95_ms:.0f} ms"
         return None
 
 

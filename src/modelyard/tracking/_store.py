@@ -143,14 +143,6 @@ def check_experiment(name: object) -> str:
     return name
 
 
-def _db_now(platform: Platform) -> Any:
-    """The clock that heartbeats and the reaper's cutoff share. On PostgreSQL, processes on several hosts
-    write heartbeats and reap each other's runs, so both sides use the database server's clock (their
-    own may be skewed); a SQLite store is local, and its own CURRENT_TIMESTAMP is naive text that compares
-    wrongly with the stored format, so there the local UTC clock is the one clock."""
-    return func.now() if platform.db.dialect == "postgresql" else utcnow()
-
-
 # -- read models ----------------------------------------------------------------------------------------
 @dataclass
 class RunInfo:
@@ -328,7 +320,7 @@ def create_run(
                 name=name or f"run-{run_id[:8]}",
                 status="RUNNING",
                 start_time=now,
-                heartbeat_at=_db_now(platform),
+                heartbeat_at=platform.db.now(),
                 user=ctx.user,
                 host=host[:256],
                 pid=pid,
@@ -345,7 +337,7 @@ def resume_run(platform: Platform, ctx: Context, run_id: str) -> None:
     check_run_id(run_id)
     with platform.mutate(ctx, "run.write", run_ref(run_id), {"resume": True}) as s:
         run = _run_row(s, ctx, run_id)
-        run.status, run.end_time, run.reason, run.heartbeat_at = "RUNNING", None, None, _db_now(platform)
+        run.status, run.end_time, run.reason, run.heartbeat_at = "RUNNING", None, None, platform.db.now()
 
 
 def end_run(
@@ -529,7 +521,7 @@ def heartbeat(platform: Platform, run_id: str) -> None:
         s.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == "RUNNING")
-            .values(heartbeat_at=_db_now(platform))
+            .values(heartbeat_at=platform.db.now())
         )
 
 
@@ -538,14 +530,14 @@ def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]
     and one audit record each (actor ``system:reaper``). Scoped to ctx's project when given. Cheap when
     there is nothing to reap: one indexed read, no write lock."""
     timeout = platform.settings.run_heartbeat_timeout_s
-    cutoff = _db_now(platform) - timedelta(seconds=timeout)
+    cutoff = platform.db.now() - timedelta(seconds=timeout)
     cond = [Run.status == "RUNNING", or_(Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None))]
     if ctx is not None:
         cond.append(Run.project_id == ctx.project_id)
     with platform.db.read() as s:
         if s.execute(select(Run.id).where(*cond).limit(1)).first() is None:
             return []
-    now = _db_now(platform)
+    now = platform.db.now()
     reason = f"no heartbeat for {timeout:g}s: the process died or lost the store"
     with platform.db.write() as s:
         # RETURNING names exactly the runs this UPDATE changed: a concurrent reaper (or a heartbeat that

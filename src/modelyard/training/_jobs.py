@@ -204,14 +204,6 @@ def read_recipe(path: str | os.PathLike[str]) -> tuple[str, Recipe]:
     return text, parse_recipe(parsed, source=str(p))
 
 
-def _db_now(platform: Platform) -> Any:
-    """Heartbeats and the stale cutoff share one clock: the server's on PostgreSQL (workers on several
-    hosts), the local UTC clock on SQLite (one host), as the tracking reaper does."""
-    from sqlalchemy import func
-
-    return func.now() if platform.db.dialect == "postgresql" else utcnow()
-
-
 # -- read model ----------------------------------------------------------------------------------------------
 @dataclass
 class JobInfo:
@@ -657,7 +649,7 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
     lost the store) with ``retries`` + 1, or mark them FAILED once retries exceed ``max_retries``. One audit
     record each (actor ``system:reaper``). Returns (job id, new status). Cheap when nothing is stale."""
     timeout = platform.settings.job_heartbeat_timeout_s
-    cutoff = _db_now(platform) - timedelta(seconds=timeout)
+    cutoff = platform.db.now() - timedelta(seconds=timeout)
     cond = [
         Job.status == "RUNNING",
         Job.backend == "local",
@@ -954,7 +946,7 @@ class Worker:
             if job is None or not self._fits(job):
                 return False
             job.status, job.worker, job.attempts = "RUNNING", self.name, job.attempts + 1
-            job.started_at, job.heartbeat_at, job.exit_code = utcnow(), _db_now(self.platform), None
+            job.started_at, job.heartbeat_at, job.exit_code = utcnow(), self.platform.db.now(), None
             s.flush()
             s.refresh(job)
             info = _info(job, self.ctx.project)
@@ -1069,7 +1061,7 @@ class Worker:
             s.execute(
                 update(Job)
                 .where(Job.id.in_(list(self.running)), Job.status == "RUNNING", Job.worker == self.name)
-                .values(heartbeat_at=_db_now(self.platform))
+                .values(heartbeat_at=self.platform.db.now())
                 .execution_options(synchronize_session=False)
             )
 

@@ -1,4 +1,5 @@
-"""Serving: canary outcomes shared by every worker and replica of a model (one SLO window for all).
+"""Serving: canary outcomes shared by every worker and replica of a model (one SLO window for all), keyed
+by the generation that put the candidate in.
 
 Revision ID: 0007_canary_window
 Revises: 0006_serving
@@ -15,6 +16,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("deployments", sa.Column("candidate_generation", sa.Integer, nullable=True))
+    op.execute("UPDATE deployments SET candidate_generation = generation WHERE candidate IS NOT NULL")
     op.create_table(
         "canary_outcomes",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -35,3 +38,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_canary_outcomes_model", table_name="canary_outcomes")
     op.drop_table("canary_outcomes")
+    with op.batch_alter_table("deployments") as batch:  # SQLite rebuilds the table to drop a column
+        batch.drop_column("candidate_generation")
