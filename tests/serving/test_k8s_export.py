@@ -53,6 +53,7 @@ def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: P
     assert (
         served["models"] == ["support@production"] and served["auth"] is True and served["host"] == "0.0.0.0"
     )
+    assert served["workers"] == 1 and served["replicated"] is True  # feedback waits for other replicas
     metrics = docs["horizontalpodautoscaler"]["spec"]["metrics"]
     assert {m["type"] for m in metrics} == {"Resource", "Pods"}
     assert any(m.get("pods", {}).get("metric", {}).get("name") == "yard_queue_depth" for m in metrics)

@@ -51,7 +51,7 @@ from modelyard.serving._routing import Params, Route, Slot, SloWindow
 
 log = logging.getLogger("modelyard.serving")
 TOKEN_CACHE_S = 30.0
-FEEDBACK_GRACE_S = 2.0  # with several workers: how long past flush_s feedback waits for its prediction
+FEEDBACK_GRACE_S = 2.0  # several workers or replicas: how long past flush_s feedback waits for its prediction
 _KEYS = frozenset({"inputs", "parameters", "key"})
 
 
@@ -571,9 +571,10 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
                 422, "validation_error", 'expected {"request_id": "...", "index": 0, "target": "..."}'
             )
         server.predlog.flush()  # the prediction may still be in the buffer
-        # With several workers, another worker may have answered it and still hold it in its buffer; that
-        # worker stores it within flush_s, so until then a miss is retried (a wait, not a busy thread).
-        patience = config.logging.flush_s + FEEDBACK_GRACE_S if config.workers > 1 else 0.0
+        # With several workers or replicas, another one may have answered it and still hold it in its buffer;
+        # that one stores it within flush_s, so until then a miss is retried (a wait, not a busy thread).
+        shared = config.workers > 1 or config.replicated
+        patience = config.logging.flush_s + FEEDBACK_GRACE_S if shared else 0.0
         deadline = time.monotonic() + patience
         while True:
             try:

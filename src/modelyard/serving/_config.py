@@ -73,6 +73,9 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Other servers (replicas behind one Service, set by --export k8s) answer this model's predictions too:
+    # feedback for one this server has not seen waits for theirs to be stored, as across workers.
+    replicated: bool = False
     auth: bool = True
     threads: Annotated[int, Field(ge=1, le=256)] | None = None  # inference threads per model
     alias_poll_s: Annotated[float, Field(gt=0, le=3600)] = 5.0

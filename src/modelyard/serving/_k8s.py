@@ -66,7 +66,9 @@ def manifests(
     first = parse_spec(config.models[0])[0]
     name = _label(f"yard-serve-{first}".lower()).replace(".", "-").replace("_", "-")[:63].strip("-")
     settings = platform.settings
-    served = config.model_copy(update={"host": "0.0.0.0", "port": 8000, "workers": 1})  # noqa: S104 (in a pod)
+    served = config.model_copy(  # one worker per pod; replicas (and the autoscaler's) answer side by side
+        update={"host": "0.0.0.0", "port": 8000, "workers": 1, "replicated": True}  # noqa: S104 (in a pod)
+    )
     labels = {
         "app.kubernetes.io/name": "modelyard",
         "app.kubernetes.io/component": "serving",
