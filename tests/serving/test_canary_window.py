@@ -306,11 +306,12 @@ def _rollbacks(client: Any) -> float:
 
 
 @pytest.mark.slow
-def test_a_rollback_the_store_cannot_record_fails_no_request(
+def test_a_rollback_the_store_cannot_record_fails_no_request_and_is_recorded_later(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store refuses the rollback (an outage): the candidate still leaves this server's traffic, every
-    client is answered by the stable version, and the server stops cleanly."""
+    client is answered by the stable version, a weight change made meanwhile does not bring the candidate
+    back, and once the store takes writes again the rollback is recorded (and counted) once."""
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -321,12 +322,14 @@ def test_a_rollback_the_store_cannot_record_fails_no_request(
         {
             "models": ["srv@live"],
             "auth": False,
+            "alias_poll_s": 0.2,
             "canary": {"max_error_rate": 0.2, "max_p95_ms": 60_000, "min_requests": 3, "share_s": 0.2},
         }
     )
     p = Platform(load_settings(home=served.home))
+    ctx = p.context()
     try:
-        deploy(p, p.context(), "srv", version=3, mode="canary", weight=100, reason="unrecordable rollback")
+        deploy(p, ctx, "srv", version=3, mode="canary", weight=100, reason="unrecordable rollback")
         monkeypatch.setattr(_deploy, "rollback_candidate", outage)
         with TestClient(create_app(config, p)) as client:
             for i in range(6):
@@ -335,10 +338,22 @@ def test_a_rollback_the_store_cannot_record_fails_no_request(
                 )
                 assert r.status_code == 200 and r.json()["version"] == 1, r.text
             assert "candidate" not in client.get("/v1/models").json()["models"][0]
-            assert _rollbacks(client) == 0  # nothing was switched off in the store
-        dep = current(p, p.context(), "srv")
-        assert dep is not None and dep.mode == "canary"  # the store never heard of it
+            dep = current(p, ctx, "srv")
+            assert dep is not None and dep.mode == "canary"  # the store has not heard of it yet
+            deploy(p, ctx, "srv", version=3, mode="canary", weight=50, reason="meanwhile")  # same candidate
+            time.sleep(1.5)  # several polls
+            assert "candidate" not in client.get("/v1/models").json()["models"][0]
+            assert _rollbacks(client) == 0
+
+            monkeypatch.undo()  # the store takes writes again
+            deadline = time.monotonic() + 20
+            while (dep := current(p, ctx, "srv")) is not None and dep.mode != "off":
+                assert time.monotonic() < deadline, "the pending rollback was never recorded"
+                time.sleep(0.1)
+            assert dep is not None and dep.reason.startswith("automatic rollback: error rate")
+            assert _rollbacks(client) == 1
+            assert "candidate" not in client.get("/v1/models").json()["models"][0]
     finally:
         monkeypatch.undo()
-        deploy(p, p.context(), "srv", version=None, mode="off", reason="test cleanup")
+        deploy(p, ctx, "srv", version=None, mode="off", reason="test cleanup")
         p.close()

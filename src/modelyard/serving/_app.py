@@ -233,6 +233,7 @@ class Server:
             await asyncio.sleep(self.config.alias_poll_s)
             for route in list(self.routes.values()):
                 try:
+                    await self._record_rollback(route)
                     await self._follow_alias(route)
                     await self._follow_deployment(route)
                 except asyncio.CancelledError:
@@ -261,6 +262,8 @@ class Server:
         dep = await asyncio.to_thread(current, self.platform, self.ctx, route.name)
         if dep is None or dep.generation == route.generation:
             return
+        if route.unrecorded is not None and dep.candidate_generation == route.unrecorded[0]:
+            return  # the candidate this server rolled back: never back in traffic before the store knows
         old = route.candidate
         if dep.mode == "off" or dep.candidate is None:
             route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
@@ -280,34 +283,43 @@ class Server:
 
     async def _rollback(self, route: Route, reason: str) -> None:
         """The candidate breached its SLOs: out of traffic here at once, then in the store (audited)."""
-        from modelyard.serving._deploy import rollback_candidate
-
-        old, generation = route.candidate, route.generation
-        if old is None:
+        old, window = route.candidate, route.window
+        if old is None or window is None:
             return
         route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
         log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
-        switched = False
+        route.unrecorded = (window.key, reason)
+        try:
+            await self._record_rollback(route)
+        finally:
+            self.metrics.set_model(route)
+            await old.close()
+
+    async def _record_rollback(self, route: Route) -> None:
+        """Switch the deployment off in the store for a rollback taken here; on failure it stays pending and
+        the watch loop tries again, so that neither the store nor a restarted server puts the candidate back.
+        route.generation is left alone: the next poll applies whatever the store then says. Counted where
+        the store was switched off (not where another worker or replica got there first)."""
+        from modelyard.serving._deploy import rollback_candidate
+
+        if route.unrecorded is None:
+            return
+        key, reason = route.unrecorded
         try:
             switched = await asyncio.to_thread(
-                rollback_candidate, self.platform, self.ctx, route.name, generation, reason
+                rollback_candidate, self.platform, self.ctx, route.name, key, reason
             )
         except Exception as exc:  # never the request's failure: the candidate is out of traffic here anyway
             log.warning(
-                "serving %s: the rollback of candidate %s could not be recorded (%s); the other servers "
-                "judge the same shared window",
+                "serving %s: the rollback could not be recorded yet (%s); retrying every %s s",
                 route.name,
-                old.version,
                 exc,
+                self.config.alias_poll_s,
             )
-        finally:
-            # Counted where the store was switched off. When another worker or replica got there first (or the
-            # store could not be told), route.generation stays, so the next poll applies the store's state.
-            if switched:
-                route.generation = generation + 1
-                self.metrics.rollbacks.labels(route.name).inc()
-            self.metrics.set_model(route)
-            await old.close()
+            return
+        route.unrecorded = None
+        if switched:
+            self.metrics.rollbacks.labels(route.name).inc()
 
     # -- auth ------------------------------------------------------------------------------------------------
     async def authenticate(self, request: Request, model: str) -> Context:

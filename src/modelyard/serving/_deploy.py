@@ -157,19 +157,20 @@ def current(platform: Platform, ctx: Context, name: str) -> DeploymentInfo | Non
         return _info(row) if row is not None else None
 
 
-def rollback_candidate(platform: Platform, ctx: Context, name: str, generation: int, reason: str) -> bool:
-    """A server's automatic rollback of a candidate that breached its SLOs: switch the deployment off if it
-    is still the one the server followed (``generation``), and audit it with the reason. Not authorised
-    against the server's role on purpose: any server of the model may take its own candidate out of
-    traffic, never put one in. Returns whether this call switched it off."""
-    detail: dict[str, Any] = {"automatic": True, "reason": reason, "generation": generation}
+def rollback_candidate(platform: Platform, ctx: Context, name: str, key: int, reason: str) -> bool:
+    """A server's automatic rollback of a candidate that breached its SLOs: switch the deployment off if the
+    candidate the server judged (window ``key``, its ``candidate_generation``) is still deployed, whatever
+    weight or mode changes came since, and audit it with the reason. Not authorised against the server's
+    role on purpose: any server of the model may take its own candidate out of traffic, never put one in.
+    Returns whether this call switched it off (False: already off, or another candidate is deployed)."""
+    detail: dict[str, Any] = {"automatic": True, "reason": reason, "candidate_generation": key}
     with platform.db.write() as s:
         result: Any = s.execute(
             update(Deployment)
             .where(
                 Deployment.project_id == ctx.project_id,
                 Deployment.model == name,
-                Deployment.generation == generation,
+                Deployment.candidate_generation == key,
                 Deployment.mode != "off",
             )
             .values(
@@ -200,8 +201,10 @@ def _forget_outcomes(s: Session, ctx: Context, name: str, *, keep: int | None) -
 
 # -- the canary's SLO window, pooled by every worker and replica of a model ---------------------------------
 # A row is one server's outcomes over about share_s. Rows are data other processes wrote, so each is
-# checked before it counts: a malformed or hostile one (negative counts, NaN, a huge list) is skipped,
-# never allowed to hide a breach or fake one. Rows dated ahead of the store's clock are ignored and deleted.
+# checked before it counts: one no server could have written (negative counts, more errors than requests,
+# NaN, a huge list) is skipped, so a broken writer can neither hide a breach that way nor break the p95.
+# Rows dated ahead of the store's clock are ignored and deleted. The store's writers are trusted beyond
+# that: whoever can write plausible rows can also deploy.
 MAX_ROW_REQUESTS = 10_000_000
 MAX_ROW_TEXT = SHARED_LATENCIES * 24
 FUTURE = timedelta(seconds=60)

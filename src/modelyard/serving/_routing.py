@@ -170,6 +170,8 @@ class Route:
         self.weight = 0
         self.generation = 0
         self.window: SloWindow | None = None
+        # A rollback taken here that the store has not recorded yet: (window key, reason), retried.
+        self.unrecorded: tuple[int, str] | None = None
 
     def to_candidate(self, key: str | None) -> bool:
         """Whether this request goes to the candidate (ab, canary). With a key, the same key always lands on

@@ -481,7 +481,7 @@ def _insert_job(
                 max_retries=req.max_retries,
                 attempts=0,
                 retries=0,
-                submitted_at=utcnow(),
+                submitted_at=platform.db.now(),  # one clock for every submitter: aging compares these
                 submitted_by=ctx.user,
             )
             s.add(job)
