@@ -140,6 +140,39 @@ def test_sigterm_and_sigint_flush_and_end_killed(platform: Platform, sig: int, c
         assert [p.step for p in client.metric_history(run_id)["loss"]] == list(range(3000))
 
 
+@pytest.mark.slow
+def test_an_ignored_signal_stays_ignored(platform: Platform) -> None:
+    # A process that ignores SIGINT (nohup, a background job of a script) must keep ignoring it: the
+    # client installs no handler there, so SIGINT neither ends the run nor stops training. SIGTERM still
+    # ends it KILLED with every point.
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), "term", "500"],
+        env=_env(platform, YARD_METRIC_FLUSH_S="600", WORKER_KEEP_SIGINT="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        _, run_id, _ = _first_line(proc)
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+        with Client(platform=platform) as client:
+            assert client.get_run(run_id).status == "RUNNING"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    with Client(platform=platform) as client:
+        info = client.get_run(run_id)
+        assert info.status == "KILLED" and info.reason is not None and "SIGTERM" in info.reason
+        assert len(client.metric_history(run_id)["loss"]) == 500
+
+
 def test_a_run_left_open_is_finished_at_interpreter_exit(platform: Platform, tmp_path: Path) -> None:
     script = tmp_path / "open_run.py"
     script.write_text(

@@ -88,6 +88,12 @@ def end_fails_once(count: int) -> None:
 
 
 if __name__ == "__main__":
+    # A script started from a terminal gets Python's KeyboardInterrupt handler. One started by a
+    # non-interactive shell's background job (`cmd &`, as CI runners and `nohup ... &` do) inherits
+    # SIGINT ignored, which the client respects (see test_an_ignored_signal_stays_ignored), so these
+    # workers would shrug SIGINT off: give them the terminal's handler unless the test asks otherwise.
+    if os.environ.get("WORKER_KEEP_SIGINT") != "1":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     mode, *args = sys.argv[1:]
     if mode == "concurrent":
         concurrent(args[0], int(args[1]), int(args[2]))
