@@ -271,3 +271,36 @@ def test_kubernetes_apply_without_the_client_is_a_clear_error(yard: Yard, home_w
     r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", *CLUSTER)
     assert r.code == 1 and "pip install 'modelyard[k8s]'" in r.error
     assert _jobs_count(home_with_data) == 0
+
+
+@pytest.mark.slow
+def test_the_pods_command_runs_the_real_job_and_exits_with_its_status(
+    yard: Yard, home_with_data: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a recorded Kubernetes job's container runs, `yard worker --job ID`, with the real job command
+    (`yard train` given an option it does not know: exit 2 in seconds). No cluster here: only its API's
+    create call is replaced; the pod's process is the real one."""
+    from modelyard.training import _k8s
+
+    monkeypatch.setattr(_k8s, "apply_manifest", lambda m: f"default/{m['metadata']['name']}")
+    submit = ["jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--max-retries", "0", *CLUSTER]
+    r = yard(*submit, "--", "--no-such-option")
+    assert r.code == 0, r.err
+    job_id = int(r.out.strip())
+    assert f"job {job_id} kubernetes job default/yard-train-{job_id}" in r.err
+    assert yard("jobs", "show", str(job_id), "--json").json()["status"] == "SUBMITTED"
+    r = yard("worker", "--job", str(job_id), "--name", "yard-train-7-abcde")
+    assert r.code == 2, r.err  # the pod fails as its job did: the cluster counts it (backoffLimit)
+    assert "No such option: --no-such-option" in r.out  # the job's output, for kubectl logs
+    assert f"job {job_id} only" in r.err
+    shown = yard("jobs", "show", str(job_id), "--json").json()
+    assert (shown["status"], shown["exit_code"], shown["attempts"]) == ("FAILED", 2, 1)
+    assert shown["worker"] == "yard-train-7-abcde"
+    logs = yard("jobs", "logs", str(job_id), "-f")
+    assert logs.code == 0 and "No such option: --no-such-option" in logs.out
+    again = yard("worker", "--job", str(job_id))  # the cluster starting it again runs nothing
+    assert again.code == 0 and f"job {job_id} is not waiting to run" in again.err
+    local = int(yard("jobs", "submit", "recipe.yaml").out)
+    r = yard("worker", "--job", str(local))
+    assert r.code == 2 and "local job: workers claim it from the queue" in r.error
+    assert yard("jobs", "show", str(local), "--json").json()["status"] == "QUEUED"

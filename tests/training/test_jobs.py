@@ -326,16 +326,21 @@ def _worker_main(argv: list[str]) -> None:
     cpus = float(argv[argv.index("--cpus") + 1]) if "--cpus" in argv else 1.0
     platform = Platform()
     ctx = platform.context()
-    worker = _jobs.Worker(
-        platform,
-        ctx,
-        cpus=cpus,
-        gpus=0,
-        memory="1G",
-        name=name,
-        executor=trivial_executor(marks),
-        exit_when_idle="--drain" in argv,
-    )
+    if "--job" in argv:  # a Kubernetes job's pod: the job's own resources
+        worker = _jobs.Worker(
+            platform, ctx, name=name, executor=trivial_executor(marks), job=argv[argv.index("--job") + 1]
+        )
+    else:
+        worker = _jobs.Worker(
+            platform,
+            ctx,
+            cpus=cpus,
+            gpus=0,
+            memory="1G",
+            name=name,
+            executor=trivial_executor(marks),
+            exit_when_idle="--drain" in argv,
+        )
     print("ready", flush=True)
     if "--go" in argv:
         go = Path(argv[argv.index("--go") + 1])
@@ -694,6 +699,181 @@ def test_migration_matches_models_for_job_tables(platform: Platform) -> None:
     with platform.db.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in diffs if "job" in repr(d)] == []
+
+
+# -- Kubernetes: the pod runs `yard worker --job ID`, which mirrors the job into its row ---------------------
+CLUSTER = {"database_url": "postgresql://trainer@db.cluster/yard", "artifact_uri": "s3://models/yard"}
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[object]]:
+    """The cluster's API (no cluster here): what was created and deleted. The pod itself is the real thing,
+    a Worker bound to the job, as `yard worker --job ID` runs it in the container."""
+    from modelyard.training import _k8s
+
+    calls: dict[str, list[object]] = {"created": [], "deleted": []}
+
+    def create(manifest: dict[str, object]) -> str:
+        calls["created"].append(manifest)
+        meta = manifest["metadata"]
+        return f"{meta['namespace']}/{meta['name']}"  # type: ignore[index]
+
+    monkeypatch.setattr(_k8s, "apply_manifest", create)
+    monkeypatch.setattr(_k8s, "delete_job", calls["deleted"].append)
+    return calls
+
+
+def _pod_job(platform: Platform, ctx: Context, recipe: Path, **request: object) -> _jobs.JobInfo:
+    _, info = _jobs.submit_kubernetes_job(platform, ctx, recipe, **CLUSTER, **request)  # type: ignore[arg-type]
+    assert info is not None and info.status == "SUBMITTED"
+    return info
+
+
+def test_a_kubernetes_pod_mirrors_its_job_into_the_store(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, cpus=2, args=["--lines", "3"])
+    (manifest,) = cluster["created"]
+    container = manifest["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    assert container["command"] == ["python", "-m", "modelyard.cli", "worker", "--job", str(job.id)]
+    echoed: list[bytes] = []
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", job=job.id, echo=echoed.append) as w:
+        pass
+    assert (w.claimed, w.exit_code, w.cpus) == (1, 0, 2.0)  # the pod's resources are the job's
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.exit_code, final.worker) == ("SUCCEEDED", 1, 0, w.name)
+    assert final.finished_at is not None and final.external_id == f"default/yard-train-{job.id}"
+    logs = "".join(c.data for c in _jobs.iter_logs(platform, ctx, job.id, follow=True, timeout_s=10))
+    assert f"env {job.id}" in logs and "threads 2" in logs and "line 2" in logs and "to stderr" in logs
+    assert b"".join(echoed).decode() == logs  # kubectl logs shows the same output
+    # A pod started again for a finished job (a retry racing the success) runs nothing.
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", job=job.id) as again:
+        pass
+    assert again.claimed == 0 and len(read_marks(tmp_path / "marks")) == 1
+    with platform.db.read() as s:
+        events = s.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.resource == f"job:{job.id}", AuditRecord.action == "job.write"
+            )
+        ).all()
+    assert any('"claim"' in e for e in events) and any('"finish"' in e for e in events)
+
+
+def test_a_failed_pod_goes_back_to_the_cluster_until_its_last_attempt(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, args=["--exit", "3"], max_retries=1)
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", job=job.id) as first:
+        pass
+    row = jobs_by_id(platform)[job.id]
+    assert (first.exit_code, row.status, row.attempts, row.exit_code, row.worker) == (
+        3,
+        "SUBMITTED",
+        1,
+        3,
+        None,
+    )
+    assert row.reason == "attempt 1 of 2 failed: exit code 3; the cluster runs it again"
+    assert row.finished_at is None
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", job=job.id) as second:
+        pass
+    row = jobs_by_id(platform)[job.id]
+    assert (second.exit_code, row.status, row.attempts, row.reason) == (3, "FAILED", 2, "exit code 3")
+    with platform.db.read() as s:
+        attempts = set(s.scalars(select(JobLog.attempt).where(JobLog.job_id == job.id)))
+    assert attempts == {1, 2}
+
+
+def test_a_cancelled_pod_job_stops_and_a_stopped_pod_hands_its_job_back(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, args=["--sleep", "120", "--ignore-term"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, job=job.id) as w:
+        child = wait_for(lambda: read_marks(marks), what="the job to start")[0][3]  # type: ignore[index]
+        assert jobs_by_id(platform)[job.id].status == "RUNNING"
+        _jobs.cancel_job(platform, ctx, job.id)
+        wait_for(lambda: not alive(child), timeout=15, what="the cancelled job to be killed")
+    assert cluster["deleted"] == [f"default/yard-train-{job.id}"]
+    final = jobs_by_id(platform)[job.id]
+    assert final.status == "CANCELLED" and final.exit_code is None and not w.finished
+
+    # The cluster stops a pod (eviction, drain): SIGTERM makes the worker stop, as `yard worker` does.
+    other = _pod_job(platform, ctx, recipe, args=["--sleep", "120"])
+    marks2 = tmp_path / "marks2"
+    with ThreadWorker(fast(platform), ctx, marks2, job=other.id) as w2:
+        child = wait_for(lambda: read_marks(marks2), what="the job to start")[0][3]  # type: ignore[index]
+        w2.stop()
+    assert not alive(child)
+    row = jobs_by_id(platform)[other.id]
+    assert (row.status, row.attempts, row.worker) == ("SUBMITTED", 1, None)
+    assert row.reason == f"pod {w2.name} was stopped; the cluster may run it again"
+    assert w2.exit_code == -signal.SIGTERM
+
+
+def test_a_silent_pod_is_reaped_back_to_the_cluster_then_failed(
+    queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+) -> None:
+    platform, ctx, recipe = queue
+    job = _pod_job(platform, ctx, recipe, args=["--sleep", "120"], max_retries=1)
+    marks = tmp_path / "marks"
+
+    def pod_dies_with_its_node(attempt: int) -> None:
+        """SIGKILL, no last word; the job's process dies with it (PDEATHSIG)."""
+        proc = spawn_worker(platform, f"pod-{attempt}", marks, "--job", str(job.id))
+        try:
+            mark = wait_for(lambda: [m for m in read_marks(marks) if m[1] == attempt], what="the job")
+            child = mark[0][3]  # type: ignore[index]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wait_for(lambda: not alive(child), timeout=10, what="the job process to die")
+
+    short = fast(platform)
+    try:
+        for attempt, expected in ((1, "SUBMITTED"), (2, "FAILED")):
+            pod_dies_with_its_node(attempt)
+            assert jobs_by_id(platform)[job.id].status == "RUNNING"
+            reaped = wait_for(lambda: _jobs.reap_stale_jobs(short, ctx), what="the reaper")
+            assert reaped == [(job.id, expected)]
+            row = jobs_by_id(platform)[job.id]
+            assert (row.status, row.attempts, row.worker, row.retries) == (expected, attempt, None, 0)
+            assert row.reason is not None and f"pod pod-{attempt}" in row.reason
+    finally:
+        short.close()
+    assert "last attempt (max retries 1)" in (row.reason or "")
+    assert row.finished_at is not None
+
+
+def test_who_may_run_a_pod_job(
+    local_queue: tuple[Platform, Context, Path], cluster: dict[str, list[object]]
+) -> None:
+    platform, admin, recipe = local_queue
+    viewer = actor(platform, admin, "vic", "viewer")
+    sam = actor(platform, admin, "sam", "scientist")
+    sue = actor(platform, admin, "sue", "scientist")
+    eve = actor(platform, admin, "eve", "engineer")
+    job = _pod_job(platform, sam, recipe)
+    assert _jobs.Worker(platform, sam, job=job.id).action == "job.write"  # the submitter's own token
+    assert _jobs.Worker(platform, eve, job=f"job:{job.id}").action == "worker.run"
+    with pytest.raises(PermissionDeniedError, match="engineer"):
+        _jobs.Worker(platform, sue, job=job.id)  # could otherwise mark anyone's job done
+    with pytest.raises(PermissionDeniedError):
+        _jobs.Worker(platform, viewer, job=job.id)
+    local = _jobs.submit_job(platform, sam, recipe)
+    with pytest.raises(UsageError, match="local job: workers claim it from the queue"):
+        _jobs.Worker(platform, sam, job=local.id)
+    with pytest.raises(NotFoundError, match="job 999 not found"):
+        _jobs.Worker(platform, eve, job=999)
+    with pytest.raises(UsageError, match="not a job id"):
+        _jobs.Worker(platform, eve, job="x")
+    assert {j.status for j in _jobs.list_jobs(platform, admin)} == {"SUBMITTED", "QUEUED"}  # unchanged
 
 
 # -- the real command: yard train through the queue ---------------------------------------------------------

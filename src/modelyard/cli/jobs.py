@@ -238,10 +238,20 @@ def worker(
     exit_when_idle: bool = typer.Option(
         False, "--exit-when-idle", help="Stop when nothing runs and nothing that fits is queued."
     ),
+    job: str | None = typer.Option(
+        None,
+        "--job",
+        help="Run this one Kubernetes job (what its pod runs) with the resources it asked for, mirror its "
+        "status and output into the store, print the output too, and exit with its exit status.",
+    ),
 ) -> None:
     """Run queued jobs of the project while their CPUs, GPUs and memory fit; SIGTERM or Ctrl-C hands running
     jobs back to the queue."""
     from modelyard.training._jobs import Worker, format_memory
+
+    def echo(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
 
     with acting() as (platform, ctx):
         w = Worker(
@@ -254,10 +264,12 @@ def worker(
             max_jobs=max_jobs,
             exit_when_idle=exit_when_idle,
             log=lambda msg: err_console.print(msg, markup=False),
+            job=job,
+            echo=echo if job is not None else None,
         )
         err_console.print(
             f"worker {w.name}: project {ctx.project}, {w.cpus:g} cpus, {len(w.gpu_ids)} gpus, "
-            f"{format_memory(w.memory)} memory",
+            f"{format_memory(w.memory)} memory" + (f", job {w.job_id} only" if w.job_id else ""),
             markup=False,
         )
         previous = signal.getsignal(signal.SIGTERM)
@@ -266,4 +278,11 @@ def worker(
             claimed = w.run()  # Ctrl-C: run() stops its jobs and hands them back before it re-raises
         finally:
             signal.signal(signal.SIGTERM, previous)
-    err_console.print(f"worker {w.name}: stopped after {claimed} job(s)", markup=False)
+    if w.job_id is None:
+        err_console.print(f"worker {w.name}: stopped after {claimed} job(s)", markup=False)
+        return
+    if not claimed:  # cancelled, or finished by an earlier pod: a retry of the pod must not run it again
+        err_console.print(f"job {w.job_id} is not waiting to run: `yard jobs show {w.job_id}`", markup=False)
+        return
+    code = w.exit_code or 0
+    raise typer.Exit(128 - code if code < 0 else code)  # the cluster counts a failed pod towards backoffLimit

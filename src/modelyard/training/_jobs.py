@@ -18,6 +18,9 @@
   job running beside the retry.
 * Cancel marks the row CANCELLED; the worker notices on its next poll and sends SIGTERM to the job's
   process group, then SIGKILL after ``job_kill_grace_s``.
+* A Kubernetes job's pod runs ``yard worker --job ID``: the same Worker, bound to that one job, so the row
+  mirrors the pod (RUNNING, the log, the exit code, heartbeats) exactly as for a local job. A failed attempt
+  with retries left goes back to SUBMITTED, since the cluster, not a worker, runs the next one.
 """
 
 from __future__ import annotations
@@ -633,9 +636,9 @@ def iter_logs(
             after = chunks[-1].id
         if len(chunks) == page:
             continue  # more already stored
-        # The status was read before the chunks: final then means every chunk has been read now. A
-        # Kubernetes job's output stays in its cluster (kubectl logs), so there is nothing to wait for.
-        if not follow or info.status in TERMINAL or info.backend != "local":
+        # The status was read before the chunks: final then means every chunk has been read now (a
+        # Kubernetes job's pod stores its output the same way, through `yard worker --job`).
+        if not follow or info.status in TERMINAL:
             return
         if deadline is not None and time.monotonic() > deadline:
             return
@@ -650,11 +653,7 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
     record each (actor ``system:reaper``). Returns (job id, new status). Cheap when nothing is stale."""
     timeout = platform.settings.job_heartbeat_timeout_s
     cutoff = platform.db.now() - timedelta(seconds=timeout)
-    cond = [
-        Job.status == "RUNNING",
-        Job.backend == "local",
-        or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
-    ]
+    cond = [Job.status == "RUNNING", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))]
     if ctx is not None:
         cond.append(Job.project_id == ctx.project_id)
     with platform.db.read() as s:
@@ -674,7 +673,22 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
         )
         entries = []
         for job in stale:
-            worker, job.retries = job.worker, job.retries + 1
+            worker = job.worker
+            if job.backend == "kubernetes":
+                _reap_pod(job, reason)
+                out.append((job.id, job.status))
+                entries.append(
+                    {
+                        "actor": REAPER,
+                        "project": projects[job.project_id],
+                        "action": "job.write",
+                        "resource": job_ref(job.id),
+                        "outcome": "ok",
+                        "detail": {"status": job.status, "worker": worker, "attempts": job.attempts},
+                    }
+                )
+                continue
+            job.retries += 1
             if job.retries > job.max_retries:
                 job.status, job.finished_at = "FAILED", utcnow()
                 job.reason = f"{reason}; gave up after {job.retries} retries (max {job.max_retries})"
@@ -694,6 +708,20 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
             )
         _audit.append_many(s, entries)
     return out
+
+
+def _reap_pod(job: Job, reason: str) -> None:
+    """A Kubernetes job whose pod went silent (node lost, pod evicted or OOM-killed with its worker): the
+    cluster, not a worker, runs the next attempt (backoffLimit = max_retries), so it goes back to SUBMITTED,
+    or FAILED once that was its last attempt. The reason names the pod for `kubectl describe`."""
+    pod = f"pod {job.worker}" if job.worker else "its pod"
+    if job.attempts > job.max_retries:
+        job.status, job.finished_at = "FAILED", utcnow()
+        job.reason = f"{reason} ({pod}); that was its last attempt (max retries {job.max_retries})"
+    else:
+        job.status, job.heartbeat_at = "SUBMITTED", None
+        job.reason = f"{reason} ({pod}); the cluster runs it again if the pod failed"
+    job.worker = None
 
 
 # -- the worker ----------------------------------------------------------------------------------------------
@@ -767,7 +795,13 @@ class Worker:
     """Claims and runs jobs of ctx's project while their resources fit its CPUs, GPUs and memory.
 
     ``executor`` builds a job's argv (default :func:`cli_argv`); tests pass a trivial one. ``max_jobs`` stops
-    after that many claims; ``exit_when_idle`` stops once nothing runs and nothing claimable is queued."""
+    after that many claims; ``exit_when_idle`` stops once nothing runs and nothing claimable is queued.
+
+    ``job``: the pod of a Kubernetes job (``yard worker --job ID``). The worker runs that one job with the
+    resources it asked for (the pod was scheduled for them), copies its output to ``echo`` as well (for
+    ``kubectl logs``), records a failed attempt with retries left as SUBMITTED (the cluster runs the next
+    one) and keeps the job's exit status in ``exit_code``. Running your own job needs ``job.write``;
+    anyone else's ``worker.run``."""
 
     def __init__(
         self,
@@ -782,8 +816,19 @@ class Worker:
         max_jobs: int | None = None,
         exit_when_idle: bool = False,
         log: Callable[[str], None] | None = None,
+        job: int | str | None = None,
+        echo: Callable[[bytes], None] | None = None,
     ) -> None:
-        platform.authorize(ctx, "worker.run", f"project:{ctx.project}")
+        self.job_id = parse_job_id(job) if job is not None else None
+        self.action = "worker.run"
+        if self.job_id is None:
+            platform.authorize(ctx, "worker.run", f"project:{ctx.project}")
+        else:
+            assigned = self._assigned_job(platform, ctx, self.job_id)
+            cpus = assigned.cpus if cpus is None else cpus
+            gpus = assigned.gpus if gpus is None else gpus
+            memory = (assigned.memory or None) if memory is None else memory
+            max_jobs, exit_when_idle = 1, True
         self.platform, self.ctx = platform, ctx
         self.cpus = check_cpus(float(cpus if cpus is not None else (os.cpu_count() or 1)), "worker cpus")
         found = detect_gpus()
@@ -801,9 +846,28 @@ class Worker:
         self.claimed = 0
         self.running: dict[int, _Running] = {}
         self.finished: deque[tuple[int, str]] = deque(maxlen=1000)  # (job, final status), the latest
+        self.exit_code: int | None = None  # of the last job that ended here (its process's status)
+        self._echo = echo
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by stop() and when a job's output ends (it is exiting)
         self._log = log or (lambda _msg: None)
+
+    def _assigned_job(self, platform: Platform, ctx: Context, job_id: int) -> Job:
+        resource = job_ref(job_id)
+        platform.authorize(ctx, "job.read", resource)
+        with platform.db.read() as s:
+            job = _job_row(s, ctx, job_id)
+        if job.backend != "kubernetes":
+            raise UsageError(
+                f"job {job_id} is a {job.backend} job: workers claim it from the queue (`yard worker`); "
+                "--job is what a Kubernetes job's pod runs"
+            )
+        if job.submitted_by != ctx.user:
+            platform.authorize(ctx, "worker.run", resource)  # someone else's job: an operator's role
+        else:
+            platform.authorize(ctx, "job.write", resource)
+            self.action = "job.write"
+        return job
 
     # -- control ---------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -895,6 +959,15 @@ class Worker:
 
     # -- claiming --------------------------------------------------------------------------------------------
     def _queue_filter(self) -> list[Any]:
+        if self.job_id is not None:
+            # This pod's job: SUBMITTED, or RUNNING in a pod that died before the reaper saw it (this
+            # attempt takes over; a pod that is somehow still alive sees the job lost and stops).
+            return [
+                Job.id == self.job_id,
+                Job.project_id == self.ctx.project_id,
+                Job.backend == "kubernetes",
+                Job.status.in_(("SUBMITTED", "RUNNING")),
+            ]
         return [
             Job.project_id == self.ctx.project_id,
             Job.status == "QUEUED",
@@ -952,7 +1025,7 @@ class Worker:
             info = _info(job, self.ctx.project)
             self.platform.audit(
                 self.ctx,
-                "worker.run",
+                self.action,
                 job_ref(job.id),
                 "ok",
                 {"event": "claim", "worker": self.name, "attempt": job.attempts},
@@ -962,6 +1035,7 @@ class Worker:
         try:
             self._start(info)
         except Exception as exc:  # could not even start the process: the job fails, the worker goes on
+            self.exit_code = 1
             self._finish(
                 info.id, info.attempts, "FAILED", None, f"could not start: {type(exc).__name__}: {exc}"
             )
@@ -1015,6 +1089,9 @@ class Worker:
         fd = entry.proc.stdout.fileno()
         while True:
             data = os.read(fd, 65536)
+            if data and self._echo is not None:
+                with contextlib.suppress(Exception):  # a closed stdout must not stop the store's copy
+                    self._echo(data)
             text = decoder.decode(data, final=not data)
             if text:
                 with entry.lock:
@@ -1144,7 +1221,15 @@ class Worker:
                     reason = None if status == "SUCCEEDED" else _exit_reason(code)
                     if entry.over_memory is not None:
                         reason = f"{_memory_exceeded(entry.over_memory, entry.job.memory)} (--memory)"
+                    retried = self.job_id is not None and entry.attempt <= entry.job.max_retries
+                    if status == "FAILED" and retried:
+                        status = "SUBMITTED"  # the cluster runs the next attempt (backoffLimit)
+                        reason = (
+                            f"attempt {entry.attempt} of {entry.job.max_retries + 1} failed: {reason}; "
+                            "the cluster runs it again"
+                        )
                     self._finish(jid, entry.attempt, status, code, reason)
+            self.exit_code = code
             if entry.proc.stdout is not None:
                 entry.proc.stdout.close()
             shutil.rmtree(entry.tmpdir, ignore_errors=True)
@@ -1158,13 +1243,20 @@ class Worker:
                 .where(
                     Job.id == jid, Job.status == "RUNNING", Job.worker == self.name, Job.attempts == attempt
                 )
-                .values(status=status, exit_code=code, reason=reason, finished_at=utcnow())
+                .values(
+                    status=status,
+                    exit_code=code,
+                    reason=reason,
+                    finished_at=utcnow() if status in TERMINAL else None,
+                    worker=self.name if status in TERMINAL else None,
+                    heartbeat_at=None if status == "SUBMITTED" else Job.heartbeat_at,
+                )
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             if done:
                 self.platform.audit(
                     self.ctx,
-                    "worker.run",
+                    self.action,
                     job_ref(jid),
                     "ok",
                     {"event": "finish", "status": status, "exit_code": code, "worker": self.name},
@@ -1175,8 +1267,13 @@ class Worker:
             self._log(f"job {jid} attempt {attempt}: {status}" + (f" ({reason})" if reason else ""))
 
     def _requeue(self, entry: _Running) -> None:
-        """The worker is stopping: hand the job back (not counted as a retry; a train job resumes its run)."""
+        """The worker is stopping: hand the job back (not counted as a retry; a train job resumes its run).
+        A pod's job goes back to SUBMITTED: the pod was stopped (evicted, drained, its Job deleted) and
+        whether it runs again is the cluster's call."""
         jid = entry.job.id
+        back, reason = "QUEUED", f"worker {self.name} stopped"
+        if self.job_id is not None:
+            back, reason = "SUBMITTED", f"pod {self.name} was stopped; the cluster may run it again"
         with self.platform.db.write() as s:
             done = s.execute(
                 update(Job)
@@ -1186,13 +1283,13 @@ class Worker:
                     Job.worker == self.name,
                     Job.attempts == entry.attempt,
                 )
-                .values(status="QUEUED", worker=None, heartbeat_at=None, reason=f"worker {self.name} stopped")
+                .values(status=back, worker=None, heartbeat_at=None, reason=reason)
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             if done:
                 self.platform.audit(
                     self.ctx,
-                    "worker.run",
+                    self.action,
                     job_ref(jid),
                     "ok",
                     {"event": "requeue", "worker": self.name},

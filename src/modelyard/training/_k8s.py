@@ -86,6 +86,16 @@ def cluster_artifact_uri(uri: str) -> str:
     return uri
 
 
+def container_command(req: Any, job_id: int | None) -> list[str]:
+    """A recorded job's pod runs ``yard worker --job ID``: the worker runs the job's command from the job's
+    row and mirrors it there (RUNNING, the log, the exit code, heartbeats; ``--resume`` on a retried train
+    job), and also prints the output for ``kubectl logs``. A dry-run manifest has no row: its pod runs the
+    command on the mounted recipe and the store knows nothing of it."""
+    if job_id is not None:
+        return ["python", "-m", "modelyard.cli", "worker", "--job", str(job_id)]
+    return ["python", "-m", "modelyard.cli", req.command, f"{RECIPE_DIR}/recipe.yaml", *req.args]
+
+
 def job_name(command: str, job_id: int | None) -> str:
     return f"yard-{command}-{job_id}" if job_id is not None else f"yard-{command}-{uuid.uuid4().hex[:10]}"
 
@@ -103,8 +113,8 @@ def job_manifest(
     job_id: int | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """The ``batch/v1`` Job that runs ``python -m modelyard.cli <command> <recipe> [args]`` in a pod with the
-    requested CPUs, memory and ``nvidia.com/gpu``; ``backoffLimit`` is the job's max retries."""
+    """The ``batch/v1`` Job whose pod runs the job (:func:`container_command`) with the requested CPUs,
+    memory and ``nvidia.com/gpu``; ``backoffLimit`` is the job's max retries."""
     from modelyard import __version__
 
     settings = platform.settings
@@ -175,14 +185,7 @@ def job_manifest(
                 "name": req.command,
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "command": [
-                    "python",
-                    "-m",
-                    "modelyard.cli",
-                    req.command,
-                    f"{RECIPE_DIR}/recipe.yaml",
-                    *req.args,
-                ],
+                "command": container_command(req, job_id),
                 "workingDir": WORK_DIR,
                 "env": env,
                 "resources": resources,
