@@ -289,6 +289,16 @@ def test_the_pods_command_runs_the_real_job_and_exits_with_its_status(
     job_id = int(r.out.strip())
     assert f"job {job_id} kubernetes job default/yard-train-{job_id}" in r.err
     assert yard("jobs", "show", str(job_id), "--json").json()["status"] == "SUBMITTED"
+    waiting = yard("jobs", "logs", str(job_id))
+    assert waiting.code == 0 and waiting.out == ""
+    assert "has not started in Kubernetes yet" in waiting.err
+    assert f"kubectl describe job/yard-train-{job_id} -n default" in waiting.err
+    for bad, message in (
+        (["--job", "x"], "is not a job id"),
+        (["--job", str(job_id), "--cpus", "2"], "runs it with the resources it asked for: drop --cpus"),
+    ):
+        r = yard("worker", *bad)
+        assert r.code == 2 and message in r.error
     r = yard("worker", "--job", str(job_id), "--name", "yard-train-7-abcde")
     assert r.code == 2, r.err  # the pod fails as its job did: the cluster counts it (backoffLimit)
     assert "No such option: --no-such-option" in r.out  # the job's output, for kubectl logs

@@ -735,8 +735,16 @@ def test_a_kubernetes_pod_mirrors_its_job_into_the_store(
     platform, ctx, recipe = local_queue
     job = _pod_job(platform, ctx, recipe, cpus=2, args=["--lines", "3"])
     (manifest,) = cluster["created"]
-    container = manifest["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
-    assert container["command"] == ["python", "-m", "modelyard.cli", "worker", "--job", str(job.id)]
+    pod = manifest["spec"]["template"]["spec"]  # type: ignore[index]
+    container = pod["containers"][0]
+    worker = ["python", "-m", "modelyard.cli", "worker", "--job", str(job.id), "--name", "$(YARD_POD_NAME)"]
+    assert container["command"] == worker
+    assert {"name": "YARD_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container[
+        "env"
+    ]
+    assert pod["terminationGracePeriodSeconds"] == int(platform.settings.job_kill_grace_s) + 30
+    kv = pytest.importorskip("kubernetes_validate")
+    kv.validate(manifest, kv.latest_version(), strict=True)
     echoed: list[bytes] = []
     with ThreadWorker(fast(platform), ctx, tmp_path / "marks", job=job.id, echo=echoed.append) as w:
         pass
@@ -814,6 +822,44 @@ def test_a_cancelled_pod_job_stops_and_a_stopped_pod_hands_its_job_back(
     assert w2.exit_code == -signal.SIGTERM
 
 
+def test_a_second_pod_waits_while_the_first_is_alive_and_never_takes_its_job(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+) -> None:
+    # A stray pod, or the owner running `yard worker --job` by hand, must not kill the live pod's job.
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, args=["--sleep", "4"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, job=job.id, name="pod-a") as first:
+        child = wait_for(lambda: read_marks(marks), what="the job to start")[0][3]  # type: ignore[index]
+        with ThreadWorker(fast(platform), ctx, marks, job=job.id, name="pod-b") as second:
+            time.sleep(1.5)  # heartbeats every 0.2 s, timeout 1.5 s: the first pod stays live
+            assert second.claimed == 0 and alive(child)
+            row = jobs_by_id(platform)[job.id]
+            assert (row.status, row.worker, row.attempts) == ("RUNNING", "pod-a", 1)
+            first.stop()  # evicted: hands the job back, and the waiting pod runs it
+    assert (first.claimed, first.exit_code, second.claimed, second.exit_code) == (1, -signal.SIGTERM, 1, 0)
+    row = jobs_by_id(platform)[job.id]
+    assert (row.status, row.worker, row.attempts) == ("SUCCEEDED", "pod-b", 2)
+    assert [(m[1], m[2]) for m in read_marks(marks)] == [(1, "pod-a"), (2, "pod-b")]
+
+
+def test_a_pod_that_cannot_start_its_job_leaves_it_to_the_clusters_retry(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, max_retries=1)
+
+    def broken(job: _jobs.JobInfo, recipe_file: Path) -> list[str]:
+        raise FileNotFoundError("no python in this image")
+
+    for attempt, status in ((1, "SUBMITTED"), (2, "FAILED")):
+        w = _jobs.Worker(fast(platform), ctx, job=job.id, executor=broken)
+        assert w.run() == 1 and w.exit_code == 1  # never 0: the cluster must see the failure
+        row = jobs_by_id(platform)[job.id]
+        assert (row.status, row.attempts) == (status, attempt)
+        assert "could not start: FileNotFoundError: no python in this image" in (row.reason or "")
+
+
 def test_a_silent_pod_is_reaped_back_to_the_cluster_then_failed(
     queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
 ) -> None:
@@ -871,8 +917,15 @@ def test_who_may_run_a_pod_job(
         _jobs.Worker(platform, sam, job=local.id)
     with pytest.raises(NotFoundError, match="job 999 not found"):
         _jobs.Worker(platform, eve, job=999)
-    with pytest.raises(UsageError, match="not a job id"):
-        _jobs.Worker(platform, eve, job="x")
+    for bad in ("x", 0, "-1", ""):
+        with pytest.raises(UsageError, match="not a job id"):
+            _jobs.Worker(platform, eve, job=bad)
+    for override in ({"cpus": 1}, {"gpus": 0}, {"memory": "1G"}, {"max_jobs": 1}):
+        with pytest.raises(UsageError, match="runs it with the resources it asked for: drop --"):
+            _jobs.Worker(platform, eve, job=job.id, **override)  # type: ignore[arg-type]
+    create_project(platform, admin, "other")
+    with pytest.raises(NotFoundError):
+        _jobs.Worker(platform, platform.context(project="other"), job=job.id)
     assert {j.status for j in _jobs.list_jobs(platform, admin)} == {"SUBMITTED", "QUEUED"}  # unchanged
 
 

@@ -188,10 +188,12 @@ def logs(
 
     with acting() as (platform, ctx):
         info = get_job(platform, ctx, job)
-        if info.backend != "local":
+        if info.backend != "local" and info.status == "SUBMITTED" and info.attempts == 0:
+            # Its pod stores the output once it runs; what keeps a pod from starting is in the cluster.
+            namespace, _, name = (info.external_id or "").partition("/")
             err_console.print(
-                f"job {info.id} runs in Kubernetes ({info.external_id}): use kubectl logs job/"
-                f"{(info.external_id or '').partition('/')[2]}",
+                f"job {info.id} has not started in Kubernetes yet; if it stays so, see "
+                f"kubectl describe job/{name} -n {namespace}",
                 markup=False,
             )
         attempt = 0

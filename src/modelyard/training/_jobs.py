@@ -824,10 +824,14 @@ class Worker:
         if self.job_id is None:
             platform.authorize(ctx, "worker.run", f"project:{ctx.project}")
         else:
+            options = {"--cpus": cpus, "--gpus": gpus, "--memory": memory, "--max-jobs": max_jobs}
+            given = [option for option, value in options.items() if value is not None]
+            if given:
+                raise UsageError(
+                    f"a worker for one job (--job) runs it with the resources it asked for: drop {given[0]}"
+                )
             assigned = self._assigned_job(platform, ctx, self.job_id)
-            cpus = assigned.cpus if cpus is None else cpus
-            gpus = assigned.gpus if gpus is None else gpus
-            memory = (assigned.memory or None) if memory is None else memory
+            cpus, gpus, memory = assigned.cpus, assigned.gpus, assigned.memory or None
             max_jobs, exit_when_idle = 1, True
         self.platform, self.ctx = platform, ctx
         self.cpus = check_cpus(float(cpus if cpus is not None else (os.cpu_count() or 1)), "worker cpus")
@@ -846,7 +850,8 @@ class Worker:
         self.claimed = 0
         self.running: dict[int, _Running] = {}
         self.finished: deque[tuple[int, str]] = deque(maxlen=1000)  # (job, final status), the latest
-        self.exit_code: int | None = None  # of the last job that ended here (its process's status)
+        self.exit_code: int | None = None  # of the last job that ended here (see _collect)
+        self._said_waiting = False
         self._echo = echo
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by stop() and when a job's output ends (it is exiting)
@@ -914,7 +919,7 @@ class Worker:
                     if not self.running:
                         if stopping:
                             return self.claimed
-                        if self.exit_when_idle and claimed_now == 0 and self._peek() is None:
+                        if self.exit_when_idle and claimed_now == 0 and self._nothing_to_wait_for():
                             return self.claimed
                     if outage is not None:
                         self._log(f"worker {self.name}: the store answers again")
@@ -960,13 +965,13 @@ class Worker:
     # -- claiming --------------------------------------------------------------------------------------------
     def _queue_filter(self) -> list[Any]:
         if self.job_id is not None:
-            # This pod's job: SUBMITTED, or RUNNING in a pod that died before the reaper saw it (this
-            # attempt takes over; a pod that is somehow still alive sees the job lost and stops).
+            # This pod's job, once SUBMITTED: a job still RUNNING in a pod that died is handed back by the
+            # reaper this worker runs while it waits, never taken from a pod that may be alive.
             return [
                 Job.id == self.job_id,
                 Job.project_id == self.ctx.project_id,
                 Job.backend == "kubernetes",
-                Job.status.in_(("SUBMITTED", "RUNNING")),
+                Job.status == "SUBMITTED",
             ]
         return [
             Job.project_id == self.ctx.project_id,
@@ -988,6 +993,18 @@ class Worker:
         else:  # SQLite keeps UTC as text that julianday() reads
             submitted = func.julianday(Job.submitted_at) * 86_400.0
         return [(submitted - Job.priority * (aging / PRIORITY_LEVEL)).asc(), Job.id]
+
+    def _nothing_to_wait_for(self) -> bool:
+        if self.job_id is None:
+            return self._peek() is None
+        # A pod waits while its job runs in another pod that is alive (a stray pod, or one run by hand):
+        # when that one stops, it hands the job back or goes silent and the reaper here does.
+        with self.platform.db.read() as s:
+            status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+        if status == "RUNNING" and not self._said_waiting:
+            self._said_waiting = True
+            self._log(f"job {self.job_id} is running in another pod; waiting for it to end or go silent")
+        return status not in ("SUBMITTED", "RUNNING")
 
     def _peek(self) -> Job | None:
         """The best queued job this worker could ever run (a plain read)."""
@@ -1036,9 +1053,8 @@ class Worker:
             self._start(info)
         except Exception as exc:  # could not even start the process: the job fails, the worker goes on
             self.exit_code = 1
-            self._finish(
-                info.id, info.attempts, "FAILED", None, f"could not start: {type(exc).__name__}: {exc}"
-            )
+            status, reason = self._failed(info, f"could not start: {type(exc).__name__}: {exc}")
+            self._finish(info.id, info.attempts, status, None, reason)
         return True
 
     def _start(self, job: JobInfo) -> None:
@@ -1213,27 +1229,37 @@ class Worker:
             # Every log chunk is stored before the job is final. If the store fails here or below, the
             # entry stays (and is heartbeated): the next pass tries again, so no outcome is lost.
             self._pump_logs(entry)
+            succeeded = stopped = False
             if entry.lost is None:
                 if self._stop.is_set() and entry.term_at is not None:
                     self._requeue(entry)
+                    stopped = True
                 else:
-                    status = "SUCCEEDED" if code == 0 and entry.over_memory is None else "FAILED"
-                    reason = None if status == "SUCCEEDED" else _exit_reason(code)
-                    if entry.over_memory is not None:
-                        reason = f"{_memory_exceeded(entry.over_memory, entry.job.memory)} (--memory)"
-                    retried = self.job_id is not None and entry.attempt <= entry.job.max_retries
-                    if status == "FAILED" and retried:
-                        status = "SUBMITTED"  # the cluster runs the next attempt (backoffLimit)
-                        reason = (
-                            f"attempt {entry.attempt} of {entry.job.max_retries + 1} failed: {reason}; "
-                            "the cluster runs it again"
-                        )
+                    if code == 0 and entry.over_memory is None:
+                        status, reason = "SUCCEEDED", None
+                    else:
+                        why = _exit_reason(code)
+                        if entry.over_memory is not None:
+                            why = f"{_memory_exceeded(entry.over_memory, entry.job.memory)} (--memory)"
+                        status, reason = self._failed(entry.job, why)
                     self._finish(jid, entry.attempt, status, code, reason)
-            self.exit_code = code
+                    succeeded = status == "SUCCEEDED"
+            # A pod's exit status tells the cluster whether to run it again: never 0 unless it succeeded.
+            self.exit_code = code if code != 0 or succeeded else (128 + signal.SIGTERM if stopped else 1)
             if entry.proc.stdout is not None:
                 entry.proc.stdout.close()
             shutil.rmtree(entry.tmpdir, ignore_errors=True)
             del self.running[jid]
+
+    def _failed(self, job: JobInfo, why: str) -> tuple[str, str]:
+        """Status and reason of a failed attempt: FAILED, or for a pod with attempts left SUBMITTED (the
+        cluster, not a worker, runs the next attempt: backoffLimit is max_retries)."""
+        if self.job_id is not None and job.attempts <= job.max_retries:
+            return (
+                "SUBMITTED",
+                f"attempt {job.attempts} of {job.max_retries + 1} failed: {why}; the cluster runs it again",
+            )
+        return "FAILED", why
 
     def _finish(self, jid: int, attempt: int, status: str, code: int | None, reason: str | None) -> None:
         with self.platform.db.write() as s:

@@ -11,6 +11,7 @@ URL) and the S3 credentials.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from typing import Any
@@ -23,6 +24,7 @@ from modelyard.core._platform import Context, Platform
 from modelyard.errors import BackendError, ConfigError, UsageError, ValidationError
 
 RECIPE_ANNOTATION = "modelyard.dev/recipe"
+POD_NAME_ENV = "YARD_POD_NAME"  # the pod's name (downward API), expanded by Kubernetes in the command
 RECIPE_DIR = "/etc/modelyard"
 WORK_DIR = "/work"
 # The Secret's keys and the environment variables they become. Optional ones may be missing from it.
@@ -91,8 +93,17 @@ def container_command(req: Any, job_id: int | None) -> list[str]:
     row and mirrors it there (RUNNING, the log, the exit code, heartbeats; ``--resume`` on a retried train
     job), and also prints the output for ``kubectl logs``. A dry-run manifest has no row: its pod runs the
     command on the mounted recipe and the store knows nothing of it."""
-    if job_id is not None:
-        return ["python", "-m", "modelyard.cli", "worker", "--job", str(job_id)]
+    if job_id is not None:  # named after its pod (POD_NAME_ENV), which the reaper's reasons then name
+        return [
+            "python",
+            "-m",
+            "modelyard.cli",
+            "worker",
+            "--job",
+            str(job_id),
+            "--name",
+            f"$({POD_NAME_ENV})",
+        ]
     return ["python", "-m", "modelyard.cli", req.command, f"{RECIPE_DIR}/recipe.yaml", *req.args]
 
 
@@ -152,6 +163,7 @@ def job_manifest(
         env.append({"name": "YARD_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
     if job_id is not None:
         env.append({"name": "YARD_JOB_ID", "value": str(job_id)})
+        env.append({"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     env += [
         {
             "name": var,
@@ -179,6 +191,9 @@ def job_manifest(
         labels["modelyard.dev/job-id"] = str(job_id)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # On SIGTERM the worker stops the job (SIGTERM, SIGKILL after job_kill_grace_s) and hands it back
+        # (SUBMITTED); the cluster must not SIGKILL the pod first, or the reaper counts a failed attempt.
+        "terminationGracePeriodSeconds": math.ceil(settings.job_kill_grace_s) + 30,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [
             {
