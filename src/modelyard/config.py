@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
@@ -85,13 +85,15 @@ class Settings(BaseSettings):
     # proof a RUNNING job goes back to the queue (or FAILED past its retries), the default retries, how often
     # an idle worker polls, how long a cancelled job gets between SIGTERM and SIGKILL, and the container
     # image of Kubernetes jobs (default modelyard:<version>). job_aging_s: a queued job gains one priority
-    # level per this many seconds waited, so a stream of higher-priority jobs cannot starve it (0: strict).
+    # level per this many seconds waited, so a stream of higher-priority jobs cannot starve it (0: strict),
+    # up to job_aging_limit (default high: only urgent jobs stay above every aged one).
     job_heartbeat_s: float = Field(default=5.0, gt=0)
     job_heartbeat_timeout_s: float = Field(default=60.0, gt=0)
     job_max_retries: int = Field(default=2, ge=0, le=100)
     job_poll_s: float = Field(default=1.0, gt=0)
     job_kill_grace_s: float = Field(default=10.0, ge=0)
     job_aging_s: float = Field(default=0.0, ge=0)
+    job_aging_limit: Literal["low", "normal", "high", "urgent"] = "high"
     job_image: str | None = None
 
     @classmethod

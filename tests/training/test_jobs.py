@@ -105,7 +105,7 @@ def jobs_by_id(platform: Platform) -> dict[int, Job]:
         return {j.id: j for j in s.scalars(select(Job))}
 
 
-def fast(platform: Platform, **extra: float) -> Platform:
+def fast(platform: Platform, **extra: object) -> Platform:
     """The same store with short heartbeat, timeout and grace settings."""
     values = {
         "job_heartbeat_s": 0.2,
@@ -350,28 +350,48 @@ def _worker_main(argv: list[str]) -> None:
     platform.close()
 
 
-@pytest.mark.parametrize("aging_s", [0.0, 3600.0])
+@pytest.mark.parametrize(
+    ("aging_s", "limit", "expected"),
+    [
+        (0.0, "high", ["urgent", "high", "normal", "low"]),  # off (the default): strict priority
+        (3600.0, "high", ["urgent", "low", "high", "normal"]),
+        (3600.0, "urgent", ["low", "urgent", "high", "normal"]),
+    ],
+)
 def test_aging_lets_a_long_waiting_job_overtake_newer_higher_priority_ones(
-    queue: tuple[Platform, Context, Path], tmp_path: Path, aging_s: float
+    queue: tuple[Platform, Context, Path], tmp_path: Path, aging_s: float, limit: str, expected: list[str]
 ) -> None:
-    """One level (low -> normal -> high) per job_aging_s waited: a low job queued 3 hours ago outranks a high
-    one queued now (10 + 30 > 30) and a normal one queued 30 minutes ago (20 + 5); with aging off (the
-    default) priority is strict."""
+    """One level (low -> normal -> high -> urgent) per job_aging_s waited, up to job_aging_limit: a low job
+    queued 3 hours ago would rank 10 + 30 = 40. Under the default limit (high) it ranks 30, with the high
+    job queued now, and goes first of the two as the older; the urgent one stays above both. With the
+    limit at urgent it ties the urgent job and, older, goes before it. A normal job queued 30 minutes ago
+    ranks 25."""
     platform, ctx, recipe = queue
-    low = _jobs.submit_job(platform, ctx, recipe, priority="low")
-    normal = _jobs.submit_job(platform, ctx, recipe, priority="normal")
-    high = _jobs.submit_job(platform, ctx, recipe, priority="high")
+    jobs = {
+        p: _jobs.submit_job(platform, ctx, recipe, priority=p) for p in ("low", "normal", "high", "urgent")
+    }
     now = utcnow()
     with platform.db.write() as s:
-        for job, waited in ((low, timedelta(hours=3)), (normal, timedelta(minutes=30))):
-            s.execute(update(Job).where(Job.id == job.id).values(submitted_at=now - waited))
-    with ThreadWorker(fast(platform, job_aging_s=aging_s), ctx, tmp_path / "marks", cpus=1) as w:
+        for name, waited in (("low", timedelta(hours=3)), ("normal", timedelta(minutes=30))):
+            s.execute(update(Job).where(Job.id == jobs[name].id).values(submitted_at=now - waited))
+    settings = {"job_aging_s": aging_s, "job_aging_limit": limit}
+    with ThreadWorker(fast(platform, **settings), ctx, tmp_path / "marks", cpus=1) as w:
         pass
-    jobs = jobs_by_id(platform)
-    started = sorted((low, normal, high), key=lambda j: jobs[j.id].started_at)
-    expected = [low, high, normal] if aging_s else [high, normal, low]
-    assert [j.id for j in started] == [j.id for j in expected]
-    assert w.claimed == 3
+    rows = jobs_by_id(platform)
+    started = sorted(jobs, key=lambda name: rows[jobs[name].id].started_at)
+    assert started == expected
+    assert w.claimed == 4
+
+
+def test_the_aging_limit_is_a_priority_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelyard.config import load_settings
+    from modelyard.errors import ConfigError
+
+    monkeypatch.setenv("YARD_JOB_AGING_LIMIT", "urgent")
+    assert load_settings().job_aging_limit == "urgent"
+    monkeypatch.setenv("YARD_JOB_AGING_LIMIT", "sky-high")
+    with pytest.raises(ConfigError, match="job_aging_limit"):
+        load_settings()
 
 
 # -- resources ----------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@
   SQLite (writers are serialised). No backfill: when the best job that could ever run on this worker does
   not fit its *free* resources, the worker waits rather than start a lower-priority one, so a big
   high-priority job is never starved by a stream of small ones. With ``job_aging_s`` set, a queued job
-  gains one priority level per that many seconds waited, so neither is a low-priority one by a stream of
-  higher-priority jobs (aging).
+  gains one priority level per that many seconds waited, up to ``job_aging_limit``, so neither is a
+  low-priority one by a stream of higher-priority jobs (aging).
 * The job runs as ``python -m modelyard.cli <command> <recipe file> [args]`` (no shell) in a new session,
   with ``YARD_JOB_ID`` set; its stdout and stderr are stored as chunks in ``job_logs``. The worker refreshes
   the row's heartbeat; a job whose heartbeat is stale (its worker died) is re-queued by any worker or reader
@@ -47,7 +47,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy import Table, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.core import _audit
@@ -983,16 +983,23 @@ class Worker:
         ]
 
     def _queue_order(self) -> list[Any]:
-        aging = self.platform.settings.job_aging_s
-        if not aging:
+        st = self.platform.settings
+        if not st.job_aging_s:
             return [Job.priority.desc(), Job.id]
-        # Aging: priority p submitted at t ranks at p + LEVEL * (now - t) / aging. Between two jobs "now"
-        # cancels out, so the order is that of t - p * aging / LEVEL: a key of the row alone, no clock read.
+        # Aging: priority p queued at t ranks at p + LEVEL * (now - t) / aging, capped at the limit (a job
+        # already above it keeps its own). Ties, such as jobs aged up to the limit, go oldest first. One
+        # clock, the store's, for "now" and for every submitted_at.
+        clock = self.platform.db.now()
         if self.platform.db.dialect == "postgresql":
             submitted: Any = func.extract("epoch", Job.submitted_at)
-        else:  # SQLite keeps UTC as text that julianday() reads
-            submitted = func.julianday(Job.submitted_at) * 86_400.0
-        return [(submitted - Job.priority * (aging / PRIORITY_LEVEL)).asc(), Job.id]
+            now: Any = func.extract("epoch", clock)
+        else:  # SQLite keeps UTC as text that julianday() reads; 2440587.5 is 1970-01-01
+            submitted = (func.julianday(Job.submitted_at) - 2_440_587.5) * 86_400.0
+            now = literal(clock.timestamp())
+        limit = PRIORITIES[st.job_aging_limit]
+        aged = Job.priority + (now - submitted) * (PRIORITY_LEVEL / st.job_aging_s)
+        rank = case((Job.priority >= limit, Job.priority), (aged >= limit, limit), else_=aged)
+        return [rank.desc(), Job.submitted_at, Job.id]
 
     def _nothing_to_wait_for(self) -> bool:
         if self.job_id is None:
