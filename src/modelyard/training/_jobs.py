@@ -676,25 +676,16 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
             worker = job.worker
             if job.backend == "kubernetes":
                 _reap_pod(job, reason)
-                out.append((job.id, job.status))
-                entries.append(
-                    {
-                        "actor": REAPER,
-                        "project": projects[job.project_id],
-                        "action": "job.write",
-                        "resource": job_ref(job.id),
-                        "outcome": "ok",
-                        "detail": {"status": job.status, "worker": worker, "attempts": job.attempts},
-                    }
-                )
-                continue
-            job.retries += 1
-            if job.retries > job.max_retries:
-                job.status, job.finished_at = "FAILED", utcnow()
-                job.reason = f"{reason}; gave up after {job.retries} retries (max {job.max_retries})"
+                counted = {"attempts": job.attempts}
             else:
-                job.status, job.worker, job.heartbeat_at = "QUEUED", None, None
-                job.reason = f"{reason}; re-queued (retry {job.retries} of {job.max_retries})"
+                job.retries += 1
+                if job.retries > job.max_retries:
+                    job.status, job.finished_at = "FAILED", utcnow()
+                    job.reason = f"{reason}; gave up after {job.retries} retries (max {job.max_retries})"
+                else:
+                    job.status, job.worker, job.heartbeat_at = "QUEUED", None, None
+                    job.reason = f"{reason}; re-queued (retry {job.retries} of {job.max_retries})"
+                counted = {"retries": job.retries}
             out.append((job.id, job.status))
             entries.append(
                 {
@@ -703,7 +694,7 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
                     "action": "job.write",
                     "resource": job_ref(job.id),
                     "outcome": "ok",
-                    "detail": {"status": job.status, "worker": worker, "retries": job.retries},
+                    "detail": {"status": job.status, "worker": worker, **counted},
                 }
             )
         _audit.append_many(s, entries)
