@@ -260,6 +260,29 @@ def test_two_worker_processes_run_20_jobs_exactly_once_in_priority_order(
     assert logged == 20 and claims == 20
 
 
+def sigkill_mid_job(
+    proc: subprocess.Popen[str],
+    marks: Path,
+    attempt: int,
+    while_running: Callable[[tuple[int, int, str, int, str]], None] = lambda mark: None,
+) -> tuple[int, int, str, int, str]:
+    """Wait until the worker ``proc`` runs ``attempt`` of a job (its mark), call ``while_running`` with the
+    mark, then SIGKILL the worker. PR_SET_PDEATHSIG: the job's process dies with it, so no orphan runs
+    beside the retry (waited for). Returns the mark."""
+    try:
+        found = wait_for(lambda: [m for m in read_marks(marks) if m[1] == attempt], what=f"attempt {attempt}")
+        mark = found[0]  # type: ignore[index]
+        while_running(mark)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_for(lambda: not alive(mark[3]), timeout=10, what="the orphaned job process to die")
+    return mark
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_job_is_retried_with_resume_then_failed_after_max_retries(
     queue: tuple[Platform, Context, Path], tmp_path: Path
@@ -275,25 +298,17 @@ def test_sigkilled_worker_job_is_retried_with_resume_then_failed_after_max_retri
             return set(s.scalars(select(JobLog.attempt).where(JobLog.job_id == job.id)))
 
     def kill_worker_mid_job(name: str, attempt: int) -> tuple[int, str]:
-        proc = spawn_worker(platform, name, marks)
-        try:
-            mark = wait_for(
-                lambda: [m for m in read_marks(marks) if m[1] == attempt], what=f"attempt {attempt}"
-            )
-            _, _, worker, child, resume = mark[0]  # type: ignore[index]
+        def while_running(mark: tuple[int, int, str, int, str]) -> None:
+            _, _, worker, child, _ = mark
             assert worker == name and alive(child)
             if attempt == 1:  # the job's process reports its run, as `yard train` does
                 run_id = create_run(platform, ctx, "jobs-test")
                 _jobs.attach_run(platform, ctx, job.id, run_id)
             wait_for(lambda: attempt in logged_attempts(), what=f"output of attempt {attempt}")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        # PR_SET_PDEATHSIG: the job dies with its worker, so no orphan runs beside the retry.
-        wait_for(lambda: not alive(child), timeout=10, what="the orphaned job process to die")
+
+        _, _, _, child, resume = sigkill_mid_job(
+            spawn_worker(platform, name, marks), marks, attempt, while_running
+        )
         return child, resume
 
     _, resume1 = kill_worker_mid_job("wa", 1)
@@ -889,17 +904,7 @@ def test_a_silent_pod_is_reaped_back_to_the_cluster_then_failed(
 
     def pod_dies_with_its_node(attempt: int) -> None:
         """SIGKILL, no last word; the job's process dies with it (PDEATHSIG)."""
-        proc = spawn_worker(platform, f"pod-{attempt}", marks, "--job", str(job.id))
-        try:
-            mark = wait_for(lambda: [m for m in read_marks(marks) if m[1] == attempt], what="the job")
-            child = mark[0][3]  # type: ignore[index]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        wait_for(lambda: not alive(child), timeout=10, what="the job process to die")
+        sigkill_mid_job(spawn_worker(platform, f"pod-{attempt}", marks, "--job", str(job.id)), marks, attempt)
 
     short = fast(platform)
     try:

@@ -701,12 +701,18 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
     return out
 
 
+def _cluster_retries(job: Job | JobInfo) -> bool:
+    """Whether the cluster runs a Kubernetes job again after its latest attempt failed: backoffLimit is
+    max_retries, so it makes max_retries + 1 attempts in all."""
+    return job.attempts <= job.max_retries
+
+
 def _reap_pod(job: Job, reason: str) -> None:
     """A Kubernetes job whose pod went silent (node lost, pod evicted or OOM-killed with its worker): the
     cluster, not a worker, runs the next attempt (backoffLimit = max_retries), so it goes back to SUBMITTED,
     or FAILED once that was its last attempt. The reason names the pod for `kubectl describe`."""
     pod = f"pod {job.worker}" if job.worker else "its pod"
-    if job.attempts > job.max_retries:
+    if not _cluster_retries(job):
         job.status, job.finished_at = "FAILED", utcnow()
         job.reason = f"{reason} ({pod}); that was its last attempt (max retries {job.max_retries})"
     else:
@@ -1252,7 +1258,7 @@ class Worker:
     def _failed(self, job: JobInfo, why: str) -> tuple[str, str]:
         """Status and reason of a failed attempt: FAILED, or for a pod with attempts left SUBMITTED (the
         cluster, not a worker, runs the next attempt: backoffLimit is max_retries)."""
-        if self.job_id is not None and job.attempts <= job.max_retries:
+        if self.job_id is not None and _cluster_retries(job):
             return (
                 "SUBMITTED",
                 f"attempt {job.attempts} of {job.max_retries + 1} failed: {why}; the cluster runs it again",
@@ -1260,6 +1266,7 @@ class Worker:
         return "FAILED", why
 
     def _finish(self, jid: int, attempt: int, status: str, code: int | None, reason: str | None) -> None:
+        final = status in TERMINAL
         with self.platform.db.write() as s:
             # Only while the job is still ours: a cancel or a reaper's re-queue wins over a late finish.
             done = s.execute(
@@ -1271,9 +1278,10 @@ class Worker:
                     status=status,
                     exit_code=code,
                     reason=reason,
-                    finished_at=utcnow() if status in TERMINAL else None,
-                    worker=self.name if status in TERMINAL else None,
-                    heartbeat_at=None if status == "SUBMITTED" else Job.heartbeat_at,
+                    # Final, or SUBMITTED: a pod's failed attempt handed back for the cluster's retry.
+                    finished_at=utcnow() if final else None,
+                    worker=self.name if final else None,
+                    heartbeat_at=Job.heartbeat_at if final else None,
                 )
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
