@@ -154,6 +154,45 @@ def artifacts_rm(digest: str = typer.Argument(..., help="SHA-256 digest.")) -> N
     console.print(f"removed {n} reference(s) to {digest}", markup=False)
 
 
+@app.command("gc")
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be deleted; delete nothing."),
+    min_age: str = typer.Option(
+        "1h", "--min-age", help="Keep unreferenced blobs younger than this (e.g. 1h, 30m, 2d; 0 for none)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Delete stored files that no dataset version, model version, run or artifact refers to any more.
+
+    Blobs are shared by every project, so this is for admins of the system project. A deleted blob's key
+    goes with it: its bytes are unreadable from then on, even where they stay inside a shared pack."""
+    from datetime import timedelta
+
+    from modelyard.core import collect_garbage, parse_duration
+
+    age = timedelta(0) if min_age.strip() == "0" else parse_duration(min_age)
+    if age is None:
+        raise UsageError("--min-age never would keep everything; give a duration, or use --dry-run")
+    with acting() as (platform, ctx):
+        report = collect_garbage(platform, ctx, min_age=age, dry_run=dry_run)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} {report.blobs} unreferenced blob(s), {report.bytes:,} bytes"
+        + ("" if dry_run else f", {report.objects} object(s)")
+        + f"; kept {report.live} referenced and {report.young} younger than {min_age}",
+        markup=False,
+    )
+    if report.failed_objects:
+        console.print(
+            f"warning: {report.failed_objects} object(s) could not be deleted (their keys are gone, so they "
+            "are unreadable); see the log",
+            markup=False,
+        )
+
+
 # -- keys -------------------------------------------------------------------------------------------------
 keys = typer.Typer(help="Master key status and rotation; model signing keys.", no_args_is_help=True)
 app.add_typer(keys, name="keys")

@@ -13,6 +13,7 @@ from modelyard.core._artifacts import (
 )
 from modelyard.core._audit import VerifyResult, list_records, verify_chain
 from modelyard.core._db import MetadataStore
+from modelyard.core._gc import GcReport, collect_garbage
 from modelyard.core._home import doctor, init_home
 from modelyard.core._identity import (
     add_user,
@@ -34,11 +35,13 @@ __all__ = [
     "ArtifactInfo",
     "ArtifactStore",
     "Context",
+    "GcReport",
     "MetadataStore",
     "Platform",
     "Role",
     "VerifyResult",
     "add_user",
+    "collect_garbage",
     "create_project",
     "create_token",
     "delete_artifact",

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from modelyard.core._blobs import BlobBackend, StagingWriter, sync_filesystem
 from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key, wrap_key
 from modelyard.core._db import MetadataStore
+from modelyard.core._gc import fence, generation, require_stored
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
@@ -725,6 +726,7 @@ def put_artifacts(
             raise UsageError(f"{unreadable[0]} is not a readable file")
     except (UsageError, ResidencyError) as exc:
         raise platform.refuse(ctx, "artifact.write", resource, exc) from None
+    since = generation(platform)  # before stage_files deduplicates against the stored digests
     try:
         staged = store.stage_files(paths, region=obj_region)
     except YardError as exc:  # read, upload or flush failed: the attempt is still on record
@@ -746,7 +748,10 @@ def put_artifacts(
     xid: str | None = None
     try:
         with platform.mutate(ctx, "artifact.write", resource, detail) as s:
+            collected = fence(s, since)
             claimed = store.claim(s, staged)
+            if collected:
+                require_stored(s, [b.digest for b in staged], resource)
             xid = store.transaction_id(s)
             existing = _existing_refs(s, ctx, [b.digest for b in staged])
             rows = []

@@ -37,6 +37,7 @@ PERMISSIONS: dict[str, Role] = {
     "artifact.read": Role.VIEWER,
     "artifact.write": Role.SCIENTIST,
     "artifact.delete": Role.ENGINEER,
+    "artifact.gc": Role.ADMIN,  # installation-wide: blobs are shared by every project
     "user.read": Role.VIEWER,
     "user.manage": Role.ADMIN,
     "token.create.self": Role.VIEWER,

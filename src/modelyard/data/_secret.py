@@ -14,6 +14,7 @@ import secrets
 
 from sqlalchemy import select
 
+from modelyard.core import _gc
 from modelyard.core._db import insert_for
 from modelyard.core._models import Meta
 from modelyard.core._platform import Context, Platform
@@ -31,8 +32,11 @@ def project_salt(platform: Platform, ctx: Context) -> bytes:
     store = platform.artifacts
     digest = platform.meta(_key(ctx))
     if digest is None:
+        since = _gc.generation(platform)
         candidate = store.put(io.BytesIO(secrets.token_bytes(SALT_BYTES)), region=store.region)
         with platform.db.write() as s:
+            if _gc.fence(s, since):  # a collection between the put and this insert may have taken it
+                _gc.require_stored(s, [candidate], f"the PII salt of project {ctx.project!r}")
             s.execute(insert_for(s)(Meta).values(key=_key(ctx), value=candidate).on_conflict_do_nothing())
             digest = s.execute(select(Meta.value).where(Meta.key == _key(ctx))).scalar_one()
     salt = b"".join(store.iter_bytes(digest))  # verified against its digest on read

@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from modelyard.config import check_name
+from modelyard.core import _gc
 from modelyard.core._artifacts import ArtifactStore, StagedBlob
 from modelyard.core._blobs import sync_filesystem
 from modelyard.core._db import insert_for
@@ -510,6 +511,7 @@ def _add(
     except (UsageError, ResidencyError) as exc:
         raise platform.refuse(ctx, "dataset.write", resource, exc) from None
 
+    since = _gc.generation(platform)  # before the add deduplicates against the stored digests
     cache: _manifest.StatCache = _manifest.StatCache(_cache_path(platform)) if use_cache else _NoCache()
     work = Path(tempfile.mkdtemp(prefix="data-add-", dir=store.backend.staging_dir()))
     spill = _Spill(work)
@@ -554,7 +556,9 @@ def _add(
             if isinstance(exc, YardError):  # audited like a failure while staging the files
                 raise platform.refuse(ctx, "dataset.write", resource, exc) from None
             raise
-        return _record(platform, ctx, name, data_region, message, staging, spill, manifest_staged, source)
+        return _record(
+            platform, ctx, name, data_region, message, staging, spill, manifest_staged, source, since
+        )
     finally:
         cache.close()
         spill.close()
@@ -598,6 +602,7 @@ def _record(
     spill: _Spill,
     manifest_staged: StagedBlob,
     source: tuple[int, str] | None,
+    since: int,
 ) -> VersionInfo:
     store = platform.artifacts
     detail: dict[str, Any] = {
@@ -615,9 +620,13 @@ def _record(
     now = utcnow()
     try:
         with platform.mutate(ctx, "dataset.write", f"dataset:{name}", detail) as s:
+            collected = _gc.fence(s, since)
             manifest_claimed = store.claim(s, [manifest_staged])
             for chunk in spill.chunks(_CLAIM_CHUNK):
                 lost += len(chunk) - len(store.claim(s, chunk))
+            if collected:  # the files it found stored may be gone: the manifest names every one
+                referenced = _gc.digests_in(staging.manifest.read_bytes()) | {staging.manifest_digest}
+                _gc.require_stored(s, referenced, f"dataset {name}")
             xid = store.transaction_id(s)
             dataset_id = _ensure_dataset(s, ctx, name, region)
             # The row lock of this UPDATE serialises concurrent adds: numbers have no gaps or duplicates.

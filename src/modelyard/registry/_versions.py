@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from modelyard.config import check_name
+from modelyard.core import _gc
 from modelyard.core._artifacts import StagedBlob
 from modelyard.core._db import insert_for
 from modelyard.core._models import (
@@ -387,6 +388,7 @@ def _store_version(
     resource = f"model:{name}"
     try:
         signer = Signer(platform)
+        since = _gc.generation(platform)  # before staging deduplicates against the stored digests
         staged = store.stage_files([f.local for f in src.files], region=ctx.region)
         extra = [store.stage(io.BytesIO(src.eval_report), region=ctx.region)] if src.eval_report else []
     except YardError as exc:
@@ -404,7 +406,13 @@ def _store_version(
     manifest_blob: StagedBlob | None = None
     try:
         with platform.mutate(ctx, "model.register", resource, detail) as s:
+            collected = _gc.fence(s, since)
             claimed = store.claim(s, everything)
+            if collected:  # what it found stored may be gone: its files, its report, its run's recipe
+                reused = {b.digest for b in everything}
+                if src.lineage.get("recipe"):
+                    reused.add(src.lineage["recipe"])
+                _gc.require_stored(s, reused, f"model {name}")
             xid = store.transaction_id(s)
             model_id = _ensure_model(s, ctx, name)
             version = s.execute(

@@ -1,0 +1,238 @@
+"""Garbage collection of the artifact store: ``yard gc`` deletes the blobs that nothing refers to.
+
+Blobs are deduplicated by digest across projects, so deleting a dataset version, a run or an artifact
+reference removes only rows; the blobs stay until a collection finds that nothing holds them. Holders
+are the rows that name a digest (artifact and run-artifact references, dataset and model version
+manifests, digests kept in ``meta`` such as a project's PII salt) and the contents of every manifest (a
+dataset's files; a model's files, evaluation report and recipe). Manifests are scanned for every run of
+64 hex digits rather than parsed by format: a scan that reads too much keeps a blob, never loses one.
+
+Deleting a blob row deletes its wrapped data key, so the bytes are unreadable from that commit on
+(crypto-shredding). That holds for a packed blob too, whose bytes stay in a pack object that still holds
+live blobs. Objects are deleted after the rows commit: a failed delete leaves unreadable bytes behind,
+never a row without its object.
+
+Races. Writers deduplicate: an add that finds a digest stored does not upload it again, and later records
+a manifest naming it. Had a collection deleted that blob in between, the version would name bytes that
+no longer exist. So every recording transaction opens with :func:`fence` (the collector's lock, shared:
+a PostgreSQL advisory lock; SQLite serialises writers anyway) and compares the collection generation with
+the one it read before it deduplicated. Unchanged: nothing was collected meanwhile. Changed: before it
+commits, :func:`require_stored` checks that every digest it names is stored, else it fails and records
+nothing (run again: the next run uploads the bytes). A collection bumps the generation under the lock held
+exclusively, then re-checks its candidates against everything committed since it marked them. Blobs
+younger than ``min_age`` are never collected, a second fence for writers that claim a blob in one
+transaction and name it in the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Select, delete, select, text, update
+from sqlalchemy.orm import Session
+
+from modelyard.core._db import insert_for
+from modelyard.core._models import Artifact, Blob, DatasetVersion, Meta, ModelVersion, RunArtifact
+from modelyard.core._platform import Context, Platform, as_utc, utcnow
+from modelyard.errors import BackendError, IntegrityError, UsageError, YardError
+
+if TYPE_CHECKING:
+    from modelyard.core._artifacts import ArtifactStore
+
+log = logging.getLogger("modelyard.gc")
+GENERATION = "artifact_gc_generation"
+# The advisory lock key of collections on PostgreSQL (any constant no other lock of ours uses).
+_PG_LOCK = 0x79617264_6763
+_HEX_RUN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_ROWS = 500
+ACTION, RESOURCE = "artifact.gc", "artifacts:store"
+
+
+class CollectedMeanwhileError(YardError):
+    """Blobs this write deduplicated onto were collected before it committed; it recorded nothing."""
+
+    code = "collected_meanwhile"
+    http_status = 409
+
+
+def digests_in(data: bytes | str) -> set[str]:
+    """Every digest-shaped string in ``data`` (a manifest, a lineage record)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return {m.decode() for m in _HEX_RUN.findall(raw)}
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), _ROWS):
+        yield items[i : i + _ROWS]
+
+
+def _generation(s: Session) -> int:
+    value = s.execute(select(Meta.value).where(Meta.key == GENERATION)).scalar_one_or_none()
+    return int(value) if value else 0
+
+
+def generation(platform: Platform) -> int:
+    """Read before a write deduplicates against the store; hand it to :func:`fence`."""
+    with platform.db.read() as s:
+        return _generation(s)
+
+
+def fence(s: Session, since: int) -> bool:
+    """Call first in a recording transaction: holds collections off until it ends, and says whether one
+    ran since ``since`` (then call :func:`require_stored` before committing)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _PG_LOCK})
+    return _generation(s) != since
+
+
+def require_stored(s: Session, digests: Iterable[str], what: str) -> None:
+    """Fail unless every digest is stored (this transaction's own claims count)."""
+    wanted = sorted(set(digests))
+    stored: set[str] = set()
+    for chunk in _chunks(wanted):
+        stored.update(s.scalars(select(Blob.digest).where(Blob.digest.in_(chunk))))
+    missing = [d for d in wanted if d not in stored]
+    if missing:
+        raise CollectedMeanwhileError(
+            f"{what}: {len(missing)} stored file(s) it reuses (e.g. {missing[0]}) were deleted by `yard gc` "
+            "while it ran; nothing was recorded — run it again (it uploads them anew)",
+            missing=len(missing),
+        )
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What a collection deleted (or, with ``dry_run``, would delete)."""
+
+    dry_run: bool
+    blobs: int  # blob rows (and their wrapped keys) deleted
+    bytes: int  # their plaintext sizes
+    objects: int  # whole objects deleted from the backend (packs once their last blob went)
+    failed_objects: int  # objects whose delete failed: unreadable leftovers, see the log
+    live: int  # blobs something refers to
+    young: int  # unreferenced blobs kept because they are younger than min_age
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _table_refs(s: Session, chunk: Sequence[str] | None = None) -> set[str]:
+    """Digests named by rows (all of them, or those in ``chunk``)."""
+    found: set[str] = set()
+    for column in (
+        Artifact.digest,
+        RunArtifact.digest,
+        DatasetVersion.manifest_digest,
+        ModelVersion.manifest_digest,
+    ):
+        stmt: Select[str] = select(column).distinct()
+        if chunk is not None:
+            stmt = stmt.where(column.in_(chunk))
+        found.update(s.scalars(stmt))
+    found.update(v for v in s.scalars(select(Meta.value)) if v and _DIGEST.match(v))
+    return found
+
+
+def _versions(s: Session) -> dict[tuple[str, int], str]:
+    """(kind, row id) -> manifest digest of every dataset and model version."""
+    datasets = s.execute(select(DatasetVersion.id, DatasetVersion.manifest_digest))
+    rows = {("dataset", i): d for i, d in datasets}
+    rows.update(
+        (("model", i), d) for i, d in s.execute(select(ModelVersion.id, ModelVersion.manifest_digest))
+    )
+    return rows
+
+
+def _manifest_refs(store: ArtifactStore, versions: dict[tuple[str, int], str]) -> set[str]:
+    found: set[str] = set()
+    for digest in sorted(set(versions.values())):
+        try:
+            found |= digests_in(b"".join(store.iter_bytes(digest)))
+        except YardError as exc:
+            # An unreadable manifest hides what it holds: collecting anything now could lose data.
+            raise IntegrityError(
+                f"`yard gc` stopped before deleting anything: manifest {digest} cannot be read "
+                f"({exc.message}); restore it from a backup, then collect again"
+            ) from None
+    return found
+
+
+def collect_garbage(
+    platform: Platform, ctx: Context, *, min_age: timedelta = timedelta(hours=1), dry_run: bool = False
+) -> GcReport:
+    """Delete every blob nothing refers to that is older than ``min_age``. Installation admins only (blobs
+    are shared by all projects); audited with what was deleted."""
+    platform.authorize_installation(ctx, ACTION, RESOURCE)
+    if not isinstance(min_age, timedelta) or min_age < timedelta(0):
+        raise platform.refuse(ctx, ACTION, RESOURCE, UsageError("min_age must be a duration of 0 or more"))
+    store = platform.artifacts
+    cutoff = utcnow() - min_age
+    try:
+        with platform.db.read() as s:
+            versions = _versions(s)
+            live = _table_refs(s)
+            blobs = s.execute(select(Blob.digest, Blob.size, Blob.created_at)).all()
+        live |= set(versions.values()) | _manifest_refs(store, versions)
+    except YardError as exc:
+        raise platform.refuse(ctx, ACTION, RESOURCE, exc) from None
+    dead = [b for b in blobs if b.digest not in live]
+    candidates = sorted(b.digest for b in dead if as_utc(b.created_at) < cutoff)
+    young = len(dead) - len(candidates)
+    live_count = len(blobs) - len(dead)
+    if dry_run or not candidates:
+        size = {b.digest: b.size for b in dead}
+        would = candidates if dry_run else []
+        return GcReport(dry_run, len(would), sum(size[d] for d in would), 0, 0, live_count, young)
+
+    detail: dict[str, Any] = {"min_age_s": int(min_age.total_seconds())}
+    deleted: list[_Deleted] = []
+    with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+        bumped = _generation(s) + 1
+        s.execute(insert_for(s)(Meta).values(key=GENERATION, value="0").on_conflict_do_nothing())
+        s.execute(update(Meta).where(Meta.key == GENERATION).values(value=str(bumped)))
+        # Everything committed since the mark: new references, and the manifests of new versions.
+        doomed = set(candidates)
+        for chunk in _chunks(candidates):
+            doomed -= _table_refs(s, chunk)
+        current = _versions(s)
+        doomed -= _manifest_refs(store, {k: d for k, d in current.items() if k not in versions})
+        for chunk in _chunks(sorted(doomed)):
+            deleted += s.execute(
+                delete(Blob)
+                .where(Blob.digest.in_(chunk))
+                .returning(Blob.digest, Blob.object_name, Blob.pack_offset, Blob.size)
+            ).all()
+        detail.update(blobs=len(deleted), bytes=sum(r[3] for r in deleted), generation=bumped)
+    objects, failed = _delete_objects(platform, deleted)
+    return GcReport(False, len(deleted), sum(r[3] for r in deleted), objects, failed, live_count, young)
+
+
+_Deleted = tuple[str, str, int | None, int]  # digest, object name, pack offset, size
+
+
+def _delete_objects(platform: Platform, deleted: Sequence[_Deleted]) -> tuple[int, int]:
+    """Delete the objects of deleted rows: a whole object, or a pack once no row refers to it any more
+    (pack names are unique to the add that wrote them, so no new row can come to refer to one)."""
+    names = {name for _, name, offset, _ in deleted if offset is None}
+    packs = sorted({name for _, name, offset, _ in deleted if offset is not None})
+    with platform.db.read() as s:
+        for chunk in _chunks(packs):
+            still = set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk)).distinct()))
+            names.update(n for n in chunk if n not in still)
+    done = failed = 0
+    for name in sorted(names):
+        try:
+            platform.artifacts.backend.delete(name)
+            done += 1
+        except (OSError, BackendError) as exc:
+            failed += 1  # its key is gone: the bytes are unreadable; a later delete may remove them
+            log.warning("gc: deleting object %s failed: %s", name, exc)
+    return done, failed

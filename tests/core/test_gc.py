@@ -1,0 +1,229 @@
+"""Garbage collection of the artifact store (`yard gc`): what it deletes, what it keeps, who may run it,
+and the race with a write that deduplicated onto a blob it collects. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from modelyard import data
+from modelyard.core import (
+    Platform,
+    collect_garbage,
+    create_project,
+    delete_artifact,
+    list_records,
+    put_artifact,
+)
+from modelyard.core._gc import CollectedMeanwhileError
+from modelyard.core._models import Blob
+from modelyard.data import _manifest
+from modelyard.data._secret import project_salt
+from modelyard.data._versions import members
+from modelyard.errors import IntegrityError, NotFoundError, PermissionDeniedError, UsageError
+from modelyard.testing import TrainedModel, Yard, actor, make_platform
+
+NOW = timedelta(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_manifest, "RACY_NS", 0)  # files written by a test are seconds old
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def plat(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    p = make_platform(tmp_path / "home", database_url=url)
+    yield p
+    p.close()
+
+
+def write(root: Path, files: dict[str, bytes]) -> Path:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return root
+
+
+def rows(p: Platform) -> dict[str, str]:
+    """digest -> object name of every blob row."""
+    with p.db.read() as s:
+        return {d: name for d, name in s.execute(select(Blob.digest, Blob.object_name))}
+
+
+def objects(p: Platform) -> set[str]:
+    return set(p.artifacts.backend.list("objects/"))
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not (cmp.left_only or cmp.right_only or mismatch or errors) and all(
+        same_tree(a / d, b / d) for d in cmp.common_dirs
+    )
+
+
+def test_gc_deletes_exactly_the_unreferenced_blobs_and_every_holder_keeps_its_own(
+    plat: Platform, tmp_path: Path
+) -> None:
+    ctx = plat.context()
+    tree = write(
+        tmp_path / "tree",
+        {
+            "a.txt": b"alpha\n",
+            "b.bin": os.urandom(5000),
+            "sub/c.bin": os.urandom(70_000),
+            "big.bin": os.urandom(5 << 20),  # above PACK_MAX_BLOB: an object of its own
+        },
+    )
+    data.add_version(plat, ctx, tree, "ds")
+    v1 = data.show(plat, ctx, "ds@1")
+    old = {m.path: m.sha256 for m in members(plat.artifacts, v1.manifest_digest)}
+    write(tree, {"b.bin": os.urandom(5000), "big.bin": os.urandom(5 << 20)})
+    data.add_version(plat, ctx, tree, "ds")
+    note = put_artifact(plat, ctx, write(tmp_path, {"note.txt": b"kept by a reference"}) / "note.txt")
+    salt = project_salt(plat, ctx)
+
+    before = rows(plat)
+    report = collect_garbage(plat, ctx, min_age=NOW)
+    assert (report.blobs, report.objects, report.live) == (0, 0, len(before))  # everything is held
+    assert rows(plat) == before
+
+    v1_manifest = v1.manifest_digest
+    data.remove(plat, ctx, "ds@1")
+    dry = collect_garbage(plat, ctx, min_age=NOW, dry_run=True)
+    assert dry.dry_run and dry.blobs == 3 and rows(plat) == before  # v1's manifest, old b.bin, old big.bin
+
+    report = collect_garbage(plat, ctx, min_age=NOW)
+    after = rows(plat)
+    gone = set(before) - set(after)
+    assert report.blobs == 3 and gone == {old["b.bin"], old["big.bin"], v1_manifest}
+    # v1's manifest and old big.bin, each an object of its own; v1's pack stays: it still holds a.txt and
+    # sub/c.bin, which v2 reuses (old b.bin's bytes stay in it, unreadable without their key)
+    assert report.objects == 2
+    assert before[old["b.bin"]] in objects(plat) and before[old["big.bin"]] not in objects(plat)
+    assert objects(plat) == set(after.values())  # no row without its object, no object without a row
+    with pytest.raises(NotFoundError):  # its key went with its row: the bytes cannot be read any more
+        b"".join(plat.artifacts.iter_bytes(old["b.bin"]))
+
+    data.checkout(plat, ctx, "ds@2", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
+    assert project_salt(plat, ctx) == salt
+    assert b"".join(plat.artifacts.iter_bytes(note.digest)) == b"kept by a reference"
+    entry = [r for r in list_records(plat, ctx) if r["action"] == "artifact.gc"][-1]
+    assert entry["outcome"] == "ok" and entry["detail"]["blobs"] == 3 and entry["detail"]["generation"] == 1
+
+    data.remove(plat, ctx, "ds@2")
+    report = collect_garbage(plat, ctx, min_age=NOW)
+    assert (report.blobs, report.objects) == (5, 4)  # v2: its manifest, four files; both packs, two objects
+    assert set(rows(plat)) == {note.digest, plat.meta(f"pii_salt:{ctx.project_id}")}
+    assert objects(plat) == set(rows(plat).values())  # the packs went once their last blob did
+
+
+def test_young_blobs_are_kept_and_a_bad_min_age_is_refused(plat: Platform, tmp_path: Path) -> None:
+    ctx = plat.context()
+    data.add_version(plat, ctx, write(tmp_path / "t", {"x.txt": b"x", "y.txt": b"y"}), "ds")
+    data.remove(plat, ctx, "ds@1")
+    before = rows(plat)
+    report = collect_garbage(plat, ctx)  # default: keep what is younger than an hour
+    assert (report.blobs, report.young) == (0, 3) and rows(plat) == before
+    with pytest.raises(UsageError, match="min_age"):
+        collect_garbage(plat, ctx, min_age=timedelta(seconds=-1))
+    assert collect_garbage(plat, ctx, min_age=NOW).blobs == 3
+
+
+def test_only_an_installation_admin_may_collect(platform: Platform, tmp_path: Path) -> None:
+    admin = platform.context()
+    data.add_version(platform, admin, write(tmp_path / "t", {"x.txt": b"x"}), "ds")
+    data.remove(platform, admin, "ds@1")
+    scientist = actor(platform, admin, "sam", "scientist")
+    create_project(platform, admin, "tenant")
+    tenant_admin = actor(platform, platform.context(project="tenant"), "tia", "admin")
+    before = rows(platform)
+    with pytest.raises(PermissionDeniedError, match="admin"):
+        collect_garbage(platform, scientist, min_age=NOW)
+    with pytest.raises(PermissionDeniedError, match="whole installation"):
+        collect_garbage(platform, tenant_admin, min_age=NOW)
+    assert rows(platform) == before
+    denied = [r for r in list_records(platform, admin) if r["action"] == "artifact.gc"]
+    assert [r["outcome"] for r in denied] == ["denied"]  # the tenant's refusal is in the tenant's log
+
+
+def test_an_add_that_reused_collected_blobs_records_nothing_and_the_next_add_uploads_them(
+    plat: Platform, tmp_path: Path
+) -> None:
+    ctx = plat.context()
+    tree = write(tmp_path / "tree", {"a.txt": b"alpha\n", "b.bin": os.urandom(9000)})
+    data.add_version(plat, ctx, tree, "ds")
+    data.remove(plat, ctx, "ds@1")  # its blobs stay until a collection: the next add reuses them
+    ran: list[int] = []
+
+    def collect_meanwhile(files: int, total: int) -> None:
+        if not ran:  # after the add found its files stored, before it records the version
+            ran.append(collect_garbage(plat, plat.context(), min_age=NOW).blobs)
+
+    with pytest.raises(CollectedMeanwhileError, match="run it again"):
+        data.add_version(plat, ctx, tree, "ds", progress=collect_meanwhile)
+    assert ran == [3]
+    assert data.list_versions(plat, ctx, "ds") == []
+    info = data.add_version(plat, ctx, tree, "ds")  # uploads them anew
+    data.checkout(plat, ctx, f"ds@{info.version}", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
+    assert objects(plat) == set(rows(plat).values())
+
+
+def test_an_unreadable_manifest_stops_gc_before_it_deletes_anything(plat: Platform, tmp_path: Path) -> None:
+    ctx = plat.context()
+    data.add_version(plat, ctx, write(tmp_path / "t", {"x.txt": b"x", "y.txt": b"y"}), "keep")
+    data.add_version(plat, ctx, write(tmp_path / "u", {"z.txt": b"z"}), "drop")
+    data.remove(plat, ctx, "drop@1")
+    manifest = rows(plat)[data.show(plat, ctx, "keep@1").manifest_digest]
+    plat.artifacts.backend.delete(manifest)
+    before = rows(plat)
+    with pytest.raises(IntegrityError, match="stopped before deleting anything"):
+        collect_garbage(plat, ctx, min_age=NOW)
+    assert rows(plat) == before
+    assert [r["outcome"] for r in list_records(plat, ctx) if r["action"] == "artifact.gc"] == ["refused"]
+
+
+def test_a_registered_model_keeps_its_files_report_recipe_and_manifest(
+    platform: Platform, model_dir: Path, trained: TrainedModel, tmp_path: Path
+) -> None:
+    from modelyard import registry
+
+    ctx = platform.context()
+    recipe = put_artifact(
+        platform, ctx, write(tmp_path, {"recipe.yaml": b"model: t5-small\n"}) / "recipe.yaml"
+    )
+    info = registry.register(
+        platform, ctx, model_dir, "t5", eval_report=trained.report, lineage={"recipe": recipe.digest}
+    )
+    delete_artifact(platform, ctx, recipe.digest)  # now only the model's manifest names the recipe
+    before = rows(platform)
+    assert collect_garbage(platform, ctx, min_age=NOW).blobs == 0
+    assert rows(platform) == before and recipe.digest in before
+    assert registry.verify(platform, ctx, "t5@1").files == info.files  # re-reads and checks every file
+    assert registry.eval_report(platform, ctx, "t5@1") == json.loads(trained.report.read_bytes())
+
+
+def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
+    yard("init")
+    yard("data", "add", str(write(tmp_path / "t", {"x.txt": b"x", "y.txt": b"y"})), "--name", "ds")
+    yard("data", "rm", "ds@1")
+    out = yard("gc", "--dry-run", "--min-age", "0").out
+    assert "would delete 3 unreferenced blob(s)" in out
+    assert "kept 0 referenced and 0 younger" in out
+    kept = yard("gc").out  # default --min-age 1h
+    assert "deleted 0 unreferenced blob(s)" in kept and "3 younger than 1h" in kept
+    report = yard("gc", "--min-age", "0", "--json").json()
+    assert report["blobs"] == 3 and report["objects"] == 2 and not report["dry_run"]  # manifest, pack
+    bad = yard("gc", "--min-age", "soon")
+    assert bad.code == 2 and "duration 'soon' is not valid" in bad.err
