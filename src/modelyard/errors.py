@@ -110,6 +110,13 @@ class GateFailedError(YardError):
     http_status = 409
 
 
+class CollectedMeanwhileError(YardError):
+    """Stored files a write reused were deleted by `yard gc` before it committed; it recorded nothing."""
+
+    code = "collected_meanwhile"
+    http_status = 409
+
+
 class BackendError(YardError):
     """A storage or database backend failed (connection, permissions, disk full)."""
 
@@ -121,6 +128,7 @@ __all__ = [
     "AlreadyExistsError",
     "AuthenticationError",
     "BackendError",
+    "CollectedMeanwhileError",
     "ConfigError",
     "GateFailedError",
     "IntegrityError",

@@ -43,6 +43,7 @@ STABLE_CODES = {
     "ConfigError": ("config_error", 500),
     "GateFailedError": ("gate_failed", 409),
     "BackendError": ("backend_error", 503),
+    "CollectedMeanwhileError": ("collected_meanwhile", 409),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,12 +23,19 @@ from modelyard.core import (
     list_records,
     put_artifact,
 )
-from modelyard.core._gc import CollectedMeanwhileError
-from modelyard.core._models import Blob
+from modelyard.core._gc import GcReport, fence, generation
+from modelyard.core._models import Artifact, Blob
+from modelyard.core._platform import utcnow
 from modelyard.data import _manifest
 from modelyard.data._secret import project_salt
 from modelyard.data._versions import members
-from modelyard.errors import IntegrityError, NotFoundError, PermissionDeniedError, UsageError
+from modelyard.errors import (
+    CollectedMeanwhileError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+)
 from modelyard.testing import TrainedModel, Yard, actor, make_platform
 
 NOW = timedelta(0)
@@ -217,7 +225,7 @@ def test_a_registered_model_keeps_its_files_report_recipe_and_manifest(
 def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
     yard("init")
     yard("data", "add", str(write(tmp_path / "t", {"x.txt": b"x", "y.txt": b"y"})), "--name", "ds")
-    yard("data", "rm", "ds@1")
+    assert "until an admin runs `yard gc`" in yard("data", "rm", "ds@1").out
     out = yard("gc", "--dry-run", "--min-age", "0").out
     assert "would delete 3 unreferenced blob(s)" in out
     assert "kept 0 referenced and 0 younger" in out
@@ -227,3 +235,33 @@ def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
     assert report["blobs"] == 3 and report["objects"] == 2 and not report["dry_run"]  # manifest, pack
     bad = yard("gc", "--min-age", "soon")
     assert bad.code == 2 and "duration 'soon' is not valid" in bad.err
+
+
+def test_a_collection_waits_for_a_fenced_writer_and_keeps_what_it_committed(
+    plat: Platform, tmp_path: Path
+) -> None:
+    ctx = plat.context()
+    info = put_artifact(plat, ctx, write(tmp_path, {"n.txt": b"reused"}) / "n.txt")
+    delete_artifact(plat, ctx, info.digest)  # unreferenced: a candidate for the collection below
+    since = generation(plat)
+    done: list[GcReport] = []
+    with plat.db.write() as s:
+        assert fence(s, since) is False  # nothing collected since the writer looked
+        collector = threading.Thread(target=lambda: done.append(collect_garbage(plat, ctx, min_age=NOW)))
+        collector.start()
+        collector.join(1.0)
+        assert collector.is_alive() and not done  # held off by the open writer
+        s.add(
+            Artifact(
+                project_id=ctx.project_id,
+                digest=info.digest,  # a writer reusing the stored bytes
+                name="again",
+                region=ctx.region,
+                created_at=utcnow(),
+                created_by=ctx.user,
+            )
+        )
+    collector.join(60)
+    assert done and done[0].blobs == 0  # its re-check saw the committed reference
+    assert b"".join(plat.artifacts.iter_bytes(info.digest)) == b"reused"
+    assert generation(plat) == since + 1

@@ -226,7 +226,11 @@ def rm(
 
     with acting() as (platform, ctx):
         info = remove(platform, ctx, spec, force=force)
-    console.print(f"removed {info.name}@{info.version}", markup=False)
+    console.print(
+        f"removed {info.name}@{info.version}; its files stay stored (and readable with the master key) until "
+        "an admin runs `yard gc`",
+        markup=False,
+    )
 
 
 @data_app.command("scan")

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from modelyard.core._db import insert_for
 from modelyard.core._models import Artifact, Blob, DatasetVersion, Meta, ModelVersion, RunArtifact
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import BackendError, IntegrityError, UsageError, YardError
+from modelyard.errors import BackendError, CollectedMeanwhileError, IntegrityError, UsageError, YardError
 
 if TYPE_CHECKING:
     from modelyard.core._artifacts import ArtifactStore
@@ -52,13 +52,6 @@ _HEX_RUN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _ROWS = 500
 ACTION, RESOURCE = "artifact.gc", "artifacts:store"
-
-
-class CollectedMeanwhileError(YardError):
-    """Blobs this write deduplicated onto were collected before it committed; it recorded nothing."""
-
-    code = "collected_meanwhile"
-    http_status = 409
 
 
 def digests_in(data: bytes | str) -> set[str]:

@@ -30,6 +30,7 @@ from modelyard.core._crypto import (
     write_master_key_file,
 )
 from modelyard.core._db import MetadataStore
+from modelyard.core._gc import fence
 from modelyard.core._models import Blob, Meta, SigningKey
 from modelyard.errors import MasterKeyError, YardError
 
@@ -156,6 +157,7 @@ def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
         count = 0
         try:
             with db.write() as s:
+                fence(s, 0)  # a collection deleting rows while this rewrites them all could deadlock
                 recorded = recorded_key_id(s, lock=True)
                 if recorded not in (None, old.key_id):
                     raise MasterKeyError(
