@@ -7,7 +7,7 @@ import filecmp
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,12 +17,14 @@ from sqlalchemy import select
 from modelyard import data
 from modelyard.core import (
     Platform,
+    _gc,
     collect_garbage,
     create_project,
     delete_artifact,
     list_records,
     put_artifact,
 )
+from modelyard.core._artifacts import ArtifactStore
 from modelyard.core._gc import GcReport, fence, generation
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._platform import utcnow
@@ -203,7 +205,11 @@ def test_an_unreadable_manifest_stops_gc_before_it_deletes_anything(plat: Platfo
 
 
 def test_a_registered_model_keeps_its_files_report_recipe_and_manifest(
-    platform: Platform, model_dir: Path, trained: TrainedModel, tmp_path: Path
+    platform: Platform,
+    model_dir: Path,
+    trained: TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from modelyard import registry
 
@@ -220,6 +226,14 @@ def test_a_registered_model_keeps_its_files_report_recipe_and_manifest(
     assert rows(platform) == before and recipe.digest in before
     assert registry.verify(platform, ctx, "t5@1").files == info.files  # re-reads and checks every file
     assert registry.eval_report(platform, ctx, "t5@1") == json.loads(trained.report.read_bytes())
+
+    # A registration whose recipe is collected before it records names nothing that is gone.
+    other = put_artifact(platform, ctx, write(tmp_path, {"r2.yaml": b"model: t5-base\n"}) / "r2.yaml")
+    delete_artifact(platform, ctx, other.digest)
+    ran = collect_after(platform.artifacts, "stage_files", platform, monkeypatch)
+    with pytest.raises(CollectedMeanwhileError, match="model t5"):
+        registry.register(platform, ctx, model_dir, "t5", lineage={"recipe": other.digest})
+    assert ran == [1] and [v.version for v in registry.list_versions(platform, ctx, "t5")] == [1]
 
 
 def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
@@ -265,3 +279,96 @@ def test_a_collection_waits_for_a_fenced_writer_and_keeps_what_it_committed(
     assert done and done[0].blobs == 0  # its re-check saw the committed reference
     assert b"".join(plat.artifacts.iter_bytes(info.digest)) == b"reused"
     assert generation(plat) == since + 1
+
+
+def test_a_version_recorded_while_gc_marks_keeps_the_blobs_it_reuses(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = plat.context()
+    trees = [write(tmp_path / f"t{i}", {"f.bin": os.urandom(3000 + i), "g.txt": b"%d" % i}) for i in range(3)]
+    for t in trees:
+        data.add_version(plat, ctx, t, "ds")
+    data.remove(plat, ctx, "ds@1")  # its blobs are candidates of the collection below
+    real = _gc._manifest_refs
+    meanwhile: list[int] = []
+
+    def marked_then_rollback(store: ArtifactStore, manifests: Iterable[str]) -> set[str]:
+        found = real(store, manifests)
+        if not meanwhile:  # between the mark and the sweep: drop ds@3, bring ds@1's tree back
+            data.remove(plat, ctx, "ds@3")  # on SQLite the next version row reuses ds@3's id
+            meanwhile.append(data.add_version(plat, ctx, trees[0], "ds").version)
+        return found
+
+    monkeypatch.setattr(_gc, "_manifest_refs", marked_then_rollback)
+    assert collect_garbage(plat, ctx, min_age=NOW).blobs == 0  # the new version names every candidate
+    assert meanwhile == [4]
+    data.checkout(plat, ctx, "ds@4", tmp_path / "out")
+    assert same_tree(tmp_path / "out", trees[0])
+    assert collect_garbage(plat, ctx, min_age=NOW).blobs == 3  # ds@3's, on the next collection
+
+
+def collect_after(target: object, attr: str, plat: Platform, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make ``target.attr`` run a full collection right after its first call returns (it has looked up or
+    stored what it needs; its caller has not recorded anything yet)."""
+    real = getattr(target, attr)
+    ran: list[int] = []
+
+    def then_collect(*args: object, **kwargs: object) -> object:
+        out = real(*args, **kwargs)
+        if not ran:
+            ran.append(collect_garbage(plat, plat.context(), min_age=NOW).blobs)
+        return out
+
+    monkeypatch.setattr(target, attr, then_collect)
+    return ran
+
+
+def test_an_artifact_put_that_reused_a_collected_blob_records_nothing(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = plat.context()
+    src = write(tmp_path, {"w.bin": os.urandom(2000)}) / "w.bin"
+    delete_artifact(plat, ctx, put_artifact(plat, ctx, src).digest)  # stored, unreferenced
+    ran = collect_after(plat.artifacts, "stage_files", plat, monkeypatch)
+    with pytest.raises(CollectedMeanwhileError, match="run it again"):
+        put_artifact(plat, ctx, src)
+    assert ran == [1] and rows(plat) == {}
+    info = put_artifact(plat, ctx, src)  # uploads it anew
+    assert b"".join(plat.artifacts.iter_bytes(info.digest)) == src.read_bytes()
+
+
+def test_a_pii_salt_collected_before_it_was_recorded_is_not_recorded(
+    plat: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = plat.context()
+    ran = collect_after(plat.artifacts, "put", plat, monkeypatch)
+    with pytest.raises(CollectedMeanwhileError, match="PII salt"):
+        project_salt(plat, ctx)
+    assert ran == [1] and plat.meta(f"pii_salt:{ctx.project_id}") is None
+    assert project_salt(plat, ctx) == project_salt(plat, ctx)  # created on the next use, then stable
+
+
+def test_run_artifacts_whose_references_were_collected_meanwhile_are_not_recorded(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.core import _artifacts
+    from modelyard.tracking._store import create_run, list_run_artifacts, log_artifacts
+
+    ctx = plat.context()
+    run = create_run(plat, ctx, "exp")
+    src = write(tmp_path, {"ckpt.bin": os.urandom(1500)}) / "ckpt.bin"
+    real = _artifacts.put_artifacts
+
+    def put_then_removed_and_collected(*args: object, **kwargs: object) -> object:
+        infos = real(*args, **kwargs)  # type: ignore[arg-type]
+        delete_artifact(plat, ctx, infos[0].digest)  # someone drops the reference before the run records it
+        assert collect_garbage(plat, ctx, min_age=NOW).blobs == 1
+        return infos
+
+    monkeypatch.setattr(_artifacts, "put_artifacts", put_then_removed_and_collected)
+    with pytest.raises(CollectedMeanwhileError, match="artifacts"):
+        log_artifacts(plat, ctx, run, [(src, "ckpt.bin")])
+    assert list_run_artifacts(plat, ctx, run) == []
+    monkeypatch.setattr(_artifacts, "put_artifacts", real)
+    [(path, digest, _)] = log_artifacts(plat, ctx, run, [(src, "ckpt.bin")])
+    assert path == "ckpt.bin" and b"".join(plat.artifacts.iter_bytes(digest)) == src.read_bytes()

@@ -166,11 +166,13 @@ def gc(
 
     Blobs are shared by every project, so this is for admins of the system project. A deleted blob's key
     goes with it: its bytes are unreadable from then on, even where they stay inside a shared pack."""
+    import re
     from datetime import timedelta
 
     from modelyard.core import collect_garbage, parse_duration
 
-    age = timedelta(0) if min_age.strip() == "0" else parse_duration(min_age)
+    zero = re.fullmatch(r"0+[smhdw]?", min_age.strip().lower()) is not None  # 0, 0s, 0h ...
+    age = timedelta(0) if zero else parse_duration(min_age)
     if age is None:
         raise UsageError("--min-age never would keep everything; give a duration, or use --dry-run")
     with acting() as (platform, ctx):

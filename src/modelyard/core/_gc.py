@@ -7,10 +7,12 @@ manifests, digests kept in ``meta`` such as a project's PII salt) and the conten
 dataset's files; a model's files, evaluation report and recipe). Manifests are scanned for every run of
 64 hex digits rather than parsed by format: a scan that reads too much keeps a blob, never loses one.
 
-Deleting a blob row deletes its wrapped data key, so the bytes are unreadable from that commit on
-(crypto-shredding). That holds for a packed blob too, whose bytes stay in a pack object that still holds
-live blobs. Objects are deleted after the rows commit: a failed delete leaves unreadable bytes behind,
-never a row without its object.
+Deleting a blob row deletes its wrapped data key, so the live store can no longer decrypt the bytes
+(crypto-shredding), even those of a packed blob that stay in a pack object still holding live blobs.
+Copies of the key outlive the commit where the database keeps old pages (backups, SQLite's free pages and
+WAL, PostgreSQL's dead tuples until VACUUM): erasure is complete once those are gone too. Objects are
+deleted after the rows commit: a failed delete leaves undecryptable bytes behind, never a row without
+its object.
 
 Races. Writers deduplicate: an add that finds a digest stored does not upload it again, and later records
 a manifest naming it. Had a collection deleted that blob in between, the version would name bytes that
@@ -132,21 +134,22 @@ def _table_refs(s: Session, chunk: Sequence[str] | None = None) -> set[str]:
     return found
 
 
-def _versions(s: Session) -> dict[tuple[str, int], str]:
-    """(kind, row id) -> manifest digest of every dataset and model version."""
-    datasets = s.execute(select(DatasetVersion.id, DatasetVersion.manifest_digest))
-    rows = {("dataset", i): d for i, d in datasets}
-    rows.update(
-        (("model", i), d) for i, d in s.execute(select(ModelVersion.id, ModelVersion.manifest_digest))
-    )
-    return rows
+def _manifests(s: Session) -> set[str]:
+    """The manifest digests of every dataset and model version."""
+    found = set(s.scalars(select(DatasetVersion.manifest_digest)))
+    return found | set(s.scalars(select(ModelVersion.manifest_digest)))
 
 
-def _manifest_refs(store: ArtifactStore, versions: dict[tuple[str, int], str]) -> set[str]:
+def _manifest_refs(store: ArtifactStore, manifests: Iterable[str]) -> set[str]:
+    """Every digest-shaped string in the manifests, streamed (memory stays flat however large one is)."""
     found: set[str] = set()
-    for digest in sorted(set(versions.values())):
+    for digest in sorted(manifests):
         try:
-            found |= digests_in(b"".join(store.iter_bytes(digest)))
+            tail = b""
+            for chunk in store.iter_bytes(digest):
+                window = tail + chunk
+                found |= digests_in(window)
+                tail = window[-64:]  # a digest cut by the chunk boundary is whole in the next window
         except YardError as exc:
             # An unreadable manifest hides what it holds: collecting anything now could lose data.
             raise IntegrityError(
@@ -168,10 +171,10 @@ def collect_garbage(
     cutoff = utcnow() - min_age
     try:
         with platform.db.read() as s:
-            versions = _versions(s)
+            manifests = _manifests(s)
             live = _table_refs(s)
             blobs = s.execute(select(Blob.digest, Blob.size, Blob.created_at)).all()
-        live |= set(versions.values()) | _manifest_refs(store, versions)
+        live |= manifests | _manifest_refs(store, manifests)
     except YardError as exc:
         raise platform.refuse(ctx, ACTION, RESOURCE, exc) from None
     dead = [b for b in blobs if b.digest not in live]
@@ -195,8 +198,8 @@ def collect_garbage(
         doomed = set(candidates)
         for chunk in _chunks(candidates):
             doomed -= _table_refs(s, chunk)
-        current = _versions(s)
-        doomed -= _manifest_refs(store, {k: d for k, d in current.items() if k not in versions})
+        # By digest, not row id: SQLite reuses the id of a deleted newest row, and manifests are content.
+        doomed -= _manifest_refs(store, _manifests(s) - manifests)
         for chunk in _chunks(sorted(doomed)):
             deleted += s.execute(
                 delete(Blob)

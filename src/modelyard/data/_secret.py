@@ -35,10 +35,11 @@ def project_salt(platform: Platform, ctx: Context) -> bytes:
         since = _gc.generation(platform)
         candidate = store.put(io.BytesIO(secrets.token_bytes(SALT_BYTES)), region=store.region)
         with platform.db.write() as s:
-            if _gc.fence(s, since):  # a collection between the put and this insert may have taken it
-                _gc.require_stored(s, [candidate], f"the PII salt of project {ctx.project!r}")
+            collected = _gc.fence(s, since)
             s.execute(insert_for(s)(Meta).values(key=_key(ctx), value=candidate).on_conflict_do_nothing())
             digest = s.execute(select(Meta.value).where(Meta.key == _key(ctx))).scalar_one()
+            if collected:  # a collection between the put and this insert may have taken it
+                _gc.require_stored(s, [digest], f"the PII salt of project {ctx.project!r}")
     salt = b"".join(store.iter_bytes(digest))  # verified against its digest on read
     if len(salt) != SALT_BYTES:
         raise IntegrityError(f"the PII salt of project {ctx.project!r} is malformed")

@@ -625,8 +625,9 @@ def _record(
             for chunk in spill.chunks(_CLAIM_CHUNK):
                 lost += len(chunk) - len(store.claim(s, chunk))
             if collected:  # the files it found stored may be gone: the manifest names every one
-                referenced = _gc.digests_in(staging.manifest.read_bytes()) | {staging.manifest_digest}
-                _gc.require_stored(s, referenced, f"dataset {name}")
+                with open(staging.manifest, "rb") as f:
+                    named = {m.sha256 for m in _manifest.parse_lines(iter(lambda: f.read(1 << 20), b""))}
+                _gc.require_stored(s, named | {staging.manifest_digest}, f"dataset {name}")
             xid = store.transaction_id(s)
             dataset_id = _ensure_dataset(s, ctx, name, region)
             # The row lock of this UPDATE serialises concurrent adds: numbers have no gaps or duplicates.

@@ -312,6 +312,8 @@ def register(
             resource,
             UsageError(f"variant {variant!r} is not valid: 1-64 lower-case letters, digits, '.', '_' or '-'"),
         )
+    # Before anything is looked up in the store (a run's recipe, the files' digests): see core/_gc.py.
+    since = _gc.generation(platform)
     with tempfile.TemporaryDirectory(prefix="yard-register-") as tmp:
         try:
             text = os.fspath(source)
@@ -356,6 +358,7 @@ def register(
             description=description,
             parent_row=parent_row,
             benchmark=dict(benchmark) if benchmark else None,
+            since=since,
         )
 
 
@@ -381,6 +384,7 @@ def _store_version(
     description: str,
     parent_row: ModelVersion | None,
     benchmark: dict[str, Any] | None,
+    since: int,
 ) -> VersionInfo:
     from modelyard.tracking._lineage import add_edges, run_ref
 
@@ -388,7 +392,6 @@ def _store_version(
     resource = f"model:{name}"
     try:
         signer = Signer(platform)
-        since = _gc.generation(platform)  # before staging deduplicates against the stored digests
         staged = store.stage_files([f.local for f in src.files], region=ctx.region)
         extra = [store.stage(io.BytesIO(src.eval_report), region=ctx.region)] if src.eval_report else []
     except YardError as exc:

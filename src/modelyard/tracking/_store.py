@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from modelyard.core import _audit
+from modelyard.core import _audit, _gc
 from modelyard.core._db import insert_for
 from modelyard.core._models import (
     Dataset,
@@ -651,10 +651,13 @@ def log_artifacts(
     platform.authorize(ctx, "run.write", run_ref(run_id))
     with platform.db.read() as s:
         _run_row(s, ctx, run_id)
+    since = _gc.generation(platform)
     infos = put_artifacts(platform, ctx, [p for p, _ in files], names=[n for _, n in files])
     now = utcnow()
     detail = {"artifacts": len(infos), "paths": [i.name for i in infos][:20]}
     with platform.mutate(ctx, "run.write", run_ref(run_id), detail) as s:
+        if _gc.fence(s, since):  # the artifact references may have been removed and collected meanwhile
+            _gc.require_stored(s, [i.digest for i in infos], f"run {run_id}'s artifacts")
         _run_row(s, ctx, run_id)
         stmt = insert_for(s)(RunArtifact).values(
             [
