@@ -53,6 +53,15 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
+    """An initialised home on SQLite, then on a brand-new PostgreSQL database (skipped without a server)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    p = make_platform(tmp_path / "home", database_url=url)
+    yield p
+    p.close()
+
+
 @pytest.fixture
 def yard(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Yard:
     """Run ``yard ARGS`` in this process; ``env`` sets (or with None, unsets) variables for that call."""

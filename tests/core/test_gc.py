@@ -3,11 +3,10 @@ and the race with a write that deduplicated onto a blob it collects. On SQLite a
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from modelyard.errors import (
     PermissionDeniedError,
     UsageError,
 )
-from modelyard.testing import TrainedModel, Yard, actor, make_platform
+from modelyard.testing import TrainedModel, Yard, actor, same_tree
 
 NOW = timedelta(0)
 
@@ -48,12 +47,9 @@ def _no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_manifest, "RACY_NS", 0)  # files written by a test are seconds old
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def plat(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    p = make_platform(tmp_path / "home", database_url=url)
-    yield p
-    p.close()
+@pytest.fixture
+def plat(any_platform: Platform) -> Platform:
+    return any_platform
 
 
 def write(root: Path, files: dict[str, bytes]) -> Path:
@@ -71,14 +67,6 @@ def rows(p: Platform) -> dict[str, str]:
 
 def objects(p: Platform) -> set[str]:
     return set(p.artifacts.backend.list("objects/"))
-
-
-def same_tree(a: Path, b: Path) -> bool:
-    cmp = filecmp.dircmp(a, b)
-    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
-    return not (cmp.left_only or cmp.right_only or mismatch or errors) and all(
-        same_tree(a / d, b / d) for d in cmp.common_dirs
-    )
 
 
 def test_gc_deletes_exactly_the_unreferenced_blobs_and_every_holder_keeps_its_own(

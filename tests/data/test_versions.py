@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import shutil
@@ -17,19 +16,9 @@ from modelyard.core import Platform
 from modelyard.core._models import Blob, DatasetVersion
 from modelyard.data import _manifest, _profile
 from modelyard.errors import IntegrityError, NotFoundError, UsageError
+from modelyard.testing import same_tree
 
 MakeTree = Callable[[Path, dict[str, bytes]], Path]
-
-
-def same_tree(a: Path, b: Path) -> bool:
-    """Byte-for-byte comparison of two directory trees (names, contents, nothing extra)."""
-    cmp = filecmp.dircmp(a, b)
-    if cmp.left_only or cmp.right_only or cmp.funny_files:
-        return False
-    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
-    if mismatch or errors:
-        return False
-    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
 def test_add_modify_add_diff_lists_exactly_that_file_and_checkouts_reproduce_both(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,13 @@ from modelyard.serving import _deploy
 from modelyard.serving._config import Canary
 from modelyard.serving._deploy import SHARED_LATENCIES, deploy, share_window
 from modelyard.serving._routing import SloWindow
-from modelyard.testing import make_platform
 
 SLO = Canary(max_error_rate=0.2, max_p95_ms=100.0, window_s=30.0, min_requests=10)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Platform]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    p = make_platform(tmp_path / "home", database_url=url)
-    yield p
-    p.close()
+@pytest.fixture
+def store(any_platform: Platform) -> Platform:
+    return any_platform
 
 
 def exchange(p: Platform, window: SloWindow, server: str, model: str = "srv") -> None:

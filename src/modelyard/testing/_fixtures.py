@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,3 +143,14 @@ def vm_hwm_kib() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Byte-for-byte comparison of two directory trees (names, contents, nothing extra)."""
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    if mismatch or errors:
+        return False
+    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
