@@ -32,6 +32,12 @@ def _new_bucket(endpoint: str) -> str:
     return bucket
 
 
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the session's S3 server."""
+    return _new_bucket(s3_endpoint)
+
+
 @pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
 def blob_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BlobBackend:
     if request.param == "file":

@@ -37,7 +37,7 @@ from modelyard.errors import (
     PermissionDeniedError,
     UsageError,
 )
-from modelyard.testing import TrainedModel, Yard, actor, same_tree
+from modelyard.testing import TrainedModel, Yard, actor, make_platform, same_tree
 
 NOW = timedelta(0)
 
@@ -117,7 +117,8 @@ def test_gc_deletes_exactly_the_unreferenced_blobs_and_every_holder_keeps_its_ow
     assert project_salt(plat, ctx) == salt
     assert b"".join(plat.artifacts.iter_bytes(note.digest)) == b"kept by a reference"
     entry = [r for r in list_records(plat, ctx) if r["action"] == "artifact.gc"][-1]
-    assert entry["outcome"] == "ok" and entry["detail"]["blobs"] == 3 and entry["detail"]["generation"] == 1
+    assert entry["outcome"] == "ok" and entry["detail"]["generation"] == 1
+    assert (entry["detail"]["blobs"], entry["detail"]["objects"]) == (3, 2)
 
     data.remove(plat, ctx, "ds@2")
     report = collect_garbage(plat, ctx, min_age=NOW)
@@ -360,3 +361,25 @@ def test_run_artifacts_whose_references_were_collected_meanwhile_are_not_recorde
     monkeypatch.setattr(_artifacts, "put_artifacts", real)
     [(path, digest, _)] = log_artifacts(plat, ctx, run, [(src, "ckpt.bin")])
     assert path == "ckpt.bin" and b"".join(plat.artifacts.iter_bytes(digest)) == src.read_bytes()
+
+
+@pytest.mark.s3
+def test_gc_on_an_s3_store_deletes_objects_and_packs(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    p = make_platform(tmp_path / "home", artifact_uri=f"s3://{s3_bucket}/yard", s3_endpoint_url=s3_endpoint)
+    try:
+        ctx = p.context()
+        files = {"a.txt": b"a", "b.txt": b"b", "big.bin": os.urandom(5 << 20)}
+        tree = write(tmp_path / "t", files)
+        data.add_version(p, ctx, tree, "ds")
+        assert len(objects(p)) == 3  # manifest, pack of a and b, big.bin
+        data.remove(p, ctx, "ds@1")
+        report = collect_garbage(p, ctx, min_age=NOW)
+        assert (report.blobs, report.objects, report.failed_objects) == (4, 3, 0)
+        assert objects(p) == set() and rows(p) == {}
+        data.add_version(p, ctx, tree, "ds")  # nothing stale is reused: everything is uploaded again
+        data.checkout(p, ctx, "ds@2", tmp_path / "out")
+        assert same_tree(tmp_path / "out", tree)
+    finally:
+        p.close()

@@ -206,25 +206,32 @@ def collect_garbage(
                 .where(Blob.digest.in_(chunk))
                 .returning(Blob.digest, Blob.object_name, Blob.pack_offset, Blob.size)
             ).all()
-        detail.update(blobs=len(deleted), bytes=sum(r[3] for r in deleted), generation=bumped)
-    objects, failed = _delete_objects(platform, deleted)
+        names = _unreferenced_objects(s, deleted)
+        detail.update(
+            blobs=len(deleted), bytes=sum(r[3] for r in deleted), objects=len(names), generation=bumped
+        )
+    objects, failed = _delete_objects(platform, names)
     return GcReport(False, len(deleted), sum(r[3] for r in deleted), objects, failed, live_count, young)
 
 
 _Deleted = tuple[str, str, int | None, int]  # digest, object name, pack offset, size
 
 
-def _delete_objects(platform: Platform, deleted: Sequence[_Deleted]) -> tuple[int, int]:
-    """Delete the objects of deleted rows: a whole object, or a pack once no row refers to it any more
-    (pack names are unique to the add that wrote them, so no new row can come to refer to one)."""
+def _unreferenced_objects(s: Session, deleted: Sequence[_Deleted]) -> list[str]:
+    """The objects of deleted rows: a whole object, or a pack once no row refers to it any more (pack
+    names are unique to the add that wrote them, so no new row can come to refer to one)."""
     names = {name for _, name, offset, _ in deleted if offset is None}
     packs = sorted({name for _, name, offset, _ in deleted if offset is not None})
-    with platform.db.read() as s:
-        for chunk in _chunks(packs):
-            still = set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk)).distinct()))
-            names.update(n for n in chunk if n not in still)
+    for chunk in _chunks(packs):
+        still = set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk)).distinct()))
+        names.update(n for n in chunk if n not in still)
+    return sorted(names)
+
+
+def _delete_objects(platform: Platform, names: Sequence[str]) -> tuple[int, int]:
+    """Delete objects whose rows are gone (after the commit: never a row without its object)."""
     done = failed = 0
-    for name in sorted(names):
+    for name in names:
         try:
             platform.artifacts.backend.delete(name)
             done += 1
