@@ -32,15 +32,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple
 
 from sqlalchemy import Table, delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.core._blobs import BlobBackend, StagingWriter, sync_filesystem
 from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key, wrap_key
-from modelyard.core._db import MetadataStore
-from modelyard.core._gc import fence, generation, require_stored
+from modelyard.core._db import MetadataStore, chunks
+from modelyard.core._gc import fence, generation, require_stored, stored_digests
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
@@ -57,8 +57,6 @@ from modelyard.errors import (
 
 log = logging.getLogger("modelyard.artifacts")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-# Rows per multi-row statement: well under SQLite's bound-variable limit for 7 columns.
-_ROWS = 500
 # Rows per executemany of claim (SQLAlchemy splits them into statements within the driver's limits).
 _CLAIM_ROWS = 1000
 _SQLITE_CLAIM = (
@@ -73,18 +71,11 @@ _GROUP_BYTES = 1 << 30
 # publish_files packs files smaller than this; larger ones get one object each.
 PACK_MAX_BLOB = 4 << 20
 
-T = TypeVar("T")
-
 
 def check_digest(digest: str) -> str:
     if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
         raise UsageError(f"{digest!r} is not an artifact digest; expected 64 lower-case hex characters")
     return digest
-
-
-def _chunks(items: Sequence[T], size: int = _ROWS) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 @dataclass(frozen=True)
@@ -445,7 +436,7 @@ class ArtifactStore:
         table = Blob.__table__
         assert isinstance(table, Table)
         stmt = pg_insert(table).on_conflict_do_nothing(index_elements=["digest"]).returning(table.c.digest)
-        for chunk in _chunks(rows, _CLAIM_ROWS):
+        for chunk in chunks(rows, _CLAIM_ROWS):
             claimed.update(s.execute(stmt, list(chunk)).scalars())
         return claimed
 
@@ -480,7 +471,7 @@ class ArtifactStore:
             return {b.digest for b in ordered}
         ours = {(b.digest, b.object_name, b.pack_offset) for b in ordered}
         claimed: set[str] = set()
-        for chunk in _chunks([b.digest for b in ordered]):
+        for chunk in chunks([b.digest for b in ordered]):
             found = s.execute(
                 select(Blob.digest, Blob.object_name, Blob.pack_offset).where(Blob.digest.in_(chunk))
             )
@@ -555,7 +546,7 @@ class ArtifactStore:
     def _referenced(self, object_names: Sequence[str]) -> set[str]:
         found: set[str] = set()
         with self.db.read() as s:
-            for chunk in _chunks(object_names):
+            for chunk in chunks(object_names):
                 found.update(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk))))
         return found
 
@@ -576,20 +567,10 @@ class ArtifactStore:
 
     # -- read -------------------------------------------------------------------------------------------
     def known_digests(self, digests: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        unique = sorted(set(digests))
-        if not unique:
-            return found
+        if not digests:
+            return set()
         with self.db.read() as s:
-            conn = s.connection()
-            # Driver SQL with the driver's placeholders: the ORM select cost ~10x more per digest, which
-            # a dataset add of 10,000 files paid on the main thread. Only the placeholders are formatted
-            # in; the digests are bound.
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            for chunk in _chunks(unique):
-                sql = f"SELECT digest FROM blobs WHERE digest IN ({', '.join([mark] * len(chunk))})"  # noqa: S608
-                found.update([row[0] for row in conn.exec_driver_sql(sql, tuple(chunk)).fetchall()])
-        return found
+            return stored_digests(s, digests)
 
     def _locate(self, digests: Sequence[str]) -> dict[str, _Location]:
         """digest -> where its payload is and its wrapped data key; NotFoundError names the first missing."""
@@ -598,7 +579,7 @@ class ArtifactStore:
         unique = sorted(set(digests))
         found: dict[str, _Location] = {}
         with self.db.read() as s:
-            for chunk in _chunks(unique):
+            for chunk in chunks(unique):
                 rows = s.execute(
                     select(
                         Blob.digest,
@@ -768,7 +749,7 @@ def put_artifacts(
                             "created_by": ctx.user,
                         }
                     )
-            for chunk in _chunks(rows):
+            for chunk in chunks(rows):
                 s.execute(insert(Artifact), list(chunk))
             if extra:
                 platform.audit_many(ctx, "artifact.write", extra, "ok", session=s)
@@ -797,7 +778,7 @@ def put_artifact(
 
 def _existing_refs(s: Session, ctx: Context, digests: Sequence[str]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
-    for chunk in _chunks(sorted(set(digests))):
+    for chunk in chunks(sorted(set(digests))):
         found.update(
             (d, n)
             for d, n in s.execute(

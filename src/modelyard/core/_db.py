@@ -6,10 +6,10 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, inspect, text
 from sqlalchemy.engine import make_url
@@ -233,6 +233,16 @@ class MetadataStore:
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
                     conn.commit()
+
+
+T = TypeVar("T")
+# Rows per multi-row statement or IN list: well under SQLite's bound-variable limit for 7 columns.
+ROWS = 500
+
+
+def chunks(items: Sequence[T], size: int = ROWS) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def insert_for(s: Any) -> Any:
