@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord, RunLatestMetric, RunMetric
+from modelyard.testing import reaping
 from modelyard.tracking import Client
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -81,15 +82,11 @@ def test_eight_processes_log_into_one_run_and_lose_nothing(any_platform: Platfor
 @pytest.mark.slow
 def test_sigkill_mid_run_is_reaped_failed_with_every_flushed_metric(platform: Platform) -> None:
     proc = _spawn(platform, "crash", "500", YARD_RUN_HEARTBEAT_S="0.2", YARD_METRIC_FLUSH_S="0.2")
-    try:
+    with reaping(proc):
         _, run_id, flushed = _first_line(proc)
         time.sleep(0.5)  # let it log (and flush) a little more
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == -signal.SIGKILL
     short = Platform(platform.settings.model_copy(update={"run_heartbeat_timeout_s": 2.0}))
     try:
@@ -120,15 +117,11 @@ def test_sigkill_mid_run_is_reaped_failed_with_every_flushed_metric(platform: Pl
 def test_sigterm_and_sigint_flush_and_end_killed(platform: Platform, sig: int, code: int | None) -> None:
     # A long flush interval: nothing is durable before the signal unless the handler flushes it.
     proc = _spawn(platform, "term", "3000", YARD_METRIC_FLUSH_S="600")
-    try:
+    with reaping(proc):
         _, run_id, buffered = _first_line(proc)
         assert int(buffered) > 0
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     if code is not None:
         assert proc.returncode == code, err
     else:
@@ -153,7 +146,7 @@ def test_an_ignored_signal_stays_ignored(platform: Platform) -> None:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    try:
+    with reaping(proc):
         _, run_id, _ = _first_line(proc)
         proc.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):
@@ -162,10 +155,6 @@ def test_an_ignored_signal_stays_ignored(platform: Platform) -> None:
             assert client.get_run(run_id).status == "RUNNING"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err
     with Client(platform=platform) as client:
         info = client.get_run(run_id)
@@ -195,13 +184,9 @@ def test_sigterm_during_end_is_killed_with_every_metric(platform: Platform) -> N
     # The signal lands while end() flushes: the handler must finish that end (KILLED), not skip the run
     # as already ended and exit with it RUNNING and its buffered points lost.
     proc = _spawn(platform, "term_in_end", "2000", YARD_METRIC_FLUSH_S="600")
-    try:
+    with reaping(proc):
         _, run_id = _first_line(proc)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "end returned" not in out
     with Client(platform=platform) as client:
@@ -213,13 +198,9 @@ def test_sigterm_during_end_is_killed_with_every_metric(platform: Platform) -> N
 
 def test_an_end_that_did_not_commit_is_retried_at_exit(platform: Platform) -> None:
     proc = _spawn(platform, "end_fails_once", "50", YARD_METRIC_FLUSH_S="600")
-    try:
+    with reaping(proc):
         _, _, run_id = _first_line(proc)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     with Client(platform=platform) as client:
         info = client.get_run(run_id)

@@ -32,7 +32,7 @@ from modelyard.core import Context, Platform, create_project
 from modelyard.core._models import AuditRecord, Job, JobLog
 from modelyard.core._platform import utcnow
 from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
-from modelyard.testing import JOB_RECIPE, actor, make_platform
+from modelyard.testing import JOB_RECIPE, actor, make_platform, reaping
 from modelyard.training import _jobs
 
 HERE = Path(__file__)
@@ -269,16 +269,12 @@ def sigkill_mid_job(
     """Wait until the worker ``proc`` runs ``attempt`` of a job (its mark), call ``while_running`` with the
     mark, then SIGKILL the worker. PR_SET_PDEATHSIG: the job's process dies with it, so no orphan runs
     beside the retry (waited for). Returns the mark."""
-    try:
+    with reaping(proc):
         found = wait_for(lambda: [m for m in read_marks(marks) if m[1] == attempt], what=f"attempt {attempt}")
         mark = found[0]  # type: ignore[index]
         while_running(mark)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     wait_for(lambda: not alive(mark[3]), timeout=10, what="the orphaned job process to die")
     return mark
 

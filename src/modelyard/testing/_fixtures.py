@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +155,14 @@ def same_tree(a: Path, b: Path) -> bool:
     if mismatch or errors:
         return False
     return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+@contextlib.contextmanager
+def reaping(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """Kill and wait for ``proc`` on the way out unless it has ended: a failing test leaves no child."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
