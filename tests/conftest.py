@@ -11,9 +11,11 @@ import pytest
 
 from modelyard.core import Platform
 from modelyard.testing import (
+    FakeCluster,
     TrainedModel,
     Yard,
     cli_runner,
+    fake_kubernetes,
     fresh_postgres_database,
     make_platform,
     trained_model,
@@ -28,6 +30,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("YARD_") and key != PG_ENV:
             monkeypatch.delenv(key)
     monkeypatch.setenv("YARD_HOME", str(tmp_path / "home"))
+    # No developer's cluster either: a kubeconfig that does not exist, and not in a pod.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+@pytest.fixture
+def k8s(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeCluster]:
+    """A fake Kubernetes API server that the real kubernetes client reaches through KUBECONFIG."""
+    pytest.importorskip("kubernetes")
+    with fake_kubernetes() as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "kubeconfig")))
+        yield cluster
 
 
 @pytest.fixture

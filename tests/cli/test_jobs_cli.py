@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from modelyard.core import Platform, create_token
 from modelyard.core._models import Job
-from modelyard.testing import JOB_RECIPE, Yard, actor
+from modelyard.testing import JOB_RECIPE, FakeCluster, Yard, actor
 from modelyard.training import _jobs
 
 RECIPE = JOB_RECIPE
@@ -261,13 +261,10 @@ def test_kubernetes_bad_input(yard: Yard, home_with_data: Platform, extra: list[
     assert message in r.error
 
 
-def test_kubernetes_apply_without_the_client_is_a_clear_error(yard: Yard, home_with_data: Platform) -> None:
-    try:
-        import kubernetes  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the kubernetes client is installed: applying would need a cluster")
+def test_kubernetes_apply_without_the_client_is_a_clear_error(
+    yard: Yard, home_with_data: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if not installed: importing it fails
     r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", *CLUSTER)
     assert r.code == 1 and "pip install 'modelyard[k8s]'" in r.error
     assert _jobs_count(home_with_data) == 0
@@ -275,23 +272,22 @@ def test_kubernetes_apply_without_the_client_is_a_clear_error(yard: Yard, home_w
 
 @pytest.mark.slow
 def test_the_pods_command_runs_the_real_job_and_exits_with_its_status(
-    yard: Yard, home_with_data: Platform, monkeypatch: pytest.MonkeyPatch
+    yard: Yard, home_with_data: Platform, k8s: FakeCluster
 ) -> None:
     """What a recorded Kubernetes job's container runs, `yard worker --job ID`, with the real job command
-    (`yard train` given an option it does not know: exit 2 in seconds). No cluster here: only its API's
-    create call is replaced; the pod's process is the real one."""
-    from modelyard.training import _k8s
-
-    monkeypatch.setattr(_k8s, "apply_manifest", lambda m: f"default/{m['metadata']['name']}")
+    (`yard train` given an option it does not know: exit 2 in seconds). No cluster here: its API is a
+    fake that the real client talks to; the pod's process is the real one."""
     submit = ["jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--max-retries", "0", *CLUSTER]
     r = yard(*submit, "--", "--no-such-option")
     assert r.code == 0, r.err
     job_id = int(r.out.strip())
     assert f"job {job_id} kubernetes job default/yard-train-{job_id}" in r.err
     assert yard("jobs", "show", str(job_id), "--json").json()["status"] == "SUBMITTED"
+    assert list(k8s.jobs) == [f"default/yard-train-{job_id}"]
+    pod = k8s.waiting_pod(f"default/yard-train-{job_id}", "ErrImagePull", "pull access denied")
     waiting = yard("jobs", "logs", str(job_id))
     assert waiting.code == 0 and waiting.out == ""
-    assert "has not started in Kubernetes yet" in waiting.err
+    assert f"has not started in Kubernetes yet (pod {pod}: ErrImagePull: pull access denied)" in waiting.err
     assert f"kubectl describe job/yard-train-{job_id} -n default" in waiting.err
     for bad, message in (
         (["--job", "x"], "is not a job id"),

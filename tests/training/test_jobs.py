@@ -14,7 +14,9 @@ process of the multi-process tests; its settings come from the environment.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,8 +33,8 @@ from sqlalchemy import func, select, update
 from modelyard.core import Context, Platform, create_project
 from modelyard.core._models import AuditRecord, Job, JobLog
 from modelyard.core._platform import utcnow
-from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
-from modelyard.testing import JOB_RECIPE, actor, make_platform, reaping
+from modelyard.errors import BackendError, NotFoundError, PermissionDeniedError, UsageError, ValidationError
+from modelyard.testing import JOB_RECIPE, FakeCluster, actor, make_platform, reaping
 from modelyard.training import _jobs
 
 HERE = Path(__file__)
@@ -737,21 +739,10 @@ CLUSTER = {"database_url": "postgresql://trainer@db.cluster/yard", "artifact_uri
 
 
 @pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[object]]:
-    """The cluster's API (no cluster here): what was created and deleted. The pod itself is the real thing,
-    a Worker bound to the job, as `yard worker --job ID` runs it in the container."""
-    from modelyard.training import _k8s
-
-    calls: dict[str, list[object]] = {"created": [], "deleted": []}
-
-    def create(manifest: dict[str, object]) -> str:
-        calls["created"].append(manifest)
-        meta = manifest["metadata"]
-        return f"{meta['namespace']}/{meta['name']}"  # type: ignore[index]
-
-    monkeypatch.setattr(_k8s, "apply_manifest", create)
-    monkeypatch.setattr(_k8s, "delete_job", calls["deleted"].append)
-    return calls
+def cluster(k8s: FakeCluster) -> FakeCluster:
+    """The cluster's API is a fake (no cluster here) that the real kubernetes client talks to. The pod itself
+    is the real thing, a Worker bound to the job, as `yard worker --job ID` runs it in the container."""
+    return k8s
 
 
 def _pod_job(platform: Platform, ctx: Context, recipe: Path, **request: object) -> _jobs.JobInfo:
@@ -761,11 +752,11 @@ def _pod_job(platform: Platform, ctx: Context, recipe: Path, **request: object) 
 
 
 def test_a_kubernetes_pod_mirrors_its_job_into_the_store(
-    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
 ) -> None:
     platform, ctx, recipe = local_queue
     job = _pod_job(platform, ctx, recipe, cpus=2, args=["--lines", "3"])
-    (manifest,) = cluster["created"]
+    (manifest,) = cluster.jobs.values()
     pod = manifest["spec"]["template"]["spec"]  # type: ignore[index]
     container = pod["containers"][0]
     worker = ["python", "-m", "modelyard.cli", "worker", "--job", str(job.id), "--name", "$(YARD_POD_NAME)"]
@@ -800,7 +791,7 @@ def test_a_kubernetes_pod_mirrors_its_job_into_the_store(
 
 
 def test_a_failed_pod_goes_back_to_the_cluster_until_its_last_attempt(
-    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
 ) -> None:
     platform, ctx, recipe = local_queue
     job = _pod_job(platform, ctx, recipe, args=["--exit", "3"], max_retries=1)
@@ -826,7 +817,7 @@ def test_a_failed_pod_goes_back_to_the_cluster_until_its_last_attempt(
 
 
 def test_a_cancelled_pod_job_stops_and_a_stopped_pod_hands_its_job_back(
-    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
 ) -> None:
     platform, ctx, recipe = local_queue
     job = _pod_job(platform, ctx, recipe, args=["--sleep", "120", "--ignore-term"])
@@ -836,7 +827,7 @@ def test_a_cancelled_pod_job_stops_and_a_stopped_pod_hands_its_job_back(
         assert jobs_by_id(platform)[job.id].status == "RUNNING"
         _jobs.cancel_job(platform, ctx, job.id)
         wait_for(lambda: not alive(child), timeout=15, what="the cancelled job to be killed")
-    assert cluster["deleted"] == [f"default/yard-train-{job.id}"]
+    assert cluster.deleted == [f"default/yard-train-{job.id}"]
     final = jobs_by_id(platform)[job.id]
     assert final.status == "CANCELLED" and final.exit_code is None and not w.finished
 
@@ -854,7 +845,7 @@ def test_a_cancelled_pod_job_stops_and_a_stopped_pod_hands_its_job_back(
 
 
 def test_a_second_pod_waits_while_the_first_is_alive_and_never_takes_its_job(
-    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
 ) -> None:
     # A stray pod, or the owner running `yard worker --job` by hand, must not kill the live pod's job.
     platform, ctx, recipe = local_queue
@@ -875,7 +866,7 @@ def test_a_second_pod_waits_while_the_first_is_alive_and_never_takes_its_job(
 
 
 def test_a_pod_that_cannot_start_its_job_leaves_it_to_the_clusters_retry(
-    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
 ) -> None:
     platform, ctx, recipe = local_queue
     job = _pod_job(platform, ctx, recipe, max_retries=1)
@@ -892,7 +883,7 @@ def test_a_pod_that_cannot_start_its_job_leaves_it_to_the_clusters_retry(
 
 
 def test_a_silent_pod_is_reaped_back_to_the_cluster_then_failed(
-    queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: dict[str, list[object]]
+    queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
 ) -> None:
     platform, ctx, recipe = queue
     job = _pod_job(platform, ctx, recipe, args=["--sleep", "120"], max_retries=1)
@@ -918,9 +909,7 @@ def test_a_silent_pod_is_reaped_back_to_the_cluster_then_failed(
     assert row.finished_at is not None
 
 
-def test_who_may_run_a_pod_job(
-    local_queue: tuple[Platform, Context, Path], cluster: dict[str, list[object]]
-) -> None:
+def test_who_may_run_a_pod_job(local_queue: tuple[Platform, Context, Path], cluster: FakeCluster) -> None:
     platform, admin, recipe = local_queue
     viewer = actor(platform, admin, "vic", "viewer")
     sam = actor(platform, admin, "sam", "scientist")
@@ -948,6 +937,175 @@ def test_who_may_run_a_pod_job(
     with pytest.raises(NotFoundError):
         _jobs.Worker(platform, platform.context(project="other"), job=job.id)
     assert {j.status for j in _jobs.list_jobs(platform, admin)} == {"SUBMITTED", "QUEUED"}  # unchanged
+
+
+# -- what the cluster says about jobs whose pod never reported back ------------------------------------------
+def test_jobs_the_cluster_gave_up_on_end_failed_and_waiting_pods_say_why(
+    queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
+) -> None:
+    platform, ctx, recipe = queue
+    pull, sched, failed, gone, done, starting = (_pod_job(platform, ctx, recipe) for _ in range(6))
+    local = _jobs.submit_job(platform, ctx, recipe)
+    cluster.waiting_pod(pull.external_id, "ImagePullBackOff", 'Back-off pulling image "modelyard:9"')  # type: ignore[arg-type]
+    cluster.waiting_pod(
+        sched.external_id,  # type: ignore[arg-type]
+        "Unschedulable",
+        "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        unschedulable=True,
+    )
+    cluster.waiting_pod(starting.external_id, "ContainerCreating")  # type: ignore[arg-type]
+    cluster.fail(failed.external_id)  # type: ignore[arg-type]
+    cluster.remove(gone.external_id)  # type: ignore[arg-type]
+    cluster.complete(done.external_id)  # type: ignore[arg-type]
+    cluster.requests.clear()
+
+    listed = {j.id: j for j in _jobs.list_jobs(platform, ctx)}
+    # One list of Jobs and one of pods for the namespace, however many jobs wait there.
+    assert cluster.requests == [
+        ("GET", "/apis/batch/v1/namespaces/default/jobs"),
+        ("GET", "/api/v1/namespaces/default/pods"),
+    ]
+    assert {i: j.status for i, j in listed.items()} == {
+        pull.id: "SUBMITTED",
+        sched.id: "SUBMITTED",
+        starting.id: "SUBMITTED",
+        failed.id: "FAILED",
+        gone.id: "FAILED",
+        done.id: "FAILED",
+        local.id: "QUEUED",
+    }
+    waits = {i: j.waiting for i, j in listed.items() if j.waiting}
+    assert set(waits) == {pull.id, sched.id}  # a pod that is only starting has nothing to say
+    assert re.fullmatch(
+        rf'pod yard-train-{pull.id}-\w+: ImagePullBackOff: Back-off pulling image "modelyard:9"',
+        waits[pull.id],
+    )
+    assert re.fullmatch(
+        rf"pod yard-train-{sched.id}-\w+: Unschedulable: 0/3 nodes are available: "
+        r"3 Insufficient nvidia.com/gpu.",
+        waits[sched.id],
+    )
+    ext = {j.id: j.external_id for j in (failed, gone, done)}
+    assert listed[failed.id].reason == (
+        f"Kubernetes job {ext[failed.id]} failed: BackoffLimitExceeded: "
+        "Job has reached the specified backoff limit"
+    )
+    assert listed[gone.id].reason == (
+        f"Kubernetes job {ext[gone.id]} no longer exists (deleted, or removed after it finished) and its "
+        "last attempt did not report back"
+    )
+    assert "completed, but its pod did not record a result" in (listed[done.id].reason or "")
+    assert all(listed[i].finished_at is not None for i in ext)
+    with platform.db.read() as s:
+        audited = s.execute(
+            select(AuditRecord.resource, AuditRecord.actor, AuditRecord.detail).where(
+                AuditRecord.actor == _jobs.REAPER
+            )
+        ).all()
+    assert sorted((r, json.loads(d)["cluster"]) for r, _, d in audited) == sorted(
+        [(f"job:{failed.id}", "failed"), (f"job:{gone.id}", "gone"), (f"job:{done.id}", "complete")]
+    )
+
+    # One job: get_job asks about that one only; final jobs are never asked about again.
+    cluster.requests.clear()
+    assert _jobs.get_job(platform, ctx, pull.id).waiting == listed[pull.id].waiting
+    assert _jobs.get_job(platform, ctx, failed.id).status == "FAILED"
+    assert len(cluster.requests) == 2
+    # The pod gets its image and runs: the row is the worker's again, and the cluster's later
+    # "complete" changes nothing.
+    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", job=pull.id) as w:
+        pass
+    assert w.exit_code == 0
+    cluster.complete(pull.external_id)  # type: ignore[arg-type]
+    after = _jobs.get_job(platform, ctx, pull.id)
+    assert (after.status, after.waiting, after.reason) == ("SUCCEEDED", None, None)
+
+
+def test_a_pod_that_claims_its_job_while_the_cluster_is_asked_wins(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.training import _k8s
+
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    cluster.fail(job.external_id)  # type: ignore[arg-type]
+    real = _k8s.cluster_jobs
+
+    def answer_then_claim(ids: object) -> object:
+        answer = real(ids)  # type: ignore[arg-type]
+        with platform.db.write() as s:  # what the pod's worker does at that moment
+            s.execute(update(Job).where(Job.id == job.id).values(status="RUNNING", attempts=1))
+        return answer
+
+    monkeypatch.setattr(_k8s, "cluster_jobs", answer_then_claim)
+    assert _jobs.sync_cluster_jobs(platform, ctx) == {}
+    assert jobs_by_id(platform)[job.id].status == "RUNNING"  # the heartbeat reaper decides now
+
+
+def test_a_cluster_that_cannot_be_asked_changes_nothing(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    cluster.waiting_pod(job.external_id, "ErrImagePull")  # type: ignore[arg-type]
+    cluster.fail(job.external_id)  # type: ignore[arg-type]
+    cluster.refused["jobs"] = 403
+    assert [j.status for j in _jobs.list_jobs(platform, ctx)] == ["SUBMITTED"]
+    assert (
+        "could not ask Kubernetes about 1 submitted job(s)" in caplog.text and "403 Forbidden" in caplog.text
+    )
+    # Pods refused only: the Jobs' states still count, the wait is just not explained.
+    del cluster.refused["jobs"]
+    cluster.refused["pods"] = 403
+    other = _pod_job(platform, ctx, recipe)
+    cluster.waiting_pod(other.external_id, "ErrImagePull")  # type: ignore[arg-type]
+    caplog.clear()
+    assert {j.id: (j.status, j.waiting) for j in _jobs.list_jobs(platform, ctx)} == {
+        job.id: ("FAILED", None),
+        other.id: ("SUBMITTED", None),
+    }
+    assert "could not list the pods of namespace default: 403 Forbidden" in caplog.text
+    # No configuration on this machine (a kubeconfig that is not there), then no client at all.
+    monkeypatch.setenv("KUBECONFIG", str(Path(cluster.url.replace(":", "_")) / "missing"))
+    caplog.clear()
+    assert _jobs.get_job(platform, ctx, other.id).status == "SUBMITTED"
+    assert "no Kubernetes configuration found" in caplog.text
+    monkeypatch.setitem(sys.modules, "kubernetes", None)
+    caplog.clear()
+    assert _jobs.get_job(platform, ctx, other.id).status == "SUBMITTED"
+    assert "pip install 'modelyard[k8s]'" in caplog.text
+
+
+def test_following_the_logs_of_a_job_the_cluster_gave_up_on_ends(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    monkeypatch.setattr(_jobs, "CLUSTER_POLL_S", 0.2)
+    threading.Timer(0.5, cluster.fail, [job.external_id, "DeadlineExceeded", "too long"]).start()
+    start = time.monotonic()
+    assert list(_jobs.iter_logs(platform, ctx, job.id, follow=True, poll_s=0.05, timeout_s=20)) == []
+    assert time.monotonic() - start < 10
+    final = _jobs.get_job(platform, ctx, job.id)
+    assert (final.status, final.reason) == (
+        "FAILED",
+        f"Kubernetes job {job.external_id} failed: DeadlineExceeded: too long",
+    )
+
+
+def test_a_job_the_cluster_refuses_to_create_is_not_recorded(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster
+) -> None:
+    platform, ctx, recipe = local_queue
+    cluster.refused["jobs"] = 403
+    with pytest.raises(
+        BackendError, match=r"Kubernetes did not create job default/yard-train-\d+: 403 Forbidden"
+    ):
+        _pod_job(platform, ctx, recipe)
+    assert jobs_by_id(platform) == {} and cluster.jobs == {}
 
 
 # -- the real command: yard train through the queue ---------------------------------------------------------

@@ -191,8 +191,9 @@ def logs(
         if info.backend != "local" and info.status == "SUBMITTED" and info.attempts == 0:
             # Its pod stores the output once it runs; what keeps a pod from starting is in the cluster.
             namespace, _, name = (info.external_id or "").partition("/")
+            why = f" ({info.waiting})" if info.waiting else ""
             err_console.print(
-                f"job {info.id} has not started in Kubernetes yet; if it stays so, see "
+                f"job {info.id} has not started in Kubernetes yet{why}; if it stays so, see "
                 f"kubectl describe job/{name} -n {namespace}",
                 markup=False,
             )

@@ -15,6 +15,7 @@ from modelyard.testing._fixtures import (
     trained_model,
     vm_hwm_kib,
 )
+from modelyard.testing._k8sapi import FakeCluster, fake_kubernetes
 from modelyard.testing._s3server import moto_s3_server
 
 __all__ = [
@@ -22,11 +23,13 @@ __all__ = [
     "TINY_RECIPE",
     "ArtifactStoreContract",
     "CliResult",
+    "FakeCluster",
     "MetadataStoreContract",
     "TrainedModel",
     "Yard",
     "actor",
     "cli_runner",
+    "fake_kubernetes",
     "fresh_postgres_database",
     "make_platform",
     "moto_s3_server",

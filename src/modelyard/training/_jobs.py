@@ -28,6 +28,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -58,6 +59,8 @@ from modelyard.errors import BackendError, NotFoundError, UsageError, Validation
 if TYPE_CHECKING:
     from modelyard.training._recipe import Recipe
 
+log = logging.getLogger("modelyard.jobs")
+
 COMMANDS = ("train", "tune", "eval")
 PRIORITIES = {"low": 10, "normal": 20, "high": 30, "urgent": 40}
 PRIORITY_LEVEL = 10  # between two named priorities: what a job gains per job_aging_s waited
@@ -71,6 +74,7 @@ MAX_ARG_CHARS = 1000
 MAX_CPUS = 4096.0
 MAX_GPUS = 64
 MAX_MEMORY = 1 << 50  # 1 PiB
+CLUSTER_POLL_S = 10.0  # how often `yard jobs logs -f` asks the cluster about a job that has not started
 MAX_LOG_CHARS = 64 << 20  # per attempt; past it the output is dropped with one marker line
 _LOG_CHUNK = 256 << 10
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -235,6 +239,8 @@ class JobInfo:
     reason: str | None
     external_id: str | None = None
     recipe: str = field(default="", repr=False)
+    # A SUBMITTED Kubernetes job: why its pod does not run yet, as the cluster said when it was read.
+    waiting: str | None = None
 
     @property
     def priority_name(self) -> str:
@@ -247,7 +253,7 @@ class JobInfo:
         return out
 
 
-def _info(job: Job, project: str) -> JobInfo:
+def _info(job: Job, project: str, waiting: dict[int, str] | None = None) -> JobInfo:
     def ts(value: datetime | None) -> datetime | None:
         return as_utc(value) if value is not None else None
 
@@ -277,6 +283,7 @@ def _info(job: Job, project: str) -> JobInfo:
         reason=job.reason,
         external_id=job.external_id,
         recipe=job.recipe,
+        waiting=(waiting or {}).get(job.id) if job.status == "SUBMITTED" else None,
     )
 
 
@@ -521,20 +528,22 @@ def list_jobs(
     if not 0 < limit <= 100_000:
         raise UsageError(f"limit {limit} is out of range; expected 1 to 100000")
     reap_stale_jobs(platform, ctx)
+    waiting = sync_cluster_jobs(platform, ctx)
     with platform.db.read() as s:
         stmt = select(Job).where(Job.project_id == ctx.project_id)
         if wanted:
             stmt = stmt.where(Job.status.in_(wanted))
         rows = s.scalars(stmt.order_by(Job.id.desc()).limit(limit)).all()
-        return [_info(j, ctx.project) for j in rows]
+        return [_info(j, ctx.project, waiting) for j in rows]
 
 
 def get_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     jid = parse_job_id(job_id)
     platform.authorize(ctx, "job.read", job_ref(jid))
     reap_stale_jobs(platform, ctx)
+    waiting = sync_cluster_jobs(platform, ctx, jid)
     with platform.db.read() as s:
-        return _info(_job_row(s, ctx, jid), ctx.project)
+        return _info(_job_row(s, ctx, jid), ctx.project, waiting)
 
 
 def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
@@ -629,6 +638,7 @@ def iter_logs(
     chunk was read (or ``timeout_s`` passes)."""
     after, page = 0, 1000
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    next_sync = 0.0
     while True:
         chunks, info = read_logs(platform, ctx, job_id, after=after, limit=page)
         yield from chunks
@@ -643,6 +653,9 @@ def iter_logs(
         if deadline is not None and time.monotonic() > deadline:
             return
         reap_stale_jobs(platform, ctx)  # a dead worker's job goes back to the queue (or fails) meanwhile
+        if info.status == "SUBMITTED" and info.backend == "kubernetes" and time.monotonic() >= next_sync:
+            sync_cluster_jobs(platform, ctx, info.id)  # a Job the cluster gave up on ends FAILED
+            next_sync = time.monotonic() + CLUSTER_POLL_S
         time.sleep(poll_s)
 
 
@@ -699,6 +712,75 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
             )
         _audit.append_many(s, entries)
     return out
+
+
+def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = None) -> dict[int, str]:
+    """Ask the cluster about the SUBMITTED Kubernetes jobs of ctx's project (or only ``job_id``). A job whose
+    pod never reported back ends FAILED when the cluster has given up on it: its Job failed (backoff limit,
+    deadline: pods that crashed before ``yard worker`` reached the store), completed without the pod
+    recording a result, or is gone (deleted outside modelyard, or by its TTL). One audit record each (actor
+    ``system:reaper``). Returns, for jobs still waiting, why their pod does not run (image pull, scheduling).
+    Without a Kubernetes client or configuration, or when the cluster does not answer, it logs a warning
+    and changes nothing: the rows stay SUBMITTED until a machine that can ask does."""
+    cond = [Job.project_id == ctx.project_id, Job.backend == "kubernetes", Job.status == "SUBMITTED"]
+    if job_id is not None:
+        cond.append(Job.id == job_id)
+    with platform.db.read() as s:
+        # Read before the cluster is asked: a row committed means its Job was created (submit applies the
+        # manifest inside the inserting transaction), so a Job missing from the cluster's list is gone.
+        seen: dict[int, tuple[str, int]] = {
+            jid: (str(ext), attempts)
+            for jid, ext, attempts in s.execute(
+                select(Job.id, Job.external_id, Job.attempts).where(*cond, Job.external_id.is_not(None))
+            ).all()
+        }
+    if not seen:
+        return {}
+    from modelyard.training import _k8s
+
+    try:
+        cluster = _k8s.cluster_jobs({jid: ext for jid, (ext, _) in seen.items()})
+    except YardError as exc:
+        log.warning("could not ask Kubernetes about %d submitted job(s): %s", len(seen), exc)
+        return {}
+    waiting: dict[int, str] = {}
+    ended: dict[int, str] = {}
+    for jid, (ext, _) in seen.items():
+        state = cluster[ext]
+        if state.state == "active":
+            if state.detail:
+                waiting[jid] = state.detail
+        elif state.state == "failed":
+            ended[jid] = f"Kubernetes job {ext} failed: {state.detail}"
+        elif state.state == "complete":
+            ended[jid] = f"Kubernetes job {ext} completed, but its pod did not record a result in the store"
+        else:
+            ended[jid] = (
+                f"Kubernetes job {ext} no longer exists (deleted, or removed after it finished) and its "
+                "last attempt did not report back"
+            )
+    if not ended:
+        return waiting
+    with platform.db.write() as s:
+        # Only rows unchanged since they were read: a pod that claimed its job meanwhile wins.
+        rows = s.scalars(select(Job).where(Job.id.in_(ended), *cond).with_for_update()).all()
+        entries = []
+        for job in rows:
+            if (job.external_id, job.attempts) != seen[job.id]:
+                continue
+            job.status, job.finished_at, job.reason = "FAILED", utcnow(), ended[job.id]
+            entries.append(
+                {
+                    "actor": REAPER,
+                    "project": ctx.project,
+                    "action": "job.write",
+                    "resource": job_ref(job.id),
+                    "outcome": "ok",
+                    "detail": {"status": "FAILED", "cluster": cluster[seen[job.id][0]].state},
+                }
+            )
+        _audit.append_many(s, entries)
+    return waiting
 
 
 def _cluster_retries(job: Job | JobInfo) -> bool:

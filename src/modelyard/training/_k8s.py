@@ -11,9 +11,14 @@ URL) and the S3 credentials.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
+import os
 import re
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -23,6 +28,7 @@ from sqlalchemy.exc import ArgumentError
 from modelyard.core._platform import Context, Platform
 from modelyard.errors import BackendError, ConfigError, UsageError, ValidationError
 
+log = logging.getLogger("modelyard.jobs")
 RECIPE_ANNOTATION = "modelyard.dev/recipe"
 POD_NAME_ENV = "YARD_POD_NAME"  # the pod's name (downward API), expanded by Kubernetes in the command
 RECIPE_DIR = "/etc/modelyard"
@@ -263,22 +269,40 @@ def manifest_yaml(manifest: dict[str, Any]) -> str:
 
 def _client() -> Any:
     try:
-        import kubernetes
+        k8s: Any = importlib.import_module("kubernetes")  # untyped: Any, as its objects are here
     except ImportError:
         raise ConfigError(
             "the kubernetes backend needs the kubernetes client: pip install 'modelyard[k8s]' "
             "(or write the manifest with --dry-run and apply it with kubectl)"
         ) from None
     try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
+        k8s.config.load_incluster_config()
+    except k8s.config.ConfigException:
         try:
-            kubernetes.config.load_kube_config()
-        except (kubernetes.config.ConfigException, OSError) as exc:
+            # KUBECONFIG as it is now: the client reads it once, when it is first imported.
+            k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+        except (k8s.config.ConfigException, OSError) as exc:
             raise ConfigError(
                 f"no Kubernetes configuration found (in-cluster or kubeconfig): {exc}"
             ) from None
-    return kubernetes
+    return k8s
+
+
+_TIMEOUT_S = 10  # seconds per API call: an unreachable cluster is an error, not a hang
+
+
+def _errors(k8s: Any) -> tuple[type[Exception], ...]:
+    """What an API call raises when the cluster refuses it or cannot be reached."""
+    import urllib3
+
+    return (k8s.client.exceptions.ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _why(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    if status:
+        return f"{status} {getattr(exc, 'reason', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
 
 
 def apply_manifest(manifest: dict[str, Any]) -> str:
@@ -286,9 +310,9 @@ def apply_manifest(manifest: dict[str, Any]) -> str:
     k8s = _client()
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        k8s.client.BatchV1Api().create_namespaced_job(namespace, manifest)
-    except k8s.client.exceptions.ApiException as exc:
-        raise BackendError(f"Kubernetes refused job {namespace}/{name}: {exc.status} {exc.reason}") from None
+        k8s.client.BatchV1Api().create_namespaced_job(namespace, manifest, _request_timeout=_TIMEOUT_S)
+    except _errors(k8s) as exc:
+        raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
     return f"{namespace}/{name}"
 
 
@@ -297,9 +321,111 @@ def delete_job(external_id: str) -> None:
     k8s = _client()
     namespace, _, name = external_id.partition("/")
     try:
-        k8s.client.BatchV1Api().delete_namespaced_job(name, namespace, propagation_policy="Background")
-    except k8s.client.exceptions.ApiException as exc:
-        if exc.status != 404:
+        k8s.client.BatchV1Api().delete_namespaced_job(
+            name, namespace, propagation_policy="Background", _request_timeout=_TIMEOUT_S
+        )
+    except _errors(k8s) as exc:
+        if getattr(exc, "status", None) != 404:
+            raise BackendError(f"Kubernetes could not delete job {external_id}: {_why(exc)}") from None
+
+
+# -- what the cluster says about submitted jobs --------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterJob:
+    """One Job as the cluster reports it: ``state`` is active, failed, complete or gone; ``detail`` is the
+    failure's reason, or for an active Job why its pod waits (image pull, scheduling), if it does."""
+
+    state: str
+    detail: str = ""
+
+
+# Waiting reasons that only mean "starting": anything else (ErrImagePull, ImagePullBackOff,
+# CreateContainerConfigError for a missing Secret key, ...) is worth showing.
+_STARTING = {"ContainerCreating", "PodInitializing"}
+_SELECTOR = "app.kubernetes.io/name=modelyard,app.kubernetes.io/component=job"  # our Jobs and their pods
+
+
+def _pod_job(pod: Any) -> str:
+    for ref in pod.metadata.owner_references or ():
+        if ref.kind == "Job":
+            return str(ref.name)
+    labels = pod.metadata.labels or {}
+    return str(labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or "")
+
+
+def _pod_waiting(pod: Any) -> str:
+    """Why a pending pod does not run, or ""."""
+    status = pod.status
+    if status is None or status.phase != "Pending":
+        return ""
+    for c in status.container_statuses or ():
+        waiting = c.state.waiting if c.state is not None else None
+        if waiting is not None and waiting.reason and waiting.reason not in _STARTING:
+            return f"pod {pod.metadata.name}: {waiting.reason}" + (
+                f": {waiting.message}" if waiting.message else ""
+            )
+    for cond in status.conditions or ():
+        if cond.type == "PodScheduled" and cond.status == "False":
+            return f"pod {pod.metadata.name}: {cond.reason or 'not scheduled'}" + (
+                f": {cond.message}" if cond.message else ""
+            )
+    return ""
+
+
+def cluster_jobs(jobs: Mapping[int, str]) -> dict[str, ClusterJob]:
+    """What the cluster says about Jobs created by :func:`apply_manifest`, given as job id ->
+    ``namespace/name``: one list of Jobs and one of pods per namespace, however many jobs, selected by their
+    job-id labels. A Job missing from the list is gone (deleted, or removed by its TTL after it finished).
+    Raises :class:`ConfigError` without a client or configuration, :class:`BackendError` when the cluster
+    does not answer a list."""
+    k8s = _client()
+    wanted: dict[str, dict[str, int]] = {}
+    for job_id, ext in jobs.items():
+        namespace, _, name = ext.partition("/")
+        wanted.setdefault(namespace, {})[name] = job_id
+    out: dict[str, ClusterJob] = {}
+    for namespace, names in sorted(wanted.items()):
+        ids = ",".join(str(i) for i in sorted(names.values()))
+        selector = f"{_SELECTOR},modelyard.dev/job-id in ({ids})"
+        try:
+            listed = k8s.client.BatchV1Api().list_namespaced_job(
+                namespace, label_selector=selector, _request_timeout=_TIMEOUT_S
+            )
+        except _errors(k8s) as exc:
             raise BackendError(
-                f"Kubernetes could not delete job {external_id}: {exc.status} {exc.reason}"
+                f"could not list the Kubernetes jobs of namespace {namespace}: {_why(exc)}"
             ) from None
+        found = {job.metadata.name: job for job in listed.items or () if job.metadata.name in names}
+        waiting: dict[str, str] = {}
+        if any(_state(job)[0] == "active" for job in found.values()):
+            try:
+                pods = k8s.client.CoreV1Api().list_namespaced_pod(
+                    namespace, label_selector=selector, _request_timeout=_TIMEOUT_S
+                )
+            except _errors(k8s) as exc:
+                # Pods only explain a wait; without them the Jobs' states still stand.
+                log.warning("could not list the pods of namespace %s: %s", namespace, _why(exc))
+                pods = None
+            for pod in pods.items if pods is not None else ():
+                job_name, why = _pod_job(pod), _pod_waiting(pod)
+                if job_name in found and why:
+                    waiting[job_name] = why
+        for name in names:
+            job = found.get(name)
+            if job is None:
+                out[f"{namespace}/{name}"] = ClusterJob("gone")
+            else:
+                state, detail = _state(job)
+                out[f"{namespace}/{name}"] = ClusterJob(state, detail or waiting.get(name, ""))
+    return out
+
+
+def _state(job: Any) -> tuple[str, str]:
+    for cond in (job.status.conditions if job.status is not None else None) or ():
+        if cond.status != "True":
+            continue
+        if cond.type == "Failed":
+            return "failed", ": ".join(x for x in (cond.reason, cond.message) if x) or "failed"
+        if cond.type == "Complete":
+            return "complete", ""
+    return "active", ""
