@@ -188,13 +188,13 @@ def logs(
 
     with acting() as (platform, ctx):
         info = get_job(platform, ctx, job)
-        if info.backend != "local" and info.status == "SUBMITTED" and info.attempts == 0:
+        if info.backend != "local" and info.status == "SUBMITTED" and (info.attempts == 0 or info.waiting):
             # Its pod stores the output once it runs; what keeps a pod from starting is in the cluster.
             namespace, _, name = (info.external_id or "").partition("/")
             why = f" ({info.waiting})" if info.waiting else ""
+            state = "has not started in Kubernetes yet" if not info.attempts else "waits for its next attempt"
             err_console.print(
-                f"job {info.id} has not started in Kubernetes yet{why}; if it stays so, see "
-                f"kubectl describe job/{name} -n {namespace}",
+                f"job {info.id} {state}{why}; if it stays so, see kubectl describe job/{name} -n {namespace}",
                 markup=False,
             )
         attempt = 0
