@@ -7,6 +7,7 @@ import stat
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,11 @@ def test_list_is_sorted_filtered_and_hides_staging(blob_backend: BlobBackend) ->
     assert list(blob_backend.list("a/")) == ["a/b", "a/b0"]
     assert list(blob_backend.list("zzz")) == []
     assert list(blob_backend.list("nothing/here/")) == []
+    # With sizes and modification times, from the same listing (what `yard gc` ages objects by).
+    before = datetime.now(UTC) - timedelta(minutes=5)  # S3 servers keep whole seconds; clocks differ
+    stats = list(blob_backend.list_stat("models/"))
+    assert [(st.name, st.size) for st in stats] == [(n, len(n)) for n in names if n.startswith("models/")]
+    assert all(before < st.modified < datetime.now(UTC) + timedelta(minutes=5) for st in stats)
 
 
 @pytest.mark.parametrize(

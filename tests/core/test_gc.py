@@ -3,9 +3,11 @@ and the race with a write that deduplicated onto a blob it collects. On SQLite a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from modelyard import data
+from modelyard.config import load_settings
 from modelyard.core import (
     Platform,
     _gc,
@@ -238,6 +241,17 @@ def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
     assert report["blobs"] == 3 and report["objects"] == 2 and not report["dry_run"]  # manifest, pack
     bad = yard("gc", "--min-age", "soon")
     assert bad.code == 2 and "duration 'soon' is not valid" in bad.err
+    bad = yard("gc", "--orphan-min-age", "soon")
+    assert bad.code == 2 and "duration 'soon' is not valid" in bad.err
+    platform = Platform(load_settings(home=tmp_path / "home"))  # the home the commands use
+    try:  # an upload that was never recorded
+        platform.artifacts.stage(io.BytesIO(b"orphan"), region=platform.artifacts.region)
+    finally:
+        platform.close()
+    assert yard("gc", "--json").json()["orphans"] == 0  # younger than 24 h
+    assert yard("gc", "--orphan-min-age", "0", "--json").json()["orphans"] == 0  # never below --min-age
+    out = yard("gc", "--min-age", "0", "--orphan-min-age", "0").out
+    assert "deleted 1 object(s) no blob named" in out
 
 
 def test_a_collection_waits_for_a_fenced_writer_and_keeps_what_it_committed(
@@ -296,16 +310,21 @@ def test_a_version_recorded_while_gc_marks_keeps_the_blobs_it_reuses(
     assert collect_garbage(plat, ctx, min_age=NOW).blobs == 3  # ds@3's, on the next collection
 
 
-def collect_after(target: object, attr: str, plat: Platform, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def collect_after(
+    target: object, attr: str, plat: Platform, monkeypatch: pytest.MonkeyPatch, *, orphans: bool = False
+) -> list[int]:
     """Make ``target.attr`` run a full collection right after its first call returns (it has looked up or
-    stored what it needs; its caller has not recorded anything yet)."""
+    stored what it needs; its caller has not recorded anything yet). Returns the blobs it deleted, or with
+    ``orphans`` the objects no row named that it deleted, sweeping them whatever their age."""
     real = getattr(target, attr)
     ran: list[int] = []
 
     def then_collect(*args: object, **kwargs: object) -> object:
         out = real(*args, **kwargs)
         if not ran:
-            ran.append(collect_garbage(plat, plat.context(), min_age=NOW).blobs)
+            age = {"orphan_min_age": NOW} if orphans else {}
+            report = collect_garbage(plat, plat.context(), min_age=NOW, **age)
+            ran.append(report.orphans if orphans else report.blobs)
         return out
 
     monkeypatch.setattr(target, attr, then_collect)
@@ -381,5 +400,137 @@ def test_gc_on_an_s3_store_deletes_objects_and_packs(
         data.add_version(p, ctx, tree, "ds")  # nothing stale is reused: everything is uploaded again
         data.checkout(p, ctx, "ds@2", tmp_path / "out")
         assert same_tree(tmp_path / "out", tree)
+        # An object no row names (ages come from the bucket listing): kept at the default age, then swept.
+        live = objects(p)
+        orphan = p.artifacts.stage(io.BytesIO(b"a crashed write's"), region=p.artifacts.region)
+        assert collect_garbage(p, ctx, min_age=NOW).orphans == 0
+        report = collect_garbage(p, ctx, min_age=NOW, orphan_min_age=NOW)
+        assert report.orphans == 1 and report.orphan_bytes > len(b"a crashed write's")  # sealed: bigger
+        assert objects(p) == live and orphan.object_name not in objects(p)
     finally:
         p.close()
+
+
+# -- objects no blob row names: a crashed write's, a failed delete's -----------------------------------------
+def age(p: Platform, names: Iterable[str], days: float = 2) -> None:
+    """Make objects of a file store look ``days`` old."""
+    then = time.time() - days * 86400
+    for name in names:
+        os.utime(p.artifacts.backend.root / name, (then, then))  # type: ignore[attr-defined]
+
+
+def test_objects_no_row_names_are_deleted_once_older_than_the_orphan_age(
+    plat: Platform, tmp_path: Path
+) -> None:
+    ctx = plat.context()
+    tree = write(tmp_path / "tree", {"a.txt": b"alpha\n", "big.bin": os.urandom(5 << 20)})
+    data.add_version(plat, ctx, tree, "ds")
+    live = objects(plat)
+    # Writes that died after uploading, before recording: a dataset add (its manifest, a pack of small
+    # files, a big file) and a single object.
+    from modelyard.data import _versions
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed")  # nothing after the upload runs, as with SIGKILL
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_versions, "_record", crash)
+        with pytest.raises(SystemExit):
+            data.add_version(
+                plat,
+                ctx,
+                write(tmp_path / "t2", {"x.txt": b"x", "w.txt": b"w", "y.bin": os.urandom(5 << 20)}),
+                "ds",
+            )
+    store = plat.artifacts
+    lone = store.stage(io.BytesIO(os.urandom(7000)), region=store.region)
+    orphans = objects(plat) - live
+    assert len(orphans) == 4 and lone.object_name in orphans and any("/pk/" in n for n in orphans)
+    store.backend.write_bytes("objects/notes.txt", b"not a name the store makes")
+    before = rows(plat)
+
+    report = collect_garbage(plat, ctx, min_age=NOW)
+    assert report.orphans == 0 and objects(plat) == live | orphans | {
+        "objects/notes.txt"
+    }  # younger than 24 h
+    age(plat, live | orphans | {"objects/notes.txt"})
+    dry = collect_garbage(plat, ctx, dry_run=True)
+    sizes = {n: (store.backend.root / n).stat().st_size for n in orphans}  # type: ignore[attr-defined]
+    assert (dry.orphans, dry.orphan_bytes) == (4, sum(sizes.values()))
+    assert objects(plat) == live | orphans | {"objects/notes.txt"}
+
+    report = collect_garbage(plat, ctx)
+    assert (report.blobs, report.orphans, report.orphan_bytes, report.failed_objects) == (
+        0,
+        4,
+        sum(sizes.values()),
+        0,
+    )
+    assert objects(plat) == live | {"objects/notes.txt"} and rows(plat) == before
+    data.checkout(plat, ctx, "ds@1", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
+    entry = [r for r in list_records(plat, ctx) if r["action"] == "artifact.gc"][-1]
+    assert entry["outcome"] == "ok" and entry["detail"]["orphans"] == 4
+    assert entry["detail"]["orphan_min_age_s"] == 24 * 3600
+    with pytest.raises(UsageError, match="min_age"):
+        collect_garbage(plat, ctx, orphan_min_age=timedelta(hours=-1))
+
+
+def test_a_write_whose_uploads_were_swept_as_orphans_records_nothing(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow write's objects are orphans until it records them; a collection that swept them is seen by the
+    write's fence, which then checks its objects before it records anything."""
+    from modelyard.data import _versions
+
+    ctx = plat.context()
+    tree = write(tmp_path / "tree", {"a.txt": b"alpha\n", "big.bin": os.urandom(3 << 20)})
+    real_record = _versions._record
+    swept: list[int] = []
+
+    def sweep_then_record(*args: object, **kwargs: object) -> object:
+        if not swept:  # uploaded, not recorded: its objects are orphans now
+            swept.append(collect_garbage(plat, plat.context(), min_age=NOW, orphan_min_age=NOW).orphans)
+        return real_record(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_versions, "_record", sweep_then_record)
+    with pytest.raises(CollectedMeanwhileError, match="run it again"):
+        data.add_version(plat, ctx, tree, "ds")
+    assert swept == [2]  # the manifest, and the pack of both files
+    assert rows(plat) == {}
+    with pytest.raises(NotFoundError):
+        data.show(plat, ctx, "ds@1")
+    monkeypatch.setattr(_versions, "_record", real_record)
+    info = data.add_version(plat, ctx, tree, "ds")
+    data.checkout(plat, ctx, f"ds@{info.version}", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
+
+    src = write(tmp_path, {"w.bin": os.urandom(2000)}) / "w.bin"
+    ran = collect_after(plat.artifacts, "stage_files", plat, monkeypatch, orphans=True)
+    with pytest.raises(CollectedMeanwhileError, match="run it again"):
+        put_artifact(plat, ctx, src)
+    assert ran == [1]
+    ran = collect_after(plat.artifacts, "stage", plat, monkeypatch, orphans=True)
+    with pytest.raises(CollectedMeanwhileError, match="run it again"):
+        plat.artifacts.put(io.BytesIO(b"a manifest, a checkpoint"))
+    assert ran == [1]
+    assert objects(plat) == set(rows(plat).values())  # no row without its object
+
+
+def test_orphans_are_deleted_under_the_lock_and_one_claimed_meanwhile_is_kept(plat: Platform) -> None:
+    ctx = plat.context()
+    store = plat.artifacts
+    since = generation(plat)
+    staged = store.stage(io.BytesIO(b"uploaded long ago by a slow writer"), region=store.region)
+    age(plat, [staged.object_name])
+    done: list[GcReport] = []
+    with plat.db.write() as s:
+        assert fence(s, since) is False
+        collector = threading.Thread(target=lambda: done.append(collect_garbage(plat, ctx, min_age=NOW)))
+        collector.start()
+        collector.join(1.0)
+        assert collector.is_alive() and not done  # listed it as an orphan; held off by the open writer
+        assert store.claim(s, [staged]) == {staged.digest}
+    collector.join(60)
+    assert done and done[0].orphans == 0  # its re-check under the lock saw the claim
+    assert b"".join(store.iter_bytes(staged.digest)) == b"uploaded long ago by a slow writer"

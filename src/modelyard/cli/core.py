@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -160,23 +161,24 @@ def gc(
     min_age: str = typer.Option(
         "1h", "--min-age", help="Keep unreferenced blobs younger than this (e.g. 1h, 30m, 2d; 0 for none)."
     ),
+    orphan_min_age: str = typer.Option(
+        "24h",
+        "--orphan-min-age",
+        help="Keep objects that no blob names (a crashed write's) younger than this (at least --min-age).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Delete stored files that no dataset version, model version, run or artifact refers to any more.
 
     Blobs are shared by every project, so this is for admins of the system project. A deleted blob's key
-    goes with it: its bytes are unreadable from then on, even where they stay inside a shared pack."""
-    import re
-    from datetime import timedelta
+    goes with it: its bytes are unreadable from then on, even where they stay inside a shared pack. Then
+    objects that no blob names at all (left by a write that died before recording them, or by a failed
+    delete) are deleted too."""
+    from modelyard.core import collect_garbage
 
-    from modelyard.core import collect_garbage, parse_duration
-
-    zero = re.fullmatch(r"0+[smhdw]?", min_age.strip().lower()) is not None  # 0, 0s, 0h ...
-    age = timedelta(0) if zero else parse_duration(min_age)
-    if age is None:
-        raise UsageError("--min-age never would keep everything; give a duration, or use --dry-run")
+    age, orphan_age = _age("--min-age", min_age), _age("--orphan-min-age", orphan_min_age)
     with acting() as (platform, ctx):
-        report = collect_garbage(platform, ctx, min_age=age, dry_run=dry_run)
+        report = collect_garbage(platform, ctx, min_age=age, dry_run=dry_run, orphan_min_age=orphan_age)
     if json_out:
         print_json(report.to_dict())
         return
@@ -187,12 +189,26 @@ def gc(
         + f"; kept {report.live} referenced and {report.young} younger than {min_age}",
         markup=False,
     )
+    if report.orphans:
+        console.print(
+            f"{verb} {report.orphans} object(s) no blob named, {report.orphan_bytes:,} bytes", markup=False
+        )
     if report.failed_objects:
         console.print(
             f"warning: {report.failed_objects} object(s) could not be deleted (their keys are gone, so they "
-            "are unreadable); see the log",
+            "are unreadable); see the log. A later `yard gc` deletes them once older than --orphan-min-age",
             markup=False,
         )
+
+
+def _age(option: str, value: str) -> timedelta:
+    from modelyard.core import parse_duration
+
+    zero = re.fullmatch(r"0+[smhdw]?", value.strip().lower()) is not None  # 0, 0s, 0h ...
+    age = timedelta(0) if zero else parse_duration(value)
+    if age is None:
+        raise UsageError(f"{option} never would keep everything; give a duration, or use --dry-run")
+    return age
 
 
 # -- keys -------------------------------------------------------------------------------------------------

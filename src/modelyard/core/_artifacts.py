@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from modelyard.core._blobs import BlobBackend, StagingWriter, sync_filesystem
 from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key, wrap_key
 from modelyard.core._db import MetadataStore, chunks
-from modelyard.core._gc import fence, generation, require_stored, stored_digests
+from modelyard.core._gc import fence, generation, require_published, require_stored, stored_digests
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
@@ -403,8 +403,12 @@ class ArtifactStore:
             for b in staged
         ]
 
-    def claim(self, s: Session, staged: Sequence[StagedBlob]) -> set[str]:
-        """Record staged blobs whose digests are not known yet; return the digests this call stored."""
+    def claim(self, s: Session, staged: Sequence[StagedBlob], *, collected: bool = False) -> set[str]:
+        """Record staged blobs whose digests are not known yet; return the digests this call stored.
+        ``collected``: :func:`fence` said a collection ran since the caller read the generation, which may
+        have deleted these objects as orphans (published, not yet claimed): each is checked first."""
+        if collected:
+            require_published(self.backend, [b.object_name for b in staged if b.object_name], "this write")
         staged = self._current_wrapping(s, staged)
         now = utcnow()
         ordered = sorted((b for b in staged if b.object_name), key=lambda b: b.digest)  # a stable order
@@ -552,13 +556,14 @@ class ArtifactStore:
 
     def put(self, src: BinaryIO, *, region: str | None = None) -> str:
         """Store bytes without a project reference (internal use: manifests, checkpoints)."""
+        since = generation(self.db)
         staged = self.stage(src, region=region or self.region)
         claimed: set[str] = set()
         committed = False
         xid: str | None = None
         try:
             with self.db.write() as s:
-                claimed = self.claim(s, [staged])
+                claimed = self.claim(s, [staged], collected=fence(s, since))
                 xid = self.transaction_id(s)
             committed = True
         finally:
@@ -730,7 +735,7 @@ def put_artifacts(
     try:
         with platform.mutate(ctx, "artifact.write", resource, detail) as s:
             collected = fence(s, since)
-            claimed = store.claim(s, staged)
+            claimed = store.claim(s, staged, collected=collected)
             if collected:
                 require_stored(s, [b.digest for b in staged], resource)
             xid = store.transaction_id(s)

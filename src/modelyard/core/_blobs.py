@@ -24,8 +24,9 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from modelyard.core._paths import safe_join, safe_key
@@ -39,6 +40,17 @@ _READ_BUFFER = 1 << 20
 # directory once per process instead of resolving the whole path on every publish, which dominated
 # publishing many small objects.
 _OBJECT_NAME = re.compile(r"objects/(?:[0-9a-f]{2}/[0-9a-f]{64}\.[0-9a-f]{32}|pk/[0-9a-f]{32})")
+
+
+def is_object_name(name: str) -> bool:
+    """Whether ``name`` is one the artifact store generates for an object (``yard gc`` touches no other)."""
+    return _OBJECT_NAME.fullmatch(name) is not None
+
+
+class ObjectStat(NamedTuple):
+    name: str
+    size: int
+    modified: datetime  # UTC
 
 
 class BlobBackend(Protocol):
@@ -74,6 +86,10 @@ class BlobBackend(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Names starting with ``prefix`` (a plain string prefix, as in S3), in code-point order."""
+        ...
+
+    def list_stat(self, prefix: str = "") -> Iterator[ObjectStat]:
+        """As :meth:`list`, with each object's size and last-modified time (UTC), from the listing."""
         ...
 
     def write_bytes(self, name: str, data: bytes) -> None: ...
@@ -447,14 +463,26 @@ class FileBackend:
             path.unlink()
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        for name, _ in self._entries(prefix):
+            yield name
+
+    def list_stat(self, prefix: str = "") -> Iterator[ObjectStat]:
+        for name, entry in self._entries(prefix):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted since the directory was read
+            yield ObjectStat(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def _entries(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         prefix = _check_prefix(prefix)
         directory = prefix.rpartition("/")[0]
         start = safe_join(self.root, directory) if directory else self.root
-        for name in self._walk(start, f"{directory}/" if directory else ""):
+        for name, entry in self._walk(start, f"{directory}/" if directory else ""):
             if name.startswith(prefix) and _is_canonical(name):
-                yield name
+                yield name, entry
 
-    def _walk(self, directory: Path, rel: str) -> Iterator[str]:
+    def _walk(self, directory: Path, rel: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         try:
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
@@ -468,7 +496,7 @@ class FileBackend:
                 if name != _STAGING:
                     yield from self._walk(Path(entry.path), name + "/")
             elif entry.is_file(follow_symlinks=False):
-                yield name
+                yield name, entry
 
 
 def _check_range(offset: int, length: int) -> None:
@@ -664,6 +692,10 @@ class S3Backend:
             self._client.delete_object(Bucket=self.bucket, Key=key)
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        for item in self.list_stat(prefix):
+            yield item.name
+
+    def list_stat(self, prefix: str = "") -> Iterator[ObjectStat]:
         full = self.prefix + _check_prefix(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
         with self._errors("list"):
@@ -671,7 +703,8 @@ class S3Backend:
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.prefix) :]
                     if _is_canonical(name):
-                        yield name
+                        modified = item["LastModified"].astimezone(UTC)
+                        yield ObjectStat(name, int(item["Size"]), modified)
 
 
 def _make_client(endpoint_url: str | None) -> Any:

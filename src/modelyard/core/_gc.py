@@ -28,23 +28,26 @@ transaction and name it in the next.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, delete, select, text, update
 from sqlalchemy.orm import Session
 
-from modelyard.core._db import chunks, insert_for
+from modelyard.core._blobs import is_object_name
+from modelyard.core._db import ROWS, MetadataStore, chunks, insert_for
 from modelyard.core._models import Artifact, Blob, DatasetVersion, Meta, ModelVersion, RunArtifact
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.errors import BackendError, CollectedMeanwhileError, IntegrityError, UsageError, YardError
 
 if TYPE_CHECKING:
     from modelyard.core._artifacts import ArtifactStore
+    from modelyard.core._blobs import BlobBackend
 
 log = logging.getLogger("modelyard.gc")
 GENERATION = "artifact_gc_generation"
@@ -52,6 +55,9 @@ GENERATION = "artifact_gc_generation"
 _PG_LOCK = 0x79617264_6763
 _HEX_RUN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 ACTION, RESOURCE = "artifact.gc", "artifacts:store"
+# Objects no row names are left by a write that died between uploading and recording them, or by a failed
+# delete; a live writer's look the same until it commits, so only those this old are swept by default.
+ORPHAN_MIN_AGE = timedelta(hours=24)
 
 
 def digests_in(data: bytes) -> set[str]:
@@ -78,9 +84,10 @@ def _generation(s: Session) -> int:
     return int(value) if value else 0
 
 
-def generation(platform: Platform) -> int:
-    """Read before a write deduplicates against the store; hand it to :func:`fence`."""
-    with platform.db.read() as s:
+def generation(source: Platform | MetadataStore) -> int:
+    """Read before a write deduplicates against the store or publishes objects; hand it to :func:`fence`."""
+    db = source.db if isinstance(source, Platform) else source
+    with db.read() as s:
         return _generation(s)
 
 
@@ -105,6 +112,19 @@ def require_stored(s: Session, digests: Iterable[str], what: str) -> None:
         )
 
 
+def require_published(backend: BlobBackend, names: Iterable[str], what: str) -> None:
+    """Fail unless every object is still in the backend: a collection may have swept objects that were
+    published but not yet claimed as orphans (only those older than its orphan age, but a slow writer's
+    can be)."""
+    missing = [n for n in sorted(set(names)) if not backend.exists(n)]
+    if missing:
+        raise CollectedMeanwhileError(
+            f"{what}: {len(missing)} object(s) it uploaded (e.g. {missing[0]}) were deleted by `yard gc` "
+            "as unclaimed before it could record them; nothing was recorded — run it again",
+            missing=len(missing),
+        )
+
+
 @dataclass(frozen=True)
 class GcReport:
     """What a collection deleted (or, with ``dry_run``, would delete)."""
@@ -116,6 +136,8 @@ class GcReport:
     failed_objects: int  # objects whose delete failed: unreadable leftovers, see the log
     live: int  # blobs something refers to
     young: int  # unreferenced blobs kept because they are younger than min_age
+    orphans: int = 0  # objects no blob row named (a crashed write's, a failed delete's), deleted
+    orphan_bytes: int = 0  # their stored (encrypted) sizes
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -168,23 +190,39 @@ def _manifest_refs(store: ArtifactStore, manifests: Iterable[str]) -> set[str]:
 
 
 def collect_garbage(
-    platform: Platform, ctx: Context, *, min_age: timedelta = timedelta(hours=1), dry_run: bool = False
+    platform: Platform,
+    ctx: Context,
+    *,
+    min_age: timedelta = timedelta(hours=1),
+    dry_run: bool = False,
+    orphan_min_age: timedelta = ORPHAN_MIN_AGE,
 ) -> GcReport:
-    """Delete every blob nothing refers to that is older than ``min_age``. Installation admins only (blobs
-    are shared by all projects); audited with what was deleted."""
+    """Delete every blob nothing refers to that is older than ``min_age``, then every object no blob row
+    names (left by a crashed write or a failed delete) older than ``orphan_min_age`` (at least ``min_age``).
+    Installation admins only (blobs are shared by all projects); audited with what was deleted."""
     platform.authorize_installation(ctx, ACTION, RESOURCE)
-    if not isinstance(min_age, timedelta) or min_age < timedelta(0):
-        raise platform.refuse(ctx, ACTION, RESOURCE, UsageError("min_age must be a duration of 0 or more"))
+    for value in (min_age, orphan_min_age):
+        if not isinstance(value, timedelta) or value < timedelta(0):
+            raise platform.refuse(
+                ctx, ACTION, RESOURCE, UsageError("min_age must be a duration of 0 or more")
+            )
+    report = _sweep_rows(platform, ctx, min_age, dry_run)
+    orphans, orphan_bytes, failed = _sweep_orphans(platform, ctx, max(min_age, orphan_min_age), dry_run)
+    return replace(
+        report, orphans=orphans, orphan_bytes=orphan_bytes, failed_objects=report.failed_objects + failed
+    )
+
+
+def _sweep_rows(platform: Platform, ctx: Context, min_age: timedelta, dry_run: bool) -> GcReport:
+    """Unreferenced blob rows older than ``min_age``, then the objects only they used."""
     store = platform.artifacts
     cutoff = utcnow() - min_age
-    try:
+    with _refusing(platform, ctx):
         with platform.db.read() as s:
             manifests = _manifests(s)
             live = _table_refs(s) | _meta_refs(s)
             blobs = s.execute(select(Blob.digest, Blob.size, Blob.created_at)).all()
         live |= manifests | _manifest_refs(store, manifests)
-    except YardError as exc:
-        raise platform.refuse(ctx, ACTION, RESOURCE, exc) from None
     dead = [b for b in blobs if b.digest not in live]
     candidates = sorted(b.digest for b in dead if as_utc(b.created_at) < cutoff)
     young = len(dead) - len(candidates)
@@ -197,11 +235,7 @@ def collect_garbage(
     detail: dict[str, Any] = {"min_age_s": int(min_age.total_seconds())}
     deleted: list[_Deleted] = []
     with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
-        if s.get_bind().dialect.name == "postgresql":
-            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
-        bumped = _generation(s) + 1
-        s.execute(insert_for(s)(Meta).values(key=GENERATION, value="0").on_conflict_do_nothing())
-        s.execute(update(Meta).where(Meta.key == GENERATION).values(value=str(bumped)))
+        bumped = _exclusive(s)
         # Everything committed since the mark: new references, and the manifests of new versions.
         doomed = set(candidates) - _meta_refs(s)
         for chunk in chunks(candidates):
@@ -220,6 +254,73 @@ def collect_garbage(
         )
     objects, failed = _delete_objects(platform, names)
     return GcReport(False, len(deleted), sum(r[3] for r in deleted), objects, failed, live_count, young)
+
+
+@contextlib.contextmanager
+def _refusing(platform: Platform, ctx: Context) -> Iterator[None]:
+    """A failed mark is audited as a refused collection (the sweeps' transactions audit themselves)."""
+    try:
+        yield
+    except YardError as exc:
+        raise platform.refuse(ctx, ACTION, RESOURCE, exc) from None
+
+
+def _exclusive(s: Session) -> int:
+    """Take the collectors' lock exclusively (writers' fences wait) and bump the generation."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+    bumped = _generation(s) + 1
+    s.execute(insert_for(s)(Meta).values(key=GENERATION, value="0").on_conflict_do_nothing())
+    s.execute(update(Meta).where(Meta.key == GENERATION).values(value=str(bumped)))
+    return bumped
+
+
+def _unnamed(platform: Platform, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` no blob row names."""
+    with platform.db.read() as s:
+        named = set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(names)).distinct()))
+    return set(names) - named
+
+
+def _sweep_orphans(
+    platform: Platform, ctx: Context, min_age: timedelta, dry_run: bool
+) -> tuple[int, int, int]:
+    """Objects no row names, older than ``min_age``: (deleted, their bytes, failed deletes).
+
+    A writer publishes its objects, then claims them in one transaction: until then they are orphans too,
+    and a slow writer's may be older than ``min_age``. So the generation is bumped and committed first,
+    and the objects are deleted while the lock is held: a writer whose fence then sees the new generation
+    checks that its objects still exist (:func:`require_published`) before it claims them."""
+    cutoff = utcnow() - min_age
+    sizes: dict[str, int] = {}
+    batch: list[str] = []
+    with _refusing(platform, ctx):
+        # Streamed: the listing is checked against the rows 500 names at a time; memory holds orphans only.
+        for item in platform.artifacts.backend.list_stat("objects/"):
+            if item.modified < cutoff and is_object_name(item.name):
+                sizes[item.name] = item.size
+                batch.append(item.name)
+            if len(batch) >= ROWS:
+                for name in set(batch) - _unnamed(platform, batch):
+                    del sizes[name]
+                batch = []
+        for name in set(batch) - _unnamed(platform, batch):
+            del sizes[name]
+    if dry_run or not sizes:
+        return len(sizes), sum(sizes.values()), 0
+    with platform.db.write() as s:
+        _exclusive(s)  # committed before anything is deleted, whatever happens next
+    detail: dict[str, Any] = {"orphan_min_age_s": int(min_age.total_seconds())}
+    done = failed = 0
+    with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
+        detail["generation"] = _exclusive(s)
+        doomed = set(sizes)
+        for chunk in chunks(sorted(sizes)):  # claimed since the listing: kept
+            doomed -= set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk))))
+        # Deleted inside the transaction: the lock keeps every writer's claim out until it ends.
+        done, failed = _delete_objects(platform, sorted(doomed))
+        detail.update(orphans=done, orphan_bytes=sum(sizes[n] for n in doomed), failed=failed)
+    return done, sum(sizes[n] for n in doomed), failed
 
 
 _Deleted = tuple[str, str, int | None, int]  # digest, object name, pack offset, size

@@ -621,9 +621,9 @@ def _record(
     try:
         with platform.mutate(ctx, "dataset.write", f"dataset:{name}", detail) as s:
             collected = _gc.fence(s, since)
-            manifest_claimed = store.claim(s, [manifest_staged])
+            manifest_claimed = store.claim(s, [manifest_staged], collected=collected)
             for chunk in spill.chunks(_CLAIM_CHUNK):
-                lost += len(chunk) - len(store.claim(s, chunk))
+                lost += len(chunk) - len(store.claim(s, chunk, collected=collected))
             if collected:  # the files it found stored may be gone: the manifest names every one
                 with open(staging.manifest, "rb") as f:
                     named = {m.sha256 for m in _manifest.parse_lines(iter(lambda: f.read(1 << 20), b""))}

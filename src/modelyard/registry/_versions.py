@@ -410,7 +410,7 @@ def _store_version(
     try:
         with platform.mutate(ctx, "model.register", resource, detail) as s:
             collected = _gc.fence(s, since)
-            claimed = store.claim(s, everything)
+            claimed = store.claim(s, everything, collected=collected)
             if collected:  # what it found stored may be gone: its files, its report, its run's recipe
                 reused = {b.digest for b in everything}
                 if src.lineage.get("recipe"):
@@ -445,7 +445,7 @@ def _store_version(
             }
             body = canonical(manifest)
             manifest_blob = store.stage(io.BytesIO(body), region=ctx.region)
-            claimed |= store.claim(s, [manifest_blob])
+            claimed |= store.claim(s, [manifest_blob], collected=collected)
             row = ModelVersion(
                 model_id=model_id,
                 version=version,
