@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ from modelyard.core import Context, Platform, create_project
 from modelyard.core._models import AuditRecord, Job, JobLog
 from modelyard.core._platform import utcnow
 from modelyard.errors import BackendError, NotFoundError, PermissionDeniedError, UsageError, ValidationError
-from modelyard.testing import JOB_RECIPE, FakeCluster, actor, make_platform, reaping
+from modelyard.testing import JOB_RECIPE, FakeCluster, actor, fake_kubernetes, make_platform, reaping
 from modelyard.training import _jobs
 
 HERE = Path(__file__)
@@ -960,9 +961,11 @@ def test_jobs_the_cluster_gave_up_on_end_failed_and_waiting_pods_say_why(
     cluster.requests.clear()
 
     listed = {j.id: j for j in _jobs.list_jobs(platform, ctx)}
-    # One list of Jobs and one of pods for the namespace, however many jobs wait there.
+    # One list of Jobs and one of pods for the namespace, however many jobs wait there; a Job missing
+    # from the list is read by name before it counts as gone.
     assert cluster.requests == [
         ("GET", "/apis/batch/v1/namespaces/default/jobs"),
+        ("GET", f"/apis/batch/v1/namespaces/default/jobs/yard-train-{gone.id}"),
         ("GET", "/api/v1/namespaces/default/pods"),
     ]
     assert {i: j.status for i, j in listed.items()} == {
@@ -1021,6 +1024,133 @@ def test_jobs_the_cluster_gave_up_on_end_failed_and_waiting_pods_say_why(
     assert (after.status, after.waiting, after.reason) == ("SUCCEEDED", None, None)
 
 
+def test_a_job_the_cluster_gave_up_on_is_recorded_with_the_cluster_it_went_to(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    assert job.cluster == cluster.url
+    with platform.db.read() as s:
+        (detail,) = s.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.resource == f"job:{job.id}", AuditRecord.action == "job.write"
+            )
+        ).all()
+    assert json.loads(detail)["cluster"] == cluster.url
+
+
+def test_a_reader_whose_configuration_reaches_another_cluster_changes_nothing(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    platform, ctx, recipe = local_queue
+    jobs = [_pod_job(platform, ctx, recipe) for _ in range(2)]
+    cluster.fail(jobs[0].external_id)  # type: ignore[arg-type]
+    with fake_kubernetes() as other:  # a laptop's current context: another cluster, without these Jobs
+        monkeypatch.setenv("KUBECONFIG", str(other.write_kubeconfig(tmp_path / "other")))
+        listed = _jobs.list_jobs(platform, ctx)
+        assert other.requests == []  # a missing Job there says nothing: not even asked
+    assert [j.status for j in listed] == ["SUBMITTED", "SUBMITTED"]
+    assert (
+        listed[0].waiting
+        == f"submitted to {cluster.url}; this machine's Kubernetes configuration reaches {other.url}"
+    )
+    # Older rows, recorded before the cluster was: never concluded about.
+    with platform.db.write() as s:
+        s.execute(update(Job).values(cluster=None))
+    assert [j.status for j in _jobs.list_jobs(platform, ctx)] == ["SUBMITTED", "SUBMITTED"]
+    # Back on the cluster the jobs went to (recorded again): the failed one ends.
+    with platform.db.write() as s:
+        s.execute(update(Job).values(cluster=cluster.url))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "back")))
+    assert {j.id: j.status for j in _jobs.list_jobs(platform, ctx)} == {
+        jobs[0].id: "FAILED",
+        jobs[1].id: "SUBMITTED",
+    }
+
+
+def test_a_job_missing_from_the_list_but_there_by_name_is_not_gone(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    del cluster.jobs[job.external_id]["metadata"]["labels"]["modelyard.dev/job-id"]  # type: ignore[index]
+    assert _jobs.get_job(platform, ctx, job.id).status == "SUBMITTED"
+    cluster.fail(job.external_id, "DeadlineExceeded", "too long")  # type: ignore[arg-type]
+    assert (
+        _jobs.get_job(platform, ctx, job.id).reason
+        == f"Kubernetes job {job.external_id} failed: DeadlineExceeded: too long"
+    )
+
+
+def test_one_namespace_refused_leaves_the_others_asked(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform, ctx, recipe = local_queue
+    team = _pod_job(platform, ctx, recipe, namespace="team")
+    mine = _pod_job(platform, ctx, recipe)
+    cluster.fail(team.external_id)  # type: ignore[arg-type]
+    cluster.fail(mine.external_id)  # type: ignore[arg-type]
+    cluster.refused["jobs:team"] = 403
+    assert {j.id: j.status for j in _jobs.list_jobs(platform, ctx)} == {
+        team.id: "SUBMITTED",
+        mine.id: "FAILED",
+    }
+    assert "could not ask Kubernetes about the jobs of namespace team: 403 Forbidden" in caplog.text
+
+
+def test_an_unanswering_cluster_costs_one_try_per_call(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An API server that accepts connections and never answers: one connection, one read timeout, then
+    the listing goes on without it (urllib3 would otherwise retry three times, each as long)."""
+    from modelyard.training import _k8s
+
+    platform, ctx, recipe = local_queue
+    jobs = [_pod_job(platform, ctx, recipe, namespace=ns) for ns in ("default", "team")]
+    accepted: list[socket.socket] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        threading.Thread(
+            target=lambda: accepted.extend(silent.accept() for _ in range(8)), daemon=True
+        ).start()
+        with platform.db.write() as s:  # as if submitted there
+            s.execute(update(Job).values(cluster=url))
+        cluster.url = url
+        monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "silent")))
+        monkeypatch.setattr(_k8s, "_TIMEOUT", (0.5, 0.5))
+        listed = _jobs.list_jobs(platform, ctx)
+        assert [j.status for j in listed] == ["SUBMITTED", "SUBMITTED"]
+        assert len(accepted) == 1  # one try, and the second namespace is not waited for too
+    assert "could not ask Kubernetes about the jobs of namespace" in caplog.text and jobs
+
+
+def test_a_malformed_kubeconfig_is_a_warning_not_a_failure(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    cluster.fail(job.external_id)  # type: ignore[arg-type]
+    for text in ("clusters: [: not yaml", "- a list", "contexts: 5\ncurrent-context: x"):
+        (tmp_path / "bad").write_text(text)
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "bad"))
+        caplog.clear()
+        assert _jobs.get_job(platform, ctx, job.id).status == "SUBMITTED"
+        assert "no usable Kubernetes configuration" in caplog.text
+
+
 def test_a_pod_that_claims_its_job_while_the_cluster_is_asked_wins(
     local_queue: tuple[Platform, Context, Path], cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1041,6 +1171,19 @@ def test_a_pod_that_claims_its_job_while_the_cluster_is_asked_wins(
     assert _jobs.sync_cluster_jobs(platform, ctx) == {}
     assert jobs_by_id(platform)[job.id].status == "RUNNING"  # the heartbeat reaper decides now
 
+    # Claimed, failed and handed back for the cluster's retry in between: SUBMITTED again, one attempt on.
+    def answer_then_an_attempt(ids: object) -> object:
+        answer = real(ids)  # type: ignore[arg-type]
+        with platform.db.write() as s:
+            s.execute(update(Job).where(Job.id == job.id).values(status="SUBMITTED", attempts=2))
+        return answer
+
+    with platform.db.write() as s:  # the first attempt handed back
+        s.execute(update(Job).where(Job.id == job.id).values(status="SUBMITTED", attempts=1))
+    monkeypatch.setattr(_k8s, "cluster_jobs", answer_then_an_attempt)
+    _jobs.sync_cluster_jobs(platform, ctx)
+    assert jobs_by_id(platform)[job.id].status == "SUBMITTED"  # the next read decides on what is now
+
 
 def test_a_cluster_that_cannot_be_asked_changes_nothing(
     local_queue: tuple[Platform, Context, Path],
@@ -1054,9 +1197,7 @@ def test_a_cluster_that_cannot_be_asked_changes_nothing(
     cluster.fail(job.external_id)  # type: ignore[arg-type]
     cluster.refused["jobs"] = 403
     assert [j.status for j in _jobs.list_jobs(platform, ctx)] == ["SUBMITTED"]
-    assert (
-        "could not ask Kubernetes about 1 submitted job(s)" in caplog.text and "403 Forbidden" in caplog.text
-    )
+    assert "could not ask Kubernetes about the jobs of namespace default: 403 Forbidden" in caplog.text
     # Pods refused only: the Jobs' states still count, the wait is just not explained.
     del cluster.refused["jobs"]
     cluster.refused["pods"] = 403
@@ -1072,7 +1213,7 @@ def test_a_cluster_that_cannot_be_asked_changes_nothing(
     monkeypatch.setenv("KUBECONFIG", str(Path(cluster.url.replace(":", "_")) / "missing"))
     caplog.clear()
     assert _jobs.get_job(platform, ctx, other.id).status == "SUBMITTED"
-    assert "no Kubernetes configuration found" in caplog.text
+    assert "no usable Kubernetes configuration" in caplog.text
     monkeypatch.setitem(sys.modules, "kubernetes", None)
     caplog.clear()
     assert _jobs.get_job(platform, ctx, other.id).status == "SUBMITTED"

@@ -296,6 +296,7 @@ class Job(Base):
     recipe_name: Mapped[str] = mapped_column(String(256))
     backend: Mapped[str] = mapped_column(String(16))
     external_id: Mapped[str | None] = mapped_column(String(320), nullable=True)  # namespace/name
+    cluster: Mapped[str | None] = mapped_column(String(512), nullable=True)  # the API server it went to
     status: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer)
     cpus: Mapped[float] = mapped_column(Double)

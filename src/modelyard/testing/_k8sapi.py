@@ -49,7 +49,8 @@ class FakeCluster:
         self.pods: dict[str, dict[str, Any]] = {}  # namespace/pod name -> pod
         self.deleted: list[str] = []  # Jobs deleted through the API
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
-        self.refused: dict[str, int] = {}  # "jobs" or "pods" -> the status every call on them gets
+        # "jobs" or "pods", or "jobs:NAMESPACE" or "pods:NAMESPACE" -> the status every call on them gets
+        self.refused: dict[str, int] = {}
         self.lock = threading.Lock()
 
     # -- the cluster's side ---------------------------------------------------------------------------------
@@ -136,12 +137,12 @@ class FakeCluster:
         with self.lock:
             self.requests.append((method, parts.path))
             if m := _JOBS.match(parts.path):
-                if "jobs" in self.refused:
-                    return _status(self.refused["jobs"], "refused by the test")
+                if code := self.refused.get("jobs") or self.refused.get(f"jobs:{m.group(1)}"):
+                    return _status(code, "refused by the test")
                 return self._jobs(method, m.group(1), m.group(2), selector, body)
             if (m := _PODS.match(parts.path)) and method == "GET":
-                if "pods" in self.refused:
-                    return _status(self.refused["pods"], "refused by the test")
+                if code := self.refused.get("pods") or self.refused.get(f"pods:{m.group(1)}"):
+                    return _status(code, "refused by the test")
                 items = [p for p in self.pods.values() if p["metadata"]["namespace"] == m.group(1)]
                 return 200, _list("PodList", "v1", [p for p in items if _selected(p, selector)])
         return _status(404, f"the fake cluster does not serve {method} {parts.path}")

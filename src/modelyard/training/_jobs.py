@@ -239,6 +239,7 @@ class JobInfo:
     reason: str | None
     external_id: str | None = None
     recipe: str = field(default="", repr=False)
+    cluster: str | None = None  # a Kubernetes job's API server
     # A SUBMITTED Kubernetes job: why its pod does not run yet, as the cluster said when it was read.
     waiting: str | None = None
 
@@ -283,6 +284,7 @@ def _info(job: Job, project: str, waiting: dict[int, str] | None = None) -> JobI
         reason=job.reason,
         external_id=job.external_id,
         recipe=job.recipe,
+        cluster=job.cluster,
         waiting=(waiting or {}).get(job.id) if job.status == "SUBMITTED" else None,
     )
 
@@ -436,7 +438,7 @@ def submit_kubernetes_job(
         return _k8s.job_manifest(platform, ctx, req, **options), None
     applied: dict[str, Any] = {}
 
-    def apply(job_id: int) -> str:
+    def apply(job_id: int) -> tuple[str, str]:
         applied.update(_k8s.job_manifest(platform, ctx, req, job_id=job_id, **options))
         return _k8s.apply_manifest(applied)
 
@@ -461,7 +463,7 @@ def _insert_job(
     *,
     backend: str,
     status: str,
-    external: Callable[[int], str | None] | None = None,
+    external: Callable[[int], tuple[str, str]] | None = None,
 ) -> JobInfo:
     """Insert the row and its audit record in one transaction. ``external`` (given the new id) hands the job
     to another system inside that transaction, so a failure there queues nothing."""
@@ -497,8 +499,8 @@ def _insert_job(
             s.add(job)
             s.flush()
             if external is not None:
-                job.external_id = external(job.id)
-                detail["external_id"] = job.external_id
+                job.external_id, job.cluster = external(job.id)
+                detail.update(external_id=job.external_id, cluster=job.cluster)
             platform.audit(ctx, "job.write", job_ref(job.id), "ok", detail, session=s)
             info = _info(job, ctx.project)
     except YardError as exc:
@@ -728,10 +730,12 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
     with platform.db.read() as s:
         # Read before the cluster is asked: a row committed means its Job was created (submit applies the
         # manifest inside the inserting transaction), so a Job missing from the cluster's list is gone.
-        seen: dict[int, tuple[str, int]] = {
-            jid: (str(ext), attempts)
-            for jid, ext, attempts in s.execute(
-                select(Job.id, Job.external_id, Job.attempts).where(*cond, Job.external_id.is_not(None))
+        seen: dict[int, tuple[str, str | None, int]] = {
+            jid: (str(ext), cluster, attempts)
+            for jid, ext, cluster, attempts in s.execute(
+                select(Job.id, Job.external_id, Job.cluster, Job.attempts).where(
+                    *cond, Job.external_id.is_not(None)
+                )
             ).all()
         }
     if not seen:
@@ -739,15 +743,15 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
     from modelyard.training import _k8s
 
     try:
-        cluster = _k8s.cluster_jobs({jid: ext for jid, (ext, _) in seen.items()})
+        cluster = _k8s.cluster_jobs({jid: (ext, where) for jid, (ext, where, _) in seen.items()})
     except YardError as exc:
         log.warning("could not ask Kubernetes about %d submitted job(s): %s", len(seen), exc)
         return {}
     waiting: dict[int, str] = {}
     ended: dict[int, str] = {}
-    for jid, (ext, _) in seen.items():
-        state = cluster[ext]
-        if state.state == "active":
+    for jid, state in cluster.items():
+        ext = seen[jid][0]
+        if state.state in ("active", "elsewhere"):
             if state.detail:
                 waiting[jid] = state.detail
         elif state.state == "failed":
@@ -766,7 +770,7 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
         rows = s.scalars(select(Job).where(Job.id.in_(ended), *cond).with_for_update()).all()
         entries = []
         for job in rows:
-            if (job.external_id, job.attempts) != seen[job.id]:
+            if (job.external_id, job.cluster, job.attempts) != seen[job.id]:
                 continue
             job.status, job.finished_at, job.reason = "FAILED", utcnow(), ended[job.id]
             entries.append(
@@ -776,7 +780,7 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
                     "action": "job.write",
                     "resource": job_ref(job.id),
                     "outcome": "ok",
-                    "detail": {"status": "FAILED", "cluster": cluster[seen[job.id][0]].state},
+                    "detail": {"status": "FAILED", "cluster": cluster[job.id].state},
                 }
             )
         _audit.append_many(s, entries)

@@ -267,7 +267,28 @@ def manifest_yaml(manifest: dict[str, Any]) -> str:
     return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=1000)
 
 
-def _client() -> Any:
+@dataclass(frozen=True)
+class _Api:
+    """The kubernetes client, configured: its package, an ApiClient, and the API server it talks to."""
+
+    k8s: Any
+    client: Any
+    host: str  # which cluster: recorded with every job created, compared before trusting what is missing
+
+    def batch(self) -> Any:
+        return self.k8s.client.BatchV1Api(self.client)
+
+    def core(self) -> Any:
+        return self.k8s.client.CoreV1Api(self.client)
+
+    def errors(self) -> tuple[type[Exception], ...]:
+        """What a call raises when the cluster refuses it, cannot be reached or answers nonsense."""
+        import urllib3
+
+        return (self.k8s.client.exceptions.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def _client() -> _Api:
     try:
         k8s: Any = importlib.import_module("kubernetes")  # untyped: Any, as its objects are here
     except ImportError:
@@ -275,27 +296,26 @@ def _client() -> Any:
             "the kubernetes backend needs the kubernetes client: pip install 'modelyard[k8s]' "
             "(or write the manifest with --dry-run and apply it with kubectl)"
         ) from None
+    config = k8s.client.Configuration()
     try:
-        k8s.config.load_incluster_config()
-    except k8s.config.ConfigException:
         try:
+            k8s.config.load_incluster_config(client_configuration=config)
+        except k8s.config.ConfigException:
             # KUBECONFIG as it is now: the client reads it once, when it is first imported.
-            k8s.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-        except (k8s.config.ConfigException, OSError) as exc:
-            raise ConfigError(
-                f"no Kubernetes configuration found (in-cluster or kubeconfig): {exc}"
-            ) from None
-    return k8s
+            path = os.environ.get("KUBECONFIG") or None
+            k8s.config.load_kube_config(config_file=path, client_configuration=config)
+    except Exception as exc:  # missing, unreadable, not YAML, the wrong shape: no usable configuration
+        raise ConfigError(
+            f"no usable Kubernetes configuration (in-cluster or kubeconfig): {type(exc).__name__}: {exc}"
+        ) from None
+    config.retries = 0  # one try per call, not urllib3's four: a dead cluster costs one timeout
+    return _Api(k8s, k8s.client.ApiClient(config), str(config.host))
 
 
-_TIMEOUT_S = 10  # seconds per API call: an unreachable cluster is an error, not a hang
-
-
-def _errors(k8s: Any) -> tuple[type[Exception], ...]:
-    """What an API call raises when the cluster refuses it or cannot be reached."""
-    import urllib3
-
-    return (k8s.client.exceptions.ApiException, urllib3.exceptions.HTTPError, OSError)
+# (connect, read) seconds per call: an unreachable cluster is an error, not a hang. Creating a Job may wait
+# on admission webhooks (30 s at most by default); a read timeout there would leave the Job unrecorded.
+_TIMEOUT = (3.0, 10.0)
+_CREATE_TIMEOUT = (3.0, 60.0)
 
 
 def _why(exc: Exception) -> str:
@@ -305,26 +325,26 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def apply_manifest(manifest: dict[str, Any]) -> str:
-    """Create the Job in its namespace; returns ``namespace/name``."""
-    k8s = _client()
+def apply_manifest(manifest: dict[str, Any]) -> tuple[str, str]:
+    """Create the Job in its namespace; returns ``namespace/name`` and the cluster (API server URL)."""
+    api = _client()
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        k8s.client.BatchV1Api().create_namespaced_job(namespace, manifest, _request_timeout=_TIMEOUT_S)
-    except _errors(k8s) as exc:
+        api.batch().create_namespaced_job(namespace, manifest, _request_timeout=_CREATE_TIMEOUT)
+    except api.errors() as exc:
         raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
-    return f"{namespace}/{name}"
+    return f"{namespace}/{name}", api.host
 
 
 def delete_job(external_id: str) -> None:
     """Delete a Job (and its pods) created by :func:`apply_manifest`; one already gone is fine."""
-    k8s = _client()
+    api = _client()
     namespace, _, name = external_id.partition("/")
     try:
-        k8s.client.BatchV1Api().delete_namespaced_job(
-            name, namespace, propagation_policy="Background", _request_timeout=_TIMEOUT_S
+        api.batch().delete_namespaced_job(
+            name, namespace, propagation_policy="Background", _request_timeout=_TIMEOUT
         )
-    except _errors(k8s) as exc:
+    except api.errors() as exc:
         if getattr(exc, "status", None) != 404:
             raise BackendError(f"Kubernetes could not delete job {external_id}: {_why(exc)}") from None
 
@@ -372,54 +392,6 @@ def _pod_waiting(pod: Any) -> str:
     return ""
 
 
-def cluster_jobs(jobs: Mapping[int, str]) -> dict[str, ClusterJob]:
-    """What the cluster says about Jobs created by :func:`apply_manifest`, given as job id ->
-    ``namespace/name``: one list of Jobs and one of pods per namespace, however many jobs, selected by their
-    job-id labels. A Job missing from the list is gone (deleted, or removed by its TTL after it finished).
-    Raises :class:`ConfigError` without a client or configuration, :class:`BackendError` when the cluster
-    does not answer a list."""
-    k8s = _client()
-    wanted: dict[str, dict[str, int]] = {}
-    for job_id, ext in jobs.items():
-        namespace, _, name = ext.partition("/")
-        wanted.setdefault(namespace, {})[name] = job_id
-    out: dict[str, ClusterJob] = {}
-    for namespace, names in sorted(wanted.items()):
-        ids = ",".join(str(i) for i in sorted(names.values()))
-        selector = f"{_SELECTOR},modelyard.dev/job-id in ({ids})"
-        try:
-            listed = k8s.client.BatchV1Api().list_namespaced_job(
-                namespace, label_selector=selector, _request_timeout=_TIMEOUT_S
-            )
-        except _errors(k8s) as exc:
-            raise BackendError(
-                f"could not list the Kubernetes jobs of namespace {namespace}: {_why(exc)}"
-            ) from None
-        found = {job.metadata.name: job for job in listed.items or () if job.metadata.name in names}
-        waiting: dict[str, str] = {}
-        if any(_state(job)[0] == "active" for job in found.values()):
-            try:
-                pods = k8s.client.CoreV1Api().list_namespaced_pod(
-                    namespace, label_selector=selector, _request_timeout=_TIMEOUT_S
-                )
-            except _errors(k8s) as exc:
-                # Pods only explain a wait; without them the Jobs' states still stand.
-                log.warning("could not list the pods of namespace %s: %s", namespace, _why(exc))
-                pods = None
-            for pod in pods.items if pods is not None else ():
-                job_name, why = _pod_job(pod), _pod_waiting(pod)
-                if job_name in found and why:
-                    waiting[job_name] = why
-        for name in names:
-            job = found.get(name)
-            if job is None:
-                out[f"{namespace}/{name}"] = ClusterJob("gone")
-            else:
-                state, detail = _state(job)
-                out[f"{namespace}/{name}"] = ClusterJob(state, detail or waiting.get(name, ""))
-    return out
-
-
 def _state(job: Any) -> tuple[str, str]:
     for cond in (job.status.conditions if job.status is not None else None) or ():
         if cond.status != "True":
@@ -429,3 +401,68 @@ def _state(job: Any) -> tuple[str, str]:
         if cond.type == "Complete":
             return "complete", ""
     return "active", ""
+
+
+def cluster_jobs(jobs: Mapping[int, tuple[str, str | None]]) -> dict[int, ClusterJob]:
+    """What the cluster says about Jobs created by :func:`apply_manifest`, given as job id ->
+    (``namespace/name``, the cluster it was created in). One list of Jobs and one of pods per namespace,
+    however many jobs, selected by their job-id labels.
+
+    Only jobs created in the cluster this machine's configuration reaches are asked about: elsewhere a Job
+    of the same name could be another one, and a missing one says nothing (their state is "elsewhere"). A
+    Job missing from the list and from a read by name is gone. A namespace the cluster does not answer for
+    is left out with a warning; jobs left out are unknown. Raises :class:`ConfigError` without a client or
+    a usable configuration."""
+    api = _client()
+    wanted: dict[str, dict[str, int]] = {}
+    out: dict[int, ClusterJob] = {}
+    for job_id, (ext, cluster) in jobs.items():
+        if cluster != api.host:
+            where = f"submitted to {cluster}" if cluster else "submitted before clusters were recorded"
+            out[job_id] = ClusterJob(
+                "elsewhere", f"{where}; this machine's Kubernetes configuration reaches {api.host}"
+            )
+            continue
+        namespace, _, name = ext.partition("/")
+        wanted.setdefault(namespace, {})[name] = job_id
+    for namespace, names in sorted(wanted.items()):
+        try:
+            out.update(_namespace_jobs(api, namespace, names))
+        except api.errors() as exc:
+            log.warning("could not ask Kubernetes about the jobs of namespace %s: %s", namespace, _why(exc))
+            if not isinstance(exc, api.k8s.client.exceptions.ApiException):
+                break  # not an answer: the cluster is unreachable, every namespace would wait as long
+    return out
+
+
+def _namespace_jobs(api: _Api, namespace: str, names: dict[str, int]) -> dict[int, ClusterJob]:
+    ids = ",".join(str(i) for i in sorted(names.values()))
+    selector = f"{_SELECTOR},modelyard.dev/job-id in ({ids})"
+    listed = api.batch().list_namespaced_job(namespace, label_selector=selector, _request_timeout=_TIMEOUT)
+    found = {job.metadata.name: job for job in listed.items or () if job.metadata.name in names}
+    out: dict[int, ClusterJob] = {}
+    for name in set(names) - set(found):
+        try:  # labels can be edited: missing means no Job of that name at all
+            found[name] = api.batch().read_namespaced_job(name, namespace, _request_timeout=_TIMEOUT)
+        except api.errors() as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            out[names[name]] = ClusterJob("gone")
+    waiting: dict[str, str] = {}
+    if any(_state(job)[0] == "active" for job in found.values()):
+        try:
+            pods = api.core().list_namespaced_pod(
+                namespace, label_selector=selector, _request_timeout=_TIMEOUT
+            )
+        except api.errors() as exc:
+            # Pods only explain a wait; without them the Jobs' states still stand.
+            log.warning("could not list the pods of namespace %s: %s", namespace, _why(exc))
+            pods = None
+        for pod in pods.items if pods is not None else ():
+            job_name, why = _pod_job(pod), _pod_waiting(pod)
+            if job_name in found and why:
+                waiting[job_name] = why
+    for name, job in found.items():
+        state, detail = _state(job)
+        out[names[name]] = ClusterJob(state, detail or waiting.get(name, ""))
+    return out
