@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from modelyard.core import (
 )
 from modelyard.core._artifacts import ArtifactStore
 from modelyard.core._gc import GcReport, fence, generation
-from modelyard.core._models import Artifact, Blob
+from modelyard.core._models import Artifact, Blob, CondemnedObject
 from modelyard.core._platform import utcnow
 from modelyard.data import _manifest
 from modelyard.data._secret import project_salt
@@ -517,7 +517,7 @@ def test_a_write_whose_uploads_were_swept_as_orphans_records_nothing(
     assert objects(plat) == set(rows(plat).values())  # no row without its object
 
 
-def test_orphans_are_deleted_under_the_lock_and_one_claimed_meanwhile_is_kept(plat: Platform) -> None:
+def test_an_orphan_claimed_before_the_collection_condemns_it_is_kept(plat: Platform) -> None:
     ctx = plat.context()
     store = plat.artifacts
     since = generation(plat)
@@ -532,5 +532,34 @@ def test_orphans_are_deleted_under_the_lock_and_one_claimed_meanwhile_is_kept(pl
         assert collector.is_alive() and not done  # listed it as an orphan; held off by the open writer
         assert store.claim(s, [staged]) == {staged.digest}
     collector.join(60)
-    assert done and done[0].orphans == 0  # its re-check under the lock saw the claim
+    assert done and done[0].orphans == 0  # its re-check, under the lock, saw the claim
     assert b"".join(store.iter_bytes(staged.digest)) == b"uploaded long ago by a slow writer"
+
+
+def test_a_claim_while_condemned_objects_are_being_deleted_records_nothing(
+    plat: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector holds no lock while it deletes (its database session may even be gone): what stops a
+    slow writer is the condemnation, committed before the first delete."""
+    store = plat.artifacts
+    since = generation(plat)
+    staged = store.stage(io.BytesIO(b"uploaded long ago by a slow writer"), region=store.region)
+    age(plat, [staged.object_name])
+    real = _gc._delete_objects
+    outcome: list[str] = []
+
+    def claim_then_delete(platform: Platform, names: Sequence[str]) -> tuple[int, int]:
+        try:
+            with plat.db.write() as s:  # not blocked: the collection's transaction has ended
+                store.claim(s, [staged], collected=fence(s, since))
+            outcome.append("claimed")
+        except CollectedMeanwhileError as exc:
+            outcome.append(exc.code)
+        return real(platform, names)
+
+    monkeypatch.setattr(_gc, "_delete_objects", claim_then_delete)
+    report = collect_garbage(plat, plat.context(), min_age=NOW)
+    assert outcome == ["collected_meanwhile"] and report.orphans == 1
+    assert rows(plat) == {} and objects(plat) == set()
+    with plat.db.read() as s:  # kept: a writer still later must find it too
+        assert s.scalars(select(CondemnedObject.name)).all() == [staged.object_name]

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from modelyard.core._blobs import BlobBackend, StagingWriter, sync_filesystem
 from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key, wrap_key
 from modelyard.core._db import MetadataStore, chunks
-from modelyard.core._gc import fence, generation, require_published, require_stored, stored_digests
+from modelyard.core._gc import fence, generation, require_stored, require_unclaimed, stored_digests
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
@@ -406,9 +406,9 @@ class ArtifactStore:
     def claim(self, s: Session, staged: Sequence[StagedBlob], *, collected: bool = False) -> set[str]:
         """Record staged blobs whose digests are not known yet; return the digests this call stored.
         ``collected``: :func:`fence` said a collection ran since the caller read the generation, which may
-        have deleted these objects as orphans (published, not yet claimed): each is checked first."""
+        have condemned these objects as orphans (published, not yet claimed): that is checked first."""
         if collected:
-            require_published(self.backend, [b.object_name for b in staged if b.object_name], "this write")
+            require_unclaimed(s, [b.object_name for b in staged if b.object_name], "this write")
         staged = self._current_wrapping(s, staged)
         now = utcnow()
         ordered = sorted((b for b in staged if b.object_name), key=lambda b: b.digest)  # a stable order

@@ -33,7 +33,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, delete, select, text, update
@@ -41,13 +41,20 @@ from sqlalchemy.orm import Session
 
 from modelyard.core._blobs import is_object_name
 from modelyard.core._db import ROWS, MetadataStore, chunks, insert_for
-from modelyard.core._models import Artifact, Blob, DatasetVersion, Meta, ModelVersion, RunArtifact
+from modelyard.core._models import (
+    Artifact,
+    Blob,
+    CondemnedObject,
+    DatasetVersion,
+    Meta,
+    ModelVersion,
+    RunArtifact,
+)
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.errors import BackendError, CollectedMeanwhileError, IntegrityError, UsageError, YardError
 
 if TYPE_CHECKING:
     from modelyard.core._artifacts import ArtifactStore
-    from modelyard.core._blobs import BlobBackend
 
 log = logging.getLogger("modelyard.gc")
 GENERATION = "artifact_gc_generation"
@@ -112,16 +119,19 @@ def require_stored(s: Session, digests: Iterable[str], what: str) -> None:
         )
 
 
-def require_published(backend: BlobBackend, names: Iterable[str], what: str) -> None:
-    """Fail unless every object is still in the backend: a collection may have swept objects that were
-    published but not yet claimed as orphans (only those older than its orphan age, but a slow writer's
-    can be)."""
-    missing = [n for n in sorted(set(names)) if not backend.exists(n)]
-    if missing:
+def require_unclaimed(s: Session, names: Iterable[str], what: str) -> None:
+    """Fail if a collection condemned any of these objects (published, not yet claimed: orphans to it, as a
+    slow writer's can look). Asked inside the writer's transaction, after :func:`fence`: condemnations are
+    committed before any delete, so this answer holds whatever the collector does next."""
+    wanted = sorted(set(names))
+    condemned: list[str] = []
+    for chunk in chunks(wanted):
+        condemned += s.scalars(select(CondemnedObject.name).where(CondemnedObject.name.in_(chunk))).all()
+    if condemned:
         raise CollectedMeanwhileError(
-            f"{what}: {len(missing)} object(s) it uploaded (e.g. {missing[0]}) were deleted by `yard gc` "
+            f"{what}: {len(condemned)} object(s) it uploaded (e.g. {condemned[0]}) were deleted by `yard gc` "
             "as unclaimed before it could record them; nothing was recorded — run it again",
-            missing=len(missing),
+            missing=len(condemned),
         )
 
 
@@ -201,10 +211,10 @@ def collect_garbage(
     names (left by a crashed write or a failed delete) older than ``orphan_min_age`` (at least ``min_age``).
     Installation admins only (blobs are shared by all projects); audited with what was deleted."""
     platform.authorize_installation(ctx, ACTION, RESOURCE)
-    for value in (min_age, orphan_min_age):
+    for what, value in (("min_age", min_age), ("orphan_min_age", orphan_min_age)):
         if not isinstance(value, timedelta) or value < timedelta(0):
             raise platform.refuse(
-                ctx, ACTION, RESOURCE, UsageError("min_age must be a duration of 0 or more")
+                ctx, ACTION, RESOURCE, UsageError(f"{what} must be a duration of 0 or more")
             )
     report = _sweep_rows(platform, ctx, min_age, dry_run)
     orphans, orphan_bytes, failed = _sweep_orphans(platform, ctx, max(min_age, orphan_min_age), dry_run)
@@ -288,10 +298,13 @@ def _sweep_orphans(
     """Objects no row names, older than ``min_age``: (deleted, their bytes, failed deletes).
 
     A writer publishes its objects, then claims them in one transaction: until then they are orphans too,
-    and a slow writer's may be older than ``min_age``. So the generation is bumped and committed first,
-    and the objects are deleted while the lock is held: a writer whose fence then sees the new generation
-    checks that its objects still exist (:func:`require_published`) before it claims them."""
-    cutoff = utcnow() - min_age
+    and a slow writer's may be older than ``min_age``. So the collection condemns them first, in a
+    transaction that takes the lock, bumps the generation and re-checks the rows; only once that commits
+    does it delete them. A writer whose fence then sees the new generation finds its objects condemned
+    (:func:`require_unclaimed`) and records nothing. No lock is held while objects are deleted: a collector
+    whose database session dies meanwhile cannot let a claim in. A condemned object that failed to delete
+    is retried by the next collection (it still has no row)."""
+    cutoff = _store_now(platform) - min_age
     sizes: dict[str, int] = {}
     batch: list[str] = []
     with _refusing(platform, ctx):
@@ -308,19 +321,28 @@ def _sweep_orphans(
             del sizes[name]
     if dry_run or not sizes:
         return len(sizes), sum(sizes.values()), 0
-    with platform.db.write() as s:
-        _exclusive(s)  # committed before anything is deleted, whatever happens next
     detail: dict[str, Any] = {"orphan_min_age_s": int(min_age.total_seconds())}
-    done = failed = 0
     with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
-        detail["generation"] = _exclusive(s)
+        bumped = _exclusive(s)
         doomed = set(sizes)
         for chunk in chunks(sorted(sizes)):  # claimed since the listing: kept
             doomed -= set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk))))
-        # Deleted inside the transaction: the lock keeps every writer's claim out until it ends.
-        done, failed = _delete_objects(platform, sorted(doomed))
-        detail.update(orphans=done, orphan_bytes=sum(sizes[n] for n in doomed), failed=failed)
+        now = utcnow()
+        rows = [{"name": n, "generation": bumped, "condemned_at": now} for n in sorted(doomed)]
+        for part in chunks(rows):
+            s.execute(insert_for(s)(CondemnedObject).values(list(part)).on_conflict_do_nothing())
+        detail.update(generation=bumped, orphans=len(doomed), orphan_bytes=sum(sizes[n] for n in doomed))
+    done, failed = _delete_objects(platform, sorted(doomed))
     return done, sum(sizes[n] for n in doomed), failed
+
+
+def _store_now(platform: Platform) -> datetime:
+    """The database's clock on PostgreSQL (hosts' clocks may be skewed), the local one on SQLite."""
+    clock = platform.db.now()
+    if isinstance(clock, datetime):
+        return clock
+    with platform.db.read() as s:
+        return as_utc(s.execute(select(clock)).scalar_one())
 
 
 _Deleted = tuple[str, str, int | None, int]  # digest, object name, pack offset, size

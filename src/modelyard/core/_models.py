@@ -116,6 +116,16 @@ class Blob(Base):
     pack_length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+class CondemnedObject(Base):
+    """An object no blob row named that a collection is deleting or has deleted (``yard gc``). Kept: a writer
+    that uploaded it and has not claimed it yet must find it here, inside its own transaction, and give up."""
+
+    __tablename__ = "condemned_objects"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    condemned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Artifact(Base):
     """A project's reference to a blob. Access control is by project: a digest alone opens nothing."""
 
