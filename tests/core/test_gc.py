@@ -563,3 +563,29 @@ def test_a_claim_while_condemned_objects_are_being_deleted_records_nothing(
     assert rows(plat) == {} and objects(plat) == set()
     with plat.db.read() as s:  # kept: a writer still later must find it too
         assert s.scalars(select(CondemnedObject.name)).all() == [staged.object_name]
+
+
+def test_gc_removes_what_interrupted_writes_left_in_staging_once_a_day_old(plat: Platform) -> None:
+    staging = plat.artifacts.backend.staging_dir()
+    then = time.time() - 2 * 86400
+
+    def left(rel: str, old: bool = True) -> Path:
+        path = staging / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written")
+        if old:
+            os.utime(path, (then, then))
+        return path
+
+    left("tmpk2j3.tmp")  # a put killed before it published
+    left("data-add-x1/spill")  # a dataset add killed mid-way: its work directory
+    left("data-add-x1/manifest.tmp")
+    os.utime(staging / "data-add-x1", (then, then))
+    fresh = left("tmpfresh.tmp", old=False)  # a live writer's
+    live = [left("data-add-x2/spill"), left("data-add-x2/manifest.tmp", old=False)]  # still being written
+    assert collect_garbage(plat, plat.context(), dry_run=True).staging == 0
+    assert len(list(staging.iterdir())) == 4
+    report = collect_garbage(plat, plat.context())
+    assert report.staging == 2
+    assert sorted(p.name for p in staging.iterdir()) == ["data-add-x2", "tmpfresh.tmp"]
+    assert fresh.exists() and all(p.exists() for p in live)

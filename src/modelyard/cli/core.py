@@ -193,6 +193,8 @@ def gc(
         console.print(
             f"{verb} {report.orphans} object(s) no blob named, {report.orphan_bytes:,} bytes", markup=False
         )
+    if report.staging:
+        console.print(f"removed {report.staging} day-old temp file(s) of interrupted writes", markup=False)
     if report.failed_objects:
         console.print(
             f"warning: {report.failed_objects} object(s) could not be deleted (their keys are gone, so they "

@@ -148,6 +148,7 @@ class GcReport:
     young: int  # unreferenced blobs kept because they are younger than min_age
     orphans: int = 0  # objects no blob row named (a crashed write's, a failed delete's), deleted
     orphan_bytes: int = 0  # their stored (encrypted) sizes
+    staging: int = 0  # temp files and work directories of interrupted writes, a day old, removed locally
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -216,10 +217,18 @@ def collect_garbage(
             raise platform.refuse(
                 ctx, ACTION, RESOURCE, UsageError(f"{what} must be a duration of 0 or more")
             )
+    from modelyard.core._home import sweep_staging
+
     report = _sweep_rows(platform, ctx, min_age, dry_run)
     orphans, orphan_bytes, failed = _sweep_orphans(platform, ctx, max(min_age, orphan_min_age), dry_run)
+    # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
+    staging = 0 if dry_run else sweep_staging(platform.artifacts.backend.staging_dir())
     return replace(
-        report, orphans=orphans, orphan_bytes=orphan_bytes, failed_objects=report.failed_objects + failed
+        report,
+        orphans=orphans,
+        orphan_bytes=orphan_bytes,
+        failed_objects=report.failed_objects + failed,
+        staging=staging,
     )
 
 

@@ -159,16 +159,31 @@ def _init_signing_key(platform: Platform, report: InitReport) -> None:
 
 
 def sweep_staging(staging: Path, *, older_than: float = 86_400) -> int:
-    """Remove temp files an interrupted put left behind. Files being written have a fresh mtime, so a
-    day-old one belongs to no live writer; nothing in staging is referenced by the metadata store."""
+    """Remove what interrupted writes left in staging: temp files, and the work directories of dataset adds
+    and anonymisations. A writer keeps touching what it writes, so an entry whose newest file is a day old
+    belongs to no live writer; nothing in staging is referenced by the metadata store."""
     cutoff = time.time() - older_than
     removed = 0
     for entry in staging.iterdir():
         with contextlib.suppress(OSError):
-            if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+            if entry.is_symlink():
+                continue
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
                 entry.unlink()
                 removed += 1
+            elif entry.is_dir() and _newest_mtime(entry) < cutoff:
+                shutil.rmtree(entry)
+                removed += 1
     return removed
+
+
+def _newest_mtime(directory: Path) -> float:
+    newest = directory.stat().st_mtime
+    for root, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
 
 
 # -- doctor -----------------------------------------------------------------------------------------------
