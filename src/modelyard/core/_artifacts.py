@@ -40,7 +40,14 @@ from sqlalchemy.orm import Session
 from modelyard.core._blobs import BlobBackend, StagingWriter, sync_filesystem
 from modelyard.core._crypto import decrypt_stream, encrypt_stream, iter_decrypt, new_data_key, wrap_key
 from modelyard.core._db import MetadataStore, chunks
-from modelyard.core._gc import fence, generation, require_stored, require_unclaimed, stored_digests
+from modelyard.core._gc import (
+    fence,
+    generation,
+    named_objects,
+    require_stored,
+    require_unclaimed,
+    stored_digests,
+)
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
 from modelyard.core._paths import safe_key
@@ -548,11 +555,8 @@ class ArtifactStore:
             self.backend.delete(name)
 
     def _referenced(self, object_names: Sequence[str]) -> set[str]:
-        found: set[str] = set()
         with self.db.read() as s:
-            for chunk in chunks(object_names):
-                found.update(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk))))
-        return found
+            return named_objects(s, object_names)
 
     def put(self, src: BinaryIO, *, region: str | None = None) -> str:
         """Store bytes without a project reference (internal use: manifests, checkpoints)."""

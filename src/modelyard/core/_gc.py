@@ -86,6 +86,14 @@ def stored_digests(s: Session, digests: Iterable[str]) -> set[str]:
     return found
 
 
+def named_objects(s: Session, names: Iterable[str]) -> set[str]:
+    """Which of the object ``names`` a blob row names, as ``s`` sees them."""
+    found: set[str] = set()
+    for chunk in chunks(sorted(set(names))):
+        found.update(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk)).distinct()))
+    return found
+
+
 def _generation(s: Session) -> int:
     value = s.execute(select(Meta.value).where(Meta.key == GENERATION)).scalar_one_or_none()
     return int(value) if value else 0
@@ -294,13 +302,6 @@ def _exclusive(s: Session) -> int:
     return bumped
 
 
-def _unnamed(platform: Platform, names: Sequence[str]) -> set[str]:
-    """Which of ``names`` no blob row names."""
-    with platform.db.read() as s:
-        named = set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(names)).distinct()))
-    return set(names) - named
-
-
 def _sweep_orphans(
     platform: Platform, ctx: Context, min_age: timedelta, dry_run: bool
 ) -> tuple[int, int, int]:
@@ -314,28 +315,29 @@ def _sweep_orphans(
     whose database session dies meanwhile cannot let a claim in. A condemned object that failed to delete
     is retried by the next collection (it still has no row)."""
     cutoff = _store_now(platform) - min_age
-    sizes: dict[str, int] = {}
-    batch: list[str] = []
+    sizes: dict[str, int] = {}  # the orphans
+    batch: dict[str, int] = {}
+
+    def keep_unnamed() -> None:
+        with platform.db.read() as s:
+            named = named_objects(s, batch)
+        sizes.update((name, size) for name, size in batch.items() if name not in named)
+        batch.clear()
+
     with _refusing(platform, ctx):
         # Streamed: the listing is checked against the rows 500 names at a time; memory holds orphans only.
         for item in platform.artifacts.backend.list_stat("objects/"):
             if item.modified < cutoff and is_object_name(item.name):
-                sizes[item.name] = item.size
-                batch.append(item.name)
-            if len(batch) >= ROWS:
-                for name in set(batch) - _unnamed(platform, batch):
-                    del sizes[name]
-                batch = []
-        for name in set(batch) - _unnamed(platform, batch):
-            del sizes[name]
+                batch[item.name] = item.size
+                if len(batch) >= ROWS:
+                    keep_unnamed()
+        keep_unnamed()
     if dry_run or not sizes:
         return len(sizes), sum(sizes.values()), 0
     detail: dict[str, Any] = {"orphan_min_age_s": int(min_age.total_seconds())}
     with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
         bumped = _exclusive(s)
-        doomed = set(sizes)
-        for chunk in chunks(sorted(sizes)):  # claimed since the listing: kept
-            doomed -= set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk))))
+        doomed = set(sizes) - named_objects(s, sizes)  # claimed since the listing: kept
         now = utcnow()
         rows = [{"name": n, "generation": bumped, "condemned_at": now} for n in sorted(doomed)]
         for part in chunks(rows):
@@ -361,11 +363,8 @@ def _unreferenced_objects(s: Session, deleted: Sequence[_Deleted]) -> list[str]:
     """The objects of deleted rows: a whole object, or a pack once no row refers to it any more (pack
     names are unique to the add that wrote them, so no new row can come to refer to one)."""
     names = {name for _, name, offset, _ in deleted if offset is None}
-    packs = sorted({name for _, name, offset, _ in deleted if offset is not None})
-    for chunk in chunks(packs):
-        still = set(s.scalars(select(Blob.object_name).where(Blob.object_name.in_(chunk)).distinct()))
-        names.update(n for n in chunk if n not in still)
-    return sorted(names)
+    packs = {name for _, name, offset, _ in deleted if offset is not None}
+    return sorted(names | (packs - named_objects(s, packs)))
 
 
 def _delete_objects(platform: Platform, names: Sequence[str]) -> tuple[int, int]:
