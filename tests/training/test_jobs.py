@@ -1244,6 +1244,114 @@ def test_a_job_the_cluster_refuses_to_create_is_not_recorded(
     assert jobs_by_id(platform) == {} and cluster.jobs == {}
 
 
+def test_a_job_whose_pods_cannot_be_created_says_why(
+    queue: tuple[Platform, Context, Path], cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform, ctx, recipe = queue
+    quota, starting, silent = (_pod_job(platform, ctx, recipe) for _ in range(3))
+    assert quota.external_id and starting.external_id and silent.external_id
+    refused = 'Error creating: pods "yard-train-{}-x" is forbidden: exceeded quota: compute, requested: cpu=2'
+    cluster.failed_create(quota.external_id, "an earlier refusal", when="2026-01-01T00:00:00Z")
+    cluster.failed_create(quota.external_id, refused.format(quota.id), when="2026-01-01T00:05:00Z")
+    cluster.failed_create(quota.external_id, "older still", when="2025-12-31T00:00:00Z")
+    # An earlier Job of the same name (another UID), and a Job whose pod exists now: their events say nothing.
+    cluster.failed_create(silent.external_id, "an earlier Job's refusal", uid="0-earlier")
+    cluster.failed_create(starting.external_id, "refused once, created since")
+    cluster.waiting_pod(starting.external_id, "ContainerCreating")
+    cluster.requests.clear()
+
+    listed = {j.id: j for j in _jobs.list_jobs(platform, ctx)}
+    assert {i: (j.status, j.waiting) for i, j in listed.items()} == {
+        quota.id: ("SUBMITTED", f"job yard-train-{quota.id}: FailedCreate: {refused.format(quota.id)}"),
+        starting.id: ("SUBMITTED", None),
+        silent.id: ("SUBMITTED", None),
+    }
+    # Events are asked for once per namespace, and only when a Job has no pod at all.
+    assert cluster.requests == [
+        ("GET", "/apis/batch/v1/namespaces/default/jobs"),
+        ("GET", "/api/v1/namespaces/default/pods"),
+        ("GET", "/api/v1/namespaces/default/events"),
+    ]
+    for job in (quota, silent):
+        cluster.waiting_pod(job.external_id, "ContainerCreating")  # type: ignore[arg-type]
+    cluster.requests.clear()
+    assert all(j.waiting is None for j in _jobs.list_jobs(platform, ctx))
+    assert ("GET", "/api/v1/namespaces/default/events") not in cluster.requests
+    # Events refused: the wait is not explained, and the Jobs' states still count.
+    cluster.pods.clear()
+    cluster.refused["events"] = 403
+    cluster.fail(silent.external_id)
+    assert {j.id: (j.status, j.waiting) for j in _jobs.list_jobs(platform, ctx)} == {
+        quota.id: ("SUBMITTED", None),
+        starting.id: ("SUBMITTED", None),
+        silent.id: ("FAILED", None),
+    }
+    assert "could not list the events of namespace default: 403 Forbidden" in caplog.text
+
+
+def test_a_job_whose_name_now_belongs_to_another_job_is_gone_and_never_deleted(
+    local_queue: tuple[Platform, Context, Path], cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform, ctx, recipe = local_queue
+    replaced, cancelled, older = (_pod_job(platform, ctx, recipe) for _ in range(3))
+    assert replaced.external_id and cancelled.external_id and older.external_id
+    with platform.db.read() as s:
+        uids = dict(s.execute(select(Job.id, Job.cluster_uid)).all())
+    assert uids == {
+        j.id: cluster.jobs[j.external_id]["metadata"]["uid"] for j in (replaced, cancelled, older)
+    }  # type: ignore[index]
+    # Someone else's Job took the names (ours were removed after their TTL, theirs created since).
+    for job in (replaced, cancelled, older):
+        cluster.recreate(job.external_id)  # type: ignore[arg-type]
+    with platform.db.write() as s:  # recorded before UIDs were: never concluded about
+        s.execute(update(Job).where(Job.id == older.id).values(cluster_uid=None))
+    listed = {j.id: j for j in _jobs.list_jobs(platform, ctx)}
+    uid = cluster.jobs[replaced.external_id]["metadata"]["uid"]
+    assert listed[replaced.id].status == "FAILED"
+    assert listed[replaced.id].reason == (
+        f"Kubernetes job {replaced.external_id} no longer exists (deleted, or removed after it finished; its "
+        f"name belongs to another Job now (UID {uid})) and its last attempt did not report back"
+    )
+    assert listed[older.id].status == "SUBMITTED"
+    # Cancelling a job whose name was reused leaves the other Job alone (a UID precondition on the delete).
+    with platform.db.write() as s:  # as if read before the name was reused
+        s.execute(update(Job).where(Job.id == cancelled.id).values(status="SUBMITTED"))
+    assert _jobs.cancel_job(platform, ctx, cancelled.id).status == "CANCELLED"
+    assert cancelled.external_id in cluster.jobs and cluster.deleted == []
+    assert f"Kubernetes job {cancelled.external_id} is another Job now" in caplog.text
+
+
+def test_a_create_that_got_no_answer_is_recorded_only_if_the_cluster_has_this_submission(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from modelyard.training import _k8s
+
+    platform, ctx, recipe = local_queue
+    monkeypatch.setattr(_k8s, "_CREATE_TIMEOUT", (3.0, 0.3))
+    cluster.create_delay = 1.5  # the API server creates the Job, its answer comes after the timeout
+    job = _pod_job(platform, ctx, recipe)
+    made = cluster.jobs[job.external_id]  # type: ignore[index]
+    with platform.db.read() as s:
+        assert s.get(Job, job.id).cluster_uid == made["metadata"]["uid"]  # type: ignore[union-attr]
+    assert made["metadata"]["annotations"][_k8s.SUBMISSION_ANNOTATION]
+    assert f"the creation of Kubernetes job {job.external_id} got no answer" in caplog.text
+    # The create was lost: no Job, nothing recorded.
+    cluster.create_lost = True
+    with pytest.raises(BackendError, match=r"did not create job default/yard-train-\d+: ReadTimeoutError"):
+        _pod_job(platform, ctx, recipe)
+    assert list(jobs_by_id(platform)) == [job.id] and list(cluster.jobs) == [job.external_id]
+    # Lost, and a Job of that name that is not this submission's is there: not taken for it.
+    foreign = json.loads(json.dumps(made))
+    foreign["metadata"].update(name=f"yard-train-{job.id + 1}", annotations={_k8s.SUBMISSION_ANNOTATION: "x"})
+    cluster.jobs[f"default/yard-train-{job.id + 1}"] = foreign
+    with pytest.raises(BackendError, match="the Job of that name it has is not this submission's"):
+        _pod_job(platform, ctx, recipe)
+    assert list(jobs_by_id(platform)) == [job.id]
+
+
 # -- the real command: yard train through the queue ---------------------------------------------------------
 def _train_available() -> bool:
     probe = subprocess.run(

@@ -260,7 +260,7 @@ def insert_for(s: Any) -> Any:
 # The newest migration (revision ids are the migration files' stems). tests/core/test_db.py asserts it
 # equals Alembic's computed head; and _known_head trusts it only while the migration files are exactly
 # _MIGRATIONS, so a migration file added under any name costs an Alembic import, never a skipped migration.
-HEAD_REVISION = "0009_condemned_objects"
+HEAD_REVISION = "0010_job_cluster_uid"
 _MIGRATIONS = (
     "0001_core",
     "0002_tracking_data_lineage",
@@ -270,6 +270,7 @@ _MIGRATIONS = (
     "0006_serving",
     "0007_canary_window",
     "0008_job_cluster",
+    "0009_condemned_objects",
     HEAD_REVISION,
 )
 _VERSIONS = Path(__file__).with_name("migrations") / "versions"

@@ -307,6 +307,7 @@ class Job(Base):
     backend: Mapped[str] = mapped_column(String(16))
     external_id: Mapped[str | None] = mapped_column(String(320), nullable=True)  # namespace/name
     cluster: Mapped[str | None] = mapped_column(String(512), nullable=True)  # the API server it went to
+    cluster_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its Job's metadata.uid
     status: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer)
     cpus: Mapped[float] = mapped_column(Double)

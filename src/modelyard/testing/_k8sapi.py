@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,12 +18,24 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?$")
-_PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+_CORE = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|events)$")
 _NOW = "2026-01-01T00:00:00Z"
 
 
 # Equality (``key=value``) and set (``key in (a,b)``) terms of a label selector, comma-separated.
 _TERM = re.compile(r"\s*([^,=\s]+)\s*(?:=\s*([^,]*)|\s+in\s+\(([^)]*)\))\s*(?:,|$)")
+
+
+def _fields(obj: dict[str, Any], selector: str) -> bool:
+    """A field selector of ``path.to.field=value`` terms, comma-separated."""
+    for term in filter(None, selector.split(",")):
+        path, _, value = term.partition("=")
+        found: Any = obj
+        for part in path.strip().split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if found != value.strip():
+            return False
+    return True
 
 
 def _selected(obj: dict[str, Any], selector: str) -> bool:
@@ -47,9 +60,12 @@ class FakeCluster:
         self.url = ""
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}  # namespace/pod name -> pod
+        self.events: list[dict[str, Any]] = []
+        self.create_delay = 0.0  # seconds a create waits, after the Job exists, before it answers
+        self.create_lost = False  # with create_delay: the create is never acted on (nor answered in time)
         self.deleted: list[str] = []  # Jobs deleted through the API
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
-        # "jobs" or "pods", or "jobs:NAMESPACE" or "pods:NAMESPACE" -> the status every call on them gets
+        # "jobs", "pods" or "events", or "jobs:NAMESPACE" and so on -> the status every call on them gets
         self.refused: dict[str, int] = {}
         self.lock = threading.Lock()
 
@@ -64,6 +80,38 @@ class FakeCluster:
         """Deleted behind modelyard's back (kubectl delete, or the TTL controller)."""
         with self.lock:
             del self.jobs[job]
+
+    def recreate(self, job: str) -> None:
+        """Removed, then created again by someone else under the same name: another UID, no status."""
+        with self.lock:
+            self.jobs[job]["metadata"]["uid"] = str(uuid.uuid4())
+            self.jobs[job]["status"] = {}
+
+    def failed_create(self, job: str, message: str, *, when: str = _NOW, uid: str | None = None) -> None:
+        """The Job controller could not create a pod (quota, admission): a ``FailedCreate`` event on the Job
+        (by default this Job's UID; ``uid`` for an earlier Job of the same name)."""
+        namespace, _, name = job.partition("/")
+        with self.lock:
+            self.events.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                    "involvedObject": {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "namespace": namespace,
+                        "name": name,
+                        "uid": uid or self.jobs[job]["metadata"]["uid"],
+                    },
+                    "reason": "FailedCreate",
+                    "message": message,
+                    "type": "Warning",
+                    "count": 1,
+                    "firstTimestamp": when,
+                    "lastTimestamp": when,
+                }
+            )
 
     def waiting_pod(self, job: str, reason: str, message: str = "", *, unschedulable: bool = False) -> str:
         """A Pending pod of ``job``: its container waits with ``reason``, or it cannot be scheduled."""
@@ -133,17 +181,23 @@ class FakeCluster:
     # -- the API --------------------------------------------------------------------------------------------
     def handle(self, method: str, url: str, body: bytes) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(url)
-        selector = parse_qs(parts.query).get("labelSelector", [""])[0]
+        query = parse_qs(parts.query)
+        selector = query.get("labelSelector", [""])[0]
         with self.lock:
             self.requests.append((method, parts.path))
             if m := _JOBS.match(parts.path):
                 if code := self.refused.get("jobs") or self.refused.get(f"jobs:{m.group(1)}"):
                     return _status(code, "refused by the test")
                 return self._jobs(method, m.group(1), m.group(2), selector, body)
-            if (m := _PODS.match(parts.path)) and method == "GET":
-                if code := self.refused.get("pods") or self.refused.get(f"pods:{m.group(1)}"):
+            if (m := _CORE.match(parts.path)) and method == "GET":
+                namespace, kind = m.groups()
+                if code := self.refused.get(kind) or self.refused.get(f"{kind}:{namespace}"):
                     return _status(code, "refused by the test")
-                items = [p for p in self.pods.values() if p["metadata"]["namespace"] == m.group(1)]
+                if kind == "events":
+                    fields = query.get("fieldSelector", [""])[0]
+                    items = [e for e in self.events if e["metadata"]["namespace"] == namespace]
+                    return 200, _list("EventList", "v1", [e for e in items if _fields(e, fields)])
+                items = [p for p in self.pods.values() if p["metadata"]["namespace"] == namespace]
                 return 200, _list("PodList", "v1", [p for p in items if _selected(p, selector)])
         return _status(404, f"the fake cluster does not serve {method} {parts.path}")
 
@@ -157,7 +211,7 @@ class FakeCluster:
             job = json.loads(body)
             key = f"{namespace}/{job['metadata']['name']}"
             if key in self.jobs:
-                return _status(409, f'jobs.batch "{job["metadata"]["name"]}" already exists')
+                return _status(409, f'jobs.batch "{job["metadata"]["name"]}" already exists', "AlreadyExists")
             job["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_NOW)
             job["status"] = {}
             self.jobs[key] = job
@@ -168,6 +222,9 @@ class FakeCluster:
         if method == "GET":
             return 200, self.jobs[key]
         if method == "DELETE":
+            uid = ((json.loads(body) if body else {}).get("preconditions") or {}).get("uid")
+            if uid and uid != self.jobs[key]["metadata"]["uid"]:
+                return _status(409, f"Precondition failed: UID in precondition: {uid}")
             del self.jobs[key]
             self.deleted.append(key)
             for pod in [k for k, p in self.pods.items() if p["metadata"]["labels"].get("job-name") == name]:
@@ -180,15 +237,15 @@ def _list(kind: str, api: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": "1"}, "items": items}
 
 
-def _status(code: int, message: str) -> tuple[int, dict[str, Any]]:
-    reasons = {403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "AlreadyExists"}
+def _status(code: int, message: str, reason: str = "") -> tuple[int, dict[str, Any]]:
+    reasons = {403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict"}
     return code, {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
-        "reason": reasons.get(code, "InternalError"),
+        "reason": reason or reasons.get(code, "InternalError"),
         "code": code,
     }
 
@@ -201,13 +258,23 @@ def fake_kubernetes() -> Iterator[FakeCluster]:
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            code, payload = cluster.handle(self.command, self.path, self.rfile.read(length))
+            body = self.rfile.read(length)
+            if self.command == "POST" and cluster.create_lost:
+                time.sleep(cluster.create_delay)
+                self.close_connection = True
+                return
+            code, payload = cluster.handle(self.command, self.path, body)
+            if self.command == "POST" and code == 201 and cluster.create_delay:
+                time.sleep(cluster.create_delay)  # created, but the answer comes too late
             data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up waiting (a create_delay past its timeout)
+                self.close_connection = True
 
         do_GET = do_POST = do_DELETE = _answer
 

@@ -438,7 +438,7 @@ def submit_kubernetes_job(
         return _k8s.job_manifest(platform, ctx, req, **options), None
     applied: dict[str, Any] = {}
 
-    def apply(job_id: int) -> tuple[str, str]:
+    def apply(job_id: int) -> _k8s.Submitted:
         applied.update(_k8s.job_manifest(platform, ctx, req, job_id=job_id, **options))
         return _k8s.apply_manifest(applied)
 
@@ -463,7 +463,7 @@ def _insert_job(
     *,
     backend: str,
     status: str,
-    external: Callable[[int], tuple[str, str]] | None = None,
+    external: Callable[[int], Any] | None = None,  # -> _k8s.Submitted
 ) -> JobInfo:
     """Insert the row and its audit record in one transaction. ``external`` (given the new id) hands the job
     to another system inside that transaction, so a failure there queues nothing."""
@@ -499,8 +499,9 @@ def _insert_job(
             s.add(job)
             s.flush()
             if external is not None:
-                job.external_id, job.cluster = external(job.id)
-                detail.update(external_id=job.external_id, cluster=job.cluster)
+                sub = external(job.id)
+                job.external_id, job.cluster, job.cluster_uid = sub.external_id, sub.cluster, sub.uid
+                detail.update(external_id=job.external_id, cluster=job.cluster, cluster_uid=job.cluster_uid)
             platform.audit(ctx, "job.write", job_ref(job.id), "ok", detail, session=s)
             info = _info(job, ctx.project)
     except YardError as exc:
@@ -569,7 +570,7 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
         if job.backend == "kubernetes" and job.external_id:
             from modelyard.training._k8s import delete_job
 
-            delete_job(job.external_id)
+            delete_job(job.external_id, job.cluster_uid)
         info = _info(job, ctx.project)
     return info
 
@@ -730,10 +731,10 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
     with platform.db.read() as s:
         # Read before the cluster is asked: a row committed means its Job was created (submit applies the
         # manifest inside the inserting transaction), so a Job missing from the cluster's list is gone.
-        seen: dict[int, tuple[str, str | None, int]] = {
-            jid: (str(ext), cluster, attempts)
-            for jid, ext, cluster, attempts in s.execute(
-                select(Job.id, Job.external_id, Job.cluster, Job.attempts).where(
+        seen: dict[int, tuple[str, str | None, str | None, int]] = {
+            jid: (str(ext), cluster, uid, attempts)
+            for jid, ext, cluster, uid, attempts in s.execute(
+                select(Job.id, Job.external_id, Job.cluster, Job.cluster_uid, Job.attempts).where(
                     *cond, Job.external_id.is_not(None)
                 )
             ).all()
@@ -743,7 +744,7 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
     from modelyard.training import _k8s
 
     try:
-        cluster = _k8s.cluster_jobs({jid: (ext, where) for jid, (ext, where, _) in seen.items()})
+        cluster = _k8s.cluster_jobs({jid: _k8s.Submitted(*row[:3]) for jid, row in seen.items()})
     except YardError as exc:
         log.warning("could not ask Kubernetes about %d submitted job(s): %s", len(seen), exc)
         return {}
@@ -760,8 +761,9 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
             ended[jid] = f"Kubernetes job {ext} completed, but its pod did not record a result in the store"
         else:
             ended[jid] = (
-                f"Kubernetes job {ext} no longer exists (deleted, or removed after it finished) and its "
-                "last attempt did not report back"
+                f"Kubernetes job {ext} no longer exists (deleted, or removed after it finished"
+                + (f"; {state.detail}" if state.detail else "")
+                + ") and its last attempt did not report back"
             )
     if not ended:
         return waiting
@@ -770,7 +772,7 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
         rows = s.scalars(select(Job).where(Job.id.in_(ended), *cond).with_for_update()).all()
         entries = []
         for job in rows:
-            if (job.external_id, job.cluster, job.attempts) != seen[job.id]:
+            if (job.external_id, job.cluster, job.cluster_uid, job.attempts) != seen[job.id]:
                 continue
             job.status, job.finished_at, job.reason = "FAILED", utcnow(), ended[job.id]
             entries.append(

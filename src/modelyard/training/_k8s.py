@@ -19,6 +19,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -30,6 +31,8 @@ from modelyard.errors import BackendError, ConfigError, UsageError, ValidationEr
 
 log = logging.getLogger("modelyard.jobs")
 RECIPE_ANNOTATION = "modelyard.dev/recipe"
+# A nonce per submission on the Job: a create that got no answer is ours only if the Job found carries it.
+SUBMISSION_ANNOTATION = "modelyard.dev/submission"
 POD_NAME_ENV = "YARD_POD_NAME"  # the pod's name (downward API), expanded by Kubernetes in the command
 RECIPE_DIR = "/etc/modelyard"
 WORK_DIR = "/work"
@@ -237,10 +240,13 @@ def job_manifest(
     }
     if req.gpus:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if job_id is not None:
+        metadata["annotations"] = {SUBMISSION_ANNOTATION: uuid.uuid4().hex}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": metadata,
         "spec": {
             "backoffLimit": req.max_retries,
             "ttlSecondsAfterFinished": 7 * 24 * 3600,
@@ -325,27 +331,74 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def apply_manifest(manifest: dict[str, Any]) -> tuple[str, str]:
-    """Create the Job in its namespace; returns ``namespace/name`` and the cluster (API server URL)."""
+@dataclass(frozen=True)
+class Submitted:
+    """Where a job went: its Job's ``namespace/name``, the cluster (API server URL) and the Job's UID. A name
+    can be reused once the Job is gone; a UID never is."""
+
+    external_id: str
+    cluster: str | None
+    uid: str | None = None
+
+
+def apply_manifest(manifest: dict[str, Any]) -> Submitted:
+    """Create the Job in its namespace. A create that got no answer (a timeout, a dropped connection) may
+    still have created it: the Job is read back, and is this submission's if it carries the manifest's
+    :data:`SUBMISSION_ANNOTATION`."""
     api = _client()
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        api.batch().create_namespaced_job(namespace, manifest, _request_timeout=_CREATE_TIMEOUT)
+        created = api.batch().create_namespaced_job(namespace, manifest, _request_timeout=_CREATE_TIMEOUT)
     except api.errors() as exc:
-        raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
-    return f"{namespace}/{name}", api.host
+        if isinstance(exc, api.k8s.client.exceptions.ApiException):  # an answer: refused, nothing created
+            raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
+        created = _created_anyway(api, manifest, exc)
+    return Submitted(f"{namespace}/{name}", api.host, str(created.metadata.uid))
 
 
-def delete_job(external_id: str) -> None:
-    """Delete a Job (and its pods) created by :func:`apply_manifest`; one already gone is fine."""
+def _created_anyway(api: _Api, manifest: dict[str, Any], cause: Exception) -> Any:
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    nonce = (manifest["metadata"].get("annotations") or {}).get(SUBMISSION_ANNOTATION)
+    try:
+        job = api.batch().read_namespaced_job(name, namespace, _request_timeout=_TIMEOUT)
+    except api.errors() as exc:
+        if getattr(exc, "status", None) == 404:
+            raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(cause)}") from None
+        raise BackendError(
+            f"Kubernetes did not answer the creation of job {namespace}/{name} ({_why(cause)}) nor a read of "
+            f"it ({_why(exc)}); nothing was recorded, but the Job may exist: check with `kubectl get job "
+            f"{name} -n {namespace}` and delete it"
+        ) from None
+    if nonce is None or (job.metadata.annotations or {}).get(SUBMISSION_ANNOTATION) != nonce:
+        raise BackendError(
+            f"Kubernetes did not answer the creation of job {namespace}/{name} ({_why(cause)}), and the Job "
+            "of that name it has is not this submission's; nothing was recorded"
+        )
+    log.warning(
+        "the creation of Kubernetes job %s/%s got no answer (%s), but the cluster has it: recorded",
+        namespace,
+        name,
+        _why(cause),
+    )
+    return job
+
+
+def delete_job(external_id: str, uid: str | None = None) -> None:
+    """Delete a Job (and its pods) created by :func:`apply_manifest`; one already gone is fine. With its
+    ``uid``, a Job of the same name that is another one (the name was reused) is left alone."""
     api = _client()
     namespace, _, name = external_id.partition("/")
+    body = api.k8s.client.V1DeleteOptions(
+        propagation_policy="Background",
+        preconditions=api.k8s.client.V1Preconditions(uid=uid) if uid else None,
+    )
     try:
-        api.batch().delete_namespaced_job(
-            name, namespace, propagation_policy="Background", _request_timeout=_TIMEOUT
-        )
+        api.batch().delete_namespaced_job(name, namespace, body=body, _request_timeout=_TIMEOUT)
     except api.errors() as exc:
-        if getattr(exc, "status", None) != 404:
+        status = getattr(exc, "status", None)
+        if status == 409 and uid:
+            log.warning("Kubernetes job %s is another Job now (UID not %s): left alone", external_id, uid)
+        elif status != 404:
             raise BackendError(f"Kubernetes could not delete job {external_id}: {_why(exc)}") from None
 
 
@@ -403,28 +456,30 @@ def _state(job: Any) -> tuple[str, str]:
     return "active", ""
 
 
-def cluster_jobs(jobs: Mapping[int, tuple[str, str | None]]) -> dict[int, ClusterJob]:
-    """What the cluster says about Jobs created by :func:`apply_manifest`, given as job id ->
-    (``namespace/name``, the cluster it was created in). One list of Jobs and one of pods per namespace,
-    however many jobs, selected by their job-id labels.
+def cluster_jobs(jobs: Mapping[int, Submitted]) -> dict[int, ClusterJob]:
+    """What the cluster says about Jobs created by :func:`apply_manifest`, by job id. One list of Jobs and one
+    of pods per namespace, however many jobs, selected by their job-id labels (and one list of events where
+    a Job has no pod at all).
 
     Only jobs created in the cluster this machine's configuration reaches are asked about: elsewhere a Job
     of the same name could be another one, and a missing one says nothing (their state is "elsewhere"). A
-    Job missing from the list and from a read by name is gone. A namespace the cluster does not answer for
-    is left out with a warning; jobs left out are unknown. Raises :class:`ConfigError` without a client or
-    a usable configuration."""
+    Job missing from the list and from a read by name is gone, and so is one whose name now belongs to a
+    Job with another UID. A namespace the cluster does not answer for is left out with a warning; jobs left
+    out are unknown. Raises :class:`ConfigError` without a client or a usable configuration."""
     api = _client()
-    wanted: dict[str, dict[str, int]] = {}
+    wanted: dict[str, dict[str, tuple[int, str | None]]] = {}
     out: dict[int, ClusterJob] = {}
-    for job_id, (ext, cluster) in jobs.items():
-        if cluster != api.host:
-            where = f"submitted to {cluster}" if cluster else "submitted before clusters were recorded"
+    for job_id, sub in jobs.items():
+        if sub.cluster != api.host:
+            where = (
+                f"submitted to {sub.cluster}" if sub.cluster else "submitted before clusters were recorded"
+            )
             out[job_id] = ClusterJob(
                 "elsewhere", f"{where}; this machine's Kubernetes configuration reaches {api.host}"
             )
             continue
-        namespace, _, name = ext.partition("/")
-        wanted.setdefault(namespace, {})[name] = job_id
+        namespace, _, name = sub.external_id.partition("/")
+        wanted.setdefault(namespace, {})[name] = (job_id, sub.uid)
     for namespace, names in sorted(wanted.items()):
         try:
             out.update(_namespace_jobs(api, namespace, names))
@@ -435,34 +490,73 @@ def cluster_jobs(jobs: Mapping[int, tuple[str, str | None]]) -> dict[int, Cluste
     return out
 
 
-def _namespace_jobs(api: _Api, namespace: str, names: dict[str, int]) -> dict[int, ClusterJob]:
-    ids = ",".join(str(i) for i in sorted(names.values()))
+def _namespace_jobs(
+    api: _Api, namespace: str, wanted: dict[str, tuple[int, str | None]]
+) -> dict[int, ClusterJob]:
+    ids = ",".join(str(i) for i, _ in sorted(wanted.values()))
     selector = f"{_SELECTOR},modelyard.dev/job-id in ({ids})"
     listed = api.batch().list_namespaced_job(namespace, label_selector=selector, _request_timeout=_TIMEOUT)
-    found = {job.metadata.name: job for job in listed.items or () if job.metadata.name in names}
+    found = {job.metadata.name: job for job in listed.items or () if job.metadata.name in wanted}
     out: dict[int, ClusterJob] = {}
-    for name in set(names) - set(found):
+    for name in set(wanted) - set(found):
         try:  # labels can be edited: missing means no Job of that name at all
             found[name] = api.batch().read_namespaced_job(name, namespace, _request_timeout=_TIMEOUT)
         except api.errors() as exc:
             if getattr(exc, "status", None) != 404:
                 raise
-            out[names[name]] = ClusterJob("gone")
-    waiting: dict[str, str] = {}
-    if any(_state(job)[0] == "active" for job in found.values()):
-        try:
-            pods = api.core().list_namespaced_pod(
-                namespace, label_selector=selector, _request_timeout=_TIMEOUT
+            out[wanted[name][0]] = ClusterJob("gone")
+    for name, job in list(found.items()):
+        uid = wanted[name][1]
+        if uid and job.metadata.uid != uid:  # ours was removed and the name reused
+            del found[name]
+            out[wanted[name][0]] = ClusterJob(
+                "gone", f"its name belongs to another Job now (UID {job.metadata.uid})"
             )
-        except api.errors() as exc:
-            # Pods only explain a wait; without them the Jobs' states still stand.
-            log.warning("could not list the pods of namespace %s: %s", namespace, _why(exc))
-            pods = None
-        for pod in pods.items if pods is not None else ():
-            job_name, why = _pod_job(pod), _pod_waiting(pod)
-            if job_name in found and why:
-                waiting[job_name] = why
+    active = {name for name, job in found.items() if _state(job)[0] == "active"}
+    waiting = _waiting(api, namespace, selector, {name: found[name] for name in active}) if active else {}
     for name, job in found.items():
         state, detail = _state(job)
-        out[names[name]] = ClusterJob(state, detail or waiting.get(name, ""))
+        out[wanted[name][0]] = ClusterJob(state, detail or waiting.get(name, ""))
     return out
+
+
+def _waiting(api: _Api, namespace: str, selector: str, active: dict[str, Any]) -> dict[str, str]:
+    """Why active Jobs do not run yet: their pending pods' reasons, or for a Job with no pod at all, its
+    latest ``FailedCreate`` event (a quota, an admission webhook, a missing ServiceAccount refused the pod).
+    These only explain a wait: a list the cluster refuses is a warning, and the Jobs' states still stand."""
+    try:
+        pods = api.core().list_namespaced_pod(namespace, label_selector=selector, _request_timeout=_TIMEOUT)
+    except api.errors() as exc:
+        log.warning("could not list the pods of namespace %s: %s", namespace, _why(exc))
+        return {}
+    waiting: dict[str, str] = {}
+    podless = set(active)
+    for pod in pods.items or ():
+        job_name, why = _pod_job(pod), _pod_waiting(pod)
+        podless.discard(job_name)
+        if job_name in active and why:
+            waiting[job_name] = why
+    if not podless:
+        return waiting
+    try:
+        events = api.core().list_namespaced_event(
+            namespace, field_selector="involvedObject.kind=Job,reason=FailedCreate", _request_timeout=_TIMEOUT
+        )
+    except api.errors() as exc:
+        log.warning("could not list the events of namespace %s: %s", namespace, _why(exc))
+        return waiting
+    latest: dict[str, Any] = {}
+    for event in events.items or ():
+        obj = event.involved_object
+        if obj is None or obj.name not in podless or (obj.uid and obj.uid != active[obj.name].metadata.uid):
+            continue  # another Job's, or an earlier Job's of the same name
+        if obj.name not in latest or _when(event) >= _when(latest[obj.name]):
+            latest[obj.name] = event
+    for name, event in latest.items():
+        waiting[name] = f"job {name}: {event.reason}" + (f": {event.message}" if event.message else "")
+    return waiting
+
+
+def _when(event: Any) -> datetime:
+    when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+    return when if isinstance(when, datetime) else datetime.min.replace(tzinfo=UTC)
