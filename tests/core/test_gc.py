@@ -252,6 +252,17 @@ def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
     assert yard("gc", "--orphan-min-age", "0", "--json").json()["orphans"] == 0  # never below --min-age
     out = yard("gc", "--min-age", "0", "--orphan-min-age", "0").out
     assert "deleted 1 object(s) no blob named" in out
+    # Repacking: ds@2 keeps one of ds@1's four small files.
+    tree = write(tmp_path / "r", {f"{i}.bin": os.urandom(5000) for i in range(4)})
+    yard("data", "add", str(tree), "--name", "r")
+    write(tree, {f"{i}.bin": os.urandom(4000) for i in range(1, 4)})
+    yard("data", "add", str(tree), "--name", "r")
+    yard("data", "rm", "r@1")
+    bad = yard("gc", "--repack-below", "2")
+    assert bad.code == 2 and "--repack-below" in bad.err
+    assert "would repack" not in yard("gc", "--dry-run", "--min-age", "0", "--repack-below", "0").out
+    out = yard("gc", "--min-age", "0").out
+    assert "repacked 1 pack(s) less than 50% live" in out
 
 
 def test_a_collection_waits_for_a_fenced_writer_and_keeps_what_it_committed(
@@ -563,6 +574,161 @@ def test_a_claim_while_condemned_objects_are_being_deleted_records_nothing(
     assert rows(plat) == {} and objects(plat) == set()
     with plat.db.read() as s:  # kept: a writer still later must find it too
         assert s.scalars(select(CondemnedObject.name)).all() == [staged.object_name]
+
+
+# -- repacking: packs of small files that are mostly dead ----------------------------------------------------
+def packs(p: Platform) -> dict[str, float]:
+    """pack object -> the fraction of its bytes that live blobs fill."""
+    backend = p.artifacts.backend
+    sizes = {i.name: i.size for i in backend.list_stat("objects/pk/")}
+    with p.db.read() as s:
+        used = s.execute(
+            select(Blob.object_name, Blob.pack_length).where(Blob.pack_offset.is_not(None))
+        ).all()
+    live = dict.fromkeys(sizes, 0)
+    for name, length in used:
+        live[name] += length
+    return {name: live[name] / sizes[name] for name in sizes}
+
+
+def two_versions(p: Platform, tmp_path: Path, name: str = "ds") -> tuple[Path, dict[str, str]]:
+    """NAME@1: twenty small files (packed); NAME@2 keeps three of them. Returns NAME@2's tree and the row
+    objects."""
+    ctx = p.context()
+    tree = write(tmp_path / name, {f"f{i:02d}.bin": os.urandom(10_000) for i in range(20)})
+    data.add_version(p, ctx, tree, name)
+    write(tree, {f"f{i:02d}.bin": os.urandom(9_000) for i in range(3, 20)})
+    data.add_version(p, ctx, tree, name)
+    return tree, rows(p)
+
+
+def test_mostly_dead_packs_are_rewritten_with_their_live_blobs_only(plat: Platform, tmp_path: Path) -> None:
+    ctx = plat.context()
+    tree, before = two_versions(plat, tmp_path)
+    data.remove(plat, ctx, "ds@1")
+    assert collect_garbage(plat, ctx, min_age=NOW, repack_below=0).repacked == 0  # 0: never
+    sparse = {name for name, fill in packs(plat).items() if fill < 0.5}
+    assert sparse and all("/pk/" in name for name in sparse)  # ds@1's pack: 3 of its 20 files live
+    total = sum(i.size for i in plat.artifacts.backend.list_stat("objects/pk/"))
+    dead = sum(
+        i.size * (1 - packs(plat)[i.name])
+        for i in plat.artifacts.backend.list_stat("objects/pk/")
+        if i.name in sparse
+    )
+    dry = collect_garbage(plat, ctx, min_age=NOW, dry_run=True)
+    assert (dry.repacked, dry.repacked_bytes) == (len(sparse), round(dead))
+    assert sparse <= set(packs(plat))
+
+    report = collect_garbage(plat, ctx, min_age=NOW)
+    assert report.repacked == len(sparse) and report.failed_objects == 0
+    after = rows(plat)
+    moved = {d for d in after if after[d] != before.get(d, after[d])}
+    assert len(moved) == 3 and not sparse & set(packs(plat))  # the three files ds@2 kept, in a new pack
+    assert all(fill >= 0.5 for fill in packs(plat).values())
+    assert (
+        sum(i.size for i in plat.artifacts.backend.list_stat("objects/pk/")) == total - report.repacked_bytes
+    )
+    assert objects(plat) == set(after.values())  # no row without its object, no object without a row
+    data.checkout(plat, ctx, "ds@2", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
+    entry = [r for r in list_records(plat, ctx) if r["action"] == "artifact.gc"][-1]
+    assert entry["outcome"] == "ok" and entry["detail"]["repacked"] == len(sparse)
+    assert entry["detail"]["repacked_bytes"] == report.repacked_bytes
+    with plat.db.read() as s:  # a writer still holding one of the old packs' names finds it condemned
+        assert sparse <= set(s.scalars(select(CondemnedObject.name)))
+    assert collect_garbage(plat, ctx, min_age=NOW).repacked == 0  # the new pack is all live
+    # Several sparse packs: new packs of at most _REPACK_BLOBS blobs (and _REPACK_TARGET bytes) each.
+    trees = [two_versions(plat, tmp_path, name)[0] for name in ("x", "y", "z")]
+    for name in ("x", "y", "z"):
+        data.remove(plat, ctx, f"{name}@1")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_gc, "_REPACK_BLOBS", 6)
+        collect_garbage(plat, ctx, min_age=NOW, repack_below=0)
+        old = set(packs(plat))
+        assert collect_garbage(plat, ctx, min_age=NOW).repacked == 3
+    assert len(set(packs(plat)) - old) == 2  # 3 + 3 blobs, then 3
+    for name, t in zip(("x", "y", "z"), trees, strict=True):
+        data.checkout(plat, ctx, f"{name}@2", tmp_path / f"out-{name}")
+        assert same_tree(tmp_path / f"out-{name}", t)
+    for bad in (1.5, -0.1, True, "half"):
+        with pytest.raises(UsageError, match="repack_below must be a fraction from 0 to 1"):
+            collect_garbage(plat, ctx, repack_below=bad)  # type: ignore[arg-type]
+
+
+def test_a_reader_that_located_a_blob_in_a_pack_since_rewritten_reads_the_new_one(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = plat.context()
+    tree, _ = two_versions(plat, tmp_path)
+    data.remove(plat, ctx, "ds@1")
+    collect_garbage(plat, ctx, min_age=NOW, repack_below=0)
+    store = plat.artifacts
+    real = store._locate
+    ran: list[GcReport] = []
+
+    def locate_then_repack(digests: Sequence[str]) -> object:
+        found = real(digests)
+        if len(digests) > 1 and not ran:  # the checkout's batch: located, not read yet
+            monkeypatch.setattr(store, "_locate", real)
+            ran.append(collect_garbage(plat, ctx, min_age=NOW))
+        return found
+
+    monkeypatch.setattr(store, "_locate", locate_then_repack)
+    data.checkout(plat, ctx, "ds@2", tmp_path / "out")
+    assert ran and ran[0].repacked == 1
+    assert same_tree(tmp_path / "out", tree)
+    # A blob deleted meanwhile is still an error, not a read of something else.
+    with pytest.raises(NotFoundError):
+        b"".join(store.iter_bytes("0" * 64))
+
+
+def test_a_repack_whose_new_pack_another_collection_condemned_changes_nothing(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Repacking writes its new pack as a writer does: a collection that ran meanwhile may have swept it as
+    an orphan (no row named it yet), so the repack must not move rows into it."""
+    ctx = plat.context()
+    tree, _ = two_versions(plat, tmp_path)
+    data.remove(plat, ctx, "ds@1")
+    collect_garbage(plat, ctx, min_age=NOW, repack_below=0)
+    before = rows(plat)
+    backend = plat.artifacts.backend
+    real = backend.put_file
+    swept: list[int] = []
+
+    def publish_then_sweep(name: str, path: Path, **kwargs: object) -> None:
+        real(name, path, **kwargs)  # type: ignore[arg-type]
+        if "/pk/" in name and not swept:
+            swept.append(collect_garbage(plat, ctx, min_age=NOW, orphan_min_age=NOW, repack_below=0).orphans)
+
+    monkeypatch.setattr(backend, "put_file", publish_then_sweep)
+    with pytest.raises(CollectedMeanwhileError, match="repacking"):
+        collect_garbage(plat, ctx, min_age=NOW)
+    assert swept == [1]
+    assert rows(plat) == before and objects(plat) == set(before.values())  # the old pack still holds them
+    monkeypatch.setattr(backend, "put_file", real)
+    assert collect_garbage(plat, ctx, min_age=NOW).repacked == 1
+    data.checkout(plat, ctx, "ds@2", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
+
+
+@pytest.mark.s3
+def test_repacking_on_an_s3_store(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    p = make_platform(tmp_path / "home", artifact_uri=f"s3://{s3_bucket}/yard", s3_endpoint_url=s3_endpoint)
+    try:
+        ctx = p.context()
+        tree, before = two_versions(p, tmp_path)
+        data.remove(p, ctx, "ds@1")
+        report = collect_garbage(p, ctx, min_age=NOW)  # ranged reads of the old pack, a new one uploaded
+        assert report.repacked == 1 and report.repacked_bytes > 17 * 10_000 and report.failed_objects == 0
+        after = rows(p)
+        assert (
+            objects(p) == set(after.values()) and len({after[d] for d in after} - set(before.values())) == 1
+        )
+        data.checkout(p, ctx, "ds@2", tmp_path / "out")
+        assert same_tree(tmp_path / "out", tree)
+    finally:
+        p.close()
 
 
 def test_gc_removes_what_interrupted_writes_left_in_staging_once_a_day_old(plat: Platform) -> None:

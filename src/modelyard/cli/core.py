@@ -166,6 +166,13 @@ def gc(
         "--orphan-min-age",
         help="Keep objects that no blob names (a crashed write's) younger than this (at least --min-age).",
     ),
+    repack_below: float = typer.Option(
+        0.5,
+        "--repack-below",
+        min=0.0,
+        max=1.0,
+        help="Rewrite packs whose live blobs fill less than this fraction of them (0: never).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Delete stored files that no dataset version, model version, run or artifact refers to any more.
@@ -173,12 +180,15 @@ def gc(
     Blobs are shared by every project, so this is for admins of the system project. A deleted blob's key
     goes with it: its bytes are unreadable from then on, even where they stay inside a shared pack. Then
     objects that no blob names at all (left by a write that died before recording them, or by a failed
-    delete) are deleted too."""
+    delete) are deleted too, and packs of small files that are mostly dead are rewritten with their live
+    blobs only."""
     from modelyard.core import collect_garbage
 
     age, orphan_age = _age("--min-age", min_age), _age("--orphan-min-age", orphan_min_age)
     with acting() as (platform, ctx):
-        report = collect_garbage(platform, ctx, min_age=age, dry_run=dry_run, orphan_min_age=orphan_age)
+        report = collect_garbage(
+            platform, ctx, min_age=age, dry_run=dry_run, orphan_min_age=orphan_age, repack_below=repack_below
+        )
     if json_out:
         print_json(report.to_dict())
         return
@@ -192,6 +202,12 @@ def gc(
     if report.orphans:
         console.print(
             f"{verb} {report.orphans} object(s) no blob named, {report.orphan_bytes:,} bytes", markup=False
+        )
+    if report.repacked:
+        console.print(
+            f"{'would repack' if dry_run else 'repacked'} {report.repacked} pack(s) less than "
+            f"{repack_below:.0%} live, {report.repacked_bytes:,} dead bytes",
+            markup=False,
         )
     if report.staging:
         console.print(f"removed {report.staging} day-old temp file(s) of interrupted writes", markup=False)

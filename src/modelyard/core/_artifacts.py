@@ -12,7 +12,7 @@ packed blob keeps exactly the per-blob format (own data key, chunked AES-GCM str
 row); its row adds the byte range (``pack_offset``, ``pack_length``) and reads go through a ranged reader,
 so verification is unchanged and a damaged blob fails alone. A pack member whose digest turns out to be
 stored already is never claimed: its bytes stay in the pack as dead space. A pack is deleted only when
-none of its blobs was claimed.
+none of its blobs was claimed; ``yard gc`` rewrites one that is mostly dead (core/_gc.py, repacking).
 
 Puts and gets work in batches (a single file is a batch of one): one metadata transaction, one lock of the
 audit chain and one filesystem flush per batch, so many small files cost little more than copying them.
@@ -613,11 +613,25 @@ class ArtifactStore:
             return self.backend.open(loc.object_name)
         return self.backend.open_range(loc.object_name, loc.pack_offset, loc.pack_length)
 
+    def _open_current(self, digest: str, loc: _Location) -> tuple[BinaryIO, _Location]:
+        """Open a blob where ``loc`` says, or where its row says now: ``yard gc`` may have moved a packed
+        blob into a new pack and deleted the old one since ``loc`` was read (its bytes and key unchanged)."""
+        try:
+            return self._open(loc), loc
+        except NotFoundError:
+            if loc.pack_offset is None:
+                raise
+            now = self._locate([digest])[digest]
+            if (now.object_name, now.pack_offset) == (loc.object_name, loc.pack_offset):
+                raise
+            return self._open(now), now
+
     def iter_bytes(self, digest: str) -> Iterator[bytes]:
         """Authenticated plaintext chunks; the digest is re-checked before the last chunk is released."""
         loc = self._locate([digest])[digest]
         data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)
-        with _naming(digest, loc.object_name), contextlib.closing(self._open(loc)) as f:
+        f, loc = self._open_current(digest, loc)
+        with _naming(digest, loc.object_name), contextlib.closing(f):
             yield from iter_decrypt(f, data_key, expected_digest=digest)
 
     def get_many(self, pairs: Sequence[tuple[str, Path]], *, sync: bool = True) -> list[int]:
@@ -652,12 +666,10 @@ class ArtifactStore:
         except OSError as exc:
             raise UsageError(f"cannot write output {dest}: {exc.strerror or exc}") from None
         try:
-            with (
-                _naming(digest, loc.object_name),
-                os.fdopen(fd, "wb") as out,
-                contextlib.closing(self._open(loc)) as f,
-            ):
-                _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
+            with os.fdopen(fd, "wb") as out:
+                f, loc = self._open_current(digest, loc)
+                with _naming(digest, loc.object_name), contextlib.closing(f):
+                    _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
                 if durable:
                     out.flush()
                     os.fsync(out.fileno())

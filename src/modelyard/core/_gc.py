@@ -24,6 +24,9 @@ nothing (run again: the next run uploads the bytes). A collection bumps the gene
 exclusively, then re-checks its candidates against everything committed since it marked them. Blobs
 younger than ``min_age`` are never collected, a second fence for writers that claim a blob in one
 transaction and name it in the next.
+
+Then objects no row names (orphans) are condemned and deleted, and packs that are mostly dead are rewritten
+with their live blobs (repacking); see the functions below and docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Select, delete, select, text, update
+from sqlalchemy import Select, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from modelyard.core._blobs import is_object_name
@@ -65,6 +69,10 @@ ACTION, RESOURCE = "artifact.gc", "artifacts:store"
 # Objects no row names are left by a write that died between uploading and recording them, or by a failed
 # delete; a live writer's look the same until it commits, so only those this old are swept by default.
 ORPHAN_MIN_AGE = timedelta(hours=24)
+# A pack whose live blobs fill less than this fraction of it is rewritten with only them (repacking).
+REPACK_BELOW = 0.5
+_REPACK_TARGET = 256 << 20  # live bytes gathered into one new pack
+_REPACK_BLOBS = 50_000  # and at most this many blobs: rows moved in one transaction, held in memory
 
 
 def digests_in(data: bytes) -> set[str]:
@@ -157,6 +165,8 @@ class GcReport:
     orphans: int = 0  # objects no blob row named (a crashed write's, a failed delete's), deleted
     orphan_bytes: int = 0  # their stored (encrypted) sizes
     staging: int = 0  # temp files and work directories of interrupted writes, a day old, removed locally
+    repacked: int = 0  # packs mostly dead, rewritten with their live blobs only and deleted
+    repacked_bytes: int = 0  # the dead bytes that went with them
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -215,9 +225,11 @@ def collect_garbage(
     min_age: timedelta = timedelta(hours=1),
     dry_run: bool = False,
     orphan_min_age: timedelta = ORPHAN_MIN_AGE,
+    repack_below: float = REPACK_BELOW,
 ) -> GcReport:
     """Delete every blob nothing refers to that is older than ``min_age``, then every object no blob row
-    names (left by a crashed write or a failed delete) older than ``orphan_min_age`` (at least ``min_age``).
+    names (left by a crashed write or a failed delete) older than ``orphan_min_age`` (at least ``min_age``),
+    then rewrite the packs whose live blobs fill less than ``repack_below`` of them (0: never).
     Installation admins only (blobs are shared by all projects); audited with what was deleted."""
     platform.authorize_installation(ctx, ACTION, RESOURCE)
     for what, value in (("min_age", min_age), ("orphan_min_age", orphan_min_age)):
@@ -225,18 +237,29 @@ def collect_garbage(
             raise platform.refuse(
                 ctx, ACTION, RESOURCE, UsageError(f"{what} must be a duration of 0 or more")
             )
+    if (
+        isinstance(repack_below, bool)
+        or not isinstance(repack_below, int | float)
+        or not 0 <= repack_below <= 1
+    ):
+        raise platform.refuse(
+            ctx, ACTION, RESOURCE, UsageError("repack_below must be a fraction from 0 to 1")
+        )
     from modelyard.core._home import sweep_staging
 
     report = _sweep_rows(platform, ctx, min_age, dry_run)
     orphans, orphan_bytes, failed = _sweep_orphans(platform, ctx, max(min_age, orphan_min_age), dry_run)
+    repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), min_age, dry_run)
     # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
     staging = 0 if dry_run else sweep_staging(platform.artifacts.backend.staging_dir())
     return replace(
         report,
         orphans=orphans,
         orphan_bytes=orphan_bytes,
-        failed_objects=report.failed_objects + failed,
+        failed_objects=report.failed_objects + failed + failed_packs,
         staging=staging,
+        repacked=repacked,
+        repacked_bytes=repacked_bytes,
     )
 
 
@@ -345,6 +368,121 @@ def _sweep_orphans(
         detail.update(generation=bumped, orphans=len(doomed), orphan_bytes=sum(sizes[n] for n in doomed))
     done, failed = _delete_objects(platform, sorted(doomed))
     return done, sum(sizes[n] for n in doomed), failed
+
+
+def _repack(
+    platform: Platform, ctx: Context, below: float, min_age: timedelta, dry_run: bool
+) -> tuple[int, int, int]:
+    """Packs older than ``min_age`` whose live blobs fill less than ``below`` of them: (packs rewritten,
+    dead bytes gone with them, failed deletes).
+
+    Their live blobs' bytes are copied unchanged (each is sealed on its own, with its own key) into a new
+    pack, written like a writer's: it reads the generation first, publishes, then in one transaction under
+    the collectors' lock moves the rows (only those still where they were) and condemns the old packs that
+    no row names any more; the old packs are deleted after the commit. A reader that located a blob in an
+    old pack before that finds it gone and asks its row again (``ArtifactStore._open_current``)."""
+    if below <= 0:
+        return 0, 0, 0
+    backend = platform.artifacts.backend
+    cutoff = _store_now(platform) - min_age
+    with _refusing(platform, ctx):
+        sizes = {
+            item.name: item.size
+            for item in backend.list_stat("objects/pk/")
+            if item.modified < cutoff and is_object_name(item.name)
+        }
+        live: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        with platform.db.read() as s:
+            stmt = (
+                select(Blob.object_name, func.sum(Blob.pack_length), func.count())
+                .where(Blob.pack_offset.is_not(None))
+                .group_by(Blob.object_name)
+            )
+            for name, used, blobs in s.execute(stmt):
+                if name in sizes and int(used or 0) < below * sizes[name]:
+                    live[name], counts[name] = int(used or 0), int(blobs)
+    if dry_run or not live:
+        return len(live), sum(sizes[n] - live[n] for n in live), 0
+    done = freed = failed = 0
+    groups: list[list[str]] = [[]]
+    total = blobs = 0
+    for name in sorted(live):  # new packs of about _REPACK_TARGET live bytes each
+        if groups[-1] and (total + live[name] > _REPACK_TARGET or blobs + counts[name] > _REPACK_BLOBS):
+            groups.append([])
+            total = blobs = 0
+        groups[-1].append(name)
+        total, blobs = total + live[name], blobs + counts[name]
+    for group in groups:
+        n, b, f = _repack_group(platform, ctx, group, sizes)
+        done, freed, failed = done + n, freed + b, failed + f
+    return done, freed, failed
+
+
+def _repack_group(
+    platform: Platform, ctx: Context, packs: Sequence[str], sizes: dict[str, int]
+) -> tuple[int, int, int]:
+    store = platform.artifacts
+    backend = store.backend
+    since = generation(platform)
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Blob.digest, Blob.object_name, Blob.pack_offset, Blob.pack_length)
+            .where(Blob.object_name.in_(packs), Blob.pack_offset.is_not(None))
+            .order_by(Blob.object_name, Blob.pack_offset)
+        ).all()
+    if not rows:  # every blob went meanwhile: the packs are orphans now, for the orphan sweep
+        return 0, 0, 0
+    name = f"objects/pk/{uuid.uuid4().hex}"
+    moved: list[dict[str, Any]] = []
+    out, tmp = store._staging_file(".repack-")
+    try:
+        with _refusing(platform, ctx), out:
+            for digest, old, offset, length in rows:
+                offset, length = cast(int, offset), cast(int, length)  # set for every packed blob
+                start = out.tell()
+                with contextlib.closing(backend.open_range(old, offset, length)) as f:
+                    while chunk := f.read(1 << 20):
+                        out.write(chunk)
+                if out.tell() - start != length:
+                    raise IntegrityError(
+                        f"`yard gc` stopped repacking: blob {digest} in pack {old} is truncated; nothing was "
+                        "changed — restore the pack from a backup, then collect again"
+                    )
+                moved.append({"d": digest, "old": old, "off": offset, "new_off": start})
+            new_size = out.tell()
+        backend.put_file(name, tmp, durable=True)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already when published
+    detail: dict[str, Any] = {"pack": name}
+    # On failure the new pack stays, nameless: a commit that failed may still have happened, and the orphan
+    # sweep removes it later if no row names it.
+    with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
+        bumped = _exclusive(s)
+        if bumped != since + 1:  # another collection ran meanwhile: it may have condemned the new pack
+            require_unclaimed(s, [name], "repacking")
+        table = cast(Table, Blob.__table__)
+        s.connection().execute(
+            update(table)
+            .where(
+                table.c.digest == bindparam("d"),
+                table.c.object_name == bindparam("old"),
+                table.c.pack_offset == bindparam("off"),
+            )
+            .values(object_name=name, pack_offset=bindparam("new_off")),
+            moved,
+        )
+        doomed = sorted(set(packs) - named_objects(s, packs))  # rows claimed into them meanwhile: kept
+        now = utcnow()
+        for part in chunks([{"name": n, "generation": bumped, "condemned_at": now} for n in doomed]):
+            s.execute(insert_for(s)(CondemnedObject).values(list(part)).on_conflict_do_nothing())
+        freed = max(sum(sizes[n] for n in doomed) - new_size, 0)
+        detail.update(generation=bumped, repacked=len(doomed), repacked_bytes=freed)
+        named = bool(named_objects(s, [name]))
+    if not named:  # every blob went meanwhile: the new pack holds nothing
+        backend.delete(name)
+    done, failed = _delete_objects(platform, doomed)
+    return done, freed, failed
 
 
 def _store_now(platform: Platform) -> datetime:
