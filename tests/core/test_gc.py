@@ -619,8 +619,29 @@ def test_mostly_dead_packs_are_rewritten_with_their_live_blobs_only(plat: Platfo
     assert (dry.repacked, dry.repacked_bytes) == (len(sparse), round(dead))
     assert sparse <= set(packs(plat))
 
-    report = collect_garbage(plat, ctx, min_age=NOW)
+    with plat.db.read() as s:
+        live = sorted(
+            s.execute(
+                select(Blob.object_name, Blob.pack_offset, Blob.pack_length).where(
+                    Blob.object_name.in_(sparse)
+                )
+            ).all()
+        )
+    runs = sum(
+        1 for i, (n, o, _) in enumerate(live) if i == 0 or live[i - 1][0] != n or sum(live[i - 1][1:]) != o
+    )
+    reads: list[str] = []
+    real_open_range = plat.artifacts.backend.open_range
+
+    def counted(name: str, offset: int, length: int) -> object:
+        reads.append(name)
+        return real_open_range(name, offset, length)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(plat.artifacts.backend, "open_range", counted)
+        report = collect_garbage(plat, ctx, min_age=NOW)
     assert report.repacked == len(sparse) and report.failed_objects == 0
+    assert len([r for r in reads if r in sparse]) == runs < len(live)  # blobs end to end: one read
     after = rows(plat)
     moved = {d for d in after if after[d] != before.get(d, after[d])}
     assert len(moved) == 3 and not sparse & set(packs(plat))  # the three files ds@2 kept, in a new pack
@@ -680,6 +701,60 @@ def test_a_reader_that_located_a_blob_in_a_pack_since_rewritten_reads_the_new_on
     # A blob deleted meanwhile is still an error, not a read of something else.
     with pytest.raises(NotFoundError):
         b"".join(store.iter_bytes("0" * 64))
+
+
+def test_a_collection_skips_a_pack_another_collection_repacked_meanwhile(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = plat.context()
+    trees = [two_versions(plat, tmp_path, name)[0] for name in ("x", "y")]
+    for name in ("x", "y"):
+        data.remove(plat, ctx, f"{name}@1")
+    collect_garbage(plat, ctx, min_age=NOW, repack_below=0)
+    backend = plat.artifacts.backend
+    real = backend.open_range
+    other: list[GcReport] = []
+
+    def open_range(name: str, offset: int, length: int) -> object:
+        if not other:  # another `yard gc`, between this one's listing and its first read
+            other.append(GcReport(False, 0, 0, 0, 0, 0, 0))
+            other[0] = collect_garbage(plat, ctx, min_age=NOW)
+        return real(name, offset, length)
+
+    monkeypatch.setattr(backend, "open_range", open_range)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_gc, "_REPACK_BLOBS", 3)  # one group per pack: the other collection takes both
+        report = collect_garbage(plat, ctx, min_age=NOW)
+    assert other[0].repacked == 2 and report.repacked == 0 and report.failed_objects == 0
+    assert objects(plat) == set(rows(plat).values())  # its new pack held nothing and went
+    for name, tree in zip(("x", "y"), trees, strict=True):
+        data.checkout(plat, ctx, f"{name}@2", tmp_path / f"out-{name}")
+        assert same_tree(tmp_path / f"out-{name}", tree)
+
+
+def test_a_reader_whose_blob_was_collected_and_stored_again_reads_the_new_copy(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Located in a pack; meanwhile the blob is collected (pack gone) and the same bytes stored again under
+    a new key: the reader follows the row it opened, key included."""
+    ctx = plat.context()
+    tree = write(tmp_path / "t", {f"{i}.txt": f"file {i}\n".encode() for i in range(3)})
+    data.add_version(plat, ctx, tree, "k")
+    store = plat.artifacts
+    real = store._locate
+
+    def locate_then_collect(digests: Sequence[str]) -> object:
+        found = real(digests)
+        if len(digests) > 1:
+            monkeypatch.setattr(store, "_locate", real)
+            data.remove(plat, ctx, "k@1")
+            collect_garbage(plat, ctx, min_age=NOW)
+            data.add_version(plat, ctx, tree, "again")  # new rows: new pack, new keys
+        return found
+
+    monkeypatch.setattr(store, "_locate", locate_then_collect)
+    data.checkout(plat, ctx, "k@1", tmp_path / "out")
+    assert same_tree(tmp_path / "out", tree)
 
 
 def test_a_repack_whose_new_pack_another_collection_condemned_changes_nothing(

@@ -1258,6 +1258,9 @@ def test_a_job_whose_pods_cannot_be_created_says_why(
     cluster.failed_create(silent.external_id, "an earlier Job's refusal", uid="0-earlier")
     cluster.failed_create(starting.external_id, "refused once, created since")
     cluster.waiting_pod(starting.external_id, "ContainerCreating")
+    # A leftover pod of an earlier Job of the same name (another owner UID) is not quota's pod.
+    stale = cluster.waiting_pod(quota.external_id, "ImagePullBackOff", "an earlier Job's image")
+    cluster.pods[f"default/{stale}"]["metadata"]["ownerReferences"][0]["uid"] = "0-earlier"
     cluster.requests.clear()
 
     listed = {j.id: j for j in _jobs.list_jobs(platform, ctx)}
@@ -1272,7 +1275,8 @@ def test_a_job_whose_pods_cannot_be_created_says_why(
         ("GET", "/api/v1/namespaces/default/pods"),
         ("GET", "/api/v1/namespaces/default/events"),
     ]
-    for job in (quota, silent):
+    cluster.pods.clear()
+    for job in (quota, silent, starting):
         cluster.waiting_pod(job.external_id, "ContainerCreating")  # type: ignore[arg-type]
     cluster.requests.clear()
     assert all(j.waiting is None for j in _jobs.list_jobs(platform, ctx))
@@ -1321,6 +1325,23 @@ def test_a_job_whose_name_now_belongs_to_another_job_is_gone_and_never_deleted(
     assert f"Kubernetes job {cancelled.external_id} is another Job now" in caplog.text
 
 
+def test_cancel_from_a_machine_that_reaches_another_cluster_is_refused(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    with fake_kubernetes() as other:  # a Job of that name there is another one: never deleted
+        other.jobs[job.external_id] = json.loads(json.dumps(cluster.jobs[job.external_id]))  # type: ignore[index]
+        monkeypatch.setenv("KUBECONFIG", str(other.write_kubeconfig(tmp_path / "other")))
+        with pytest.raises(BackendError, match=f"was submitted to {cluster.url}, but .* reaches {other.url}"):
+            _jobs.cancel_job(platform, ctx, job.id)
+        assert other.requests == [] and job.external_id in other.jobs
+    assert jobs_by_id(platform)[job.id].status == "SUBMITTED" and cluster.deleted == []
+
+
 def test_a_create_that_got_no_answer_is_recorded_only_if_the_cluster_has_this_submission(
     local_queue: tuple[Platform, Context, Path],
     cluster: FakeCluster,
@@ -1338,18 +1359,27 @@ def test_a_create_that_got_no_answer_is_recorded_only_if_the_cluster_has_this_su
         assert s.get(Job, job.id).cluster_uid == made["metadata"]["uid"]  # type: ignore[union-attr]
     assert made["metadata"]["annotations"][_k8s.SUBMISSION_ANNOTATION]
     assert f"the creation of Kubernetes job {job.external_id} got no answer" in caplog.text
+    # A server-side failure after the Job was created (the API server's own 504): read back, recorded.
+    cluster.create_delay, cluster.create_status = 0, 504
+    late = _pod_job(platform, ctx, recipe)
+    assert late.external_id in cluster.jobs and late.cluster == cluster.url
+    assert f"job {late.external_id} got no answer or a server error (504 Gateway Timeout)" in caplog.text
+    cluster.create_status, cluster.create_delay = 0, 1.5
     # The create was lost: no Job, nothing recorded.
     cluster.create_lost = True
     with pytest.raises(BackendError, match=r"did not create job default/yard-train-\d+: ReadTimeoutError"):
         _pod_job(platform, ctx, recipe)
-    assert list(jobs_by_id(platform)) == [job.id] and list(cluster.jobs) == [job.external_id]
+    assert list(jobs_by_id(platform)) == [job.id, late.id]
+    assert list(cluster.jobs) == [job.external_id, late.external_id]
     # Lost, and a Job of that name that is not this submission's is there: not taken for it.
     foreign = json.loads(json.dumps(made))
-    foreign["metadata"].update(name=f"yard-train-{job.id + 1}", annotations={_k8s.SUBMISSION_ANNOTATION: "x"})
-    cluster.jobs[f"default/yard-train-{job.id + 1}"] = foreign
+    foreign["metadata"].update(
+        name=f"yard-train-{late.id + 1}", annotations={_k8s.SUBMISSION_ANNOTATION: "x"}
+    )
+    cluster.jobs[f"default/yard-train-{late.id + 1}"] = foreign
     with pytest.raises(BackendError, match="the Job of that name it has is not this submission's"):
         _pod_job(platform, ctx, recipe)
-    assert list(jobs_by_id(platform)) == [job.id]
+    assert list(jobs_by_id(platform)) == [job.id, late.id]
 
 
 # -- the real command: yard train through the queue ---------------------------------------------------------

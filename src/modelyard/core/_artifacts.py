@@ -628,11 +628,11 @@ class ArtifactStore:
 
     def iter_bytes(self, digest: str) -> Iterator[bytes]:
         """Authenticated plaintext chunks; the digest is re-checked before the last chunk is released."""
-        loc = self._locate([digest])[digest]
-        data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)
-        f, loc = self._open_current(digest, loc)
-        with _naming(digest, loc.object_name), contextlib.closing(f):
-            yield from iter_decrypt(f, data_key, expected_digest=digest)
+        f, loc = self._open_current(digest, self._locate([digest])[digest])
+        with contextlib.closing(f):
+            data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)  # of the row that was opened
+            with _naming(digest, loc.object_name):
+                yield from iter_decrypt(f, data_key, expected_digest=digest)
 
     def get_many(self, pairs: Sequence[tuple[str, Path]], *, sync: bool = True) -> list[int]:
         """Write each digest's plaintext to its destination, each only once fully verified (temp file +
@@ -644,9 +644,7 @@ class ArtifactStore:
         sizes: list[int] = []
         parents: dict[int, Path] = {}
         for digest, dest in pairs:
-            loc = located[digest]
-            data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)
-            sizes.append(self._decrypt_to(digest, loc, data_key, Path(dest), durable))
+            sizes.append(self._decrypt_to(digest, located[digest], Path(dest), durable))
             if not durable and sync:  # one flush per destination filesystem at the end
                 parents.setdefault(Path(dest).parent.stat().st_dev, Path(dest).parent)
         if not durable and sync:
@@ -657,7 +655,7 @@ class ArtifactStore:
     def get_to_file(self, digest: str, dest: Path) -> int:
         return self.get_many([(digest, dest)])[0]
 
-    def _decrypt_to(self, digest: str, loc: _Location, data_key: bytes, dest: Path, durable: bool) -> int:
+    def _decrypt_to(self, digest: str, loc: _Location, dest: Path, durable: bool) -> int:
         if dest.is_dir():
             raise UsageError(f"output {dest} is a directory; give a file path to write the artifact to")
         try:
@@ -668,8 +666,10 @@ class ArtifactStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 f, loc = self._open_current(digest, loc)
-                with _naming(digest, loc.object_name), contextlib.closing(f):
-                    _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
+                with contextlib.closing(f):
+                    data_key = self._data_key(digest, loc.key_id, loc.wrapped_key)  # of the row opened
+                    with _naming(digest, loc.object_name):
+                        _, size = decrypt_stream(f, out, data_key, expected_digest=digest)
                 if durable:
                     out.flush()
                     os.fsync(out.fileno())

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Select, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from modelyard.core._blobs import is_object_name
+from modelyard.core._blobs import BlobBackend, StagingWriter, is_object_name
 from modelyard.core._db import ROWS, MetadataStore, chunks, insert_for
 from modelyard.core._models import (
     Artifact,
@@ -55,7 +55,14 @@ from modelyard.core._models import (
     RunArtifact,
 )
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import BackendError, CollectedMeanwhileError, IntegrityError, UsageError, YardError
+from modelyard.errors import (
+    BackendError,
+    CollectedMeanwhileError,
+    IntegrityError,
+    NotFoundError,
+    UsageError,
+    YardError,
+)
 
 if TYPE_CHECKING:
     from modelyard.core._artifacts import ArtifactStore
@@ -422,6 +429,8 @@ def _repack(
 def _repack_group(
     platform: Platform, ctx: Context, packs: Sequence[str], sizes: dict[str, int]
 ) -> tuple[int, int, int]:
+    """Copy the live blobs of ``packs`` into one new pack, move their rows, delete the old packs. A pack
+    another collection removed meanwhile, or one that cannot be read, is left out (with a warning)."""
     store = platform.artifacts
     backend = store.backend
     since = generation(platform)
@@ -431,27 +440,30 @@ def _repack_group(
             .where(Blob.object_name.in_(packs), Blob.pack_offset.is_not(None))
             .order_by(Blob.object_name, Blob.pack_offset)
         ).all()
-    if not rows:  # every blob went meanwhile: the packs are orphans now, for the orphan sweep
-        return 0, 0, 0
+    members: dict[str, list[tuple[str, int, int]]] = {}
+    for digest, old, offset, length in rows:  # offsets and lengths are set for every packed blob
+        members.setdefault(old, []).append((digest, cast(int, offset), cast(int, length)))
     name = f"objects/pk/{uuid.uuid4().hex}"
     moved: list[dict[str, Any]] = []
+    copied: list[str] = []
     out, tmp = store._staging_file(".repack-")
     try:
-        with _refusing(platform, ctx), out:
-            for digest, old, offset, length in rows:
-                offset, length = cast(int, offset), cast(int, length)  # set for every packed blob
-                start = out.tell()
-                with contextlib.closing(backend.open_range(old, offset, length)) as f:
-                    while chunk := f.read(1 << 20):
-                        out.write(chunk)
-                if out.tell() - start != length:
-                    raise IntegrityError(
-                        f"`yard gc` stopped repacking: blob {digest} in pack {old} is truncated; nothing was "
-                        "changed — restore the pack from a backup, then collect again"
-                    )
-                moved.append({"d": digest, "old": old, "off": offset, "new_off": start})
-            new_size = out.tell()
-        backend.put_file(name, tmp, durable=True)
+        with _refusing(platform, ctx):
+            with out:
+                for old, blobs in members.items():
+                    try:
+                        moved += _copy_pack(backend, out, old, blobs)
+                    except NotFoundError:  # another collection repacked or swept it meanwhile
+                        log.info("gc: pack %s is gone already; not repacked", old)
+                        continue  # what it wrote of the pack stays as dead space in the new one
+                    except (IntegrityError, BackendError, OSError) as exc:
+                        log.warning("gc: pack %s cannot be read, so it is left as it is: %s", old, exc)
+                        continue
+                    copied.append(old)
+                new_size = out.tell()
+            if not copied:  # every blob went meanwhile (the packs are orphans for the orphan sweep)
+                return 0, 0, 0
+            backend.put_file(name, tmp, durable=True)
     finally:
         tmp.unlink(missing_ok=True)  # gone already when published
     detail: dict[str, Any] = {"pack": name}
@@ -472,7 +484,7 @@ def _repack_group(
             .values(object_name=name, pack_offset=bindparam("new_off")),
             moved,
         )
-        doomed = sorted(set(packs) - named_objects(s, packs))  # rows claimed into them meanwhile: kept
+        doomed = sorted(set(copied) - named_objects(s, copied))  # rows claimed into them meanwhile: kept
         now = utcnow()
         for part in chunks([{"name": n, "generation": bumped, "condemned_at": now} for n in doomed]):
             s.execute(insert_for(s)(CondemnedObject).values(list(part)).on_conflict_do_nothing())
@@ -483,6 +495,33 @@ def _repack_group(
         backend.delete(name)
     done, failed = _delete_objects(platform, doomed)
     return done, freed, failed
+
+
+def _copy_pack(
+    backend: BlobBackend, out: StagingWriter, pack: str, blobs: Sequence[tuple[str, int, int]]
+) -> list[dict[str, Any]]:
+    """Append the sealed bytes of ``blobs`` (digest, offset, length; by offset) of ``pack`` to ``out``,
+    unchanged; returns their moves. Blobs that lie end to end are read with one (ranged) read, so an S3
+    pack costs one GET per run of live blobs, not one per blob."""
+    moves: list[dict[str, Any]] = []
+    i = 0
+    while i < len(blobs):
+        j, end = i + 1, blobs[i][1] + blobs[i][2]
+        while j < len(blobs) and blobs[j][1] == end:
+            end += blobs[j][2]
+            j += 1
+        with contextlib.closing(backend.open_range(pack, blobs[i][1], end - blobs[i][1])) as f:
+            for digest, offset, length in blobs[i:j]:
+                start, left = out.tell(), length
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise IntegrityError(f"blob {digest} in pack {pack} is truncated")
+                    out.write(chunk)
+                    left -= len(chunk)
+                moves.append({"d": digest, "old": pack, "off": offset, "new_off": start})
+        i = j
+    return moves
 
 
 def _store_now(platform: Platform) -> datetime:

@@ -63,6 +63,8 @@ class FakeCluster:
         self.events: list[dict[str, Any]] = []
         self.create_delay = 0.0  # seconds a create waits, after the Job exists, before it answers
         self.create_lost = False  # with create_delay: the create is never acted on (nor answered in time)
+        self.create_status = 0  # a status a create answers with after creating the Job (504: the API
+        # server's own timeout while the create goes on)
         self.deleted: list[str] = []  # Jobs deleted through the API
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
         # "jobs", "pods" or "events", or "jobs:NAMESPACE" and so on -> the status every call on them gets
@@ -215,6 +217,8 @@ class FakeCluster:
             job["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_NOW)
             job["status"] = {}
             self.jobs[key] = job
+            if self.create_status:
+                return _status(self.create_status, "Timeout: request did not complete within the timeout")
             return 201, job
         key = f"{namespace}/{name}"
         if key not in self.jobs:
@@ -238,7 +242,7 @@ def _list(kind: str, api: str, items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _status(code: int, message: str, reason: str = "") -> tuple[int, dict[str, Any]]:
-    reasons = {403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict"}
+    reasons = {403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 504: "Timeout"}
     return code, {
         "kind": "Status",
         "apiVersion": "v1",

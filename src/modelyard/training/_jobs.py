@@ -570,7 +570,7 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
         if job.backend == "kubernetes" and job.external_id:
             from modelyard.training._k8s import delete_job
 
-            delete_job(job.external_id, job.cluster_uid)
+            delete_job(job.external_id, job.cluster_uid, job.cluster)
         info = _info(job, ctx.project)
     return info
 

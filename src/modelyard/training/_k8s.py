@@ -350,10 +350,13 @@ def apply_manifest(manifest: dict[str, Any]) -> Submitted:
     try:
         created = api.batch().create_namespaced_job(namespace, manifest, _request_timeout=_CREATE_TIMEOUT)
     except api.errors() as exc:
-        if isinstance(exc, api.k8s.client.exceptions.ApiException):  # an answer: refused, nothing created
+        status = getattr(exc, "status", None) or 0
+        if 400 <= status < 500 and status not in (408, 429):  # refused: nothing was created
             raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
+        # No answer, or a server-side failure (a 504 from the API server's own timeout while the create
+        # goes on, an etcd timeout, a gateway's 502/503): the Job may exist all the same.
         created = _created_anyway(api, manifest, exc)
-    return Submitted(f"{namespace}/{name}", api.host, str(created.metadata.uid))
+    return Submitted(f"{namespace}/{name}", api.host, created.metadata.uid or None)
 
 
 def _created_anyway(api: _Api, manifest: dict[str, Any], cause: Exception) -> Any:
@@ -365,17 +368,18 @@ def _created_anyway(api: _Api, manifest: dict[str, Any], cause: Exception) -> An
         if getattr(exc, "status", None) == 404:
             raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(cause)}") from None
         raise BackendError(
-            f"Kubernetes did not answer the creation of job {namespace}/{name} ({_why(cause)}) nor a read of "
-            f"it ({_why(exc)}); nothing was recorded, but the Job may exist: check with `kubectl get job "
-            f"{name} -n {namespace}` and delete it"
+            f"Kubernetes did not confirm the creation of job {namespace}/{name} ({_why(cause)}) nor answer a "
+            f"read of it ({_why(exc)}); nothing was recorded, but the Job may exist: check with "
+            f"`kubectl get job {name} -n {namespace}` and delete it"
         ) from None
     if nonce is None or (job.metadata.annotations or {}).get(SUBMISSION_ANNOTATION) != nonce:
         raise BackendError(
-            f"Kubernetes did not answer the creation of job {namespace}/{name} ({_why(cause)}), and the Job "
+            f"Kubernetes did not confirm the creation of job {namespace}/{name} ({_why(cause)}), and the Job "
             "of that name it has is not this submission's; nothing was recorded"
         )
     log.warning(
-        "the creation of Kubernetes job %s/%s got no answer (%s), but the cluster has it: recorded",
+        "the creation of Kubernetes job %s/%s got no answer or a server error (%s), but the cluster has "
+        "it: recorded",
         namespace,
         name,
         _why(cause),
@@ -383,10 +387,16 @@ def _created_anyway(api: _Api, manifest: dict[str, Any], cause: Exception) -> An
     return job
 
 
-def delete_job(external_id: str, uid: str | None = None) -> None:
+def delete_job(external_id: str, uid: str | None = None, cluster: str | None = None) -> None:
     """Delete a Job (and its pods) created by :func:`apply_manifest`; one already gone is fine. With its
-    ``uid``, a Job of the same name that is another one (the name was reused) is left alone."""
+    ``uid``, a Job of the same name that is another one (the name was reused) is left alone; with its
+    ``cluster``, a configuration that reaches another cluster is an error, not a delete there."""
     api = _client()
+    if cluster and cluster != api.host:
+        raise BackendError(
+            f"Kubernetes job {external_id} was submitted to {cluster}, but this machine's Kubernetes "
+            f"configuration reaches {api.host}; switch to that cluster's context and cancel again"
+        )
     namespace, _, name = external_id.partition("/")
     body = api.k8s.client.V1DeleteOptions(
         propagation_policy="Background",
@@ -418,12 +428,14 @@ _STARTING = {"ContainerCreating", "PodInitializing"}
 _SELECTOR = "app.kubernetes.io/name=modelyard,app.kubernetes.io/component=job"  # our Jobs and their pods
 
 
-def _pod_job(pod: Any) -> str:
+def _pod_job(pod: Any) -> tuple[str, str | None]:
+    """The name of the Job a pod belongs to, and that Job's UID where the pod says it."""
     for ref in pod.metadata.owner_references or ():
         if ref.kind == "Job":
-            return str(ref.name)
+            return str(ref.name), ref.uid or None
     labels = pod.metadata.labels or {}
-    return str(labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or "")
+    uid = labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid")
+    return str(labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""), uid or None
 
 
 def _pod_waiting(pod: Any) -> str:
@@ -532,9 +544,11 @@ def _waiting(api: _Api, namespace: str, selector: str, active: dict[str, Any]) -
     waiting: dict[str, str] = {}
     podless = set(active)
     for pod in pods.items or ():
-        job_name, why = _pod_job(pod), _pod_waiting(pod)
+        job_name, uid = _pod_job(pod)
+        if job_name not in active or (uid and uid != active[job_name].metadata.uid):
+            continue  # another Job's, or a leftover of an earlier Job of the same name
         podless.discard(job_name)
-        if job_name in active and why:
+        if why := _pod_waiting(pod):
             waiting[job_name] = why
     if not podless:
         return waiting
