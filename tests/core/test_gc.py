@@ -732,6 +732,45 @@ def test_a_collection_skips_a_pack_another_collection_repacked_meanwhile(
         assert same_tree(tmp_path / f"out-{name}", tree)
 
 
+def test_a_failed_write_of_the_new_pack_abandons_the_whole_repack(
+    plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging writer reports a failed write late, during a later write (its buffers go to disk on a
+    thread): the bytes lost may be an earlier pack's, so no pack may be moved, not only the one being
+    copied when the error came."""
+    ctx = plat.context()
+    trees = [two_versions(plat, tmp_path, name)[0] for name in ("x", "y")]
+    for name in ("x", "y"):
+        data.remove(plat, ctx, f"{name}@1")
+    collect_garbage(plat, ctx, min_age=NOW, repack_below=0)
+    before, store = rows(plat), plat.artifacts
+    real = store._staging_file
+
+    def failing_staging(prefix: str) -> tuple[object, Path]:
+        out, path = real(prefix)
+        writes = [0]
+        plain_write = out.write
+
+        def write(data: bytes) -> int:
+            writes[0] += 1
+            if writes[0] > 3:  # the first pack's three blobs went to a full disk: reported now
+                raise OSError(28, "No space left on device")
+            return plain_write(bytes(len(data)))  # what reached the disk
+
+        out.write = write  # type: ignore[method-assign]
+        return out, path
+
+    monkeypatch.setattr(store, "_staging_file", failing_staging)
+    with pytest.raises(OSError, match="No space left"):
+        collect_garbage(plat, ctx, min_age=NOW)
+    assert rows(plat) == before and objects(plat) == set(before.values())  # nothing moved, nothing deleted
+    monkeypatch.setattr(store, "_staging_file", real)
+    for name, tree in zip(("x", "y"), trees, strict=True):
+        data.checkout(plat, ctx, f"{name}@2", tmp_path / f"out-{name}")
+        assert same_tree(tmp_path / f"out-{name}", tree)
+    assert not list(plat.artifacts.backend.staging_dir().glob(".repack-*"))  # its temp file went too
+
+
 def test_a_reader_whose_blob_was_collected_and_stored_again_reads_the_new_copy(
     plat: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1358,28 +1358,48 @@ def test_a_create_that_got_no_answer_is_recorded_only_if_the_cluster_has_this_su
     with platform.db.read() as s:
         assert s.get(Job, job.id).cluster_uid == made["metadata"]["uid"]  # type: ignore[union-attr]
     assert made["metadata"]["annotations"][_k8s.SUBMISSION_ANNOTATION]
-    assert f"the creation of Kubernetes job {job.external_id} got no answer" in caplog.text
-    # A server-side failure after the Job was created (the API server's own 504): read back, recorded.
+    assert f"the creation of Kubernetes job {job.external_id} was not confirmed" in caplog.text
+    assert cluster.requests[-3:] == [  # sent again: 409, read back, its nonce is this submission's
+        ("POST", "/apis/batch/v1/namespaces/default/jobs"),
+        ("POST", "/apis/batch/v1/namespaces/default/jobs"),
+        ("GET", f"/apis/batch/v1/namespaces/default/jobs/yard-train-{job.id}"),
+    ]
+    # A server-side failure (the API server's own 504) after the Job was created, or while the create goes
+    # on behind it and lands only later: recorded either way.
     cluster.create_delay, cluster.create_status = 0, 504
     late = _pod_job(platform, ctx, recipe)
-    assert late.external_id in cluster.jobs and late.cluster == cluster.url
-    assert f"job {late.external_id} got no answer or a server error (504 Gateway Timeout)" in caplog.text
+    cluster.create_deferred = True
+    later = _pod_job(platform, ctx, recipe)
+    for info in (late, later):
+        assert info.external_id in cluster.jobs and info.cluster == cluster.url
+        with platform.db.read() as s:  # the Job that exists (the later one: the retry's)
+            uid = s.get(Job, info.id).cluster_uid  # type: ignore[union-attr]
+        assert uid == cluster.jobs[info.external_id]["metadata"]["uid"]  # type: ignore[index]
+        assert f"job {info.external_id} was not confirmed (504 Gateway Timeout)" in caplog.text
     cluster.create_status, cluster.create_delay = 0, 1.5
-    # The create was lost: no Job, nothing recorded.
+    # The create was lost, twice: nothing recorded, and the error says what may still appear.
     cluster.create_lost = True
-    with pytest.raises(BackendError, match=r"did not create job default/yard-train-\d+: ReadTimeoutError"):
+    with pytest.raises(
+        BackendError,
+        match=r"did not confirm the creation of job default/yard-train-\d+ \(ReadTimeoutError.*\) and has no "
+        r"Job of that name yet; nothing was recorded, but a create still under way may make one: check with "
+        r"`kubectl get job yard-train-\d+ -n default`",
+    ):
         _pod_job(platform, ctx, recipe)
-    assert list(jobs_by_id(platform)) == [job.id, late.id]
-    assert list(cluster.jobs) == [job.external_id, late.external_id]
-    # Lost, and a Job of that name that is not this submission's is there: not taken for it.
+    recorded = [job.id, late.id, later.id]
+    assert list(jobs_by_id(platform)) == recorded
+    assert list(cluster.jobs) == [j.external_id for j in (job, late, later)]
+    # A Job of that name that is not this submission's: not taken for it, after a lost create or a 409.
     foreign = json.loads(json.dumps(made))
     foreign["metadata"].update(
-        name=f"yard-train-{late.id + 1}", annotations={_k8s.SUBMISSION_ANNOTATION: "x"}
+        name=f"yard-train-{later.id + 1}", annotations={_k8s.SUBMISSION_ANNOTATION: "x"}
     )
-    cluster.jobs[f"default/yard-train-{late.id + 1}"] = foreign
-    with pytest.raises(BackendError, match="the Job of that name it has is not this submission's"):
-        _pod_job(platform, ctx, recipe)
-    assert list(jobs_by_id(platform)) == [job.id, late.id]
+    cluster.jobs[f"default/yard-train-{later.id + 1}"] = foreign
+    for lost in (True, False):
+        cluster.create_lost = lost
+        with pytest.raises(BackendError, match="a Job of that name that is not this submission's exists"):
+            _pod_job(platform, ctx, recipe)
+    assert list(jobs_by_id(platform)) == recorded
 
 
 # -- the real command: yard train through the queue ---------------------------------------------------------

@@ -615,7 +615,8 @@ class ArtifactStore:
 
     def _open_current(self, digest: str, loc: _Location) -> tuple[BinaryIO, _Location]:
         """Open a blob where ``loc`` says, or where its row says now: ``yard gc`` may have moved a packed
-        blob into a new pack and deleted the old one since ``loc`` was read (its bytes and key unchanged)."""
+        blob into a new pack and deleted the old one since ``loc`` was read. Returns the location opened: its
+        row's key is the one to unwrap (the blob may also have been collected and stored again meanwhile)."""
         try:
             return self._open(loc), loc
         except NotFoundError:

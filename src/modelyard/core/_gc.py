@@ -453,11 +453,15 @@ def _repack_group(
                 for old, blobs in members.items():
                     try:
                         moved += _copy_pack(backend, out, old, blobs)
-                    except NotFoundError:  # another collection repacked or swept it meanwhile
-                        log.info("gc: pack %s is gone already; not repacked", old)
-                        continue  # what it wrote of the pack stays as dead space in the new one
-                    except (IntegrityError, BackendError, OSError) as exc:
-                        log.warning("gc: pack %s cannot be read, so it is left as it is: %s", old, exc)
+                    except _Unreadable as exc:  # what was copied of it stays as dead space in the new pack
+                        gone = isinstance(exc.__cause__, NotFoundError)
+                        log.warning(
+                            "gc: pack %s not repacked: %s",
+                            old,
+                            "it is gone (another collection repacked it meanwhile, or it was lost)"
+                            if gone
+                            else f"it cannot be read ({exc.__cause__})",
+                        )
                         continue
                     copied.append(old)
                 new_size = out.tell()
@@ -497,6 +501,11 @@ def _repack_group(
     return done, freed, failed
 
 
+class _Unreadable(Exception):
+    """Reading an old pack failed (gone, truncated, an I/O error); the cause is chained. Errors writing the
+    new pack are not this: they abandon the whole group, since bytes of packs already copied may be lost."""
+
+
 def _copy_pack(
     backend: BlobBackend, out: StagingWriter, pack: str, blobs: Sequence[tuple[str, int, int]]
 ) -> list[dict[str, Any]]:
@@ -510,14 +519,21 @@ def _copy_pack(
         while j < len(blobs) and blobs[j][1] == end:
             end += blobs[j][2]
             j += 1
-        with contextlib.closing(backend.open_range(pack, blobs[i][1], end - blobs[i][1])) as f:
+        try:
+            f = backend.open_range(pack, blobs[i][1], end - blobs[i][1])
+        except (YardError, OSError) as exc:
+            raise _Unreadable() from exc
+        with contextlib.closing(f):
             for digest, offset, length in blobs[i:j]:
                 start, left = out.tell(), length
                 while left:
-                    chunk = f.read(min(left, 1 << 20))
+                    try:
+                        chunk = f.read(min(left, 1 << 20))
+                    except (YardError, OSError) as exc:
+                        raise _Unreadable() from exc
                     if not chunk:
-                        raise IntegrityError(f"blob {digest} in pack {pack} is truncated")
-                    out.write(chunk)
+                        raise _Unreadable() from IntegrityError(f"blob {digest} in pack {pack} is truncated")
+                    out.write(chunk)  # a write error propagates: the whole group is abandoned
                     left -= len(chunk)
                 moves.append({"d": digest, "old": pack, "off": offset, "new_off": start})
         i = j

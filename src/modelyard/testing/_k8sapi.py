@@ -65,6 +65,8 @@ class FakeCluster:
         self.create_lost = False  # with create_delay: the create is never acted on (nor answered in time)
         self.create_status = 0  # a status a create answers with after creating the Job (504: the API
         # server's own timeout while the create goes on)
+        self.create_deferred = False  # with create_status: the Job lands just after the next request
+        self._landing: tuple[str, dict[str, Any]] | None = None
         self.deleted: list[str] = []  # Jobs deleted through the API
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
         # "jobs", "pods" or "events", or "jobs:NAMESPACE" and so on -> the status every call on them gets
@@ -187,10 +189,15 @@ class FakeCluster:
         selector = query.get("labelSelector", [""])[0]
         with self.lock:
             self.requests.append((method, parts.path))
+            landing, self._landing = self._landing, None
             if m := _JOBS.match(parts.path):
                 if code := self.refused.get("jobs") or self.refused.get(f"jobs:{m.group(1)}"):
                     return _status(code, "refused by the test")
-                return self._jobs(method, m.group(1), m.group(2), selector, body)
+                try:
+                    return self._jobs(method, m.group(1), m.group(2), selector, body)
+                finally:  # a deferred create lands once the next request was served, unless its name is
+                    if landing is not None:  # taken by then (the losing create fails, unseen)
+                        self.jobs.setdefault(*landing)
             if (m := _CORE.match(parts.path)) and method == "GET":
                 namespace, kind = m.groups()
                 if code := self.refused.get(kind) or self.refused.get(f"{kind}:{namespace}"):
@@ -216,6 +223,9 @@ class FakeCluster:
                 return _status(409, f'jobs.batch "{job["metadata"]["name"]}" already exists', "AlreadyExists")
             job["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_NOW)
             job["status"] = {}
+            if self.create_status and self.create_deferred:
+                self._landing = (key, job)
+                return _status(self.create_status, "Timeout: request did not complete within the timeout")
             self.jobs[key] = job
             if self.create_status:
                 return _status(self.create_status, "Timeout: request did not complete within the timeout")

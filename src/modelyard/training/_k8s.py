@@ -342,47 +342,60 @@ class Submitted:
 
 
 def apply_manifest(manifest: dict[str, Any]) -> Submitted:
-    """Create the Job in its namespace. A create that got no answer (a timeout, a dropped connection) may
-    still have created it: the Job is read back, and is this submission's if it carries the manifest's
-    :data:`SUBMISSION_ANNOTATION`."""
+    """Create the Job in its namespace. A create without a confirmation (no answer: a timeout, a dropped
+    connection; or a server-side failure: the API server's own 504 while the create goes on behind it, an
+    etcd timeout, a gateway's 502/503) may still create the Job, so it is sent once more: the name makes a
+    second create fail if the first one landed, and a Job of that name is this submission's only if it
+    carries the manifest's :data:`SUBMISSION_ANNOTATION`. Only a 4xx refusal means nothing was created."""
     api = _client()
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    try:
-        created = api.batch().create_namespaced_job(namespace, manifest, _request_timeout=_CREATE_TIMEOUT)
-    except api.errors() as exc:
-        status = getattr(exc, "status", None) or 0
-        if 400 <= status < 500 and status not in (408, 429):  # refused: nothing was created
-            raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
-        # No answer, or a server-side failure (a 504 from the API server's own timeout while the create
-        # goes on, an etcd timeout, a gateway's 502/503): the Job may exist all the same.
-        created = _created_anyway(api, manifest, exc)
-    return Submitted(f"{namespace}/{name}", api.host, created.metadata.uid or None)
+    unconfirmed: Exception | None = None
+    while True:
+        try:
+            created = api.batch().create_namespaced_job(namespace, manifest, _request_timeout=_CREATE_TIMEOUT)
+        except api.errors() as exc:
+            status = getattr(exc, "status", None) or 0
+            if status == 409:  # a Job of that name exists: an earlier try of ours (a gateway's too), or not
+                created = _existing(api, manifest, exc, unconfirmed)
+            elif 400 <= status < 500 and status not in (408, 429):
+                raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(exc)}") from None
+            elif unconfirmed is None:  # once more
+                unconfirmed = exc
+                continue
+            else:
+                created = _existing(api, manifest, exc, unconfirmed)
+        return Submitted(f"{namespace}/{name}", api.host, created.metadata.uid or None)
 
 
-def _created_anyway(api: _Api, manifest: dict[str, Any], cause: Exception) -> Any:
+def _existing(api: _Api, manifest: dict[str, Any], cause: Exception, unconfirmed: Exception | None) -> Any:
+    """The Job of the manifest's name, read back after ``cause`` (a 409, or a create never confirmed), if it
+    carries this submission's nonce; else a :class:`BackendError` that says what may exist."""
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     nonce = (manifest["metadata"].get("annotations") or {}).get(SUBMISSION_ANNOTATION)
+    check = f"`kubectl get job {name} -n {namespace}`"
     try:
         job = api.batch().read_namespaced_job(name, namespace, _request_timeout=_TIMEOUT)
     except api.errors() as exc:
-        if getattr(exc, "status", None) == 404:
+        if unconfirmed is None and getattr(exc, "status", None) == 404:  # a 409, then deleted: not ours
             raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(cause)}") from None
+        seen = (
+            "has no Job of that name yet" if getattr(exc, "status", None) == 404 else f"no read ({_why(exc)})"
+        )
         raise BackendError(
-            f"Kubernetes did not confirm the creation of job {namespace}/{name} ({_why(cause)}) nor answer a "
-            f"read of it ({_why(exc)}); nothing was recorded, but the Job may exist: check with "
-            f"`kubectl get job {name} -n {namespace}` and delete it"
+            f"Kubernetes did not confirm the creation of job {namespace}/{name} "
+            f"({_why(unconfirmed or cause)}) and {seen}; nothing was recorded, but a create still under way "
+            f"may make one: check with {check} and delete it"
         ) from None
     if nonce is None or (job.metadata.annotations or {}).get(SUBMISSION_ANNOTATION) != nonce:
         raise BackendError(
-            f"Kubernetes did not confirm the creation of job {namespace}/{name} ({_why(cause)}), and the Job "
-            "of that name it has is not this submission's; nothing was recorded"
+            f"Kubernetes did not create job {namespace}/{name}: a Job of that name that is not this "
+            f"submission's exists ({_why(cause)}); nothing was recorded"
         )
     log.warning(
-        "the creation of Kubernetes job %s/%s got no answer or a server error (%s), but the cluster has "
-        "it: recorded",
+        "the creation of Kubernetes job %s/%s was not confirmed (%s), but the cluster has it: recorded",
         namespace,
         name,
-        _why(cause),
+        _why(unconfirmed or cause),
     )
     return job
 
