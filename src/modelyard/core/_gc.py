@@ -322,10 +322,15 @@ def _refusing(platform: Platform, ctx: Context) -> Iterator[None]:
         raise platform.refuse(ctx, ACTION, RESOURCE, exc) from None
 
 
-def _exclusive(s: Session) -> int:
-    """Take the collectors' lock exclusively (writers' fences wait) and bump the generation."""
+def _lock(s: Session) -> None:
+    """Take the collectors' lock exclusively: writers' fences and other collections wait."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+
+
+def _exclusive(s: Session) -> int:
+    """Take the collectors' lock exclusively and bump the generation (writers then check what they name)."""
+    _lock(s)
     bumped = _generation(s) + 1
     s.execute(insert_for(s)(Meta).values(key=GENERATION, value="0").on_conflict_do_nothing())
     s.execute(update(Meta).where(Meta.key == GENERATION).values(value=str(bumped)))
@@ -384,10 +389,11 @@ def _repack(
     dead bytes gone with them, failed deletes).
 
     Their live blobs' bytes are copied unchanged (each is sealed on its own, with its own key) into a new
-    pack, written like a writer's: it reads the generation first, publishes, then in one transaction under
-    the collectors' lock moves the rows (only those still where they were) and condemns the old packs that
-    no row names any more; the old packs are deleted after the commit. A reader that located a blob in an
-    old pack before that finds it gone and asks its row again (``ArtifactStore._open_current``)."""
+    pack, published, then one transaction under the collectors' lock checks that no other collection
+    condemned the new pack, moves the rows (only those still where they were) and condemns the old packs
+    that no row names any more; the old packs are deleted after the commit. The generation stays: writers
+    name digests, not places. A reader that located a blob in an old pack before that finds it gone and
+    asks its row again (``ArtifactStore._open_current``)."""
     if below <= 0:
         return 0, 0, 0
     backend = platform.artifacts.backend
@@ -433,7 +439,6 @@ def _repack_group(
     another collection removed meanwhile, or one that cannot be read, is left out (with a warning)."""
     store = platform.artifacts
     backend = store.backend
-    since = generation(platform)
     with platform.db.read() as s:
         rows = s.execute(
             select(Blob.digest, Blob.object_name, Blob.pack_offset, Blob.pack_length)
@@ -474,9 +479,12 @@ def _repack_group(
     # On failure the new pack stays, nameless: a commit that failed may still have happened, and the orphan
     # sweep removes it later if no row names it.
     with platform.mutate(ctx, ACTION, RESOURCE, detail) as s:
-        bumped = _exclusive(s)
-        if bumped != since + 1:  # another collection ran meanwhile: it may have condemned the new pack
-            require_unclaimed(s, [name], "repacking")
+        # No new generation: moving rows changes nothing a writer names or uploads (a writer never claims
+        # into a pack another transaction committed), so writers keep their fast path. The lock orders this
+        # with other collections, one of which may have swept the new pack as an orphan.
+        _lock(s)
+        require_unclaimed(s, [name], "repacking")
+        current = _generation(s)
         table = cast(Table, Blob.__table__)
         s.connection().execute(
             update(table)
@@ -490,10 +498,10 @@ def _repack_group(
         )
         doomed = sorted(set(copied) - named_objects(s, copied))  # rows claimed into them meanwhile: kept
         now = utcnow()
-        for part in chunks([{"name": n, "generation": bumped, "condemned_at": now} for n in doomed]):
+        for part in chunks([{"name": n, "generation": current, "condemned_at": now} for n in doomed]):
             s.execute(insert_for(s)(CondemnedObject).values(list(part)).on_conflict_do_nothing())
         freed = max(sum(sizes[n] for n in doomed) - new_size, 0)
-        detail.update(generation=bumped, repacked=len(doomed), repacked_bytes=freed)
+        detail.update(generation=current, repacked=len(doomed), repacked_bytes=freed)
         named = bool(named_objects(s, [name]))
     if not named:  # every blob went meanwhile: the new pack holds nothing
         backend.delete(name)
