@@ -86,6 +86,32 @@ def test_an_unknown_migration_file_disables_the_fast_path(
     assert _db._known_head() is None
 
 
+def test_a_store_a_newer_modelyard_migrated_is_refused_clearly(tmp_path: Path) -> None:
+    """Older code must not use a store migrated past its head (it would misread what newer code wrote, such
+    as blobs moved by repacking); it says so instead of Alembic's "can't locate revision"."""
+    from sqlalchemy import text
+
+    from modelyard.errors import ConfigError
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    MetadataStore(url).dispose()
+    store = MetadataStore(url, migrate=False)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    finally:
+        store.dispose()
+    with pytest.raises(
+        ConfigError, match="revision '0099_from_the_future', which this modelyard does not know"
+    ):
+        MetadataStore(url)
+    store = MetadataStore(url, migrate=False)
+    try:
+        assert store.current_revision() == "0099_from_the_future"  # untouched
+    finally:
+        store.dispose()
+
+
 def test_a_failed_syncfs_is_an_error_not_a_silent_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

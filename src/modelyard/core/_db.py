@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelyard.errors import BackendError, UsageError
+from modelyard.errors import BackendError, ConfigError, UsageError
 
 # Backends are chosen by URL scheme; the error lists these.
 SCHEMES = {
@@ -143,7 +143,11 @@ class MetadataStore:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         if migrate:
-            self.migrate()
+            try:
+                self.migrate()
+            except BaseException:
+                self.dispose()
+                raise
 
     @property
     def safe_url(self) -> str:
@@ -196,6 +200,14 @@ class MetadataStore:
             return
         if current == head_revision():
             return
+        if current is not None and not _knows(current):
+            # A newer modelyard migrated it: this one would misread what it wrote (moved blobs, new
+            # columns) and Alembic could only say that it "can't locate revision".
+            raise ConfigError(
+                f"metadata store {self.safe_url} has schema revision {current!r}, which this modelyard "
+                "does not know: a newer modelyard has upgraded it. Upgrade modelyard on this machine (its "
+                "package, or the job image) to use this store"
+            )
         with self._migration_lock() as conn:
             _run_alembic_upgrade(conn)
 
@@ -299,6 +311,18 @@ def head_revision() -> str | None:
 
     head: str | None = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     return head
+
+
+def _knows(revision: str) -> bool:
+    """Whether this installation's migrations include ``revision``."""
+    if revision in _MIGRATIONS:
+        return True
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+    except Exception:  # alembic's ResolutionError/CommandError for a revision it cannot locate
+        return False
 
 
 def _run_alembic_upgrade(conn: Any) -> None:
