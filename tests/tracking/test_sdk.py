@@ -144,6 +144,30 @@ def test_system_metrics_are_sampled(platform: Platform) -> None:
     assert metrics["system/rss_mb"] > 1 and "system/cpu_percent" in metrics
 
 
+def test_an_idle_run_does_not_spin(platform: Platform) -> None:
+    """Between flushes with nothing to write, the writer thread sleeps (it once waited 0 s in a loop: a
+    core's worth of CPU for as long as a run logged nothing, e.g. between a training's log steps)."""
+    import time
+
+    quiet = Platform(platform.settings.model_copy(update={"system_metrics_s": 0.0, "metric_flush_s": 0.05}))
+    try:
+        with Client(platform=quiet) as client, client.start_run("idle", capture=False) as run:
+            run.log_metric("loss", 1.0, step=0)
+            run.flush()
+            time.sleep(0.2)  # past the flush time, nothing buffered
+            cpu = time.process_time()
+            time.sleep(2.0)
+            busy = time.process_time() - cpu
+            run.log_metric("loss", 0.5, step=1)  # and it still writes what comes later, in time
+            deadline = time.monotonic() + 10
+            while client.get_run(run.id).metrics.get("loss") != 0.5:
+                assert time.monotonic() < deadline, "a point logged after the idle spell was not written"
+                time.sleep(0.05)
+    finally:
+        quiet.close()
+    assert busy < 0.5, f"the process used {busy:.2f} s of CPU in 2 s of sleep: the writer spins"
+
+
 def test_a_retried_batch_is_written_once(client: Client) -> None:
     with client.start_run("idem", capture=False) as run:
         batch = uuid.uuid4().hex

@@ -163,7 +163,9 @@ class MetricWriter:
                     )
                     if due or now >= next_beat or now >= next_sample:
                         break
-                    self._cond.wait(max(0.0, min(next_flush, next_beat, next_sample) - now))
+                    if now >= next_flush:  # nothing to write at the flush time: look again in flush_s (a
+                        next_flush = now + self.flush_s  # wait of 0 here would spin, a core's worth of CPU)
+                    self._cond.wait(min(next_flush, next_beat, next_sample) - now)
                 if self._pending is None and self._buffer:
                     n = min(len(self._buffer), BATCH_POINTS)
                     self._pending = (uuid.uuid4().hex, [self._buffer.popleft() for _ in range(n)])
