@@ -64,6 +64,31 @@ def test_revoked_token_is_refused(platform: Platform) -> None:
     assert [t.active for t in list_tokens(platform, admin)] == [False]
 
 
+def test_a_token_revoked_by_its_whole_string_keeps_its_secret_out_of_the_audit(platform: Platform) -> None:
+    import json
+
+    from modelyard.core import list_records
+
+    admin = platform.context()
+    add_user(platform, admin, "alice", Role.VIEWER)
+    info, token = create_token(platform, admin, "alice")
+    secret = token.split("_", 2)[2]
+    # Neither an id nor a whole token (a copy missing its prefix, cut short): refused, not echoed, nothing
+    # revoked.
+    for bad in (f"{info.id}_{secret}", f"yard_{info.id}", f"{info.id} {secret}"):
+        with pytest.raises(UsageError, match="expected a token id") as exc:
+            revoke_token(platform, admin, bad)
+        assert secret[:8] not in exc.value.message
+    assert platform.context(token=token).user == "alice"
+    revoked = revoke_token(platform, admin, token)  # the whole token: its holder may have only that
+    assert revoked.id == info.id and revoked.revoked_at is not None
+    with pytest.raises(AuthenticationError, match="revoked"):
+        platform.context(token=token)
+    records = json.dumps(list_records(platform, admin), default=str)
+    assert secret not in records and secret[:8] not in records
+    assert f"token:{info.id}" in records
+
+
 def test_expired_token_is_refused(platform: Platform) -> None:
     admin = platform.context()
     add_user(platform, admin, "alice", Role.VIEWER)

@@ -209,7 +209,22 @@ def create_token(
     return info, f"yard_{token_id}_{secret}"
 
 
+_TOKEN_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
 def revoke_token(platform: Platform, ctx: Context, token_id: str) -> TokenInfo:
+    """Revoke a token by its id, or by the whole ``yard_<id>_<secret>`` string (its holder may have only
+    that): the secret is dropped before anything is looked up, said or audited."""
+    if isinstance(token_id, str) and token_id.startswith("yard_"):
+        token_id = token_id.split("_")[1] if token_id.count("_") >= 2 else ""
+    if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
+        # Not echoed: it may be a mangled secret.
+        raise platform.refuse(
+            ctx,
+            "token.manage",
+            "token:?",
+            UsageError("expected a token id (the hex id `yard tokens ls` shows) or the whole yard_... token"),
+        )
     with platform.db.read() as s:
         tok = s.get(Token, token_id)
         owner = s.get(User, tok.user_id) if tok else None
