@@ -81,6 +81,21 @@ def test_tracking_names_are_the_real_objects() -> None:
         assert getattr(modelyard, name) is getattr(tracking, name), name
 
 
+def test_stages_are_reachable_after_a_bare_import() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        import modelyard
+        assert "modelyard.data" not in sys.modules
+        assert callable(modelyard.data.get) and callable(modelyard.models.load)  # as the README writes them
+        assert modelyard.data is sys.modules["modelyard.data"]
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         modelyard.no_such_name  # noqa: B018

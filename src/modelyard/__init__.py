@@ -75,7 +75,17 @@ __all__ = [
 ]
 
 
+# Stages reachable as attributes after a bare `import modelyard` (`modelyard.data.get("tickets@3")`, as the
+# README writes it), imported on first use like the names above.
+_STAGES = frozenset(
+    {"config", "core", "data", "evaluation", "models", "monitoring", "optimize", "registry", "serving"}
+    | {"tracking", "training"}
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _STAGES:
+        return importlib.import_module(f"modelyard.{name}")  # the import binds it here too
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'modelyard' has no attribute {name!r}")
