@@ -306,10 +306,15 @@ def _alembic_config() -> Any:
     return cfg
 
 
-def head_revision() -> str | None:
+def _scripts() -> Any:
+    """Alembic's view of this installation's migration files."""
     from alembic.script import ScriptDirectory
 
-    head: str | None = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def head_revision() -> str | None:
+    head: str | None = _scripts().get_current_head()
     return head
 
 
@@ -317,10 +322,8 @@ def _knows(revision: str) -> bool:
     """Whether this installation's migrations include ``revision``."""
     if revision in _MIGRATIONS:
         return True
-    from alembic.script import ScriptDirectory
-
     try:
-        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+        return _scripts().get_revision(revision) is not None
     except Exception:  # alembic's ResolutionError/CommandError for a revision it cannot locate
         return False
 

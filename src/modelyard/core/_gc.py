@@ -255,8 +255,12 @@ def collect_garbage(
     from modelyard.core._home import sweep_staging
 
     report = _sweep_rows(platform, ctx, min_age, dry_run)
-    orphans, orphan_bytes, failed = _sweep_orphans(platform, ctx, max(min_age, orphan_min_age), dry_run)
-    repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), min_age, dry_run)
+    now = _store_now(platform)
+    packs: dict[str, int] = {}  # the packs older than min_age, gathered by the orphans' listing
+    orphans, orphan_bytes, failed = _sweep_orphans(
+        platform, ctx, max(min_age, orphan_min_age), dry_run, now=now, packs=(packs, now - min_age)
+    )
+    repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), packs, dry_run)
     # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
     staging = 0 if dry_run else sweep_staging(platform.artifacts.backend.staging_dir())
     return replace(
@@ -338,9 +342,17 @@ def _exclusive(s: Session) -> int:
 
 
 def _sweep_orphans(
-    platform: Platform, ctx: Context, min_age: timedelta, dry_run: bool
+    platform: Platform,
+    ctx: Context,
+    min_age: timedelta,
+    dry_run: bool,
+    *,
+    now: datetime,
+    packs: tuple[dict[str, int], datetime],
 ) -> tuple[int, int, int]:
-    """Objects no row names, older than ``min_age``: (deleted, their bytes, failed deletes).
+    """Objects no row names, older than ``min_age`` at ``now`` (the store's clock): (deleted, their bytes,
+    failed deletes). The same listing fills ``packs``' dict with every pack modified before its cutoff, and
+    its size, for :func:`_repack`: one listing of the backend per collection, not two.
 
     A writer publishes its objects, then claims them in one transaction: until then they are orphans too,
     and a slow writer's may be older than ``min_age``. So the collection condemns them first, in a
@@ -349,7 +361,7 @@ def _sweep_orphans(
     (:func:`require_unclaimed`) and records nothing. No lock is held while objects are deleted: a collector
     whose database session dies meanwhile cannot let a claim in. A condemned object that failed to delete
     is retried by the next collection (it still has no row)."""
-    cutoff = _store_now(platform) - min_age
+    cutoff = now - min_age
     sizes: dict[str, int] = {}  # the orphans
     batch: dict[str, int] = {}
 
@@ -362,7 +374,11 @@ def _sweep_orphans(
     with _refusing(platform, ctx):
         # Streamed: the listing is checked against the rows 500 names at a time; memory holds orphans only.
         for item in platform.artifacts.backend.list_stat("objects/"):
-            if item.modified < cutoff and is_object_name(item.name):
+            if not is_object_name(item.name):
+                continue
+            if item.modified < packs[1] and item.name.startswith("objects/pk/"):
+                packs[0][item.name] = item.size
+            if item.modified < cutoff:
                 batch[item.name] = item.size
                 if len(batch) >= ROWS:
                     keep_unnamed()
@@ -383,10 +399,10 @@ def _sweep_orphans(
 
 
 def _repack(
-    platform: Platform, ctx: Context, below: float, min_age: timedelta, dry_run: bool
+    platform: Platform, ctx: Context, below: float, sizes: dict[str, int], dry_run: bool
 ) -> tuple[int, int, int]:
-    """Packs older than ``min_age`` whose live blobs fill less than ``below`` of them: (packs rewritten,
-    dead bytes gone with them, failed deletes).
+    """Packs among ``sizes`` (old enough, with their stored sizes) whose live blobs fill less than ``below``
+    of them: (packs rewritten, dead bytes gone with them, failed deletes).
 
     Their live blobs' bytes are copied unchanged (each is sealed on its own, with its own key) into a new
     pack, published, then one transaction under the collectors' lock checks that no other collection
@@ -396,14 +412,7 @@ def _repack(
     asks its row again (``ArtifactStore._open_current``)."""
     if below <= 0:
         return 0, 0, 0
-    backend = platform.artifacts.backend
-    cutoff = _store_now(platform) - min_age
     with _refusing(platform, ctx):
-        sizes = {
-            item.name: item.size
-            for item in backend.list_stat("objects/pk/")
-            if item.modified < cutoff and is_object_name(item.name)
-        }
         live: dict[str, int] = {}
         counts: dict[str, int] = {}
         with platform.db.read() as s:

@@ -376,11 +376,10 @@ def _existing(api: _Api, manifest: dict[str, Any], cause: Exception, unconfirmed
     try:
         job = api.batch().read_namespaced_job(name, namespace, _request_timeout=_TIMEOUT)
     except api.errors() as exc:
-        if unconfirmed is None and getattr(exc, "status", None) == 404:  # a 409, then deleted: not ours
+        absent = getattr(exc, "status", None) == 404
+        if absent and unconfirmed is None:  # a 409, then deleted: not ours
             raise BackendError(f"Kubernetes did not create job {namespace}/{name}: {_why(cause)}") from None
-        seen = (
-            "has no Job of that name yet" if getattr(exc, "status", None) == 404 else f"no read ({_why(exc)})"
-        )
+        seen = "has no Job of that name yet" if absent else f"no read ({_why(exc)})"
         raise BackendError(
             f"Kubernetes did not confirm the creation of job {namespace}/{name} "
             f"({_why(unconfirmed or cause)}) and {seen}; nothing was recorded, but a create still under way "
