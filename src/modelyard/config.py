@@ -180,7 +180,10 @@ def write_home_config(settings: Settings, values: dict[str, Any]) -> Path:
     current: dict[str, Any] = {}
     if path.is_file():
         current = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    current.update({k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None})
+    wanted = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None}
+    if all(current.get(k) == v for k, v in wanted.items()):
+        return path  # already so: the file is left as it is
+    current.update(wanted)
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(current, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)

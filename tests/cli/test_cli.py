@@ -197,6 +197,26 @@ def test_init_keeps_its_region(yard: Yard, home: Path) -> None:
     assert yard("whoami", "--json").json()["region"] == "me-central-1"
 
 
+def test_init_remembers_stores_given_by_the_environment_but_not_a_password(
+    yard: Yard, home: Path, tmp_path: Path
+) -> None:
+    db, objs = tmp_path / "elsewhere" / "meta.db", tmp_path / "elsewhere" / "objects"
+    db.parent.mkdir()
+    stores = {"YARD_DATABASE_URL": f"sqlite:///{db}", "YARD_ARTIFACT_URI": objs.as_uri()}
+    r = yard("init", env=stores)
+    assert r.code == 0, r.err
+    assert db.is_file() and objs.is_dir() and not (home / "yard.db").exists()
+    # The next command finds the stores without the variables (it said "no home" before).
+    assert yard("whoami", "--json").json()["user"] == ME
+    assert yard("init").out.count("created") == 0 and not (home / "yard.db").exists()
+    # A URL with a password is not written to a file: init says so, and what was saved stays.
+    secret = {"YARD_S3_ENDPOINT_URL": "http://user:s3cret@127.0.0.1:9000"}
+    r = yard("init", env=secret)
+    assert "holds a password" in r.out and "s3cret" not in r.out + r.err
+    assert "s3cret" not in (home / "config.yaml").read_text()
+    assert f"sqlite:///{db}" in (home / "config.yaml").read_text()
+
+
 def test_invalid_region_is_a_usage_error(yard: Yard, home: Path) -> None:
     r = yard("init", "--region", "Mars Base!")
     assert r.code == 2

@@ -33,6 +33,8 @@ def init(
         console.print(f"exists   {item}", markup=False)
     for item in report.cleaned:
         console.print(f"cleaned  {item}", markup=False)
+    for item in report.notes:
+        console.print(f"note     {item}", markup=False)
     console.print(f"ready: home {report.home}, region {report.region}", markup=False)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from modelyard.config import Settings, load_settings, write_home_config
+from modelyard.config import CONFIG_FILE, Settings, load_settings, write_home_config
 from modelyard.core._crypto import MasterKey, load_master_key_file, write_master_key_file
 from modelyard.core._db import missing_sqlite_file
 from modelyard.core._keys import MASTER_KEY_ID
@@ -40,6 +40,7 @@ class InitReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def init_home(settings: Settings | None = None, *, region: str | None = None) -> InitReport:
@@ -76,7 +77,33 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
         platform.close()
     if region:
         write_home_config(settings, {"region": region})
+    _remember_stores(settings, report)
     return report
+
+
+def _remember_stores(settings: Settings, report: InitReport) -> None:
+    """Where the stores are, when the environment (or the caller) said so, goes into config.yaml: the next
+    command finds them without it. A URL holding a password is not written (secrets stay out of files)."""
+    from urllib.parse import urlsplit
+
+    keep: dict[str, Any] = {}
+    for name in ("database_url", "artifact_uri", "s3_endpoint_url"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        try:
+            secret = urlsplit(value).password
+        except ValueError:
+            secret = None
+        if secret:
+            report.notes.append(
+                f"{name} holds a password, so it is not saved in {CONFIG_FILE}: set YARD_{name.upper()} for "
+                "every command (or keep the password elsewhere, e.g. ~/.pgpass)"
+            )
+        else:
+            keep[name] = value
+    if keep:
+        write_home_config(settings, keep)
 
 
 def _explicit(settings: Settings) -> dict[str, Any]:
