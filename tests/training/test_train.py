@@ -143,13 +143,17 @@ def test_bf16_autocast_path_on_cpu(yard: Yard, data_home: Path, tmp_path: Path) 
     recipe = write_recipe(
         tmp_path / "r.yaml", precision="bf16", hyperparameters__max_steps=4, train__eval_every_steps=None
     )
-    r = yard("train", recipe, "--no-progress", "--json")
+    r = yard("train", recipe, "--json")  # with progress, on a stderr that is not a terminal (a job's log)
     assert r.code == 0, r.err
     with Client() as c:
         info = c.get_run(r.json()["run_id"])
         losses = [p.value for p in c.metric_history(info.id, ["loss"])["loss"]]
     assert info.params["run.precision"] == "bf16"
     assert len(losses) == 4 and all(0 < v < 20 for v in losses)
+    # One plain line per log step instead of a bar Rich would not draw there.
+    lines = [line for line in r.err.splitlines() if line.startswith("training: step ")]
+    assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"], r.err
+    assert f"loss {losses[-1]:.4f}" in lines[-1]
 
 
 # -- exact resume -----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -673,7 +674,8 @@ def _loop(
                 state.samples += hp.batch_size * accum
                 bar.advance()
                 if state.step % log_every == 0 or state.step == setup.total_steps:
-                    t_window = _log_train(setup, state, run, window, t_window)
+                    t_window, logged = _log_train(setup, state, run, window, t_window)
+                    bar.report(state.step, setup.total_steps, logged)
                 if eval_every and (state.step % eval_every == 0 or state.step == setup.total_steps):
                     _evaluate_step(setup, state, run, on_eval)
                 if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps:
@@ -702,25 +704,23 @@ def _optimizer_step(setup: _Setup) -> None:
 
 def _log_train(
     setup: _Setup, state: ck.TrainerState, run: Run | None, window: list[float], since: float
-) -> float:
+) -> tuple[float, dict[str, float]]:
     """Log the window's global mean token loss, learning rate and throughput; reset the window."""
     loss_sum, labels, tokens, samples = _dist.all_sum(setup.dist, list(window))
     now = time.perf_counter()
     state.tokens += int(tokens)
+    elapsed = max(now - since, 1e-9)
+    metrics = {
+        "loss": loss_sum / max(labels, 1),
+        "lr": float(setup.scheduler.get_last_lr()[0]),
+        "tokens_per_s": tokens / elapsed,
+        "samples_per_s": samples / elapsed,
+        "epoch": state.epoch + state.batch_in_epoch / max(setup.steps_per_epoch * _accum(setup), 1),
+    }
     if run is not None:
-        elapsed = max(now - since, 1e-9)
-        run.log_metrics(
-            {
-                "loss": loss_sum / max(labels, 1),
-                "lr": float(setup.scheduler.get_last_lr()[0]),
-                "tokens_per_s": tokens / elapsed,
-                "samples_per_s": samples / elapsed,
-                "epoch": state.epoch + state.batch_in_epoch / max(setup.steps_per_epoch * _accum(setup), 1),
-            },
-            step=state.step,
-        )
+        run.log_metrics(metrics, step=state.step)
     window[:] = [0.0] * len(window)
-    return now
+    return now, metrics
 
 
 def _accum(setup: _Setup) -> int:
@@ -763,6 +763,22 @@ class _NoBar:
     def advance(self) -> None:
         return None
 
+    def report(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        return None
+
+
+class _Lines(_NoBar):
+    """Where stderr is not a terminal (a job's log, a pod's, a CI step's), a plain line per log step instead
+    of a bar, which Rich would not draw there: the log shows the training going on."""
+
+    def report(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        print(
+            f"training: step {step}/{total}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+            f"{metrics['samples_per_s']:.1f} samples/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
 
 class _Bar(_NoBar):
     """A Rich progress bar with ETA, on stderr."""
@@ -793,7 +809,9 @@ class _Bar(_NoBar):
 
 
 def _progress(show: bool, total: int, done: int) -> _NoBar:
-    return _Bar(total, done) if show else _NoBar()
+    if not show:
+        return _NoBar()
+    return _Bar(total, done) if sys.stderr.isatty() else _Lines()
 
 
 def _finish(
