@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -59,5 +62,65 @@ def test_config_refuses_what_is_unsafe_or_inconsistent() -> None:
         parse_config({"models": ["m@production", "m@staging"]})
     with pytest.raises(ValidationError, match="max_queue"):
         parse_config({"models": ["m@1"], "batching": {"max_batch_size": 64, "max_queue": 8}})
+    with pytest.raises(ValidationError, match=r"limits\.max_inputs"):  # a request that large: 429 for ever
+        parse_config({"models": ["m@1"], "batching": {"max_batch_size": 8, "max_queue": 16}})
     with pytest.raises(ValidationError, match="unknown key"):
         parse_config({"models": ["m@1"], "batchin": {}})
+
+
+def _unloadable(platform: Platform, model_dir: Path, tmp: Path) -> int:
+    """A version of torch-served whose config does not fit its weights: it registers, and fails to load."""
+    import json
+    import shutil
+
+    broken = Path(shutil.copytree(model_dir, tmp / "broken"))
+    config = json.loads((broken / "config.json").read_text())
+    config["d_model"] *= 2
+    (broken / "config.json").write_text(json.dumps(config))
+    return registry.register(platform, platform.context(), broken, "torch-served").version
+
+
+def _candidate(client: TestClient) -> object:
+    return client.get("/v1/models").json()["models"][0].get("candidate")
+
+
+def test_a_candidate_or_alias_that_cannot_load_keeps_the_server_up_and_following(
+    platform: Platform, trained: TrainedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from modelyard.serving import deploy
+
+    admin = platform.context()
+    bad = _unloadable(platform, trained.model_dir, tmp_path)
+    registry.set_alias(platform, admin, "torch-served@1", "live")
+    deploy(platform, admin, "torch-served", version=bad, mode="canary", weight=100)
+    config = parse_config({"models": ["torch-served@live"], "auth": False, "alias_poll_s": 0.1})
+    body = {"inputs": ["normalise date (de-DE): 02.03.2013"]}
+    try:
+        # A canary that cannot load does not keep the server from starting: the stable version serves.
+        app = create_app(config, platform)
+        with caplog.at_level(logging.WARNING, "modelyard.serving"), TestClient(app) as client:
+            assert client.get("/readyz").json() == {"status": "ready"}
+            assert _candidate(client) is None
+            r = client.post("/v1/models/torch-served:predict", json=body)
+            assert r.status_code == 200 and r.json()["version"] == 1
+            time.sleep(1.0)  # ten polls: the failed version is not downloaded and loaded again on each
+            assert sum("cannot" in m or "no candidate" in m for m in caplog.messages) <= 2, caplog.messages
+
+            # An alias moved to a version that cannot load does not keep a deployment change from applying.
+            deploy(platform, admin, "torch-served", version=1, mode="canary", weight=100)
+            _wait(lambda: _candidate(client) is not None)
+            registry.set_alias(platform, admin, f"torch-served@{bad}", "live")
+            deploy(platform, admin, "torch-served", version=None, mode="off")
+            _wait(lambda: _candidate(client) is None)
+            r = client.post("/v1/models/torch-served:predict", json=body)
+            assert r.status_code == 200 and r.json()["version"] == 1  # the loaded stable version goes on
+    finally:
+        registry.set_alias(platform, admin, "torch-served@1", "live")
+        deploy(platform, admin, "torch-served", version=None, mode="off")
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the server did not follow the deployment"
+        time.sleep(0.1)

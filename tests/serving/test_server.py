@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -95,6 +96,10 @@ def test_tokens(served: Served, server_factory: Any) -> None:
     assert httpx.post(url, json={"inputs": ["x"]}, headers={"Authorization": "Basic abc"}).status_code == 401
     r = httpx.post(url, json={"inputs": ["x"]}, headers=auth(served.other_token))
     assert r.status_code == 403 and "elsewhere" in r.json()["error"]["message"]
+    # Without a token nothing says what is served: an unknown model is 401 too, and /readyz names nothing.
+    for path in ("/v1/models/secret:predict", "/v1/models/secret:feedback"):
+        assert httpx.post(f"{server.url}{path}", json={"inputs": ["x"]}).status_code == 401
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
     assert predict(server, served.token, ["x"]).status_code == 200
 
 
@@ -135,6 +140,17 @@ BAD: list[tuple[str, dict[str, Any], int]] = [
         415,
     ),
     ("form data", {"data": {"inputs": "x"}}, 415),
+    # Valid JSON, but not text: a tokenizer (or the prediction log's database) fails on it.
+    (
+        "a lone surrogate",
+        {"content": b'{"inputs": ["x \\ud800"]}', "headers": {"content-type": "application/json"}},
+        400,
+    ),
+    (
+        "a lone surrogate in a key",
+        {"content": b'{"inputs": ["x"], "\\udfff": 1}', "headers": {"content-type": "application/json"}},
+        400,
+    ),
     ("no content type", {"content": b'{"inputs": ["x"]}', "headers": {"content-type": ""}}, 415),
 ]
 
@@ -161,8 +177,83 @@ def test_bad_input_is_answered_and_the_server_stays_healthy(served: Served, serv
         assert client.post(f"{server.url}/v1/models/nope:predict", json={"inputs": ["x"]}).status_code == 404
         assert client.get(url).status_code == 405
         assert client.get(f"{server.url}/healthz").status_code == 200
+        # A surrogate pair is text (one character): answered.
+        pair = b'{"inputs": ["normalise amount (en-US): \\ud83d\\ude00 12"]}'
+        assert client.post(url, content=pair, headers={"content-type": "application/json"}).status_code == 200
         assert client.post(url, json={"inputs": SOURCES}).status_code == 200
     assert server.proc.poll() is None
+    errors = metric(server, "yard_errors_total")  # every kind of error answer is counted by its code
+    for code in ("malformed_json", "validation_error", "not_found", "method_not_allowed"):
+        assert errors[f'yard_errors_total{{code="{code}"}}'] >= 1, (code, errors)
+
+
+def test_a_body_that_does_not_arrive_is_answered_408(served: Served, server_factory: Any) -> None:
+    server = server_factory(limits={"read_timeout_s": 1})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            (
+                f"POST /v1/models/srv:predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.token}\r\n"
+                'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs": ['
+            ).encode()
+        )
+        conn.settimeout(30)
+        answer = ""
+        while "request_timeout" not in answer:  # headers and body may come in separate segments
+            part = conn.recv(4096).decode()
+            if not part:
+                break
+            answer += part
+    assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer, answer
+    assert predict(server, served.token, SOURCES[:1]).status_code == 200
+
+
+def test_an_input_the_model_fails_on_fails_only_its_own_request_and_never_a_canary(
+    served: Served, server_factory: Any
+) -> None:
+    # Version 3 fails on any input holding "normalise" (its tokenizer's id for it is past the embeddings).
+    server = server_factory(
+        models=["srv@3"],
+        batching={"max_wait_ms": 500},  # requests sent together share a batch
+        canary={"max_error_rate": 0.2, "max_p95_ms": 60_000, "window_s": 60, "min_requests": 3},
+    )
+    url = f"{server.url}/v1/models/srv:predict"
+    good, bad = {"inputs": ["convert 02.03.2013", "convert $12"]}, {"inputs": [SOURCES[0]]}
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, headers=auth(served.token)) as client:
+            return list(await asyncio.gather(client.post(url, json=good), client.post(url, json=bad)))
+
+    answered, failed = asyncio.run(together())
+    assert answered.status_code == 200 and len(answered.json()["outputs"]) == 2, answered.text
+    assert failed.status_code == 500
+    sizes = metric(server, "yard_batch_size")  # they shared a batch (3 inputs): the model ran them together
+    up_to_2 = next(v for k, v in sizes.items() if "_bucket" in k and 'le="2.0"' in k)
+    assert up_to_2 < next(v for k, v in sizes.items() if "_count" in k), sizes
+    with platform_of(served) as p:
+        deploy(p, p.context(token=served.engineer), "srv", version=3, mode="canary", weight=100)
+    try:
+        _wait_for_mode(server, served, "canary")
+        # Input every version fails on is the client's fault: it fails, and the candidate is not charged.
+        for _ in range(6):
+            assert httpx.post(url, json=bad, headers=auth(served.token), timeout=60).status_code == 500
+        models = httpx.get(f"{server.url}/v1/models", headers=auth(served.token)).json()["models"]
+        assert models[0]["candidate"]["version"] == 3, models
+        assert not metric(server, "yard_candidate_errors_total")
+        assert not metric(server, "yard_canary_rollbacks_total")
+        assert predict(server, served.token, good["inputs"]).status_code == 200
+        # The same for a shadow candidate, which never answers the client.
+        with platform_of(served) as p:
+            deploy(p, p.context(token=served.engineer), "srv", version=3, mode="shadow")
+        _wait_for_mode(server, served, "shadow")
+        for _ in range(6):
+            assert httpx.post(url, json=bad, headers=auth(served.token), timeout=60).status_code == 500
+        time.sleep(1.0)  # shadow requests run beside the answer
+        assert not metric(server, "yard_candidate_errors_total")
+        assert not metric(server, "yard_canary_rollbacks_total")
+    finally:
+        with platform_of(served) as p:
+            deploy(p, p.context(token=served.engineer), "srv", version=None, mode="off")
 
 
 async def _hammer(
@@ -221,7 +312,9 @@ def test_200_concurrent_clients_for_30_seconds(served: Served, server_factory: A
 
 
 def test_a_full_queue_answers_429_with_retry_after(served: Served, server_factory: Any) -> None:
-    server = server_factory(batching={"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 2})
+    server = server_factory(
+        batching={"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 2}, limits={"max_inputs": 2}
+    )
     url = f"{server.url}/v1/models/srv:predict"
 
     async def burst() -> list[httpx.Response]:
@@ -276,6 +369,16 @@ def test_a_failing_canary_is_rolled_back_automatically(served: Served, server_fa
         details = [json.loads(r.detail) if isinstance(r.detail, str) else r.detail for r in records]
         assert any(d.get("automatic") for d in details)
     assert metric(server, "yard_canary_rollbacks_total")['yard_canary_rollbacks_total{model="srv"}'] == 1
+
+
+def _wait_for_mode(server: Server, served: Served, mode: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        model = httpx.get(f"{server.url}/v1/models", headers=auth(served.token)).json()["models"][0]
+        if model.get("candidate", {}).get("mode") == mode:
+            return
+        assert time.monotonic() < deadline, f"the server did not pick up the {mode} deployment: {model}"
+        time.sleep(0.2)
 
 
 def test_a_blue_green_alias_change_under_load_drops_nothing(served: Served, server_factory: Any) -> None:

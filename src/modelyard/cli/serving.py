@@ -111,6 +111,7 @@ def _run(cfg: Any) -> None:
         "host": cfg.host,
         "port": cfg.port,
         "timeout_keep_alive": cfg.limits.keep_alive_s,
+        "limit_concurrency": cfg.limits.max_connections,
         "log_level": "warning",
         "access_log": False,
     }

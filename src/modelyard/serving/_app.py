@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import socket
@@ -51,8 +52,16 @@ from modelyard.serving._routing import Params, Route, Slot, SloWindow
 
 log = logging.getLogger("modelyard.serving")
 TOKEN_CACHE_S = 30.0
+LOAD_RETRY_S = 60.0  # a version that failed to load is tried again after this
 FEEDBACK_GRACE_S = 2.0  # several workers or replicas: how long past flush_s feedback waits for its prediction
 _KEYS = frozenset({"inputs", "parameters", "key"})
+# A \uD800-\uDFFF escape: JSON decodes a lone one into a string that is not text (it cannot be encoded),
+# which a tokenizer or a database then fails on. Only bodies holding one are searched for them.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class _NotYet(Exception):
+    """A version that failed to load is not tried again yet."""
 
 
 class ApiError(Exception):
@@ -68,7 +77,25 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 # -- request parsing ----------------------------------------------------------------------------------------
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (decoded JSON) holds a lone UTF-16 surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise ApiError(
@@ -79,18 +106,34 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
         raise ApiError(413, "payload_too_large", f"the body is over the {max_bytes:,}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "payload_too_large", f"the body is over the {max_bytes:,}-byte limit")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, "payload_too_large", f"the body is over the {max_bytes:,}-byte limit")
+            chunks.append(chunk)
+
+    try:  # a client that sends its body slowly, or never, holds a connection: not for ever
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s") from None
+    body = b"".join(chunks)
     try:
-        return json.loads(b"".join(chunks))
+        data = json.loads(body)
     except RecursionError:
         raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON ({str(exc)[:200]})") from None
+    if _SURROGATE_ESCAPE.search(body) and _lone_surrogate(data):
+        raise ApiError(
+            400,
+            "malformed_json",
+            "the body holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape), which is not text",
+        )
+    return data
 
 
 def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, str | None]:
@@ -152,6 +195,7 @@ class Server:
         self._publisher: asyncio.Task[None] | None = None
         self._orphan_guard: asyncio.Task[None] | None = None
         self._sharer: asyncio.Task[None] | None = None
+        self._load_failed: dict[tuple[str, int], float] = {}  # (name, version) -> when to try it again
         # Who this server is in the shared canary window (a worker restarted with the same pid is another).
         self.server_id = f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
         from modelyard.serving._predlog import PredictionLog
@@ -159,6 +203,21 @@ class Server:
         self.predlog = PredictionLog(self.platform, self.ctx, flush_s=config.logging.flush_s)
 
     # -- loading -------------------------------------------------------------------------------------------
+    async def _load_version(self, name: str, version: int) -> Slot:
+        """Load and start a version the registry or a deployment now names. One that failed to load is tried
+        again only after LOAD_RETRY_S, not on every poll (each try downloads and verifies every byte)."""
+        retry_at = self._load_failed.get((name, version))
+        if retry_at is not None and time.monotonic() < retry_at:
+            raise _NotYet(f"{name}@{version} failed to load; it is tried again in {LOAD_RETRY_S:g} s")
+        try:
+            slot = await asyncio.to_thread(self._load, f"{name}@{version}")
+        except Exception:
+            self._load_failed[(name, version)] = time.monotonic() + LOAD_RETRY_S
+            raise
+        self._load_failed.pop((name, version), None)
+        slot.batcher.start()
+        return slot
+
     def _load(self, spec: str) -> Slot:
         from modelyard.registry import load
 
@@ -186,7 +245,10 @@ class Server:
             slot.batcher.start()
             self.routes[name] = route
             self.metrics.set_model(route)
-            await self._follow_deployment(route)
+            try:  # a candidate that cannot load must not keep the stable version (and scale-out) down
+                await self._follow_deployment(route)
+            except Exception as exc:
+                log.warning("serving %s: no candidate for now: %s", name, exc)
         self.ready = True
         loop = asyncio.get_running_loop()
         self._watcher = loop.create_task(self._watch(), name="yard-watch")
@@ -232,14 +294,17 @@ class Server:
         while True:
             await asyncio.sleep(self.config.alias_poll_s)
             for route in list(self.routes.values()):
-                try:
-                    await self._record_rollback(route)
-                    await self._follow_alias(route)
-                    await self._follow_deployment(route)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the registry is unreachable: keep serving what is loaded
-                    log.warning("serving %s: could not follow the registry: %s", route.name, exc)
+                # Each on its own: an alias that cannot load must not keep a deployment change (a switch-off)
+                # from being applied, nor the reverse.
+                for step in (self._record_rollback, self._follow_alias, self._follow_deployment):
+                    try:
+                        await step(route)
+                    except asyncio.CancelledError:
+                        raise
+                    except _NotYet:  # said when it failed
+                        pass
+                    except Exception as exc:  # the registry is unreachable: keep serving what is loaded
+                        log.warning("serving %s: could not follow the registry: %s", route.name, exc)
 
     async def _follow_alias(self, route: Route) -> None:
         if route.follow is None:
@@ -249,9 +314,9 @@ class Server:
         info = await asyncio.to_thread(show, self.platform, self.ctx, f"{route.name}@{route.follow}")
         if info.version == route.stable.version:
             return
-        log.info("serving %s: %s moved to %s; loading it", route.name, route.follow, info.version)
-        new = await asyncio.to_thread(self._load, info.spec)
-        new.batcher.start()
+        if (route.name, info.version) not in self._load_failed:
+            log.info("serving %s: %s moved to %s; loading it", route.name, route.follow, info.version)
+        new = await self._load_version(route.name, info.version)
         old, route.stable = route.stable, new  # new requests go to the new version from here on
         self.metrics.set_model(route)
         await old.close()  # in-flight requests on the old version finish first
@@ -269,9 +334,7 @@ class Server:
             route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
         else:
             if old is None or old.version != dep.candidate:
-                new = await asyncio.to_thread(self._load, f"{route.name}@{dep.candidate}")
-                new.batcher.start()
-                route.candidate = new
+                route.candidate = await self._load_version(route.name, dep.candidate)
             key = dep.candidate_generation if dep.candidate_generation is not None else dep.generation
             if route.window is None or route.window.key != key:  # a weight or mode change keeps the window
                 route.window = SloWindow(self.config.canary, key)
@@ -368,44 +431,76 @@ class Server:
         return route
 
     # -- predict ---------------------------------------------------------------------------------------------
-    async def _submit(self, slot: Slot, inputs: list[str], params: Params) -> list[str]:
-        return await asyncio.wait_for(slot.batcher.submit(inputs, params), self.config.limits.timeout_s)
+    async def _submit(self, slot: Slot, inputs: list[str], params: Params, deadline: float) -> list[str]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(slot.batcher.submit(inputs, params), remaining)
+
+    def _charge(self, route: Route, slot: Slot, window: SloWindow | None, ok: bool, ms: float) -> None:
+        """One outcome of the candidate ``slot`` in its SLO window."""
+        if window is not None:
+            window.add(ok, ms)
+        if not ok:
+            self.metrics.candidate_errors.labels(route.name, str(slot.version)).inc()
 
     async def predict(
         self, route: Route, inputs: list[str], params: Params, key: str | None
     ) -> tuple[Slot, list[str]]:
+        """The answer of the candidate (where the split sends ``key`` there) or of the stable version, within
+        one deadline of ``limits.timeout_s`` for the whole request. A candidate that fails is charged for it
+        only once the stable version has answered the same inputs: input that every version fails on is the
+        client's fault, and must not let any client roll a canary back."""
+        deadline = time.monotonic() + self.config.limits.timeout_s
+        stable_ok: asyncio.Future[bool] | None = None
         if route.candidate is not None and route.mode == "shadow":
-            self._spawn(self._shadow(route, route.candidate, inputs, params))
+            stable_ok = asyncio.get_running_loop().create_future()
+            self._spawn(self._shadow(route, route.candidate, inputs, params, stable_ok))
+        failed: tuple[Slot, SloWindow, float, Exception] | None = None
         if route.to_candidate(key):
             cand, window = route.candidate, route.window
             assert cand is not None and window is not None
             t0 = time.perf_counter()
             try:
-                out = await self._submit(cand, inputs, params)
+                out = await self._submit(cand, inputs, params, deadline)
             except (Draining, QueueFull):
                 pass  # being replaced or full: the stable version answers, nothing is counted against it
-            except Exception as exc:
-                window.add(False, (time.perf_counter() - t0) * 1000)
-                self.metrics.candidate_errors.labels(route.name, str(cand.version)).inc()
-                log.info(
-                    "serving %s: candidate %s failed (%s); stable answers",
-                    route.name,
-                    cand.version,
-                    type(exc).__name__,
-                )
+            except TimeoutError:  # slow is the candidate's own fault, and the request's time is spent
+                self._charge(route, cand, window, False, (time.perf_counter() - t0) * 1000)
                 await self._check_slo(route, window, latency=False)
+                raise
+            except Exception as exc:
+                failed = (cand, window, (time.perf_counter() - t0) * 1000, exc)
             else:
-                window.add(True, (time.perf_counter() - t0) * 1000)
+                self._charge(route, cand, window, True, (time.perf_counter() - t0) * 1000)
                 await self._check_slo(route, window, latency=False)
                 return cand, out
-        for attempt in range(2):
-            slot = route.stable
-            try:
-                return slot, await self._submit(slot, inputs, params)
-            except Draining:  # swapped between routing and submitting: the new version answers
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        answered = False
+        try:
+            for attempt in range(2):
+                slot = route.stable
+                try:
+                    out = await self._submit(slot, inputs, params, deadline)
+                except Draining:  # swapped between routing and submitting: the new version answers
+                    if attempt:
+                        raise
+                    continue
+                answered = True
+                break
+        finally:
+            if stable_ok is not None:
+                stable_ok.set_result(answered)
+        if failed is not None:
+            cand, window, ms, why = failed
+            log.info(
+                "serving %s: candidate %s failed (%s); stable answered",
+                route.name,
+                cand.version,
+                type(why).__name__,
+            )
+            self._charge(route, cand, window, False, ms)
+            await self._check_slo(route, window, latency=False)
+        return slot, out
 
     async def _share(self) -> None:
         """Every ``canary.share_s``: pool this server's candidate outcomes with the other workers' and
@@ -432,21 +527,28 @@ class Server:
         if reason is not None and route.window is window:
             await self._rollback(route, reason)
 
-    async def _shadow(self, route: Route, slot: Slot, inputs: list[str], params: Params) -> None:
+    async def _shadow(
+        self, route: Route, slot: Slot, inputs: list[str], params: Params, stable_ok: asyncio.Future[bool]
+    ) -> None:
+        """The candidate answers a copy of the request, never the client; it is charged for a failure only
+        where the stable version answered the same inputs."""
         t0 = time.perf_counter()
         window = route.window
         try:
-            outputs = await self._submit(slot, inputs, params)
+            deadline = time.monotonic() + self.config.limits.timeout_s
+            outputs = await self._submit(slot, inputs, params, deadline)
         except (Draining, QueueFull):
             return
+        except TimeoutError:
+            self._charge(route, slot, window, False, (time.perf_counter() - t0) * 1000)
+            return
         except Exception:
-            if window is not None:
-                window.add(False, (time.perf_counter() - t0) * 1000)
-            self.metrics.candidate_errors.labels(route.name, str(slot.version)).inc()
+            ms = (time.perf_counter() - t0) * 1000
+            if await stable_ok:
+                self._charge(route, slot, window, False, ms)
             return
         ms = (time.perf_counter() - t0) * 1000
-        if window is not None:
-            window.add(True, ms)
+        self._charge(route, slot, window, True, ms)
         if random.random() < self.config.logging.sample:
             self.predlog.add(new_request_id(), route.name, slot.version, "shadow", inputs, outputs, ms)
 
@@ -476,36 +578,45 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
 
     app = FastAPI(title="modelyard serving", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 
+    async def read_body(request: Request) -> Any:
+        return await read_json(request, config.limits.max_body_bytes, config.limits.read_timeout_s)
+
     def srv() -> Server:
         server = server_box.get("server")
         if server is None:
             raise ApiError(503, "unavailable", "the server is starting")
         return server
 
+    def answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        """Every error answer, counted by its code (a closed set: never a label from the request)."""
+        server = server_box.get("server")
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.metrics.errors.labels(code).inc()
+        return _error(status, code, message, headers)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        with contextlib.suppress(Exception):
-            srv().metrics.errors.labels(exc.code).inc()
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return answer(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(YardError)
     async def _yard_error(request: Request, exc: YardError) -> JSONResponse:
         status = exc.http_status if exc.http_status < 500 else 503
-        return _error(status, exc.code, exc.message)
+        return answer(status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "validation_error", "; ".join(str(e.get("msg")) for e in exc.errors())[:1000])
+        return answer(422, "validation_error", "; ".join(str(e.get("msg")) for e in exc.errors())[:1000])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return answer(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return _error(500, "internal_error", f"unexpected {type(exc).__name__}")
+        return answer(500, "internal_error", f"unexpected {type(exc).__name__}")
 
     predict_schema = {
         "content": {
@@ -540,9 +651,9 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
     async def predict(name: str, request: Request) -> JSONResponse:
         server = srv()
         t0 = time.perf_counter()
+        await server.authenticate(request, name)  # first: without a token, no answer says what is served
         route = server.route(name)
-        await server.authenticate(request, name)
-        inputs, params, key = parse_predict(await read_json(request, config.limits.max_body_bytes), config)
+        inputs, params, key = parse_predict(await read_body(request), config)
         rid = new_request_id()
         try:
             slot, outputs = await server.predict(route, inputs, params, key)
@@ -571,9 +682,9 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         from modelyard.serving._predlog import record_feedback
 
         server = srv()
-        server.route(name)
         ctx = await server.authenticate(request, name)
-        data = await read_json(request, config.limits.max_body_bytes)
+        server.route(name)
+        data = await read_body(request)
         if not isinstance(data, dict) or not {"request_id", "target"} <= set(data) <= {
             "request_id",
             "index",
@@ -625,7 +736,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         server = server_box.get("server")
         if server is None or not server.ready:
             return _error(503, "unavailable", "models are loading")
-        return JSONResponse({"status": "ready", "models": [r.describe() for r in server.routes.values()]})
+        return JSONResponse({"status": "ready"})  # what is served is for GET /v1/models, with a token
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -12,6 +12,8 @@ coming (benchmarks/serving.py: a 5 ms wait halved the throughput of one client a
   batch key). An FP32 model answers a batched input exactly as it would answer it alone (tested); an INT8
   model with dynamic quantisation scales activations over the whole batch, so a few answers differ with
   their batch companions (benchmarks/serving.py: 79% identical at batch 16 on the tiny model).
+* A batch that fails is run again one request at a time, so that an input the model fails on fails only
+  its own request, never the requests batched with it.
 * A request that times out or whose client went away cancels its waiting inputs; inputs already running
   finish and their results are dropped. ``drain()`` stops intake and waits for queued work, so swapping a
   model (blue-green) drops nothing in flight.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -47,6 +50,7 @@ class _Item:
     text: str
     params: Hashable  # generation parameters: the batch key
     future: asyncio.Future[str]
+    request: int  # which submit() it came from
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -72,6 +76,7 @@ class Batcher:
         self._running = 0  # inputs in the batch being run
         self._seconds_per_input = 0.01  # running estimate, for Retry-After
         self.largest_batch = 0
+        self._requests = itertools.count()
 
     @property
     def depth(self) -> int:
@@ -90,7 +95,8 @@ class Batcher:
         if self.depth + len(texts) > self.max_queue:
             raise QueueFull(max(1.0, self.depth * self._seconds_per_input))
         loop = asyncio.get_running_loop()
-        items = [_Item(t, params, loop.create_future()) for t in texts]
+        request = next(self._requests)
+        items = [_Item(t, params, loop.create_future(), request) for t in texts]
         self._queue.extend(items)
         self._arrived.set()
         try:
@@ -152,23 +158,43 @@ class Batcher:
                 continue
             self._running = len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
-            t0 = time.perf_counter()
             try:
-                texts = [i.text for i in batch]
-                outputs = await loop.run_in_executor(self._executor, self._run, texts, batch[0].params)
-                if len(outputs) != len(batch):
-                    raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} inputs")
-            except Exception as exc:
-                for i in batch:
-                    if not i.future.done():
-                        i.future.set_exception(exc)
-            else:
-                for i, out in zip(batch, outputs, strict=True):
-                    if not i.future.done():
-                        i.future.set_result(out)
+                failure = await self._run_batch(loop, batch)
+                if failure is not None and len({i.request for i in batch}) > 1:
+                    # Whose input failed it? Each request alone: only that one fails.
+                    for request in dict.fromkeys(i.request for i in batch):
+                        own = [i for i in batch if i.request == request and not i.future.done()]
+                        if own:
+                            self._answer(own, await self._run_batch(loop, own))
+                else:
+                    self._answer(batch, failure)
             finally:
-                seconds = time.perf_counter() - t0
                 self._running = 0
-                self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * seconds / len(batch)
-                if self._on_batch is not None:
-                    self._on_batch(len(batch), seconds)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> Exception | None:
+        """Run ``batch`` on the model; answer each item on success, else return what the model raised."""
+        t0 = time.perf_counter()
+        try:
+            texts = [i.text for i in batch]
+            outputs = await loop.run_in_executor(self._executor, self._run, texts, batch[0].params)
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(batch)} inputs")
+        except Exception as exc:
+            return exc
+        else:
+            for i, out in zip(batch, outputs, strict=True):
+                if not i.future.done():
+                    i.future.set_result(out)
+            return None
+        finally:
+            seconds = time.perf_counter() - t0
+            self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * seconds / len(batch)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), seconds)
+
+    @staticmethod
+    def _answer(batch: list[_Item], failure: Exception | None) -> None:
+        if failure is not None:
+            for i in batch:
+                if not i.future.done():
+                    i.future.set_exception(failure)

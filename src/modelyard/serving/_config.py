@@ -6,7 +6,8 @@ host: 127.0.0.1
 port: 8000
 auth: true                           # false only on 127.0.0.1 / ::1 / localhost
 batching: {max_batch_size: 16, max_wait_ms: 0, max_queue: 1024}   # 0: start as soon as the model is free
-limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30}
+limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30,
+         read_timeout_s: 30, max_connections: 2048}
 canary: {max_error_rate: 0.05, max_p95_ms: 2000, window_s: 60, min_requests: 20}
 logging: {sample: 1.0}               # share of predictions stored (PII redacted) for drift and feedback
 ```
@@ -51,6 +52,10 @@ class Limits(_Section):
     # on a connection in the instant the server closes it, and that request fails (uvicorn's default is 5 s,
     # the same as httpx's, and lost about one request in 2,000 under 200 clients).
     keep_alive_s: Annotated[int, Field(ge=1, le=3600)] = 75
+    # A body must arrive within this (408): a client that trickles one, or never sends it, holds a connection.
+    read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Connections (and requests) a server process holds at once; past it, new ones are answered 503 at once.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
 
 
 class Canary(_Section):
@@ -91,6 +96,8 @@ class ServeConfig(_Section):
             raise ValueError(
                 f"auth can be off only on a loopback address (127.0.0.1, ::1, localhost), not {self.host!r}"
             )
+        if self.batching.max_queue < self.limits.max_inputs:  # a request that large would be 429 for ever
+            raise ValueError("batching.max_queue must be at least limits.max_inputs")
         if self.limits.default_new_tokens > self.limits.max_new_tokens:
             raise ValueError("limits.default_new_tokens must not exceed limits.max_new_tokens")
         from modelyard.registry._versions import parse_spec

@@ -1,0 +1,83 @@
+"""The batcher alone, over a plain function standing in for a model: who gets which answer, and what a
+failing input costs the requests batched with it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from modelyard.serving._batcher import Batcher
+
+
+class Model:
+    """Upper-cases its inputs; fails a whole run on any input holding "boom" (as a tokenizer error does)."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[str]] = []
+        self.gate = threading.Event()
+
+    def __call__(self, texts: list[str], params: Any) -> list[str]:
+        self.gate.wait(10)  # held until every request is queued, so that they share one batch
+        self.runs.append(list(texts))
+        if any("boom" in t for t in texts):
+            raise ValueError("token id out of range")
+        return [t.upper() for t in texts]
+
+
+async def _submit_all(model: Model, requests: list[list[str]]) -> list[Any]:
+    with ThreadPoolExecutor(1) as pool:
+        batcher = Batcher(model, executor=pool, max_batch_size=16, max_wait_ms=200)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(texts, None)) for texts in requests]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.drain()
+        return results
+
+
+def test_each_request_gets_its_own_answers_from_one_batch() -> None:
+    model = Model()
+    requests = [["a", "b"], ["c"], ["d", "e", "f"]]
+    results = asyncio.run(_submit_all(model, requests))
+    assert results == [["A", "B"], ["C"], ["D", "E", "F"]]
+    assert model.runs == [["a", "b", "c", "d", "e", "f"]]  # one batch
+
+
+def test_an_input_the_model_fails_on_fails_only_its_own_request() -> None:
+    model = Model()
+    results = asyncio.run(_submit_all(model, [["a"], ["b", "boom"], ["c", "d"]]))
+    assert results[0] == ["A"] and results[2] == ["C", "D"]
+    assert isinstance(results[1], ValueError) and "out of range" in str(results[1])
+    # The batch failed, then each request ran alone: three requests, three more runs.
+    assert model.runs == [["a", "b", "boom", "c", "d"], ["a"], ["b", "boom"], ["c", "d"]]
+
+
+def test_a_failing_batch_of_one_request_is_not_run_again() -> None:
+    model = Model()
+    (result,) = asyncio.run(_submit_all(model, [["a", "boom"]]))
+    assert isinstance(result, ValueError)
+    assert model.runs == [["a", "boom"]]
+
+
+def test_a_model_that_returns_too_few_outputs_fails_its_requests_clearly() -> None:
+    def short(texts: list[str], params: Any) -> list[str]:
+        return texts[:-1]
+
+    async def run() -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(short, executor=pool, max_batch_size=4)
+            batcher.start()
+            return list(await asyncio.gather(batcher.submit(["a", "b"], None), return_exceptions=True))
+
+    (result,) = asyncio.run(run())
+    assert isinstance(result, RuntimeError) and "1 outputs for 2 inputs" in str(result)
+
+
+def test_bad_settings_are_refused() -> None:
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="max_queue"):
+        Batcher(lambda t, p: t, executor=pool, max_batch_size=8, max_queue=4)
