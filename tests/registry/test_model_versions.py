@@ -80,6 +80,11 @@ def test_register_from_a_run_records_lineage_and_protects_its_data(
 
     with pytest.raises(UsageError, match="model:from-run@1"):
         remove(trained_platform, ctx, "norm@1")
+    # A unique prefix of the run id does too, as `yard runs ls` shows them.
+    again = registry.register(trained_platform, ctx, trained.run_id[:8], "from-run")
+    assert (again.version, again.run_id) == (2, trained.run_id)
+    with pytest.raises(NotFoundError, match="run 000000"):
+        registry.register(trained_platform, ctx, "000000", "from-run")
 
 
 def test_register_a_directory_then_verify_and_load_it(

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "modelyard.model-version/1"
 _SPEC_RE = re.compile(r"^(?P<name>[^@]+)(?:@(?P<ref>[^@]+))?$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{6,32}$")  # a run id, or a unique prefix of it (as `yard runs ls` shows)
 _VARIANT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 LATEST = "latest"
 
@@ -230,8 +230,9 @@ class _Source:
 def _run_source(platform: Platform, ctx: Context, run_id: str, work: Path) -> _Source:
     """A finished run's ``model/`` artifacts, eval report and recipe, with its dataset inputs and code."""
     from modelyard.tracking._lineage import run_ref
-    from modelyard.tracking._store import download_artifacts, get_run, list_run_artifacts
+    from modelyard.tracking._store import download_artifacts, get_run, list_run_artifacts, resolve_run_id
 
+    run_id = resolve_run_id(platform, ctx, run_id)
     run = get_run(platform, ctx, run_id)
     if run.status != "FINISHED":
         raise UsageError(f"run {run_id} is {run.status}; only a FINISHED run's model can be registered")
