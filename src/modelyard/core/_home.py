@@ -81,10 +81,14 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     return report
 
 
+# Query parameters of a store URL that carry a secret (libpq's password and sslpassword, and the like).
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "passwd", "pass", "secret", "token", "key"})
+
+
 def _remember_stores(settings: Settings, report: InitReport) -> None:
     """Where the stores are, when the environment (or the caller) said so, goes into config.yaml: the next
     command finds them without it. A URL holding a password is not written (secrets stay out of files)."""
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qsl, urlsplit
 
     keep: dict[str, Any] = {}
     for name in ("database_url", "artifact_uri", "s3_endpoint_url"):
@@ -92,9 +96,12 @@ def _remember_stores(settings: Settings, report: InitReport) -> None:
         if value is None:
             continue
         try:
-            secret = urlsplit(value).password
-        except ValueError:
-            secret = None
+            parts = urlsplit(value)
+            secret = bool(parts.password) or any(
+                k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(parts.query, keep_blank_values=True)
+            )
+        except ValueError:  # not a URL we can read: it may hold anything
+            secret = True
         if secret:
             report.notes.append(
                 f"{name} holds a password, so it is not saved in {CONFIG_FILE}: set YARD_{name.upper()} for "
