@@ -461,7 +461,7 @@ def test_click_usage_errors_point_at_help(yard: Yard) -> None:
         (["artifacts", "get", "c" * 64, "-o", "x"], "not found"),
         (["users", "set-role", "nobody", "viewer"], "does not exist"),
         (["tokens", "revoke", "000000000000"], "not found"),
-        (["--project", "elsewhere", "whoami"], "not a member"),
+        (["--project", "elsewhere", "whoami"], "project 'elsewhere' does not exist"),
     ],
 )
 def test_failures_exit_1_with_one_line(yard: Yard, ready: Path, args: list[str], expected: str) -> None:

@@ -185,6 +185,11 @@ class Platform:
                         f"OS user {name!r} has no account in this home; run `yard init` as the owner, "
                         f"or ask an admin to run `yard users add {name} --role viewer`"
                     )
+                if s.execute(select(Project.id).where(Project.name == project_name)).first() is None:
+                    raise NotFoundError(
+                        f"project {project_name!r} does not exist in this home; `yard projects create "
+                        f"{project_name}` makes it, or choose another with YARD_PROJECT"
+                    )
                 raise PermissionDeniedError(
                     f"user {name!r} is not a member of project {project_name!r}; "
                     "ask an admin of that project to add you, or choose another with YARD_PROJECT"
