@@ -185,6 +185,10 @@ def write_home_config(settings: Settings, values: dict[str, Any]) -> Path:
         return path  # already so: the file is left as it is
     current.update(wanted)
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(current, sort_keys=True), encoding="utf-8")
+    # Owner-only, like the rest of the home (a home that existed before init may be less private).
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(yaml.safe_dump(current, sort_keys=True))
+    os.chmod(tmp, 0o600)  # O_CREAT's mode applies only to a new file
     os.replace(tmp, path)
     return path

@@ -217,6 +217,18 @@ def test_init_remembers_stores_given_by_the_environment_but_not_a_password(
         r = yard("init", env=secret)
         assert "holds a password" in r.out and "s3cret" not in r.out + r.err
         assert "s3cret" not in (home / "config.yaml").read_text()
+    assert stat.S_IMODE((home / "config.yaml").stat().st_mode) == 0o600
+    # A database password with a '/' in it (SQLAlchemy reads it whole, urlsplit would not see it).
+    from modelyard.config import load_settings
+    from modelyard.core._home import InitReport, _remember_stores
+
+    for url in (
+        "postgresql+psycopg://yard:s3cr/et@db:5432/yard",
+        "postgresql://yard@db/yard?password=s3cret",
+    ):
+        report = InitReport(str(home), "local")
+        _remember_stores(load_settings(home=home, database_url=url), report)
+        assert report.notes and "s3cr" not in (home / "config.yaml").read_text()
     assert f"sqlite:///{db}" in (home / "config.yaml").read_text()
 
 

@@ -53,8 +53,39 @@ def test_an_input_the_model_fails_on_fails_only_its_own_request() -> None:
     results = asyncio.run(_submit_all(model, [["a"], ["b", "boom"], ["c", "d"]]))
     assert results[0] == ["A"] and results[2] == ["C", "D"]
     assert isinstance(results[1], ValueError) and "out of range" in str(results[1])
-    # The batch failed, then each request ran alone: three requests, three more runs.
-    assert model.runs == [["a", "b", "boom", "c", "d"], ["a"], ["b", "boom"], ["c", "d"]]
+    # The batch failed, then halves of its requests ran until the failure was narrowed to one request.
+    assert model.runs == [
+        ["a", "b", "boom", "c", "d"],
+        ["a"],
+        ["b", "boom", "c", "d"],
+        ["b", "boom"],
+        ["c", "d"],
+    ]
+
+
+def test_one_bad_request_among_many_costs_a_few_runs_not_one_per_request() -> None:
+    model = Model()
+    sizes: list[int] = []
+    requests = [[f"r{i}"] for i in range(16)]
+    requests[11] = ["boom"]
+
+    def report(n: int, seconds: float) -> None:
+        sizes.append(n)
+
+    async def run() -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(model, executor=pool, max_batch_size=16, max_wait_ms=200, on_batch=report)
+            batcher.start()
+            tasks = [asyncio.create_task(batcher.submit(texts, None)) for texts in requests]
+            await asyncio.sleep(0.05)
+            model.gate.set()
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    results = asyncio.run(run())
+    assert [isinstance(r, ValueError) for r in results] == [i == 11 for i in range(16)]
+    assert all(results[i] == [f"R{i}"] for i in range(16) if i != 11)
+    assert len(model.runs) == 1 + 2 * 4  # the batch, then two halves per level of a 16-way bisection
+    assert sizes == [16]  # the narrowing runs are not reported as traffic batches
 
 
 def test_a_failing_batch_of_one_request_is_not_run_again() -> None:

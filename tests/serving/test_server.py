@@ -146,6 +146,14 @@ BAD: list[tuple[str, dict[str, Any], int]] = [
         {"content": b'{"inputs": ["x \\ud800"]}', "headers": {"content-type": "application/json"}},
         400,
     ),
+    (  # JSON over HTTP is UTF-8; json.loads would read this (and its lone surrogate) as UTF-16
+        "UTF-16",
+        {
+            "content": '{"inputs": ["x \\ud800"]}'.encode("utf-16"),
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+    ),
     (
         "a lone surrogate in a key",
         {"content": b'{"inputs": ["x"], "\\udfff": 1}', "headers": {"content-type": "application/json"}},

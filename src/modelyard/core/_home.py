@@ -96,11 +96,18 @@ def _remember_stores(settings: Settings, report: InitReport) -> None:
         if value is None:
             continue
         try:
-            parts = urlsplit(value)
-            secret = bool(parts.password) or any(
-                k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(parts.query, keep_blank_values=True)
-            )
-        except ValueError:  # not a URL we can read: it may hold anything
+            if name == "database_url":  # read as SQLAlchemy reads it (a password may hold '/', '?' or '#')
+                from sqlalchemy.engine import make_url
+
+                url = make_url(value)
+                keys: list[str] = list(url.query)
+                secret = bool(url.password)
+            else:
+                parts = urlsplit(value)
+                keys = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+                secret = bool(parts.password)
+            secret = secret or any(k.lower() in _SECRET_PARAMS for k in keys)
+        except Exception:  # not a URL we can read: it may hold anything
             secret = True
         if secret:
             report.notes.append(

@@ -57,7 +57,7 @@ FEEDBACK_GRACE_S = 2.0  # several workers or replicas: how long past flush_s fee
 _KEYS = frozenset({"inputs", "parameters", "key"})
 # A \uD800-\uDFFF escape: JSON decodes a lone one into a string that is not text (it cannot be encoded),
 # which a tokenizer or a database then fails on. Only bodies holding one are searched for them.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class _NotYet(Exception):
@@ -120,7 +120,11 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
         await asyncio.wait_for(read(), timeout_s)
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s") from None
-    body = b"".join(chunks)
+    try:  # JSON over HTTP is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and UTF-32
+        body = b"".join(chunks).decode("utf-8").removeprefix("\ufeff")  # a BOM may be ignored (RFC 8259)
+    except UnicodeDecodeError as exc:
+        why = f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
+        raise ApiError(400, "malformed_json", why) from None
     try:
         data = json.loads(body)
     except RecursionError:

@@ -12,8 +12,8 @@ coming (benchmarks/serving.py: a 5 ms wait halved the throughput of one client a
   batch key). An FP32 model answers a batched input exactly as it would answer it alone (tested); an INT8
   model with dynamic quantisation scales activations over the whole batch, so a few answers differ with
   their batch companions (benchmarks/serving.py: 79% identical at batch 16 on the tiny model).
-* A batch that fails is run again one request at a time, so that an input the model fails on fails only
-  its own request, never the requests batched with it.
+* A batch that fails is run again in halves of its requests until the failure is narrowed to single
+  requests, so that an input the model fails on fails only its own request, never those batched with it.
 * A request that times out or whose client went away cancels its waiting inputs; inputs already running
   finish and their results are dropped. ``drain()`` stops intake and waits for queued work, so swapping a
   model (blue-green) drops nothing in flight.
@@ -159,20 +159,33 @@ class Batcher:
             self._running = len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
             try:
-                failure = await self._run_batch(loop, batch)
-                if failure is not None and len({i.request for i in batch}) > 1:
-                    # Whose input failed it? Each request alone: only that one fails.
-                    for request in dict.fromkeys(i.request for i in batch):
-                        own = [i for i in batch if i.request == request and not i.future.done()]
-                        if own:
-                            self._answer(own, await self._run_batch(loop, own))
-                else:
-                    self._answer(batch, failure)
+                await self._isolate(loop, batch, await self._run_batch(loop, batch))
             finally:
                 self._running = 0
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> Exception | None:
-        """Run ``batch`` on the model; answer each item on success, else return what the model raised."""
+    async def _isolate(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item], failure: Exception | None
+    ) -> None:
+        """After ``batch`` failed: whose input failed it? Halves of its requests run again, each as one batch,
+        until the failure is narrowed to single requests: only those fail (one bad request among K costs about
+        2 log2 K runs, not K)."""
+        if failure is None:
+            return
+        requests = list(dict.fromkeys(i.request for i in batch))
+        if len(requests) == 1:
+            self._answer(batch, failure)
+            return
+        for half in (requests[: len(requests) // 2], requests[len(requests) // 2 :]):
+            wanted = set(half)
+            part = [i for i in batch if i.request in wanted and not i.future.done()]
+            if part:
+                await self._isolate(loop, part, await self._run_batch(loop, part, retry=True))
+
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item], *, retry: bool = False
+    ) -> Exception | None:
+        """Run ``batch`` on the model; answer each item on success, else return what the model raised.
+        A retry is not reported as a batch (the histogram shows what traffic formed, not the narrowing)."""
         t0 = time.perf_counter()
         try:
             texts = [i.text for i in batch]
@@ -189,7 +202,7 @@ class Batcher:
         finally:
             seconds = time.perf_counter() - t0
             self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * seconds / len(batch)
-            if self._on_batch is not None:
+            if self._on_batch is not None and not retry:
                 self._on_batch(len(batch), seconds)
 
     @staticmethod

@@ -7,7 +7,7 @@ port: 8000
 auth: true                           # false only on 127.0.0.1 / ::1 / localhost
 batching: {max_batch_size: 16, max_wait_ms: 0, max_queue: 1024}   # 0: start as soon as the model is free
 limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30,
-         read_timeout_s: 30, max_connections: 2048}
+         read_timeout_s: 30, max_connections: null}
 canary: {max_error_rate: 0.05, max_p95_ms: 2000, window_s: 60, min_requests: 20}
 logging: {sample: 1.0}               # share of predictions stored (PII redacted) for drift and feedback
 ```
@@ -54,8 +54,9 @@ class Limits(_Section):
     keep_alive_s: Annotated[int, Field(ge=1, le=3600)] = 75
     # A body must arrive within this (408): a client that trickles one, or never sends it, holds a connection.
     read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    # Connections (and requests) a server process holds at once; past it, new ones are answered 503 at once.
-    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    # Connections (and requests) a server process holds at once; past it, new ones are answered 503 at once,
+    # /healthz included (uvicorn's limit_concurrency): with it set, probe liveness by TCP. Default: no limit.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class Canary(_Section):

@@ -772,6 +772,8 @@ class _Lines(_NoBar):
     of a bar, which Rich would not draw there: the log shows the training going on."""
 
     def report(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        if sys.stderr is None:
+            return
         print(
             f"training: step {step}/{total}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
             f"{metrics['samples_per_s']:.1f} samples/s",
@@ -811,7 +813,10 @@ class _Bar(_NoBar):
 def _progress(show: bool, total: int, done: int) -> _NoBar:
     if not show:
         return _NoBar()
-    return _Bar(total, done) if sys.stderr.isatty() else _Lines()
+    from rich.console import Console
+
+    err = Console(stderr=True)  # Rich knows terminals and notebooks (and a stderr that is None or closed)
+    return _Bar(total, done) if err.is_terminal or err.is_jupyter else _Lines()
 
 
 def _finish(
