@@ -258,7 +258,7 @@ def collect_garbage(
     now = _store_now(platform)
     packs: dict[str, int] = {}  # the packs older than min_age, gathered by the orphans' listing
     orphans, orphan_bytes, failed = _sweep_orphans(
-        platform, ctx, max(min_age, orphan_min_age), dry_run, now=now, packs=(packs, now - min_age)
+        platform, ctx, max(min_age, orphan_min_age), dry_run, now=now, packs=packs, packs_before=now - min_age
     )
     repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), packs, dry_run)
     # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
@@ -348,10 +348,11 @@ def _sweep_orphans(
     dry_run: bool,
     *,
     now: datetime,
-    packs: tuple[dict[str, int], datetime],
+    packs: dict[str, int],
+    packs_before: datetime,
 ) -> tuple[int, int, int]:
     """Objects no row names, older than ``min_age`` at ``now`` (the store's clock): (deleted, their bytes,
-    failed deletes). The same listing fills ``packs``' dict with every pack modified before its cutoff, and
+    failed deletes). The same listing fills ``packs`` with every pack modified before ``packs_before``, and
     its size, for :func:`_repack`: one listing of the backend per collection, not two.
 
     A writer publishes its objects, then claims them in one transaction: until then they are orphans too,
@@ -376,8 +377,8 @@ def _sweep_orphans(
         for item in platform.artifacts.backend.list_stat("objects/"):
             if not is_object_name(item.name):
                 continue
-            if item.modified < packs[1] and item.name.startswith("objects/pk/"):
-                packs[0][item.name] = item.size
+            if item.modified < packs_before and item.name.startswith("objects/pk/"):
+                packs[item.name] = item.size
             if item.modified < cutoff:
                 batch[item.name] = item.size
                 if len(batch) >= ROWS:

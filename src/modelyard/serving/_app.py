@@ -479,21 +479,14 @@ class Server:
                 self._charge(route, cand, window, True, (time.perf_counter() - t0) * 1000)
                 await self._check_slo(route, window, latency=False)
                 return cand, out
-        answered = False
         try:
-            for attempt in range(2):
-                slot = route.stable
-                try:
-                    out = await self._submit(slot, inputs, params, deadline)
-                except Draining:  # swapped between routing and submitting: the new version answers
-                    if attempt:
-                        raise
-                    continue
-                answered = True
-                break
-        finally:
+            slot, out = await self._stable(route, inputs, params, deadline)
+        except BaseException:
             if stable_ok is not None:
-                stable_ok.set_result(answered)
+                stable_ok.set_result(False)
+            raise
+        if stable_ok is not None:
+            stable_ok.set_result(True)
         if failed is not None:
             cand, window, ms, why = failed
             log.info(
@@ -505,6 +498,18 @@ class Server:
             self._charge(route, cand, window, False, ms)
             await self._check_slo(route, window, latency=False)
         return slot, out
+
+    async def _stable(
+        self, route: Route, inputs: list[str], params: Params, deadline: float
+    ) -> tuple[Slot, list[str]]:
+        for attempt in range(2):
+            slot = route.stable
+            try:
+                return slot, await self._submit(slot, inputs, params, deadline)
+            except Draining:  # swapped between routing and submitting: the new version answers
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _share(self) -> None:
         """Every ``canary.share_s``: pool this server's candidate outcomes with the other workers' and

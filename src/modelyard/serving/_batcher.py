@@ -173,7 +173,9 @@ class Batcher:
             return
         requests = list(dict.fromkeys(i.request for i in batch))
         if len(requests) == 1:
-            self._answer(batch, failure)
+            for i in batch:
+                if not i.future.done():
+                    i.future.set_exception(failure)
             return
         for half in (requests[: len(requests) // 2], requests[len(requests) // 2 :]):
             wanted = set(half)
@@ -204,10 +206,3 @@ class Batcher:
             self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * seconds / len(batch)
             if self._on_batch is not None and not retry:
                 self._on_batch(len(batch), seconds)
-
-    @staticmethod
-    def _answer(batch: list[_Item], failure: Exception | None) -> None:
-        if failure is not None:
-            for i in batch:
-                if not i.future.done():
-                    i.future.set_exception(failure)

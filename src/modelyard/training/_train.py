@@ -37,6 +37,8 @@ from modelyard.training import _dist
 from modelyard.training._data import Example
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from modelyard.tracking import Client, Run
     from modelyard.training._recipe import Recipe
 
@@ -785,8 +787,7 @@ class _Lines(_NoBar):
 class _Bar(_NoBar):
     """A Rich progress bar with ETA, on stderr."""
 
-    def __init__(self, total: int, done: int) -> None:
-        from rich.console import Console
+    def __init__(self, total: int, done: int, console: Console) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -794,7 +795,7 @@ class _Bar(_NoBar):
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
             transient=False,
         )
         self._task = self._progress.add_task("train", total=total, completed=done)
@@ -816,7 +817,7 @@ def _progress(show: bool, total: int, done: int) -> _NoBar:
     from rich.console import Console
 
     err = Console(stderr=True)  # Rich knows terminals and notebooks (and a stderr that is None or closed)
-    return _Bar(total, done) if err.is_terminal or err.is_jupyter else _Lines()
+    return _Bar(total, done, err) if err.is_terminal or err.is_jupyter else _Lines()
 
 
 def _finish(
