@@ -63,6 +63,31 @@ def test_valid_filters(client: Client, runs: list[str], filt: str, expected: set
     assert set(names(client, filt)) == expected
 
 
+def test_a_param_logged_as_a_number_matches_its_other_spellings(client: Client) -> None:
+    # Python stores 1e-4 as '0.0001' and 3 as '3': the README's filter spelling must still find them.
+    for name, params in [
+        ("f", {"lr": 1e-4, "epochs": 3}),
+        ("s", {"lr": "1e-4", "epochs": "3.0"}),
+        ("o", {"lr": 1e-3, "epochs": 4}),
+        ("t", {"lr": "fast", "epochs": "x"}),
+    ]:
+        with client.start_run("spell", name=name, params=params, capture=False):
+            pass
+
+    def found(filt: str) -> set[str]:
+        return {r.name for r in client.search_runs("spell", filter=filt)}
+
+    assert found("params.lr = '1e-4'") == {"f", "s"}
+    assert found("params.lr = '0.0001'") == {"f"}  # the text '1e-4' is not rewritten, only the literal
+    assert found("params.lr != '1e-4'") == {"o", "t"}
+    assert found("params.lr in ('1e-4', '1E-3')") == {"f", "s", "o"}
+    assert found("params.lr not in ('1e-4')") == {"o", "t"}
+    assert found("params.epochs = '3'") == {"f", "s"}
+    assert found("params.epochs = '3.0'") == {"f", "s"}
+    assert found("params.lr = 'fast'") == {"t"}
+    assert found("params.lr like '1e%'") == {"s"}  # patterns stay text
+
+
 def test_order_by_and_max_results(client: Client, runs: list[str]) -> None:
     assert names(client, order_by=["metrics.rougeL DESC"]) == ["r2", "r0", "r3", "r1"]
     assert names(client, order_by=["metrics.rougeL"]) == ["r1", "r3", "r0", "r2"]

@@ -13,6 +13,7 @@ ours is small enough to own, and owning it gives errors that name the position.)
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,14 +42,16 @@ _KINDS = {
     "attribute": "attributes",
     "attr": "attributes",
 }
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER = re.compile(_NUM)
 _TOKEN = re.compile(
-    r"""
+    rf"""
     (?P<ws>\s+)
-  | (?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
+  | (?P<num>{_NUM})
   | (?P<op><=|>=|!=|<>|==|=|<|>)
   | (?P<punct>[(),])
   | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.(?:`[^`]{1,250}`|[A-Za-z0-9_\-./]+))?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.(?:`[^`]{{1,250}}`|[A-Za-z0-9_\-./]+))?)
     """,
     re.X,
 )
@@ -261,12 +264,35 @@ class _Parser:
         bad = next((v for v in values if v.kind != "str"), None)
         if bad is not None:
             raise self.error(f"{fld.kind}.{fld.key} is a string: quote the value, e.g. '{bad.text}'", bad)
-        return _condition(fld, op, [_unquote(v.text) for v in values])
+        texts = [_unquote(v.text) for v in values]
+        if fld.kind == "params" and op in ("=", "!=", "in"):
+            # A param logged as a float is stored as Python writes it (1e-4 -> '0.0001'): a number
+            # literal also matches that spelling, so params.lr = '1e-4' finds lr=1e-4 either way.
+            spelled = list(dict.fromkeys(s for t in texts for s in _number_spellings(t)))
+            if len(spelled) > len(texts):
+                return _condition(fld, "not in" if op == "!=" else "in", spelled)
+        return _condition(fld, op, texts)
+
+
+def _number_spellings(text: str) -> list[str]:
+    """``text`` and, for a finite number, how Python's ``str`` writes it as a float (and as an int
+    where it is whole): '1e-4' -> ['1e-4', '0.0001'], '3' -> ['3', '3.0']."""
+    if not _NUMBER.fullmatch(text):
+        return [text]
+    x = float(text)
+    if not math.isfinite(x):
+        return [text]
+    forms = [text, str(x)]
+    if x.is_integer() and abs(x) < 2**53:
+        forms.append(str(int(x)))
+    return list(dict.fromkeys(forms))
 
 
 def _apply(col: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
     if op == "in":
         return col.in_(values)  # type: ignore[no-any-return]
+    if op == "not in":
+        return col.not_in(values)  # type: ignore[no-any-return]
     v = values[0]
     result: ColumnElement[bool] = {
         "=": lambda: col == v,
