@@ -154,6 +154,22 @@ def test_exit_codes_end_to_end(ready: Path) -> None:
 # -- init ----------------------------------------------------------------------------------------------------
 
 
+def test_a_piped_table_keeps_its_rows_whole(ready: Path) -> None:
+    # Rich cuts a table at 80 columns where stdout is not a terminal; a pipe into grep needs every cell.
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "audit", "ls"],
+        capture_output=True,
+        text=True,
+        env={**env, "NO_COLOR": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert re.search(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\b", done.stdout), done.stdout
+    assert max(map(len, done.stdout.splitlines())) > 80
+
+
 def test_init_creates_a_private_home(yard: Yard, home: Path) -> None:
     assert not home.exists()
     r = yard("init")

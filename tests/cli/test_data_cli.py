@@ -58,6 +58,21 @@ def test_add_ls_show_diff_checkout_rm(yard: Yard, tree: Path, tmp_path: Path) ->
     r = yard("data", "checkout", "ds@1", tmp_path / "out")
     assert r.code == 2 and "not empty" in r.error
 
+    # --files prints what sha256sum prints, so the checkout can be checked with the system's own tool
+    listing = yard("data", "show", "ds@1", "--files").out
+    assert [line.split("  ", 1)[1] for line in listing.splitlines()] == ["a.txt", "sub/b.bin", "t.csv"]
+    checked = subprocess.run(
+        ["sha256sum", "-c", "-"], input=listing, cwd=tmp_path / "out", capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 3, checked.stdout + checked.stderr
+    (tmp_path / "out" / "a.txt").write_text("tampered\n")
+    tampered = subprocess.run(
+        ["sha256sum", "-c", "-"], input=listing, cwd=tmp_path / "out", capture_output=True, text=True
+    )
+    assert tampered.returncode == 1 and "a.txt: FAILED" in tampered.stdout
+    members = yard("data", "show", "ds@2", "--files", "--json").json()
+    assert (members[0]["path"], members[0]["size"], len(members)) == ("a.txt", len("changed\n"), 3)
+
     assert yard("data", "rm", "ds@1").code == 0
     assert [v["version"] for v in yard("data", "ls", "ds", "--json").json()] == [2]
     audit = yard("audit", "ls", "--json").json()

@@ -27,7 +27,12 @@ def platform(trained: TrainedModel) -> Iterator[Platform]:
     p.close()
 
 
-def test_a_version_without_onnx_is_served_with_pytorch(platform: Platform) -> None:
+def test_a_version_without_onnx_is_served_with_pytorch(
+    platform: Platform, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import transformers
+
+    transformers.utils.logging.enable_progress_bar()  # as a process that never turned it off has it
     config = parse_config({"models": ["torch-served@1"], "auth": False})
     with TestClient(create_app(config, platform)) as client:
         models = client.get("/v1/models").json()["models"]
@@ -36,6 +41,8 @@ def test_a_version_without_onnx_is_served_with_pytorch(platform: Platform) -> No
             "/v1/models/torch-served:predict", json={"inputs": ["normalise date (de-DE): 02.03.2013"]}
         )
         assert r.status_code == 200 and isinstance(r.json()["outputs"][0], str)
+    assert "Loading weights" not in capfd.readouterr().err  # no progress bar in the server's log
+    assert transformers.utils.logging.is_progress_bar_enabled()  # and the caller's setting is kept
 
 
 def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(platform: Platform) -> None:

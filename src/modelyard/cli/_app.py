@@ -35,6 +35,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+_PIPED_WIDTH = 1000  # the widest a piped table grows before its cells wrap
 
 
 @dataclass
@@ -88,7 +89,13 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         t.add_column(col)
     for row in rows:
         t.add_row(*(Text("" if v is None else str(v)) for v in row))  # Text: no markup parsing
-    console.print(t)
+    out = console
+    if not console.is_terminal:  # piped or captured: Rich would cut every row at 80 columns
+        from rich.measure import Measurement
+
+        natural = Measurement.get(console, console.options.update(max_width=_PIPED_WIDTH), t).maximum
+        out = Console(width=max(console.width, natural))
+    out.print(t)
 
 
 def print_json(data: Any) -> None:

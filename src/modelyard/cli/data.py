@@ -124,11 +124,23 @@ def ls(
 def show(
     spec: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Dataset version (default: latest)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output (with the profile)."),
+    list_files: bool = typer.Option(
+        False, "--files", help="List the files instead, as `sha256sum` prints them (checkable with -c)."
+    ),
 ) -> None:
     """Files, size, message, author and the profile of each table of a version."""
+    from modelyard.data import files
     from modelyard.data import show as show_version
 
     with acting() as (platform, ctx):
+        if list_files:
+            members = files(platform, ctx, spec)
+            if json_out:
+                print_json([{"path": m.path, "size": m.size, "sha256": m.sha256} for m in members])
+            else:  # streamed: a 100k-file version prints as it is read
+                for m in members:
+                    typer.echo(f"{m.sha256}  {m.path}")
+            return
         info = show_version(platform, ctx, spec)
     if json_out:
         print_json(info.as_dict(profile=True))

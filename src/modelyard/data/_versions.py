@@ -711,6 +711,12 @@ def show(platform: Platform, ctx: Context, spec: str) -> VersionInfo:
     return resolve(platform, ctx, spec)
 
 
+def files(platform: Platform, ctx: Context, spec: str) -> Iterator[_manifest.Member]:
+    """The members of a version (path, size, SHA-256) in path order, streamed from its verified manifest."""
+    info = show(platform, ctx, spec)
+    return members(platform.artifacts, info.manifest_digest)
+
+
 def load_profile(platform: Platform, ctx: Context, spec: str) -> dict[str, Any]:
     """The profile of a version (format in modelyard.data._profile): the drift reference."""
     return show(platform, ctx, spec).profile

@@ -93,13 +93,22 @@ def load_dir(
         import torch
 
         torch.set_num_threads(threads)
-    if (root / "manifest.json").is_file():
-        model = load_model(root)  # a directory save_model wrote: its own manifest is checked too
-    else:  # e.g. a checkpoint from the hub; the registry verified every byte already
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(
-            str(root), use_safetensors=True, local_files_only=True, trust_remote_code=False
-        )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    # transformers draws a "Loading weights" bar on stderr: noise in a server's log once per worker and
+    # version, and in every caller of load(); it is put back as it was.
+    hf_logging: Any = transformers.utils.logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        if (root / "manifest.json").is_file():
+            model = load_model(root)  # a directory save_model wrote: its own manifest is checked too
+        else:  # e.g. a checkpoint from the hub; the registry verified every byte already
+            model = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+                str(root), use_safetensors=True, local_files_only=True, trust_remote_code=False
+            )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return LoadedModel(info, "torch", model.eval(), tokenizer)
 
 
