@@ -52,6 +52,9 @@ def test_register_list_show_verify_card_and_keys(
     assert r.code == 0, r.err
     assert "normalises dates" in (tmp_path / "card" / "card.md").read_text()
     assert (tmp_path / "card" / "card.html").read_text().startswith("<!doctype html>")
+    (tmp_path / "taken").write_text("x")
+    r = yard("models", "card", "t5@1", "-o", tmp_path / "taken")
+    assert r.code == 2 and "is a file; give a directory" in r.error
     r = yard("keys", "ls")
     assert r.code == 0 and "Ed25519" in r.out and shown["key_id"][:12] in r.out
     r = yard("models", "download", "t5@1", tmp_path / "out")

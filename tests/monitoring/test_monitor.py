@@ -20,6 +20,7 @@ from modelyard import registry
 from modelyard.config import load_settings
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
+from modelyard.core._platform import utcnow
 from modelyard.errors import NotFoundError, UsageError, ValidationError
 from modelyard.monitoring._alerts import load_alerts, newest_data, run_once
 from modelyard.monitoring._monitor import model_drift, parse_window, quality
@@ -36,7 +37,7 @@ HOUR = parse_window("1h")
 def home(trained: TrainedModel) -> Iterator[Platform]:
     p = Platform(load_settings(home=trained.home))
     ctx = p.context()
-    for name in ("mon-same", "mon-shifted", "mon-alert"):
+    for name in ("mon-same", "mon-shifted", "mon-alert", "mon-mixed", "mon-mixed"):
         registry.register(p, ctx, trained.run_id, name)
     yield p
     p.close()
@@ -67,6 +68,35 @@ def test_no_drift_on_the_same_distribution_and_drift_on_shifted_inputs(home: Pla
     assert shifted.column("input").drifted and shifted.dataset_drifted
     with pytest.raises(NotFoundError, match="no predictions"):
         model_drift(home, home.context(), "mon-alert@1", window=parse_window("1s"))
+
+
+def test_a_version_is_judged_on_its_own_answers_and_requests_count_what_clients_got(home: Platform) -> None:
+    from modelyard.monitoring._monitor import serving_stats
+    from modelyard.serving._predlog import predictions
+
+    plog = PredictionLog(home, home.context(), flush_s=60)
+    same, shifted = list(make_examples(200, seed=21)), list(make_examples(300, seed=22, shift=1.0))
+    for i, r in enumerate(same):  # v1 answers
+        plog.add(f"{i:026d}", "mon-mixed", 1, "stable", [r["source"]], [r["target"]], 10.0)
+    for i, r in enumerate(shifted):  # v2 on other traffic, as a shadow: it answered nobody
+        plog.add(f"s{i:025d}", "mon-mixed", 2, "shadow", [r["source"]], [r["target"]], 5000.0)
+    plog.close()
+    _, report, n = model_drift(home, home.context(), "mon-mixed@1", window=HOUR)
+    assert n == 200 and not report.dataset_drifted, report.rows()
+    _, report2, n2 = model_drift(home, home.context(), "mon-mixed@2", window=HOUR)
+    assert n2 == 300 and report2.dataset_drifted
+    stats = serving_stats(home, home.context(), "mon-mixed", window=HOUR)
+    assert stats["requests"] == 200 and stats["p95_ms"] == 10.0  # shadows are not requests
+    newest = predictions(home, home.context(), "mon-mixed", since=utcnow() - HOUR, version=1, limit=5)
+    assert [p.id[:26] for p in newest] == [f"{i:026d}" for i in range(195, 200)]  # past the limit: newest
+
+
+def test_p95_is_the_nearest_rank() -> None:
+    from modelyard.evaluation._speed import nearest_rank
+
+    assert nearest_rank([10.0] * 11 + [300.0], 95) == 300.0  # 12 samples: the 12th is the 95th percentile
+    assert nearest_rank([float(i) for i in range(1, 101)], 95) == 95.0
+    assert nearest_rank([7.0], 95) == 7.0
 
 
 def test_quality_from_feedback_against_the_evaluation(home: Platform) -> None:
@@ -152,6 +182,12 @@ def test_an_alert_retrains_gates_and_deploys_a_canary(
 
     assert run_once(home, ctx, policy).quiet == ["input drift"]  # cooling down: no second retrain
     Worker(home, ctx, cpus=2, exit_when_idle=True).run()
+    (tmp_path / "gates.yaml").rename(tmp_path / "gates.off")  # gating fails after the model is registered
+    for _ in range(2):
+        stuck = run_once(home, ctx, policy)
+        assert any("could not be gated" in line for line in stuck.retrains), stuck.retrains
+    assert [v.version for v in registry.list_versions(home, ctx, "mon-alert")] == [1, 2]  # registered once
+    (tmp_path / "gates.off").rename(tmp_path / "gates.yaml")
     done = run_once(home, ctx, policy)
     assert any("passed its gates and is a 20% canary" in line for line in done.retrains), done.retrains
     dep = current(home, ctx, "mon-alert")
@@ -167,7 +203,13 @@ def test_an_alert_retrains_gates_and_deploys_a_canary(
             )
         ]
     assert actions.count("monitor.alert") == 1 and actions.count("monitor.action") == 3
-    assert "monitor.retrain" in actions
+    assert actions.count("monitor.retrain") == 3  # two failures to gate, then the deployment
+
+    # The drift is still there past the cooldown, but the data is what the retrain already used.
+    later = run_once(home, ctx, policy, now=utcnow() + parse_window("2h"))
+    [again] = later.fired
+    assert again.actions[2].startswith("not retrained: job") and "add a newer version" in again.actions[2]
+    assert [v.version for v in registry.list_versions(home, ctx, "mon-alert")] == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -207,6 +249,44 @@ def test_rules_that_need_a_missing_section_or_an_unsafe_webhook_are_refused(tmp_
     )
     with pytest.raises(UsageError, match="loopback, link-local, private or reserved"):
         load_alerts(path)
+    for rules, message in [
+        (
+            [{"name": "x", "when": "requests > 1"}, {"name": "x", "when": "requests > 2"}],
+            "two rules are named",
+        ),
+        ([{"name": "x", "when": "quality_drop.rouge_l > 0.1"}], "not a metric monitoring scores"),
+    ]:
+        path.write_text(yaml.safe_dump({"model": "m@1", "rules": rules}))
+        with pytest.raises(UsageError, match=message):
+            load_alerts(path)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "m@1",
+                "rules": [{"name": "x", "when": "quality_drop.rouge2 > 0.1", "actions": ["retrain"]}],
+                "retrain": {"recipe": "missing.yaml", "policy": "gates.yaml"},
+            }
+        )
+    )
+    with pytest.raises(UsageError, match=r"retrain.recipe: .*missing.yaml is not a file"):
+        load_alerts(path)
+
+
+def test_a_viewer_cannot_run_rules_that_record_alert_state(home: Platform, tmp_path: Path) -> None:
+    # A run writes the cooldowns everyone's rules of the model share: a viewer's "always true" rule
+    # would otherwise keep the team's real rule of the same name quiet.
+    from modelyard.core import Role
+    from modelyard.errors import PermissionDeniedError
+    from modelyard.testing import actor
+
+    viewer = actor(home, home.context(), "mon-viewer", Role.VIEWER)
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump({"model": "mon-same@1", "rules": [{"name": "x", "when": "requests >= 0"}]})
+    )
+    with pytest.raises(PermissionDeniedError):
+        run_once(home, viewer, load_alerts(path))
+    assert run_once(home, home.context(), load_alerts(path)).fired[0].rule == "x"
 
 
 def test_newest_data_rewrites_every_split(home: Platform) -> None:

@@ -105,6 +105,25 @@ def test_register_a_directory_then_verify_and_load_it(
     assert audit_outcomes(platform, "model.register") == ["ok"]
 
 
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        (b'{"overall": [1, 2]}', "malformed"),
+        (b'{"overall": {"rougeL": NaN}}', "rougeL is not a finite number"),
+        (b'{"overall": {"bleu": Infinity, "rougeL": 0.3}}', "bleu is not a finite number"),
+        (b"[]", "malformed"),
+    ],
+)
+def test_an_evaluation_report_of_the_wrong_shape_is_refused_on_record(
+    platform: Platform, model_dir: Path, report: bytes, message: str
+) -> None:
+    ctx = platform.context()
+    with pytest.raises(UsageError, match=message):
+        registry.register(platform, ctx, model_dir, "bad-report", eval_report=report)
+    assert all(m.name != "bad-report" for m in registry.list_models(platform, ctx))
+    assert audit_outcomes(platform, "model.register")[-1] == "refused"
+
+
 def _tokenizer(path: Path) -> object:
     import transformers
 
@@ -162,6 +181,11 @@ def test_a_flipped_byte_in_the_manifest_fails_verify_and_load(platform: Platform
         ("version", "7", "version"),
         ("files", "1", "file count"),
         ("signature", "'" + "00" * 64 + "'", "signature does not match"),
+        # what four eyes, the card and the listings read (helper-17: edits passed verify)
+        ("created_by", "'someone-else'", "created_by='someone-else'"),
+        ("description", "'approved by legal'", "description="),
+        ("metrics", """'{"rougeL": 0.99}'""", "metrics="),
+        ("run_id", "'" + "ab" * 16 + "'", "run="),
     ],
 )
 def test_an_altered_database_record_is_detected(

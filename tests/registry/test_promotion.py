@@ -116,6 +116,34 @@ def test_promotion_needs_gates_and_a_second_person_and_rollback_walks_the_histor
     assert actions.count(("model.deploy", "ok")) == 3 and actions.count(("model.approve", "ok")) == 4
 
 
+def test_a_promotion_whose_reference_moved_while_its_gates_ran_is_refused(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    # Relative gates compare with what production points at when they run; a promotion that lands
+    # meanwhile must not be silently replaced by a version that was never compared with it.
+    p = trained_platform
+    author = p.context()
+    first, second = person(p, Role.APPROVER), person(p, Role.APPROVER)
+    for _ in range(3):
+        registry.register(p, author, model_dir, name)
+
+    def quick(platform: Platform, ctx: Context, spec: str) -> tuple[bool, str]:
+        registry.attest(platform, ctx, spec, "gates", {"checks": []}, passed=True)
+        return True, ""
+
+    def racing(platform: Platform, ctx: Context, spec: str) -> tuple[bool, str]:
+        registry.promote(p, second, f"{name}@2", "production", gates=quick)  # lands during these gates
+        return quick(platform, ctx, spec)
+
+    registry.promote(p, first, f"{name}@1", "production", gates=quick)
+    with pytest.raises(GateFailedError, match=f"{name}@production moved while the gates of {name}@3 ran"):
+        registry.promote(p, first, f"{name}@3", "production", gates=racing)
+    assert registry.show(p, author, f"{name}@production").version == 2
+    assert ("model.approve", "refused") in refusals(p, f"model:{name}#production")
+    registry.promote(p, first, f"{name}@3", "production", gates=quick)  # gated again: it goes through
+    assert registry.show(p, author, f"{name}@production").version == 3
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:

@@ -27,7 +27,8 @@ class Served:
     home: Path
     token: str  # a viewer of the default project
     other_token: str  # a member of another project
-    engineer: str  # an engineer's token (deployments)
+    engineer: str  # an engineer's token (deployments up to half of the traffic)
+    approver: str  # an approver's token who registered nothing (a gated candidate at any weight)
 
 
 def break_graph(onnx_dir: Path) -> None:

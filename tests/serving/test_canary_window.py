@@ -227,6 +227,45 @@ def test_a_weight_change_keeps_the_window_and_a_new_candidate_starts_one(
 
 
 @pytest.mark.slow
+def test_more_than_half_of_the_traffic_takes_what_promotion_takes(store: Platform, model_dir: Path) -> None:
+    # An engineer may try a version on a minority of requests; a majority answered by the candidate would
+    # bypass the gates and the four-eyes rule of `yard models promote`.
+    from modelyard.core import Role
+    from modelyard.errors import GateFailedError, PermissionDeniedError
+    from modelyard.registry import attest, register
+    from modelyard.testing import actor
+
+    owner = store.context()
+    engineer = actor(store, owner, "deployer", Role.ENGINEER)
+    approver, author = (
+        actor(store, owner, "ops-approver", Role.APPROVER),
+        actor(store, owner, "au", Role.ADMIN),
+    )
+    register(store, owner, model_dir, "srv")
+    register(store, author, model_dir, "srv")
+    assert deploy(store, engineer, "srv", version=2, mode="canary", weight=50).weight == 50
+    assert deploy(store, engineer, "srv", version=2, mode="shadow", weight=100).mode == "shadow"
+    with pytest.raises(PermissionDeniedError, match="approver"):
+        deploy(store, engineer, "srv", version=2, mode="ab", weight=51)
+    with pytest.raises(GateFailedError, match="no passing gate run"):
+        deploy(store, approver, "srv", version=2, mode="canary", weight=100)
+    attest(store, owner, "srv@2", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match="four eyes"):
+        deploy(store, author, "srv", version=2, mode="canary", weight=100)
+    assert deploy(store, approver, "srv", version=2, mode="canary", weight=100).weight == 100
+    attest(store, owner, "srv@2", "gates", {"checks": []}, passed=False)  # its latest gate run failed
+    with pytest.raises(GateFailedError):
+        deploy(store, approver, "srv", version=2, mode="ab", weight=90)
+    with store.db.read() as s:
+        outcomes = s.execute(
+            select(AuditRecord.action, AuditRecord.outcome).where(AuditRecord.resource == "deployment:srv")
+        ).all()
+    assert outcomes.count(("model.approve", "denied")) == 1
+    assert outcomes.count(("model.deploy", "refused")) == 3
+    assert _deploy.current(store, owner, "srv").weight == 100  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
 def test_two_servers_roll_a_canary_back_on_their_pooled_requests(served: Served) -> None:
     """Two apps (as two workers or replicas would be) each see 5 failures of a broken canary, below its
     min_requests of 8: neither could tell alone; pooled, the first to look rolls it back, once."""
@@ -256,7 +295,15 @@ def test_two_servers_roll_a_canary_back_on_their_pooled_requests(served: Served)
             audited_before = s.scalar(
                 select(func.count()).select_from(AuditRecord).where(AuditRecord.resource == "deployment:srv")
             )
-        deploy(p1, admin, "srv", version=3, mode="canary", weight=100, reason="pooled window test")
+        deploy(
+            p1,
+            p1.context(token=served.approver),
+            "srv",
+            version=3,
+            mode="canary",
+            weight=100,
+            reason="pooled window test",
+        )
         with TestClient(create_app(config, p1)) as c1, TestClient(create_app(config, p2)) as c2:
             for client in (c1, c2):
                 assert client.get("/v1/models").json()["models"][0]["candidate"]["version"] == 3
@@ -324,7 +371,15 @@ def test_a_rollback_the_store_cannot_record_fails_no_request_and_is_recorded_lat
     p = Platform(load_settings(home=served.home))
     ctx = p.context()
     try:
-        deploy(p, ctx, "srv", version=3, mode="canary", weight=100, reason="unrecordable rollback")
+        deploy(
+            p,
+            p.context(token=served.approver),
+            "srv",
+            version=3,
+            mode="canary",
+            weight=100,
+            reason="unrecordable rollback",
+        )
         monkeypatch.setattr(_deploy, "rollback_candidate", outage)
         with TestClient(create_app(config, p)) as client:
             for i in range(6):

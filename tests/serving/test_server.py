@@ -239,7 +239,7 @@ def test_an_input_the_model_fails_on_fails_only_its_own_request_and_never_a_cana
     up_to_2 = next(v for k, v in sizes.items() if "_bucket" in k and 'le="2.0"' in k)
     assert up_to_2 < next(v for k, v in sizes.items() if "_count" in k), sizes
     with platform_of(served) as p:
-        deploy(p, p.context(token=served.engineer), "srv", version=3, mode="canary", weight=100)
+        deploy(p, p.context(token=served.approver), "srv", version=3, mode="canary", weight=100)
     try:
         _wait_for_mode(server, served, "canary")
         # Input every version fails on is the client's fault: it fails, and the candidate is not charged.

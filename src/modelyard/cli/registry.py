@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from modelyard.cli._app import acting, app, console, print_json, table
+from modelyard.cli._app import acting, app, console, print_json, table, usage
 
 models_app = typer.Typer(
     help="Model registry: register, ls, show, verify, promote, rollback, alias, history, card, download.",
@@ -271,6 +271,8 @@ def card(
 
     with acting() as (platform, ctx):
         c = model_card(platform, ctx, spec)
+    if output.exists() and not output.is_dir():
+        raise usage(f"--output {output} is a file; give a directory for card.md and card.html")
     output.mkdir(parents=True, exist_ok=True)
     (output / "card.md").write_text(c.markdown(), encoding="utf-8")
     (output / "card.html").write_text(c.html(), encoding="utf-8")

@@ -11,10 +11,16 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
+
+
+def nearest_rank(ascending: Sequence[float], p: float) -> float:
+    """The smallest value with at least ``p`` percent of the values at or below it (nearest rank)."""
+    return ascending[min(len(ascending), max(1, math.ceil(p / 100 * len(ascending)))) - 1]
 
 
 def latency_ms(
@@ -31,7 +37,7 @@ def latency_ms(
     times.sort()
     return {
         "p50_ms": statistics.median(times),
-        "p95_ms": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+        "p95_ms": nearest_rank(times, 95),
         "samples": float(len(times)),
     }
 

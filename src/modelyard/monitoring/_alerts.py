@@ -95,7 +95,8 @@ class Webhook(_Section):
 class Retrain(_Section):
     recipe: str
     policy: str
-    canary_weight: Annotated[int, Field(ge=1, le=100)] = 10
+    # At most half: more is a promotion, which takes an approver other than the one who registered it.
+    canary_weight: Annotated[int, Field(ge=1, le=50)] = 10
     cpus: Annotated[float, Field(gt=0)] = 1.0
 
 
@@ -114,11 +115,27 @@ class AlertPolicy(_Section):
         parse_spec(self.model)
         parse_window(self.window)
         parse_window(self.cooldown)
+        from modelyard.training._recipe import EVAL_METRICS
+
+        seen: set[str] = set()
         for rule in self.rules:
+            if rule.name in seen:  # their cooldowns would be one: the second could never fire
+                raise UsageError(f"two rules are named {rule.name!r}; give each rule its own name")
+            seen.add(rule.name)
+            signal = rule.when.split()[0]
+            if signal.startswith("quality") and signal.split(".", 1)[1] not in EVAL_METRICS:
+                raise UsageError(
+                    f"rule {rule.name!r}: {signal} is not a metric monitoring scores; "
+                    f"expected one of {', '.join(EVAL_METRICS)}"
+                )
             if "webhook" in rule.actions and self.webhook is None:
                 raise UsageError(f"rule {rule.name!r} calls a webhook, but the policy has no webhook section")
             if "retrain" in rule.actions and self.retrain is None:
                 raise UsageError(f"rule {rule.name!r} retrains, but the policy has no retrain section")
+        if self.retrain is not None:
+            for what, path in (("recipe", self.retrain.recipe), ("policy", self.retrain.policy)):
+                if not Path(path).is_file():
+                    raise UsageError(f"retrain.{what}: {path} is not a file")
         if self.webhook is not None:
             from modelyard.monitoring._webhook import WebhookPolicy, check_url
 
@@ -217,7 +234,8 @@ def run_once(
     from modelyard.monitoring._monitor import parse_window
     from modelyard.registry._versions import parse_spec
 
-    platform.authorize(ctx, "model.read", f"model:{policy.model}")
+    # Engineer: a run records alert state (cooldowns others' rules share) and may retrain and deploy.
+    platform.authorize(ctx, "model.deploy", f"model:{policy.model}")
     name = parse_spec(policy.model)[0]
     now = now or utcnow()
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
@@ -247,7 +265,12 @@ def run_once(
         for action in rule.actions:
             alert.actions.append(_act(platform, ctx, policy, name, action, alert, values))
         fired.append(alert)
-    retrains = advance_retrains(platform, ctx, policy, name)
+    try:
+        retrains = advance_retrains(platform, ctx, policy, name)
+    except Exception as exc:  # said and audited; the next run tries again from the recorded state
+        message = exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
+        platform.audit(ctx, "monitor.retrain", f"model:{policy.model}", "error", {"error": message})
+        retrains = [f"retrain could not advance: {message}"]
     return MonitorResult(policy.model, values, fired, quiet, retrains)
 
 
@@ -286,10 +309,11 @@ def _act(
         detail["result"] = outcome
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "ok", detail)
         return outcome
-    except YardError as exc:
-        detail["error"] = exc.message
+    except Exception as exc:  # one failing action must not skip the others, the next rules or the loop
+        message = exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
+        detail["error"] = message
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "error", detail)
-        return f"{action} failed: {exc.message}"
+        return f"{action} failed: {message}"
 
 
 # -- retraining -------------------------------------------------------------------------------------------
@@ -328,13 +352,34 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
         return f"retrain already under way (job {pending.get('job')})"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
     recipe, changes = newest_data(platform, ctx, text, policy.retrain.recipe)
+    used = sorted(_data_versions(recipe, policy.retrain.recipe))
+    if (
+        pending is not None
+        and pending.get("state") in ("deployed", "gated-out")
+        and pending.get("used") == used
+    ):
+        # The drift is still there, but a retrain on the same data would give the same model again.
+        return (
+            f"not retrained: job {pending.get('job')} already trained on {', '.join(used)} "
+            f"({pending.get('state')}); add a newer version of the data"
+        )
     with tempfile.TemporaryDirectory(prefix="yard-retrain-") as tmp:
         path = Path(tmp) / Path(policy.retrain.recipe).name
         path.write_text(recipe, encoding="utf-8")
         job = submit_job(platform, ctx, path, cpus=policy.retrain.cpus, priority="high")
-    _put(platform, key, {"state": "queued", "job": job.id, "data": changes, "at": utcnow().isoformat()})
+    _put(
+        platform,
+        key,
+        {"state": "queued", "job": job.id, "data": changes, "used": used, "at": utcnow().isoformat()},
+    )
     moved = ", ".join(f"{a} -> {b}" for a, b in changes.items()) or "no newer data"
     return f"retrain job {job.id} submitted ({moved})"
+
+
+def _data_versions(recipe_text: str, source: str) -> set[str]:
+    from modelyard.training._recipe import parse_recipe, parse_yaml
+
+    return set(parse_recipe(parse_yaml(recipe_text, source=source), source=source).data.versions().values())
 
 
 def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name: str) -> list[str]:
@@ -343,7 +388,7 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
 
     key = _key("retrain", name)
     pending = _get(platform, key)
-    if pending is None or pending.get("state") != "queued" or policy.retrain is None:
+    if pending is None or pending.get("state") not in ("queued", "registered") or policy.retrain is None:
         return []
     job = get_job(platform, ctx, pending["job"])
     if job.status in ("QUEUED", "RUNNING", "SUBMITTED"):
@@ -357,22 +402,38 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
     from modelyard.registry import register
     from modelyard.serving._deploy import deploy
 
-    info = register(platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})")
-    report = check_gates(platform, ctx, info.spec, load_policy(policy.retrain.policy))
-    detail: dict[str, Any] = {"job": job.id, "version": info.version, "gates": report.passed}
+    if pending["state"] == "queued":  # registered once: a later failure resumes here, not with a new version
+        info = register(
+            platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})"
+        )
+        pending = {**pending, "state": "registered", "version": info.version}
+        _put(platform, key, pending)
+    spec = f"{name}@{pending['version']}"
+    try:
+        report = check_gates(platform, ctx, spec, load_policy(policy.retrain.policy))
+    except YardError as exc:  # e.g. the gate policy file went missing: said, audited, tried again next run
+        platform.audit(ctx, "monitor.retrain", resource, "error", {"job": job.id, "error": exc.message})
+        return [f"retrained {spec} could not be gated: {exc.message}"]
+    version = int(pending["version"])
+    detail: dict[str, Any] = {"job": job.id, "version": version, "gates": report.passed}
     if not report.passed:
-        _put(platform, key, {**pending, "state": "gated-out", "version": info.version})
+        _put(platform, key, {**pending, "state": "gated-out"})
         platform.audit(ctx, "monitor.retrain", resource, "refused", {**detail, "failed": report.summary()})
-        return [f"retrained {info.spec} failed its gates: {report.summary()}"]
-    deploy(
-        platform,
-        ctx,
-        name,
-        version=info.version,
-        mode="canary",
-        weight=policy.retrain.canary_weight,
-        reason=f"retrained after an alert (job {job.id})",
-    )
-    _put(platform, key, {**pending, "state": "deployed", "version": info.version})
+        return [f"retrained {spec} failed its gates: {report.summary()}"]
+    try:
+        deploy(
+            platform,
+            ctx,
+            name,
+            version=version,
+            mode="canary",
+            weight=policy.retrain.canary_weight,
+            reason=f"retrained after an alert (job {job.id})",
+        )
+    except YardError as exc:
+        _put(platform, key, {**pending, "state": "failed", "error": exc.message})
+        platform.audit(ctx, "monitor.retrain", resource, "error", {**detail, "error": exc.message})
+        return [f"retrained {spec} passed its gates but could not be deployed: {exc.message}"]
+    _put(platform, key, {**pending, "state": "deployed"})
     platform.audit(ctx, "monitor.retrain", resource, "ok", detail)
-    return [f"retrained {info.spec} passed its gates and is a {policy.retrain.canary_weight}% canary"]
+    return [f"retrained {spec} passed its gates and is a {policy.retrain.canary_weight}% canary"]

@@ -84,9 +84,11 @@ def model_drift(
 
     info = show(platform, ctx, spec)
     end = now or utcnow()
-    logged = predictions(platform, ctx, info.name, since=end - window, until=end)
+    # This version's answers only: a canary's or shadow's (another version) would be judged against this
+    # version's training data.
+    logged = predictions(platform, ctx, info.name, since=end - window, until=end, version=info.version)
     if not logged:
-        raise NotFoundError(f"no predictions of {info.name} were logged in the last {window}; serve it first")
+        raise NotFoundError(f"no predictions of {info.spec} were logged in the last {window}; serve it first")
     ref = reference(platform, ctx, info.spec)
     report = detect_drift(
         {"input": ref.sources, "output": ref.targets},
@@ -115,15 +117,17 @@ def quality(
     from modelyard.registry import show
     from modelyard.serving._predlog import predictions
     from modelyard.training._eval import score
+    from modelyard.training._recipe import EVAL_METRICS
 
     info = show(platform, ctx, spec)
     end = now or utcnow()
-    judged = [p for p in predictions(platform, ctx, info.name, since=end - window, until=end) if p.target]
+    logged = predictions(platform, ctx, info.name, since=end - window, until=end, version=info.version)
+    judged = [p for p in logged if p.target]
     result = Quality(len(judged), reference=dict(info.metrics))
     if judged:
-        names = [m for m in ("bleu", "rougeL", "exact_match") if m in info.metrics] or ["rougeL"]
+        # Every metric a rule may name (quality.rouge2 too), not just those the version was evaluated with.
         result.metrics = dict(
-            score([p.output for p in judged], [p.target or "" for p in judged], names).overall
+            score([p.output for p in judged], [p.target or "" for p in judged], EVAL_METRICS).overall
         )
     return result
 
@@ -131,14 +135,12 @@ def quality(
 def serving_stats(
     platform: Platform, ctx: Context, name: str, *, window: timedelta, now: datetime | None = None
 ) -> dict[str, float]:
-    from modelyard.serving._predlog import predictions
+    from modelyard.evaluation._speed import nearest_rank
+    from modelyard.serving._predlog import answered_latencies
 
     end = now or utcnow()
-    lat = sorted(p.latency_ms for p in predictions(platform, ctx, name, since=end - window, until=end))
-    if not lat:
+    count, latest = answered_latencies(platform, ctx, name, since=end - window, until=end)
+    if not latest:
         return {"requests": 0.0}
-    return {
-        "requests": float(len(lat)),
-        "p50_ms": statistics.median(lat),
-        "p95_ms": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
-    }
+    lat = sorted(latest)  # the newest 100,000 answers: a recent slowdown is not hidden by older traffic
+    return {"requests": float(count), "p50_ms": statistics.median(lat), "p95_ms": nearest_rank(lat, 95)}

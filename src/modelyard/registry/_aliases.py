@@ -120,6 +120,12 @@ def _point(
     return AliasChange(model.name, alias, version, previous, action)
 
 
+def _targets(s: Session, model_id: int) -> dict[str, int]:
+    """Each alias of the model and the version row it points at."""
+    rows = s.execute(select(ModelAlias.alias, ModelAlias.version_id).where(ModelAlias.model_id == model_id))
+    return {a: v for a, v in rows}
+
+
 def _check_reason(platform: Platform, ctx: Context, action: str, resource: str, reason: str) -> None:
     if not isinstance(reason, str) or len(reason) > 1000:
         raise platform.refuse(ctx, action, resource, UsageError("reason: at most 1000 characters"))
@@ -193,6 +199,8 @@ def promote(
         model, row = resolve_row(s, ctx, spec)
         exact = f"{model.name}@{row.version}"
         author, manifest = row.created_by, row.manifest_digest
+        # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
+        compared = _targets(s, model.id)
     detail: dict[str, Any] = {"version": row.version, "author": author}
     try:
         if protected and author == ctx.user:
@@ -222,6 +230,14 @@ def promote(
             raise UsageError(f"{exact} changed while it was being promoted")
         if gates is not None and not _has_passing(s, row, "gates"):
             raise GateFailedError(f"{exact}: no passing gate attestation was recorded")
+        moved = sorted(a for a, v in _targets(s, model.id).items() ^ compared.items())
+        if (
+            gates is not None and moved
+        ):  # e.g. a concurrent promotion: the gates compared with another version
+            raise GateFailedError(
+                f"{model.name}@{moved[0]} moved while the gates of {exact} ran; promote again to gate it "
+                "against the version it now points at"
+            )
         change = _point(s, ctx, model, alias, row, "promote", reason)
         detail["previous"] = change.previous
     return change

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -275,11 +276,20 @@ def _metrics(report: bytes | None) -> dict[str, float]:
     try:
         data = json.loads(report)
         overall = data["overall"]
-        return {str(k): float(v) for k, v in overall.items() if isinstance(v, int | float)}
-    except (ValueError, KeyError, TypeError) as exc:
+        metrics = {
+            str(k): float(v)
+            for k, v in overall.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(
-            f"the evaluation report is malformed ({exc}); expected modelyard's report.json"
+            f"the evaluation report is malformed ({type(exc).__name__}: {exc}); expected modelyard's "
+            "report.json, whose 'overall' maps metric names to numbers"
         ) from None
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:  # NaN would be signed into the manifest and break every JSON reader of it
+        raise UsageError(f"the evaluation report's {', '.join(bad)} is not a finite number")
+    return metrics
 
 
 def register(
@@ -574,6 +584,10 @@ def _checked_manifest(
         ) from exc
     verify_signature(platform, s, row.key_id, body, row.signature, what=f"{spec}: manifest")
     manifest: dict[str, Any] = json.loads(body)
+    parent = s.get(ModelVersion, row.parent_id) if row.parent_id is not None else None
+    parent_model = s.get(RegisteredModel, parent.model_id) if parent is not None else None
+    lineage = manifest.get("lineage") or {}
+    # Every column the card, the listings and four eyes read: a database edit shows here, not there.
     expected = {
         "format": MANIFEST_FORMAT,
         "project": ctx.project,
@@ -581,12 +595,23 @@ def _checked_manifest(
         "version": row.version,
         "weights": row.format,
         "variant": row.variant,
+        "created_by": row.created_by,
+        "description": row.description,
+        "metrics": json.loads(row.metrics or "{}"),
+        "run": row.run_id,
+        "parent": f"{parent_model.name}@{parent.version}" if parent and parent_model else None,
+    }
+    signed = {
+        **manifest,
+        "metrics": (manifest.get("eval") or {}).get("metrics") or {},
+        "run": lineage.get("run"),
+        "parent": lineage.get("parent"),
     }
     for key, value in expected.items():
-        if manifest.get(key) != value:
+        if signed.get(key) != value:
             raise IntegrityError(
                 f"{spec}: the record says {key}={value!r} but its signed manifest says "
-                f"{manifest.get(key)!r}; the registry's database was altered",
+                f"{signed.get(key)!r}; the registry's database was altered",
                 file="manifest",
             )
     files = manifest.get("files") or []

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from modelyard.core._db import insert_for
 from modelyard.core._models import CanaryOutcome, Deployment
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import UsageError
+from modelyard.errors import GateFailedError, PermissionDeniedError, UsageError
 from modelyard.serving._routing import Shared, SloWindow
 
 log = logging.getLogger("modelyard.serving")
@@ -35,6 +35,9 @@ log = logging.getLogger("modelyard.serving")
 SHARED_LATENCIES = 1000
 
 MODES = ("ab", "canary", "shadow", "off")
+# An engineer may try a version on up to half of the traffic; more takes what promotion takes (an approver
+# who is not its author, and a passing gate run).
+MAX_UNAPPROVED_WEIGHT = 50
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,15 @@ def deploy(
     except UsageError as exc:
         raise platform.refuse(ctx, "model.deploy", resource, exc) from None
     candidate = None if mode == "off" else version
+    majority = candidate is not None and mode in ("ab", "canary") and weight > MAX_UNAPPROVED_WEIGHT
+    if majority:  # a candidate answering most requests is a promotion in all but name
+        platform.authorize(ctx, "model.approve", resource)
     detail: dict[str, Any] = {"mode": mode, "version": candidate, "weight": weight}
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
         if candidate is not None:
-            resolve_row(s, ctx, f"{name}@{candidate}")  # the version must exist in this project
+            _, version_row = resolve_row(s, ctx, f"{name}@{candidate}")  # it must exist in this project
+            if majority:
+                _check_promotable(s, ctx, f"{name}@{candidate}", version_row, weight)
         now = utcnow()
         s.execute(
             insert_for(s)(Deployment)
@@ -146,6 +154,23 @@ def deploy(
         assert row is not None
         _forget_outcomes(s, ctx, name, keep=row.candidate_generation)
         return _info(row)
+
+
+def _check_promotable(s: Session, ctx: Context, spec: str, row: Any, weight: int) -> None:
+    """What promotion asks of a version, asked of a candidate given more than half of the traffic."""
+    from modelyard.registry._aliases import _has_passing
+
+    if row.created_by == ctx.user:
+        raise PermissionDeniedError(
+            f"{ctx.user} registered {spec} and cannot also give it {weight}% of the traffic (four eyes): "
+            f"another approver must, or keep it at {MAX_UNAPPROVED_WEIGHT}% or less",
+            action="model.approve",
+        )
+    if not _has_passing(s, row, "gates"):
+        raise GateFailedError(
+            f"{spec} has no passing gate run: `yard gates check {spec} --policy gates.yaml` first, or keep "
+            f"it at {MAX_UNAPPROVED_WEIGHT}% of the traffic or less"
+        )
 
 
 def current(platform: Platform, ctx: Context, name: str) -> DeploymentInfo | None:

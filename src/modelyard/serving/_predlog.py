@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from modelyard.core._db import insert_for
 from modelyard.core._models import Feedback, Prediction
@@ -165,6 +165,27 @@ def record_feedback(
         )
 
 
+def answered_latencies(
+    platform: Platform, ctx: Context, model: str, *, since: datetime, until: datetime, limit: int = 100_000
+) -> tuple[int, list[float]]:
+    """(how many inputs clients were answered for in [since, until), the latencies of the newest
+    ``limit`` of them): shadow copies answered nobody and are not counted."""
+    platform.authorize(ctx, "model.read", f"model:{model}")
+    where = (
+        Prediction.project_id == ctx.project_id,
+        Prediction.model == model,
+        Prediction.ts >= since,
+        Prediction.ts < until,
+        Prediction.route != "shadow",
+    )
+    with platform.db.read() as s:
+        count = s.scalar(select(func.count()).select_from(Prediction).where(*where)) or 0
+        latest = s.scalars(
+            select(Prediction.latency_ms).where(*where).order_by(Prediction.ts.desc()).limit(limit)
+        ).all()
+    return int(count), [float(x) for x in latest]
+
+
 def predictions(
     platform: Platform,
     ctx: Context,
@@ -175,7 +196,8 @@ def predictions(
     version: int | None = None,
     limit: int = 100_000,
 ) -> list[LoggedPrediction]:
-    """Logged predictions of ``model`` in [since, until), newest feedback per prediction attached."""
+    """Logged predictions of ``model`` in [since, until), oldest first, newest feedback per prediction
+    attached; past ``limit`` rows, the newest ``limit`` (what monitoring must see first)."""
     platform.authorize(ctx, "model.read", f"model:{model}")
     with platform.db.read() as s:
         q = select(Prediction).where(
@@ -185,7 +207,7 @@ def predictions(
             q = q.where(Prediction.ts < until)
         if version is not None:
             q = q.where(Prediction.version == version)
-        rows = s.scalars(q.order_by(Prediction.ts).limit(limit)).all()
+        rows = s.scalars(q.order_by(Prediction.ts.desc(), Prediction.id.desc()).limit(limit)).all()[::-1]
         ids = [r.id for r in rows]
         targets: dict[str, str] = {}
         for i in range(0, len(ids), 500):
