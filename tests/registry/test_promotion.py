@@ -144,6 +144,24 @@ def test_a_promotion_whose_reference_moved_while_its_gates_ran_is_refused(
     assert registry.show(p, author, f"{name}@production").version == 3
 
 
+def test_a_gate_result_made_by_hand_takes_an_approver(
+    trained_platform: Platform, model_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = trained_platform
+    author, scientist, viewer = p.context(), person(p, Role.SCIENTIST), person(p, Role.VIEWER)
+    registry.register(p, author, model_dir, name)
+    with pytest.raises(PermissionDeniedError):  # a signed "passed" with made-up numbers
+        registry.attest(p, scientist, f"{name}@1", "gates", {"checks": []}, passed=True)
+    assert registry.attestations(p, author, f"{name}@1", kind="gates") == []
+    registry.attest(p, scientist, f"{name}@1", "review", {"ok": True}, passed=True)  # other kinds: scientist
+
+    import modelyard.evaluation._gates as gates_module
+
+    monkeypatch.setattr(gates_module, "eval_examples", None)  # a viewer is refused before any evaluation
+    with pytest.raises(PermissionDeniedError):
+        check_gates(p, viewer, f"{name}@1", PASSING)
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:

@@ -17,6 +17,7 @@ from modelyard import data
 from modelyard.core import Platform
 from modelyard.errors import NotFoundError, UsageError, ValidationError
 from modelyard.training import PRESETS, Recipe, check_data, load_recipe, parse_recipe
+from modelyard.training._recipe import read_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "flan-t5"
 
@@ -258,6 +259,20 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("data:\n  dataset: normalise@1\n model: [unclosed\n")
     with pytest.raises(ValidationError, match=r"bad\.yaml: not valid YAML at line 3"):
         load_recipe(path)
+
+
+def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path: Path) -> None:
+    # PyYAML keeps the last of two equal keys: a second `metrics:` block would drop the first's checks.
+    from modelyard.evaluation import load_policy
+
+    path = tmp_path / "gates.yaml"
+    path.write_text("metrics: ['rougeL >= 0.5']\nsize: {max_mb: 100}\nmetrics: ['bleu >= 0.0']\n")
+    with pytest.raises(
+        ValidationError, match=r"gates\.yaml: not valid YAML at line 3.*'metrics' is given twice"
+    ):
+        load_policy(path)
+    path.write_text("base: &b {lr: 0.1}\nhp:\n  <<: *b\n  lr: 0.2\n")  # a merge may still be overridden
+    assert read_yaml(path, "x")["hp"] == {"lr": 0.2}
 
 
 def test_yaml_cannot_build_python_objects(tmp_path: Path) -> None:

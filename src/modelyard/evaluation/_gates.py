@@ -125,11 +125,13 @@ def check_gates(
 ) -> GateReport:
     """Evaluate ``spec`` against ``policy``; store the signed result on the version unless ``attest`` is
     False. Raises only for errors (missing data, unreadable version); failed checks are in the report."""
-    from modelyard.registry import attest as store_attestation
     from modelyard.registry import load, show
+    from modelyard.registry._aliases import store_attestation
 
     info = show(platform, ctx, spec)
     exact = info.spec
+    if attest:  # before the evaluation, not after minutes of it
+        platform.authorize(ctx, "model.register", f"model:{exact}")
     rows = eval_examples(platform, ctx, policy.data)
     metrics = policy.needed_metrics() or ["rougeL"]
     threads = policy.latency.threads if policy.latency else None

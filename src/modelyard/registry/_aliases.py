@@ -298,10 +298,27 @@ def _has_passing(s: Session, row: ModelVersion, kind: str) -> bool:
 def attest(
     platform: Platform, ctx: Context, spec: str, kind: str, result: Mapping[str, Any], *, passed: bool
 ) -> int:
-    """Store a signed statement about a version (e.g. its gate results). Returns the attestation id."""
+    """Store a signed statement about a version. Returns the attestation id. A ``gates`` statement made
+    by hand, not by a gate run, weighs like an approval (a card shows it, a deployment over half of the
+    traffic relies on it), so it takes the approver role; ``yard gates check`` stores its own."""
+    action = "model.approve" if kind == "gates" else "model.register"
+    return store_attestation(platform, ctx, spec, kind, result, passed=passed, action=action)
+
+
+def store_attestation(
+    platform: Platform,
+    ctx: Context,
+    spec: str,
+    kind: str,
+    result: Mapping[str, Any],
+    *,
+    passed: bool,
+    action: str = "model.register",
+) -> int:
+    """:func:`attest` for the code that produced the result itself (the gate runner)."""
     signer = Signer(platform)
     detail: dict[str, Any] = {"kind": kind, "passed": passed}
-    with platform.mutate(ctx, "model.register", f"model:{spec}", detail) as s:
+    with platform.mutate(ctx, action, f"model:{spec}", detail) as s:
         model, row = resolve_row(s, ctx, spec)
         now = utcnow()
         body = canonical(

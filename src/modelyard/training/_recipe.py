@@ -660,7 +660,26 @@ def parse_model(model: type[M], data: Any, *, source: str, kind: str) -> M:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's float rule: ``1e-4`` is a float, not the string "1e-4"."""
+    """PyYAML's safe loader with YAML 1.2's float rule: ``1e-4`` is a float, not the string "1e-4"; and a
+    key given twice in one mapping is an error (PyYAML keeps the last one silently, which can drop a
+    whole gate section or hyperparameter)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: the base class says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _FLOAT_RE = re.compile(
