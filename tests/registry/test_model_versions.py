@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,11 @@ def test_a_manifest_swapped_between_versions_is_detected(platform: Platform, mod
         registry.verify(platform, ctx, "t5@2")
 
 
+class _Runs:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("true",))
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -225,6 +231,11 @@ def test_a_manifest_swapped_between_versions_is_detected(platform: Platform, mod
         ("bad.safetensors", b"\xff" * 64, "not a safetensors file"),
         ("notes.json", b"{not json", "not valid JSON"),
         ("loader.py", b"import os", "not accepted"),
+        # protocols 0 and 1 have no header: a code-running pickle under a text name (helper-17)
+        ("vocab.txt", pickle.dumps(_Runs(), protocol=0), "pickle"),
+        ("extra.yaml", pickle.dumps(_Runs(), protocol=1), "pickle"),
+        ("café.json", b"{}", "one name once normalised"),  # beside the decomposed café.json
+        ("CONFIG.json", b"{}", "one name once normalised or case-folded"),
     ],
 )
 def test_pickles_and_foreign_files_are_refused_before_anything_is_stored(
@@ -232,6 +243,8 @@ def test_pickles_and_foreign_files_are_refused_before_anything_is_stored(
 ) -> None:
     ctx = platform.context()
     (model_dir / name).write_bytes(content)
+    if name == "café.json":
+        (model_dir / unicodedata.normalize("NFD", name)).write_bytes(content)
     with platform.db.read() as s:
         blobs_before = s.execute(text("SELECT count(*) FROM blobs")).scalar_one()
     with pytest.raises(UsageError, match=message) as err:

@@ -1,14 +1,18 @@
 """What a model version may contain: weights as safetensors or ONNX, configs as JSON/YAML, tokenizer files.
 
 Checked before a byte is stored, on names and on contents: a pickle is refused whatever its name (the
-pickle protocol header, or the zip container torch.save writes), and a ``.safetensors`` or ``.json`` file
-must parse as one. Symlinks and special files are refused: a version describes bytes inside its directory.
+pickle protocol header, the zip container torch.save writes, or a header-less protocol 0/1 pickle that
+imports or calls something, found in a file's first 8 MiB), and a ``.safetensors`` or ``.json`` file
+must parse as one. Names are stored NFC-normalised; two that normalise or case-fold alike are refused.
+Symlinks and special files are refused: a version describes bytes inside its directory.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickletools
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +57,40 @@ def _looks_pickled(head: bytes) -> bool:
     return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK\x03\x04")
 
 
+# Opcodes through which unpickling imports or calls something; a pickle without them only builds data.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+_PICKLE_SCAN = 8 << 20
+
+
+def _runs_code_when_unpickled(head: bytes) -> bool:
+    """Whether ``head`` starts with a whole pickle of any protocol (0 and 1 have no header) that imports
+    or calls something: pickle.load would run it, whatever the file is called."""
+    code = False
+    try:
+        for op, _, _ in pickletools.genops(io.BytesIO(head)):
+            code = code or op.name in _CODE_OPCODES
+            if op.name == "STOP":
+                return code
+    except Exception:  # not a pickle (most files fail on their first byte)
+        return False
+    return False
+
+
 def _check_content(root: Path, rel: str, path: Path, size: int) -> None:
     with open(path, "rb") as fh:
         head = fh.read(8)
-        if _looks_pickled(head):
+        suffix = Path(rel).suffix.lower()
+        pickled = _looks_pickled(head)
+        if not pickled and suffix not in (".safetensors", ".json"):  # those two are parsed below
+            fh.seek(0)
+            pickled = _runs_code_when_unpickled(fh.read(_PICKLE_SCAN))
+            fh.seek(8)
+        if pickled:
             raise _refuse(
                 root,
                 f"{rel} is a pickle (or a torch zip archive); pickles can run code when loaded "
                 "and are never accepted: save the weights as safetensors",
             )
-        suffix = Path(rel).suffix.lower()
         if suffix == ".safetensors":
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
             if not 2 <= n <= min(_SAFETENSORS_HEADER_MAX, size - 8):
@@ -88,6 +116,7 @@ def scan_model_dir(root: str | os.PathLike[str]) -> list[ModelFile]:
     if not base.is_dir():
         raise UsageError(f"{base} is not a directory; give the directory of a saved model or a run id")
     out: list[ModelFile] = []
+    seen: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         dirnames.sort()
         for name in sorted([*dirnames, *filenames]):
@@ -101,9 +130,14 @@ def scan_model_dir(root: str | os.PathLike[str]) -> list[ModelFile]:
             if not stat.S_ISREG(st.st_mode):
                 raise _refuse(base, f"{rel} is not a regular file")
             try:
-                safe_key(rel, what="model file name")
+                rel = safe_key(rel, what="model file name")  # NFC: the name it is stored and written under
             except UsageError as exc:
                 raise _refuse(base, exc.message) from None
+            if rel.casefold() in seen:  # one file would overwrite the other on download
+                raise _refuse(
+                    base, f"{rel} and {seen[rel.casefold()]} are one name once normalised or case-folded"
+                )
+            seen[rel.casefold()] = rel
             suffix = Path(rel).suffix.lower()
             if suffix in PICKLE_SUFFIXES:
                 raise _refuse(
