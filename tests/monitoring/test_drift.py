@@ -589,3 +589,16 @@ def test_verdicts_agree_with_evidently() -> None:
         for col in ours.columns:
             assert col.drifted == verdicts[col.name], col.name
             assert col.statistic == pytest.approx(scores[col.name], rel=1e-9, abs=1e-12), col.name
+
+
+def test_values_near_the_float_range_do_not_overflow_into_no_drift() -> None:
+    # np.std squares its input: past about 1e154 the reference's spread became inf and a 5-sigma shift
+    # read as a normed distance of 0 (helper-18).
+    rng = np.random.default_rng(0)
+    r = rng.normal(0, 1, 5000) * 1e200
+    col = detect_drift({"x": r}, {"x": r + 5e200}).columns[0]
+    assert np.isfinite(col.stats["std_reference"]) and col.drifted
+    assert col.stats["wasserstein_normed"] == pytest.approx(5, rel=0.05)
+    span = np.array([-1.7e308, 1.7e308] * 600 + list(range(100)), dtype=float)
+    extreme = detect_drift({"x": span}, {"x": np.zeros(1300)}).columns[0]
+    assert extreme.drifted and np.isfinite(extreme.stats["psi"])

@@ -91,6 +91,28 @@ def test_a_version_is_judged_on_its_own_answers_and_requests_count_what_clients_
     assert [p.id[:26] for p in newest] == [f"{i:026d}" for i in range(195, 200)]  # past the limit: newest
 
 
+def test_redaction_in_the_log_is_not_read_as_drift() -> None:
+    # Logged texts have their PII replaced; the training texts the reference holds do not.
+    import random
+
+    from modelyard.monitoring._monitor import Reference, drift_of_logged
+    from modelyard.serving._predlog import redact
+
+    def tickets(n: int, seed: int) -> list[str]:
+        rng = random.Random(seed)
+        verbs = ["reset my password", "cancel my order", "update my address", "refund the charge"]
+        return [
+            f"please {rng.choice(verbs)} for {rng.choice('abcdefgh')}.{rng.randint(1, 999)}@example.com"
+            for _ in range(n)
+        ]
+
+    train = tickets(600, 1)
+    ref = Reference("m@1", "tickets@1", train, train, {})
+    live = [redact(t) for t in tickets(300, 2)]  # what the prediction log stores
+    assert "<EMAIL>" in live[0]
+    assert not drift_of_logged(ref, live, live).dataset_drifted
+
+
 def test_p95_is_the_nearest_rank() -> None:
     from modelyard.evaluation._speed import nearest_rank
 

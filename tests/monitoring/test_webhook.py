@@ -24,6 +24,10 @@ class _Hook(BaseHTTPRequestHandler):
             self.send_header("Location", target)
             self.end_headers()
             return
+        if self.path.startswith("/services/"):  # a Slack-style URL whose path is the secret
+            self.send_response(500)
+            self.end_headers()
+            return
         self.received.append((self.path, json.loads(body)))
         self.send_response(204)
         self.end_headers()
@@ -77,7 +81,7 @@ def test_internal_addresses_are_refused_even_when_the_host_is_allowlisted(url: s
     [
         ("ftp://hooks.example/x", "only https"),
         ("file:///etc/passwd", "only https"),
-        ("https://user:pw@hooks.example/x", "credentials"),
+        ("https://user:pw@hooks.example/x", "a user or password in the URL is refused"),
         ("https://elsewhere.example/x", "not on the allowlist"),
         ("https:///x", "names no host"),
         ("https://hooks.example:99999/x", "invalid port"),
@@ -126,3 +130,48 @@ def test_bad_policies() -> None:
 
     with pytest.raises(UsageError, match="not a network"):
         WebhookPolicy.parse(networks=["10.0.0.0/99"])
+
+
+def test_a_secret_in_the_url_is_never_in_an_error(hook: str) -> None:
+    # The message goes to the CLI and into the append-only audit log.
+    from modelyard.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        send(f"{hook}/services/T01/B02/xoxb-SECRET?token=SECRET2", {"n": 1}, LOCAL)
+    assert "HTTP 500" in err.value.message and "SECRET" not in err.value.message
+    assert f"'{hook}/...'" in err.value.message
+    with pytest.raises(WebhookRefused) as refused:
+        check_url("https://user:PASSWORD@hooks.example/x", WebhookPolicy.parse(hosts=["hooks.example"]))
+    assert "PASSWORD" not in refused.value.message
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout() -> None:
+    import socket
+    import time
+
+    from modelyard.errors import UsageError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))  # every read succeeds well inside a per-read timeout
+                except OSError:
+                    return
+
+    threading.Thread(target=drip, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow"
+    started = time.monotonic()
+    try:
+        with pytest.raises(UsageError, match="no answer within 1 s"):
+            send(url, {"n": 1}, WebhookPolicy.parse(networks=["127.0.0.1/32"], timeout_s=1.0))
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        listener.close()

@@ -25,8 +25,8 @@ The profile of a version is one JSON document (stored in ``dataset_versions.prof
       "skipped": {"<member path>": "why no statistics were recorded"}
     }
 
-Monitoring computes drift against ``tables[path].columns[name]``: the histogram edges are the bins to
-count live values into, ``top`` the reference category frequencies. Keys may be added in later minor
+``yard data show`` and ``yard data diff`` read it; model monitoring compares with the training split's
+rows instead (monitoring/_monitor.py), not with these summaries. Keys may be added in later minor
 formats; readers ignore keys they do not know. ``top`` is left out for columns whose values are mostly
 distinct (identifiers, e-mail addresses): they are not categories, and the profile must not become a
 copy of such values.

@@ -797,7 +797,7 @@ def _numeric_drift(
     n_r, n_c = r_s.size, c_s.size
     ks_d, wasserstein, distinct = _merged_stats(r_s, c_s)
     ks_d, ks_p = _ks_p_value(r_s, c_s, ks_d)
-    std_r = float(np.std(r))
+    std_r = _std(r)
     normed = wasserstein / max(std_r, WASSERSTEIN_MIN_NORM)
     stats: dict[str, Any] = {
         "ks_statistic": ks_d,
@@ -808,7 +808,7 @@ def _numeric_drift(
         "mean_reference": float(np.mean(r)),
         "mean_current": float(np.mean(c)),
         "std_reference": std_r,
-        "std_current": float(np.std(c)),
+        "std_current": _std(c),
         "distinct_values": distinct,
     }
     if test is None:
@@ -924,8 +924,22 @@ def _quantiles_sorted(x_s: FloatArray, q: FloatArray) -> FloatArray:
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, x_s.size - 1)
     frac = pos - lo
-    out: FloatArray = x_s[lo] + (x_s[hi] - x_s[lo]) * frac
+    with np.errstate(over="ignore", invalid="ignore"):
+        out: FloatArray = x_s[lo] + (x_s[hi] - x_s[lo]) * frac
+    overflowed = ~np.isfinite(out)  # a span near the float range: x_hi - x_lo overflows, the mix does not
+    if overflowed.any():
+        out[overflowed] = (x_s[lo] * (1 - frac) + x_s[hi] * frac)[overflowed]
     return out
+
+
+def _std(x: FloatArray) -> float:
+    """np.std, without the overflow its squares hit beyond about 1e154."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(np.std(x))
+    if np.isfinite(std) or x.size == 0:
+        return std
+    scale = float(np.max(np.abs(x)))
+    return float(np.std(x / scale)) * scale
 
 
 def _bin_counts(x_s: FloatArray, inner_edges: FloatArray) -> IntArray:

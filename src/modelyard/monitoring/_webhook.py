@@ -12,11 +12,14 @@ internal address is refused before any connection is made to it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +67,19 @@ def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
+def shown(url: str) -> str:
+    """``url`` as errors, logs and the audit log may show it: scheme, host and port only. Receivers such
+    as Slack's carry their secret in the path or query, and a user part may hold a password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "'<unparsable URL>'"
+    rest = "/..." if parts.path not in ("", "/") or parts.query else ""
+    return repr(f"{parts.scheme}://{host}{port}{rest}")
+
+
 def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
     """(scheme, host, port, address to connect to) for an allowed URL, else WebhookRefused saying why."""
     if not isinstance(url, str) or len(url) > 2048:
@@ -71,16 +87,21 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
-        raise WebhookRefused(f"webhook {url!r}: only https URLs (http for an allowlisted private address)")
+        raise WebhookRefused(
+            f"webhook {shown(url)}: only https URLs (http for an allowlisted private address)"
+        )
     if parts.username or parts.password:
-        raise WebhookRefused(f"webhook {url!r}: credentials in the URL are refused; use a secret header")
+        raise WebhookRefused(
+            f"webhook {shown(url)}: a user or password in the URL is refused; a receiver that needs a "
+            "secret takes it in the path, which is never printed or audited"
+        )
     host = (parts.hostname or "").lower().rstrip(".")
     if not host:
-        raise WebhookRefused(f"webhook {url!r} names no host")
+        raise WebhookRefused(f"webhook {shown(url)} names no host")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise WebhookRefused(f"webhook {url!r} has an invalid port") from None
+        raise WebhookRefused(f"webhook {shown(url)} has an invalid port") from None
     networks = [ipaddress.ip_network(n, strict=False) for n in policy.networks]
     literal = _literal(host)
     if literal is None and host not in policy.hosts:
@@ -106,7 +127,9 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
         if literal is not None and host not in policy.hosts:
             raise WebhookRefused(f"webhook address {host} is not on the allowlist")
     if scheme == "http" and not allowed_private:
-        raise WebhookRefused(f"webhook {url!r}: plain http only to an allowlisted private network; use https")
+        raise WebhookRefused(
+            f"webhook {shown(url)}: plain http only to an allowlisted private network; use https"
+        )
     return scheme, host, port, addresses[0]
 
 
@@ -136,6 +159,14 @@ class _PinnedTLS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 @dataclass(frozen=True)
 class WebhookResult:
     url: str
@@ -149,10 +180,20 @@ def send(url: str, payload: Any, policy: WebhookPolicy) -> WebhookResult:
     if len(body) > MAX_BODY:
         raise UsageError(f"webhook payload of {len(body)} bytes is over the {MAX_BODY}-byte limit")
     current = url
+    deadline = time.monotonic() + policy.timeout_s  # for the whole call, redirects included
     for hop in range(MAX_REDIRECTS + 1):
         scheme, host, port, address = check_url(current, policy)
         conn_type = _PinnedTLS if scheme == "https" else _Pinned
-        conn = conn_type(host, port, address, policy.timeout_s)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UsageError(f"webhook {shown(current)} failed: no answer within {policy.timeout_s:g} s")
+        conn = conn_type(host, port, address, left)
+        # A receiver that drips a byte at a time never trips a per-read timeout: at the deadline the
+        # socket is shut down under the blocked read.
+        cut = threading.Event()
+        watchdog = threading.Timer(left, _cut, (conn, cut))
+        watchdog.daemon = True
+        watchdog.start()
         parts = urlsplit(current)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
@@ -170,13 +211,17 @@ def send(url: str, payload: Any, policy: WebhookPolicy) -> WebhookResult:
             response.read(64 << 10)
             status, location = response.status, response.getheader("Location")
         except (OSError, http.client.HTTPException) as exc:
-            raise UsageError(f"webhook {current!r} failed: {exc}") from None
+            why = f"no answer within {policy.timeout_s:g} s" if cut.is_set() else str(exc)
+            raise UsageError(f"webhook {shown(current)} failed: {why}") from None
         finally:
+            watchdog.cancel()
             conn.close()
+        if cut.is_set():  # cut off while reading the body: not an answer to rely on
+            raise UsageError(f"webhook {shown(current)} failed: no answer within {policy.timeout_s:g} s")
         if status in (301, 302, 303, 307, 308) and location:
             current = urljoin(current, location)
             continue
         if status >= 400:
-            raise UsageError(f"webhook {current!r} answered HTTP {status}")
+            raise UsageError(f"webhook {shown(current)} answered HTTP {status}")
         return WebhookResult(current, status, hop)
-    raise WebhookRefused(f"webhook {url!r} redirected more than {MAX_REDIRECTS} times")
+    raise WebhookRefused(f"webhook {shown(url)} redirected more than {MAX_REDIRECTS} times")
