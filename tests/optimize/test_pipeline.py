@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -107,6 +108,48 @@ def test_a_variant_outside_the_budget_is_registered_but_not_picked(
     assert len(registry.list_versions(platform, platform.context(), "opt")) == before + 2
 
 
+def test_a_recipe_that_cut_one_version_is_measured_on_its_held_out_cut(
+    optimized: tuple[Platform, str, OptimizeReport], trained: TrainedModel, tmp_path: Path
+) -> None:
+    # `dataset:` + `split:` recipes: the measurement must use the seeded test cut the run held out, not
+    # the whole version (which is mostly training rows), with --data or without (helper-19).
+    import copy
+
+    import yaml
+
+    from modelyard.core import put_artifact
+    from modelyard.data import get
+    from modelyard.evaluation import EvalData
+    from modelyard.optimize._pipeline import _eval_rows
+    from modelyard.testing import TINY_RECIPE
+    from modelyard.training import parse_recipe
+    from modelyard.training._data import pick_member, read_examples, split_examples
+
+    platform, _, _ = optimized
+    ctx = platform.context()
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["data"] = {
+        "dataset": "norm@1",
+        "file": "train.jsonl",
+        "seed": 5,
+        "split": {"train": 0.8, "test": 0.2},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    digest = put_artifact(platform, ctx, tmp_path / "recipe.yaml").digest
+    spec = registry.register(platform, ctx, trained.model_dir, "cut", lineage={"recipe": digest}).spec
+    d = parse_recipe(recipe).data
+    root = get("norm@1", platform=platform, ctx=ctx)
+    train, _, test = split_examples(read_examples(root / pick_member(root, d, role=None), d, label="x"), d)
+
+    label, rows = _eval_rows(platform, ctx, spec, None, 100_000)
+    assert label == "norm@1 (test cut, seed 5)" and [r.source for r in rows] == [r.source for r in test]
+    assert not {r.source for r in rows} & {r.source for r in train}
+    _, same = _eval_rows(platform, ctx, spec, EvalData(dataset="norm@1", file="train.jsonl"), 100_000)
+    assert [r.source for r in same] == [r.source for r in test]
+    _, few = _eval_rows(platform, ctx, spec, None, 7)  # --max-samples applies without --data too
+    assert len(few) == 7 and {r.source for r in few} <= {r.source for r in test}
+
+
 def test_picking_is_the_fastest_within_the_budget() -> None:
     def m(name: str, p50: float, drop: float) -> Measured:
         v = Measured(name, "onnx", 1.0, p50, p50, 1.0, {"rougeL": 0.5 + drop}, delta={"rougeL": drop})
@@ -114,6 +157,7 @@ def test_picking_is_the_fastest_within_the_budget() -> None:
         return v
 
     fast_bad, slow_ok, mid_ok = m("int8", 5, -0.02), m("fp32", 9, 0.0), m("pruned", 7, -0.01)
+    assert m("exact", 6, 0.12 - 0.13).within_budget  # -0.010000000000000009: a drop of exactly the budget
     assert not fast_bad.within_budget and "rougeL -0.0200 < budget -0.0100" in fast_bad.note
     assert pick([fast_bad, slow_ok, mid_ok]) is mid_ok
     assert pick([fast_bad]) is None
@@ -133,9 +177,18 @@ def test_bad_budgets(text: str, message: str) -> None:
         parse_budget(text)
 
 
-def test_bad_requests(optimized: tuple[Platform, str, OptimizeReport]) -> None:
+def test_bad_requests(
+    optimized: tuple[Platform, str, OptimizeReport], trained: TrainedModel, tmp_path: Path
+) -> None:
+    import shutil
+
     platform, _, report = optimized
     ctx = platform.context()
+    plain = Path(shutil.copytree(trained.model_dir, tmp_path / "plain"))
+    (plain / "manifest.json").unlink()  # as transformers' save_pretrained writes it
+    spec = registry.register(platform, ctx, plain, "plain").spec
+    with pytest.raises(UsageError, match="save_model did not write"):
+        optimize(platform, ctx, spec)
     with pytest.raises(UsageError, match="already onnx"):
         optimize(platform, ctx, report.variants[0].spec)
     with pytest.raises(UsageError, match="between 0 and 1"):
@@ -191,3 +244,13 @@ def test_pruned_and_distilled_variants_join_the_table(
     with Client(platform) as client:
         [run] = client.search_runs("students")
         assert run.status == "FINISHED" and "distill.alpha" in run.params
+    # the student's versions carry that run's lineage (its data and recipe), not just the parent
+    for variant in ("distilled", "distilled-onnx-fp32"):
+        _, manifest = registry.read_manifest(platform, platform.context(), by_variant[variant].spec)
+        assert manifest["lineage"]["run"] == run.id and manifest["lineage"]["datasets"] == ["norm@1"]
+        assert manifest["lineage"]["recipe"] and manifest["lineage"]["parent"] == parent
+    _, pruned = registry.read_manifest(platform, platform.context(), by_variant["pruned-s0.3"].spec)
+    assert pruned["lineage"]["run"] is None  # not fine-tuned: no run trained it
+    with platform.db.read() as s:
+        made = set(s.scalars(select(LineageEdge.dst).where(LineageEdge.src == f"run:{run.id}")))
+    assert f"model:{by_variant['distilled'].spec}" in made

@@ -230,7 +230,6 @@ class _Source:
 
 def _run_source(platform: Platform, ctx: Context, run_id: str, work: Path) -> _Source:
     """A finished run's ``model/`` artifacts, eval report and recipe, with its dataset inputs and code."""
-    from modelyard.tracking._lineage import run_ref
     from modelyard.tracking._store import download_artifacts, get_run, list_run_artifacts, resolve_run_id
 
     run_id = resolve_run_id(platform, ctx, run_id)
@@ -244,9 +243,18 @@ def _run_source(platform: Platform, ctx: Context, run_id: str, work: Path) -> _S
     report = None
     if "eval/report.json" in paths:
         report = download_artifacts(platform, ctx, run_id, "eval/report.json", work / "eval").read_bytes()
-    recipe = None
-    if "recipe.yaml" in paths:
-        recipe = next(d for p, d, _ in list_run_artifacts(platform, ctx, run_id) if p == "recipe.yaml")
+    return _Source(root, scan_model_dir(root), _run_lineage(platform, ctx, run_id, run), report, run_id)
+
+
+def _run_lineage(platform: Platform, ctx: Context, run_id: str, run: Any = None) -> dict[str, Any]:
+    """What a run records of where a model came from: the run, its experiment, datasets, recipe, code."""
+    from modelyard.tracking._lineage import run_ref
+    from modelyard.tracking._store import get_run, list_run_artifacts, resolve_run_id
+
+    if run is None:
+        run_id = resolve_run_id(platform, ctx, run_id)
+        run = get_run(platform, ctx, run_id)
+    recipe = next((d for p, d, _ in list_run_artifacts(platform, ctx, run_id) if p == "recipe.yaml"), None)
     with platform.db.read() as s:
         datasets = sorted(
             s.scalars(
@@ -260,14 +268,13 @@ def _run_source(platform: Platform, ctx: Context, run_id: str, work: Path) -> _S
     code = None
     if "git.commit" in run.tags:
         code = {"commit": run.tags["git.commit"], "dirty": run.tags.get("git.dirty") == "true"}
-    lineage = {
+    return {
         "run": run_id,
         "experiment": run.experiment,
         "datasets": [d.removeprefix("dataset:") for d in datasets],
         "recipe": recipe,
         "code": code,
     }
-    return _Source(root, scan_model_dir(root), lineage, report, run_id)
 
 
 def _metrics(report: bytes | None) -> dict[str, float]:
@@ -304,6 +311,7 @@ def register(
     eval_report: str | os.PathLike[str] | bytes | None = None,
     benchmark: Mapping[str, Any] | None = None,
     lineage: Mapping[str, Any] | None = None,
+    trained_by: str | None = None,
 ) -> VersionInfo:
     """Register the model of a finished run (``source`` = its id) or a model directory as the next version
     of ``name``. Only safetensors/ONNX weights, JSON/YAML configs and tokenizer files are accepted; a
@@ -335,6 +343,11 @@ def register(
                 src = _Source(
                     root, scan_model_dir(root), {"run": None, "datasets": [], "recipe": None, "code": None}
                 )
+            if trained_by is not None and src.run_id is None:
+                # A directory whose weights a run trained (an optimised variant): that run's lineage.
+                from_run = _run_lineage(platform, ctx, trained_by)
+                src.lineage.update(from_run)
+                src.run_id = from_run["run"]
             if lineage:
                 src.lineage.update(dict(lineage))
             if eval_report is not None:
