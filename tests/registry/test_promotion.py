@@ -307,6 +307,7 @@ def test_a_signing_key_planted_in_the_database_is_not_trusted(
         ({"data": DATA, "metrics": ["rougeL >== 1"]}, "not a metric check"),
         ({"data": DATA, "metrics": ["accuracy >= 0.5"]}, "unknown metric"),
         ({"data": DATA, "metrics": ["rougeL >= 0.5; DROP TABLE runs"]}, "not a metric check"),
+        ({"data": DATA, "metrics": ["rougeL >= " + "p" * 65 + " - 0.1"]}, "not a metric check"),
         ({"data": {"dataset": "norm@1"}, "fairness": [{"max_gap": 0.1}]}, "group column"),
         ({"data": DATA, "fairness": [{"metric": "rougeL"}]}, "max_gap, min or both"),
         ({"data": DATA}, "checks nothing"),

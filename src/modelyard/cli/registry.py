@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from modelyard.cli._app import acting, app, console, print_json, table, usage
+from modelyard.cli._app import acting, app, console, err_console, print_json, table, usage
 
 models_app = typer.Typer(
     help="Model registry: register, ls, show, verify, promote, rollback, alias, history, card, download.",
@@ -184,14 +184,23 @@ def promote(
 
     runner = None
     _quiet_transformers()
+    reports: list[Any] = []
     if policy is not None:
-        from modelyard.evaluation import gate_runner, load_policy
+        from modelyard.evaluation import check_gates, load_policy
 
-        runner = gate_runner(load_policy(policy))
+        gates = load_policy(policy)
+
+        def runner(platform: Any, ctx: Any, exact: str) -> tuple[bool, str]:
+            reports.append(check_gates(platform, ctx, exact, gates))
+            return reports[-1].passed, reports[-1].summary()
+
     with acting() as (platform, ctx):
         change = do_promote(platform, ctx, spec, to, gates=runner, reason=reason)
     was = f" (was {change.previous})" if change.previous is not None else ""
     console.print(f"{change.name}@{change.alias} -> {change.version}{was}", markup=False)
+    for check in reports[-1].checks if reports else []:
+        if check.note.startswith("skipped"):  # e.g. a relative check naming an alias that is not there
+            err_console.print(f"note: {check.name} {check.note}", markup=False)
 
 
 @models_app.command("rollback")

@@ -36,7 +36,7 @@ from modelyard.training._recipe import (
 
 _CHECK_RE = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|>|<)\s*"
-    r"(?:(?P<alias>[a-z][a-z0-9_-]*)\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?|(?P<number>-?\d+(?:\.\d+)?))\s*$"
+    r"(?:(?P<alias>[a-z][a-z0-9_-]{0,63})\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?|(?P<number>-?\d+(?:\.\d+)?))\s*$"
 )
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "gen_len")
 
