@@ -125,6 +125,11 @@ def test_an_evaluation_report_of_the_wrong_shape_is_refused_on_record(
     assert audit_outcomes(platform, "model.register")[-1] == "refused"
 
 
+def test_lineage_cannot_claim_a_run_that_trained_nothing(platform: Platform, model_dir: Path) -> None:
+    with pytest.raises(UsageError, match="trained_by"):
+        registry.register(platform, platform.context(), model_dir, "claims", lineage={"run": "ab" * 16})
+
+
 def _tokenizer(path: Path) -> object:
     import transformers
 

@@ -349,6 +349,8 @@ def register(
                 src.lineage.update(from_run)
                 src.run_id = from_run["run"]
             if lineage:
+                if "run" in lineage and lineage["run"] != src.run_id:
+                    raise UsageError("lineage cannot name a run; give trained_by=RUN_ID, which checks it")
                 src.lineage.update(dict(lineage))
             if eval_report is not None:
                 src.eval_report = (
