@@ -158,7 +158,11 @@ def deploy(
     name: str = typer.Argument(..., help="Served model name."),
     version: int | None = typer.Option(None, "--version", "-v", help="Candidate version."),
     mode: str = typer.Option("canary", "--mode", help="ab, canary, shadow, or off (no candidate)."),
-    weight: int = typer.Option(10, "--weight", help="Percent of traffic for ab and canary."),
+    weight: int = typer.Option(
+        10,
+        "--weight",
+        help="Percent of traffic for ab and canary (over 50: an approver, not its author; passing gates).",
+    ),
     reason: str = typer.Option("", "--reason", "-m"),
 ) -> None:
     """Route part of NAME's traffic to a candidate version; every server of NAME follows within seconds."""
