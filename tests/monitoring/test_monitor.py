@@ -232,6 +232,14 @@ def test_an_alert_retrains_gates_and_deploys_a_canary(
     [again] = later.fired
     assert again.actions[2].startswith("not retrained: job") and "add a newer version" in again.actions[2]
     assert [v.version for v in registry.list_versions(home, ctx, "mon-alert")] == [1, 2]
+    # a changed gate policy (or recipe) is a different retrain, even on the same data
+    with (tmp_path / "gates.yaml").open("a") as f:
+        f.write("# stricter now\n")
+    fixed = run_once(home, ctx, policy, now=utcnow() + parse_window("4h"))
+    assert fixed.fired[0].actions[2].startswith("retrain job"), fixed.fired[0].actions
+    from modelyard.training._jobs import cancel_job
+
+    cancel_job(home, ctx, fixed.fired[0].actions[2].split()[2])  # not for other tests' workers
 
 
 @pytest.mark.parametrize(
@@ -281,6 +289,10 @@ def test_rules_that_need_a_missing_section_or_an_unsafe_webhook_are_refused(tmp_
         path.write_text(yaml.safe_dump({"model": "m@1", "rules": rules}))
         with pytest.raises(UsageError, match=message):
             load_alerts(path)
+    path.write_text(
+        yaml.safe_dump({"model": "m@1", "rules": [{"name": "x", "when": "quality_drop.rougeL>0.05"}]})
+    )
+    assert load_alerts(path).rules[0].when == "quality_drop.rougeL>0.05"  # no spaces: still one signal
     path.write_text(
         yaml.safe_dump(
             {

@@ -143,6 +143,9 @@ def test_a_secret_in_the_url_is_never_in_an_error(hook: str) -> None:
     with pytest.raises(WebhookRefused) as refused:
         check_url("https://user:PASSWORD@hooks.example/x", WebhookPolicy.parse(hosts=["hooks.example"]))
     assert "PASSWORD" not in refused.value.message
+    with pytest.raises(WebhookRefused, match="no spaces or control characters") as spaced:
+        send(f"{hook}/services/T01/xoxb-SECRET?channel=ops team", {"n": 1}, LOCAL)  # http.client quotes it
+    assert "SECRET" not in spaced.value.message
 
 
 def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout() -> None:

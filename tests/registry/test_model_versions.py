@@ -125,9 +125,29 @@ def test_an_evaluation_report_of_the_wrong_shape_is_refused_on_record(
     assert audit_outcomes(platform, "model.register")[-1] == "refused"
 
 
-def test_lineage_cannot_claim_a_run_that_trained_nothing(platform: Platform, model_dir: Path) -> None:
-    with pytest.raises(UsageError, match="trained_by"):
-        registry.register(platform, platform.context(), model_dir, "claims", lineage={"run": "ab" * 16})
+def test_lineage_naming_a_run_is_checked_and_recorded(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path
+) -> None:
+    ctx = trained_platform.context()
+    with pytest.raises(NotFoundError, match="run"):  # a run of nobody's: not signed into a manifest
+        registry.register(trained_platform, ctx, model_dir, "claims", lineage={"run": "ab" * 16})
+    info = registry.register(trained_platform, ctx, model_dir, "claims", lineage={"run": trained.run_id})
+    _, manifest = registry.read_manifest(trained_platform, ctx, info.spec)
+    assert manifest["lineage"]["run"] == trained.run_id and manifest["lineage"]["datasets"] == ["norm@1"]
+    registry.verify(trained_platform, ctx, info.spec)
+
+
+def test_a_version_whose_row_never_recorded_its_signed_run_still_verifies(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path
+) -> None:
+    # Before 2026-12-06, register(dir, lineage={"run": ...}) signed the run but left run_id NULL.
+    ctx = trained_platform.context()
+    info = registry.register(trained_platform, ctx, model_dir, "older", lineage={"run": trained.run_id})
+    with trained_platform.db.write() as s:
+        s.execute(
+            text("UPDATE model_versions SET run_id = NULL WHERE id = (SELECT max(id) FROM model_versions)")
+        )
+    registry.verify(trained_platform, ctx, info.spec)
 
 
 def _tokenizer(path: Path) -> object:

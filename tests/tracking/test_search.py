@@ -64,12 +64,13 @@ def test_valid_filters(client: Client, runs: list[str], filt: str, expected: set
 
 
 def test_a_param_logged_as_a_number_matches_its_other_spellings(client: Client) -> None:
-    # Python stores 1e-4 as '0.0001' and 3 as '3': the README's filter spelling must still find them.
+    # Python stores 1e-4 as '0.0001': the README's filter spelling must still find it, while texts that
+    # merely look like numbers (versions, postcodes) keep matching exactly.
     for name, params in [
-        ("f", {"lr": 1e-4, "epochs": 3}),
-        ("s", {"lr": "1e-4", "epochs": "3.0"}),
-        ("o", {"lr": 1e-3, "epochs": 4}),
-        ("t", {"lr": "fast", "epochs": "x"}),
+        ("f", {"lr": 1e-4, "v": "2.10", "zip": "01234"}),
+        ("s", {"lr": "1e-4", "v": "2.1", "zip": "1234"}),
+        ("o", {"lr": 1e-3, "v": "3", "zip": "x"}),
+        ("t", {"lr": "fast", "v": "x", "zip": "y"}),
     ]:
         with client.start_run("spell", name=name, params=params, capture=False):
             pass
@@ -82,8 +83,8 @@ def test_a_param_logged_as_a_number_matches_its_other_spellings(client: Client) 
     assert found("params.lr != '1e-4'") == {"o", "t"}
     assert found("params.lr in ('1e-4', '1E-3')") == {"f", "s", "o"}
     assert found("params.lr not in ('1e-4')") == {"o", "t"}
-    assert found("params.epochs = '3'") == {"f", "s"}
-    assert found("params.epochs = '3.0'") == {"f", "s"}
+    assert found("params.v = '2.10'") == {"f"} and found("params.v = '2.1'") == {"s"}
+    assert found("params.zip = '01234'") == {"f"} and found("params.zip != '1234'") == {"f", "o", "t"}
     assert found("params.lr = 'fast'") == {"t"}
     assert found("params.lr like '1e%'") == {"s"}  # patterns stay text
 

@@ -273,6 +273,10 @@ def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path: Path) -> No
         load_policy(path)
     path.write_text("base: &b {lr: 0.1}\nhp:\n  <<: *b\n  lr: 0.2\n")  # a merge may still be overridden
     assert read_yaml(path, "x")["hp"] == {"lr": 0.2}
+    # a text the platform stored before this check (a run's recipe) still reads as it did
+    from modelyard.training._recipe import parse_yaml
+
+    assert parse_yaml("a: 1\na: 2\n", source="run's recipe", stored=True) == {"a": 2}
 
 
 def test_yaml_cannot_build_python_objects(tmp_path: Path) -> None:

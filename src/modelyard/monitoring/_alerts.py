@@ -122,7 +122,7 @@ class AlertPolicy(_Section):
             if rule.name in seen:  # their cooldowns would be one: the second could never fire
                 raise UsageError(f"two rules are named {rule.name!r}; give each rule its own name")
             seen.add(rule.name)
-            signal = rule.when.split()[0]
+            signal = _RULE_RE.match(rule.when)["signal"]  # type: ignore[index]  # checked when parsed
             if signal.startswith("quality") and signal.split(".", 1)[1] not in EVAL_METRICS:
                 raise UsageError(
                     f"rule {rule.name!r}: {signal} is not a metric monitoring scores; "
@@ -352,7 +352,11 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
         return f"retrain already under way (job {pending.get('job')})"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
     recipe, changes = newest_data(platform, ctx, text, policy.retrain.recipe)
-    used = sorted(_data_versions(recipe, policy.retrain.recipe))
+    # What a retrain is made of: the data versions, and the recipe and gate policy as written now (a
+    # fixed recipe or policy may retrain on the same data).
+    made_of = (text, Path(policy.retrain.policy).read_text(encoding="utf-8"))
+    digest = hashlib.sha256("\x00".join(made_of).encode()).hexdigest()[:16]
+    used = [*sorted(_data_versions(recipe, policy.retrain.recipe)), f"recipe+policy:{digest}"]
     if (
         pending is not None
         and pending.get("state") in ("deployed", "gated-out")
@@ -360,8 +364,8 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
     ):
         # The drift is still there, but a retrain on the same data would give the same model again.
         return (
-            f"not retrained: job {pending.get('job')} already trained on {', '.join(used)} "
-            f"({pending.get('state')}); add a newer version of the data"
+            f"not retrained: job {pending.get('job')} already trained on {', '.join(used[:-1])} with this "
+            f"recipe and policy ({pending.get('state')}); add a newer version of the data"
         )
     with tempfile.TemporaryDirectory(prefix="yard-retrain-") as tmp:
         path = Path(tmp) / Path(policy.retrain.recipe).name

@@ -60,7 +60,9 @@ def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20
             f"{info.spec} records no training recipe, so there is no training data to compare with"
         )
     text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
-    recipe = parse_recipe(parse_yaml(text, source=f"{info.spec}'s recipe"), source=f"{info.spec}'s recipe")
+    recipe = parse_recipe(
+        parse_yaml(text, source=f"{info.spec}'s recipe", stored=True), source=f"{info.spec}'s recipe"
+    )
     splits = load_splits(platform, ctx, recipe)
     rows = splits.train[:max_rows]
     versions = ", ".join(sorted(set(splits.versions.values())))

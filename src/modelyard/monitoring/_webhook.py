@@ -84,6 +84,8 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
     """(scheme, host, port, address to connect to) for an allowed URL, else WebhookRefused saying why."""
     if not isinstance(url, str) or len(url) > 2048:
         raise WebhookRefused("a webhook URL must be a string of at most 2048 characters")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise WebhookRefused(f"webhook {shown(url)}: a URL has no spaces or control characters; encode them")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
@@ -159,6 +161,12 @@ class _PinnedTLS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # "Connection refused": no URL in it
+    return type(exc).__name__
+
+
 def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
     cut.set()
     sock = conn.sock
@@ -211,7 +219,8 @@ def send(url: str, payload: Any, policy: WebhookPolicy) -> WebhookResult:
             response.read(64 << 10)
             status, location = response.status, response.getheader("Location")
         except (OSError, http.client.HTTPException) as exc:
-            why = f"no answer within {policy.timeout_s:g} s" if cut.is_set() else str(exc)
+            # http.client's own messages may quote the request path (the secret): only the kind of failure
+            why = f"no answer within {policy.timeout_s:g} s" if cut.is_set() else _failure(exc)
             raise UsageError(f"webhook {shown(current)} failed: {why}") from None
         finally:
             watchdog.cancel()

@@ -182,7 +182,9 @@ def _eval_rows(
     recipe = None
     if digest:
         text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
-        recipe = parse_recipe(parse_yaml(text, source=f"{spec}'s recipe"), source=f"{spec}'s recipe")
+        recipe = parse_recipe(
+            parse_yaml(text, source=f"{spec}'s recipe", stored=True), source=f"{spec}'s recipe"
+        )
     d = recipe.data if recipe is not None else None
     if (
         d is not None

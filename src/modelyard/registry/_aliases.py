@@ -230,6 +230,9 @@ def promote(
             raise UsageError(f"{exact} changed while it was being promoted")
         if gates is not None and not _has_passing(s, row, "gates"):
             raise GateFailedError(f"{exact}: no passing gate attestation was recorded")
+        # Lock the model's row first: on PostgreSQL two promotions would otherwise both read the aliases as
+        # they were and both commit (SQLite's single writer already serialises them).
+        s.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
         moved = sorted(a for a, v in _targets(s, model.id).items() ^ compared.items())
         if (
             gates is not None and moved

@@ -2,7 +2,8 @@
 
 Checked before a byte is stored, on names and on contents: a pickle is refused whatever its name (the
 pickle protocol header, the zip container torch.save writes, or a header-less protocol 0/1 pickle that
-imports or calls something, found in a file's first 8 MiB), and a ``.safetensors`` or ``.json`` file
+imports or calls something: anywhere in a text file, in a weights file's first 8 MiB), and a ``.safetensors``
+or ``.json`` file
 must parse as one. Names are stored NFC-normalised; two that normalise or case-fold alike are refused.
 Symlinks and special files are refused: a version describes bytes inside its directory.
 """
@@ -16,6 +17,7 @@ import pickletools
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from modelyard.core._paths import safe_key
 from modelyard.errors import UsageError
@@ -62,12 +64,12 @@ _CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "N
 _PICKLE_SCAN = 8 << 20
 
 
-def _runs_code_when_unpickled(head: bytes) -> bool:
-    """Whether ``head`` starts with a whole pickle of any protocol (0 and 1 have no header) that imports
+def _runs_code_when_unpickled(stream: BinaryIO) -> bool:
+    """Whether ``stream`` starts with a whole pickle of any protocol (0 and 1 have no header) that imports
     or calls something: pickle.load would run it, whatever the file is called."""
     code = False
     try:
-        for op, _, _ in pickletools.genops(io.BytesIO(head)):
+        for op, _, _ in pickletools.genops(stream):
             code = code or op.name in _CODE_OPCODES
             if op.name == "STOP":
                 return code
@@ -83,7 +85,10 @@ def _check_content(root: Path, rel: str, path: Path, size: int) -> None:
         pickled = _looks_pickled(head)
         if not pickled and suffix not in (".safetensors", ".json"):  # those two are parsed below
             fh.seek(0)
-            pickled = _runs_code_when_unpickled(fh.read(_PICKLE_SCAN))
+            # Text kinds are read whole (padding cannot push the payload out of sight; they are small);
+            # weight files, up to 8 MiB (a length field in random bytes must not make us read gigabytes).
+            text = ALLOWED.get(suffix) in ("config", "tokenizer", "doc") and suffix != ".model"
+            pickled = _runs_code_when_unpickled(fh if text else io.BytesIO(fh.read(_PICKLE_SCAN)))
             fh.seek(8)
         if pickled:
             raise _refuse(
@@ -133,11 +138,11 @@ def scan_model_dir(root: str | os.PathLike[str]) -> list[ModelFile]:
                 rel = safe_key(rel, what="model file name")  # NFC: the name it is stored and written under
             except UsageError as exc:
                 raise _refuse(base, exc.message) from None
-            if rel.casefold() in seen:  # one file would overwrite the other on download
+            if rel.lower() in seen:  # one file would overwrite the other on download (or on macOS/Windows)
                 raise _refuse(
-                    base, f"{rel} and {seen[rel.casefold()]} are one name once normalised or case-folded"
+                    base, f"{rel} and {seen[rel.lower()]} are one name once normalised or case-folded"
                 )
-            seen[rel.casefold()] = rel
+            seen[rel.lower()] = rel
             suffix = Path(rel).suffix.lower()
             if suffix in PICKLE_SUFFIXES:
                 raise _refuse(

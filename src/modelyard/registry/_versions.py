@@ -343,15 +343,15 @@ def register(
                 src = _Source(
                     root, scan_model_dir(root), {"run": None, "datasets": [], "recipe": None, "code": None}
                 )
+            if trained_by is None and lineage and lineage.get("run"):
+                trained_by = str(lineage["run"])  # the run's own lineage, checked, recorded on the row
             if trained_by is not None and src.run_id is None:
                 # A directory whose weights a run trained (an optimised variant): that run's lineage.
                 from_run = _run_lineage(platform, ctx, trained_by)
                 src.lineage.update(from_run)
                 src.run_id = from_run["run"]
             if lineage:
-                if "run" in lineage and lineage["run"] != src.run_id:
-                    raise UsageError("lineage cannot name a run; give trained_by=RUN_ID, which checks it")
-                src.lineage.update(dict(lineage))
+                src.lineage.update({k: v for k, v in lineage.items() if k != "run"})
             if eval_report is not None:
                 src.eval_report = (
                     eval_report if isinstance(eval_report, bytes) else Path(eval_report).read_bytes()
@@ -613,9 +613,10 @@ def _checked_manifest(
         "created_by": row.created_by,
         "description": row.description,
         "metrics": json.loads(row.metrics or "{}"),
-        "run": row.run_id,
         "parent": f"{parent_model.name}@{parent.version}" if parent and parent_model else None,
     }
+    if row.run_id is not None:  # NULL: versions registered with lineage={"run": ...} before 2026-12-06
+        expected["run"] = row.run_id
     signed = {
         **manifest,
         "metrics": (manifest.get("eval") or {}).get("metrics") or {},

@@ -275,17 +275,13 @@ class _Parser:
 
 
 def _number_spellings(text: str) -> list[str]:
-    """``text`` and, for a finite number, how Python's ``str`` writes it as a float (and as an int
-    where it is whole): '1e-4' -> ['1e-4', '0.0001'], '3' -> ['3', '3.0']."""
-    if not _NUMBER.fullmatch(text):
+    """``text`` and, for a number in exponent notation, how Python's ``str`` writes that float:
+    '1e-4' -> ['1e-4', '0.0001'], '1e6' -> ['1e6', '1000000.0']. Other texts stay as written: '2.10' is
+    a version and '01234' a postcode, not 2.1 and 1234."""
+    if "e" not in text.lower() or not _NUMBER.fullmatch(text):
         return [text]
     x = float(text)
-    if not math.isfinite(x):
-        return [text]
-    forms = [text, str(x)]
-    if x.is_integer() and abs(x) < 2**53:
-        forms.append(str(int(x)))
-    return list(dict.fromkeys(forms))
+    return list(dict.fromkeys([text, str(x)])) if math.isfinite(x) else [text]
 
 
 def _apply(col: Any, op: str, values: list[Any]) -> ColumnElement[bool]:

@@ -448,11 +448,9 @@ def submit_kubernetes_job(
 
 def check_recipe_data(platform: Platform, ctx: Context, req: JobRequest) -> None:
     """Every dataset version the recipe reads exists (a job that could only fail is not queued)."""
-    import yaml
+    from modelyard.training._recipe import check_data, parse_recipe, parse_yaml
 
-    from modelyard.training._recipe import _Loader, check_data, parse_recipe
-
-    recipe = parse_recipe(yaml.load(req.recipe, Loader=_Loader), source=req.recipe_name)  # noqa: S506
+    recipe = parse_recipe(parse_yaml(req.recipe, source=req.recipe_name, stored=True), source=req.recipe_name)
     check_data(platform, ctx, recipe)
 
 

@@ -659,10 +659,14 @@ def parse_model(model: type[M], data: Any, *, source: str, kind: str) -> M:
 # -- loading ----------------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's float rule: ``1e-4`` is a float, not the string "1e-4"; and a
-    key given twice in one mapping is an error (PyYAML keeps the last one silently, which can drop a
-    whole gate section or hyperparameter)."""
+class _StoredLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float rule: ``1e-4`` is a float, not the string "1e-4". For
+    texts stored before duplicate keys were refused (a run's recipe, a queued job's): read as then."""
+
+
+class _Loader(_StoredLoader):
+    """:class:`_StoredLoader`, and a key given twice in one mapping is an error (PyYAML keeps the last
+    one silently, which can drop a whole gate section or hyperparameter)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -690,8 +694,10 @@ _FLOAT_RE = re.compile(
         |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+_StoredLoader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StoredLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
 def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
@@ -725,10 +731,11 @@ def read_yaml(path: str | Path, kind: str) -> Any:
     return parse_yaml(text, source=str(p))
 
 
-def parse_yaml(text: str, *, source: str) -> Any:
-    """``text`` parsed with the safe loader and YAML 1.2 floats; ValidationError naming ``source``."""
+def parse_yaml(text: str, *, source: str, stored: bool = False) -> Any:
+    """``text`` parsed with the safe loader and YAML 1.2 floats; ValidationError naming ``source``.
+    ``stored``: a text the platform kept (a run's recipe), which may predate the duplicate-key check."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+        return yaml.load(text, Loader=_StoredLoader if stored else _Loader)  # noqa: S506 (SafeLoaders)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
