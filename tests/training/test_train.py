@@ -183,8 +183,9 @@ def test_sigkill_then_resume_gives_identical_weights(data_home: Path, tmp_path: 
         assert torch.equal(tensor, uninterrupted[name]), f"{name} differs after a kill past step {kill_after}"
     with client_of(data_home) as c:
         assert c.get_run(run_id).status == "FINISHED"
-        # the resumed run logged every step up to the end
-        assert [p.step for p in c.metric_history(run_id, ["loss"])["loss"]][-1] == 15
+        # every step's loss, those before the kill included: a checkpoint makes its steps' metrics durable
+        # first, since the resume starts after them (helper-21: steps logged just before were lost)
+        assert sorted({p.step for p in c.metric_history(run_id, ["loss"])["loss"]}) == list(range(1, 16))
 
 
 def test_tampered_checkpoint_is_refused_and_a_half_written_one_skipped(
@@ -280,3 +281,44 @@ def test_batch_size_must_split_across_processes(yard: Yard, data_home: Path, tmp
     recipe = write_recipe(tmp_path / "r.yaml", hyperparameters__batch_size=7)
     r = yard("train", recipe, "--no-progress", env={"WORLD_SIZE": "2", "RANK": "1"})
     assert r.code == 2 and "divisible by the number of processes (2)" in r.error
+
+
+def test_a_rank_in_a_session_of_its_own_dies_with_its_launcher(tmp_path: Path) -> None:
+    # torchrun starts ranks with start_new_session=True: a SIGKILLed launcher (a dead worker, a memory kill
+    # of the job's process group) would leave them training beside the job's retry (helper-21).
+    import textwrap
+
+    import psutil
+
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys, time
+            rank = subprocess.Popen(
+                [sys.executable, "-c", "from modelyard.training._dist import die_with_parent; "
+                 "die_with_parent(); print('armed', flush=True); import time; time.sleep(120)"],
+                start_new_session=True, stdout=subprocess.PIPE, text=True,
+            )
+            assert rank.stdout.readline().strip() == "armed"
+            print(rank.pid, flush=True)
+            time.sleep(120)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(launcher)], stdout=subprocess.PIPE, text=True)
+    rank = int(proc.stdout.readline())  # type: ignore[union-attr]
+    assert psutil.pid_exists(rank)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(rank).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(rank, signal.SIGKILL)
+        raise AssertionError("the rank outlived its launcher")

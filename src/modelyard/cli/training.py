@@ -150,7 +150,7 @@ def _launch(
     no_progress: bool,
 ) -> int:
     """Re-run ``yard train`` under torchrun; the children get the same options minus the launcher's."""
-    from modelyard.training._dist import torchrun_argv
+    from modelyard.training._dist import die_with_parent, torchrun_argv
 
     args = ["train", str(recipe_path.resolve()), "--device", device]
     for item in sets:
@@ -164,7 +164,9 @@ def _launch(
     env = dict(os.environ)
     if state().project:
         env["YARD_PROJECT"] = state().project or ""
-    return subprocess.call(torchrun_argv(args, **launcher), env=env)
+    me = os.getpid()
+    # torchrun dies with this process (killed by a dying worker or a memory limit), and its ranks with it
+    return subprocess.call(torchrun_argv(args, **launcher), env=env, preexec_fn=lambda: die_with_parent(me))
 
 
 @app.command("tune")

@@ -43,6 +43,23 @@ def from_env() -> Dist:
     return Dist(rank, world, local)
 
 
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel (Linux) to SIGKILL this process when its parent dies, and exit at once if it already
+    has. torchrun starts each rank in a session of its own, so a rank would outlive a killed launcher (a
+    dead worker, a memory kill of the job's process group) and train beside the job's retry. ``parent``:
+    the pid expected as parent (default: the current one)."""
+    import ctypes
+    import signal
+
+    expected = os.getppid() if parent is None else parent
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to arm
+        return
+    if os.getppid() != expected:  # the parent died before the signal was armed
+        os._exit(137)
+
+
 def pick_device(requested: str, dist: Dist) -> Any:
     import torch
 
@@ -61,6 +78,8 @@ def pick_device(requested: str, dist: Dist) -> Any:
 def init_group(dist: Dist, backend: str, device: Any) -> None:
     if not dist.enabled:
         return
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank torchrun started: it dies with its launcher
+        die_with_parent()
     import datetime
 
     import torch.distributed as td

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.errors import NotFoundError, UsageError
+from modelyard.errors import BackendError, NotFoundError, UsageError
 from modelyard.training import _checkpoint as ck
 from modelyard.training import _dist
 from modelyard.training._data import Example
@@ -615,6 +615,14 @@ def _restore(setup: _Setup, path: Path) -> ck.TrainerState:
 def _save(setup: _Setup, state: ck.TrainerState, client: Client | None, run: Run | None) -> None:
     rngs = _dist.gather(setup.dist, ck.rng_state())
     if setup.dist.main and client is not None and run is not None:
+        # The metrics of the steps this checkpoint covers are made durable first: a resume starts after
+        # them, so metrics still buffered when the process is killed would be gone for good.
+        try:
+            run.flush()
+        except BackendError as exc:  # a store outage must not stop training; they stay buffered
+            warnings.warn(
+                f"checkpoint at step {state.step}: metrics not yet durable ({exc.message})", stacklevel=2
+            )
         root = checkpoint_root(client, run.id)
         ck.save_checkpoint(
             root,
