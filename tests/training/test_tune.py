@@ -90,6 +90,32 @@ def test_a_worker_joins_the_study_and_the_total_is_capped(yard: Yard, home: Path
     assert len(children) == 3
 
 
+def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
+    yard: Yard, home: Path, tmp_path: Path
+) -> None:
+    # batch_size 300 passes validation but is more than the 240 training rows: that trial fails at run time
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    recipe = recipe_file(
+        tmp_path / "r.yaml",
+        search={"hyperparameters.batch_size": {"type": "categorical", "choices": [8, 300]}},
+    )
+    r = yard(
+        "tune", recipe, "--trials", "4", "--sampler", "random", "--seed", "0", "--pruner", "none", "--json"
+    )
+    assert r.code == 0, r.err
+    states = {t["params"]["hyperparameters.batch_size"]: t["state"] for t in r.json()["trials"]}
+    assert states == {8: "COMPLETE", 300: "FAIL"}, r.json()["trials"]
+    assert r.json()["best_params"] == {"hyperparameters.batch_size": 8}
+    only_bad = recipe_file(
+        tmp_path / "bad.yaml",
+        search={"hyperparameters.batch_size": {"type": "categorical", "choices": [300]}},
+    )
+    r = yard("tune", only_bad, "--trials", "2", "--pruner", "none", "--study", "bad")
+    assert r.code == 2 and "error: every trial failed; the last: 240 training rows" in r.err
+    assert "Traceback" not in r.err
+
+
 @pytest.mark.parametrize(
     ("args", "changes", "message"),
     [

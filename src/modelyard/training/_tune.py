@@ -14,6 +14,7 @@ a schema ``optuna`` of the same database; on SQLite (one machine by nature) in `
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import tempfile
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelyard.errors import NotFoundError, UsageError
+from modelyard.errors import NotFoundError, UsageError, YardError
+
+log = logging.getLogger("modelyard.training")
 
 if TYPE_CHECKING:
     from modelyard.core import Platform
@@ -248,6 +251,10 @@ def tune(
             )
         except Pruned as exc:
             raise optuna.TrialPruned(str(exc)) from None
+        except YardError as exc:  # this trial's values cannot train (e.g. a batch larger than the data)
+            trial.set_user_attr("error", exc.message)
+            log.warning("trial %d failed: %s", trial.number, exc.message)
+            return math.nan  # Optuna records it FAILED (one line, no traceback) and goes on
         trial.set_user_attr("run", result.run_id)
         value = result.best.get("value")
         if value is None or math.isnan(value):
@@ -261,6 +268,10 @@ def tune(
     ]
     try:
         st.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks, catch=())
+        ran = [t for t in st.trials if t.state != optuna.trial.TrialState.RUNNING]
+        if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
+            last = ran[-1].user_attrs.get("error", "see its run")
+            raise UsageError(f"every trial failed; the last: {last}")
     except BaseException as exc:
         if parent is not None:
             parent.end(
