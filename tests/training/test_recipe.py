@@ -104,6 +104,19 @@ def test_quoted_number_is_not_silently_coerced() -> None:
     ("mapping", "expected"),
     [
         (recipe(model__foo=1), "model.foo: unknown key"),
+        (recipe(hyperparameters__seed=20240101123456), "hyperparameters.seed"),  # overflowed manual_seed
+        (
+            recipe(
+                model__config={
+                    "d_model": 8,
+                    "d_ff": 8,
+                    "num_layers": 1,
+                    "num_heads": 1,
+                    "relative_attention_num_buckets": 2,
+                }
+            ),
+            "relative_attention_num_buckets",
+        ),
         (recipe(hyperparameters__lrr=1e-3), "hyperparameters.lrr: unknown key (did you mean 'lr'?)"),
         ({**MINIMAL, "hyperparams": {}}, "hyperparams: unknown key (did you mean 'hyperparameters'?)"),
         (

@@ -277,6 +277,16 @@ def test_bad_recipes_fail_before_any_work(
     assert not (data_home / "checkpoints").exists()
 
 
+def test_periodic_evaluation_without_validation_rows_is_refused_before_training(
+    yard: Yard, data_home: Path, tmp_path: Path
+) -> None:
+    # It used to train up to the first evaluation and fail with "nothing to score" (helper-21).
+    recipe = write_recipe(tmp_path / "r.yaml", data={"train": "norm@1", "test": "norm@1"})
+    r = yard("train", recipe, "--no-progress")
+    assert r.code == 2 and "validation split, which is empty" in r.error
+    assert not list((data_home / "checkpoints").glob("*/step-*"))
+
+
 def test_batch_size_must_split_across_processes(yard: Yard, data_home: Path, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", hyperparameters__batch_size=7)
     r = yard("train", recipe, "--no-progress", env={"WORLD_SIZE": "2", "RANK": "1"})

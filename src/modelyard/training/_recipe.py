@@ -195,7 +195,7 @@ class T5Dims(_Section):
     num_decoder_layers: PositiveInt | None = None
     dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
     feed_forward_proj: Literal["gated-gelu", "relu", "gelu"] = "gated-gelu"
-    relative_attention_num_buckets: PositiveInt = 32
+    relative_attention_num_buckets: Annotated[int, Field(ge=4, le=1024)] = 32  # T5 halves it twice
     # transformers 5 ties T5's output layer to the shared embedding whatever this says; true also scales the
     # decoder output by d_model**-0.5, which a tied head needs (false: a loss near 36 at init for `tiny`).
     tie_word_embeddings: bool = True
@@ -269,7 +269,7 @@ class Hyperparameters(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    seed: int = 42
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42  # the loop derives per-rank seeds that must fit int64
 
     @model_validator(mode="after")
     def _exclusive(self) -> Hyperparameters:

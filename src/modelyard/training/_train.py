@@ -361,6 +361,12 @@ def train(
             splits = load_splits(client.platform, client.ctx, recipe)
             if not splits.train:
                 raise UsageError("the training split is empty")
+            if recipe.train.eval_every_steps is not None and not splits.validation:  # before any training
+                raise UsageError(
+                    "train.eval_every_steps evaluates on the validation split, which is empty: give "
+                    "data.validation (or a data.split validation share that leaves rows), or drop "
+                    "eval_every_steps"
+                )
             for spec in dict.fromkeys(splits.versions.values()):
                 run.use_dataset(spec)
             if hooks.train_examples is not None:
