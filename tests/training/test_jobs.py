@@ -417,12 +417,18 @@ def test_jobs_that_do_not_fit_the_worker_are_not_claimed(
     big = _jobs.submit_job(platform, ctx, recipe, cpus=4, priority="urgent")
     fat = _jobs.submit_job(platform, ctx, recipe, memory="2G", priority="urgent")
     small = _jobs.submit_job(platform, ctx, recipe, cpus=2, memory="1G")
-    with ThreadWorker(fast(platform), ctx, tmp_path / "marks", cpus=2, gpus=0, memory="1G") as w:
+    said: list[str] = []
+    with ThreadWorker(
+        fast(platform), ctx, tmp_path / "marks", cpus=2, gpus=0, memory="1G", log=said.append
+    ) as w:
         pass
     jobs = jobs_by_id(platform)
     assert w.claimed == 1 and jobs[small.id].status == "SUCCEEDED"
     for j in (gpu, big, fat):
         assert (jobs[j.id].status, jobs[j.id].attempts) == ("QUEUED", 0)
+        # and the worker says why it leaves each one, once (they used to wait without a word)
+        [line] = [m for m in said if f"job {j.id} asks for" in m]
+        assert "this worker has 2, 0 and 1G, so it leaves the job to a larger worker" in line
 
 
 def test_a_job_waits_for_free_resources_and_is_not_overtaken(

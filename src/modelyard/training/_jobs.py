@@ -935,6 +935,7 @@ class Worker:
         self.finished: deque[tuple[int, str]] = deque(maxlen=1000)  # (job, final status), the latest
         self.exit_code: int | None = None  # of the last job that ended here (see _collect)
         self._said_waiting = False
+        self._said_too_big: set[int] = set()  # queued jobs this worker said it can never run
         self._echo = echo
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by stop() and when a job's output ends (it is exiting)
@@ -999,6 +1000,8 @@ class Worker:
                     while not stopping and self._claim_one():
                         claimed_now += 1
                         stopping = self.max_jobs is not None and self.claimed >= self.max_jobs
+                    if claimed_now == 0 and self.job_id is None:
+                        self._say_too_big()
                     if not self.running:
                         if stopping:
                             return self.claimed
@@ -1083,6 +1086,26 @@ class Worker:
         aged = Job.priority + (now - submitted) * (PRIORITY_LEVEL / st.job_aging_s)
         rank = case((Job.priority >= limit, Job.priority), (aged >= limit, limit), else_=aged)
         return [rank.desc(), Job.submitted_at, Job.id]
+
+    def _say_too_big(self) -> None:
+        """Name, once, each queued job that asks for more than this worker has (it would wait silently)."""
+        with self.platform.db.read() as s:
+            jobs = s.execute(
+                select(Job.id, Job.cpus, Job.gpus, Job.memory).where(
+                    Job.project_id == self.ctx.project_id,
+                    Job.status == "QUEUED",
+                    Job.backend == "local",
+                    (Job.cpus > self.cpus) | (Job.gpus > len(self.gpu_ids)) | (Job.memory > self.memory),
+                )
+            ).all()
+        for job_id, cpus, gpus, memory in jobs:
+            if job_id not in self._said_too_big:
+                self._said_too_big.add(job_id)
+                self._log(
+                    f"worker {self.name}: job {job_id} asks for {cpus:g} CPUs, {gpus} GPUs and "
+                    f"{format_memory(memory)}; this worker has {self.cpus:g}, {len(self.gpu_ids)} and "
+                    f"{format_memory(self.memory)}, so it leaves the job to a larger worker"
+                )
 
     def _nothing_to_wait_for(self) -> bool:
         if self.job_id is None:
