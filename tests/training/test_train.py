@@ -277,6 +277,43 @@ def test_bad_recipes_fail_before_any_work(
     assert not (data_home / "checkpoints").exists()
 
 
+def test_every_optimizer_step_sums_exactly_gradient_accumulation_micro_batches(
+    data_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 240 rows in batches of 7 are 34 micro-batches an epoch; with accumulation 4 that is 8 steps and 2
+    # left over, which used to be added into the next epoch's first step (helper-21).
+    from modelyard.training import _train, load_recipe
+
+    per_step: list[int] = []
+    seen = [0]
+    token_losses, optimizer_step = _train._token_losses, _train._optimizer_step
+
+    def counting_losses(setup: Any, model: Any, batch: Any, hook: Any = None) -> Any:
+        if model is setup.model and model.training:
+            seen[0] += 1
+        return token_losses(setup, model, batch, hook)
+
+    def counting_step(setup: Any) -> None:
+        per_step.append(seen[0])
+        seen[0] = 0
+        optimizer_step(setup)
+
+    monkeypatch.setattr(_train, "_token_losses", counting_losses)
+    monkeypatch.setattr(_train, "_optimizer_step", counting_step)
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        hyperparameters__max_steps=None,
+        hyperparameters__epochs=2,
+        hyperparameters__batch_size=7,
+        hyperparameters__gradient_accumulation=4,
+        checkpoints__every_steps=None,
+        train__eval_every_steps=None,
+    )
+    with client_of(data_home) as c:
+        _train.train(load_recipe(recipe), client=c, progress=False, final_eval=False)
+    assert per_step == [4] * 16
+
+
 def test_periodic_evaluation_without_validation_rows_is_refused_before_training(
     yard: Yard, data_home: Path, tmp_path: Path
 ) -> None:

@@ -205,6 +205,9 @@ def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
     batches = epoch_batches(
         len(setup.train_rows), recipe.hyperparameters.batch_size, recipe.hyperparameters.seed, epoch
     )
+    # Whole optimizer steps only: micro-batches left over at the end of an epoch (fewer than
+    # gradient_accumulation) would otherwise add their gradients to the next epoch's first step.
+    batches = batches[: setup.steps_per_epoch * recipe.hyperparameters.gradient_accumulation]
     mine = [b[dist.rank * local : (dist.rank + 1) * local] for b in batches[start:]]
     pad = setup.tokenizer.pad_token_id
     pin = recipe.distributed.pin_memory
