@@ -90,6 +90,76 @@ def test_a_worker_joins_the_study_and_the_total_is_capped(yard: Yard, home: Path
     assert len(children) == 3
 
 
+def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: Path, tmp_path: Path) -> None:
+    # A retried `tune` job (its worker died) runs `yard tune ... --resume` (helper-21: the retry failed at
+    # once with "study exists", leaving the parent run without its best).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from modelyard.training._jobs import cli_argv
+
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    recipe = recipe_file(tmp_path / "r.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    env.update(YARD_HOME=str(home), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelyard.cli",
+            "tune",
+            str(recipe),
+            "-n",
+            "4",
+            "--sampler",
+            "random",
+            "--study",
+            "d",
+            "--pruner",
+            "none",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while True:  # until the first trial finished, then the process dies mid-study
+        with Client() as c:
+            if any(r.status == "FINISHED" for r in c.search_runs("t") if r.parent_id is not None):
+                break
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = yard(
+        "tune",
+        recipe,
+        "-n",
+        "4",
+        "--sampler",
+        "random",
+        "--study",
+        "d",
+        "--pruner",
+        "none",
+        "--resume",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    done = [t for t in r.json()["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 4 and r.json()["best_value"] is not None
+    with Client() as c:
+        parent = c.get_run(r.json()["parent_run"])
+    assert parent.status == "FINISHED" and "best_loss" in parent.metrics
+    retried = SimpleNamespace(command="tune", args=["-n", "4"], attempts=2, run_id=None)
+    assert cli_argv(retried, Path("r.yaml"))[-1] == "--resume"  # type: ignore[arg-type]  # a retried job
+
+
 def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     yard: Yard, home: Path, tmp_path: Path
 ) -> None:
@@ -113,7 +183,7 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     )
     r = yard("tune", only_bad, "--trials", "2", "--pruner", "none", "--study", "bad")
     assert r.code == 2 and "error: every trial failed; the last: 240 training rows" in r.err
-    assert "Traceback" not in r.err
+    assert "Traceback" not in r.err, r.err
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,9 @@ def tune_cmd(
     pruner: str = typer.Option("median", "--pruner", help="median, hyperband or none."),
     study: str | None = typer.Option(None, "--study", help="Study name (default EXPERIMENT-tune)."),
     worker: bool = typer.Option(False, "--worker", help="Join an existing study and run trials for it."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Take over the study this command started before (e.g. its worker died)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Sampler seed."),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop starting trials after SECONDS."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -205,6 +208,7 @@ def tune_cmd(
                 pruner=pruner,
                 study=study,
                 worker=worker,
+                resume=resume,
                 seed=seed,
                 device=device,
                 timeout=timeout,

@@ -814,10 +814,12 @@ Executor = Callable[[JobInfo, Path], list[str]]
 
 def cli_argv(job: JobInfo, recipe_file: Path) -> list[str]:
     """``python -m modelyard.cli <command> <recipe file> [args]``; a retried ``train`` job with a run resumes
-    it (``--resume RUN``) from its last checkpoint."""
+    it (``--resume RUN``) from its last checkpoint, a retried ``tune`` job takes its study over."""
     argv = [sys.executable, "-m", "modelyard.cli", job.command, str(recipe_file), *job.args]
     if job.command == "train" and job.run_id:
         argv += ["--resume", job.run_id]
+    if job.command == "tune" and job.attempts > 1 and "--worker" not in job.args:
+        argv.append("--resume")
     return argv
 
 

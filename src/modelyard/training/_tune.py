@@ -26,6 +26,15 @@ from modelyard.errors import NotFoundError, UsageError, YardError
 
 log = logging.getLogger("modelyard.training")
 
+
+class _OurFailedTrials(logging.Filter):
+    """Drops Optuna's lines for a trial our objective failed on purpose (it returned NaN: "The value nan is
+    not acceptable", "failed with value nan"): the objective has already said why, in words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "The value nan is not acceptable" not in message and "failed with value nan" not in message
+
 if TYPE_CHECKING:
     from modelyard.core import Platform
     from modelyard.tracking import Client
@@ -145,12 +154,15 @@ def tune(
     pruner: str = "median",
     study: str | None = None,
     worker: bool = False,
+    resume: bool = False,
     seed: int | None = None,
     device: str = "auto",
     timeout: float | None = None,
 ) -> TuneResult:
     """Run ``trials`` trials (in all, counting every worker's) of ``recipe``'s search space and report the
-    best. ``worker=True`` joins the existing ``study`` instead of creating it."""
+    best. ``worker=True`` joins the existing ``study`` instead of creating it; ``resume=True`` takes over
+    the study this command created before (a retried job whose worker died): its parent run goes on,
+    the trials already done count, and the summary is recorded at the end."""
     import optuna
 
     from modelyard.training._train import Pruned, train
@@ -175,6 +187,9 @@ def tune(
     )
     store = storage(client.platform)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _OurFailedTrials) for f in optimize_log.filters):
+        optimize_log.addFilter(_OurFailedTrials())
     experiment = recipe.experiment or "default"
     resource = f"study:{client.ctx.project}/{name}"
     if worker:
@@ -187,10 +202,20 @@ def tune(
             raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
         st.pruner = prn
         parent = None
+    elif resume and name in _studies(store):
+        st = optuna.load_study(study_name=name, storage=store, sampler=smp)
+        parent_id = str(st.user_attrs.get("parent_run", ""))
+        if st.user_attrs.get("project") != client.ctx.project or not parent_id:
+            raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
+        st.pruner = prn
+        client.platform.authorize(client.ctx, "run.write", resource)
+        parent = client.start_run(run_id=parent_id)  # the creator's parent run, reopened
     else:
-        existing = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
-        if name in existing:
-            raise UsageError(f"study {name!r} exists; join it with --worker or choose another --study")
+        if name in _studies(store):
+            raise UsageError(
+                f"study {name!r} exists; join it with --worker, take it over with --resume, or choose "
+                "another --study"
+            )
         client.platform.authorize(client.ctx, "run.write", resource)
         parent = client.start_run(
             experiment,
@@ -283,6 +308,12 @@ def tune(
         _record(parent, result, recipe_text)
         parent.end("FINISHED")
     return result
+
+
+def _studies(store: Any) -> set[str]:
+    import optuna
+
+    return {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
 
 
 def _summary(st: Any, name: str, parent_id: str, metric: str, direction: str) -> TuneResult:
