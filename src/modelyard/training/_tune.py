@@ -35,6 +35,7 @@ class _OurFailedTrials(logging.Filter):
         message = record.getMessage()
         return "The value nan is not acceptable" not in message and "failed with value nan" not in message
 
+
 if TYPE_CHECKING:
     from modelyard.core import Platform
     from modelyard.tracking import Client
