@@ -188,6 +188,50 @@ def test_sigkill_then_resume_gives_identical_weights(data_home: Path, tmp_path: 
         assert sorted({p.step for p in c.metric_history(run_id, ["loss"])["loss"]}) == list(range(1, 16))
 
 
+def test_a_run_still_training_elsewhere_is_not_resumed_beside_it(
+    yard: Yard, data_home: Path, tmp_path: Path
+) -> None:
+    # Two processes on one run would write and prune the same checkpoints (helper-21).
+    import textwrap
+
+    recipe = write_recipe(tmp_path / "r.yaml", train__eval_every_steps=None)
+    run_id = killed_run(data_home, recipe, 3)
+    lock = ckpt_root(data_home, run_id) / ".training.lock"
+    holder = subprocess.Popen(  # what a live `yard train` of that run holds
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import fcntl, os, time
+                fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                print("held", flush=True)
+                time.sleep(120)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        r = yard("train", recipe, "--resume", run_id[:8], "--no-progress")
+        assert r.code == 2 and "is being trained by another process" in r.error
+    finally:
+        holder.kill()
+        holder.wait()
+    # the vocabulary the checkpoints were trained with is checked too (it was read back unverified)
+    tokenizer = ckpt_root(data_home, run_id) / "tokenizer" / "tokenizer.json"
+    original = tokenizer.read_bytes()
+    tokenizer.write_bytes(original.replace(b'"normalise"', b'"normalize"', 1) + b" ")
+    r = yard("train", recipe, "--resume", run_id[:8], "--no-progress")
+    assert r.code == 1 and "tokenizer.json changed since the run trained its tokenizer" in r.error
+    tokenizer.write_bytes(original)
+    r = yard("train", recipe, "--resume", run_id[:8], "--no-progress")  # its holder gone: it resumes
+    assert r.code == 0, r.err
+
+
 def test_tampered_checkpoint_is_refused_and_a_half_written_one_skipped(
     yard: Yard, data_home: Path, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.errors import BackendError, NotFoundError, UsageError
+from modelyard.errors import BackendError, IntegrityError, NotFoundError, UsageError
 from modelyard.training import _checkpoint as ck
 from modelyard.training import _dist
 from modelyard.training._data import Example
@@ -471,6 +471,7 @@ def train(
                 run.end(status, f"{type(exc).__name__}: {exc}"[:2000])
         raise
     finally:
+        _release_run(run.id if run is not None else None)
         _dist.close_group(dist)
 
 
@@ -494,6 +495,7 @@ def _open_run(
         run = client.start_run(
             experiment, name=name, params=params, tags=tags, nested=nested, parent_id=parent_id
         )
+        _hold_run(checkpoint_root(client, run.id), run.id)
         _attach_job(client, run.id)
         return run, None
     run_id = _resolve_resume(client, experiment, resume)
@@ -508,6 +510,7 @@ def _open_run(
     if info.status == "FINISHED":
         raise UsageError(f"run {run_id[:8]} has FINISHED; there is nothing to resume (start a new run)")
     root = checkpoint_root(client, run_id)
+    _hold_run(root, run_id)
     path = ck.latest_checkpoint(root)
     run = client.start_run(run_id=run_id)
     _attach_job(client, run.id)
@@ -521,6 +524,32 @@ def _open_run(
             f"--nproc {state['world_size']} (the data order and RNG streams depend on it)"
         )
     return run, str(path)
+
+
+_HELD: dict[str, int] = {}  # run id -> the descriptor holding its lock, for as long as this process trains it
+
+
+def _hold_run(root: Path, run_id: str) -> None:
+    """Lock the run's checkpoint directory for this process (flock, released when it exits however it
+    ends): a second `--resume` of a run that is still training would write and prune the same checkpoints."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".training.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"run {run_id[:8]} is being trained by another process right now; wait for it to end or stop it"
+        ) from None
+    _HELD[run_id] = fd
+
+
+def _release_run(run_id: str | None) -> None:
+    fd = _HELD.pop(run_id, None) if run_id is not None else None
+    if fd is not None:
+        os.close(fd)
 
 
 def _differs(key: str, stored: dict[str, str], params: dict[str, Any]) -> bool:
@@ -565,12 +594,31 @@ def _tokenizer_files(recipe: Recipe, train: list[Example], root: Path) -> dict[s
 
     if recipe.tokenizer.train is None:
         return None
+    import hashlib
+
     tok_dir = root / "tokenizer"
-    if not (tok_dir / "done").is_file():
+    done = tok_dir / "done"
+    if not done.is_file():
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         build_tokenizer(recipe, train, tok_dir)
-        (tok_dir / "done").write_text("ok\n", encoding="utf-8")
-    return {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file() and p.name != "done"}
+        files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file()}
+        # The digests of what a resume must find again: the checkpoints' weights mean nothing with another
+        # vocabulary, and the step directories are verified the same way.
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        done.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return files
+    files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file() and p.name != "done"}
+    text = done.read_text(encoding="utf-8")
+    if text.strip() != "ok":  # "ok": a run from before the digests were kept
+        expected = json.loads(text)
+        found = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        bad = sorted(n for n in set(expected) | set(found) if expected.get(n) != found.get(n))
+        if bad:
+            raise IntegrityError(
+                f"{tok_dir}: {', '.join(bad)} changed since the run trained its tokenizer; a resume with "
+                "another vocabulary would train the weights on different token ids"
+            )
+    return files
 
 
 def _read_tokenizer_dir(path: Path) -> dict[str, bytes]:
