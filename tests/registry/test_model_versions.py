@@ -135,6 +135,15 @@ def test_lineage_naming_a_run_is_checked_and_recorded(
     _, manifest = registry.read_manifest(trained_platform, ctx, info.spec)
     assert manifest["lineage"]["run"] == trained.run_id and manifest["lineage"]["datasets"] == ["norm@1"]
     registry.verify(trained_platform, ctx, info.spec)
+    from modelyard.tracking import Client
+
+    with Client(trained_platform) as client, client.start_run("elsewhere", capture=False) as other:
+        pass
+    for source, extra in ((trained.run_id, {}), (model_dir, {"trained_by": trained.run_id})):
+        with pytest.raises(
+            UsageError, match=f"lineage names run {other.id[:8]}, but run {trained.run_id[:8]}"
+        ):
+            registry.register(trained_platform, ctx, source, "claims", lineage={"run": other.id}, **extra)  # type: ignore[arg-type]
 
 
 def test_a_version_whose_row_never_recorded_its_signed_run_still_verifies(

@@ -107,22 +107,9 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
     recipe = recipe_file(tmp_path / "r.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
     env.update(YARD_HOME=str(home), OMP_NUM_THREADS="1")
+    args = ["tune", str(recipe), "-n", "4", "--sampler", "random", "--study", "d", "--pruner", "none"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelyard.cli",
-            "tune",
-            str(recipe),
-            "-n",
-            "4",
-            "--sampler",
-            "random",
-            "--study",
-            "d",
-            "--pruner",
-            "none",
-        ],
+        [sys.executable, "-m", "modelyard.cli", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -136,26 +123,22 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    r = yard(
-        "tune",
-        recipe,
-        "-n",
-        "4",
-        "--sampler",
-        "random",
-        "--study",
-        "d",
-        "--pruner",
-        "none",
-        "--resume",
-        "--json",
-    )
+    r = yard(*args, "--resume", "--json")
     assert r.code == 0, r.err
     done = [t for t in r.json()["trials"] if t["state"] == "COMPLETE"]
     assert len(done) == 4 and r.json()["best_value"] is not None
     with Client() as c:
         parent = c.get_run(r.json()["parent_run"])
     assert parent.status == "FINISHED" and "best_loss" in parent.metrics
+    # a retry of a study that is done runs nothing more; another recipe's space is not searched into it
+    again = yard(*args, "--resume", "--json")
+    assert again.code == 0 and len(again.json()["trials"]) == len(r.json()["trials"]), again.err
+    other = recipe_file(
+        tmp_path / "other.yaml",
+        search={"hyperparameters.warmup_steps": SPACE["hyperparameters.warmup_steps"]},
+    )
+    refused = yard("tune", other, "-n", "4", "--study", "d", "--resume")
+    assert refused.code == 2 and "started with another search space" in refused.error
     retried = SimpleNamespace(command="tune", args=["-n", "4"], attempts=2, run_id=None)
     assert cli_argv(retried, Path("r.yaml"))[-1] == "--resume"  # type: ignore[arg-type]  # a retried job
 

@@ -343,8 +343,17 @@ def register(
                 src = _Source(
                     root, scan_model_dir(root), {"run": None, "datasets": [], "recipe": None, "code": None}
                 )
-            if trained_by is None and lineage and lineage.get("run"):
-                trained_by = str(lineage["run"])  # the run's own lineage, checked, recorded on the row
+            claimed = lineage.get("run") if lineage else None
+            if claimed:  # the run's own lineage, checked and recorded on the row
+                from modelyard.tracking._store import resolve_run_id
+
+                claimed = resolve_run_id(platform, ctx, str(claimed))
+                actual = src.run_id or (resolve_run_id(platform, ctx, trained_by) if trained_by else None)
+                if actual is not None and actual != claimed:
+                    raise UsageError(
+                        f"lineage names run {claimed[:8]}, but run {actual[:8]} trained this model"
+                    )
+                trained_by = claimed
             if trained_by is not None and src.run_id is None:
                 # A directory whose weights a run trained (an optimised variant): that run's lineage.
                 from_run = _run_lineage(platform, ctx, trained_by)

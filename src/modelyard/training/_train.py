@@ -495,8 +495,13 @@ def _open_run(
         run = client.start_run(
             experiment, name=name, params=params, tags=tags, nested=nested, parent_id=parent_id
         )
-        _hold_run(checkpoint_root(client, run.id), run.id)
-        _attach_job(client, run.id)
+        try:
+            _hold_run(checkpoint_root(client, run.id), run.id)
+            _attach_job(client, run.id)
+        except BaseException:
+            _release_run(run.id)
+            run.end("FAILED", "could not start")
+            raise
         return run, None
     run_id = _resolve_resume(client, experiment, resume)
     info = _store.get_run(client.platform, client.ctx, run_id)
@@ -511,19 +516,25 @@ def _open_run(
         raise UsageError(f"run {run_id[:8]} has FINISHED; there is nothing to resume (start a new run)")
     root = checkpoint_root(client, run_id)
     _hold_run(root, run_id)
-    path = ck.latest_checkpoint(root)
-    run = client.start_run(run_id=run_id)
-    _attach_job(client, run.id)
-    if path is None:
-        warnings.warn(f"run {run_id[:8]} has no complete checkpoint; starting it from step 0", stacklevel=2)
-        return run, None
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))["trainer"]
-    if state["world_size"] != dist.world:
-        raise UsageError(
-            f"checkpoint {path.name} was written by {state['world_size']} processes; resume with "
-            f"--nproc {state['world_size']} (the data order and RNG streams depend on it)"
-        )
-    return run, str(path)
+    try:
+        path = ck.latest_checkpoint(root)
+        run = client.start_run(run_id=run_id)
+        _attach_job(client, run.id)
+        if path is None:
+            warnings.warn(
+                f"run {run_id[:8]} has no complete checkpoint; starting it from step 0", stacklevel=2
+            )
+            return run, None
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))["trainer"]
+        if state["world_size"] != dist.world:
+            raise UsageError(
+                f"checkpoint {path.name} was written by {state['world_size']} processes; resume with "
+                f"--nproc {state['world_size']} (the data order and RNG streams depend on it)"
+            )
+        return run, str(path)
+    except BaseException:  # train() releases it only once it holds the run
+        _release_run(run_id)
+        raise
 
 
 _HELD: dict[str, int] = {}  # run id -> the descriptor holding its lock, for as long as this process trains it

@@ -204,12 +204,33 @@ def tune(
         st.pruner = prn
         parent = None
     elif resume and name in _studies(store):
+        # A fresh sampler seed: the one given again would propose the first attempt's values again.
         st = optuna.load_study(study_name=name, storage=store, sampler=smp)
+        if seed is not None:
+            st.sampler = _sampler(sampler, space, seed + len(st.trials))
         parent_id = str(st.user_attrs.get("parent_run", ""))
-        if st.user_attrs.get("project") != client.ctx.project or not parent_id:
+        if st.user_attrs.get("project") not in (None, client.ctx.project):
             raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
+        if not parent_id:
+            raise UsageError(
+                f"study {name!r} was created but its parent run never recorded (its process died while "
+                "starting it); choose another --study"
+            )
+        same = {
+            "metric": (st.user_attrs.get("metric"), metric),
+            "direction": (st.direction.name.lower(), direction),
+            "search space": (st.user_attrs.get("space", _space_key(space)), _space_key(space)),
+        }
+        differ = [what for what, (was, now) in same.items() if was != now]
+        if differ:
+            raise UsageError(
+                f"study {name!r} was started with another {', '.join(differ)}; resume it with its own "
+                "recipe, or choose another --study"
+            )
         st.pruner = prn
         client.platform.authorize(client.ctx, "run.write", resource)
+        if client.get_run(parent_id).status == "FINISHED":  # nothing left to do: the study's outcome
+            return _summary(st, name, parent_id, metric, direction)
         parent = client.start_run(run_id=parent_id)  # the creator's parent run, reopened
     else:
         if name in _studies(store):
@@ -241,6 +262,7 @@ def tune(
         st.set_user_attr("parent_run", parent_id)
         st.set_user_attr("project", client.ctx.project)
         st.set_user_attr("metric", metric)
+        st.set_user_attr("space", _space_key(space))
         defaults = _defaults(recipe, space)
         if defaults and sampler != "grid":
             st.enqueue_trial(defaults, user_attrs={"defaults": True})
@@ -292,8 +314,11 @@ def tune(
             trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
     ]
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    left = trials - sum(t.state in counted for t in st.trials)  # a resumed study may be done already
     try:
-        st.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks, catch=())
+        if left > 0:
+            st.optimize(objective, n_trials=left, timeout=timeout, callbacks=callbacks, catch=())
         ran = [t for t in st.trials if t.state != optuna.trial.TrialState.RUNNING]
         if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
             last = ran[-1].user_attrs.get("error", "see its run")
@@ -309,6 +334,11 @@ def tune(
         _record(parent, result, recipe_text)
         parent.end("FINISHED")
     return result
+
+
+def _space_key(space: Any) -> str:
+    """The search space as stored with a study (a resume must search the same one)."""
+    return json.dumps({k: v.model_dump(mode="json") for k, v in sorted(space.items())}, sort_keys=True)
 
 
 def _studies(store: Any) -> set[str]:
