@@ -233,10 +233,9 @@ def promote(
         # Lock the model's row first: on PostgreSQL two promotions would otherwise both read the aliases as
         # they were and both commit (SQLite's single writer already serialises them).
         s.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+        # e.g. a concurrent promotion: the gates compared the candidate with another version
         moved = sorted(a for a, v in _targets(s, model.id).items() ^ compared.items())
-        if (
-            gates is not None and moved
-        ):  # e.g. a concurrent promotion: the gates compared with another version
+        if gates is not None and moved:
             raise GateFailedError(
                 f"{model.name}@{moved[0]} moved while the gates of {exact} ran; promote again to gate it "
                 "against the version it now points at"
