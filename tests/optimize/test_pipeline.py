@@ -244,6 +244,7 @@ def test_pruned_and_distilled_variants_join_the_table(
     with Client(platform) as client:
         [run] = client.search_runs("students")
         assert run.status == "FINISHED" and "distill.alpha" in run.params
+        assert run.params["distill.teacher"] == parent  # not the temp directory it was downloaded to
     # the student's versions carry that run's lineage (its data and recipe), not just the parent
     for variant in ("distilled", "distilled-onnx-fp32"):
         _, manifest = registry.read_manifest(platform, platform.context(), by_variant[variant].spec)

@@ -431,6 +431,30 @@ def test_jobs_that_do_not_fit_the_worker_are_not_claimed(
         assert "this worker has 2, 0 and 1G, so it leaves the job to a larger worker" in line
 
 
+def test_a_job_queued_before_duplicate_keys_were_refused_still_runs(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+
+    from modelyard.core._models import Job
+    from modelyard.training._recipe import parse_yaml
+
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe)
+    old = recipe.read_text() + "experiment: first\nexperiment: second\n"  # accepted when it was queued
+    with platform.db.write() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(recipe=old))
+    seen: list[str] = []
+
+    def capture(info: _jobs.JobInfo, recipe_file: Path) -> list[str]:
+        seen.append(recipe_file.read_text(encoding="utf-8"))
+        return [sys.executable, "-c", "pass"]
+
+    _jobs.Worker(platform, ctx, executor=capture, exit_when_idle=True, cpus=1).run()
+    [text] = seen
+    assert parse_yaml(text, source="job")["experiment"] == "second"  # read as it was then, strictly readable
+
+
 def test_a_job_waits_for_free_resources_and_is_not_overtaken(
     local_queue: tuple[Platform, Context, Path], tmp_path: Path
 ) -> None:

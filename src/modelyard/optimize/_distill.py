@@ -27,9 +27,10 @@ Three :class:`~modelyard.training._train.TrainHooks` make it a distillation:
   gradients, so it draws no random numbers and exact resume holds. ``T**2`` keeps the soft term's gradients
   on the scale of the hard term's as T changes. See :func:`kd_loss`.
 
-The run's params add ``distill.teacher`` (the teacher directory), ``distill.teacher_manifest_sha256``,
-``distill.alpha``, ``distill.temperature``, ``distill.sequence_level``, ``distill.tokenizer`` and the two
-parameter counts; ``val_loss`` stays the plain cross-entropy on the reference targets.
+The run's params add ``distill.teacher`` (the teacher: its registered NAME@V, else its directory),
+``distill.teacher_manifest_sha256``, ``distill.alpha``, ``distill.temperature``, ``distill.sequence_level``,
+``distill.tokenizer`` and the two parameter counts; ``val_loss`` stays the plain cross-entropy on the
+reference targets.
 
 A student at least as large as the teacher is allowed (self-distillation can still help) but warned about:
 it makes nothing cheaper to serve.
@@ -128,6 +129,7 @@ def distill(
     tags: dict[str, Any] | None = None,
     device: str = "auto",
     progress: bool = False,
+    teacher_name: str | None = None,
 ) -> DistillResult:
     """Train the student of ``student_recipe`` from the teacher in ``teacher_dir`` (a directory written by
     :func:`modelyard.training.save_model`, tokenizer included), recorded with ``client`` as a normal training
@@ -182,7 +184,7 @@ def distill(
             stacklevel=2,
         )
     params: dict[str, str | int | float] = {
-        "distill.teacher": str(teacher_path.resolve()),
+        "distill.teacher": teacher_name or str(teacher_path.resolve()),  # e.g. the registered NAME@V
         "distill.teacher_manifest_sha256": _sha256(teacher_path / "manifest.json"),
         "distill.alpha": alpha,
         "distill.temperature": temperature,

@@ -312,6 +312,7 @@ def optimize(
                 finetune=prune_finetune,
                 platform=platform,
                 ctx=ctx,
+                source_name=info.spec,  # not the temp directory it was downloaded to
             )
             candidates.append((name.rstrip("-"), pruned.out_dir, pruned.finetune_run_id))
             onnx_forms(pruned.out_dir, name, pruned.finetune_run_id)
@@ -322,7 +323,7 @@ def optimize(
             say("distilling a student")
             with Client(platform, project=ctx.project) as client:
                 client.ctx = ctx  # the student's run belongs to whoever optimises
-                result = run_distill(parent_dir, distill, client=client)
+                result = run_distill(parent_dir, distill, client=client, teacher_name=info.spec)
                 student = client.download_artifacts(result.run_id, "model", tmp / "student")
             candidates.append(("distilled", student, result.run_id))
             onnx_forms(student, "distilled-", result.run_id)

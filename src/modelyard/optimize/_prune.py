@@ -102,6 +102,7 @@ def prune_model(
     platform: Platform | None = None,
     ctx: Context | None = None,
     progress: bool = False,
+    source_name: str | None = None,
 ) -> PruneResult:
     """Prune the T5 model in ``model_dir`` (written by :func:`modelyard.training.save_model`, tokenizer
     included) and write the result to ``out_dir``, which must not exist or be an empty directory.
@@ -171,7 +172,7 @@ def prune_model(
                 "prune.method": method,
                 "prune.amount": amount,
                 "prune.structured": "true" if structured else "false",
-                "prune.source": str(src.resolve()),
+                "prune.source": source_name or str(src.resolve()),  # e.g. the registered NAME@V
                 "prune.source_manifest_sha256": _sha256(src / "manifest.json"),
                 "prune.d_ff": int(model.config.d_ff),
             }

@@ -839,6 +839,22 @@ _SHIM = (
 )
 
 
+def _runnable(text: str, name: str) -> str:
+    """The job's recipe as `yard train` will read it. A job queued before a key given twice was refused
+    (2026-12-06) is rewritten as it was read then (the last value wins), rather than failing when it runs."""
+    import yaml
+
+    from modelyard.training._recipe import parse_yaml
+
+    try:
+        parse_yaml(text, source=name)
+    except ValidationError as exc:
+        if "is given twice" not in exc.message:
+            return text  # `yard train` says what is wrong with it
+        return yaml.safe_dump(parse_yaml(text, source=name, stored=True), sort_keys=False)
+    return text
+
+
 def detect_gpus() -> list[str]:
     """GPU ids this machine offers: CUDA_VISIBLE_DEVICES if set, else ``nvidia-smi -L``; none without."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -1178,7 +1194,7 @@ class Worker:
             recipe_file = tmpdir / _safe_file_name(job.recipe_name)
             fd = os.open(recipe_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(job.recipe)
+                f.write(_runnable(job.recipe, job.recipe_name))
             busy = {g for r in self.running.values() for g in r.gpu_ids}
             gpu_ids = [g for g in self.gpu_ids if g not in busy][: job.gpus]
             env = dict(os.environ)
