@@ -162,6 +162,22 @@ def test_a_gate_result_made_by_hand_takes_an_approver(
         check_gates(p, viewer, f"{name}@1", PASSING)
 
 
+def test_who_trained_a_version_cannot_approve_it_either(
+    trained_platform: Platform, trained: TrainedModel, name: str
+) -> None:
+    # An approver must not get their own run approved by having a scientist register it (helper-17).
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    trainer, scientist = p.context(), person(p, Role.SCIENTIST)  # the session's run is the OS user's
+    registry.register(p, scientist, trained.run_id, name)
+    with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
+        registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
+    registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match="four eyes"):  # nor give it most of the traffic
+        deploy(p, trainer, name, version=1, mode="canary", weight=100)
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:

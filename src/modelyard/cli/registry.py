@@ -179,7 +179,7 @@ def promote(
     policy: Path | None = typer.Option(None, "--policy", help="Gate policy YAML (required for production)."),
     reason: str = typer.Option("", "--reason", "-m", help="Why; kept in the alias history."),
 ) -> None:
-    """Move an alias to a version after its gates pass (production: approver, not the author)."""
+    """Move an alias to a version after its gates pass (production: an approver, not its maker)."""
     from modelyard.registry import promote as do_promote
 
     runner = None

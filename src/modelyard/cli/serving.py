@@ -161,7 +161,7 @@ def deploy(
     weight: int = typer.Option(
         10,
         "--weight",
-        help="Percent of traffic for ab and canary (over 50: an approver, not its author; passing gates).",
+        help="Percent of traffic for ab and canary (over 50: an approver, not its maker; passing gates).",
     ),
     reason: str = typer.Option("", "--reason", "-m"),
 ) -> None:

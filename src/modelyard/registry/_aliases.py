@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelyard.core._models import AliasEvent, Attestation, ModelAlias, ModelVersion, RegisteredModel
+from modelyard.core._models import AliasEvent, Attestation, ModelAlias, ModelVersion, RegisteredModel, Run
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._signing import Signer, canonical
 from modelyard.errors import GateFailedError, NotFoundError, PermissionDeniedError, UsageError, YardError
@@ -120,6 +120,17 @@ def _point(
     return AliasChange(model.name, alias, version, previous, action)
 
 
+def makers(s: Session, row: ModelVersion) -> dict[str, str]:
+    """Who made the version, for four eyes: who registered it, and who ran the run that trained it (an
+    approver must not get their own model approved by having someone else register their run)."""
+    made = {row.created_by: "registered"}
+    if row.run_id is not None:
+        trainer = s.scalar(select(Run.user).where(Run.id == row.run_id))
+        if trainer is not None:
+            made.setdefault(trainer, "trained")
+    return made
+
+
 def _targets(s: Session, model_id: int) -> dict[str, int]:
     """Each alias of the model and the version row it points at."""
     rows = s.execute(select(ModelAlias.alias, ModelAlias.version_id).where(ModelAlias.model_id == model_id))
@@ -199,13 +210,14 @@ def promote(
         model, row = resolve_row(s, ctx, spec)
         exact = f"{model.name}@{row.version}"
         author, manifest = row.created_by, row.manifest_digest
+        made = makers(s, row).get(ctx.user)
         # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
         compared = _targets(s, model.id)
     detail: dict[str, Any] = {"version": row.version, "author": author}
     try:
-        if protected and author == ctx.user:
+        if protected and made is not None:
             raise PermissionDeniedError(
-                f"{ctx.user} registered {exact} and cannot also approve it for {alias!r} (four eyes): "
+                f"{ctx.user} {made} {exact} and cannot also approve it for {alias!r} (four eyes): "
                 "another user with the approver role must promote it",
                 action=action,
             )

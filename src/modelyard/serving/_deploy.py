@@ -158,11 +158,12 @@ def deploy(
 
 def _check_promotable(s: Session, ctx: Context, spec: str, row: Any, weight: int) -> None:
     """What promotion asks of a version, asked of a candidate given more than half of the traffic."""
-    from modelyard.registry._aliases import _has_passing
+    from modelyard.registry._aliases import _has_passing, makers
 
-    if row.created_by == ctx.user:
+    made = makers(s, row).get(ctx.user)
+    if made is not None:
         raise PermissionDeniedError(
-            f"{ctx.user} registered {spec} and cannot also give it {weight}% of the traffic (four eyes): "
+            f"{ctx.user} {made} {spec} and cannot also give it {weight}% of the traffic (four eyes): "
             f"another approver must, or keep it at {MAX_UNAPPROVED_WEIGHT}% or less",
             action="model.approve",
         )
