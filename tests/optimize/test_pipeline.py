@@ -141,12 +141,15 @@ def test_a_recipe_that_cut_one_version_is_measured_on_its_held_out_cut(
     root = get("norm@1", platform=platform, ctx=ctx)
     train, _, test = split_examples(read_examples(root / pick_member(root, d, role=None), d, label="x"), d)
 
-    label, rows = _eval_rows(platform, ctx, spec, None, 100_000)
+    manifest = registry.read_manifest(platform, ctx, spec)[1]
+    label, rows = _eval_rows(platform, ctx, spec, manifest, None, 100_000)
     assert label == "norm@1 (test cut, seed 5)" and [r.source for r in rows] == [r.source for r in test]
     assert not {r.source for r in rows} & {r.source for r in train}
-    _, same = _eval_rows(platform, ctx, spec, EvalData(dataset="norm@1", file="train.jsonl"), 100_000)
+    _, same = _eval_rows(
+        platform, ctx, spec, manifest, EvalData(dataset="norm@1", file="train.jsonl"), 100_000
+    )
     assert [r.source for r in same] == [r.source for r in test]
-    _, few = _eval_rows(platform, ctx, spec, None, 7)  # --max-samples applies without --data too
+    _, few = _eval_rows(platform, ctx, spec, manifest, None, 7)  # --max-samples applies without --data too
     assert len(few) == 7 and {r.source for r in few} <= {r.source for r in test}
 
 

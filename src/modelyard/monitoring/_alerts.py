@@ -268,10 +268,15 @@ def run_once(
     try:
         retrains = advance_retrains(platform, ctx, policy, name)
     except Exception as exc:  # said and audited; the next run tries again from the recorded state
-        message = exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
+        message = _said(exc)
         platform.audit(ctx, "monitor.retrain", f"model:{policy.model}", "error", {"error": message})
         retrains = [f"retrain could not advance: {message}"]
     return MonitorResult(policy.model, values, fired, quiet, retrains)
+
+
+def _said(exc: Exception) -> str:
+    """A failure as the audit log and the run's output say it: our message, else the kind and text."""
+    return exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
 
 
 def _act(
@@ -310,7 +315,7 @@ def _act(
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "ok", detail)
         return outcome
     except Exception as exc:  # one failing action must not skip the others, the next rules or the loop
-        message = exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
+        message = _said(exc)
         detail["error"] = message
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "error", detail)
         return f"{action} failed: {message}"

@@ -167,17 +167,20 @@ def _report(scores: Any, rows: Sequence[Example], info: dict[str, Any]) -> bytes
 
 
 def _eval_rows(
-    platform: Platform, ctx: Context, spec: str, data: EvalData | None, max_samples: int
+    platform: Platform,
+    ctx: Context,
+    spec: str,
+    manifest: dict[str, Any],
+    data: EvalData | None,
+    max_samples: int,
 ) -> tuple[str, list[Any]]:
     """(what the examples are, the examples): ``data`` if given, else the held-out split of the recipe that
-    trained ``spec``: its test version (else validation), or, where the recipe cut one version by ratios,
-    the same seeded test cut the run held out (never its training rows). At most ``max_samples``, a
-    seeded sample in file order."""
+    trained ``spec`` (``manifest``, its verified manifest, names it): its test version (else validation),
+    or, where the recipe cut one version by ratios, the same seeded test cut the run held out (never its
+    training rows). At most ``max_samples``, a seeded sample in file order."""
     from modelyard.evaluation import EvalData, eval_examples
-    from modelyard.registry import read_manifest
     from modelyard.training._recipe import parse_recipe, parse_yaml
 
-    _, manifest = read_manifest(platform, ctx, spec)
     digest = (manifest.get("lineage") or {}).get("recipe")
     recipe = None
     if digest:
@@ -269,14 +272,15 @@ def optimize(
         )
     from modelyard.registry import read_manifest
 
-    if not any(f["path"] == "manifest.json" for f in read_manifest(platform, ctx, info.spec)[1]["files"]):
+    _, manifest = read_manifest(platform, ctx, info.spec)  # verified once, read for both checks below
+    if not any(f["path"] == "manifest.json" for f in manifest["files"]):
         # The exporters read the directory save_model writes; say so before anything is measured.
         raise UsageError(
             f"{info.spec} was registered from a directory save_model did not write (no manifest.json), "
             "which the ONNX export needs; load it, save it with modelyard.training.save_model and register "
             "that directory"
         )
-    evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
+    evaluated_on, rows = _eval_rows(platform, ctx, info.spec, manifest, data, max_samples)
     measure = dict(max_new_tokens=max_new_tokens, samples=latency_samples, threads=threads)
     with tempfile.TemporaryDirectory(prefix="yard-optimize-") as tmp_name:
         tmp = Path(tmp_name)

@@ -236,25 +236,32 @@ def _run_source(platform: Platform, ctx: Context, run_id: str, work: Path) -> _S
     run = get_run(platform, ctx, run_id)
     if run.status != "FINISHED":
         raise UsageError(f"run {run_id} is {run.status}; only a FINISHED run's model can be registered")
-    paths = {p for p, _, _ in list_run_artifacts(platform, ctx, run_id)}
+    artifacts = list_run_artifacts(platform, ctx, run_id)
+    paths = {p for p, _, _ in artifacts}
     if not any(p.startswith("model/") for p in paths):
         raise NotFoundError(f"run {run_id} stored no model (no artifacts under model/)")
     root = download_artifacts(platform, ctx, run_id, "model", work / "model")
     report = None
     if "eval/report.json" in paths:
         report = download_artifacts(platform, ctx, run_id, "eval/report.json", work / "eval").read_bytes()
-    return _Source(root, scan_model_dir(root), _run_lineage(platform, ctx, run_id, run), report, run_id)
+    lineage = _run_lineage(platform, ctx, run_id, run, artifacts)
+    return _Source(root, scan_model_dir(root), lineage, report, run_id)
 
 
-def _run_lineage(platform: Platform, ctx: Context, run_id: str, run: Any = None) -> dict[str, Any]:
-    """What a run records of where a model came from: the run, its experiment, datasets, recipe, code."""
+def _run_lineage(
+    platform: Platform, ctx: Context, run_id: str, run: Any = None, artifacts: Any = None
+) -> dict[str, Any]:
+    """What a run records of where a model came from: the run, its experiment, datasets, recipe, code.
+    ``run`` and ``artifacts`` (its artifact listing) when the caller has read them already."""
     from modelyard.tracking._lineage import run_ref
     from modelyard.tracking._store import get_run, list_run_artifacts, resolve_run_id
 
     if run is None:
         run_id = resolve_run_id(platform, ctx, run_id)
         run = get_run(platform, ctx, run_id)
-    recipe = next((d for p, d, _ in list_run_artifacts(platform, ctx, run_id) if p == "recipe.yaml"), None)
+    if artifacts is None:
+        artifacts = list_run_artifacts(platform, ctx, run_id)
+    recipe = next((d for p, d, _ in artifacts if p == "recipe.yaml"), None)
     with platform.db.read() as s:
         datasets = sorted(
             s.scalars(
