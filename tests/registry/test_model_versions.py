@@ -209,6 +209,27 @@ def test_a_flipped_byte_in_the_manifest_fails_verify_and_load(platform: Platform
         registry.load("t5@1", platform=platform, ctx=ctx)
 
 
+def test_an_alias_is_not_moved_onto_a_tampered_version(platform: Platform, model_dir: Path) -> None:
+    """A rollback (or a set) to a version whose stored bytes changed is refused on record, and the alias
+    stays where it was (serving would have refused to load it and kept the version rolled away from)."""
+    ctx = platform.context()
+    first = registry.register(platform, ctx, model_dir, "t5")
+    registry.register(platform, ctx, model_dir, "t5")
+    registry.set_alias(platform, ctx, "t5@1", "staging")
+    registry.set_alias(platform, ctx, "t5@2", "staging")
+    path, offset = stored_object(platform, first.manifest_digest)
+    flip_byte(path, offset + 100)
+    with pytest.raises(IntegrityError, match="manifest"):
+        registry.rollback(platform, ctx, "t5", "staging")
+    with pytest.raises(IntegrityError, match="manifest"):
+        registry.set_alias(platform, ctx, "t5@1", "canary")
+    assert registry.show(platform, ctx, "t5@staging").version == 2
+    assert [e.action for e in registry.history(platform, ctx, "t5")] == ["set", "set"]
+    assert audit_outcomes(platform, "model.deploy") == ["ok", "ok", "refused", "refused"]
+    flip_byte(path, offset + 100)  # mended: the rollback goes through
+    assert registry.rollback(platform, ctx, "t5", "staging").version == 1
+
+
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [

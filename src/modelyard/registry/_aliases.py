@@ -137,6 +137,15 @@ def _targets(s: Session, model_id: int) -> dict[str, int]:
     return {a: v for a, v in rows}
 
 
+def _verified(platform: Platform, ctx: Context, spec: str, action: str, resource: str) -> str:
+    """Verify the version an alias is about to point at (every file, signature, attestations); a failure is
+    refused on record. Returns its manifest digest, for the commit to check it is still that version."""
+    try:
+        return verify(platform, ctx, spec).manifest_digest
+    except YardError as exc:
+        raise platform.refuse(ctx, action, resource, exc) from None
+
+
 def _check_reason(platform: Platform, ctx: Context, action: str, resource: str, reason: str) -> None:
     if not isinstance(reason, str) or len(reason) > 1000:
         raise platform.refuse(ctx, action, resource, UsageError("reason: at most 1000 characters"))
@@ -160,8 +169,12 @@ def set_alias(platform: Platform, ctx: Context, spec: str, alias: str, *, reason
             ),
         )
     detail: dict[str, Any] = {"spec": spec}
+    platform.authorize(ctx, "model.deploy", resource)
+    manifest = _verified(platform, ctx, spec, "model.deploy", resource)
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
         model, row = resolve_row(s, ctx, spec)
+        if row.manifest_digest != manifest:
+            raise UsageError(f"{spec} changed while it was being verified")
         change = _point(s, ctx, model, alias, row, "set", reason)
         detail.update(version=change.version, previous=change.previous)
     return change
@@ -263,16 +276,28 @@ def rollback(platform: Platform, ctx: Context, name: str, alias: str, *, reason:
     resource = _alias_resource(name, alias)
     _check_reason(platform, ctx, "model.deploy", resource, reason)
     detail: dict[str, Any] = {}
-    with platform.mutate(ctx, "model.deploy", resource, detail) as s:
-        model = _model(s, ctx, name)
-        stack = _stack(s, model.id, alias)
+    platform.authorize(ctx, "model.deploy", resource)
+    try:
+        with platform.db.read() as s:
+            stack = _stack(s, _model(s, ctx, name).id, alias)
         if len(stack) < 2:
             raise UsageError(f"{name}@{alias} has no earlier version to roll back to")
+    except YardError as exc:
+        raise platform.refuse(ctx, "model.deploy", resource, exc) from None
+    # Every byte of the version rolled back to is checked first: serving would refuse a tampered one when
+    # it loads it and keep the version being rolled away from, with no word at the rollback.
+    manifest = _verified(platform, ctx, f"{name}@{stack[-2]}", "model.deploy", resource)
+    with platform.mutate(ctx, "model.deploy", resource, detail) as s:
+        model = _model(s, ctx, name)
+        if _stack(s, model.id, alias) != stack:
+            raise UsageError(f"{name}@{alias} moved during the rollback; look at its history and try again")
         target = s.execute(
             select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == stack[-2])
         ).scalar_one_or_none()
         if target is None:
             raise NotFoundError(f"{name}@{stack[-2]}, the version before, no longer exists")
+        if target.manifest_digest != manifest:
+            raise UsageError(f"{name}@{stack[-2]} changed while it was being verified")
         change = _point(s, ctx, model, alias, target, "rollback", reason)
         detail.update(version=change.version, previous=change.previous)
     return change
