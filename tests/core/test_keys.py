@@ -112,3 +112,50 @@ def test_tenant_admins_cannot_act_on_the_installation(platform: Platform) -> Non
         list_records(platform, tenant_admin, all_projects=True)
     assert platform.settings.resolved_key_file.read_bytes() == key_before
     assert any(r["outcome"] == "denied" for r in list_records(platform, tenant_admin))
+
+
+def test_a_process_keeps_reading_after_another_rotates_the_key(platform: Platform, tmp_path: Path) -> None:
+    """A server or worker opened before `yard keys rotate` reads artifacts and trusts its signing key
+    after it (helper-25: it failed every read, and a signature check called the key row altered)."""
+    from modelyard.core._signing import Signer, verify_signature
+
+    ctx = platform.context()
+    src = _file(tmp_path, "early")
+    info = put_artifact(platform, ctx, src)
+    signer = Signer(platform)
+    body = b'{"manifest": 1}'
+    signature = signer.sign(body)
+    get_artifact(platform, ctx, info.digest, tmp_path / "before")
+    with Platform(platform.settings) as other:
+        rotate_master_key(other, other.context())
+    get_artifact(platform, ctx, info.digest, tmp_path / "after")
+    assert (tmp_path / "after").read_bytes() == src.read_bytes()
+    with platform.db.read() as s:
+        verify_signature(platform, s, signer.key_id, body, signature, what="after the rotation")
+
+
+def test_a_rotation_commits_with_its_audit_record(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key.rotate record is written in the rotation's transaction: a failure writing it leaves the old
+    key live, and a process killed after the commit cannot leave a rotation off the record."""
+    from modelyard.core import list_records
+
+    ctx = platform.context()
+    before = platform.settings.resolved_key_file.read_bytes()
+    real_audit = platform.audit
+
+    def failing(*args: object, **kwargs: object) -> None:
+        if args[1] == "key.rotate" and args[3] == "ok":
+            raise OSError("disk full")
+        real_audit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(platform, "audit", failing)
+    with pytest.raises(OSError, match="disk full"):
+        rotate_master_key(platform, ctx)
+    monkeypatch.undo()
+    assert platform.settings.resolved_key_file.read_bytes() == before  # rolled back with it
+    assert [r["outcome"] for r in list_records(platform, ctx) if r["action"] == "key.rotate"] == ["error"]
+    old, new, _ = rotate_master_key(platform, ctx)
+    [ok] = [r for r in list_records(platform, ctx) if r["action"] == "key.rotate" and r["outcome"] == "ok"]
+    assert (ok["detail"]["old"], ok["detail"]["new"]) == (old, new)

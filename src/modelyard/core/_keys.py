@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,8 +76,15 @@ class Keyring:
         return None
 
     def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        # With an unknown id, unwrap_key explains the mismatch naming both ids.
-        return unwrap_key(self.known(key_id) or self.current, key_id, wrapped, aad)
+        key = self.known(key_id)
+        if key is None and self.source != "env":
+            # Another process may have rotated the master key since this one read the file: a server or
+            # worker must keep reading (writes already re-read it, see ArtifactStore).
+            with contextlib.suppress(MasterKeyError, OSError):
+                self.refresh()
+            key = self.known(key_id)
+        # With an id still unknown, unwrap_key explains the mismatch naming both ids.
+        return unwrap_key(key or self.current, key_id, wrapped, aad)
 
     def wrap(self, data_key: bytes, aad: bytes) -> tuple[str, bytes]:
         return self.current.key_id, wrap_key(self.current, data_key, aad)
@@ -141,8 +148,11 @@ def _settle_locked(keyring: Keyring, db: MetadataStore, path: Path) -> None:
         )
 
 
-def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
-    """Re-wrap every data key under a fresh master key. Returns (old id, new id, objects re-wrapped)."""
+def rotate(
+    keyring: Keyring, db: MetadataStore, record: Callable[[Session, str, str, int], None] | None = None
+) -> tuple[str, str, int]:
+    """Re-wrap every data key under a fresh master key. Returns (old id, new id, objects re-wrapped).
+    ``record(session, old id, new id, count)`` writes the audit record in the rotation's transaction."""
     if keyring.source == "env":
         raise MasterKeyError(
             "the master key comes from YARD_MASTER_KEY, so `yard keys rotate` cannot replace it; "
@@ -175,6 +185,8 @@ def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
                     private = keyring.unwrap(key.master_key_id, key.wrapped_private, aad)
                     key.wrapped_private, key.master_key_id = wrap_key(new, private, aad), new.key_id
                 s.merge(Meta(key=MASTER_KEY_ID, value=new.key_id))
+                if record is not None:
+                    record(s, old.key_id, new.key_id, count)
         except BaseException:
             # If the commit went through after all (acknowledgement lost), settling keeps the new key.
             _settle_locked(keyring, db, path)
@@ -186,9 +198,14 @@ def rotate(keyring: Keyring, db: MetadataStore) -> tuple[str, str, int]:
 def rotate_master_key(platform: Platform, ctx: Context) -> tuple[str, str, int]:
     """Service: installation admins only, audited with both key ids (never the keys)."""
     platform.authorize_installation(ctx, "key.rotate", "key:master")
+
+    def record(s: Session, old: str, new: str, count: int) -> None:  # commits with the new key, or not at all
+        platform.audit(ctx, "key.rotate", "key:master", "ok", {"old": old, "new": new, "objects": count}, s)
+
     try:
-        old_id, new_id, count = rotate(platform.keyring, platform.db)
+        return rotate(platform.keyring, platform.db, record)
     except YardError as exc:
         raise platform.refuse(ctx, "key.rotate", "key:master", exc) from None
-    platform.audit(ctx, "key.rotate", "key:master", "ok", {"old": old_id, "new": new_id, "objects": count})
-    return old_id, new_id, count
+    except Exception as exc:
+        platform.audit(ctx, "key.rotate", "key:master", "error", {"message": f"{type(exc).__name__}: {exc}"})
+        raise
