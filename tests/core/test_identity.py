@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,6 +154,22 @@ def test_os_user_without_account(platform: Platform, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("modelyard.core._platform.os_user", lambda: "stranger")
     with pytest.raises(AuthenticationError, match="yard users add stranger"):
         platform.context()
+
+
+def test_a_uid_without_a_passwd_entry_is_not_whoever_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers run with --user N often have no passwd entry: local mode must not fall back to $USER
+    (helper-25 acted as the installation's admin that way)."""
+    import pwd
+
+    from modelyard.core._platform import os_user
+
+    def missing(uid: int) -> object:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", missing)
+    monkeypatch.setenv("USER", "root")
+    monkeypatch.setenv("LOGNAME", "root")
+    assert os_user() == f"uid-{os.geteuid()}"
 
 
 def test_projects_carry_the_installation_region(home: Path) -> None:

@@ -62,12 +62,15 @@ def os_user() -> str:
     could act (and be audited) as anyone in local mode by setting an environment variable."""
     try:
         import pwd
-
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (ImportError, KeyError):  # no passwd entry (some containers) or not POSIX
+    except ImportError:  # not POSIX: no effective uid to go by
         import getpass
 
         return getpass.getuser()
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (containers run with --user N, OpenShift): the uid, never $USER
+        return f"uid-{uid}"
 
 
 def utcnow() -> datetime:
