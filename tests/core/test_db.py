@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from modelyard.core import MetadataStore
+from modelyard.core import MetadataStore, Platform
 from modelyard.core._audit import append, verify
 from modelyard.core._db import _normalise_url
 from modelyard.core._models import AuditRecord
@@ -130,3 +130,33 @@ def test_a_failed_syncfs_is_an_error_not_a_silent_sync(
     with pytest.raises(OSError, match="syncfs") as info:
         _blobs.sync_filesystem(tmp_path)
     assert info.value.errno == errno.EIO
+
+
+def test_verifying_the_audit_chain_while_others_append_reports_no_tampering(
+    any_platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records committed by another process during the scan are not "deleted from the end" (helper-25:
+    on PostgreSQL the head was read in a later snapshot than the records)."""
+    from modelyard.core import _audit, verify_chain
+
+    p = any_platform
+    ctx = p.context()
+    for i in range(5):
+        p.audit(ctx, "test.write", f"thing:{i}", "ok")
+    other = Platform(p.settings)
+    real_hash, appended = _audit.record_hash, []
+
+    def hash_then_append(fields: dict[str, object]) -> str:
+        if not appended:  # once, while the scan is under way: another connection appends and commits
+            appended.append(True)
+            other.audit(other.context(), "test.write", "thing:late", "ok")
+        return real_hash(fields)
+
+    monkeypatch.setattr(_audit, "record_hash", hash_then_append)
+    try:
+        result = verify_chain(p, ctx)
+    finally:
+        other.close()
+    assert appended and result.ok, result.reason
+    monkeypatch.undo()
+    assert verify_chain(p, ctx).checked == result.checked + 1  # the late record, seen by the next check

@@ -189,4 +189,8 @@ def list_records(
 def verify_chain(platform: Platform, ctx: Context) -> VerifyResult:
     platform.authorize(ctx, "audit.read", "audit:chain")
     with platform.db.read() as s:
+        if platform.db.dialect == "postgresql":
+            # One snapshot for the scan and the head: PostgreSQL's default gives each statement its own, so
+            # records appended during a long scan moved the head past it ("deleted from the end").
+            s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         return verify(s)
