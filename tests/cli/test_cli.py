@@ -200,6 +200,22 @@ def test_init_is_idempotent(yard: Yard, ready: Path) -> None:
     assert len(audit_records(yard)) == audit_before  # nothing changed, nothing to audit
 
 
+def test_init_with_another_master_key_is_refused_and_leaves_no_key_behind(
+    yard: Yard, ready: Path, tmp_path: Path
+) -> None:
+    """A mistyped key file path made `yard init` write a new key and say "ready" for a store it cannot
+    read (helper-25); a wrong YARD_MASTER_KEY likewise."""
+    from modelyard.core._crypto import MasterKey
+
+    stray = tmp_path / "keys" / "master.kye"
+    r = yard("init", env={"YARD_MASTER_KEY_FILE": str(stray)})
+    assert r.code == 1 and "master key" in r.error and "YARD_MASTER_KEY_FILE" in r.error
+    assert not stray.exists()
+    r = yard("init", env={"YARD_MASTER_KEY": MasterKey.generate().to_b64()})
+    assert r.code == 1 and "master key" in r.error
+    assert yard("init").code == 0  # the right key still opens it
+
+
 def test_init_keeps_its_region(yard: Yard, home: Path) -> None:
     r = yard("init", "--region", "me-central-1")
     assert r.code == 0, r.err

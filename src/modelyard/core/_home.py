@@ -51,6 +51,7 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     if region and region != settings.region:
         settings = load_settings(**{**_explicit(settings), "region": region})
     report = InitReport(str(settings.home), settings.region)
+    made_key: Path | None = None
     home = settings.home
     if not home.exists():
         home.mkdir(parents=True, mode=0o700)
@@ -67,10 +68,16 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     else:
         write_master_key_file(settings.resolved_key_file, MasterKey.generate())
         report.created.append(f"master key {settings.resolved_key_file} (mode 0600)")
+        made_key = settings.resolved_key_file
 
     platform = Platform(settings, create=True)
     try:
-        _init_metadata(platform, settings, report)
+        try:
+            _init_metadata(platform, settings, report)
+        except _WrongKey:
+            if made_key is not None:  # it protects nothing: the store's keys are wrapped with another
+                made_key.unlink()
+            raise
         _init_store_marker(platform, settings, report)
         _init_signing_key(platform, report)
     finally:
@@ -124,6 +131,10 @@ def _explicit(settings: Settings) -> dict[str, Any]:
     return {k: getattr(settings, k) for k in settings.model_fields_set}
 
 
+class _WrongKey(ConfigError):
+    """`yard init` on an existing store with a master key that is not the store's."""
+
+
 def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -> None:
     """Bootstrap a fresh store: region, owner, master key id, the first project and its admin.
 
@@ -137,6 +148,13 @@ def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -
                 raise ConfigError(
                     f"this home's metadata store is in region {existing_region.value!r}, not "
                     f"{settings.region!r}; a store keeps its region: use a new YARD_HOME for another region"
+                )
+            recorded = s.get(Meta, MASTER_KEY_ID)
+            if recorded is not None and platform.keyring.known(recorded.value) is None:
+                raise _WrongKey(
+                    f"this home's store is encrypted under master key {recorded.value}, but the configured "
+                    f"key is {platform.keyring.current.key_id}; point YARD_MASTER_KEY_FILE (or "
+                    "YARD_MASTER_KEY) at the key with that id"
                 )
             report.existing.append(f"metadata store {platform.db.safe_url}")
             return
