@@ -239,7 +239,12 @@ def test_pruned_and_distilled_variants_join_the_table(
     assert by_variant["distilled"].size_mb < by_variant["pruned-s0.3"].size_mb
     for v in report.variants:
         info = registry.show(platform, platform.context(), v.spec)
-        assert info.parent == parent and info.variant == v.variant
+        # an ONNX export of the pruned or distilled model descends from that version, not the original
+        exported_from = v.variant.rsplit("-onnx-", 1)[0] if "-onnx-" in v.variant else None
+        expected = by_variant[exported_from].spec if exported_from else parent
+        assert info.parent == expected and info.variant == v.variant
+        _, manifest = registry.read_manifest(platform, platform.context(), v.spec)
+        assert manifest["benchmark"]["baseline"] == parent  # what its speed and quality were measured against
         registry.verify(platform, platform.context(), v.spec)
     # the distilled student's training run is a real, finished run that names its teacher
     from modelyard.tracking import Client
@@ -249,10 +254,10 @@ def test_pruned_and_distilled_variants_join_the_table(
         assert run.status == "FINISHED" and "distill.alpha" in run.params
         assert run.params["distill.teacher"] == parent  # not the temp directory it was downloaded to
     # the student's versions carry that run's lineage (its data and recipe), not just the parent
-    for variant in ("distilled", "distilled-onnx-fp32"):
+    for variant, expected in (("distilled", parent), ("distilled-onnx-fp32", by_variant["distilled"].spec)):
         _, manifest = registry.read_manifest(platform, platform.context(), by_variant[variant].spec)
         assert manifest["lineage"]["run"] == run.id and manifest["lineage"]["datasets"] == ["norm@1"]
-        assert manifest["lineage"]["recipe"] and manifest["lineage"]["parent"] == parent
+        assert manifest["lineage"]["recipe"] and manifest["lineage"]["parent"] == expected
     _, pruned = registry.read_manifest(platform, platform.context(), by_variant["pruned-s0.3"].spec)
     assert pruned["lineage"]["run"] is None  # not fine-tuned: no run trained it
     with platform.db.read() as s:

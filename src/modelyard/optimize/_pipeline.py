@@ -289,18 +289,20 @@ def optimize(
         say("measuring the parent (PyTorch eager)")
         baseline, _ = _measure(parent_dir, info.variant, rows, **measure)  # type: ignore[arg-type]
         baseline.spec = info.spec
-        # (variant, directory, the run that trained its weights: a fine-tune or a distillation)
-        candidates: list[tuple[str, Path, str | None]] = []
+        # (variant, directory, the run that trained its weights: a fine-tune or a distillation, and the
+        # candidate it was exported from: its registered version is the parent, not the original)
+        candidates: list[tuple[str, Path, str | None, str | None]] = []
 
         def onnx_forms(src: Path, prefix: str, run: str | None = None) -> None:
             say(f"exporting {prefix or 'the model'} to ONNX")
             exported = export_onnx(src, tmp / f"{prefix}onnx-fp32")
+            source = prefix.rstrip("-") or None
             if not quantize or not prefix:
-                candidates.append((f"{prefix}onnx-fp32", exported, run))
+                candidates.append((f"{prefix}onnx-fp32", exported, run, source))
             if quantize:
                 say(f"quantising {prefix or 'the model'} to INT8")
                 int8 = quantize_int8(exported, tmp / f"{prefix}onnx-int8")
-                candidates.append((f"{prefix}onnx-int8", int8, run))
+                candidates.append((f"{prefix}onnx-int8", int8, run, source))
 
         onnx_forms(parent_dir, "")
         if prune is not None:
@@ -318,7 +320,7 @@ def optimize(
                 ctx=ctx,
                 source_name=info.spec,  # not the temp directory it was downloaded to
             )
-            candidates.append((name.rstrip("-"), pruned.out_dir, pruned.finetune_run_id))
+            candidates.append((name.rstrip("-"), pruned.out_dir, pruned.finetune_run_id, None))
             onnx_forms(pruned.out_dir, name, pruned.finetune_run_id)
         if distill is not None:
             from modelyard.optimize._distill import distill as run_distill
@@ -329,11 +331,13 @@ def optimize(
                 client.ctx = ctx  # the student's run belongs to whoever optimises
                 result = run_distill(parent_dir, distill, client=client, teacher_name=info.spec)
                 student = client.download_artifacts(result.run_id, "model", tmp / "student")
-            candidates.append(("distilled", student, result.run_id))
+            candidates.append(("distilled", student, result.run_id, None))
             onnx_forms(student, "distilled-", result.run_id)
 
         variants: list[Measured] = []
-        for variant, root, trained_by in candidates:
+        registered_as: dict[str, str] = {}  # variant -> NAME@V
+        for variant, root, trained_by, source in candidates:
+            parent = registered_as[source] if source is not None else info.spec
             say(f"measuring {variant}")
             m, scores = _measure(root, variant, rows, **measure)  # type: ignore[arg-type]
             m.delta = {k: m.metrics[k] - baseline.metrics[k] for k in METRICS}
@@ -355,7 +359,7 @@ def optimize(
                 ctx,
                 root,
                 info.name,
-                parent=info.spec,
+                parent=parent,
                 variant=variant,
                 eval_report=report,
                 benchmark={
@@ -369,7 +373,7 @@ def optimize(
                 # its weights were trained again: the run, its data and recipe, not just the parent
                 trained_by=trained_by,
             )
-            m.spec = registered.spec
+            m.spec = registered_as[variant] = registered.spec
             variants.append(m)
     return OptimizeReport(info.spec, evaluated_on, len(rows), limits, baseline, variants, pick(variants))
 
