@@ -8,6 +8,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from modelyard.core import Platform
 from modelyard.core._models import Run as RunRow
 from modelyard.errors import UsageError
 from modelyard.tracking import Client
@@ -155,3 +156,30 @@ def test_max_results_is_bounded(client: Client, bad: object) -> None:
 def test_bad_order_by(client: Client, order: object) -> None:
     with pytest.raises(UsageError):
         client.search_runs(order_by=order)  # type: ignore[arg-type]
+
+
+def test_negations_agree_and_like_is_case_sensitive_on_every_backend(any_platform: Platform) -> None:
+    """`!=` and `not in` match the same runs (a run without the key, or with a NaN metric, matches
+    neither), `like` is case-sensitive on SQLite as on PostgreSQL (`ilike` is not), and a NUL in a filter
+    is a syntax error, not a database error (helper-24)."""
+    with Client(platform=any_platform) as client:
+        for name, params, metrics in [
+            ("a", {"opt": "adam"}, {"loss": 0.5}),
+            ("b", {"opt": "Adam"}, {"loss": 0.7}),
+            ("c", {}, {"loss": float("nan")}),
+            ("d", {"opt": "sgd_1*"}, {}),
+        ]:
+            with client.start_run("neg", name=name, params=params, capture=False) as run:
+                run.log_metrics(metrics)
+
+        def found(filt: str) -> set[str]:
+            return {r.name for r in client.search_runs("neg", filter=filt)}  # type: ignore[misc]
+
+        assert found("params.opt != 'adam'") == found("params.opt not in ('adam')") == {"b", "d"}
+        assert found("metrics.loss != 0.5") == found("metrics.loss not in (0.5)") == {"b"}
+        assert found("params.opt like 'adam'") == {"a"} and found("params.opt like 'A%'") == {"b"}
+        assert found("params.opt ilike 'ADAM'") == {"a", "b"}
+        assert found("status like 'fin%'") == set() and found("status like 'FIN%'") == {"a", "b", "c", "d"}
+        assert found("params.opt like 'sgd__*'") == {"d"} and found("params.opt like 's[g]%'") == set()
+        with pytest.raises(UsageError, match="position 16: NUL"):
+            client.search_runs("neg", filter="params.opt = 'a\x00'")

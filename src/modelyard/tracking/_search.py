@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, not_, or_, select
+from sqlalchemy import Boolean, ColumnElement, and_, or_, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.functions import FunctionElement
 
 from modelyard.core._models import Experiment, Run, RunLatestMetric, RunParam, RunTag
 from modelyard.core._platform import Context, Platform
@@ -211,7 +213,8 @@ class _Parser:
             nxt = self.take()
             if not (nxt.kind == "kw" and nxt.text == "in"):
                 raise self.error("expected 'in' after 'not'", nxt)
-            return not_(self.compare(fld, "in", self.value_list(), op_tok)), set()
+            # like != : a run without the key (or with a NaN metric) matches neither
+            return self.compare(fld, "not in", self.value_list(), op_tok), need
         if op_tok.kind == "kw" and op_tok.text == "in":
             return self.compare(fld, "in", self.value_list(), op_tok), need
         if op_tok.kind == "op" or (op_tok.kind == "kw" and op_tok.text in ("like", "ilike")):
@@ -265,12 +268,12 @@ class _Parser:
         if bad is not None:
             raise self.error(f"{fld.kind}.{fld.key} is a string: quote the value, e.g. '{bad.text}'", bad)
         texts = [_unquote(v.text) for v in values]
-        if fld.kind == "params" and op in ("=", "!=", "in"):
+        if fld.kind == "params" and op in ("=", "!=", "in", "not in"):
             # A param logged as a float is stored as Python writes it (1e-4 -> '0.0001'): a number
             # literal also matches that spelling, so params.lr = '1e-4' finds lr=1e-4 either way.
             spelled = list(dict.fromkeys(s for t in texts for s in _number_spellings(t)))
             if len(spelled) > len(texts):
-                return _condition(fld, "not in" if op == "!=" else "in", spelled)
+                return _condition(fld, "not in" if op in ("!=", "not in") else "in", spelled)
         return _condition(fld, op, texts)
 
 
@@ -282,6 +285,34 @@ def _number_spellings(text: str) -> list[str]:
         return [text]
     x = float(text)
     return list(dict.fromkeys([text, str(x)])) if math.isfinite(x) else [text]
+
+
+class _like(FunctionElement[bool]):
+    """``col LIKE pattern``, case-sensitive on every backend. SQLite's LIKE ignores ASCII case (PostgreSQL's
+    does not), so there it is GLOB with the pattern translated (third argument)."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "like"
+
+
+@compiles(_like)
+def _like_sql(element: _like, compiler: Any, **kw: Any) -> str:
+    col, pattern, _ = element.clauses
+    return f"{compiler.process(col, **kw)} LIKE {compiler.process(pattern, **kw)}"
+
+
+@compiles(_like, "sqlite")
+def _glob_sql(element: _like, compiler: Any, **kw: Any) -> str:
+    col, _, glob = element.clauses
+    return f"{compiler.process(col, **kw)} GLOB {compiler.process(glob, **kw)}"
+
+
+_GLOB = {"%": "*", "_": "?", "*": "[*]", "?": "[?]", "[": "[[]"}
+
+
+def _glob(pattern: str) -> str:
+    return "".join(_GLOB.get(c, c) for c in pattern)
 
 
 def _apply(col: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
@@ -297,7 +328,7 @@ def _apply(col: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
         "<=": lambda: col <= v,
         ">": lambda: col > v,
         ">=": lambda: col >= v,
-        "like": lambda: col.like(v),
+        "like": lambda: _like(col, v, _glob(v)),
         "ilike": lambda: col.ilike(v),
     }[op]()
     return result
@@ -314,7 +345,7 @@ def _condition(fld: Field, op: str, values: list[Any]) -> ColumnElement[bool]:
             "run_id": Run.id,
         }[fld.key]
         if fld.key == "status":
-            values = [v.upper() for v in values] if op in ("=", "!=", "in") else values
+            values = [v.upper() for v in values] if op in ("=", "!=", "in", "not in") else values
         return _apply(col, op, values)
     model: Any = {"metrics": RunLatestMetric, "params": RunParam, "tags": RunTag}[fld.kind]
     # The other table only ever appears as an uncorrelated IN subquery with bound values: the database
@@ -333,6 +364,8 @@ def compile_filter(source: str | None) -> tuple[ColumnElement[bool] | None, set[
         return None, set()
     if len(source) > MAX_FILTER:
         raise UsageError(f"filter has {len(source)} characters; at most {MAX_FILTER} allowed")
+    if "\x00" in source:  # no stored text holds one, and PostgreSQL refuses it in a query
+        raise _syntax("NUL character", source.index("\x00") + 1, source)
     return _Parser(source).parse()
 
 
