@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -68,6 +69,7 @@ def test_hostile_keys_are_refused_everywhere(client: Client, run: LiveRun, key: 
         (math.inf, "finite"),
         (-math.inf, "finite"),
         ([1], "must be a number"),
+        (10**400, "does not fit in a float"),
     ],
 )
 def test_bad_metric_values(run: LiveRun, value: object, match: str) -> None:
@@ -113,7 +115,29 @@ def test_bad_params_tags_and_names(client: Client, run: LiveRun) -> None:
         client.start_run("../x", nested=True)
     with pytest.raises(ValidationError, match="experiment name"):
         client.start_run("", nested=True)
+    with pytest.raises(ValidationError, match="cannot be written as text"):
+        run.log_param("huge", 10**5000)
+    for name in ("a\x00b", "two\nlines"):  # PostgreSQL refused the NUL with a raw DataError
+        with pytest.raises(ValidationError, match="printable"):
+            client.start_run("v", name=name, nested=True)
     assert _counts(client.platform) == before
+
+
+def test_bad_artifacts_are_clear_errors(run: LiveRun, tmp_path: Path) -> None:
+    """helper-24: each of these raised a raw library error."""
+    with pytest.raises(ValidationError, match="not YAML-serialisable"):
+        run.log_dict({"a": object()}, "c.yaml")
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    with pytest.raises(ValidationError, match="cannot write .exe"):
+        run.log_figure(Figure(), "plot.exe")
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    with pytest.raises(UsageError, match="artifact_path must be a string"):
+        run.log_artifact(src, artifact_path=5)  # type: ignore[arg-type]
+    assert run.log_figure(Figure(), "plot.SVG")  # the suffix's case does not matter
 
 
 def test_unknown_and_malformed_run_ids(client: Client) -> None:

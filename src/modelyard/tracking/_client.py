@@ -151,7 +151,10 @@ class Run:
         if name.endswith((".yaml", ".yml")):
             import yaml
 
-            text = yaml.safe_dump(data, sort_keys=True)
+            try:
+                text = yaml.safe_dump(data, sort_keys=True)
+            except yaml.YAMLError as exc:
+                raise ValidationError(f"log_dict: {name!r} is not YAML-serialisable: {exc}") from None
         else:
             try:
                 text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
@@ -165,7 +168,13 @@ class Run:
             raise ValidationError(f"log_figure expects a matplotlib Figure, got {type(figure).__name__}")
         if not isinstance(name, str) or not name:
             raise UsageError("log_figure needs an artifact name such as 'curves.png'")
-        suffix = Path(name).suffix.lstrip(".") or "png"
+        suffix = Path(name).suffix.lstrip(".").lower() or "png"
+        supported = figure.canvas.get_supported_filetypes()
+        if suffix not in supported:
+            raise ValidationError(
+                f"log_figure: {name!r}: matplotlib cannot write .{suffix}; use one of "
+                + ", ".join(f".{s}" for s in sorted(supported))
+            )
         with tempfile.TemporaryDirectory(prefix="yard-fig-") as tmp:
             out = Path(tmp) / f"figure.{suffix}"
             figure.savefig(out, format=suffix)

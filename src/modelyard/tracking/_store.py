@@ -76,7 +76,10 @@ def check_value(key: str, value: object) -> float | None:
     """A finite number or NaN (stored as NULL; SQLite cannot store NaN)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValidationError(f"metric {key!r}: value must be a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except (OverflowError, ValueError):  # an int beyond the float range, a custom Real that will not convert
+        raise ValidationError(f"metric {key!r}: value does not fit in a float") from None
     if math.isnan(v):
         return None
     if math.isinf(v):
@@ -120,7 +123,10 @@ def check_run_id(run_id: object) -> str:
 def _text(kind: str, key: str, value: object, limit: int) -> str:
     if isinstance(value, bytes):
         raise ValidationError(f"{kind} {key!r}: bytes are not a valid value; decode them first")
-    text = value if isinstance(value, str) else str(value)
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except ValueError as exc:  # e.g. an int of more digits than str() writes
+        raise ValidationError(f"{kind} {key!r}: value cannot be written as text: {exc}") from None
     if len(text) > limit:
         raise ValidationError(f"{kind} {key!r}: value has {len(text)} characters; at most {limit} allowed")
     if "\x00" in text:
@@ -298,8 +304,12 @@ def create_run(
     platform.authorize(ctx, "run.write", resource)
     try:
         check_experiment(experiment)
-        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME):
-            raise ValidationError(f"run name must be a string of 1-{MAX_NAME} characters")
+        if name is not None and (
+            not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable()
+        ):
+            raise ValidationError(
+                f"run name must be a string of 1-{MAX_NAME} printable characters (no control characters)"
+            )
         p = check_pairs("param", params or {}, MAX_PARAM_VALUE)
         t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
         if parent_id is not None:
@@ -591,6 +601,8 @@ def artifact_files(
     resource = run_ref(run_id)
     platform.authorize(ctx, "run.write", resource)
     try:
+        if artifact_path is not None and not isinstance(artifact_path, str):
+            raise UsageError(f"artifact_path must be a string, got {type(artifact_path).__name__}")
         files = _walk_artifact(src)
         if not files:
             raise UsageError(f"{src} holds no files to log")
