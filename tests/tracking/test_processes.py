@@ -235,3 +235,21 @@ def test_a_run_left_open_gets_the_status_of_how_the_process_ended(
     assert info.status == status, r.stderr
     assert info.reason is not None and reason in info.reason
     assert info.metrics == {"x": 1.0}
+
+
+def test_a_forked_child_leaves_the_parents_run_alone(any_platform: Platform) -> None:
+    """A forked child's exit or SIGTERM ended the parent's live run (FINISHED, KILLED) while it trained on,
+    and what the child logged was accepted and never written (helper-24)."""
+    proc = _spawn(any_platform, "fork")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [
+        "child: refused True",
+        f"terminated child exit {-signal.SIGTERM}",  # killed by the signal, as without us
+        "parent sees RUNNING",
+        "ended FINISHED",
+    ], err
+    with Client(platform=any_platform) as client:
+        [run] = client.search_runs("fork")
+        history = client.metric_history(run.id)["loss"]
+    assert [(p.step, p.value) for p in history] == [(0, 1.0), (1, 0.5)]

@@ -87,6 +87,42 @@ def end_fails_once(count: int) -> None:
     _store.end_run = real_end  # the store is back; the exit must retry what end() asked for
 
 
+def _sleep_forever() -> None:
+    while True:
+        time.sleep(0.05)
+
+
+def fork() -> None:
+    """Fork children inside a live run, as DataLoader workers and multiprocessing do: one logs and exits
+    normally (atexit runs), one is terminated (SIGTERM); then report what the parent's run looks like."""
+    import multiprocessing
+
+    from modelyard.errors import UsageError
+
+    client = Client()
+    with client.start_run("fork", capture=False) as run:
+        run.log_metric("loss", 1.0, step=0)
+        run.flush()
+        pid = os.fork()
+        if pid == 0:  # the child leaves the `with` block and exits through the interpreter's exit
+            try:
+                run.log_metric("loss", 9.0, step=9)
+                print("child: accepted", flush=True)
+            except UsageError as exc:
+                print(f"child: refused {'forked this one' in str(exc)}", flush=True)
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        child = multiprocessing.get_context("fork").Process(target=_sleep_forever)
+        child.start()
+        time.sleep(0.3)
+        child.terminate()
+        child.join()
+        print(f"terminated child exit {child.exitcode}", flush=True)
+        print(f"parent sees {client.get_run(run.id).status}", flush=True)
+        run.log_metric("loss", 0.5, step=1)
+    print(f"ended {client.get_run(run.id).status}", flush=True)
+
+
 if __name__ == "__main__":
     # A script started from a terminal gets Python's KeyboardInterrupt handler. One started by a
     # non-interactive shell's background job (`cmd &`, as CI runners and `nohup ... &` do) inherits
@@ -105,5 +141,7 @@ if __name__ == "__main__":
         term_in_end(int(args[0]))
     elif mode == "end_fails_once":
         end_fails_once(int(args[0]))
+    elif mode == "fork":
+        fork()
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +116,17 @@ class _WriterLock:
             self._fd = None
 
 
+_STORES: weakref.WeakSet[MetadataStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class MetadataStore:
     """Transactions over the metadata database. Use :meth:`write` for anything that changes state."""
 
@@ -142,6 +154,7 @@ class MetadataStore:
         self._writer = _WriterLock(self._sqlite_file())
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        _STORES.add(self)
         if migrate:
             try:
                 self.migrate()
@@ -188,6 +201,15 @@ class MetadataStore:
     def dispose(self) -> None:
         self.engine.dispose()
         self._writer.close()
+
+    def _forked(self) -> None:
+        """In a forked child: leave the parent's pooled connections to the parent (two processes on one
+        connection corrupt it) and open a writer lock of its own; both are made again on first use."""
+        self.engine.dispose(close=False)
+        old, self._writer = self._writer, _WriterLock(self._sqlite_file())
+        if old._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(old._fd)  # the parent's flock stays: it holds its own descriptor
 
     # -- migrations -----------------------------------------------------------------------------------
     def migrate(self) -> None:

@@ -46,6 +46,18 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _I64 = 2**63
 # The client whose run is active in this context (module helpers use it); each client keeps its own stack.
 _CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("modelyard_client", default=None)
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()  # for the fork hook below
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._forked()
+
+
+# A forked child (DataLoader workers, multiprocessing) inherits the clients, their runs, signal handlers
+# and exit hook, but not the threads writing the runs' metrics: without this its SIGTERM or exit ended the
+# parent's live run, and what it logged was accepted and never written.
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Run:
@@ -213,6 +225,8 @@ class Run:
         """``interrupting``: a signal handler ending the run while an ``end`` of it is in progress on
         this thread (the handler then does that end itself, with its own status, before the process
         stops)."""
+        if self._writer.orphaned:
+            raise self._writer._orphan_error()  # a forked child must not end its parent's run
         if self.status != "RUNNING" or (self._ending and not interrupting):
             return  # recorded already, or another end of this run is in progress
         self._ending = True
@@ -248,6 +262,8 @@ class Run:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._writer.orphaned:
+            return  # a forked child leaving the block: the run goes on in the parent
         if exc_type is None or (exc_type is SystemExit and getattr(exc, "code", 1) in (0, None)):
             self.end("FINISHED")
             return
@@ -296,6 +312,20 @@ class Client:
         ref = weakref.ref(self)
         self._atexit = lambda: _at_exit(ref)
         atexit.register(self._atexit)
+        _CLIENTS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the active runs are the parent's. Forget them and put the signal handlers
+        back, so the child's signals and exit leave them alone (see os.register_at_fork above)."""
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        for run in self._active.values():
+            run._writer.orphan()
+        self._active = {}
+        self._stack.set(())
+        if _CURRENT.get() is self:
+            _CURRENT.set(None)
+        self._in_signal = False
+        self._restore_signal_handlers()
 
     def close(self) -> None:
         """End active runs (FINISHED) and release the platform if this client opened it. A run whose end

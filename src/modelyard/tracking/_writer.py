@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
-from modelyard.errors import BackendError, NotFoundError, PermissionDeniedError
+from modelyard.errors import BackendError, NotFoundError, PermissionDeniedError, UsageError
 from modelyard.tracking._store import MetricPoint, heartbeat, write_metric_batch
 
 if TYPE_CHECKING:
@@ -74,12 +74,15 @@ class MetricWriter:
         self._warned = False
         self.last_error: BaseException | None = None
         self._samples = 0
+        self.orphaned = False  # set in a forked child: the thread that writes these points is the parent's
         self._thread = threading.Thread(target=self._loop, name=f"modelyard-run-{run_id[:8]}", daemon=True)
         self._thread.start()
 
     # -- producer side ---------------------------------------------------------------------------------
     def add(self, points: list[MetricPoint]) -> None:
         with self._cond:
+            if self.orphaned:
+                raise self._orphan_error()
             if self._stopping and not self._thread.is_alive():
                 raise BackendError(f"run {self.run_id} has ended; start or resume a run to log metrics")
             self._buffer.extend(points)
@@ -100,6 +103,8 @@ class MetricWriter:
         """Block until every point added before this call is committed; BackendError after ``timeout``
         (the points stay buffered and are still retried)."""
         deadline = time.monotonic() + timeout
+        if self.orphaned:
+            raise self._orphan_error()
         with self._cond:
             target = self._logged
             self._flush_wanted = True
@@ -119,6 +124,17 @@ class MetricWriter:
                         f"(the metadata store is unavailable{cause}); they stay buffered and are retried"
                     )
                 self._cond.wait(min(left, 0.5))
+
+    def orphan(self) -> None:
+        """This process is a fork: points added here would wait for a thread that only the parent has."""
+        self._cond = threading.Condition(threading.RLock())  # another thread may have held it at the fork
+        self.orphaned = True
+
+    def _orphan_error(self) -> UsageError:
+        return UsageError(
+            f"run {self.run_id} belongs to the process that forked this one; to log from here, continue it "
+            f"with start_run(run_id={self.run_id!r}) on a new Client"
+        )
 
     def begin_end(self) -> None:
         """The run is ending: stop heartbeats and system samples, keep writing what is buffered. If the
