@@ -74,8 +74,8 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     try:
         try:
             _init_metadata(platform, settings, report)
-        except _WrongKey:
-            if made_key is not None:  # it protects nothing: the store's keys are wrapped with another
+        except ConfigError:  # an existing store this key cannot be for (nothing was written with it)
+            if made_key is not None:
                 made_key.unlink()
             raise
         _init_store_marker(platform, settings, report)
@@ -131,10 +131,6 @@ def _explicit(settings: Settings) -> dict[str, Any]:
     return {k: getattr(settings, k) for k in settings.model_fields_set}
 
 
-class _WrongKey(ConfigError):
-    """`yard init` on an existing store with a master key that is not the store's."""
-
-
 def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -> None:
     """Bootstrap a fresh store: region, owner, master key id, the first project and its admin.
 
@@ -151,7 +147,7 @@ def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -
                 )
             recorded = s.get(Meta, MASTER_KEY_ID)
             if recorded is not None and platform.keyring.known(recorded.value) is None:
-                raise _WrongKey(
+                raise ConfigError(
                     f"this home's store is encrypted under master key {recorded.value}, but the configured "
                     f"key is {platform.keyring.current.key_id}; point YARD_MASTER_KEY_FILE (or "
                     "YARD_MASTER_KEY) at the key with that id"
