@@ -156,7 +156,9 @@ def test_os_user_without_account(platform: Platform, monkeypatch: pytest.MonkeyP
         platform.context()
 
 
-def test_a_uid_without_a_passwd_entry_is_not_whoever_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_uid_without_a_passwd_entry_is_not_whoever_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Containers run with --user N often have no passwd entry: local mode must not fall back to $USER
     (helper-25 acted as the installation's admin that way)."""
     import pwd

@@ -203,9 +203,8 @@ def test_a_host_with_a_skewed_clock_is_not_reaped_and_reaps_correctly(
         # A run that really went silent two minutes ago (by the server's clock) ...
         dead = _store.create_run(p, ctx, "skew")
         with p.db.write() as s:
-            s.execute(
-                update(RunRow).where(RunRow.id == dead).values(heartbeat_at=func.now() - timedelta(minutes=2))
-            )
+            ago = func.now() - timedelta(minutes=2)
+            s.execute(update(RunRow).where(RunRow.id == dead).values(heartbeat_at=ago, stale_at=ago))
         # ... is reaped even by a host whose clock lags an hour.
         monkeypatch.setattr(_store, "utcnow", lambda: real() - timedelta(hours=1))
         assert _store.reap_stale_runs(p, ctx) == [dead]
@@ -225,5 +224,27 @@ def test_sqlite_heartbeats_keep_the_local_utc_clock(platform: Platform) -> None:
     _store.heartbeat(platform, run_id)
     assert _store.reap_stale_runs(platform, ctx) == []  # fresh, compared in one consistent format
     with platform.db.write() as s:
-        s.execute(update(RunRow).values(heartbeat_at=_store.utcnow() - timedelta(hours=1)))
+        ago = _store.utcnow() - timedelta(hours=1)
+        s.execute(update(RunRow).values(heartbeat_at=ago, stale_at=ago))
     assert _store.reap_stale_runs(platform, ctx) == [run_id]
+
+
+def test_a_run_is_judged_by_its_own_processes_timeout_not_the_reapers(platform: Platform) -> None:
+    """A process that raised YARD_RUN_HEARTBEAT_TIMEOUT_S for long pauses had its run reaped by any
+    other command running with the default (helper-24); a run from before stale_at existed is judged by
+    the reaper's timeout, as it was."""
+    patient = Platform(platform.settings.model_copy(update={"run_heartbeat_timeout_s": 3600.0}))
+    try:
+        ctx = patient.context()
+        slow = _store.create_run(patient, ctx, "patience")
+        _store.heartbeat(patient, slow)
+        old = _store.create_run(platform, ctx, "patience")
+        with platform.db.write() as s:  # ten minutes silent: past the default 60 s, within the hour
+            ago = _store.utcnow() - timedelta(minutes=10)
+            s.execute(update(RunRow).values(heartbeat_at=ago))
+            s.execute(update(RunRow).where(RunRow.id == old).values(stale_at=None))
+        assert _store.reap_stale_runs(platform, ctx) == [old]
+        with platform.db.read() as s:
+            assert s.scalar(select(RunRow.status).where(RunRow.id == slow)) == "RUNNING"
+    finally:
+        patient.close()

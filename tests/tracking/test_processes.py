@@ -81,7 +81,14 @@ def test_eight_processes_log_into_one_run_and_lose_nothing(any_platform: Platfor
 
 @pytest.mark.slow
 def test_sigkill_mid_run_is_reaped_failed_with_every_flushed_metric(platform: Platform) -> None:
-    proc = _spawn(platform, "crash", "500", YARD_RUN_HEARTBEAT_S="0.2", YARD_METRIC_FLUSH_S="0.2")
+    proc = _spawn(
+        platform,
+        "crash",
+        "500",
+        YARD_RUN_HEARTBEAT_S="0.2",
+        YARD_RUN_HEARTBEAT_TIMEOUT_S="2",  # the run's own timeout: the reaper goes by it
+        YARD_METRIC_FLUSH_S="0.2",
+    )
     with reaping(proc):
         _, run_id, flushed = _first_line(proc)
         time.sleep(0.5)  # let it log (and flush) a little more
@@ -253,3 +260,18 @@ def test_a_forked_child_leaves_the_parents_run_alone(any_platform: Platform) -> 
         [run] = client.search_runs("fork")
         history = client.metric_history(run.id)["loss"]
     assert [(p.step, p.value) for p in history] == [(0, 1.0), (1, 0.5)]
+
+
+def test_a_programs_own_sigterm_handler_runs_first_and_the_run_ends_killed_after(
+    any_platform: Platform,
+) -> None:
+    """The run was ended KILLED before the program's handler ran, so its checkpoint-then-stop path found
+    it ended (helper-24). Now the handler runs first; the run ends KILLED when the program leaves it."""
+    proc = _spawn(any_platform, "graceful")
+    _, run_id = _first_line(proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == "wound down", err
+    with Client(platform=any_platform) as client:
+        run = client.get_run(run_id)
+    assert (run.status, run.reason, run.metrics) == ("KILLED", "received SIGTERM", {"checkpointed": 1.0})

@@ -336,7 +336,8 @@ def test_concurrent_reapers_reap_and_audit_each_run_once(any_platform: Platform)
     ctx = any_platform.context()
     ids = [create_run(any_platform, ctx, "reap") for _ in range(5)]
     with any_platform.db.write() as s:
-        s.execute(update(RunRow).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+        ago = utcnow() - timedelta(hours=1)
+        s.execute(update(RunRow).values(heartbeat_at=ago, stale_at=ago))
     results: list[list[str]] = []
     threads = [
         threading.Thread(target=lambda: results.append(reap_stale_runs(any_platform))) for _ in range(3)

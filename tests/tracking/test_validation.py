@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from modelyard.core import Platform, Role, add_user, create_project, create_token
 from modelyard.core._models import AuditRecord, Run, RunMetric, RunParam, RunTag
-from modelyard.errors import NotFoundError, PermissionDeniedError, UsageError, ValidationError
+from modelyard.errors import BackendError, NotFoundError, PermissionDeniedError, UsageError, ValidationError
 from modelyard.tracking import Client
 from modelyard.tracking import Run as LiveRun
 
@@ -131,7 +131,7 @@ def test_bad_artifacts_are_clear_errors(run: LiveRun, tmp_path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    with pytest.raises(ValidationError, match="cannot write .exe"):
+    with pytest.raises(ValidationError, match=r"cannot write \.exe"):
         run.log_figure(Figure(), "plot.exe")
     src = tmp_path / "f.txt"
     src.write_text("x")
@@ -204,6 +204,42 @@ def test_viewer_reads_but_cannot_write(platform: Platform, client: Client) -> No
             select(func.count()).select_from(AuditRecord).where(AuditRecord.outcome == "denied")
         )
     assert denied == 4
+
+
+def test_a_lowered_role_or_a_revoked_token_stops_a_client_that_is_already_open(
+    platform: Platform, client: Client
+) -> None:
+    """The role is resolved once, when the client opens: it kept logging metrics, params, tags and
+    artifacts after its user became a viewer and its token was revoked (helper-24)."""
+    from modelyard.core._identity import revoke_token, set_role
+
+    add_user(platform, client.ctx, "sam", Role.SCIENTIST)
+    info, token = create_token(platform, client.ctx, "sam")
+    sam = Client(platform=platform, token=token)
+    run = sam.start_run("revoke", capture=False)
+    run.log_metric("before", 1.0)
+    run.flush()
+    set_role(platform, client.ctx, "sam", Role.VIEWER)
+    with pytest.raises(PermissionDeniedError, match="now viewer"):
+        run.log_param("p", "x")
+    with pytest.raises(PermissionDeniedError, match="now viewer"):
+        run.set_tag("t", "x")
+    run.log_metric("after", 2.0)
+    with pytest.raises(BackendError, match=r"metric writing stopped.*now viewer"):
+        run.flush(timeout=10)  # the writer gave up: retrying cannot help
+    set_role(platform, client.ctx, "sam", Role.SCIENTIST)
+    revoke_token(platform, client.ctx, info.id)
+    with pytest.raises(PermissionDeniedError, match="was revoked"):
+        run.log_dict({"a": 1}, "a.json")
+    stored = client.get_run(run.id)
+    assert (stored.metrics, stored.params, stored.tags) == ({"before": 1.0}, {}, {})
+    assert client.list_artifacts(run.id) == []
+    with platform.db.read() as s:
+        denied = s.scalars(select(AuditRecord.detail).where(AuditRecord.outcome == "denied")).all()
+    assert len(denied) == 4  # the param, the tag, the metric batch, the artifact
+    with pytest.raises(PermissionDeniedError):
+        run.end()
+    sam.close()
 
 
 def test_logging_to_an_ended_run_is_an_error(client: Client) -> None:

@@ -123,6 +123,19 @@ def fork() -> None:
     print(f"ended {client.get_run(run.id).status}", flush=True)
 
 
+def graceful() -> None:
+    """A program with its own SIGTERM handler (checkpoint, then stop), as preemptible jobs have."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    client = Client()
+    with client.start_run("graceful", capture=False) as run:
+        print(f"ready {run.id}", flush=True)
+        while not stop:
+            time.sleep(0.02)
+        run.log_metric("checkpointed", 1.0)  # the run is still open while the program winds down
+    print("wound down", flush=True)
+
+
 if __name__ == "__main__":
     # A script started from a terminal gets Python's KeyboardInterrupt handler. One started by a
     # non-interactive shell's background job (`cmd &`, as CI runners and `nohup ... &` do) inherits
@@ -143,5 +156,7 @@ if __name__ == "__main__":
         end_fails_once(int(args[0]))
     elif mode == "fork":
         fork()
+    elif mode == "graceful":
+        graceful()
     else:
         raise SystemExit(f"unknown mode {mode}")

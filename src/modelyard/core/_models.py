@@ -155,8 +155,8 @@ class Experiment(Base):
 
 
 class Run(Base):
-    """One execution. ``heartbeat_at`` is refreshed by the owning process; a RUNNING run whose heartbeat
-    is older than the timeout is reaped to FAILED, so a killed process never leaves a run RUNNING."""
+    """One execution. ``heartbeat_at`` and ``stale_at`` are refreshed by the owning process; a RUNNING run
+    past its ``stale_at`` is reaped to FAILED, so a killed process never leaves a run RUNNING."""
 
     __tablename__ = "runs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -170,6 +170,8 @@ class Run(Base):
     start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # heartbeat_at + the owning process's timeout: each process may set its own (long pauses)
+    stale_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     user: Mapped[str] = mapped_column(String(160))
     host: Mapped[str] = mapped_column(String(256))
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

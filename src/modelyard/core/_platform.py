@@ -295,6 +295,29 @@ class Platform:
             required_role=str(need),
         )
 
+    def recheck(self, s: Session, ctx: Context, action: str) -> None:
+        """Check ``ctx`` against the store, in the write's own transaction: a context is resolved once, and
+        a long-lived client or server must not keep writing after its role was lowered, its user disabled
+        or removed, or its token revoked or expired."""
+        q = (
+            select(Membership.role, User.disabled)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.user_id == ctx.user_id, Membership.project_id == ctx.project_id)
+        )
+        row = s.execute(q).first()
+        token = s.get(Token, ctx.via.removeprefix("token:")) if ctx.via.startswith("token:") else None
+        why = None
+        if row is None or row.disabled:
+            why = f"{ctx.user} no longer has access to project {ctx.project!r}"
+        elif not allowed(Role.parse(row.role), action):
+            why = f"{ctx.user} is now {row.role} in project {ctx.project!r} and may not {action}"
+        elif ctx.via.startswith("token:") and (token is None or token.revoked_at is not None):
+            why = f"API token {ctx.via.removeprefix('token:')} was revoked"
+        elif token is not None and token.expires_at is not None and as_utc(token.expires_at) <= utcnow():
+            why = f"API token {token.id} has expired"
+        if why is not None:
+            raise PermissionDeniedError(why, action=action)
+
     def authorize_installation(self, ctx: Context, action: str, resource: str) -> None:
         """Installation-wide actions (master key, projects, every project's audit log) need the admin role
         in the system project: a tenant's admin administers only their tenant."""
@@ -325,8 +348,12 @@ class Platform:
         self.authorize(ctx, action, resource)
         try:
             with self.db.write() as s:
+                self.recheck(s, ctx, action)
                 yield s
                 self.audit(ctx, action, resource, "ok", detail, session=s)
+        except PermissionDeniedError as exc:
+            self.audit(ctx, action, resource, "denied", {**(detail or {}), "message": exc.message})
+            raise
         except YardError as exc:
             self.audit(
                 ctx, action, resource, "refused", {**(detail or {}), "code": exc.code, "message": exc.message}

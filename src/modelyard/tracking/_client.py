@@ -264,12 +264,17 @@ class Run:
     ) -> None:
         if self._writer.orphaned:
             return  # a forked child leaving the block: the run goes on in the parent
+        interrupted = self.client._interrupted
         if exc_type is None or (exc_type is SystemExit and getattr(exc, "code", 1) in (0, None)):
-            self.end("FINISHED")
+            if interrupted:  # the program's own signal handler stopped it
+                self.end("KILLED", interrupted)
+            else:
+                self.end("FINISHED")
             return
-        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) or interrupted else "FAILED"
+        reason = f"{exc_type.__name__}: {exc}"
         try:
-            self.end(status, reason=f"{exc_type.__name__}: {exc}"[:2000])
+            self.end(status, reason=(f"{interrupted}, then {reason}" if interrupted else reason)[:2000])
         except Exception as end_exc:  # never hide the exception that ended the run
             warnings.warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=2)
 
@@ -308,6 +313,8 @@ class Client:
         self._active: dict[str, Run] = {}
         self._saved_handlers: dict[int, Any] = {}
         self._in_signal = False
+        # A signal the program's own handler took ("received SIGTERM"): runs it leaves open end KILLED.
+        self._interrupted: str | None = None
         self._close_when_idle = False
         ref = weakref.ref(self)
         self._atexit = lambda: _at_exit(ref)
@@ -427,6 +434,7 @@ class Client:
             idle = not self._active
         self._stack.set(tuple(r for r in self._stack.get() if r is not run))
         if idle:
+            self._interrupted = None  # a signal the program took is about the runs it interrupted
             self._restore_signal_handlers()
             if _CURRENT.get() is self:
                 _CURRENT.set(None)
@@ -474,6 +482,12 @@ class Client:
         if self._in_signal:
             return  # a second signal while the first is ending the runs: that one finishes the job
         prev = self._saved_handlers.get(signum, signal.SIG_DFL)
+        if callable(prev) and prev is not signal.default_int_handler:
+            # The program has a handler of its own (checkpoint, then stop): it decides when to stop, and
+            # its runs end KILLED when it leaves them, not under its feet while it winds down.
+            self._interrupted = f"received {signal.Signals(signum).name}"
+            prev(signum, frame)
+            return
         self._in_signal = True
         try:
             self._end_all("KILLED", f"received {signal.Signals(signum).name}", signalled=True)
@@ -559,6 +573,8 @@ def _at_exit(ref: weakref.ReferenceType[Client]) -> None:
     if client is None:
         return
     status, reason = _exit_status()
+    if client._interrupted is not None:
+        status, reason = "KILLED", client._interrupted
     client._end_all(status, reason)
 
 

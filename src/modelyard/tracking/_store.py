@@ -40,7 +40,13 @@ from modelyard.core._models import (
     RunTag,
 )
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import NotFoundError, UnsafePathError, UsageError, ValidationError
+from modelyard.errors import (
+    NotFoundError,
+    PermissionDeniedError,
+    UnsafePathError,
+    UsageError,
+    ValidationError,
+)
 from modelyard.tracking._lineage import add_edges, artifact_ref, dataset_ref, run_ref
 
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
@@ -331,6 +337,7 @@ def create_run(
                 status="RUNNING",
                 start_time=now,
                 heartbeat_at=platform.db.now(),
+                stale_at=_stale_at(platform),
                 user=ctx.user,
                 host=host[:256],
                 pid=pid,
@@ -347,7 +354,8 @@ def resume_run(platform: Platform, ctx: Context, run_id: str) -> None:
     check_run_id(run_id)
     with platform.mutate(ctx, "run.write", run_ref(run_id), {"resume": True}) as s:
         run = _run_row(s, ctx, run_id)
-        run.status, run.end_time, run.reason, run.heartbeat_at = "RUNNING", None, None, platform.db.now()
+        run.status, run.end_time, run.reason = "RUNNING", None, None
+        run.heartbeat_at, run.stale_at = platform.db.now(), _stale_at(platform)
 
 
 def end_run(
@@ -457,8 +465,20 @@ def write_metric_batch(
 ) -> bool:
     """Write one batch in one transaction; False if this batch id was already committed (a retry after a
     lost acknowledgement), in which case nothing is written twice."""
-    platform.authorize(ctx, "run.write", run_ref(run_id))
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        return _write_metric_batch(platform, ctx, run_id, batch_id, points)
+    except PermissionDeniedError as exc:  # a revoked role stops the writer (it gives up, see _writer)
+        platform.audit(ctx, "run.write", resource, "denied", {"metrics": len(points), "message": exc.message})
+        raise
+
+
+def _write_metric_batch(
+    platform: Platform, ctx: Context, run_id: str, batch_id: str, points: Sequence[MetricPoint]
+) -> bool:
     with platform.db.write() as s:
+        platform.recheck(s, ctx, "run.write")
         ins = insert_for(s)
         claimed = s.execute(
             ins(MetricBatch)
@@ -531,24 +551,32 @@ def heartbeat(platform: Platform, run_id: str) -> None:
         s.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == "RUNNING")
-            .values(heartbeat_at=platform.db.now())
+            .values(heartbeat_at=platform.db.now(), stale_at=_stale_at(platform))
         )
 
 
+def _stale_at(platform: Platform) -> Any:
+    """When a run this process owns counts as dead without a heartbeat: its own timeout, not the reaper's
+    (a process pausing for long, e.g. a checkpoint upload, raises YARD_RUN_HEARTBEAT_TIMEOUT_S)."""
+    return platform.db.now() + timedelta(seconds=platform.settings.run_heartbeat_timeout_s)
+
+
 def reap_stale_runs(platform: Platform, ctx: Context | None = None) -> list[str]:
-    """Mark RUNNING runs whose heartbeat is older than ``run_heartbeat_timeout_s`` FAILED, with a reason
-    and one audit record each (actor ``system:reaper``). Scoped to ctx's project when given. Cheap when
-    there is nothing to reap: one indexed read, no write lock."""
+    """Mark RUNNING runs past their ``stale_at`` (the owning process's heartbeat timeout) FAILED, with a
+    reason and one audit record each (actor ``system:reaper``). Scoped to ctx's project when given. Cheap
+    when there is nothing to reap: one indexed read, no write lock."""
     timeout = platform.settings.run_heartbeat_timeout_s
-    cutoff = platform.db.now() - timedelta(seconds=timeout)
-    cond = [Run.status == "RUNNING", or_(Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None))]
+    now = platform.db.now()
+    cutoff = now - timedelta(seconds=timeout)
+    # A run written before stale_at existed is judged by the reaper's timeout, as it was then.
+    older = and_(Run.stale_at.is_(None), or_(Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None)))
+    cond = [Run.status == "RUNNING", or_(Run.stale_at < now, older)]
     if ctx is not None:
         cond.append(Run.project_id == ctx.project_id)
     with platform.db.read() as s:
         if s.execute(select(Run.id).where(*cond).limit(1)).first() is None:
             return []
-    now = platform.db.now()
-    reason = f"no heartbeat for {timeout:g}s: the process died or lost the store"
+    reason = "no heartbeat within the run's timeout: the process died or lost the store"
     with platform.db.write() as s:
         # RETURNING names exactly the runs this UPDATE changed: a concurrent reaper (or a heartbeat that
         # landed in between) leaves them out, so each run is reaped and audited once.
