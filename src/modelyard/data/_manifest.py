@@ -205,18 +205,20 @@ class StatCache:
                 self._db.execute("COMMIT")
 
 
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What Entry.key() holds, of a stat result (an inode that is not a regular file has none)."""
+    if not stat.S_ISREG(st.st_mode):
+        return (-1, -1, -1, -1)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def restat(entry: Entry) -> bool:
     """True if the file still has the stat the walk saw (it did not change while we read it)."""
     try:
         st = os.lstat(entry.path)
     except OSError:
         return False
-    return stat.S_ISREG(st.st_mode) and entry.key() == (
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_ino,
-    )
+    return entry.key() == stat_key(st)
 
 
 def hash_file(path: str) -> tuple[str, int]:

@@ -330,6 +330,24 @@ class _Chunk:
     tasks: list[tuple[list[_manifest.Entry], Future[list[StagedBlob]]]]
 
 
+def _profile_sealed(e: _manifest.Entry, fmt: str) -> dict[str, Any]:
+    """The profile of the bytes that were sealed: the descriptor must show the inode and stat the walk
+    saw (and publish_files checked after reading), before and after it is read. The path alone could
+    name a file swapped in since, or a symlink to one outside the tree."""
+    changed = UsageError(f"{e.path} changed while it was being versioned; add it again")
+    try:
+        fd = os.open(e.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise changed from None
+    with os.fdopen(fd, "rb") as f:
+        if _manifest.stat_key(os.fstat(fd)) != e.key():
+            raise changed
+        profile = _profile.profile_file(f, fmt, e.sha256, e.size)
+        if _manifest.stat_key(os.fstat(fd)) != e.key():
+            raise changed
+    return profile
+
+
 def _stage_tree(
     store: ArtifactStore,
     cache: _manifest.StatCache,
@@ -407,7 +425,7 @@ def _stage_tree(
                     profile["tables"][e.name] = old
                     continue
                 try:
-                    profile["tables"][e.name] = _profile.profile_file(e.path, fmt, e.sha256, e.size)
+                    profile["tables"][e.name] = _profile_sealed(e, fmt)
                 except ValueError as exc:
                     profile["skipped"][e.name] = str(exc)
                     warnings.append(f"{e.name}: no statistics recorded: {exc}")
