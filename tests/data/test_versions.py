@@ -185,6 +185,20 @@ def test_stat_cache_file_is_private(platform: Platform, tree: Path) -> None:
     assert cache.stat().st_mode & 0o077 == 0
 
 
+def test_a_tree_below_a_non_utf8_directory_name_is_versioned_and_cached(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """The stat cache bound the absolute path, surrogate escapes and all, as SQLite text: the add failed
+    with an unexpected UnicodeEncodeError."""
+    root = make_tree(tmp_path / os.fsdecode(b"caf\xe9") / "src", {"a.txt": b"hi\n"})
+    ctx = platform.context()
+    assert data.add_version(platform, ctx, root, "d").version == 1
+    with _manifest.StatCache(platform.settings.home / "cache" / "stat.db") as cache:
+        assert cache.fill(list(_manifest.walk(root))) == [] and cache.hits == 1
+    data.checkout(platform, ctx, "d@1", tmp_path / "out")
+    assert same_tree(tmp_path / "out", root)
+
+
 # -- profile -----------------------------------------------------------------------------------------------
 
 
