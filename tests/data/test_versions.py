@@ -124,6 +124,22 @@ def test_checkout_refuses_a_non_empty_directory(platform: Platform, tree: Path, 
     assert [p.name for p in dest.iterdir()] == ["keep.txt"]
 
 
+def test_checkout_into_the_working_directory_fills_it_in_place(
+    platform: Platform, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`yard data checkout ds@1 .` from an empty directory: the temp directory was made inside "." (so it
+    was "not empty"), and replacing the directory would leave the shell in a deleted one."""
+    ctx = platform.context()
+    data.add_version(platform, ctx, tree, "ds")
+    here = tmp_path / "empty"
+    here.mkdir()
+    inode = here.stat().st_ino
+    monkeypatch.chdir(here)
+    data.checkout(platform, ctx, "ds@1", ".")
+    assert os.stat(".").st_ino == inode and same_tree(Path.cwd(), tree)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+
+
 def test_contents_are_deduplicated_by_digest(platform: Platform, tmp_path: Path, make_tree: MakeTree) -> None:
     ctx = platform.context()
     same = os.urandom(3000)
@@ -183,6 +199,20 @@ def test_stat_cache_file_is_private(platform: Platform, tree: Path) -> None:
     data.add_version(platform, platform.context(), tree, "ds")
     cache = platform.settings.home / "cache" / "stat.db"
     assert cache.stat().st_mode & 0o077 == 0
+
+
+def test_a_tree_below_a_non_utf8_directory_name_is_versioned_and_cached(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """The stat cache bound the absolute path, surrogate escapes and all, as SQLite text: the add failed
+    with an unexpected UnicodeEncodeError."""
+    root = make_tree(tmp_path / os.fsdecode(b"caf\xe9") / "src", {"a.txt": b"hi\n"})
+    ctx = platform.context()
+    assert data.add_version(platform, ctx, root, "d").version == 1
+    with _manifest.StatCache(platform.settings.home / "cache" / "stat.db") as cache:
+        assert cache.fill(list(_manifest.walk(root))) == [] and cache.hits == 1
+    data.checkout(platform, ctx, "d@1", tmp_path / "out")
+    assert same_tree(tmp_path / "out", root)
 
 
 # -- profile -----------------------------------------------------------------------------------------------

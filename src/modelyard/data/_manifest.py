@@ -156,8 +156,12 @@ class StatCache:
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # a lost cache entry only costs a re-hash
+        # Paths are keyed by their bytes (os.fsencode): a directory name that is not UTF-8 is a str with
+        # surrogate escapes, which SQLite cannot store as TEXT. The older TEXT-keyed table is only a cache.
+        with contextlib.suppress(sqlite3.OperationalError):  # busy: dropped by a later open
+            self._db.execute("DROP TABLE IF EXISTS stat")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+            "CREATE TABLE IF NOT EXISTS stat_b (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
             "ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
         )
 
@@ -174,12 +178,13 @@ class StatCache:
         """Set ``sha256`` on entries whose stat matches the cache; return the others (to be hashed)."""
         if not entries:
             return []
-        by_path = {e.path: e for e in entries}
-        # One range scan of the primary key per chunk: a walk yields paths in code-point order, which is
-        # SQLite's BINARY order of their UTF-8, so the chunk's rows lie between its first and last path
-        # (plus rows of files deleted since, which find no entry). Cheaper than IN (...) lists of 400.
+        fsencode = os.fsencode
+        by_path = {fsencode(e.path): e for e in entries}
+        # One range scan of the primary key per chunk: the chunk's rows lie between its smallest and
+        # largest path (plus rows of files deleted since, which find no entry). Cheaper than IN (...) lists
+        # of 400.
         rows = self._db.execute(
-            "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM stat WHERE path BETWEEN ? AND ?",
+            "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM stat_b WHERE path BETWEEN ? AND ?",
             (min(by_path), max(by_path)),
         )
         for path, size, mtime_ns, ctime_ns, ino, sha in rows:
@@ -194,15 +199,22 @@ class StatCache:
         """Remember digests of entries that are not racily clean (see RACY_NS)."""
         limit = time.time_ns() - RACY_NS
         rows = [
-            (e.path, e.size, e.mtime_ns, e.ctime_ns, e.ino, e.sha256)
+            (os.fsencode(e.path), e.size, e.mtime_ns, e.ctime_ns, e.ino, e.sha256)
             for e in entries
             if e.sha256 and e.mtime_ns < limit and e.ctime_ns < limit
         ]
         if rows:
             with contextlib.suppress(sqlite3.OperationalError):  # a busy cache only costs re-hashing
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO stat VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO stat_b VALUES (?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What Entry.key() holds, of a stat result (an inode that is not a regular file has none)."""
+    if not stat.S_ISREG(st.st_mode):
+        return (-1, -1, -1, -1)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def restat(entry: Entry) -> bool:
@@ -211,12 +223,7 @@ def restat(entry: Entry) -> bool:
         st = os.lstat(entry.path)
     except OSError:
         return False
-    return stat.S_ISREG(st.st_mode) and entry.key() == (
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_ino,
-    )
+    return entry.key() == stat_key(st)
 
 
 def hash_file(path: str) -> tuple[str, int]:

@@ -12,8 +12,9 @@ The profile of a version is one JSON document (stored in ``dataset_versions.prof
               "type": "int64",                       # the Arrow type, as str(type)
               "kind": "numeric" | "string" | "boolean" | "temporal" | "other",
               "count": 990, "nulls": 10,             # non-null and null values
-              # numeric only (nulls and NaN left out):
-              "min": 0.0, "max": 9.0, "mean": 4.5, "std": 2.9,
+              # numeric only (nulls, NaN and infinities left out; min/max in the column's own number
+              # type, so int64 ids above 2**53 stay exact; one bin when all values are equal):
+              "min": 0, "max": 9, "mean": 4.5, "std": 2.9,
               "histogram": {"edges": [11 floats], "counts": [10 ints]},
               # string and boolean:
               "distinct": 3, "top": [["a", 500], ["b", 300]],
@@ -29,21 +30,27 @@ The profile of a version is one JSON document (stored in ``dataset_versions.prof
 rows instead (monitoring/_monitor.py), not with these summaries. Keys may be added in later minor
 formats; readers ignore keys they do not know. ``top`` is left out for columns whose values are mostly
 distinct (identifiers, e-mail addresses): they are not categories, and the profile must not become a
-copy of such values.
+copy of such values. For the same reason a numeric column holding card numbers or national ids keeps
+only its counts, column names are shown with PII redacted (``<EMAIL>``), and a skipped table's reason
+never quotes the parser's message (which quotes the offending row). A column whose type has no
+statistics kernel (durations) keeps its type and counts.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, BinaryIO
 
 FORMAT = "modelyard.profile/1"
 TABULAR = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 BINS = 10
 TOP = 10
-MAX_TABLE_BYTES = 512 << 20  # larger tables get no statistics (they would be read whole into memory)
+# Statistics hold the decoded table in memory: larger ones get none. A text table is bounded by its file
+# size (it decodes to a few times that at most); a Parquet file, which compresses, by its metadata.
+MAX_TABLE_BYTES = 512 << 20
 _MAX_VALUE_CHARS = 100
+_SLICE = 1 << 20
 _MAX_CATEGORY_RATIO = 0.5
 
 
@@ -64,40 +71,92 @@ def empty() -> dict[str, Any]:
     return {"format": FORMAT, "tables": {}, "skipped": {}}
 
 
-def read_table(path: str, fmt: str) -> Any:
-    """The file as a pyarrow Table; ValueError with a one-line reason when it is malformed."""
+def read_table(source: str | BinaryIO, fmt: str) -> Any:
+    """The table in ``source`` (a path or a binary file) as a pyarrow Table; ValueError with a one-line
+    reason when it is malformed."""
     import pyarrow as pa
 
     try:
         if fmt == "csv":
             from pyarrow import csv
 
-            return csv.read_csv(path)
+            return csv.read_csv(source)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path)
+            return pq.read_table(source)
         from pyarrow import json as pajson
 
-        return pajson.read_json(path)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot read it as {fmt}: {first[:300]}") from None
+        return pajson.read_json(source)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
+        raise ValueError(_unreadable(fmt)) from None
 
 
-def profile_table(table: Any) -> dict[str, Any]:
-    """Schema and statistics of a pyarrow Table."""
-    return {
-        "rows": table.num_rows,
-        "columns": {name: _column(table.column(i)) for i, name in enumerate(table.column_names)},
-    }
+def _unreadable(fmt: str) -> str:
+    # Not pyarrow's message: it quotes the offending row, and this reason is shown to every viewer.
+    return f"cannot read it as {fmt}: it is malformed or uses a feature pyarrow cannot read"
 
 
-def profile_file(path: str, fmt: str, sha256: str, size: int) -> dict[str, Any]:
-    if size > MAX_TABLE_BYTES:
-        raise ValueError(f"it is larger than {MAX_TABLE_BYTES >> 20} MiB; statistics were not computed")
-    table = read_table(path, fmt)
-    return {"sha256": sha256, "format": fmt, **profile_table(table)}
+def profile_table(table: Any, schema: Any = None) -> dict[str, Any]:
+    """Schema and statistics of a pyarrow Table (``schema``: the types to report, when the table was read
+    with string columns dictionary-encoded)."""
+    from modelyard.data._pii import redact_text
+
+    columns: dict[str, Any] = {}
+    for i, field in enumerate(table.schema if schema is None else schema):
+        name = redact_text(field.name)  # a CSV whose first row is data has its values as column names
+        if name in columns:
+            name = f"{name} (column {i + 1})"
+        columns[name] = _column(table.column(i), field.type)
+    return {"rows": table.num_rows, "columns": columns}
+
+
+def profile_file(source: BinaryIO, fmt: str, sha256: str, size: int) -> dict[str, Any]:
+    """Profile of the table in the open file ``source`` (the caller opened the file it sealed)."""
+    if fmt == "parquet":
+        table, schema = _read_parquet(source)
+    else:
+        if size > MAX_TABLE_BYTES:
+            raise ValueError(f"it is larger than {MAX_TABLE_BYTES >> 20} MiB; statistics were not computed")
+        table = read_table(source, fmt)
+        schema = table.schema
+    return {"sha256": sha256, "format": fmt, **profile_table(table, schema)}
+
+
+def _read_parquet(source: BinaryIO) -> tuple[Any, Any]:
+    """The table, with string and binary columns left dictionary-encoded, and the schema it would have
+    when read plainly. Refused before reading when its metadata allows more than MAX_TABLE_BYTES once
+    decoded: a few hundred KB of compressed, run-length or dictionary encoded pages can decode to GBs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(source)
+        md = pf.metadata
+        strings = []
+        decoded = 0
+        for j in range(md.num_columns):
+            col = md.schema.column(j)
+            as_dictionary = col.physical_type == "BYTE_ARRAY" and col.logical_type.type in ("STRING", "NONE")
+            if as_dictionary:
+                strings.append(col.path)
+            for i in range(md.num_row_groups):
+                chunk = md.row_group(i).column(j)
+                if col.physical_type == "BYTE_ARRAY" and not as_dictionary and chunk.has_dictionary_page:
+                    raise ValueError("its decoded size cannot be bounded; statistics were not computed")
+                # Each value decodes to its number, offset or dictionary index (<= 8 bytes, or its fixed
+                # width); dictionaries and plain strings are within the pages' uncompressed bytes.
+                decoded += chunk.num_values * max(8, col.length or 0) + chunk.total_uncompressed_size
+        if decoded > MAX_TABLE_BYTES:
+            raise ValueError(
+                f"it decodes to more than {MAX_TABLE_BYTES >> 20} MiB; statistics were not computed"
+            )
+        # Batch by batch: decoding a whole row group at once costs several times the table it makes.
+        reader = pq.ParquetFile(source, read_dictionary=strings, metadata=md)
+        batches = reader.iter_batches(batch_size=_SLICE, use_threads=False)
+        return pa.Table.from_batches(batches, schema=reader.schema_arrow), pf.schema_arrow
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
+        raise ValueError(_unreadable("parquet")) from None
 
 
 def _kind(t: Any) -> str:
@@ -119,54 +178,84 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _column(col: Any) -> dict[str, Any]:
+def _column(col: Any, declared: Any) -> dict[str, Any]:
+    import pyarrow as pa
+
+    kind = _kind(declared)
+    nulls = col.null_count
+    out: dict[str, Any] = {"type": str(declared), "kind": kind, "count": len(col) - nulls, "nulls": nulls}
+    try:
+        if kind == "numeric" and out["count"] and not _has_pii(col):
+            out.update(_numeric(col))
+        elif kind in ("string", "boolean"):
+            out.update(_categories(col, kind, out["count"]))
+        elif kind == "temporal" and out["count"]:
+            import pyarrow.compute as pc
+
+            mm = pc.min_max(col)
+            out["min"] = _iso(mm["min"].as_py())
+            out["max"] = _iso(mm["max"].as_py())
+    except (pa.ArrowException, TypeError, ValueError):
+        pass  # no kernel for its type (durations...): the column keeps type and counts, the table the rest
+    return out
+
+
+def _numeric(col: Any) -> dict[str, Any]:
+    """min/max in the column's own type (exact for int64), mean/std, and a histogram computed slice by
+    slice, so that only _SLICE values at a time are converted to float64."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    kind = _kind(col.type)
-    nulls = col.null_count
-    out: dict[str, Any] = {"type": str(col.type), "kind": kind, "count": len(col) - nulls, "nulls": nulls}
-    if kind == "numeric":
-        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False) if len(col) else np.array([])
-        values = values[np.isfinite(values)]
-        if values.size:
-            counts, edges = np.histogram(values, bins=BINS)
-            out.update(
-                min=_finite(values.min()),
-                max=_finite(values.max()),
-                mean=_finite(values.mean()),
-                std=_finite(values.std()),
-                histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
-            )
-    elif kind in ("string", "boolean"):
-        if kind == "string" and pa.types.is_dictionary(col.type):
-            col = col.cast(pa.string())
-        counts = pc.value_counts(col.drop_null())
-        distinct = len(counts)
-        out["distinct"] = distinct
-        categorical = distinct < out["count"] and distinct <= max(TOP, _MAX_CATEGORY_RATIO * out["count"])
-        if distinct and (kind == "boolean" or (categorical and not _has_pii(col))):
-            pairs = sorted(
-                zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True),
-                key=lambda p: (-p[1], str(p[0])),
-            )[:TOP]
-            out["top"] = [[_shown(v), int(c)] for v, c in pairs]
-    elif kind == "temporal" and out["count"]:
-        mm = pc.min_max(col)
-        out["min"] = _iso(mm["min"].as_py())
-        out["max"] = _iso(mm["max"].as_py())
+    if pa.types.is_decimal(col.type):
+        col = col.cast(pa.float64(), safe=False)
+    col = col.filter(pc.is_finite(col)) if pa.types.is_floating(col.type) else col.drop_null()
+    if not len(col):
+        return {}
+    mm = pc.min_max(col)
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    edges = np.linspace(float(lo), float(hi), BINS + 1)
+    if not np.all(np.diff(edges) > 0):  # all values equal, or a range float64 cannot split into BINS
+        edges = np.array([float(lo), float(hi)])
+    counts = np.zeros(len(edges) - 1, dtype=np.int64)
+    for chunk in col.chunks:
+        for start in range(0, len(chunk), _SLICE):  # a Parquet row group can hold millions of values
+            values = chunk.slice(start, _SLICE).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+            counts += np.histogram(values, bins=edges)[0]
+    return {
+        "min": lo,
+        "max": hi,
+        "mean": _finite(pc.mean(col).as_py()),
+        "std": _finite(pc.stddev(col).as_py()),
+        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+    }
+
+
+def _categories(col: Any, kind: str, count: int) -> dict[str, Any]:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(col.drop_null())  # dictionary-encoded columns are counted without decoding
+    distinct = len(counts)
+    out: dict[str, Any] = {"distinct": distinct}
+    categorical = distinct < count and distinct <= max(TOP, _MAX_CATEGORY_RATIO * count)
+    values = counts.field("values")
+    if distinct and (kind == "boolean" or (categorical and not _has_pii(values))):
+        pairs = sorted(
+            zip(values.to_pylist(), counts.field("counts").to_pylist(), strict=True),
+            key=lambda p: (-p[1], str(p[0])),
+        )[:TOP]
+        out["top"] = [[_shown(v), int(c)] for v, c in pairs]
     return out
 
 
-def _has_pii(col: Any) -> bool:
+def _has_pii(values: Any) -> bool:
     """The profile is plain metadata shown to every viewer: a column holding personal data (e-mails,
-    cards, national ids...) keeps its counts but never lists its values."""
+    cards, national ids...) keeps its counts but never shows its values, not even as min/max."""
     import pyarrow as pa
 
     from modelyard.data._pii import scan_table
 
-    return bool(scan_table(pa.table({"c": col})))
+    return bool(scan_table(pa.table({"c": values})))
 
 
 def _shown(value: Any) -> Any:

@@ -330,6 +330,24 @@ class _Chunk:
     tasks: list[tuple[list[_manifest.Entry], Future[list[StagedBlob]]]]
 
 
+def _profile_sealed(e: _manifest.Entry, fmt: str) -> dict[str, Any]:
+    """The profile of the bytes that were sealed: the descriptor must show the inode and stat the walk
+    saw (and publish_files checked after reading), before and after it is read. The path alone could
+    name a file swapped in since, or a symlink to one outside the tree."""
+    changed = UsageError(f"{e.path} changed while it was being versioned; add it again")
+    try:
+        fd = os.open(e.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise changed from None
+    with os.fdopen(fd, "rb") as f:
+        if _manifest.stat_key(os.fstat(fd)) != e.key():
+            raise changed
+        profile = _profile.profile_file(f, fmt, e.sha256, e.size)
+        if _manifest.stat_key(os.fstat(fd)) != e.key():
+            raise changed
+    return profile
+
+
 def _stage_tree(
     store: ArtifactStore,
     cache: _manifest.StatCache,
@@ -407,7 +425,7 @@ def _stage_tree(
                     profile["tables"][e.name] = old
                     continue
                 try:
-                    profile["tables"][e.name] = _profile.profile_file(e.path, fmt, e.sha256, e.size)
+                    profile["tables"][e.name] = _profile_sealed(e, fmt)
                 except ValueError as exc:
                     profile["skipped"][e.name] = str(exc)
                     warnings.append(f"{e.name}: no statistics recorded: {exc}")
@@ -789,32 +807,56 @@ def checkout(
     workers: int | None = None,
 ) -> VersionInfo:
     """Write version ``spec`` into the new (or empty) directory ``dest``, verifying every file's digest.
-    Files go to a temp directory beside ``dest`` that is renamed into place only once all are verified
-    and flushed; on any failure it is removed, so ``dest`` never holds a partial or unverified tree."""
+    Files go to a temp directory that is moved into place only once all are verified and flushed; on any
+    failure it is removed, so ``dest`` never holds an unverified tree. A new ``dest`` is the temp
+    directory renamed (atomic). An existing empty one is filled in place instead of replaced: it may be
+    the shell's working directory (``checkout ds@1 .``), a mount point, or have its own owner and mode;
+    the temp directory is made inside it and its top-level entries are renamed into it one by one."""
     parse_spec(spec)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec, version_required=True)
-    dest = Path(dest)
+    dest = Path(dest).absolute()  # "." has no parent to make the temp directory in
     _check_dest(dest)
+    existing = dest.is_dir()
+    where = dest if existing else dest.parent
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.checkout-", dir=dest.parent))
+        where.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.checkout-", dir=where))
     except OSError as exc:
-        raise UsageError(f"cannot write into {dest.parent}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
+    moved: list[Path] = []
     try:
         _materialise(platform.artifacts, info, tmp, _workers(platform, workers), progress)
         sync_filesystem(tmp)
-        _check_dest(dest)
         try:
-            if dest.exists():
-                dest.rmdir()
-            os.rename(tmp, dest)
+            if existing:
+                _fill(dest, tmp, moved)
+            else:
+                _check_dest(dest)
+                os.rename(tmp, dest)  # onto a directory made meanwhile only if that one is empty
         except OSError as exc:  # another checkout filled dest between the check and the rename
             raise UsageError(f"cannot check out into {dest}: {exc.strerror or exc}") from None
     except BaseException:
+        for path in moved:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def _fill(dest: Path, tmp: Path, moved: list[Path]) -> None:
+    """Move the verified entries of ``tmp`` (inside ``dest``) into ``dest``, then remove ``tmp``."""
+    if any(p.name != tmp.name for p in dest.iterdir()):
+        raise UsageError(f"{dest} is not empty; check out into a new or empty directory")
+    with os.scandir(tmp) as it:
+        for entry in it:
+            os.rename(entry.path, dest / entry.name)
+            moved.append(dest / entry.name)
+    tmp.rmdir()
+    sync_filesystem(dest)  # the renames
 
 
 def _materialise(

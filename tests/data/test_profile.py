@@ -1,0 +1,149 @@
+"""Table profiles: what they may show every viewer (no PII), the types they survive, the bytes they describe
+(the ones sealed), and the memory a small Parquet file may make them use."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modelyard import data
+from modelyard.core import Platform, list_records
+from modelyard.data import _profile
+from modelyard.errors import UsageError
+
+MakeTree = Callable[[Path, dict[str, bytes]], Path]
+CARDS = ["4111111111111111", "5500005555555559", "4012888888881881"]
+EIDS = ["784198012345678", "784199012345674"]
+
+
+def test_numeric_pii_columns_and_pii_column_names_are_not_copied(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """min/max/histogram edges of a column of card numbers or Emirates IDs are the numbers themselves;
+    a CSV whose first row is data has its values as column names."""
+    pay = "cust,card,eid\n" + "".join(f"{i},{c},{EIDS[i % 2]}\n" for i, c in enumerate(CARDS))
+    root = make_tree(tmp_path / "t", {"pay.csv": pay.encode(), "raw.csv": b"eve@example.com,n\nx,1\ny,2\n"})
+    info = data.add_version(platform, platform.context(), root, "pay")
+    tables = info.profile["tables"]
+    cols = tables["pay.csv"]["columns"]
+    for name in ("card", "eid"):
+        assert cols[name]["count"] == 3 and not {"min", "max", "mean", "histogram"} & set(cols[name])
+    assert (cols["cust"]["min"], cols["cust"]["max"]) == (0, 2)  # other columns keep their statistics
+    assert list(tables["raw.csv"]["columns"]) == ["<EMAIL>", "n"]
+    text = json.dumps(info.profile)
+    assert not any(v in text for v in [*CARDS, *EIDS, "eve@example.com"])
+    assert "4.111" not in text and "7.84" not in text  # not as floats either
+
+
+def test_a_skipped_tables_reason_does_not_quote_its_rows(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    bad = b"name,email\nAlice,alice@example.com\nBob,bob@example.com,4111 1111 1111 1111\n"
+    root = make_tree(tmp_path / "t", {"broken.csv": bad})
+    info = data.add_version(platform, platform.context(), root, "b")
+    assert "cannot read it as csv" in info.profile["skipped"]["broken.csv"]
+    shown = json.dumps(info.profile) + "\n".join(info.warnings)
+    assert "bob@example.com" not in shown and "4111" not in shown and "Bob" not in shown
+
+
+def test_a_column_without_statistics_leaves_the_table_its_others(platform: Platform, tmp_path: Path) -> None:
+    """A duration column has no min_max kernel: the add used to fail (and audit nothing)."""
+    root = tmp_path / "t"
+    root.mkdir()
+    elapsed = pa.array([30, 45], pa.duration("s"))
+    pq.write_table(pa.table({"trip": [1, 2], "elapsed": elapsed}), root / "trips.parquet")
+    info = data.add_version(platform, platform.context(), root, "trips")
+    cols = info.profile["tables"]["trips.parquet"]["columns"]
+    assert cols["elapsed"] == {"type": "duration[s]", "kind": "temporal", "count": 2, "nulls": 0}
+    assert (cols["trip"]["min"], cols["trip"]["max"]) == (1, 2)
+    assert info.profile["skipped"] == {}
+
+
+def test_large_integers_keep_exact_bounds_and_a_constant_column_one_bin(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    root = make_tree(
+        tmp_path / "t",
+        {
+            "a.csv": b"id,ts_ns\n1,1700000000000000001\n2,1700000000000000002\n",
+            "b.csv": b"id,flag\n1,10000000000000000\n2,10000000000000000\n",
+        },
+    )
+    info = data.add_version(platform, platform.context(), root, "big")
+    assert info.profile["skipped"] == {}
+    ts = info.profile["tables"]["a.csv"]["columns"]["ts_ns"]
+    assert (ts["min"], ts["max"]) == (1700000000000000001, 1700000000000000002)
+    flag = info.profile["tables"]["b.csv"]["columns"]["flag"]
+    assert flag["min"] == flag["max"] == 10**16
+    assert flag["histogram"] == {"edges": [1e16, 1e16], "counts": [2]}
+    _profile.dumps(info.profile)  # still strict JSON
+
+
+def _sealed_then(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch, name: str, swap: Callable[[], None]
+) -> None:
+    """Run ``swap`` right after the file ``name`` was sealed, before its chunk is recorded and profiled."""
+    store = platform.artifacts
+    real = store.publish_files
+
+    def publish_files(paths: list[str], **kwargs: Any) -> Any:
+        out = real(paths, **kwargs)
+        if any(Path(p).name == name for p in paths):
+            swap()
+        return out
+
+    monkeypatch.setattr(store, "publish_files", publish_files)
+
+
+@pytest.mark.parametrize("how", ["symlink", "rewrite"])
+def test_a_table_swapped_after_sealing_fails_the_add(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The profile used to re-read the path: it described a file swapped in since (or, through a symlink,
+    one outside the tree) instead of the sealed bytes."""
+    root = make_tree(tmp_path / "t", {"zzz.csv": b"city,n\n" + b"paris,1\n" * 5 + b"rome,2\n" * 5})
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\n" + "hunter2\n" * 6 + "letmein\n" * 4)
+    table = root / "zzz.csv"
+
+    def swap() -> None:
+        os.replace(table, root / "old.bak")
+        if how == "symlink":
+            table.symlink_to(secret)
+        else:
+            table.write_bytes(secret.read_bytes())
+
+    _sealed_then(platform, monkeypatch, "zzz.csv", swap)
+    ctx = platform.context()
+    with pytest.raises(UsageError, match="changed while it was being versioned"):
+        data.add_version(platform, ctx, root, "race")
+    assert data.list_datasets(platform, ctx) == []
+    rec = list_records(platform, ctx)[-1]
+    assert rec["action"] == "dataset.write" and rec["outcome"] == "refused"
+
+
+def test_parquet_statistics_are_bounded_by_the_decoded_size(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few KB of zstd Parquet decode to MBs (to GBs at scale): the limit is checked on its metadata,
+    before reading, not on the file size."""
+    monkeypatch.setattr(_profile, "MAX_TABLE_BYTES", 1 << 20)
+    root = tmp_path / "t"
+    root.mkdir()
+    zeros = pa.array([0] * 500_000, pa.int8())
+    pq.write_table(pa.table({"x": zeros}), root / "bomb.parquet", compression="zstd")
+    pq.write_table(pa.table({"x": zeros[:1000], "s": ["a", "b"] * 500}), root / "ok.parquet")
+    assert (root / "bomb.parquet").stat().st_size < 64 << 10
+    info = data.add_version(platform, platform.context(), root, "bomb")
+    assert "decodes to more than 1 MiB" in info.profile["skipped"]["bomb.parquet"]
+    ok = info.profile["tables"]["ok.parquet"]
+    # Strings are read dictionary-encoded (bounded by the pages) but reported as what they are.
+    assert ok["columns"]["s"]["type"] == "string" and ok["columns"]["s"]["top"] == [["a", 500], ["b", 500]]
+    assert ok["rows"] == 1000
