@@ -125,6 +125,20 @@ def test_scan_and_anonymize(yard: Yard, tmp_path: Path) -> None:
     assert yard("data", "scan", "users@2", "--json").json()["tables"] == {}
 
 
+def test_scan_shows_file_names_redacted_and_anonymize_warns_of_pii_left(yard: Yard, tmp_path: Path) -> None:
+    root = tmp_path / "pii"
+    root.mkdir()
+    (root / "t.csv").write_text("email,notes\na@example.com,call b@example.com\n")
+    (root / "carol@example.com.txt").write_text("hi\n")
+    assert yard("data", "add", root, "--name", "t").code == 0
+    r = yard("data", "scan", "t@1")
+    assert r.code == 0 and "[EMAIL].txt" in r.out and "(file name)" in r.out and "carol" not in r.out
+    r = yard("data", "anonymize", "t@1", "--columns", "email")
+    assert r.code == 0, r.err
+    assert "warning: PII remains in t.csv, column notes: 1 email (not in --columns)" in r.err
+    assert "b@example.com" not in r.err + r.out
+
+
 def test_help_does_not_import_pyarrow() -> None:
     script = (
         "import sys\nfrom modelyard.cli import main\n"

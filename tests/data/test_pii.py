@@ -580,3 +580,31 @@ def test_anonymize_bad_arguments(kwargs: dict[str, object], needles: list[str]) 
         anonymize_table(table, **args)  # type: ignore[arg-type]
     for needle in needles:
         assert needle in str(info.value)
+
+
+def test_scan_table_reads_numbers_as_digits_and_walks_nested_columns() -> None:
+    """Cards hide in any number type (a float64 once pandas saw a missing value, a decimal with
+    cents); struct and list values are scanned under their path; a name with PII is never echoed."""
+    from decimal import Decimal
+
+    table = pa.table(
+        {
+            "f": pa.array([4111111111111111.0, None]),
+            "dec": pa.array([Decimal("5500005555555559.00"), Decimal("1.50")], pa.decimal128(20, 2)),
+            "u": pa.array([{"mail": "a@example.com", "tags": ["+971 50 123 4567"]}, None]),
+            "m": pa.array([[("b@example.com", 1)], []], pa.map_(pa.string(), pa.int64())),
+            "c@example.com": ["x", "y"],
+        }
+    )
+    assert scan_table(table) == {
+        "f": {"credit_card": 1},
+        "dec": {"credit_card": 1},
+        "u.mail": {"email": 1},
+        "u.tags": {"phone": 1},
+        "m": {"email": 1},
+        "(header)": {"email": 1},
+    }
+    out = anonymize_table(table, None, "mask", SALT)
+    assert out.column_names == ["f", "dec", "u", "m", "<EMAIL>"]
+    assert out.column("f").to_pylist() == ["<CREDIT_CARD>", None]
+    assert "a@example.com" not in str(out.column("u").to_pylist())

@@ -250,7 +250,7 @@ def scan(
     spec: str = typer.Argument(..., metavar="NAME@VERSION"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Count PII per table column and per text file (the values themselves are never printed)."""
+    """Count PII per table column, text file and file name (values are never printed, names only redacted)."""
     from modelyard.data import scan as scan_version
 
     with acting() as (platform, ctx):
@@ -264,6 +264,8 @@ def scan(
             rows.extend((path, col, kind, n) for kind, n in sorted(kinds.items()))
     for path, kinds in report["files"].items():
         rows.extend((path, "-", kind, n) for kind, n in sorted(kinds.items()))
+    for path, kinds in report["names"].items():
+        rows.extend((path, "(file name)", kind, n) for kind, n in sorted(kinds.items()))
     if rows:
         table(f"PII in {report['version']}", ["file", "column", "kind", "count"], rows)
     else:
@@ -284,7 +286,10 @@ def anonymize(
         False, "--allow-unprocessed", help="Copy unparseable tables and binary files unchanged."
     ),
 ) -> None:
-    """Write a new version with PII masked, hashed or dropped (text files redacted), linked to its source."""
+    """Write a new version with PII masked, hashed or dropped (text files redacted), linked to its source.
+
+    Column names and file names holding PII are redacted too; PII the scan still finds afterwards (in
+    columns outside --columns) is listed as a warning."""
     from modelyard.data import anonymize as anonymize_version
 
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None

@@ -1,12 +1,18 @@
 """PII scan and anonymisation of dataset versions (detection itself lives in data/_pii.py).
 
 Both work on a verified checkout in private temp space. Scan reports counts only: PII values never
-leave this module. Anonymise writes the transformed tree as a new version of the same dataset, linked
-to its source (``source_version_id`` and a lineage edge ``anonymized``).
+leave this module, and every member path and column name it reports is redacted first. Anonymise writes
+the transformed tree as a new version of the same dataset, linked to its source (``source_version_id``
+and a lineage edge ``anonymized``).
+
+Tables are read as the text that was written (CSV cells and JSON numbers are never type-inferred), so
+"0501234567" is a phone number, not the integer 501234567, and a cell that is not redacted is written
+back exactly as it was. A member with nothing to change keeps its bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -56,54 +62,241 @@ def _files(root: Path) -> Iterator[tuple[str, Path]]:
         yield e.name, Path(e.path)
 
 
-def scan(platform: Platform, ctx: Context, spec: str) -> dict[str, Any]:
-    """PII counts of a version: ``{"tables": {path: {column: {kind: n}}}, "files": {path: {kind: n}},
-    "skipped": {path: reason}}``. Only counts, never the values."""
+def _name_findings(member: str) -> tuple[str, dict[str, int]]:
+    """A member path as reports may show it and anonymise renames it (PII becomes ``[EMAIL]``), and
+    what was found in it. A file named after its owner ("alice@example.com.txt") reads as an address
+    whose domain ends in ".txt", which the text scan rejects, so a segment is also scanned without
+    its extension."""
+    from modelyard.data._pii import redact_text, scan_text
+
+    parts: list[str] = []
+    found: dict[str, int] = {}
+    for segment in member.split("/"):
+        stem, dot, ext = segment.rpartition(".")
+        text, tail = (segment, "") if scan_text(segment) or not stem else (stem, dot + ext)
+        for kind, n in scan_text(text).items():
+            found[kind] = found.get(kind, 0) + n
+        parts.append(redact_text(text, "[{}]") + tail)
+    return "/".join(parts), found
+
+
+def _shown(member: str) -> str:
+    return _name_findings(member)[0]
+
+
+def _unreadable(fmt: str, exc: BaseException) -> ValueError:
+    # Parser messages quote the offending row (PII), so only the kind of failure is said.
+    return ValueError(
+        f"cannot read it as {fmt} ({type(exc).__name__}; the parser's message may quote the data)"
+    )
+
+
+def _read_csv(path: Path) -> Any:
+    """Every cell as the text written, the header as row 0: no inference, so "00123" keeps its zeros."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    read = csv.ReadOptions(autogenerate_column_names=True)
+    try:
+        with csv.open_csv(path, read_options=read) as reader:  # its first block gives the column count
+            names = reader.schema.names
+        types = csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+        table = csv.read_csv(path, read_options=read, convert_options=types)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable("csv", exc) from None
+    header = [str(v) for v in table.slice(0, 1).to_pylist()[0].values()]
+    return table.slice(1).rename_columns(header)
+
+
+def _write_csv(table: Any, path: Path, original: bytes) -> None:
+    """``table`` (all strings) as CSV in ``original``'s form: values bare unless one needs quotes, its
+    line ending, byte-order mark and final newline."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    for quoting in ("none", "needed"):
+        buf = pa.BufferOutputStream()
+        try:
+            csv.write_csv(table, buf, csv.WriteOptions(quoting_style=quoting, quoting_header=quoting))
+        except pa.ArrowInvalid:  # a value holds a delimiter or quote (the message quotes it: never shown)
+            continue
+        break
+    data = buf.getvalue().to_pybytes()
+    first_line = original.split(b"\n", 1)[0]
+    if first_line.endswith(b"\r"):  # values cannot hold line breaks (newlines_in_values is off)
+        data = data.replace(b"\n", b"\r\n")
+    if not original.endswith(b"\n"):
+        data = data.removesuffix(b"\r\n").removesuffix(b"\n")
+    if original.startswith(b"\xef\xbb\xbf"):
+        data = b"\xef\xbb\xbf" + data
+    path.write_bytes(data)
+
+
+def _jsonl_records(data: bytes) -> Iterator[tuple[bytes, dict[str, Any] | None]]:
+    """Each line as written with its object (``None`` for a blank line); ValueError naming the first
+    line that is not a JSON object, never its content."""
+    from modelyard.data._pii import parse_json
+
+    for n, line in enumerate(data.splitlines(keepends=True), 1):
+        if not line.strip():
+            yield line, None
+            continue
+        try:
+            record = parse_json(line.decode("utf-8").lstrip("\ufeff"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            record = None
+        if not isinstance(record, dict):
+            raise ValueError(f"cannot read it as jsonl: line {n} is not a JSON object in UTF-8")
+        yield line, record
+
+
+def _scan_table_file(path: Path, fmt: str) -> dict[str, dict[str, int]]:
     from modelyard.data import _pii
 
-    _versions.parse_spec(spec)
-    platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
-    info, work, tree = _checkout_tmp(platform, ctx, spec)
-    out: dict[str, Any] = {"version": f"{info.name}@{info.version}", "tables": {}, "files": {}, "skipped": {}}
+    if fmt == "jsonl":
+        return _pii.scan_records(r for _, r in _jsonl_records(path.read_bytes()) if r is not None)[0]
+    return _pii.scan_table(_read_csv(path) if fmt == "csv" else _read_parquet(path))
+
+
+def _read_parquet(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        for name, path in _files(tree):
-            fmt = _profile.table_format(name)
-            if fmt is not None:
-                try:
-                    table = _profile.read_table(str(path), fmt)
-                except ValueError as exc:
-                    out["skipped"][name] = str(exc)
-                    continue
-                found = {c: dict(k) for c, k in _pii.scan_table(table).items() if any(k.values())}
-                if found:
-                    out["tables"][name] = found
-            elif not _is_text(name, path):
-                out["skipped"][name] = "binary file: not scanned"
-            else:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    counts = {k: n for k, n in _pii.scan_lines(f).items() if n}
-                if counts:
-                    out["files"][name] = counts
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable("parquet", exc) from None
+
+
+def _scan_tree(tree: Path) -> dict[str, Any]:
+    from modelyard.data import _pii
+
+    out: dict[str, Any] = {"tables": {}, "files": {}, "names": {}, "skipped": {}}
+    for name, path in _files(tree):
+        shown, found_in_name = _name_findings(name)
+        if found_in_name:
+            out["names"][shown] = found_in_name
+        fmt = _profile.table_format(name)
+        if fmt is not None:
+            try:
+                found = _scan_table_file(path, fmt)
+            except ValueError as exc:
+                out["skipped"][shown] = str(exc)
+                continue
+            if found:
+                out["tables"][shown] = found
+        elif not _is_text(name, path):
+            out["skipped"][shown] = "binary file: not scanned"
+        else:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                counts = {k: n for k, n in _pii.scan_lines(f).items() if n}
+            if counts:
+                out["files"][shown] = counts
     return out
 
 
-def _write_table(table: Any, path: Path, fmt: str) -> None:
-    if fmt == "csv":
-        from pyarrow import csv
+def scan(platform: Platform, ctx: Context, spec: str) -> dict[str, Any]:
+    """PII counts of a version: ``{"tables": {path: {column: {kind: n}}}, "files": {path: {kind: n}},
+    "names": {path: {kind: n}}, "skipped": {path: reason}}``. Only counts, never the values: paths and
+    column names are shown redacted, findings in a column name count under ``(header)`` and findings
+    in a member's path under ``names``."""
+    _versions.parse_spec(spec)
+    platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
+    info, work, tree = _checkout_tmp(platform, ctx, spec)
+    try:
+        return {"version": f"{info.name}@{info.version}", **_scan_tree(tree)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-        csv.write_csv(table, path)
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
-    else:
-        import json
+def _anonymize_table_file(
+    path: Path, fmt: str, columns: list[str] | None, method: str, salt: bytes
+) -> set[str]:
+    """Anonymise one table in place (untouched when nothing changes); its column names."""
+    from modelyard.data import _pii
 
-        with open(path, "w", encoding="utf-8") as f:
-            for row in table.to_pylist():
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    if fmt == "jsonl":
+        data = path.read_bytes()
+        _, found = _pii.scan_records(r for _, r in _jsonl_records(data) if r is not None)
+        seen: set[str] = set()
+        out: list[bytes] = []
+        fn = _pii.cell_function(method, salt)
+        for line, record in _jsonl_records(data):
+            if record is not None:
+                seen.update(record)
+                chosen = found if columns is None else columns
+                new = _pii.anonymize_record(record, chosen, fn)
+                if new != record:
+                    ending = line[len(line.rstrip(b"\r\n")) :]
+                    line = _pii.dump_json(new).encode("utf-8") + ending
+            out.append(line)
+        new_data = b"".join(out)
+        if new_data != data:
+            path.write_bytes(new_data)
+        return seen
+    table = _read_csv(path) if fmt == "csv" else _read_parquet(path)
+    present = None if columns is None else [c for c in columns if c in table.column_names]
+    new = _pii.anonymize_table(table, present, method, salt)
+    if new is not table:
+        if fmt == "csv":
+            _write_csv(new, path, path.read_bytes())
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(new, path)
+    return set(table.column_names)
+
+
+def _redact_text_file(path: Path) -> None:
+    """Redact a text file in place, keeping every other byte: line endings and non-UTF-8 bytes too."""
+    from modelyard.data._pii import redact_text
+
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="surrogateescape")
+    redacted = redact_text(text)
+    if redacted != text:
+        path.write_bytes(redacted.encode("utf-8", errors="surrogateescape"))
+
+
+def _rename_members(tree: Path) -> list[str]:
+    """Rename members whose path holds PII to the redacted path (``[EMAIL].txt``); their new names."""
+    moves = [(path, _shown(name)) for name, path in _files(tree) if _shown(name) != name]
+    targets = [new for _, new in moves]
+    taken = {name for name, _ in _files(tree)}
+    clash = sorted({new for new in targets if new in taken or targets.count(new) > 1})
+    if clash:
+        raise UsageError(
+            f"cannot rename the members whose paths hold PII: {', '.join(clash)} would name more than one "
+            "file; rename them in the source and add it again"
+        )
+    for path, new in moves:
+        target = tree / new
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        parent = path.parent
+        while parent != tree and not any(parent.iterdir()):  # the old directory, now empty
+            parent.rmdir()
+            parent = parent.parent
+    return targets
+
+
+def _residual(report: dict[str, Any], columns: list[str] | None) -> list[str]:
+    """Warnings for PII a scan still finds after anonymising: counts per place, never values."""
+
+    def counts(kinds: dict[str, int]) -> str:
+        return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+
+    why = " (not in --columns)" if columns is not None else ""
+    out = [
+        f"PII remains in {member}, column {col}: {counts(kinds)}{why}"
+        for member, cols in report["tables"].items()
+        for col, kinds in cols.items()
+    ]
+    out += [f"PII remains in {member}: {counts(kinds)}" for member, kinds in report["files"].items()]
+    out += [
+        f"PII remains in the name of {member}: {counts(kinds)}" for member, kinds in report["names"].items()
+    ]
+    return out
 
 
 def anonymize(
@@ -141,25 +334,19 @@ def anonymize(
             fmt = _profile.table_format(member)
             if fmt is not None:
                 try:
-                    table = _profile.read_table(str(path), fmt)
+                    seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))
                 except ValueError:
-                    unprocessed.append(f"{member} (table could not be parsed)")
-                    continue
-                present = None if cols is None else [c for c in cols if c in table.column_names]
-                seen_columns.update(table.column_names)
-                if present == []:
-                    continue
-                _write_table(_pii.anonymize_table(table, present, method, salt), path, fmt)
+                    unprocessed.append(f"{_shown(member)} (table could not be parsed)")
             elif _is_text(member, path):
-                text = path.read_text(encoding="utf-8", errors="replace")
-                path.write_text(_pii.redact_text(text), encoding="utf-8")
+                _redact_text_file(path)
             else:
-                unprocessed.append(f"{member} (binary)")
+                unprocessed.append(f"{_shown(member)} (binary)")
         missing = sorted(set(cols or ()) - seen_columns)
         if missing:
+            shown_columns = sorted({_pii.redact_text(c) for c in seen_columns})
             raise UsageError(
                 f"column(s) {', '.join(missing)} are in no table of {info.name}@{info.version}; "
-                f"its columns are: {', '.join(sorted(seen_columns)) or '(no tables)'}"
+                f"its columns are: {', '.join(shown_columns) or '(no tables)'}"
             )
         if unprocessed and not allow_unprocessed:
             shown = ", ".join(unprocessed[:10]) + (
@@ -169,8 +356,16 @@ def anonymize(
                 f"{info.name}@{info.version}: cannot anonymize (they may hold PII): {shown}; "
                 "fix or remove them, or pass --allow-unprocessed to copy them unchanged"
             )
+        renamed = _rename_members(tree)
+        warnings = [f"{item} copied unchanged" for item in unprocessed]
+        if renamed:
+            warnings.append(
+                f"renamed {len(renamed)} member(s) whose path held PII: {', '.join(renamed[:10])}"
+            )
+        # --columns can leave PII the scanner sees: say where, so the result is not trusted blindly.
+        warnings += _residual(_scan_tree(tree), cols)
         src_row = _source_id(platform, ctx, info)
-        return _versions._add(
+        new = _versions._add(
             platform,
             ctx,
             tree,
@@ -180,6 +375,7 @@ def anonymize(
             source=(src_row, dataset_ref(info.name, info.version)),
             use_cache=False,
         )
+        return dataclasses.replace(new, warnings=new.warnings + tuple(warnings))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

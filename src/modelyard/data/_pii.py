@@ -26,12 +26,19 @@ import pyarrow.compute as pc
 from modelyard.errors import UsageError
 
 __all__ = [
+    "HEADER",
     "KINDS",
     "METHODS",
+    "JsonNumber",
+    "anonymize_record",
     "anonymize_table",
+    "cell_function",
+    "dump_json",
     "find_spans",
+    "parse_json",
     "redact_text",
     "scan_lines",
+    "scan_records",
     "scan_table",
     "scan_text",
 ]
@@ -48,6 +55,9 @@ KINDS: tuple[str, ...] = (
 )
 METHODS: tuple[str, ...] = ("mask", "hash", "drop")
 MIN_SALT_BYTES = 16
+# Where reports count findings in column names and keys: a name is shown only redacted, so a header-less
+# CSV (whose first record became its header) does not echo that record.
+HEADER = "(header)"
 _MASK = "***"
 
 # --------------------------------------------------------------------------------------------------
@@ -433,8 +443,9 @@ def scan_lines(lines: Iterable[str]) -> dict[str, int]:
     return totals
 
 
-def redact_text(text: str) -> str:
-    """Replace every detected span with ``<KIND>`` (``<EMAIL>``, ``<CREDIT_CARD>``, ...)."""
+def redact_text(text: str, template: str = "<{}>") -> str:
+    """Replace every detected span with ``<KIND>`` (``<EMAIL>``, ``<CREDIT_CARD>``, ...), or with
+    ``template`` filled with the kind (file names use ``[{}]``: '<' and '>' are not portable there)."""
     spans = find_spans(text)
     if not spans:
         return text
@@ -442,7 +453,7 @@ def redact_text(text: str) -> str:
     pos = 0
     for start, end, kind in spans:
         out.append(text[pos:start])
-        out.append(f"<{kind.upper()}>")
+        out.append(template.format(kind.upper()))
         pos = end
     out.append(text[pos:])
     return "".join(out)
@@ -453,7 +464,7 @@ def redact_text(text: str) -> str:
 # Every kind needs an "@", a ":" or at least two digits; Arrow's vectorised (RE2) regex drops the
 # other cells before any Python work.
 _MAYBE_PII = "[@:]|[0-9][^0-9]*[0-9]"
-_MIN_CARD = 10**12  # 13 digits: the shortest card; Emirates IDs have 15
+_MIN_NUMBER_CHARS = 9  # the shortest phone; cards have 13 digits, Emirates IDs 15
 
 
 def _is_text_type(t: Any) -> bool:
@@ -487,70 +498,87 @@ def _counted_values(chunk: Any) -> Iterator[tuple[Any, int]]:
             yield value, int(n)
 
 
-def _scan_text_column(column: Any) -> dict[str, int]:
+def _scan_strings(chunks: Iterable[Any], maybe: Callable[[Any], Any]) -> dict[str, int]:
     found: dict[str, int] = {}
-    for chunk in _text_chunks(column):
+    for chunk in chunks:
         if len(chunk) == chunk.null_count:
             continue
-        candidates = chunk.filter(pc.match_substring_regex(chunk, _MAYBE_PII))
-        for value, n in _counted_values(candidates):
+        for value, n in _counted_values(chunk.filter(maybe(chunk))):
             for kind, k in scan_text(value).items():
                 found[kind] = found.get(kind, 0) + k * n
     return found
 
 
-def _numeric_kind(digits: str) -> str | None:
-    # Numbers carry no separators or context, so only checksum-validated kinds are reported.
-    if _emirates_ok(digits):
-        return "emirates_id"
-    if _card_ok(digits):
-        return "credit_card"
-    return None
-
-
-def _scan_number_column(column: Any) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for chunk in column.chunks:
-        if pa.types.is_decimal(chunk.type):
-            chunk = chunk.cast(pa.string())
-            big = pc.greater_equal(pc.utf8_length(chunk), 13)
-        else:
-            big = pc.greater_equal(chunk, pa.scalar(_MIN_CARD, chunk.type))
-        for value, n in _counted_values(chunk.filter(big)):
-            kind = _numeric_kind(str(value))
-            if kind is not None:
-                found[kind] = found.get(kind, 0) + n
-    return found
-
-
 def _is_number_type(t: Any) -> bool:
-    # Only 64-bit integers (and scale-0 decimals) can hold 13+ digits.
-    if pa.types.is_int64(t) or pa.types.is_uint64(t):
-        return True
-    return bool(pa.types.is_decimal(t) and t.scale == 0 and t.precision >= 13)
+    # Half floats hold no 9-digit integer exactly.
+    return bool(
+        pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_float32(t) or pa.types.is_float64(t)
+    )
+
+
+def _number_text(chunk: Any) -> Any:
+    """Numbers as the digits a person typed: pandas stores a card column as float64 once a value is
+    missing, and Arrow writes 4111111111111111.0 as "4.111111111111111e+15"; decimals lose ".00"."""
+    text = chunk.cast(pa.string())
+    if pa.types.is_floating(chunk.type):
+        integral = pc.and_(pc.equal(pc.floor(chunk), chunk), pc.less(pc.abs(chunk), 2.0**63))
+        whole = pc.if_else(integral, chunk, pa.scalar(None, chunk.type)).cast(pa.int64()).cast(pa.string())
+        return pc.if_else(integral, whole, text)
+    if pa.types.is_decimal(chunk.type):
+        return pc.replace_substring_regex(text, r"\.0+$", "")
+    return text
+
+
+def _merge(out: dict[str, dict[str, int]], key: str, found: dict[str, int]) -> None:
+    if found:
+        merged = out.setdefault(key, {})
+        for kind, n in found.items():
+            merged[kind] = merged.get(kind, 0) + n
+
+
+def _scan_column(column: Any, path: str = "") -> dict[str, dict[str, int]]:
+    """Findings of one column by sub-path ("" is the column, ".field" a struct field; list and map
+    items count as their container), findings in struct field names under HEADER."""
+    out: dict[str, dict[str, int]] = {}
+    t = column.type
+    value_type = t.value_type if pa.types.is_dictionary(t) else t
+    if _is_text_type(value_type):
+        chunks = _text_chunks(column)
+        _merge(out, path, _scan_strings(chunks, lambda c: pc.match_substring_regex(c, _MAYBE_PII)))
+    elif _is_number_type(t):
+        # Numbers have no formatting, so mostly only checksum-validated kinds (cards, Emirates IDs) match.
+        chunks = (_number_text(c) for c in column.chunks)
+        _merge(
+            out, path, _scan_strings(chunks, lambda c: pc.greater_equal(pc.utf8_length(c), _MIN_NUMBER_CHARS))
+        )
+    elif pa.types.is_struct(t):
+        for i, field in enumerate(t):
+            _merge(out, HEADER, scan_text(field.name))
+            for sub, found in _scan_column(pc.struct_field(column, [i]), f"{path}.{field.name}").items():
+                _merge(out, sub, found)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        for sub, found in _scan_column(pc.list_flatten(column), path).items():
+            _merge(out, sub, found)
+    elif pa.types.is_map(t):
+        for part in (column.combine_chunks().keys, column.combine_chunks().items):
+            for sub, found in _scan_column(pa.chunked_array([part]), path).items():
+                _merge(out, sub, found)
+    return out
 
 
 def scan_table(table: Any) -> dict[str, dict[str, int]]:
-    """``column -> kind -> count`` for the columns with findings.
+    """``column -> kind -> count`` for the columns with findings; never a value.
 
-    String-like columns get the full text scan. 64-bit integer and scale-0 decimal columns are
-    checked only for checksum-validated kinds (credit cards, Emirates IDs), since a bare number has
-    no formatting to tell a phone from a count.
+    String-like columns get the full text scan; number columns (integers, decimals, integral floats)
+    are scanned as their digits. Struct fields are reported as ``column.field``, list and map items as
+    their column. Column names are reported redacted, and findings in them are counted under
+    :data:`HEADER`.
     """
     result: dict[str, dict[str, int]] = {}
     for field, column in zip(table.schema, table.columns, strict=True):
-        t = field.type
-        value_type = t.value_type if pa.types.is_dictionary(t) else t
-        if _is_text_type(value_type):
-            found = _scan_text_column(column)
-        elif _is_number_type(t):
-            found = _scan_number_column(column)
-        else:
-            continue
-        if found:
-            merged = result.setdefault(field.name, {})
-            for kind, n in found.items():
-                merged[kind] = merged.get(kind, 0) + n
+        _merge(result, HEADER, scan_text(field.name))
+        for sub, found in _scan_column(column).items():
+            _merge(result, sub if sub == HEADER else redact_text(field.name + sub), found)
     return result
 
 
@@ -568,6 +596,8 @@ def _as_strings(chunk: Any) -> Any:
         chunk = chunk.dictionary_decode()
     if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
         return chunk
+    if _is_number_type(chunk.type):
+        return _number_text(chunk)  # a masked card reads <CREDIT_CARD>, as the scan saw it
     try:
         # Arrow's own formatting: 123 -> "123", so an int key hashes like the same key stored as text.
         return chunk.cast(pa.large_string())
@@ -602,14 +632,8 @@ def _hasher(salt: bytes) -> Callable[[str], str]:
     return digest
 
 
-def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt: bytes) -> Any:
-    """Mask, hash or drop PII columns; returns a new table (the input is not changed).
-
-    ``columns=None`` means the columns where :func:`scan_table` finds PII. ``mask`` replaces
-    detected spans with ``<KIND>`` and cells without any with ``***``; ``hash`` replaces each cell
-    with ``h:`` + the first 32 hex digits of HMAC-SHA256(salt, cell) (deterministic per salt, so joins
-    still work); ``drop`` removes the columns. Nulls stay null; masked/hashed columns become strings.
-    """
+def cell_function(method: str, salt: bytes) -> Callable[[str], str] | None:
+    """What ``method`` does to one cell's text (``None`` for drop), after checking both arguments."""
     if method not in METHODS:
         raise UsageError(
             f"unknown anonymisation method {method!r}; valid methods: {', '.join(METHODS)}",
@@ -622,30 +646,150 @@ def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt
             f"salt must be at least {MIN_SALT_BYTES} random bytes, got {got}; "
             "generate one with secrets.token_bytes(32) and keep it secret",
         )
+    if method == "drop":
+        return None
+    return _mask_cell if method == "mask" else _hasher(bytes(salt))
+
+
+def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt: bytes) -> Any:
+    """Mask, hash or drop PII columns and redact PII in column names; returns a new table (the input
+    is not changed), or ``table`` itself when there is nothing to change.
+
+    ``columns=None`` means the columns where :func:`scan_table` finds PII. ``mask`` replaces
+    detected spans with ``<KIND>`` and cells without any with ``***``; ``hash`` replaces each cell
+    with ``h:`` + the first 32 hex digits of HMAC-SHA256(salt, cell) (deterministic per salt, so joins
+    still work); ``drop`` removes the columns. Nulls stay null; masked/hashed columns become strings.
+    A column name holding PII is redacted (``<EMAIL>``) whatever the method.
+    """
+    fn = cell_function(method, salt)
     if isinstance(columns, str):
         raise UsageError(
             f"columns must be a list of column names, not the string {columns!r}; use [{columns!r}]"
         )
     names: list[str] = list(table.column_names)
     if columns is None:
-        chosen = list(scan_table(table))
+        chosen = [i for i, column in enumerate(table.columns) if _scan_column(column)]
     else:
-        chosen = list(dict.fromkeys(columns))
-        unknown = [c for c in chosen if c not in names]
+        wanted = list(dict.fromkeys(columns))
+        unknown = [c for c in wanted if c not in names]
         if unknown:
             raise UsageError(
-                f"unknown column(s) {', '.join(map(repr, unknown))}; valid columns: {', '.join(names)}",
+                f"unknown column(s) {', '.join(map(repr, unknown))}; "
+                f"valid columns: {', '.join(redact_text(n) for n in names)}",
                 unknown=unknown,
-                valid=names,
             )
-    if not chosen:
-        return table
-    if method == "drop":
-        return table.drop_columns(chosen)
-    fn = _mask_cell if method == "mask" else _hasher(bytes(salt))
-    for name in chosen:
-        for index in table.schema.get_all_field_indices(name):
-            field = table.schema.field(index)
-            new_field = pa.field(name, pa.string(), nullable=field.nullable, metadata=field.metadata)
-            table = table.set_column(index, new_field, _map_column(table.column(index), fn))
+        chosen = [i for i, name in enumerate(names) if name in wanted]
+    for index in sorted(chosen, reverse=True):
+        if fn is None:
+            table = table.remove_column(index)
+            continue
+        field = table.schema.field(index)
+        new_field = pa.field(field.name, pa.string(), nullable=field.nullable, metadata=field.metadata)
+        table = table.set_column(index, new_field, _map_column(table.column(index), fn))
+    renamed = [redact_text(name) for name in table.column_names]
+    if renamed != table.column_names:
+        # pandas' schema metadata repeats the old names: it would keep the PII and no longer match.
+        metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
+        table = table.rename_columns(renamed).replace_schema_metadata(metadata or None)
     return table
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON lines. Read with the json module, not Arrow: Arrow would turn objects into structs, fill absent
+# keys with null and re-format numbers, and a line must be written back as it was unless it changes.
+
+
+class JsonNumber(str):
+    """A JSON number as written ("1.50", "1e3"): scanned as its text, written back unchanged."""
+
+    __slots__ = ()
+
+
+def parse_json(text: str) -> Any:
+    """One JSON value with its numbers kept as :class:`JsonNumber`; ValueError when it is not JSON."""
+    return json.loads(text, parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber)
+
+
+def dump_json(value: Any, *, sort_keys: bool = False) -> str:
+    """The JSON text of a :func:`parse_json` value (numbers as they were written)."""
+    if isinstance(value, JsonNumber):
+        return str.__str__(value)
+    if isinstance(value, dict):
+        items = sorted(value.items()) if sort_keys else value.items()
+        body = ", ".join(
+            f"{json.dumps(k, ensure_ascii=False)}: {dump_json(v, sort_keys=sort_keys)}" for k, v in items
+        )
+        return "{" + body + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(dump_json(v, sort_keys=sort_keys) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _scan_json(value: Any, path: str, out: dict[str, dict[str, int]]) -> None:
+    if isinstance(value, str):
+        _merge(out, path, scan_text(value))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _merge(out, HEADER, scan_text(key))
+            _scan_json(item, f"{path}.{key}", out)
+    elif isinstance(value, list):
+        for item in value:
+            _scan_json(item, path, out)
+
+
+def scan_records(records: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, int]], set[str]]:
+    """Findings in JSON objects, reported as :func:`scan_table` does (``key.field`` for nested
+    values, keys under :data:`HEADER`), and the top-level keys whose values hold any."""
+    report: dict[str, dict[str, int]] = {}
+    keys: set[str] = set()
+    for record in records:
+        for key, value in record.items():
+            _merge(report, HEADER, scan_text(key))
+            found: dict[str, dict[str, int]] = {}
+            _scan_json(value, key, found)
+            for path, counts in found.items():
+                if path != HEADER:
+                    keys.add(key)
+                _merge(report, path if path == HEADER else redact_text(path), counts)
+    return report, keys
+
+
+def _redact_keys(value: Any, cell: Callable[[str], str] | None) -> Any:
+    """``value`` with PII in its keys redacted and, given ``cell``, every string and number masked."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out[_unique(redact_text(key), out)] = _redact_keys(item, cell)
+        return out
+    if isinstance(value, list):
+        return [_redact_keys(item, cell) for item in value]
+    return cell(value) if cell is not None and isinstance(value, str) else value
+
+
+def _unique(key: str, taken: dict[str, Any]) -> str:
+    # Two keys redacted to the same "<EMAIL>" must not overwrite one another (nothing is lost).
+    n, candidate = 1, key
+    while candidate in taken:
+        n += 1
+        candidate = f"{key}_{n}"
+    return candidate
+
+
+def anonymize_record(
+    record: dict[str, Any], columns: Iterable[str], fn: Callable[[str], str] | None
+) -> dict[str, Any]:
+    """One JSON object with ``columns`` (top-level keys) masked, hashed or dropped (``fn`` from
+    :func:`cell_function`) and PII in every key redacted. A masked object keeps its shape (each string
+    or number masked); a hashed one is hashed whole, as its JSON text with sorted keys."""
+    chosen = set(columns)
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in chosen:
+            if fn is None:
+                continue
+            if fn is _mask_cell:
+                value = _redact_keys(value, fn)
+            elif value is not None:
+                value = fn(value if isinstance(value, str) else dump_json(value, sort_keys=True))
+        out[_unique(redact_text(key), out)] = _redact_keys(value, None)
+    return out
