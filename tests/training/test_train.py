@@ -160,7 +160,13 @@ def test_bf16_autocast_path_on_cpu(yard: Yard, data_home: Path, tmp_path: Path) 
 
 
 def test_sigkill_then_resume_gives_identical_weights(data_home: Path, tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", hyperparameters__max_steps=15, train__eval_every_steps=5)
+    # A log every 4 steps, a checkpoint every 3: each checkpoint falls between two logs.
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        hyperparameters__max_steps=15,
+        train__eval_every_steps=5,
+        train__log_every_steps=4,
+    )
     # The uninterrupted run goes into a copy of the home, so each home has one run of experiment t.
     home_b = tmp_path / "home-b"
     subprocess.run(["cp", "-a", str(data_home), str(home_b)], check=True)
@@ -183,9 +189,14 @@ def test_sigkill_then_resume_gives_identical_weights(data_home: Path, tmp_path: 
         assert torch.equal(tensor, uninterrupted[name]), f"{name} differs after a kill past step {kill_after}"
     with client_of(data_home) as c:
         assert c.get_run(run_id).status == "FINISHED"
-        # every step's loss, those before the kill included: a checkpoint makes its steps' metrics durable
-        # first, since the resume starts after them (helper-21: steps logged just before were lost)
-        assert sorted({p.step for p in c.metric_history(run_id, ["loss"])["loss"]}) == list(range(1, 16))
+        # every logged step's loss, those before the kill included: a checkpoint makes its steps' metrics
+        # durable first, since the resume starts after them (helper-21: steps logged just before were
+        # lost); and the same losses: the window of steps since the last log is checkpointed with them
+        resumed_losses = {p.step: p.value for p in c.metric_history(run_id, ["loss"])["loss"]}
+    with client_of(home_b) as c:
+        straight_losses = {p.step: p.value for p in c.metric_history(only_run(home_b), ["loss"])["loss"]}
+    assert sorted(straight_losses) == [4, 8, 12, 15]
+    assert resumed_losses == straight_losses, f"killed past step {kill_after}"
 
 
 def test_a_run_still_training_elsewhere_is_not_resumed_beside_it(

@@ -54,6 +54,9 @@ class TrainerState:
     bad_evals: int = 0  # evaluations in a row without improvement (early stopping)
     stopped_early: bool = False
     last_eval: dict[str, float] = field(default_factory=dict)
+    # What the steps since the last train log added, summed over ranks (loss, target tokens, tokens,
+    # samples, seconds): a resume logs the loss and throughput the uninterrupted run logs.
+    log_window: list[float] = field(default_factory=list)
 
 
 @dataclass

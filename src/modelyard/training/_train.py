@@ -721,6 +721,8 @@ def _loop(
     ckpt_every = recipe.checkpoints.every_steps
     window = [0.0, 0.0, 0.0, 0.0]  # loss sum, target tokens, all tokens, samples since the last log
     t_window = time.perf_counter()
+    if state.log_window and dist.main:  # resumed between two logs: the window so far, summed over ranks
+        window, t_window = state.log_window[:4], t_window - state.log_window[4]
     setup.model.train()
     bar = _progress(show_progress and dist.main, setup.total_steps, state.step)
     with bar:
@@ -757,6 +759,7 @@ def _loop(
                 if eval_every and (state.step % eval_every == 0 or state.step == setup.total_steps):
                     _evaluate_step(setup, state, run, on_eval)
                 if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps:
+                    state.log_window = [*_dist.all_sum(dist, list(window)), time.perf_counter() - t_window]
                     _save(setup, state, client, run)
                 if state.step >= setup.total_steps or state.stopped_early:
                     break
