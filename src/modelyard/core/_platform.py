@@ -346,17 +346,20 @@ class Platform:
         On failure the transaction rolls back and a separate record notes the refusal or error, so the
         log holds every attempted mutation and the store holds none of a failed one."""
         self.authorize(ctx, action, resource)
+        denied = False
         try:
             with self.db.write() as s:
-                self.recheck(s, ctx, action)
+                try:
+                    self.recheck(s, ctx, action)
+                except PermissionDeniedError:
+                    denied = True
+                    raise
                 yield s
                 self.audit(ctx, action, resource, "ok", detail, session=s)
-        except PermissionDeniedError as exc:
-            self.audit(ctx, action, resource, "denied", {**(detail or {}), "message": exc.message})
-            raise
         except YardError as exc:
+            outcome = "denied" if denied else "refused"  # the role it acted with is gone, or bad input
             self.audit(
-                ctx, action, resource, "refused", {**(detail or {}), "code": exc.code, "message": exc.message}
+                ctx, action, resource, outcome, {**(detail or {}), "code": exc.code, "message": exc.message}
             )
             raise
         except Exception as exc:
