@@ -136,3 +136,51 @@ def _wait(condition: Callable[[], bool], seconds: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the server did not follow the deployment"
         time.sleep(0.1)
+
+
+def test_a_candidate_leaves_traffic_when_the_deployment_names_one_that_cannot_load(
+    platform: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    """The old candidate kept half of the traffic, and later weight changes were never applied, when its
+    successor failed to load (helper-29): the stable version answers everything now."""
+    from modelyard.core import Role
+    from modelyard.serving import deploy
+    from modelyard.testing import actor
+
+    owner = platform.context()
+    engineer = actor(platform, owner, "inprocess-engineer", Role.ENGINEER)
+    good = registry.register(platform, owner, trained.model_dir, "torch-served").version
+    bad = _unloadable(platform, trained.model_dir, tmp_path)
+    deploy(platform, engineer, "torch-served", version=good, mode="ab", weight=50)
+    config = parse_config({"models": ["torch-served@1"], "auth": False, "alias_poll_s": 0.1})
+    body = {"inputs": ["normalise date (de-DE): 02.03.2013"]}
+    try:
+        with TestClient(create_app(config, platform)) as client:
+            assert _candidate(client) is not None
+            deploy(platform, engineer, "torch-served", version=bad, mode="ab", weight=50)
+            _wait(lambda: _candidate(client) is None)
+            answered = {
+                client.post("/v1/models/torch-served:predict", json=body).json()["version"] for _ in range(8)
+            }
+            assert answered == {1}
+    finally:
+        deploy(platform, engineer, "torch-served", version=None, mode="off")
+
+
+def test_a_nul_in_a_body_is_a_400(platform: Platform) -> None:
+    """PostgreSQL cannot store a NUL: one in an input lost its whole batch of the prediction log, and one in
+    a feedback target was a 500 (helper-29)."""
+    config = parse_config({"models": ["torch-served@1"], "auth": False})
+    json_type = {"content-type": "application/json"}
+    with TestClient(create_app(config, platform)) as client:
+        r = client.post(
+            "/v1/models/torch-served:predict", content=b'{"inputs": ["a\\u0000b"]}', headers=json_type
+        )
+        assert r.status_code == 400 and "NUL" in r.json()["error"]["message"]
+        body = b'{"request_id": "' + b"0" * 26 + b'", "target": "x\\u0000"}'
+        r = client.post("/v1/models/torch-served:feedback", content=body, headers=json_type)
+        assert r.status_code == 400 and "NUL" in r.json()["error"]["message"]
+        r = client.post(
+            "/v1/models/torch-served:predict", content=b'{"inputs": ["a\\\\u0000b"]}', headers=json_type
+        )
+        assert r.status_code == 200  # the six characters \u0000 are text

@@ -48,6 +48,7 @@ def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: P
     )  # no password
     assert env["YARD_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "master-key"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "ml"
     served = yaml.safe_load(docs["configmap"]["data"]["serve.yaml"])
     assert (
@@ -61,6 +62,20 @@ def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: P
     assert (
         "modelyard[serve" in docker and "torch" not in docker.split("no torch")[1] and "USER 10001" in docker
     )
+
+
+def test_a_connection_cap_makes_the_liveness_probe_tcp(yard: Yard, tmp_path: Path) -> None:
+    """Past max_connections /healthz is a 503 too: an HTTP liveness probe had busy pods restarted."""
+    assert yard("init").code == 0
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"models": ["support@production"], "limits": {"max_connections": 4}}))
+    out = tmp_path / "k8s"
+    r = yard("serve", "--config", config, "--export", "k8s", out, *CLUSTER)
+    assert r.code == 0, r.err
+    dep = yaml.safe_load((out / "deployment.yaml").read_text())
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 10}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_export_and_serve_refuse_what_is_unsafe(yard: Yard, tmp_path: Path) -> None:

@@ -453,6 +453,23 @@ def _wait_for_candidate(server: Server, served: Served, mode: str) -> None:
         time.sleep(0.2)
 
 
+def test_one_worker_ignores_a_prometheus_directory_left_in_its_environment(
+    served: Served, server_factory: Any, tmp_path: Path
+) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR from elsewhere made a one-worker server write its metrics into that
+    directory (or fail to start when it was gone) (helper-29)."""
+    foreign = tmp_path / "someone-elses-metrics"
+    foreign.mkdir()
+    server = server_factory(env={"PROMETHEUS_MULTIPROC_DIR": str(foreign)})
+    with httpx.Client(timeout=60, headers=auth(served.token)) as client:
+        assert (
+            client.post(f"{server.url}/v1/models/srv:predict", json={"inputs": SOURCES[:1]}).status_code
+            == 200
+        )
+        assert "yard_requests_total" in client.get(f"{server.url}/metrics").text
+    assert list(foreign.iterdir()) == []
+
+
 def test_feedback_is_recorded_for_a_logged_prediction(served: Served, server_factory: Any) -> None:
     server = server_factory()
     r = predict(server, served.token, SOURCES[:1])

@@ -116,6 +116,9 @@ def _run(cfg: Any) -> None:
         "access_log": False,
     }
     if cfg.workers == 1:
+        # One process keeps its metrics in memory: a PROMETHEUS_MULTIPROC_DIR left in the environment
+        # would make prometheus_client write files there (or fail at start-up when it is gone).
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         from modelyard.serving import create_app
 
         uvicorn.run(create_app(cfg), **server)

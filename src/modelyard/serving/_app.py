@@ -57,7 +57,8 @@ FEEDBACK_GRACE_S = 2.0  # several workers or replicas: how long past flush_s fee
 _KEYS = frozenset({"inputs", "parameters", "key"})
 # A \uD800-\uDFFF escape: JSON decodes a lone one into a string that is not text (it cannot be encoded),
 # which a tokenizer or a database then fails on. Only bodies holding one are searched for them.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A lone surrogate or a NUL can only arrive as an escape: look for them when the body has one.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 
 class _NotYet(Exception):
@@ -77,22 +78,25 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 # -- request parsing ----------------------------------------------------------------------------------------
 
 
-def _lone_surrogate(value: Any) -> bool:
-    """Whether a string anywhere in ``value`` (decoded JSON) holds a lone UTF-16 surrogate."""
+def _not_text(value: Any) -> str | None:
+    """What makes a string anywhere in ``value`` (decoded JSON) not text: a lone UTF-16 surrogate, or a NUL
+    (which PostgreSQL cannot store: one in a batch of the prediction log lost the batch)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character (\\u0000), which is not text"
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return True
+                return "a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape), which is not text"
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
@@ -131,12 +135,9 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
         raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON ({str(exc)[:200]})") from None
-    if _SURROGATE_ESCAPE.search(body) and _lone_surrogate(data):
-        raise ApiError(
-            400,
-            "malformed_json",
-            "the body holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape), which is not text",
-        )
+    why = _not_text(data) if _SUSPECT_ESCAPE.search(body) else None
+    if why is not None:
+        raise ApiError(400, "malformed_json", f"the body holds {why}")
     return data
 
 
@@ -338,7 +339,14 @@ class Server:
             route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
         else:
             if old is None or old.version != dep.candidate:
-                route.candidate = await self._load_version(route.name, dep.candidate)
+                try:
+                    route.candidate = await self._load_version(route.name, dep.candidate)
+                except Exception:
+                    if old is not None:  # no longer deployed: out of traffic, whatever its successor does
+                        route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
+                        self.metrics.set_model(route)
+                        await old.close()
+                    raise  # the deployment's generation stays unapplied: tried again (see _load_version)
             key = dep.candidate_generation if dep.candidate_generation is not None else dep.generation
             if route.window is None or route.window.key != key:  # a weight or mode change keeps the window
                 route.window = SloWindow(self.config.canary, key)
@@ -702,7 +710,9 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
             raise ApiError(
                 422, "validation_error", 'expected {"request_id": "...", "index": 0, "target": "..."}'
             )
-        server.predlog.flush()  # the prediction may still be in the buffer
+        # The prediction may still be in the buffer; written off the event loop, which a slow or busy store
+        # would otherwise hold (and every request with it).
+        await asyncio.to_thread(server.predlog.flush)
         # With several workers or replicas, another one may have answered it and still hold it in its buffer;
         # that one stores it within flush_s, so until then a miss is retried (a wait, not a busy thread).
         shared = config.workers > 1 or config.replicated

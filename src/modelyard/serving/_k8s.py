@@ -95,7 +95,14 @@ def manifests(
     ]
     if settings.s3_endpoint_url:
         env.append({"name": "YARD_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
+    # Past max_connections every request is a 503, /healthz too: an HTTP liveness probe would have a busy
+    # pod restarted (and its load moved to the next one). A TCP probe still says the process is there.
+    alive: dict[str, Any] = (
+        {"tcpSocket": {"port": "http"}}
+        if served.limits.max_connections
+        else {"httpGet": {"path": "/healthz", "port": "http"}}
+    )
+    probe = {**alive, "periodSeconds": 10}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

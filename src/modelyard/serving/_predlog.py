@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 
 from modelyard.core._db import insert_for
 from modelyard.core._models import Feedback, Prediction
@@ -45,6 +46,10 @@ def redact(text: str) -> str:
     from modelyard.data._pii import redact_text
 
     return redact_text(text[:MAX_TEXT])
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 class PredictionLog:
@@ -101,15 +106,25 @@ class PredictionLog:
             self._rows.clear()
         if not rows:
             return
-        for r in rows:  # redaction off the request path
-            r["input"], r["output"] = redact(r["input"]), redact(r["output"])
+        for r in rows:  # redaction off the request path; a NUL, which PostgreSQL cannot store, becomes U+FFFD
+            r["input"], r["output"] = _storable(redact(r["input"])), _storable(redact(r["output"]))
         try:
-            with self._platform.db.write() as s:  # a row flushed twice (a retry) is kept once
-                s.execute(insert_for(s)(Prediction).on_conflict_do_nothing(index_elements=["id"]), rows)
-            self.written += len(rows)
+            self._insert(rows)
+        except DataError:  # a row the database refuses must not lose the others: one at a time
+            for r in rows:
+                try:
+                    self._insert([r])
+                except Exception as exc:
+                    self.dropped += 1
+                    log.warning("prediction log: a row was not stored: %s", exc)
         except Exception as exc:  # the store is down: keep serving, say so, lose this batch of telemetry
             self.dropped += len(rows)
             log.warning("prediction log: %d rows not stored: %s", len(rows), exc)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self._platform.db.write() as s:  # a row flushed twice (a retry) is kept once
+            s.execute(insert_for(s)(Prediction).on_conflict_do_nothing(index_elements=["id"]), rows)
+        self.written += len(rows)
 
     def close(self) -> None:
         self._stop.set()
@@ -144,8 +159,8 @@ def record_feedback(
         raise UsageError(f"request_id must be the {REQUEST_ID_CHARS}-character id a prediction answered with")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1_000_000:
         raise UsageError("index must be the position of the input in its request (0, 1, ...)")
-    if not isinstance(target, str) or not target or len(target) > MAX_TEXT:
-        raise UsageError(f"target must be a non-empty string of at most {MAX_TEXT} characters")
+    if not isinstance(target, str) or not target or len(target) > MAX_TEXT or "\x00" in target:
+        raise UsageError(f"target must be a non-empty string of at most {MAX_TEXT} characters, without NUL")
     pid = prediction_id(request_id, index)
     with platform.db.write() as s:
         row = s.get(Prediction, pid)

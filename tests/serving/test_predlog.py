@@ -1,0 +1,28 @@
+"""The prediction log: what a database refuses never costs the rest of a batch (helper-29)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from modelyard.core import Platform
+from modelyard.core._models import Prediction
+from modelyard.errors import UsageError
+from modelyard.serving._predlog import PredictionLog, new_request_id, record_feedback
+
+
+def test_a_nul_is_stored_as_a_replacement_and_a_refused_row_loses_only_itself(any_platform: Platform) -> None:
+    p = any_platform
+    log = PredictionLog(p, p.context(), flush_s=3600)
+    good, nul, odd = new_request_id(), new_request_id(), new_request_id()
+    log.add(good, "m", 1, "stable", ["hello"], ["world"], 1.0)
+    log.add(nul, "m", 1, "stable", ["a\x00b"], ["c\x00"], 1.0)  # PostgreSQL refuses NUL in text
+    log.add(odd, "m", 1, "x" * 40, ["x"], ["y"], 1.0)  # longer than the column: PostgreSQL refuses it
+    log.flush()
+    with p.db.read() as s:
+        stored = {r.id[:26]: (r.input, r.output) for r in s.scalars(select(Prediction))}
+    assert stored[good] == ("hello", "world") and stored[nul] == ("a\ufffdb", "c\ufffd")
+    assert log.written + log.dropped == 3 and (odd in stored) == (p.db.dialect == "sqlite")
+    log.close()
+    with pytest.raises(UsageError, match="without NUL"):
+        record_feedback(p, p.context(), "m", good, "t\x00")
