@@ -389,6 +389,33 @@ def _wait_for_mode(server: Server, served: Served, mode: str) -> None:
         time.sleep(0.2)
 
 
+def test_a_client_that_hangs_up_takes_its_inputs_out_of_the_queue(
+    served: Served, server_factory: Any
+) -> None:
+    """Queued inputs of a client that went away stayed queued until they ran or timed out: a few cheap
+    requests, each closed at once, kept the queue full and everyone else at 429 (helper-29)."""
+    server = server_factory(batching={"max_batch_size": 16, "max_queue": 256})
+    port = int(server.url.rsplit(":", 1)[1])
+    body = json.dumps({"inputs": ["x " * 1000] * 64, "parameters": {"max_new_tokens": 256}}).encode()
+    head = (
+        f"POST /v1/models/srv:predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for _ in range(4):  # 256 inputs: the queue is full
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head + body)
+            time.sleep(0.05)  # then the client goes away
+    deadline = time.monotonic() + 15
+    depth = 256.0
+    while time.monotonic() < deadline:
+        depth = sum(metric(server, "yard_queue_depth").values())
+        if depth <= 16:  # at most the batch that was already running
+            break
+        time.sleep(0.2)
+    assert depth <= 16, depth
+    assert predict(server, served.token, SOURCES[:1]).status_code == 200
+
+
 def test_a_blue_green_alias_change_under_load_drops_nothing(served: Served, server_factory: Any) -> None:
     server = server_factory()
     url = f"{server.url}/v1/models/srv:predict"

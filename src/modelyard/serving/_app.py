@@ -27,8 +27,8 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -139,6 +139,35 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
     if why is not None:
         raise ApiError(400, "malformed_json", f"the body holds {why}")
     return data
+
+
+T = TypeVar("T")
+
+
+async def unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """``work``, cancelled if the client hangs up first: its inputs leave the queue with it (a client that
+    sends and leaves must not keep the queue full while others get 429)."""
+    task = asyncio.ensure_future(work)
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        # The body has been read: what the server receives next is the disconnect (after the answer, or
+        # when the client goes away before it).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        raise ApiError(499, "client_closed", "the client went away before the answer") from None
+    finally:
+        watcher.cancel()
 
 
 def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, str | None]:
@@ -673,7 +702,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         inputs, params, key = parse_predict(await read_body(request), config)
         rid = new_request_id()
         try:
-            slot, outputs = await server.predict(route, inputs, params, key)
+            slot, outputs = await unless_gone(request, server.predict(route, inputs, params, key))
         except QueueFull as exc:
             raise ApiError(
                 429, "overloaded", str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))}
