@@ -135,9 +135,9 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
         raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON ({str(exc)[:200]})") from None
-    why = _not_text(data) if _SUSPECT_ESCAPE.search(body) else None
-    if why is not None:
-        raise ApiError(400, "malformed_json", f"the body holds {why}")
+    bad = _not_text(data) if _SUSPECT_ESCAPE.search(body) else None
+    if bad is not None:
+        raise ApiError(400, "malformed_json", f"the body holds {bad}")
     return data
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -315,23 +316,27 @@ def _glob(pattern: str) -> str:
     return "".join(_GLOB.get(c, c) for c in pattern)
 
 
+def _case_sensitive_like(col: Any, pattern: str) -> ColumnElement[bool]:
+    return _like(col, pattern, _glob(pattern))
+
+
 def _apply(col: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
     if op == "in":
         return col.in_(values)  # type: ignore[no-any-return]
     if op == "not in":
         return col.not_in(values)  # type: ignore[no-any-return]
     v = values[0]
-    result: ColumnElement[bool] = {
+    ops: dict[str, Callable[[], ColumnElement[bool]]] = {
         "=": lambda: col == v,
         "!=": lambda: col != v,
         "<": lambda: col < v,
         "<=": lambda: col <= v,
         ">": lambda: col > v,
         ">=": lambda: col >= v,
-        "like": lambda: _like(col, v, _glob(v)),
+        "like": lambda: _case_sensitive_like(col, v),
         "ilike": lambda: col.ilike(v),
-    }[op]()
-    return result
+    }
+    return ops[op]()
 
 
 def _condition(fld: Field, op: str, values: list[Any]) -> ColumnElement[bool]:
