@@ -157,7 +157,7 @@ def test_a_gate_result_made_by_hand_takes_an_approver(
 
     import modelyard.evaluation._gates as gates_module
 
-    monkeypatch.setattr(gates_module, "eval_examples", None)  # a viewer is refused before any evaluation
+    monkeypatch.setattr(gates_module, "_eval_set", None)  # a viewer is refused before any evaluation
     with pytest.raises(PermissionDeniedError):
         check_gates(p, viewer, f"{name}@1", PASSING)
 

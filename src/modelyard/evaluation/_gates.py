@@ -13,14 +13,19 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from modelyard.core._platform import Context, Platform
-from modelyard.errors import NotFoundError
+from modelyard.errors import NotFoundError, UsageError
 from modelyard.evaluation._perturb import perturb
 from modelyard.evaluation._policy import EvalData, GatePolicy
 from modelyard.evaluation._speed import latency_ms
 from modelyard.training._data import Example
+from modelyard.training._eval import MISSING_GROUP
+
+if TYPE_CHECKING:
+    from modelyard.training._recipe import DataSection
 
 _OPS = {
     ">=": lambda a, b: a >= b,
@@ -83,11 +88,22 @@ class GateReport:
         }
 
 
-def eval_examples(platform: Platform, ctx: Context, data: EvalData) -> list[Example]:
+def eval_examples(
+    platform: Platform, ctx: Context, data: EvalData, *, trained_with: DataSection | None = None
+) -> list[Example]:
     """The policy's evaluation examples: the chosen member of the dataset version, a seeded sample of at
-    most ``max_samples`` in file order."""
+    most ``max_samples`` in file order. ``trained_with``: the data section of the recipe that trained the
+    model (see :func:`_eval_set`)."""
+    return _eval_set(platform, ctx, data, trained_with)[0]
+
+
+def _eval_set(
+    platform: Platform, ctx: Context, data: EvalData, trained_with: DataSection | None
+) -> tuple[list[Example], str, bool]:
+    """(examples, member file, whether they were cut as the run did). A version holding one table that the
+    run cut by ratios gives the run's own ``data.split`` of it (never its training rows)."""
     from modelyard.data import get
-    from modelyard.training._data import pick_member, read_examples
+    from modelyard.training._data import read_split
     from modelyard.training._recipe import DataSection
 
     section = DataSection(
@@ -99,14 +115,46 @@ def eval_examples(platform: Platform, ctx: Context, data: EvalData) -> list[Exam
         group_field=data.group_field,
     )
     root = get(data.dataset, platform=platform, ctx=ctx)
-    member = pick_member(root, section, role=data.split)
-    rows = read_examples(root / member, section, label=f"{data.dataset}:{member}")
+    rows, member, cut = read_split(root, data.dataset, section, data.split, trained_with)
     if not rows:
         raise NotFoundError(f"{data.dataset}:{member} holds no examples to evaluate on")
     if len(rows) > data.max_samples:
         keep = sorted(random.Random(data.seed).sample(range(len(rows)), data.max_samples))
         rows = [rows[i] for i in keep]
-    return rows
+    return rows, member, cut
+
+
+def _check_split(data: EvalData, member: str, cut: bool) -> None:
+    """Refuse a member that is not ``data.split``. The one table of a version is picked whatever it is
+    called, so without this ``split: test`` would measure the training rows of a version holding only
+    ``train.jsonl``; a ``data.file`` named for another split contradicts an explicit ``data.split``."""
+    from modelyard.training._data import SPLIT_NAMES
+
+    stem = PurePosixPath(member).stem
+    if cut or stem == data.split:
+        return
+    if data.file is None or (stem in SPLIT_NAMES and "split" in data.model_fields_set):
+        raise UsageError(
+            f"data.split is {data.split!r} but {data.dataset}:{member} is not the {data.split} split "
+            "(nor a table the model's run cut by ratios); name the member to evaluate on with data.file, "
+            f"or use a version that holds {data.split}.jsonl"
+        )
+
+
+def _trained_with(platform: Platform, ctx: Context, spec: str) -> DataSection | None:
+    """The data section of the recipe that trained ``spec`` (an optimised variant: its parent's), from its
+    signed manifest; None when it records no recipe (a model registered from a directory)."""
+    from modelyard.registry import read_manifest
+    from modelyard.training._recipe import parse_recipe, parse_yaml
+
+    _, manifest = read_manifest(platform, ctx, spec)
+    lineage = manifest.get("lineage") or {}
+    digest = lineage.get("recipe")
+    if not digest:
+        return _trained_with(platform, ctx, lineage["parent"]) if lineage.get("parent") else None
+    text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
+    source = f"{spec}'s recipe"
+    return parse_recipe(parse_yaml(text, source=source, stored=True), source=source).data
 
 
 def _score(model: Any, rows: Sequence[Example], policy: GatePolicy, metrics: list[str]) -> Any:
@@ -132,7 +180,9 @@ def check_gates(
     exact = info.spec
     if attest:  # before the evaluation, not after minutes of it
         platform.authorize(ctx, "model.register", f"model:{exact}")
-    rows = eval_examples(platform, ctx, policy.data)
+    trained_with = _trained_with(platform, ctx, exact)
+    rows, member, cut = _eval_set(platform, ctx, policy.data, trained_with)
+    _check_split(policy.data, member, cut)
     metrics = policy.needed_metrics() or ["rougeL"]
     threads = policy.latency.threads if policy.latency else None
     model = load(exact, platform=platform, ctx=ctx, threads=threads)
@@ -140,6 +190,8 @@ def check_gates(
     measured: dict[str, Any] = {
         "examples": len(rows),
         "data": policy.data.dataset,
+        "file": member,
+        "split": policy.data.split + (" (cut by ratios as the model's run did)" if cut else ""),
         "metrics": dict(clean.overall),
         "slices": {g: {"n": clean.slice_sizes[g], **m} for g, m in clean.slices.items()},
     }
@@ -189,7 +241,8 @@ def check_gates(
     for f in policy.fairness:
         group = f.group or policy.data.group_field
         if group != policy.data.group_field:
-            rows_g = eval_examples(platform, ctx, policy.data.model_copy(update={"group_field": group}))
+            regrouped = policy.data.model_copy(update={"group_field": group})
+            rows_g = _eval_set(platform, ctx, regrouped, trained_with)[0]
             scores = _score(model, rows_g, policy, metrics)
         else:
             scores = clean
@@ -210,21 +263,38 @@ def check_gates(
             )
             continue
         if f.max_gap is not None:
-            gap = max(judged.values()) - min(judged.values())
-            worst = min(judged, key=lambda g: judged[g])
-            best = max(judged, key=lambda g: judged[g])
-            checks.append(
-                Check(
-                    f"fairness: {f.metric} gap between {group} slices",
-                    "fairness",
-                    gap,
-                    f.max_gap,
-                    "<=",
-                    gap <= f.max_gap,
-                    f"{best} {judged[best]:.4g} vs {worst} {judged[worst]:.4g}"
-                    + (f"; {note}" if note else ""),
+            # Rows without a group value are no group to compare; one slice has no gap to measure, and
+            # calling it 0 would pass any bound.
+            groups = {g: v for g, v in judged.items() if g != MISSING_GROUP}
+            if len(groups) < 2:
+                checks.append(
+                    Check(
+                        f"fairness: {f.metric} gap between {group} slices",
+                        "fairness",
+                        None,
+                        f.max_gap,
+                        "<=",
+                        False,
+                        f"a gap needs 2+ slices of {group!r} with {f.min_examples}+ examples and a value; "
+                        f"judged: {', '.join(sorted(groups)) or '(none)'}" + (f"; {note}" if note else ""),
+                    )
                 )
-            )
+            else:
+                gap = max(groups.values()) - min(groups.values())
+                worst = min(groups, key=lambda g: groups[g])
+                best = max(groups, key=lambda g: groups[g])
+                checks.append(
+                    Check(
+                        f"fairness: {f.metric} gap between {group} slices",
+                        "fairness",
+                        gap,
+                        f.max_gap,
+                        "<=",
+                        gap <= f.max_gap,
+                        f"{best} {groups[best]:.4g} vs {worst} {groups[worst]:.4g}"
+                        + (f"; {note}" if note else ""),
+                    )
+                )
         if f.min is not None:
             for g, v in sorted(judged.items()):
                 checks.append(

@@ -82,8 +82,8 @@ CheckText = Annotated[str, AfterValidator(lambda v: _parse_check(v).text)]
 
 
 class EvalData(_Section):
-    """The evaluation set: a member of a dataset version (``file``, or the one named after ``split`` when
-    the version holds several tables)."""
+    """The evaluation set: a member of a dataset version (``file``, or the one named after ``split``, or the
+    only table when the model's run cut it by ratios: then its ``split`` of it, as the run cut it)."""
 
     dataset: DatasetSpec
     file: MemberPath | None = None
