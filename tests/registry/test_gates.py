@@ -17,7 +17,7 @@ import yaml
 from modelyard import registry
 from modelyard.core import Platform
 from modelyard.data import add_version
-from modelyard.errors import UsageError
+from modelyard.errors import UsageError, ValidationError
 from modelyard.evaluation import check_gates, parse_policy
 from modelyard.testing import TrainedModel
 from modelyard.testing._fixtures import TINY_RECIPE
@@ -112,3 +112,27 @@ def test_a_fairness_gap_needs_two_slices_with_a_group_value(
     )
     [only] = check_gates(p, p.context(), info.spec, missing, attest=False).checks
     assert not only.passed and "judged: (none)" in only.note  # rows without a group are no group
+
+
+def test_an_alias_minus_a_number_is_an_offset_and_nan_is_no_alias() -> None:
+    for text, offset in (("rougeL >= staging-1", -1.0), ("rougeL >= production-0.01", -0.01)):
+        [check] = parse_policy({"data": {"dataset": "norm@1"}, "metrics": [text]}).checks
+        assert (check.alias, check.offset) == (text.split()[-1].split("-")[0], offset)
+    for text in ("rougeL >= nan", "rougeL <= inf - 1"):
+        with pytest.raises(ValidationError, match="is not a bound"):
+            parse_policy({"data": {"dataset": "norm@1"}, "metrics": [text]})
+
+
+def test_a_relative_check_naming_an_alias_the_model_lacks_fails_unless_production_never_was(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    p = trained_platform
+    info = registry.register(p, p.context(), model_dir, name)
+    registry.set_alias(p, p.context(), info.spec, "staging")
+    checks = ["rougeL >= production - 0.01", "rougeL >= stagin - 0.01", "rougeL <= staging-1"]
+    data = {"dataset": "norm@1", "file": "test.jsonl", "max_samples": 10}
+    policy = parse_policy({"data": data, "decoding": DECODING, "metrics": checks})
+    first, typo, minus = check_gates(p, p.context(), info.spec, policy, attest=False).checks
+    assert first.passed and first.note == f"skipped: nothing at {name}@production yet"
+    assert not typo.passed and typo.note == f"{name}@stagin does not exist; did you mean 'staging'?"
+    assert not minus.passed and minus.bound == pytest.approx(minus.value - 1)  # staging minus 1

@@ -1,15 +1,17 @@
 """Quality gates: evaluate a registered version against a policy and store the signed result.
 
-One pass over the policy's evaluation set measures everything the checks need: the metrics overall and
-per slice, the metric on perturbed inputs (robustness), latency at batch 1 on a fixed input set, and the
-size on disk. A relative bound (``rougeL >= production - 0.01``) evaluates the alias's version on the same
-examples with the same decoding, so both numbers are comparable; with nothing at that alias yet the check
-is skipped and says so. The result (every check, its value, bound and verdict) is stored on the version as
-a signed attestation; :func:`gate_runner` adapts :func:`check_gates` for ``registry.promote``.
+One pass over the policy's evaluation set measures everything the checks need: the metrics overall and per
+slice, the metric on perturbed inputs (robustness), latency at batch 1 on a fixed input set, and the size on
+disk. A relative bound (``rougeL >= production - 0.01``) evaluates the alias's version on the same examples
+with the same decoding, so both numbers are comparable; a protected alias (production) the model never had
+skips the check and says so, and any other alias that points nowhere fails it. The result (every check, its
+value, bound and verdict) is stored on the version as a signed attestation; :func:`gate_runner` adapts
+:func:`check_gates` for ``registry.promote``.
 """
 
 from __future__ import annotations
 
+import difflib
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -212,6 +214,7 @@ def check_gates(
             )
         ref = references[c.alias]
         if ref is None:
+            missing = _missing_alias(platform, ctx, info.name, c.alias)
             checks.append(
                 Check(
                     f"metrics: {c.text}",
@@ -219,8 +222,8 @@ def check_gates(
                     value,
                     None,
                     c.op,
-                    True,
-                    f"skipped: nothing at {info.name}@{c.alias} yet",
+                    missing.startswith("skipped"),
+                    missing,
                 )
             )
             continue
@@ -379,6 +382,25 @@ def _reference_scores(
     if ref.spec == exact:
         return dict(clean)  # the alias points at this version already
     return dict(_score(load(ref.spec, platform=platform, ctx=ctx), rows, policy, metrics).overall)
+
+
+def _missing_alias(platform: Platform, ctx: Context, name: str, alias: str) -> str:
+    """The note of a relative check whose alias points nowhere. Only a protected alias the model never had
+    is skipped (the first promotion to production has nothing to compare with); any other is a typo or a
+    deleted alias, and passing it would let a misspelt bound wave every version through."""
+    from modelyard.registry import PROTECTED, history
+
+    events = history(platform, ctx, name)
+    if alias in PROTECTED and all(e.alias != alias for e in events):
+        return f"skipped: nothing at {name}@{alias} yet"
+    now: dict[str, int | None] = {}
+    for e in events:
+        now[e.alias] = e.version
+    aliases = sorted(a for a, v in now.items() if v is not None)
+    close = difflib.get_close_matches(alias, aliases, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; its aliases: {', '.join(aliases) or '(none)'}"
+    was = "no longer points at a version" if alias in now else "does not exist"
+    return f"{name}@{alias} {was}{hint}"
 
 
 def gate_runner(policy: GatePolicy) -> Any:

@@ -34,10 +34,14 @@ from modelyard.training._recipe import (
     read_yaml,
 )
 
+# In an alias a '-' is followed by a letter: 'staging-1' is staging minus 1, as 'production-0.01' is.
 _CHECK_RE = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|>|<)\s*"
-    r"(?:(?P<alias>[a-z][a-z0-9_-]{0,63})\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?|(?P<number>-?\d+(?:\.\d+)?))\s*$"
+    r"(?:(?P<alias>[a-z][a-z0-9_]*(?:-[a-z][a-z0-9_]*)*)\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?"
+    r"|(?P<number>-?\d+(?:\.\d+)?))\s*$"
 )
+#: read as numbers by people and by YAML, never as an alias
+_NOT_ALIASES = frozenset({"nan", "inf", "infinity"})
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "gen_len")
 
 
@@ -74,6 +78,10 @@ def _parse_check(text: str) -> MetricCheck:
     fields: dict[str, Any] = {"text": text.strip(), "metric": m["metric"], "op": m["op"]}
     if m["number"] is not None:
         return MetricCheck.model_validate({**fields, "bound": float(m["number"])})
+    if len(m["alias"]) > 64:
+        raise ValueError(f"{text!r} is not a metric check: an alias has at most 64 characters")
+    if m["alias"] in _NOT_ALIASES:
+        raise ValueError(f"{text!r}: {m['alias']!r} is not a bound; give a finite number or an alias")
     offset = float(m["offset"] or 0.0) * (-1 if m["sign"] == "-" else 1)
     return MetricCheck.model_validate({**fields, "alias": m["alias"], "offset": offset})
 
