@@ -331,6 +331,9 @@ def test_a_signing_key_planted_in_the_database_is_not_trusted(
         ({"data": DATA, "robustness": {"perturbations": ["emoji"]}}, "perturbations"),
         ({"data": {"dataset": "norm"}, "size": {"max_mb": 1}}, "data.dataset"),
         (["not", "a", "mapping"], "mapping"),
+        ({"data": {**DATA, "group_field": "source"}, "size": {"max_mb": 1}}, "group_field 'source' is the"),
+        ({"data": {**DATA, "source_field": "target"}, "size": {"max_mb": 1}}, "both 'target'"),
+        ({"data": DATA, "fairness": [{"group": "target", "max_gap": 0.5}]}, "group 'target' is the source"),
     ],
 )
 def test_bad_policies_are_one_clear_error(data: Any, message: str) -> None:

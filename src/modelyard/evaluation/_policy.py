@@ -103,6 +103,18 @@ class EvalData(_Section):
     max_samples: Annotated[int, Field(ge=1, le=100_000)] = 200
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _distinct_fields(self) -> EvalData:
+        # One column as two roles scores the model against its own input or slices by the answer: refused
+        # here rather than after minutes of evaluation.
+        if self.source_field == self.target_field:
+            raise ValueError(
+                f"source_field and target_field are both {self.source_field!r}; name two columns"
+            )
+        if self.group_field in (self.source_field, self.target_field):
+            raise ValueError(f"group_field {self.group_field!r} is the source or target column; name another")
+        return self
+
 
 class Decoding(_Section):
     max_new_tokens: Annotated[int, Field(ge=1, le=1024)] = 64
@@ -159,6 +171,10 @@ class GatePolicy(_Section):
         for f in self.fairness:
             if (f.group or self.data.group_field) is None:
                 raise ValueError("fairness needs a group column: set fairness[].group or data.group_field")
+            if f.group in (self.data.source_field, self.data.target_field):
+                raise ValueError(
+                    f"fairness[].group {f.group!r} is the source or target column; name a column to slice by"
+                )
         return self
 
     @property
