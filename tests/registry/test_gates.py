@@ -136,3 +136,30 @@ def test_a_relative_check_naming_an_alias_the_model_lacks_fails_unless_productio
     assert first.passed and first.note == f"skipped: nothing at {name}@production yet"
     assert not typo.passed and typo.note == f"{name}@stagin does not exist; did you mean 'staging'?"
     assert not minus.passed and minus.bound == pytest.approx(minus.value - 1)  # staging minus 1
+
+
+def test_robustness_compares_only_inputs_a_perturbation_changed(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    from transformers import AutoTokenizer
+
+    from modelyard.evaluation import perturb
+    from modelyard.training import make_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    texts = [r["source"] for r in make_examples(50, seed=2)]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    varied = perturb(texts, ["whitespace"], 0)
+    assert all(tokenizer(t)["input_ids"] != i for (_, t), i in zip(varied, ids, strict=True))
+
+    p = trained_platform
+    info = registry.register(p, p.context(), model_dir, name)
+    data = {"dataset": "norm@1", "file": "test.jsonl", "max_samples": 20}
+    robust = {"perturbations": ["numbers", "casing"], "min_ratio": 0.01}
+    report = check_gates(
+        p, p.context(), info.spec, parse_policy({"data": data, "robustness": robust}), attest=False
+    )
+    measured = report.measured["robustness"]
+    assert measured["unchanged"]["numbers"] > 0 and "casing" not in measured["unchanged"]
+    assert measured["examples"] == 20 - measured["unchanged"]["numbers"]
+    assert "unchanged examples left out" in report.checks[0].note

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
@@ -159,14 +160,26 @@ def _trained_with(platform: Platform, ctx: Context, spec: str) -> DataSection | 
     return parse_recipe(parse_yaml(text, source=source, stored=True), source=source).data
 
 
-def _score(model: Any, rows: Sequence[Example], policy: GatePolicy, metrics: list[str]) -> Any:
+def _predict(model: Any, rows: Sequence[Example], policy: GatePolicy) -> list[str]:
+    return list(
+        model.generate(
+            [r.source for r in rows],
+            max_new_tokens=policy.decoding.max_new_tokens,
+            batch_size=policy.decoding.batch_size,
+        )
+    )
+
+
+def _score(
+    model: Any,
+    rows: Sequence[Example],
+    policy: GatePolicy,
+    metrics: list[str],
+    preds: list[str] | None = None,
+) -> Any:
     from modelyard.training._eval import score
 
-    preds = model.generate(
-        [r.source for r in rows],
-        max_new_tokens=policy.decoding.max_new_tokens,
-        batch_size=policy.decoding.batch_size,
-    )
+    preds = preds if preds is not None else _predict(model, rows, policy)
     return score(preds, [r.target for r in rows], metrics, groups=[r.group for r in rows])
 
 
@@ -188,7 +201,8 @@ def check_gates(
     metrics = policy.needed_metrics() or ["rougeL"]
     threads = policy.latency.threads if policy.latency else None
     model = load(exact, platform=platform, ctx=ctx, threads=threads)
-    clean = _score(model, rows, policy, metrics)
+    clean_preds = _predict(model, rows, policy)
+    clean = _score(model, rows, policy, metrics, clean_preds)
     measured: dict[str, Any] = {
         "examples": len(rows),
         "data": policy.data.dataset,
@@ -307,26 +321,45 @@ def check_gates(
     if policy.robustness is not None:
         rb = policy.robustness
         varied = perturb([r.source for r in rows], rb.perturbations, rb.seed)
-        perturbed_rows = [Example(text, r.target, kind) for (kind, text), r in zip(varied, rows, strict=True)]
-        noisy = _score(model, perturbed_rows, policy, [rb.metric])
-        base, value = clean.overall[rb.metric], noisy.overall[rb.metric]
-        ratio = value / base if base > 0 else (1.0 if value >= base else 0.0)
-        measured["robustness"] = {
-            "clean": base,
-            "perturbed": value,
-            "by_kind": {k: m[rb.metric] for k, m in noisy.slices.items()},
-        }
-        checks.append(
-            Check(
-                f"robustness: {rb.metric} on perturbed / clean inputs",
-                "robustness",
-                ratio,
-                rb.min_ratio,
-                ">=",
-                ratio >= rb.min_ratio,
-                f"{value:.4g} perturbed vs {base:.4g} clean; {', '.join(rb.perturbations)}",
+        # An input the perturbation left as it was scores as its clean self and would pull the ratio
+        # toward 1: only the changed ones are compared, clean against perturbed.
+        kept = [i for i, ((_, text), r) in enumerate(zip(varied, rows, strict=True)) if text != r.source]
+        unchanged = Counter(varied[i][0] for i in set(range(len(rows))) - set(kept))
+        left_out = f"; {sum(unchanged.values())} unchanged examples left out" if unchanged else ""
+        name = f"robustness: {rb.metric} on perturbed / clean inputs"
+        if not kept:
+            checks.append(
+                Check(name, "robustness", None, rb.min_ratio, ">=", False, "no perturbation changed an input")
             )
-        )
+        else:
+            noisy = _score(
+                model,
+                [Example(varied[i][1], rows[i].target, varied[i][0]) for i in kept],
+                policy,
+                [rb.metric],
+            )
+            same = _score(model, [rows[i] for i in kept], policy, [rb.metric], [clean_preds[i] for i in kept])
+            base, value = same.overall[rb.metric], noisy.overall[rb.metric]
+            ratio = value / base if base > 0 else (1.0 if value >= base else 0.0)
+            measured["robustness"] = {
+                "clean": base,
+                "perturbed": value,
+                "examples": len(kept),
+                "unchanged": dict(sorted(unchanged.items())),
+                "by_kind": {k: m[rb.metric] for k, m in noisy.slices.items()},
+            }
+            checks.append(
+                Check(
+                    name,
+                    "robustness",
+                    ratio,
+                    rb.min_ratio,
+                    ">=",
+                    ratio >= rb.min_ratio,
+                    f"{value:.4g} perturbed vs {base:.4g} clean on {len(kept)} changed inputs; "
+                    f"{', '.join(rb.perturbations)}{left_out}",
+                )
+            )
 
     if policy.latency is not None:
         lat = latency_ms(
