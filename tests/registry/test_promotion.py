@@ -157,7 +157,7 @@ def test_a_gate_result_made_by_hand_takes_an_approver(
 
     import modelyard.evaluation._gates as gates_module
 
-    monkeypatch.setattr(gates_module, "eval_examples", None)  # a viewer is refused before any evaluation
+    monkeypatch.setattr(gates_module, "_eval_set", None)  # a viewer is refused before any evaluation
     with pytest.raises(PermissionDeniedError):
         check_gates(p, viewer, f"{name}@1", PASSING)
 
@@ -331,6 +331,9 @@ def test_a_signing_key_planted_in_the_database_is_not_trusted(
         ({"data": DATA, "robustness": {"perturbations": ["emoji"]}}, "perturbations"),
         ({"data": {"dataset": "norm"}, "size": {"max_mb": 1}}, "data.dataset"),
         (["not", "a", "mapping"], "mapping"),
+        ({"data": {**DATA, "group_field": "source"}, "size": {"max_mb": 1}}, "group_field 'source' is the"),
+        ({"data": {**DATA, "source_field": "target"}, "size": {"max_mb": 1}}, "both 'target'"),
+        ({"data": DATA, "fairness": [{"group": "target", "max_gap": 0.5}]}, "group 'target' is the source"),
     ],
 )
 def test_bad_policies_are_one_clear_error(data: Any, message: str) -> None:

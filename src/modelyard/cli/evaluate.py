@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
@@ -32,7 +32,7 @@ from modelyard.errors import NotFoundError, UsageError, ValidationError, YardErr
 
 if TYPE_CHECKING:
     from modelyard.core import Context, Platform
-    from modelyard.training._data import Example
+    from modelyard.training._data import Example, SplitName
     from modelyard.training._eval import EvalReport
     from modelyard.training._recipe import DataSection, EvaluationSection, Recipe
 
@@ -157,36 +157,31 @@ def _examples(
     platform: Platform,
     ctx: Context,
     spec: str,
-    split: str,
+    split: SplitName,
     data: DataSection,
     recipe: Recipe | None,
 ) -> tuple[list[Example], str, str]:
     """(examples, member file, how they were chosen)."""
     from modelyard.data import get
-    from modelyard.training._data import pick_member, read_examples, split_examples
+    from modelyard.training._data import read_split
 
     root = get(spec, platform=platform, ctx=ctx)
-    cut = recipe is not None and recipe.data.dataset == spec and data.file == recipe.data.file
     try:
-        member = pick_member(root, data, role=None if cut else split)
-    except UsageError as exc:
-        raise UsageError(
-            exc.message.replace("data.file", "--file").replace("data.format", "the format")
-        ) from None
-    try:
-        rows = read_examples(root / member, data, label=f"{spec}:{member}")
+        rows, member, cut = read_split(root, spec, data, split, recipe.data if recipe else None)
     except ValidationError as exc:
         flags = "--source-field / --target-field / --group-field"
         msg = exc.message.replace("data.source_field / data.target_field / data.group_field", flags)
         raise ValidationError(msg, **exc.details) from None
+    except UsageError as exc:
+        raise UsageError(
+            exc.message.replace("data.file", "--file").replace("data.format", "the format")
+        ) from None
     if cut and recipe is not None:
-        # The run cut one version by ratios: take the same seeded split it trained and tested on.
-        train, validation, test = split_examples(rows, recipe.data)
-        chosen = {"train": train, "validation": validation, "test": test}[split]
+        # The run cut one version by ratios: these are the same seeded split it trained and tested on.
         how = f"the {split} split of {spec}:{member} cut as the run did (seed {recipe.data.seed})"
-        if not chosen:
+        if not rows:
             raise UsageError(f"the run's {split} split of {spec} is empty; choose another --split")
-        return chosen, member, how
+        return rows, member, how
     if not rows:
         raise UsageError(f"{spec}:{member} has no rows to evaluate on")
     return rows, member, f"{spec}:{member}"
@@ -414,7 +409,7 @@ def eval_command(
             {"source_field": source_field, "target_field": target_field, "group_field": group_field},
         )
         section = _section(recipe, metrics, decoding, num_beams, max_new_tokens, batch_size)
-        examples, member, how = _examples(platform, ctx, data, split, section_data, recipe)
+        examples, member, how = _examples(platform, ctx, data, cast("SplitName", split), section_data, recipe)
         if max_samples is not None:
             examples = examples[:max_samples]
         dev = _device(device)

@@ -1,26 +1,34 @@
 """Quality gates: evaluate a registered version against a policy and store the signed result.
 
-One pass over the policy's evaluation set measures everything the checks need: the metrics overall and
-per slice, the metric on perturbed inputs (robustness), latency at batch 1 on a fixed input set, and the
-size on disk. A relative bound (``rougeL >= production - 0.01``) evaluates the alias's version on the same
-examples with the same decoding, so both numbers are comparable; with nothing at that alias yet the check
-is skipped and says so. The result (every check, its value, bound and verdict) is stored on the version as
-a signed attestation; :func:`gate_runner` adapts :func:`check_gates` for ``registry.promote``.
+One pass over the policy's evaluation set measures everything the checks need: the metrics overall and per
+slice, the metric on perturbed inputs (robustness), latency at batch 1 on a fixed input set, and the size on
+disk. A relative bound (``rougeL >= production - 0.01``) evaluates the alias's version on the same examples
+with the same decoding, so both numbers are comparable; a protected alias (production) the model never had
+skips the check and says so, and any other alias that points nowhere fails it. The result (every check, its
+value, bound and verdict) is stored on the version as a signed attestation; :func:`gate_runner` adapts
+:func:`check_gates` for ``registry.promote``.
 """
 
 from __future__ import annotations
 
+import difflib
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from modelyard.core._platform import Context, Platform
-from modelyard.errors import NotFoundError
+from modelyard.errors import NotFoundError, UsageError
 from modelyard.evaluation._perturb import perturb
 from modelyard.evaluation._policy import EvalData, GatePolicy
 from modelyard.evaluation._speed import latency_ms
 from modelyard.training._data import Example
+from modelyard.training._eval import MISSING_GROUP
+
+if TYPE_CHECKING:
+    from modelyard.training._recipe import DataSection
 
 _OPS = {
     ">=": lambda a, b: a >= b,
@@ -83,11 +91,22 @@ class GateReport:
         }
 
 
-def eval_examples(platform: Platform, ctx: Context, data: EvalData) -> list[Example]:
+def eval_examples(
+    platform: Platform, ctx: Context, data: EvalData, *, trained_with: DataSection | None = None
+) -> list[Example]:
     """The policy's evaluation examples: the chosen member of the dataset version, a seeded sample of at
-    most ``max_samples`` in file order."""
+    most ``max_samples`` in file order. ``trained_with``: the data section of the recipe that trained the
+    model (see :func:`_eval_set`)."""
+    return _eval_set(platform, ctx, data, trained_with)[0]
+
+
+def _eval_set(
+    platform: Platform, ctx: Context, data: EvalData, trained_with: DataSection | None
+) -> tuple[list[Example], str, bool]:
+    """(examples, member file, whether they were cut as the run did). A version holding one table that the
+    run cut by ratios gives the run's own ``data.split`` of it (never its training rows)."""
     from modelyard.data import get
-    from modelyard.training._data import pick_member, read_examples
+    from modelyard.training._data import read_split
     from modelyard.training._recipe import DataSection
 
     section = DataSection(
@@ -99,24 +118,68 @@ def eval_examples(platform: Platform, ctx: Context, data: EvalData) -> list[Exam
         group_field=data.group_field,
     )
     root = get(data.dataset, platform=platform, ctx=ctx)
-    member = pick_member(root, section, role=data.split)
-    rows = read_examples(root / member, section, label=f"{data.dataset}:{member}")
+    rows, member, cut = read_split(root, data.dataset, section, data.split, trained_with)
     if not rows:
         raise NotFoundError(f"{data.dataset}:{member} holds no examples to evaluate on")
     if len(rows) > data.max_samples:
         keep = sorted(random.Random(data.seed).sample(range(len(rows)), data.max_samples))
         rows = [rows[i] for i in keep]
-    return rows
+    return rows, member, cut
 
 
-def _score(model: Any, rows: Sequence[Example], policy: GatePolicy, metrics: list[str]) -> Any:
+def _check_split(data: EvalData, member: str, cut: bool) -> None:
+    """Refuse a member that is not ``data.split``. The one table of a version is picked whatever it is
+    called, so without this ``split: test`` would measure the training rows of a version holding only
+    ``train.jsonl``; a ``data.file`` named for another split contradicts an explicit ``data.split``."""
+    from modelyard.training._data import SPLIT_NAMES
+
+    stem = PurePosixPath(member).stem
+    if cut or stem == data.split:
+        return
+    if data.file is None or (stem in SPLIT_NAMES and "split" in data.model_fields_set):
+        raise UsageError(
+            f"data.split is {data.split!r} but {data.dataset}:{member} is not the {data.split} split "
+            "(nor a table the model's run cut by ratios); name the member to evaluate on with data.file, "
+            f"or use a version that holds {data.split}.jsonl"
+        )
+
+
+def _trained_with(platform: Platform, ctx: Context, spec: str) -> DataSection | None:
+    """The data section of the recipe that trained ``spec`` (an optimised variant: its parent's), from its
+    signed manifest; None when it records no recipe (a model registered from a directory)."""
+    from modelyard.registry import read_manifest
+    from modelyard.training._recipe import parse_recipe, parse_yaml
+
+    _, manifest = read_manifest(platform, ctx, spec)
+    lineage = manifest.get("lineage") or {}
+    digest = lineage.get("recipe")
+    if not digest:
+        return _trained_with(platform, ctx, lineage["parent"]) if lineage.get("parent") else None
+    text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
+    source = f"{spec}'s recipe"
+    return parse_recipe(parse_yaml(text, source=source, stored=True), source=source).data
+
+
+def _predict(model: Any, rows: Sequence[Example], policy: GatePolicy) -> list[str]:
+    return list(
+        model.generate(
+            [r.source for r in rows],
+            max_new_tokens=policy.decoding.max_new_tokens,
+            batch_size=policy.decoding.batch_size,
+        )
+    )
+
+
+def _score(
+    model: Any,
+    rows: Sequence[Example],
+    policy: GatePolicy,
+    metrics: list[str],
+    preds: list[str] | None = None,
+) -> Any:
     from modelyard.training._eval import score
 
-    preds = model.generate(
-        [r.source for r in rows],
-        max_new_tokens=policy.decoding.max_new_tokens,
-        batch_size=policy.decoding.batch_size,
-    )
+    preds = preds if preds is not None else _predict(model, rows, policy)
     return score(preds, [r.target for r in rows], metrics, groups=[r.group for r in rows])
 
 
@@ -132,14 +195,19 @@ def check_gates(
     exact = info.spec
     if attest:  # before the evaluation, not after minutes of it
         platform.authorize(ctx, "model.register", f"model:{exact}")
-    rows = eval_examples(platform, ctx, policy.data)
+    trained_with = _trained_with(platform, ctx, exact)
+    rows, member, cut = _eval_set(platform, ctx, policy.data, trained_with)
+    _check_split(policy.data, member, cut)
     metrics = policy.needed_metrics() or ["rougeL"]
     threads = policy.latency.threads if policy.latency else None
     model = load(exact, platform=platform, ctx=ctx, threads=threads)
-    clean = _score(model, rows, policy, metrics)
+    clean_preds = _predict(model, rows, policy)
+    clean = _score(model, rows, policy, metrics, clean_preds)
     measured: dict[str, Any] = {
         "examples": len(rows),
         "data": policy.data.dataset,
+        "file": member,
+        "split": policy.data.split + (" (cut by ratios as the model's run did)" if cut else ""),
         "metrics": dict(clean.overall),
         "slices": {g: {"n": clean.slice_sizes[g], **m} for g, m in clean.slices.items()},
     }
@@ -160,6 +228,7 @@ def check_gates(
             )
         ref = references[c.alias]
         if ref is None:
+            missing = _missing_alias(platform, ctx, info.name, c.alias)
             checks.append(
                 Check(
                     f"metrics: {c.text}",
@@ -167,8 +236,8 @@ def check_gates(
                     value,
                     None,
                     c.op,
-                    True,
-                    f"skipped: nothing at {info.name}@{c.alias} yet",
+                    missing.startswith("skipped"),
+                    missing,
                 )
             )
             continue
@@ -189,7 +258,8 @@ def check_gates(
     for f in policy.fairness:
         group = f.group or policy.data.group_field
         if group != policy.data.group_field:
-            rows_g = eval_examples(platform, ctx, policy.data.model_copy(update={"group_field": group}))
+            regrouped = policy.data.model_copy(update={"group_field": group})
+            rows_g = _eval_set(platform, ctx, regrouped, trained_with)[0]
             scores = _score(model, rows_g, policy, metrics)
         else:
             scores = clean
@@ -210,21 +280,38 @@ def check_gates(
             )
             continue
         if f.max_gap is not None:
-            gap = max(judged.values()) - min(judged.values())
-            worst = min(judged, key=lambda g: judged[g])
-            best = max(judged, key=lambda g: judged[g])
-            checks.append(
-                Check(
-                    f"fairness: {f.metric} gap between {group} slices",
-                    "fairness",
-                    gap,
-                    f.max_gap,
-                    "<=",
-                    gap <= f.max_gap,
-                    f"{best} {judged[best]:.4g} vs {worst} {judged[worst]:.4g}"
-                    + (f"; {note}" if note else ""),
+            # Rows without a group value are no group to compare; one slice has no gap to measure, and
+            # calling it 0 would pass any bound.
+            groups = {g: v for g, v in judged.items() if g != MISSING_GROUP}
+            if len(groups) < 2:
+                checks.append(
+                    Check(
+                        f"fairness: {f.metric} gap between {group} slices",
+                        "fairness",
+                        None,
+                        f.max_gap,
+                        "<=",
+                        False,
+                        f"a gap needs 2+ slices of {group!r} with {f.min_examples}+ examples and a value; "
+                        f"judged: {', '.join(sorted(groups)) or '(none)'}" + (f"; {note}" if note else ""),
+                    )
                 )
-            )
+            else:
+                gap = max(groups.values()) - min(groups.values())
+                worst = min(groups, key=lambda g: groups[g])
+                best = max(groups, key=lambda g: groups[g])
+                checks.append(
+                    Check(
+                        f"fairness: {f.metric} gap between {group} slices",
+                        "fairness",
+                        gap,
+                        f.max_gap,
+                        "<=",
+                        gap <= f.max_gap,
+                        f"{best} {groups[best]:.4g} vs {worst} {groups[worst]:.4g}"
+                        + (f"; {note}" if note else ""),
+                    )
+                )
         if f.min is not None:
             for g, v in sorted(judged.items()):
                 checks.append(
@@ -234,26 +321,45 @@ def check_gates(
     if policy.robustness is not None:
         rb = policy.robustness
         varied = perturb([r.source for r in rows], rb.perturbations, rb.seed)
-        perturbed_rows = [Example(text, r.target, kind) for (kind, text), r in zip(varied, rows, strict=True)]
-        noisy = _score(model, perturbed_rows, policy, [rb.metric])
-        base, value = clean.overall[rb.metric], noisy.overall[rb.metric]
-        ratio = value / base if base > 0 else (1.0 if value >= base else 0.0)
-        measured["robustness"] = {
-            "clean": base,
-            "perturbed": value,
-            "by_kind": {k: m[rb.metric] for k, m in noisy.slices.items()},
-        }
-        checks.append(
-            Check(
-                f"robustness: {rb.metric} on perturbed / clean inputs",
-                "robustness",
-                ratio,
-                rb.min_ratio,
-                ">=",
-                ratio >= rb.min_ratio,
-                f"{value:.4g} perturbed vs {base:.4g} clean; {', '.join(rb.perturbations)}",
+        # An input the perturbation left as it was scores as its clean self and would pull the ratio
+        # toward 1: only the changed ones are compared, clean against perturbed.
+        kept = [i for i, ((_, text), r) in enumerate(zip(varied, rows, strict=True)) if text != r.source]
+        unchanged = Counter(varied[i][0] for i in set(range(len(rows))) - set(kept))
+        left_out = f"; {sum(unchanged.values())} unchanged examples left out" if unchanged else ""
+        name = f"robustness: {rb.metric} on perturbed / clean inputs"
+        if not kept:
+            checks.append(
+                Check(name, "robustness", None, rb.min_ratio, ">=", False, "no perturbation changed an input")
             )
-        )
+        else:
+            noisy = _score(
+                model,
+                [Example(varied[i][1], rows[i].target, varied[i][0]) for i in kept],
+                policy,
+                [rb.metric],
+            )
+            same = _score(model, [rows[i] for i in kept], policy, [rb.metric], [clean_preds[i] for i in kept])
+            base, value = same.overall[rb.metric], noisy.overall[rb.metric]
+            ratio = value / base if base > 0 else (1.0 if value >= base else 0.0)
+            measured["robustness"] = {
+                "clean": base,
+                "perturbed": value,
+                "examples": len(kept),
+                "unchanged": dict(sorted(unchanged.items())),
+                "by_kind": {k: m[rb.metric] for k, m in noisy.slices.items()},
+            }
+            checks.append(
+                Check(
+                    name,
+                    "robustness",
+                    ratio,
+                    rb.min_ratio,
+                    ">=",
+                    ratio >= rb.min_ratio,
+                    f"{value:.4g} perturbed vs {base:.4g} clean on {len(kept)} changed inputs; "
+                    f"{', '.join(rb.perturbations)}{left_out}",
+                )
+            )
 
     if policy.latency is not None:
         lat = latency_ms(
@@ -309,6 +415,25 @@ def _reference_scores(
     if ref.spec == exact:
         return dict(clean)  # the alias points at this version already
     return dict(_score(load(ref.spec, platform=platform, ctx=ctx), rows, policy, metrics).overall)
+
+
+def _missing_alias(platform: Platform, ctx: Context, name: str, alias: str) -> str:
+    """The note of a relative check whose alias points nowhere. Only a protected alias the model never had
+    is skipped (the first promotion to production has nothing to compare with); any other is a typo or a
+    deleted alias, and passing it would let a misspelt bound wave every version through."""
+    from modelyard.registry import PROTECTED, history
+
+    events = history(platform, ctx, name)
+    if alias in PROTECTED and all(e.alias != alias for e in events):
+        return f"skipped: nothing at {name}@{alias} yet"
+    now: dict[str, int | None] = {}
+    for e in events:
+        now[e.alias] = e.version
+    aliases = sorted(a for a, v in now.items() if v is not None)
+    close = difflib.get_close_matches(alias, aliases, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; its aliases: {', '.join(aliases) or '(none)'}"
+    was = "no longer points at a version" if alias in now else "does not exist"
+    return f"{name}@{alias} {was}{hint}"
 
 
 def gate_runner(policy: GatePolicy) -> Any:

@@ -1,7 +1,7 @@
 """Seeded input perturbations for the robustness gate: what real users type differently.
 
 Each perturbation takes a text and a ``random.Random`` and returns a variant that a person would read as
-the same request: typos (adjacent swaps, a dropped or doubled letter), casing, extra whitespace,
+the same request: typos (adjacent swaps, a dropped or doubled letter), casing, spacing around punctuation,
 punctuation, and number formats (digit grouping, decimal comma, leading zeros). They change inputs only;
 the expected output stays the reference. ``perturb(texts, kinds, seed)`` applies one kind per text,
 cycling through ``kinds``, so every kind is measured on a share of the set and the result is the same for
@@ -19,8 +19,14 @@ from modelyard.errors import UsageError
 Perturbation = Callable[[str, random.Random], str]
 
 _WORD = re.compile(r"[^\W\d_]{4,}")  # letters only, long enough to misspell
-# A number standing alone: not part of a date (02.03.2013), a postcode with a leading zero or an id.
-_NUMBER = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d.,]*\d)")
+# A number standing alone: not part of a date (02.03.2013), a postcode (BS1 9UP, 04439), an id (A12), nor a
+# group of an amount written with spaces (4 970,45).
+_NUMBER = re.compile(
+    r"(?<![\w.,])(?<!\d )(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\d.,]*\d)(?!\w)(?! \d{3}(?!\d))"
+)
+# Where spacing around punctuation can change: a mark after a word (a space can go before it), an opening
+# bracket before a word (a space can go after it), a space after a mark (it can go).
+_SPACING = re.compile(r"(?<=\w)[:;,)]|(?<=\()(?=\w)|(?<=[:;,]) (?=\S)")
 
 
 def _pick(rng: random.Random, matches: list[re.Match[str]]) -> re.Match[str] | None:
@@ -50,10 +56,16 @@ def casing(text: str, rng: random.Random) -> str:
 
 
 def whitespace(text: str, rng: random.Random) -> str:
-    """Extra spaces between some words and around the text."""
-    words = text.split(" ")
-    out = [w + (" " * rng.randrange(1, 3) if rng.random() < 0.3 else "") for w in words]
-    return " " * rng.randrange(0, 3) + " ".join(out) + " " * rng.randrange(0, 3)
+    """Spacing around one punctuation mark: a space added before a mark or inside a bracket
+    (``date (en-US) :``, ``( en-US``) or dropped after one (``):Aug``). Extra spaces between words are not
+    used: SentencePiece tokenizers (T5's) collapse them, so the model would see the very same input."""
+    sites = list(_SPACING.finditer(text))
+    if not sites:
+        return text
+    m = rng.choice(sites)
+    if m.group() == " ":
+        return text[: m.start()] + text[m.end() :]
+    return text[: m.start()] + " " + text[m.start() :]
 
 
 def punctuation(text: str, rng: random.Random) -> str:
@@ -76,7 +88,9 @@ def numbers(text: str, rng: random.Random) -> str:
     added to a decimal amount or removed from a grouped one, or a leading zero on a one-digit number
     (``7 May`` -> ``07 May``). Plain integers of several digits (years, postcodes, house numbers) and
     numbers with a leading zero are left alone: rewriting them would change what they mean."""
-    m = _pick(rng, [m for m in _NUMBER.finditer(text) if not m.group(1).startswith("0")])
+    # Only the numbers that have another way to be written: a pick that cannot change would leave the
+    # whole text unchanged although another number could.
+    m = _pick(rng, [m for m in _NUMBER.finditer(text) if _rewritable(m)])
     if m is None:
         return text
     whole, frac = m.group(1), m.group(2)
@@ -86,11 +100,14 @@ def numbers(text: str, rng: random.Random) -> str:
         new = grouped if grouped != m.group() and rng.random() < 0.5 else f"{digits},{frac}"
     elif "," in whole:
         new = digits
-    elif len(digits) == 1:
-        new = "0" + digits
     else:
-        return text
+        new = "0" + digits
     return text[: m.start()] + new + text[m.end() :]
+
+
+def _rewritable(m: re.Match[str]) -> bool:
+    whole = m.group(1)
+    return not whole.startswith("0") and (m.group(2) is not None or "," in whole or len(whole) == 1)
 
 
 PERTURBATIONS: dict[str, Perturbation] = {

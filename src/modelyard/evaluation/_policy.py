@@ -34,10 +34,14 @@ from modelyard.training._recipe import (
     read_yaml,
 )
 
+# In an alias a '-' is followed by a letter: 'staging-1' is staging minus 1, as 'production-0.01' is.
 _CHECK_RE = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|>|<)\s*"
-    r"(?:(?P<alias>[a-z][a-z0-9_-]{0,63})\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?|(?P<number>-?\d+(?:\.\d+)?))\s*$"
+    r"(?:(?P<alias>[a-z][a-z0-9_]*(?:-[a-z][a-z0-9_]*)*)\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?"
+    r"|(?P<number>-?\d+(?:\.\d+)?))\s*$"
 )
+#: read as numbers by people and by YAML, never as an alias
+_NOT_ALIASES = frozenset({"nan", "inf", "infinity"})
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "gen_len")
 
 
@@ -74,6 +78,10 @@ def _parse_check(text: str) -> MetricCheck:
     fields: dict[str, Any] = {"text": text.strip(), "metric": m["metric"], "op": m["op"]}
     if m["number"] is not None:
         return MetricCheck.model_validate({**fields, "bound": float(m["number"])})
+    if len(m["alias"]) > 64:
+        raise ValueError(f"{text!r} is not a metric check: an alias has at most 64 characters")
+    if m["alias"] in _NOT_ALIASES:
+        raise ValueError(f"{text!r}: {m['alias']!r} is not a bound; give a finite number or an alias")
     offset = float(m["offset"] or 0.0) * (-1 if m["sign"] == "-" else 1)
     return MetricCheck.model_validate({**fields, "alias": m["alias"], "offset": offset})
 
@@ -82,8 +90,8 @@ CheckText = Annotated[str, AfterValidator(lambda v: _parse_check(v).text)]
 
 
 class EvalData(_Section):
-    """The evaluation set: a member of a dataset version (``file``, or the one named after ``split`` when
-    the version holds several tables)."""
+    """The evaluation set: a member of a dataset version (``file``, or the one named after ``split``, or the
+    only table when the model's run cut it by ratios: then its ``split`` of it, as the run cut it)."""
 
     dataset: DatasetSpec
     file: MemberPath | None = None
@@ -94,6 +102,18 @@ class EvalData(_Section):
     group_field: FieldName | None = None
     max_samples: Annotated[int, Field(ge=1, le=100_000)] = 200
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _distinct_fields(self) -> EvalData:
+        # One column as two roles scores the model against its own input or slices by the answer: refused
+        # here rather than after minutes of evaluation.
+        if self.source_field == self.target_field:
+            raise ValueError(
+                f"source_field and target_field are both {self.source_field!r}; name two columns"
+            )
+        if self.group_field in (self.source_field, self.target_field):
+            raise ValueError(f"group_field {self.group_field!r} is the source or target column; name another")
+        return self
 
 
 class Decoding(_Section):
@@ -151,6 +171,10 @@ class GatePolicy(_Section):
         for f in self.fairness:
             if (f.group or self.data.group_field) is None:
                 raise ValueError("fairness needs a group column: set fairness[].group or data.group_field")
+            if f.group in (self.data.source_field, self.data.target_field):
+                raise ValueError(
+                    f"fairness[].group {f.group!r} is the source or target column; name a column to slice by"
+                )
         return self
 
     @property

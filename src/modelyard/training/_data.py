@@ -113,6 +113,24 @@ def split_examples(
     return picked[:n_train], picked[n_train : n_train + n_val], picked[n_train + n_val :]
 
 
+def read_split(
+    root: Path, spec: str, data: DataSection, split: SplitName, run: DataSection | None
+) -> tuple[list[Example], str, bool]:
+    """The examples of ``split`` in the checkout ``root`` of ``spec``: (examples, member file, whether they
+    were cut as the run did).
+
+    ``run`` is the data section of the recipe that trained the model being evaluated, or None. When that run
+    cut this very member of ``spec`` by ratios, the examples are its seeded ``split`` of it: the whole file
+    would score the model on the rows it trained on. Otherwise they are the whole member ``data`` picks for
+    ``split``."""
+    member = pick_member(root, data, role=split)
+    cut = run is not None and run.dataset == spec and member == pick_member(root, run, role=None)
+    rows = read_examples(root / member, data, label=f"{spec}:{member}")
+    if cut and run is not None:
+        rows = dict(zip(SPLIT_NAMES, split_examples(rows, run), strict=True))[split]
+    return rows, member, cut
+
+
 def _format_of(path: str) -> str | None:
     return _SUFFIXES.get(Path(path).suffix.lower())
 
