@@ -464,7 +464,10 @@ def redact_text(text: str, template: str = "<{}>") -> str:
 # Every kind needs an "@", a ":" or at least two digits; Arrow's vectorised (RE2) regex drops the
 # other cells before any Python work.
 _MAYBE_PII = "[@:]|[0-9][^0-9]*[0-9]"
-_MIN_NUMBER_CHARS = 9  # the shortest phone; cards have 13 digits, Emirates IDs 15
+# A bare number has no formatting or leading 0 or + to tell a phone from a count: only the checksum kinds
+# can be found in one, cards (13-19 digits) and Emirates IDs (15). RE2 drops every other cell (prices,
+# probabilities, counts) before any Python work.
+_MAYBE_PII_NUMBER = "^[0-9]{13,19}$"
 
 
 def _is_text_type(t: Any) -> bool:
@@ -546,11 +549,8 @@ def _scan_column(column: Any, path: str = "") -> dict[str, dict[str, int]]:
         chunks = _text_chunks(column)
         _merge(out, path, _scan_strings(chunks, lambda c: pc.match_substring_regex(c, _MAYBE_PII)))
     elif _is_number_type(t):
-        # Numbers have no formatting, so mostly only checksum-validated kinds (cards, Emirates IDs) match.
         chunks = (_number_text(c) for c in column.chunks)
-        _merge(
-            out, path, _scan_strings(chunks, lambda c: pc.greater_equal(pc.utf8_length(c), _MIN_NUMBER_CHARS))
-        )
+        _merge(out, path, _scan_strings(chunks, lambda c: pc.match_substring_regex(c, _MAYBE_PII_NUMBER)))
     elif pa.types.is_struct(t):
         for i, field in enumerate(t):
             _merge(out, HEADER, scan_text(field.name))
