@@ -200,3 +200,33 @@ def test_bad_json_lines_are_refused_without_quoting_them(
     assert scan(platform, ctx, "j@1")["skipped"]["x.jsonl"] == (
         "cannot read it as jsonl: line 2 is not a JSON object in UTF-8"
     )
+
+
+def test_one_file_per_person_or_host_is_renamed_with_numbers_not_refused(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """Every member redacted to one name ([EMAIL].txt) refused the whole anonymisation (helper-28)."""
+    ctx = platform.context()
+    root = tmp_path / "src"
+    root.mkdir()
+    for name, text in [
+        ("alice@example.com.txt", "a\n"),
+        ("bob@example.com.txt", "b\n"),
+        ("10.0.0.1.log", "one\n"),
+        ("10.0.0.2.log", "two\n"),
+        ("[EMAIL].txt", "already\n"),
+    ]:
+        (root / name).write_text(text)
+    add_version(platform, ctx, root, "people")
+    new = anonymize(platform, ctx, "people@1")
+    assert any("renamed 4 member" in w for w in new.warnings)
+    out = tmp_path / "out"
+    checkout(platform, ctx, "people@2", out)
+    contents = {p.name: p.read_text() for p in out.iterdir()}
+    assert contents == {
+        "[EMAIL].txt": "already\n",  # an existing name is never taken over
+        "[EMAIL]_2.txt": "a\n",
+        "[EMAIL]_3.txt": "b\n",
+        "[IP_ADDRESS].log": "one\n",
+        "[IP_ADDRESS]_2.log": "two\n",
+    }

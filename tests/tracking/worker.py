@@ -133,7 +133,10 @@ def graceful() -> None:
         while not stop:
             time.sleep(0.02)
         run.log_metric("checkpointed", 1.0)  # the run is still open while the program winds down
-    print("wound down", flush=True)
+        with client.start_run(nested=True, capture=False) as later:  # started after the signal
+            pass
+        print(f"later {later.id}", flush=True)
+        sys.exit(128 + signal.SIGTERM)  # the program stops because of the signal
 
 
 if __name__ == "__main__":

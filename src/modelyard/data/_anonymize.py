@@ -16,7 +16,7 @@ import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modelyard.core._platform import Context, Platform
@@ -260,15 +260,15 @@ def _redact_text_file(path: Path) -> None:
 
 def _rename_members(tree: Path) -> list[str]:
     """Rename members whose path holds PII to the redacted path (``[EMAIL].txt``); their new names."""
-    moves = [(path, _shown(name)) for name, path in _files(tree) if _shown(name) != name]
+    files = sorted(_files(tree))
+    renamed = [(name, path) for name, path in files if _shown(name) != name]
+    taken = {name for name, _ in files if _shown(name) == name}
+    moves = []
+    for name, path in renamed:  # one file per person or host redacts to one name: number them, lose none
+        new = _free(_shown(name), taken)
+        taken.add(new)
+        moves.append((path, new))
     targets = [new for _, new in moves]
-    taken = {name for name, _ in _files(tree)}
-    clash = sorted({new for new in targets if new in taken or targets.count(new) > 1})
-    if clash:
-        raise UsageError(
-            f"cannot rename the members whose paths hold PII: {', '.join(clash)} would name more than one "
-            "file; rename them in the source and add it again"
-        )
     for path, new in moves:
         target = tree / new
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +278,15 @@ def _rename_members(tree: Path) -> list[str]:
             parent.rmdir()
             parent = parent.parent
     return targets
+
+
+def _free(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem_2.ext``, ``stem_3.ext``... when another member has it."""
+    path, n, candidate = PurePosixPath(name), 1, name
+    while candidate in taken:
+        n += 1
+        candidate = str(path.with_name(f"{path.stem}_{n}{path.suffix}"))
+    return candidate
 
 
 def _residual(report: dict[str, Any], columns: list[str] | None) -> list[str]:

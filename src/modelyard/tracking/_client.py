@@ -72,6 +72,9 @@ class Run:
         # The end asked for (status, reason), kept until it commits: a failed end is retried with it.
         self._end_request: tuple[str, str | None] | None = None
         self._ending = False  # an end() of this run is in progress (re-entry guard)
+        # A signal the program's own handler took while this run was active ("received SIGTERM"): if the
+        # run then ends by an exception (SystemExit included) or at the exit, it ends KILLED.
+        self._signalled: str | None = None
         self._keys: set[str] = set()  # keys already validated: the hot path skips the regex
         sampler = None
         if client.platform.settings.system_metrics_s > 0 and parent_id is None:
@@ -264,12 +267,11 @@ class Run:
     ) -> None:
         if self._writer.orphaned:
             return  # a forked child leaving the block: the run goes on in the parent
-        interrupted = self.client._interrupted
-        if exc_type is None or (exc_type is SystemExit and getattr(exc, "code", 1) in (0, None)):
-            if interrupted:  # the program's own signal handler stopped it
-                self.end("KILLED", interrupted)
-            else:
-                self.end("FINISHED")
+        interrupted = self._signalled
+        if exc_type is None or (
+            exc_type is SystemExit and getattr(exc, "code", 1) in (0, None) and not interrupted
+        ):
+            self.end("FINISHED")
             return
         status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) or interrupted else "FAILED"
         reason = f"{exc_type.__name__}: {exc}"
@@ -313,8 +315,6 @@ class Client:
         self._active: dict[str, Run] = {}
         self._saved_handlers: dict[int, Any] = {}
         self._in_signal = False
-        # A signal the program's own handler took ("received SIGTERM"): runs it leaves open end KILLED.
-        self._interrupted: str | None = None
         self._close_when_idle = False
         ref = weakref.ref(self)
         self._atexit = lambda: _at_exit(ref)
@@ -434,7 +434,6 @@ class Client:
             idle = not self._active
         self._stack.set(tuple(r for r in self._stack.get() if r is not run))
         if idle:
-            self._interrupted = None  # a signal the program took is about the runs it interrupted
             self._restore_signal_handlers()
             if _CURRENT.get() is self:
                 _CURRENT.set(None)
@@ -483,9 +482,12 @@ class Client:
             return  # a second signal while the first is ending the runs: that one finishes the job
         prev = self._saved_handlers.get(signum, signal.SIG_DFL)
         if callable(prev) and prev is not signal.default_int_handler:
-            # The program has a handler of its own (checkpoint, then stop): it decides when to stop, and
-            # its runs end KILLED when it leaves them, not under its feet while it winds down.
-            self._interrupted = f"received {signal.Signals(signum).name}"
+            # The program has a handler of its own (checkpoint, then stop): it decides when and how its runs
+            # end, not this handler under its feet while it winds down. A run the signal's handling then
+            # ends by an exception, or leaves open at the exit, ends KILLED.
+            with self._lock:
+                for run in self._active.values():
+                    run._signalled = f"received {signal.Signals(signum).name}"
             prev(signum, frame)
             return
         self._in_signal = True
@@ -572,9 +574,11 @@ def _at_exit(ref: weakref.ReferenceType[Client]) -> None:
     client = ref()
     if client is None:
         return
+    with client._lock:
+        for run in client._active.values():
+            if run._signalled is not None and run._end_request is None:
+                run._end_request = ("KILLED", run._signalled)  # _end_all ends it as asked
     status, reason = _exit_status()
-    if client._interrupted is not None:
-        status, reason = "KILLED", client._interrupted
     client._end_all(status, reason)
 
 

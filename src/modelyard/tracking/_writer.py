@@ -131,9 +131,11 @@ class MetricWriter:
         self.orphaned = True
 
     def _orphan_error(self) -> UsageError:
+        # Not start_run(run_id=...): that run would end when this process leaves it, while the parent
+        # is still training in it.
         return UsageError(
-            f"run {self.run_id} belongs to the process that forked this one; to log from here, continue it "
-            f"with start_run(run_id={self.run_id!r}) on a new Client"
+            f"run {self.run_id} belongs to the process that forked this one; log from that process, or "
+            f"give this one a run of its own: Client().start_run(parent_id={self.run_id!r})"
         )
 
     def begin_end(self) -> None:
