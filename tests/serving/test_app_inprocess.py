@@ -184,3 +184,43 @@ def test_a_nul_in_a_body_is_a_400(platform: Platform) -> None:
             "/v1/models/torch-served:predict", content=b'{"inputs": ["a\\\\u0000b"]}', headers=json_type
         )
         assert r.status_code == 200  # the six characters \u0000 are text
+
+
+def test_inputs_too_slow_for_every_version_do_not_roll_a_canary_back(
+    platform: Platform, trained: TrainedModel
+) -> None:
+    """A candidate's timeout was charged at once: requests that every version times out on rolled a
+    healthy canary back (helper-29). It is charged only if the stable version answers them in time."""
+    from modelyard.core import Role
+    from modelyard.serving import deploy
+    from modelyard.serving._deploy import current
+    from modelyard.testing import actor
+
+    owner = platform.context()
+    engineer = actor(platform, owner, "inprocess-canary", Role.ENGINEER)
+    twin = registry.register(platform, owner, trained.model_dir, "torch-served").version
+    deploy(platform, engineer, "torch-served", version=twin, mode="canary", weight=50)
+    config = parse_config(
+        {
+            "models": ["torch-served@1"],
+            "auth": False,
+            "limits": {"timeout_s": 0.001},
+            "canary": {"min_requests": 3, "max_error_rate": 0.2},
+            "alias_poll_s": 0.1,
+        }
+    )
+    body = {"inputs": ["normalise date (de-DE): 02.03.2013"]}
+    try:
+        with TestClient(create_app(config, platform)) as client:
+            assert _candidate(client) is not None
+            codes = {
+                client.post("/v1/models/torch-served:predict", json={**body, "key": f"k{i}"}).status_code
+                for i in range(24)
+            }
+            assert codes == {504}
+            time.sleep(1.0)  # the stable version's tries of the same inputs, in the background
+            assert _candidate(client) is not None
+            dep = current(platform, owner, "torch-served")
+            assert dep is not None and (dep.mode, dep.candidate) == ("canary", twin)
+    finally:
+        deploy(platform, engineer, "torch-served", version=None, mode="off")

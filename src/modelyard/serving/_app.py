@@ -506,9 +506,9 @@ class Server:
                 out = await self._submit(cand, inputs, params, deadline)
             except (Draining, QueueFull):
                 pass  # being replaced or full: the stable version answers, nothing is counted against it
-            except TimeoutError:  # slow is the candidate's own fault, and the request's time is spent
-                self._charge(route, cand, window, False, (time.perf_counter() - t0) * 1000)
-                await self._check_slo(route, window, latency=False)
+            except TimeoutError:  # the request's time is spent: the client gets its 504 now
+                ms = (time.perf_counter() - t0) * 1000
+                self._spawn(self._charge_if_stable_answers(route, cand, window, inputs, params, ms))
                 raise
             except Exception as exc:
                 failed = (cand, window, (time.perf_counter() - t0) * 1000, exc)
@@ -585,10 +585,7 @@ class Server:
             outputs = await self._submit(slot, inputs, params, deadline)
         except (Draining, QueueFull):
             return
-        except TimeoutError:
-            self._charge(route, slot, window, False, (time.perf_counter() - t0) * 1000)
-            return
-        except Exception:
+        except Exception:  # a timeout too: charged only where the stable version answered in time
             ms = (time.perf_counter() - t0) * 1000
             if await stable_ok:
                 self._charge(route, slot, window, False, ms)
@@ -597,6 +594,19 @@ class Server:
         self._charge(route, slot, window, True, ms)
         if random.random() < self.config.logging.sample:
             self.predlog.add(new_request_id(), route.name, slot.version, "shadow", inputs, outputs, ms)
+
+    async def _charge_if_stable_answers(
+        self, route: Route, cand: Slot, window: SloWindow, inputs: list[str], params: Params, ms: float
+    ) -> None:
+        """A candidate that timed out is charged only if the stable version answers the same inputs within
+        the same time limit (run after the client's 504): input that is slow for every version, sent on
+        purpose or not, must not roll a canary back."""
+        try:
+            await self._submit(route.stable, inputs, params, time.monotonic() + self.config.limits.timeout_s)
+        except Exception:  # slow (or busy, or being replaced) for the stable version too: not the candidate's
+            return
+        self._charge(route, cand, window, False, ms)
+        await self._check_slo(route, window, latency=False)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
