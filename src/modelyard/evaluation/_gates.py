@@ -148,16 +148,14 @@ def _trained_with(platform: Platform, ctx: Context, spec: str) -> DataSection | 
     """The data section of the recipe that trained ``spec`` (an optimised variant: its parent's), from its
     signed manifest; None when it records no recipe (a model registered from a directory)."""
     from modelyard.registry import read_manifest
-    from modelyard.training._recipe import parse_recipe, parse_yaml
+    from modelyard.training._recipe import recorded_recipe
 
     _, manifest = read_manifest(platform, ctx, spec)
-    lineage = manifest.get("lineage") or {}
-    digest = lineage.get("recipe")
-    if not digest:
-        return _trained_with(platform, ctx, lineage["parent"]) if lineage.get("parent") else None
-    text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
-    source = f"{spec}'s recipe"
-    return parse_recipe(parse_yaml(text, source=source, stored=True), source=source).data
+    recipe = recorded_recipe(platform, manifest, spec)
+    if recipe is not None:
+        return recipe.data
+    parent = (manifest.get("lineage") or {}).get("parent")
+    return _trained_with(platform, ctx, parent) if parent else None
 
 
 def _predict(model: Any, rows: Sequence[Example], policy: GatePolicy) -> list[str]:

@@ -46,23 +46,17 @@ def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20
     """The training split and evaluation metrics of the version ``spec`` names."""
     from modelyard.registry import read_manifest
     from modelyard.training._data import load_splits
-    from modelyard.training._recipe import parse_recipe, parse_yaml
+    from modelyard.training._recipe import recorded_recipe
 
     info, manifest = read_manifest(platform, ctx, spec)
-    lineage = manifest.get("lineage") or {}
-    digest = lineage.get("recipe")
-    if not digest and lineage.get("parent"):  # an optimised variant: its parent was trained
-        return _with_metrics(
-            reference(platform, ctx, lineage["parent"], max_rows=max_rows), info.metrics, info.spec
-        )
-    if not digest:
+    recipe = recorded_recipe(platform, manifest, info.spec)
+    parent = (manifest.get("lineage") or {}).get("parent")
+    if recipe is None and parent:  # an optimised variant: its parent was trained
+        return _with_metrics(reference(platform, ctx, parent, max_rows=max_rows), info.metrics, info.spec)
+    if recipe is None:
         raise NotFoundError(
             f"{info.spec} records no training recipe, so there is no training data to compare with"
         )
-    text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
-    recipe = parse_recipe(
-        parse_yaml(text, source=f"{info.spec}'s recipe", stored=True), source=f"{info.spec}'s recipe"
-    )
     splits = load_splits(platform, ctx, recipe)
     rows = splits.train[:max_rows]
     versions = ", ".join(sorted(set(splits.versions.values())))

@@ -179,15 +179,9 @@ def _eval_rows(
     or, where the recipe cut one version by ratios, the same seeded test cut the run held out (never its
     training rows). At most ``max_samples``, a seeded sample in file order."""
     from modelyard.evaluation import EvalData, eval_examples
-    from modelyard.training._recipe import parse_recipe, parse_yaml
+    from modelyard.training._recipe import recorded_recipe
 
-    digest = (manifest.get("lineage") or {}).get("recipe")
-    recipe = None
-    if digest:
-        text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
-        recipe = parse_recipe(
-            parse_yaml(text, source=f"{spec}'s recipe", stored=True), source=f"{spec}'s recipe"
-        )
+    recipe = recorded_recipe(platform, manifest, spec)
     d = recipe.data if recipe is not None else None
     if (
         d is not None

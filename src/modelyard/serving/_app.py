@@ -365,14 +365,14 @@ class Server:
             return  # the candidate this server rolled back: never back in traffic before the store knows
         old = route.candidate
         if dep.mode == "off" or dep.candidate is None:
-            route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
+            route.candidate_out()
         else:
             if old is None or old.version != dep.candidate:
                 try:
                     route.candidate = await self._load_version(route.name, dep.candidate)
                 except Exception:
                     if old is not None:  # no longer deployed: out of traffic, whatever its successor does
-                        route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
+                        route.candidate_out()
                         self.metrics.set_model(route)
                         await old.close()
                     raise  # the deployment's generation stays unapplied: tried again (see _load_version)
@@ -390,7 +390,7 @@ class Server:
         old, window = route.candidate, route.window
         if old is None or window is None:
             return
-        route.candidate, route.mode, route.weight, route.window = None, "off", 0, None
+        route.candidate_out()
         log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
         route.unrecorded = (window.key, reason)
         try:

@@ -173,6 +173,10 @@ class Route:
         # A rollback taken here that the store has not recorded yet: (window key, reason), retried.
         self.unrecorded: tuple[int, str] | None = None
 
+    def candidate_out(self) -> None:
+        """No candidate in traffic (the slot, if any, is closed by the caller)."""
+        self.candidate, self.mode, self.weight, self.window = None, "off", 0, None
+
     def to_candidate(self, key: str | None) -> bool:
         """Whether this request goes to the candidate (ab, canary). With a key, the same key always lands on
         the same side (sticky); without one the split is random."""

@@ -743,6 +743,18 @@ def parse_yaml(text: str, *, source: str, stored: bool = False) -> Any:
         raise ValidationError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
+def recorded_recipe(platform: Platform, manifest: Mapping[str, Any], spec: str) -> Recipe | None:
+    """The recipe a registered version's signed manifest records (``lineage.recipe``, the digest of its
+    run's recipe.yaml), parsed as it was stored; None when it records none (registered from a directory,
+    or an optimised variant: see its ``lineage.parent``)."""
+    digest = (manifest.get("lineage") or {}).get("recipe")
+    if not digest:
+        return None
+    text = b"".join(platform.artifacts.iter_bytes(digest)).decode("utf-8")
+    source = f"{spec}'s recipe"
+    return parse_recipe(parse_yaml(text, source=source, stored=True), source=source)
+
+
 # -- checks against the platform --------------------------------------------------------------------------
 
 
