@@ -183,3 +183,27 @@ def test_negations_agree_and_like_is_case_sensitive_on_every_backend(any_platfor
         assert found("params.opt like 'sgd__*'") == {"d"} and found("params.opt like 's[g]%'") == set()
         with pytest.raises(UsageError, match="position 16: NUL"):
             client.search_runs("neg", filter="params.opt = 'a\x00'")
+
+
+def test_like_backslash_escapes_the_same_on_every_backend(any_platform: Platform) -> None:
+    """A backslash in a like/ilike pattern escapes the next character on SQLite as on PostgreSQL (SQLite's
+    GLOB and LIKE took it literally, so `a\\_b` also matched `a\\xb` there), and a pattern ending with a
+    lone backslash is a syntax error, not a database error."""
+    with Client(platform=any_platform) as client:
+        for name, value in [("u", "a_b"), ("x", "axb"), ("s", "a\\b"), ("p", "a%b"), ("q", "A_B")]:
+            with client.start_run("esc", name=name, params={"p": value}, capture=False):
+                pass
+
+        def found(filt: str) -> set[str]:
+            return {r.name for r in client.search_runs("esc", filter=filt)}  # type: ignore[misc]
+
+        # In a filter's quoted string `\\` is one backslash, so the patterns are a\_b, a\%b and a\\b.
+        assert found(r"params.p like 'a_b'") == {"u", "x", "s", "p"}
+        assert found(r"params.p like 'a\\_b'") == {"u"}
+        assert found(r"params.p like 'a\\%b'") == {"p"}
+        assert found(r"params.p like 'a\\\\b'") == {"s"}
+        assert found(r"params.p ilike 'A\\_B'") == {"u", "q"}
+        assert found(r"params.p ilike 'a\\\\%'") == {"s"}
+        for bad in (r"params.p like 'a\\'", r"params.p ilike '\\'"):
+            with pytest.raises(UsageError, match="lone backslash"):
+                client.search_runs("esc", filter=bad)

@@ -269,6 +269,9 @@ class _Parser:
         if bad is not None:
             raise self.error(f"{fld.kind}.{fld.key} is a string: quote the value, e.g. '{bad.text}'", bad)
         texts = [_unquote(v.text) for v in values]
+        if op in ("like", "ilike") and re.search(r"(?<!\\)(\\\\)*\\$", texts[0]):
+            lone = f"{op} pattern ends with a lone backslash (a backslash escapes the next character)"
+            raise self.error(lone, values[0])
         if fld.kind == "params" and op in ("=", "!=", "in", "not in"):
             # A param logged as a float is stored as Python writes it (1e-4 -> '0.0001'): a number
             # literal also matches that spelling, so params.lr = '1e-4' finds lr=1e-4 either way.
@@ -310,10 +313,23 @@ def _glob_sql(element: _like, compiler: Any, **kw: Any) -> str:
 
 
 _GLOB = {"%": "*", "_": "?", "*": "[*]", "?": "[?]", "[": "[[]"}
+_LITERAL = {"*": "[*]", "?": "[?]", "[": "[[]"}
 
 
 def _glob(pattern: str) -> str:
-    return "".join(_GLOB.get(c, c) for c in pattern)
+    """The LIKE pattern as a GLOB one, backslash escaping the next character as in PostgreSQL's LIKE
+    (``a\\_b`` matches ``a_b`` only). The parser refused a pattern that ends with a lone backslash."""
+    out: list[str] = []
+    escaped = False
+    for c in pattern:
+        if escaped:
+            out.append(_LITERAL.get(c, c))
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        else:
+            out.append(_GLOB.get(c, c))
+    return "".join(out)
 
 
 def _case_sensitive_like(col: Any, pattern: str) -> ColumnElement[bool]:
@@ -334,7 +350,7 @@ def _apply(col: Any, op: str, values: list[Any]) -> ColumnElement[bool]:
         ">": lambda: col > v,
         ">=": lambda: col >= v,
         "like": lambda: _case_sensitive_like(col, v),
-        "ilike": lambda: col.ilike(v),
+        "ilike": lambda: col.ilike(v, escape="\\"),  # SQLite's LIKE has no escape unless told
     }
     return ops[op]()
 
