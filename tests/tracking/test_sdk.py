@@ -226,10 +226,13 @@ def test_log_figure(client: Client) -> None:
     ax.plot([1, 2, 3])
     with client.start_run("fig", capture=False) as run:
         run.log_figure(fig, "curve.png")
-        with pytest.raises(UsageError, match="matplotlib Figure"):
-            run.log_figure("not a figure", "x.png")
+        run.log_figure(ax, "axes.png")  # an Axes stores its figure
+        for bad in ("not a figure", plt):  # pyplot has savefig but is no figure
+            with pytest.raises(UsageError, match="matplotlib Figure"):
+                run.log_figure(bad, "x.png")
     plt.close(fig)
-    assert [p for p, _, _ in client.list_artifacts(run.id)] == ["curve.png"]
+    stored = {p: d for p, d, _ in client.list_artifacts(run.id)}
+    assert set(stored) == {"axes.png", "curve.png"} and stored["axes.png"] == stored["curve.png"]
 
 
 def _dataset(platform: Platform, project_id: int, name: str, versions: int, tmp_path: Path) -> None:

@@ -178,9 +178,16 @@ class Run:
         return self._log_bytes(text.encode(), name)
 
     def log_figure(self, figure: Any, name: str) -> str:
-        """Store a matplotlib figure as an image (PNG unless ``name`` says .svg/.pdf/.jpg)."""
-        if not hasattr(figure, "savefig"):
-            raise ValidationError(f"log_figure expects a matplotlib Figure, got {type(figure).__name__}")
+        """Store a matplotlib figure as an image (PNG unless ``name`` says .svg/.pdf/.jpg). Axes and other
+        objects that hold one in ``.figure`` (seaborn's grids) store that figure."""
+        fig = figure if hasattr(figure, "canvas") else getattr(figure, "figure", None)
+        # pyplot itself has savefig but no canvas (and its .figure is a function): refused here, not
+        # an AttributeError from the canvas below.
+        if not hasattr(fig, "savefig") or not hasattr(fig, "canvas"):
+            raise ValidationError(
+                f"log_figure expects a matplotlib Figure (or Axes), got {type(figure).__name__}"
+            )
+        figure = fig
         if not isinstance(name, str) or not name:
             raise UsageError("log_figure needs an artifact name such as 'curves.png'")
         suffix = Path(name).suffix.lstrip(".").lower() or "png"
