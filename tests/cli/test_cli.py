@@ -926,3 +926,23 @@ def test_cli_on_postgresql(
     r = yard("audit", "verify")
     assert r.code == 1
     assert re.search(r"\brecord 3\b", r.error), r.error
+
+
+def test_users_rm_disable_enable(yard: Yard, ready: Path) -> None:
+    assert yard("users", "add", "vera", "--role", "viewer").code == 0
+    token = new_token(yard, "vera")
+    assert yard("whoami", env={"YARD_TOKEN": token}).code == 0
+    r = yard("users", "disable", "vera")
+    assert r.code == 0 and "disabled vera" in r.out
+    assert re.search(r"vera\s+│?\s*viewer\s+│?\s*True", yard("users", "ls").out)
+    r = yard("whoami", env={"YARD_TOKEN": token})
+    assert r.code == 1 and "without access" in r.error
+    assert yard("users", "enable", "vera").code == 0
+    assert yard("whoami", env={"YARD_TOKEN": token}).code == 0
+    r = yard("users", "rm", "vera")
+    assert r.code == 0 and "removed vera (viewer)" in r.out
+    assert yard("whoami", env={"YARD_TOKEN": token}).code == 1
+    r = yard("users", "rm", "vera")
+    assert r.code == 1 and "not a member" in r.error and "Traceback" not in r.error
+    r = yard("users", "disable", ME)
+    assert r.code == 2 and "your own account" in r.error and "Traceback" not in r.error  # usage error

@@ -233,3 +233,105 @@ def test_init_on_an_existing_home_grants_nothing(platform: Platform, monkeypatch
 def test_parse_duration_bounds(text: str) -> None:
     with pytest.raises(UsageError, match="100 years"):
         parse_duration(text)
+
+
+def test_refused_logins_of_known_tokens_are_audited_at_most_once_a_minute(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoked, expired or wrong-secret token of a known id is audited ("auth", denied, with the reason
+    and never the secret), once per token and reason a minute so retries cannot flood the log; an unknown
+    id has nobody to attribute it to and is not audited."""
+    from modelyard.core import _platform, list_records, verify_chain
+
+    admin = platform.context()
+    add_user(platform, admin, "alice", Role.VIEWER)
+    revoked, token = create_token(platform, admin, "alice")
+    revoke_token(platform, admin, revoked.id)
+    expired, old = create_token(platform, admin, "alice", expires_in=timedelta(microseconds=1))
+    live, good = create_token(platform, admin, "alice")
+    wrong = good[:-4] + ("aaaa" if not good.endswith("aaaa") else "bbbb")
+    for attempt in [token, token, token, old, old, wrong, wrong, "yard_nosuchid_x", "garbage"]:
+        with pytest.raises(AuthenticationError):
+            platform.context(token=attempt)
+
+    def refused() -> list[tuple[str, str, str, str]]:
+        return [
+            (r["actor"], r["resource"], r["outcome"], r["detail"]["reason"])
+            for r in list_records(platform, admin)
+            if r["action"] == "auth"
+        ]
+
+    assert refused() == [
+        ("alice", f"token:{revoked.id}", "denied", "revoked"),
+        ("alice", f"token:{expired.id}", "denied", "expired"),
+        ("alice", f"token:{live.id}", "denied", "wrong secret"),
+    ]
+    monkeypatch.setattr(_platform, "AUTH_AUDIT_EVERY_S", 0.0)  # only the rate limit held the others back
+    with pytest.raises(AuthenticationError):
+        platform.context(token=token)
+    assert len(refused()) == 4
+    records = str(list_records(platform, admin))
+    assert wrong.split("_", 2)[2] not in records and good.split("_", 2)[2] not in records
+    assert platform.context(token=good).user == "alice"  # the live token still works
+    assert verify_chain(platform, admin).ok
+
+
+def test_removing_and_disabling_users_ends_their_access_and_is_audited(platform: Platform) -> None:
+    """An admin takes a member out of the project (its tokens there stop working, even in a client
+    already open) and an installation admin disables an account everywhere; neither can be done to
+    oneself, a project admin of another project cannot disable accounts, and every step is audited."""
+    from modelyard.core import list_records, remove_user, set_disabled
+    from modelyard.errors import PermissionDeniedError
+    from modelyard.tracking import Client
+
+    admin = platform.context()
+    add_user(platform, admin, "bob", Role.SCIENTIST)
+    _, bob_token = create_token(platform, admin, "bob")
+    client = Client(platform=platform, token=bob_token)
+    run = client.start_run("x", capture=False)
+    run.log_param("a", 1)
+    removed = remove_user(platform, admin, "bob")
+    assert (removed.user, removed.role) == ("bob", Role.SCIENTIST)
+    for write in (lambda: run.log_param("b", 2), run.end):  # the open client is re-checked on each write
+        with pytest.raises(PermissionDeniedError, match="no longer has access"):
+            write()
+    client.close()
+    with pytest.raises(AuthenticationError, match="without access"):
+        platform.context(token=bob_token)
+    assert "bob" not in [m.user for m in list_users(platform, admin)]
+    with pytest.raises(NotFoundError, match="not a member"):
+        remove_user(platform, admin, "bob")
+    with pytest.raises(UsageError, match="remove yourself"):
+        remove_user(platform, admin, admin.user)
+
+    add_user(platform, admin, "carol", Role.VIEWER)
+    _, carol_token = create_token(platform, admin, "carol")
+    assert set_disabled(platform, admin, "carol", True).disabled
+    with pytest.raises(AuthenticationError, match="without access"):
+        platform.context(token=carol_token)
+    assert [m.disabled for m in list_users(platform, admin) if m.user == "carol"] == [True]
+    with pytest.raises(UsageError, match="your own account"):
+        set_disabled(platform, admin, admin.user, True)
+    assert not set_disabled(platform, admin, "carol", False).disabled
+    assert platform.context(token=carol_token).user == "carol"
+
+    # An admin of another project is no installation admin.
+    create_project(platform, admin, "other")
+    add_user(platform, platform.context(project="other"), "dan", Role.ADMIN)
+    _, dan_token = create_token(platform, platform.context(project="other"), "dan")
+    with pytest.raises(PermissionDeniedError, match="whole installation"):
+        set_disabled(platform, platform.context(token=dan_token), "carol", True)
+
+    ops = [
+        (r["resource"], r["outcome"], r["detail"].get("op"))
+        for r in list_records(platform, admin)
+        if r["action"] == "user.manage" and r["detail"].get("op") in ("remove", "disable", "enable")
+    ]
+    assert ops == [
+        ("user:bob", "ok", "remove"),
+        ("user:bob", "refused", "remove"),
+        (f"user:{admin.user}", "refused", "remove"),
+        ("user:carol", "ok", "disable"),
+        (f"user:{admin.user}", "refused", "disable"),
+        ("user:carol", "ok", "enable"),
+    ]

@@ -323,6 +323,36 @@ def users_set_role(name: str = typer.Argument(...), role: str = typer.Argument(.
     console.print(f"{info.user} is now {info.role} in {ctx.project}", markup=False)
 
 
+@users.command("rm")
+def users_rm(name: str = typer.Argument(...)) -> None:
+    """Take a user out of the project (its tokens for the project stop working)."""
+    from modelyard.core import remove_user
+
+    with acting() as (platform, ctx):
+        info = remove_user(platform, ctx, name)
+    console.print(f"removed {info.user} ({info.role}) from {ctx.project}", markup=False)
+
+
+@users.command("disable")
+def users_disable(name: str = typer.Argument(...)) -> None:
+    """Disable an account in every project: its logins and tokens are refused (installation admins)."""
+    from modelyard.core import set_disabled
+
+    with acting() as (platform, ctx):
+        info = set_disabled(platform, ctx, name, True)
+    console.print(f"disabled {info.user}: its logins and tokens are refused in every project", markup=False)
+
+
+@users.command("enable")
+def users_enable(name: str = typer.Argument(...)) -> None:
+    """Enable a disabled account again (installation admins)."""
+    from modelyard.core import set_disabled
+
+    with acting() as (platform, ctx):
+        info = set_disabled(platform, ctx, name, False)
+    console.print(f"enabled {info.user}", markup=False)
+
+
 @users.command("ls")
 def users_ls(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List the project's members."""

@@ -23,7 +23,9 @@ from modelyard.core._identity import (
     list_tokens,
     list_users,
     parse_duration,
+    remove_user,
     revoke_token,
+    set_disabled,
     set_role,
 )
 from modelyard.core._keys import rotate_master_key
@@ -58,8 +60,10 @@ __all__ = [
     "parse_duration",
     "put_artifact",
     "put_artifacts",
+    "remove_user",
     "revoke_token",
     "rotate_master_key",
+    "set_disabled",
     "set_role",
     "verify_chain",
 ]

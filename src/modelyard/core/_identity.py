@@ -138,6 +138,42 @@ def set_role(platform: Platform, ctx: Context, name: str, role: str | Role) -> M
     return MemberInfo(name, parsed, user.disabled)
 
 
+def remove_user(platform: Platform, ctx: Context, name: str) -> MemberInfo:
+    """Take the user out of ctx's project: its tokens for the project stop working at once (clients and
+    servers re-check membership on every write). The account and its records stay, as audit needs them."""
+    resource = f"user:{name}"
+    platform.authorize(ctx, "user.manage", resource)
+    with platform.mutate(ctx, "user.manage", resource, {"op": "remove"}) as s:
+        user = _user(s, name)
+        member = s.get(Membership, (user.id, ctx.project_id))
+        if member is None:
+            raise NotFoundError(f"user {name!r} is not a member of {ctx.project!r}")
+        if user.id == ctx.user_id:
+            raise UsageError("you cannot remove yourself from the project; ask another admin")
+        role = Role.parse(member.role)
+        s.delete(member)
+    return MemberInfo(name, role, user.disabled)
+
+
+def set_disabled(platform: Platform, ctx: Context, name: str, disabled: bool) -> MemberInfo:
+    """Disable (or enable again) an account in every project: its local logins and all its tokens are
+    refused, and open clients and servers stop writing for it. An account is installation-wide, so this
+    needs an installation admin; nothing of the account is deleted."""
+    resource = f"user:{name}"
+    op = "disable" if disabled else "enable"
+    platform.authorize_installation(ctx, "user.manage", resource)
+    if not isinstance(disabled, bool):
+        raise platform.refuse(ctx, "user.manage", resource, UsageError("disabled must be True or False"))
+    with platform.mutate(ctx, "user.manage", resource, {"op": op}) as s:
+        user = _user(s, name)
+        if user.id == ctx.user_id:
+            raise UsageError(f"you cannot {op} your own account; ask another installation admin")
+        user.disabled = disabled
+        member = s.get(Membership, (user.id, ctx.project_id))
+        role = Role.parse(member.role) if member is not None else Role.VIEWER
+    return MemberInfo(name, role, disabled)
+
+
 def list_users(platform: Platform, ctx: Context) -> list[MemberInfo]:
     platform.authorize(ctx, "user.read", f"project:{ctx.project}")
     with platform.db.read() as s:

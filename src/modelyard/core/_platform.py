@@ -10,7 +10,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +42,12 @@ if TYPE_CHECKING:
     from modelyard.core._blobs import BlobBackend
     from modelyard.core._keys import Keyring
 
+log = logging.getLogger(__name__)
+
 STORE_MARKER = "store.json"
+# A refused token or account is audited at most once per this many seconds (per token or account and
+# reason): a client retrying a revoked token every few milliseconds must not flood the log or its writer.
+AUTH_AUDIT_EVERY_S = 60.0
 # meta key: the project whose admins administer the installation (keys, projects, the whole audit log).
 SYSTEM_PROJECT = "system_project"
 
@@ -98,6 +106,8 @@ class Platform:
                 "run `yard init` first, or point YARD_HOME (or YARD_DATABASE_URL) at an initialised home"
             )
         self.db = MetadataStore(self.settings.resolved_database_url, migrate=migrate)
+        self._auth_audited: dict[tuple[str, str], float] = {}
+        self._auth_lock = threading.Lock()
 
     @classmethod
     def open(cls, **overrides: Any) -> Platform:
@@ -198,9 +208,10 @@ class Platform:
                     "ask an admin of that project to add you, or choose another with YARD_PROJECT"
                 )
             user, proj, member = row
-            if user.disabled:
-                raise AuthenticationError(f"user {name!r} is disabled")
-            return Context(name, user.id, proj.name, proj.id, proj.region, Role.parse(member.role))
+        if user.disabled:
+            self._auth_refused(name, proj.name, f"user:{name}", "disabled", "local")
+            raise AuthenticationError(f"user {name!r} is disabled")
+        return Context(name, user.id, proj.name, proj.id, proj.region, Role.parse(member.role))
 
     def _context_from_token(self, token: str) -> Context:
         try:
@@ -225,15 +236,24 @@ class Platform:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         # Compare even when the id is unknown so timing does not reveal which ids exist.
         stored = row[0].secret_hash if row else "0" * 64
-        if not hmac.compare_digest(digest, stored) or row is None:
+        matches = hmac.compare_digest(digest, stored)
+        if row is None:  # nobody to attribute it to, so not audited (made-up ids could flood the log)
             raise AuthenticationError("unknown API token")
         tok, user, proj, member = row
-        if tok.revoked_at is not None:
-            raise AuthenticationError(f"API token {tok.id} was revoked")
-        if tok.expires_at is not None and as_utc(tok.expires_at) <= utcnow():
-            raise AuthenticationError(f"API token {tok.id} expired at {as_utc(tok.expires_at).isoformat()}")
-        if user.disabled or member is None:
-            raise AuthenticationError(f"API token {tok.id} belongs to a user without access to {proj.name!r}")
+        why = None
+        if not matches:
+            why, message = "wrong secret", "unknown API token"  # as for an unknown id: nothing confirmed
+        elif tok.revoked_at is not None:
+            why, message = "revoked", f"API token {tok.id} was revoked"
+        elif tok.expires_at is not None and as_utc(tok.expires_at) <= utcnow():
+            why = "expired"
+            message = f"API token {tok.id} expired at {as_utc(tok.expires_at).isoformat()}"
+        elif user.disabled or member is None:
+            why = "no access"
+            message = f"API token {tok.id} belongs to a user without access to {proj.name!r}"
+        if why is not None:
+            self._auth_refused(user.name, proj.name, f"token:{tok.id}", why, f"token:{tok.id}")
+            raise AuthenticationError(message)
         return Context(
             user.name,
             user.id,
@@ -243,6 +263,32 @@ class Platform:
             Role.parse(member.role),
             via=f"token:{tok.id}",
         )
+
+    def _auth_refused(self, actor: str, project: str, resource: str, reason: str, via: str) -> None:
+        """Audit a refused token or account ("auth", outcome "denied"), rate-limited per resource and
+        reason. Best effort: a store that cannot take the record must not turn the refusal into another
+        error."""
+        now = time.monotonic()
+        with self._auth_lock:
+            last = self._auth_audited.get((resource, reason))
+            if last is not None and now - last < AUTH_AUDIT_EVERY_S:
+                return
+            if len(self._auth_audited) >= 10_000:
+                self._auth_audited.clear()
+            self._auth_audited[(resource, reason)] = now
+        entry = {
+            "actor": actor,
+            "project": project,
+            "action": "auth",
+            "resource": resource,
+            "outcome": "denied",
+            "detail": {"reason": reason, "via": via},
+        }
+        try:
+            with self.db.write() as s:
+                _audit.append_many(s, [entry])
+        except Exception as exc:  # the refusal the caller gets matters more than this record
+            log.warning("could not audit a refused login of %s: %s", resource, exc)
 
     # -- the one place for permission checks and audit records ------------------------------------------
     def audit(
