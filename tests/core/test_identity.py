@@ -335,3 +335,22 @@ def test_removing_and_disabling_users_ends_their_access_and_is_audited(platform:
         (f"user:{admin.user}", "refused", "disable"),
         ("user:carol", "ok", "enable"),
     ]
+
+
+def test_a_disabled_os_account_is_refused_and_audited(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.core import list_records, set_disabled
+
+    admin = platform.context()
+    add_user(platform, admin, "erin", Role.ENGINEER)
+    set_disabled(platform, admin, "erin", True)
+    monkeypatch.setattr("modelyard.core._platform.os_user", lambda: "erin")
+    for _ in range(2):
+        with pytest.raises(AuthenticationError, match="disabled"):
+            platform.context()
+    monkeypatch.undo()
+    refused = [r for r in list_records(platform, admin) if r["action"] == "auth"]
+    assert [(r["actor"], r["resource"], r["detail"]["reason"]) for r in refused] == [
+        ("erin", "user:erin", "disabled")
+    ]
