@@ -60,11 +60,28 @@ def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(platform: Plat
         assert client.get("/healthz").status_code == 200
 
 
+def test_metrics_need_a_token_only_when_metrics_auth_is_on(platform: Platform) -> None:
+    from modelyard.core import create_token
+
+    _, token = create_token(platform, platform.context(), platform.context().user)
+    with TestClient(create_app(parse_config({"models": ["torch-served@1"]}), platform)) as client:
+        assert "yard_requests_total" in client.get("/metrics").text  # the default: scraped by annotation
+    config = parse_config({"models": ["torch-served@1"], "metrics_auth": True})
+    with TestClient(create_app(config, platform)) as client:
+        r = client.get("/metrics")
+        assert r.status_code == 401 and "yard_requests_total" not in r.text
+        assert client.get("/metrics", headers={"Authorization": "Bearer yard_x_y"}).status_code == 401
+        r = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and "yard_requests_total" in r.text
+
+
 def test_config_refuses_what_is_unsafe_or_inconsistent() -> None:
     from modelyard.errors import ValidationError
 
     with pytest.raises(ValidationError, match="loopback"):
         parse_config({"models": ["m@production"], "auth": False, "host": "0.0.0.0"})
+    with pytest.raises(ValidationError, match="metrics_auth needs auth"):
+        parse_config({"models": ["m@1"], "auth": False, "metrics_auth": True})
     with pytest.raises(ValidationError, match="once"):
         parse_config({"models": ["m@production", "m@staging"]})
     with pytest.raises(ValidationError, match="max_queue"):

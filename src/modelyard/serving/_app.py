@@ -797,8 +797,10 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         return JSONResponse({"status": "ready"})  # what is served is for GET /v1/models, with a token
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         server = srv()
+        if server.config.metrics_auth:
+            await server.authenticate(request, "*")
         body, content_type = server.metrics.render(server.routes.values())
         return Response(body, media_type=content_type)
 

@@ -5,6 +5,7 @@ models: [support-t5@production]      # NAME@ALIAS (followed: alias moves swap ve
 host: 127.0.0.1
 port: 8000
 auth: true                           # false only on 127.0.0.1 / ::1 / localhost
+metrics_auth: false                  # true: /metrics needs an API token too (Prometheus: `authorization`)
 batching: {max_batch_size: 16, max_wait_ms: 0, max_queue: 1024}   # 0: start as soon as the model is free
 limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30,
          read_timeout_s: 30, max_connections: null}
@@ -83,6 +84,9 @@ class ServeConfig(_Section):
     # feedback for one this server has not seen waits for theirs to be stored, as across workers.
     replicated: bool = False
     auth: bool = True
+    # /metrics names the models and versions served; off by default so an in-cluster Prometheus can scrape
+    # it by annotation, on where the network is not trusted (the scrape job then sends a viewer's token).
+    metrics_auth: bool = False
     threads: Annotated[int, Field(ge=1, le=256)] | None = None  # inference threads per model
     alias_poll_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     batching: Batching = Batching()
@@ -97,6 +101,8 @@ class ServeConfig(_Section):
             raise ValueError(
                 f"auth can be off only on a loopback address (127.0.0.1, ::1, localhost), not {self.host!r}"
             )
+        if self.metrics_auth and not self.auth:
+            raise ValueError("metrics_auth needs auth: without API tokens there is nothing to check")
         if self.batching.max_queue < self.limits.max_inputs:  # a request that large would be 429 for ever
             raise ValueError("batching.max_queue must be at least limits.max_inputs")
         if self.limits.default_new_tokens > self.limits.max_new_tokens:
