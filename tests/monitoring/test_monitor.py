@@ -356,5 +356,8 @@ def test_yard_monitor_drift_cli(home: Platform, trained: TrainedModel, tmp_path:
             }
         )
     )
+    for bad in ("nan", "inf", "-1"):  # refused before the first evaluation, which records a cooldown
+        r = yard("monitor", "run", rules, "--interval", bad, env=env)
+        assert r.code == 2 and "--interval" in r.error, r.error
     r = yard("monitor", "run", rules, "--json", env=env)
     assert r.code == 0 and json.loads(r.out)["fired"][0]["rule"] == "drift"

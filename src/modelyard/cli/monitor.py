@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import typer
 
-from modelyard.cli._app import acting, app, console, print_json, table
+from modelyard.cli._app import acting, app, console, print_json, table, usage
 
 monitor_app = typer.Typer(help="Drift, quality and alert rules of served models.", no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
@@ -71,6 +72,9 @@ def drift(
         raise typer.Exit(1)
 
 
+_MAX_INTERVAL_S = 366 * 86400  # a year, as for windows
+
+
 @monitor_app.command("run")
 def run(
     rules: Path = typer.Argument(..., metavar="RULES.yaml"),
@@ -80,6 +84,11 @@ def run(
     """Evaluate alert rules (drift, quality, latency) and act: log, webhook, retrain + gate + canary."""
     from modelyard.monitoring._alerts import load_alerts, run_once
 
+    # Before the first evaluation: it records cooldowns and may retrain, and time.sleep refuses NaN.
+    if not math.isfinite(interval) or not 0 <= interval <= _MAX_INTERVAL_S:
+        raise usage(
+            f"--interval {interval:g}: expected seconds from 0 (evaluate once) to {_MAX_INTERVAL_S:,}"
+        )
     policy = load_alerts(rules)
     while True:
         with acting() as (platform, ctx):
