@@ -323,6 +323,30 @@ def test_a_viewer_cannot_run_rules_that_record_alert_state(home: Platform, tmp_p
     assert run_once(home, home.context(), load_alerts(path)).fired[0].rule == "x"
 
 
+def test_a_drift_signal_that_cannot_be_computed_is_said_not_silent(
+    home: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    # Registered from a directory, the version records no training recipe: no reference to compare with.
+    registry.register(home, home.context(), trained.model_dir, "mon-norecipe")
+    log_traffic(home, "mon-norecipe", list(make_examples(50, seed=41, shift=1.0)))
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-norecipe@1",
+                "rules": [
+                    {"name": "drift", "when": "drift.input > 0"},
+                    {"name": "traffic", "when": "requests > 0"},
+                ],
+            }
+        )
+    )
+    result = run_once(home, home.context(), load_alerts(path))
+    assert "drift.input" not in result.signals and [f.rule for f in result.fired] == ["traffic"]
+    [problem] = result.problems
+    assert problem.startswith("drift signals unavailable") and "records no training recipe" in problem
+
+
 def test_newest_data_rewrites_every_split(home: Platform) -> None:
     from modelyard.data import list_versions
 

@@ -100,6 +100,7 @@ def run(
                     "signals": result.signals,
                     "quiet": result.quiet,
                     "retrains": result.retrains,
+                    "problems": result.problems,
                     "fired": [
                         {"rule": f.rule, "when": f.condition, "value": f.value, "actions": f.actions}
                         for f in result.fired
@@ -121,6 +122,8 @@ def run(
                 console.print(f"alert {name} holds but is cooling down", markup=False)
             for line in result.retrains:
                 console.print(line, markup=False)
+            for line in result.problems:
+                console.print(f"warning: {line}", markup=False)
         if interval <= 0:
             return
         time.sleep(interval)

@@ -41,7 +41,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import NotFoundError, UsageError, YardError
+from modelyard.errors import UsageError, YardError
 
 log = logging.getLogger("modelyard.monitoring")
 _RULE_RE = re.compile(
@@ -201,10 +201,16 @@ class MonitorResult:
     fired: list[Fired]
     quiet: list[str]  # rules whose condition held but that are cooling down
     retrains: list[str]  # what happened to pending retrains
+    problems: list[str] = field(default_factory=list)  # signals that could not be computed, and why
 
 
-def signals(platform: Platform, ctx: Context, spec: str, window: timedelta) -> dict[str, float]:
-    from modelyard.monitoring._monitor import model_drift, quality, serving_stats
+def signals(
+    platform: Platform, ctx: Context, spec: str, window: timedelta, problems: list[str] | None = None
+) -> dict[str, float]:
+    """The signals rules may name. A signal without data is absent (its rules never fire); one that could
+    not be computed (the version's training data is gone, ...) is absent too, and said in ``problems``:
+    its rules would otherwise stay silent with no reason given."""
+    from modelyard.monitoring._monitor import NoPredictions, model_drift, quality, serving_stats
     from modelyard.registry import show
 
     info = show(platform, ctx, spec)
@@ -214,8 +220,13 @@ def signals(platform: Platform, ctx: Context, spec: str, window: timedelta) -> d
     if out["requests"]:
         try:
             _, report, _ = model_drift(platform, ctx, spec, window=window)
-        except NotFoundError:
+        except NoPredictions:  # the version answered nobody in the window (a canary took the traffic)
             pass
+        except Exception as exc:  # the other signals and rules still count
+            message = f"drift signals unavailable: {_said(exc)}"
+            log.warning("%s: %s", spec, message)
+            if problems is not None:
+                problems.append(message)
         else:
             out["drift.share"] = report.share_drifted
             for col in report.columns:
@@ -239,7 +250,8 @@ def run_once(
     name = parse_spec(policy.model)[0]
     now = now or utcnow()
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
-    values = signals(platform, ctx, policy.model, window)
+    problems: list[str] = []
+    values = signals(platform, ctx, policy.model, window, problems)
     fired: list[Fired] = []
     quiet: list[str] = []
     for rule in policy.rules:
@@ -271,7 +283,7 @@ def run_once(
         message = _said(exc)
         platform.audit(ctx, "monitor.retrain", f"model:{policy.model}", "error", {"error": message})
         retrains = [f"retrain could not advance: {message}"]
-    return MonitorResult(policy.model, values, fired, quiet, retrains)
+    return MonitorResult(policy.model, values, fired, quiet, retrains, problems)
 
 
 def _said(exc: Exception) -> str:

@@ -33,6 +33,10 @@ def parse_window(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+class NoPredictions(NotFoundError):
+    """The window holds no prediction of the version: its drift has no data (not a fault)."""
+
+
 @dataclass
 class Reference:
     spec: str  # NAME@V whose training data this is
@@ -72,8 +76,8 @@ def _with_metrics(ref: Reference, metrics: dict[str, float], spec: str) -> Refer
 def model_drift(
     platform: Platform, ctx: Context, spec: str, *, window: timedelta, now: datetime | None = None
 ) -> tuple[Reference, Any, int]:
-    """(reference, drift report of inputs and outputs, predictions compared). NotFoundError if the window
-    holds no logged prediction."""
+    """(reference, drift report of inputs and outputs, predictions compared). NoPredictions (a NotFoundError)
+    if the window holds no logged prediction; NotFoundError if the version's training data is not found."""
     from modelyard.registry import show
     from modelyard.serving._predlog import predictions
 
@@ -83,7 +87,7 @@ def model_drift(
     # version's training data.
     logged = predictions(platform, ctx, info.name, since=end - window, until=end, version=info.version)
     if not logged:
-        raise NotFoundError(f"no predictions of {info.spec} were logged in the last {window}; serve it first")
+        raise NoPredictions(f"no predictions of {info.spec} were logged in the last {window}; serve it first")
     ref = reference(platform, ctx, info.spec)
     return ref, drift_of_logged(ref, [p.input for p in logged], [p.output for p in logged]), len(logged)
 
