@@ -347,6 +347,42 @@ def test_a_drift_signal_that_cannot_be_computed_is_said_not_silent(
     assert problem.startswith("drift signals unavailable") and "records no training recipe" in problem
 
 
+def test_a_failed_evaluation_does_not_end_the_interval_loop(
+    home: Platform, trained: TrainedModel, tmp_path: Path, yard: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import modelyard.cli.monitor as cli_monitor
+    from modelyard.registry import delete_alias, set_alias
+
+    ctx = home.context()
+    set_alias(home, ctx, "mon-same@1", "watched")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump({"model": "mon-same@watched", "rules": [{"name": "x", "when": "requests < 0"}]})
+    )
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # between evaluations: the alias goes, comes back, then Ctrl-C
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            delete_alias(home, ctx, "mon-same", "watched")
+        elif len(sleeps) == 2:
+            set_alias(home, ctx, "mon-same@1", "watched")
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_monitor, "time", SimpleNamespace(sleep=sleep))
+    r = yard("monitor", "run", rules, "--interval", "60", "--json", env={"YARD_HOME": str(trained.home)})
+    assert r.code == 130 and sleeps == [60.0, 60.0, 60.0], (r.code, r.error)
+    assert "has no alias 'watched'" in r.error and "(evaluating again in 60 s)" in r.error
+    assert r.out.count('"model": "mon-same@watched"') == 2  # the first and the third evaluation
+    delete_alias(home, ctx, "mon-same", "watched")
+    r = yard("monitor", "run", rules, "--interval", "60", env={"YARD_HOME": str(trained.home)})
+    # the first evaluation's failure is the command's
+    assert r.code == 1 and "has no alias" in r.error and len(sleeps) == 3
+
+
 def test_newest_data_rewrites_every_split(home: Platform) -> None:
     from modelyard.data import list_versions
 
