@@ -383,6 +383,58 @@ def test_a_failed_evaluation_does_not_end_the_interval_loop(
     assert r.code == 1 and "has no alias" in r.error and len(sleeps) == 3
 
 
+class _Flaky(BaseHTTPRequestHandler):
+    status = 503
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if _Flaky.status == 200:
+            _Flaky.received.append(body)
+        self.send_response(_Flaky.status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_alert_whose_action_failed_is_retried_not_silenced_by_its_cooldown(
+    home: Platform, tmp_path: Path
+) -> None:
+    log_traffic(home, "mon-same", list(make_examples(20, seed=51)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Flaky.status, _Flaky.received = 503, []
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-same@1",
+                "cooldown": "1h",
+                "rules": [{"name": "busy", "when": "requests > 0", "actions": ["log", "webhook"]}],
+                "webhook": {
+                    "url": f"http://127.0.0.1:{server.server_address[1]}/alerts",
+                    "allow_networks": ["127.0.0.1/32"],
+                },
+            }
+        )
+    )
+    policy, ctx = load_alerts(path), home.context()
+    try:
+        first = run_once(home, ctx, policy)
+        assert first.fired[0].actions[0] == "logged" and "answered HTTP 503" in first.fired[0].actions[1]
+        again = run_once(home, ctx, policy)  # in the cooldown: the webhook only, not the log
+        assert again.fired[0].retry and again.fired[0].actions == [first.fired[0].actions[1]]
+        _Flaky.status = 200
+        delivered = run_once(home, ctx, policy)
+        assert delivered.fired[0].retry and delivered.fired[0].actions == ["webhook answered 200"]
+        assert [r["rule"] for r in _Flaky.received] == ["busy"]
+        done = run_once(home, ctx, policy)  # delivered: the cooldown holds
+        assert done.fired == [] and done.quiet == ["busy"] and len(_Flaky.received) == 1
+    finally:
+        server.shutdown()
+
+
 def test_newest_data_rewrites_every_split(home: Platform) -> None:
     from modelyard.data import list_versions
 

@@ -125,7 +125,13 @@ def _show(result: MonitorResult, json_out: bool) -> None:
                 "retrains": result.retrains,
                 "problems": result.problems,
                 "fired": [
-                    {"rule": f.rule, "when": f.condition, "value": f.value, "actions": f.actions}
+                    {
+                        "rule": f.rule,
+                        "when": f.condition,
+                        "value": f.value,
+                        "actions": f.actions,
+                        "retry": f.retry,
+                    }
                     for f in result.fired
                 ],
             }
@@ -138,7 +144,8 @@ def _show(result: MonitorResult, json_out: bool) -> None:
     )
     for f in result.fired:
         console.print(
-            f"ALERT {f.rule}: {f.condition} (value {f.value:.4g}) -> {'; '.join(f.actions)}",
+            f"ALERT {f.rule}{' (retrying what failed)' if f.retry else ''}: {f.condition} "
+            f"(value {f.value:.4g}) -> {'; '.join(f.actions)}",
             markup=False,
         )
     for name in result.quiet:
