@@ -91,6 +91,18 @@ def test_a_version_is_judged_on_its_own_answers_and_requests_count_what_clients_
     assert [p.id[:26] for p in newest] == [f"{i:026d}" for i in range(195, 200)]  # past the limit: newest
 
 
+def test_a_capped_reference_is_a_sample_of_the_whole_training_split(home: Platform) -> None:
+    from modelyard.monitoring._monitor import reference
+
+    whole = reference(home, home.context(), "mon-same@1")
+    n = len(whole.sources)
+    capped = reference(home, home.context(), "mon-same@1", max_rows=n // 4)
+    assert len(capped.sources) == n // 4 and set(capped.sources) <= set(whole.sources)
+    # not the split's first rows (a file sorted by date would make those its oldest): drawn from all of it
+    assert max(whole.sources.index(s) for s in capped.sources) >= n // 2
+    assert capped.sources == reference(home, home.context(), "mon-same@1", max_rows=n // 4).sources
+
+
 def test_redaction_in_the_log_is_not_read_as_drift() -> None:
     # Logged texts have their PII replaced; the training texts the reference holds do not.
     import random

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,7 +48,8 @@ class Reference:
 
 
 def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20_000) -> Reference:
-    """The training split and evaluation metrics of the version ``spec`` names."""
+    """The training split (a random ``max_rows`` of it at most) and evaluation metrics of the version
+    ``spec`` names."""
     from modelyard.registry import read_manifest
     from modelyard.training._data import load_splits
     from modelyard.training._recipe import recorded_recipe
@@ -62,7 +64,10 @@ def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20
             f"{info.spec} records no training recipe, so there is no training data to compare with"
         )
     splits = load_splits(platform, ctx, recipe)
-    rows = splits.train[:max_rows]
+    rows = splits.train
+    if len(rows) > max_rows:  # a seeded random sample: the head of a file sorted by date or label is skewed
+        keep = sorted(random.Random(0).sample(range(len(rows)), max_rows))
+        rows = [rows[i] for i in keep]
     versions = ", ".join(sorted(set(splits.versions.values())))
     return Reference(
         info.spec, versions, [r.source for r in rows], [r.target for r in rows], dict(info.metrics)
