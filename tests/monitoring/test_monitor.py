@@ -91,6 +91,18 @@ def test_a_version_is_judged_on_its_own_answers_and_requests_count_what_clients_
     assert [p.id[:26] for p in newest] == [f"{i:026d}" for i in range(195, 200)]  # past the limit: newest
 
 
+def test_a_capped_reference_is_a_sample_of_the_whole_training_split(home: Platform) -> None:
+    from modelyard.monitoring._monitor import reference
+
+    whole = reference(home, home.context(), "mon-same@1")
+    n = len(whole.sources)
+    capped = reference(home, home.context(), "mon-same@1", max_rows=n // 4)
+    assert len(capped.sources) == n // 4 and set(capped.sources) <= set(whole.sources)
+    # not the split's first rows (a file sorted by date would make those its oldest): drawn from all of it
+    assert max(whole.sources.index(s) for s in capped.sources) >= n // 2
+    assert capped.sources == reference(home, home.context(), "mon-same@1", max_rows=n // 4).sources
+
+
 def test_redaction_in_the_log_is_not_read_as_drift() -> None:
     # Logged texts have their PII replaced; the training texts the reference holds do not.
     import random
@@ -323,6 +335,118 @@ def test_a_viewer_cannot_run_rules_that_record_alert_state(home: Platform, tmp_p
     assert run_once(home, home.context(), load_alerts(path)).fired[0].rule == "x"
 
 
+def test_a_drift_signal_that_cannot_be_computed_is_said_not_silent(
+    home: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    # Registered from a directory, the version records no training recipe: no reference to compare with.
+    registry.register(home, home.context(), trained.model_dir, "mon-norecipe")
+    log_traffic(home, "mon-norecipe", list(make_examples(50, seed=41, shift=1.0)))
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-norecipe@1",
+                "rules": [
+                    {"name": "drift", "when": "drift.input > 0"},
+                    {"name": "traffic", "when": "requests > 0"},
+                ],
+            }
+        )
+    )
+    result = run_once(home, home.context(), load_alerts(path))
+    assert "drift.input" not in result.signals and [f.rule for f in result.fired] == ["traffic"]
+    [problem] = result.problems
+    assert problem.startswith("drift signals unavailable") and "records no training recipe" in problem
+
+
+def test_a_failed_evaluation_does_not_end_the_interval_loop(
+    home: Platform, trained: TrainedModel, tmp_path: Path, yard: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import modelyard.cli.monitor as cli_monitor
+    from modelyard.registry import delete_alias, set_alias
+
+    ctx = home.context()
+    set_alias(home, ctx, "mon-same@1", "watched")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump({"model": "mon-same@watched", "rules": [{"name": "x", "when": "requests < 0"}]})
+    )
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # between evaluations: the alias goes, comes back, then Ctrl-C
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            delete_alias(home, ctx, "mon-same", "watched")
+        elif len(sleeps) == 2:
+            set_alias(home, ctx, "mon-same@1", "watched")
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_monitor, "time", SimpleNamespace(sleep=sleep))
+    r = yard("monitor", "run", rules, "--interval", "60", "--json", env={"YARD_HOME": str(trained.home)})
+    assert r.code == 130 and sleeps == [60.0, 60.0, 60.0], (r.code, r.error)
+    assert "has no alias 'watched'" in r.error and "(evaluating again in 60 s)" in r.error
+    assert r.out.count('"model": "mon-same@watched"') == 2  # the first and the third evaluation
+    delete_alias(home, ctx, "mon-same", "watched")
+    r = yard("monitor", "run", rules, "--interval", "60", env={"YARD_HOME": str(trained.home)})
+    # the first evaluation's failure is the command's
+    assert r.code == 1 and "has no alias" in r.error and len(sleeps) == 3
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    status = 503
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if _Flaky.status == 200:
+            _Flaky.received.append(body)
+        self.send_response(_Flaky.status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_alert_whose_action_failed_is_retried_not_silenced_by_its_cooldown(
+    home: Platform, tmp_path: Path
+) -> None:
+    log_traffic(home, "mon-same", list(make_examples(20, seed=51)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Flaky.status, _Flaky.received = 503, []
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-same@1",
+                "cooldown": "1h",
+                "rules": [{"name": "busy", "when": "requests > 0", "actions": ["log", "webhook"]}],
+                "webhook": {
+                    "url": f"http://127.0.0.1:{server.server_address[1]}/alerts",
+                    "allow_networks": ["127.0.0.1/32"],
+                },
+            }
+        )
+    )
+    policy, ctx = load_alerts(path), home.context()
+    try:
+        first = run_once(home, ctx, policy)
+        assert first.fired[0].actions[0] == "logged" and "answered HTTP 503" in first.fired[0].actions[1]
+        again = run_once(home, ctx, policy)  # in the cooldown: the webhook only, not the log
+        assert again.fired[0].retry and again.fired[0].actions == [first.fired[0].actions[1]]
+        _Flaky.status = 200
+        delivered = run_once(home, ctx, policy)
+        assert delivered.fired[0].retry and delivered.fired[0].actions == ["webhook answered 200"]
+        assert [r["rule"] for r in _Flaky.received] == ["busy"]
+        done = run_once(home, ctx, policy)  # delivered: the cooldown holds
+        assert done.fired == [] and done.quiet == ["busy"] and len(_Flaky.received) == 1
+    finally:
+        server.shutdown()
+
+
 def test_newest_data_rewrites_every_split(home: Platform) -> None:
     from modelyard.data import list_versions
 
@@ -356,5 +480,8 @@ def test_yard_monitor_drift_cli(home: Platform, trained: TrainedModel, tmp_path:
             }
         )
     )
+    for bad in ("nan", "inf", "-1"):  # refused before the first evaluation, which records a cooldown
+        r = yard("monitor", "run", rules, "--interval", bad, env=env)
+        assert r.code == 2 and "--interval" in r.error, r.error
     r = yard("monitor", "run", rules, "--json", env=env)
     assert r.code == 0 and json.loads(r.out)["fired"][0]["rule"] == "drift"

@@ -85,6 +85,8 @@ def test_internal_addresses_are_refused_even_when_the_host_is_allowlisted(url: s
         ("https://elsewhere.example/x", "not on the allowlist"),
         ("https:///x", "names no host"),
         ("https://hooks.example:99999/x", "invalid port"),
+        ("https://[::1/x", "not a valid URL"),  # urlsplit's ValueError, not an unexpected error
+        ("https://[hooks.example]/x", "not a valid URL"),
     ],
 )
 def test_malformed_or_unlisted_urls_are_refused(url: str, message: str) -> None:
@@ -114,6 +116,13 @@ def test_a_redirect_to_an_internal_address_is_refused(hook: str, target: str) ->
     with pytest.raises(WebhookRefused):
         send(f"{hook}/alerts", {"alert": "drift"}, LOCAL)
     assert _Hook.received == []
+
+
+def test_a_redirect_to_a_malformed_url_is_refused(hook: str) -> None:
+    _Hook.redirects["/alerts"] = "http://[::1/SECRET"
+    with pytest.raises(WebhookRefused, match="redirected to an invalid URL") as err:
+        send(f"{hook}/alerts", {"alert": "drift"}, LOCAL)
+    assert "SECRET" not in err.value.message and _Hook.received == []
 
 
 def test_redirects_within_the_allowlist_are_followed_and_bounded(hook: str) -> None:

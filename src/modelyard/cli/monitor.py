@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from modelyard.cli._app import acting, app, console, print_json, table
+from modelyard.cli._app import acting, app, console, err_console, print_json, table, usage
+from modelyard.errors import YardError
+
+if TYPE_CHECKING:
+    from modelyard.monitoring._alerts import MonitorResult
 
 monitor_app = typer.Typer(help="Drift, quality and alert rules of served models.", no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
@@ -71,6 +77,9 @@ def drift(
         raise typer.Exit(1)
 
 
+_MAX_INTERVAL_S = 366 * 86400  # a year, as for windows
+
+
 @monitor_app.command("run")
 def run(
     rules: Path = typer.Argument(..., metavar="RULES.yaml"),
@@ -80,38 +89,68 @@ def run(
     """Evaluate alert rules (drift, quality, latency) and act: log, webhook, retrain + gate + canary."""
     from modelyard.monitoring._alerts import load_alerts, run_once
 
+    # Before the first evaluation: it records cooldowns and may retrain, and time.sleep refuses NaN.
+    if not math.isfinite(interval) or not 0 <= interval <= _MAX_INTERVAL_S:
+        raise usage(
+            f"--interval {interval:g}: expected seconds from 0 (evaluate once) to {_MAX_INTERVAL_S:,}"
+        )
     policy = load_alerts(rules)
+    evaluated = False
     while True:
-        with acting() as (platform, ctx):
-            result = run_once(platform, ctx, policy)
-        if json_out:
-            print_json(
-                {
-                    "model": result.model,
-                    "signals": result.signals,
-                    "quiet": result.quiet,
-                    "retrains": result.retrains,
-                    "fired": [
-                        {"rule": f.rule, "when": f.condition, "value": f.value, "actions": f.actions}
-                        for f in result.fired
-                    ],
-                }
-            )
+        try:
+            with acting() as (platform, ctx):
+                result = run_once(platform, ctx, policy)
+        except Exception as exc:
+            # The first evaluation's failure is the command's (a missing alias, a denied role); a later one
+            # (the store restarting, an alias moved mid-promotion) must not end a monitor left running.
+            if not evaluated or interval <= 0:
+                raise
+            message = exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
+            err_console.print(f"error: {message} (evaluating again in {interval:g} s)", markup=False)
         else:
-            table(
-                f"{result.model}: signals",
-                ["signal", "value"],
-                [(k, f"{v:.4g}") for k, v in sorted(result.signals.items())],
-            )
-            for f in result.fired:
-                console.print(
-                    f"ALERT {f.rule}: {f.condition} (value {f.value:.4g}) -> {'; '.join(f.actions)}",
-                    markup=False,
-                )
-            for name in result.quiet:
-                console.print(f"alert {name} holds but is cooling down", markup=False)
-            for line in result.retrains:
-                console.print(line, markup=False)
+            evaluated = True
+            _show(result, json_out)
         if interval <= 0:
             return
         time.sleep(interval)
+
+
+def _show(result: MonitorResult, json_out: bool) -> None:
+    if json_out:
+        print_json(
+            {
+                "model": result.model,
+                "signals": result.signals,
+                "quiet": result.quiet,
+                "retrains": result.retrains,
+                "problems": result.problems,
+                "fired": [
+                    {
+                        "rule": f.rule,
+                        "when": f.condition,
+                        "value": f.value,
+                        "actions": f.actions,
+                        "retry": f.retry,
+                    }
+                    for f in result.fired
+                ],
+            }
+        )
+        return
+    table(
+        f"{result.model}: signals",
+        ["signal", "value"],
+        [(k, f"{v:.4g}") for k, v in sorted(result.signals.items())],
+    )
+    for f in result.fired:
+        console.print(
+            f"ALERT {f.rule}{' (retrying what failed)' if f.retry else ''}: {f.condition} "
+            f"(value {f.value:.4g}) -> {'; '.join(f.actions)}",
+            markup=False,
+        )
+    for name in result.quiet:
+        console.print(f"alert {name} holds but is cooling down", markup=False)
+    for line in result.retrains:
+        console.print(line, markup=False)
+    for line in result.problems:
+        console.print(f"warning: {line}", markup=False)

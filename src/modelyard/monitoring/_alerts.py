@@ -20,9 +20,10 @@ drifted), ``quality.<metric>`` and ``quality_drop.<metric>`` (evaluation minus n
 ``latency.p50_ms`` / ``latency.p95_ms`` and ``requests`` from the prediction log. A rule's condition is
 ``SIGNAL OP NUMBER`` (parsed, never evaluated); a signal without data (no feedback yet) never fires.
 
-Every alert and every action (and its failure) is an audit record. A retrain is followed through on later
-runs: once its job finishes, the new version is registered from the job's run, gated, and deployed as a
-canary; each step is audited.
+A rule that fired is quiet for the cooldown, except for its actions that failed: they are tried again at
+each run while the condition holds. Every alert and every action (and its failure) is an audit record. A
+retrain is followed through on later runs: once its job finishes, the new version is registered from the
+job's run, gated, and deployed as a canary; each step is audited.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import NotFoundError, UsageError, YardError
+from modelyard.errors import UsageError, YardError
 
 log = logging.getLogger("modelyard.monitoring")
 _RULE_RE = re.compile(
@@ -192,6 +193,7 @@ class Fired:
     condition: str
     value: float
     actions: list[str] = field(default_factory=list)  # what each action did
+    retry: bool = False  # in its cooldown: only the actions that failed when it fired were tried again
 
 
 @dataclass
@@ -201,10 +203,16 @@ class MonitorResult:
     fired: list[Fired]
     quiet: list[str]  # rules whose condition held but that are cooling down
     retrains: list[str]  # what happened to pending retrains
+    problems: list[str] = field(default_factory=list)  # signals that could not be computed, and why
 
 
-def signals(platform: Platform, ctx: Context, spec: str, window: timedelta) -> dict[str, float]:
-    from modelyard.monitoring._monitor import model_drift, quality, serving_stats
+def signals(
+    platform: Platform, ctx: Context, spec: str, window: timedelta, problems: list[str] | None = None
+) -> dict[str, float]:
+    """The signals rules may name. A signal without data is absent (its rules never fire); one that could
+    not be computed (the version's training data is gone, ...) is absent too, and said in ``problems``:
+    its rules would otherwise stay silent with no reason given."""
+    from modelyard.monitoring._monitor import NoPredictions, model_drift, quality, serving_stats
     from modelyard.registry import show
 
     info = show(platform, ctx, spec)
@@ -214,8 +222,13 @@ def signals(platform: Platform, ctx: Context, spec: str, window: timedelta) -> d
     if out["requests"]:
         try:
             _, report, _ = model_drift(platform, ctx, spec, window=window)
-        except NotFoundError:
+        except NoPredictions:  # the version answered nobody in the window (a canary took the traffic)
             pass
+        except Exception as exc:  # the other signals and rules still count
+            message = f"drift signals unavailable: {_said(exc)}"
+            log.warning("%s: %s", spec, message)
+            if problems is not None:
+                problems.append(message)
         else:
             out["drift.share"] = report.share_drifted
             for col in report.columns:
@@ -239,7 +252,8 @@ def run_once(
     name = parse_spec(policy.model)[0]
     now = now or utcnow()
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
-    values = signals(platform, ctx, policy.model, window)
+    problems: list[str] = []
+    values = signals(platform, ctx, policy.model, window, problems)
     fired: list[Fired] = []
     quiet: list[str] = []
     for rule in policy.rules:
@@ -248,22 +262,34 @@ def run_once(
         value = values.get(m["signal"])
         if value is None or not _OPS[m["op"]](value, float(m["n"])):
             continue
-        state = _get(platform, _key("rule", name, rule.name)) or {}
+        key = _key("rule", name, rule.name)
+        state = _get(platform, key) or {}
         last = state.get("fired_at")
-        if last is not None and now - datetime.fromisoformat(last).astimezone(UTC) < cooldown:
-            quiet.append(rule.name)
-            continue
-        _put(platform, _key("rule", name, rule.name), {"fired_at": now.isoformat()})
-        alert = Fired(rule.name, rule.when, value)
-        platform.audit(
-            ctx,
-            "monitor.alert",
-            f"model:{policy.model}",
-            "ok",
-            {"rule": rule.name, "when": rule.when, "value": value},
-        )
-        for action in rule.actions:
-            alert.actions.append(_act(platform, ctx, policy, name, action, alert, values))
+        actions: list[str] = list(rule.actions)
+        retry = last is not None and now - datetime.fromisoformat(last).astimezone(UTC) < cooldown
+        if retry:
+            # Cooling down, except for the actions that failed when it fired (the webhook was down): an
+            # alert that reached nobody is tried again at each run while the condition holds.
+            actions = [a for a in state.get("failed", []) if a in rule.actions]
+            if not actions:
+                quiet.append(rule.name)
+                continue
+        else:
+            last = now.isoformat()
+        # Recorded before acting, every action still to do: a run killed halfway does the rest next time.
+        _put(platform, key, {"fired_at": last, "failed": actions})
+        alert = Fired(rule.name, rule.when, value, retry=retry)
+        detail: dict[str, Any] = {"rule": rule.name, "when": rule.when, "value": value}
+        if retry:
+            detail["retry"] = actions
+        platform.audit(ctx, "monitor.alert", f"model:{policy.model}", "ok", detail)
+        failed: list[str] = []
+        for action in actions:
+            outcome, ok = _act(platform, ctx, policy, name, action, alert, values)
+            alert.actions.append(outcome)
+            if not ok:
+                failed.append(action)
+        _put(platform, key, {"fired_at": last, "failed": failed})
         fired.append(alert)
     try:
         retrains = advance_retrains(platform, ctx, policy, name)
@@ -271,7 +297,7 @@ def run_once(
         message = _said(exc)
         platform.audit(ctx, "monitor.retrain", f"model:{policy.model}", "error", {"error": message})
         retrains = [f"retrain could not advance: {message}"]
-    return MonitorResult(policy.model, values, fired, quiet, retrains)
+    return MonitorResult(policy.model, values, fired, quiet, retrains, problems)
 
 
 def _said(exc: Exception) -> str:
@@ -287,7 +313,8 @@ def _act(
     action: str,
     alert: Fired,
     values: dict[str, float],
-) -> str:
+) -> tuple[str, bool]:
+    """(what the action did, whether it succeeded)."""
     detail: dict[str, Any] = {"rule": alert.rule, "action": action}
     try:
         if action == "log":
@@ -313,12 +340,12 @@ def _act(
             outcome = _start_retrain(platform, ctx, policy, name)
         detail["result"] = outcome
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "ok", detail)
-        return outcome
+        return outcome, True
     except Exception as exc:  # one failing action must not skip the others, the next rules or the loop
         message = _said(exc)
         detail["error"] = message
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "error", detail)
-        return f"{action} failed: {message}"
+        return f"{action} failed: {message}", False
 
 
 # -- retraining -------------------------------------------------------------------------------------------

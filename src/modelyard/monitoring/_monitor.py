@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +34,10 @@ def parse_window(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+class NoPredictions(NotFoundError):
+    """The window holds no prediction of the version: its drift has no data (not a fault)."""
+
+
 @dataclass
 class Reference:
     spec: str  # NAME@V whose training data this is
@@ -43,7 +48,8 @@ class Reference:
 
 
 def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20_000) -> Reference:
-    """The training split and evaluation metrics of the version ``spec`` names."""
+    """The training split (a random ``max_rows`` of it at most) and evaluation metrics of the version
+    ``spec`` names."""
     from modelyard.registry import read_manifest
     from modelyard.training._data import load_splits
     from modelyard.training._recipe import recorded_recipe
@@ -58,7 +64,10 @@ def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20
             f"{info.spec} records no training recipe, so there is no training data to compare with"
         )
     splits = load_splits(platform, ctx, recipe)
-    rows = splits.train[:max_rows]
+    rows = splits.train
+    if len(rows) > max_rows:  # a seeded random sample: the head of a file sorted by date or label is skewed
+        keep = sorted(random.Random(0).sample(range(len(rows)), max_rows))
+        rows = [rows[i] for i in keep]
     versions = ", ".join(sorted(set(splits.versions.values())))
     return Reference(
         info.spec, versions, [r.source for r in rows], [r.target for r in rows], dict(info.metrics)
@@ -72,8 +81,8 @@ def _with_metrics(ref: Reference, metrics: dict[str, float], spec: str) -> Refer
 def model_drift(
     platform: Platform, ctx: Context, spec: str, *, window: timedelta, now: datetime | None = None
 ) -> tuple[Reference, Any, int]:
-    """(reference, drift report of inputs and outputs, predictions compared). NotFoundError if the window
-    holds no logged prediction."""
+    """(reference, drift report of inputs and outputs, predictions compared). NoPredictions (a NotFoundError)
+    if the window holds no logged prediction; NotFoundError if the version's training data is not found."""
     from modelyard.registry import show
     from modelyard.serving._predlog import predictions
 
@@ -83,7 +92,7 @@ def model_drift(
     # version's training data.
     logged = predictions(platform, ctx, info.name, since=end - window, until=end, version=info.version)
     if not logged:
-        raise NotFoundError(f"no predictions of {info.spec} were logged in the last {window}; serve it first")
+        raise NoPredictions(f"no predictions of {info.spec} were logged in the last {window}; serve it first")
     ref = reference(platform, ctx, info.spec)
     return ref, drift_of_logged(ref, [p.input for p in logged], [p.output for p in logged]), len(logged)
 

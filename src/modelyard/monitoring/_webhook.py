@@ -86,7 +86,10 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
         raise WebhookRefused("a webhook URL must be a string of at most 2048 characters")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         raise WebhookRefused(f"webhook {shown(url)}: a URL has no spaces or control characters; encode them")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL" and the like: a bracket without its pair, a bad literal
+        raise WebhookRefused(f"webhook {shown(url)} is not a valid URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
         raise WebhookRefused(
@@ -228,7 +231,10 @@ def send(url: str, payload: Any, policy: WebhookPolicy) -> WebhookResult:
         if cut.is_set():  # cut off while reading the body: not an answer to rely on
             raise UsageError(f"webhook {shown(current)} failed: no answer within {policy.timeout_s:g} s")
         if status in (301, 302, 303, 307, 308) and location:
-            current = urljoin(current, location)
+            try:
+                current = urljoin(current, location)
+            except ValueError:
+                raise WebhookRefused(f"webhook {shown(current)} redirected to an invalid URL") from None
             continue
         if status >= 400:
             raise UsageError(f"webhook {shown(current)} answered HTTP {status}")
