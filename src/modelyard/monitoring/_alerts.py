@@ -184,6 +184,28 @@ def _put(platform: Platform, key: str, value: dict[str, Any]) -> None:
         s.merge(Meta(key=key, value=json.dumps(value)))
 
 
+def _claim(platform: Platform, key: str, seen: str | None, value: dict[str, Any]) -> bool:
+    """Write ``value`` only if the state is still ``seen`` (the raw value read before deciding to fire):
+    of two monitors evaluating one model at once, only one fires a rule (and submits its retrain)."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
+
+    from modelyard.core._models import Meta
+
+    try:
+        with platform.db.write() as s:  # SQLite: BEGIN IMMEDIATE; PostgreSQL: the row locked
+            row = s.execute(select(Meta).where(Meta.key == key).with_for_update()).scalar_one_or_none()
+            if (row.value if row is not None else None) != seen:
+                return False
+            if row is None:
+                s.add(Meta(key=key, value=json.dumps(value)))
+            else:
+                row.value = json.dumps(value)
+    except IntegrityError:  # both inserted the first state (PostgreSQL locks no absent row): the other won
+        return False
+    return True
+
+
 # -- evaluation -------------------------------------------------------------------------------------------
 
 
@@ -263,7 +285,8 @@ def run_once(
         if value is None or not _OPS[m["op"]](value, float(m["n"])):
             continue
         key = _key("rule", name, rule.name)
-        state = _get(platform, key) or {}
+        seen = platform.meta(key)
+        state = json.loads(seen) if seen else {}
         last = state.get("fired_at")
         actions: list[str] = list(rule.actions)
         retry = last is not None and now - datetime.fromisoformat(last).astimezone(UTC) < cooldown
@@ -277,7 +300,9 @@ def run_once(
         else:
             last = now.isoformat()
         # Recorded before acting, every action still to do: a run killed halfway does the rest next time.
-        _put(platform, key, {"fired_at": last, "failed": actions})
+        if not _claim(platform, key, seen, {"fired_at": last, "failed": actions}):
+            quiet.append(rule.name)  # another monitor fired it (or retried it) just now
+            continue
         alert = Fired(rule.name, rule.when, value, retry=retry)
         detail: dict[str, Any] = {"rule": rule.name, "when": rule.when, "value": value}
         if retry:
