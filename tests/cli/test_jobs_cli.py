@@ -92,6 +92,8 @@ def test_submit_ls_show_cancel(yard: Yard, home_with_data: Platform) -> None:
         (["jobs", "submit", "nodata.yaml"], 1, "normalise@9"),
         (["jobs", "show", "99"], 1, "job 99 not found in project 'default'"),
         (["jobs", "show", "abc"], 2, "'abc' is not a job id"),
+        (["jobs", "cancel", "\u00b2"], 2, "'\u00b2' is not a job id"),
+        (["jobs", "submit", "recipe.yaml", "--memory", "9" * 400], 2, "is out of range"),
         (["jobs", "cancel", "99"], 1, "job 99 not found"),
         (["jobs", "logs", "99"], 1, "job 99 not found"),
         (["jobs", "ls", "--status", "DONE"], 2, "unknown job status 'DONE'"),

@@ -627,6 +627,8 @@ def _count(platform: Platform) -> int:
         ({"memory": "8X"}, "not a size"),
         ({"memory": "-1G"}, "not a size"),
         ({"memory": "2P"}, "out of range"),
+        ({"memory": "9" * 400}, "out of range"),  # a float overflows to inf
+        ({"cpus": 10**400}, "out of range"),  # too large for a float
         ({"cpus": -1}, "out of range"),
         ({"cpus": 0}, "out of range"),
         ({"cpus": 0.0001}, "millicore"),
@@ -637,6 +639,7 @@ def _count(platform: Platform) -> int:
         ({"max_retries": -1}, "max retries"),
         ({"args": ["--resume", "abc"]}, "--resume is added by the worker"),
         ({"args": ["a\x00b"]}, "NUL"),
+        ({"args": "--trials 4"}, "a list of strings, not one string"),  # not split into characters
     ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(
@@ -750,8 +753,9 @@ def test_memory_and_priority_parsing() -> None:
         > _jobs.PRIORITIES["low"]
     )
     assert _jobs.parse_job_id("job:7") == 7
-    with pytest.raises(UsageError):
-        _jobs.parse_job_id("0")
+    for bad in ("0", "²", "1e3", "-1", "99999999999", ""):  # "²".isdigit(), but int("²") fails
+        with pytest.raises(UsageError, match="is not a job id"):
+            _jobs.parse_job_id(bad)
 
 
 def test_migration_matches_models_for_job_tables(platform: Platform) -> None:

@@ -99,7 +99,8 @@ def parse_memory(value: str | int | None) -> int:
                 f"memory {value!r} is not a size; expected a number with an optional unit K, M, G, T or P "
                 "(binary: 8G = 8 GiB), e.g. --memory 8G or --memory 512M"
             )
-        n = math.ceil(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        size = float(m.group(1)) * _UNITS[m.group(2).lower()]  # inf for a number of hundreds of digits
+        n = math.ceil(size) if math.isfinite(size) else MAX_MEMORY + 1
     if n < 0 or n > MAX_MEMORY:
         raise ValidationError(f"memory {value!r} is out of range; expected 0 to 1P")
     return n
@@ -117,7 +118,10 @@ def format_memory(n: int) -> str:
 def check_cpus(value: object, what: str = "cpus") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{what} must be a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        v = math.inf
     if not math.isfinite(v) or v <= 0 or v > MAX_CPUS:
         raise ValidationError(f"{what} {value!r} is out of range; expected a number above 0 and at most 4096")
     if abs(v * 1000 - round(v * 1000)) > 1e-6:
@@ -155,6 +159,8 @@ def check_command(value: object) -> str:
 
 def check_args(args: Sequence[object] | None) -> list[str]:
     """Extra arguments for the command: passed as argv (never through a shell), bounded."""
+    if isinstance(args, str | bytes):  # would be split into its characters
+        raise ValidationError("job arguments must be a list of strings, not one string")
     out: list[str] = []
     for arg in args or ():
         if not isinstance(arg, str):
@@ -182,7 +188,8 @@ def parse_job_id(value: object) -> int:
     text = str(value).strip()
     if text.startswith("job:"):
         text = text[4:]
-    if isinstance(value, bool) or not text.isdigit() or not 0 < int(text) < 2**31:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses with a bare ValueError.
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,10}", text) or not 0 < int(text) < 2**31:
         raise UsageError(f"{value!r} is not a job id; expected a positive number as `yard jobs ls` shows")
     return int(text)
 
