@@ -716,6 +716,30 @@ def test_roles(local_queue: tuple[Platform, Context, Path]) -> None:
     assert ("sue", "job.cancel.any", "denied") in records and ("eve", "job.cancel.any", "ok") in records
 
 
+def test_a_worker_or_submitter_whose_rights_are_gone_since_it_started_is_refused(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    from modelyard.core import revoke_token, set_role
+
+    platform, admin, recipe = local_queue
+    eve = actor(platform, admin, "eve", "engineer")
+    sam = actor(platform, admin, "sam", "scientist")
+    marks = tmp_path / "marks"
+    worker = _jobs.Worker(platform, eve, executor=trivial_executor(marks), exit_when_idle=True)
+    revoke_token(platform, admin, eve.via.removeprefix("token:"))
+    job = _jobs.submit_job(platform, admin, recipe)
+    with pytest.raises(PermissionDeniedError, match="revoked"):
+        worker.run()
+    assert jobs_by_id(platform)[job.id].status == "QUEUED" and read_marks(marks) == []
+    set_role(platform, admin, "sam", "viewer")
+    with pytest.raises(PermissionDeniedError, match="now viewer"):
+        _jobs.submit_job(platform, sam, recipe)
+    assert _count(platform) == 1
+    with platform.db.read() as s:
+        records = s.execute(select(AuditRecord.actor, AuditRecord.action, AuditRecord.outcome)).all()
+    assert ("eve", "worker.run", "denied") in records and ("sam", "job.write", "denied") in records
+
+
 def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
     from modelyard.tracking._store import create_run
 

@@ -54,7 +54,14 @@ from sqlalchemy.orm import Session
 from modelyard.core import _audit
 from modelyard.core._models import Job, JobLog, Project, Run
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import BackendError, NotFoundError, UsageError, ValidationError, YardError
+from modelyard.errors import (
+    BackendError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+    ValidationError,
+    YardError,
+)
 
 if TYPE_CHECKING:
     from modelyard.training._recipe import Recipe
@@ -483,6 +490,7 @@ def _insert_job(
     }
     try:
         with platform.db.write() as s:
+            platform.recheck(s, ctx, "job.write")  # a long-lived client whose role or token is gone since
             job = Job(
                 project_id=ctx.project_id,
                 command=req.command,
@@ -510,8 +518,9 @@ def _insert_job(
             platform.audit(ctx, "job.write", job_ref(job.id), "ok", detail, session=s)
             info = _info(job, ctx.project)
     except YardError as exc:
+        outcome = "denied" if isinstance(exc, PermissionDeniedError) else "refused"
         platform.audit(
-            ctx, "job.write", "job:new", "refused", {**detail, "code": exc.code, "message": exc.message}
+            ctx, "job.write", "job:new", outcome, {**detail, "code": exc.code, "message": exc.message}
         )
         raise
     except Exception as exc:
@@ -1160,7 +1169,18 @@ class Worker:
         head = self._peek()
         if head is None or not self._fits(head):
             return False
+        try:
+            return self._claim()
+        except PermissionDeniedError as exc:
+            # Its role was lowered, its user disabled or its token revoked since it started: a long-lived
+            # worker must not go on claiming (and running jobs with its environment). run() then stops and
+            # hands its running jobs back.
+            self.platform.audit(self.ctx, self.action, job_ref(head.id), "denied", {"message": exc.message})
+            raise
+
+    def _claim(self) -> bool:
         with self.platform.db.write() as s:
+            self.platform.recheck(s, self.ctx, self.action)
             # The best job this worker could ever run; rows another worker is claiming right now are
             # skipped, not waited for (PostgreSQL). Strict priority: if it does not fit what is free now,
             # claim nothing (no lower-priority backfill) and try again when a running job ends.
