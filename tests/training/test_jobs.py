@@ -754,6 +754,10 @@ def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
         _jobs.attach_run(platform, ctx, job.id, "nope")
     with pytest.raises(NotFoundError, match="run"):
         _jobs.attach_run(platform, ctx, job.id, "0" * 32)
+    sue = actor(platform, ctx, "sue", "scientist")  # someone else's job: a worker's role, not a scientist's
+    with pytest.raises(PermissionDeniedError, match="worker.run"):
+        _jobs.attach_run(platform, sue, job.id, create_run(platform, sue, "hers"))
+    assert jobs_by_id(platform)[job.id].run_id is None
     _jobs.attach_run(platform, ctx, str(job.id), run_id)
     info = _jobs.get_job(platform, ctx, job.id)
     assert info.run_id == run_id

@@ -591,11 +591,18 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
 
 def attach_run(platform: Platform, ctx: Context, job_id: int | str, run_id: str) -> None:
     """Record the tracking run a job's process created (``yard train`` calls this with ``YARD_JOB_ID``), so a
-    retry after a worker died resumes that run from its last checkpoint."""
+    retry after a worker died resumes that run from its last checkpoint. Your own job needs ``job.write``;
+    anyone else's ``worker.run``, the role of the worker (or pod) whose process runs it: a scientist must not
+    make a colleague's retried job resume a run of theirs."""
     jid = parse_job_id(job_id)
     if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
         raise UsageError(f"{run_id!r} is not a run id; expected 32 lower-case hex characters")
-    with platform.mutate(ctx, "job.write", job_ref(jid), {"run": run_id}) as s:
+    resource = job_ref(jid)
+    platform.authorize(ctx, "job.write", resource)
+    with platform.db.read() as s:
+        owner = _job_row(s, ctx, jid).submitted_by
+    action = "job.write" if owner == ctx.user else "worker.run"
+    with platform.mutate(ctx, action, resource, {"run": run_id, "owner": owner}) as s:
         job = _job_row(s, ctx, jid, lock=True)
         if job.status not in ("RUNNING", "SUBMITTED"):
             raise UsageError(
