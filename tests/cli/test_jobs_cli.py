@@ -243,6 +243,30 @@ def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platfo
     assert resources["requests"] == {"cpu": "500m", "memory": "1536Mi"}
 
 
+def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_bytes(
+    yard: Yard, home_with_data: Platform, tmp_path: Path
+) -> None:
+    # Kubernetes would expand $(YARD_MASTER_KEY) in the command from the Secret; $$ is its escape for $.
+    r = yard(
+        "jobs",
+        "submit",
+        "recipe.yaml",
+        "--backend",
+        "kubernetes",
+        "--dry-run",
+        *CLUSTER,
+        "--",
+        "a $(YARD_MASTER_KEY) $$ $x",
+    )
+    assert r.code == 0, r.err
+    command = yaml.safe_load(r.out)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-1] == "a $$(YARD_MASTER_KEY) $$$$ $$x"
+    # 70,000 characters, but 210,000 bytes of UTF-8: more than the annotation can carry.
+    (tmp_path / "big.yaml").write_text(RECIPE + "# " + "\u20ac" * 70_000 + "\n", encoding="utf-8")
+    r = yard("jobs", "submit", "big.yaml", "--backend", "kubernetes", "--dry-run", *CLUSTER)
+    assert r.code == 2 and "bytes; a Kubernetes job carries at most 200000" in r.error
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

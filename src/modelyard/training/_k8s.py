@@ -44,7 +44,7 @@ SECRET_KEYS: tuple[tuple[str, str, bool], ...] = (
     ("AWS_ACCESS_KEY_ID", "aws-access-key-id", True),
     ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key", True),
 )
-MAX_RECIPE_ANNOTATION = 200_000  # Kubernetes allows 256 KiB of annotations per object
+MAX_RECIPE_ANNOTATION = 200_000  # bytes: Kubernetes allows 256 KiB of annotations (UTF-8) per object
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
@@ -113,7 +113,10 @@ def container_command(req: Any, job_id: int | None) -> list[str]:
             "--name",
             f"$({POD_NAME_ENV})",
         ]
-    return ["python", "-m", "modelyard.cli", req.command, f"{RECIPE_DIR}/recipe.yaml", *req.args]
+    # Kubernetes expands $(VAR) in a command from the container's environment (the Secret's values too);
+    # "$$" is its escape for "$", so the arguments reach the command as they were given.
+    args = [arg.replace("$", "$$") for arg in req.args]
+    return ["python", "-m", "modelyard.cli", req.command, f"{RECIPE_DIR}/recipe.yaml", *args]
 
 
 def job_name(command: str, job_id: int | None) -> str:
@@ -147,9 +150,10 @@ def job_manifest(
         raise ValidationError(f"secret {secret_name!r} is not a valid Kubernetes Secret name")
     db = cluster_database_url(database_url or settings.resolved_database_url)
     store = cluster_artifact_uri(artifact_uri or settings.resolved_artifact_uri)
-    if len(req.recipe) > MAX_RECIPE_ANNOTATION:
+    size = len(req.recipe.encode("utf-8"))  # the API server counts bytes, not characters
+    if size > MAX_RECIPE_ANNOTATION:
         raise ValidationError(
-            f"recipe {req.recipe_name!r} has {len(req.recipe)} characters; a Kubernetes job carries at most "
+            f"recipe {req.recipe_name!r} has {size} bytes; a Kubernetes job carries at most "
             f"{MAX_RECIPE_ANNOTATION} (it travels in a pod annotation)"
         )
     name = name or job_name(req.command, job_id)
