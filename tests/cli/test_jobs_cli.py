@@ -229,6 +229,7 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources == {"requests": {"cpu": "1"}}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
 
 
 def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platform, tmp_path: Path) -> None:
@@ -275,6 +276,14 @@ def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_
         (
             ["--cluster-database-url", "postgresql://u@h/d?password=x", *CLUSTER[2:]],
             "put the database password",
+        ),
+        (
+            ["--cluster-database-url", "postgresql://u@h/d?sslpassword=x", *CLUSTER[2:]],
+            "put the database password",
+        ),
+        (
+            [*CLUSTER[:2], "--cluster-artifact-uri", "s3://b/p?token=x"],
+            "needs an S3-compatible artifact store",
         ),
         ([*CLUSTER, "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not a valid Kubernetes name"),
         ([*CLUSTER, "--image", "bad image"], "image 'bad image' is not a valid container image"),
