@@ -488,6 +488,12 @@ def test_gpus_are_assigned_through_cuda_visible_devices(
     logs = {j: "".join(c.data for c in _jobs.iter_logs(platform, ctx, j)) for j in (one.id, none.id)}
     assert "gpus [3]" in logs[one.id] and "gpus []" in logs[none.id]
     assert f"env {one.id} recipe 0o600" in logs[one.id]  # YARD_JOB_ID; the recipe file is private
+    # More GPUs than the machine shows would repeat an id ("3", "5", "2" before: two jobs on GPU 2).
+    with pytest.raises(ValidationError, match=r"worker gpus 3: this machine shows 2 GPU\(s\) \(3, 5"):
+        _jobs.Worker(platform, ctx, gpus=3)
+    assert _jobs.Worker(platform, ctx, gpus=1).gpu_ids == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _jobs.Worker(platform, ctx, gpus=2).gpu_ids == ["0", "1"]  # none detected: ids 0..n-1
 
 
 def test_a_job_gets_as_many_threads_as_cpus_it_asked_for(

@@ -961,7 +961,13 @@ class Worker:
         self.cpus = check_cpus(float(cpus if cpus is not None else (os.cpu_count() or 1)), "worker cpus")
         found = detect_gpus()
         n_gpus = check_gpus(len(found) if gpus is None else gpus, "worker gpus")
-        self.gpu_ids = (found + [str(i) for i in range(len(found), n_gpus)])[:n_gpus]
+        if found and n_gpus > len(found):  # made-up ids would repeat or name GPUs hidden from this worker
+            raise ValidationError(
+                f"worker gpus {n_gpus}: this machine shows {len(found)} GPU(s) ({', '.join(found)}, from "
+                "CUDA_VISIBLE_DEVICES or nvidia-smi); offer at most that many"
+            )
+        # Without any GPU detected (no nvidia-smi), the ids offered are 0..n-1.
+        self.gpu_ids = found[:n_gpus] if found else [str(i) for i in range(n_gpus)]
         self.memory = parse_memory(memory) if memory is not None else total_memory()
         if self.memory <= 0:
             raise ValidationError("worker memory must be above 0")
