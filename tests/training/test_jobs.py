@@ -670,6 +670,16 @@ def test_bad_recipes_and_missing_data_queue_nothing(
         _jobs.submit_job(platform, ctx, bad)
     with pytest.raises(UsageError, match="not found"):
         _jobs.submit_job(platform, ctx, tmp_path / "missing.yaml")
+    # Over 1 MiB: refused by its size before any of it is parsed (its bad key is never reached).
+    big = tmp_path / "big.yaml"
+    big.write_text(RECIPE + "bogus: 1\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ValidationError, match="at most 1 MiB"):
+        _jobs.submit_job(platform, ctx, big)
+    with pytest.raises(UsageError, match="is a directory"):
+        _jobs.submit_job(platform, ctx, tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes(RECIPE.encode() + b"# caf\xe9\n")
+    with pytest.raises(ValidationError, match="not UTF-8"):
+        _jobs.submit_job(platform, ctx, tmp_path / "latin1.yaml")
     missing = tmp_path / "missing-data.yaml"
     missing.write_text(RECIPE.replace("normalise@1", "normalise@7"))
     with pytest.raises(NotFoundError, match="normalise@7"):

@@ -207,22 +207,24 @@ def job_ref(job_id: int) -> str:
 
 def read_recipe(path: str | os.PathLike[str]) -> tuple[str, Recipe]:
     """The recipe's YAML text, as the job row stores it, and the recipe it validates to."""
-    import yaml
-
-    from modelyard.training._recipe import _Loader, load_recipe, parse_recipe
+    from modelyard.training._recipe import load_recipe, parse_recipe, parse_yaml
 
     p = Path(path)
-    load_recipe(p)  # a missing, unreadable or invalid file: load_recipe's clear errors, nothing queued
-    data = p.read_bytes()
-    if len(data) > MAX_RECIPE_BYTES:
-        raise ValidationError(f"recipe {str(p)!r} has {len(data)} bytes; a job recipe may have at most 1 MiB")
-    text = data.decode("utf-8", errors="replace")
-    # Validate the very text that is stored (the file could have changed since load_recipe read it).
+    # Bounded before anything is parsed: a 10 MB recipe took minutes and gigabytes of YAML parsing to
+    # be refused. The very bytes read are the ones validated and stored.
     try:
-        parsed = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ValidationError(f"{p}: not valid YAML: {exc}") from None
-    return text, parse_recipe(parsed, source=str(p))
+        with p.open("rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError:
+        load_recipe(p)  # a missing, unreadable or directory path: load_recipe's clear errors
+        raise
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ValidationError(f"recipe {str(p)!r} has more than 1 MiB; a job recipe may have at most 1 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(f"recipe {str(p)!r} is not UTF-8 text") from None
+    return text, parse_recipe(parse_yaml(text, source=str(p)), source=str(p))
 
 
 # -- read model ----------------------------------------------------------------------------------------------
