@@ -771,7 +771,7 @@ def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
     with pytest.raises(NotFoundError, match="run"):
         _jobs.attach_run(platform, ctx, job.id, "0" * 32)
     sue = actor(platform, ctx, "sue", "scientist")  # someone else's job: a worker's role, not a scientist's
-    with pytest.raises(PermissionDeniedError, match="worker.run"):
+    with pytest.raises(PermissionDeniedError, match=r"worker\.run"):
         _jobs.attach_run(platform, sue, job.id, create_run(platform, sue, "hers"))
     assert jobs_by_id(platform)[job.id].run_id is None
     _jobs.attach_run(platform, ctx, str(job.id), run_id)
