@@ -92,6 +92,8 @@ def test_submit_ls_show_cancel(yard: Yard, home_with_data: Platform) -> None:
         (["jobs", "submit", "nodata.yaml"], 1, "normalise@9"),
         (["jobs", "show", "99"], 1, "job 99 not found in project 'default'"),
         (["jobs", "show", "abc"], 2, "'abc' is not a job id"),
+        (["jobs", "cancel", "\u00b2"], 2, "'\u00b2' is not a job id"),
+        (["jobs", "submit", "recipe.yaml", "--memory", "9" * 400], 2, "is out of range"),
         (["jobs", "cancel", "99"], 1, "job 99 not found"),
         (["jobs", "logs", "99"], 1, "job 99 not found"),
         (["jobs", "ls", "--status", "DONE"], 2, "unknown job status 'DONE'"),
@@ -227,6 +229,7 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources == {"requests": {"cpu": "1"}}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
 
 
 def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platform, tmp_path: Path) -> None:
@@ -241,6 +244,30 @@ def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platfo
     assert resources["requests"] == {"cpu": "500m", "memory": "1536Mi"}
 
 
+def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_bytes(
+    yard: Yard, home_with_data: Platform, tmp_path: Path
+) -> None:
+    # Kubernetes would expand $(YARD_MASTER_KEY) in the command from the Secret; $$ is its escape for $.
+    r = yard(
+        "jobs",
+        "submit",
+        "recipe.yaml",
+        "--backend",
+        "kubernetes",
+        "--dry-run",
+        *CLUSTER,
+        "--",
+        "a $(YARD_MASTER_KEY) $$ $x",
+    )
+    assert r.code == 0, r.err
+    command = yaml.safe_load(r.out)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-1] == "a $$(YARD_MASTER_KEY) $$$$ $$x"
+    # 70,000 characters, but 210,000 bytes of UTF-8: more than the annotation can carry.
+    (tmp_path / "big.yaml").write_text(RECIPE + "# " + "\u20ac" * 70_000 + "\n", encoding="utf-8")
+    r = yard("jobs", "submit", "big.yaml", "--backend", "kubernetes", "--dry-run", *CLUSTER)
+    assert r.code == 2 and "bytes; a Kubernetes job carries at most 200000" in r.error
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -249,6 +276,14 @@ def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platfo
         (
             ["--cluster-database-url", "postgresql://u@h/d?password=x", *CLUSTER[2:]],
             "put the database password",
+        ),
+        (
+            ["--cluster-database-url", "postgresql://u@h/d?sslpassword=x", *CLUSTER[2:]],
+            "put the database password",
+        ),
+        (
+            [*CLUSTER[:2], "--cluster-artifact-uri", "s3://b/p?token=x"],
+            "needs an S3-compatible artifact store",
         ),
         ([*CLUSTER, "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not a valid Kubernetes name"),
         ([*CLUSTER, "--image", "bad image"], "image 'bad image' is not a valid container image"),

@@ -50,6 +50,7 @@ def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: P
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "ml"
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     served = yaml.safe_load(docs["configmap"]["data"]["serve.yaml"])
     assert (
         served["models"] == ["support@production"] and served["auth"] is True and served["host"] == "0.0.0.0"
@@ -86,6 +87,11 @@ def test_export_and_serve_refuse_what_is_unsafe(yard: Yard, tmp_path: Path) -> N
     assert r.code == 2 and "API tokens" in r.error
     r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k")  # a SQLite home: unreachable
     assert r.code == 2 and "PostgreSQL" in r.error
+    for endpoint in ("http://AKIA:s3cret@minio:9000", "http://minio:9000/?Password=s3cret"):
+        env = {"YARD_S3_ENDPOINT_URL": endpoint}  # would be a plain value in the Deployment
+        r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k", *CLUSTER, env=env)
+        assert r.code == 2 and "carries credentials" in r.error and "s3cret" not in r.error
+    assert not (tmp_path / "k").exists()
     r = yard("serve", "m@production")
     assert r.code == 1 and "not found" in r.error  # checked before a server starts
 

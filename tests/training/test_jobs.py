@@ -488,6 +488,12 @@ def test_gpus_are_assigned_through_cuda_visible_devices(
     logs = {j: "".join(c.data for c in _jobs.iter_logs(platform, ctx, j)) for j in (one.id, none.id)}
     assert "gpus [3]" in logs[one.id] and "gpus []" in logs[none.id]
     assert f"env {one.id} recipe 0o600" in logs[one.id]  # YARD_JOB_ID; the recipe file is private
+    # More GPUs than the machine shows would repeat an id ("3", "5", "2" before: two jobs on GPU 2).
+    with pytest.raises(ValidationError, match=r"worker gpus 3: this machine shows 2 GPU\(s\) \(3, 5"):
+        _jobs.Worker(platform, ctx, gpus=3)
+    assert _jobs.Worker(platform, ctx, gpus=1).gpu_ids == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _jobs.Worker(platform, ctx, gpus=2).gpu_ids == ["0", "1"]  # none detected: ids 0..n-1
 
 
 def test_a_job_gets_as_many_threads_as_cpus_it_asked_for(
@@ -627,6 +633,8 @@ def _count(platform: Platform) -> int:
         ({"memory": "8X"}, "not a size"),
         ({"memory": "-1G"}, "not a size"),
         ({"memory": "2P"}, "out of range"),
+        ({"memory": "9" * 400}, "out of range"),  # a float overflows to inf
+        ({"cpus": 10**400}, "out of range"),  # too large for a float
         ({"cpus": -1}, "out of range"),
         ({"cpus": 0}, "out of range"),
         ({"cpus": 0.0001}, "millicore"),
@@ -637,6 +645,7 @@ def _count(platform: Platform) -> int:
         ({"max_retries": -1}, "max retries"),
         ({"args": ["--resume", "abc"]}, "--resume is added by the worker"),
         ({"args": ["a\x00b"]}, "NUL"),
+        ({"args": "--trials 4"}, "a list of strings, not one string"),  # not split into characters
     ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(
@@ -661,6 +670,16 @@ def test_bad_recipes_and_missing_data_queue_nothing(
         _jobs.submit_job(platform, ctx, bad)
     with pytest.raises(UsageError, match="not found"):
         _jobs.submit_job(platform, ctx, tmp_path / "missing.yaml")
+    # Over 1 MiB: refused by its size before any of it is parsed (its bad key is never reached).
+    big = tmp_path / "big.yaml"
+    big.write_text(RECIPE + "bogus: 1\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ValidationError, match="at most 1 MiB"):
+        _jobs.submit_job(platform, ctx, big)
+    with pytest.raises(UsageError, match="is a directory"):
+        _jobs.submit_job(platform, ctx, tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes(RECIPE.encode() + b"# caf\xe9\n")
+    with pytest.raises(ValidationError, match="not UTF-8"):
+        _jobs.submit_job(platform, ctx, tmp_path / "latin1.yaml")
     missing = tmp_path / "missing-data.yaml"
     missing.write_text(RECIPE.replace("normalise@1", "normalise@7"))
     with pytest.raises(NotFoundError, match="normalise@7"):
@@ -713,6 +732,30 @@ def test_roles(local_queue: tuple[Platform, Context, Path]) -> None:
     assert ("sue", "job.cancel.any", "denied") in records and ("eve", "job.cancel.any", "ok") in records
 
 
+def test_a_worker_or_submitter_whose_rights_are_gone_since_it_started_is_refused(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    from modelyard.core import revoke_token, set_role
+
+    platform, admin, recipe = local_queue
+    eve = actor(platform, admin, "eve", "engineer")
+    sam = actor(platform, admin, "sam", "scientist")
+    marks = tmp_path / "marks"
+    worker = _jobs.Worker(platform, eve, executor=trivial_executor(marks), exit_when_idle=True)
+    revoke_token(platform, admin, eve.via.removeprefix("token:"))
+    job = _jobs.submit_job(platform, admin, recipe)
+    with pytest.raises(PermissionDeniedError, match="revoked"):
+        worker.run()
+    assert jobs_by_id(platform)[job.id].status == "QUEUED" and read_marks(marks) == []
+    set_role(platform, admin, "sam", "viewer")
+    with pytest.raises(PermissionDeniedError, match="now viewer"):
+        _jobs.submit_job(platform, sam, recipe)
+    assert _count(platform) == 1
+    with platform.db.read() as s:
+        records = s.execute(select(AuditRecord.actor, AuditRecord.action, AuditRecord.outcome)).all()
+    assert ("eve", "worker.run", "denied") in records and ("sam", "job.write", "denied") in records
+
+
 def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
     from modelyard.tracking._store import create_run
 
@@ -727,6 +770,10 @@ def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
         _jobs.attach_run(platform, ctx, job.id, "nope")
     with pytest.raises(NotFoundError, match="run"):
         _jobs.attach_run(platform, ctx, job.id, "0" * 32)
+    sue = actor(platform, ctx, "sue", "scientist")  # someone else's job: a worker's role, not a scientist's
+    with pytest.raises(PermissionDeniedError, match=r"worker\.run"):
+        _jobs.attach_run(platform, sue, job.id, create_run(platform, sue, "hers"))
+    assert jobs_by_id(platform)[job.id].run_id is None
     _jobs.attach_run(platform, ctx, str(job.id), run_id)
     info = _jobs.get_job(platform, ctx, job.id)
     assert info.run_id == run_id
@@ -750,8 +797,9 @@ def test_memory_and_priority_parsing() -> None:
         > _jobs.PRIORITIES["low"]
     )
     assert _jobs.parse_job_id("job:7") == 7
-    with pytest.raises(UsageError):
-        _jobs.parse_job_id("0")
+    for bad in ("0", "²", "1e3", "-1", "99999999999", ""):  # "²".isdigit(), but int("²") fails
+        with pytest.raises(UsageError, match="is not a job id"):
+            _jobs.parse_job_id(bad)
 
 
 def test_migration_matches_models_for_job_tables(platform: Platform) -> None:

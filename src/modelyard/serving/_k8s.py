@@ -53,6 +53,7 @@ def manifests(
         _label,
         cluster_artifact_uri,
         cluster_database_url,
+        cluster_s3_endpoint,
     )
 
     if not _IMAGE.match(image):
@@ -93,8 +94,8 @@ def manifests(
             for var, key, optional in SECRET_KEYS
         ],
     ]
-    if settings.s3_endpoint_url:
-        env.append({"name": "YARD_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    if settings.s3_endpoint_url:  # a plain value: refused if it carries credentials, as for a job
+        env.append({"name": "YARD_S3_ENDPOINT_URL", "value": cluster_s3_endpoint(settings.s3_endpoint_url)})
     # Past max_connections every request is a 503, /healthz too: an HTTP liveness probe would have a busy
     # pod restarted (and its load moved to the next one). A TCP probe still says the process is there.
     alive: dict[str, Any] = (
@@ -127,6 +128,8 @@ def manifests(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "terminationGracePeriodSeconds": 60,  # in-flight requests finish
+                    # The server talks to the stores, never to the Kubernetes API: no token to steal.
+                    "automountServiceAccountToken": False,
                     "containers": [
                         {
                             "name": "serve",
@@ -208,10 +211,11 @@ def export_k8s(platform: Platform, config: ServeConfig, out_dir: str | Path, **o
     Dockerfile into ``out_dir``; returns the files."""
     from modelyard.training._k8s import manifest_yaml
 
+    docs = manifests(platform, config, **options)  # refused options create nothing, not even the folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for m in manifests(platform, config, **options):
+    for m in docs:
         path = out / f"{m['kind'].lower()}.yaml"
         path.write_text(manifest_yaml(m), encoding="utf-8")
         written.append(path)

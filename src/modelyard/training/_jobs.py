@@ -54,7 +54,14 @@ from sqlalchemy.orm import Session
 from modelyard.core import _audit
 from modelyard.core._models import Job, JobLog, Project, Run
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import BackendError, NotFoundError, UsageError, ValidationError, YardError
+from modelyard.errors import (
+    BackendError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+    ValidationError,
+    YardError,
+)
 
 if TYPE_CHECKING:
     from modelyard.training._recipe import Recipe
@@ -99,7 +106,8 @@ def parse_memory(value: str | int | None) -> int:
                 f"memory {value!r} is not a size; expected a number with an optional unit K, M, G, T or P "
                 "(binary: 8G = 8 GiB), e.g. --memory 8G or --memory 512M"
             )
-        n = math.ceil(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        size = float(m.group(1)) * _UNITS[m.group(2).lower()]  # inf for a number of hundreds of digits
+        n = math.ceil(size) if math.isfinite(size) else MAX_MEMORY + 1
     if n < 0 or n > MAX_MEMORY:
         raise ValidationError(f"memory {value!r} is out of range; expected 0 to 1P")
     return n
@@ -117,7 +125,10 @@ def format_memory(n: int) -> str:
 def check_cpus(value: object, what: str = "cpus") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{what} must be a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        v = math.inf
     if not math.isfinite(v) or v <= 0 or v > MAX_CPUS:
         raise ValidationError(f"{what} {value!r} is out of range; expected a number above 0 and at most 4096")
     if abs(v * 1000 - round(v * 1000)) > 1e-6:
@@ -155,6 +166,8 @@ def check_command(value: object) -> str:
 
 def check_args(args: Sequence[object] | None) -> list[str]:
     """Extra arguments for the command: passed as argv (never through a shell), bounded."""
+    if isinstance(args, str | bytes):  # would be split into its characters
+        raise ValidationError("job arguments must be a list of strings, not one string")
     out: list[str] = []
     for arg in args or ():
         if not isinstance(arg, str):
@@ -182,7 +195,8 @@ def parse_job_id(value: object) -> int:
     text = str(value).strip()
     if text.startswith("job:"):
         text = text[4:]
-    if isinstance(value, bool) or not text.isdigit() or not 0 < int(text) < 2**31:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses with a bare ValueError.
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,10}", text) or not 0 < int(text) < 2**31:
         raise UsageError(f"{value!r} is not a job id; expected a positive number as `yard jobs ls` shows")
     return int(text)
 
@@ -193,22 +207,24 @@ def job_ref(job_id: int) -> str:
 
 def read_recipe(path: str | os.PathLike[str]) -> tuple[str, Recipe]:
     """The recipe's YAML text, as the job row stores it, and the recipe it validates to."""
-    import yaml
-
-    from modelyard.training._recipe import _Loader, load_recipe, parse_recipe
+    from modelyard.training._recipe import load_recipe, parse_recipe, parse_yaml
 
     p = Path(path)
-    load_recipe(p)  # a missing, unreadable or invalid file: load_recipe's clear errors, nothing queued
-    data = p.read_bytes()
-    if len(data) > MAX_RECIPE_BYTES:
-        raise ValidationError(f"recipe {str(p)!r} has {len(data)} bytes; a job recipe may have at most 1 MiB")
-    text = data.decode("utf-8", errors="replace")
-    # Validate the very text that is stored (the file could have changed since load_recipe read it).
+    # Bounded before anything is parsed: a 10 MB recipe took minutes and gigabytes of YAML parsing to
+    # be refused. The very bytes read are the ones validated and stored.
     try:
-        parsed = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ValidationError(f"{p}: not valid YAML: {exc}") from None
-    return text, parse_recipe(parsed, source=str(p))
+        with p.open("rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError:
+        load_recipe(p)  # a missing, unreadable or directory path: load_recipe's clear errors
+        raise
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ValidationError(f"recipe {str(p)!r} has more than 1 MiB; a job recipe may have at most 1 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(f"recipe {str(p)!r} is not UTF-8 text") from None
+    return text, parse_recipe(parse_yaml(text, source=str(p)), source=str(p))
 
 
 # -- read model ----------------------------------------------------------------------------------------------
@@ -476,6 +492,7 @@ def _insert_job(
     }
     try:
         with platform.db.write() as s:
+            platform.recheck(s, ctx, "job.write")  # a long-lived client whose role or token is gone since
             job = Job(
                 project_id=ctx.project_id,
                 command=req.command,
@@ -503,8 +520,9 @@ def _insert_job(
             platform.audit(ctx, "job.write", job_ref(job.id), "ok", detail, session=s)
             info = _info(job, ctx.project)
     except YardError as exc:
+        outcome = "denied" if isinstance(exc, PermissionDeniedError) else "refused"
         platform.audit(
-            ctx, "job.write", "job:new", "refused", {**detail, "code": exc.code, "message": exc.message}
+            ctx, "job.write", "job:new", outcome, {**detail, "code": exc.code, "message": exc.message}
         )
         raise
     except Exception as exc:
@@ -575,11 +593,18 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
 
 def attach_run(platform: Platform, ctx: Context, job_id: int | str, run_id: str) -> None:
     """Record the tracking run a job's process created (``yard train`` calls this with ``YARD_JOB_ID``), so a
-    retry after a worker died resumes that run from its last checkpoint."""
+    retry after a worker died resumes that run from its last checkpoint. Your own job needs ``job.write``;
+    anyone else's ``worker.run``, the role of the worker (or pod) whose process runs it: a scientist must not
+    make a colleague's retried job resume a run of theirs."""
     jid = parse_job_id(job_id)
     if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
         raise UsageError(f"{run_id!r} is not a run id; expected 32 lower-case hex characters")
-    with platform.mutate(ctx, "job.write", job_ref(jid), {"run": run_id}) as s:
+    resource = job_ref(jid)
+    platform.authorize(ctx, "job.write", resource)
+    with platform.db.read() as s:
+        owner = _job_row(s, ctx, jid).submitted_by
+    action = "job.write" if owner == ctx.user else "worker.run"
+    with platform.mutate(ctx, action, resource, {"run": run_id, "owner": owner}) as s:
         job = _job_row(s, ctx, jid, lock=True)
         if job.status not in ("RUNNING", "SUBMITTED"):
             raise UsageError(
@@ -938,7 +963,13 @@ class Worker:
         self.cpus = check_cpus(float(cpus if cpus is not None else (os.cpu_count() or 1)), "worker cpus")
         found = detect_gpus()
         n_gpus = check_gpus(len(found) if gpus is None else gpus, "worker gpus")
-        self.gpu_ids = (found + [str(i) for i in range(len(found), n_gpus)])[:n_gpus]
+        if found and n_gpus > len(found):  # made-up ids would repeat or name GPUs hidden from this worker
+            raise ValidationError(
+                f"worker gpus {n_gpus}: this machine shows {len(found)} GPU(s) ({', '.join(found)}, from "
+                "CUDA_VISIBLE_DEVICES or nvidia-smi); offer at most that many"
+            )
+        # Without any GPU detected (no nvidia-smi), the ids offered are 0..n-1.
+        self.gpu_ids = found[:n_gpus] if found else [str(i) for i in range(n_gpus)]
         self.memory = parse_memory(memory) if memory is not None else total_memory()
         if self.memory <= 0:
             raise ValidationError("worker memory must be above 0")
@@ -1153,7 +1184,18 @@ class Worker:
         head = self._peek()
         if head is None or not self._fits(head):
             return False
+        try:
+            return self._claim()
+        except PermissionDeniedError as exc:
+            # Its role was lowered, its user disabled or its token revoked since it started: a long-lived
+            # worker must not go on claiming (and running jobs with its environment). run() then stops and
+            # hands its running jobs back.
+            self.platform.audit(self.ctx, self.action, job_ref(head.id), "denied", {"message": exc.message})
+            raise
+
+    def _claim(self) -> bool:
         with self.platform.db.write() as s:
+            self.platform.recheck(s, self.ctx, self.action)
             # The best job this worker could ever run; rows another worker is claiming right now are
             # skipped, not waited for (PostgreSQL). Strict priority: if it does not fit what is free now,
             # claim nothing (no lower-priority backfill) and try again when a running job ends.

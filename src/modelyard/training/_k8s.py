@@ -21,11 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from modelyard.core._home import _SECRET_PARAMS
 from modelyard.core._platform import Context, Platform
 from modelyard.errors import BackendError, ConfigError, UsageError, ValidationError
 
@@ -44,7 +46,7 @@ SECRET_KEYS: tuple[tuple[str, str, bool], ...] = (
     ("AWS_ACCESS_KEY_ID", "aws-access-key-id", True),
     ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key", True),
 )
-MAX_RECIPE_ANNOTATION = 200_000  # Kubernetes allows 256 KiB of annotations per object
+MAX_RECIPE_ANNOTATION = 200_000  # bytes: Kubernetes allows 256 KiB of annotations (UTF-8) per object
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
@@ -80,7 +82,7 @@ def cluster_database_url(url: str) -> str:
             f"{parsed.get_backend_name()}; pass --cluster-database-url postgresql://USER@HOST/DB "
             "(or set YARD_DATABASE_URL)"
         )
-    if any(k.lower() == "password" for k in parsed.query):
+    if any(k.lower() in _SECRET_PARAMS for k in parsed.query):  # password, sslpassword, ...
         raise UsageError(
             "put the database password in the Secret (key database-password), not in the URL query"
         )
@@ -89,12 +91,24 @@ def cluster_database_url(url: str) -> str:
 
 
 def cluster_artifact_uri(uri: str) -> str:
-    if not uri.startswith("s3://") or "@" in uri.split("/", 3)[2]:
+    parts = urlsplit(uri)
+    # No user info (a credential would be a plain value in the manifest); no query or fragment, which the
+    # artifact store refuses, so the pod could only fail.
+    if parts.scheme != "s3" or not parts.netloc or "@" in parts.netloc or parts.query or parts.fragment:
         raise UsageError(
             f"the kubernetes backend needs an S3-compatible artifact store that the cluster can reach, "
             f"not {uri!r}; pass --cluster-artifact-uri s3://BUCKET/PREFIX (or set YARD_ARTIFACT_URI)"
         )
     return uri
+
+
+def cluster_s3_endpoint(url: str) -> str:
+    """The S3 endpoint URL as the pods get it: a plain value in the manifest, so it must carry no credentials
+    (they come from the Secret as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."""
+    keys = [k.lower() for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
+    if "@" in url or any(k in _SECRET_PARAMS for k in keys):
+        raise UsageError("the S3 endpoint URL carries credentials; put them in the Secret instead")
+    return url
 
 
 def container_command(req: Any, job_id: int | None) -> list[str]:
@@ -113,7 +127,10 @@ def container_command(req: Any, job_id: int | None) -> list[str]:
             "--name",
             f"$({POD_NAME_ENV})",
         ]
-    return ["python", "-m", "modelyard.cli", req.command, f"{RECIPE_DIR}/recipe.yaml", *req.args]
+    # Kubernetes expands $(VAR) in a command from the container's environment (the Secret's values too);
+    # "$$" is its escape for "$", so the arguments reach the command as they were given.
+    args = [arg.replace("$", "$$") for arg in req.args]
+    return ["python", "-m", "modelyard.cli", req.command, f"{RECIPE_DIR}/recipe.yaml", *args]
 
 
 def job_name(command: str, job_id: int | None) -> str:
@@ -147,9 +164,10 @@ def job_manifest(
         raise ValidationError(f"secret {secret_name!r} is not a valid Kubernetes Secret name")
     db = cluster_database_url(database_url or settings.resolved_database_url)
     store = cluster_artifact_uri(artifact_uri or settings.resolved_artifact_uri)
-    if len(req.recipe) > MAX_RECIPE_ANNOTATION:
+    size = len(req.recipe.encode("utf-8"))  # the API server counts bytes, not characters
+    if size > MAX_RECIPE_ANNOTATION:
         raise ValidationError(
-            f"recipe {req.recipe_name!r} has {len(req.recipe)} characters; a Kubernetes job carries at most "
+            f"recipe {req.recipe_name!r} has {size} bytes; a Kubernetes job carries at most "
             f"{MAX_RECIPE_ANNOTATION} (it travels in a pod annotation)"
         )
     name = name or job_name(req.command, job_id)
@@ -167,9 +185,7 @@ def job_manifest(
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if settings.s3_endpoint_url:
-        if "@" in settings.s3_endpoint_url:
-            raise UsageError("the S3 endpoint URL carries credentials; put them in the Secret instead")
-        env.append({"name": "YARD_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+        env.append({"name": "YARD_S3_ENDPOINT_URL", "value": cluster_s3_endpoint(settings.s3_endpoint_url)})
     if job_id is not None:
         env.append({"name": "YARD_JOB_ID", "value": str(job_id)})
         env.append({"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
@@ -204,6 +220,8 @@ def job_manifest(
         # (SUBMITTED); the cluster must not SIGKILL the pod first, or the reaper counts a failed attempt.
         "terminationGracePeriodSeconds": math.ceil(settings.job_kill_grace_s) + 30,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # The job talks to the stores, never to the Kubernetes API: no service account token to steal.
+        "automountServiceAccountToken": False,
         "containers": [
             {
                 "name": req.command,
