@@ -579,7 +579,9 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     with platform.mutate(ctx, action, resource, {"owner": owner}) as s:
         job = _job_row(s, ctx, jid, lock=True)
         if job.status in TERMINAL:
-            raise UsageError(f"job {jid} already {job.status}; only QUEUED or RUNNING jobs can be cancelled")
+            raise UsageError(
+                f"job {jid} already {job.status}; only QUEUED, SUBMITTED or RUNNING jobs can be cancelled"
+            )
         was = job.status
         job.status, job.finished_at = "CANCELLED", utcnow()
         job.reason = f"cancelled by {ctx.user} while {was}"
