@@ -177,6 +177,11 @@ def test_quoted_number_is_not_silently_coerced() -> None:
         (recipe(tokenizer={"from": "model"}), "tokenizer from: model needs a pretrained model"),
         (recipe(tokenizer__vocab_size=...), "tokenizer: train: sentencepiece needs vocab_size"),
         (recipe(tokenizer__max_unk_rate=2), "tokenizer.max_unk_rate: must be less than or equal to 1"),
+        (  # trained fine, then the first evaluation's tokenizer call overflowed
+            recipe(tokenizer__max_source_length=10**30),
+            "tokenizer.max_source_length: must be less than or equal to 1000000",
+        ),
+        (recipe(tokenizer__max_target_length=10**7), "tokenizer.max_target_length: must be less than or"),
         (recipe(precision="fp8"), "precision: must be 'auto', 'bf16', 'fp16' or 'fp32'"),
         (recipe(checkpoints__keep_last=0), "checkpoints.keep_last: must be greater than or equal to 1"),
         (recipe(checkpoints__metric="meteor"), "checkpoints.metric: 'meteor' is not computed"),
