@@ -343,6 +343,26 @@ def test_with_overrides_returns_a_validated_copy() -> None:
     assert r4.model.dims() == PRESETS["small"]
 
 
+def test_cli_set_reads_values_as_the_recipe_file_does(tmp_path: Path) -> None:
+    # `yard train R --set hyperparameters.lr=1e-3` (the docs' example): PyYAML alone reads 1e-3 as a string,
+    # which the strict recipe then refused.
+    from modelyard.cli.training import parse_sets, read_recipe
+
+    assert parse_sets(["hyperparameters.lr=1e-3", "b.c=3E-4", "d.e=true", "f.g=8", "h.i="]) == {
+        "hyperparameters.lr": 1e-3,
+        "b.c": 3e-4,
+        "d.e": True,
+        "f.g": 8,
+        "h.i": "",
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL), encoding="utf-8")
+    assert read_recipe(path, ["hyperparameters.lr=2e-4"])[0].hyperparameters.lr == pytest.approx(2e-4)
+    for bad in ("a.b=!!python/object/apply:os.system [id]", "a.b={x: 1, x: 2}", "novalue"):
+        with pytest.raises(UsageError):
+            parse_sets([bad])
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
