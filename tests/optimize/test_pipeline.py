@@ -19,7 +19,7 @@ from modelyard.core._models import LineageEdge
 from modelyard.errors import UsageError
 from modelyard.optimize import Measured, OptimizeReport, optimize, parse_budget
 from modelyard.optimize._pipeline import judge, pick
-from modelyard.testing import TrainedModel
+from modelyard.testing import TrainedModel, Yard
 
 pytestmark = pytest.mark.slow
 
@@ -243,6 +243,20 @@ def test_bad_requests(
     with pytest.raises(UsageError, match="between 0 and 1"):
         optimize(platform, ctx, "opt@1", prune=1.5)
     assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "notaspec"], "--data: 'notaspec' is not a dataset version"),
+        (["--data", "a@1", "--file", "../x"], "--file: '../x' is not a member path"),
+        (["--data", "a@1", "--group-field", " "], "--group-field: must not be empty"),
+    ],
+)
+def test_bad_data_flags_are_one_line_usage_errors(yard: Yard, args: list[str], message: str) -> None:
+    assert yard("init").code == 0
+    r = yard("optimize", "m@1", *args)
+    assert r.code == 2 and r.error.startswith(f"error: {message}"), r.err  # one line, not pydantic's report
 
 
 def test_pruned_and_distilled_variants_join_the_table(
