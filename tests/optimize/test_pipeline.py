@@ -19,7 +19,7 @@ from modelyard.core._models import LineageEdge
 from modelyard.errors import UsageError
 from modelyard.optimize import Measured, OptimizeReport, optimize, parse_budget
 from modelyard.optimize._pipeline import judge, pick
-from modelyard.testing import TrainedModel
+from modelyard.testing import TrainedModel, Yard
 
 pytestmark = pytest.mark.slow
 
@@ -141,16 +141,62 @@ def test_a_recipe_that_cut_one_version_is_measured_on_its_held_out_cut(
     root = get("norm@1", platform=platform, ctx=ctx)
     train, _, test = split_examples(read_examples(root / pick_member(root, d, role=None), d, label="x"), d)
 
-    manifest = registry.read_manifest(platform, ctx, spec)[1]
-    label, rows = _eval_rows(platform, ctx, spec, manifest, None, 100_000)
+    label, rows = _eval_rows(platform, ctx, spec, None, 100_000)
     assert label == "norm@1 (test cut, seed 5)" and [r.source for r in rows] == [r.source for r in test]
     assert not {r.source for r in rows} & {r.source for r in train}
-    _, same = _eval_rows(
-        platform, ctx, spec, manifest, EvalData(dataset="norm@1", file="train.jsonl"), 100_000
-    )
+    _, same = _eval_rows(platform, ctx, spec, EvalData(dataset="norm@1", file="train.jsonl"), 100_000)
     assert [r.source for r in same] == [r.source for r in test]
-    _, few = _eval_rows(platform, ctx, spec, manifest, None, 7)  # --max-samples applies without --data too
+    _, few = _eval_rows(platform, ctx, spec, None, 7)  # --max-samples applies without --data too
     assert len(few) == 7 and {r.source for r in few} <= {r.source for r in test}
+
+
+def test_optimize_measures_on_the_split_the_gates_use(trained: TrainedModel, tmp_path: Path) -> None:
+    # The member a run cut by ratios is always measured as that cut, however --data names it (a --file
+    # the recipe left implicit) and also for a variant registered without a recipe (its parent's run):
+    # the gates' rule (read_split), so optimize never scores a model on the rows it trained on.
+    import copy
+    import shutil
+
+    import yaml
+
+    from modelyard.core import put_artifact
+    from modelyard.data import add_version, get
+    from modelyard.evaluation import EvalData
+    from modelyard.optimize._pipeline import _eval_rows
+    from modelyard.testing import TINY_RECIPE
+    from modelyard.training import parse_recipe
+    from modelyard.training._data import read_examples, split_examples
+
+    platform = Platform(load_settings(home=trained.home))
+    ctx = platform.context()
+    (tmp_path / "one").mkdir()
+    shutil.copy(get("norm@1", platform=platform, ctx=ctx) / "train.jsonl", tmp_path / "one" / "data.jsonl")
+    add_version(platform, ctx, tmp_path / "one", "single")  # one table, which the recipe need not name
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["data"] = {"dataset": "single@1", "seed": 5, "split": {"train": 0.7, "test": 0.3}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    digest = put_artifact(platform, ctx, tmp_path / "recipe.yaml").digest
+    spec = registry.register(platform, ctx, trained.model_dir, "single", lineage={"recipe": digest}).spec
+    variant = registry.register(
+        platform, ctx, trained.model_dir, "single", parent=spec, variant="pruned-u0.5"
+    )
+    d = parse_recipe(recipe).data
+    root = get("single@1", platform=platform, ctx=ctx)
+    train, _, test = split_examples(read_examples(root / "data.jsonl", d), d)
+
+    named = EvalData(dataset="single@1", file="data.jsonl", group_field="locale")
+    for model, data in ((spec, named), (variant.spec, named), (variant.spec, None)):
+        label, rows = _eval_rows(platform, ctx, model, data, 100_000)
+        assert label == "single@1 (test cut, seed 5)", (model, data)
+        assert [r.source for r in rows] == [r.source for r in test]
+        assert not {r.source for r in rows} & {r.source for r in train}
+    # --data naming a version whose only table is another split is refused, as the gates refuse it
+    (tmp_path / "t").mkdir()
+    shutil.copy(root / "data.jsonl", tmp_path / "t" / "train.jsonl")
+    add_version(platform, ctx, tmp_path / "t", "trainonly")
+    with pytest.raises(UsageError, match="not the test split"):
+        _eval_rows(platform, ctx, spec, EvalData(dataset="trainonly@1"), 100_000)
+    platform.close()
 
 
 def test_picking_is_the_fastest_within_the_budget() -> None:
@@ -197,6 +243,20 @@ def test_bad_requests(
     with pytest.raises(UsageError, match="between 0 and 1"):
         optimize(platform, ctx, "opt@1", prune=1.5)
     assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "notaspec"], "--data: 'notaspec' is not a dataset version"),
+        (["--data", "a@1", "--file", "../x"], "--file: '../x' is not a member path"),
+        (["--data", "a@1", "--group-field", " "], "--group-field: must not be empty"),
+    ],
+)
+def test_bad_data_flags_are_one_line_usage_errors(yard: Yard, args: list[str], message: str) -> None:
+    assert yard("init").code == 0
+    r = yard("optimize", "m@1", *args)
+    assert r.code == 2 and r.error.startswith(f"error: {message}"), r.err  # one line, not pydantic's report
 
 
 def test_pruned_and_distilled_variants_join_the_table(

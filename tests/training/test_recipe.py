@@ -177,6 +177,11 @@ def test_quoted_number_is_not_silently_coerced() -> None:
         (recipe(tokenizer={"from": "model"}), "tokenizer from: model needs a pretrained model"),
         (recipe(tokenizer__vocab_size=...), "tokenizer: train: sentencepiece needs vocab_size"),
         (recipe(tokenizer__max_unk_rate=2), "tokenizer.max_unk_rate: must be less than or equal to 1"),
+        (  # trained fine, then the first evaluation's tokenizer call overflowed
+            recipe(tokenizer__max_source_length=10**30),
+            "tokenizer.max_source_length: must be less than or equal to 1000000",
+        ),
+        (recipe(tokenizer__max_target_length=10**7), "tokenizer.max_target_length: must be less than or"),
         (recipe(precision="fp8"), "precision: must be 'auto', 'bf16', 'fp16' or 'fp32'"),
         (recipe(checkpoints__keep_last=0), "checkpoints.keep_last: must be greater than or equal to 1"),
         (recipe(checkpoints__metric="meteor"), "checkpoints.metric: 'meteor' is not computed"),
@@ -336,6 +341,26 @@ def test_with_overrides_returns_a_validated_copy() -> None:
     assert (r3.hyperparameters.epochs, r3.hyperparameters.max_steps) == (2, None)
     r4 = r.with_overrides({"model.preset": "small"})
     assert r4.model.dims() == PRESETS["small"]
+
+
+def test_cli_set_reads_values_as_the_recipe_file_does(tmp_path: Path) -> None:
+    # `yard train R --set hyperparameters.lr=1e-3` (the docs' example): PyYAML alone reads 1e-3 as a string,
+    # which the strict recipe then refused.
+    from modelyard.cli.training import parse_sets, read_recipe
+
+    assert parse_sets(["hyperparameters.lr=1e-3", "b.c=3E-4", "d.e=true", "f.g=8", "h.i="]) == {
+        "hyperparameters.lr": 1e-3,
+        "b.c": 3e-4,
+        "d.e": True,
+        "f.g": 8,
+        "h.i": "",
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL), encoding="utf-8")
+    assert read_recipe(path, ["hyperparameters.lr=2e-4"])[0].hyperparameters.lr == pytest.approx(2e-4)
+    for bad in ("a.b=!!python/object/apply:os.system [id]", "a.b={x: 1, x: 2}", "novalue"):
+        with pytest.raises(UsageError):
+            parse_sets([bad])
 
 
 @pytest.mark.parametrize(

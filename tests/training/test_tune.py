@@ -179,6 +179,11 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
         (["--study", "nope", "--worker"], {}, "study 'nope' not found"),
         ([], {"search": None}, "no search: section"),
         (["--sampler", "grid"], {"search": {"hyperparameters.lr": LR_ONLY}}, "grid needs choices or a step"),
+        (  # counted before Optuna builds the product, which would take minutes and all memory
+            ["--sampler", "grid"],
+            {"search": {"hyperparameters.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "step": 1e-12}}},
+            "the grid has more than 100,000 points",
+        ),
     ],
 )
 def test_bad_tune_requests_fail_before_any_trial(

@@ -53,7 +53,19 @@ def optimize(
         raise usage(f"--quantize {quantize!r}: expected int8 or none")
     evaluation = None
     if data is not None:
-        evaluation = EvalData(dataset=data, file=file, group_field=group, max_samples=max_samples)
+        import pydantic
+
+        try:
+            evaluation = EvalData(dataset=data, file=file, group_field=group, max_samples=max_samples)
+        except pydantic.ValidationError as exc:  # one line naming the flag, not pydantic's report
+            flags = {"dataset": "--data", "file": "--file", "group_field": "--group-field"}
+            raise usage(
+                "; ".join(
+                    f"{flags.get(str(e['loc'][0]), '--data') if e['loc'] else '--data'}: "
+                    + str(e["msg"]).removeprefix("Value error, ")
+                    for e in exc.errors()
+                )
+            ) from None
     elif file is not None or group is not None:
         raise usage("--file and --group-field describe --data NAME@V; give --data too")
     finetune_recipe = load_recipe(finetune) if finetune is not None else None

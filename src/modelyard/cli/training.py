@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def parse_sets(values: list[str]) -> dict[str, Any]:
-    """``--set section.key=value`` pairs; values are YAML scalars (``3e-4``, ``true``, ``[1, 2]``)."""
-    import yaml
+    """``--set section.key=value`` pairs; values are YAML scalars (``3e-4``, ``true``, ``[1, 2]``), read by
+    the recipe's own loader, so ``1e-3`` is a number here as it is in the recipe file."""
+    from modelyard.errors import ValidationError
+    from modelyard.training._recipe import parse_yaml
 
     out: dict[str, Any] = {}
     for item in values:
@@ -26,8 +28,8 @@ def parse_sets(values: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UsageError(f"--set takes section.key=value, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            out[key.strip()] = parse_yaml(raw, source=f"--set {key}") if raw.strip() else ""
+        except ValidationError:
             raise UsageError(f"--set {key}: {raw!r} is not a YAML value") from None
     return out
 

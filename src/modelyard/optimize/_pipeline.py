@@ -167,67 +167,60 @@ def _report(scores: Any, rows: Sequence[Example], info: dict[str, Any]) -> bytes
 
 
 def _eval_rows(
-    platform: Platform,
-    ctx: Context,
-    spec: str,
-    manifest: dict[str, Any],
-    data: EvalData | None,
-    max_samples: int,
+    platform: Platform, ctx: Context, spec: str, data: EvalData | None, max_samples: int
 ) -> tuple[str, list[Any]]:
-    """(what the examples are, the examples): ``data`` if given, else the held-out split of the recipe that
-    trained ``spec`` (``manifest``, its verified manifest, names it): its test version (else validation),
-    or, where the recipe cut one version by ratios, the same seeded test cut the run held out (never its
-    training rows). At most ``max_samples``, a seeded sample in file order."""
-    from modelyard.evaluation import EvalData, eval_examples
-    from modelyard.training._recipe import recorded_recipe
+    """(what the examples are, the examples), chosen as the quality gates choose them (``_eval_set``):
+    ``data`` if given, else the held-out split of the recipe that trained ``spec`` (for a variant registered
+    without a recipe, its parent's): its test version (else validation), or, where the recipe cut one
+    version by ratios, the same seeded test cut (else validation) the run held out. Whenever the examples
+    come from the member the run cut, they are that run's cut, never its training rows. At most
+    ``max_samples``, a seeded sample in file order."""
+    from modelyard.errors import NotFoundError
+    from modelyard.evaluation import EvalData
+    from modelyard.evaluation._gates import _check_split, _eval_set, _trained_with
 
-    recipe = recorded_recipe(platform, manifest, spec)
-    d = recipe.data if recipe is not None else None
-    if (
-        d is not None
-        and d.dataset is not None
-        and (data is None or (data.dataset, data.file) == (d.dataset, d.file))
-    ):
-        return _cut(platform, ctx, d, max_samples)
-    if data is None:
-        held_out = (d.test or d.validation) if d is not None else None
-        if d is None or held_out is None:
-            raise UsageError(
-                f"{spec} names no held-out dataset version in its recipe; give the evaluation data with "
-                "--data NAME@V (and --file MEMBER when the version holds several tables)"
-            )
+    run = _trained_with(platform, ctx, spec)
+    explicit = data is not None
+    splits: tuple[str, ...]
+    if data is not None:
+        # Fields the caller left out are the run's (its columns and format), as for the default data.
+        inherit = ("format", "source_field", "target_field", "group_field") if run is not None else ()
+        update: dict[str, Any] = {k: getattr(run, k) for k in inherit if k not in data.model_fields_set}
+        data = data.model_copy(update={**update, "max_samples": max_samples})
+        splits = (data.split,)
+    elif run is None or (run.dataset is None and not (run.test or run.validation)):
+        raise UsageError(
+            f"{spec} names no held-out dataset version in its recipe; give the evaluation data with "
+            "--data NAME@V (and --file MEMBER when the version holds several tables)"
+        )
+    else:
+        held_out = run.dataset or run.test or run.validation
+        assert held_out is not None
         data = EvalData(
             dataset=held_out,
-            file=d.file,
-            split="test" if d.test else "validation",
-            format=d.format,
-            source_field=d.source_field,
-            target_field=d.target_field,
-            group_field=d.group_field,
+            file=run.file,
+            split="test" if run.dataset or run.test else "validation",
+            format=run.format,
+            source_field=run.source_field,
+            target_field=run.target_field,
+            group_field=run.group_field,
             max_samples=max_samples,
         )
-    elif data.max_samples != max_samples:
-        data = data.model_copy(update={"max_samples": max_samples})
-    return data.dataset, eval_examples(platform, ctx, data)
-
-
-def _cut(platform: Platform, ctx: Context, d: Any, max_samples: int) -> tuple[str, list[Any]]:
-    """The test cut (else validation) of a version the recipe split by ratios, as training cut it."""
-    import random
-
-    from modelyard.data import get
-    from modelyard.training._data import pick_member, read_examples, split_examples
-
-    root = get(d.dataset, platform=platform, ctx=ctx)
-    member = pick_member(root, d, role=None)
-    _, validation, test = split_examples(read_examples(root / member, d, label=f"{d.dataset}:{member}"), d)
-    rows, which = (test, "test") if test else (validation, "validation")
-    if not rows:
-        raise UsageError(f"the recipe's {d.dataset} leaves no test or validation rows to measure on")
-    if len(rows) > max_samples:
-        keep = sorted(random.Random(0).sample(range(len(rows)), max_samples))
-        rows = [rows[i] for i in keep]
-    return f"{d.dataset} ({which} cut, seed {d.seed})", rows
+        # A ratio cut may round the test share to no rows: then its validation rows, as training does.
+        splits = ("test", "validation") if run.dataset is not None else (data.split,)
+    for i, split in enumerate(splits):
+        try:
+            chosen = data.model_copy(update={"split": split})
+            rows, member, cut = _eval_set(platform, ctx, chosen, run)
+            break
+        except NotFoundError:
+            if i == len(splits) - 1:
+                raise
+    if explicit:
+        _check_split(chosen, member, cut)  # as the gates do: `--data V` of a train-only version is refused
+    if cut and run is not None:
+        return f"{chosen.dataset} ({chosen.split} cut, seed {run.seed})", rows
+    return chosen.dataset, rows
 
 
 def optimize(
@@ -274,7 +267,7 @@ def optimize(
             "which the ONNX export needs; load it, save it with modelyard.training.save_model and register "
             "that directory"
         )
-    evaluated_on, rows = _eval_rows(platform, ctx, info.spec, manifest, data, max_samples)
+    evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
     measure = dict(max_new_tokens=max_new_tokens, samples=latency_samples, threads=threads)
     with tempfile.TemporaryDirectory(prefix="yard-optimize-") as tmp_name:
         tmp = Path(tmp_name)

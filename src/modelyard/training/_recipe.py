@@ -72,6 +72,8 @@ MemberPath = Annotated[str, AfterValidator(_check_member)]
 FieldName = Annotated[str, AfterValidator(_check_field_name)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
+#: the longest source or target, in tokens, a recipe may ask for
+MAX_SEQUENCE_LENGTH = 1_000_000
 
 EVAL_METRICS: tuple[str, ...] = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "gen_len")
 #: metrics where lower is better; everything else is maximised.
@@ -161,8 +163,10 @@ class TokenizerSection(_Section):
     vocab_size: Annotated[int, Field(ge=16, le=1_000_000)] | None = None
     model_type: Literal["unigram", "bpe"] | None = None
     character_coverage: Annotated[float, Field(gt=0, le=1)] | None = None
-    max_source_length: PositiveInt = 512
-    max_target_length: PositiveInt = 128
+    # Bounded: the tokenizers library's max_length is a machine word, and 10**30 tokens only failed at the
+    # first evaluation (OverflowError), after the training it cost.
+    max_source_length: Annotated[int, Field(ge=1, le=MAX_SEQUENCE_LENGTH)] = 512
+    max_target_length: Annotated[int, Field(ge=1, le=MAX_SEQUENCE_LENGTH)] = 128
     max_unk_rate: Ratio = 0.01
     max_truncated_share: Ratio = 0.05
 

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
+#: the most points a grid search may have (every one is a training run)
+MAX_GRID = 100_000
 _STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -86,15 +88,28 @@ def _sampler(name: str, space: dict[str, SearchParam], seed: int | None) -> Any:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         grid: dict[str, list[Any]] = {}
+        points = 1
         for path, p in space.items():
             if p.type == "categorical":
-                grid[path] = list(p.choices or [])
+                n = len(p.choices or [])
             elif p.step is not None and p.low is not None and p.high is not None:
                 n = math.floor((p.high - p.low) / p.step + 1e-9) + 1
-                values = [p.low + i * p.step for i in range(n)]
-                grid[path] = [int(v) for v in values] if p.type == "int" else values
             else:
                 raise UsageError(f"--sampler grid needs choices or a step for search.{path}")
+            points *= n
+            # Counted before any list is built: Optuna materialises the whole product, so a step of 1e-12
+            # would otherwise spend minutes and all memory before failing.
+            if points > MAX_GRID:
+                raise UsageError(
+                    f"--sampler grid: the grid has more than {MAX_GRID:,} points ({n:,} values of "
+                    f"search.{path}); use a larger step, fewer choices or --sampler tpe"
+                )
+            if p.type == "categorical":
+                grid[path] = list(p.choices or [])
+            else:
+                assert p.low is not None and p.step is not None
+                values = [p.low + i * p.step for i in range(n)]
+                grid[path] = [int(v) for v in values] if p.type == "int" else values
         return optuna.samplers.GridSampler(grid, seed=seed)
     raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
 
