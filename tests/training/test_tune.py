@@ -184,6 +184,11 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
             {"search": {"hyperparameters.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "step": 1e-12}}},
             "the grid has more than 100,000 points",
         ),
+        (  # a step so small the count is infinite: refused the same way, not an OverflowError
+            ["--sampler", "grid"],
+            {"search": {"hyperparameters.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "step": 1e-320}}},
+            "the grid has more than 100,000 points",
+        ),
     ],
 )
 def test_bad_tune_requests_fail_before_any_trial(

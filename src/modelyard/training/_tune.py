@@ -93,7 +93,8 @@ def _sampler(name: str, space: dict[str, SearchParam], seed: int | None) -> Any:
             if p.type == "categorical":
                 n = len(p.choices or [])
             elif p.step is not None and p.low is not None and p.high is not None:
-                n = math.floor((p.high - p.low) / p.step + 1e-9) + 1
+                span = (p.high - p.low) / p.step + 1e-9  # inf for a step of 1e-320
+                n = math.floor(span) + 1 if math.isfinite(span) else MAX_GRID + 1
             else:
                 raise UsageError(f"--sampler grid needs choices or a step for search.{path}")
             points *= n
