@@ -212,8 +212,15 @@ def test_beam_search_and_limits(model: Any, tokenizer: Any, examples: list[Examp
     longer = generate(model, tokenizer, sources, max_new_tokens=6)
     assert all(b.startswith(a) for a, b in zip(short, longer, strict=True))
     assert any(len(a) < len(b) for a, b in zip(short, longer, strict=True))
-    for bad in ({"num_beams": 0}, {"batch_size": 0}, {"max_new_tokens": -1}, {"max_source_length": 1.5}):
-        with pytest.raises(UsageError, match="must be a whole number >= 1"):
+    for bad in (
+        {"num_beams": 0},
+        {"batch_size": 0},
+        {"max_new_tokens": -1},
+        {"max_source_length": 1.5},
+        {"max_source_length": 10**30},  # an OverflowError in the tokenizer before
+        {"num_beams": 10**9},
+    ):
+        with pytest.raises(UsageError, match="must be a whole number from 1 to"):
             generate(model, tokenizer, sources, **bad)
 
 

@@ -87,14 +87,17 @@ def generate(
     module's train/eval mode is restored afterwards. ``device`` is where the inputs go (default: the
     device of the model's parameters). A ``DistributedDataParallel`` wrapper is unwrapped.
     ``progress(done, total)`` is called after each batch."""
-    for name, value in (
-        ("num_beams", num_beams),
-        ("max_new_tokens", max_new_tokens),
-        ("batch_size", batch_size),
-        ("max_source_length", max_source_length),
+    from modelyard.training._recipe import MAX_BEAMS, MAX_SEQUENCE_LENGTH
+
+    # Bounded as in a recipe: the tokenizer's max_length is a machine word (10**30 was an OverflowError).
+    for name, value, most in (
+        ("num_beams", num_beams, MAX_BEAMS),
+        ("max_new_tokens", max_new_tokens, MAX_SEQUENCE_LENGTH),
+        ("batch_size", batch_size, 1_000_000),
+        ("max_source_length", max_source_length, MAX_SEQUENCE_LENGTH),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise UsageError(f"{name} must be a whole number from 1 to {most:,}, got {value!r}")
     texts = list(sources)
     bad = [i for i, s in enumerate(texts) if not isinstance(s, str)]
     if bad:

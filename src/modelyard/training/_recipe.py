@@ -72,8 +72,12 @@ MemberPath = Annotated[str, AfterValidator(_check_member)]
 FieldName = Annotated[str, AfterValidator(_check_field_name)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
-#: the longest source or target, in tokens, a recipe may ask for
+#: the longest source or target, in tokens, a recipe may ask for (also the most tokens generated)
 MAX_SEQUENCE_LENGTH = 1_000_000
+#: the most beams a beam search may keep (each is a copy of the decoder state)
+MAX_BEAMS = 256
+Beams = Annotated[int, Field(ge=1, le=MAX_BEAMS)]
+NewTokens = Annotated[int, Field(ge=1, le=MAX_SEQUENCE_LENGTH)]
 
 EVAL_METRICS: tuple[str, ...] = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "gen_len")
 #: metrics where lower is better; everything else is maximised.
@@ -310,8 +314,8 @@ class EarlyStopping(_Section):
 
 
 class GenerationSettings(_Section):
-    num_beams: PositiveInt = 1
-    max_new_tokens: PositiveInt = 128
+    num_beams: Beams = 1
+    max_new_tokens: NewTokens = 128
 
 
 class TrainSection(_Section):
@@ -394,8 +398,8 @@ class SearchParam(_Section):
 class EvaluationSection(_Section):
     metrics: Annotated[list[EvalMetric], Field(min_length=1)] = ["bleu", "rougeL", "exact_match", "gen_len"]
     decoding: Literal["greedy", "beam"] = "greedy"
-    num_beams: PositiveInt | None = None
-    max_new_tokens: PositiveInt = 128
+    num_beams: Beams | None = None
+    max_new_tokens: NewTokens = 128
     batch_size: PositiveInt = 32
 
     @model_validator(mode="after")
