@@ -178,6 +178,29 @@ def test_who_trained_a_version_cannot_approve_it_either(
         deploy(p, trainer, name, version=1, mode="canary", weight=100)
 
 
+def test_a_row_edited_to_name_no_run_does_not_hide_who_trained_it(
+    trained_platform: Platform, trained: TrainedModel, name: str
+) -> None:
+    # Four eyes reads the trainer from the signed manifest: the row's run_id may be NULL (older versions
+    # leave it so, and verification lets that pass), which hid the trainer from promote and deploy.
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    trainer, scientist = p.context(), person(p, Role.SCIENTIST)
+    info = registry.register(p, scientist, trained.run_id, name)
+    with p.db.write() as s:
+        s.execute(
+            text("UPDATE model_versions SET run_id = NULL WHERE manifest_digest = :d"),
+            {"d": info.manifest_digest},
+        )
+    with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
+        registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
+    registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match="four eyes"):
+        deploy(p, trainer, name, version=1, mode="canary", weight=100)
+    assert registry.history(p, trainer, name) == []
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:

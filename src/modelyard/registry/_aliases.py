@@ -30,6 +30,7 @@ from modelyard.registry._versions import (
     check_model_name,
     model_ref,
     parse_spec,
+    read_manifest,
     resolve_row,
     verify,
 )
@@ -120,12 +121,15 @@ def _point(
     return AliasChange(model.name, alias, version, previous, action)
 
 
-def makers(s: Session, row: ModelVersion) -> dict[str, str]:
+def makers(s: Session, manifest: Mapping[str, Any]) -> dict[str, str]:
     """Who made the version, for four eyes: who registered it, and who ran the run that trained it (an
-    approver must not get their own model approved by having someone else register their run)."""
-    made = {row.created_by: "registered"}
-    if row.run_id is not None:
-        trainer = s.scalar(select(Run.user).where(Run.id == row.run_id))
+    approver must not get their own model approved by having someone else register their run). Read from
+    the version's signed manifest (:func:`~modelyard.registry.read_manifest`), not its row: a row edited
+    to name no run (the column older versions leave empty) would hide the trainer."""
+    made = {str(manifest["created_by"]): "registered"}
+    run_id = (manifest.get("lineage") or {}).get("run")
+    if run_id:
+        trainer = s.scalar(select(Run.user).where(Run.id == run_id))
         if trainer is not None:
             made.setdefault(trainer, "trained")
     return made
@@ -223,11 +227,15 @@ def promote(
         model, row = resolve_row(s, ctx, spec)
         exact = f"{model.name}@{row.version}"
         author, manifest = row.created_by, row.manifest_digest
-        made = makers(s, row).get(ctx.user)
         # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
         compared = _targets(s, model.id)
     detail: dict[str, Any] = {"version": row.version, "author": author}
     try:
+        read, signed = read_manifest(platform, ctx, exact)
+        if read.manifest_digest != manifest:  # as at the commit: immutable unless tampered with
+            raise UsageError(f"{exact} changed while it was being promoted")
+        with platform.db.read() as s:
+            made = makers(s, signed).get(ctx.user)
         if protected and made is not None:
             raise PermissionDeniedError(
                 f"{ctx.user} {made} {exact} and cannot also approve it for {alias!r} (four eyes): "
