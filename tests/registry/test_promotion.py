@@ -394,6 +394,34 @@ def test_the_model_card_shows_what_was_verified(
     assert "PASSED" in md and "rougeL >= 0.0" in md and info.manifest_digest in md and info.key_id in md
     assert "| slice | n |" in md and "en-US" in md and "copy baseline" in md
     assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>" not in md and "&lt;script>" in md
+
+
+def test_user_text_on_a_card_stays_text_in_markdown_and_html() -> None:
+    """A description, a reason or a name on the card adds no HTML, link, image, heading, list or table
+    cell to card.md when a Markdown renderer shows it (card.html was already escaped)."""
+    from markdown_it import MarkdownIt
+
+    from modelyard.registry._card import Card, Code
+
+    hostile = (
+        "ok <script>alert(1)</script>\n# heading\r- item\n![x](http://e/x.png) [l](javascript:x) *em* `c` "
+        "<https://e> &lt;b&gt;"
+    )
+    card = Card(
+        "Model card: m@1",
+        [
+            ("Intended use", [hostile, "1. not a list", "  > not a quote", Code("yard models verify m@1")]),
+            ("Alias history", [(["by", "reason"], [["x|y", hostile]])]),
+        ],
+    )
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(card.markdown())
+    for tag in ("<script", "<a ", "<img", "<em>", "<ul>", "<ol>", "<blockquote>", "<h1>heading"):
+        assert tag not in rendered and tag not in card.html()
+    assert rendered.count("<h2>") == 2 and rendered.count("<td>") == 2  # one row, two cells
+    assert "<p>ok &lt;script&gt;alert(1)&lt;/script&gt; # heading - item ![x](http://e/x.png)" in rendered
+    assert "&amp;lt;b&amp;gt;" in rendered  # what was typed, not what it would decode to
+    assert "<code>yard models verify m@1</code>" in rendered and "<code>" not in rendered.split("<code>y")[0]
 
 
 def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, name: str) -> None:
