@@ -368,10 +368,15 @@ def register(
                 src.run_id = from_run["run"]
             if lineage:
                 src.lineage.update({k: v for k, v in lineage.items() if k != "run"})
-            if eval_report is not None:
-                src.eval_report = (
-                    eval_report if isinstance(eval_report, bytes) else Path(eval_report).read_bytes()
-                )
+            if isinstance(eval_report, bytes):
+                src.eval_report = eval_report
+            elif eval_report is not None:
+                try:
+                    src.eval_report = Path(eval_report).read_bytes()
+                except OSError as exc:  # not "cannot read SOURCE", below: name the file that is missing
+                    raise UsageError(
+                        f"cannot read the evaluation report {eval_report}: {exc.strerror or exc}"
+                    ) from None
             metrics = _metrics(src.eval_report)
             fmt = model_format(src.files)
             if variant is None:
@@ -705,8 +710,11 @@ def download(
     target = Path(dest)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
         raise UsageError(f"{target} exists and is not an empty directory; choose another or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write into {target}: {exc.strerror or exc}; choose another directory") from None
     try:
         pairs = [
             (f["sha256"], safe_join(work, safe_key(f["path"], what="model file"))) for f in manifest["files"]
