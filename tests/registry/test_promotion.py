@@ -178,6 +178,28 @@ def test_who_trained_a_version_cannot_approve_it_either(
         deploy(p, trainer, name, version=1, mode="canary", weight=100)
 
 
+def test_who_trained_the_parent_of_a_derived_version_cannot_approve_it(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path, name: str
+) -> None:
+    # An INT8 variant someone else optimised holds the weights its parent's run trained: its trainer
+    # approving it would be approving their own model.
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    trainer, registrar, other = p.context(), person(p, Role.APPROVER), person(p, Role.SCIENTIST)
+    registry.register(p, registrar, trained.run_id, name)
+    registry.register(p, other, model_dir, name, parent=f"{name}@1", variant="onnx-int8")
+    made = f"trained {name}@1, which {name}@2 derives from, and cannot also"
+    with pytest.raises(PermissionDeniedError, match=made):
+        registry.promote(p, trainer, f"{name}@2", "production", gates=gate_runner(PASSING))
+    with pytest.raises(PermissionDeniedError, match=f"registered {name}@1, which {name}@2 derives from"):
+        registry.promote(p, registrar, f"{name}@2", "production", gates=gate_runner(PASSING))
+    registry.attest(p, person(p, Role.APPROVER), f"{name}@2", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match=made):
+        deploy(p, trainer, name, version=2, mode="canary", weight=100)
+    assert registry.history(p, trainer, name) == []
+
+
 def test_a_row_edited_to_name_no_run_does_not_hide_who_trained_it(
     trained_platform: Platform, trained: TrainedModel, name: str
 ) -> None:
@@ -296,6 +318,33 @@ def test_a_tampered_attestation_fails_verification(
         )
     with pytest.raises(IntegrityError, match="attestation"):
         registry.verify(p, ctx, f"{name}@1")
+
+
+def test_a_failed_gate_run_with_its_passed_column_flipped_lets_nothing_through(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    # The body is signed, the columns next to it are not: deployment selected by the `passed` column and
+    # verification did not compare it with the body, so one UPDATE turned a failed gate run into a pass.
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    author, approver = p.context(), person(p, Role.APPROVER)
+    registry.register(p, author, model_dir, name)
+    registry.attest(p, approver, f"{name}@1", "gates", {"checks": []}, passed=True)
+    failed = registry.attest(p, approver, f"{name}@1", "gates", {"checks": []}, passed=False)
+    with pytest.raises(GateFailedError, match="no passing gate run"):
+        deploy(p, approver, name, version=1, mode="canary", weight=100)
+    for column in ("passed = 1", "kind = 'notes'"):  # a pass, or the failed run hidden behind the older pass
+        with p.db.write() as s:
+            s.execute(text(f"UPDATE model_attestations SET {column} WHERE id = :i"), {"i": failed})
+        with pytest.raises(IntegrityError, match=f"attestation {failed}: the record says"):
+            registry.verify(p, author, f"{name}@1")
+        with pytest.raises(IntegrityError, match=f"attestation {failed}: the record says"):
+            deploy(p, approver, name, version=1, mode="canary", weight=100)
+        with p.db.write() as s:
+            s.execute(
+                text("UPDATE model_attestations SET passed = 0, kind = 'gates' WHERE id = :i"), {"i": failed}
+            )
 
 
 def test_a_signing_key_planted_in_the_database_is_not_trusted(
