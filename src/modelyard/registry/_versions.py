@@ -728,7 +728,9 @@ def download(
         target.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as exc:
-        raise UsageError(f"cannot write into {target}: {exc.strerror or exc}; choose another directory") from None
+        raise UsageError(
+            f"cannot write into {target}: {exc.strerror or exc}; choose another directory"
+        ) from None
     try:
         pairs = [
             (f["sha256"], safe_join(work, safe_key(f["path"], what="model file"))) for f in manifest["files"]
