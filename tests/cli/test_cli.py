@@ -170,6 +170,23 @@ def test_a_piped_table_keeps_its_rows_whole(ready: Path) -> None:
     assert max(map(len, done.stdout.splitlines())) > 80
 
 
+def test_piped_output_keeps_its_lines_whole(tmp_path: Path) -> None:
+    # Rich wraps printed text at 80 columns where stdout is not a terminal: a line cut in two breaks grep
+    # and every script reading it (`created  metadata store sqlite:////long/path` lost its path's end).
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "init"],
+        capture_output=True,
+        text=True,
+        env={**env, "NO_COLOR": "1", "YARD_HOME": str(tmp_path / ("home-" + "h" * 80))},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) > 80
+    assert all(line.split(maxsplit=1)[0] in ("created", "exists", "ready:", "note") for line in lines), lines
+
+
 def test_init_creates_a_private_home(yard: Yard, home: Path) -> None:
     assert not home.exists()
     r = yard("init")

@@ -65,6 +65,22 @@ def test_register_list_show_verify_card_and_keys(
     )
 
 
+def test_what_cannot_be_read_or_written_is_one_clear_line(
+    yard: Yard, home_with_data: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    # Each was "unexpected FileNotFoundError/NotADirectoryError", or named the model directory instead of
+    # the missing report.
+    r = yard("models", "register", model_dir, "--name", "t5", "--eval-report", tmp_path / "nope.json")
+    assert r.code == 2 and f"cannot read the evaluation report {tmp_path / 'nope.json'}" in r.error
+    assert yard("models", "register", model_dir, "--name", "t5").code == 0
+    (tmp_path / "taken").write_text("x")
+    r = yard("models", "card", "t5@1", "-o", tmp_path / "taken" / "cards")
+    assert r.code == 2 and "cannot write the card into --output" in r.error and "unexpected" not in r.err
+    r = yard("models", "download", "t5@1", tmp_path / "taken" / "out")
+    assert r.code == 2 and "cannot write into" in r.error and "unexpected" not in r.err
+    assert (tmp_path / "taken").read_text() == "x"
+
+
 def test_verify_of_a_damaged_file_exits_1_naming_it(
     yard: Yard, home_with_data: Path, model_dir: Path
 ) -> None:

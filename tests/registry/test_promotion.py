@@ -178,6 +178,51 @@ def test_who_trained_a_version_cannot_approve_it_either(
         deploy(p, trainer, name, version=1, mode="canary", weight=100)
 
 
+def test_who_trained_the_parent_of_a_derived_version_cannot_approve_it(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path, name: str
+) -> None:
+    # An INT8 variant someone else optimised holds the weights its parent's run trained: its trainer
+    # approving it would be approving their own model.
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    trainer, registrar, other = p.context(), person(p, Role.APPROVER), person(p, Role.SCIENTIST)
+    registry.register(p, registrar, trained.run_id, name)
+    registry.register(p, other, model_dir, name, parent=f"{name}@1", variant="onnx-int8")
+    made = f"trained {name}@1, which {name}@2 derives from, and cannot also"
+    with pytest.raises(PermissionDeniedError, match=made):
+        registry.promote(p, trainer, f"{name}@2", "production", gates=gate_runner(PASSING))
+    with pytest.raises(PermissionDeniedError, match=f"registered {name}@1, which {name}@2 derives from"):
+        registry.promote(p, registrar, f"{name}@2", "production", gates=gate_runner(PASSING))
+    registry.attest(p, person(p, Role.APPROVER), f"{name}@2", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match=made):
+        deploy(p, trainer, name, version=2, mode="canary", weight=100)
+    assert registry.history(p, trainer, name) == []
+
+
+def test_a_row_edited_to_name_no_run_does_not_hide_who_trained_it(
+    trained_platform: Platform, trained: TrainedModel, name: str
+) -> None:
+    # Four eyes reads the trainer from the signed manifest: the row's run_id may be NULL (older versions
+    # leave it so, and verification lets that pass), which hid the trainer from promote and deploy.
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    trainer, scientist = p.context(), person(p, Role.SCIENTIST)
+    info = registry.register(p, scientist, trained.run_id, name)
+    with p.db.write() as s:
+        s.execute(
+            text("UPDATE model_versions SET run_id = NULL WHERE manifest_digest = :d"),
+            {"d": info.manifest_digest},
+        )
+    with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
+        registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
+    registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match="four eyes"):
+        deploy(p, trainer, name, version=1, mode="canary", weight=100)
+    assert registry.history(p, trainer, name) == []
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:
@@ -273,6 +318,33 @@ def test_a_tampered_attestation_fails_verification(
         )
     with pytest.raises(IntegrityError, match="attestation"):
         registry.verify(p, ctx, f"{name}@1")
+
+
+def test_a_failed_gate_run_with_its_passed_column_flipped_lets_nothing_through(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    # The body is signed, the columns next to it are not: deployment selected by the `passed` column and
+    # verification did not compare it with the body, so one UPDATE turned a failed gate run into a pass.
+    from modelyard.serving import deploy
+
+    p = trained_platform
+    author, approver = p.context(), person(p, Role.APPROVER)
+    registry.register(p, author, model_dir, name)
+    registry.attest(p, approver, f"{name}@1", "gates", {"checks": []}, passed=True)
+    failed = registry.attest(p, approver, f"{name}@1", "gates", {"checks": []}, passed=False)
+    with pytest.raises(GateFailedError, match="no passing gate run"):
+        deploy(p, approver, name, version=1, mode="canary", weight=100)
+    for column in ("passed = 1", "kind = 'notes'"):  # a pass, or the failed run hidden behind the older pass
+        with p.db.write() as s:
+            s.execute(text(f"UPDATE model_attestations SET {column} WHERE id = :i"), {"i": failed})
+        with pytest.raises(IntegrityError, match=f"attestation {failed}: the record says"):
+            registry.verify(p, author, f"{name}@1")
+        with pytest.raises(IntegrityError, match=f"attestation {failed}: the record says"):
+            deploy(p, approver, name, version=1, mode="canary", weight=100)
+        with p.db.write() as s:
+            s.execute(
+                text("UPDATE model_attestations SET passed = 0, kind = 'gates' WHERE id = :i"), {"i": failed}
+            )
 
 
 def test_a_signing_key_planted_in_the_database_is_not_trusted(
@@ -371,6 +443,34 @@ def test_the_model_card_shows_what_was_verified(
     assert "PASSED" in md and "rougeL >= 0.0" in md and info.manifest_digest in md and info.key_id in md
     assert "| slice | n |" in md and "en-US" in md and "copy baseline" in md
     assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>" not in md and "&lt;script>" in md
+
+
+def test_user_text_on_a_card_stays_text_in_markdown_and_html() -> None:
+    """A description, a reason or a name on the card adds no HTML, link, image, heading, list or table
+    cell to card.md when a Markdown renderer shows it (card.html was already escaped)."""
+    from markdown_it import MarkdownIt
+
+    from modelyard.registry._card import Card, Code
+
+    hostile = (
+        "ok <script>alert(1)</script>\n# heading\r- item\n![x](http://e/x.png) [l](javascript:x) *em* `c` "
+        "<https://e> &lt;b&gt;"
+    )
+    card = Card(
+        "Model card: m@1",
+        [
+            ("Intended use", [hostile, "1. not a list", "  > not a quote", Code("yard models verify m@1")]),
+            ("Alias history", [(["by", "reason"], [["x|y", hostile]])]),
+        ],
+    )
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(card.markdown())
+    for tag in ("<script", "<a ", "<img", "<em>", "<ul>", "<ol>", "<blockquote>", "<h1>heading"):
+        assert tag not in rendered and tag not in card.html()
+    assert rendered.count("<h2>") == 2 and rendered.count("<td>") == 2  # one row, two cells
+    assert "<p>ok &lt;script&gt;alert(1)&lt;/script&gt; # heading - item ![x](http://e/x.png)" in rendered
+    assert "&amp;lt;b&amp;gt;" in rendered  # what was typed, not what it would decode to
+    assert "<code>yard models verify m@1</code>" in rendered and "<code>" not in rendered.split("<code>y")[0]
 
 
 def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, name: str) -> None:

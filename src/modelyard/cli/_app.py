@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # piped or captured output keeps its lines whole (Rich cuts at 80)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _PIPED_WIDTH = 1000  # the widest a piped table grows before its cells wrap
 

@@ -282,9 +282,12 @@ def card(
         c = model_card(platform, ctx, spec)
     if output.exists() and not output.is_dir():
         raise usage(f"--output {output} is a file; give a directory for card.md and card.html")
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "card.md").write_text(c.markdown(), encoding="utf-8")
-    (output / "card.html").write_text(c.html(), encoding="utf-8")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "card.md").write_text(c.markdown(), encoding="utf-8")
+        (output / "card.html").write_text(c.html(), encoding="utf-8")
+    except OSError as exc:
+        raise usage(f"cannot write the card into --output {output}: {exc.strerror or exc}") from None
     console.print(f"wrote {output / 'card.md'} and {output / 'card.html'}", markup=False)
 
 

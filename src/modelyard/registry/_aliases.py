@@ -28,9 +28,12 @@ from modelyard.registry._versions import (
     _model,
     check_alias,
     check_model_name,
+    iter_attestations,
     model_ref,
     parse_spec,
+    read_manifest,
     resolve_row,
+    signed_attestation,
     verify,
 )
 
@@ -120,15 +123,32 @@ def _point(
     return AliasChange(model.name, alias, version, previous, action)
 
 
-def makers(s: Session, row: ModelVersion) -> dict[str, str]:
-    """Who made the version, for four eyes: who registered it, and who ran the run that trained it (an
-    approver must not get their own model approved by having someone else register their run)."""
-    made = {row.created_by: "registered"}
-    if row.run_id is not None:
-        trainer = s.scalar(select(Run.user).where(Run.id == row.run_id))
-        if trainer is not None:
-            made.setdefault(trainer, "trained")
-    return made
+def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, str]]:
+    """The manifest digest of ``spec`` and who made it, for four eyes: user -> what they did. Who registered
+    it and who ran the run that trained it (an approver must not get their own model approved by having
+    someone else register their run), and the same of every version it derives from (an INT8 variant
+    someone else optimised holds the weights its parent's run trained). Read from the signed manifests:
+    a row edited to name no run (the column older versions leave empty) would hide the trainer."""
+    made: dict[str, str] = {}
+    digest = ""
+    derived: str | None = None
+    seen: set[str] = set()
+    next_spec: str | None = spec
+    while next_spec is not None and next_spec not in seen:
+        info, manifest = read_manifest(platform, ctx, next_spec)
+        seen.add(next_spec)
+        digest = digest or info.manifest_digest
+        what = info.spec if derived is None else f"{info.spec}, which {derived} derives from,"
+        made.setdefault(str(manifest["created_by"]), f"registered {what}")
+        lineage = manifest.get("lineage") or {}
+        if lineage.get("run"):
+            with platform.db.read() as s:
+                trainer = s.scalar(select(Run.user).where(Run.id == lineage["run"]))
+            if trainer is not None:
+                made.setdefault(trainer, f"trained {what}")
+        derived = derived or info.spec
+        next_spec = lineage.get("parent")
+    return digest, made
 
 
 def _targets(s: Session, model_id: int) -> dict[str, int]:
@@ -223,14 +243,17 @@ def promote(
         model, row = resolve_row(s, ctx, spec)
         exact = f"{model.name}@{row.version}"
         author, manifest = row.created_by, row.manifest_digest
-        made = makers(s, row).get(ctx.user)
         # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
         compared = _targets(s, model.id)
     detail: dict[str, Any] = {"version": row.version, "author": author}
     try:
+        signed, made_by = makers(platform, ctx, exact)
+        if signed != manifest:  # as at the commit: immutable unless tampered with
+            raise UsageError(f"{exact} changed while it was being promoted")
+        made = made_by.get(ctx.user)
         if protected and made is not None:
             raise PermissionDeniedError(
-                f"{ctx.user} {made} {exact} and cannot also approve it for {alias!r} (four eyes): "
+                f"{ctx.user} {made} and cannot also approve it for {alias!r} (four eyes): "
                 "another user with the approver role must promote it",
                 action=action,
             )
@@ -253,7 +276,7 @@ def promote(
         model, row = resolve_row(s, ctx, exact)
         if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
             raise UsageError(f"{exact} changed while it was being promoted")
-        if gates is not None and not _has_passing(s, row, "gates"):
+        if gates is not None and not _has_passing(platform, s, row, "gates"):
             raise GateFailedError(f"{exact}: no passing gate attestation was recorded")
         # Lock the model's row first: on PostgreSQL two promotions would otherwise both read the aliases as
         # they were and both commit (SQLite's single writer already serialises them).
@@ -322,16 +345,17 @@ def history(platform: Platform, ctx: Context, name: str, alias: str | None = Non
 # -- attestations -----------------------------------------------------------------------------------------
 
 
-def _has_passing(s: Session, row: ModelVersion, kind: str) -> bool:
-    last = s.scalars(
-        select(Attestation)
-        .where(Attestation.version_id == row.id, Attestation.kind == kind)
-        .order_by(Attestation.id.desc())
-        .limit(1)
-    ).first()
-    return bool(
-        last is not None and last.passed and json.loads(last.body).get("manifest") == row.manifest_digest
-    )
+def _has_passing(platform: Platform, s: Session, row: ModelVersion, kind: str) -> bool:
+    """Whether the version's latest ``kind`` attestation passed, as its signed body says (every one of them
+    checked: an edited ``passed`` or ``kind`` column must not turn a failed gate run into a passing one,
+    nor hide a newer failed one). IntegrityError if one was altered."""
+    spec = f"version {row.version}"
+    last = None
+    for a in iter_attestations(s, row):
+        body = signed_attestation(platform, s, spec, row, a)
+        if body["kind"] == kind:
+            last = body
+    return last is not None and last["passed"] is True
 
 
 def attest(

@@ -9,6 +9,7 @@ not the ones stored. The HTML is rendered from the same sections, every value es
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,17 +29,19 @@ class Card:
     sections: list[tuple[str, list[str | Table]]]  # heading, paragraphs and tables
 
     def markdown(self) -> str:
-        out = [f"# {self.title}", ""]
+        out = [f"# {_md(self.title)}", ""]
         for heading, parts in self.sections:
-            out += [f"## {heading}", ""]
+            out += [f"## {_md(heading)}", ""]
             for part in parts:
-                if isinstance(part, str):
-                    out += [part, ""]
+                if isinstance(part, Code):
+                    out += [f"`{part}`", ""]
+                elif isinstance(part, str):
+                    out += [_md_paragraph(part), ""]
                 else:
                     cols, rows = part
-                    out.append("| " + " | ".join(_cell(c) for c in cols) + " |")
+                    out.append("| " + " | ".join(_md(c) for c in cols) + " |")
                     out.append("|" + "---|" * len(cols))
-                    out += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
+                    out += ["| " + " | ".join(_md(v) for v in r) + " |" for r in rows]
                     out.append("")
         return "\n".join(out)
 
@@ -48,7 +51,9 @@ class Card:
         for heading, parts in self.sections:
             body.append(f"<h2>{e(heading)}</h2>")
             for part in parts:
-                if isinstance(part, str):
+                if isinstance(part, Code):
+                    body.append(f"<p><code>{e(part)}</code></p>")
+                elif isinstance(part, str):
                     body.append(f"<p>{e(part)}</p>")
                 else:
                     cols, rows = part
@@ -68,8 +73,25 @@ class Card:
         )
 
 
-def _cell(v: object) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
+class Code(str):
+    """A paragraph that is a command (ours, never user text): a code span on the card."""
+
+
+# Markdown that user text (a description, a reason, a user name) could use to add links, images, emphasis,
+# code or table cells to the card (raw HTML and autolinks are stopped by writing & and < as entities).
+_MD_INLINE = re.compile(r"([\\`*_\[\]|~])")
+# What makes a paragraph a heading, quote, list, rule or setext underline instead.
+_MD_BLOCK = re.compile(r"^(\d*)([#>+=*.)-])")
+
+
+def _md(v: object) -> str:
+    """``v`` as literal Markdown text on one line (a newline would end a table row or start a block)."""
+    text = " ".join(str(v).replace("&", "&amp;").replace("<", "&lt;").splitlines()).strip()
+    return _MD_INLINE.sub(r"\\\1", text)
+
+
+def _md_paragraph(v: object) -> str:
+    return _MD_BLOCK.sub(r"\1\\\2", _md(v))
 
 
 def _fmt(v: Any) -> str:
@@ -230,8 +252,8 @@ def model_card(platform: Platform, ctx: Context, spec: str) -> Card:
                 f"Manifest sha256 {info.manifest_digest}, signed with Ed25519 key {info.key_id}; registered "
                 f"by {info.created_by} on {info.created_at.isoformat(timespec='seconds')}. Verified when "
                 f"this card was made: {report_v.files} files, {report_v.bytes:,} bytes, "
-                f"{report_v.attestations} attestation(s).",
-                f"Check it yourself: `yard models verify {info.spec}`.",
+                f"{report_v.attestations} attestation(s). Check it yourself:",
+                Code(f"yard models verify {info.spec}"),
             ],
         )
     )

@@ -368,10 +368,15 @@ def register(
                 src.run_id = from_run["run"]
             if lineage:
                 src.lineage.update({k: v for k, v in lineage.items() if k != "run"})
-            if eval_report is not None:
-                src.eval_report = (
-                    eval_report if isinstance(eval_report, bytes) else Path(eval_report).read_bytes()
-                )
+            if isinstance(eval_report, bytes):
+                src.eval_report = eval_report
+            elif eval_report is not None:
+                try:
+                    src.eval_report = Path(eval_report).read_bytes()
+                except OSError as exc:  # not "cannot read SOURCE", below: name the file that is missing
+                    raise UsageError(
+                        f"cannot read the evaluation report {eval_report}: {exc.strerror or exc}"
+                    ) from None
             metrics = _metrics(src.eval_report)
             fmt = model_format(src.files)
             if variant is None:
@@ -658,6 +663,25 @@ def iter_attestations(s: Session, row: ModelVersion) -> Iterator[Attestation]:
     yield from s.scalars(select(Attestation).where(Attestation.version_id == row.id).order_by(Attestation.id))
 
 
+def signed_attestation(
+    platform: Platform, s: Session, spec: str, row: ModelVersion, a: Attestation
+) -> dict[str, Any]:
+    """The attestation's signed body, its signature checked, and checked to be about this version: the
+    ``kind`` and ``passed`` columns, which promotion and deployment select by, must say what it says."""
+    what = f"{spec}: attestation {a.id}"
+    verify_signature(platform, s, a.key_id, a.body.encode("utf-8"), a.signature, what=what)
+    body: dict[str, Any] = json.loads(a.body)
+    if body.get("manifest") != row.manifest_digest:
+        raise IntegrityError(f"{what} is about another manifest", file="attestation")
+    if body.get("kind") != a.kind or body.get("passed") is not bool(a.passed):
+        raise IntegrityError(
+            f"{what}: the record says kind={a.kind!r} passed={bool(a.passed)} but its signed body says "
+            f"kind={body.get('kind')!r} passed={body.get('passed')!r}; the registry's database was altered",
+            file="attestation",
+        )
+    return body
+
+
 def verify(platform: Platform, ctx: Context, spec: str) -> VerifyReport:
     """Recompute every file's digest from the store, check the manifest signature and every attestation.
     IntegrityError names the first file or record that does not match."""
@@ -682,12 +706,7 @@ def verify(platform: Platform, ctx: Context, spec: str) -> VerifyReport:
         _, row = resolve_row(s, ctx, info.spec)
         attestations = list(iter_attestations(s, row))
         for a in attestations:
-            body, what = a.body.encode("utf-8"), f"{info.spec}: attestation {a.id}"
-            verify_signature(platform, s, a.key_id, body, a.signature, what=what)
-            if json.loads(a.body).get("manifest") != info.manifest_digest:
-                raise IntegrityError(
-                    f"{info.spec}: attestation {a.id} is about another manifest", file="attestation"
-                )
+            signed_attestation(platform, s, info.spec, row, a)
     return VerifyReport(
         info.spec, info.manifest_digest, info.key_id, len(manifest["files"]), total, len(attestations)
     )
@@ -705,8 +724,13 @@ def download(
     target = Path(dest)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
         raise UsageError(f"{target} exists and is not an empty directory; choose another or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write into {target}: {exc.strerror or exc}; choose another directory"
+        ) from None
     try:
         pairs = [
             (f["sha256"], safe_join(work, safe_key(f["path"], what="model file"))) for f in manifest["files"]

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from modelyard.core._db import insert_for
 from modelyard.core._models import CanaryOutcome, Deployment
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
-from modelyard.errors import GateFailedError, PermissionDeniedError, UsageError
+from modelyard.errors import GateFailedError, PermissionDeniedError, UsageError, YardError
 from modelyard.serving._routing import Shared, SloWindow
 
 log = logging.getLogger("modelyard.serving")
@@ -101,11 +101,21 @@ def deploy(
     if majority:  # a candidate answering most requests is a promotion in all but name
         platform.authorize(ctx, "model.approve", resource)
     detail: dict[str, Any] = {"mode": mode, "version": candidate, "weight": weight}
+    signed: tuple[str, dict[str, str]] | None = None
+    if majority:  # four eyes reads who made it (and its parents) from the signed manifests, not the rows
+        from modelyard.registry._aliases import makers
+
+        try:
+            signed = makers(platform, ctx, f"{name}@{candidate}")
+        except YardError as exc:
+            raise platform.refuse(ctx, "model.deploy", resource, exc) from None
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
         if candidate is not None:
             _, version_row = resolve_row(s, ctx, f"{name}@{candidate}")  # it must exist in this project
-            if majority:
-                _check_promotable(s, ctx, f"{name}@{candidate}", version_row, weight)
+            if signed is not None:
+                if version_row.manifest_digest != signed[0]:
+                    raise UsageError(f"{name}@{candidate} changed while it was being deployed")
+                _check_promotable(platform, s, ctx, f"{name}@{candidate}", version_row, signed[1], weight)
         now = utcnow()
         s.execute(
             insert_for(s)(Deployment)
@@ -156,18 +166,20 @@ def deploy(
         return _info(row)
 
 
-def _check_promotable(s: Session, ctx: Context, spec: str, row: Any, weight: int) -> None:
+def _check_promotable(
+    platform: Platform, s: Session, ctx: Context, spec: str, row: Any, made_by: dict[str, str], weight: int
+) -> None:
     """What promotion asks of a version, asked of a candidate given more than half of the traffic."""
-    from modelyard.registry._aliases import _has_passing, makers
+    from modelyard.registry._aliases import _has_passing
 
-    made = makers(s, row).get(ctx.user)
+    made = made_by.get(ctx.user)
     if made is not None:
         raise PermissionDeniedError(
-            f"{ctx.user} {made} {spec} and cannot also give it {weight}% of the traffic (four eyes): "
+            f"{ctx.user} {made} and cannot also give it {weight}% of the traffic (four eyes): "
             f"another approver must, or keep it at {MAX_UNAPPROVED_WEIGHT}% or less",
             action="model.approve",
         )
-    if not _has_passing(s, row, "gates"):
+    if not _has_passing(platform, s, row, "gates"):
         raise GateFailedError(
             f"{spec} has no passing gate run: `yard gates check {spec} --policy gates.yaml` first, or keep "
             f"it at {MAX_UNAPPROVED_WEIGHT}% of the traffic or less"
