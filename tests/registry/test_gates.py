@@ -163,3 +163,34 @@ def test_robustness_compares_only_inputs_a_perturbation_changed(
     assert measured["unchanged"]["numbers"] > 0 and "casing" not in measured["unchanged"]
     assert measured["examples"] == 20 - measured["unchanged"]["numbers"]
     assert "unchanged examples left out" in report.checks[0].note
+
+
+def test_robustness_with_a_clean_score_of_zero_fails_and_equal_slices_are_both_named(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """0 perturbed vs 0 clean is no evidence of robustness (it passed as a ratio of 1); and a fairness gap of
+    0 names two slices, not the same one twice."""
+    p = trained_platform
+    rows = read_examples(trained.home.parent / "data" / "test.jsonl", parse_recipe(TINY_RECIPE).data)
+    out = tmp_path / "unanswerable"
+    out.mkdir()
+    with (out / "test.jsonl").open("w", encoding="utf-8") as f:
+        for i, r in enumerate(rows[:16]):
+            # References of punctuation only: ROUGE tokenises them to nothing, so every score is 0.
+            f.write(json.dumps({"source": r.source, "target": "@@@", "locale": ("a", "b")[i % 2]}) + "\n")
+    dataset = f"z{secrets.token_hex(3)}"
+    add_version(p, p.context(), out, dataset)
+    info = registry.register(p, p.context(), model_dir, name)
+    policy = parse_policy(
+        {
+            "data": {"dataset": f"{dataset}@1", "group_field": "locale"},
+            "decoding": DECODING,
+            "fairness": [{"metric": "rougeL", "max_gap": 0.1, "min_examples": 2}],
+            "robustness": {"perturbations": ["casing"], "min_ratio": 0.5},
+        }
+    )
+    checks = {c.kind: c for c in check_gates(p, p.context(), info.spec, policy, attest=False).checks}
+    robust = checks["robustness"]
+    assert not robust.passed and robust.value is None and "no ratio to judge" in robust.note
+    fair = checks["fairness"]
+    assert fair.passed and fair.value == 0 and fair.note.startswith("b 0 vs a 0")

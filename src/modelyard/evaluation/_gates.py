@@ -295,9 +295,10 @@ def check_gates(
                     )
                 )
             else:
-                gap = max(groups.values()) - min(groups.values())
-                worst = min(groups, key=lambda g: groups[g])
-                best = max(groups, key=lambda g: groups[g])
+                # Ordered by value then name: with every slice equal, the note still names two of them.
+                order = sorted(groups, key=lambda g: (groups[g], g))
+                worst, best = order[0], order[-1]
+                gap = groups[best] - groups[worst]
                 checks.append(
                     Check(
                         f"fairness: {f.metric} gap between {group} slices",
@@ -338,7 +339,8 @@ def check_gates(
             )
             same = _score(model, [rows[i] for i in kept], policy, [rb.metric], [clean_preds[i] for i in kept])
             base, value = same.overall[rb.metric], noisy.overall[rb.metric]
-            ratio = value / base if base > 0 else (1.0 if value >= base else 0.0)
+            # A clean score of 0 leaves no ratio to judge (0 vs 0 is no evidence of robustness): it fails.
+            ratio = value / base if base > 0 else None
             measured["robustness"] = {
                 "clean": base,
                 "perturbed": value,
@@ -353,9 +355,10 @@ def check_gates(
                     ratio,
                     rb.min_ratio,
                     ">=",
-                    ratio >= rb.min_ratio,
+                    ratio is not None and ratio >= rb.min_ratio,
                     f"{value:.4g} perturbed vs {base:.4g} clean on {len(kept)} changed inputs; "
-                    f"{', '.join(rb.perturbations)}{left_out}",
+                    + ("no ratio to judge: the clean score is 0; " if ratio is None else "")
+                    + f"{', '.join(rb.perturbations)}{left_out}",
                 )
             )
 
