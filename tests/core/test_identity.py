@@ -182,6 +182,9 @@ def test_projects_carry_the_installation_region(home: Path) -> None:
     assert admin.region == "me-central-1"
     with pytest.raises(ResidencyError, match="me-central-1"):
         create_project(p, admin, "eu-team", region="eu-west-1")
+    for bad in ("x y", "EU-WEST-1", 3):  # malformed: said as such, not as another region
+        with pytest.raises(UsageError, match="must be lower-case letters, digits and '-'"):
+            create_project(p, admin, "eu-team", region=bad)  # type: ignore[arg-type]
     proj = create_project(p, admin, "uae-team")
     assert proj.region == "me-central-1"
     assert [proj.name for proj, _ in list_projects(p, admin)] == ["default", "uae-team"]

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelyard.config import check_name
+from modelyard.config import check_name, check_region
 from modelyard.core._models import Membership, Project, Token, User
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._rbac import Role
@@ -56,6 +56,10 @@ def create_project(platform: Platform, ctx: Context, name: str, *, region: str |
     try:
         _name(name, "project")
         region = region or ctx.region
+        try:
+            check_region(region)
+        except ValueError as exc:  # a malformed name is a usage error, not another region
+            raise UsageError(str(exc)) from None
         store_region = platform.meta("region")
         if region != store_region:
             raise ResidencyError(
