@@ -174,6 +174,10 @@ def test_quoted_number_is_not_silently_coerced() -> None:
         (recipe(model__pretrained="google/flan-t5-base"), "model: give exactly one of pretrained"),
         (recipe(model__preset="huge"), "model.preset: must be 'tiny', 'small' or 'base'"),
         (recipe(model__config={"d_model": 64, "d_ff": 1, "num_layers": 1, "num_heads": 3}), "not divisible"),
+        (  # refused here, not by a MemoryError once the data is read and the tokenizer trained
+            recipe(model__config={"d_model": 10**9, "d_ff": 64, "num_layers": 1, "num_heads": 1}),
+            "model.config.d_model: must be less than or equal to 65536",
+        ),
         (recipe(tokenizer={"from": "model"}), "tokenizer from: model needs a pretrained model"),
         (recipe(tokenizer__vocab_size=...), "tokenizer: train: sentencepiece needs vocab_size"),
         (recipe(tokenizer__max_unk_rate=2), "tokenizer.max_unk_rate: must be less than or equal to 1"),

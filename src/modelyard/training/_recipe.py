@@ -195,12 +195,14 @@ class TokenizerSection(_Section):
 class T5Dims(_Section):
     """The T5Config sizes of a model trained from scratch (gated-gelu as flan-t5; tied, scaled output)."""
 
-    d_model: PositiveInt
-    d_ff: PositiveInt
-    num_layers: PositiveInt
-    num_heads: PositiveInt
-    d_kv: PositiveInt | None = None
-    num_decoder_layers: PositiveInt | None = None
+    # Bounded (T5-XXL: d_model 4096, d_ff 10240, 24 layers, 64 heads): a size of 1e9 passed validation and
+    # failed only when the model was built, after the data was read and the tokenizer trained.
+    d_model: Annotated[int, Field(ge=1, le=65_536)]
+    d_ff: Annotated[int, Field(ge=1, le=262_144)]
+    num_layers: Annotated[int, Field(ge=1, le=256)]
+    num_heads: Annotated[int, Field(ge=1, le=1024)]
+    d_kv: Annotated[int, Field(ge=1, le=8192)] | None = None
+    num_decoder_layers: Annotated[int, Field(ge=1, le=256)] | None = None
     dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
     feed_forward_proj: Literal["gated-gelu", "relu", "gelu"] = "gated-gelu"
     relative_attention_num_buckets: Annotated[int, Field(ge=4, le=1024)] = 32  # T5 halves it twice
