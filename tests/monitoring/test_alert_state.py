@@ -12,7 +12,8 @@ from modelyard.monitoring._alerts import _claim, _key
 def test_only_the_first_of_two_claims_on_the_same_state_wins(any_platform: Platform) -> None:
     key = _key("rule", "m", "drifted")
     first = {"fired_at": "2026-12-06T00:00:00+00:00", "failed": ["log"]}
-    assert _claim(any_platform, key, None, first)
+    written = _claim(any_platform, key, None, first)
+    assert written == any_platform.meta(key)
     assert not _claim(any_platform, key, None, {"fired_at": "later", "failed": []})  # read before the first
     assert json.loads(any_platform.meta(key) or "") == first
     seen = any_platform.meta(key)
@@ -27,7 +28,7 @@ def test_concurrent_claims_of_a_new_rule_state_let_exactly_one_fire(any_platform
 
     def claim(i: int) -> None:
         start.wait()
-        won.append(_claim(any_platform, key, None, {"fired_at": str(i), "failed": []}))
+        won.append(_claim(any_platform, key, None, {"fired_at": str(i), "failed": []}) is not None)
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for t in threads:

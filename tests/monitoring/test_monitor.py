@@ -37,7 +37,7 @@ HOUR = parse_window("1h")
 def home(trained: TrainedModel) -> Iterator[Platform]:
     p = Platform(load_settings(home=trained.home))
     ctx = p.context()
-    for name in ("mon-same", "mon-shifted", "mon-alert", "mon-mixed", "mon-mixed"):
+    for name in ("mon-same", "mon-shifted", "mon-alert", "mon-mixed", "mon-mixed", "mon-race"):
         registry.register(p, ctx, trained.run_id, name)
     yield p
     p.close()
@@ -444,6 +444,68 @@ def test_an_alert_whose_action_failed_is_retried_not_silenced_by_its_cooldown(
         done = run_once(home, ctx, policy)  # delivered: the cooldown holds
         assert done.fired == [] and done.quiet == ["busy"] and len(_Flaky.received) == 1
     finally:
+        server.shutdown()
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """Answers 200 once the test lets it: monitor A is inside its webhook action until then."""
+
+    entered = threading.Event()
+    release = threading.Event()
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        _Slow.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        _Slow.entered.set()
+        _Slow.release.wait(30)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_second_monitor_leaves_a_rule_alone_while_the_first_acts_on_it(
+    home: Platform, tmp_path: Path
+) -> None:
+    """Monitor B evaluates while monitor A is still inside the rule's webhook: B is quiet (it read A's
+    claim as pending work, retried every action and posted twice before); after A is done the cooldown
+    holds for both."""
+    log_traffic(home, "mon-race", list(make_examples(20, seed=52)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Slow.entered.clear(), _Slow.release.clear()
+    _Slow.received = []
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-race@1",
+                "cooldown": "1h",
+                "rules": [{"name": "busy", "when": "requests > 0", "actions": ["webhook"]}],
+                "webhook": {
+                    "url": f"http://127.0.0.1:{server.server_address[1]}/alerts",
+                    "allow_networks": ["127.0.0.1/32"],
+                },
+            }
+        )
+    )
+    policy, ctx = load_alerts(path), home.context()
+    results: list[Any] = []
+    a = threading.Thread(target=lambda: results.append(run_once(home, ctx, policy)))
+    try:
+        a.start()
+        assert _Slow.entered.wait(30)
+        b = run_once(home, ctx, policy)
+        assert b.fired == [] and b.quiet == ["busy"]
+        _Slow.release.set()
+        a.join(30)
+        assert results[0].fired[0].actions == ["webhook answered 200"]
+        after = run_once(home, ctx, policy)
+        assert after.fired == [] and after.quiet == ["busy"]
+        assert len(_Slow.received) == 1
+    finally:
+        _Slow.release.set()
         server.shutdown()
 
 

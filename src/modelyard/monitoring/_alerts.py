@@ -21,9 +21,11 @@ drifted), ``quality.<metric>`` and ``quality_drop.<metric>`` (evaluation minus n
 ``SIGNAL OP NUMBER`` (parsed, never evaluated); a signal without data (no feedback yet) never fires.
 
 A rule that fired is quiet for the cooldown, except for its actions that failed: they are tried again at
-each run while the condition holds. Every alert and every action (and its failure) is an audit record. A
-retrain is followed through on later runs: once its job finishes, the new version is registered from the
-job's run, gated, and deployed as a canary; each step is audited.
+each run while the condition holds. A monitor claims a rule before acting on it (a compare-and-set with a
+fresh nonce), so of two monitors of one model only one acts; a claim left by a monitor that died is taken
+over, with the actions it left undone, after ``CLAIM_LEASE``. Every alert and every action (and its
+failure) is an audit record. A retrain is followed through on later runs: once its job finishes, the new
+version is registered from the job's run, gated, and deployed as a canary; each step is audited.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +48,9 @@ from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import UsageError, YardError
 
 log = logging.getLogger("modelyard.monitoring")
+# How long a monitor's claim on a rule keeps others off it while it acts (a webhook times out well within
+# this); a claim older than this was left by a monitor that died, and its undone actions are taken over.
+CLAIM_LEASE = timedelta(minutes=10)
 _RULE_RE = re.compile(
     r"^\s*(?P<signal>[a-z_]+(?:\.[A-Za-z0-9_]+)?)\s*(?P<op>>=|<=|>|<)\s*(?P<n>-?\d+(?:\.\d+)?)\s*$"
 )
@@ -184,26 +190,28 @@ def _put(platform: Platform, key: str, value: dict[str, Any]) -> None:
         s.merge(Meta(key=key, value=json.dumps(value)))
 
 
-def _claim(platform: Platform, key: str, seen: str | None, value: dict[str, Any]) -> bool:
-    """Write ``value`` only if the state is still ``seen`` (the raw value read before deciding to fire):
-    of two monitors evaluating one model at once, only one fires a rule (and submits its retrain)."""
+def _claim(platform: Platform, key: str, seen: str | None, value: dict[str, Any]) -> str | None:
+    """Write ``value`` only if the state is still ``seen`` (the raw value read before deciding to act), and
+    return what was written (None: someone else changed it first). Of two monitors evaluating one model at
+    once, only one acts on a rule (and submits its retrain)."""
     from sqlalchemy import select
     from sqlalchemy.exc import IntegrityError
 
     from modelyard.core._models import Meta
 
+    raw = json.dumps(value)
     try:
         with platform.db.write() as s:  # SQLite: BEGIN IMMEDIATE; PostgreSQL: the row locked
             row = s.execute(select(Meta).where(Meta.key == key).with_for_update()).scalar_one_or_none()
             if (row.value if row is not None else None) != seen:
-                return False
+                return None
             if row is None:
-                s.add(Meta(key=key, value=json.dumps(value)))
+                s.add(Meta(key=key, value=raw))
             else:
-                row.value = json.dumps(value)
+                row.value = raw
     except IntegrityError:  # both inserted the first state (PostgreSQL locks no absent row): the other won
-        return False
-    return True
+        return None
+    return raw
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -287,34 +295,55 @@ def run_once(
         key = _key("rule", name, rule.name)
         seen = platform.meta(key)
         state = json.loads(seen) if seen else {}
+        pending: list[str] = state.get("pending") or []
+        claimed_at = state.get("claimed_at")
+        if pending and claimed_at and now - datetime.fromisoformat(claimed_at).astimezone(UTC) < CLAIM_LEASE:
+            quiet.append(rule.name)  # another monitor is acting on it right now
+            continue
         last = state.get("fired_at")
-        actions: list[str] = list(rule.actions)
         retry = last is not None and now - datetime.fromisoformat(last).astimezone(UTC) < cooldown
         if retry:
-            # Cooling down, except for the actions that failed when it fired (the webhook was down): an
-            # alert that reached nobody is tried again at each run while the condition holds.
-            actions = [a for a in state.get("failed", []) if a in rule.actions]
+            # Cooling down, except for the actions that failed when it fired (the webhook was down) and those
+            # a run that died left undone: an alert that reached nobody is tried again at each run while the
+            # condition holds.
+            actions = [a for a in dict.fromkeys(state.get("failed", []) + pending) if a in rule.actions]
             if not actions:
                 quiet.append(rule.name)
                 continue
         else:
-            last = now.isoformat()
-        # Recorded before acting, every action still to do: a run killed halfway does the rest next time.
-        if not _claim(platform, key, seen, {"fired_at": last, "failed": actions}):
-            quiet.append(rule.name)  # another monitor fired it (or retried it) just now
+            actions, last = list(rule.actions), now.isoformat()
+        # Claimed before acting, every action still to do, under a fresh nonce (so two retries of the same
+        # state cannot both win): the others see it pending, and a run killed halfway leaves the rest pending
+        # for the next run after the lease.
+        current: dict[str, Any] = {
+            "fired_at": last,
+            "failed": [],
+            "pending": actions,
+            "claim": secrets.token_hex(8),
+            "claimed_at": now.isoformat(),
+        }
+        held = _claim(platform, key, seen, current)
+        if held is None:
+            quiet.append(rule.name)  # another monitor claimed it between our read and our write
             continue
         alert = Fired(rule.name, rule.when, value, retry=retry)
         detail: dict[str, Any] = {"rule": rule.name, "when": rule.when, "value": value}
         if retry:
             detail["retry"] = actions
         platform.audit(ctx, "monitor.alert", f"model:{policy.model}", "ok", detail)
-        failed: list[str] = []
         for action in actions:
             outcome, ok = _act(platform, ctx, policy, name, action, alert, values)
             alert.actions.append(outcome)
-            if not ok:
-                failed.append(action)
-        _put(platform, key, {"fired_at": last, "failed": failed})
+            done = {
+                **current,
+                "pending": [a for a in current["pending"] if a != action],
+                "failed": current["failed"] + ([] if ok else [action]),
+            }
+            if held is not None:
+                held = _claim(platform, key, held, done)  # None: our lease ran out and another took over
+                current = done
+        if held is None:
+            log.warning("%s: rule %s was taken over by another monitor while acting", policy.model, rule.name)
         fired.append(alert)
     try:
         retrains = advance_retrains(platform, ctx, policy, name)
