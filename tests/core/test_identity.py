@@ -299,9 +299,13 @@ def test_removing_and_disabling_users_ends_their_access_and_is_audited(platform:
         with pytest.raises(PermissionDeniedError, match="no longer has access"):
             write()
     client.close()
-    with pytest.raises(AuthenticationError, match="without access"):
+    with pytest.raises(AuthenticationError, match="revoked"):
         platform.context(token=bob_token)
     assert "bob" not in [m.user for m in list_users(platform, admin)]
+    add_user(platform, admin, "bob", Role.VIEWER)  # invited again: the old token stays dead
+    with pytest.raises(AuthenticationError, match="revoked"):
+        platform.context(token=bob_token)
+    remove_user(platform, admin, "bob")
     with pytest.raises(NotFoundError, match="not a member"):
         remove_user(platform, admin, "bob")
     with pytest.raises(UsageError, match="remove yourself"):
@@ -330,7 +334,10 @@ def test_removing_and_disabling_users_ends_their_access_and_is_audited(platform:
         for r in list_records(platform, admin)
         if r["action"] == "user.manage" and r["detail"].get("op") in ("remove", "disable", "enable")
     ]
+    removals = [r["detail"] for r in list_records(platform, admin) if r["detail"].get("op") == "remove"]
+    assert [d.get("tokens_revoked") for d in removals] == [1, 0, None, None]
     assert ops == [
+        ("user:bob", "ok", "remove"),
         ("user:bob", "ok", "remove"),
         ("user:bob", "refused", "remove"),
         (f"user:{admin.user}", "refused", "remove"),

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from modelyard.config import check_name, check_region
@@ -143,11 +143,12 @@ def set_role(platform: Platform, ctx: Context, name: str, role: str | Role) -> M
 
 
 def remove_user(platform: Platform, ctx: Context, name: str) -> MemberInfo:
-    """Take the user out of ctx's project: its tokens for the project stop working at once (clients and
-    servers re-check membership on every write). The account and its records stay, as audit needs them."""
+    """Take the user out of ctx's project and revoke its tokens for the project (clients and servers
+    re-check them on every write). The account and its records stay, as audit needs them."""
     resource = f"user:{name}"
     platform.authorize(ctx, "user.manage", resource)
-    with platform.mutate(ctx, "user.manage", resource, {"op": "remove"}) as s:
+    detail: dict[str, object] = {"op": "remove"}
+    with platform.mutate(ctx, "user.manage", resource, detail) as s:
         user = _user(s, name)
         member = s.get(Membership, (user.id, ctx.project_id))
         if member is None:
@@ -156,6 +157,13 @@ def remove_user(platform: Platform, ctx: Context, name: str) -> MemberInfo:
             raise UsageError("you cannot remove yourself from the project; ask another admin")
         role = Role.parse(member.role)
         s.delete(member)
+        # Revoked, not merely unusable while the membership is gone: re-adding the user later must not
+        # bring a leaked token back.
+        detail["tokens_revoked"] = s.execute(
+            update(Token)
+            .where(Token.user_id == user.id, Token.project_id == ctx.project_id, Token.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        ).rowcount  # in the audit record, which mutate writes from this dict at the commit
     return MemberInfo(name, role, user.disabled)
 
 
