@@ -163,7 +163,7 @@ def remove_user(platform: Platform, ctx: Context, name: str) -> MemberInfo:
             update(Token)
             .where(Token.user_id == user.id, Token.project_id == ctx.project_id, Token.revoked_at.is_(None))
             .values(revoked_at=utcnow())
-        ).rowcount  # in the audit record, which mutate writes from this dict at the commit
+        ).rowcount  # type: ignore[attr-defined]  # audited: mutate writes this dict at the commit
     return MemberInfo(name, role, user.disabled)
 
 
