@@ -493,3 +493,31 @@ def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, na
     assert kinds == {"metric", "fairness", "robustness", "latency", "size"}
     # the 300-step session model is far below the tiny recipe's 1500-step quality: the floor fails
     assert not report.passed and "rougeL >= 0.5" in report.summary()
+
+
+@pytest.mark.parametrize(
+    ("kind", "result", "passed", "message"),
+    [
+        ("gates", {}, 1, "passed must be True or False"),
+        ("gates", {}, "yes", "passed must be True or False"),
+        ("", {}, True, "short name"),
+        ("x" * 65, {}, True, "short name"),
+        ("gates", ["not", "a", "mapping"], True, "is a mapping"),
+    ],
+)
+def test_malformed_attestations_are_refused_before_anything_is_signed(
+    trained_platform: Platform,
+    model_dir: Path,
+    name: str,
+    kind: str,
+    result: object,
+    passed: object,
+    message: str,
+) -> None:
+    # passed=1 was signed as 1: the row's boolean never matched the body again, so verify, promote and
+    # deploy refused the version for ever.
+    p = trained_platform
+    registry.register(p, p.context(), model_dir, name)
+    with pytest.raises(UsageError, match=message):
+        registry.attest(p, p.context(), f"{name}@1", kind, result, passed=passed)  # type: ignore[arg-type]
+    assert registry.verify(p, p.context(), f"{name}@1").attestations == 0

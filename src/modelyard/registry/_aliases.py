@@ -355,7 +355,7 @@ def _has_passing(platform: Platform, s: Session, row: ModelVersion, kind: str) -
         body = signed_attestation(platform, s, spec, row, a)
         if body["kind"] == kind:
             last = body
-    return last is not None and last["passed"] is True
+    return last is not None and bool(last["passed"])
 
 
 def attest(
@@ -379,6 +379,15 @@ def store_attestation(
     action: str = "model.register",
 ) -> int:
     """:func:`attest` for the code that produced the result itself (the gate runner)."""
+    problem = None
+    if not isinstance(passed, bool):  # signed as written: 1 would never match the row's boolean again
+        problem = f"passed must be True or False, not {passed!r}"
+    elif not isinstance(kind, str) or not kind.strip() or len(kind) > 64 or not kind.isprintable():
+        problem = f"an attestation kind is a short name such as 'gates', not {kind!r}"
+    elif not isinstance(result, Mapping):
+        problem = f"an attestation result is a mapping, not {type(result).__name__}"
+    if problem is not None:
+        raise platform.refuse(ctx, action, f"model:{spec}", UsageError(problem)) from None
     signer = Signer(platform)
     detail: dict[str, Any] = {"kind": kind, "passed": passed}
     with platform.mutate(ctx, action, f"model:{spec}", detail) as s:
