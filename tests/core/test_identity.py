@@ -267,8 +267,10 @@ def test_refused_logins_of_known_tokens_are_audited_at_most_once_a_minute(
     assert refused() == [
         ("alice", f"token:{revoked.id}", "denied", "revoked"),
         ("alice", f"token:{expired.id}", "denied", "expired"),
-        ("alice", f"token:{live.id}", "denied", "wrong secret"),
+        ("unauthenticated", f"token:{live.id}", "denied", "wrong secret"),  # a guess, not alice
     ]
+    owners = {r["detail"].get("owner") for r in list_records(platform, admin) if r["action"] == "auth"}
+    assert owners == {"alice"}
     monkeypatch.setattr(_platform, "AUTH_AUDIT_EVERY_S", 0.0)  # only the rate limit held the others back
     with pytest.raises(AuthenticationError):
         platform.context(token=token)

@@ -234,7 +234,9 @@ class Platform:
                 .where(Token.id == token_id)
             ).first()
         digest = hashlib.sha256(secret.encode()).hexdigest()
-        # Compare even when the id is unknown so timing does not reveal which ids exist.
+        # Compare even when the id is unknown, so the comparison's timing does not reveal which ids exist.
+        # (A refusal of a known id is audited, a database write, at most once a minute per id and reason:
+        # that first attempt is slower. Ids are 48 random bits and not secret; the secret half is.)
         stored = row[0].secret_hash if row else "0" * 64
         matches = hmac.compare_digest(digest, stored)
         if row is None:  # nobody to attribute it to, so not audited (made-up ids could flood the log)
@@ -252,7 +254,10 @@ class Platform:
             why = "no access"
             message = f"API token {tok.id} belongs to a user without access to {proj.name!r}"
         if why is not None:
-            self._auth_refused(user.name, proj.name, f"token:{tok.id}", why, f"token:{tok.id}")
+            # With a wrong secret the caller is not the owner, only someone who knows the id: recorded as
+            # unauthenticated, the owner named in the detail (no "alice: denied" for a stranger's guess).
+            actor = "unauthenticated" if why == "wrong secret" else user.name
+            self._auth_refused(actor, proj.name, f"token:{tok.id}", why, f"token:{tok.id}", owner=user.name)
             raise AuthenticationError(message)
         return Context(
             user.name,
@@ -264,7 +269,9 @@ class Platform:
             via=f"token:{tok.id}",
         )
 
-    def _auth_refused(self, actor: str, project: str, resource: str, reason: str, via: str) -> None:
+    def _auth_refused(
+        self, actor: str, project: str, resource: str, reason: str, via: str, *, owner: str | None = None
+    ) -> None:
         """Audit a refused token or account ("auth", outcome "denied"), rate-limited per resource and
         reason. Best effort: a store that cannot take the record must not turn the refusal into another
         error."""
@@ -282,7 +289,7 @@ class Platform:
             "action": "auth",
             "resource": resource,
             "outcome": "denied",
-            "detail": {"reason": reason, "via": via},
+            "detail": {"reason": reason, "via": via} | ({"owner": owner} if owner else {}),
         }
         try:
             with self.db.write() as s:
