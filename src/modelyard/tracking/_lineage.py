@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from modelyard.core._db import insert_for
@@ -162,6 +163,7 @@ def _exists(s: Session, project_id: int, ref: str) -> bool | None:
     """Whether the dataset version, run or model version ``ref`` exists in the project; None for kinds
     that have no row of their own to look up (artifacts, deployments)."""
     kind, _, ident = ref.partition(":")
+    q: Select[Any]
     if kind == "run":
         q = select(Run.id).where(Run.project_id == project_id, Run.id == ident)
     elif kind in ("dataset", "model") and _VERSIONED_RE.match(ident):
