@@ -68,6 +68,13 @@ def test_compare(yard: Yard, runs: list[str]) -> None:
     data = json.loads(yard("runs", "compare", *runs, "--json").out)
     assert data["params"]["lr"] == ["1e-4", "1e-3"]
     assert data["metrics"]["rougeL"] == [0.35, 0.5]
+    r = yard("runs", "compare", runs[0])
+    assert r.code == 2 and "two or more runs" in r.err
+
+
+def test_a_bad_order_by_is_named_as_such(yard: Yard, runs: list[str]) -> None:
+    r = yard("runs", "ls", "-o", "foo DESC")
+    assert r.code == 2 and r.err.startswith("error: invalid order_by item at position 1: unknown field 'foo'")
 
 
 def test_metrics_and_plot(yard: Yard, runs: list[str], tmp_path: Path) -> None:
@@ -83,6 +90,10 @@ def test_metrics_and_plot(yard: Yard, runs: list[str], tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = yard("runs", "metrics", runs[1], "--key", "nope")
     assert r.code == 2 and "no metric 'nope'" in r.err
+    r = yard("runs", "metrics", runs[1], "--plot", "--output", tmp_path / "missing" / "curves.png")
+    assert r.code == 2 and r.err.strip().splitlines() == [
+        f"error: cannot write --output {tmp_path / 'missing' / 'curves.png'}: No such file or directory"
+    ]
 
 
 def test_help_lists_the_runs_commands(yard: Yard) -> None:

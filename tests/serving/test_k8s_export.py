@@ -91,6 +91,8 @@ def test_export_and_serve_refuse_what_is_unsafe(yard: Yard, tmp_path: Path) -> N
         env = {"YARD_S3_ENDPOINT_URL": endpoint}  # would be a plain value in the Deployment
         r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k", *CLUSTER, env=env)
         assert r.code == 2 and "carries credentials" in r.error and "s3cret" not in r.error
+    r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k", *CLUSTER, "--secret", "Bad Name!")
+    assert r.code == 2 and "not a valid Kubernetes Secret name" in r.error  # every secretKeyRef names it
     assert not (tmp_path / "k").exists()
     r = yard("serve", "m@production")
     assert r.code == 1 and "not found" in r.error  # checked before a server starts

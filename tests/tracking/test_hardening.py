@@ -150,6 +150,7 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
         (["t.py", "--client-credential", "c", "--pwd", "p"], "t.py --client-credential *** --pwd ***"),
         (["t.py", "--use-auth", "--epochs", "3"], "t.py --use-auth --epochs 3"),  # a flag: no value
         (["t.py", "--db", "postgresql://u:pw@h/d"], "t.py --db 'postgresql://u:***@h/d'"),
+        (["t.py", "postgresql://u:p@ss@h/d?x=a@b"], "t.py 'postgresql://u:***@h/d?x=a@b'"),  # raw "@" in it
         (["t.py", "--name", "a b", "--token"], "t.py --name 'a b' --token"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 from modelyard.cli import main
 from modelyard.core import Context, Platform, Role, create_project
 from modelyard.core._models import LineageEdge
-from modelyard.errors import UsageError
+from modelyard.errors import NotFoundError, UsageError
 from modelyard.testing import actor
 from modelyard.tracking import lineage, parse_ref
 from modelyard.tracking._lineage import add_edges, downstream_refs
@@ -94,7 +95,27 @@ def test_other_projects_see_nothing(platform: Platform, admin: Context) -> None:
     me = pwd.getpwuid(os.geteuid()).pw_name
     other = platform.context(project="tenant-b")
     assert other.user == me
-    up, down = lineage(platform, other, f"run:{RUN}")
+    with pytest.raises(NotFoundError, match=f"run:{RUN} not found in project 'tenant-b'"):
+        lineage(platform, other, f"run:{RUN}")  # its edges are the default project's, and so is the run
+
+
+def test_an_unknown_object_is_not_found_but_a_removed_one_keeps_its_history(
+    platform: Platform, admin: Context, tmp_path: Path
+) -> None:
+    from modelyard.data import add_version, remove
+
+    (tmp_path / "a.txt").write_text("a")
+    for typo in ("dataset:tickest@1", "tickest@1", "model:t5@1", "run:" + "0" * 32):
+        with pytest.raises(NotFoundError, match="not found in project 'default'; list what exists with"):
+            lineage(platform, admin, typo)
+    add_version(platform, admin, tmp_path, "tickets")
+    up, down = lineage(platform, admin, "tickets@1")  # exists, nothing recorded yet: empty trees
+    assert up.children == [] and down.children == []
+    _edges(platform, admin, [("dataset:tickets@1", f"run:{RUN}", "input")])
+    remove(platform, admin, "tickets@1")
+    _, down = lineage(platform, admin, "tickets@1")  # gone, but what was made from it is still shown
+    assert _refs(down) == [f"run:{RUN}"]
+    up, down = lineage(platform, admin, f"artifact:{DIGEST}")  # no row of its own to look up
     assert up.children == [] and down.children == []
 
 

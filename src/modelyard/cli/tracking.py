@@ -96,8 +96,11 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Params and latest metrics of runs side by side; params that differ are marked with *."""
+    from modelyard.errors import UsageError
     from modelyard.tracking._store import get_run, resolve_run_id
 
+    if len(runs) < 2:
+        raise UsageError("yard runs compare needs two or more runs; to see one run use `yard runs show RUN`")
     with acting() as (platform, ctx):
         infos = [get_run(platform, ctx, resolve_run_id(platform, ctx, r)) for r in runs]
     params = sorted({k for r in infos for k in r.params})
@@ -189,5 +192,7 @@ def _plot(history: dict[str, Any], path: Path, run_id: str) -> None:
         fig.suptitle(f"run {run_id}", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:  # a missing directory, no permission: the user's path, not a crash
+        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)

@@ -1,4 +1,5 @@
 """Server configuration: one closed, validated model (YAML file or flags), limits that keep bad input cheap.
+docs/serving.md lists every key with its default (a test keeps that list true). The main ones:
 
 ```yaml
 models: [support-t5@production]      # NAME@ALIAS (followed: alias moves swap versions blue-green) or NAME@V
@@ -9,7 +10,7 @@ metrics_auth: false                  # true: /metrics needs an API token too (Pr
 batching: {max_batch_size: 16, max_wait_ms: 0, max_queue: 1024}   # 0: start as soon as the model is free
 limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30,
          read_timeout_s: 30, max_connections: null}
-canary: {max_error_rate: 0.05, max_p95_ms: 2000, window_s: 60, min_requests: 20}
+canary: {max_error_rate: 0.05, max_p95_ms: 5000, window_s: 60, min_requests: 20}
 logging: {sample: 1.0}               # share of predictions stored (PII redacted) for drift and feedback
 ```
 """

@@ -49,6 +49,7 @@ def manifests(
     from modelyard.training._k8s import (
         _DNS_LABEL,
         _IMAGE,
+        _SECRET_NAME,
         SECRET_KEYS,
         _label,
         cluster_artifact_uri,
@@ -60,6 +61,8 @@ def manifests(
         raise ValidationError(f"image {image!r} is not a valid container image reference")
     if not _DNS_LABEL.match(namespace):
         raise ValidationError(f"namespace {namespace!r} is not a valid Kubernetes name (a DNS label)")
+    if not _SECRET_NAME.match(secret_name):  # it is written into every secretKeyRef, as a job's is
+        raise ValidationError(f"secret {secret_name!r} is not a valid Kubernetes Secret name")
     if not config.auth:
         raise ValidationError(
             "a server in a cluster listens beyond loopback: it must check API tokens (drop --no-auth)"

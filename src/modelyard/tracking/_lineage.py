@@ -10,14 +10,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from modelyard.core._db import insert_for
-from modelyard.core._models import LineageEdge
+from modelyard.core._models import (
+    Dataset,
+    DatasetVersion,
+    LineageEdge,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+)
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import UsageError
+from modelyard.errors import NotFoundError, UsageError
 
 KINDS = ("dataset", "run", "artifact", "model", "deployment")
 _REF_RE = re.compile(r"^(?P<kind>[a-z]+):(?P<id>[A-Za-z0-9][A-Za-z0-9._@:/-]{0,290})$")
@@ -140,10 +148,43 @@ def lineage(
         raise UsageError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
     platform.authorize(ctx, "lineage.read", ref)
     with platform.db.read() as s:
-        return (
-            _walk(s, ctx.project_id, ref, upstream=True, depth=depth),
-            _walk(s, ctx.project_id, ref, upstream=False, depth=depth),
-        )
+        up = _walk(s, ctx.project_id, ref, upstream=True, depth=depth)
+        down = _walk(s, ctx.project_id, ref, upstream=False, depth=depth)
+        # Edges outlive what they name (a removed version keeps its history), so only an object with no
+        # edges at all is looked up: a typo must not read as "nothing recorded".
+        if not up.children and not down.children and _exists(s, ctx.project_id, ref) is False:
+            listing = {"dataset": "yard data ls", "run": "yard runs ls", "model": "yard models ls"}
+            hint = listing[ref.partition(":")[0]]
+            raise NotFoundError(f"{ref} not found in project {ctx.project!r}; list what exists with `{hint}`")
+        return up, down
+
+
+def _exists(s: Session, project_id: int, ref: str) -> bool | None:
+    """Whether the dataset version, run or model version ``ref`` exists in the project; None for kinds
+    that have no row of their own to look up (artifacts, deployments)."""
+    kind, _, ident = ref.partition(":")
+    q: Select[Any]
+    if kind == "run":
+        q = select(Run.id).where(Run.project_id == project_id, Run.id == ident)
+    elif kind in ("dataset", "model") and _VERSIONED_RE.match(ident):
+        name, _, number = ident.rpartition("@")
+        if kind == "dataset":
+            q = (
+                select(DatasetVersion.id)
+                .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+                .where(Dataset.project_id == project_id, Dataset.name == name)
+                .where(DatasetVersion.version == int(number))
+            )
+        else:
+            q = (
+                select(ModelVersion.id)
+                .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+                .where(RegisteredModel.project_id == project_id, RegisteredModel.name == name)
+                .where(ModelVersion.version == int(number))
+            )
+    else:
+        return None
+    return s.execute(q.limit(1)).first() is not None
 
 
 def downstream_refs(s: Session, project_id: int, ref: str, *, depth: int = MAX_DEPTH) -> set[str]:

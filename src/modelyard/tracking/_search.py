@@ -404,15 +404,19 @@ def compile_order_by(
     for item in items or []:
         if not isinstance(item, str):
             raise UsageError(f"order_by items must be strings, got {type(item).__name__}")
-        toks = tokenize(item)
-        fld = parse_field(toks[0], item)
-        desc = False
-        rest = toks[1:]
-        if rest[0].kind == "kw" and rest[0].text in ("asc", "desc"):
-            desc = rest[0].text == "desc"
-            rest = rest[1:]
-        if rest[0].kind != "end":
-            raise _syntax(f"expected ASC, DESC or the end, got {rest[0].text!r}", rest[0].pos, item)
+        try:
+            toks = tokenize(item)
+            fld = parse_field(toks[0], item)
+            desc = False
+            rest = toks[1:]
+            if rest[0].kind == "kw" and rest[0].text in ("asc", "desc"):
+                desc = rest[0].text == "desc"
+                rest = rest[1:]
+            if rest[0].kind != "end":
+                raise _syntax(f"expected ASC, DESC or the end, got {rest[0].text!r}", rest[0].pos, item)
+        except UsageError as exc:  # the filter's grammar, but the user gave no filter: name the option
+            message = exc.message.replace("invalid filter", "invalid order_by item", 1)
+            raise UsageError(message, **exc.details) from None
         if fld.kind == "attributes":
             col: Any = {
                 "status": Run.status,

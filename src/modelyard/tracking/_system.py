@@ -25,7 +25,9 @@ _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
 _SECRET_NAME = re.compile(r"token|key|secret|password|passwd|pwd|auth|credential|apikey", re.IGNORECASE)
 _OPTION = re.compile(r"^(-{1,2}[A-Za-z0-9][A-Za-z0-9_.\-]*)(=.*)?$", re.DOTALL)
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
+# Up to the last "@" before the path, as URL parsers split it: a password written with a raw "@" in it
+# ("p@ss") must not leave its tail visible.
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s]+@")
 REDACTED = "***"
 
 
