@@ -79,6 +79,20 @@ def test_a_connection_cap_makes_the_liveness_probe_tcp(yard: Yard, tmp_path: Pat
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_metrics_auth_drops_the_scrape_annotations(yard: Yard, tmp_path: Path) -> None:
+    """Scraping by annotation sends no token: with metrics_auth it would collect only 401s."""
+    assert yard("init").code == 0
+    annotations = {}
+    for metrics_auth in (False, True):
+        config = tmp_path / f"serve-{metrics_auth}.yaml"
+        config.write_text(yaml.safe_dump({"models": ["support@production"], "metrics_auth": metrics_auth}))
+        out = tmp_path / f"k8s-{metrics_auth}"
+        assert yard("serve", "--config", config, "--export", "k8s", out, *CLUSTER).code == 0
+        dep = yaml.safe_load((out / "deployment.yaml").read_text())
+        annotations[metrics_auth] = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[False]["prometheus.io/scrape"] == "true" and annotations[True] == {}
+
+
 def test_export_and_serve_refuse_what_is_unsafe(yard: Yard, tmp_path: Path) -> None:
     assert yard("init").code == 0
     r = yard("serve", "m@production", "--no-auth", "--host", "0.0.0.0")
@@ -93,6 +107,20 @@ def test_export_and_serve_refuse_what_is_unsafe(yard: Yard, tmp_path: Path) -> N
         assert r.code == 2 and "carries credentials" in r.error and "s3cret" not in r.error
     r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k", *CLUSTER, "--secret", "Bad Name!")
     assert r.code == 2 and "not a valid Kubernetes Secret name" in r.error  # every secretKeyRef names it
+    env = {"YARD_S3_ENDPOINT_URL": "http://[minio:9000"}  # an unpaired bracket: said, not a ValueError
+    r = yard("serve", "m@production", "--export", "k8s", tmp_path / "k", *CLUSTER, env=env)
+    assert r.code == 2 and "S3 endpoint URL 'http://[minio:9000' is not a valid URL" in r.error
+    r = yard(
+        "serve",
+        "m@production",
+        "--export",
+        "k8s",
+        tmp_path / "k",
+        *CLUSTER[:2],
+        "--cluster-artifact-uri",
+        "s3://[b/p",
+    )
+    assert r.code == 2 and "is not a valid URL" in r.error
     assert not (tmp_path / "k").exists()
     r = yard("serve", "m@production")
     assert r.code == 1 and "not found" in r.error  # checked before a server starts

@@ -118,7 +118,11 @@ def manifests(
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {
+                    # Scraping by annotation sends no token: with metrics_auth it would only collect 401s,
+                    # so the scrape job (a ServiceMonitor with a viewer's token) is the operator's to add.
+                    "annotations": {}
+                    if config.metrics_auth
+                    else {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": "8000",
                         "prometheus.io/path": "/metrics",

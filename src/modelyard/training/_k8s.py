@@ -90,8 +90,15 @@ def cluster_database_url(url: str) -> str:
     return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
+def _split(url: str, what: str) -> Any:
+    try:
+        return urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": an unpaired bracket or a bad literal
+        raise UsageError(f"the {what} {url!r} is not a valid URL") from None
+
+
 def cluster_artifact_uri(uri: str) -> str:
-    parts = urlsplit(uri)
+    parts = _split(uri, "artifact store URI")
     # No user info (a credential would be a plain value in the manifest); no query or fragment, which the
     # artifact store refuses, so the pod could only fail.
     if parts.scheme != "s3" or not parts.netloc or "@" in parts.netloc or parts.query or parts.fragment:
@@ -105,7 +112,7 @@ def cluster_artifact_uri(uri: str) -> str:
 def cluster_s3_endpoint(url: str) -> str:
     """The S3 endpoint URL as the pods get it: a plain value in the manifest, so it must carry no credentials
     (they come from the Secret as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)."""
-    keys = [k.lower() for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
+    keys = [k.lower() for k, _ in parse_qsl(_split(url, "S3 endpoint URL").query, keep_blank_values=True)]
     if "@" in url or any(k in _SECRET_PARAMS for k in keys):
         raise UsageError("the S3 endpoint URL carries credentials; put them in the Secret instead")
     return url
