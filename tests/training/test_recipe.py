@@ -192,6 +192,7 @@ def test_quoted_number_is_not_silently_coerced() -> None:
         (recipe(evaluation__metrics=["bleu", "meteor"]), "evaluation.metrics[1]: must be 'bleu', 'rouge1'"),
         (recipe(evaluation__num_beams=4), "evaluation: num_beams > 1 needs decoding: beam"),
         (recipe(evaluation__num_beams=10**9), "evaluation.num_beams: must be less than or equal to 256"),
+        (recipe(evaluation__batch_size=2 * 10**6), "evaluation.batch_size: must be less than or equal"),
         (recipe(evaluation__max_new_tokens=10**30), "evaluation.max_new_tokens: must be less than or equal"),
         (recipe(data="normalise@1"), "data: must be a valid dictionary or instance of DataSection (got 'n"),
     ],

@@ -402,7 +402,7 @@ class EvaluationSection(_Section):
     decoding: Literal["greedy", "beam"] = "greedy"
     num_beams: Beams | None = None
     max_new_tokens: NewTokens = 128
-    batch_size: PositiveInt = 32
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32  # as generate() bounds it
 
     @model_validator(mode="after")
     def _decoding(self) -> EvaluationSection:
