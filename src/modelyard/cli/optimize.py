@@ -25,7 +25,10 @@ def optimize(
         ["rougeL=-0.01"], "--budget", help="Largest allowed change, METRIC=DELTA."
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Evaluation data NAME@V (default: the recipe's test)."
+        None,
+        "--data",
+        help="Evaluation data NAME@V (default: the recipe's test); as for the gates, a table not named "
+        "test.jsonl (or the one the run cut by ratios) needs --file.",
     ),
     file: str | None = typer.Option(None, "--file", help="Member of --data to evaluate on."),
     group: str | None = typer.Option(None, "--group-field", help="Slice column of --data."),
