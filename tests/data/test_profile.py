@@ -42,6 +42,25 @@ def test_numeric_pii_columns_and_pii_column_names_are_not_copied(
     assert "4.111" not in text and "7.84" not in text  # not as floats either
 
 
+def test_a_csv_column_of_numbers_with_a_leading_zero_is_text_so_phone_numbers_stay_out(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """Read as integers, 0501234567 lost its zero: the PII guard saw no phone number and min/max showed the
+    numbers; postcodes lost theirs too. Such columns are profiled as the text they hold."""
+    phones = ["0501234567", "0559876543", "+971501112233"]
+    rows = "".join(f"{i},{p},0{4439 + i},{10 * i},0.{i + 1}\n" for i, p in enumerate(phones))
+    root = make_tree(tmp_path / "t", {"contacts.csv": ("id,phone,postcode,amount,rate\n" + rows).encode()})
+    info = data.add_version(platform, platform.context(), root, "contacts")
+    cols = info.profile["tables"]["contacts.csv"]["columns"]
+    assert cols["phone"]["type"] == cols["postcode"]["type"] == "string"
+    assert cols["phone"]["count"] == 3 and "top" not in cols["phone"] and "min" not in cols["phone"]
+    assert (cols["id"]["type"], cols["id"]["min"], cols["id"]["max"]) == ("int64", 0, 2)  # quantities stay
+    assert cols["amount"]["max"] == 20 and (cols["rate"]["type"], cols["rate"]["max"]) == ("double", 0.3)
+    text = json.dumps(info.profile)
+    assert not any(p.lstrip("+0") in text for p in phones)
+    assert "5.01234567" not in text and "9.7150" not in text  # not as floats either
+
+
 def test_a_skipped_tables_reason_does_not_quote_its_rows(
     platform: Platform, tmp_path: Path, make_tree: MakeTree
 ) -> None:

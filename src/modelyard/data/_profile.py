@@ -31,9 +31,10 @@ rows instead (monitoring/_monitor.py), not with these summaries. Keys may be add
 formats; readers ignore keys they do not know. ``top`` is left out for columns whose values are mostly
 distinct (identifiers, e-mail addresses): they are not categories, and the profile must not become a
 copy of such values. For the same reason a numeric column holding card numbers or national ids keeps
-only its counts, column names are shown with PII redacted (``<EMAIL>``), and a skipped table's reason
-never quotes the parser's message (which quotes the offending row). A column whose type has no
-statistics kernel (durations) keeps its type and counts.
+only its counts, a CSV column of numbers written with a leading zero or as +digits (phone numbers,
+postcodes) is profiled as the text it holds, column names are shown with PII redacted (``<EMAIL>``),
+and a skipped table's reason never quotes the parser's message (which quotes the offending row). A
+column whose type has no statistics kernel (durations) keeps its type and counts.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ _MAX_VALUE_CHARS = 100
 _SLICE = 1 << 20
 _MAX_CATEGORY_RATIO = 0.5
 _PII_SAMPLE = 10_000
+# A number written as a code: a leading zero before a digit (0501234567, 04439), or + and 7+ digits.
+_CODE_TEXT = r"^\s*(0[0-9]|\+[0-9]{7,}\s*$)"
 
 
 _SUFFIXES = tuple(TABULAR)
@@ -120,8 +123,47 @@ def profile_file(source: BinaryIO, fmt: str, sha256: str, size: int) -> dict[str
         if size > MAX_TABLE_BYTES:
             raise ValueError(f"it is larger than {MAX_TABLE_BYTES >> 20} MiB; statistics were not computed")
         table = read_table(source, fmt)
+        if fmt == "csv":
+            table = _codes_as_text(source, table)
         schema = table.schema
     return {"sha256": sha256, "format": fmt, **profile_table(table, schema)}
+
+
+def _codes_as_text(source: BinaryIO, table: Any) -> Any:
+    """The CSV's number columns written as codes (``_CODE_TEXT``: phone numbers, postcodes), as the text
+    they hold. Read as integers, ``0501234567`` lost its zero, the PII guard no longer saw a phone number,
+    and min/max/histogram edges showed the numbers to every viewer."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv
+
+    names = table.column_names
+    ints = [
+        n
+        for n in names
+        if (pa.types.is_integer(t := table.schema.field(n).type) or pa.types.is_floating(t))
+        and names.count(n) == 1
+    ]
+    if not ints:
+        return table
+    try:
+        # The first block (1 MiB of the file) decides, read again as text: the whole file is read again
+        # only for the columns it shows to be codes (a table of phone numbers), not for every number column.
+        source.seek(0)
+        options = csv.ConvertOptions(column_types=dict.fromkeys(ints, pa.string()), include_columns=ints)
+        with csv.open_csv(source, convert_options=options) as reader:
+            head = reader.read_next_batch()
+        found = [n for n in ints if pc.any(pc.match_substring_regex(head.column(n), _CODE_TEXT)).as_py()]
+        if not found:
+            return table
+        source.seek(0)
+        options = csv.ConvertOptions(column_types=dict.fromkeys(found, pa.string()), include_columns=found)
+        text = csv.read_csv(source, convert_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, StopIteration):
+        raise ValueError(_unreadable("csv")) from None
+    for name in found:
+        table = table.set_column(names.index(name), pa.field(name, pa.string()), text.column(name))
+    return table
 
 
 def _read_parquet(source: BinaryIO) -> tuple[Any, Any]:
