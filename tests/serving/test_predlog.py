@@ -8,7 +8,7 @@ from sqlalchemy import select
 from modelyard.core import Platform
 from modelyard.core._models import Prediction
 from modelyard.errors import UsageError
-from modelyard.serving._predlog import PredictionLog, new_request_id, record_feedback
+from modelyard.serving._predlog import PredictionLog, new_request_id, prediction_id, record_feedback
 
 
 def test_a_nul_is_stored_as_a_replacement_and_a_refused_row_loses_only_itself(any_platform: Platform) -> None:
@@ -26,3 +26,22 @@ def test_a_nul_is_stored_as_a_replacement_and_a_refused_row_loses_only_itself(an
     log.close()
     with pytest.raises(UsageError, match="without NUL"):
         record_feedback(p, p.context(), "m", good, "t\x00")
+
+
+def test_feedback_keeps_one_row_per_prediction_with_the_latest_answer(any_platform: Platform) -> None:
+    """A client correcting (or retrying) its feedback replaces it: quality reads only the latest, and each
+    post added a row, so the table grew without bound."""
+    from modelyard.core._models import Feedback
+
+    p = any_platform
+    log = PredictionLog(p, p.context(), flush_s=3600)
+    rid = new_request_id()
+    log.add(rid, "m", 1, "stable", ["a", "b"], ["x", "y"], 1.0)
+    log.flush()
+    log.close()
+    for target in ("first", "second", "third"):
+        record_feedback(p, p.context(), "m", rid, target)
+    record_feedback(p, p.context(), "m", rid, "other input", index=1)
+    with p.db.read() as s:
+        rows = [(r.prediction_id, r.target) for r in s.scalars(select(Feedback))]
+    assert sorted(rows) == sorted([(prediction_id(rid, 0), "third"), (prediction_id(rid, 1), "other input")])

@@ -168,16 +168,20 @@ def record_feedback(
             raise NotFoundError(
                 f"no logged prediction of input {index} of request {request_id} of model {model!r}"
             )
-        s.add(
-            Feedback(
-                project_id=ctx.project_id,
-                model=model,
-                prediction_id=pid,
-                target=redact(target),
-                ts=utcnow(),
-                by=ctx.user,
-            )
-        )
+        # One row per prediction, the latest answer in it (quality reads only the latest): a client posting
+        # corrections, or retrying, must not grow the table without bound.
+        latest = s.scalars(
+            select(Feedback)
+            .where(Feedback.project_id == ctx.project_id, Feedback.prediction_id == pid)
+            .order_by(Feedback.id.desc())
+            .limit(1)
+        ).first()
+        fields = {"target": redact(target), "ts": utcnow(), "by": ctx.user}
+        if latest is None:
+            s.add(Feedback(project_id=ctx.project_id, model=model, prediction_id=pid, **fields))
+        else:
+            for key, value in fields.items():
+                setattr(latest, key, value)
 
 
 def answered_latencies(
