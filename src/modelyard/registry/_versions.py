@@ -295,7 +295,7 @@ def _metrics(report: bytes | None) -> dict[str, float]:
             for k, v in overall.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise UsageError(
             f"the evaluation report is malformed ({type(exc).__name__}: {exc}); expected modelyard's "
             "report.json, whose 'overall' maps metric names to numbers"
