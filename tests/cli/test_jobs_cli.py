@@ -285,6 +285,14 @@ def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_
             [*CLUSTER[:2], "--cluster-artifact-uri", "s3://b/p?token=x"],
             "needs an S3-compatible artifact store",
         ),
+        (  # the refusals quoted the URI whole, password included
+            [*CLUSTER[:2], "--cluster-artifact-uri", "s3://AKIA:S3CRET@b/p"],
+            "not 's3://AKIA:***@b/p'",
+        ),
+        (
+            ["--cluster-database-url", "postgres ql://u:S3CRET@h/d", *CLUSTER[2:]],
+            "database URL 'postgres ql://u:***@h/d' is not a URL",
+        ),
         ([*CLUSTER, "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not a valid Kubernetes name"),
         ([*CLUSTER, "--image", "bad image"], "image 'bad image' is not a valid container image"),
         ([*CLUSTER, "--gpus", "-1"], "gpus -1 is out of range"),
