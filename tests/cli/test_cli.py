@@ -793,6 +793,14 @@ def test_audit_export_jsonl(yard: Yard, ready: Path, tmp_path: Path) -> None:
     assert r.code == 0
     assert out.read_text().splitlines() == lines
     assert f"wrote {len(lines)} records" in r.out
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # who did what: not for every local user
+    # A link planted where the export goes is replaced, not followed (it overwrote what it pointed to).
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    out.unlink()
+    out.symlink_to(victim)
+    assert yard("audit", "export", "-o", out).code == 0
+    assert victim.read_text() == "keep me" and out.read_text().splitlines() == lines
 
 
 def test_audit_verify_intact(yard: Yard, ready: Path, tmp_path: Path) -> None:

@@ -230,6 +230,17 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     assert resources == {"requests": {"cpu": "1"}}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
+    victim = tmp_path / "victim"  # a link planted at -o is replaced, not written through
+    victim.write_text("keep me")
+    out.unlink()
+    out.symlink_to(victim)
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "-o", out, *CLUSTER)
+    assert r.code == 0 and victim.read_text() == "keep me"
+    assert yaml.safe_load(out.read_text())["kind"] == "Job"
+    r = yard(
+        "jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "-o", tmp_path, *CLUSTER
+    )
+    assert r.code == 2 and "cannot write --output" in r.error  # a directory: was an unexpected error
 
 
 def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platform, tmp_path: Path) -> None:

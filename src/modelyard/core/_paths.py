@@ -184,3 +184,21 @@ def _resolved(root: Path) -> Path:
     """An absolute root's real path, once per process: roots are the store's and folders this process
     made or was given, and a root replaced meanwhile is not followed to its new place."""
     return root.resolve()
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` as a new file (mode 0600): temp file in the same directory, fsync, rename.
+    A symlink planted at ``path`` is replaced, never followed (a plain write would overwrite the file it
+    points to, anywhere the user can write); readers never see a half-written file. OSError on failure."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
