@@ -13,6 +13,7 @@ form.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -202,3 +203,15 @@ def write_file(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def private_dirs(path: Path) -> None:
+    """Make ``path`` and each missing parent with mode 0700: ``Path.mkdir(parents=True)`` gives the parents
+    the umask's default (0777 under ``umask 000``), so anyone could plant files beside ours."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
