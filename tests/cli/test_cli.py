@@ -308,6 +308,28 @@ def test_bad_database_url_scheme_lists_the_valid_ones(yard: Yard, ready: Path) -
     assert "sqlite://" in r.error and "postgresql://" in r.error
 
 
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"YARD_DATABASE_URL": "postgres ql://u:S3CRET@h/db"}, "postgres ql://u:***@h/db"),
+        ({"YARD_ARTIFACT_URI": "s3://AKIA:S3CRET@bucket/p"}, "s3://AKIA:***@bucket/p"),
+        ({"YARD_ARTIFACT_URI": "gs://b/p?token=S3CRET"}, "gs://b/p?token=***"),
+        (
+            {"YARD_ARTIFACT_URI": "s3://bucket/p", "YARD_S3_ENDPOINT_URL": "http://k:S3CRET@127.0.0.1:9"},
+            "http://k:***@127.0.0.1:9",
+        ),
+    ],
+)
+def test_store_urls_in_errors_and_doctor_hide_their_secrets(
+    yard: Yard, ready: Path, env: dict[str, str], shown: str
+) -> None:
+    """The URL was quoted whole: `invalid S3 bucket name 'AKIA:S3CRET@bucket'`, in doctor's table too."""
+    for args in (("whoami",), ("doctor",), ("artifacts", "ls")):
+        r = yard(*args, env=env)
+        assert "S3CRET" not in r.out + r.err, args
+    assert shown in yard("doctor", env=env).out.replace("\n", "")
+
+
 # -- whoami, doctor ------------------------------------------------------------------------------------------
 
 
@@ -771,6 +793,14 @@ def test_audit_export_jsonl(yard: Yard, ready: Path, tmp_path: Path) -> None:
     assert r.code == 0
     assert out.read_text().splitlines() == lines
     assert f"wrote {len(lines)} records" in r.out
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # who did what: not for every local user
+    # A link planted where the export goes is replaced, not followed (it overwrote what it pointed to).
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    out.unlink()
+    out.symlink_to(victim)
+    assert yard("audit", "export", "-o", out).code == 0
+    assert victim.read_text() == "keep me" and out.read_text().splitlines() == lines
 
 
 def test_audit_verify_intact(yard: Yard, ready: Path, tmp_path: Path) -> None:

@@ -230,6 +230,17 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     assert resources == {"requests": {"cpu": "1"}}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
+    victim = tmp_path / "victim"  # a link planted at -o is replaced, not written through
+    victim.write_text("keep me")
+    out.unlink()
+    out.symlink_to(victim)
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "-o", out, *CLUSTER)
+    assert r.code == 0 and victim.read_text() == "keep me"
+    assert yaml.safe_load(out.read_text())["kind"] == "Job"
+    r = yard(
+        "jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "-o", tmp_path, *CLUSTER
+    )
+    assert r.code == 2 and "cannot write --output" in r.error  # a directory: was an unexpected error
 
 
 def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platform, tmp_path: Path) -> None:
@@ -284,6 +295,14 @@ def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_
         (
             [*CLUSTER[:2], "--cluster-artifact-uri", "s3://b/p?token=x"],
             "needs an S3-compatible artifact store",
+        ),
+        (  # the refusals quoted the URI whole, password included
+            [*CLUSTER[:2], "--cluster-artifact-uri", "s3://AKIA:S3CRET@b/p"],
+            "not 's3://AKIA:***@b/p'",
+        ),
+        (
+            ["--cluster-database-url", "postgres ql://u:S3CRET@h/d", *CLUSTER[2:]],
+            "database URL 'postgres ql://u:***@h/d' is not a URL",
         ),
         ([*CLUSTER, "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not a valid Kubernetes name"),
         ([*CLUSTER, "--image", "bad image"], "image 'bad image' is not a valid container image"),

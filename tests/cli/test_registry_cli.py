@@ -81,6 +81,29 @@ def test_what_cannot_be_read_or_written_is_one_clear_line(
     assert (tmp_path / "taken").read_text() == "x"
 
 
+def test_card_and_download_never_write_through_a_planted_symlink(
+    yard: Yard, home_with_data: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """card.md planted as a link in --output overwrote the file it pointed to (~/.bashrc, say); a
+    symlinked download DIR put the model where the link pointed (data checkout and runs download refuse)."""
+    assert yard("models", "register", model_dir, "--name", "t5").code == 0
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "card.md").symlink_to(victim)
+    r = yard("models", "card", "t5@1", "-o", cards)
+    assert r.code == 0, r.err
+    assert victim.read_text() == "keep me"
+    assert not (cards / "card.md").is_symlink() and "t5" in (cards / "card.md").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere, target_is_directory=True)
+    r = yard("models", "download", "t5@1", tmp_path / "link")
+    assert r.code == 2 and "is a symbolic link" in r.error
+    assert not any(elsewhere.iterdir())
+
+
 def test_verify_of_a_damaged_file_exits_1_naming_it(
     yard: Yard, home_with_data: Path, model_dir: Path
 ) -> None:

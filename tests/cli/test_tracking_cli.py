@@ -88,6 +88,12 @@ def test_metrics_and_plot(yard: Yard, runs: list[str], tmp_path: Path) -> None:
     r = yard("runs", "metrics", runs[1], "--plot", "--output", out)
     assert r.code == 0, r.err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    victim = tmp_path / "victim"  # a link planted at the output is replaced, not written through
+    victim.write_text("keep me")
+    out.unlink()
+    out.symlink_to(victim)
+    assert yard("runs", "metrics", runs[1], "--plot", "--output", out).code == 0
+    assert victim.read_text() == "keep me" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = yard("runs", "metrics", runs[1], "--key", "nope")
     assert r.code == 2 and "no metric 'nope'" in r.err
     r = yard("runs", "metrics", runs[1], "--plot", "--output", tmp_path / "missing" / "curves.png")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,30 @@ def test_a_skipped_tables_reason_does_not_quote_its_rows(
     assert "cannot read it as csv" in info.profile["skipped"]["broken.csv"]
     shown = json.dumps(info.profile) + "\n".join(info.warnings)
     assert "bob@example.com" not in shown and "4111" not in shown and "Bob" not in shown
+
+
+def test_a_deeply_nested_json_line_is_skipped_not_a_crash(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """pyarrow's JSON reader segfaulted on a 40 KB line of brackets (the whole `yard data add` died);
+    brackets inside strings and many sibling lists are not depth."""
+    deep = b'{"a": ' + b"[" * 1001 + b"]" * 1001 + b"}\n"
+    wide = b'{"a": [' + b",".join([b"[1]"] * 2000) + b'], "t": "' + b"[" * 2000 + b'"}\n'
+    root = make_tree(tmp_path / "t", {"deep.jsonl": deep, "wide.jsonl": wide})
+    info = data.add_version(platform, platform.context(), root, "j")
+    assert "nests deeper than 1000 levels" in info.profile["skipped"]["deep.jsonl"]
+    assert info.profile["tables"]["wide.jsonl"]["rows"] == 1
+    code = (
+        "import io; from modelyard.data import _profile\n"
+        "line = b'{\"a\": ' + b'[' * 100000 + b']' * 100000 + b'}\\n'\n"
+        "try:\n    _profile.read_table(io.BytesIO(line), 'jsonl')\n"
+        "except ValueError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert (out.returncode, out.stdout.strip()) == (
+        0,
+        "cannot read it as jsonl: a line nests deeper than 1000 levels",
+    ), out.stderr[-500:]
 
 
 def test_a_column_without_statistics_leaves_the_table_its_others(platform: Platform, tmp_path: Path) -> None:

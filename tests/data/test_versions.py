@@ -295,6 +295,19 @@ def test_get_checks_out_into_the_cache_and_reuses_it(
     assert (data.get("ds@1", platform=platform, ctx=ctx) / "a.txt").read_bytes() == b"alpha\n"
 
 
+def test_the_cache_is_private_under_a_permissive_umask(platform: Platform, tree: Path) -> None:
+    """cache/data and cache/data/PROJECT were 0777 under `umask 000` (only the version's folder was 0700)."""
+    ctx = platform.context()
+    data.add_version(platform, ctx, tree, "ds")
+    old = os.umask(0)
+    try:
+        got = data.get("ds@1", platform=platform, ctx=ctx)
+    finally:
+        os.umask(old)
+    for path in (got.parent.parent, got.parent, got):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+
+
 def test_get_opens_the_platform_from_the_environment(platform: Platform, tree: Path) -> None:
     data.add_version(platform, platform.context(), tree, "ds")
     path = data.get("ds@1")  # YARD_HOME points at the fixture's home

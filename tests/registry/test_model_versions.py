@@ -113,6 +113,7 @@ def test_register_a_directory_then_verify_and_load_it(
         (b'{"overall": {"rougeL": NaN}}', "rougeL is not a finite number"),
         (b'{"overall": {"bleu": Infinity, "rougeL": 0.3}}', "bleu is not a finite number"),
         (b"[]", "malformed"),
+        (b'{"overall": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "malformed"),  # was a RecursionError
     ],
 )
 def test_an_evaluation_report_of_the_wrong_shape_is_refused_on_record(
@@ -285,6 +286,8 @@ class _Runs:
         ("more.safetensors", b"PK\x03\x04zipped torch archive", "pickle"),
         ("bad.safetensors", b"\xff" * 64, "not a safetensors file"),
         ("notes.json", b"{not json", "not valid JSON"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # was a RecursionError
+        ("deep.safetensors", (200_000).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000, "not a JSON"),
         ("loader.py", b"import os", "not accepted"),
         # protocols 0 and 1 have no header: a code-running pickle under a text name (helper-17)
         ("vocab.txt", pickle.dumps(_Runs(), protocol=0), "pickle"),

@@ -76,6 +76,12 @@ def test_a_connection_cap_makes_the_liveness_probe_tcp(yard: Yard, tmp_path: Pat
     dep = yaml.safe_load((out / "deployment.yaml").read_text())
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["livenessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 10}
+    victim = tmp_path / "victim"  # a link planted in the export folder is replaced, not written through
+    victim.write_text("keep me")
+    (out / "Dockerfile").unlink()
+    (out / "Dockerfile").symlink_to(victim)
+    assert yard("serve", "--config", config, "--export", "k8s", out, *CLUSTER).code == 0
+    assert victim.read_text() == "keep me" and "USER 10001" in (out / "Dockerfile").read_text()
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 

@@ -151,6 +151,18 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
         (["t.py", "--use-auth", "--epochs", "3"], "t.py --use-auth --epochs 3"),  # a flag: no value
         (["t.py", "--db", "postgresql://u:pw@h/d"], "t.py --db 'postgresql://u:***@h/d'"),
         (["t.py", "postgresql://u:p@ss@h/d?x=a@b"], "t.py 'postgresql://u:***@h/d?x=a@b'"),  # raw "@" in it
+        # SQLAlchemy takes '/' and '#' in a password, urllib '@'; the user may be empty: all were shown
+        (["t.py", "--db", "postgresql://u:p/w#x@h/d"], "t.py --db 'postgresql://u:***@h/d'"),
+        (["t.py", "--db", "postgresql://u:p@ss@h/d"], "t.py --db 'postgresql://u:***@h/d'"),
+        (["t.py", "redis://:pw@h/0"], "t.py 'redis://:***@h/0'"),
+        (
+            ["t.py", "--db", "postgresql://u@h/d?password=pw&sslmode=require"],
+            "t.py --db 'postgresql://u@h/d?password=***&sslmode=require'",
+        ),
+        (
+            ["t.py", "https://b.s3.amazonaws.com/k?X-Amz-Signature=abc&v=1"],
+            "t.py 'https://b.s3.amazonaws.com/k?X-Amz-Signature=***&v=1'",
+        ),
         (["t.py", "--name", "a b", "--token"], "t.py --name 'a b' --token"),
     ],
 )

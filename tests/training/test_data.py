@@ -12,7 +12,7 @@ from modelyard import data
 from modelyard.core import Platform
 from modelyard.errors import UsageError, ValidationError
 from modelyard.training import make_examples, parse_recipe, write_dataset
-from modelyard.training._data import Example, load_splits, split_examples
+from modelyard.training._data import Example, load_splits, read_examples, split_examples
 
 
 def _recipe(**data_section: Any) -> Any:
@@ -153,3 +153,10 @@ def test_csv_keeps_text_as_text(platform: Platform, tmp_path: Path) -> None:
     spec = _version(platform, src, "codes")
     splits = load_splits(platform, platform.context(), _recipe(train=spec))
     assert splits.train == [Example("007", "0.50"), Example("a, b", "NULL")]
+
+
+def test_a_deeply_nested_jsonl_line_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"  # was an "unexpected RecursionError"
+    path.write_text('{"source": "x", "target": "y"}\n{"source": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(ValidationError, match=r"train\.jsonl: line 2 is nested too deeply"):
+        read_examples(path, _recipe(train="x@1").data)

@@ -311,6 +311,23 @@ def test_yaml_cannot_build_python_objects(tmp_path: Path) -> None:
         load_recipe(path)
 
 
+def test_deep_or_huge_yaml_is_refused_before_it_costs_the_process(tmp_path: Path) -> None:
+    """Thousands of nested brackets were an 'unexpected RecursionError'; a file of many megabytes was
+    read and parsed whole (a job's recipe was already bounded; `yard train` and gate policies were not)."""
+    from modelyard.evaluation import load_policy
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(ValidationError, match=r"deep\.yaml: not valid YAML: it is nested too deeply"):
+        load_recipe(deep)
+    with pytest.raises(ValidationError, match="nested too deeply"):
+        load_policy(deep)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("metrics: []\n" + "#" * (1 << 20))
+    with pytest.raises(ValidationError, match=r"gate policy '.*huge\.yaml' has more than 1 MiB"):
+        load_policy(huge)
+
+
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe(model__foo=1)))

@@ -424,3 +424,20 @@ def test_a_rank_in_a_session_of_its_own_dies_with_its_launcher(tmp_path: Path) -
     else:
         os.kill(rank, signal.SIGKILL)
         raise AssertionError("the rank outlived its launcher")
+
+
+def test_checkpoint_directories_are_private_under_a_permissive_umask(tmp_path: Path) -> None:
+    """$YARD_HOME/checkpoints was 0777 under `umask 000` (only the run's folder got 0700, and not always):
+    anyone could plant a step directory that `--resume` would load."""
+    from modelyard.training import _train
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    old = os.umask(0)
+    try:
+        _train._hold_run(home / "checkpoints" / "r1", "r1")
+    finally:
+        os.umask(old)
+        _train._release_run("r1")
+    for path in (home / "checkpoints", home / "checkpoints" / "r1"):
+        assert path.stat().st_mode & 0o777 == 0o700, path

@@ -502,6 +502,7 @@ def audit_export(
     import json
 
     from modelyard.core import list_records
+    from modelyard.core._paths import write_file
 
     if fmt != "jsonl":
         raise UsageError(f"--format {fmt!r} is not supported; expected jsonl")
@@ -512,7 +513,7 @@ def audit_export(
         sys.stdout.write(lines)
     else:
         try:
-            output.write_text(lines, encoding="utf-8")
+            write_file(output, lines)
         except OSError as exc:
             raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
         console.print(f"wrote {len(recs)} records to {output}", markup=False)

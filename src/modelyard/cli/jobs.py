@@ -110,7 +110,12 @@ def submit(
             )
             text = manifest_yaml(manifest)
             if output is not None:
-                output.write_text(text, encoding="utf-8")
+                from modelyard.core._paths import write_file
+
+                try:
+                    write_file(output, text)
+                except OSError as exc:
+                    raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
                 err_console.print(f"wrote {output}", markup=False)
             elif dry_run:
                 sys.stdout.write(text)

@@ -276,6 +276,7 @@ def card(
     output: Path = typer.Option(Path("."), "--output", "-o", help="Directory for card.md and card.html."),
 ) -> None:
     """Write the model card (Markdown and HTML) of a verified version."""
+    from modelyard.core._paths import write_file
     from modelyard.registry import model_card
 
     with acting() as (platform, ctx):
@@ -284,8 +285,8 @@ def card(
         raise usage(f"--output {output} is a file; give a directory for card.md and card.html")
     try:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "card.md").write_text(c.markdown(), encoding="utf-8")
-        (output / "card.html").write_text(c.html(), encoding="utf-8")
+        write_file(output / "card.md", c.markdown())
+        write_file(output / "card.html", c.html())
     except OSError as exc:
         raise usage(f"cannot write the card into --output {output}: {exc.strerror or exc}") from None
     console.print(f"wrote {output / 'card.md'} and {output / 'card.html'}", markup=False)

@@ -169,6 +169,9 @@ def metrics(
 
 
 def _plot(history: dict[str, Any], path: Path, run_id: str) -> None:
+    import io
+
+    from modelyard.core._paths import write_file
     from modelyard.errors import UsageError
 
     try:
@@ -191,8 +194,11 @@ def _plot(history: dict[str, Any], path: Path, run_id: str) -> None:
             ax.grid(alpha=0.3)
         fig.suptitle(f"run {run_id}", fontsize=10)
         fig.tight_layout()
-        fig.savefig(path, format="png", dpi=100)
-    except OSError as exc:  # a missing directory, no permission: the user's path, not a crash
-        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
+    try:
+        write_file(path, buf.getvalue())
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None

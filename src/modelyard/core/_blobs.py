@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from modelyard.core._paths import safe_join, safe_key
+from modelyard.core._redact import redact_url
 from modelyard.errors import BackendError, NotFoundError, UnsafePathError, UsageError
 
 # '~' as a leading segment is refused by safe_key, so no valid name can reach the staging area.
@@ -576,21 +577,22 @@ class S3Backend:
         self._staging: Path | None = None
 
     def __repr__(self) -> str:
-        return f"S3Backend({self.uri!r}, endpoint_url={self.endpoint_url!r})"
+        endpoint = None if self.endpoint_url is None else redact_url(self.endpoint_url)
+        return f"S3Backend({self.uri!r}, endpoint_url={endpoint!r})"
 
     def _key(self, name: str) -> str:
         return self.prefix + safe_key(name)
 
     def _where(self) -> str:
-        return f"bucket {self.bucket!r} at {self.endpoint_url or 'the default AWS endpoint'}"
+        return f"bucket {self.bucket!r} at {redact_url(self.endpoint_url or 'the default AWS endpoint')}"
 
     def _describe(self, exc: Exception, action: str, name: str | None = None) -> BackendError | NotFoundError:
         from botocore.exceptions import ClientError
 
         if not isinstance(exc, ClientError):
             return BackendError(
-                f"S3 {action} failed for {self._where()}: {exc}; check YARD_S3_ENDPOINT_URL, the network "
-                "and the AWS credentials"
+                f"S3 {action} failed for {self._where()}: {redact_url(str(exc))}; check "
+                "YARD_S3_ENDPOINT_URL, the network and the AWS credentials"
             )
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -666,7 +668,9 @@ class S3Backend:
                 f"S3 {where} ignored the Range header reading {name!r}; packed blobs need an S3-compatible "
                 "store that supports ranged GET"
             )
-        raw = _S3Raw(body, lambda exc: BackendError(f"reading {name!r} from S3 {where} failed: {exc}"))
+        raw = _S3Raw(
+            body, lambda exc: BackendError(f"reading {name!r} from S3 {where} failed: {redact_url(str(exc))}")
+        )
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER)
 
     def read_bytes(self, name: str) -> bytes:
@@ -718,13 +722,17 @@ def _make_client(endpoint_url: str | None) -> Any:
 def _open_file(parts: SplitResult, uri: str, s3_endpoint_url: str | None) -> BlobBackend:
     path = unquote(parts.path)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment or not path.startswith("/"):
-        raise UsageError(f"invalid file URI {uri!r}; expected file:///absolute/path")
+        raise UsageError(f"invalid file URI {redact_url(uri)!r}; expected file:///absolute/path")
     return FileBackend(Path(path))
 
 
 def _open_s3(parts: SplitResult, uri: str, s3_endpoint_url: str | None) -> BlobBackend:
-    if not parts.netloc or parts.query or parts.fragment:
-        raise UsageError(f"invalid S3 URI {uri!r}; expected s3://bucket or s3://bucket/prefix")
+    if not parts.netloc or parts.query or parts.fragment or "@" in parts.netloc:
+        # No credentials in the URI: boto3 reads them from its usual chain (environment, profile, role).
+        raise UsageError(
+            f"invalid S3 URI {redact_url(uri)!r}; expected s3://bucket or s3://bucket/prefix (credentials "
+            "come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or an AWS profile, not the URI)"
+        )
     return S3Backend(parts.netloc, parts.path, endpoint_url=s3_endpoint_url)
 
 
@@ -744,7 +752,7 @@ def open_backend(uri: str, *, s3_endpoint_url: str | None = None) -> BlobBackend
     if opener is None:
         valid = ", ".join(f"{scheme}://" for scheme in _SCHEMES)
         raise UsageError(
-            f"unsupported artifact store URI {uri!r}; valid schemes are {valid} "
+            f"unsupported artifact store URI {redact_url(uri)!r}; valid schemes are {valid} "
             "(e.g. file:///var/lib/yard/artifacts or s3://bucket/prefix)"
         )
     return opener(parts, uri, s3_endpoint_url)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelyard.core._redact import redact_url
 from modelyard.errors import BackendError, ConfigError, UsageError
 
 # Backends are chosen by URL scheme; the error lists these.
@@ -36,7 +37,8 @@ def _normalise_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise UsageError(
-            f"database URL {url!r} is not a URL; expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+            f"database URL {redact_url(url)!r} is not a URL; expected sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB"
         ) from exc
     driver = SCHEMES.get(parsed.drivername)
     if driver is None:

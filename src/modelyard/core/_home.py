@@ -30,6 +30,7 @@ from modelyard.core._platform import (
     utcnow,
 )
 from modelyard.core._rbac import Role
+from modelyard.core._redact import redact_url
 from modelyard.errors import ConfigError, NotFoundError, YardError
 
 
@@ -308,10 +309,10 @@ def _store_rows(settings: Settings) -> list[tuple[str, str, str]]:
         return [
             (
                 "metadata store",
-                f"{settings.resolved_database_url}: {missing} does not exist; run `yard init`",
+                f"{redact_url(settings.resolved_database_url)}: {missing} does not exist; run `yard init`",
                 "fail",
             ),
-            ("artifact store", f"{settings.resolved_artifact_uri} (not checked)", "warn"),
+            ("artifact store", f"{redact_url(settings.resolved_artifact_uri)} (not checked)", "warn"),
         ]
     rows: list[tuple[str, str, str]] = []
     platform: Platform | None = None
@@ -324,10 +325,16 @@ def _store_rows(settings: Settings) -> list[tuple[str, str, str]]:
         rows.append(("metadata store", f"{platform.db.safe_url} (schema {rev or 'none'})", state))
         try:
             rows.append(
-                ("artifact store", f"{settings.resolved_artifact_uri} (region {platform.store_region})", "ok")
+                (
+                    "artifact store",
+                    f"{redact_url(settings.resolved_artifact_uri)} (region {platform.store_region})",
+                    "ok",
+                )
             )
         except YardError as exc:
-            rows.append(("artifact store", f"{settings.resolved_artifact_uri}: {exc.message}", "fail"))
+            rows.append(
+                ("artifact store", f"{redact_url(settings.resolved_artifact_uri)}: {exc.message}", "fail")
+            )
         if rev is not None:
             try:
                 ctx = platform.context()

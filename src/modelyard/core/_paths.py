@@ -13,6 +13,7 @@ form.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -184,3 +185,33 @@ def _resolved(root: Path) -> Path:
     """An absolute root's real path, once per process: roots are the store's and folders this process
     made or was given, and a root replaced meanwhile is not followed to its new place."""
     return root.resolve()
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` as a new file (mode 0600): temp file in the same directory, fsync, rename.
+    A symlink planted at ``path`` is replaced, never followed (a plain write would overwrite the file it
+    points to, anywhere the user can write); readers never see a half-written file. OSError on failure."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def private_dirs(path: Path) -> None:
+    """Make ``path`` and each missing parent with mode 0700: ``Path.mkdir(parents=True)`` gives the parents
+    the umask's default (0777 under ``umask 000``), so anyone could plant files beside ours."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, BinaryIO
 
 FORMAT = "modelyard.profile/1"
@@ -56,6 +57,11 @@ _MAX_CATEGORY_RATIO = 0.5
 _PII_SAMPLE = 10_000
 # A number written as a code: a leading zero before a digit (0501234567, 04439), or + and 7+ digits.
 _CODE_TEXT = r"^\s*(0[0-9]|\+[0-9]{7,}\s*$)"
+# pyarrow's JSON reader recurses once per nesting level and crashes the process (SIGSEGV, not an error)
+# somewhere past 16,000 levels: a 40 KB line of brackets killed `yard data add`. Real tables nest a few.
+MAX_JSON_DEPTH = 1000
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 _SUFFIXES = tuple(TABULAR)
@@ -91,9 +97,25 @@ def read_table(source: str | BinaryIO, fmt: str) -> Any:
             return pq.read_table(source)
         from pyarrow import json as pajson
 
+        if not isinstance(source, str):
+            _check_json_depth(source)
+            source.seek(0)
         return pajson.read_json(source)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
         raise ValueError(_unreadable(fmt)) from None
+
+
+def _check_json_depth(source: BinaryIO) -> None:
+    """ValueError when a line of the JSON-lines file nests deeper than MAX_JSON_DEPTH. A raw newline cannot
+    be inside a JSON value, so each line starts at depth 0; only a line with that many brackets is walked."""
+    for line in source:
+        if line.count(b"[") + line.count(b"{") <= MAX_JSON_DEPTH:
+            continue
+        depth = 0
+        for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", line)):
+            depth += 1 if m.group() in (b"[", b"{") else -1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"cannot read it as jsonl: a line nests deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _unreadable(fmt: str) -> str:

@@ -37,7 +37,7 @@ from modelyard.core._artifacts import ArtifactStore, StagedBlob
 from modelyard.core._blobs import sync_filesystem
 from modelyard.core._db import insert_for
 from modelyard.core._models import Dataset, DatasetVersion
-from modelyard.core._paths import safe_join
+from modelyard.core._paths import private_dirs, safe_join
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.data import _manifest, _profile
 from modelyard.errors import (
@@ -934,7 +934,7 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
             shutil.rmtree(target)
         else:
             target.unlink()
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
     try:
         checkout(platform, ctx, f"{info.name}@{info.version}", target)
     except UsageError:

@@ -102,7 +102,7 @@ def _check_content(root: Path, rel: str, path: Path, size: int) -> None:
                 raise _refuse(root, f"{rel} is not a safetensors file (bad header length)")
             try:
                 header = json.loads(fh.read(n))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the stack
                 header = None
             if not isinstance(header, dict):
                 raise _refuse(root, f"{rel} is not a safetensors file (its header is not a JSON object)")
@@ -112,6 +112,8 @@ def _check_content(root: Path, rel: str, path: Path, size: int) -> None:
                 json.load(fh)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise _refuse(root, f"{rel} is not valid JSON ({exc})") from None
+            except RecursionError:
+                raise _refuse(root, f"{rel} is not valid JSON (it is nested too deeply)") from None
 
 
 def scan_model_dir(root: str | os.PathLike[str]) -> list[ModelFile]:

@@ -45,7 +45,7 @@ from modelyard.core._models import (
 )
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._signing import Signer, canonical, verify_signature
-from modelyard.errors import IntegrityError, NotFoundError, UsageError, YardError
+from modelyard.errors import IntegrityError, NotFoundError, UnsafePathError, UsageError, YardError
 from modelyard.registry._files import ModelFile, model_format, scan_model_dir
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def _metrics(report: bytes | None) -> dict[str, float]:
             for k, v in overall.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise UsageError(
             f"the evaluation report is malformed ({type(exc).__name__}: {exc}); expected modelyard's "
             "report.json, whose 'overall' maps metric names to numbers"
@@ -723,6 +723,8 @@ def download(
 
     info, manifest = read_manifest(platform, ctx, spec)
     target = Path(dest)
+    if target.is_symlink():  # as data checkout and runs download: the files would land where it points
+        raise UnsafePathError(f"{target} is a symbolic link; download into a real directory")
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
         raise UsageError(f"{target} exists and is not an empty directory; choose another or pass overwrite")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.core._platform import Platform
-from modelyard.errors import ValidationError
+from modelyard.errors import UsageError, ValidationError
 from modelyard.serving._config import ServeConfig
 
 CONFIG_DIR = "/etc/modelyard"
@@ -216,15 +216,16 @@ def manifests(
 def export_k8s(platform: Platform, config: ServeConfig, out_dir: str | Path, **options: Any) -> list[Path]:
     """Write the manifests (one YAML file each; ``options`` as :func:`manifests` takes them) and the
     Dockerfile into ``out_dir``; returns the files."""
+    from modelyard.core._paths import write_file
     from modelyard.training._k8s import manifest_yaml
 
     docs = manifests(platform, config, **options)  # refused options create nothing, not even the folder
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for m in docs:
-        path = out / f"{m['kind'].lower()}.yaml"
-        path.write_text(manifest_yaml(m), encoding="utf-8")
-        written.append(path)
-    (out / "Dockerfile").write_text(DOCKERFILE, encoding="utf-8")
-    return [*written, out / "Dockerfile"]
+    files = {f"{m['kind'].lower()}.yaml": manifest_yaml(m) for m in docs} | {"Dockerfile": DOCKERFILE}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_file(out / name, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write the manifests into {out}: {exc.strerror or exc}") from None
+    return [out / name for name in files]

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from modelyard.core._redact import REDACTED, redact_url
+
 log = logging.getLogger("modelyard.tracking")
 _GIT_TIMEOUT_S = 2.0
 _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
@@ -25,17 +27,13 @@ _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
 _SECRET_NAME = re.compile(r"token|key|secret|password|passwd|pwd|auth|credential|apikey", re.IGNORECASE)
 _OPTION = re.compile(r"^(-{1,2}[A-Za-z0-9][A-Za-z0-9_.\-]*)(=.*)?$", re.DOTALL)
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
-# Up to the last "@" before the path, as URL parsers split it: a password written with a raw "@" in it
-# ("p@ss") must not leave its tail visible.
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s]+@")
-REDACTED = "***"
 
 
 def redact_argv(argv: list[str]) -> str:
     """The command line as a shell would take it, with secret values replaced by ``***``: the value of an
     option whose name looks secret (``--x value`` and ``--x=value``), of an env-style ``NAME=value``
-    word, and the password of a ``scheme://user:password@host`` URL. The ``cmd`` tag is readable by
-    every viewer of the project, so it must not carry tokens."""
+    word, and in URLs the password (``scheme://user:password@host``) and secret query parameters. The
+    ``cmd`` tag is readable by every viewer of the project, so it must not carry tokens."""
     words: list[str] = []
     hide_next = False
     for arg in argv:
@@ -58,7 +56,7 @@ def redact_argv(argv: list[str]) -> str:
             if assign is not None and _SECRET_NAME.search(assign.group(1)):
                 words.append(shlex.quote(assign.group(0)) + REDACTED)
                 continue
-        words.append(shlex.quote(_URL_PASSWORD.sub(rf"\1{REDACTED}@", arg)))
+        words.append(shlex.quote(redact_url(arg)))
     return " ".join(words)
 
 

@@ -253,6 +253,8 @@ def _read_jsonl(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValidationError(f"{label}: line {lineno} is not valid JSON ({exc.msg})") from None
+            except RecursionError:  # thousands of nested brackets
+                raise ValidationError(f"{label}: line {lineno} is nested too deeply") from None
             if not isinstance(obj, dict):
                 raise ValidationError(f"{label}: line {lineno} is not a JSON object")
             records.append(obj)

@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 
 from modelyard.core._home import _SECRET_PARAMS
 from modelyard.core._platform import Context, Platform
+from modelyard.core._redact import redact_url
 from modelyard.errors import BackendError, ConfigError, UsageError, ValidationError
 
 log = logging.getLogger("modelyard.jobs")
@@ -75,7 +76,9 @@ def cluster_database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise UsageError(f"database URL {url!r} is not a URL; expected postgresql://USER@HOST/DB") from None
+        raise UsageError(
+            f"database URL {redact_url(url)!r} is not a URL; expected postgresql://USER@HOST/DB"
+        ) from None
     if parsed.get_backend_name() != "postgresql":
         raise UsageError(
             f"the kubernetes backend needs a PostgreSQL metadata store that the cluster can reach, not "
@@ -104,7 +107,8 @@ def cluster_artifact_uri(uri: str) -> str:
     if parts.scheme != "s3" or not parts.netloc or "@" in parts.netloc or parts.query or parts.fragment:
         raise UsageError(
             f"the kubernetes backend needs an S3-compatible artifact store that the cluster can reach, "
-            f"not {uri!r}; pass --cluster-artifact-uri s3://BUCKET/PREFIX (or set YARD_ARTIFACT_URI)"
+            f"not {redact_url(uri)!r}; pass --cluster-artifact-uri s3://BUCKET/PREFIX "
+            "(or set YARD_ARTIFACT_URI)"
         )
     return uri
 

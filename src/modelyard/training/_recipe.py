@@ -78,6 +78,8 @@ MAX_SEQUENCE_LENGTH = 1_000_000
 MAX_BEAMS = 256
 Beams = Annotated[int, Field(ge=1, le=MAX_BEAMS)]
 NewTokens = Annotated[int, Field(ge=1, le=MAX_SEQUENCE_LENGTH)]
+#: the largest recipe, gate policy or alert rules file read (as a job's recipe is bounded)
+MAX_YAML_BYTES = 1 << 20
 
 EVAL_METRICS: tuple[str, ...] = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "gen_len")
 #: metrics where lower is better; everything else is maximised.
@@ -729,7 +731,12 @@ def read_yaml(path: str | Path, kind: str) -> Any:
     """The YAML document at ``path`` (safe loader with YAML 1.2 floats); clear errors naming ``kind``."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # Bounded before anything is parsed: megabytes of YAML take minutes and gigabytes to parse.
+        with p.open("rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise ValidationError(f"{kind} {str(p)!r} has more than 1 MiB; a YAML file may have at most that")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"{kind} {str(p)!r} not found") from None
     except IsADirectoryError:
@@ -746,6 +753,8 @@ def parse_yaml(text: str, *, source: str, stored: bool = False) -> Any:
     ``stored``: a text the platform kept (a run's recipe), which may predate the duplicate-key check."""
     try:
         return yaml.load(text, Loader=_StoredLoader if stored else _Loader)  # noqa: S506 (SafeLoaders)
+    except RecursionError:  # [[[[... or {a: {a: ... thousands deep: the loader recurses per level
+        raise ValidationError(f"{source}: not valid YAML: it is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

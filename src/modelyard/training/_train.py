@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelyard.core._paths import private_dirs
 from modelyard.errors import BackendError, IntegrityError, NotFoundError, UsageError
 from modelyard.training import _checkpoint as ck
 from modelyard.training import _dist
@@ -545,7 +546,7 @@ def _hold_run(root: Path, run_id: str) -> None:
     ends): a second `--resume` of a run that is still training would write and prune the same checkpoints."""
     import fcntl
 
-    root.mkdir(parents=True, exist_ok=True)
+    private_dirs(root)  # $YARD_HOME/checkpoints/RUN: weights and optimizer state of the user's data
     fd = os.open(root / ".training.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -610,7 +611,7 @@ def _tokenizer_files(recipe: Recipe, train: list[Example], root: Path) -> dict[s
     tok_dir = root / "tokenizer"
     done = tok_dir / "done"
     if not done.is_file():
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(root)
         build_tokenizer(recipe, train, tok_dir)
         files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file()}
         # The digests of what a resume must find again: the checkpoints' weights mean nothing with another
