@@ -164,6 +164,11 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
             "t.py 'https://b.s3.amazonaws.com/k?X-Amz-Signature=***&v=1'",
         ),
         (["t.py", "--name", "a b", "--token"], "t.py --name 'a b' --token"),
+        # recognisable wherever they are: a yard token's secret (its id stays), an Authorization value
+        (["t.py", "yard_0123456789ab_s3cr-et_x"], "t.py 'yard_0123456789ab_***'"),
+        (["t.py", "-H", "Authorization: Bearer abc.def"], "t.py -H 'Authorization: Bearer ***'"),
+        (["t.py", "--passphrase", "x", "--db-pass=y"], "t.py --passphrase *** --db-pass=***"),
+        (["t.py", "--passes", "3", "--compass", "n"], "t.py --passes 3 --compass n"),  # not secrets
     ],
 )
 def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:

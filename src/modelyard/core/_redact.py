@@ -20,9 +20,18 @@ _SECRET_PARAM = re.compile(
 )
 
 
+# Credentials that are recognisable wherever they appear: our API tokens (yard_<id>_<secret>: the id is
+# kept, it names the token) and HTTP Authorization values ("Bearer x", "Basic x").
+_YARD_TOKEN = re.compile(r"\b(yard_[0-9a-f]{12}_)[A-Za-z0-9_\-]+")
+_AUTH_VALUE = re.compile(r"\b((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
+
+
 def redact_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` and the value of every secret
-    query parameter replaced by ``***``; the rest (scheme, user, host, path) is kept for diagnosis."""
+    """``text`` with the password of every ``scheme://user:password@host``, the value of every secret
+    query parameter, the secret of a yard API token and an HTTP Authorization value replaced by ``***``;
+    the rest (scheme, user, host, path, a token's id) is kept for diagnosis."""
     for pattern in _URL_PASSWORDS:
         text = pattern.sub(rf"\1{REDACTED}@", text)
+    text = _YARD_TOKEN.sub(rf"\1{REDACTED}", text)
+    text = _AUTH_VALUE.sub(rf"\1{REDACTED}", text)
     return _SECRET_PARAM.sub(rf"\1{REDACTED}", text)

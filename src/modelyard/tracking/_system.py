@@ -24,7 +24,10 @@ log = logging.getLogger("modelyard.tracking")
 _GIT_TIMEOUT_S = 2.0
 _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
 # Argument names whose values are secrets: `--hf-token X`, `--password=X`, `API_KEY=X`, `db.passwd=X`.
-_SECRET_NAME = re.compile(r"token|key|secret|password|passwd|pwd|auth|credential|apikey", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"token|key|secret|password|passwd|passphrase|pwd|auth|credential|apikey|(?<![a-z])pass(?![a-z])",
+    re.IGNORECASE,
+)
 _OPTION = re.compile(r"^(-{1,2}[A-Za-z0-9][A-Za-z0-9_.\-]*)(=.*)?$", re.DOTALL)
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
 
