@@ -362,6 +362,15 @@ def test_doctor_on_an_initialised_home(yard: Yard, ready: Path) -> None:
     assert not re.search(r"\bfail\b", out)
 
 
+def test_doctor_warns_of_a_home_others_can_read(yard: Yard, ready: Path) -> None:
+    status = r"^\W*home\s+\W[^│]*│\s*(\w+)"  # the home row's status (this test's path says "warns")
+    assert re.findall(status, yard("doctor").out, re.M) == ["ok"]  # yard init made it 0700
+    ready.chmod(0o755)  # a home made beforehand keeps its mode: checkpoints and data caches inside
+    r = yard("doctor", env={"COLUMNS": "300"})
+    assert r.code == 0 and re.findall(status, r.out, re.M) == ["warn"]
+    assert "mode 0755: others can read or write it; chmod 700" in r.out
+
+
 def test_doctor_fails_on_a_broken_key(yard: Yard, ready: Path) -> None:
     (ready / "keys" / "master.key").chmod(0o644)
     r = yard("doctor")

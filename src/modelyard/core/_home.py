@@ -283,7 +283,7 @@ def doctor(settings: Settings | None = None) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = [
         ("modelyard", __version__, "ok"),
         ("python", f"{_pyplatform.python_version()} ({_pyplatform.platform()})", "ok"),
-        ("home", str(settings.home), "ok" if settings.home.is_dir() else "fail"),
+        _home_row(settings.home),
         ("region", settings.region, "ok"),
     ]
     rows.append(_key_row(settings))
@@ -301,6 +301,17 @@ def doctor(settings: Settings | None = None) -> list[tuple[str, str, str]]:
         rows.append((dist, _version(dist) or "not installed", "ok" if _version(dist) else "warn"))
     rows.append(("gpu", _gpu(), "ok"))
     return rows
+
+
+def _home_row(home: Path) -> tuple[str, str, str]:
+    """The home must be private: it holds checkpoints --resume loads and caches of decrypted data. `yard init`
+    makes it 0700; a home made beforehand (or chmod-ed since) keeps whatever mode it had."""
+    if not home.is_dir():
+        return ("home", str(home), "fail")
+    mode = home.stat().st_mode & 0o777
+    if os.name == "posix" and mode & 0o077:
+        return ("home", f"{home} (mode {mode:04o}: others can read or write it; chmod 700 {home})", "warn")
+    return ("home", str(home), "ok")
 
 
 def _store_rows(settings: Settings) -> list[tuple[str, str, str]]:
