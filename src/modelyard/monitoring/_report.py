@@ -9,8 +9,6 @@ import base64
 import html
 import io
 import itertools
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,15 +201,7 @@ def write_html(report: DriftReport, path: Path, *, title: str = "Drift report") 
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("the HTML drift report needs matplotlib: pip install 'modelyard[monitor]'") from None
-    page = render_html(report, title=title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from modelyard.core._paths import write_file
+
+    write_file(path, render_html(report, title=title))
     return path

@@ -18,12 +18,12 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from modelyard.core._paths import write_file
 from modelyard.errors import UsageError
 
 __all__ = [
@@ -481,19 +481,6 @@ def _encode(rows: list[Row], fmt: str) -> bytes:
     return sink.getvalue()
 
 
-def _publish(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(
     directory: str | os.PathLike[str],
     n: int,
@@ -549,7 +536,7 @@ def write_dataset(
     start = 0
     for name, size in zip(SPLITS, sizes, strict=True):
         path = root / f"{name}.{fmt}"
-        _publish(path, _encode(rows[start : start + size], fmt))
+        write_file(path, _encode(rows[start : start + size], fmt))  # temp file + rename: never half
         paths.append(path)
         start += size
     return paths
