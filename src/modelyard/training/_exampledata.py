@@ -23,7 +23,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from modelyard.core._paths import write_file
 from modelyard.errors import UsageError
 
 __all__ = [
@@ -534,6 +533,8 @@ def write_dataset(
                     (root / f"{name}.{ext}").unlink(missing_ok=True)
     paths: list[Path] = []
     start = 0
+    from modelyard.core._paths import write_file  # lazily: modelyard.training stays light to import
+
     for name, size in zip(SPLITS, sizes, strict=True):
         path = root / f"{name}.{fmt}"
         write_file(path, _encode(rows[start : start + size], fmt))  # temp file + rename: never half
