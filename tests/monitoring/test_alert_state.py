@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 from modelyard.core import Platform
 from modelyard.monitoring._alerts import _claim, _key
@@ -36,3 +37,43 @@ def test_concurrent_claims_of_a_new_rule_state_let_exactly_one_fire(any_platform
     for t in threads:
         t.join()
     assert sorted(won) == [False] * 7 + [True]
+
+
+def test_a_retrain_another_monitor_is_submitting_is_not_submitted_again(
+    any_platform: Platform, tmp_path: Path
+) -> None:
+    """Two monitors whose rules both retrain one model read 'nothing pending' and both submitted a job: a
+    retrain is claimed before it is submitted, and a claim older than the lease (its monitor died) is taken
+    over."""
+    import copy
+    from datetime import timedelta
+
+    import pytest
+    import yaml
+
+    from modelyard.core._platform import utcnow
+    from modelyard.errors import NotFoundError
+    from modelyard.monitoring._alerts import CLAIM_LEASE, _start_retrain, load_alerts
+    from modelyard.testing._fixtures import TINY_RECIPE
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_RECIPE)))
+    (tmp_path / "gates.yaml").write_text(
+        yaml.safe_dump({"data": {"dataset": "norm@1"}, "size": {"max_mb": 9}})
+    )
+    rules = {
+        "model": "m@1",
+        "rules": [{"name": "r", "when": "requests > 0", "actions": ["retrain"]}],
+        "retrain": {"recipe": "recipe.yaml", "policy": "gates.yaml"},
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    policy, ctx, key = load_alerts(tmp_path / "rules.yaml"), any_platform.context(), _key("retrain", "m")
+    submitting = {"state": "submitting", "claim": "other", "at": utcnow().isoformat()}
+    seen = _claim(any_platform, key, None, submitting)
+    assert "another monitor is submitting it" in _start_retrain(any_platform, ctx, policy, "m")
+    assert any_platform.meta(key) == seen  # untouched
+    stale = {**submitting, "at": (utcnow() - CLAIM_LEASE - timedelta(seconds=1)).isoformat()}
+    _claim(any_platform, key, seen, stale)
+    with pytest.raises(
+        NotFoundError, match="norm"
+    ):  # taken over: on to the newest data, which this home lacks
+        _start_retrain(any_platform, ctx, policy, "m")

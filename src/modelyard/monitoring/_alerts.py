@@ -433,9 +433,16 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
 
     assert policy.retrain is not None
     key = _key("retrain", name)
-    pending = _get(platform, key)
+    seen = platform.meta(key)
+    pending = json.loads(seen) if seen else None
     if pending is not None and pending.get("state") in ("queued", "registered"):
         return f"retrain already under way (job {pending.get('job')})"
+    if (
+        pending is not None
+        and pending.get("state") == "submitting"
+        and utcnow() - datetime.fromisoformat(pending["at"]).astimezone(UTC) < CLAIM_LEASE
+    ):
+        return "retrain already under way (another monitor is submitting it)"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
     recipe, changes = newest_data(platform, ctx, text, policy.retrain.recipe)
     # What a retrain is made of: the data versions, and the recipe and gate policy as written now (a
@@ -453,10 +460,20 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
             f"not retrained: job {pending.get('job')} already trained on {', '.join(used[:-1])} with this "
             f"recipe and policy ({pending.get('state')}); add a newer version of the data"
         )
-    with tempfile.TemporaryDirectory(prefix="yard-retrain-") as tmp:
-        path = Path(tmp) / Path(policy.retrain.recipe).name
-        path.write_text(recipe, encoding="utf-8")
-        job = submit_job(platform, ctx, path, cpus=policy.retrain.cpus, priority="high")
+    # Claimed before submitting (another monitor's rule may be retraining this model at the same moment):
+    # of two, one submits; a claim whose monitor died is taken over after the lease.
+    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": utcnow().isoformat()}
+    held = _claim(platform, key, seen, claim)
+    if held is None:
+        return "retrain already under way (another monitor is submitting it)"
+    try:
+        with tempfile.TemporaryDirectory(prefix="yard-retrain-") as tmp:
+            path = Path(tmp) / Path(policy.retrain.recipe).name
+            path.write_text(recipe, encoding="utf-8")
+            job = submit_job(platform, ctx, path, cpus=policy.retrain.cpus, priority="high")
+    except BaseException:
+        _claim(platform, key, held, {**(pending or {}), "state": "failed", "at": utcnow().isoformat()})
+        raise
     _put(
         platform,
         key,
