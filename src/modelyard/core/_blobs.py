@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from modelyard.core._paths import safe_join, safe_key
+from modelyard.core._paths import private_dirs, safe_join, safe_key
 from modelyard.core._redact import redact_url
 from modelyard.errors import BackendError, NotFoundError, UnsafePathError, UsageError
 
@@ -352,20 +352,10 @@ class FileBackend:
             reason = exc.strerror or exc
             raise BackendError(f"file store {self.uri}: cannot {action} {name!r}: {reason}") from exc
 
-    def _makedirs(self, directory: Path) -> None:
-        # Path.mkdir(parents=True) would give intermediate directories the umask default; we want 0700.
-        missing = []
-        while not directory.exists():
-            missing.append(directory)
-            directory = directory.parent
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=0o700)
-
     def staging_dir(self) -> Path:
         staging = self.root / _STAGING
         if self._staging is None or not staging.is_dir():
-            self._makedirs(staging)
+            private_dirs(staging)
             self._staging_dev = os.stat(staging).st_dev
             self._staging = staging
         return staging
@@ -378,7 +368,7 @@ class FileBackend:
         if parent not in self._checked_dirs:
             directory = safe_join(self.root, parent)
             with self._os_errors("publish", name):
-                self._makedirs(directory)
+                private_dirs(directory)
             safe_join(self.root, parent)  # still no symlink once it exists
             self._checked_dirs.add(parent)
         return self.root / name
@@ -401,7 +391,7 @@ class FileBackend:
             except FileNotFoundError:
                 if not os.path.exists(src):
                     raise
-                self._makedirs(dest.parent)  # created on first use (or removed by someone since)
+                private_dirs(dest.parent)  # created on first use (or removed by someone since)
                 os.replace(src, dest)
             if durable:
                 _fsync_path(dest.parent, directory=True)
