@@ -398,7 +398,10 @@ class ModelVersion(Base):
 
 
 class ModelAlias(Base):
-    """``alias`` of a model points at one of its versions; every change is also an AliasEvent."""
+    """``alias`` of a model points at one of its versions; every change is also an AliasEvent. ``body`` is
+    canonical JSON naming the version's manifest digest and the versions a rollback returns to, signed like
+    manifests: resolving the alias checks it, so a database edit cannot repoint it (NULL: made before
+    2026-12-07, refused until the alias is pointed again)."""
 
     __tablename__ = "model_aliases"
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
@@ -406,6 +409,9 @@ class ModelAlias(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_by: Mapped[str] = mapped_column(String(160))
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class AliasEvent(Base):

@@ -12,6 +12,7 @@ quality gates and four eyes, one-command rollback, and signed attestations.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,11 +24,20 @@ from sqlalchemy.orm import Session
 from modelyard.core._models import AliasEvent, Attestation, ModelAlias, ModelVersion, RegisteredModel, Run
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._signing import Signer, canonical
-from modelyard.errors import GateFailedError, NotFoundError, PermissionDeniedError, UsageError, YardError
+from modelyard.errors import (
+    GateFailedError,
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+    YardError,
+)
 from modelyard.registry._versions import (
+    ALIAS_FORMAT,
     _model,
     check_alias,
     check_model_name,
+    checked_alias,
     iter_attestations,
     model_ref,
     parse_spec,
@@ -36,6 +46,8 @@ from modelyard.registry._versions import (
     signed_attestation,
     verify,
 )
+
+log = logging.getLogger(__name__)
 
 #: aliases that only a gated, four-eyes promotion may move
 PROTECTED = frozenset({"production"})
@@ -65,61 +77,89 @@ def _alias_resource(name: str, alias: str) -> str:
     return f"model:{name}#{alias}"
 
 
-def _stack(s: Session, model_id: int, alias: str) -> list[int]:
-    """The versions a rollback would return to, oldest first (replay of the alias history)."""
-    stack: list[int] = []
-    events = s.scalars(
-        select(AliasEvent)
-        .where(AliasEvent.model_id == model_id, AliasEvent.alias == alias)
-        .order_by(AliasEvent.id)
-    )
-    for e in events:
-        if e.action in ("set", "promote") and e.version is not None:
-            stack.append(e.version)
-        elif e.action == "rollback" and stack:
-            stack.pop()
-        elif e.action == "delete":
-            stack.clear()
-    return stack
+#: how many earlier versions an alias record keeps for rollback (each rollback pops one)
+STACK_LIMIT = 100
+
+
+def _stack(
+    platform: Platform, s: Session, ctx: Context, model: RegisteredModel, alias: str
+) -> list[list[Any]]:
+    """The versions a rollback would return to and their manifest digests, oldest first, ending with the
+    current one: from the alias's signed record (checked), so a row or history edited in the database cannot
+    make a rollback land on a version the alias never held. Empty when the alias points nowhere."""
+    current = s.get(ModelAlias, (model.id, alias))
+    row = s.get(ModelVersion, current.version_id) if current is not None else None
+    if current is None or row is None:
+        return []
+    body = checked_alias(platform, s, ctx, model, current, row)
+    return [*body["stack"], [row.version, row.manifest_digest]]
 
 
 def _point(
+    platform: Platform,
     s: Session,
     ctx: Context,
+    signer: Signer | None,
     model: RegisteredModel,
     alias: str,
     row: ModelVersion | None,
     action: str,
     reason: str,
 ) -> AliasChange:
+    """Move the alias (None: delete it), append its event and sign the new record. ``set``/``promote`` push
+    the version on the signed stack, ``rollback`` pops the current one."""
     current = s.get(ModelAlias, (model.id, alias))
     previous = None
+    stack: list[list[Any]] = []
     if current is not None:
         prev_row = s.get(ModelVersion, current.version_id)
         previous = prev_row.version if prev_row is not None else None
+        if row is not None:
+            try:
+                stack = _stack(platform, s, ctx, model, alias)
+            except IntegrityError as exc:  # unsigned (older) or altered: pointing it again is the remedy
+                log.warning("%s@%s: earlier versions dropped: %s", model.name, alias, exc.message)
+    if action == "rollback":
+        stack = stack[:-2]  # the version rolled back to becomes the record's own
     now = utcnow()
+    version = row.version if row is not None else None
+    event = AliasEvent(
+        model_id=model.id,
+        alias=alias,
+        action=action,
+        version=version,
+        previous=previous,
+        reason=reason,
+        at=now,
+        by=ctx.user,
+    )
+    s.add(event)
+    s.flush()  # its id is signed: the record must be the one its latest change wrote
     if row is None:
         if current is not None:
             s.delete(current)
-    elif current is None:
-        s.add(
-            ModelAlias(model_id=model.id, alias=alias, version_id=row.id, updated_at=now, updated_by=ctx.user)
-        )
-    else:
-        current.version_id, current.updated_at, current.updated_by = row.id, now, ctx.user
-    version = row.version if row is not None else None
-    s.add(
-        AliasEvent(
-            model_id=model.id,
-            alias=alias,
-            action=action,
-            version=version,
-            previous=previous,
-            reason=reason,
-            at=now,
-            by=ctx.user,
-        )
+        return AliasChange(model.name, alias, version, previous, action)
+    assert signer is not None
+    body = canonical(
+        {
+            "format": ALIAS_FORMAT,
+            "project": ctx.project,
+            "model": model.name,
+            "alias": alias,
+            "version": row.version,
+            "manifest": row.manifest_digest,
+            "stack": stack[-STACK_LIMIT:],
+            "event": event.id,
+            "action": action,
+            "at": now.isoformat(),
+            "by": ctx.user,
+        }
     )
+    if current is None:
+        current = ModelAlias(model_id=model.id, alias=alias)
+        s.add(current)
+    current.version_id, current.updated_at, current.updated_by = row.id, now, ctx.user
+    current.body, current.signature, current.key_id = body.decode("utf-8"), signer.sign(body), signer.key_id
     return AliasChange(model.name, alias, version, previous, action)
 
 
@@ -191,11 +231,12 @@ def set_alias(platform: Platform, ctx: Context, spec: str, alias: str, *, reason
     detail: dict[str, Any] = {"spec": spec}
     platform.authorize(ctx, "model.deploy", resource)
     manifest = _verified(platform, ctx, spec, "model.deploy", resource)
+    signer = Signer(platform)
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
-        model, row = resolve_row(s, ctx, spec)
+        model, row = resolve_row(platform, s, ctx, spec)
         if row.manifest_digest != manifest:
             raise UsageError(f"{spec} changed while it was being verified")
-        change = _point(s, ctx, model, alias, row, "set", reason)
+        change = _point(platform, s, ctx, signer, model, alias, row, "set", reason)
         detail.update(version=change.version, previous=change.previous)
     return change
 
@@ -210,7 +251,7 @@ def delete_alias(platform: Platform, ctx: Context, name: str, alias: str, *, rea
         model = _model(s, ctx, name)
         if s.get(ModelAlias, (model.id, alias)) is None:
             raise NotFoundError(f"model {name!r} has no alias {alias!r}")
-        change = _point(s, ctx, model, alias, None, "delete", reason)
+        change = _point(platform, s, ctx, None, model, alias, None, "delete", reason)
         detail["previous"] = change.previous
     return change
 
@@ -240,7 +281,7 @@ def promote(
     platform.authorize(ctx, action, resource)
     _check_reason(platform, ctx, action, resource, reason)
     with platform.db.read() as s:
-        model, row = resolve_row(s, ctx, spec)
+        model, row = resolve_row(platform, s, ctx, spec)
         exact = f"{model.name}@{row.version}"
         author, manifest = row.created_by, row.manifest_digest
         # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
@@ -270,10 +311,11 @@ def promote(
                 raise GateFailedError(
                     f"{exact} failed its quality gates, not promoted to {alias!r}: {summary}"
                 )
+        signer = Signer(platform)
     except YardError as exc:
         raise platform.refuse(ctx, action, resource, exc) from None
     with platform.mutate(ctx, action, resource, detail) as s:
-        model, row = resolve_row(s, ctx, exact)
+        model, row = resolve_row(platform, s, ctx, exact)
         if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
             raise UsageError(f"{exact} changed while it was being promoted")
         if gates is not None and not _has_passing(platform, s, row, "gates"):
@@ -288,7 +330,7 @@ def promote(
                 f"{model.name}@{moved[0]} moved while the gates of {exact} ran; promote again to gate it "
                 "against the version it now points at"
             )
-        change = _point(s, ctx, model, alias, row, "promote", reason)
+        change = _point(platform, s, ctx, signer, model, alias, row, "promote", reason)
         detail["previous"] = change.previous
     return change
 
@@ -302,26 +344,33 @@ def rollback(platform: Platform, ctx: Context, name: str, alias: str, *, reason:
     platform.authorize(ctx, "model.deploy", resource)
     try:
         with platform.db.read() as s:
-            stack = _stack(s, _model(s, ctx, name).id, alias)
+            stack = _stack(platform, s, ctx, _model(s, ctx, name), alias)
         if len(stack) < 2:
             raise UsageError(f"{name}@{alias} has no earlier version to roll back to")
+        back, signed = stack[-2]
+        # Every byte of the version rolled back to is checked first: serving would refuse a tampered one
+        # when it loads it and keep the version being rolled away from, with no word at the rollback.
+        manifest = verify(platform, ctx, f"{name}@{back}").manifest_digest
+        if manifest != signed:  # the version was replaced (deleted and registered again under its number)
+            raise IntegrityError(
+                f"{name}@{back} is not the version {name}@{alias} pointed at before (another manifest)",
+                file="alias",
+            )
+        signer = Signer(platform)
     except YardError as exc:
         raise platform.refuse(ctx, "model.deploy", resource, exc) from None
-    # Every byte of the version rolled back to is checked first: serving would refuse a tampered one when
-    # it loads it and keep the version being rolled away from, with no word at the rollback.
-    manifest = _verified(platform, ctx, f"{name}@{stack[-2]}", "model.deploy", resource)
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
         model = _model(s, ctx, name)
-        if _stack(s, model.id, alias) != stack:
+        if _stack(platform, s, ctx, model, alias) != stack:
             raise UsageError(f"{name}@{alias} moved during the rollback; look at its history and try again")
         target = s.execute(
-            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == stack[-2])
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == back)
         ).scalar_one_or_none()
         if target is None:
-            raise NotFoundError(f"{name}@{stack[-2]}, the version before, no longer exists")
+            raise NotFoundError(f"{name}@{back}, the version before, no longer exists")
         if target.manifest_digest != manifest:
-            raise UsageError(f"{name}@{stack[-2]} changed while it was being verified")
-        change = _point(s, ctx, model, alias, target, "rollback", reason)
+            raise UsageError(f"{name}@{back} changed while it was being verified")
+        change = _point(platform, s, ctx, signer, model, alias, target, "rollback", reason)
         detail.update(version=change.version, previous=change.previous)
     return change
 
@@ -391,7 +440,7 @@ def store_attestation(
     signer = Signer(platform)
     detail: dict[str, Any] = {"kind": kind, "passed": passed}
     with platform.mutate(ctx, action, f"model:{spec}", detail) as s:
-        model, row = resolve_row(s, ctx, spec)
+        model, row = resolve_row(platform, s, ctx, spec)
         now = utcnow()
         body = canonical(
             {
@@ -427,7 +476,7 @@ def attestations(
     by :func:`~modelyard.registry.verify`)."""
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
-        _, row = resolve_row(s, ctx, spec)
+        _, row = resolve_row(platform, s, ctx, spec)
         q = select(Attestation).where(Attestation.version_id == row.id)
         if kind is not None:
             q = q.where(Attestation.kind == kind)

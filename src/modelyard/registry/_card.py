@@ -106,7 +106,7 @@ def model_card(platform: Platform, ctx: Context, spec: str) -> Card:
     gates = attestations(platform, ctx, info.spec, kind="gates")
     lineage = manifest.get("lineage") or {}
     with platform.db.read() as s:
-        _, row = resolve_row(s, ctx, info.spec)
+        _, row = resolve_row(platform, s, ctx, info.spec)
         children = [
             (f"{s.get(RegisteredModel, c.model_id).name}@{c.version}", c.variant, c.bytes)  # type: ignore[union-attr]
             for c in s.scalars(select(ModelVersion).where(ModelVersion.parent_id == row.id))

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.config import check_name
@@ -37,6 +37,7 @@ from modelyard.core import _gc
 from modelyard.core._artifacts import StagedBlob
 from modelyard.core._db import insert_for
 from modelyard.core._models import (
+    AliasEvent,
     Attestation,
     LineageEdge,
     ModelAlias,
@@ -51,6 +52,7 @@ from modelyard.registry._files import ModelFile, model_format, scan_model_dir
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "modelyard.model-version/1"
+ALIAS_FORMAT = "modelyard.alias/1"
 _SPEC_RE = re.compile(r"^(?P<name>[^@]+)(?:@(?P<ref>[^@]+))?$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{6,32}$")  # a run id, or a unique prefix of it (as `yard runs ls` shows)
@@ -165,7 +167,10 @@ def _model(s: Session, ctx: Context, name: str) -> RegisteredModel:
     return row
 
 
-def resolve_row(s: Session, ctx: Context, spec: str) -> tuple[RegisteredModel, ModelVersion]:
+def resolve_row(
+    platform: Platform, s: Session, ctx: Context, spec: str
+) -> tuple[RegisteredModel, ModelVersion]:
+    """The model and version row ``spec`` names; an alias's signed record is checked (``checked_alias``)."""
     name, ref = parse_spec(spec)
     model = _model(s, ctx, name)
     q = select(ModelVersion).where(ModelVersion.model_id == model.id)
@@ -174,6 +179,8 @@ def resolve_row(s: Session, ctx: Context, spec: str) -> tuple[RegisteredModel, M
         if alias is None:
             raise NotFoundError(f"model {name!r} has no alias {ref!r}; see `yard models show {name}`")
         row = s.get(ModelVersion, alias.version_id)
+        if row is not None:
+            checked_alias(platform, s, ctx, model, alias, row)
     elif ref is None:
         row = s.execute(q.order_by(ModelVersion.version.desc()).limit(1)).scalar_one_or_none()
     else:
@@ -182,6 +189,53 @@ def resolve_row(s: Session, ctx: Context, spec: str) -> tuple[RegisteredModel, M
         what = f"version {ref}" if isinstance(ref, int) else "versions"
         raise NotFoundError(f"model {name!r} has no {what}; see `yard models show {name}`")
     return model, row
+
+
+def checked_alias(
+    platform: Platform, s: Session, ctx: Context, model: RegisteredModel, alias: ModelAlias, row: ModelVersion
+) -> dict[str, Any]:
+    """The alias's signed body, checked: signed by this installation, naming this project, model, alias,
+    version and manifest, and written with the alias's latest event (a database writer restoring an earlier
+    signed record would also have to delete the history after it). IntegrityError otherwise."""
+    what = f"{model.name}@{alias.alias}"
+    if alias.body is None or alias.signature is None or alias.key_id is None:
+        raise IntegrityError(
+            f"{what}: the alias record is not signed (it was set before aliases were signed, or its "
+            f"signature was removed); point it again: `yard models alias {model.name}@V {alias.alias}`, or "
+            f"`yard models promote {model.name}@V --to {alias.alias}` for a protected alias",
+            file="alias",
+        )
+    verify_signature(
+        platform, s, alias.key_id, alias.body.encode("utf-8"), alias.signature, what=f"{what}: alias record"
+    )
+    body: dict[str, Any] = json.loads(alias.body)
+    expected = {
+        "format": ALIAS_FORMAT,
+        "project": ctx.project,
+        "model": model.name,
+        "alias": alias.alias,
+        "version": row.version,
+        "manifest": row.manifest_digest,
+    }
+    for key, value in expected.items():
+        if body.get(key) != value:
+            raise IntegrityError(
+                f"{what}: the alias points at {key}={value!r} but its signed record says {body.get(key)!r}; "
+                "the registry's database was altered",
+                file="alias",
+            )
+    latest = s.scalar(
+        select(func.max(AliasEvent.id)).where(
+            AliasEvent.model_id == model.id, AliasEvent.alias == alias.alias
+        )
+    )
+    if body.get("event") != latest:
+        raise IntegrityError(
+            f"{what}: the alias record is not the one its latest change wrote (an earlier record was "
+            "restored, or its history was altered); the registry's database was altered",
+            file="alias",
+        )
+    return body
 
 
 def _aliases_of(s: Session, version_id: int) -> list[str]:
@@ -385,7 +439,7 @@ def register(
             parent_spec: str | None = None
             if parent is not None:
                 with platform.db.read() as s:
-                    pm, parent_row = resolve_row(s, ctx, parent)
+                    pm, parent_row = resolve_row(platform, s, ctx, parent)
                     parent_spec = f"{pm.name}@{parent_row.version}"
         except YardError as exc:
             raise platform.refuse(ctx, "model.register", resource, exc) from None
@@ -595,7 +649,7 @@ def list_versions(platform: Platform, ctx: Context, name: str) -> list[VersionIn
 def show(platform: Platform, ctx: Context, spec: str) -> VersionInfo:
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
-        model, row = resolve_row(s, ctx, spec)
+        model, row = resolve_row(platform, s, ctx, spec)
         return _info(s, model, row)
 
 
@@ -603,7 +657,7 @@ def read_manifest(platform: Platform, ctx: Context, spec: str) -> tuple[VersionI
     """The version and its manifest, the signature and the row checked against it."""
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
-        model, row = resolve_row(s, ctx, spec)
+        model, row = resolve_row(platform, s, ctx, spec)
         info = _info(s, model, row)
         return info, _checked_manifest(platform, s, ctx, model, row)
 
@@ -704,7 +758,7 @@ def verify(platform: Platform, ctx: Context, spec: str) -> VerifyReport:
             )
         total += size
     with platform.db.read() as s:
-        _, row = resolve_row(s, ctx, info.spec)
+        _, row = resolve_row(platform, s, ctx, info.spec)
         attestations = list(iter_attestations(s, row))
         for a in attestations:
             signed_attestation(platform, s, info.spec, row, a)

@@ -111,7 +111,8 @@ def deploy(
             raise platform.refuse(ctx, "model.deploy", resource, exc) from None
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
         if candidate is not None:
-            _, version_row = resolve_row(s, ctx, f"{name}@{candidate}")  # it must exist in this project
+            # it must exist in this project
+            _, version_row = resolve_row(platform, s, ctx, f"{name}@{candidate}")
             if signed is not None:
                 if version_row.manifest_digest != signed[0]:
                     raise UsageError(f"{name}@{candidate} changed while it was being deployed")
