@@ -17,7 +17,13 @@ from modelyard import registry
 from modelyard.core import Platform, Role, rotate_master_key
 from modelyard.core._models import AuditRecord, Blob, LineageEdge, ModelVersion
 from modelyard.core._signing import list_signing_keys
-from modelyard.errors import IntegrityError, NotFoundError, PermissionDeniedError, UsageError
+from modelyard.errors import (
+    IntegrityError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsafePathError,
+    UsageError,
+)
 from modelyard.testing import TrainedModel, actor, make_platform
 
 SOURCES = [
@@ -179,6 +185,25 @@ def test_versions_are_numbered_without_gaps_and_download_byte_for_byte(
         assert (out / f.name).read_bytes() == f.read_bytes()
     with pytest.raises(UsageError, match="not an empty directory"):
         registry.download(platform, ctx, "m@2", out)
+
+
+def test_download_over_an_existing_directory_does_not_follow_a_planted_symlink(
+    platform: Platform, model_dir: Path, tmp_path: Path
+) -> None:
+    ctx = platform.context()
+    (model_dir / "extra").mkdir()
+    (model_dir / "extra" / "notes.json").write_text("{}")
+    registry.register(platform, ctx, model_dir, "m")
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    target.mkdir()
+    outside.mkdir()
+    (target / "extra").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        registry.download(platform, ctx, "m@1", target, overwrite=True)
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in target.iterdir()) == ["extra"]
+    (target / "extra").unlink()
+    registry.download(platform, ctx, "m@1", target, overwrite=True)
+    assert (target / "extra" / "notes.json").read_text() == "{}"
 
 
 def test_a_flipped_byte_in_a_stored_file_fails_verify_and_load_naming_the_file(

@@ -804,10 +804,18 @@ def download(
         if not target.exists():
             os.replace(work, target)
         else:
-            for _, path in pairs:
-                rel = path.relative_to(work)
-                (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target / rel)
+            # Every destination checked before any file moves: a symlinked folder planted in the target
+            # (tok -> /elsewhere) would otherwise receive the files it names.
+            try:
+                moves = [(path, safe_join(target, path.relative_to(work).as_posix())) for _, path in pairs]
+            except UnsafePathError as exc:
+                raise UnsafePathError(
+                    f"cannot download into {target}: {exc.message.split(': ', 1)[-1].split(';')[0]}; "
+                    "download into a directory without symbolic links"
+                ) from None
+            for path, dest_path in moves:
+                dest_path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dest_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return info, target
