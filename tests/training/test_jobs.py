@@ -49,6 +49,11 @@ def opt(name, default):
     return opts[opts.index(name) + 1] if name in opts else default
 if "--ignore-term" in opts:
     signal.signal(signal.SIGTERM, lambda *a: print("got SIGTERM, ignoring", flush=True))
+def done(*a):  # --term-exit CODE: a job that finishes its work on SIGTERM and exits with CODE
+    print("got SIGTERM, done", flush=True)
+    os._exit(int(opt("--term-exit", "0")))
+if "--term-exit" in opts:
+    signal.signal(signal.SIGTERM, done)
 mode = oct(os.stat(recipe).st_mode & 0o777)
 with open(marks, "a") as f:
     f.write(f"{job} {attempt} {worker} {os.getpid()} {resume}\n")
@@ -581,6 +586,40 @@ def test_a_stopping_worker_hands_its_job_back(
     assert not alive(child)
     final = jobs_by_id(platform)[job.id]
     assert (final.status, final.attempts, final.retries, final.worker) == ("QUEUED", 1, 0, None)
+
+
+def test_a_job_that_exits_0_while_its_worker_stops_succeeded(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """Graceful shutdown: the job's process gets SIGTERM and exits 0 (its work was done, say a last
+    checkpoint saved): its exit status decides, so it is SUCCEEDED, not handed back to run again. One that
+    exits non-zero on SIGTERM is handed back, as before."""
+    platform, ctx, recipe = local_queue
+    done = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120", "--term-exit", "0"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1, exit_when_idle=False) as w:
+        wait_for(lambda: read_marks(marks), what="the job to start")
+    final = jobs_by_id(platform)[done.id]
+    assert (final.status, final.exit_code, final.attempts, final.retries) == ("SUCCEEDED", 0, 1, 0)
+    assert (done.id, "SUCCEEDED") in w.finished and w.exit_code == 0
+    stopped = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120", "--term-exit", "143"])
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1, exit_when_idle=False):
+        wait_for(lambda: [m for m in read_marks(marks) if m[0] == stopped.id], what="the job to start")
+    final = jobs_by_id(platform)[stopped.id]
+    assert (final.status, final.worker, final.retries) == ("QUEUED", None, 0)
+
+
+def test_a_pod_whose_job_exits_0_on_sigterm_records_success(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, args=["--sleep", "120", "--term-exit", "0"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, job=job.id) as w:
+        wait_for(lambda: read_marks(marks), what="the job to start")
+        w.stop()  # the pod is evicted just as the job ends its work
+    row = jobs_by_id(platform)[job.id]
+    assert (row.status, row.exit_code, w.exit_code) == ("SUCCEEDED", 0, 0)  # exit 0: the cluster is done
 
 
 def test_heartbeats_keep_a_long_job_from_being_reaped(

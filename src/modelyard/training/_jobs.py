@@ -1406,7 +1406,9 @@ class Worker:
             self._pump_logs(entry)
             succeeded = stopped = False
             if entry.lost is None:
-                if self._stop.is_set() and entry.term_at is not None:
+                # Stopped by this worker's shutdown: the exit status decides. A job that exits 0 on SIGTERM
+                # finished its work (say it saved a last checkpoint and ended); anything else goes back.
+                if self._stop.is_set() and entry.term_at is not None and code != 0:
                     self._requeue(entry)
                     stopped = True
                 else:
