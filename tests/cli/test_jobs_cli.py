@@ -364,3 +364,21 @@ def test_the_pods_command_runs_the_real_job_and_exits_with_its_status(
     r = yard("worker", "--job", str(local))
     assert r.code == 2 and "local job: workers claim it from the queue" in r.error
     assert yard("jobs", "show", str(local), "--json").json()["status"] == "QUEUED"
+
+
+def test_cancel_while_the_cluster_fails_takes_effect_and_says_how_the_job_is_deleted(
+    yard: Yard, home_with_data: Platform, k8s: FakeCluster
+) -> None:
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", *CLUSTER)
+    assert r.code == 0, r.err
+    job_id = int(r.out.strip())
+    k8s.refused["jobs"] = 503
+    r = yard("jobs", "cancel", str(job_id))
+    assert r.code == 0 and f"job {job_id} cancelled" in r.out and "is not deleted yet" in r.out
+    assert f"kubectl delete job yard-train-{job_id} -n default" in r.err
+    shown = yard("jobs", "show", str(job_id), "--json").json()
+    assert shown["status"] == "CANCELLED"
+    del k8s.refused["jobs"]
+    reason = f"cancelled by {shown['submitted_by']} while SUBMITTED"
+    assert yard("jobs", "ls", "--json").json()[0]["reason"] == reason
+    assert k8s.deleted == [f"default/yard-train-{job_id}"]

@@ -1442,7 +1442,61 @@ def test_a_job_whose_name_now_belongs_to_another_job_is_gone_and_never_deleted(
     assert f"Kubernetes job {cancelled.external_id} is another Job now" in caplog.text
 
 
-def test_cancel_from_a_machine_that_reaches_another_cluster_is_refused(
+def test_cancel_takes_effect_while_the_cluster_cannot_be_reached_and_its_job_is_deleted_later(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The row is what the pod obeys: a cancel is recorded whatever the cluster says, a pod that starts
+    anyway runs nothing, and the Job is deleted by the next command that reaches the cluster."""
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    ext = job.external_id
+    assert ext is not None
+    cluster.refused["jobs"] = 503  # the API server fails
+    info = _jobs.cancel_job(platform, ctx, job.id)
+    assert info.status == "CANCELLED" and info.finished_at is not None
+    assert info.reason is not None and info.reason.startswith(f"cancelled by {ctx.user} while SUBMITTED")
+    assert f"Kubernetes job {ext} is not deleted yet" in info.reason and "503" in info.reason
+    assert jobs_by_id(platform)[job.id].status == "CANCELLED" and ext in cluster.jobs
+    # Its pod starts anyway: it runs nothing.
+    assert _jobs.Worker(fast(platform), ctx, job=job.id).run() == 0
+    # Still failing: ls and show say so and change nothing.
+    assert _jobs.get_job(platform, ctx, job.id).reason == info.reason
+    assert f"could not delete Kubernetes job {ext}" in caplog.text
+    # The cluster answers again: the next reader deletes it and the reason says the cancel is complete.
+    del cluster.refused["jobs"]
+    assert [j.reason for j in _jobs.list_jobs(platform, ctx)] == [f"cancelled by {ctx.user} while SUBMITTED"]
+    assert cluster.deleted == [ext]
+    _jobs.list_jobs(platform, ctx)
+    assert cluster.deleted == [ext]  # once
+
+    # A cluster that cannot be reached at all (nothing listens at its address), then a cancel again.
+    other = _pod_job(platform, ctx, recipe)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with platform.db.write() as s:
+        s.execute(update(Job).where(Job.id == other.id).values(cluster=dead))
+    real = cluster.url
+    cluster.url = dead
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "dead")))
+    info = _jobs.cancel_job(platform, ctx, other.id)
+    assert info.status == "CANCELLED" and "is not deleted yet" in (info.reason or "")
+    assert "ConnectionRefused" in (info.reason or "") or "Connection refused" in (info.reason or "")
+    again = _jobs.cancel_job(platform, ctx, other.id)  # a second cancel tries again; still no cluster
+    assert again.status == "CANCELLED" and "is not deleted yet" in (again.reason or "")
+    with platform.db.write() as s:  # the cluster is back (at its old address)
+        s.execute(update(Job).where(Job.id == other.id).values(cluster=real))
+    cluster.url = real
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "back")))
+    assert _jobs.cancel_job(platform, ctx, other.id).reason == f"cancelled by {ctx.user} while SUBMITTED"
+    assert cluster.deleted == [ext, other.external_id]
+
+
+def test_cancel_from_a_machine_that_reaches_another_cluster_deletes_nothing_there(
     local_queue: tuple[Platform, Context, Path],
     cluster: FakeCluster,
     monkeypatch: pytest.MonkeyPatch,
@@ -1453,10 +1507,15 @@ def test_cancel_from_a_machine_that_reaches_another_cluster_is_refused(
     with fake_kubernetes() as other:  # a Job of that name there is another one: never deleted
         other.jobs[job.external_id] = json.loads(json.dumps(cluster.jobs[job.external_id]))  # type: ignore[index]
         monkeypatch.setenv("KUBECONFIG", str(other.write_kubeconfig(tmp_path / "other")))
-        with pytest.raises(BackendError, match=f"was submitted to {cluster.url}, but .* reaches {other.url}"):
-            _jobs.cancel_job(platform, ctx, job.id)
+        info = _jobs.cancel_job(platform, ctx, job.id)  # takes effect in the store, where its pod looks
+        assert info.status == "CANCELLED"
+        assert re.search(f"was submitted to {cluster.url}, but .* reaches {other.url}", info.reason or "")
         assert other.requests == [] and job.external_id in other.jobs
-    assert jobs_by_id(platform)[job.id].status == "SUBMITTED" and cluster.deleted == []
+    assert cluster.deleted == []
+    # Back on the job's cluster's context: the next `yard jobs ls` deletes it there.
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "own")))
+    assert [j.reason for j in _jobs.list_jobs(platform, ctx)] == [f"cancelled by {ctx.user} while SUBMITTED"]
+    assert cluster.deleted == [job.external_id]
 
 
 def test_a_create_that_got_no_answer_is_recorded_only_if_the_cluster_has_this_submission(

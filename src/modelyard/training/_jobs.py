@@ -568,7 +568,12 @@ def get_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
 def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     """Mark a QUEUED, RUNNING or SUBMITTED job CANCELLED. Its worker notices on its next poll and stops the
     process (SIGTERM, then SIGKILL after the grace period); a Kubernetes job is deleted from its cluster.
-    Your own jobs need ``job.cancel``; anyone else's ``job.cancel.any``."""
+    Your own jobs need ``job.cancel``; anyone else's ``job.cancel.any``.
+
+    A Kubernetes job is cancelled in the store first: the row is what its pod obeys (a pod that starts finds
+    the job CANCELLED and runs nothing, a running one stops it), so a cluster that cannot be reached does not
+    undo the cancel. Its Job is then deleted; where that fails, the reason says the Job is not deleted yet
+    and the next ``ls``, ``show`` or ``cancel`` that reaches the cluster deletes it."""
     jid = parse_job_id(job_id)
     resource = job_ref(jid)
     platform.authorize(ctx, "job.cancel", resource)
@@ -578,19 +583,85 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     platform.authorize(ctx, action, resource)
     with platform.mutate(ctx, action, resource, {"owner": owner}) as s:
         job = _job_row(s, ctx, jid, lock=True)
-        if job.status in TERMINAL:
+        if job.status in TERMINAL and not _delete_pending(job.reason):
             raise UsageError(
                 f"job {jid} already {job.status}; only QUEUED, SUBMITTED or RUNNING jobs can be cancelled"
             )
-        was = job.status
-        job.status, job.finished_at = "CANCELLED", utcnow()
-        job.reason = f"cancelled by {ctx.user} while {was}"
-        if job.backend == "kubernetes" and job.external_id:
-            from modelyard.training._k8s import delete_job
+        if job.status not in TERMINAL:
+            was = job.status
+            job.status, job.finished_at = "CANCELLED", utcnow()
+            job.reason = f"cancelled by {ctx.user} while {was}"
+            if job.backend == "kubernetes" and job.external_id:
+                # Noted before the delete is tried: a cancel that dies in between still gets it done.
+                job.reason += _not_deleted(job.external_id)
+    delete_cancelled_jobs(platform, ctx, jid)  # a second cancel retries a delete that failed
+    with platform.db.read() as s:
+        return _info(_job_row(s, ctx, jid), ctx.project)
 
-            delete_job(job.external_id, job.cluster_uid, job.cluster)
-        info = _info(job, ctx.project)
-    return info
+
+# The end of a cancelled Kubernetes job's reason while its Job is not deleted from the cluster yet.
+_NOT_DELETED = " is not deleted yet"
+
+
+def _not_deleted(external_id: str, why: str = "") -> str:
+    return f"; Kubernetes job {external_id}{_NOT_DELETED}" + (f": {why}" if why else "")
+
+
+def _delete_pending(reason: str | None) -> bool:
+    return reason is not None and _NOT_DELETED in reason
+
+
+def cancel_pending(job: JobInfo) -> bool:
+    """Whether a cancelled Kubernetes job's Job is not deleted from its cluster yet."""
+    return job.backend == "kubernetes" and job.status == "CANCELLED" and _delete_pending(job.reason)
+
+
+def delete_cancelled_jobs(platform: Platform, ctx: Context, job_id: int | None = None) -> None:
+    """Delete from their cluster the Jobs of ctx's cancelled Kubernetes jobs that are not deleted yet (the
+    cluster could not be reached, or a cancel died before it asked). A delete that fails again keeps its
+    note, with why, and the rest of that cluster's wait for the next call: a dead cluster costs one try."""
+    cond = [
+        Job.project_id == ctx.project_id,
+        Job.backend == "kubernetes",
+        Job.status == "CANCELLED",
+        Job.reason.contains(_NOT_DELETED, autoescape=True),
+        Job.external_id.is_not(None),
+    ]
+    if job_id is not None:
+        cond.append(Job.id == job_id)
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Job.id, Job.external_id, Job.cluster_uid, Job.cluster, Job.reason).where(*cond)
+        ).all()
+    if not rows:
+        return
+    from modelyard.training._k8s import delete_job
+
+    failed: set[str | None] = set()
+    for jid, external_id, uid, cluster, reason in rows:
+        if cluster in failed:
+            continue
+        ext = str(external_id)
+        base = str(reason).partition(f"; Kubernetes job {ext}{_NOT_DELETED}")[0]
+        try:
+            delete_job(ext, uid, cluster)
+        except YardError as exc:
+            failed.add(cluster)
+            log.warning("could not delete Kubernetes job %s of cancelled job %d: %s", ext, jid, exc.message)
+            new, entries = base + _not_deleted(ext, exc.message), []
+        else:  # the cancel's last step, done by whoever reached the cluster: the reaper's, as in sync
+            detail = {"status": "CANCELLED", "cluster": "deleted", "via": ctx.user}
+            new, entries = base, [_reaper_entry(ctx.project, jid, detail)]
+        with platform.db.write() as s:
+            # Only the note as it was read: another reader that deleted it meanwhile wins.
+            done = s.execute(
+                update(Job)
+                .where(Job.id == jid, Job.status == "CANCELLED", Job.reason == reason)
+                .values(reason=new)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if done:
+                _audit.append_many(s, entries)
 
 
 def attach_run(platform: Platform, ctx: Context, job_id: int | str, run_id: str) -> None:
@@ -728,16 +799,8 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
                     job.reason = f"{reason}; re-queued (retry {job.retries} of {job.max_retries})"
                 counted = {"retries": job.retries}
             out.append((job.id, job.status))
-            entries.append(
-                {
-                    "actor": REAPER,
-                    "project": projects[job.project_id],
-                    "action": "job.write",
-                    "resource": job_ref(job.id),
-                    "outcome": "ok",
-                    "detail": {"status": job.status, "worker": worker, **counted},
-                }
-            )
+            detail = {"status": job.status, "worker": worker, **counted}
+            entries.append(_reaper_entry(projects[job.project_id], job.id, detail))
         _audit.append_many(s, entries)
     return out
 
@@ -750,6 +813,7 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
     ``system:reaper``). Returns, for jobs still waiting, why their pod does not run (image pull, scheduling).
     Without a Kubernetes client or configuration, or when the cluster does not answer, it logs a warning
     and changes nothing: the rows stay SUBMITTED until a machine that can ask does."""
+    delete_cancelled_jobs(platform, ctx, job_id)
     cond = [Job.project_id == ctx.project_id, Job.backend == "kubernetes", Job.status == "SUBMITTED"]
     if job_id is not None:
         cond.append(Job.id == job_id)
@@ -800,18 +864,21 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
             if (job.external_id, job.cluster, job.cluster_uid, job.attempts) != seen[job.id]:
                 continue
             job.status, job.finished_at, job.reason = "FAILED", utcnow(), ended[job.id]
-            entries.append(
-                {
-                    "actor": REAPER,
-                    "project": ctx.project,
-                    "action": "job.write",
-                    "resource": job_ref(job.id),
-                    "outcome": "ok",
-                    "detail": {"status": "FAILED", "cluster": cluster[job.id].state},
-                }
-            )
+            detail = {"status": "FAILED", "cluster": cluster[job.id].state}
+            entries.append(_reaper_entry(ctx.project, job.id, detail))
         _audit.append_many(s, entries)
     return waiting
+
+
+def _reaper_entry(project: str, job_id: int, detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "actor": REAPER,
+        "project": project,
+        "action": "job.write",
+        "resource": job_ref(job_id),
+        "outcome": "ok",
+        "detail": detail,
+    }
 
 
 def _cluster_retries(job: Job | JobInfo) -> bool:
