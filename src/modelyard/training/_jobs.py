@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -450,6 +451,8 @@ def submit_kubernetes_job(
         lambda r: _k8s.job_manifest(platform, ctx, r, **options),  # checks every option
         audited=not dry_run,
     )
+    if not req.memory:  # recorded, so `show` says what the pod is limited to and its worker holds it there
+        req = dataclasses.replace(req, memory=_k8s.default_memory(req.cpus))
     if dry_run:
         return _k8s.job_manifest(platform, ctx, req, **options), None
     applied: dict[str, Any] = {}
