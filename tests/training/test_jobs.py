@@ -637,6 +637,18 @@ def test_heartbeats_keep_a_long_job_from_being_reaped(
     assert (final.status, final.attempts, final.retries) == ("SUCCEEDED", 1, 0)
 
 
+def test_a_worker_whose_heartbeat_is_not_well_within_the_timeout_is_refused(
+    local_queue: tuple[Platform, Context, Path],
+) -> None:
+    """Heartbeats every 2 s against a 1.5 s timeout: the worker's own reaper re-queued its live job on every
+    attempt until it FAILED. Such settings are refused before anything is claimed."""
+    platform, ctx, _ = local_queue
+    for beat, timeout in ((2.0, 1.5), (1.0, 2.5)):
+        with pytest.raises(ValidationError, match=r"YARD_JOB_HEARTBEAT_S .* YARD_JOB_HEARTBEAT_TIMEOUT_S"):
+            _jobs.Worker(fast(platform, job_heartbeat_s=beat, job_heartbeat_timeout_s=timeout), ctx)
+    assert _jobs.Worker(fast(platform, job_heartbeat_s=0.5, job_heartbeat_timeout_s=1.5), ctx).cpus > 0
+
+
 def test_failing_job_is_failed_with_its_exit_code_and_logs(
     local_queue: tuple[Platform, Context, Path], tmp_path: Path
 ) -> None:

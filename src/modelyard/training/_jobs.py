@@ -71,6 +71,7 @@ log = logging.getLogger("modelyard.jobs")
 
 COMMANDS = ("train", "tune", "eval")
 PRIORITIES = {"low": 10, "normal": 20, "high": 30, "urgent": 40}
+HEARTBEATS_PER_TIMEOUT = 3  # a worker's heartbeat interval is at most a third of the heartbeat timeout
 PRIORITY_LEVEL = 10  # between two named priorities: what a job gains per job_aging_s waited
 STATUSES = ("QUEUED", "RUNNING", "SUBMITTED", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -1031,6 +1032,15 @@ class Worker:
             assigned = self._assigned_job(platform, ctx, self.job_id)
             cpus, gpus, memory = assigned.cpus, assigned.gpus, assigned.memory or None
             max_jobs, exit_when_idle = 1, True
+        st = platform.settings
+        if st.job_heartbeat_s * HEARTBEATS_PER_TIMEOUT > st.job_heartbeat_timeout_s:
+            # Its own reaper (and any other with that timeout) would re-queue its live jobs, again and again.
+            raise ValidationError(
+                f"YARD_JOB_HEARTBEAT_S {st.job_heartbeat_s:g} is too long for YARD_JOB_HEARTBEAT_TIMEOUT_S "
+                f"{st.job_heartbeat_timeout_s:g}: a worker heartbeats at least {HEARTBEATS_PER_TIMEOUT} "
+                "times per timeout (a beat can be late by a tick or a slow store); shorten the one or raise "
+                "the other"
+            )
         self.platform, self.ctx = platform, ctx
         self.cpus = check_cpus(float(cpus if cpus is not None else (os.cpu_count() or 1)), "worker cpus")
         found = detect_gpus()
