@@ -637,6 +637,30 @@ def test_heartbeats_keep_a_long_job_from_being_reaped(
     assert (final.status, final.attempts, final.retries) == ("SUCCEEDED", 1, 0)
 
 
+def test_a_job_is_reaped_by_its_own_workers_timeout_not_the_readers(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """A worker that heartbeats every 1 s with a 30 s timeout, and a `yard jobs ls` on a machine set to a
+    0.5 s timeout: the reader must not re-queue the live job (it did, and then ran it twice)."""
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "3"])
+    worker = fast(platform, job_heartbeat_s=1.0, job_heartbeat_timeout_s=30)
+    reader = fast(platform, job_heartbeat_timeout_s=0.5)
+    with ThreadWorker(worker, ctx, tmp_path / "marks", cpus=1):
+        while jobs_by_id(platform)[job.id].status in ("QUEUED", "RUNNING"):
+            assert _jobs.reap_stale_jobs(reader, ctx) == []
+            time.sleep(0.1)
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.retries) == ("SUCCEEDED", 1, 0)
+    # A worker that dies is reaped by its own (short) timeout by a reader whose own timeout is long.
+    dead = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120"])
+    marks = tmp_path / "marks2"
+    sigkill_mid_job(spawn_worker(platform, "doomed", marks), marks, 1)  # timeout 1.5 s
+    patient = fast(platform, job_heartbeat_timeout_s=3600)
+    wait_for(lambda: _jobs.reap_stale_jobs(patient, ctx), what="the reaper")
+    assert jobs_by_id(platform)[dead.id].status == "QUEUED"
+
+
 def test_a_worker_whose_heartbeat_is_not_well_within_the_timeout_is_refused(
     local_queue: tuple[Platform, Context, Path],
 ) -> None:

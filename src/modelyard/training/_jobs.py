@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, case, func, literal, or_, select, update
+from sqlalchemy import Table, and_, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.core import _audit
@@ -768,14 +768,17 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
     lost the store) with ``retries`` + 1, or mark them FAILED once retries exceed ``max_retries``. One audit
     record each (actor ``system:reaper``). Returns (job id, new status). Cheap when nothing is stale."""
     timeout = platform.settings.job_heartbeat_timeout_s
-    cutoff = platform.db.now() - timedelta(seconds=timeout)
-    cond = [Job.status == "RUNNING", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))]
+    now = platform.db.now()
+    # Judged by the timeout of the job's worker (stale_at, set with each heartbeat), not this reaper's: a
+    # reader set to a shorter one re-queued live jobs. A row from before stale_at: by this reaper's.
+    older = or_(Job.heartbeat_at < now - timedelta(seconds=timeout), Job.heartbeat_at.is_(None))
+    cond = [Job.status == "RUNNING", or_(Job.stale_at < now, and_(Job.stale_at.is_(None), older))]
     if ctx is not None:
         cond.append(Job.project_id == ctx.project_id)
     with platform.db.read() as s:
         if s.execute(select(Job.id).where(*cond).limit(1)).first() is None:
             return []
-    reason = f"no heartbeat for {timeout:g}s: the worker died or lost the store"
+    reason = "no heartbeat within its worker's timeout: the worker died or lost the store"
     out: list[tuple[int, str]] = []
     with platform.db.write() as s:
         # Locked rows (a worker heartbeating or finishing right now) are skipped: the next pass sees them.
@@ -1292,6 +1295,7 @@ class Worker:
                 return False
             job.status, job.worker, job.attempts = "RUNNING", self.name, job.attempts + 1
             job.started_at, job.heartbeat_at, job.exit_code = utcnow(), self.platform.db.now(), None
+            job.stale_at = self._stale_at()
             s.flush()
             s.refresh(job)
             info = _info(job, self.ctx.project)
@@ -1409,9 +1413,13 @@ class Worker:
             s.execute(
                 update(Job)
                 .where(Job.id.in_(list(self.running)), Job.status == "RUNNING", Job.worker == self.name)
-                .values(heartbeat_at=self.platform.db.now())
+                .values(heartbeat_at=self.platform.db.now(), stale_at=self._stale_at())
                 .execution_options(synchronize_session=False)
             )
+
+    def _stale_at(self) -> Any:
+        """When this worker's jobs count as lost without a heartbeat: its own timeout, the store's clock."""
+        return self.platform.db.now() + timedelta(seconds=self.platform.settings.job_heartbeat_timeout_s)
 
     def _check_lost(self) -> None:
         """A job cancelled, or re-queued by a reaper, is no longer ours: stop its process."""
