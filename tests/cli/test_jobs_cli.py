@@ -191,9 +191,9 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     assert container["command"] == [
         "python", "-m", "modelyard.cli", "train", "/etc/modelyard/recipe.yaml", "--nproc", "1",
     ]  # fmt: skip
-    assert container["resources"] == {
+    assert container["resources"] == {  # limits = requests: the job cannot take more of its node
         "requests": {"cpu": "2", "memory": "8Gi"},
-        "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+        "limits": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
     }
     env = {e["name"]: e for e in container["env"]}
     assert (
@@ -227,7 +227,8 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     cpu_only = yaml.safe_load(out.read_text())
     _validate(cpu_only)
     resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources == {"requests": {"cpu": "1"}}
+    # Without --memory, 4 GiB per CPU asked for: a runaway job is held to that, not free to take the node.
+    assert resources == {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "1", "memory": "4Gi"}}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
     victim = tmp_path / "victim"  # a link planted at -o is replaced, not written through
@@ -252,7 +253,24 @@ def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platfo
     _validate(manifest)
     assert info is None
     resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources["requests"] == {"cpu": "500m", "memory": "1536Mi"}
+    assert resources["requests"] == resources["limits"] == {"cpu": "500m", "memory": "1536Mi"}
+
+
+def test_a_kubernetes_job_without_memory_is_recorded_and_limited_with_the_default(
+    home_with_data: Platform, tmp_path: Path, k8s: FakeCluster
+) -> None:
+    """The row says the memory the pod is limited to (`jobs show`), and the pod's worker holds the job to it
+    with the same clear reason as a local worker (before the container's cgroup would)."""
+    platform = home_with_data
+    for cpus, memory, expected in ((0.5, None, "2Gi"), (0.1, None, "1Gi"), (2, "0", "8Gi"), (1, "3G", "3Gi")):
+        manifest, info = _jobs.submit_kubernetes_job(
+            platform, platform.context(), tmp_path / "recipe.yaml", cpus=cpus, memory=memory,
+            database_url="postgresql://yard@db/yard", artifact_uri="s3://b/p",
+        )  # fmt: skip
+        resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert resources["limits"]["memory"] == resources["requests"]["memory"] == expected
+        assert info is not None and _jobs.format_memory(info.memory) + "i" == expected
+        _validate(manifest)
 
 
 def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_bytes(
@@ -364,3 +382,21 @@ def test_the_pods_command_runs_the_real_job_and_exits_with_its_status(
     r = yard("worker", "--job", str(local))
     assert r.code == 2 and "local job: workers claim it from the queue" in r.error
     assert yard("jobs", "show", str(local), "--json").json()["status"] == "QUEUED"
+
+
+def test_cancel_while_the_cluster_fails_takes_effect_and_says_how_the_job_is_deleted(
+    yard: Yard, home_with_data: Platform, k8s: FakeCluster
+) -> None:
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", *CLUSTER)
+    assert r.code == 0, r.err
+    job_id = int(r.out.strip())
+    k8s.refused["jobs"] = 503
+    r = yard("jobs", "cancel", str(job_id))
+    assert r.code == 0 and f"job {job_id} cancelled" in r.out and "is not deleted yet" in r.out
+    assert f"kubectl delete job yard-train-{job_id} -n default" in r.err
+    shown = yard("jobs", "show", str(job_id), "--json").json()
+    assert shown["status"] == "CANCELLED"
+    del k8s.refused["jobs"]
+    reason = f"cancelled by {shown['submitted_by']} while SUBMITTED"
+    assert yard("jobs", "ls", "--json").json()[0]["reason"] == reason
+    assert k8s.deleted == [f"default/yard-train-{job_id}"]

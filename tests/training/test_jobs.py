@@ -49,6 +49,11 @@ def opt(name, default):
     return opts[opts.index(name) + 1] if name in opts else default
 if "--ignore-term" in opts:
     signal.signal(signal.SIGTERM, lambda *a: print("got SIGTERM, ignoring", flush=True))
+def done(*a):  # --term-exit CODE: a job that finishes its work on SIGTERM and exits with CODE
+    print("got SIGTERM, done", flush=True)
+    os._exit(int(opt("--term-exit", "0")))
+if "--term-exit" in opts:
+    signal.signal(signal.SIGTERM, done)
 mode = oct(os.stat(recipe).st_mode & 0o777)
 with open(marks, "a") as f:
     f.write(f"{job} {attempt} {worker} {os.getpid()} {resume}\n")
@@ -583,6 +588,40 @@ def test_a_stopping_worker_hands_its_job_back(
     assert (final.status, final.attempts, final.retries, final.worker) == ("QUEUED", 1, 0, None)
 
 
+def test_a_job_that_exits_0_while_its_worker_stops_succeeded(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """Graceful shutdown: the job's process gets SIGTERM and exits 0 (its work was done, say a last
+    checkpoint saved): its exit status decides, so it is SUCCEEDED, not handed back to run again. One that
+    exits non-zero on SIGTERM is handed back, as before."""
+    platform, ctx, recipe = local_queue
+    done = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120", "--term-exit", "0"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1, exit_when_idle=False) as w:
+        wait_for(lambda: read_marks(marks), what="the job to start")
+    final = jobs_by_id(platform)[done.id]
+    assert (final.status, final.exit_code, final.attempts, final.retries) == ("SUCCEEDED", 0, 1, 0)
+    assert (done.id, "SUCCEEDED") in w.finished and w.exit_code == 0
+    stopped = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120", "--term-exit", "143"])
+    with ThreadWorker(fast(platform), ctx, marks, cpus=1, exit_when_idle=False):
+        wait_for(lambda: [m for m in read_marks(marks) if m[0] == stopped.id], what="the job to start")
+    final = jobs_by_id(platform)[stopped.id]
+    assert (final.status, final.worker, final.retries) == ("QUEUED", None, 0)
+
+
+def test_a_pod_whose_job_exits_0_on_sigterm_records_success(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path, cluster: FakeCluster
+) -> None:
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe, args=["--sleep", "120", "--term-exit", "0"])
+    marks = tmp_path / "marks"
+    with ThreadWorker(fast(platform), ctx, marks, job=job.id) as w:
+        wait_for(lambda: read_marks(marks), what="the job to start")
+        w.stop()  # the pod is evicted just as the job ends its work
+    row = jobs_by_id(platform)[job.id]
+    assert (row.status, row.exit_code, w.exit_code) == ("SUCCEEDED", 0, 0)  # exit 0: the cluster is done
+
+
 def test_heartbeats_keep_a_long_job_from_being_reaped(
     local_queue: tuple[Platform, Context, Path], tmp_path: Path
 ) -> None:
@@ -596,6 +635,42 @@ def test_heartbeats_keep_a_long_job_from_being_reaped(
             time.sleep(0.1)
     final = jobs_by_id(platform)[job.id]
     assert (final.status, final.attempts, final.retries) == ("SUCCEEDED", 1, 0)
+
+
+def test_a_job_is_reaped_by_its_own_workers_timeout_not_the_readers(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """A worker that heartbeats every 1 s with a 30 s timeout, and a `yard jobs ls` on a machine set to a
+    0.5 s timeout: the reader must not re-queue the live job (it did, and then ran it twice)."""
+    platform, ctx, recipe = local_queue
+    job = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "3"])
+    worker = fast(platform, job_heartbeat_s=1.0, job_heartbeat_timeout_s=30)
+    reader = fast(platform, job_heartbeat_timeout_s=0.5)
+    with ThreadWorker(worker, ctx, tmp_path / "marks", cpus=1):
+        while jobs_by_id(platform)[job.id].status in ("QUEUED", "RUNNING"):
+            assert _jobs.reap_stale_jobs(reader, ctx) == []
+            time.sleep(0.1)
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.retries) == ("SUCCEEDED", 1, 0)
+    # A worker that dies is reaped by its own (short) timeout by a reader whose own timeout is long.
+    dead = _jobs.submit_job(platform, ctx, recipe, args=["--sleep", "120"])
+    marks = tmp_path / "marks2"
+    sigkill_mid_job(spawn_worker(platform, "doomed", marks), marks, 1)  # timeout 1.5 s
+    patient = fast(platform, job_heartbeat_timeout_s=3600)
+    wait_for(lambda: _jobs.reap_stale_jobs(patient, ctx), what="the reaper")
+    assert jobs_by_id(platform)[dead.id].status == "QUEUED"
+
+
+def test_a_worker_whose_heartbeat_is_not_well_within_the_timeout_is_refused(
+    local_queue: tuple[Platform, Context, Path],
+) -> None:
+    """Heartbeats every 2 s against a 1.5 s timeout: the worker's own reaper re-queued its live job on every
+    attempt until it FAILED. Such settings are refused before anything is claimed."""
+    platform, ctx, _ = local_queue
+    for beat, timeout in ((2.0, 1.5), (1.0, 2.5)):
+        with pytest.raises(ValidationError, match=r"YARD_JOB_HEARTBEAT_S .* YARD_JOB_HEARTBEAT_TIMEOUT_S"):
+            _jobs.Worker(fast(platform, job_heartbeat_s=beat, job_heartbeat_timeout_s=timeout), ctx)
+    assert _jobs.Worker(fast(platform, job_heartbeat_s=0.5, job_heartbeat_timeout_s=1.5), ctx).cpus > 0
 
 
 def test_failing_job_is_failed_with_its_exit_code_and_logs(
@@ -1403,7 +1478,61 @@ def test_a_job_whose_name_now_belongs_to_another_job_is_gone_and_never_deleted(
     assert f"Kubernetes job {cancelled.external_id} is another Job now" in caplog.text
 
 
-def test_cancel_from_a_machine_that_reaches_another_cluster_is_refused(
+def test_cancel_takes_effect_while_the_cluster_cannot_be_reached_and_its_job_is_deleted_later(
+    local_queue: tuple[Platform, Context, Path],
+    cluster: FakeCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The row is what the pod obeys: a cancel is recorded whatever the cluster says, a pod that starts
+    anyway runs nothing, and the Job is deleted by the next command that reaches the cluster."""
+    platform, ctx, recipe = local_queue
+    job = _pod_job(platform, ctx, recipe)
+    ext = job.external_id
+    assert ext is not None
+    cluster.refused["jobs"] = 503  # the API server fails
+    info = _jobs.cancel_job(platform, ctx, job.id)
+    assert info.status == "CANCELLED" and info.finished_at is not None
+    assert info.reason is not None and info.reason.startswith(f"cancelled by {ctx.user} while SUBMITTED")
+    assert f"Kubernetes job {ext} is not deleted yet" in info.reason and "503" in info.reason
+    assert jobs_by_id(platform)[job.id].status == "CANCELLED" and ext in cluster.jobs
+    # Its pod starts anyway: it runs nothing.
+    assert _jobs.Worker(fast(platform), ctx, job=job.id).run() == 0
+    # Still failing: ls and show say so and change nothing.
+    assert _jobs.get_job(platform, ctx, job.id).reason == info.reason
+    assert f"could not delete Kubernetes job {ext}" in caplog.text
+    # The cluster answers again: the next reader deletes it and the reason says the cancel is complete.
+    del cluster.refused["jobs"]
+    assert [j.reason for j in _jobs.list_jobs(platform, ctx)] == [f"cancelled by {ctx.user} while SUBMITTED"]
+    assert cluster.deleted == [ext]
+    _jobs.list_jobs(platform, ctx)
+    assert cluster.deleted == [ext]  # once
+
+    # A cluster that cannot be reached at all (nothing listens at its address), then a cancel again.
+    other = _pod_job(platform, ctx, recipe)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with platform.db.write() as s:
+        s.execute(update(Job).where(Job.id == other.id).values(cluster=dead))
+    real = cluster.url
+    cluster.url = dead
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "dead")))
+    info = _jobs.cancel_job(platform, ctx, other.id)
+    assert info.status == "CANCELLED" and "is not deleted yet" in (info.reason or "")
+    assert "ConnectionRefused" in (info.reason or "") or "Connection refused" in (info.reason or "")
+    again = _jobs.cancel_job(platform, ctx, other.id)  # a second cancel tries again; still no cluster
+    assert again.status == "CANCELLED" and "is not deleted yet" in (again.reason or "")
+    with platform.db.write() as s:  # the cluster is back (at its old address)
+        s.execute(update(Job).where(Job.id == other.id).values(cluster=real))
+    cluster.url = real
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "back")))
+    assert _jobs.cancel_job(platform, ctx, other.id).reason == f"cancelled by {ctx.user} while SUBMITTED"
+    assert cluster.deleted == [ext, other.external_id]
+
+
+def test_cancel_from_a_machine_that_reaches_another_cluster_deletes_nothing_there(
     local_queue: tuple[Platform, Context, Path],
     cluster: FakeCluster,
     monkeypatch: pytest.MonkeyPatch,
@@ -1414,10 +1543,15 @@ def test_cancel_from_a_machine_that_reaches_another_cluster_is_refused(
     with fake_kubernetes() as other:  # a Job of that name there is another one: never deleted
         other.jobs[job.external_id] = json.loads(json.dumps(cluster.jobs[job.external_id]))  # type: ignore[index]
         monkeypatch.setenv("KUBECONFIG", str(other.write_kubeconfig(tmp_path / "other")))
-        with pytest.raises(BackendError, match=f"was submitted to {cluster.url}, but .* reaches {other.url}"):
-            _jobs.cancel_job(platform, ctx, job.id)
+        info = _jobs.cancel_job(platform, ctx, job.id)  # takes effect in the store, where its pod looks
+        assert info.status == "CANCELLED"
+        assert re.search(f"was submitted to {cluster.url}, but .* reaches {other.url}", info.reason or "")
         assert other.requests == [] and job.external_id in other.jobs
-    assert jobs_by_id(platform)[job.id].status == "SUBMITTED" and cluster.deleted == []
+    assert cluster.deleted == []
+    # Back on the job's cluster's context: the next `yard jobs ls` deletes it there.
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "own")))
+    assert [j.reason for j in _jobs.list_jobs(platform, ctx)] == [f"cancelled by {ctx.user} while SUBMITTED"]
+    assert cluster.deleted == [job.external_id]
 
 
 def test_a_create_that_got_no_answer_is_recorded_only_if_the_cluster_has_this_submission(

@@ -225,11 +225,19 @@ def logs(
 @jobs_app.command("cancel")
 def cancel(job: str = typer.Argument(..., help="Job id.")) -> None:
     """Cancel a queued or running job (a running one gets SIGTERM, then SIGKILL after the grace period)."""
-    from modelyard.training._jobs import cancel_job
+    from modelyard.training._jobs import cancel_job, cancel_pending
 
     with acting() as (platform, ctx):
         info = cancel_job(platform, ctx, job)
     console.print(f"job {info.id} cancelled ({info.reason})", markup=False)
+    if info.status == "CANCELLED" and cancel_pending(info):
+        namespace, _, name = (info.external_id or "").partition("/")
+        err_console.print(
+            f"warning: its Kubernetes job is still in the cluster; a pod of it that starts runs nothing. The "
+            f"next `yard jobs ls`, `show` or `cancel` that reaches the cluster deletes it; or now: "
+            f"kubectl delete job {name} -n {namespace}",
+            markup=False,
+        )
 
 
 @app.command("worker")

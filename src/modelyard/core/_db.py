@@ -296,7 +296,7 @@ def insert_for(s: Any) -> Any:
 # The newest migration (revision ids are the migration files' stems). tests/core/test_db.py asserts it
 # equals Alembic's computed head; and _known_head trusts it only while the migration files are exactly
 # _MIGRATIONS, so a migration file added under any name costs an Alembic import, never a skipped migration.
-HEAD_REVISION = "0012_signed_aliases"
+HEAD_REVISION = "0013_job_stale_at"
 _MIGRATIONS = (
     "0001_core",
     "0002_tracking_data_lineage",
@@ -309,6 +309,7 @@ _MIGRATIONS = (
     "0009_condemned_objects",
     "0010_job_cluster_uid",
     "0011_run_stale_at",
+    "0012_signed_aliases",
     HEAD_REVISION,
 )
 _VERSIONS = Path(__file__).with_name("migrations") / "versions"

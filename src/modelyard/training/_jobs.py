@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, case, func, literal, or_, select, update
+from sqlalchemy import Table, and_, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.core import _audit
@@ -70,6 +71,7 @@ log = logging.getLogger("modelyard.jobs")
 
 COMMANDS = ("train", "tune", "eval")
 PRIORITIES = {"low": 10, "normal": 20, "high": 30, "urgent": 40}
+HEARTBEATS_PER_TIMEOUT = 3  # a worker's heartbeat interval is at most a third of the heartbeat timeout
 PRIORITY_LEVEL = 10  # between two named priorities: what a job gains per job_aging_s waited
 STATUSES = ("QUEUED", "RUNNING", "SUBMITTED", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -450,6 +452,8 @@ def submit_kubernetes_job(
         lambda r: _k8s.job_manifest(platform, ctx, r, **options),  # checks every option
         audited=not dry_run,
     )
+    if not req.memory:  # recorded, so `show` says what the pod is limited to and its worker holds it there
+        req = dataclasses.replace(req, memory=_k8s.default_memory(req.cpus))
     if dry_run:
         return _k8s.job_manifest(platform, ctx, req, **options), None
     applied: dict[str, Any] = {}
@@ -568,7 +572,12 @@ def get_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
 def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     """Mark a QUEUED, RUNNING or SUBMITTED job CANCELLED. Its worker notices on its next poll and stops the
     process (SIGTERM, then SIGKILL after the grace period); a Kubernetes job is deleted from its cluster.
-    Your own jobs need ``job.cancel``; anyone else's ``job.cancel.any``."""
+    Your own jobs need ``job.cancel``; anyone else's ``job.cancel.any``.
+
+    A Kubernetes job is cancelled in the store first: the row is what its pod obeys (a pod that starts finds
+    the job CANCELLED and runs nothing, a running one stops it), so a cluster that cannot be reached does not
+    undo the cancel. Its Job is then deleted; where that fails, the reason says the Job is not deleted yet
+    and the next ``ls``, ``show`` or ``cancel`` that reaches the cluster deletes it."""
     jid = parse_job_id(job_id)
     resource = job_ref(jid)
     platform.authorize(ctx, "job.cancel", resource)
@@ -578,19 +587,85 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     platform.authorize(ctx, action, resource)
     with platform.mutate(ctx, action, resource, {"owner": owner}) as s:
         job = _job_row(s, ctx, jid, lock=True)
-        if job.status in TERMINAL:
+        if job.status in TERMINAL and not _delete_pending(job.reason):
             raise UsageError(
                 f"job {jid} already {job.status}; only QUEUED, SUBMITTED or RUNNING jobs can be cancelled"
             )
-        was = job.status
-        job.status, job.finished_at = "CANCELLED", utcnow()
-        job.reason = f"cancelled by {ctx.user} while {was}"
-        if job.backend == "kubernetes" and job.external_id:
-            from modelyard.training._k8s import delete_job
+        if job.status not in TERMINAL:
+            was = job.status
+            job.status, job.finished_at = "CANCELLED", utcnow()
+            job.reason = f"cancelled by {ctx.user} while {was}"
+            if job.backend == "kubernetes" and job.external_id:
+                # Noted before the delete is tried: a cancel that dies in between still gets it done.
+                job.reason += _not_deleted(job.external_id)
+    delete_cancelled_jobs(platform, ctx, jid)  # a second cancel retries a delete that failed
+    with platform.db.read() as s:
+        return _info(_job_row(s, ctx, jid), ctx.project)
 
-            delete_job(job.external_id, job.cluster_uid, job.cluster)
-        info = _info(job, ctx.project)
-    return info
+
+# The end of a cancelled Kubernetes job's reason while its Job is not deleted from the cluster yet.
+_NOT_DELETED = " is not deleted yet"
+
+
+def _not_deleted(external_id: str, why: str = "") -> str:
+    return f"; Kubernetes job {external_id}{_NOT_DELETED}" + (f": {why}" if why else "")
+
+
+def _delete_pending(reason: str | None) -> bool:
+    return reason is not None and _NOT_DELETED in reason
+
+
+def cancel_pending(job: JobInfo) -> bool:
+    """Whether a cancelled Kubernetes job's Job is not deleted from its cluster yet."""
+    return job.backend == "kubernetes" and job.status == "CANCELLED" and _delete_pending(job.reason)
+
+
+def delete_cancelled_jobs(platform: Platform, ctx: Context, job_id: int | None = None) -> None:
+    """Delete from their cluster the Jobs of ctx's cancelled Kubernetes jobs that are not deleted yet (the
+    cluster could not be reached, or a cancel died before it asked). A delete that fails again keeps its
+    note, with why, and the rest of that cluster's wait for the next call: a dead cluster costs one try."""
+    cond = [
+        Job.project_id == ctx.project_id,
+        Job.backend == "kubernetes",
+        Job.status == "CANCELLED",
+        Job.reason.contains(_NOT_DELETED, autoescape=True),
+        Job.external_id.is_not(None),
+    ]
+    if job_id is not None:
+        cond.append(Job.id == job_id)
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Job.id, Job.external_id, Job.cluster_uid, Job.cluster, Job.reason).where(*cond)
+        ).all()
+    if not rows:
+        return
+    from modelyard.training._k8s import delete_job
+
+    failed: set[str | None] = set()
+    for jid, external_id, uid, cluster, reason in rows:
+        if cluster in failed:
+            continue
+        ext = str(external_id)
+        base = str(reason).partition(f"; Kubernetes job {ext}{_NOT_DELETED}")[0]
+        try:
+            delete_job(ext, uid, cluster)
+        except YardError as exc:
+            failed.add(cluster)
+            log.warning("could not delete Kubernetes job %s of cancelled job %d: %s", ext, jid, exc.message)
+            new, entries = base + _not_deleted(ext, exc.message), []
+        else:  # the cancel's last step, done by whoever reached the cluster: the reaper's, as in sync
+            detail = {"status": "CANCELLED", "cluster": "deleted", "via": ctx.user}
+            new, entries = base, [_reaper_entry(ctx.project, jid, detail)]
+        with platform.db.write() as s:
+            # Only the note as it was read: another reader that deleted it meanwhile wins.
+            done = s.execute(
+                update(Job)
+                .where(Job.id == jid, Job.status == "CANCELLED", Job.reason == reason)
+                .values(reason=new)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if done:
+                _audit.append_many(s, entries)
 
 
 def attach_run(platform: Platform, ctx: Context, job_id: int | str, run_id: str) -> None:
@@ -693,14 +768,17 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
     lost the store) with ``retries`` + 1, or mark them FAILED once retries exceed ``max_retries``. One audit
     record each (actor ``system:reaper``). Returns (job id, new status). Cheap when nothing is stale."""
     timeout = platform.settings.job_heartbeat_timeout_s
-    cutoff = platform.db.now() - timedelta(seconds=timeout)
-    cond = [Job.status == "RUNNING", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))]
+    now = platform.db.now()
+    # Judged by the timeout of the job's worker (stale_at, set with each heartbeat), not this reaper's: a
+    # reader set to a shorter one re-queued live jobs. A row from before stale_at: by this reaper's.
+    older = or_(Job.heartbeat_at < now - timedelta(seconds=timeout), Job.heartbeat_at.is_(None))
+    cond = [Job.status == "RUNNING", or_(Job.stale_at < now, and_(Job.stale_at.is_(None), older))]
     if ctx is not None:
         cond.append(Job.project_id == ctx.project_id)
     with platform.db.read() as s:
         if s.execute(select(Job.id).where(*cond).limit(1)).first() is None:
             return []
-    reason = f"no heartbeat for {timeout:g}s: the worker died or lost the store"
+    reason = "no heartbeat within its worker's timeout: the worker died or lost the store"
     out: list[tuple[int, str]] = []
     with platform.db.write() as s:
         # Locked rows (a worker heartbeating or finishing right now) are skipped: the next pass sees them.
@@ -728,16 +806,8 @@ def reap_stale_jobs(platform: Platform, ctx: Context | None = None) -> list[tupl
                     job.reason = f"{reason}; re-queued (retry {job.retries} of {job.max_retries})"
                 counted = {"retries": job.retries}
             out.append((job.id, job.status))
-            entries.append(
-                {
-                    "actor": REAPER,
-                    "project": projects[job.project_id],
-                    "action": "job.write",
-                    "resource": job_ref(job.id),
-                    "outcome": "ok",
-                    "detail": {"status": job.status, "worker": worker, **counted},
-                }
-            )
+            detail = {"status": job.status, "worker": worker, **counted}
+            entries.append(_reaper_entry(projects[job.project_id], job.id, detail))
         _audit.append_many(s, entries)
     return out
 
@@ -750,6 +820,7 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
     ``system:reaper``). Returns, for jobs still waiting, why their pod does not run (image pull, scheduling).
     Without a Kubernetes client or configuration, or when the cluster does not answer, it logs a warning
     and changes nothing: the rows stay SUBMITTED until a machine that can ask does."""
+    delete_cancelled_jobs(platform, ctx, job_id)
     cond = [Job.project_id == ctx.project_id, Job.backend == "kubernetes", Job.status == "SUBMITTED"]
     if job_id is not None:
         cond.append(Job.id == job_id)
@@ -800,18 +871,21 @@ def sync_cluster_jobs(platform: Platform, ctx: Context, job_id: int | None = Non
             if (job.external_id, job.cluster, job.cluster_uid, job.attempts) != seen[job.id]:
                 continue
             job.status, job.finished_at, job.reason = "FAILED", utcnow(), ended[job.id]
-            entries.append(
-                {
-                    "actor": REAPER,
-                    "project": ctx.project,
-                    "action": "job.write",
-                    "resource": job_ref(job.id),
-                    "outcome": "ok",
-                    "detail": {"status": "FAILED", "cluster": cluster[job.id].state},
-                }
-            )
+            detail = {"status": "FAILED", "cluster": cluster[job.id].state}
+            entries.append(_reaper_entry(ctx.project, job.id, detail))
         _audit.append_many(s, entries)
     return waiting
+
+
+def _reaper_entry(project: str, job_id: int, detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "actor": REAPER,
+        "project": project,
+        "action": "job.write",
+        "resource": job_ref(job_id),
+        "outcome": "ok",
+        "detail": detail,
+    }
 
 
 def _cluster_retries(job: Job | JobInfo) -> bool:
@@ -961,6 +1035,15 @@ class Worker:
             assigned = self._assigned_job(platform, ctx, self.job_id)
             cpus, gpus, memory = assigned.cpus, assigned.gpus, assigned.memory or None
             max_jobs, exit_when_idle = 1, True
+        st = platform.settings
+        if st.job_heartbeat_s * HEARTBEATS_PER_TIMEOUT > st.job_heartbeat_timeout_s:
+            # Its own reaper (and any other with that timeout) would re-queue its live jobs, again and again.
+            raise ValidationError(
+                f"YARD_JOB_HEARTBEAT_S {st.job_heartbeat_s:g} is too long for YARD_JOB_HEARTBEAT_TIMEOUT_S "
+                f"{st.job_heartbeat_timeout_s:g}: a worker heartbeats at least {HEARTBEATS_PER_TIMEOUT} "
+                "times per timeout (a beat can be late by a tick or a slow store); shorten the one or raise "
+                "the other"
+            )
         self.platform, self.ctx = platform, ctx
         self.cpus = check_cpus(float(cpus if cpus is not None else (os.cpu_count() or 1)), "worker cpus")
         found = detect_gpus()
@@ -1212,6 +1295,7 @@ class Worker:
                 return False
             job.status, job.worker, job.attempts = "RUNNING", self.name, job.attempts + 1
             job.started_at, job.heartbeat_at, job.exit_code = utcnow(), self.platform.db.now(), None
+            job.stale_at = self._stale_at()
             s.flush()
             s.refresh(job)
             info = _info(job, self.ctx.project)
@@ -1329,9 +1413,13 @@ class Worker:
             s.execute(
                 update(Job)
                 .where(Job.id.in_(list(self.running)), Job.status == "RUNNING", Job.worker == self.name)
-                .values(heartbeat_at=self.platform.db.now())
+                .values(heartbeat_at=self.platform.db.now(), stale_at=self._stale_at())
                 .execution_options(synchronize_session=False)
             )
+
+    def _stale_at(self) -> Any:
+        """When this worker's jobs count as lost without a heartbeat: its own timeout, the store's clock."""
+        return self.platform.db.now() + timedelta(seconds=self.platform.settings.job_heartbeat_timeout_s)
 
     def _check_lost(self) -> None:
         """A job cancelled, or re-queued by a reaper, is no longer ours: stop its process."""
@@ -1406,7 +1494,9 @@ class Worker:
             self._pump_logs(entry)
             succeeded = stopped = False
             if entry.lost is None:
-                if self._stop.is_set() and entry.term_at is not None:
+                # Stopped by this worker's shutdown: the exit status decides. A job that exits 0 on SIGTERM
+                # finished its work (say it saved a last checkpoint and ended); anything else goes back.
+                if self._stop.is_set() and entry.term_at is not None and code != 0:
                     self._requeue(entry)
                     stopped = True
                 else:

@@ -70,6 +70,17 @@ def memory_quantity(n: int) -> str:
     return str(n)
 
 
+# Memory of a Kubernetes job submitted without --memory: per CPU asked for (the ratio of general-purpose
+# cloud nodes), at least MIN. A pod must have a limit: without one a runaway job can take its node.
+MEMORY_PER_CPU = 4 << 30
+MIN_MEMORY = 1 << 30
+
+
+def default_memory(cpus: float) -> int:
+    """Bytes a Kubernetes job gets without ``--memory``: 4 GiB per CPU (whole MiB), at least 1 GiB."""
+    return max(MIN_MEMORY, math.ceil(cpus * (MEMORY_PER_CPU >> 20)) << 20)
+
+
 def cluster_database_url(url: str) -> str:
     """The database URL the pods use, without its password (that comes from the Secret as PGPASSWORD).
     Only PostgreSQL: a SQLite file on this machine is not reachable from a cluster."""
@@ -162,7 +173,8 @@ def job_manifest(
     name: str | None = None,
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job whose pod runs the job (:func:`container_command`) with the requested CPUs,
-    memory and ``nvidia.com/gpu``; ``backoffLimit`` is the job's max retries."""
+    memory (:func:`default_memory` if none) and ``nvidia.com/gpu`` as requests and limits; ``backoffLimit``
+    is the job's max retries."""
     from modelyard import __version__
 
     settings = platform.settings
@@ -207,15 +219,14 @@ def job_manifest(
         }
         for var, key, optional in SECRET_KEYS
     ]
-    requests: dict[str, str] = {"cpu": cpu_quantity(req.cpus)}
-    limits: dict[str, str] = {}
-    if req.memory:
-        requests["memory"] = limits["memory"] = memory_quantity(req.memory)
+    # Limits equal the requests (QoS class Guaranteed): the job gets what it asked for, as on a worker, and
+    # no more; a runaway job cannot take its node's memory or CPUs from the pods beside it.
+    memory = memory_quantity(req.memory or default_memory(req.cpus))
+    requests = {"cpu": cpu_quantity(req.cpus), "memory": memory}
+    limits = dict(requests)
     if req.gpus:
         limits["nvidia.com/gpu"] = str(req.gpus)  # extended resources: requests default to limits
-    resources: dict[str, Any] = {"requests": requests}
-    if limits:
-        resources["limits"] = limits
+    resources: dict[str, Any] = {"requests": requests, "limits": limits}
     labels = {
         "app.kubernetes.io/name": "modelyard",
         "app.kubernetes.io/component": "job",
