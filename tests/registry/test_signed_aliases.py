@@ -210,3 +210,42 @@ def test_on_postgresql_an_edited_alias_is_refused_and_rollback_walks_the_signed_
         assert registry.show(p, ctx, "t5@staging").version == 1
     finally:
         p.close()
+
+
+def test_on_postgresql_concurrent_alias_changes_leave_a_record_that_checks(
+    postgres_url: str, tmp_path: Path, model_dir: Path
+) -> None:
+    """Without the model's row lock, two changes could commit in the other order than their events were
+    numbered, leaving a record whose event is not the latest: the alias refused as if tampered with."""
+    import threading
+
+    from modelyard.core import Platform
+    from modelyard.testing import make_platform
+
+    p = make_platform(tmp_path / "pg-home", database_url=postgres_url)
+    errors: list[BaseException] = []
+    try:
+        ctx = p.context()
+        for _ in range(2):
+            registry.register(p, ctx, model_dir, "t5")
+
+        def change(version: int) -> None:
+            mine = Platform(p.settings)
+            try:
+                for _ in range(15):
+                    registry.set_alias(mine, mine.context(), f"t5@{version}", "staging")
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                mine.close()
+
+        threads = [threading.Thread(target=change, args=(v,)) for v in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert registry.show(p, ctx, "t5@staging").version in (1, 2)
+        assert len(registry.history(p, ctx, "t5", "staging")) == 30
+    finally:
+        p.close()

@@ -95,6 +95,15 @@ def _stack(
     return [*body["stack"], [row.version, row.manifest_digest]]
 
 
+def _locked_model(s: Session, ctx: Context, name: str) -> RegisteredModel:
+    """The model, its row locked for the rest of the transaction: alias changes of one model happen one at
+    a time (SQLite's single writer does that anyway; on PostgreSQL two could interleave, and the record
+    that committed last would name an event that is not the alias's latest)."""
+    model = _model(s, ctx, name)
+    s.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+    return model
+
+
 def _point(
     platform: Platform,
     s: Session,
@@ -233,6 +242,7 @@ def set_alias(platform: Platform, ctx: Context, spec: str, alias: str, *, reason
     manifest = _verified(platform, ctx, spec, "model.deploy", resource)
     signer = Signer(platform)
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
+        _locked_model(s, ctx, name)
         model, row = resolve_row(platform, s, ctx, spec)
         if row.manifest_digest != manifest:
             raise UsageError(f"{spec} changed while it was being verified")
@@ -248,7 +258,7 @@ def delete_alias(platform: Platform, ctx: Context, name: str, alias: str, *, rea
     _check_reason(platform, ctx, action, resource, reason)
     detail: dict[str, Any] = {}
     with platform.mutate(ctx, action, resource, detail) as s:
-        model = _model(s, ctx, name)
+        model = _locked_model(s, ctx, name)
         if s.get(ModelAlias, (model.id, alias)) is None:
             raise NotFoundError(f"model {name!r} has no alias {alias!r}")
         change = _point(platform, s, ctx, None, model, alias, None, "delete", reason)
@@ -320,9 +330,8 @@ def promote(
             raise UsageError(f"{exact} changed while it was being promoted")
         if gates is not None and not _has_passing(platform, s, row, "gates"):
             raise GateFailedError(f"{exact}: no passing gate attestation was recorded")
-        # Lock the model's row first: on PostgreSQL two promotions would otherwise both read the aliases as
-        # they were and both commit (SQLite's single writer already serialises them).
-        s.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+        # On PostgreSQL two promotions would otherwise both read the aliases as they were and both commit.
+        _locked_model(s, ctx, model.name)
         # e.g. a concurrent promotion: the gates compared the candidate with another version
         moved = sorted(a for a, v in _targets(s, model.id).items() ^ compared.items())
         if gates is not None and moved:
@@ -360,7 +369,7 @@ def rollback(platform: Platform, ctx: Context, name: str, alias: str, *, reason:
     except YardError as exc:
         raise platform.refuse(ctx, "model.deploy", resource, exc) from None
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
-        model = _model(s, ctx, name)
+        model = _locked_model(s, ctx, name)
         if _stack(platform, s, ctx, model, alias) != stack:
             raise UsageError(f"{name}@{alias} moved during the rollback; look at its history and try again")
         target = s.execute(
