@@ -146,9 +146,10 @@ class AlertPolicy(_Section):
         if self.webhook is not None:
             from modelyard.monitoring._webhook import WebhookPolicy, check_url
 
-            check_url(
-                self.webhook.url, WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
-            )
+            # No DNS lookup here (validating a file needs no network): send() resolves the host and checks
+            # every address it gets then, which is the check that counts (a name can change its addresses).
+            policy = WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
+            check_url(self.webhook.url, policy, resolve=False)
         return self
 
 
