@@ -547,3 +547,36 @@ def test_yard_monitor_drift_cli(home: Platform, trained: TrainedModel, tmp_path:
         assert r.code == 2 and "--interval" in r.error, r.error
     r = yard("monitor", "run", rules, "--json", env=env)
     assert r.code == 0 and json.loads(r.out)["fired"][0]["rule"] == "drift"
+
+
+def test_a_run_at_a_given_time_judges_the_window_before_that_time(
+    home: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    # run_once(now=...) replays an evaluation (or is driven by a scheduler's clock): every signal must come
+    # from the window ending then, not from the wall clock's.
+    from modelyard.serving._predlog import record_feedback
+
+    registry.register(home, home.context(), trained.run_id, "mon-when")
+    rows = list(make_examples(20, seed=61))
+    for rid, r in zip(log_traffic(home, "mon-when", rows), rows, strict=True):
+        record_feedback(home, home.context(), "mon-when", rid, r["target"])
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": "mon-when@1",
+                "rules": [
+                    {"name": "traffic", "when": "requests > 0"},
+                    {"name": "scored", "when": "quality.exact_match >= 0"},
+                ],
+            }
+        )
+    )
+    policy = load_alerts(path)
+    later = run_once(home, home.context(), policy, now=utcnow() + parse_window("3h"))
+    assert later.signals == {"requests": 0.0} and later.fired == []  # the window 2h-3h from now is empty
+    earlier = run_once(home, home.context(), policy, now=utcnow() - parse_window("3h"))
+    assert earlier.signals == {"requests": 0.0} and earlier.fired == []
+    now = run_once(home, home.context(), policy, now=utcnow())
+    assert now.signals["requests"] == 20 and now.signals["quality.exact_match"] == 1.0
+    assert [f.rule for f in now.fired] == ["traffic", "scored"]

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,46 @@ def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout() -> None:
     finally:
         stop.set()
         listener.close()
+
+
+def test_reading_rules_looks_up_no_host_and_sending_checks_its_addresses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validating a rules file (offline, in CI, in `yard monitor run`'s start) must not need the network: a
+    # name is resolved and its addresses checked when a webhook is sent, against what it resolves to then.
+    import socket
+
+    import yaml
+
+    from modelyard.monitoring._alerts import load_alerts
+
+    looked_up: list[str] = []
+
+    def offline(host: str, *args: object, **kwargs: object) -> object:
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    path = tmp_path / "rules.yaml"
+    rules = {
+        "model": "m@1",
+        "rules": [{"name": "x", "when": "requests > 1", "actions": ["webhook"]}],
+        "webhook": {"url": "https://hooks.example/yard", "allow_hosts": ["hooks.example"]},
+    }
+    path.write_text(yaml.safe_dump(rules))
+    policy = load_alerts(path)
+    assert policy.webhook is not None and looked_up == []
+    # what needs no lookup is still refused when the file is read
+    for url, message in [
+        ("https://elsewhere.example/x", "not on the allowlist"),
+        ("http://169.254.169.254/latest", "loopback, link-local, private or reserved"),
+        ("ftp://hooks.example/x", "only https"),
+    ]:
+        path.write_text(yaml.safe_dump({**rules, "webhook": {"url": url, "allow_hosts": ["hooks.example"]}}))
+        with pytest.raises(WebhookRefused, match=message):
+            load_alerts(path)
+    assert looked_up == []
+    hook = policy.webhook
+    with pytest.raises(WebhookRefused, match="does not resolve"):
+        send(hook.url, {"n": 1}, WebhookPolicy.parse(hook.allow_hosts, hook.allow_networks))
+    assert looked_up == ["hooks.example"]

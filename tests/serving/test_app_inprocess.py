@@ -241,3 +241,29 @@ def test_inputs_too_slow_for_every_version_do_not_roll_a_canary_back(
             assert dep is not None and (dep.mode, dep.candidate) == ("canary", twin)
     finally:
         deploy(platform, engineer, "torch-served", version=None, mode="off")
+
+
+def test_a_revoked_token_or_a_removed_or_disabled_user_gets_no_more_answers(platform: Platform) -> None:
+    # The server reused a resolved token for 30 s: revoked, or its user removed or disabled, it still got
+    # predictions for that long. auth_cache_s bounds it (default 1 s); 0 asks the store on every request.
+    from modelyard.core import add_user, create_token, remove_user, revoke_token, set_disabled
+
+    admin = platform.context()
+    tokens = {}
+    for name in ("srv-revoked", "srv-removed", "srv-disabled"):
+        add_user(platform, admin, name, "viewer")
+        tokens[name] = create_token(platform, admin, name)
+    assert parse_config({"models": ["torch-served@1"]}).auth_cache_s == 1.0
+    config = parse_config({"models": ["torch-served@1"], "auth_cache_s": 0})
+    body = {"inputs": ["normalise amount (en-US): $12"], "parameters": {"max_new_tokens": 2}}
+
+    def status(name: str) -> int:
+        headers = {"Authorization": f"Bearer {tokens[name][1]}"}
+        return client.post("/v1/models/torch-served:predict", json=body, headers=headers).status_code
+
+    with TestClient(create_app(config, platform)) as client:
+        assert [status(n) for n in tokens] == [200, 200, 200]
+        revoke_token(platform, admin, tokens["srv-revoked"][0].id)
+        remove_user(platform, admin, "srv-removed")
+        set_disabled(platform, admin, "srv-disabled", True)
+        assert [status(n) for n in tokens] == [401, 401, 401]

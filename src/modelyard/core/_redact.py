@@ -12,12 +12,31 @@ _URL_PASSWORDS = (
     re.compile(_SCHEME_USER + r"[^\s/?#'\"]*@"),
     re.compile(_SCHEME_USER + r"[^\s@'\"]*@"),
 )
-# Query parameters that carry a secret: libpq's password, presigned URLs' signature and credential, tokens.
-_SECRET_PARAM = re.compile(
-    r"([?&;](?:[A-Za-z0-9_.\-]*(?:password|passwd|pwd|secret|token|key|credential|signature|auth)"
-    r"[A-Za-z0-9_.\-]*|pass|sig)=)[^&#\s'\"]*",
-    re.IGNORECASE,
+# Query parameters that carry a secret, found by the words of their name (split at _ . - and camelCase):
+# libpq's password, presigned URLs' signature and credential, tokens, API keys. A name that only contains a
+# secret word's letters ("monkey", "author", "tokenizer") is not one. "key" as a word counts (api_key, but
+# sort_key too: hiding a harmless value is the cheaper mistake).
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "pass", "passphrase", "secret", "token", "key", "apikey", "sig"}
+    | {"signature", "credential", "credentials", "auth", "authorization"}
 )
+# A word that runs secret words together: "clientsecret", "accesstoken", "apikey", "secretkey".
+_SECRET_COMPOUND = re.compile(
+    r"(?:password|passwd|passphrase|secret|token|signature|credentials?)$"
+    r"|^(?:api|access|secret|private|signing|master|account|auth|shared|subscription|sas)key$"
+)
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_PARAM = re.compile(r"([?&;])([A-Za-z0-9_.\-]+)=([^&#\s'\"]*)")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a parameter, option or variable of this name carries a secret (see ``_SECRET_WORDS``)."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    return any(w in _SECRET_WORDS or _SECRET_COMPOUND.search(w) for w in words)
+
+
+def _param(m: re.Match[str]) -> str:
+    return f"{m[1]}{m[2]}={REDACTED}" if secret_name(m[2]) else m[0]
 
 
 # Credentials that are recognisable wherever they appear: our API tokens (yard_<id>_<secret>: the id is
@@ -34,4 +53,4 @@ def redact_url(text: str) -> str:
         text = pattern.sub(rf"\1{REDACTED}@", text)
     text = _YARD_TOKEN.sub(rf"\1{REDACTED}", text)
     text = _AUTH_VALUE.sub(rf"\1{REDACTED}", text)
-    return _SECRET_PARAM.sub(rf"\1{REDACTED}", text)
+    return _PARAM.sub(_param, text)

@@ -146,9 +146,10 @@ class AlertPolicy(_Section):
         if self.webhook is not None:
             from modelyard.monitoring._webhook import WebhookPolicy, check_url
 
-            check_url(
-                self.webhook.url, WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
-            )
+            # No DNS lookup here (validating a file needs no network): send() resolves the host and checks
+            # every address it gets then, which is the check that counts (a name can change its addresses).
+            policy = WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
+            check_url(self.webhook.url, policy, resolve=False)
         return self
 
 
@@ -237,21 +238,29 @@ class MonitorResult:
 
 
 def signals(
-    platform: Platform, ctx: Context, spec: str, window: timedelta, problems: list[str] | None = None
+    platform: Platform,
+    ctx: Context,
+    spec: str,
+    window: timedelta,
+    problems: list[str] | None = None,
+    *,
+    now: datetime | None = None,
 ) -> dict[str, float]:
-    """The signals rules may name. A signal without data is absent (its rules never fire); one that could
-    not be computed (the version's training data is gone, ...) is absent too, and said in ``problems``:
-    its rules would otherwise stay silent with no reason given."""
+    """The signals rules may name, each over the window that ends at ``now`` (default: the clock). A signal
+    without data is absent (its rules never fire); one that could not be computed (the version's training
+    data is gone, ...) is absent too, and said in ``problems``: its rules would otherwise stay silent with
+    no reason given."""
     from modelyard.monitoring._monitor import NoPredictions, model_drift, quality, serving_stats
     from modelyard.registry import show
 
     info = show(platform, ctx, spec)
-    stats = serving_stats(platform, ctx, info.name, window=window)
+    now = now or utcnow()  # one end for every signal: they judge the same window
+    stats = serving_stats(platform, ctx, info.name, window=window, now=now)
     out = {"requests": stats["requests"]}
     out.update({f"latency.{k}": stats[k] for k in ("p50_ms", "p95_ms") if k in stats})
     if out["requests"]:
         try:
-            _, report, _ = model_drift(platform, ctx, spec, window=window)
+            _, report, _ = model_drift(platform, ctx, spec, window=window, now=now)
         except NoPredictions:  # the version answered nobody in the window (a canary took the traffic)
             pass
         except Exception as exc:  # the other signals and rules still count
@@ -263,7 +272,7 @@ def signals(
             out["drift.share"] = report.share_drifted
             for col in report.columns:
                 out[f"drift.{col.name}"] = 1.0 if col.drifted else 0.0
-    q = quality(platform, ctx, spec, window=window)
+    q = quality(platform, ctx, spec, window=window, now=now)
     if q.examples:
         out.update({f"quality.{k}": v for k, v in q.metrics.items()})
         out.update({f"quality_drop.{k}": v for k, v in q.drop.items()})
@@ -283,7 +292,7 @@ def run_once(
     now = now or utcnow()
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
     problems: list[str] = []
-    values = signals(platform, ctx, policy.model, window, problems)
+    values = signals(platform, ctx, policy.model, window, problems, now=now)
     fired: list[Fired] = []
     quiet: list[str] = []
     for rule in policy.rules:

@@ -20,7 +20,7 @@ categorical   yes, u <= 2         z-test (``z``)                             p-v
 categorical   no                  Jensen-Shannon distance (``jensenshannon``)  distance >= 0.1
 ============  ==================  =========================================  ==========================
 
-Details copied with the rule: missing values (null, NaN, +-inf) are dropped before testing; the
+Details copied with the rule: missing values (null, NaN) and +-inf are dropped before testing; the
 Jensen-Shannon distance uses the natural logarithm and no smoothing; the Wasserstein norm is the population
 standard deviation of the reference, at least 0.001; p-values of the Kolmogorov-Smirnov test are scipy's
 ``ks_2samp`` (see :func:`_ks_p_value` for the one shortcut, in a statistic that never decides a column).
@@ -40,7 +40,10 @@ decided by distances, where both agree.
 Every numeric column also reports PSI (10 bins at the reference's quantiles, shares below 1e-4 raised to
 1e-4), the Kolmogorov-Smirnov statistic and p-value, and the raw and normed Wasserstein distance; every
 categorical column the chi-square statistic and p-value, the Jensen-Shannon distance, PSI and the
-categories the reference never had. Missing values are counted per sample and reported as shares.
+categories the reference never had. Missing values are counted per sample and reported as shares; +-inf
+in a numeric column is not missing (it is a value, often an overflow or a division by zero upstream), so it
+is counted and reported on its own (``reference_infinite`` / ``current_infinite``, their shares, and a
+note), outside the tests as in Evidently.
 
 **Column kinds** (when not given; :func:`infer_kind`, Evidently's ``infer_column_type`` rule, applied to
 the reference): floats are numeric; integers are categorical with at most 10 distinct values, numeric
@@ -168,6 +171,8 @@ class ColumnDrift:
     current_count: int
     reference_missing: int
     current_missing: int
+    reference_infinite: int = 0  # +-inf of a numeric column: not missing, not in the tests either
+    current_infinite: int = 0
     stats: Mapping[str, Any] = field(default_factory=dict)
     plot: Mapping[str, Any] = field(default_factory=dict)
     parts: tuple[ColumnDrift, ...] = ()
@@ -183,12 +188,28 @@ class ColumnDrift:
         return "p_value" if self.test in _P_VALUE_TESTS else "distance"
 
     @property
+    def reference_rows(self) -> int:
+        return self.reference_count + self.reference_missing + self.reference_infinite
+
+    @property
+    def current_rows(self) -> int:
+        return self.current_count + self.current_missing + self.current_infinite
+
+    @property
     def reference_missing_share(self) -> float:
-        return _share(self.reference_missing, self.reference_count + self.reference_missing)
+        return _share(self.reference_missing, self.reference_rows)
 
     @property
     def current_missing_share(self) -> float:
-        return _share(self.current_missing, self.current_count + self.current_missing)
+        return _share(self.current_missing, self.current_rows)
+
+    @property
+    def reference_infinite_share(self) -> float:
+        return _share(self.reference_infinite, self.reference_rows)
+
+    @property
+    def current_infinite_share(self) -> float:
+        return _share(self.current_infinite, self.current_rows)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: plain types only, non-finite numbers as ``None``."""
@@ -208,6 +229,11 @@ class ColumnDrift:
             "reference_missing_share": self.reference_missing_share,
             "current_missing_share": self.current_missing_share,
             "missing_share_change": self.current_missing_share - self.reference_missing_share,
+            "reference_infinite": self.reference_infinite,
+            "current_infinite": self.current_infinite,
+            "reference_infinite_share": self.reference_infinite_share,
+            "current_infinite_share": self.current_infinite_share,
+            "infinite_share_change": self.current_infinite_share - self.reference_infinite_share,
             "stats": dict(self.stats),
             "plot": dict(self.plot),
             "parts": [p.to_dict() for p in self.parts],
@@ -672,8 +698,8 @@ def _all_missing(col: _Column, kind: str) -> ValidationError:
     )
 
 
-def _numeric_values(col: _Column) -> tuple[FloatArray, int]:
-    """Finite values as float64 and the number of missing ones (null, NaN, +-inf)."""
+def _numeric_values(col: _Column) -> tuple[FloatArray, int, int]:
+    """Finite values as float64, the number of missing ones (null, NaN) and of infinite ones."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -699,12 +725,20 @@ def _numeric_values(col: _Column) -> tuple[FloatArray, int]:
         data = _arrow_to_numpy(data)
     values = np.asarray(data, dtype=np.float64)
     finite = np.isfinite(values)
+    infinite = 0
     if not finite.all():
-        nulls += int(values.size - np.count_nonzero(finite))
+        infinite = int(np.count_nonzero(np.isinf(values)))
+        nulls += int(values.size - np.count_nonzero(finite)) - infinite
         values = values[finite]
+    if values.size == 0 and infinite:
+        raise ValidationError(
+            f"column {col.name!r} of the {col.which} sample has no finite value ({nulls} missing, "
+            f"{infinite} infinite); a numeric column needs at least one on each side: fix what produces it",
+            column=col.name,
+        )
     if values.size == 0:
         raise _all_missing(col, "numeric")
-    return values, nulls
+    return values, nulls, infinite
 
 
 def _category_values(col: _Column) -> Any:
@@ -754,9 +788,17 @@ def _texts(col: _Column) -> tuple[list[str], int]:
 def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, options: _Options) -> ColumnDrift:
     started = time.perf_counter()
     if kind == "numeric":
-        r, r_missing = _numeric_values(ref)
-        c, c_missing = _numeric_values(cur)
+        r, r_missing, r_inf = _numeric_values(ref)
+        c, c_missing, c_inf = _numeric_values(cur)
         result = _numeric_drift(name, r, c, r_missing, c_missing, options=options)
+        if r_inf or c_inf:
+            note = (
+                f"{r_inf:,} infinite values in the reference sample and {c_inf:,} infinite values in the "
+                "current sample are left out of the tests (an overflow or a division by zero upstream?)"
+            )
+            result = replace(
+                result, reference_infinite=r_inf, current_infinite=c_inf, notes=(*result.notes, note)
+            )
     elif kind == "categorical":
         result = _categorical_drift(name, ref, cur, options=options)
     else:
@@ -1468,6 +1510,11 @@ def _details(col: ColumnDrift) -> str:
         return (
             f"psi {_fmt(s['psi'])}, ks {_fmt(s['ks_statistic'])} (p {_fmt(s['ks_p_value'])}), "
             f"wasserstein/std {_fmt(s['wasserstein_normed'])}"
+            + (
+                f", inf {col.reference_infinite_share:.1%} -> {col.current_infinite_share:.1%}"
+                if col.reference_infinite or col.current_infinite
+                else ""
+            )
         )
     if col.kind == "categorical":
         new = f", {s['new_categories']} new ({s['new_category_share']:.1%})" if s["new_categories"] else ""

@@ -130,6 +130,17 @@ def _stats_table(col: ColumnDrift) -> str:
             f"{col.reference_missing:,} ({col.reference_missing_share:.1%}) -> "
             f"{col.current_missing:,} ({col.current_missing_share:.1%})",
         ),
+        *(
+            [
+                (
+                    "infinite (reference -> current)",
+                    f"{col.reference_infinite:,} ({col.reference_infinite_share:.1%}) -> "
+                    f"{col.current_infinite:,} ({col.current_infinite_share:.1%})",
+                )
+            ]
+            if col.reference_infinite or col.current_infinite
+            else []
+        ),
         *((key, _fmt(value)) for key, value in col.stats.items()),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)

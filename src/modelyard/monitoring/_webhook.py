@@ -80,8 +80,12 @@ def shown(url: str) -> str:
     return repr(f"{parts.scheme}://{host}{port}{rest}")
 
 
-def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
-    """(scheme, host, port, address to connect to) for an allowed URL, else WebhookRefused saying why."""
+def check_url(url: str, policy: WebhookPolicy, *, resolve: bool = True) -> tuple[str, str, int, str]:
+    """(scheme, host, port, address to connect to) for an allowed URL, else WebhookRefused saying why.
+
+    ``resolve=False`` checks all that needs no network (reading a rules file must work offline): the URL,
+    the allowlist and an address literal; a host name is then not looked up (the address returned is
+    ``""``) and its addresses are checked by :func:`send`, against what it resolves to when it sends."""
     if not isinstance(url, str) or len(url) > 2048:
         raise WebhookRefused("a webhook URL must be a string of at most 2048 characters")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
@@ -113,11 +117,16 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, str, int, str]:
         raise WebhookRefused(
             f"webhook host {host!r} is not on the allowlist ({', '.join(policy.hosts) or 'empty'})"
         )
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise WebhookRefused(f"webhook host {host!r} does not resolve ({exc.strerror})") from None
-    addresses = sorted({str(info[4][0]) for info in infos})
+    if literal is not None:
+        addresses = [str(literal)]  # an address is its own only address: nothing to look up
+    elif not resolve:
+        return scheme, host, port, ""
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise WebhookRefused(f"webhook host {host!r} does not resolve ({exc.strerror})") from None
+        addresses = sorted({str(info[4][0]) for info in infos})
     allowed_private = False
     for a in addresses:
         ip = ipaddress.ip_address(a.split("%")[0])

@@ -51,7 +51,6 @@ from modelyard.serving._predlog import new_request_id
 from modelyard.serving._routing import Params, Route, Slot, SloWindow
 
 log = logging.getLogger("modelyard.serving")
-TOKEN_CACHE_S = 30.0
 LOAD_RETRY_S = 60.0  # a version that failed to load is tried again after this
 FEEDBACK_GRACE_S = 2.0  # several workers or replicas: how long past flush_s feedback waits for its prediction
 _KEYS = frozenset({"inputs", "parameters", "key"})
@@ -441,6 +440,9 @@ class Server:
         token = token.strip()
         digest = hashlib.sha256(token.encode()).hexdigest()
         cached = self._tokens.get(digest)
+        # A resolved token is kept auth_cache_s at most (default 1 s; 0: resolved on every request): the
+        # longest a revoked token, or a removed or disabled user, still gets answers. Resolving is one indexed
+        # query, so the cache only spares the store that query per request under heavy traffic.
         if cached is not None and cached[1] > time.monotonic():
             ctx = cached[0]
         else:
@@ -448,9 +450,10 @@ class Server:
                 ctx = await asyncio.to_thread(self.platform.context, token=token)
             except AuthenticationError as exc:
                 raise ApiError(401, "unauthenticated", exc.message, {"WWW-Authenticate": "Bearer"}) from None
-            if len(self._tokens) > 10_000:
-                self._tokens.clear()
-            self._tokens[digest] = (ctx, time.monotonic() + TOKEN_CACHE_S)
+            if self.config.auth_cache_s > 0:
+                if len(self._tokens) > 10_000:
+                    self._tokens.clear()
+                self._tokens[digest] = (ctx, time.monotonic() + self.config.auth_cache_s)
         if ctx.project != self.ctx.project:
             raise ApiError(
                 403,

@@ -7,6 +7,7 @@ host: 127.0.0.1
 port: 8000
 auth: true                           # false only on 127.0.0.1 / ::1 / localhost
 metrics_auth: false                  # true: /metrics needs an API token too (Prometheus: `authorization`)
+auth_cache_s: 1.0                    # a revoked token or removed user is answered this long at most
 batching: {max_batch_size: 16, max_wait_ms: 0, max_queue: 1024}   # 0: start as soon as the model is free
 limits: {max_body_bytes: 1048576, max_inputs: 64, max_input_chars: 4000, max_new_tokens: 256, timeout_s: 30,
          read_timeout_s: 30, max_connections: null}
@@ -88,6 +89,9 @@ class ServeConfig(_Section):
     # /metrics names the models and versions served; off by default so an in-cluster Prometheus can scrape
     # it by annotation, on where the network is not trusted (the scrape job then sends a viewer's token).
     metrics_auth: bool = False
+    # How long a resolved API token is reused without asking the store: the bound on how long a revoked
+    # token or a removed or disabled user is still answered (0: every request asks).
+    auth_cache_s: Annotated[float, Field(ge=0, le=30)] = 1.0
     threads: Annotated[int, Field(ge=1, le=256)] | None = None  # inference threads per model
     alias_poll_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     batching: Batching = Batching()
