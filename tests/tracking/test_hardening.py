@@ -169,6 +169,12 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
         (["t.py", "-H", "Authorization: Bearer abc.def"], "t.py -H 'Authorization: Bearer ***'"),
         (["t.py", "--passphrase", "x", "--db-pass=y"], "t.py --passphrase *** --db-pass=***"),
         (["t.py", "--passes", "3", "--compass", "n"], "t.py --passes 3 --compass n"),  # not secrets
+        # names that merely contain a secret word's letters: ML options whose values a run should show
+        (
+            ["t.py", "--tokenizer", "t5-small", "--max_tokens", "512", "--author", "a", "--monkey=1"],
+            "t.py --tokenizer t5-small --max_tokens 512 --author a --monkey=1",
+        ),
+        (["t.py", "--accessToken", "t", "CLIENTSECRET=s"], "t.py --accessToken *** CLIENTSECRET=***"),
     ],
 )
 def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:

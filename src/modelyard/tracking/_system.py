@@ -18,23 +18,19 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from modelyard.core._redact import REDACTED, redact_url
+from modelyard.core._redact import REDACTED, redact_url, secret_name
 
 log = logging.getLogger("modelyard.tracking")
 _GIT_TIMEOUT_S = 2.0
 _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
-# Argument names whose values are secrets: `--hf-token X`, `--password=X`, `API_KEY=X`, `db.passwd=X`.
-_SECRET_NAME = re.compile(
-    r"token|key|secret|password|passwd|passphrase|pwd|auth|credential|apikey|(?<![a-z])pass(?![a-z])",
-    re.IGNORECASE,
-)
 _OPTION = re.compile(r"^(-{1,2}[A-Za-z0-9][A-Za-z0-9_.\-]*)(=.*)?$", re.DOTALL)
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
 
 
 def redact_argv(argv: list[str]) -> str:
     """The command line as a shell would take it, with secret values replaced by ``***``: the value of an
-    option whose name looks secret (``--x value`` and ``--x=value``), of an env-style ``NAME=value``
+    option whose name has a secret word (``--hf-token value``, ``--password=value``; not ``--tokenizer`` or
+    ``--max_tokens``: :func:`~modelyard.core._redact.secret_name`), of an env-style ``NAME=value``
     word, and in URLs the password (``scheme://user:password@host``) and secret query parameters. The
     ``cmd`` tag is readable by every viewer of the project, so it must not carry tokens."""
     words: list[str] = []
@@ -47,7 +43,7 @@ def redact_argv(argv: list[str]) -> str:
         hide_next = False
         opt = _OPTION.match(arg)
         if opt is not None:
-            if _SECRET_NAME.search(opt.group(1)):
+            if secret_name(opt.group(1)):
                 if opt.group(2) is None:
                     hide_next = True  # the value is the next word
                     words.append(shlex.quote(arg))
@@ -56,7 +52,7 @@ def redact_argv(argv: list[str]) -> str:
                 continue
         else:
             assign = _ASSIGN.match(arg)
-            if assign is not None and _SECRET_NAME.search(assign.group(1)):
+            if assign is not None and secret_name(assign.group(1)):
                 words.append(shlex.quote(assign.group(0)) + REDACTED)
                 continue
         words.append(shlex.quote(redact_url(arg)))
