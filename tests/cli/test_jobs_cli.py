@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from modelyard.core import Platform, create_token
 from modelyard.core._models import Job
 from modelyard.testing import JOB_RECIPE, FakeCluster, Yard, actor
-from modelyard.training import _jobs
+from modelyard.training import _jobs, _k8s
 
 RECIPE = JOB_RECIPE
 # A real but trivial job process (the queue machinery is what is tested here, not `yard train`).
@@ -191,9 +191,9 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     assert container["command"] == [
         "python", "-m", "modelyard.cli", "train", "/etc/modelyard/recipe.yaml", "--nproc", "1",
     ]  # fmt: skip
-    assert container["resources"] == {  # limits = requests: the job cannot take more of its node
-        "requests": {"cpu": "2", "memory": "8Gi"},
-        "limits": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+    assert container["resources"] == {  # limits = requests; the job's 8G plus 256Mi for the pod's worker
+        "requests": {"cpu": "2", "memory": "8448Mi"},
+        "limits": {"cpu": "2", "memory": "8448Mi", "nvidia.com/gpu": "1"},
     }
     env = {e["name"]: e for e in container["env"]}
     assert (
@@ -228,7 +228,8 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     _validate(cpu_only)
     resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
     # Without --memory, 4 GiB per CPU asked for: a runaway job is held to that, not free to take the node.
-    assert resources == {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "1", "memory": "4Gi"}}
+    expected = {"cpu": "1", "memory": "4352Mi"}  # 4Gi for the job, 256Mi for the pod's worker
+    assert resources == {"requests": expected, "limits": expected}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
     victim = tmp_path / "victim"  # a link planted at -o is replaced, not written through
@@ -253,7 +254,7 @@ def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platfo
     _validate(manifest)
     assert info is None
     resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources["requests"] == resources["limits"] == {"cpu": "500m", "memory": "1536Mi"}
+    assert resources["requests"] == resources["limits"] == {"cpu": "500m", "memory": "1792Mi"}
 
 
 def test_a_kubernetes_job_without_memory_is_recorded_and_limited_with_the_default(
@@ -262,14 +263,16 @@ def test_a_kubernetes_job_without_memory_is_recorded_and_limited_with_the_defaul
     """The row says the memory the pod is limited to (`jobs show`), and the pod's worker holds the job to it
     with the same clear reason as a local worker (before the container's cgroup would)."""
     platform = home_with_data
-    for cpus, memory, expected in ((0.5, None, "2Gi"), (0.1, None, "1Gi"), (2, "0", "8Gi"), (1, "3G", "3Gi")):
+    for cpus, memory, expected in ((0.5, None, "2G"), (0.1, None, "1G"), (2, "0", "8G"), (1, "3G", "3G")):
         manifest, info = _jobs.submit_kubernetes_job(
             platform, platform.context(), tmp_path / "recipe.yaml", cpus=cpus, memory=memory,
             database_url="postgresql://yard@db/yard", artifact_uri="s3://b/p",
         )  # fmt: skip
         resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
-        assert resources["limits"]["memory"] == resources["requests"]["memory"] == expected
-        assert info is not None and _jobs.format_memory(info.memory) + "i" == expected
+        job_memory = _jobs.parse_memory(expected)
+        pod_memory = f"{(job_memory + _k8s.WORKER_MEMORY) >> 20}Mi"  # with room for the pod's own worker
+        assert resources["limits"]["memory"] == resources["requests"]["memory"] == pod_memory
+        assert info is not None and info.memory == job_memory
         _validate(manifest)
 
 

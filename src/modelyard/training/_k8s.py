@@ -74,6 +74,10 @@ def memory_quantity(n: int) -> str:
 # cloud nodes), at least MIN. A pod must have a limit: without one a runaway job can take its node.
 MEMORY_PER_CPU = 4 << 30
 MIN_MEMORY = 1 << 30
+# What the pod's own worker process (Python, SQLAlchemy, the store client) needs beside the job: the
+# container is given the job's memory plus this, so the worker stops a job that outgrows its share with
+# "memory limit exceeded" before the kernel's OOM killer takes the job (or the worker) without a word.
+WORKER_MEMORY = 256 << 20
 
 
 def default_memory(cpus: float) -> int:
@@ -221,7 +225,7 @@ def job_manifest(
     ]
     # Limits equal the requests (QoS class Guaranteed): the job gets what it asked for, as on a worker, and
     # no more; a runaway job cannot take its node's memory or CPUs from the pods beside it.
-    memory = memory_quantity(req.memory or default_memory(req.cpus))
+    memory = memory_quantity((req.memory or default_memory(req.cpus)) + WORKER_MEMORY)
     requests = {"cpu": cpu_quantity(req.cpus), "memory": memory}
     limits = dict(requests)
     if req.gpus:
