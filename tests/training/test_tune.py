@@ -159,6 +159,11 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     assert r.code == 0, r.err
     states = {t["params"]["hyperparameters.batch_size"]: t["state"] for t in r.json()["trials"]}
     assert states == {8: "COMPLETE", 300: "FAIL"}, r.json()["trials"]
+    # every trial names its run, the failed one too: its logs and reason are found from the summary
+    with Client() as c:
+        runs = {t["state"]: c.get_run(t["run"]) for t in r.json()["trials"]}
+    assert runs["FAIL"].status == "FAILED" and "240 training rows" in (runs["FAIL"].reason or "")
+    assert runs["COMPLETE"].status == "FINISHED"
     assert r.json()["best_params"] == {"hyperparameters.batch_size": 8}
     only_bad = recipe_file(
         tmp_path / "bad.yaml",

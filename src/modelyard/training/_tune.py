@@ -309,6 +309,8 @@ def tune(
                 nested=parent is not None,  # this process's parent run is active
                 parent_id=None if parent is not None else parent_id,  # a worker's trials join it by id
                 on_eval=report,
+                # named as soon as it exists: a failed, pruned or orphaned trial still leads to its run
+                on_start=lambda run_id: trial.set_user_attr("run", run_id),
                 progress=False,
                 final_eval=False,
                 tags={"study": name, "trial": trial.number},
@@ -319,7 +321,6 @@ def tune(
             trial.set_user_attr("error", exc.message)
             log.warning("trial %d failed: %s", trial.number, exc.message)
             return math.nan  # Optuna records it FAILED (one line, no traceback) and goes on
-        trial.set_user_attr("run", result.run_id)
         value = result.best.get("value")
         if value is None or math.isnan(value):
             raise UsageError(f"trial {trial.number} produced no {metric} value")
