@@ -95,6 +95,7 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
     # once with "study exists", leaving the parent run without its best).
     import os
     import signal
+    import sqlite3
     import subprocess
     import sys
     import time
@@ -114,19 +115,38 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    running = "SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+    running += "WHERE t.state = 'RUNNING' AND a.key = 'run'"
     deadline = time.monotonic() + 300
-    while True:  # until the first trial finished, then the process dies mid-study
+    while True:  # until the first trial finished and the next one runs, then the process dies mid-trial
         with Client() as c:
-            if any(r.status == "FINISHED" for r in c.search_runs("t") if r.parent_id is not None):
+            finished = any(r.status == "FINISHED" for r in c.search_runs("t") if r.parent_id is not None)
+        if finished:  # optuna.db exists by now
+            optuna_db = sqlite3.connect(f"file:{home / 'optuna.db'}?mode=rw", uri=True, timeout=30)
+            if optuna_db.execute(running).fetchone()[0]:
                 break
+            optuna_db.close()
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The dead trial's heartbeat ages past the grace period (an hour passes, as far as the study can tell).
+    with optuna_db:
+        aged = optuna_db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') "
+            "WHERE trial_id IN (SELECT trial_id FROM trials WHERE state = 'RUNNING')"
+        )
+    assert aged.rowcount == 1  # the trial beat while it ran
+    optuna_db.close()
     r = yard(*args, "--resume", "--json")
     assert r.code == 0, r.err
     done = [t for t in r.json()["trials"] if t["state"] == "COMPLETE"]
     assert len(done) == 4 and r.json()["best_value"] is not None
+    # the trial the dead process was running is failed by the resume (it stayed RUNNING forever), and names
+    # its run
+    states = [t["state"] for t in r.json()["trials"]]
+    assert "RUNNING" not in states and states.count("FAIL") == 1, r.json()["trials"]
+    assert all(t["run"] for t in r.json()["trials"])
     with Client() as c:
         parent = c.get_run(r.json()["parent_run"])
     assert parent.status == "FINISHED" and "best_loss" in parent.metrics

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,20 +64,44 @@ class TuneResult:
 
 
 def storage(platform: Platform) -> Any:
-    """Optuna's RDBStorage in the platform's database (see the module docstring for where)."""
+    """Optuna's RDBStorage in the platform's database (see the module docstring for where).
+
+    Running trials beat (Optuna's heartbeat, at the tracking runs' ``run_heartbeat_s``); one silent for
+    ``run_heartbeat_timeout_s`` (its process died) is failed by the next ``tune`` of its study, instead of
+    staying RUNNING forever."""
     import optuna
     from sqlalchemy import text
 
-    url = platform.settings.resolved_database_url
-    if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(f"sqlite:///{platform.settings.home / 'optuna.db'}")
-    if url.startswith("postgresql"):
-        with platform.db.engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True}
-        )
+    settings = platform.settings
+    interval = max(1, math.ceil(settings.run_heartbeat_s))
+    grace = max(1, math.ceil(settings.run_heartbeat_timeout_s))
+    url = settings.resolved_database_url
+    with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if url.startswith("sqlite"):
+            return optuna.storages.RDBStorage(
+                f"sqlite:///{settings.home / 'optuna.db'}", heartbeat_interval=interval, grace_period=grace
+            )
+        if url.startswith("postgresql"):
+            with platform.db.engine.begin() as conn:
+                conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True},
+                heartbeat_interval=interval,
+                grace_period=grace,
+            )
     raise UsageError(f"hyperparameter search needs SQLite or PostgreSQL, not {url.split(':', 1)[0]}")
+
+
+def _fail_stale_trials(st: Any) -> None:
+    """Fails the study's RUNNING trials whose heartbeat is older than the grace period (Optuna's own check;
+    ``optimize`` runs it only before each new trial, so a study with no trial left to run needs this)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(st)
 
 
 def _sampler(name: str, space: dict[str, SearchParam], seed: int | None) -> Any:
@@ -245,6 +270,7 @@ def tune(
             )
         st.pruner = prn
         client.platform.authorize(client.ctx, "run.write", resource)
+        _fail_stale_trials(st)  # the trials the dead process was running
         if client.get_run(parent_id).status == "FINISHED":  # nothing left to do: the study's outcome
             return _summary(st, name, parent_id, metric, direction)
         parent = client.start_run(run_id=parent_id)  # the creator's parent run, reopened
@@ -332,6 +358,7 @@ def tune(
         )
     ]
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    _fail_stale_trials(st)  # a worker joining a study also cleans up after dead ones
     left = trials - sum(t.state in counted for t in st.trials)  # a resumed study may be done already
     try:
         if left > 0:
@@ -340,6 +367,7 @@ def tune(
         if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
             last = ran[-1].user_attrs.get("error", "see its run")
             raise UsageError(f"every trial failed; the last: {last}")
+        _fail_stale_trials(st)  # ones that went silent while this process ran its trials
     except BaseException as exc:
         if parent is not None:
             parent.end(
