@@ -245,6 +245,21 @@ def test_bad_requests(
     assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
 
 
+def test_a_hopeless_prune_is_refused_before_any_export(trained: TrainedModel) -> None:
+    # It was refused by the pruning itself, after the parent's ONNX export, quantisation and measurement.
+    platform = Platform(load_settings(home=trained.home))
+    try:
+        ctx = platform.context()
+        spec = registry.register(platform, ctx, trained.run_id, "too-little").spec
+        said: list[str] = []
+        with pytest.raises(UsageError, match=r"0\.001 of d_ff 128 removes no feed-forward neuron"):
+            optimize(platform, ctx, spec, prune=0.001, structured=True, progress=said.append)
+        assert said == [f"downloading and verifying {spec}"]  # nothing measured, exported or registered
+        assert [v.spec for v in registry.list_versions(platform, ctx, "too-little")] == [spec]
+    finally:
+        platform.close()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

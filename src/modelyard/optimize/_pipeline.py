@@ -273,6 +273,10 @@ def optimize(
         tmp = Path(tmp_name)
         say(f"downloading and verifying {info.spec}")
         _, parent_dir = download(platform, ctx, info.spec, tmp / "parent")
+        if prune is not None:  # a hopeless prune is refused before the exports and measurements
+            from modelyard.optimize._prune import check_request
+
+            check_request(parent_dir, prune, structured)
         say("measuring the parent (PyTorch eager)")
         baseline, _ = _measure(parent_dir, info.variant, rows, **measure)  # type: ignore[arg-type]
         baseline.spec = info.spec
