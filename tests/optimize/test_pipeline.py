@@ -260,12 +260,21 @@ def test_a_hopeless_prune_is_refused_before_any_export(trained: TrainedModel) ->
         platform.close()
 
 
+def test_prune_options_without_a_prune_are_refused(platform: Platform) -> None:
+    for options in ({"structured": True}, {"prune_finetune": object()}):
+        with pytest.raises(UsageError, match="describe --prune SHARE"):  # not silently ignored
+            optimize(platform, platform.context(), "m@1", **options)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--data", "notaspec"], "--data: 'notaspec' is not a dataset version"),
         (["--data", "a@1", "--file", "../x"], "--file: '../x' is not a member path"),
         (["--data", "a@1", "--group-field", " "], "--group-field: must not be empty"),
+        # options of a prune that was not asked for were silently ignored
+        (["--structured"], "--structured and --prune-finetune describe --prune"),
+        (["--prune-finetune", "r.yaml"], "--structured and --prune-finetune describe --prune"),
     ],
 )
 def test_bad_data_flags_are_one_line_usage_errors(yard: Yard, args: list[str], message: str) -> None:

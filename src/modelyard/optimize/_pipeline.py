@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
 _BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*$")
 Progress = Callable[[str], None]
+NO_PRUNE = "--structured and --prune-finetune describe --prune SHARE; give --prune too, e.g. --prune 0.3"
 
 
 def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
@@ -251,6 +252,8 @@ def optimize(
     limits = parse_budget(budget or {"rougeL": -0.01})
     if prune is not None and not 0 < prune < 1:
         raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
+    if prune is None and (structured or prune_finetune is not None):
+        raise UsageError(NO_PRUNE)  # not silently ignored
     platform.authorize(ctx, "model.register", f"model:{spec}")
     info = show(platform, ctx, spec)
     if info.format != "safetensors":
