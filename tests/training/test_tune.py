@@ -84,6 +84,12 @@ def test_a_worker_joins_the_study_and_the_total_is_capped(yard: Yard, home: Path
     assert joined.code == 0, joined.err
     trials = joined.json()["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2]  # 3 in all: the worker added one
+    # a worker with another recipe's space or metric would mix other trials into the study: refused
+    space = recipe_file(tmp_path / "space.yaml", search={"hyperparameters.lr": LR_ONLY})
+    metric = recipe_file(tmp_path / "metric.yaml", checkpoints={"every_steps": 8, "metric": "bleu"})
+    for other, what in ((space, "search space"), (metric, "metric, direction")):
+        refused = yard("tune", other, "-n", "5", "--study", "s", "--worker")
+        assert refused.code == 2 and f"started with another {what}" in refused.error, refused.err
     parent = first.json()["parent_run"]
     with Client() as c:
         children = [x for x in c.search_runs("t") if x.parent_id == parent]

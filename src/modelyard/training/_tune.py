@@ -242,6 +242,7 @@ def tune(
         parent_id = str(st.user_attrs.get("parent_run", ""))
         if st.user_attrs.get("project") != client.ctx.project or not parent_id:
             raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
+        _check_same_search(st, name, metric, direction, space)  # its trials must be comparable
         st.pruner = prn
         parent = None
     elif resume and name in _studies(store):
@@ -257,17 +258,7 @@ def tune(
                 f"study {name!r} was created but its parent run never recorded (its process died while "
                 "starting it); choose another --study"
             )
-        same = {
-            "metric": (st.user_attrs.get("metric"), metric),
-            "direction": (st.direction.name.lower(), direction),
-            "search space": (st.user_attrs.get("space", _space_key(space)), _space_key(space)),
-        }
-        differ = [what for what, (was, now) in same.items() if was != now]
-        if differ:
-            raise UsageError(
-                f"study {name!r} was started with another {', '.join(differ)}; resume it with its own "
-                "recipe, or choose another --study"
-            )
+        _check_same_search(st, name, metric, direction, space)
         st.pruner = prn
         client.platform.authorize(client.ctx, "run.write", resource)
         _fail_stale_trials(st)  # the trials the dead process was running
@@ -379,6 +370,22 @@ def tune(
         _record(parent, result, recipe_text)
         parent.end("FINISHED")
     return result
+
+
+def _check_same_search(st: Any, name: str, metric: str, direction: str, space: Any) -> None:
+    """A resume or worker must search what the study's creator searched: the same metric, direction and
+    space (other trials mixed in would make the best and the sampler's model meaningless)."""
+    same = {
+        "metric": (st.user_attrs.get("metric"), metric),
+        "direction": (st.direction.name.lower(), direction),
+        "search space": (st.user_attrs.get("space", _space_key(space)), _space_key(space)),
+    }
+    differ = [what for what, (was, now) in same.items() if was != now]
+    if differ:
+        raise UsageError(
+            f"study {name!r} was started with another {', '.join(differ)}; run it with its own recipe, or "
+            "choose another --study"
+        )
 
 
 def _space_key(space: Any) -> str:
