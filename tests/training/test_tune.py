@@ -209,6 +209,10 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
         (["--study", "../x"], {}, "study name '../x'"),
         (["--study", "nope", "--worker"], {}, "study 'nope' not found"),
         ([], {"search": None}, "no search: section"),
+        # Optuna starts no trial past a timeout of 0 or less (nor stops at nan): the study would be made and
+        # its parent run finished with nothing in it
+        (["--timeout", "0"], {}, "--timeout must be a positive number of seconds"),
+        (["--timeout", "nan"], {}, "--timeout must be a positive number of seconds"),
         (["--sampler", "grid"], {"search": {"hyperparameters.lr": LR_ONLY}}, "grid needs choices or a step"),
         (  # counted before Optuna builds the product, which would take minutes and all memory
             ["--sampler", "grid"],

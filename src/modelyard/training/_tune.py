@@ -217,6 +217,10 @@ def tune(
         )
     if trials < 1:
         raise UsageError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        # Optuna starts no trial past a timeout <= 0 (and never stops at nan): the study would be made and
+        # its parent run finished empty
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if recipe.train.eval_every_steps is None:
         raise UsageError("tuning needs train.eval_every_steps: the objective is the best validation value")
     name = study or f"{recipe.experiment or 'default'}-tune"
