@@ -245,8 +245,14 @@ def test_bad_requests(
     assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
 
 
-def test_a_hopeless_prune_is_refused_before_any_export(trained: TrainedModel) -> None:
-    # It was refused by the pruning itself, after the parent's ONNX export, quantisation and measurement.
+def test_a_hopeless_prune_or_distillation_is_refused_before_any_export(trained: TrainedModel) -> None:
+    # Each was refused by the pruning or distillation itself, after the parent's ONNX export, quantisation
+    # and measurement.
+    import copy
+
+    from modelyard.testing import TINY_RECIPE
+    from modelyard.training import parse_recipe
+
     platform = Platform(load_settings(home=trained.home))
     try:
         ctx = platform.context()
@@ -255,6 +261,13 @@ def test_a_hopeless_prune_is_refused_before_any_export(trained: TrainedModel) ->
         with pytest.raises(UsageError, match=r"0\.001 of d_ff 128 removes no feed-forward neuron"):
             optimize(platform, ctx, spec, prune=0.001, structured=True, progress=said.append)
         assert said == [f"downloading and verifying {spec}"]  # nothing measured, exported or registered
+        # so is a distillation into a student whose vocabulary is not the teacher's
+        student = copy.deepcopy(TINY_RECIPE)
+        student["tokenizer"]["vocab_size"] = 300
+        said.clear()
+        with pytest.raises(UsageError, match=r"set tokenizer\.vocab_size: 200"):
+            optimize(platform, ctx, spec, distill=parse_recipe(student), progress=said.append)
+        assert said == [f"downloading and verifying {spec}"]
         assert [v.spec for v in registry.list_versions(platform, ctx, "too-little")] == [spec]
     finally:
         platform.close()

@@ -280,6 +280,10 @@ def optimize(
             from modelyard.optimize._prune import check_request
 
             check_request(parent_dir, prune, structured)
+        if distill is not None:  # so is a student with another vocabulary than its teacher's
+            from modelyard.optimize._distill import check_student
+
+            check_student(parent_dir, distill)
         say("measuring the parent (PyTorch eager)")
         baseline, _ = _measure(parent_dir, info.variant, rows, **measure)  # type: ignore[arg-type]
         baseline.spec = info.spec
