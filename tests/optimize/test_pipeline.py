@@ -245,12 +245,49 @@ def test_bad_requests(
     assert parse_budget("rougeL=-0.01,bleu=-0.02") == {"rougeL": -0.01, "bleu": -0.02}
 
 
+def test_a_hopeless_prune_or_distillation_is_refused_before_any_export(trained: TrainedModel) -> None:
+    # Each was refused by the pruning or distillation itself, after the parent's ONNX export, quantisation
+    # and measurement.
+    import copy
+
+    from modelyard.testing import TINY_RECIPE
+    from modelyard.training import parse_recipe
+
+    platform = Platform(load_settings(home=trained.home))
+    try:
+        ctx = platform.context()
+        spec = registry.register(platform, ctx, trained.run_id, "too-little").spec
+        said: list[str] = []
+        with pytest.raises(UsageError, match=r"0\.001 of d_ff 128 removes no feed-forward neuron"):
+            optimize(platform, ctx, spec, prune=0.001, structured=True, progress=said.append)
+        assert said == [f"downloading and verifying {spec}"]  # nothing measured, exported or registered
+        # so is a distillation into a student whose vocabulary is not the teacher's
+        student = copy.deepcopy(TINY_RECIPE)
+        student["tokenizer"]["vocab_size"] = 300
+        said.clear()
+        with pytest.raises(UsageError, match=r"set tokenizer\.vocab_size: 200"):
+            optimize(platform, ctx, spec, distill=parse_recipe(student), progress=said.append)
+        assert said == [f"downloading and verifying {spec}"]
+        assert [v.spec for v in registry.list_versions(platform, ctx, "too-little")] == [spec]
+    finally:
+        platform.close()
+
+
+def test_prune_options_without_a_prune_are_refused(platform: Platform) -> None:
+    for options in ({"structured": True}, {"prune_finetune": object()}):
+        with pytest.raises(UsageError, match="describe --prune SHARE"):  # not silently ignored
+            optimize(platform, platform.context(), "m@1", **options)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--data", "notaspec"], "--data: 'notaspec' is not a dataset version"),
         (["--data", "a@1", "--file", "../x"], "--file: '../x' is not a member path"),
         (["--data", "a@1", "--group-field", " "], "--group-field: must not be empty"),
+        # options of a prune that was not asked for were silently ignored
+        (["--structured"], "--structured and --prune-finetune describe --prune"),
+        (["--prune-finetune", "r.yaml"], "--structured and --prune-finetune describe --prune"),
     ],
 )
 def test_bad_data_flags_are_one_line_usage_errors(yard: Yard, args: list[str], message: str) -> None:

@@ -84,6 +84,12 @@ def test_a_worker_joins_the_study_and_the_total_is_capped(yard: Yard, home: Path
     assert joined.code == 0, joined.err
     trials = joined.json()["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2]  # 3 in all: the worker added one
+    # a worker with another recipe's space or metric would mix other trials into the study: refused
+    space = recipe_file(tmp_path / "space.yaml", search={"hyperparameters.lr": LR_ONLY})
+    metric = recipe_file(tmp_path / "metric.yaml", checkpoints={"every_steps": 8, "metric": "bleu"})
+    for other, what in ((space, "search space"), (metric, "metric, direction")):
+        refused = yard("tune", other, "-n", "5", "--study", "s", "--worker")
+        assert refused.code == 2 and f"started with another {what}" in refused.error, refused.err
     parent = first.json()["parent_run"]
     with Client() as c:
         children = [x for x in c.search_runs("t") if x.parent_id == parent]
@@ -95,6 +101,7 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
     # once with "study exists", leaving the parent run without its best).
     import os
     import signal
+    import sqlite3
     import subprocess
     import sys
     import time
@@ -114,19 +121,38 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    running = "SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+    running += "WHERE t.state = 'RUNNING' AND a.key = 'run'"
     deadline = time.monotonic() + 300
-    while True:  # until the first trial finished, then the process dies mid-study
+    while True:  # until the first trial finished and the next one runs, then the process dies mid-trial
         with Client() as c:
-            if any(r.status == "FINISHED" for r in c.search_runs("t") if r.parent_id is not None):
+            finished = any(r.status == "FINISHED" for r in c.search_runs("t") if r.parent_id is not None)
+        if finished:  # optuna.db exists by now
+            optuna_db = sqlite3.connect(f"file:{home / 'optuna.db'}?mode=rw", uri=True, timeout=30)
+            if optuna_db.execute(running).fetchone()[0]:
                 break
+            optuna_db.close()
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The dead trial's heartbeat ages past the grace period (an hour passes, as far as the study can tell).
+    with optuna_db:
+        aged = optuna_db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') "
+            "WHERE trial_id IN (SELECT trial_id FROM trials WHERE state = 'RUNNING')"
+        )
+    assert aged.rowcount == 1  # the trial beat while it ran
+    optuna_db.close()
     r = yard(*args, "--resume", "--json")
     assert r.code == 0, r.err
     done = [t for t in r.json()["trials"] if t["state"] == "COMPLETE"]
     assert len(done) == 4 and r.json()["best_value"] is not None
+    # the trial the dead process was running is failed by the resume (it stayed RUNNING forever), and names
+    # its run
+    states = [t["state"] for t in r.json()["trials"]]
+    assert "RUNNING" not in states and states.count("FAIL") == 1, r.json()["trials"]
+    assert all(t["run"] for t in r.json()["trials"])
     with Client() as c:
         parent = c.get_run(r.json()["parent_run"])
     assert parent.status == "FINISHED" and "best_loss" in parent.metrics
@@ -159,6 +185,11 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     assert r.code == 0, r.err
     states = {t["params"]["hyperparameters.batch_size"]: t["state"] for t in r.json()["trials"]}
     assert states == {8: "COMPLETE", 300: "FAIL"}, r.json()["trials"]
+    # every trial names its run, the failed one too: its logs and reason are found from the summary
+    with Client() as c:
+        runs = {t["state"]: c.get_run(t["run"]) for t in r.json()["trials"]}
+    assert runs["FAIL"].status == "FAILED" and "240 training rows" in (runs["FAIL"].reason or "")
+    assert runs["COMPLETE"].status == "FINISHED"
     assert r.json()["best_params"] == {"hyperparameters.batch_size": 8}
     only_bad = recipe_file(
         tmp_path / "bad.yaml",
@@ -178,6 +209,10 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
         (["--study", "../x"], {}, "study name '../x'"),
         (["--study", "nope", "--worker"], {}, "study 'nope' not found"),
         ([], {"search": None}, "no search: section"),
+        # Optuna starts no trial past a timeout of 0 or less (nor stops at nan): the study would be made and
+        # its parent run finished with nothing in it
+        (["--timeout", "0"], {}, "--timeout must be a positive number of seconds"),
+        (["--timeout", "nan"], {}, "--timeout must be a positive number of seconds"),
         (["--sampler", "grid"], {"search": {"hyperparameters.lr": LR_ONLY}}, "grid needs choices or a step"),
         (  # counted before Optuna builds the product, which would take minutes and all memory
             ["--sampler", "grid"],

@@ -71,6 +71,10 @@ def optimize(
             ) from None
     elif file is not None or group is not None:
         raise usage("--file and --group-field describe --data NAME@V; give --data too")
+    if prune is None and (structured or finetune is not None):
+        from modelyard.optimize._pipeline import NO_PRUNE
+
+        raise usage(NO_PRUNE)  # before the recipe is read
     finetune_recipe = load_recipe(finetune) if finetune is not None else None
     student = load_recipe(distill) if distill is not None else None
     _quiet_transformers()

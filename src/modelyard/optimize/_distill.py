@@ -338,6 +338,12 @@ def _teacher_tokenizer(path: Path) -> Any:
         ) from None
 
 
+def check_student(teacher_dir: str | Path, recipe: Recipe) -> None:
+    """The student recipe's vocabulary against the teacher's tokenizer, for a caller with costly work
+    before the distillation (the ONNX export of ``yard optimize``) to refuse a mismatch first."""
+    _check_student_vocab(recipe, _teacher_tokenizer(Path(teacher_dir)))
+
+
 def _check_student_vocab(recipe: Recipe, tokenizer: Any) -> None:
     """The student must share the teacher's vocabulary; refuse a recipe that says otherwise."""
     vocab = len(tokenizer)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
 _BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*$")
 Progress = Callable[[str], None]
+NO_PRUNE = "--structured and --prune-finetune describe --prune SHARE; give --prune too, e.g. --prune 0.3"
 
 
 def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
@@ -251,6 +252,8 @@ def optimize(
     limits = parse_budget(budget or {"rougeL": -0.01})
     if prune is not None and not 0 < prune < 1:
         raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
+    if prune is None and (structured or prune_finetune is not None):
+        raise UsageError(NO_PRUNE)  # not silently ignored
     platform.authorize(ctx, "model.register", f"model:{spec}")
     info = show(platform, ctx, spec)
     if info.format != "safetensors":
@@ -273,6 +276,14 @@ def optimize(
         tmp = Path(tmp_name)
         say(f"downloading and verifying {info.spec}")
         _, parent_dir = download(platform, ctx, info.spec, tmp / "parent")
+        if prune is not None:  # a hopeless prune is refused before the exports and measurements
+            from modelyard.optimize._prune import check_request
+
+            check_request(parent_dir, prune, structured)
+        if distill is not None:  # so is a student with another vocabulary than its teacher's
+            from modelyard.optimize._distill import check_student
+
+            check_student(parent_dir, distill)
         say("measuring the parent (PyTorch eager)")
         baseline, _ = _measure(parent_dir, info.variant, rows, **measure)  # type: ignore[arg-type]
         baseline.spec = info.spec

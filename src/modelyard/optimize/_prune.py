@@ -249,13 +249,7 @@ def _prune_ffn_neurons(model: Any, amount: float) -> int:
 
     prune = _prune_module()
     d_ff = int(model.config.d_ff)
-    drop = round(amount * d_ff)  # what prune.ln_structured removes for this amount
-    if drop < 1:
-        raise ValidationError(
-            f"amount {amount:g} of d_ff {d_ff} removes no feed-forward neuron; use at least {0.5 / d_ff:.3g}"
-        )
-    if drop >= d_ff:
-        raise ValidationError(f"amount {amount:g} of d_ff {d_ff} would remove every feed-forward neuron")
+    drop = _neurons_to_drop(amount, d_ff)
     removed = 0
     blocks = [m for m in model.modules() if hasattr(m, "wo") and any(hasattr(m, n) for n in FEED_FORWARD_IN)]
     for ff in blocks:
@@ -276,6 +270,38 @@ def _prune_ffn_neurons(model: Any, amount: float) -> int:
         ff.wo = _columns(out, keep)
     model.config.d_ff = d_ff - drop
     return removed
+
+
+def _neurons_to_drop(amount: float, d_ff: int) -> int:
+    """How many feed-forward neurons of each layer a structured ``amount`` removes; refuses none or all."""
+    drop = round(amount * d_ff)  # what prune.ln_structured removes for this amount
+    if drop < 1:
+        raise ValidationError(
+            f"amount {amount:g} of d_ff {d_ff} removes no feed-forward neuron; use at least {0.5 / d_ff:.3g}"
+        )
+    if drop >= d_ff:
+        raise ValidationError(f"amount {amount:g} of d_ff {d_ff} would remove every feed-forward neuron")
+    return drop
+
+
+def check_request(model_dir: str | Path, amount: float, structured: bool) -> None:
+    """The refusals of :func:`prune_model` that need only the model's ``config.json`` (not T5, a structured
+    amount that removes no neuron or every one), for a caller with costly work before the pruning (the
+    ONNX export of ``yard optimize``) to make first."""
+    import json
+
+    amount = _check_amount(amount)
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # prune_model says what is wrong with the directory
+    if not isinstance(config, dict):
+        return
+    if config.get("model_type") != "t5":
+        raise UsageError(f"only T5 models can be pruned, not {config.get('model_type')!r}")
+    d_ff = config.get("d_ff")
+    if structured and isinstance(d_ff, int) and not isinstance(d_ff, bool) and d_ff > 0:
+        _neurons_to_drop(amount, d_ff)
 
 
 def _rows(lin: Any, keep: Any) -> Any:

@@ -324,14 +324,16 @@ def train(
     tags: dict[str, Any] | None = None,
     run_name: str | None = None,
     on_eval: EvalHook | None = None,
+    on_start: Callable[[str], None] | None = None,
     progress: bool = True,
     final_eval: bool = True,
     hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Run ``recipe`` (every rank of a torchrun job calls this; rank 0 needs ``client``). ``resume`` is a run
-    id or ``latest``. ``on_eval(step, metrics)`` is called on rank 0 after each periodic evaluation; raising
-    :class:`Pruned` there ends the run KILLED. ``hooks``: see :class:`TrainHooks`. Returns the run's result
-    (on every rank)."""
+    id or ``latest``. ``on_start(run_id)`` is called on rank 0 as soon as the run is open (so a caller can
+    name the run of an attempt that fails). ``on_eval(step, metrics)`` is called on rank 0 after each
+    periodic evaluation; raising :class:`Pruned` there ends the run KILLED. ``hooks``: see
+    :class:`TrainHooks`. Returns the run's result (on every rank)."""
     import torch
 
     from modelyard.training._data import load_splits
@@ -362,6 +364,8 @@ def train(
                 client, recipe, resume, run_name, dist, nested, parent_id, tags, hooks.params
             )
             run_id = run.id
+            if on_start is not None:
+                on_start(run_id)
             splits = load_splits(client.platform, client.ctx, recipe)
             if not splits.train:
                 raise UsageError("the training split is empty")

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,20 +64,44 @@ class TuneResult:
 
 
 def storage(platform: Platform) -> Any:
-    """Optuna's RDBStorage in the platform's database (see the module docstring for where)."""
+    """Optuna's RDBStorage in the platform's database (see the module docstring for where).
+
+    Running trials beat (Optuna's heartbeat, at the tracking runs' ``run_heartbeat_s``); one silent for
+    ``run_heartbeat_timeout_s`` (its process died) is failed by the next ``tune`` of its study, instead of
+    staying RUNNING forever."""
     import optuna
     from sqlalchemy import text
 
-    url = platform.settings.resolved_database_url
-    if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(f"sqlite:///{platform.settings.home / 'optuna.db'}")
-    if url.startswith("postgresql"):
-        with platform.db.engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True}
-        )
+    settings = platform.settings
+    interval = max(1, math.ceil(settings.run_heartbeat_s))
+    grace = max(1, math.ceil(settings.run_heartbeat_timeout_s))
+    url = settings.resolved_database_url
+    with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if url.startswith("sqlite"):
+            return optuna.storages.RDBStorage(
+                f"sqlite:///{settings.home / 'optuna.db'}", heartbeat_interval=interval, grace_period=grace
+            )
+        if url.startswith("postgresql"):
+            with platform.db.engine.begin() as conn:
+                conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True},
+                heartbeat_interval=interval,
+                grace_period=grace,
+            )
     raise UsageError(f"hyperparameter search needs SQLite or PostgreSQL, not {url.split(':', 1)[0]}")
+
+
+def _fail_stale_trials(st: Any) -> None:
+    """Fails the study's RUNNING trials whose heartbeat is older than the grace period (Optuna's own check;
+    ``optimize`` runs it only before each new trial, so a study with no trial left to run needs this)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(st)
 
 
 def _sampler(name: str, space: dict[str, SearchParam], seed: int | None) -> Any:
@@ -192,6 +217,10 @@ def tune(
         )
     if trials < 1:
         raise UsageError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        # Optuna starts no trial past a timeout <= 0 (and never stops at nan): the study would be made and
+        # its parent run finished empty
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if recipe.train.eval_every_steps is None:
         raise UsageError("tuning needs train.eval_every_steps: the objective is the best validation value")
     name = study or f"{recipe.experiment or 'default'}-tune"
@@ -217,6 +246,7 @@ def tune(
         parent_id = str(st.user_attrs.get("parent_run", ""))
         if st.user_attrs.get("project") != client.ctx.project or not parent_id:
             raise NotFoundError(f"study {name!r} does not belong to project {client.ctx.project!r}")
+        _check_same_search(st, name, metric, direction, space)  # its trials must be comparable
         st.pruner = prn
         parent = None
     elif resume and name in _studies(store):
@@ -232,19 +262,10 @@ def tune(
                 f"study {name!r} was created but its parent run never recorded (its process died while "
                 "starting it); choose another --study"
             )
-        same = {
-            "metric": (st.user_attrs.get("metric"), metric),
-            "direction": (st.direction.name.lower(), direction),
-            "search space": (st.user_attrs.get("space", _space_key(space)), _space_key(space)),
-        }
-        differ = [what for what, (was, now) in same.items() if was != now]
-        if differ:
-            raise UsageError(
-                f"study {name!r} was started with another {', '.join(differ)}; resume it with its own "
-                "recipe, or choose another --study"
-            )
+        _check_same_search(st, name, metric, direction, space)
         st.pruner = prn
         client.platform.authorize(client.ctx, "run.write", resource)
+        _fail_stale_trials(st)  # the trials the dead process was running
         if client.get_run(parent_id).status == "FINISHED":  # nothing left to do: the study's outcome
             return _summary(st, name, parent_id, metric, direction)
         parent = client.start_run(run_id=parent_id)  # the creator's parent run, reopened
@@ -309,6 +330,8 @@ def tune(
                 nested=parent is not None,  # this process's parent run is active
                 parent_id=None if parent is not None else parent_id,  # a worker's trials join it by id
                 on_eval=report,
+                # named as soon as it exists: a failed, pruned or orphaned trial still leads to its run
+                on_start=lambda run_id: trial.set_user_attr("run", run_id),
                 progress=False,
                 final_eval=False,
                 tags={"study": name, "trial": trial.number},
@@ -319,7 +342,6 @@ def tune(
             trial.set_user_attr("error", exc.message)
             log.warning("trial %d failed: %s", trial.number, exc.message)
             return math.nan  # Optuna records it FAILED (one line, no traceback) and goes on
-        trial.set_user_attr("run", result.run_id)
         value = result.best.get("value")
         if value is None or math.isnan(value):
             raise UsageError(f"trial {trial.number} produced no {metric} value")
@@ -331,6 +353,7 @@ def tune(
         )
     ]
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    _fail_stale_trials(st)  # a worker joining a study also cleans up after dead ones
     left = trials - sum(t.state in counted for t in st.trials)  # a resumed study may be done already
     try:
         if left > 0:
@@ -339,6 +362,7 @@ def tune(
         if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
             last = ran[-1].user_attrs.get("error", "see its run")
             raise UsageError(f"every trial failed; the last: {last}")
+        _fail_stale_trials(st)  # ones that went silent while this process ran its trials
     except BaseException as exc:
         if parent is not None:
             parent.end(
@@ -350,6 +374,22 @@ def tune(
         _record(parent, result, recipe_text)
         parent.end("FINISHED")
     return result
+
+
+def _check_same_search(st: Any, name: str, metric: str, direction: str, space: Any) -> None:
+    """A resume or worker must search what the study's creator searched: the same metric, direction and
+    space (other trials mixed in would make the best and the sampler's model meaningless)."""
+    same = {
+        "metric": (st.user_attrs.get("metric"), metric),
+        "direction": (st.direction.name.lower(), direction),
+        "search space": (st.user_attrs.get("space", _space_key(space)), _space_key(space)),
+    }
+    differ = [what for what, (was, now) in same.items() if was != now]
+    if differ:
+        raise UsageError(
+            f"study {name!r} was started with another {', '.join(differ)}; run it with its own recipe, or "
+            "choose another --study"
+        )
 
 
 def _space_key(space: Any) -> str:
