@@ -219,9 +219,11 @@ def test_picking_is_the_fastest_within_the_budget() -> None:
         ("accuracy=-0.1", "unknown metric"),
         ("", "give an accuracy budget"),
         ("rougeL=-0.01; DROP TABLE", "METRIC=DELTA"),
+        ("rougeL=-0.01,rougeL=-0.5", "given twice"),
+        (["rougeL=-0.01", "bleu=-0.1", "rougeL=0"], "given twice"),
     ],
 )
-def test_bad_budgets(text: str, message: str) -> None:
+def test_bad_budgets(text: str | list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_budget(text)
 

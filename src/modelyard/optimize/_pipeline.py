@@ -48,6 +48,8 @@ def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, f
             raise UsageError(f"budget {item!r} is not METRIC=DELTA, such as rougeL=-0.01")
         if m[1] not in METRICS:
             raise UsageError(f"budget: unknown metric {m[1]!r}; expected one of {', '.join(METRICS)}")
+        if m[1] in out:  # which one was meant? (the last used to win silently)
+            raise UsageError(f"budget: {m[1]} is given twice; give each metric once")
         out[m[1]] = float(m[2])
     if not out:
         raise UsageError("give an accuracy budget such as rougeL=-0.01")
