@@ -111,6 +111,21 @@ def test_a_column_without_statistics_leaves_the_table_its_others(platform: Platf
     assert info.profile["skipped"] == {}
 
 
+def test_a_csv_with_repeated_column_names_is_profiled_not_a_crash(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """Spreadsheet exports repeat headers ("id,id", "email,email"): the add died with pyarrow's KeyError
+    while looking for number columns written as codes, and recorded nothing."""
+    root = make_tree(tmp_path / "t", {"dup.csv": b"id,id,email,email\n1,2,a@example.com,b@example.org\n"})
+    info = data.add_version(platform, platform.context(), root, "dup")
+    cols = info.profile["tables"]["dup.csv"]["columns"]
+    assert sorted(cols) == ["email", "email (column 4)", "id", "id (column 2)"]
+    assert (cols["id"]["min"], cols["id (column 2)"]["min"]) == (1, 2)
+    assert info.profile["skipped"] == {}
+    report = data.scan(platform, platform.context(), "dup@1")
+    assert report["tables"]["dup.csv"] == {"email": {"email": 2}}
+
+
 def test_large_integers_keep_exact_bounds_and_a_constant_column_one_bin(
     platform: Platform, tmp_path: Path, make_tree: MakeTree
 ) -> None:

@@ -160,11 +160,12 @@ def _codes_as_text(source: BinaryIO, table: Any) -> Any:
     from pyarrow import csv
 
     names = table.column_names
+    # A repeated name (a spreadsheet's "id,id") cannot be selected by name: such columns stay as read.
     ints = [
         n
         for n in names
-        if (pa.types.is_integer(t := table.schema.field(n).type) or pa.types.is_floating(t))
-        and names.count(n) == 1
+        if names.count(n) == 1
+        and (pa.types.is_integer(t := table.schema.field(n).type) or pa.types.is_floating(t))
     ]
     if not ints:
         return table
