@@ -354,6 +354,17 @@ def test_email_inside_other_kinds_wins_once() -> None:
 
 
 @pytest.mark.parametrize(
+    "address",
+    ["jörg.müller@example.com", "José.Núñez@example.es", "zoë@bücher.de", "иван@пример.рф", "a@b.xn--p1ai"],
+)
+def test_international_addresses_are_redacted_whole(address: str) -> None:
+    """Addresses may hold any letters (RFC 6531): an ASCII-only local part redacted "jörg.müller@..." to
+    "jörg.mü<EMAIL>", leaving the owner's name in the anonymised text."""
+    assert redact_text(f"Kontakt: {address}.") == "Kontakt: <EMAIL>."
+    assert scan_text(address.split("@")[0] + "@localhost") == {}
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "a" * 10**6 + "@",

@@ -82,15 +82,17 @@ def _luhn_ok(digits: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Email: pragmatic RFC 5322 subset (dot-atoms of [A-Za-z0-9_%+-], ASCII domain, alphabetic TLD).
-# The lookbehind makes a local part start only at the beginning of its token, so 'a' * 10**6 + '@'
-# is one linear attempt, not a quadratic one; the domain is bounded to 8 labels of <= 63 chars.
+# Email: pragmatic RFC 5322/6531 subset (dot-atoms of letters, digits and _%+-, in any script, as the
+# domain's labels; an alphabetic or punycode TLD). ASCII-only letters redacted "jörg.müller@x.de" to
+# "jörg.mü<EMAIL>", leaving the name. The lookbehind makes a local part start only at the beginning of
+# its token, so 'a' * 10**6 + '@' is one linear attempt, not a quadratic one; the domain is bounded to
+# 8 labels of <= 63 chars.
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9_%+\-.])"
-    r"[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}"
-    r"(?P<tld>[A-Za-z]{2,24})"
-    r"(?![A-Za-z0-9_\-])"
+    r"(?<![\w%+\-.])"
+    r"[\w%+\-]+(?:\.[\w%+\-]+)*"
+    r"@(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.){1,8}"
+    r"(?P<tld>[^\W\d_]{2,24}|xn--[A-Za-z0-9]{2,59})"
+    r"(?![\w\-])"
 )
 # File extensions that are not TLDs: "icon@2x.png" is an asset name, not an address.
 _NOT_TLDS = frozenset(
