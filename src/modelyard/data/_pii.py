@@ -618,6 +618,8 @@ def _map_column(column: Any, fn: Callable[[str], str]) -> Any:
 
 
 def _mask_cell(value: str) -> str:
+    if not value:  # a CSV's missing value: "***" would say one was there
+        return value
     redacted = redact_text(value)
     # Nothing detected: the user still named the column sensitive, so hide the whole cell.
     return redacted if redacted != value else _MASK
@@ -627,6 +629,8 @@ def _hasher(salt: bytes) -> Callable[[str], str]:
     keyed = hmac.new(salt, digestmod=hashlib.sha256)
 
     def digest(value: str) -> str:
+        if not value:  # one token for every missing value would join them all to one another
+            return value
         h = keyed.copy()
         h.update(value.encode("utf-8"))
         return "h:" + h.hexdigest()[:32]
@@ -658,9 +662,10 @@ def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt
     is not changed), or ``table`` itself when there is nothing to change.
 
     ``columns=None`` means the columns where :func:`scan_table` finds PII. ``mask`` replaces
-    detected spans with ``<KIND>`` and cells without any with ``***``; ``hash`` replaces each cell
+    detected spans with ``<KIND>`` and other non-empty cells with ``***``; ``hash`` replaces each cell
     with ``h:`` + the first 32 hex digits of HMAC-SHA256(salt, cell) (deterministic per salt, so joins
-    still work); ``drop`` removes the columns. Nulls stay null; masked/hashed columns become strings.
+    still work); ``drop`` removes the columns. Nulls stay null and empty cells empty; masked/hashed
+    columns become strings.
     A column name holding PII is redacted (``<EMAIL>``) whatever the method.
     """
     fn = cell_function(method, salt)
