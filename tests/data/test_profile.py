@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -96,6 +97,19 @@ def test_a_deeply_nested_json_line_is_skipped_not_a_crash(
         0,
         "cannot read it as jsonl: a line nests deeper than 1000 levels",
     ), out.stderr[-500:]
+
+
+def test_a_json_line_longer_than_the_reader_takes_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """The depth check read line by line, so a one-line file was read whole (up to the 512 MiB bound) just
+    to be refused by pyarrow, which cannot read a line longer than two of its blocks."""
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(b'{"a": "' + b"x" * (16 << 20) + b'"}\n')
+    with open(path, "rb") as f:
+        with pytest.raises(ValueError, match="cannot read it as jsonl"):
+            _profile.read_table(f, "jsonl")
+        assert f.tell() <= (2 << 20) + 1  # two 1 MiB blocks
+    small = b'{"a": "' + b"x" * ((1 << 20) + 10) + b'"}\n{"a": "y"}\n'  # one block and a bit
+    assert _profile.read_table(io.BytesIO(small), "jsonl").num_rows == 2
 
 
 def test_a_column_without_statistics_leaves_the_table_its_others(platform: Platform, tmp_path: Path) -> None:
