@@ -369,9 +369,21 @@ def loads(text: str) -> dict[str, Any]:
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Schema and statistics changes of tables present in both profiles, by member path."""
+    """Schema and statistics changes of tables present in both profiles, by member path. A table profiled
+    in one and skipped in the other (it stopped or started parsing) has ``no_statistics``: the reason
+    for each side, None where it was profiled."""
     changes: dict[str, Any] = {}
     ta, tb = a.get("tables", {}), b.get("tables", {})
+    sa, sb = a.get("skipped", {}), b.get("skipped", {})
+    for path in (set(ta) & set(sb)) | (set(sa) & set(tb)):
+        changes[path] = {
+            "rows": [ta.get(path, {}).get("rows"), tb.get(path, {}).get("rows")],
+            "columns_added": [],
+            "columns_removed": [],
+            "type_changes": {},
+            "stats": {},
+            "no_statistics": [sa.get(path), sb.get(path)],
+        }
     for path in sorted(set(ta) & set(tb)):
         x, y = ta[path], tb[path]
         if x.get("sha256") == y.get("sha256"):
@@ -397,4 +409,4 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             if delta:
                 entry["stats"][c] = delta
         changes[path] = entry
-    return changes
+    return dict(sorted(changes.items()))
