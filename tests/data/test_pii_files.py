@@ -230,3 +230,21 @@ def test_one_file_per_person_or_host_is_renamed_with_numbers_not_refused(
         "[IP_ADDRESS].log": "one\n",
         "[IP_ADDRESS]_2.log": "two\n",
     }
+
+
+def test_an_empty_table_file_is_not_refused_as_unparseable(platform: Platform, tmp_path: Path) -> None:
+    """A 0-byte export holds no PII, but anonymise refused the whole version over it (a table that
+    could not be parsed) and scan listed it as not scanned."""
+    ctx = platform.context()
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("empty.csv", "empty.parquet", "empty.jsonl"):
+        (root / name).write_bytes(b"")
+    (root / "people.csv").write_bytes(b"email\nal@example.com\n")
+    _add(platform, root, "e")
+    assert scan(platform, ctx, "e@1")["skipped"] == {}
+    new = anonymize(platform, ctx, "e@1")
+    out = tmp_path / "out"
+    checkout(platform, ctx, f"e@{new.version}", out)
+    assert (out / "empty.csv").read_bytes() == b""
+    assert (out / "people.csv").read_bytes() == b"email\n<EMAIL>\n"

@@ -179,6 +179,8 @@ def _scan_tree(tree: Path) -> dict[str, Any]:
         if found_in_name:
             out["names"][shown] = found_in_name
         fmt = _profile.table_format(name)
+        if fmt is not None and path.stat().st_size == 0:  # an empty export: nothing to parse or find
+            continue
         if fmt is not None:
             try:
                 found = _scan_table_file(path, fmt)
@@ -343,6 +345,8 @@ def anonymize(
         unprocessed: list[str] = []
         for member, path in _files(tree):
             fmt = _profile.table_format(member)
+            if fmt is not None and path.stat().st_size == 0:  # nothing to redact, though not a valid table
+                continue
             if fmt is not None:
                 try:
                     seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))
