@@ -114,11 +114,23 @@ def test_missing_path_and_empty_tree(platform: Platform, tmp_path: Path) -> None
     assert state(platform)[:2] == (0, 0)
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", "-lead", "x" * 200, "sp ace"])
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "-lead", "x" * 200, "sp ace", "ds\n"])
 def test_bad_dataset_names(platform: Platform, tree: Path, name: str) -> None:
     with pytest.raises(UsageError):
         add_version(platform, platform.context(), tree, name)
     assert state(platform)[:2] == (0, 0)
+
+
+def test_a_final_newline_makes_no_second_dataset(platform: Platform, tree: Path) -> None:
+    """A regex `$` matches before a final newline: "ds\n" was a second dataset, listed as "ds", and the
+    spec "ds\n" read dataset "ds"."""
+    ctx = platform.context()
+    add_version(platform, ctx, tree, "ds")
+    with pytest.raises(UsageError, match="not valid"):
+        add_version(platform, ctx, tree, "ds\n")
+    with pytest.raises(UsageError, match="not valid"):
+        show(platform, ctx, "ds\n")
+    assert state(platform)[:2] == (1, 1)
 
 
 @pytest.mark.parametrize("spec", ["ds", "ds@", "ds@x", "ds@0", "ds@-1", "ds@1@2", "@1", "ds@1.5", "ds@٣"])

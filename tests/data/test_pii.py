@@ -15,7 +15,9 @@ import pytest
 
 from modelyard.data._pii import (
     KINDS,
+    anonymize_record,
     anonymize_table,
+    cell_function,
     find_spans,
     redact_text,
     scan_lines,
@@ -354,6 +356,17 @@ def test_email_inside_other_kinds_wins_once() -> None:
 
 
 @pytest.mark.parametrize(
+    "address",
+    ["jörg.müller@example.com", "José.Núñez@example.es", "zoë@bücher.de", "иван@пример.рф", "a@b.xn--p1ai"],
+)
+def test_international_addresses_are_redacted_whole(address: str) -> None:
+    """Addresses may hold any letters (RFC 6531): an ASCII-only local part redacted "jörg.müller@..." to
+    "jörg.mü<EMAIL>", leaving the owner's name in the anonymised text."""
+    assert redact_text(f"Kontakt: {address}.") == "Kontakt: <EMAIL>."
+    assert scan_text(address.split("@")[0] + "@localhost") == {}
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "a" * 10**6 + "@",
@@ -535,6 +548,17 @@ def test_anonymize_hash_deterministic_and_joinable() -> None:
     other = anonymize_table(customers, ["email"], "hash", OTHER_SALT)
     assert other.column("email").to_pylist()[:2] != hc.column("email").to_pylist()[:2]
     assert other.column("email").to_pylist()[2] is None
+
+
+@pytest.mark.parametrize("method", ["mask", "hash"])
+def test_empty_cells_stay_empty(method: str) -> None:
+    """An empty cell is a CSV's missing value: masked it read "***" (a value was there), hashed every
+    customer without an e-mail got the same token, and a join on it matched them all to one another."""
+    table = pa.table({"email": ["alice@example.com", "", None, ""], "cid": [1, 2, 3, 4]})
+    out = anonymize_table(table, ["email"], method, SALT).column("email").to_pylist()
+    assert out[1:] == ["", None, ""] and out[0] not in ("", "alice@example.com")
+    record = anonymize_record({"email": "", "n": "x"}, ["email", "n"], cell_function(method, SALT))
+    assert record["email"] == "" and record["n"] != "x"
 
 
 def test_anonymize_hash_non_string_columns_use_canonical_text() -> None:

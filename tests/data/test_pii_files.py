@@ -4,8 +4,6 @@ reason to change keeps its bytes; PII left outside --columns is named in the res
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -146,6 +144,7 @@ def test_anonymize_changes_only_what_it_redacts(platform: Platform, tmp_path: Pa
         # PII: only the detected spans change.
         "orders.csv": b"\xef\xbb\xbfsku,note,email\r\n00123,1.50,al@example.com\r\n00456,x y,bob@example.io",
         "quoted.csv": b'sku,note,email\n00123,"x, ""y""",carol@example.net\n',
+        "multiline.csv": b'email,note\r\nal@example.com,"one\ntwo"\r\nx,"a\rb"\r\n',
         "events.jsonl": b'{"id": 1.50, "n": 1e3}\r\n{"id": 2, "email": "bob@example.org", "n": 1e3}\n',
         "notes.txt": b"caf\xe9 owner: grace@example.com\r\nline two\r\n",
     }
@@ -164,9 +163,10 @@ def test_anonymize_changes_only_what_it_redacts(platform: Platform, tmp_path: Pa
         b'{"id": 1.50, "n": 1e3}\r\n{"id": 2, "email": "<EMAIL>", "n": 1e3}\n'
     )
     assert (out / "notes.txt").read_bytes() == b"caf\xe9 owner: <EMAIL>\r\nline two\r\n"
-    # pyarrow quotes every value once one needs quotes; the values themselves stay as written.
-    rows = list(csv.reader(io.StringIO((out / "quoted.csv").read_text())))
-    assert rows == [["sku", "note", "email"], ["00123", 'x, "y"', "<EMAIL>"]]
+    # Only values that need quotes get them (pyarrow quoted every value then), and a line break inside a
+    # value is kept as it was (a CRLF file's "\n" in a value became "\r\n").
+    assert (out / "quoted.csv").read_bytes() == b'sku,note,email\n00123,"x, ""y""",<EMAIL>\n'
+    assert (out / "multiline.csv").read_bytes() == b'email,note\r\n<EMAIL>,"one\ntwo"\r\n***,"a\rb"\r\n'
 
 
 def test_pii_outside_the_chosen_columns_is_reported(platform: Platform, tmp_path: Path) -> None:
@@ -230,3 +230,21 @@ def test_one_file_per_person_or_host_is_renamed_with_numbers_not_refused(
         "[IP_ADDRESS].log": "one\n",
         "[IP_ADDRESS]_2.log": "two\n",
     }
+
+
+def test_an_empty_table_file_is_not_refused_as_unparseable(platform: Platform, tmp_path: Path) -> None:
+    """A 0-byte export holds no PII, but anonymise refused the whole version over it (a table that
+    could not be parsed) and scan listed it as not scanned."""
+    ctx = platform.context()
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("empty.csv", "empty.parquet", "empty.jsonl"):
+        (root / name).write_bytes(b"")
+    (root / "people.csv").write_bytes(b"email\nal@example.com\n")
+    _add(platform, root, "e")
+    assert scan(platform, ctx, "e@1")["skipped"] == {}
+    new = anonymize(platform, ctx, "e@1")
+    out = tmp_path / "out"
+    checkout(platform, ctx, f"e@{new.version}", out)
+    assert (out / "empty.csv").read_bytes() == b""
+    assert (out / "people.csv").read_bytes() == b"email\n<EMAIL>\n"

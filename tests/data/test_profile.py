@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -98,6 +99,19 @@ def test_a_deeply_nested_json_line_is_skipped_not_a_crash(
     ), out.stderr[-500:]
 
 
+def test_a_json_line_longer_than_the_reader_takes_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """The depth check read line by line, so a one-line file was read whole (up to the 512 MiB bound) just
+    to be refused by pyarrow, which cannot read a line longer than two of its blocks."""
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(b'{"a": "' + b"x" * (16 << 20) + b'"}\n')
+    with open(path, "rb") as f:
+        with pytest.raises(ValueError, match="cannot read it as jsonl"):
+            _profile.read_table(f, "jsonl")
+        assert f.tell() <= (2 << 20) + 1  # two 1 MiB blocks
+    small = b'{"a": "' + b"x" * ((1 << 20) + 10) + b'"}\n{"a": "y"}\n'  # one block and a bit
+    assert _profile.read_table(io.BytesIO(small), "jsonl").num_rows == 2
+
+
 def test_a_column_without_statistics_leaves_the_table_its_others(platform: Platform, tmp_path: Path) -> None:
     """A duration column has no min_max kernel: the add used to fail (and audit nothing)."""
     root = tmp_path / "t"
@@ -109,6 +123,21 @@ def test_a_column_without_statistics_leaves_the_table_its_others(platform: Platf
     assert cols["elapsed"] == {"type": "duration[s]", "kind": "temporal", "count": 2, "nulls": 0}
     assert (cols["trip"]["min"], cols["trip"]["max"]) == (1, 2)
     assert info.profile["skipped"] == {}
+
+
+def test_a_csv_with_repeated_column_names_is_profiled_not_a_crash(
+    platform: Platform, tmp_path: Path, make_tree: MakeTree
+) -> None:
+    """Spreadsheet exports repeat headers ("id,id", "email,email"): the add died with pyarrow's KeyError
+    while looking for number columns written as codes, and recorded nothing."""
+    root = make_tree(tmp_path / "t", {"dup.csv": b"id,id,email,email\n1,2,a@example.com,b@example.org\n"})
+    info = data.add_version(platform, platform.context(), root, "dup")
+    cols = info.profile["tables"]["dup.csv"]["columns"]
+    assert sorted(cols) == ["email", "email (column 4)", "id", "id (column 2)"]
+    assert (cols["id"]["min"], cols["id (column 2)"]["min"]) == (1, 2)
+    assert info.profile["skipped"] == {}
+    report = data.scan(platform, platform.context(), "dup@1")
+    assert report["tables"]["dup.csv"] == {"email": {"email": 2}}
 
 
 def test_large_integers_keep_exact_bounds_and_a_constant_column_one_bin(

@@ -16,7 +16,7 @@ from modelyard.core import Platform
 from modelyard.core._models import Blob, DatasetVersion
 from modelyard.data import _manifest, _profile
 from modelyard.errors import IntegrityError, NotFoundError, UsageError
-from modelyard.testing import same_tree
+from modelyard.testing import Yard, same_tree
 
 MakeTree = Callable[[Path, dict[str, bytes]], Path]
 
@@ -60,6 +60,26 @@ def test_diff_reports_added_removed_and_table_changes(platform: Platform, tree: 
     assert change["columns_added"] == ["extra"]
     assert change["stats"]["score"]["max"] == [1.5, 9.5]
     assert json.loads(json.dumps(d.as_dict()))["added"][0]["path"] == "new.txt"
+
+
+def test_diff_reports_a_table_that_lost_or_gained_its_statistics(
+    platform: Platform, tree: Path, yard: Yard
+) -> None:
+    """A table that no longer parses (a broken export) left diff's table section silent: its schema was
+    gone and only "~ table.csv" said anything had changed."""
+    ctx = platform.context()
+    data.add_version(platform, ctx, tree, "ds")
+    (tree / "table.csv").write_bytes(b"id,city\n1,Paris,extra\n")
+    data.add_version(platform, ctx, tree, "ds")
+    (tree / "table.csv").write_bytes(b"id\n1\n")
+    data.add_version(platform, ctx, tree, "ds")
+    lost = data.diff(platform, ctx, "ds@1", "ds@2").tables["table.csv"]
+    assert lost["rows"] == [3, None] and lost["columns_removed"] == []  # unknown, not removed
+    assert lost["no_statistics"][0] is None and "cannot read it as csv" in lost["no_statistics"][1]
+    gained = data.diff(platform, ctx, "ds@2", "ds@3").tables["table.csv"]
+    assert gained["rows"] == [None, 1] and gained["no_statistics"][1] is None
+    out = yard("data", "diff", "ds@1", "ds@2").out
+    assert "table table.csv: no statistics in ds@2: cannot read it as csv" in out
 
 
 def test_unchanged_tree_gives_no_new_version(platform: Platform, tree: Path) -> None:

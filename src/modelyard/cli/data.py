@@ -194,6 +194,12 @@ def diff(
     for x, y in result.changed:
         console.print(f"~ {x.path}  ({_human(x.size)} -> {_human(y.size)})", markup=False)
     for path, change in result.tables.items():
+        reasons = change.get("no_statistics")
+        if reasons:
+            for spec, why in zip((result.a, result.b), reasons, strict=True):
+                if why:
+                    console.print(f"table {path}: no statistics in {spec}: {why}", markup=False)
+            continue
         console.print(f"table {path}: rows {change['rows'][0]} -> {change['rows'][1]}", markup=False)
         for col in change["columns_added"]:
             console.print(f"    + column {col}", markup=False)

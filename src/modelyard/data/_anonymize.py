@@ -110,23 +110,25 @@ def _read_csv(path: Path) -> Any:
 
 def _write_csv(table: Any, path: Path, original: bytes) -> None:
     """``table`` (all strings) as CSV in ``original``'s form: values bare unless one needs quotes, its
-    line ending, byte-order mark and final newline."""
-    import pyarrow as pa
-    from pyarrow import csv
+    line ending, byte-order mark and final newline. Written here, not by pyarrow, which quotes every
+    string once one needs quotes; nor by the csv module, which leaves a "\r" in a value bare when
+    lines end in "\n"."""
+    ending = b"\r\n" if original.split(b"\n", 1)[0].endswith(b"\r") else b"\n"
+    single = table.num_columns == 1  # a lone empty value must read as a row, not a blank line
 
-    for quoting in ("none", "needed"):
-        buf = pa.BufferOutputStream()
-        try:
-            csv.write_csv(table, buf, csv.WriteOptions(quoting_style=quoting, quoting_header=quoting))
-        except pa.ArrowInvalid:  # a value holds a delimiter or quote (the message quotes it: never shown)
-            continue
-        break
-    data = buf.getvalue().to_pybytes()
-    first_line = original.split(b"\n", 1)[0]
-    if first_line.endswith(b"\r"):  # values cannot hold line breaks (newlines_in_values is off)
-        data = data.replace(b"\n", b"\r\n")
+    def cell(value: str | None) -> str:
+        if not value:
+            return '""' if single else ""
+        if any(c in value for c in ',"\r\n'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    lines = [",".join(map(cell, table.column_names)).encode()] if table.num_columns else []
+    columns = [c.to_pylist() for c in table.columns]
+    lines += [",".join(map(cell, row)).encode() for row in zip(*columns, strict=True)]
+    data = b"".join(line + ending for line in lines)
     if not original.endswith(b"\n"):
-        data = data.removesuffix(b"\r\n").removesuffix(b"\n")
+        data = data.removesuffix(ending)
     if original.startswith(b"\xef\xbb\xbf"):
         data = b"\xef\xbb\xbf" + data
     path.write_bytes(data)
@@ -177,6 +179,8 @@ def _scan_tree(tree: Path) -> dict[str, Any]:
         if found_in_name:
             out["names"][shown] = found_in_name
         fmt = _profile.table_format(name)
+        if fmt is not None and path.stat().st_size == 0:  # an empty export: nothing to parse or find
+            continue
         if fmt is not None:
             try:
                 found = _scan_table_file(path, fmt)
@@ -341,6 +345,8 @@ def anonymize(
         unprocessed: list[str] = []
         for member, path in _files(tree):
             fmt = _profile.table_format(member)
+            if fmt is not None and path.stat().st_size == 0:  # nothing to redact, though not a valid table
+                continue
             if fmt is not None:
                 try:
                     seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))

@@ -82,15 +82,17 @@ def _luhn_ok(digits: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Email: pragmatic RFC 5322 subset (dot-atoms of [A-Za-z0-9_%+-], ASCII domain, alphabetic TLD).
-# The lookbehind makes a local part start only at the beginning of its token, so 'a' * 10**6 + '@'
-# is one linear attempt, not a quadratic one; the domain is bounded to 8 labels of <= 63 chars.
+# Email: pragmatic RFC 5322/6531 subset (dot-atoms of letters, digits and _%+-, in any script, as the
+# domain's labels; an alphabetic or punycode TLD). ASCII-only letters redacted "jörg.müller@x.de" to
+# "jörg.mü<EMAIL>", leaving the name. The lookbehind makes a local part start only at the beginning of
+# its token, so 'a' * 10**6 + '@' is one linear attempt, not a quadratic one; the domain is bounded to
+# 8 labels of <= 63 chars.
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9_%+\-.])"
-    r"[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}"
-    r"(?P<tld>[A-Za-z]{2,24})"
-    r"(?![A-Za-z0-9_\-])"
+    r"(?<![\w%+\-.])"
+    r"[\w%+\-]+(?:\.[\w%+\-]+)*"
+    r"@(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.){1,8}"
+    r"(?P<tld>[^\W\d_]{2,24}|xn--[A-Za-z0-9]{2,59})"
+    r"(?![\w\-])"
 )
 # File extensions that are not TLDs: "icon@2x.png" is an asset name, not an address.
 _NOT_TLDS = frozenset(
@@ -616,6 +618,8 @@ def _map_column(column: Any, fn: Callable[[str], str]) -> Any:
 
 
 def _mask_cell(value: str) -> str:
+    if not value:  # a CSV's missing value: "***" would say one was there
+        return value
     redacted = redact_text(value)
     # Nothing detected: the user still named the column sensitive, so hide the whole cell.
     return redacted if redacted != value else _MASK
@@ -625,6 +629,8 @@ def _hasher(salt: bytes) -> Callable[[str], str]:
     keyed = hmac.new(salt, digestmod=hashlib.sha256)
 
     def digest(value: str) -> str:
+        if not value:  # one token for every missing value would join them all to one another
+            return value
         h = keyed.copy()
         h.update(value.encode("utf-8"))
         return "h:" + h.hexdigest()[:32]
@@ -656,9 +662,10 @@ def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt
     is not changed), or ``table`` itself when there is nothing to change.
 
     ``columns=None`` means the columns where :func:`scan_table` finds PII. ``mask`` replaces
-    detected spans with ``<KIND>`` and cells without any with ``***``; ``hash`` replaces each cell
+    detected spans with ``<KIND>`` and other non-empty cells with ``***``; ``hash`` replaces each cell
     with ``h:`` + the first 32 hex digits of HMAC-SHA256(salt, cell) (deterministic per salt, so joins
-    still work); ``drop`` removes the columns. Nulls stay null; masked/hashed columns become strings.
+    still work); ``drop`` removes the columns. Nulls stay null and empty cells empty; masked/hashed
+    columns become strings.
     A column name holding PII is redacted (``<EMAIL>``) whatever the method.
     """
     fn = cell_function(method, salt)

@@ -60,6 +60,9 @@ _CODE_TEXT = r"^\s*(0[0-9]|\+[0-9]{7,}\s*$)"
 # pyarrow's JSON reader recurses once per nesting level and crashes the process (SIGSEGV, not an error)
 # somewhere past 16,000 levels: a 40 KB line of brackets killed `yard data add`. Real tables nest a few.
 MAX_JSON_DEPTH = 1000
+# The JSON reader's block size, set rather than left to pyarrow's default: a line longer than two blocks is
+# always refused by it ("straddles two block boundaries"), so the depth check reads no more of a line.
+JSON_BLOCK = 1 << 20
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
@@ -100,15 +103,18 @@ def read_table(source: str | BinaryIO, fmt: str) -> Any:
         if not isinstance(source, str):
             _check_json_depth(source)
             source.seek(0)
-        return pajson.read_json(source)
+        return pajson.read_json(source, read_options=pajson.ReadOptions(block_size=JSON_BLOCK))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
         raise ValueError(_unreadable(fmt)) from None
 
 
 def _check_json_depth(source: BinaryIO) -> None:
-    """ValueError when a line of the JSON-lines file nests deeper than MAX_JSON_DEPTH. A raw newline cannot
-    be inside a JSON value, so each line starts at depth 0; only a line with that many brackets is walked."""
-    for line in source:
+    """ValueError when a line of the JSON-lines file nests deeper than MAX_JSON_DEPTH, or is too long for the
+    reader (read at most that far, not whole). A raw newline cannot be inside a JSON value, so each line
+    starts at depth 0; only a line with that many brackets is walked."""
+    while line := source.readline(2 * JSON_BLOCK + 1):
+        if len(line) > 2 * JSON_BLOCK:
+            raise ValueError(_unreadable("jsonl"))
         if line.count(b"[") + line.count(b"{") <= MAX_JSON_DEPTH:
             continue
         depth = 0
@@ -160,11 +166,12 @@ def _codes_as_text(source: BinaryIO, table: Any) -> Any:
     from pyarrow import csv
 
     names = table.column_names
+    # A repeated name (a spreadsheet's "id,id") cannot be selected by name: such columns stay as read.
     ints = [
         n
         for n in names
-        if (pa.types.is_integer(t := table.schema.field(n).type) or pa.types.is_floating(t))
-        and names.count(n) == 1
+        if names.count(n) == 1
+        and (pa.types.is_integer(t := table.schema.field(n).type) or pa.types.is_floating(t))
     ]
     if not ints:
         return table
@@ -362,9 +369,21 @@ def loads(text: str) -> dict[str, Any]:
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Schema and statistics changes of tables present in both profiles, by member path."""
+    """Schema and statistics changes of tables present in both profiles, by member path. A table profiled
+    in one and skipped in the other (it stopped or started parsing) has ``no_statistics``: the reason
+    for each side, None where it was profiled."""
     changes: dict[str, Any] = {}
     ta, tb = a.get("tables", {}), b.get("tables", {})
+    sa, sb = a.get("skipped", {}), b.get("skipped", {})
+    for path in (set(ta) & set(sb)) | (set(sa) & set(tb)):
+        changes[path] = {
+            "rows": [ta.get(path, {}).get("rows"), tb.get(path, {}).get("rows")],
+            "columns_added": [],
+            "columns_removed": [],
+            "type_changes": {},
+            "stats": {},
+            "no_statistics": [sa.get(path), sb.get(path)],
+        }
     for path in sorted(set(ta) & set(tb)):
         x, y = ta[path], tb[path]
         if x.get("sha256") == y.get("sha256"):
@@ -390,4 +409,4 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             if delta:
                 entry["stats"][c] = delta
         changes[path] = entry
-    return changes
+    return dict(sorted(changes.items()))

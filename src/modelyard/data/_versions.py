@@ -132,15 +132,18 @@ def vars_(m: _manifest.Member) -> dict[str, Any]:
 
 def check_dataset_name(name: str) -> str:
     try:
-        return check_name(name, "dataset")
+        check_name(name, "dataset")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if name.endswith("\n"):  # check_name's `$` matches before a final newline: "ds\n" would list as "ds"
+        raise UsageError(f"dataset name {name!r} is not valid: it ends with a newline")
+    return name
 
 
 def parse_spec(text: str, *, version_required: bool = True) -> tuple[str, int | None]:
     """``NAME@VERSION`` (or ``NAME`` for the latest, where allowed) -> (name, version or None)."""
     expected = "expected NAME@VERSION such as reviews@3" + ("" if version_required else " or NAME")
-    m = _SPEC_RE.match(text) if isinstance(text, str) else None
+    m = _SPEC_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise UsageError(f"{text!r} is not a dataset version; {expected}")
     name = check_dataset_name(m["name"])
