@@ -18,8 +18,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from modelyard.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
-_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 def default_home() -> Path:

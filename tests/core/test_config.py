@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.config import Settings, load_settings, write_home_config
-from modelyard.core import MetadataStore
+from modelyard.core import MetadataStore, Platform
 from modelyard.errors import ConfigError, UsageError
 
 
@@ -263,3 +263,23 @@ def test_import_ignores_an_invalid_environment(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "imported"
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_name_with_a_final_newline_is_refused_everywhere(platform: Platform) -> None:
+    """A regex ``$`` also matches before a final newline: "alice\\n" passed as a user distinct from "alice"
+    that every listing shows as "alice" (an audit log naming the wrong person), "m\\n@prod\\n" as a model."""
+    from modelyard.config import check_name
+    from modelyard.core import Role, add_user
+    from modelyard.registry import parse_spec
+
+    for name in ("alice\n", "alice\n\n"):
+        with pytest.raises(ValueError, match="not valid"):
+            check_name(name, "user")
+        with pytest.raises(UsageError):
+            add_user(platform, platform.context(), name, Role.VIEWER)
+    for spec in ("m\n", "m@prod\n", "m\n@3"):
+        with pytest.raises(UsageError):
+            parse_spec(spec)
+    with pytest.raises(ConfigError):
+        load_settings(region="me-central-1\n")
+    assert check_name("alice", "user") == "alice" and parse_spec("m@prod") == ("m", "prod")

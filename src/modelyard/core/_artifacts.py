@@ -63,7 +63,7 @@ from modelyard.errors import (
 )
 
 log = logging.getLogger("modelyard.artifacts")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # Rows per executemany of claim (SQLAlchemy splits them into statements within the driver's limits).
 _CLAIM_ROWS = 1000
 _SQLITE_CLAIM = (

@@ -200,7 +200,7 @@ def list_users(platform: Platform, ctx: Context) -> list[MemberInfo]:
 
 # -- tokens -----------------------------------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
+_DURATION_RE = re.compile(r"^(\d+)([smhdw])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _MAX_DURATION = timedelta(days=36525)
 

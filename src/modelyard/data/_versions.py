@@ -51,7 +51,7 @@ from modelyard.errors import (
 log = logging.getLogger("modelyard.data")
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
-_SPEC_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>[^@]*))?$")
+_SPEC_RE = re.compile(r"^(?P<name>[^@]+?)(?:@(?P<version>[^@]*))?\Z")
 _GET_BATCH = 256
 _CLAIM_CHUNK = 1000  # spilled blobs claimed per statement batch (bounds peak memory)
 

@@ -55,7 +55,7 @@ _RULE_RE = re.compile(
     r"^\s*(?P<signal>[a-z_]+(?:\.[A-Za-z0-9_]+)?)\s*(?P<op>>=|<=|>|<)\s*(?P<n>-?\d+(?:\.\d+)?)\s*$"
 )
 _SIGNALS = re.compile(
-    r"^(drift\.(share|input|output)|quality\.\w+|quality_drop\.\w+|latency\.p(50|95)_ms|requests)$"
+    r"^(drift\.(share|input|output)|quality\.\w+|quality_drop\.\w+|latency\.p(50|95)_ms|requests)\Z"
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from modelyard.training._recipe import Recipe
 
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
-_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*$")
+_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*\Z")
 Progress = Callable[[str], None]
 NO_PRUNE = "--structured and --prune-finetune describe --prune SHARE; give --prune too, e.g. --prune 0.3"
 

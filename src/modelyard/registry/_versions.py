@@ -53,10 +53,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "modelyard.model-version/1"
 ALIAS_FORMAT = "modelyard.alias/1"
-_SPEC_RE = re.compile(r"^(?P<name>[^@]+)(?:@(?P<ref>[^@]+))?$")
-_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_RUN_ID_RE = re.compile(r"^[0-9a-f]{6,32}$")  # a run id, or a unique prefix of it (as `yard runs ls` shows)
-_VARIANT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SPEC_RE = re.compile(r"^(?P<name>[^@]+)(?:@(?P<ref>[^@]+))?\Z")
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{6,32}\Z")  # a run id, or a unique prefix of it (as `yard runs ls` shows)
+_VARIANT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 LATEST = "latest"
 
 

@@ -56,7 +56,7 @@ SIDE_FILES = (
     "spiece.model",
 )
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 _CHUNK = 1 << 20
 
 

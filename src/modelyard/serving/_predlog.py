@@ -146,7 +146,7 @@ class LoggedPrediction:
     target: str | None = None  # feedback, when some was posted
 
 
-_REQUEST_ID = re.compile(rf"^[0-9a-f]{{{REQUEST_ID_CHARS}}}$")
+_REQUEST_ID = re.compile(rf"^[0-9a-f]{{{REQUEST_ID_CHARS}}}\Z")
 
 
 def record_feedback(

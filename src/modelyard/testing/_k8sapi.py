@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-_JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?$")
-_CORE = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|events)$")
+_JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?\Z")
+_CORE = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|events)\Z")
 _NOW = "2026-01-01T00:00:00Z"
 
 

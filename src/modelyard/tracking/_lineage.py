@@ -28,10 +28,10 @@ from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import NotFoundError, UsageError
 
 KINDS = ("dataset", "run", "artifact", "model", "deployment")
-_REF_RE = re.compile(r"^(?P<kind>[a-z]+):(?P<id>[A-Za-z0-9][A-Za-z0-9._@:/-]{0,290})$")
-_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_VERSIONED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+$")
+_REF_RE = re.compile(r"^(?P<kind>[a-z]+):(?P<id>[A-Za-z0-9][A-Za-z0-9._@:/-]{0,290})\Z")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_VERSIONED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+\Z")
 MAX_DEPTH = 50
 
 

@@ -56,10 +56,10 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_NAME = 256
 # Letters, digits and a few separators, like MLflow's key rule; no leading '/', no '..' segment.
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,250}$")
-_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- /]{0,127}$")
-_DATASET_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<version>[0-9]{1,9}))?$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,250}\Z")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+_EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- /]{0,127}\Z")
+_DATASET_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<version>[0-9]{1,9}))?\Z")
 _ROWS = 500  # rows per multi-row statement, well under SQLite's bound-variable limit
 REAPER = "system:reaper"
 DEFAULT_EXPERIMENT = "Default"

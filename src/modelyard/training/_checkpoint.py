@@ -30,7 +30,7 @@ from modelyard.training._model import _fsync_dir, _scan, _sha256
 
 CKPT_FORMAT = "modelyard.checkpoint/1"
 MANIFEST = "manifest.json"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STEP_DIR = re.compile(r"^step-(\d{8})\Z")
 _FILES = ("model.safetensors", "state.safetensors", "state.json")
 
 

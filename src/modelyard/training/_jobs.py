@@ -86,7 +86,7 @@ MAX_MEMORY = 1 << 50  # 1 PiB
 CLUSTER_POLL_S = 10.0  # how often `yard jobs logs -f` asks the cluster about a job that has not started
 MAX_LOG_CHARS = 64 << 20  # per attempt; past it the output is dropped with one marker line
 _LOG_CHUNK = 256 << 10
-_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 # Binary units, as Docker's --memory reads them: 8G is 8 GiB. Kubernetes' own suffixes (Gi, Mi) work too.
 _MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}

@@ -48,9 +48,9 @@ SECRET_KEYS: tuple[tuple[str, str, bool], ...] = (
     ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key", True),
 )
 MAX_RECIPE_ANNOTATION = 200_000  # bytes: Kubernetes allows 256 KiB of annotations (UTF-8) per object
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
 
 
 def _label(value: str) -> str:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # -- scalar types ------------------------------------------------------------------------------------------
 
-_SPEC_RE = re.compile(r"^(?P<name>[^@]+)@(?P<version>[^@]*)$")
+_SPEC_RE = re.compile(r"^(?P<name>[^@]+)@(?P<version>[^@]*)\Z")
 
 
 def _check_spec(value: str) -> str:
