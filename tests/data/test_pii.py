@@ -137,6 +137,10 @@ def planted_values() -> dict[str, list[str]]:
             "04 123 4567",
             "07700 900123",
             "020 7946 0958",
+            "00971 50 123 4567",  # the "00" international prefix
+            "0044 7700 900123",
+            "1-415-555-2671",  # NANP with its country code
+            "1 (212) 555-0188",
         ],
         "credit_card": [
             cards[0],
@@ -260,6 +264,10 @@ def clean_values() -> list[str]:
         "1+2=3",
         "score +1234567 and +5 points",
         "05 123 4567",
+        "00971501234567",  # compact: a zero-padded id as often as a phone
+        "batch 0012 3456",
+        "0001 0002 0003 0004",
+        "1-23-4567",
         # email-like
         "user@localhost",
         "@handle",

@@ -117,11 +117,17 @@ def _find_emails(text: str) -> Iterator[tuple[int, int]]:
 # Phone numbers. E.164-style international numbers need the leading "+"; national formats are an
 # explicit list (NANP, UAE, UK) because a generic "some digits with separators" rule flags dates.
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){7,14}" + _NUM_R)
+# The same with the "00" international prefix, written with separators ("00971 50 123 4567"): a compact
+# "00971501234567" looks like a zero-padded id, so it is left alone.
+_PHONE_00 = re.compile(_NUM_L + r"00[1-9]\d{0,2}(?:[ .\-]\d{1,6}){2,5}" + _NUM_R)
 _PHONE_NATIONAL = [
-    # NANP: (555) 123-4567, 555-123-4567, 555.123.4567 (one separator kind). Not "555 123 4567":
-    # space-separated number lists ("sizes 250 500 1000") look the same.
+    # NANP: (555) 123-4567, 555-123-4567, 555.123.4567 (one separator kind), with or without the country
+    # code (1-555-123-4567, 1 (555) 123-4567). Not "555 123 4567": space-separated number lists ("sizes
+    # 250 500 1000") look the same.
     re.compile(
-        _NUM_L + r"(?:\([2-9]\d{2}\)[ .\-]?|[2-9]\d{2}(?P<s>[.\-]))\d{3}(?(s)(?P=s)|[ .\-])\d{4}" + _NUM_R
+        _NUM_L
+        + r"(?:1[ .\-]?)?(?:\([2-9]\d{2}\)[ .\-]?|[2-9]\d{2}(?P<s>[.\-]))\d{3}(?(s)(?P=s)|[ .\-])\d{4}"
+        + _NUM_R
     ),
     # UAE mobile 05X (050 123 4567, 0501234567) and landline 0A with a separator (04 123 4567).
     re.compile(
@@ -146,6 +152,9 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             opens, closes = s.count("("), s.count(")")
             if opens != closes or opens > 1 or (opens and s.index("(") > s.index(")")):
                 continue
+            yield m.span()
+    for m in _PHONE_00.finditer(text):
+        if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
             yield m.span()
     for pattern in _PHONE_NATIONAL:
         for m in pattern.finditer(text):
