@@ -272,3 +272,25 @@ def test_a_run_is_judged_by_its_own_processes_timeout_not_the_reapers(platform: 
             assert s.scalar(select(RunRow.status).where(RunRow.id == slow)) == "RUNNING"
     finally:
         patient.close()
+
+
+# -- an exception message that no store can hold as it is -------------------------------------------------
+def test_a_run_failing_with_a_nul_or_bad_byte_in_its_reason_still_ends(any_platform: Platform) -> None:
+    # Python turns undecodable bytes of a file name into lone surrogates; a message may hold a NUL.
+    # Neither can be stored (not UTF-8; PostgreSQL refuses NUL): the end failed and the run stayed RUNNING.
+    client = Client(platform=any_platform)
+    name = "/nonexistent/caf\udce9.csv"  # what b"caf\xe9.csv" from a latin-1 disk decodes to
+    try:
+        with pytest.raises(FileNotFoundError), client.start_run("reasons", capture=False) as run:
+            Path(name).read_bytes()
+        info = client.get_run(run.id)
+        assert info.status == "FAILED"
+        assert info.reason is not None and info.reason.endswith("'/nonexistent/caf\\udce9.csv'")
+        with pytest.raises(ValueError), client.start_run("reasons", capture=False) as run:
+            raise ValueError("a\x00b")
+        assert client.get_run(run.id).status == "FAILED"
+        assert client.get_run(run.id).reason == "ValueError: a\\x00b"
+        with pytest.raises(UsageError, match="reason must be a string"):
+            _store.end_run(any_platform, client.ctx, run.id, "FAILED", 5)  # type: ignore[arg-type]
+    finally:
+        client.close()

@@ -364,10 +364,19 @@ def end_run(
     check_run_id(run_id)
     if status not in TERMINAL:
         raise UsageError(f"status {status!r} is not a final status; expected one of {', '.join(TERMINAL)}")
+    if reason is not None and not isinstance(reason, str):
+        raise UsageError(f"reason must be a string, got {type(reason).__name__}")
     with platform.mutate(ctx, "run.write", run_ref(run_id), {"status": status}) as s:
         run = _run_row(s, ctx, run_id)
         run.status, run.end_time = status, utcnow()
-        run.reason = reason[:2000] if reason else None
+        run.reason = _storable(reason)[:2000] if reason else None
+
+
+def _storable(text: str) -> str:
+    """``text`` with what no store can hold written as escapes: NUL (PostgreSQL refuses it) and lone
+    surrogates (not UTF-8; Python makes them of undecodable bytes in file names and argv). A reason is
+    usually an exception's message, and refusing it would leave the run RUNNING."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def delete_run(platform: Platform, ctx: Context, run_id: str) -> None:
