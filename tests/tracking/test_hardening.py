@@ -191,6 +191,17 @@ def test_the_cmd_tag_holds_no_secret(client: Client, monkeypatch: pytest.MonkeyP
     assert cmd == "train.py --hf-token *** --api-key=*** WANDB_API_KEY=*** --lr=1"
 
 
+def test_an_argument_that_is_not_utf8_does_not_stop_the_run(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python decodes the bytes of `train.py caf\xe9.csv` to a lone surrogate, which no store can hold:
+    # every start_run with capture (the default) of such a command failed with a UnicodeEncodeError.
+    monkeypatch.setattr(sys, "argv", ["train.py", b"caf\xe9.csv".decode("utf-8", "surrogateescape")])
+    with client.start_run("capture") as run:
+        pass
+    assert client.get_run(run.id).tags["cmd"] == "train.py 'caf\\udce9.csv'"
+
+
 # -- 6. a refused param change keeps the values out of the audit chain --------------------------------------
 def test_a_refused_param_change_audits_the_key_but_not_the_values(client: Client) -> None:
     with client.start_run("params", capture=False) as run:

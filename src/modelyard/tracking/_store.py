@@ -137,6 +137,13 @@ def _text(kind: str, key: str, value: object, limit: int) -> str:
         raise ValidationError(f"{kind} {key!r}: value has {len(text)} characters; at most {limit} allowed")
     if "\x00" in text:
         raise ValidationError(f"{kind} {key!r}: value contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: Python's stand-in for an undecodable byte
+        raise ValidationError(
+            f"{kind} {key!r}: value is not valid Unicode: {text[exc.start]!r} at position {exc.start} "
+            "(an undecodable byte of a file name or argument?); decode the bytes properly or escape them"
+        ) from None
     return text
 
 
