@@ -390,6 +390,14 @@ class Client:
         _store.reap_stale_runs(self.platform, self.ctx)
         if run_id is not None:
             _store.check_run_id(run_id)
+            with self._lock:
+                if run_id in self._active:
+                    # A second handle replaced the first in _active: whichever ended first dropped the
+                    # other from it, and that one was then never flushed or ended at close or exit.
+                    raise UsageError(
+                        f"run {run_id} is already active in this client (another thread or task holds "
+                        "its handle): log through that Run object, or continue it from another Client"
+                    )
             _store.resume_run(self.platform, self.ctx, run_id)
             info = _store.get_run(self.platform, self.ctx, run_id)
             run = Run(self, run_id, info.experiment, info.parent_id)
