@@ -297,6 +297,8 @@ def test_compare_history_delete(client: Client) -> None:
     cmp = client.compare_runs(ids)
     assert cmp.param_keys == ["bs", "lr"] and cmp.differing_params == ["lr"] and cmp.metric_keys == ["loss"]
     assert [p.step for p in client.metric_history(ids[0])["loss"]] == [0, 1, 2]
+    # One key as a string, as MLflow's get_metric_history takes it: it was read as the keys 'l', 'o', 's'.
+    assert [p.step for p in client.metric_history(ids[0], "loss")["loss"]] == [0, 1, 2]
     client.delete_run(ids[0])
     with pytest.raises(NotFoundError):
         client.get_run(ids[0])

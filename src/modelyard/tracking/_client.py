@@ -542,7 +542,10 @@ class Client:
         differing = [k for k in params if len({r.params.get(k) for r in runs}) > 1]
         return Comparison(runs, params, metrics, differing)
 
-    def metric_history(self, run_id: str, keys: Sequence[str] | None = None) -> dict[str, list[MetricPoint]]:
+    def metric_history(
+        self, run_id: str, keys: Sequence[str] | str | None = None
+    ) -> dict[str, list[MetricPoint]]:
+        """Every point of the run's metrics, or of ``keys`` (a list, or one key such as ``"loss"``)."""
         return _store.metric_history(self.platform, self.ctx, run_id, keys)
 
     def list_artifacts(self, run_id: str) -> list[tuple[str, str, int]]:

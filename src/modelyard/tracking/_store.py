@@ -539,10 +539,13 @@ def _write_metric_batch(
 
 
 def metric_history(
-    platform: Platform, ctx: Context, run_id: str, keys: Iterable[str] | None = None
+    platform: Platform, ctx: Context, run_id: str, keys: Iterable[str] | str | None = None
 ) -> dict[str, list[MetricPoint]]:
-    """Every point of a run's metrics (or of ``keys``), ordered by step and time."""
+    """Every point of a run's metrics (or of ``keys``, or of the one key ``keys``), ordered by step and
+    time."""
     check_run_id(run_id)
+    if isinstance(keys, str):  # MLflow's get_metric_history(run_id, "loss"): one key, not its letters
+        keys = [keys]
     wanted = [check_key(k, "metric key") for k in keys] if keys is not None else None
     platform.authorize(ctx, "run.read", run_ref(run_id))
     with platform.db.read() as s:
