@@ -191,6 +191,17 @@ def test_the_cmd_tag_holds_no_secret(client: Client, monkeypatch: pytest.MonkeyP
     assert cmd == "train.py --hf-token *** --api-key=*** WANDB_API_KEY=*** --lr=1"
 
 
+def test_an_argument_that_is_not_utf8_does_not_stop_the_run(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python decodes the bytes of `train.py caf\xe9.csv` to a lone surrogate, which no store can hold:
+    # every start_run with capture (the default) of such a command failed with a UnicodeEncodeError.
+    monkeypatch.setattr(sys, "argv", ["train.py", b"caf\xe9.csv".decode("utf-8", "surrogateescape")])
+    with client.start_run("capture") as run:
+        pass
+    assert client.get_run(run.id).tags["cmd"] == "train.py 'caf\\udce9.csv'"
+
+
 # -- 6. a refused param change keeps the values out of the audit chain --------------------------------------
 def test_a_refused_param_change_audits_the_key_but_not_the_values(client: Client) -> None:
     with client.start_run("params", capture=False) as run:
@@ -272,3 +283,25 @@ def test_a_run_is_judged_by_its_own_processes_timeout_not_the_reapers(platform: 
             assert s.scalar(select(RunRow.status).where(RunRow.id == slow)) == "RUNNING"
     finally:
         patient.close()
+
+
+# -- an exception message that no store can hold as it is -------------------------------------------------
+def test_a_run_failing_with_a_nul_or_bad_byte_in_its_reason_still_ends(any_platform: Platform) -> None:
+    # Python turns undecodable bytes of a file name into lone surrogates; a message may hold a NUL.
+    # Neither can be stored (not UTF-8; PostgreSQL refuses NUL): the end failed and the run stayed RUNNING.
+    client = Client(platform=any_platform)
+    name = "/nonexistent/caf\udce9.csv"  # what b"caf\xe9.csv" from a latin-1 disk decodes to
+    try:
+        with pytest.raises(FileNotFoundError), client.start_run("reasons", capture=False) as run:
+            Path(name).read_bytes()
+        info = client.get_run(run.id)
+        assert info.status == "FAILED"
+        assert info.reason is not None and info.reason.endswith("'/nonexistent/caf\\udce9.csv'")
+        with pytest.raises(ValueError), client.start_run("reasons", capture=False) as run:
+            raise ValueError("a\x00b")
+        assert client.get_run(run.id).status == "FAILED"
+        assert client.get_run(run.id).reason == "ValueError: a\\x00b"
+        with pytest.raises(UsageError, match="reason must be a string"):
+            _store.end_run(any_platform, client.ctx, run.id, "FAILED", 5)  # type: ignore[arg-type]
+    finally:
+        client.close()

@@ -14,7 +14,7 @@ from modelyard.cli import main
 from modelyard.core import Context, Platform, Role, create_project
 from modelyard.core._models import LineageEdge
 from modelyard.errors import NotFoundError, UsageError
-from modelyard.testing import actor
+from modelyard.testing import actor, make_platform
 from modelyard.tracking import lineage, parse_ref
 from modelyard.tracking._lineage import add_edges, downstream_refs
 
@@ -87,6 +87,31 @@ def test_depth_limit_marks_truncation(platform: Platform, admin: Context) -> Non
     assert leaf.ref == "dataset:d@3" and leaf.truncated and not leaf.children
     with pytest.raises(UsageError, match="depth"):
         lineage(platform, admin, "dataset:d@1", depth=0)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_dataset_read_by_more_runs_than_one_query_can_bind_still_walks(
+    postgres_url: str, home: Path
+) -> None:
+    # The next level's 66,000 runs went into one IN list: PostgreSQL binds at most 65,535 parameters, so
+    # `yard lineage show` and `yard data rm` of a widely used dataset version failed with a BackendError.
+    p = make_platform(home, database_url=postgres_url)
+    try:
+        ctx = p.context()
+        runs = [f"run:{i:032x}" for i in range(66_000)]
+        _edges(
+            p, ctx, [("dataset:d@1", r, "input") for r in runs] + [(runs[-1], f"artifact:{DIGEST}", "output")]
+        )
+        _, down = lineage(p, ctx, "dataset:d@1", depth=2)
+        assert _refs(down) == runs  # in the order the edges were recorded
+        assert _refs(down.children[-1]) == [f"artifact:{DIGEST}"]
+        _, cut = lineage(p, ctx, "dataset:d@1", depth=1)
+        assert [c.ref for c in cut.children if c.truncated] == [runs[-1]]  # only it has more
+        with p.db.read() as s:
+            assert len(downstream_refs(s, ctx.project_id, "dataset:d@1")) == 66_001
+    finally:
+        p.close()
 
 
 def test_other_projects_see_nothing(platform: Platform, admin: Context) -> None:

@@ -297,6 +297,8 @@ def test_compare_history_delete(client: Client) -> None:
     cmp = client.compare_runs(ids)
     assert cmp.param_keys == ["bs", "lr"] and cmp.differing_params == ["lr"] and cmp.metric_keys == ["loss"]
     assert [p.step for p in client.metric_history(ids[0])["loss"]] == [0, 1, 2]
+    # One key as a string, as MLflow's get_metric_history takes it: it was read as the keys 'l', 'o', 's'.
+    assert [p.step for p in client.metric_history(ids[0], "loss")["loss"]] == [0, 1, 2]
     client.delete_run(ids[0])
     with pytest.raises(NotFoundError):
         client.get_run(ids[0])
@@ -311,6 +313,32 @@ def test_resume_continues_a_run(client: Client) -> None:
         again.log_metric("x", 2.0, step=1)
     info = client.get_run(run.id)
     assert info.status == "FINISHED" and info.metrics == {"x": 2.0}
+
+
+def test_a_run_active_in_this_client_cannot_be_resumed_into_a_second_handle(client: Client) -> None:
+    # A thread resuming the run by id got a second handle that replaced the first among the client's
+    # open runs; ending the first then dropped the second, which close() and the exit never flushed.
+    import threading
+
+    run = client.start_run("twice", capture=False)
+    errors: list[BaseException] = []
+
+    def resume() -> None:
+        try:
+            client.start_run(run_id=run.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=resume)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and isinstance(errors[0], UsageError)
+    assert "already active in this client" in str(errors[0])
+    with pytest.raises(UsageError, match="already active in this client"):
+        client.start_run(run_id=run.id, nested=True)
+    assert client.active_run() is run
+    run.end()
+    assert client.active_run() is None and client.get_run(run.id).status == "FINISHED"
 
 
 def test_a_deleted_run_stops_its_writer_with_a_clear_error(client: Client) -> None:

@@ -183,6 +183,13 @@ def test_negations_agree_and_like_is_case_sensitive_on_every_backend(any_platfor
         assert found("params.opt like 'sgd__*'") == {"d"} and found("params.opt like 's[g]%'") == set()
         with pytest.raises(UsageError, match="position 16: NUL"):
             client.search_runs("neg", filter="params.opt = 'a\x00'")
+        # A lone surrogate (an undecodable byte of a shell argument) went to the driver: UnicodeEncodeError;
+        # so did a NUL or a surrogate in an order_by key (PostgreSQL: DataError).
+        with pytest.raises(UsageError, match=r"position 18: character '\\udce9' is not valid Unicode"):
+            client.search_runs("neg", filter="params.opt = 'caf\udce9'")
+        for bad in ("\x00", "\udce9"):
+            with pytest.raises(UsageError, match="invalid order_by item at position 10"):
+                client.search_runs("neg", order_by=[f"params.`a{bad}`"])
 
 
 def test_like_backslash_escapes_the_same_on_every_backend(any_platform: Platform) -> None:

@@ -117,6 +117,11 @@ def test_bad_params_tags_and_names(client: Client, run: LiveRun) -> None:
         client.start_run("", nested=True)
     with pytest.raises(ValidationError, match="cannot be written as text"):
         run.log_param("huge", 10**5000)
+    # A lone surrogate (an undecodable byte of a file name) is not UTF-8: a raw UnicodeEncodeError before.
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        run.log_param("data", "caf\udce9.csv")
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        client.start_run("v", tags={"src": "\ud800"}, nested=True)
     for name in ("a\x00b", "two\nlines"):  # PostgreSQL refused the NUL with a raw DataError
         with pytest.raises(ValidationError, match="printable"):
             client.start_run("v", name=name, nested=True)

@@ -390,6 +390,14 @@ class Client:
         _store.reap_stale_runs(self.platform, self.ctx)
         if run_id is not None:
             _store.check_run_id(run_id)
+            with self._lock:
+                if run_id in self._active:
+                    # A second handle replaced the first in _active: whichever ended first dropped the
+                    # other from it, and that one was then never flushed or ended at close or exit.
+                    raise UsageError(
+                        f"run {run_id} is already active in this client (another thread or task holds "
+                        "its handle): log through that Run object, or continue it from another Client"
+                    )
             _store.resume_run(self.platform, self.ctx, run_id)
             info = _store.get_run(self.platform, self.ctx, run_id)
             run = Run(self, run_id, info.experiment, info.parent_id)
@@ -534,7 +542,10 @@ class Client:
         differing = [k for k in params if len({r.params.get(k) for r in runs}) > 1]
         return Comparison(runs, params, metrics, differing)
 
-    def metric_history(self, run_id: str, keys: Sequence[str] | None = None) -> dict[str, list[MetricPoint]]:
+    def metric_history(
+        self, run_id: str, keys: Sequence[str] | str | None = None
+    ) -> dict[str, list[MetricPoint]]:
+        """Every point of the run's metrics, or of ``keys`` (a list, or one key such as ``"loss"``)."""
         return _store.metric_history(self.platform, self.ctx, run_id, keys)
 
     def list_artifacts(self, run_id: str) -> list[tuple[str, str, int]]:

@@ -33,6 +33,7 @@ _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _VERSIONED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+\Z")
 MAX_DEPTH = 50
+_CHUNK = 10_000  # references per IN list, well under every backend's bound-parameter limit
 
 
 def dataset_ref(name: str, version: int) -> str:
@@ -110,13 +111,19 @@ def _walk(s: Session, project_id: int, ref: str, *, upstream: bool, depth: int) 
             break
         by_ref = {n.ref: n for n in frontier}
         near, far = (LineageEdge.dst, LineageEdge.src) if upstream else (LineageEdge.src, LineageEdge.dst)
-        rows = s.execute(
-            select(near, far, LineageEdge.relation)
-            .where(LineageEdge.project_id == project_id, near.in_(list(by_ref)))
-            .order_by(LineageEdge.id)
-        ).all()
+        refs = list(by_ref)
+        rows: list[Any] = []
+        # In chunks: a dataset version read by 66,000 runs made one IN list over PostgreSQL's limit of
+        # 65,535 bound parameters, and the walk (`yard lineage show`, `yard data rm`) failed.
+        for i in range(0, len(refs), _CHUNK):
+            rows += s.execute(
+                select(LineageEdge.id, near, far, LineageEdge.relation).where(
+                    LineageEdge.project_id == project_id, near.in_(refs[i : i + _CHUNK])
+                )
+            ).all()
+        rows.sort(key=lambda row: row[0])
         frontier = []
-        for here, there, relation in rows:
+        for _, here, there, relation in rows:
             child = LineageNode(there, relation)
             by_ref[here].children.append(child)
             if there in seen:
@@ -124,19 +131,25 @@ def _walk(s: Session, project_id: int, ref: str, *, upstream: bool, depth: int) 
             else:
                 seen.add(there)
                 frontier.append(child)
-    for n in frontier:  # the depth limit cut these; say so if they have more
-        n.truncated = n.truncated or _has_edges(s, project_id, n.ref, upstream=upstream)
+    # The depth limit cut these; say so of those that have more (one query per chunk, not per node).
+    more = _with_edges(s, project_id, [n.ref for n in frontier], upstream=upstream)
+    for n in frontier:
+        n.truncated = n.truncated or n.ref in more
     return root
 
 
-def _has_edges(s: Session, project_id: int, ref: str, *, upstream: bool) -> bool:
+def _with_edges(s: Session, project_id: int, refs: list[str], *, upstream: bool) -> set[str]:
     col = LineageEdge.dst if upstream else LineageEdge.src
-    return (
-        s.execute(
-            select(LineageEdge.id).where(LineageEdge.project_id == project_id, col == ref).limit(1)
-        ).first()
-        is not None
-    )
+    out: set[str] = set()
+    for i in range(0, len(refs), _CHUNK):
+        out.update(
+            s.scalars(
+                select(col)
+                .distinct()
+                .where(LineageEdge.project_id == project_id, col.in_(refs[i : i + _CHUNK]))
+            )
+        )
+    return out
 
 
 def lineage(

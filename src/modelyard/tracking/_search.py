@@ -385,9 +385,19 @@ def compile_filter(source: str | None) -> tuple[ColumnElement[bool] | None, set[
         return None, set()
     if len(source) > MAX_FILTER:
         raise UsageError(f"filter has {len(source)} characters; at most {MAX_FILTER} allowed")
-    if "\x00" in source:  # no stored text holds one, and PostgreSQL refuses it in a query
-        raise _syntax("NUL character", source.index("\x00") + 1, source)
+    _check_text(source)
     return _Parser(source).parse()
+
+
+def _check_text(source: str) -> None:
+    """Refuse what no stored text holds and the database driver cannot send (it raised a raw error)."""
+    if "\x00" in source:  # PostgreSQL refuses it in a query
+        raise _syntax("NUL character", source.index("\x00") + 1, source)
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from an undecodable byte of argv
+        bad = f"character {source[exc.start]!r} is not valid Unicode"
+        raise _syntax(bad, exc.start + 1, source) from None
 
 
 def compile_order_by(
@@ -405,6 +415,7 @@ def compile_order_by(
         if not isinstance(item, str):
             raise UsageError(f"order_by items must be strings, got {type(item).__name__}")
         try:
+            _check_text(item)
             toks = tokenize(item)
             fld = parse_field(toks[0], item)
             desc = False

@@ -137,6 +137,13 @@ def _text(kind: str, key: str, value: object, limit: int) -> str:
         raise ValidationError(f"{kind} {key!r}: value has {len(text)} characters; at most {limit} allowed")
     if "\x00" in text:
         raise ValidationError(f"{kind} {key!r}: value contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: Python's stand-in for an undecodable byte
+        raise ValidationError(
+            f"{kind} {key!r}: value is not valid Unicode: {text[exc.start]!r} at position {exc.start} "
+            "(an undecodable byte of a file name or argument?); decode the bytes properly or escape them"
+        ) from None
     return text
 
 
@@ -364,10 +371,19 @@ def end_run(
     check_run_id(run_id)
     if status not in TERMINAL:
         raise UsageError(f"status {status!r} is not a final status; expected one of {', '.join(TERMINAL)}")
+    if reason is not None and not isinstance(reason, str):
+        raise UsageError(f"reason must be a string, got {type(reason).__name__}")
     with platform.mutate(ctx, "run.write", run_ref(run_id), {"status": status}) as s:
         run = _run_row(s, ctx, run_id)
         run.status, run.end_time = status, utcnow()
-        run.reason = reason[:2000] if reason else None
+        run.reason = _storable(reason)[:2000] if reason else None
+
+
+def _storable(text: str) -> str:
+    """``text`` with what no store can hold written as escapes: NUL (PostgreSQL refuses it) and lone
+    surrogates (not UTF-8; Python makes them of undecodable bytes in file names and argv). A reason is
+    usually an exception's message, and refusing it would leave the run RUNNING."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def delete_run(platform: Platform, ctx: Context, run_id: str) -> None:
@@ -523,10 +539,13 @@ def _write_metric_batch(
 
 
 def metric_history(
-    platform: Platform, ctx: Context, run_id: str, keys: Iterable[str] | None = None
+    platform: Platform, ctx: Context, run_id: str, keys: Iterable[str] | str | None = None
 ) -> dict[str, list[MetricPoint]]:
-    """Every point of a run's metrics (or of ``keys``), ordered by step and time."""
+    """Every point of a run's metrics (or of ``keys``, or of the one key ``keys``), ordered by step and
+    time."""
     check_run_id(run_id)
+    if isinstance(keys, str):  # MLflow's get_metric_history(run_id, "loss"): one key, not its letters
+        keys = [keys]
     wanted = [check_key(k, "metric key") for k in keys] if keys is not None else None
     platform.authorize(ctx, "run.read", run_ref(run_id))
     with platform.db.read() as s:

@@ -72,7 +72,10 @@ def _git(*args: str) -> str | None:
 def capture_tags() -> dict[str, str]:
     """``git.commit``, ``git.dirty``, ``cmd``, ``python``, ``host`` and ``pkg.<name>`` versions."""
     tags: dict[str, str] = {
-        "cmd": redact_argv(sys.argv)[:8000] if sys.argv and sys.argv[0] else sys.executable,
+        # An argument with bytes that are not UTF-8 holds lone surrogates, which no store can hold.
+        "cmd": (redact_argv(sys.argv)[:8000] if sys.argv and sys.argv[0] else sys.executable)
+        .encode("utf-8", "backslashreplace")
+        .decode("utf-8"),
         "python": _platform.python_version(),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
