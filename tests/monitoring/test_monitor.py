@@ -188,7 +188,7 @@ def test_an_alert_retrains_gates_and_deploys_a_canary(
     _Hook.received = []
     rules = {
         "model": "mon-alert@1",
-        "window": "1h",
+        "window": "6h",  # the runs at now + 2h and + 4h below still see the traffic logged now
         "cooldown": "1h",
         "rules": [
             {"name": "input drift", "when": "drift.input > 0", "actions": ["log", "webhook", "retrain"]},
