@@ -144,6 +144,33 @@ def test_a_promotion_whose_reference_moved_while_its_gates_ran_is_refused(
     assert registry.show(p, author, f"{name}@production").version == 3
 
 
+def test_an_unsigned_production_from_before_signed_aliases_is_signed_again_by_promoting_its_version(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    # A home upgraded to signed aliases holds production unsigned, refused until promoted again; with a
+    # relative gate ("production - 0.01") that promotion compared with the refused alias and could never
+    # pass. Promoting the version it names compares that version with itself; any other is still refused.
+    p = trained_platform
+    author, approver = p.context(), person(p, Role.APPROVER)
+    for _ in range(2):
+        registry.register(p, author, model_dir, name)
+    relative = gate_runner(policy(metrics=["rougeL >= production - 0.01"]))
+    registry.promote(p, approver, f"{name}@1", "production", gates=gate_runner(PASSING))
+    with p.db.write() as s:  # as an upgraded home holds it
+        s.execute(
+            text(
+                "UPDATE model_aliases SET body = NULL, signature = NULL, key_id = NULL "
+                "WHERE model_id = (SELECT id FROM models WHERE name = :n)"
+            ),
+            {"n": name},
+        )
+    with pytest.raises(IntegrityError, match="not signed"):
+        registry.promote(p, approver, f"{name}@2", "production", gates=relative)
+    assert registry.promote(p, approver, f"{name}@1", "production", gates=relative).version == 1
+    assert registry.show(p, author, f"{name}@production").version == 1
+    assert registry.promote(p, approver, f"{name}@2", "production", gates=relative).version == 2
+
+
 def test_a_gate_result_made_by_hand_takes_an_approver(
     trained_platform: Platform, model_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
