@@ -41,6 +41,10 @@ from modelyard.core._redact import redact_url
         "auth_token",
         "authorization",
         "sas.token",
+        "openaikey",  # a word run into "key": every name ending in it but a few English words
+        "hfkey",
+        "privkey",
+        "SSHKEY",
     ],
 )
 def test_secret_parameters_are_redacted(param: str) -> None:
@@ -65,6 +69,8 @@ def test_secret_parameters_are_redacted(param: str) -> None:
         "keys_only",
         "pwdx",
         "passage",
+        "hockey",
+        "whiskey",
     ],
 )
 def test_names_that_only_contain_a_secret_word_are_kept(param: str) -> None:

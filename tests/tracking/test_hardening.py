@@ -175,6 +175,10 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
             "t.py --tokenizer t5-small --max_tokens 512 --author a --monkey=1",
         ),
         (["t.py", "--accessToken", "t", "CLIENTSECRET=s"], "t.py --accessToken *** CLIENTSECRET=***"),
+        (
+            ["t.py", "--openaikey", "sk-1", "WANDBKEY=z", "--monkey", "m"],
+            "t.py --openaikey *** WANDBKEY=*** --monkey m",
+        ),
     ],
 )
 def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:

@@ -20,11 +20,10 @@ _SECRET_WORDS = frozenset(
     {"password", "passwd", "pwd", "pass", "passphrase", "secret", "token", "key", "apikey", "sig"}
     | {"signature", "credential", "credentials", "auth", "authorization"}
 )
-# A word that runs secret words together: "clientsecret", "accesstoken", "apikey", "secretkey".
-_SECRET_COMPOUND = re.compile(
-    r"(?:password|passwd|passphrase|secret|token|signature|credentials?)$"
-    r"|^(?:api|access|secret|private|signing|master|account|auth|shared|subscription|sas)key$"
-)
+# A word that runs secret words together: "clientsecret", "accesstoken", "openaikey", "sshkey", "privkey".
+# Any word ending in "key" counts, but for the few English words that do ("monkey", "hockey").
+_SECRET_COMPOUND = re.compile(r"(?:password|passwd|passphrase|secret|token|signature|credentials?|key)$")
+_NOT_SECRET = frozenset({"monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "lackey", "malarkey"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _PARAM = re.compile(r"([?&;])([A-Za-z0-9_.\-]+)=([^&#\s'\"]*)")
 
@@ -32,7 +31,7 @@ _PARAM = re.compile(r"([?&;])([A-Za-z0-9_.\-]+)=([^&#\s'\"]*)")
 def secret_name(name: str) -> bool:
     """Whether a parameter, option or variable of this name carries a secret (see ``_SECRET_WORDS``)."""
     words = [w.lower() for w in _WORD.findall(name)]
-    return any(w in _SECRET_WORDS or _SECRET_COMPOUND.search(w) for w in words)
+    return any(w in _SECRET_WORDS or (_SECRET_COMPOUND.search(w) and w not in _NOT_SECRET) for w in words)
 
 
 def _param(m: re.Match[str]) -> str:
