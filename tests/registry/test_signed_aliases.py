@@ -69,8 +69,12 @@ def test_an_alias_repointed_in_the_database_is_refused_until_pointed_again(three
     assert (body["model"], body["alias"], body["version"], body["stack"]) == ("t5", "staging", 1, [])
     assert registry.show(p, ctx, "t5@staging").version == 1
 
+    assert registry.list_models(p, ctx)[0].unverified == []
     _sql(p, "UPDATE model_aliases SET version_id = :v WHERE alias = 'staging'", v=_version_id(p, 3))
     _every_reader_refuses(p, "t5@staging", "signed record says 1")
+    # The listing shows what the row says, marked as refused (it showed staging->3 as if it were true).
+    [model] = registry.list_models(p, ctx)
+    assert (model.aliases, model.unverified) == ({"staging": 3}, ["staging"])
     # The versions themselves are untouched, and a rollback does not trust the altered record either.
     assert registry.show(p, ctx, "t5@3").version == 3
     with pytest.raises(IntegrityError, match="alias"):
@@ -78,6 +82,7 @@ def test_an_alias_repointed_in_the_database_is_refused_until_pointed_again(three
 
     assert registry.set_alias(p, ctx, "t5@2", "staging").version == 2
     assert registry.show(p, ctx, "t5@staging").version == 2
+    assert registry.list_models(p, ctx)[0].unverified == []
     assert json.loads(_alias_row(p, "staging").body)["stack"] == []  # the altered history is not carried
 
 

@@ -83,7 +83,11 @@ def ls(
                     m.name,
                     m.versions,
                     m.latest or "-",
-                    ", ".join(f"{a}->{v}" for a, v in m.aliases.items()) or "-",
+                    ", ".join(
+                        f"{a}->{v}" + (" (unverified: refused)" if a in m.unverified else "")
+                        for a, v in m.aliases.items()
+                    )
+                    or "-",
                     m.created_by,
                 )
                 for m in models

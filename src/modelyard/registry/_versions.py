@@ -139,6 +139,9 @@ class ModelInfo:
     aliases: dict[str, int]
     created_at: datetime
     created_by: str
+    # Aliases whose signed record does not check (altered, or unsigned from an older home): listed as the
+    # row says, but resolving them is refused.
+    unverified: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -623,15 +626,19 @@ def list_models(platform: Platform, ctx: Context) -> list[ModelInfo]:
         out = []
         for m in models:
             versions = s.scalars(select(ModelVersion.version).where(ModelVersion.model_id == m.id)).all()
-            aliases = {
-                a: v
-                for a, v in s.execute(
-                    select(ModelAlias.alias, ModelVersion.version)
-                    .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
-                    .where(ModelAlias.model_id == m.id)
-                    .order_by(ModelAlias.alias)
-                )
-            }
+            aliases: dict[str, int] = {}
+            unverified: list[str] = []
+            for alias, row in s.execute(
+                select(ModelAlias, ModelVersion)
+                .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
+                .where(ModelAlias.model_id == m.id)
+                .order_by(ModelAlias.alias)
+            ):
+                aliases[alias.alias] = row.version
+                try:
+                    checked_alias(platform, s, ctx, m, alias, row)
+                except IntegrityError:
+                    unverified.append(alias.alias)
             out.append(
                 ModelInfo(
                     m.name,
@@ -640,6 +647,7 @@ def list_models(platform: Platform, ctx: Context) -> list[ModelInfo]:
                     aliases,
                     as_utc(m.created_at),
                     m.created_by,
+                    unverified,
                 )
             )
         return out
