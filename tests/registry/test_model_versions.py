@@ -198,8 +198,9 @@ def test_download_over_an_existing_directory_does_not_follow_a_planted_symlink(
     target.mkdir()
     outside.mkdir()
     (target / "extra").symlink_to(outside)
-    with pytest.raises(UnsafePathError, match="symbolic link"):
+    with pytest.raises(UnsafePathError, match="symbolic link") as caught:
         registry.download(platform, ctx, "m@1", target, overwrite=True)
+    assert f"{target.resolve() / 'extra'} is a symbolic link" in caught.value.message
     assert list(outside.iterdir()) == [] and sorted(p.name for p in target.iterdir()) == ["extra"]
     (target / "extra").unlink()
     registry.download(platform, ctx, "m@1", target, overwrite=True)

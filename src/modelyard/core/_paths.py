@@ -57,9 +57,9 @@ _ASCII_BAD = re.compile(r"[\x00-\x1f\x7f\\#?;]")
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\- +=,@]{0,254}")
 
 
-def _refuse(key: str, what: str, problem: str) -> UnsafePathError:
+def _refuse(key: str, what: str, problem: str, **details: str) -> UnsafePathError:
     shown = key if len(key) <= 80 else key[:77] + "..."
-    return UnsafePathError(f"unsafe {what} {shown!r}: {problem}; {_EXPECTED}", key=shown)
+    return UnsafePathError(f"unsafe {what} {shown!r}: {problem}; {_EXPECTED}", key=shown, **details)
 
 
 def _check_char(key: str, what: str, ch: str) -> None:
@@ -173,7 +173,9 @@ def safe_join(root: Path, key: str) -> Path:
         except (FileNotFoundError, NotADirectoryError):
             break  # nothing below a missing component exists, so it cannot be a symlink yet
         if stat.S_ISLNK(mode):
-            raise _refuse(key, "key", f"{path} is a symbolic link, and links are not followed")
+            raise _refuse(
+                key, "key", f"{path} is a symbolic link, and links are not followed", link=str(path)
+            )
     # No resolve() of the result: base is resolved, safe_key admits no '..', '.' or empty segment, and no
     # existing component below base is a link, so the path cannot lead outside base. (Path.resolve walks
     # every component in Python: a third of a 10,000-file checkout's time went to it.)

@@ -220,13 +220,7 @@ def checked_alias(
         "version": row.version,
         "manifest": row.manifest_digest,
     }
-    for key, value in expected.items():
-        if body.get(key) != value:
-            raise IntegrityError(
-                f"{what}: the alias points at {key}={value!r} but its signed record says {body.get(key)!r}; "
-                "the registry's database was altered",
-                file="alias",
-            )
+    _compare_signed(expected, body, f"{what}: the alias points at", "signed record", "alias")
     latest = s.scalar(
         select(func.max(AliasEvent.id)).where(
             AliasEvent.model_id == model.id, AliasEvent.alias == alias.alias
@@ -239,6 +233,19 @@ def checked_alias(
             file="alias",
         )
     return body
+
+
+def _compare_signed(
+    expected: dict[str, Any], signed: dict[str, Any], says: str, record: str, file: str
+) -> None:
+    """IntegrityError naming the first database column that differs from what the signed record holds."""
+    for key, value in expected.items():
+        if signed.get(key) != value:
+            raise IntegrityError(
+                f"{says} {key}={value!r} but its {record} says {signed.get(key)!r}; "
+                "the registry's database was altered",
+                file=file,
+            )
 
 
 def unchecked_alias_version(platform: Platform, ctx: Context, name: str, alias: str) -> int | None:
@@ -716,13 +723,7 @@ def _checked_manifest(
         "run": lineage.get("run"),
         "parent": lineage.get("parent"),
     }
-    for key, value in expected.items():
-        if signed.get(key) != value:
-            raise IntegrityError(
-                f"{spec}: the record says {key}={value!r} but its signed manifest says "
-                f"{signed.get(key)!r}; the registry's database was altered",
-                file="manifest",
-            )
+    _compare_signed(expected, signed, f"{spec}: the record says", "signed manifest", "manifest")
     files = manifest.get("files") or []
     if row.files != len(files) or row.bytes != sum(int(f["size"]) for f in files):
         raise IntegrityError(
@@ -827,8 +828,9 @@ def download(
             try:
                 moves = [(path, safe_join(target, path.relative_to(work).as_posix())) for _, path in pairs]
             except UnsafePathError as exc:
+                link = exc.details.get("link", "a path below it")
                 raise UnsafePathError(
-                    f"cannot download into {target}: {exc.message.split(': ', 1)[-1].split(';')[0]}; "
+                    f"cannot download into {target}: {link} is a symbolic link, and links are not followed; "
                     "download into a directory without symbolic links"
                 ) from None
             for path, dest_path in moves:
