@@ -114,16 +114,18 @@ def _point(
     row: ModelVersion | None,
     action: str,
     reason: str,
+    checked: list[list[Any]] | None = None,
 ) -> AliasChange:
     """Move the alias (None: delete it), append its event and sign the new record. ``set``/``promote`` push
-    the version on the signed stack, ``rollback`` pops the current one."""
+    the version on the signed stack, ``rollback`` pops the current one; ``checked`` is the stack the caller
+    already read from the checked record in this transaction."""
     current = s.get(ModelAlias, (model.id, alias))
     previous = None
-    stack: list[list[Any]] = []
+    stack: list[list[Any]] = checked or []
     if current is not None:
         prev_row = s.get(ModelVersion, current.version_id)
         previous = prev_row.version if prev_row is not None else None
-        if row is not None:
+        if row is not None and checked is None:
             try:
                 stack = _stack(platform, s, ctx, model, alias)
             except IntegrityError as exc:  # unsigned (older) or altered: pointing it again is the remedy
@@ -379,7 +381,7 @@ def rollback(platform: Platform, ctx: Context, name: str, alias: str, *, reason:
             raise NotFoundError(f"{name}@{back}, the version before, no longer exists")
         if target.manifest_digest != manifest:
             raise UsageError(f"{name}@{back} changed while it was being verified")
-        change = _point(platform, s, ctx, signer, model, alias, target, "rollback", reason)
+        change = _point(platform, s, ctx, signer, model, alias, target, "rollback", reason, stack)
         detail.update(version=change.version, previous=change.previous)
     return change
 
