@@ -14,14 +14,11 @@ _URL_PASSWORDS = (
 )
 # Query parameters that carry a secret, found by the words of their name (split at _ . - and camelCase):
 # libpq's password, presigned URLs' signature and credential, tokens, API keys. A name that only contains a
-# secret word's letters ("monkey", "author", "tokenizer") is not one. "key" as a word counts (api_key, but
-# sort_key too: hiding a harmless value is the cheaper mistake).
-_SECRET_WORDS = frozenset(
-    {"password", "passwd", "pwd", "pass", "passphrase", "secret", "token", "key", "apikey", "sig"}
-    | {"signature", "credential", "credentials", "auth", "authorization"}
-)
-# A word that runs secret words together: "clientsecret", "accesstoken", "openaikey", "sshkey", "privkey".
-# Any word ending in "key" counts, but for the few English words that do ("monkey", "hockey").
+# secret word's letters ("author", "tokenizer") is not one. "key" as a word counts (api_key, but sort_key
+# too: hiding a harmless value is the cheaper mistake). Short words count only alone ("pass", not "bypass").
+_SECRET_WORDS = frozenset({"pwd", "pass", "sig", "auth", "authorization"})
+# Longer secret words count alone or at the end of a word that runs them together: "clientsecret",
+# "accesstoken", "openaikey", "sshkey", "privkey"; but not the few English words ending in key ("monkey").
 _SECRET_COMPOUND = re.compile(r"(?:password|passwd|passphrase|secret|token|signature|credentials?|key)$")
 _NOT_SECRET = frozenset({"monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "lackey", "malarkey"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
