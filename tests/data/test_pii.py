@@ -250,6 +250,7 @@ def clean_values() -> list[str]:
         "256.10.10.10",
         "192.168.1.256",
         "300.1.2.3",
+        "netmask 255.255.255.0, 255.255.0.0, 255.255.255.252, broadcast 255.255.255.255, bind 0.0.0.0",
         "mac 00:1a:2b:3c:4d:5e",
         "std::vector<int> x; a[::2]; b[1::2]",
         # prices, postcodes, small numbers

@@ -340,8 +340,12 @@ def _find_ips(text: str) -> Iterator[tuple[int, int]]:
             yield m.span()
     for m in _IPV4.finditer(text):
         try:
-            ipaddress.IPv4Address(m.group())
+            value = int(ipaddress.IPv4Address(m.group()))
         except ValueError:
+            continue
+        # Netmasks (255.255.255.0: ones then zeros, from 255.0.0.0 up) and 0.0.0.0 name no host: they fill
+        # network configs, and counting them as personal data buried the real addresses in a scan.
+        if value == 0 or (value >> 24 == 255 and ((~value & 0xFFFFFFFF) + 1) & (~value & 0xFFFFFFFF) == 0):
             continue
         yield m.span()
 
