@@ -462,7 +462,11 @@ def submit_kubernetes_job(
         applied.update(_k8s.job_manifest(platform, ctx, req, job_id=job_id, **options))
         return _k8s.apply_manifest(applied)
 
-    info = _insert_job(platform, ctx, req, backend="kubernetes", status="SUBMITTED", external=apply)
+    # No column holds it (the row's memory is the job's own limit): the audit record says what /work had.
+    work_disk = {"work_disk": platform.settings.job_work_disk}
+    info = _insert_job(
+        platform, ctx, req, backend="kubernetes", status="SUBMITTED", external=apply, detail=work_disk
+    )
     return applied, info
 
 
@@ -482,10 +486,12 @@ def _insert_job(
     backend: str,
     status: str,
     external: Callable[[int], Any] | None = None,  # -> _k8s.Submitted
+    detail: dict[str, Any] | None = None,
 ) -> JobInfo:
-    """Insert the row and its audit record in one transaction. ``external`` (given the new id) hands the job
-    to another system inside that transaction, so a failure there queues nothing."""
-    detail: dict[str, Any] = {
+    """Insert the row and its audit record (with ``detail``) in one transaction. ``external`` (given the new
+    id) hands the job to another system inside that transaction, so a failure there queues nothing."""
+    detail = {
+        **(detail or {}),
         "command": req.command,
         "recipe": req.recipe_name,
         "backend": backend,

@@ -177,8 +177,8 @@ def job_manifest(
     name: str | None = None,
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job whose pod runs the job (:func:`container_command`) with the requested CPUs,
-    memory (:func:`default_memory` if none) and ``nvidia.com/gpu`` as requests and limits; ``backoffLimit``
-    is the job's max retries."""
+    memory (:func:`default_memory` if none) and ``nvidia.com/gpu`` as requests and limits, and its /work
+    bounded by ``job_work_disk``; ``backoffLimit`` is the job's max retries."""
     from modelyard import __version__
 
     settings = platform.settings
@@ -279,7 +279,8 @@ def job_manifest(
                     ]
                 },
             },
-            {"name": "work", "emptyDir": {}},
+            # Bounded: past it the kubelet evicts the pod, rather than the job filling its node's disk.
+            {"name": "work", "emptyDir": {"sizeLimit": memory_quantity(settings.job_work_disk)}},
         ],
     }
     if req.gpus:
