@@ -99,8 +99,11 @@ class Settings(BaseSettings):
     job_image: str | None = None
     # Kubernetes jobs: the most disk the pod's /work (an emptyDir: the job's home, checkpoints, caches) may
     # use before the kubelet evicts the pod, so a job cannot fill its node's disk (binary units: 20G =
-    # 20 GiB).
+    # 20 GiB); and the numeric user and group the container runs as (runAsNonRoot alone makes the kubelet
+    # refuse an image whose USER is a name; the group is also the pod's fsGroup, so /work is writable).
     job_work_disk: int = Field(default=20 << 30, gt=0)
+    job_run_as_user: int = Field(default=1000, ge=1, le=2**31 - 1)
+    job_run_as_group: int = Field(default=1000, ge=0, le=2**31 - 1)
 
     @classmethod
     def settings_customise_sources(

@@ -313,6 +313,28 @@ def test_a_kubernetes_jobs_work_directory_is_bounded_and_the_bound_recorded(
             load_settings(home=platform.settings.home, job_work_disk=bad)
 
 
+def test_a_kubernetes_pod_runs_as_a_numeric_non_root_user_that_can_write_work(
+    home_with_data: Platform, tmp_path: Path
+) -> None:
+    """runAsNonRoot alone: the kubelet refuses to start an image whose USER is a name ("cannot verify user
+    is non-root"). The pod names numeric ids, and fsGroup makes /work writable by them."""
+    for update, ids in (
+        ({}, (1000, 1000, 1000)),
+        ({"job_run_as_user": 65532, "job_run_as_group": 0}, (65532, 0, 0)),
+    ):
+        platform = Platform(home_with_data.settings.model_copy(update=update))
+        manifest, _ = _jobs.submit_kubernetes_job(
+            platform, platform.context(), tmp_path / "recipe.yaml", database_url="postgresql://yard@db/yard",
+            artifact_uri="s3://b/p", dry_run=True,
+        )  # fmt: skip
+        _validate(manifest)
+        context = manifest["spec"]["template"]["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == ids
+    with pytest.raises(ConfigError, match="YARD_JOB_RUN_AS_USER"):  # root cannot be non-root
+        load_settings(home=home_with_data.settings.home, job_run_as_user=0)
+
+
 def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_bytes(
     yard: Yard, home_with_data: Platform, tmp_path: Path
 ) -> None:

@@ -245,7 +245,15 @@ def job_manifest(
         # On SIGTERM the worker stops the job (SIGTERM, SIGKILL after job_kill_grace_s) and hands it back
         # (SUBMITTED); the cluster must not SIGKILL the pod first, or the reaper counts a failed attempt.
         "terminationGracePeriodSeconds": math.ceil(settings.job_kill_grace_s) + 30,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # Numeric ids: with runAsNonRoot alone the kubelet refuses an image whose USER is a name (it cannot
+        # tell that it is not root). fsGroup makes /work, a fresh emptyDir, writable by that group.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.job_run_as_user,
+            "runAsGroup": settings.job_run_as_group,
+            "fsGroup": settings.job_run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         # The job talks to the stores, never to the Kubernetes API: no service account token to steal.
         "automountServiceAccountToken": False,
         "containers": [
