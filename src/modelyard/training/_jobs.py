@@ -1174,9 +1174,17 @@ class Worker:
         if not wait or not self.running:
             return
         self._stop.set()
-        deadline = time.monotonic() + self.platform.settings.job_kill_grace_s + 30
+        settings = self.platform.settings
+        deadline = time.monotonic() + settings.job_kill_grace_s + 30
+        last_beat = 0.0
         try:
             while self.running and time.monotonic() < deadline:
+                # The jobs are still ours while they wind down (the grace may outlast the heartbeat
+                # timeout): without a heartbeat a reaper would re-queue them as lost, a retry counted.
+                if time.monotonic() - last_beat >= settings.job_heartbeat_s:
+                    with contextlib.suppress(BackendError):  # the store failing may be why the loop ended
+                        self._heartbeat()
+                    last_beat = time.monotonic()
                 self._escalate()
                 self._collect()
                 if self.running:
