@@ -200,6 +200,31 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     assert "Traceback" not in r.err, r.err
 
 
+def test_a_search_in_which_no_trial_completed_fails_and_says_so(
+    yard: Yard, home: Path, tmp_path: Path
+) -> None:
+    """--timeout can run out before any trial completes (here every trial is pruned: 4 heads do not divide
+    d_model 34). That ended as a FINISHED parent run with no best, reported as a success."""
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    space = {
+        "model.config.d_model": {"type": "categorical", "choices": [34]},
+        "model.config.num_heads": {"type": "categorical", "choices": [4]},
+    }
+    recipe = recipe_file(tmp_path / "r.yaml", search=space)
+    for study, extra, why in (
+        ("timed", ["--timeout", "0.01"], "no trial completed within --timeout 0.01s (1 pruned)"),
+        ("all-pruned", [], "no trial completed (2 pruned)"),
+    ):
+        r = yard("tune", recipe, "--trials", "2", "--sampler", "random", "--study", study, *extra)
+        assert r.code == 2 and why in r.error, r.err
+        with Client() as c:
+            (parent,) = [
+                x for x in c.search_runs("t") if x.tags.get("study") == study and x.parent_id is None
+            ]
+        assert parent.status == "FAILED" and why in (parent.reason or ""), parent
+
+
 @pytest.mark.parametrize(
     ("args", "changes", "message"),
     [

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,6 +356,7 @@ def tune(
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     _fail_stale_trials(st)  # a worker joining a study also cleans up after dead ones
     left = trials - sum(t.state in counted for t in st.trials)  # a resumed study may be done already
+    started = time.monotonic()
     try:
         if left > 0:
             st.optimize(objective, n_trials=left, timeout=timeout, callbacks=callbacks, catch=())
@@ -363,6 +365,18 @@ def tune(
             last = ran[-1].user_attrs.get("error", "see its run")
             raise UsageError(f"every trial failed; the last: {last}")
         _fail_stale_trials(st)  # ones that went silent while this process ran its trials
+        if parent is not None and not any(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials):
+            # No best to report (every trial pruned or failed, or the timeout came first): not a success.
+            states = [t.state.name for t in st.trials]
+            words = {"PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+            counts = ", ".join(f"{states.count(k)} {w}" for k, w in words.items() if k in states)
+            within = ""
+            if timeout is not None and time.monotonic() - started >= timeout:
+                within = f" within --timeout {timeout:g}s"
+            raise UsageError(
+                f"no trial completed{within} ({counts or 'none ran'}); the study has no best: "
+                + ("raise --timeout" if within else "see the trials' runs for why")
+            )
     except BaseException as exc:
         if parent is not None:
             parent.end(
