@@ -6,6 +6,7 @@ Nothing is read or created at import time: call :func:`load_settings` when you n
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from modelyard.errors import ConfigError
 CONFIG_FILE = "config.yaml"
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_SIZE_RE = re.compile(r"^\s*([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kmgtp]?)(?:i?b?)\s*\Z", re.IGNORECASE)
 
 
 def default_home() -> Path:
@@ -95,6 +97,13 @@ class Settings(BaseSettings):
     job_aging_s: float = Field(default=0.0, ge=0)
     job_aging_limit: Literal["low", "normal", "high", "urgent"] = "high"
     job_image: str | None = None
+    # Kubernetes jobs: the most disk the pod's /work (an emptyDir: the job's home, checkpoints, caches) may
+    # use before the kubelet evicts the pod, so a job cannot fill its node's disk (binary units: 20G =
+    # 20 GiB); and the numeric user and group the container runs as (runAsNonRoot alone makes the kubelet
+    # refuse an image whose USER is a name; the group is also the pod's fsGroup, so /work is writable).
+    job_work_disk: int = Field(default=20 << 30, gt=0)
+    job_run_as_user: int = Field(default=1000, ge=1, le=2**31 - 1)
+    job_run_as_group: int = Field(default=1000, ge=0, le=2**31 - 1)
 
     @classmethod
     def settings_customise_sources(
@@ -112,6 +121,16 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, v: Path) -> Path:
         return v.expanduser().absolute()
+
+    @field_validator("job_work_disk", mode="before")
+    @classmethod
+    def _parse_size(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        m = _SIZE_RE.match(v)
+        if m is None:
+            raise ValueError(f"{v!r} is not a size; expected e.g. 20G or 512M (binary units) or bytes")
+        return math.ceil(float(m.group(1)) * 1024 ** "_KMGTP".index(m.group(2).upper() or "_"))
 
     @field_validator("region")
     @classmethod

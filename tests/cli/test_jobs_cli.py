@@ -3,6 +3,7 @@ and one-line errors for bad input that change nothing."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from modelyard.config import load_settings
 from modelyard.core import Platform, create_token
-from modelyard.core._models import Job
+from modelyard.core._models import AuditRecord, Job
+from modelyard.errors import ConfigError
 from modelyard.testing import JOB_RECIPE, FakeCluster, Yard, actor
 from modelyard.training import _jobs, _k8s
 
@@ -274,6 +277,62 @@ def test_a_kubernetes_job_without_memory_is_recorded_and_limited_with_the_defaul
         assert resources["limits"]["memory"] == resources["requests"]["memory"] == pod_memory
         assert info is not None and info.memory == job_memory
         _validate(manifest)
+
+
+def test_a_kubernetes_jobs_work_directory_is_bounded_and_the_bound_recorded(
+    home_with_data: Platform, tmp_path: Path, k8s: FakeCluster
+) -> None:
+    """/work was an emptyDir without a sizeLimit: a job could fill its node's disk. It is bounded by
+    YARD_JOB_WORK_DISK, and the bound is in the submission's audit record as the memory is."""
+    platform = home_with_data
+    manifest, info = _jobs.submit_kubernetes_job(
+        platform, platform.context(), tmp_path / "recipe.yaml", database_url="postgresql://yard@db/yard",
+        artifact_uri="s3://b/p",
+    )  # fmt: skip
+    _validate(manifest)
+    volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["work"]["emptyDir"] == {"sizeLimit": "20Gi"}  # the default
+    assert info is not None
+    with platform.db.read() as s:
+        detail = s.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.resource == f"job:{info.id}", AuditRecord.action == "job.write"
+            )
+        ).one()
+    assert json.loads(detail)["work_disk"] == 20 << 30
+    assert load_settings(home=platform.settings.home, job_work_disk="512M").job_work_disk == 512 << 20
+    small = Platform(platform.settings.model_copy(update={"job_work_disk": 512 << 20}))
+    manifest, _ = _jobs.submit_kubernetes_job(
+        small, small.context(), tmp_path / "recipe.yaml", database_url="postgresql://yard@db/yard",
+        artifact_uri="s3://b/p", dry_run=True,
+    )  # fmt: skip
+    volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["work"]["emptyDir"] == {"sizeLimit": "512Mi"}
+    for bad in ("lots", "0"):
+        with pytest.raises(ConfigError, match="YARD_JOB_WORK_DISK"):
+            load_settings(home=platform.settings.home, job_work_disk=bad)
+
+
+def test_a_kubernetes_pod_runs_as_a_numeric_non_root_user_that_can_write_work(
+    home_with_data: Platform, tmp_path: Path
+) -> None:
+    """runAsNonRoot alone: the kubelet refuses to start an image whose USER is a name ("cannot verify user
+    is non-root"). The pod names numeric ids, and fsGroup makes /work writable by them."""
+    for update, ids in (
+        ({}, (1000, 1000, 1000)),
+        ({"job_run_as_user": 65532, "job_run_as_group": 0}, (65532, 0, 0)),
+    ):
+        platform = Platform(home_with_data.settings.model_copy(update=update))
+        manifest, _ = _jobs.submit_kubernetes_job(
+            platform, platform.context(), tmp_path / "recipe.yaml", database_url="postgresql://yard@db/yard",
+            artifact_uri="s3://b/p", dry_run=True,
+        )  # fmt: skip
+        _validate(manifest)
+        context = manifest["spec"]["template"]["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == ids
+    with pytest.raises(ConfigError, match="YARD_JOB_RUN_AS_USER"):  # root cannot be non-root
+        load_settings(home=home_with_data.settings.home, job_run_as_user=0)
 
 
 def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_bytes(

@@ -831,6 +831,34 @@ def test_a_worker_or_submitter_whose_rights_are_gone_since_it_started_is_refused
     assert ("eve", "worker.run", "denied") in records and ("sam", "job.write", "denied") in records
 
 
+def test_a_worker_stopped_by_an_error_heartbeats_while_its_jobs_wind_down(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """A worker loop ended by an exception (here its token was revoked) stops its jobs and waits up to the
+    kill grace for them to end. It did not heartbeat during that wait, so with a grace longer than the
+    heartbeat timeout a reaper re-queued the job as lost (a retry counted) while it was being handed back."""
+    from modelyard.core import revoke_token
+
+    platform, admin, recipe = local_queue
+    eve = actor(platform, admin, "eve", "engineer")
+    slow_stop = fast(platform, job_kill_grace_s=4.0)  # heartbeat timeout 1.5 s
+    job = _jobs.submit_job(platform, admin, recipe, args=["--sleep", "120", "--ignore-term"])
+    marks = tmp_path / "marks"
+    worker = ThreadWorker(slow_stop, eve, marks, cpus=2, exit_when_idle=False)
+    reaped = []
+    with pytest.raises(PermissionDeniedError, match="revoked"), worker:
+        child = wait_for(lambda: read_marks(marks), what="the job to start")[0][3]  # type: ignore[index]
+        revoke_token(platform, admin, eve.via.removeprefix("token:"))
+        _jobs.submit_job(platform, admin, recipe)  # the worker's next claim is refused: its loop ends
+        wait_for(lambda: worker.worker._stop.is_set(), what="the worker to stop")
+        while worker.thread.is_alive():  # the 4 s wait for the job that ignores SIGTERM
+            reaped += _jobs.reap_stale_jobs(slow_stop, admin)
+            time.sleep(0.1)
+    assert reaped == [] and not alive(child)
+    final = jobs_by_id(platform)[job.id]
+    assert (final.status, final.attempts, final.retries, final.worker) == ("QUEUED", 1, 0, None)
+
+
 def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
     from modelyard.tracking._store import create_run
 

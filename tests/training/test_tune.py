@@ -169,6 +169,42 @@ def test_a_study_whose_process_died_is_taken_over_with_resume(yard: Yard, home: 
     assert cli_argv(retried, Path("r.yaml"))[-1] == "--resume"  # type: ignore[arg-type]  # a retried job
 
 
+def test_a_trial_whose_process_died_before_its_first_heartbeat_is_failed(
+    yard: Yard, home: Path, tmp_path: Path
+) -> None:
+    """A process that dies right after Optuna created its trial (before the trial's first heartbeat) left it
+    RUNNING forever: Optuna's stale check only judges trials that beat at least once. One that has not beaten
+    for the grace period since it started is failed too; a younger one may be alive and is left alone."""
+    import sqlite3
+
+    import optuna
+
+    from modelyard.training._tune import storage
+
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    recipe = recipe_file(tmp_path / "r.yaml", search={"hyperparameters.lr": LR_ONLY})
+    args = ["tune", recipe, "-n", "1", "--sampler", "random", "--pruner", "none", "--study", "o", "--json"]
+    assert yard(*args).code == 0
+    with Platform(load_settings(home=home)) as platform:
+        store = storage(platform)
+        study_id = store.get_study_id_from_name("o")
+        dead = store.create_new_trial(study_id)
+        store.create_new_trial(study_id)  # a young one
+    optuna_db = sqlite3.connect(home / "optuna.db")
+    with optuna_db:  # the dead one started an hour ago, as far as the study can tell
+        optuna_db.execute(
+            "UPDATE trials SET datetime_start = datetime(datetime_start, '-1 hour') WHERE trial_id = ?",
+            (dead,),
+        )
+    optuna_db.close()
+    r = yard(*args, "--resume")  # the next tune of the study (a resume, a worker) cleans up
+    assert r.code == 0, r.err
+    states = {t["number"]: t["state"] for t in r.json()["trials"]}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "RUNNING"}
+    assert store.get_trial(dead).state == optuna.trial.TrialState.FAIL
+
+
 def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     yard: Yard, home: Path, tmp_path: Path
 ) -> None:
@@ -198,6 +234,31 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     r = yard("tune", only_bad, "--trials", "2", "--pruner", "none", "--study", "bad")
     assert r.code == 2 and "error: every trial failed; the last: 240 training rows" in r.err
     assert "Traceback" not in r.err, r.err
+
+
+def test_a_search_in_which_no_trial_completed_fails_and_says_so(
+    yard: Yard, home: Path, tmp_path: Path
+) -> None:
+    """--timeout can run out before any trial completes (here every trial is pruned: 4 heads do not divide
+    d_model 34). That ended as a FINISHED parent run with no best, reported as a success."""
+    assert yard("init").code == 0
+    make_data(yard, tmp_path)
+    space = {
+        "model.config.d_model": {"type": "categorical", "choices": [34]},
+        "model.config.num_heads": {"type": "categorical", "choices": [4]},
+    }
+    recipe = recipe_file(tmp_path / "r.yaml", search=space)
+    for study, extra, why in (
+        ("timed", ["--timeout", "0.01"], "no trial completed within --timeout 0.01s (1 pruned)"),
+        ("all-pruned", [], "no trial completed (2 pruned)"),
+    ):
+        r = yard("tune", recipe, "--trials", "2", "--sampler", "random", "--study", study, *extra)
+        assert r.code == 2 and why in r.error, r.err
+        with Client() as c:
+            (parent,) = [
+                x for x in c.search_runs("t") if x.tags.get("study") == study and x.parent_id is None
+            ]
+        assert parent.status == "FAILED" and why in (parent.reason or ""), parent
 
 
 @pytest.mark.parametrize(

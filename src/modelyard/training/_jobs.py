@@ -462,7 +462,11 @@ def submit_kubernetes_job(
         applied.update(_k8s.job_manifest(platform, ctx, req, job_id=job_id, **options))
         return _k8s.apply_manifest(applied)
 
-    info = _insert_job(platform, ctx, req, backend="kubernetes", status="SUBMITTED", external=apply)
+    # No column holds it (the row's memory is the job's own limit): the audit record says what /work had.
+    work_disk = {"work_disk": platform.settings.job_work_disk}
+    info = _insert_job(
+        platform, ctx, req, backend="kubernetes", status="SUBMITTED", external=apply, detail=work_disk
+    )
     return applied, info
 
 
@@ -482,10 +486,12 @@ def _insert_job(
     backend: str,
     status: str,
     external: Callable[[int], Any] | None = None,  # -> _k8s.Submitted
+    detail: dict[str, Any] | None = None,
 ) -> JobInfo:
-    """Insert the row and its audit record in one transaction. ``external`` (given the new id) hands the job
-    to another system inside that transaction, so a failure there queues nothing."""
-    detail: dict[str, Any] = {
+    """Insert the row and its audit record (with ``detail``) in one transaction. ``external`` (given the new
+    id) hands the job to another system inside that transaction, so a failure there queues nothing."""
+    detail = {
+        **(detail or {}),
         "command": req.command,
         "recipe": req.recipe_name,
         "backend": backend,
@@ -1168,9 +1174,17 @@ class Worker:
         if not wait or not self.running:
             return
         self._stop.set()
-        deadline = time.monotonic() + self.platform.settings.job_kill_grace_s + 30
+        settings = self.platform.settings
+        deadline = time.monotonic() + settings.job_kill_grace_s + 30
+        last_beat = 0.0
         try:
             while self.running and time.monotonic() < deadline:
+                # The jobs are still ours while they wind down (the grace may outlast the heartbeat
+                # timeout): without a heartbeat a reaper would re-queue them as lost, a retry counted.
+                if time.monotonic() - last_beat >= settings.job_heartbeat_s:
+                    with contextlib.suppress(BackendError):  # the store failing may be why the loop ended
+                        self._heartbeat()
+                    last_beat = time.monotonic()
                 self._escalate()
                 self._collect()
                 if self.running:

@@ -177,8 +177,8 @@ def job_manifest(
     name: str | None = None,
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job whose pod runs the job (:func:`container_command`) with the requested CPUs,
-    memory (:func:`default_memory` if none) and ``nvidia.com/gpu`` as requests and limits; ``backoffLimit``
-    is the job's max retries."""
+    memory (:func:`default_memory` if none) and ``nvidia.com/gpu`` as requests and limits, and its /work
+    bounded by ``job_work_disk``; ``backoffLimit`` is the job's max retries."""
     from modelyard import __version__
 
     settings = platform.settings
@@ -245,7 +245,15 @@ def job_manifest(
         # On SIGTERM the worker stops the job (SIGTERM, SIGKILL after job_kill_grace_s) and hands it back
         # (SUBMITTED); the cluster must not SIGKILL the pod first, or the reaper counts a failed attempt.
         "terminationGracePeriodSeconds": math.ceil(settings.job_kill_grace_s) + 30,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # Numeric ids: with runAsNonRoot alone the kubelet refuses an image whose USER is a name (it cannot
+        # tell that it is not root). fsGroup makes /work, a fresh emptyDir, writable by that group.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.job_run_as_user,
+            "runAsGroup": settings.job_run_as_group,
+            "fsGroup": settings.job_run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         # The job talks to the stores, never to the Kubernetes API: no service account token to steal.
         "automountServiceAccountToken": False,
         "containers": [
@@ -279,7 +287,8 @@ def job_manifest(
                     ]
                 },
             },
-            {"name": "work", "emptyDir": {}},
+            # Bounded: past it the kubelet evicts the pod, rather than the job filling its node's disk.
+            {"name": "work", "emptyDir": {"sizeLimit": memory_quantity(settings.job_work_disk)}},
         ],
     }
     if req.gpus:

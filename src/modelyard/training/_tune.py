@@ -13,13 +13,16 @@ a schema ``optuna`` of the same database; on SQLite (one machine by nature) in `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -96,12 +99,34 @@ def storage(platform: Platform) -> Any:
 
 def _fail_stale_trials(st: Any) -> None:
     """Fails the study's RUNNING trials whose heartbeat is older than the grace period (Optuna's own check;
-    ``optimize`` runs it only before each new trial, so a study with no trial left to run needs this)."""
+    ``optimize`` runs it only before each new trial, so a study with no trial left to run needs this), and
+    those that never beat and started longer than the grace period ago: Optuna skips a trial without a
+    heartbeat, so one whose process died between creating it and its first beat stayed RUNNING forever. A
+    live trial beats at once; only the milliseconds before that are heartbeat-less."""
     import optuna
+    from sqlalchemy import text
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(st)
+    store = getattr(st._storage, "_backend", st._storage)  # Optuna wraps the RDBStorage in a cache
+    if not isinstance(store, optuna.storages.RDBStorage) or store.grace_period is None:
+        return
+    # datetime_start is the creating process's local time (Optuna writes datetime.now()), and so is this.
+    cutoff = datetime.now() - timedelta(seconds=store.grace_period)
+    with store.engine.connect() as conn:
+        never_beat = conn.execute(
+            text(
+                "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+                "AND t.datetime_start < :cutoff"
+            ),
+            {"study": st._study_id, "cutoff": cutoff},
+        ).scalars()
+        ids = list(never_beat)
+    for trial_id in ids:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # ended meanwhile
+            st._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
 
 
 def _sampler(name: str, space: dict[str, SearchParam], seed: int | None) -> Any:
@@ -355,6 +380,7 @@ def tune(
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     _fail_stale_trials(st)  # a worker joining a study also cleans up after dead ones
     left = trials - sum(t.state in counted for t in st.trials)  # a resumed study may be done already
+    started = time.monotonic()
     try:
         if left > 0:
             st.optimize(objective, n_trials=left, timeout=timeout, callbacks=callbacks, catch=())
@@ -363,6 +389,18 @@ def tune(
             last = ran[-1].user_attrs.get("error", "see its run")
             raise UsageError(f"every trial failed; the last: {last}")
         _fail_stale_trials(st)  # ones that went silent while this process ran its trials
+        if parent is not None and not any(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials):
+            # No best to report (every trial pruned or failed, or the timeout came first): not a success.
+            states = [t.state.name for t in st.trials]
+            words = {"PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+            counts = ", ".join(f"{states.count(k)} {w}" for k, w in words.items() if k in states)
+            within = ""
+            if timeout is not None and time.monotonic() - started >= timeout:
+                within = f" within --timeout {timeout:g}s"
+            raise UsageError(
+                f"no trial completed{within} ({counts or 'none ran'}); the study has no best: "
+                + ("raise --timeout" if within else "see the trials' runs for why")
+            )
     except BaseException as exc:
         if parent is not None:
             parent.end(
