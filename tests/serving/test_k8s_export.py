@@ -51,6 +51,9 @@ def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: P
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "ml"
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["home"]["emptyDir"] == {"sizeLimit": "20Gi"}  # a pod cannot fill its node's disk
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "2Gi"}
     served = yaml.safe_load(docs["configmap"]["data"]["serve.yaml"])
     assert (
         served["models"] == ["support@production"] and served["auth"] is True and served["host"] == "0.0.0.0"

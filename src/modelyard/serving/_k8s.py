@@ -19,6 +19,7 @@ from modelyard.errors import UsageError, ValidationError
 from modelyard.serving._config import ServeConfig
 
 CONFIG_DIR = "/etc/modelyard"
+HOME_DISK, TMP_DISK = "20Gi", "2Gi"  # emptyDir bounds of a serving pod
 DOCKERFILE = """\
 # A slim serving image: ONNX Runtime, tokenizers and numpy; no torch, no transformers.
 FROM python:3.11-slim
@@ -168,8 +169,11 @@ def manifests(
                     ],
                     "volumes": [
                         {"name": "config", "configMap": {"name": name}},
-                        {"name": "home", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
+                        # Bounded, or a pod could fill its node's disk: home holds the verified copies
+                        # of the versions served (stable and candidate), /tmp only scratch. Past a bound
+                        # the kubelet evicts the pod; raise it in the exported file for larger models.
+                        {"name": "home", "emptyDir": {"sizeLimit": HOME_DISK}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_DISK}},
                     ],
                 },
             },
