@@ -45,12 +45,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import UsageError, YardError
+from modelyard.errors import UsageError, ValidationError, YardError
 
 log = logging.getLogger("modelyard.monitoring")
 # How long a monitor's claim on a rule keeps others off it while it acts (a webhook times out well within
 # this); a claim older than this was left by a monitor that died, and its undone actions are taken over.
 CLAIM_LEASE = timedelta(minutes=10)
+# How far ahead of this host's clock a run's time may be (a scheduler's clock running a little fast): what a
+# run records is stamped with its time, and a stamp further ahead would stretch cooldowns and leases.
+CLOCK_SKEW = timedelta(minutes=5)
 _RULE_RE = re.compile(
     r"^\s*(?P<signal>[a-z_]+(?:\.[A-Za-z0-9_]+)?)\s*(?P<op>>=|<=|>|<)\s*(?P<n>-?\d+(?:\.\d+)?)\s*$"
 )
@@ -289,7 +292,7 @@ def run_once(
     # Engineer: a run records alert state (cooldowns others' rules share) and may retrain and deploy.
     platform.authorize(ctx, "model.deploy", f"model:{policy.model}")
     name = parse_spec(policy.model)[0]
-    now = now or utcnow()
+    now = _run_time(now)
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
     problems: list[str] = []
     values = signals(platform, ctx, policy.model, window, problems, now=now)
@@ -361,6 +364,26 @@ def run_once(
         platform.audit(ctx, "monitor.retrain", f"model:{policy.model}", "error", {"error": message})
         retrains = [f"retrain could not advance: {message}"]
     return MonitorResult(policy.model, values, fired, quiet, retrains, problems)
+
+
+def _run_time(now: datetime | None) -> datetime:
+    """The time a run judges and records everything at: ``now`` (a replay, a scheduler's tick), else the
+    clock. Not ahead of the clock: the fired and claimed times it records would keep a rule quiet, and
+    other monitors off it, for that much longer than the cooldown and the lease say."""
+    clock = utcnow()
+    if now is None:
+        return clock
+    if not isinstance(now, datetime) or now.utcoffset() is None:
+        raise ValidationError(
+            f"now must be a datetime with a time zone, such as datetime.now(UTC); got {now!r}"
+        )
+    if now - clock > CLOCK_SKEW:
+        raise ValidationError(
+            f"now {now.isoformat()} is {now - clock} ahead of this host's clock (at most {CLOCK_SKEW} is "
+            "allowed): a run records when its rules fired, and a time in the future would hold their "
+            "cooldowns for that much longer; run at the present or a past time"
+        )
+    return now
 
 
 def _said(exc: Exception) -> str:
