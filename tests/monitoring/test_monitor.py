@@ -617,3 +617,30 @@ def test_a_run_ahead_of_the_clock_is_refused_and_records_nothing(
     first = run_once(home, home.context(), policy, now=utcnow() + parse_window("1m"))
     assert [f.rule for f in first.fired] == ["traffic"]
     assert run_once(home, home.context(), policy).quiet == ["traffic"]
+
+
+def test_a_retrain_is_recorded_at_the_runs_time_like_its_alert(
+    home: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    # run_once(now=...) judges and records everything at that time: the retrain an alert starts included.
+    from modelyard.monitoring._alerts import _key
+    from modelyard.training._jobs import cancel_job
+
+    registry.register(home, home.context(), trained.run_id, "mon-retro")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_RECIPE)))
+    (tmp_path / "gates.yaml").write_text(yaml.safe_dump({"size": {"max_mb": 100}}))
+    rules = {
+        "model": "mon-retro@1",
+        "rules": [{"name": "always", "when": "requests >= 0", "actions": ["retrain"]}],
+        "retrain": {"recipe": str(tmp_path / "recipe.yaml"), "policy": str(tmp_path / "gates.yaml")},
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    when = utcnow() - parse_window("2h")
+    result = run_once(home, home.context(), load_alerts(tmp_path / "rules.yaml"), now=when)
+    outcome = result.fired[0].actions[0]
+    assert outcome.startswith("retrain job"), outcome
+    cancel_job(home, home.context(), outcome.split()[2])  # not for other tests' workers
+    alert = json.loads(home.meta(_key("rule", "mon-retro", "always")) or "{}")
+    retrain = json.loads(home.meta(_key("retrain", "mon-retro")) or "{}")
+    assert alert["fired_at"] == alert["claimed_at"] == when.isoformat()
+    assert retrain["state"] == "queued" and retrain["at"] == when.isoformat()

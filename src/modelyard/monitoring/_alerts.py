@@ -344,7 +344,7 @@ def run_once(
             detail["retry"] = actions
         platform.audit(ctx, "monitor.alert", f"model:{policy.model}", "ok", detail)
         for action in actions:
-            outcome, ok = _act(platform, ctx, policy, name, action, alert, values)
+            outcome, ok = _act(platform, ctx, policy, name, action, alert, values, now)
             alert.actions.append(outcome)
             done = {
                 **current,
@@ -399,6 +399,7 @@ def _act(
     action: str,
     alert: Fired,
     values: dict[str, float],
+    now: datetime,
 ) -> tuple[str, bool]:
     """(what the action did, whether it succeeded)."""
     detail: dict[str, Any] = {"rule": alert.rule, "action": action}
@@ -423,7 +424,7 @@ def _act(
             result = send(hook.url, payload, WebhookPolicy.parse(hook.allow_hosts, hook.allow_networks))
             outcome = f"webhook answered {result.status}"
         else:
-            outcome = _start_retrain(platform, ctx, policy, name)
+            outcome = _start_retrain(platform, ctx, policy, name, now)
         detail["result"] = outcome
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "ok", detail)
         return outcome, True
@@ -460,10 +461,14 @@ def newest_data(
     return yaml.safe_dump({**data, "data": section}, sort_keys=False), changes
 
 
-def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: str) -> str:
+def _start_retrain(
+    platform: Platform, ctx: Context, policy: AlertPolicy, name: str, now: datetime | None = None
+) -> str:
+    """Submit the retrain, judged and recorded at the run's time ``now``, as the alert that started it."""
     from modelyard.training._jobs import submit_job
 
     assert policy.retrain is not None
+    now = now or utcnow()
     key = _key("retrain", name)
     seen = platform.meta(key)
     pending = json.loads(seen) if seen else None
@@ -472,7 +477,7 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
     if (
         pending is not None
         and pending.get("state") == "submitting"
-        and utcnow() - datetime.fromisoformat(pending["at"]).astimezone(UTC) < CLAIM_LEASE
+        and now - datetime.fromisoformat(pending["at"]).astimezone(UTC) < CLAIM_LEASE
     ):
         return "retrain already under way (another monitor is submitting it)"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
@@ -494,7 +499,7 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
         )
     # Claimed before submitting (another monitor's rule may be retraining this model at the same moment):
     # of two, one submits; a claim whose monitor died is taken over after the lease.
-    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": utcnow().isoformat()}
+    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": now.isoformat()}
     held = _claim(platform, key, seen, claim)
     if held is None:
         return "retrain already under way (another monitor is submitting it)"
@@ -504,12 +509,12 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
             path.write_text(recipe, encoding="utf-8")
             job = submit_job(platform, ctx, path, cpus=policy.retrain.cpus, priority="high")
     except BaseException:
-        _claim(platform, key, held, {**(pending or {}), "state": "failed", "at": utcnow().isoformat()})
+        _claim(platform, key, held, {**(pending or {}), "state": "failed", "at": now.isoformat()})
         raise
     _put(
         platform,
         key,
-        {"state": "queued", "job": job.id, "data": changes, "used": used, "at": utcnow().isoformat()},
+        {"state": "queued", "job": job.id, "data": changes, "used": used, "at": now.isoformat()},
     )
     moved = ", ".join(f"{a} -> {b}" for a, b in changes.items()) or "no newer data"
     return f"retrain job {job.id} submitted ({moved})"
