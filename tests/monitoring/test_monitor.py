@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -188,7 +189,7 @@ def test_an_alert_retrains_gates_and_deploys_a_canary(
     _Hook.received = []
     rules = {
         "model": "mon-alert@1",
-        "window": "6h",  # the runs at now + 2h and + 4h below still see the traffic logged now
+        "window": "6h",
         "cooldown": "1h",
         "rules": [
             {"name": "input drift", "when": "drift.input > 0", "actions": ["log", "webhook", "retrain"]},
@@ -239,15 +240,19 @@ def test_an_alert_retrains_gates_and_deploys_a_canary(
     assert actions.count("monitor.alert") == 1 and actions.count("monitor.action") == 3
     assert actions.count("monitor.retrain") == 3  # two failures to gate, then the deployment
 
-    # The drift is still there past the cooldown, but the data is what the retrain already used.
-    later = run_once(home, ctx, policy, now=utcnow() + parse_window("2h"))
+    # The drift is still there past the cooldown (cut to a second here), but the data is what the retrain
+    # already used.
+    policy = policy.model_copy(update={"cooldown": "1s"})
+    time.sleep(1.1)
+    later = run_once(home, ctx, policy)
     [again] = later.fired
     assert again.actions[2].startswith("not retrained: job") and "add a newer version" in again.actions[2]
     assert [v.version for v in registry.list_versions(home, ctx, "mon-alert")] == [1, 2]
     # a changed gate policy (or recipe) is a different retrain, even on the same data
     with (tmp_path / "gates.yaml").open("a") as f:
         f.write("# stricter now\n")
-    fixed = run_once(home, ctx, policy, now=utcnow() + parse_window("4h"))
+    time.sleep(1.1)
+    fixed = run_once(home, ctx, policy)
     assert fixed.fired[0].actions[2].startswith("retrain job"), fixed.fired[0].actions
     from modelyard.training._jobs import cancel_job
 
@@ -573,10 +578,69 @@ def test_a_run_at_a_given_time_judges_the_window_before_that_time(
         )
     )
     policy = load_alerts(path)
-    later = run_once(home, home.context(), policy, now=utcnow() + parse_window("3h"))
-    assert later.signals == {"requests": 0.0} and later.fired == []  # the window 2h-3h from now is empty
     earlier = run_once(home, home.context(), policy, now=utcnow() - parse_window("3h"))
     assert earlier.signals == {"requests": 0.0} and earlier.fired == []
     now = run_once(home, home.context(), policy, now=utcnow())
     assert now.signals["requests"] == 20 and now.signals["quality.exact_match"] == 1.0
     assert [f.rule for f in now.fired] == ["traffic", "scored"]
+
+
+def test_a_run_ahead_of_the_clock_is_refused_and_records_nothing(
+    home: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    # A run records when its rules fired and when it claimed them: stamped an hour ahead, a cooldown and a
+    # claim's lease would hold an hour longer than they say, against every other monitor.
+    from datetime import datetime
+
+    from modelyard.monitoring._alerts import _key
+
+    registry.register(home, home.context(), trained.run_id, "mon-future")
+    log_traffic(home, "mon-future", list(make_examples(5, seed=62)))
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump({"model": "mon-future@1", "rules": [{"name": "traffic", "when": "requests > 0"}]})
+    )
+    policy, key = load_alerts(path), _key("rule", "mon-future", "traffic")
+
+    def audited() -> int:
+        with home.db.read() as s:
+            return len(s.execute(select(AuditRecord.seq).where(AuditRecord.action.like("monitor.%"))).all())
+
+    before = audited()
+    for ahead in ("1h", "6m"):
+        with pytest.raises(ValidationError, match="ahead of this host's clock"):
+            run_once(home, home.context(), policy, now=utcnow() + parse_window(ahead))
+    with pytest.raises(ValidationError, match="time zone"):
+        run_once(home, home.context(), policy, now=datetime.now())  # naive: local or UTC, nobody knows
+    assert home.meta(key) is None and audited() == before  # nothing recorded
+    # A scheduler whose clock runs a little ahead of this host's still runs.
+    first = run_once(home, home.context(), policy, now=utcnow() + parse_window("1m"))
+    assert [f.rule for f in first.fired] == ["traffic"]
+    assert run_once(home, home.context(), policy).quiet == ["traffic"]
+
+
+def test_a_retrain_is_recorded_at_the_runs_time_like_its_alert(
+    home: Platform, trained: TrainedModel, tmp_path: Path
+) -> None:
+    # run_once(now=...) judges and records everything at that time: the retrain an alert starts included.
+    from modelyard.monitoring._alerts import _key
+    from modelyard.training._jobs import cancel_job
+
+    registry.register(home, home.context(), trained.run_id, "mon-retro")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_RECIPE)))
+    (tmp_path / "gates.yaml").write_text(yaml.safe_dump({"size": {"max_mb": 100}}))
+    rules = {
+        "model": "mon-retro@1",
+        "rules": [{"name": "always", "when": "requests >= 0", "actions": ["retrain"]}],
+        "retrain": {"recipe": str(tmp_path / "recipe.yaml"), "policy": str(tmp_path / "gates.yaml")},
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    when = utcnow() - parse_window("2h")
+    result = run_once(home, home.context(), load_alerts(tmp_path / "rules.yaml"), now=when)
+    outcome = result.fired[0].actions[0]
+    assert outcome.startswith("retrain job"), outcome
+    cancel_job(home, home.context(), outcome.split()[2])  # not for other tests' workers
+    alert = json.loads(home.meta(_key("rule", "mon-retro", "always")) or "{}")
+    retrain = json.loads(home.meta(_key("retrain", "mon-retro")) or "{}")
+    assert alert["fired_at"] == alert["claimed_at"] == when.isoformat()
+    assert retrain["state"] == "queued" and retrain["at"] == when.isoformat()

@@ -214,3 +214,20 @@ def test_like_backslash_escapes_the_same_on_every_backend(any_platform: Platform
         for bad in (r"params.p like 'a\\'", r"params.p ilike '\\'"):
             with pytest.raises(UsageError, match="lone backslash"):
                 client.search_runs("esc", filter=bad)
+
+
+def test_a_quote_inside_a_literal_is_escaped_or_written_in_the_other_quotes(any_platform: Platform) -> None:
+    """`'it\\'s'` and `"it's"` find it's; SQL's doubled quote is not the grammar's: `'it''s'` is two strings,
+    a syntax error at the second, never a different query."""
+    with Client(platform=any_platform) as client:
+        for name, value in [("q", "it's"), ("d", 'say "hi"'), ("n", "its")]:
+            with client.start_run("quotes", name=name, params={"p": value}, capture=False):
+                pass
+
+        def found(filt: str) -> set[str]:
+            return {r.name for r in client.search_runs("quotes", filter=filt)}  # type: ignore[misc]
+
+        assert found(r"params.p = 'it\'s'") == found('params.p = "it\'s"') == {"q"}
+        assert found(r'params.p = "say \"hi\""') == found("params.p = 'say \"hi\"'") == {"d"}
+        with pytest.raises(UsageError, match=r"position 16: expected 'and', 'or' or the end, got \"'s'\""):
+            client.search_runs("quotes", filter="params.p = 'it''s'")

@@ -101,6 +101,23 @@ def test_numpy_numbers_are_accepted(run: LiveRun) -> None:
     run.flush()
 
 
+def test_any_real_number_float_can_convert_is_accepted(client: Client, run: LiveRun) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    run.log_metric("dec", Decimal("0.5"))
+    run.log_metrics({"frac": Fraction(1, 4), "dnan": Decimal("NaN")})
+    run.flush()
+    assert client.get_run(run.id).metrics == {"dec": 0.5, "frac": 0.25, "dnan": None}
+    for value, match in [(Decimal("Infinity"), "finite"), (Decimal("sNaN"), "signaling NaN")]:
+        with pytest.raises(ValidationError, match=match):
+            run.log_metric("x", value)
+    np = pytest.importorskip("numpy")
+    with pytest.raises(ValidationError, match="must be a number, got bool"):
+        run.log_metric("x", np.bool_(True))  # a bool stays refused, numpy's too
+    assert run.buffered == 0
+
+
 def test_bad_params_tags_and_names(client: Client, run: LiveRun) -> None:
     before = _counts(client.platform)
     with pytest.raises(ValidationError, match="at most 6000"):

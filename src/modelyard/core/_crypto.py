@@ -38,6 +38,7 @@ from typing import Any, BinaryIO, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from modelyard.core._paths import private_dirs
 from modelyard.errors import IntegrityError, MasterKeyError, UsageError
 
 KEY_BYTES = 32
@@ -128,7 +129,9 @@ def write_master_key_file(path: Path, key: MasterKey, *, overwrite: bool = False
     """Write ``key`` as JSON, mode 0600, atomically; refuse to replace an existing key file."""
     if path.exists() and not overwrite:
         raise MasterKeyError(_exists_message(path))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Every missing parent 0700 (mkdir -p gives them the umask's mode): through a folder others can write,
+    # they could swap the key's folder for one holding a key they know.
+    private_dirs(path.parent)
     doc = {"version": _KEY_FILE_VERSION, "key_id": key.key_id, "key": key.to_b64()}
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:

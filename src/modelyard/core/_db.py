@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelyard.core._paths import private_dirs
 from modelyard.core._redact import redact_url
 from modelyard.errors import BackendError, ConfigError, UsageError
 
@@ -139,7 +140,7 @@ class MetadataStore:
         if self.dialect == "sqlite":
             path = make_url(self.url).database
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                private_dirs(Path(path).parent)  # 0700, not the umask's mode: others could swap the store
                 # It holds wrapped data keys and token hashes: create it private, whatever the umask.
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}

@@ -21,6 +21,7 @@ from modelyard.core._crypto import MasterKey, load_master_key_file, write_master
 from modelyard.core._db import missing_sqlite_file
 from modelyard.core._keys import MASTER_KEY_ID
 from modelyard.core._models import Membership, Meta, Project, User
+from modelyard.core._paths import private_dirs
 from modelyard.core._platform import (
     STORE_MARKER,
     SYSTEM_PROJECT,
@@ -55,7 +56,7 @@ def init_home(settings: Settings | None = None, *, region: str | None = None) ->
     made_key: Path | None = None
     home = settings.home
     if not home.exists():
-        home.mkdir(parents=True, mode=0o700)
+        private_dirs(home)  # the missing parents too: in a folder others can write, they could swap the home
         report.created.append(f"home {home}")
     else:
         report.existing.append(f"home {home}")

@@ -45,12 +45,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import UsageError, YardError
+from modelyard.errors import UsageError, ValidationError, YardError
 
 log = logging.getLogger("modelyard.monitoring")
 # How long a monitor's claim on a rule keeps others off it while it acts (a webhook times out well within
 # this); a claim older than this was left by a monitor that died, and its undone actions are taken over.
 CLAIM_LEASE = timedelta(minutes=10)
+# How far ahead of this host's clock a run's time may be (a scheduler's clock running a little fast): what a
+# run records is stamped with its time, and a stamp further ahead would stretch cooldowns and leases.
+CLOCK_SKEW = timedelta(minutes=5)
 _RULE_RE = re.compile(
     r"^\s*(?P<signal>[a-z_]+(?:\.[A-Za-z0-9_]+)?)\s*(?P<op>>=|<=|>|<)\s*(?P<n>-?\d+(?:\.\d+)?)\s*$"
 )
@@ -289,7 +292,7 @@ def run_once(
     # Engineer: a run records alert state (cooldowns others' rules share) and may retrain and deploy.
     platform.authorize(ctx, "model.deploy", f"model:{policy.model}")
     name = parse_spec(policy.model)[0]
-    now = now or utcnow()
+    now = _run_time(now)
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
     problems: list[str] = []
     values = signals(platform, ctx, policy.model, window, problems, now=now)
@@ -341,7 +344,7 @@ def run_once(
             detail["retry"] = actions
         platform.audit(ctx, "monitor.alert", f"model:{policy.model}", "ok", detail)
         for action in actions:
-            outcome, ok = _act(platform, ctx, policy, name, action, alert, values)
+            outcome, ok = _act(platform, ctx, policy, name, action, alert, values, now)
             alert.actions.append(outcome)
             done = {
                 **current,
@@ -363,6 +366,26 @@ def run_once(
     return MonitorResult(policy.model, values, fired, quiet, retrains, problems)
 
 
+def _run_time(now: datetime | None) -> datetime:
+    """The time a run judges and records everything at: ``now`` (a replay, a scheduler's tick), else the
+    clock. Not ahead of the clock: the fired and claimed times it records would keep a rule quiet, and
+    other monitors off it, for that much longer than the cooldown and the lease say."""
+    clock = utcnow()
+    if now is None:
+        return clock
+    if not isinstance(now, datetime) or now.utcoffset() is None:
+        raise ValidationError(
+            f"now must be a datetime with a time zone, such as datetime.now(UTC); got {now!r}"
+        )
+    if now - clock > CLOCK_SKEW:
+        raise ValidationError(
+            f"now {now.isoformat()} is {now - clock} ahead of this host's clock (at most {CLOCK_SKEW} is "
+            "allowed): a run records when its rules fired, and a time in the future would hold their "
+            "cooldowns for that much longer; run at the present or a past time"
+        )
+    return now
+
+
 def _said(exc: Exception) -> str:
     """A failure as the audit log and the run's output say it: our message, else the kind and text."""
     return exc.message if isinstance(exc, YardError) else f"{type(exc).__name__}: {exc}"
@@ -376,6 +399,7 @@ def _act(
     action: str,
     alert: Fired,
     values: dict[str, float],
+    now: datetime,
 ) -> tuple[str, bool]:
     """(what the action did, whether it succeeded)."""
     detail: dict[str, Any] = {"rule": alert.rule, "action": action}
@@ -400,7 +424,7 @@ def _act(
             result = send(hook.url, payload, WebhookPolicy.parse(hook.allow_hosts, hook.allow_networks))
             outcome = f"webhook answered {result.status}"
         else:
-            outcome = _start_retrain(platform, ctx, policy, name)
+            outcome = _start_retrain(platform, ctx, policy, name, now)
         detail["result"] = outcome
         platform.audit(ctx, "monitor.action", f"model:{policy.model}", "ok", detail)
         return outcome, True
@@ -437,10 +461,14 @@ def newest_data(
     return yaml.safe_dump({**data, "data": section}, sort_keys=False), changes
 
 
-def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: str) -> str:
+def _start_retrain(
+    platform: Platform, ctx: Context, policy: AlertPolicy, name: str, now: datetime | None = None
+) -> str:
+    """Submit the retrain, judged and recorded at the run's time ``now``, as the alert that started it."""
     from modelyard.training._jobs import submit_job
 
     assert policy.retrain is not None
+    now = now or utcnow()
     key = _key("retrain", name)
     seen = platform.meta(key)
     pending = json.loads(seen) if seen else None
@@ -449,7 +477,7 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
     if (
         pending is not None
         and pending.get("state") == "submitting"
-        and utcnow() - datetime.fromisoformat(pending["at"]).astimezone(UTC) < CLAIM_LEASE
+        and now - datetime.fromisoformat(pending["at"]).astimezone(UTC) < CLAIM_LEASE
     ):
         return "retrain already under way (another monitor is submitting it)"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
@@ -471,7 +499,7 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
         )
     # Claimed before submitting (another monitor's rule may be retraining this model at the same moment):
     # of two, one submits; a claim whose monitor died is taken over after the lease.
-    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": utcnow().isoformat()}
+    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": now.isoformat()}
     held = _claim(platform, key, seen, claim)
     if held is None:
         return "retrain already under way (another monitor is submitting it)"
@@ -481,12 +509,12 @@ def _start_retrain(platform: Platform, ctx: Context, policy: AlertPolicy, name: 
             path.write_text(recipe, encoding="utf-8")
             job = submit_job(platform, ctx, path, cpus=policy.retrain.cpus, priority="high")
     except BaseException:
-        _claim(platform, key, held, {**(pending or {}), "state": "failed", "at": utcnow().isoformat()})
+        _claim(platform, key, held, {**(pending or {}), "state": "failed", "at": now.isoformat()})
         raise
     _put(
         platform,
         key,
-        {"state": "queued", "job": job.id, "data": changes, "used": used, "at": utcnow().isoformat()},
+        {"state": "queued", "job": job.id, "data": changes, "used": used, "at": now.isoformat()},
     )
     moved = ", ".join(f"{a} -> {b}" for a, b in changes.items()) or "no newer data"
     return f"retrain job {job.id} submitted ({moved})"

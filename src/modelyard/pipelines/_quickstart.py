@@ -112,8 +112,10 @@ def _fresh(home: Path) -> None:
                 "(nothing was changed)"
             )
         shutil.rmtree(home)
-    home.mkdir(parents=True, mode=0o700)
-    (home / MARKER).write_text("made by yard quickstart; `yard quickstart` may delete and recreate it\n")
+    from modelyard.core._paths import private_dirs, write_file
+
+    private_dirs(home)  # the missing parents too: in a folder others can write, they could swap the home
+    write_file(home / MARKER, "made by yard quickstart; `yard quickstart` may delete and recreate it\n")
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ audit chain would serialise every writer of every run on its head row.
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import operator
@@ -80,12 +81,13 @@ def check_key(key: object, what: str = "key") -> str:
 
 def check_value(key: str, value: object) -> float | None:
     """A finite number or NaN (stored as NULL; SQLite cannot store NaN)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    # Decimal is no numbers.Real (it will not mix with floats implicitly), yet a metric is stored as one.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | decimal.Decimal):
         raise ValidationError(f"metric {key!r}: value must be a number, got {type(value).__name__}")
     try:
         v = float(value)
-    except (OverflowError, ValueError):  # an int beyond the float range, a custom Real that will not convert
-        raise ValidationError(f"metric {key!r}: value does not fit in a float") from None
+    except (OverflowError, ValueError) as exc:  # an int beyond the float range, a signaling NaN, ...
+        raise ValidationError(f"metric {key!r}: value does not fit in a float ({exc})") from None
     if math.isnan(v):
         return None
     if math.isinf(v):
