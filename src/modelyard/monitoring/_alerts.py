@@ -52,7 +52,7 @@ log = logging.getLogger("modelyard.monitoring")
 # this); a claim older than this was left by a monitor that died, and its undone actions are taken over.
 CLAIM_LEASE = timedelta(minutes=10)
 # How far ahead of this host's clock a run's time may be (a scheduler's clock running a little fast): what a
-# run records is stamped with its time, and a stamp further ahead would stretch cooldowns and leases.
+# run records is stamped with its time, and a stamp further ahead would stretch its rules' cooldowns.
 CLOCK_SKEW = timedelta(minutes=5)
 _RULE_RE = re.compile(
     r"^\s*(?P<signal>[a-z_]+(?:\.[A-Za-z0-9_]+)?)\s*(?P<op>>=|<=|>|<)\s*(?P<n>-?\d+(?:\.\d+)?)\s*$"
@@ -309,7 +309,9 @@ def run_once(
         state = json.loads(seen) if seen else {}
         pending: list[str] = state.get("pending") or []
         claimed_at = state.get("claimed_at")
-        if pending and claimed_at and now - datetime.fromisoformat(claimed_at).astimezone(UTC) < CLAIM_LEASE:
+        # Leases run on the clock, whatever time the run judges at: a replay at a past time acts now, and
+        # its claim must keep a monitor running at the present off the rule while it does.
+        if pending and claimed_at and _held(claimed_at):
             quiet.append(rule.name)  # another monitor is acting on it right now
             continue
         last = state.get("fired_at")
@@ -332,7 +334,7 @@ def run_once(
             "failed": [],
             "pending": actions,
             "claim": secrets.token_hex(8),
-            "claimed_at": now.isoformat(),
+            "claimed_at": utcnow().isoformat(),
         }
         held = _claim(platform, key, seen, current)
         if held is None:
@@ -384,6 +386,11 @@ def _run_time(now: datetime | None) -> datetime:
             "cooldowns for that much longer; run at the present or a past time"
         )
     return now
+
+
+def _held(claimed_at: str) -> bool:
+    """Whether a claim made at ``claimed_at`` (the clock's time) is still within its lease."""
+    return utcnow() - datetime.fromisoformat(claimed_at).astimezone(UTC) < CLAIM_LEASE
 
 
 def _said(exc: Exception) -> str:
@@ -464,7 +471,8 @@ def newest_data(
 def _start_retrain(
     platform: Platform, ctx: Context, policy: AlertPolicy, name: str, now: datetime | None = None
 ) -> str:
-    """Submit the retrain, judged and recorded at the run's time ``now``, as the alert that started it."""
+    """Submit the retrain, recorded at the run's time ``now`` as the alert that started it; its claim against
+    other monitors is a lease on the clock."""
     from modelyard.training._jobs import submit_job
 
     assert policy.retrain is not None
@@ -477,7 +485,7 @@ def _start_retrain(
     if (
         pending is not None
         and pending.get("state") == "submitting"
-        and now - datetime.fromisoformat(pending["at"]).astimezone(UTC) < CLAIM_LEASE
+        and _held(pending["at"])
     ):
         return "retrain already under way (another monitor is submitting it)"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
@@ -499,7 +507,7 @@ def _start_retrain(
         )
     # Claimed before submitting (another monitor's rule may be retraining this model at the same moment):
     # of two, one submits; a claim whose monitor died is taken over after the lease.
-    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": now.isoformat()}
+    claim = {"state": "submitting", "claim": secrets.token_hex(8), "at": utcnow().isoformat()}  # a lease
     held = _claim(platform, key, seen, claim)
     if held is None:
         return "retrain already under way (another monitor is submitting it)"
