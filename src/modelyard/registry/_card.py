@@ -134,7 +134,12 @@ def model_card(platform: Platform, ctx: Context, spec: str) -> Card:
                 or "No description was registered with this version.",
                 f"Format: {info.format} ({info.variant}); {info.files} files, {info.bytes / 1e6:.1f} MB. "
                 + "Aliases: "
-                + (", ".join(info.aliases) or "none")
+                + (
+                    ", ".join(
+                        a + (" (unverified: refused)" if a in info.unverified else "") for a in info.aliases
+                    )
+                    or "none"
+                )
                 + ".",
             ],
         )
