@@ -500,6 +500,28 @@ def test_user_text_on_a_card_stays_text_in_markdown_and_html() -> None:
     assert "<code>yard models verify m@1</code>" in rendered and "<code>" not in rendered.split("<code>y")[0]
 
 
+def test_bare_urls_and_addresses_on_a_card_are_not_autolinked() -> None:
+    """GFM viewers (GitHub, remark-gfm...) link a bare https://..., www.... or user@host in text; a card's
+    user text showed such links although it is escaped against every other link form. They stay
+    readable text: the rendered card shows what was typed."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from modelyard.registry._card import Card
+
+    hostile = "see https://evil.example/x, WWW.evil.example, ftp://e.example and mail ops@evil.example"
+    card = Card("Model card: m@1", [("Intended use", [hostile]), ("Data", [(["dataset"], [[hostile]])])])
+    md = card.markdown()
+    # What GFM's extended autolinks are made of: a scheme's "://", "www." and an address's "@" before a
+    # domain, each literal (a backslash escape splits the text they are found in).
+    assert not re.search(r"(?<!\\)://|(?i:www)\.|(?<!\\)@(?=\S*\.)", md)
+    assert "m@1" in md  # a version spec is no address
+    rendered = MarkdownIt("commonmark").enable("table").render(md)
+    assert f"<p>{hostile}</p>" in rendered and f"<td>{hostile}</td>" in rendered
+    assert "<a " not in rendered
+
+
 def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, name: str) -> None:
     """examples/flan-t5/gates.yaml as shipped (its data pointed at this session's dataset)."""
     from modelyard.evaluation import load_policy
