@@ -250,6 +250,36 @@ def test_a_row_edited_to_name_no_run_does_not_hide_who_trained_it(
     assert registry.history(p, trainer, name) == []
 
 
+def test_deleting_the_run_does_not_hide_who_trained_it(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    # The trainer was read from the run's row only: once someone else registered the run, its trainer
+    # deleted it and approved their own model for production. The audit log still says who created it.
+    from modelyard.serving import deploy
+    from modelyard.tracking._store import artifact_files, create_run, delete_run, end_run, log_artifacts
+
+    p = trained_platform
+    trainer, scientist = person(p, Role.APPROVER), person(p, Role.SCIENTIST)
+    run_id = create_run(p, trainer, "four-eyes")
+    log_artifacts(p, trainer, run_id, artifact_files(p, trainer, run_id, model_dir, "model"))
+    end_run(p, trainer, run_id)
+    registry.register(p, scientist, run_id, name)
+    delete_run(p, trainer, run_id)
+    with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
+        registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
+    registry.attest(p, person(p, Role.APPROVER), f"{name}@1", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match="four eyes"):
+        deploy(p, trainer, name, version=1, mode="canary", weight=100)
+    assert registry.history(p, trainer, name) == []
+    # With no record of who trained it at all, four eyes cannot be checked: refused, not waved through.
+    with p.db.write() as s:
+        s.execute(text("DELETE FROM audit_log WHERE resource = :r"), {"r": f"run:{run_id}"})
+    with pytest.raises(PermissionDeniedError, match=f"who trained {name}@1 is not known"):
+        registry.promote(p, person(p, Role.APPROVER), f"{name}@1", "production", gates=gate_runner(PASSING))
+    # An unprotected alias needs no four eyes.
+    assert registry.promote(p, person(p, Role.ENGINEER), f"{name}@1", "staging").version == 1
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:
