@@ -582,6 +582,9 @@ def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, na
         ("", {}, True, "short name"),
         ("x" * 65, {}, True, "short name"),
         ("gates", ["not", "a", "mapping"], True, "is a mapping"),
+        # Was a TypeError from the JSON encoder inside the write, not a clear refusal.
+        ("review", {"seen": {"a", "b"}}, True, "result must be JSON"),
+        ("review", {1: "x", "y": 2}, True, "result must be JSON"),
     ],
 )
 def test_malformed_attestations_are_refused_before_anything_is_signed(

@@ -479,6 +479,14 @@ def store_attestation(
         problem = f"an attestation kind is a short name such as 'gates', not {kind!r}"
     elif not isinstance(result, Mapping):
         problem = f"an attestation result is a mapping, not {type(result).__name__}"
+    else:
+        try:  # what is signed; an encoder error inside the write was no clear refusal
+            canonical(dict(result))
+        except (TypeError, ValueError) as exc:
+            problem = (
+                "an attestation result must be JSON: text keys and text, numbers, booleans, None, lists "
+                f"and mappings as values ({exc})"
+            )
     if problem is not None:
         raise platform.refuse(ctx, action, f"model:{spec}", UsageError(problem)) from None
     signer = Signer(platform)
