@@ -183,6 +183,18 @@ def test_a_rollback_follows_the_signed_record_not_the_history_rows(three: Platfo
     assert json.loads(_alias_row(p, "staging").body)["stack"] == []
 
 
+def test_pointing_an_alias_at_the_version_it_holds_does_not_make_a_rollback_stay_put(three: Platform) -> None:
+    """Setting (or re-promoting) the version an alias already holds pushed it on the stack again: the next
+    rollback "rolled back" to the same version (staging -> 2, rolled back from 2)."""
+    p, ctx = three, three.context()
+    for v in (1, 2, 2):
+        registry.set_alias(p, ctx, f"t5@{v}", "staging")
+    assert [v for v, _ in json.loads(_alias_row(p, "staging").body)["stack"]] == [1]
+    change = registry.rollback(p, ctx, "t5", "staging")
+    assert (change.version, change.previous) == (1, 2)
+    assert [e.action for e in registry.history(p, ctx, "t5", "staging")] == ["set", "set", "set", "rollback"]
+
+
 def test_the_rollback_stack_is_bounded(three: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     p, ctx = three, three.context()
     monkeypatch.setattr(_aliases, "STACK_LIMIT", 2)

@@ -140,6 +140,8 @@ def _point(
                 log.warning("%s@%s: earlier versions dropped: %s", model.name, alias, exc.message)
     if action == "rollback":
         stack = stack[:-2]  # the version rolled back to becomes the record's own
+    elif row is not None and stack[-1:] == [[row.version, row.manifest_digest]]:
+        stack = stack[:-1]  # pointed again at what it holds: a rollback must still go back, not stay
     now = utcnow()
     version = row.version if row is not None else None
     event = AliasEvent(
