@@ -250,6 +250,36 @@ def test_a_row_edited_to_name_no_run_does_not_hide_who_trained_it(
     assert registry.history(p, trainer, name) == []
 
 
+def test_deleting_the_run_does_not_hide_who_trained_it(
+    trained_platform: Platform, model_dir: Path, name: str
+) -> None:
+    # The trainer was read from the run's row only: once someone else registered the run, its trainer
+    # deleted it and approved their own model for production. The audit log still says who created it.
+    from modelyard.serving import deploy
+    from modelyard.tracking._store import artifact_files, create_run, delete_run, end_run, log_artifacts
+
+    p = trained_platform
+    trainer, scientist = person(p, Role.APPROVER), person(p, Role.SCIENTIST)
+    run_id = create_run(p, trainer, "four-eyes")
+    log_artifacts(p, trainer, run_id, artifact_files(p, trainer, run_id, model_dir, "model"))
+    end_run(p, trainer, run_id)
+    registry.register(p, scientist, run_id, name)
+    delete_run(p, trainer, run_id)
+    with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
+        registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
+    registry.attest(p, person(p, Role.APPROVER), f"{name}@1", "gates", {"checks": []}, passed=True)
+    with pytest.raises(PermissionDeniedError, match="four eyes"):
+        deploy(p, trainer, name, version=1, mode="canary", weight=100)
+    assert registry.history(p, trainer, name) == []
+    # With no record of who trained it at all, four eyes cannot be checked: refused, not waved through.
+    with p.db.write() as s:
+        s.execute(text("DELETE FROM audit_log WHERE resource = :r"), {"r": f"run:{run_id}"})
+    with pytest.raises(PermissionDeniedError, match=f"who trained {name}@1 is not known"):
+        registry.promote(p, person(p, Role.APPROVER), f"{name}@1", "production", gates=gate_runner(PASSING))
+    # An unprotected alias needs no four eyes.
+    assert registry.promote(p, person(p, Role.ENGINEER), f"{name}@1", "staging").version == 1
+
+
 def test_protected_alias_moves_only_by_promotion_and_others_by_engineers(
     trained_platform: Platform, model_dir: Path, name: str
 ) -> None:
@@ -500,6 +530,28 @@ def test_user_text_on_a_card_stays_text_in_markdown_and_html() -> None:
     assert "<code>yard models verify m@1</code>" in rendered and "<code>" not in rendered.split("<code>y")[0]
 
 
+def test_bare_urls_and_addresses_on_a_card_are_not_autolinked() -> None:
+    """GFM viewers (GitHub, remark-gfm...) link a bare https://..., www.... or user@host in text; a card's
+    user text showed such links although it is escaped against every other link form. They stay
+    readable text: the rendered card shows what was typed."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from modelyard.registry._card import Card
+
+    hostile = "see https://evil.example/x, WWW.evil.example, ftp://e.example and mail ops@evil.example"
+    card = Card("Model card: m@1", [("Intended use", [hostile]), ("Data", [(["dataset"], [[hostile]])])])
+    md = card.markdown()
+    # What GFM's extended autolinks are made of: a scheme's "://", "www." and an address's "@" before a
+    # domain, each literal (a backslash escape splits the text they are found in).
+    assert not re.search(r"(?<!\\)://|(?i:www)\.|(?<!\\)@(?=\S*\.)", md)
+    assert "m@1" in md  # a version spec is no address
+    rendered = MarkdownIt("commonmark").enable("table").render(md)
+    assert f"<p>{hostile}</p>" in rendered and f"<td>{hostile}</td>" in rendered
+    assert "<a " not in rendered
+
+
 def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, name: str) -> None:
     """examples/flan-t5/gates.yaml as shipped (its data pointed at this session's dataset)."""
     from modelyard.evaluation import load_policy
@@ -530,6 +582,9 @@ def test_the_example_policy_runs(trained_platform: Platform, model_dir: Path, na
         ("", {}, True, "short name"),
         ("x" * 65, {}, True, "short name"),
         ("gates", ["not", "a", "mapping"], True, "is a mapping"),
+        # Was a TypeError from the JSON encoder inside the write, not a clear refusal.
+        ("review", {"seen": {"a", "b"}}, True, "result must be JSON"),
+        ("review", {1: "x", "y": 2}, True, "result must be JSON"),
     ],
 )
 def test_malformed_attestations_are_refused_before_anything_is_signed(

@@ -15,6 +15,7 @@ from modelyard import registry
 from modelyard.core import Platform
 from modelyard.errors import IntegrityError
 from modelyard.registry import _aliases
+from modelyard.testing import Yard
 
 
 def _sql(platform: Platform, statement: str, **params: Any) -> Any:
@@ -86,6 +87,34 @@ def test_an_alias_repointed_in_the_database_is_refused_until_pointed_again(three
     assert json.loads(_alias_row(p, "staging").body)["stack"] == []  # the altered history is not carried
 
 
+def test_show_and_version_listings_mark_a_repointed_alias_as_refused(three: Platform, yard: Yard) -> None:
+    """`yard models show t5@3` said "aliases: staging" after the row was repointed at 3, while t5@staging
+    was refused: only `yard models ls` marked it."""
+    p, ctx = three, three.context()
+    registry.set_alias(p, ctx, "t5@1", "staging")
+    registry.set_alias(p, ctx, "t5@3", "canary")
+    assert (registry.show(p, ctx, "t5@3").aliases, registry.show(p, ctx, "t5@3").unverified) == (
+        ["canary"],
+        [],
+    )
+    _sql(p, "UPDATE model_aliases SET version_id = :v WHERE alias = 'staging'", v=_version_id(p, 3))
+    for info in (
+        registry.show(p, ctx, "t5@3"),
+        registry.read_manifest(p, ctx, "t5@3")[0],
+        registry.list_versions(p, ctx, "t5")[2],
+    ):
+        assert (info.aliases, info.unverified) == (["canary", "staging"], ["staging"])
+    assert registry.list_versions(p, ctx, "t5")[0].aliases == []
+    shown = yard("models", "show", "t5@3")
+    assert shown.code == 0, shown.err
+    assert "canary, staging (unverified: refused)" in shown.out
+    listed = yard("models", "ls", "t5")
+    assert listed.code == 0 and "canary, staging (unverified: refused)" in listed.out
+    assert yard("models", "show", "t5@3", "--json").json()["unverified"] == ["staging"]
+    card = registry.model_card(p, ctx, "t5@3").markdown()
+    assert "Aliases: canary, staging (unverified: refused)." in card
+
+
 def test_an_earlier_signed_record_restored_in_the_database_is_refused(three: Platform) -> None:
     p, ctx = three, three.context()
     registry.set_alias(p, ctx, "t5@1", "staging")
@@ -152,6 +181,18 @@ def test_a_rollback_follows_the_signed_record_not_the_history_rows(three: Platfo
     assert registry.rollback(p, ctx, "t5", "staging").version == 2
     assert registry.rollback(p, ctx, "t5", "staging").version == 1
     assert json.loads(_alias_row(p, "staging").body)["stack"] == []
+
+
+def test_pointing_an_alias_at_the_version_it_holds_does_not_make_a_rollback_stay_put(three: Platform) -> None:
+    """Setting (or re-promoting) the version an alias already holds pushed it on the stack again: the next
+    rollback "rolled back" to the same version (staging -> 2, rolled back from 2)."""
+    p, ctx = three, three.context()
+    for v in (1, 2, 2):
+        registry.set_alias(p, ctx, f"t5@{v}", "staging")
+    assert [v for v, _ in json.loads(_alias_row(p, "staging").body)["stack"]] == [1]
+    change = registry.rollback(p, ctx, "t5", "staging")
+    assert (change.version, change.previous) == (1, 2)
+    assert [e.action for e in registry.history(p, ctx, "t5", "staging")] == ["set", "set", "set", "rollback"]
 
 
 def test_the_rollback_stack_is_bounded(three: Platform, monkeypatch: pytest.MonkeyPatch) -> None:

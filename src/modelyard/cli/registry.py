@@ -30,6 +30,14 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _aliases(shown: dict[str, str], unverified: list[str]) -> str:
+    """Aliases (name -> how to show it), those whose signed record does not check marked: resolving them
+    is refused."""
+    return ", ".join(
+        text + (" (unverified: refused)" if a in unverified else "") for a, text in shown.items()
+    )
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -83,11 +91,7 @@ def ls(
                     m.name,
                     m.versions,
                     m.latest or "-",
-                    ", ".join(
-                        f"{a}->{v}" + (" (unverified: refused)" if a in m.unverified else "")
-                        for a, v in m.aliases.items()
-                    )
-                    or "-",
+                    _aliases({a: f"{a}->{v}" for a, v in m.aliases.items()}, m.unverified) or "-",
                     m.created_by,
                 )
                 for m in models
@@ -106,7 +110,7 @@ def ls(
                 v.variant,
                 _mb(v.bytes),
                 " ".join(f"{k}={x:.3f}" for k, x in sorted(v.metrics.items())),
-                ", ".join(v.aliases) or "-",
+                _aliases({a: a for a in v.aliases}, v.unverified) or "-",
                 v.parent or "-",
                 v.created_by,
                 v.created_at.strftime("%Y-%m-%d %H:%M"),
@@ -133,7 +137,7 @@ def show(
     console.print(f"{info.spec}  ({info.format}, {info.variant})", markup=False)
     lineage = manifest.get("lineage") or {}
     rows = [
-        ("aliases", ", ".join(info.aliases) or "-"),
+        ("aliases", _aliases({a: a for a in info.aliases}, info.unverified) or "-"),
         ("size", f"{_mb(info.bytes)} in {info.files} files"),
         ("metrics", " ".join(f"{k}={v:.4f}" for k, v in sorted(info.metrics.items())) or "-"),
         ("run", lineage.get("run") or "-"),

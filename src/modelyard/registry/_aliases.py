@@ -21,7 +21,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelyard.core._models import AliasEvent, Attestation, ModelAlias, ModelVersion, RegisteredModel, Run
+from modelyard.core._models import (
+    AliasEvent,
+    Attestation,
+    AuditRecord,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+)
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._signing import Signer, canonical
 from modelyard.errors import (
@@ -132,6 +140,8 @@ def _point(
                 log.warning("%s@%s: earlier versions dropped: %s", model.name, alias, exc.message)
     if action == "rollback":
         stack = stack[:-2]  # the version rolled back to becomes the record's own
+    elif row is not None and stack[-1:] == [[row.version, row.manifest_digest]]:
+        stack = stack[:-1]  # pointed again at what it holds: a rollback must still go back, not stay
     now = utcnow()
     version = row.version if row is not None else None
     event = AliasEvent(
@@ -179,7 +189,8 @@ def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, 
     it and who ran the run that trained it (an approver must not get their own model approved by having
     someone else register their run), and the same of every version it derives from (an INT8 variant
     someone else optimised holds the weights its parent's run trained). Read from the signed manifests:
-    a row edited to name no run (the column older versions leave empty) would hide the trainer."""
+    a row edited to name no run (the column older versions leave empty) would hide the trainer; a deleted
+    run's trainer is read from the audit log (:func:`_trainer`)."""
     made: dict[str, str] = {}
     digest = ""
     derived: str | None = None
@@ -193,13 +204,36 @@ def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, 
         made.setdefault(str(manifest["created_by"]), f"registered {what}")
         lineage = manifest.get("lineage") or {}
         if lineage.get("run"):
-            with platform.db.read() as s:
-                trainer = s.scalar(select(Run.user).where(Run.id == lineage["run"]))
-            if trainer is not None:
-                made.setdefault(trainer, f"trained {what}")
+            made.setdefault(_trainer(platform, ctx, lineage["run"], what), f"trained {what}")
         derived = derived or info.spec
         next_spec = lineage.get("parent")
     return digest, made
+
+
+def _trainer(platform: Platform, ctx: Context, run_id: str, what: str) -> str:
+    """Who ran the run: its row, or once the run was deleted (by its trainer, say, after someone else
+    registered it) the audit record that created it. PermissionDeniedError when neither says."""
+    with platform.db.read() as s:
+        trainer = s.scalar(select(Run.user).where(Run.id == run_id))
+        if trainer is None:  # the run's first write is its creation
+            trainer = s.scalar(
+                select(AuditRecord.actor)
+                .where(
+                    AuditRecord.project == ctx.project,
+                    AuditRecord.action == "run.write",
+                    AuditRecord.resource == f"run:{run_id}",
+                    AuditRecord.outcome == "ok",
+                )
+                .order_by(AuditRecord.seq)
+                .limit(1)
+            )
+    if trainer is None:
+        raise PermissionDeniedError(
+            f"who trained {what} is not known (its run {run_id} was deleted and the audit log holds no "
+            "record of it), so four eyes cannot be checked; register a retrained version",
+            action="model.approve",
+        )
+    return trainer
 
 
 def _targets(s: Session, model_id: int) -> dict[str, int]:
@@ -300,11 +334,12 @@ def promote(
         compared = _targets(s, model.id)
     detail: dict[str, Any] = {"version": row.version, "author": author}
     try:
-        signed, made_by = makers(platform, ctx, exact)
+        # Four eyes only where it applies: who made a version may be unknowable (makers refuses then).
+        signed, made_by = makers(platform, ctx, exact) if protected else (manifest, {})
         if signed != manifest:  # as at the commit: immutable unless tampered with
             raise UsageError(f"{exact} changed while it was being promoted")
         made = made_by.get(ctx.user)
-        if protected and made is not None:
+        if made is not None:
             raise PermissionDeniedError(
                 f"{ctx.user} {made} and cannot also approve it for {alias!r} (four eyes): "
                 "another user with the approver role must promote it",
@@ -446,6 +481,14 @@ def store_attestation(
         problem = f"an attestation kind is a short name such as 'gates', not {kind!r}"
     elif not isinstance(result, Mapping):
         problem = f"an attestation result is a mapping, not {type(result).__name__}"
+    else:
+        try:  # what is signed; an encoder error inside the write was no clear refusal
+            canonical(dict(result))
+        except (TypeError, ValueError) as exc:
+            problem = (
+                "an attestation result must be JSON: text keys and text, numbers, booleans, None, lists "
+                f"and mappings as values ({exc})"
+            )
     if problem is not None:
         raise platform.refuse(ctx, action, f"model:{spec}", UsageError(problem)) from None
     signer = Signer(platform)

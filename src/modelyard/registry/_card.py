@@ -78,8 +78,12 @@ class Code(str):
 
 
 # Markdown that user text (a description, a reason, a user name) could use to add links, images, emphasis,
-# code or table cells to the card (raw HTML and autolinks are stopped by writing & and < as entities).
+# code or table cells to the card (raw HTML and <...> autolinks are stopped by writing & and < as entities).
 _MD_INLINE = re.compile(r"([\\`*_\[\]|~])")
+# What GFM viewers (GitHub, remark-gfm, markdown-it's linkify) turn into a link in plain text: a scheme's
+# "://", "www." and an e-mail address's "@" (one followed by a domain). A backslash before the ":", "." or
+# "@" renders nothing but splits the text the autolink is looked for in.
+_MD_AUTOLINK = re.compile(r":(?=//)|(?<=www)\.|@(?=\S*\.)", re.IGNORECASE)
 # What makes a paragraph a heading, quote, list, rule or setext underline instead.
 _MD_BLOCK = re.compile(r"^(\d*)([#>+=*.)-])")
 
@@ -87,7 +91,7 @@ _MD_BLOCK = re.compile(r"^(\d*)([#>+=*.)-])")
 def _md(v: object) -> str:
     """``v`` as literal Markdown text on one line (a newline would end a table row or start a block)."""
     text = " ".join(str(v).replace("&", "&amp;").replace("<", "&lt;").splitlines()).strip()
-    return _MD_INLINE.sub(r"\\\1", text)
+    return _MD_AUTOLINK.sub(lambda m: "\\" + m[0], _MD_INLINE.sub(r"\\\1", text))
 
 
 def _md_paragraph(v: object) -> str:
@@ -134,7 +138,12 @@ def model_card(platform: Platform, ctx: Context, spec: str) -> Card:
                 or "No description was registered with this version.",
                 f"Format: {info.format} ({info.variant}); {info.files} files, {info.bytes / 1e6:.1f} MB. "
                 + "Aliases: "
-                + (", ".join(info.aliases) or "none")
+                + (
+                    ", ".join(
+                        a + (" (unverified: refused)" if a in info.unverified else "") for a in info.aliases
+                    )
+                    or "none"
+                )
                 + ".",
             ],
         )

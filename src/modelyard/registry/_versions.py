@@ -120,6 +120,8 @@ class VersionInfo:
     created_at: datetime
     created_by: str
     aliases: list[str] = field(default_factory=list)
+    # Those of ``aliases`` whose signed record does not check (as in ModelInfo): resolving them is refused.
+    unverified: list[str] = field(default_factory=list)
 
     @property
     def spec(self) -> str:
@@ -258,17 +260,33 @@ def unchecked_alias_version(platform: Platform, ctx: Context, name: str, alias: 
         return target.version if target is not None else None
 
 
-def _aliases_of(s: Session, version_id: int) -> list[str]:
-    return sorted(s.scalars(select(ModelAlias.alias).where(ModelAlias.version_id == version_id)))
+def _aliases_of(
+    platform: Platform, s: Session, ctx: Context, model: RegisteredModel, row: ModelVersion
+) -> tuple[list[str], list[str]]:
+    """The aliases whose row points at the version, and those of them whose signed record does not check
+    (shown marked, as `yard models ls` does: a row repointed in the database is not the alias's word)."""
+    aliases, unverified = [], []
+    for alias in s.scalars(
+        select(ModelAlias).where(ModelAlias.version_id == row.id).order_by(ModelAlias.alias)
+    ):
+        aliases.append(alias.alias)
+        try:
+            checked_alias(platform, s, ctx, model, alias, row)
+        except IntegrityError:
+            unverified.append(alias.alias)
+    return aliases, unverified
 
 
-def _info(s: Session, model: RegisteredModel, row: ModelVersion) -> VersionInfo:
+def _info(
+    platform: Platform, s: Session, ctx: Context, model: RegisteredModel, row: ModelVersion
+) -> VersionInfo:
     parent = None
     if row.parent_id is not None:
         p = s.get(ModelVersion, row.parent_id)
         if p is not None:
             pm = s.get(RegisteredModel, p.model_id)
             parent = f"{pm.name if pm else '?'}@{p.version}"
+    aliases, unverified = _aliases_of(platform, s, ctx, model, row)
     return VersionInfo(
         name=model.name,
         version=row.version,
@@ -284,7 +302,8 @@ def _info(s: Session, model: RegisteredModel, row: ModelVersion) -> VersionInfo:
         description=row.description,
         created_at=as_utc(row.created_at),
         created_by=row.created_by,
-        aliases=_aliases_of(s, row.id),
+        aliases=aliases,
+        unverified=unverified,
     )
 
 
@@ -595,7 +614,7 @@ def _store_version(
             add_edges(s, ctx, edges)
             model = s.get(RegisteredModel, model_id)
             assert model is not None
-            info = _info(s, model, row)
+            info = _info(platform, s, ctx, model, row)
         committed = True
     finally:
         blobs = [*everything, *([manifest_blob] if manifest_blob is not None else [])]
@@ -668,14 +687,14 @@ def list_versions(platform: Platform, ctx: Context, name: str) -> list[VersionIn
         rows = s.scalars(
             select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.version)
         ).all()
-        return [_info(s, model, r) for r in rows]
+        return [_info(platform, s, ctx, model, r) for r in rows]
 
 
 def show(platform: Platform, ctx: Context, spec: str) -> VersionInfo:
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
         model, row = resolve_row(platform, s, ctx, spec)
-        return _info(s, model, row)
+        return _info(platform, s, ctx, model, row)
 
 
 def read_manifest(platform: Platform, ctx: Context, spec: str) -> tuple[VersionInfo, dict[str, Any]]:
@@ -683,7 +702,7 @@ def read_manifest(platform: Platform, ctx: Context, spec: str) -> tuple[VersionI
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
         model, row = resolve_row(platform, s, ctx, spec)
-        info = _info(s, model, row)
+        info = _info(platform, s, ctx, model, row)
         return info, _checked_manifest(platform, s, ctx, model, row)
 
 
