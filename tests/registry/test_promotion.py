@@ -19,6 +19,7 @@ from modelyard.core._models import AuditRecord
 from modelyard.errors import (
     GateFailedError,
     IntegrityError,
+    NotFoundError,
     PermissionDeniedError,
     UsageError,
     ValidationError,
@@ -75,7 +76,9 @@ def test_promotion_needs_gates_and_a_second_person_and_rollback_walks_the_histor
         registry.promote(p, engineer, f"{name}@1", "production", gates=gate_runner(PASSING))
     with pytest.raises(UsageError, match="gate policy"):
         registry.promote(p, approver, f"{name}@1", "production")
-    assert len(refusals(p, resource)) == 3  # every refused attempt is on record
+    with pytest.raises(NotFoundError):
+        registry.promote(p, approver, f"{name}@9", "production", gates=gate_runner(PASSING))
+    assert len(refusals(p, resource)) == 4  # every refused attempt is on record, a missing version's too
     assert registry.history(p, author, name) == []
 
     for v in (1, 2, 3):

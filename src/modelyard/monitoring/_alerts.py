@@ -482,11 +482,7 @@ def _start_retrain(
     pending = json.loads(seen) if seen else None
     if pending is not None and pending.get("state") in ("queued", "registered"):
         return f"retrain already under way (job {pending.get('job')})"
-    if (
-        pending is not None
-        and pending.get("state") == "submitting"
-        and _held(pending["at"])
-    ):
+    if pending is not None and pending.get("state") == "submitting" and _held(pending["at"]):
         return "retrain already under way (another monitor is submitting it)"
     text = Path(policy.retrain.recipe).read_text(encoding="utf-8")
     recipe, changes = newest_data(platform, ctx, text, policy.retrain.recipe)

@@ -326,14 +326,15 @@ def promote(
     action = "model.approve" if protected else "model.deploy"
     platform.authorize(ctx, action, resource)
     _check_reason(platform, ctx, action, resource, reason)
-    with platform.db.read() as s:
-        model, row = resolve_row(platform, s, ctx, spec)
-        exact = f"{model.name}@{row.version}"
-        author, manifest = row.created_by, row.manifest_digest
-        # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
-        compared = _targets(s, model.id)
-    detail: dict[str, Any] = {"version": row.version, "author": author}
+    detail: dict[str, Any] = {}
     try:
+        with platform.db.read() as s:  # a missing version or a tampered alias is a refusal on record too
+            model, row = resolve_row(platform, s, ctx, spec)
+            exact = f"{model.name}@{row.version}"
+            author, manifest = row.created_by, row.manifest_digest
+            # What relative gates compare with ("rougeL >= production - 0.01"): checked again at the commit.
+            compared = _targets(s, model.id)
+        detail.update(version=row.version, author=author)
         # Four eyes only where it applies: who made a version may be unknowable (makers refuses then).
         signed, made_by = makers(platform, ctx, exact) if protected else (manifest, {})
         if signed != manifest:  # as at the commit: immutable unless tampered with
