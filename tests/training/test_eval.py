@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,40 @@ def test_a_saved_and_reloaded_model_generates_the_same(
     assert generate(again, tok, sources, max_new_tokens=8) == generate(
         model, tokenizer, sources, max_new_tokens=8
     )
+
+
+def test_hostile_text_in_a_report_stays_text_in_markdown() -> None:
+    """A report quotes dataset rows and the model's output: a row or a generation holding HTML, a link, an
+    image or a bare URL was written into report.md as Markdown that a viewer renders (a tracking pixel,
+    a javascript: link). It renders as the text it is."""
+    from markdown_it import MarkdownIt
+
+    from modelyard.training._eval import REPORT_FORMAT, EvalReport
+
+    hostile = [
+        '<img src="https://t.example/p.png"> & <script>alert(1)</script>',
+        "[click](javascript:alert(1)) ![pixel](https://t.example/p.png)",
+        "see https://evil.example/x, www.evil.example or ops@evil.example",
+        "*bold* `code` ~~gone~~ a | b",
+    ]
+    overall = {"rougeL": 0.5}
+    report = EvalReport.from_dict(
+        {
+            "format": REPORT_FORMAT,
+            "n": len(hostile),
+            "metrics": ["rougeL"],
+            "decoding": {"decoding": "greedy"},
+            "info": {"dataset": hostile[2], "group_field": hostile[0]},
+            "overall": overall,
+            "slices": {h: {"n": 1, "metrics": {"rougeL": 0.5}} for h in hostile},
+            "baseline": None,
+            "samples": [{"source": h, "target": h, "prediction": h} for h in hostile],
+        }
+    )
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(report.to_markdown())
+    for tag in ("<a ", "<img", "<script", "<em>", "<strong>", "<code>", "<s>"):
+        assert tag not in rendered, tag
+    for h in hostile:  # each shown as typed (HTML-escaped by the renderer), in every cell
+        shown = h.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+        assert rendered.count(f"<td>{shown}</td>") >= 3, h
+    assert not re.search(r"(?<!\\)://|(?i:www)\.|(?<!\\)@(?=\S*\.)", report.to_markdown())

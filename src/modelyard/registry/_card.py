@@ -9,12 +9,12 @@ not the ones stored. The HTML is rendered from the same sections, every value es
 from __future__ import annotations
 
 import html
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
+from modelyard._markdown import md_paragraph, md_text
 from modelyard.core._models import ModelVersion, RegisteredModel
 from modelyard.core._platform import Context, Platform
 from modelyard.registry._aliases import attestations, history
@@ -29,19 +29,19 @@ class Card:
     sections: list[tuple[str, list[str | Table]]]  # heading, paragraphs and tables
 
     def markdown(self) -> str:
-        out = [f"# {_md(self.title)}", ""]
+        out = [f"# {md_text(self.title)}", ""]
         for heading, parts in self.sections:
-            out += [f"## {_md(heading)}", ""]
+            out += [f"## {md_text(heading)}", ""]
             for part in parts:
                 if isinstance(part, Code):
                     out += [f"`{part}`", ""]
                 elif isinstance(part, str):
-                    out += [_md_paragraph(part), ""]
+                    out += [md_paragraph(part), ""]
                 else:
                     cols, rows = part
-                    out.append("| " + " | ".join(_md(c) for c in cols) + " |")
+                    out.append("| " + " | ".join(md_text(c) for c in cols) + " |")
                     out.append("|" + "---|" * len(cols))
-                    out += ["| " + " | ".join(_md(v) for v in r) + " |" for r in rows]
+                    out += ["| " + " | ".join(md_text(v) for v in r) + " |" for r in rows]
                     out.append("")
         return "\n".join(out)
 
@@ -75,27 +75,6 @@ class Card:
 
 class Code(str):
     """A paragraph that is a command (ours, never user text): a code span on the card."""
-
-
-# Markdown that user text (a description, a reason, a user name) could use to add links, images, emphasis,
-# code or table cells to the card (raw HTML and <...> autolinks are stopped by writing & and < as entities).
-_MD_INLINE = re.compile(r"([\\`*_\[\]|~])")
-# What GFM viewers (GitHub, remark-gfm, markdown-it's linkify) turn into a link in plain text: a scheme's
-# "://", "www." and an e-mail address's "@" (one followed by a domain). A backslash before the ":", "." or
-# "@" renders nothing but splits the text the autolink is looked for in.
-_MD_AUTOLINK = re.compile(r":(?=//)|(?<=www)\.|@(?=\S*\.)", re.IGNORECASE)
-# What makes a paragraph a heading, quote, list, rule or setext underline instead.
-_MD_BLOCK = re.compile(r"^(\d*)([#>+=*.)-])")
-
-
-def _md(v: object) -> str:
-    """``v`` as literal Markdown text on one line (a newline would end a table row or start a block)."""
-    text = " ".join(str(v).replace("&", "&amp;").replace("<", "&lt;").splitlines()).strip()
-    return _MD_AUTOLINK.sub(lambda m: "\\" + m[0], _MD_INLINE.sub(r"\\\1", text))
-
-
-def _md_paragraph(v: object) -> str:
-    return _MD_BLOCK.sub(r"\1\\\2", _md(v))
 
 
 def _fmt(v: Any) -> str:

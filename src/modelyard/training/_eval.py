@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from modelyard._markdown import md_text
 from modelyard.errors import UsageError
 from modelyard.training._recipe import EVAL_METRICS
 
@@ -421,9 +422,9 @@ def format_metric(name: str, value: float) -> str:
 
 
 def _md(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    text = " ".join(text.split())
-    return text.replace("\\", "\\\\").replace("|", "\\|") or " "
+    """Text (a dataset's, a model's output) as literal Markdown in a table cell or after a list item's key:
+    no links, images, HTML or cells of its own."""
+    return md_text(" ".join(text.split())) or " "
 
 
 def evaluate(
