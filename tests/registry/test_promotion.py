@@ -203,7 +203,13 @@ def test_who_trained_a_version_cannot_approve_it_either(
     registry.register(p, scientist, trained.run_id, name)
     with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
         registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
-    registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
+    # nor vouch by hand that it passed its gates (a second approver's deployment would rest on it)
+    with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also attest"):
+        registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
+    assert ("model.approve", "refused") in refusals(p, f"model:{name}@1")
+    assert registry.attestations(p, trainer, f"{name}@1", kind="gates") == []
+    registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=False)  # a failure is no favour
+    registry.attest(p, person(p, Role.APPROVER), f"{name}@1", "gates", {"checks": []}, passed=True)
     with pytest.raises(PermissionDeniedError, match="four eyes"):  # nor give it most of the traffic
         deploy(p, trainer, name, version=1, mode="canary", weight=100)
 
@@ -247,7 +253,7 @@ def test_a_row_edited_to_name_no_run_does_not_hide_who_trained_it(
         )
     with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also approve it"):
         registry.promote(p, trainer, f"{name}@1", "production", gates=gate_runner(PASSING))
-    registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
+    registry.attest(p, person(p, Role.APPROVER), f"{name}@1", "gates", {"checks": []}, passed=True)
     with pytest.raises(PermissionDeniedError, match="four eyes"):
         deploy(p, trainer, name, version=1, mode="canary", weight=100)
     assert registry.history(p, trainer, name) == []

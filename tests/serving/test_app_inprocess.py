@@ -119,7 +119,7 @@ def test_a_candidate_or_alias_that_cannot_load_keeps_the_server_up_and_following
     admin = actor(platform, owner, "inprocess-approver", Role.APPROVER)  # all traffic: not the author's
     bad = _unloadable(platform, trained.model_dir, tmp_path)
     for v in (1, bad):
-        registry.attest(platform, owner, f"torch-served@{v}", "gates", {"checks": []}, passed=True)
+        registry.attest(platform, admin, f"torch-served@{v}", "gates", {"checks": []}, passed=True)
     registry.set_alias(platform, admin, "torch-served@1", "live")
     deploy(platform, admin, "torch-served", version=bad, mode="canary", weight=100)
     config = parse_config({"models": ["torch-served@live"], "auth": False, "alias_poll_s": 0.1})

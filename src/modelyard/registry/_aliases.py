@@ -461,7 +461,10 @@ def attest(
     by hand, not by a gate run, weighs like an approval (a card shows it, a deployment over half of the
     traffic relies on it), so it takes the approver role; ``yard gates check`` stores its own."""
     action = "model.approve" if kind == "gates" else "model.register"
-    return store_attestation(platform, ctx, spec, kind, result, passed=passed, action=action)
+    # Four eyes, as for an approval: whoever made the version vouching that it passed would let a second
+    # approver's deployment rest on its maker's word. `yard gates check` (measured) is open to them.
+    vouch = kind == "gates" and passed is True
+    return store_attestation(platform, ctx, spec, kind, result, passed=passed, action=action, vouch=vouch)
 
 
 def store_attestation(
@@ -473,8 +476,10 @@ def store_attestation(
     *,
     passed: bool,
     action: str = "model.register",
+    vouch: bool = False,
 ) -> int:
-    """:func:`attest` for the code that produced the result itself (the gate runner)."""
+    """:func:`attest` for the code that produced the result itself (the gate runner). ``vouch``: a passing
+    statement made by hand, refused to whoever made the version."""
     problem = None
     if not isinstance(passed, bool):  # signed as written: 1 would never match the row's boolean again
         problem = f"passed must be True or False, not {passed!r}"
@@ -492,6 +497,18 @@ def store_attestation(
             )
     if problem is not None:
         raise platform.refuse(ctx, action, f"model:{spec}", UsageError(problem)) from None
+    if vouch:
+        platform.authorize(ctx, action, f"model:{spec}")  # the role first: makers are no viewer's business
+        try:
+            made = makers(platform, ctx, spec)[1].get(ctx.user)
+            if made is not None:
+                raise PermissionDeniedError(
+                    f"{ctx.user} {made} and cannot also attest that it passed its gates (four eyes): run "
+                    f"`yard gates check {spec} --policy gates.yaml`, or another approver may attest",
+                    action=action,
+                )
+        except YardError as exc:
+            raise platform.refuse(ctx, action, f"model:{spec}", exc) from None
     signer = Signer(platform)
     detail: dict[str, Any] = {"kind": kind, "passed": passed}
     with platform.mutate(ctx, action, f"model:{spec}", detail) as s:
