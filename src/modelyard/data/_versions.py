@@ -37,7 +37,7 @@ from modelyard.core._artifacts import ArtifactStore, StagedBlob
 from modelyard.core._blobs import sync_filesystem
 from modelyard.core._db import insert_for
 from modelyard.core._models import Dataset, DatasetVersion
-from modelyard.core._paths import private_dirs, safe_join
+from modelyard.core._paths import private_dirs, safe_join, temp_prefix
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.data import _manifest, _profile
 from modelyard.errors import (
@@ -824,7 +824,7 @@ def checkout(
     where = dest if existing else dest.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.checkout-", dir=where))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
     except OSError as exc:
         raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
     moved: list[Path] = []

@@ -1,0 +1,43 @@
+"""Names at the filesystem's length limit (255 bytes a name): what add accepts, checkout writes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard import data
+from modelyard.core import Platform
+from modelyard.testing import same_tree
+
+LONGEST = "x" * 251 + ".bin"  # 255 bytes, the most a name may have
+LONGEST_UTF8 = "é" * 125 + ".txt"  # 254 bytes in 129 characters
+
+
+def test_members_with_the_longest_names_check_out(platform: Platform, tmp_path: Path) -> None:
+    """The add accepted them, but checkout wrote each file through a temp file named ".NAME.XXXXXXXX",
+    past the limit: the version could not be checked out at all ("File name too long")."""
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    (root / LONGEST).write_bytes(b"one\n")
+    (root / "sub" / LONGEST_UTF8).write_bytes(b"two\n")
+    ctx = platform.context()
+    data.add_version(platform, ctx, root, "long")
+    data.checkout(platform, ctx, "long@1", tmp_path / "out")
+    assert same_tree(tmp_path / "out", root)
+    assert same_tree(data.get("long@1", platform=platform, ctx=ctx), root)
+
+
+def test_checkout_into_a_directory_with_the_longest_name(
+    platform: Platform, tree: Path, tmp_path: Path
+) -> None:
+    """The temp directory was named ".DEST.checkout-XXXXXXXX" next to (or inside) DEST: a valid DEST
+    name of more than 237 bytes was refused with "cannot write into ...: File name too long"."""
+    ctx = platform.context()
+    data.add_version(platform, ctx, tree, "ds")
+    new = tmp_path / ("n" * 255)
+    data.checkout(platform, ctx, "ds@1", new)
+    assert same_tree(new, tree)
+    empty = tmp_path / ("e" * 255)
+    empty.mkdir()
+    data.checkout(platform, ctx, "ds@1", empty)
+    assert same_tree(empty, tree)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
