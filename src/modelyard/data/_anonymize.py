@@ -267,10 +267,12 @@ def _rename_members(tree: Path) -> list[str]:
     files = sorted(_files(tree))
     renamed = [(name, path) for name, path in files if _shown(name) != name]
     taken = {name for name, _ in files if _shown(name) == name}
+    dirs = {d for name in taken for d in _parents(name)}
     moves = []
     for name, path in renamed:  # one file per person or host redacts to one name: number them, lose none
-        new = _free(_shown(name), taken)
+        new = _free(_shown(name), taken, dirs)
         taken.add(new)
+        dirs.update(_parents(new))
         moves.append((path, new))
     targets = [new for _, new in moves]
     for path, new in moves:
@@ -284,13 +286,21 @@ def _rename_members(tree: Path) -> list[str]:
     return targets
 
 
-def _free(name: str, taken: set[str]) -> str:
-    """``name``, or ``stem_2.ext``, ``stem_3.ext``... when another member has it."""
-    path, n, candidate = PurePosixPath(name), 1, name
-    while candidate in taken:
-        n += 1
-        candidate = str(path.with_name(f"{path.stem}_{n}{path.suffix}"))
-    return candidate
+def _parents(name: str) -> set[str]:
+    parts = name.split("/")
+    return {"/".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def _free(name: str, taken: set[str], dirs: set[str]) -> str:
+    """``name``, with each segment that meets another member numbered (``stem_2.ext``, ``stem_3.ext``...):
+    a directory where a file is, or a file where a file or directory is."""
+    parts = name.split("/")
+    for i, segment in enumerate(map(PurePosixPath, parts)):
+        n = 1
+        while (prefix := "/".join(parts[: i + 1])) in taken or (i == len(parts) - 1 and prefix in dirs):
+            n += 1
+            parts[i] = f"{segment.stem}_{n}{segment.suffix}"
+    return "/".join(parts)
 
 
 def _residual(report: dict[str, Any], columns: list[str] | None) -> list[str]:

@@ -1,0 +1,51 @@
+"""Members whose path holds PII are renamed by anonymise; a redacted name that meets a directory (or a
+file where it needs a directory) is numbered like any other collision, and every member is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelyard.core import Platform
+from modelyard.data import add_version, anonymize, checkout
+
+
+def _contents(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # A file redacted to the name of an existing directory.
+        (
+            {"[EMAIL]/x.txt": "kept\n", "bob@example.com": "bob\n"},
+            {"[EMAIL]/x.txt": "kept\n", "[EMAIL]_2": "bob\n"},
+        ),
+        # A directory redacted to the name of an existing file.
+        (
+            {"[EMAIL]": "kept\n", "bob@example.com/x.txt": "bob\n"},
+            {"[EMAIL]": "kept\n", "[EMAIL]_2/x.txt": "bob\n"},
+        ),
+        # Both inside the renamed members: a file and a directory redacted to one name.
+        (
+            {"al@example.com": "al\n", "bob@example.com/x.txt": "bob\n"},
+            {"[EMAIL]": "al\n", "[EMAIL]_2/x.txt": "bob\n"},
+        ),
+    ],
+)
+def test_a_redacted_name_that_meets_a_directory_or_file_is_numbered(
+    platform: Platform, tmp_path: Path, before: dict[str, str], after: dict[str, str]
+) -> None:
+    """The rename hit the other kind of entry: anonymise failed with an unexpected IsADirectoryError or
+    FileExistsError whose message held the member's name, the e-mail address it was meant to hide."""
+    ctx = platform.context()
+    root = tmp_path / "src"
+    for name, text in before.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    add_version(platform, ctx, root, "people")
+    new = anonymize(platform, ctx, "people@1")
+    checkout(platform, ctx, f"people@{new.version}", tmp_path / "out")
+    assert _contents(tmp_path / "out") == after
