@@ -49,3 +49,26 @@ def test_a_redacted_name_that_meets_a_directory_or_file_is_numbered(
     new = anonymize(platform, ctx, "people@1")
     checkout(platform, ctx, f"people@{new.version}", tmp_path / "out")
     assert _contents(tmp_path / "out") == after
+
+
+def test_a_name_that_redaction_makes_too_long_is_cut_to_fit(platform: Platform, tmp_path: Path) -> None:
+    """A placeholder can be longer than what it replaces ("a@b.io" is "[EMAIL]"): a member name near the
+    255-byte limit became too long, and anonymise failed with an unexpected OSError quoting the name,
+    the address included."""
+    ctx = platform.context()
+    root = tmp_path / "src"
+    root.mkdir()
+    email = "x" * 248 + " a@b.io"
+    host = "y" * 240 + " 10.0.0.1.log"
+    (root / email).write_text("mail\n")
+    (root / host).write_text("log\n")
+    (root / "ok.txt").write_text("plain\n")
+    add_version(platform, ctx, root, "long")
+    new = anonymize(platform, ctx, "long@1")
+    checkout(platform, ctx, f"long@{new.version}", tmp_path / "out")
+    got = _contents(tmp_path / "out")
+    assert sorted(got.values()) == ["log\n", "mail\n", "plain\n"]
+    names = sorted(got)
+    assert all(len(n.encode()) <= 255 for n in names)
+    assert names[0] == "ok.txt" and names[1].endswith(" [EMAIL]") and names[2].endswith(" [IP_ADDRESS].log")
+    assert not any("a@b.io" in n or "10.0.0.1" in n for n in names)

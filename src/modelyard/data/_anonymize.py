@@ -13,6 +13,7 @@ back exactly as it was. A member with nothing to change keeps its bytes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from modelyard.data import _profile, _versions
 from modelyard.errors import UsageError
 
 METHODS = ("mask", "hash", "drop")
+_NAME_MAX = 255  # bytes a file name may have (Linux, macOS)
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".log", ".json", ".xml", ".html", ".yaml", ".yml", ".tsv")
 
 
@@ -297,10 +299,24 @@ def _free(name: str, taken: set[str], dirs: set[str]) -> str:
     parts = name.split("/")
     for i, segment in enumerate(map(PurePosixPath, parts)):
         n = 1
+        parts[i] = _numbered(segment, n)
         while (prefix := "/".join(parts[: i + 1])) in taken or (i == len(parts) - 1 and prefix in dirs):
             n += 1
-            parts[i] = f"{segment.stem}_{n}{segment.suffix}"
+            parts[i] = _numbered(segment, n)
     return "/".join(parts)
+
+
+def _numbered(segment: PurePosixPath, n: int) -> str:
+    """``stem_N.ext`` (``stem.ext`` for 1), cut to the 255 bytes a name may have from the start of its
+    stem, which keeps the placeholders at the end: one is longer than some of what it replaces ("a@b.io"
+    is "[EMAIL]"), so a name near the limit grows past it."""
+    stem, tail = segment.stem, (f"_{n}" if n > 1 else "") + segment.suffix
+    while stem and len(os.fsencode(stem + tail)) > _NAME_MAX:
+        stem = stem[1:]
+    out = stem + tail
+    while len(os.fsencode(out)) > _NAME_MAX:  # a long extension, cut too
+        out = out[:-1]
+    return out
 
 
 def _residual(report: dict[str, Any], columns: list[str] | None) -> list[str]:
