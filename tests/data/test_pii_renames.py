@@ -72,3 +72,32 @@ def test_a_name_that_redaction_makes_too_long_is_cut_to_fit(platform: Platform, 
     assert all(len(n.encode()) <= 255 for n in names)
     assert names[0] == "ok.txt" and names[1].endswith(" [EMAIL]") and names[2].endswith(" [IP_ADDRESS].log")
     assert not any("a@b.io" in n or "10.0.0.1" in n for n in names)
+
+
+def test_a_refused_anonymisation_is_audited(platform: Platform, tmp_path: Path) -> None:
+    """Anonymise writes a version, but its refusals (a method it does not know, a column in no table, a
+    table it cannot parse, a version that does not exist) left no record in the audit log, which holds
+    every attempted mutation."""
+    from modelyard.core import list_records
+    from modelyard.errors import NotFoundError, UsageError
+
+    ctx = platform.context()
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "bad.parquet").write_bytes(b"PAR1 not parquet, but mentions eve@example.com")
+    (root / "ok.csv").write_bytes(b"email\nal@example.com\n")
+    add_version(platform, ctx, root, "broken")
+    for kwargs, error, spec in [
+        ({"method": "shred"}, UsageError, "broken@1"),
+        ({"columns": ["nope"], "allow_unprocessed": True}, UsageError, "broken@1"),
+        ({}, UsageError, "broken@1"),
+        ({}, NotFoundError, "broken@7"),
+    ]:
+        before = len(list_records(platform, ctx))
+        with pytest.raises(error) as raised:
+            anonymize(platform, ctx, spec, **kwargs)  # type: ignore[arg-type]
+        records = list_records(platform, ctx)[before:]
+        assert [(r["action"], r["resource"], r["outcome"]) for r in records] == [
+            ("dataset.write", "dataset:broken", "refused")
+        ], kwargs
+        assert records[0]["detail"]["message"] == raised.value.message

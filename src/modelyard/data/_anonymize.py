@@ -22,7 +22,7 @@ from typing import Any
 
 from modelyard.core._platform import Context, Platform
 from modelyard.data import _profile, _versions
-from modelyard.errors import UsageError
+from modelyard.errors import UsageError, YardError
 
 METHODS = ("mask", "hash", "drop")
 _NAME_MAX = 255  # bytes a file name may have (Linux, macOS)
@@ -354,58 +354,27 @@ def anonymize(
 
     Fails closed: a table that cannot be parsed or a binary file (compressed, images...) could still hold
     PII, so the whole call is refused, naming them, unless ``allow_unprocessed`` copies them unchanged."""
-    from modelyard.data import _pii
     from modelyard.data._secret import project_salt
     from modelyard.tracking._lineage import dataset_ref
 
     name, _ = _versions.parse_spec(spec)
-    if method not in METHODS:
-        raise UsageError(f"unknown anonymisation method {method!r}; expected one of {', '.join(METHODS)}")
     cols = [c for c in columns if c] if columns else None
-    platform.authorize(ctx, "dataset.write", f"dataset:{name}")
+    resource = f"dataset:{name}"
+    platform.authorize(ctx, "dataset.write", resource)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
-    salt = project_salt(platform, ctx)  # mask and drop ignore it, but the interface wants one
-    info, work, tree = _checkout_tmp(platform, ctx, spec)
+    work: Path | None = None
     try:
-        seen_columns: set[str] = set()
-        unprocessed: list[str] = []
-        for member, path in _files(tree):
-            fmt = _profile.table_format(member)
-            if fmt is not None and path.stat().st_size == 0:  # nothing to redact, though not a valid table
-                continue
-            if fmt is not None:
-                try:
-                    seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))
-                except ValueError:
-                    unprocessed.append(f"{_shown(member)} (table could not be parsed)")
-            elif _is_text(member, path):
-                _redact_text_file(path)
-            else:
-                unprocessed.append(f"{_shown(member)} (binary)")
-        missing = sorted(set(cols or ()) - seen_columns)
-        if missing:
-            shown_columns = sorted({_pii.redact_text(c) for c in seen_columns})
-            raise UsageError(
-                f"column(s) {', '.join(missing)} are in no table of {info.name}@{info.version}; "
-                f"its columns are: {', '.join(shown_columns) or '(no tables)'}"
-            )
-        if unprocessed and not allow_unprocessed:
-            shown = ", ".join(unprocessed[:10]) + (
-                f" and {len(unprocessed) - 10} more" if len(unprocessed) > 10 else ""
-            )
-            raise UsageError(
-                f"{info.name}@{info.version}: cannot anonymize (they may hold PII): {shown}; "
-                "fix or remove them, or pass --allow-unprocessed to copy them unchanged"
-            )
-        renamed = _rename_members(tree)
-        warnings = [f"{item} copied unchanged" for item in unprocessed]
-        if renamed:
-            warnings.append(
-                f"renamed {len(renamed)} member(s) whose path held PII: {', '.join(renamed[:10])}"
-            )
-        # --columns can leave PII the scanner sees: say where, so the result is not trusted blindly.
-        warnings += _residual(_scan_tree(tree), cols)
-        src_row = _source_id(platform, ctx, info)
+        try:  # the add audits its own refusals; these are audited here, as any refused mutation is
+            if method not in METHODS:
+                raise UsageError(
+                    f"unknown anonymisation method {method!r}; expected one of {', '.join(METHODS)}"
+                )
+            salt = project_salt(platform, ctx)  # mask and drop ignore it, but the interface wants one
+            info, work, tree = _checkout_tmp(platform, ctx, spec)
+            warnings = _transform(tree, info, cols, method, salt, allow_unprocessed)
+            src_row = _source_id(platform, ctx, info)
+        except YardError as exc:
+            raise platform.refuse(ctx, "dataset.write", resource, exc) from None
         new = _versions._add(
             platform,
             ctx,
@@ -418,7 +387,57 @@ def anonymize(
         )
         return dataclasses.replace(new, warnings=new.warnings + tuple(warnings))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _transform(
+    tree: Path,
+    info: _versions.VersionInfo,
+    cols: list[str] | None,
+    method: str,
+    salt: bytes,
+    allow_unprocessed: bool,
+) -> list[str]:
+    """Anonymise the checkout ``tree`` in place; the warnings to give with the new version."""
+    from modelyard.data import _pii
+
+    seen_columns: set[str] = set()
+    unprocessed: list[str] = []
+    for member, path in _files(tree):
+        fmt = _profile.table_format(member)
+        if fmt is not None and path.stat().st_size == 0:  # nothing to redact, though not a valid table
+            continue
+        if fmt is not None:
+            try:
+                seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))
+            except ValueError:
+                unprocessed.append(f"{_shown(member)} (table could not be parsed)")
+        elif _is_text(member, path):
+            _redact_text_file(path)
+        else:
+            unprocessed.append(f"{_shown(member)} (binary)")
+    missing = sorted(set(cols or ()) - seen_columns)
+    if missing:
+        shown_columns = sorted({_pii.redact_text(c) for c in seen_columns})
+        raise UsageError(
+            f"column(s) {', '.join(missing)} are in no table of {info.name}@{info.version}; "
+            f"its columns are: {', '.join(shown_columns) or '(no tables)'}"
+        )
+    if unprocessed and not allow_unprocessed:
+        shown = ", ".join(unprocessed[:10]) + (
+            f" and {len(unprocessed) - 10} more" if len(unprocessed) > 10 else ""
+        )
+        raise UsageError(
+            f"{info.name}@{info.version}: cannot anonymize (they may hold PII): {shown}; "
+            "fix or remove them, or pass --allow-unprocessed to copy them unchanged"
+        )
+    renamed = _rename_members(tree)
+    warnings = [f"{item} copied unchanged" for item in unprocessed]
+    if renamed:
+        warnings.append(f"renamed {len(renamed)} member(s) whose path held PII: {', '.join(renamed[:10])}")
+    # --columns can leave PII the scanner sees: say where, so the result is not trusted blindly.
+    return warnings + _residual(_scan_tree(tree), cols)
 
 
 def _source_id(platform: Platform, ctx: Context, info: _versions.VersionInfo) -> int:
