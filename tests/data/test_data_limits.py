@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from modelyard import data
 from modelyard.core import Platform
+from modelyard.errors import UsageError
 from modelyard.testing import same_tree
 
 LONGEST = "x" * 251 + ".bin"  # 255 bytes, the most a name may have
 LONGEST_UTF8 = "é" * 125 + ".txt"  # 254 bytes in 129 characters
+# What messages are written with: lines, tabs, no-break spaces, joined emoji (U+200D), any script.
+TEXT = "first line\n\tprix\u00a0: 5 €, family \U0001f468\u200d\U0001f469\u200d\U0001f467, ünïcode ✓"
 
 
 def test_members_with_the_longest_names_check_out(platform: Platform, tmp_path: Path) -> None:
@@ -41,3 +46,33 @@ def test_checkout_into_a_directory_with_the_longest_name(
     data.checkout(platform, ctx, "ds@1", empty)
     assert same_tree(empty, tree)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "bad byte \udcff",  # a non-UTF-8 byte of a shell argument, as Python decodes it
+        "nul \x00 inside",  # PostgreSQL text refuses NUL
+        "\x1b]52;c;ZXZpbA==\x07 sets the clipboard of whoever runs `yard data show`",
+        "\x1b[2J clears the screen",
+    ],
+)
+def test_a_message_with_control_characters_is_refused(
+    any_platform: Platform, tree: Path, message: str
+) -> None:
+    """The first died with an unexpected UnicodeEncodeError, NUL did on PostgreSQL, and escape sequences
+    were stored and printed raw by `yard data show` and `yard data ls` to another user's terminal."""
+    from sqlalchemy import func, select
+
+    from modelyard.core import list_records
+    from modelyard.core._models import DatasetVersion
+
+    ctx = any_platform.context()
+    with pytest.raises(UsageError, match="control"):
+        data.add_version(any_platform, ctx, tree, "ds", message=message)
+    with any_platform.db.read() as s:
+        assert s.execute(select(func.count()).select_from(DatasetVersion)).scalar_one() == 0
+    assert list_records(any_platform, ctx)[-1]["outcome"] == "refused"
+    # Lines and tabs are what a message is written with.
+    info = data.add_version(any_platform, ctx, tree, "ds", message=TEXT)
+    assert data.show(any_platform, ctx, "ds@1").message == info.message == TEXT

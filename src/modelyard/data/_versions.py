@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -515,6 +516,14 @@ def _add(
         check_dataset_name(name)
         if not isinstance(message, str) or len(message) > 10_000:
             raise UsageError("the message must be text of at most 10,000 characters")
+        # Shown raw by `yard data show` to other users' terminals (escape sequences), stored in text
+        # columns (PostgreSQL refuses NUL, neither stores a lone surrogate: a non-UTF-8 argument byte).
+        bad = next((c for c in message if unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t"), None)
+        if bad is not None:
+            raise UsageError(
+                f"the message holds the control or non-text character U+{ord(bad):04X}; "
+                "write it as text (new lines and tabs are fine)"
+            )
         store = platform.artifacts
         data_region = region or ctx.region
         if data_region != ctx.region or data_region != store.region:
