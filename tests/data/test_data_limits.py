@@ -76,3 +76,38 @@ def test_a_message_with_control_characters_is_refused(
     # Lines and tabs are what a message is written with.
     info = data.add_version(any_platform, ctx, tree, "ds", message=TEXT)
     assert data.show(any_platform, ctx, "ds@1").message == info.message == TEXT
+
+
+def test_a_tree_that_holds_the_home_or_lies_in_it_is_refused(platform: Platform, tmp_path: Path) -> None:
+    """A project folder with its home inside (YARD_HOME=./.yard, or ~ with ~/.modelyard) failed every
+    time with "~staging/.../manifest.jsonl changed while it was being versioned; add it again", since
+    the add wrote into the tree it walked; had it not, it would have published the keys and database."""
+    from modelyard.core import list_records
+
+    home = platform.settings.home
+    assert home.parent == tmp_path
+    (tmp_path / "data.csv").write_bytes(b"a\n1\n")
+    ctx = platform.context()
+    (home / "artifacts" / "objects").mkdir(exist_ok=True)
+    for root in (tmp_path, home, home / "artifacts", home / "artifacts" / "objects", home / "keys"):
+        with pytest.raises(UsageError, match="modelyard's own"):
+            data.add_version(platform, ctx, root, "ds")
+        assert list_records(platform, ctx)[-1]["outcome"] == "refused"
+    assert data.list_datasets(platform, ctx) == []
+    assert not list((home / "artifacts" / "~staging").iterdir())
+    assert data.add_version(platform, ctx, tmp_path / "data.csv", "ds").version == 1  # beside it is fine
+    (home / "data" / "normalise").mkdir(parents=True)  # where the quickstart keeps its data
+    (home / "data" / "normalise" / "train.jsonl").write_text('{"source": "a", "target": "b"}\n')
+    assert data.add_version(platform, ctx, home / "data" / "normalise", "normalise").version == 1
+
+
+def test_a_tree_that_holds_a_store_outside_the_home_is_refused(tmp_path: Path) -> None:
+    from modelyard.testing import make_platform
+
+    store = tmp_path / "project" / "store"
+    store.mkdir(parents=True)
+    (tmp_path / "project" / "data.csv").write_bytes(b"a\n1\n")
+    with make_platform(tmp_path / "home", artifact_uri=store.as_uri()) as platform:
+        with pytest.raises(UsageError, match="modelyard's own"):
+            data.add_version(platform, platform.context(), tmp_path / "project", "ds")
+        assert data.list_datasets(platform, platform.context()) == []

@@ -29,6 +29,6 @@ def test_a_version_no_row_can_have_is_not_found(platform: Platform, tmp_path: Pa
 
     ctx = platform.context()
     (tmp_path / "a.txt").write_text("a")
-    add_version(platform, ctx, tmp_path, "tickets")
+    add_version(platform, ctx, tmp_path / "a.txt", "tickets")
     with pytest.raises(NotFoundError, match="not found in project 'default'"):
         lineage(platform, ctx, ref)
