@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -288,7 +289,7 @@ class _NoCache(_manifest.StatCache):
     def fill(self, entries: Sequence[_manifest.Entry]) -> list[_manifest.Entry]:
         return list(entries)
 
-    def store(self, entries: Sequence[_manifest.Entry]) -> None:
+    def store(self, entries: Sequence[_manifest.Entry], read_from: int) -> None:
         return None
 
     def close(self) -> None:
@@ -332,6 +333,7 @@ class _Chunk:
     entries: list[_manifest.Entry]
     misses: list[_manifest.Entry]
     tasks: list[tuple[list[_manifest.Entry], Future[list[StagedBlob]]]]
+    read_from: int  # time.time_ns() before any of its files was read
 
 
 def _profile_sealed(e: _manifest.Entry, fmt: str) -> dict[str, Any]:
@@ -415,7 +417,7 @@ def _stage_tree(
             raise
         if chunk.tasks:
             cache.hashed += len(results)
-            cache.store(chunk.misses)
+            cache.store(chunk.misses, chunk.read_from)
         lines = b"".join([_manifest.line(e) for e in chunk.entries])
         manifest.write(lines)
         digest.update(lines)
@@ -445,6 +447,7 @@ def _stage_tree(
                 hits = [e for e in entries if e.sha256]
                 known = store.known_digests([e.sha256 for e in hits]) if hits else set()
                 to_seal = misses + [e for e in hits if e.sha256 not in known and e.sha256 not in seen]
+                read_from = time.time_ns()
                 tasks = [
                     (
                         task,
@@ -457,7 +460,7 @@ def _stage_tree(
                     )
                     for task in _tasks(to_seal)
                 ]
-                pending.append(_Chunk(entries, misses, tasks))
+                pending.append(_Chunk(entries, misses, tasks, read_from))
                 while len(pending) > 1:
                     finish(pending.popleft())
             while pending:
@@ -939,10 +942,11 @@ def verify_tree(store: ArtifactStore, cache: _manifest.StatCache, root: Path, ma
     expected = members(store, manifest_digest)
     try:
         for chunk in _manifest.chunked(_manifest.walk(root)):
+            read_from = time.time_ns()
             for e in cache.fill(chunk):
                 e.sha256, _ = _manifest.hash_file(e.path)
                 cache.hashed += 1
-            cache.store(chunk)
+            cache.store(chunk, read_from)
             for e in chunk:
                 m = next(expected, None)
                 if m is None or (m.path, m.size, m.sha256) != (e.name, e.size, e.sha256):
