@@ -358,13 +358,13 @@ def anonymize(
     from modelyard.tracking._lineage import dataset_ref
 
     name, _ = _versions.parse_spec(spec)
-    cols = [c for c in columns if c] if columns else None
     resource = f"dataset:{name}"
     platform.authorize(ctx, "dataset.write", resource)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     work: Path | None = None
     try:
         try:  # the add audits its own refusals; these are audited here, as any refused mutation is
+            cols = _column_list(columns)
             if method not in METHODS:
                 raise UsageError(
                     f"unknown anonymisation method {method!r}; expected one of {', '.join(METHODS)}"
@@ -389,6 +389,22 @@ def anonymize(
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _column_list(columns: Sequence[str] | None) -> list[str] | None:
+    """The chosen columns (None: those where PII was found); a str would be read a letter at a time."""
+    if columns is None:
+        return None
+    wrong = UsageError("columns must be a list of column names, such as ['email', 'phone']")
+    if isinstance(columns, str | bytes):
+        raise wrong
+    try:
+        chosen = list(columns)
+    except TypeError:
+        raise wrong from None
+    if not all(isinstance(c, str) for c in chosen):
+        raise wrong
+    return [c for c in chosen if c] or None
 
 
 def _transform(

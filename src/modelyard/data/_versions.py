@@ -160,6 +160,8 @@ def parse_spec(text: str, *, version_required: bool = True) -> tuple[str, int | 
 
 
 def _workers(platform: Platform, workers: int | None) -> int:
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)):
+        raise UsageError(f"workers must be a whole number of threads, not {type(workers).__name__}")
     n = workers if workers is not None else platform.settings.data_workers
     return n or os.cpu_count() or 1
 
@@ -495,6 +497,10 @@ def add_version(
 ) -> VersionInfo:
     """Version the file or directory ``path`` as the next version of dataset ``name``. If the tree equals
     the latest version, nothing is written and that version is returned (``created`` False)."""
+    if not isinstance(path, str | os.PathLike):
+        platform.authorize(ctx, "dataset.write", f"dataset:{name}")
+        wrong = UsageError(f"the path to version must be a str or os.PathLike, not {type(path).__name__}")
+        raise platform.refuse(ctx, "dataset.write", f"dataset:{name}", wrong)
     return _add(
         platform, ctx, Path(path), name, message=message, region=region, progress=progress, workers=workers
     )
@@ -537,6 +543,7 @@ def _add(
             )
         if not os.path.lexists(root):
             raise UsageError(f"{root} does not exist; give a file or directory to version")
+        n_workers = _workers(platform, workers)
         if source is None:  # anonymise adds its own checkout, made in the store's staging folder
             _check_outside_home(platform, root)
         with platform.db.read() as s:
@@ -560,7 +567,7 @@ def _add(
                 data_region,
                 spill,
                 work / "manifest.jsonl",
-                workers=_workers(platform, workers),
+                workers=n_workers,
                 previous_profile=latest.profile if latest else {},
                 progress=progress,
             )
@@ -851,6 +858,11 @@ def checkout(
     parse_spec(spec)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec, version_required=True)
+    if not isinstance(dest, str | os.PathLike):
+        raise UsageError(
+            f"the directory to check out into must be a str or os.PathLike, not {type(dest).__name__}"
+        )
+    n_workers = _workers(platform, workers)
     dest = Path(dest).absolute()  # "." has no parent to make the temp directory in
     _check_dest(dest)
     existing = dest.is_dir()
@@ -862,7 +874,7 @@ def checkout(
         raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
     moved: list[Path] = []
     try:
-        _materialise(platform.artifacts, info, tmp, _workers(platform, workers), progress)
+        _materialise(platform.artifacts, info, tmp, n_workers, progress)
         sync_filesystem(tmp)
         try:
             if existing:
