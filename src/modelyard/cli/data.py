@@ -60,6 +60,10 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _number(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:.4g}"  # a profile has no mean of values that overflow
+
+
 @data_app.command("add")
 def add(
     path: Path = typer.Argument(..., help="File or directory to version."),
@@ -164,7 +168,7 @@ def show(
         for col, c in t.get("columns", {}).items():
             stats = ""
             if c.get("kind") == "numeric" and "mean" in c:
-                stats = f"min {c['min']:.4g}, max {c['max']:.4g}, mean {c['mean']:.4g}"
+                stats = ", ".join(f"{k} {_number(c[k])}" for k in ("min", "max", "mean"))
             elif "distinct" in c:
                 stats = f"{c['distinct']:,} distinct"
             rows.append((col, c["type"], c["nulls"], stats))
