@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -55,9 +56,10 @@ def test_stat_cache_range_lookup_matches_only_its_entries(tmp_path: Path) -> Non
     with _manifest.StatCache(tmp_path / "stat.db") as cache:
         entries = list(_manifest.walk(root))
         assert len(cache.fill(entries)) == 4
+        read_from = time.time_ns()
         for e in entries:
             e.sha256 = _manifest.hash_file(e.path)[0]
-        cache.store(entries)
+        cache.store(entries, read_from)
         (root / "a" / "2").unlink()  # its row stays in the cache, inside the next lookup's range
         (root / "b" / "3").write_text("changed!")
         again = list(_manifest.walk(root))

@@ -133,7 +133,7 @@ def test_an_unknown_object_is_not_found_but_a_removed_one_keeps_its_history(
     for typo in ("dataset:tickest@1", "tickest@1", "model:t5@1", "run:" + "0" * 32):
         with pytest.raises(NotFoundError, match="not found in project 'default'; list what exists with"):
             lineage(platform, admin, typo)
-    add_version(platform, admin, tmp_path, "tickets")
+    add_version(platform, admin, tmp_path / "a.txt", "tickets")  # not tmp_path: it holds the home
     up, down = lineage(platform, admin, "tickets@1")  # exists, nothing recorded yet: empty trees
     assert up.children == [] and down.children == []
     _edges(platform, admin, [("dataset:tickets@1", f"run:{RUN}", "input")])

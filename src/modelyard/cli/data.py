@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,38 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+# Data is shown, never obeyed: a CSV header or a stored message could hold escape sequences that set the
+# terminal's title or clipboard (OSC 52), or bidi controls that reorder what is read.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _text(value: object) -> str:
+    """``value`` with control and invisible characters written as escapes (\\x1b, \\u202e)."""
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode() if c not in "\n\t" and unicodedata.category(c) in _HIDDEN else c
+        for c in text
+    )
+
+
+def _say(text: str) -> None:
+    console.print(_text(text), markup=False)
+
+
+def _warn(text: str) -> None:
+    err_console.print(_text(text), markup=False)
+
+
+def _table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table(None if title is None else _text(title), columns, [tuple(map(_text, row)) for row in rows])
+
+
+def _number(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:.4g}"  # a profile has no mean of values that overflow
+
+
 @data_app.command("add")
 def add(
     path: Path = typer.Argument(..., help="File or directory to version."),
@@ -73,11 +106,11 @@ def add(
     with acting() as (platform, ctx), _progress(f"adding {name}") as progress:
         info = add_version(platform, ctx, path, name, message=message, region=region, progress=progress)
     for warning in info.warnings:
-        err_console.print(f"warning: {warning}", markup=False)
+        _warn(f"warning: {warning}")
     if info.created:
-        console.print(f"{info.name}@{info.version}: {info.files:,} files, {_human(info.bytes)}", markup=False)
+        _say(f"{info.name}@{info.version}: {info.files:,} files, {_human(info.bytes)}")
     else:
-        console.print(f"{info.name}@{info.version}: unchanged, no new version", markup=False)
+        _say(f"{info.name}@{info.version}: unchanged, no new version")
 
 
 @data_app.command("ls")
@@ -97,7 +130,7 @@ def ls(
         if json_out:
             print_json([vars(d) for d in datasets])
             return
-        table(
+        _table(
             None,
             ["dataset", "latest", "versions", "region", "created by"],
             [(d.name, d.latest or "-", d.versions, d.region, d.created_by) for d in datasets],
@@ -117,7 +150,7 @@ def ls(
         )
         for v in versions
     ]
-    table(None, ["version", "files", "size", "created", "by", "message"], rows)
+    _table(None, ["version", "files", "size", "created", "by", "message"], rows)
 
 
 @data_app.command("show")
@@ -145,7 +178,7 @@ def show(
     if json_out:
         print_json(info.as_dict(profile=True))
         return
-    console.print(f"{info.name}@{info.version}", markup=False)
+    _say(f"{info.name}@{info.version}")
     lines = [
         ("files", f"{info.files:,}"),
         ("size", f"{_human(info.bytes)} ({info.bytes:,} bytes)"),
@@ -158,19 +191,19 @@ def show(
     if info.source:
         lines.append(("source", info.source))
     for key, value in lines:
-        console.print(f"  {key:<9}{value}", markup=False)
+        _say(f"  {key:<9}{value}")
     for path, t in info.profile.get("tables", {}).items():
         rows = []
         for col, c in t.get("columns", {}).items():
             stats = ""
             if c.get("kind") == "numeric" and "mean" in c:
-                stats = f"min {c['min']:.4g}, max {c['max']:.4g}, mean {c['mean']:.4g}"
+                stats = ", ".join(f"{k} {_number(c[k])}" for k in ("min", "max", "mean"))
             elif "distinct" in c:
                 stats = f"{c['distinct']:,} distinct"
             rows.append((col, c["type"], c["nulls"], stats))
-        table(f"{path} ({t.get('rows', 0):,} rows)", ["column", "type", "nulls", "statistics"], rows)
+        _table(f"{path} ({t.get('rows', 0):,} rows)", ["column", "type", "nulls", "statistics"], rows)
     for path, why in info.profile.get("skipped", {}).items():
-        console.print(f"  {path}: no statistics ({why})", markup=False)
+        _say(f"  {path}: no statistics ({why})")
 
 
 @data_app.command("diff")
@@ -188,33 +221,32 @@ def diff(
         print_json(result.as_dict())
         return
     for m in result.added:
-        console.print(f"+ {m.path}  ({_human(m.size)})", markup=False)
+        _say(f"+ {m.path}  ({_human(m.size)})")
     for m in result.removed:
-        console.print(f"- {m.path}  ({_human(m.size)})", markup=False)
+        _say(f"- {m.path}  ({_human(m.size)})")
     for x, y in result.changed:
-        console.print(f"~ {x.path}  ({_human(x.size)} -> {_human(y.size)})", markup=False)
+        _say(f"~ {x.path}  ({_human(x.size)} -> {_human(y.size)})")
     for path, change in result.tables.items():
         reasons = change.get("no_statistics")
         if reasons:
             for spec, why in zip((result.a, result.b), reasons, strict=True):
                 if why:
-                    console.print(f"table {path}: no statistics in {spec}: {why}", markup=False)
+                    _say(f"table {path}: no statistics in {spec}: {why}")
             continue
-        console.print(f"table {path}: rows {change['rows'][0]} -> {change['rows'][1]}", markup=False)
+        _say(f"table {path}: rows {change['rows'][0]} -> {change['rows'][1]}")
         for col in change["columns_added"]:
-            console.print(f"    + column {col}", markup=False)
+            _say(f"    + column {col}")
         for col in change["columns_removed"]:
-            console.print(f"    - column {col}", markup=False)
+            _say(f"    - column {col}")
         for col, (old, new) in change["type_changes"].items():
-            console.print(f"    ~ column {col}: {old} -> {new}", markup=False)
+            _say(f"    ~ column {col}: {old} -> {new}")
         for col, stats in change["stats"].items():
             shown = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in stats.items())
-            console.print(f"    ~ {col}: {shown}", markup=False)
+            _say(f"    ~ {col}: {shown}")
     n = len(result.added) + len(result.removed) + len(result.changed)
-    console.print(
+    _say(
         f"{result.a} -> {result.b}: {len(result.added)} added, {len(result.removed)} removed, "
-        f"{len(result.changed)} changed" + ("" if n else " (identical files)"),
-        markup=False,
+        f"{len(result.changed)} changed" + ("" if n else " (identical files)")
     )
 
 
@@ -228,10 +260,7 @@ def checkout(
 
     with acting() as (platform, ctx), _progress(f"checking out {spec}") as progress:
         info = checkout_version(platform, ctx, spec, dest, progress=progress)
-    console.print(
-        f"{info.name}@{info.version}: {info.files:,} files, {_human(info.bytes)} verified in {dest}",
-        markup=False,
-    )
+    _say(f"{info.name}@{info.version}: {info.files:,} files, {_human(info.bytes)} verified in {dest}")
 
 
 @data_app.command("rm")
@@ -244,10 +273,9 @@ def rm(
 
     with acting() as (platform, ctx):
         info = remove(platform, ctx, spec, force=force)
-    console.print(
+    _say(
         f"removed {info.name}@{info.version}; its files stay stored (and readable with the master key) until "
-        "an admin runs `yard gc`",
-        markup=False,
+        "an admin runs `yard gc`"
     )
 
 
@@ -273,11 +301,11 @@ def scan(
     for path, kinds in report["names"].items():
         rows.extend((path, "(file name)", kind, n) for kind, n in sorted(kinds.items()))
     if rows:
-        table(f"PII in {report['version']}", ["file", "column", "kind", "count"], rows)
+        _table(f"PII in {report['version']}", ["file", "column", "kind", "count"], rows)
     else:
-        console.print(f"{report['version']}: no PII found", markup=False)
+        _say(f"{report['version']}: no PII found")
     for path, why in report["skipped"].items():
-        err_console.print(f"warning: {path} not scanned: {why}", markup=False)
+        _warn(f"warning: {path} not scanned: {why}")
 
 
 @data_app.command("anonymize")
@@ -310,5 +338,5 @@ def anonymize(
             allow_unprocessed=allow_unprocessed,
         )
     for warning in info.warnings:
-        err_console.print(f"warning: {warning}", markup=False)
-    console.print(f"{info.name}@{info.version}: anonymized from {info.source} ({method})", markup=False)
+        _warn(f"warning: {warning}")
+    _say(f"{info.name}@{info.version}: anonymized from {info.source} ({method})")

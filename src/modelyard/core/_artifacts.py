@@ -50,7 +50,7 @@ from modelyard.core._gc import (
 )
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
-from modelyard.core._paths import safe_key
+from modelyard.core._paths import safe_key, temp_prefix
 from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import (
     BackendError,
@@ -661,7 +661,7 @@ class ArtifactStore:
             raise UsageError(f"output {dest} is a directory; give a file path to write the artifact to")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+            fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(dest.name), dir=dest.parent)
         except OSError as exc:
             raise UsageError(f"cannot write output {dest}: {exc.strerror or exc}") from None
         try:

@@ -189,6 +189,13 @@ def _resolved(root: Path) -> Path:
     return root.resolve()
 
 
+def temp_prefix(name: str) -> str:
+    """A prefix for a temp file or directory named after ``name``, beside it: ".NAME." cut so that the
+    temp name stays within the 255 bytes a name may have when ``name`` itself is that long (40
+    characters are at most 160 bytes, leaving room for a suffix and the random part)."""
+    return f".{name[:40]}."
+
+
 def write_file(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` as a new file (mode 0600): temp file in the same directory, fsync, rename.
     A symlink planted at ``path`` is replaced, never followed (a plain write would overwrite the file it

@@ -13,6 +13,7 @@ back exactly as it was. A member with nothing to change keeps its bytes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,9 +22,10 @@ from typing import Any
 
 from modelyard.core._platform import Context, Platform
 from modelyard.data import _profile, _versions
-from modelyard.errors import UsageError
+from modelyard.errors import UsageError, YardError
 
 METHODS = ("mask", "hash", "drop")
+_NAME_MAX = 255  # bytes a file name may have (Linux, macOS)
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".log", ".json", ".xml", ".html", ".yaml", ".yml", ".tsv")
 
 
@@ -267,10 +269,12 @@ def _rename_members(tree: Path) -> list[str]:
     files = sorted(_files(tree))
     renamed = [(name, path) for name, path in files if _shown(name) != name]
     taken = {name for name, _ in files if _shown(name) == name}
+    dirs = {d for name in taken for d in _parents(name)}
     moves = []
     for name, path in renamed:  # one file per person or host redacts to one name: number them, lose none
-        new = _free(_shown(name), taken)
+        new = _free(_shown(name), taken, dirs)
         taken.add(new)
+        dirs.update(_parents(new))
         moves.append((path, new))
     targets = [new for _, new in moves]
     for path, new in moves:
@@ -284,13 +288,35 @@ def _rename_members(tree: Path) -> list[str]:
     return targets
 
 
-def _free(name: str, taken: set[str]) -> str:
-    """``name``, or ``stem_2.ext``, ``stem_3.ext``... when another member has it."""
-    path, n, candidate = PurePosixPath(name), 1, name
-    while candidate in taken:
-        n += 1
-        candidate = str(path.with_name(f"{path.stem}_{n}{path.suffix}"))
-    return candidate
+def _parents(name: str) -> set[str]:
+    parts = name.split("/")
+    return {"/".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def _free(name: str, taken: set[str], dirs: set[str]) -> str:
+    """``name``, with each segment that meets another member numbered (``stem_2.ext``, ``stem_3.ext``...):
+    a directory where a file is, or a file where a file or directory is."""
+    parts = name.split("/")
+    for i, segment in enumerate(map(PurePosixPath, parts)):
+        n = 1
+        parts[i] = _numbered(segment, n)
+        while (prefix := "/".join(parts[: i + 1])) in taken or (i == len(parts) - 1 and prefix in dirs):
+            n += 1
+            parts[i] = _numbered(segment, n)
+    return "/".join(parts)
+
+
+def _numbered(segment: PurePosixPath, n: int) -> str:
+    """``stem_N.ext`` (``stem.ext`` for 1), cut to the 255 bytes a name may have from the start of its
+    stem, which keeps the placeholders at the end: one is longer than some of what it replaces ("a@b.io"
+    is "[EMAIL]"), so a name near the limit grows past it."""
+    stem, tail = segment.stem, (f"_{n}" if n > 1 else "") + segment.suffix
+    while stem and len(os.fsencode(stem + tail)) > _NAME_MAX:
+        stem = stem[1:]
+    out = stem + tail
+    while len(os.fsencode(out)) > _NAME_MAX:  # a long extension, cut too
+        out = out[:-1]
+    return out
 
 
 def _residual(report: dict[str, Any], columns: list[str] | None) -> list[str]:
@@ -328,58 +354,27 @@ def anonymize(
 
     Fails closed: a table that cannot be parsed or a binary file (compressed, images...) could still hold
     PII, so the whole call is refused, naming them, unless ``allow_unprocessed`` copies them unchanged."""
-    from modelyard.data import _pii
     from modelyard.data._secret import project_salt
     from modelyard.tracking._lineage import dataset_ref
 
     name, _ = _versions.parse_spec(spec)
-    if method not in METHODS:
-        raise UsageError(f"unknown anonymisation method {method!r}; expected one of {', '.join(METHODS)}")
-    cols = [c for c in columns if c] if columns else None
-    platform.authorize(ctx, "dataset.write", f"dataset:{name}")
+    resource = f"dataset:{name}"
+    platform.authorize(ctx, "dataset.write", resource)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
-    salt = project_salt(platform, ctx)  # mask and drop ignore it, but the interface wants one
-    info, work, tree = _checkout_tmp(platform, ctx, spec)
+    work: Path | None = None
     try:
-        seen_columns: set[str] = set()
-        unprocessed: list[str] = []
-        for member, path in _files(tree):
-            fmt = _profile.table_format(member)
-            if fmt is not None and path.stat().st_size == 0:  # nothing to redact, though not a valid table
-                continue
-            if fmt is not None:
-                try:
-                    seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))
-                except ValueError:
-                    unprocessed.append(f"{_shown(member)} (table could not be parsed)")
-            elif _is_text(member, path):
-                _redact_text_file(path)
-            else:
-                unprocessed.append(f"{_shown(member)} (binary)")
-        missing = sorted(set(cols or ()) - seen_columns)
-        if missing:
-            shown_columns = sorted({_pii.redact_text(c) for c in seen_columns})
-            raise UsageError(
-                f"column(s) {', '.join(missing)} are in no table of {info.name}@{info.version}; "
-                f"its columns are: {', '.join(shown_columns) or '(no tables)'}"
-            )
-        if unprocessed and not allow_unprocessed:
-            shown = ", ".join(unprocessed[:10]) + (
-                f" and {len(unprocessed) - 10} more" if len(unprocessed) > 10 else ""
-            )
-            raise UsageError(
-                f"{info.name}@{info.version}: cannot anonymize (they may hold PII): {shown}; "
-                "fix or remove them, or pass --allow-unprocessed to copy them unchanged"
-            )
-        renamed = _rename_members(tree)
-        warnings = [f"{item} copied unchanged" for item in unprocessed]
-        if renamed:
-            warnings.append(
-                f"renamed {len(renamed)} member(s) whose path held PII: {', '.join(renamed[:10])}"
-            )
-        # --columns can leave PII the scanner sees: say where, so the result is not trusted blindly.
-        warnings += _residual(_scan_tree(tree), cols)
-        src_row = _source_id(platform, ctx, info)
+        try:  # the add audits its own refusals; these are audited here, as any refused mutation is
+            cols = _column_list(columns)
+            if method not in METHODS:
+                raise UsageError(
+                    f"unknown anonymisation method {method!r}; expected one of {', '.join(METHODS)}"
+                )
+            salt = project_salt(platform, ctx)  # mask and drop ignore it, but the interface wants one
+            info, work, tree = _checkout_tmp(platform, ctx, spec)
+            warnings = _transform(tree, info, cols, method, salt, allow_unprocessed)
+            src_row = _source_id(platform, ctx, info)
+        except YardError as exc:
+            raise platform.refuse(ctx, "dataset.write", resource, exc) from None
         new = _versions._add(
             platform,
             ctx,
@@ -392,7 +387,73 @@ def anonymize(
         )
         return dataclasses.replace(new, warnings=new.warnings + tuple(warnings))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _column_list(columns: Sequence[str] | None) -> list[str] | None:
+    """The chosen columns (None: those where PII was found); a str would be read a letter at a time."""
+    if columns is None:
+        return None
+    wrong = UsageError("columns must be a list of column names, such as ['email', 'phone']")
+    if isinstance(columns, str | bytes):
+        raise wrong
+    try:
+        chosen = list(columns)
+    except TypeError:
+        raise wrong from None
+    if not all(isinstance(c, str) for c in chosen):
+        raise wrong
+    return [c for c in chosen if c] or None
+
+
+def _transform(
+    tree: Path,
+    info: _versions.VersionInfo,
+    cols: list[str] | None,
+    method: str,
+    salt: bytes,
+    allow_unprocessed: bool,
+) -> list[str]:
+    """Anonymise the checkout ``tree`` in place; the warnings to give with the new version."""
+    from modelyard.data import _pii
+
+    seen_columns: set[str] = set()
+    unprocessed: list[str] = []
+    for member, path in _files(tree):
+        fmt = _profile.table_format(member)
+        if fmt is not None and path.stat().st_size == 0:  # nothing to redact, though not a valid table
+            continue
+        if fmt is not None:
+            try:
+                seen_columns.update(_anonymize_table_file(path, fmt, cols, method, salt))
+            except ValueError:
+                unprocessed.append(f"{_shown(member)} (table could not be parsed)")
+        elif _is_text(member, path):
+            _redact_text_file(path)
+        else:
+            unprocessed.append(f"{_shown(member)} (binary)")
+    missing = sorted(set(cols or ()) - seen_columns)
+    if missing:
+        shown_columns = sorted({_pii.redact_text(c) for c in seen_columns})
+        raise UsageError(
+            f"column(s) {', '.join(missing)} are in no table of {info.name}@{info.version}; "
+            f"its columns are: {', '.join(shown_columns) or '(no tables)'}"
+        )
+    if unprocessed and not allow_unprocessed:
+        shown = ", ".join(unprocessed[:10]) + (
+            f" and {len(unprocessed) - 10} more" if len(unprocessed) > 10 else ""
+        )
+        raise UsageError(
+            f"{info.name}@{info.version}: cannot anonymize (they may hold PII): {shown}; "
+            "fix or remove them, or pass --allow-unprocessed to copy them unchanged"
+        )
+    renamed = _rename_members(tree)
+    warnings = [f"{item} copied unchanged" for item in unprocessed]
+    if renamed:
+        warnings.append(f"renamed {len(renamed)} member(s) whose path held PII: {', '.join(renamed[:10])}")
+    # --columns can leave PII the scanner sees: say where, so the result is not trusted blindly.
+    return warnings + _residual(_scan_tree(tree), cols)
 
 
 def _source_id(platform: Platform, ctx: Context, info: _versions.VersionInfo) -> int:

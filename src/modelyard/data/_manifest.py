@@ -16,7 +16,6 @@ import json
 import os
 import sqlite3
 import stat
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,9 +194,11 @@ class StatCache:
         self.hits += len(entries) - len(missing)
         return missing
 
-    def store(self, entries: Sequence[Entry]) -> None:
-        """Remember digests of entries that are not racily clean (see RACY_NS)."""
-        limit = time.time_ns() - RACY_NS
+    def store(self, entries: Sequence[Entry], read_from: int) -> None:
+        """Remember digests of entries that were not racily clean (see RACY_NS) when read: ``read_from``
+        is time.time_ns() from before the first of them was read. The clock now would be too late: a
+        chunk can take longer than the window to seal."""
+        limit = read_from - RACY_NS
         rows = [
             (os.fsencode(e.path), e.size, e.mtime_ns, e.ctime_ns, e.ino, e.sha256)
             for e in entries

@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import tempfile
+import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from modelyard.core._artifacts import ArtifactStore, StagedBlob
 from modelyard.core._blobs import sync_filesystem
 from modelyard.core._db import insert_for
 from modelyard.core._models import Dataset, DatasetVersion
-from modelyard.core._paths import private_dirs, safe_join
+from modelyard.core._paths import private_dirs, safe_join, temp_prefix
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.data import _manifest, _profile
 from modelyard.errors import (
@@ -158,6 +160,8 @@ def parse_spec(text: str, *, version_required: bool = True) -> tuple[str, int | 
 
 
 def _workers(platform: Platform, workers: int | None) -> int:
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)):
+        raise UsageError(f"workers must be a whole number of threads, not {type(workers).__name__}")
     n = workers if workers is not None else platform.settings.data_workers
     return n or os.cpu_count() or 1
 
@@ -287,7 +291,7 @@ class _NoCache(_manifest.StatCache):
     def fill(self, entries: Sequence[_manifest.Entry]) -> list[_manifest.Entry]:
         return list(entries)
 
-    def store(self, entries: Sequence[_manifest.Entry]) -> None:
+    def store(self, entries: Sequence[_manifest.Entry], read_from: int) -> None:
         return None
 
     def close(self) -> None:
@@ -331,6 +335,7 @@ class _Chunk:
     entries: list[_manifest.Entry]
     misses: list[_manifest.Entry]
     tasks: list[tuple[list[_manifest.Entry], Future[list[StagedBlob]]]]
+    read_from: int  # time.time_ns() before any of its files was read
 
 
 def _profile_sealed(e: _manifest.Entry, fmt: str) -> dict[str, Any]:
@@ -414,7 +419,7 @@ def _stage_tree(
             raise
         if chunk.tasks:
             cache.hashed += len(results)
-            cache.store(chunk.misses)
+            cache.store(chunk.misses, chunk.read_from)
         lines = b"".join([_manifest.line(e) for e in chunk.entries])
         manifest.write(lines)
         digest.update(lines)
@@ -444,6 +449,7 @@ def _stage_tree(
                 hits = [e for e in entries if e.sha256]
                 known = store.known_digests([e.sha256 for e in hits]) if hits else set()
                 to_seal = misses + [e for e in hits if e.sha256 not in known and e.sha256 not in seen]
+                read_from = time.time_ns()
                 tasks = [
                     (
                         task,
@@ -456,7 +462,7 @@ def _stage_tree(
                     )
                     for task in _tasks(to_seal)
                 ]
-                pending.append(_Chunk(entries, misses, tasks))
+                pending.append(_Chunk(entries, misses, tasks, read_from))
                 while len(pending) > 1:
                     finish(pending.popleft())
             while pending:
@@ -491,6 +497,10 @@ def add_version(
 ) -> VersionInfo:
     """Version the file or directory ``path`` as the next version of dataset ``name``. If the tree equals
     the latest version, nothing is written and that version is returned (``created`` False)."""
+    if not isinstance(path, str | os.PathLike):
+        platform.authorize(ctx, "dataset.write", f"dataset:{name}")
+        wrong = UsageError(f"the path to version must be a str or os.PathLike, not {type(path).__name__}")
+        raise platform.refuse(ctx, "dataset.write", f"dataset:{name}", wrong)
     return _add(
         platform, ctx, Path(path), name, message=message, region=region, progress=progress, workers=workers
     )
@@ -515,6 +525,14 @@ def _add(
         check_dataset_name(name)
         if not isinstance(message, str) or len(message) > 10_000:
             raise UsageError("the message must be text of at most 10,000 characters")
+        # Shown raw by `yard data show` to other users' terminals (escape sequences), stored in text
+        # columns (PostgreSQL refuses NUL, neither stores a lone surrogate: a non-UTF-8 argument byte).
+        bad = next((c for c in message if unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t"), None)
+        if bad is not None:
+            raise UsageError(
+                f"the message holds the control or non-text character U+{ord(bad):04X}; "
+                "write it as text (new lines and tabs are fine)"
+            )
         store = platform.artifacts
         data_region = region or ctx.region
         if data_region != ctx.region or data_region != store.region:
@@ -525,6 +543,9 @@ def _add(
             )
         if not os.path.lexists(root):
             raise UsageError(f"{root} does not exist; give a file or directory to version")
+        n_workers = _workers(platform, workers)
+        if source is None:  # anonymise adds its own checkout, made in the store's staging folder
+            _check_outside_home(platform, root)
         with platform.db.read() as s:
             latest = None
             with contextlib.suppress(NotFoundError):
@@ -546,7 +567,7 @@ def _add(
                 data_region,
                 spill,
                 work / "manifest.jsonl",
-                workers=_workers(platform, workers),
+                workers=n_workers,
                 previous_profile=latest.profile if latest else {},
                 progress=progress,
             )
@@ -584,6 +605,25 @@ def _add(
         cache.close()
         spill.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_outside_home(platform: Platform, root: Path) -> None:
+    """Refuse a tree that holds modelyard's home, folder store or master key, or lies in the store or the
+    home's keys: it would version the key and the database for every reader of the dataset, and an add
+    writes into the store it would walk. Data kept elsewhere in the home (the quickstart's) is fine."""
+    tree = Path(os.path.realpath(root))
+    home = platform.settings.home
+    store = getattr(platform.artifacts.backend, "root", None)  # a folder store; S3 has none here
+    stores = [store] if isinstance(store, Path) else []
+    held = [home, *stores, platform.settings.resolved_key_file]
+    within = [*stores, home / "keys"]
+    for place, holds in [(p, True) for p in held] + [(p, False) for p in within]:
+        place = Path(os.path.realpath(place))
+        if place.is_relative_to(tree) if holds else tree.is_relative_to(place):
+            raise UsageError(
+                f"{root} {'holds' if holds else 'lies in'} {place}, modelyard's own (its home, store or "
+                "keys: the master key, database and objects); version the data from a folder outside it"
+            )
 
 
 def _discard(store: ArtifactStore, spill: _Spill, *, xid: str | None = None) -> None:
@@ -818,18 +858,23 @@ def checkout(
     parse_spec(spec)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec, version_required=True)
+    if not isinstance(dest, str | os.PathLike):
+        raise UsageError(
+            f"the directory to check out into must be a str or os.PathLike, not {type(dest).__name__}"
+        )
+    n_workers = _workers(platform, workers)
     dest = Path(dest).absolute()  # "." has no parent to make the temp directory in
     _check_dest(dest)
     existing = dest.is_dir()
     where = dest if existing else dest.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.checkout-", dir=where))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
     except OSError as exc:
         raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
     moved: list[Path] = []
     try:
-        _materialise(platform.artifacts, info, tmp, _workers(platform, workers), progress)
+        _materialise(platform.artifacts, info, tmp, n_workers, progress)
         sync_filesystem(tmp)
         try:
             if existing:
@@ -909,10 +954,11 @@ def verify_tree(store: ArtifactStore, cache: _manifest.StatCache, root: Path, ma
     expected = members(store, manifest_digest)
     try:
         for chunk in _manifest.chunked(_manifest.walk(root)):
+            read_from = time.time_ns()
             for e in cache.fill(chunk):
                 e.sha256, _ = _manifest.hash_file(e.path)
                 cache.hashed += 1
-            cache.store(chunk)
+            cache.store(chunk, read_from)
             for e in chunk:
                 m = next(expected, None)
                 if m is None or (m.path, m.size, m.sha256) != (e.name, e.size, e.sha256):

@@ -32,6 +32,8 @@ _REF_RE = re.compile(r"^(?P<kind>[a-z]+):(?P<id>[A-Za-z0-9][A-Za-z0-9._@:/-]{0,2
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _VERSIONED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+\Z")
+# How edges spell a version (dataset_ref, model_ref): 1-9 digits, no leading zero.
+_VERSION_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})@(?P<number>[1-9][0-9]{0,8})\Z")
 MAX_DEPTH = 50
 _CHUNK = 10_000  # references per IN list, well under every backend's bound-parameter limit
 
@@ -179,21 +181,24 @@ def _exists(s: Session, project_id: int, ref: str) -> bool | None:
     q: Select[Any]
     if kind == "run":
         q = select(Run.id).where(Run.project_id == project_id, Run.id == ident)
-    elif kind in ("dataset", "model") and _VERSIONED_RE.match(ident):
-        name, _, number = ident.rpartition("@")
+    elif kind in ("dataset", "model"):
+        m = _VERSION_RE.match(ident)
+        if m is None:  # no version is spelled so (a number past any row's would not even bind in SQLite)
+            return False
+        name, number = m["name"], int(m["number"])
         if kind == "dataset":
             q = (
                 select(DatasetVersion.id)
                 .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
                 .where(Dataset.project_id == project_id, Dataset.name == name)
-                .where(DatasetVersion.version == int(number))
+                .where(DatasetVersion.version == number)
             )
         else:
             q = (
                 select(ModelVersion.id)
                 .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
                 .where(RegisteredModel.project_id == project_id, RegisteredModel.name == name)
-                .where(ModelVersion.version == int(number))
+                .where(ModelVersion.version == number)
             )
     else:
         return None
