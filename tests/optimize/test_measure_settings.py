@@ -1,0 +1,52 @@
+"""Settings of a measurement (samples, threads, budgets) are checked before anything is loaded or run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelyard.errors import UsageError
+from modelyard.evaluation import latency_ms, throughput
+
+
+class _Echo:
+    """Anything with generate(): the speed functions take any model."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, sources: list[str], **_: Any) -> list[str]:
+        self.calls += 1
+        return list(sources)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"samples": 0}, "samples"),  # was statistics.StatisticsError after the warm-up ran
+        ({"samples": -3}, "samples"),
+        ({"warmup": -1}, "warmup"),
+        ({"sources": []}, "no sources"),  # was ZeroDivisionError
+        ({"samples": True}, "samples"),
+    ],
+)
+def test_latency_refuses_settings_that_measure_nothing(kwargs: dict[str, Any], message: str) -> None:
+    model = _Echo()
+    args: dict[str, Any] = {"sources": ["a", "b"], "max_new_tokens": 4} | kwargs
+    with pytest.raises(UsageError, match=message):
+        latency_ms(model, args.pop("sources"), **args)
+    assert model.calls == 0
+    assert latency_ms(model, ["a"], max_new_tokens=4, samples=5, warmup=0)["samples"] == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"batch": 0}, "batch"), ({"repeats": 0}, "repeats"), ({"sources": []}, "no sources")],
+)
+def test_throughput_refuses_settings_that_measure_nothing(kwargs: dict[str, Any], message: str) -> None:
+    model = _Echo()
+    args: dict[str, Any] = {"sources": ["a"], "max_new_tokens": 4} | kwargs
+    with pytest.raises(UsageError, match=message):
+        throughput(model, args.pop("sources"), **args)
+    assert model.calls == 0
