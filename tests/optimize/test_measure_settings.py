@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 
+from modelyard.core import Platform
 from modelyard.errors import UsageError
 from modelyard.evaluation import latency_ms, throughput
+from modelyard.optimize import optimize
+from modelyard.testing import Yard
 
 
 class _Echo:
@@ -50,3 +53,28 @@ def test_throughput_refuses_settings_that_measure_nothing(kwargs: dict[str, Any]
     with pytest.raises(UsageError, match=message):
         throughput(model, args.pop("sources"), **args)
     assert model.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threads": 100_000}, "threads"),  # one OS thread each, in torch and ONNX Runtime
+        ({"threads": 0}, "threads"),
+        ({"latency_samples": 0}, "latency_samples"),
+        ({"max_samples": 0}, "max_samples"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 10**9}, "max_new_tokens"),
+    ],
+)
+def test_optimize_refuses_absurd_measuring_settings_first(
+    platform: Platform, kwargs: dict[str, Any], message: str
+) -> None:
+    # "m@1" does not exist: the settings are refused before the version is looked up.
+    with pytest.raises(UsageError, match=message):
+        optimize(platform, platform.context(), "m@1", **kwargs)
+
+
+def test_yard_optimize_refuses_a_thread_count_no_machine_has(yard: Yard) -> None:
+    assert yard("init").code == 0
+    r = yard("optimize", "m@1", "--threads", "100000")
+    assert r.code == 2 and "--threads" in r.err, r.err

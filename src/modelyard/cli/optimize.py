@@ -40,7 +40,9 @@ def optimize(
         help="Examples measured (a seeded sample of the held-out set).",
     ),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, max=1024),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads while measuring."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, max=256, help="Inference threads while measuring."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Make CPU variants of a version, measure each against it on the same examples (quality, p50/p95 at

@@ -32,6 +32,14 @@ METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
 _BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*\Z")
 Progress = Callable[[str], None]
 NO_PRUNE = "--structured and --prune-finetune describe --prune SHARE; give --prune too, e.g. --prune 0.3"
+#: the measuring settings and their ranges (those of a gate policy's data, decoding and latency); threads are
+#: OS threads in torch and ONNX Runtime alike, so an absurd count exhausts the machine instead of failing
+SETTINGS = {
+    "max_samples": (1, 100_000),
+    "max_new_tokens": (1, 1024),
+    "latency_samples": (1, 10_000),
+    "threads": (1, 256),
+}
 
 
 def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
@@ -252,6 +260,11 @@ def optimize(
 
     say = progress or (lambda _msg: None)
     limits = parse_budget(budget or {"rougeL": -0.01})
+    given = {"max_samples": max_samples, "max_new_tokens": max_new_tokens, "latency_samples": latency_samples}
+    for key, value in {**given, **({"threads": threads} if threads is not None else {})}.items():
+        least, most = SETTINGS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise UsageError(f"{key} must be a whole number from {least} to {most:,}, got {value!r}")
     if prune is not None and not 0 < prune < 1:
         raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
     if prune is None and (structured or prune_finetune is not None):
