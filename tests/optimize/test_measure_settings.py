@@ -9,7 +9,7 @@ import pytest
 from modelyard.core import Platform
 from modelyard.errors import UsageError
 from modelyard.evaluation import latency_ms, throughput
-from modelyard.optimize import optimize
+from modelyard.optimize import optimize, parse_budget
 from modelyard.testing import Yard
 
 
@@ -78,3 +78,15 @@ def test_yard_optimize_refuses_a_thread_count_no_machine_has(yard: Yard) -> None
     assert yard("init").code == 0
     r = yard("optimize", "m@1", "--threads", "100000")
     assert r.code == 2 and "--threads" in r.err, r.err
+
+
+def test_a_budget_mapping_takes_any_finite_number() -> None:
+    # '-1e-05' (how Python writes a small float) was "not METRIC=DELTA"
+    assert parse_budget({"rougeL": -1e-05, "bleu": 0, "rouge1": -1e-20}) == {
+        "rougeL": -1e-05,
+        "bleu": 0.0,
+        "rouge1": -1e-20,
+    }
+    for bad in (float("nan"), float("-inf"), True, "x"):
+        with pytest.raises(UsageError, match="rougeL"):
+            parse_budget({"rougeL": bad})  # type: ignore[dict-item]

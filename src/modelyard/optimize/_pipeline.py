@@ -13,10 +13,12 @@ record of what was tried) but never picked.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +48,14 @@ def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, f
     """``rougeL=-0.01`` (comma-separated or repeated): the largest allowed change of each metric; a negative
     number is the drop allowed. Refuses unknown metrics and positive bounds on nothing."""
     if isinstance(text, Mapping):
-        items = [f"{k}={v}" for k, v in text.items()]
+        # Numbers in positional notation: str(-1e-05) is no METRIC=DELTA text; NaN, infinities and bools
+        # stay as written and are refused below.
+        items = [
+            f"{k}={Decimal(repr(v)):f}"
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            else f"{k}={v}"
+            for k, v in text.items()
+        ]
     else:
         items = [p for part in ([text] if isinstance(text, str) else list(text)) for p in part.split(",")]
     out: dict[str, float] = {}
