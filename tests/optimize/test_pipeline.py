@@ -362,3 +362,21 @@ def test_pruned_and_distilled_variants_join_the_table(
     with platform.db.read() as s:
         made = set(s.scalars(select(LineageEdge.dst).where(LineageEdge.src == f"run:{run.id}")))
     assert f"model:{by_variant['distilled'].spec}" in made
+
+
+def test_data_flags_left_out_are_the_runs_columns(trained: TrainedModel) -> None:
+    # `--data V` without --group-field set group_field to None explicitly, so the run's group column was not
+    # used: the variants' reports lost their per-slice scores.
+    from modelyard.cli.optimize import _evaluation_data
+    from modelyard.optimize._pipeline import _eval_rows
+
+    platform = Platform(load_settings(home=trained.home))
+    try:
+        ctx = platform.context()
+        spec = registry.register(platform, ctx, trained.run_id, "flags").spec
+        _, rows = _eval_rows(platform, ctx, spec, _evaluation_data("norm@1", None, None, 50), 50)
+        assert len(rows) == 50 and all(r.group and "-" in r.group for r in rows)  # the recipe's: locale
+        _, rows = _eval_rows(platform, ctx, spec, _evaluation_data("norm@1", "test.jsonl", "task", 50), 50)
+        assert all(r.group and "-" not in r.group for r in rows)  # a flag given wins: task
+    finally:
+        platform.close()

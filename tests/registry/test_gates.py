@@ -194,3 +194,26 @@ def test_robustness_with_a_clean_score_of_zero_fails_and_equal_slices_are_both_n
     assert not robust.passed and robust.value is None and "no ratio to judge" in robust.note
     fair = checks["fairness"]
     assert fair.passed and fair.value == 0 and fair.note.startswith("b 0 vs a 0")
+
+
+def test_a_fairness_minimum_with_no_slice_holding_a_group_value_fails(
+    trained_platform: Platform, trained: TrainedModel, model_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """A group column null in every row leaves only the "(missing)" slice: the whole set, no group. Judging
+    it against the minimum passed a fairness gate that compared no groups at all."""
+    p = trained_platform
+    info = registry.register(p, p.context(), model_dir, name)
+    rows = [json.loads(line) for line in (trained.home.parent / "data" / "test.jsonl").open()]
+    nulls = tmp_path / "nulls"
+    nulls.mkdir()
+    with (nulls / "test.jsonl").open("w") as f:
+        f.writelines(json.dumps({**r, "locale": None}) + "\n" for r in rows[:10])
+    spec = f"nulls{secrets.token_hex(3)}"
+    add_version(p, p.context(), nulls, spec)
+    fairness = [{"metric": "rougeL", "min": 0.0, "min_examples": 1}]
+    data = {"dataset": f"{spec}@1", "group_field": "locale"}
+    policy = parse_policy({"data": data, "decoding": DECODING, "fairness": fairness})
+    report = check_gates(p, p.context(), info.spec, policy, attest=False)
+    [only] = report.checks
+    assert not only.passed and not report.passed
+    assert "no slice of 'locale' with a group value" in only.note

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from modelyard.cli._app import acting, app, console, err_console, print_json, table, usage
 from modelyard.cli.registry import _quiet_transformers
+
+if TYPE_CHECKING:
+    from modelyard.evaluation import EvalData
+
+
+def _evaluation_data(data: str, file: str | None, group: str | None, max_samples: int) -> EvalData:
+    """``--data``, ``--file`` and ``--group-field`` as EvalData; flags left out stay unset, so the run's
+    columns (its group field: the per-slice scores) are used, as ``optimize`` promises."""
+    import pydantic
+
+    from modelyard.evaluation import EvalData
+
+    given = {"dataset": data, "file": file, "group_field": group, "max_samples": max_samples}
+    try:
+        return EvalData.model_validate({k: v for k, v in given.items() if v is not None})
+    except pydantic.ValidationError as exc:  # one line naming the flag, not pydantic's report
+        flags = {"dataset": "--data", "file": "--file", "group_field": "--group-field"}
+        raise usage(
+            "; ".join(
+                f"{flags.get(str(e['loc'][0]), '--data') if e['loc'] else '--data'}: "
+                + str(e["msg"]).removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+        ) from None
 
 
 @app.command("optimize")
@@ -40,13 +65,14 @@ def optimize(
         help="Examples measured (a seeded sample of the held-out set).",
     ),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, max=1024),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads while measuring."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, max=256, help="Inference threads while measuring."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Make CPU variants of a version, measure each against it on the same examples (quality, p50/p95 at
     batch 1, throughput at batch 16, size), register each as a derived version, and pick the fastest one
     within the accuracy budget."""
-    from modelyard.evaluation import EvalData
     from modelyard.optimize import optimize as run
     from modelyard.training import load_recipe
 
@@ -56,19 +82,7 @@ def optimize(
         raise usage(f"--quantize {quantize!r}: expected int8 or none")
     evaluation = None
     if data is not None:
-        import pydantic
-
-        try:
-            evaluation = EvalData(dataset=data, file=file, group_field=group, max_samples=max_samples)
-        except pydantic.ValidationError as exc:  # one line naming the flag, not pydantic's report
-            flags = {"dataset": "--data", "file": "--file", "group_field": "--group-field"}
-            raise usage(
-                "; ".join(
-                    f"{flags.get(str(e['loc'][0]), '--data') if e['loc'] else '--data'}: "
-                    + str(e["msg"]).removeprefix("Value error, ")
-                    for e in exc.errors()
-                )
-            ) from None
+        evaluation = _evaluation_data(data, file, group, max_samples)
     elif file is not None or group is not None:
         raise usage("--file and --group-field describe --data NAME@V; give --data too")
     if prune is None and (structured or finetune is not None):

@@ -311,7 +311,22 @@ def check_gates(
                         + (f"; {note}" if note else ""),
                     )
                 )
-        if f.min is not None:
+        if f.min is not None and all(g == MISSING_GROUP for g in judged):
+            # The rows without a group value are the only slice: judging them checks the whole set against
+            # the minimum, no group at all, and passed a fairness gate on a column null in every row.
+            checks.append(
+                Check(
+                    f"fairness: {f.metric} of each {group} slice",
+                    "fairness",
+                    None,
+                    f.min,
+                    ">=",
+                    False,
+                    f"no slice of {group!r} with a group value has {f.min_examples}+ examples"
+                    + (f"; {note}" if note else ""),
+                )
+            )
+        elif f.min is not None:
             for g, v in sorted(judged.items()):
                 checks.append(
                     Check(f"fairness: {f.metric} of {group}={g}", "fairness", v, f.min, ">=", v >= f.min)

@@ -17,6 +17,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from modelyard.errors import UsageError
+
+
+def _check(sources: Sequence[str], **counts: tuple[int, int]) -> None:
+    """Refuse settings that measure nothing (no sources, no timed run) before the model runs once: they
+    ended in a ZeroDivisionError or StatisticsError after the warm-up."""
+    if len(sources) == 0:
+        raise UsageError("no sources to time; give at least one input text")
+    for name, (value, least) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(f"{name} must be a whole number of at least {least}, got {value!r}")
+
 
 def nearest_rank(ascending: Sequence[float], p: float) -> float:
     """The smallest value with at least ``p`` percent of the values at or below it (nearest rank)."""
@@ -26,6 +38,7 @@ def nearest_rank(ascending: Sequence[float], p: float) -> float:
 def latency_ms(
     model: Any, sources: Sequence[str], *, max_new_tokens: int, samples: int = 50, warmup: int = 3
 ) -> dict[str, float]:
+    _check(sources, samples=(samples, 1), warmup=(warmup, 0))
     picked = [sources[i % len(sources)] for i in range(samples)]
     for s in picked[:warmup]:
         model.generate([s], max_new_tokens=max_new_tokens, batch_size=1)
@@ -45,6 +58,7 @@ def latency_ms(
 def throughput(
     model: Any, sources: Sequence[str], *, max_new_tokens: int, batch: int = 16, repeats: int = 3
 ) -> float:
+    _check(sources, batch=(batch, 1), repeats=(repeats, 1))
     picked = [sources[i % len(sources)] for i in range(batch)]
     model.generate(picked, max_new_tokens=max_new_tokens, batch_size=batch)  # warm-up
     best = float("inf")

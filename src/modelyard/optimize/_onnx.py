@@ -73,6 +73,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int | None
     out = Path(out_dir)
     opset = _check_opset(opset)
     check_target(out)
+    check_outside(src, out)
     manifest_sha = _verified(src, verify_model_dir)
     config = t5_config(src)
     generation = _read_json(src / "generation_config.json", required=False)
@@ -156,6 +157,15 @@ def check_target(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise AlreadyExistsError(
             f"output directory {out} is not empty; remove it or choose another one (nothing is overwritten)"
+        )
+
+
+def check_outside(src: Path, out: Path) -> None:
+    """``out`` must not be ``src`` or lie inside it (links resolved): the result would be an unlisted file of
+    its own source, whose verification then fails."""
+    if out.resolve().is_relative_to(src.resolve()):
+        raise UsageError(
+            f"output directory {out} is inside {src}, the directory being read; choose one outside it"
         )
 
 

@@ -13,10 +13,12 @@ record of what was tried) but never picked.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +34,28 @@ METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
 _BUDGET_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(-?\d+(?:\.\d+)?)\s*\Z")
 Progress = Callable[[str], None]
 NO_PRUNE = "--structured and --prune-finetune describe --prune SHARE; give --prune too, e.g. --prune 0.3"
+#: the measuring settings and their ranges (those of a gate policy's data, decoding and latency); threads are
+#: OS threads in torch and ONNX Runtime alike, so an absurd count exhausts the machine instead of failing
+SETTINGS = {
+    "max_samples": (1, 100_000),
+    "max_new_tokens": (1, 1024),
+    "latency_samples": (1, 10_000),
+    "threads": (1, 256),
+}
 
 
 def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
     """``rougeL=-0.01`` (comma-separated or repeated): the largest allowed change of each metric; a negative
     number is the drop allowed. Refuses unknown metrics and positive bounds on nothing."""
     if isinstance(text, Mapping):
-        items = [f"{k}={v}" for k, v in text.items()]
+        # Numbers in positional notation: str(-1e-05) is no METRIC=DELTA text; NaN, infinities and bools
+        # stay as written and are refused below.
+        items = [
+            f"{k}={Decimal(repr(v)):f}"
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            else f"{k}={v}"
+            for k, v in text.items()
+        ]
     else:
         items = [p for part in ([text] if isinstance(text, str) else list(text)) for p in part.split(",")]
     out: dict[str, float] = {}
@@ -252,6 +269,11 @@ def optimize(
 
     say = progress or (lambda _msg: None)
     limits = parse_budget(budget or {"rougeL": -0.01})
+    given = {"max_samples": max_samples, "max_new_tokens": max_new_tokens, "latency_samples": latency_samples}
+    for key, value in {**given, **({"threads": threads} if threads is not None else {})}.items():
+        least, most = SETTINGS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise UsageError(f"{key} must be a whole number from {least} to {most:,}, got {value!r}")
     if prune is not None and not 0 < prune < 1:
         raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
     if prune is None and (structured or prune_finetune is not None):

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard.errors import AlreadyExistsError, NotFoundError, UsageError, ValidationError
+from modelyard.optimize._onnx import check_outside
 
 if TYPE_CHECKING:
     from modelyard.core import Context, Platform
@@ -125,6 +126,7 @@ def prune_model(
     src = Path(model_dir)
     out = Path(out_dir)
     _check_target(out)
+    check_outside(src, out)
     if finetune is not None and client is None and platform is None:
         raise UsageError(
             "a fine-tune is a training run: give client= (or platform=) to record it and read its data"

@@ -39,6 +39,7 @@ from typing import Any
 from modelyard.errors import UsageError, YardError
 from modelyard.optimize._onnx import (
     EXTERNAL_DATA_THRESHOLD,
+    check_outside,
     check_target,
     finish,
     make_staging,
@@ -72,6 +73,7 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
     if meta.get("quantization"):
         raise UsageError(f"{src} is already quantised ({meta['quantization']}); quantise the FP32 export")
     check_target(out)
+    check_outside(src, out)
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
