@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -80,15 +80,33 @@ def acting() -> Iterator[tuple[Platform, Context]]:
         yield platform, platform.context(project=state().project)
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+# What is shown is never obeyed: a CSV header, a run's tag or a stored message could hold escape sequences
+# that set the terminal's title or clipboard (OSC 52), or bidi controls that reorder what is read.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def plain(value: object) -> str:
+    """``value`` with control and invisible characters written as escapes (\\x1b, \\u202e)."""
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text
+    import unicodedata
+
+    return "".join(
+        c.encode("unicode_escape").decode() if c not in "\n\t" and unicodedata.category(c) in _HIDDEN else c
+        for c in text
+    )
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     from rich.table import Table  # on first use: most commands print no table
     from rich.text import Text
 
-    t = Table(title=title, show_lines=False)
+    t = Table(title=None if title is None else plain(title), show_lines=False)
     for col in columns:
-        t.add_column(col)
+        t.add_column(plain(col))
     for row in rows:
-        t.add_row(*(Text("" if v is None else str(v)) for v in row))  # Text: no markup parsing
+        t.add_row(*(Text("" if v is None else plain(v)) for v in row))  # Text: no markup parsing
     out = console
     if not console.is_terminal:  # piped or captured: Rich would cut every row at 80 columns
         from rich.measure import Measurement

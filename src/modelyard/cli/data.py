@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from modelyard.cli._app import acting, app, console, err_console, print_json, table
+from modelyard.cli._app import acting, app, console, err_console, plain, print_json, table
 
 data_app = typer.Typer(
     help="Versioned datasets: add, ls, show, diff, checkout, rm, scan, anonymize.", no_args_is_help=True
@@ -61,32 +60,12 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-# Data is shown, never obeyed: a CSV header or a stored message could hold escape sequences that set the
-# terminal's title or clipboard (OSC 52), or bidi controls that reorder what is read.
-_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-def _text(value: object) -> str:
-    """``value`` with control and invisible characters written as escapes (\\x1b, \\u202e)."""
-    text = str(value)
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(
-        c.encode("unicode_escape").decode() if c not in "\n\t" and unicodedata.category(c) in _HIDDEN else c
-        for c in text
-    )
-
-
 def _say(text: str) -> None:
-    console.print(_text(text), markup=False)
+    console.print(plain(text), markup=False)
 
 
 def _warn(text: str) -> None:
-    err_console.print(_text(text), markup=False)
-
-
-def _table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table(None if title is None else _text(title), columns, [tuple(map(_text, row)) for row in rows])
+    err_console.print(plain(text), markup=False)
 
 
 def _number(value: float | int | None) -> str:
@@ -130,7 +109,7 @@ def ls(
         if json_out:
             print_json([vars(d) for d in datasets])
             return
-        _table(
+        table(
             None,
             ["dataset", "latest", "versions", "region", "created by"],
             [(d.name, d.latest or "-", d.versions, d.region, d.created_by) for d in datasets],
@@ -150,7 +129,7 @@ def ls(
         )
         for v in versions
     ]
-    _table(None, ["version", "files", "size", "created", "by", "message"], rows)
+    table(None, ["version", "files", "size", "created", "by", "message"], rows)
 
 
 @data_app.command("show")
@@ -201,7 +180,7 @@ def show(
             elif "distinct" in c:
                 stats = f"{c['distinct']:,} distinct"
             rows.append((col, c["type"], c["nulls"], stats))
-        _table(f"{path} ({t.get('rows', 0):,} rows)", ["column", "type", "nulls", "statistics"], rows)
+        table(f"{path} ({t.get('rows', 0):,} rows)", ["column", "type", "nulls", "statistics"], rows)
     for path, why in info.profile.get("skipped", {}).items():
         _say(f"  {path}: no statistics ({why})")
 
@@ -301,7 +280,7 @@ def scan(
     for path, kinds in report["names"].items():
         rows.extend((path, "(file name)", kind, n) for kind, n in sorted(kinds.items()))
     if rows:
-        _table(f"PII in {report['version']}", ["file", "column", "kind", "count"], rows)
+        table(f"PII in {report['version']}", ["file", "column", "kind", "count"], rows)
     else:
         _say(f"{report['version']}: no PII found")
     for path, why in report["skipped"].items():
