@@ -112,9 +112,13 @@ def test_help_lists_the_runs_commands(yard: Yard) -> None:
 def test_a_runs_values_reach_the_terminal_escaped(yard: Yard, runs: list[str]) -> None:
     """Params and tags are anyone's text (a config file, a CI variable): an escape sequence in one (here
     OSC 52, which sets the clipboard) reached the terminal of whoever ran `yard runs show`."""
-    with Platform() as platform, Client(platform=platform) as client:
-        with client.start_run("cli", params={"note": "a\x1b]52;c;cm0gLXJmIH4=\x07b"}, capture=False) as run:
-            run.set_tag("who", "x\u202ey")
+    note = "a\x1b]52;c;cm0gLXJmIH4=\x07b"
+    with (
+        Platform() as platform,
+        Client(platform=platform) as client,
+        client.start_run("cli", params={"note": note}, capture=False) as run,
+    ):
+        run.set_tag("who", "x\u202ey")
     r = yard("runs", "show", run.id)
     assert r.code == 0, r.err
     assert "\x1b" not in r.out and "\x07" not in r.out and "\u202e" not in r.out

@@ -332,3 +332,14 @@ def test_safe_child_takes_one_segment() -> None:
 
     with pytest.raises(UnsafePathError, match="contains '/'"):
         safe_child("a", "b/c")
+
+
+def test_a_file_with_a_name_of_255_bytes_is_written_atomically(tmp_path: Path) -> None:
+    """The temp file beside it was named after it in full (".NAME.xxxxxxxx.tmp"), past the 255 bytes a
+    name may have: a valid name could not be written."""
+    from modelyard.core._paths import write_file
+
+    for name in ("b" * 255, "\u00e9" * 127):  # 255 and 254 bytes
+        write_file(tmp_path / name, "x")
+        assert (tmp_path / name).read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b" * 255, "\u00e9" * 127])

@@ -260,10 +260,12 @@ def _device(name: str) -> Any:
 
 
 def _write_outputs(report: EvalReport, out: Path) -> None:
+    from modelyard.core._paths import temp_prefix
+
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in (("report.json", report.to_json()), ("report.md", report.to_markdown())):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), dir=out)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
             os.replace(tmp, out / name)

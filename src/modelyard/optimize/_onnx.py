@@ -267,8 +267,10 @@ def _warn_about_decoding_settings(src: Path, generation: dict[str, Any]) -> None
 
 def make_staging(out: Path) -> Path:
     """A new hidden directory next to ``out`` (same filesystem, so the final rename is atomic)."""
+    from modelyard.core._paths import temp_prefix
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
 
 
 def graph_table(layers: int) -> dict[str, Any]:

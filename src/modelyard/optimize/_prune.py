@@ -433,8 +433,10 @@ def _check_target(out: Path) -> None:
 
 def _make_staging(out: Path) -> Path:
     """A new hidden directory next to ``out`` (same filesystem, so the final rename is atomic)."""
+    from modelyard.core._paths import temp_prefix
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
 
 
 def _tokenizer(src: Path) -> Any:

@@ -44,6 +44,7 @@ from modelyard.core._models import (
     ModelVersion,
     RegisteredModel,
 )
+from modelyard.core._paths import temp_prefix
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._signing import Signer, canonical, verify_signature
 from modelyard.errors import IntegrityError, NotFoundError, UnsafePathError, UsageError, YardError
@@ -821,7 +822,7 @@ def download(
         raise UsageError(f"{target} exists and is not an empty directory; choose another or pass overwrite")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        work = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     except OSError as exc:
         raise UsageError(
             f"cannot write into {target}: {exc.strerror or exc}; choose another directory"

@@ -40,6 +40,7 @@ from modelyard.core._models import (
     RunParam,
     RunTag,
 )
+from modelyard.core._paths import temp_prefix
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.errors import (
     NotFoundError,
@@ -806,7 +807,9 @@ def download_artifacts(
             )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'download'}.download-", dir=dest.parent))
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name or 'download')}download-", dir=dest.parent)
+        )
     except OSError as exc:
         raise UsageError(f"cannot write into {dest.parent}: {exc.strerror or exc}") from None
     try:
