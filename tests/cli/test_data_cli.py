@@ -119,6 +119,9 @@ def test_scan_and_anonymize(yard: Yard, tmp_path: Path) -> None:
     r = yard("data", "scan", "users@1")
     assert r.code == 0 and "email" in r.out and "alice" not in r.out
     assert yard("data", "scan", "users@1", "--json").json()["tables"]["users.csv"]["email"]["email"] == 2
+    for empty in (",,", " , ", ""):  # was read as "no --columns": every PII column, without a word
+        r = yard("data", "anonymize", "users@1", "--columns", empty, "--method", "mask")
+        assert r.code == 2 and "names no column" in r.err, (empty, r.err)
     r = yard("data", "anonymize", "users@1", "--columns", "email", "--method", "mask")
     assert r.code == 0, r.err
     assert "users@2: anonymized from users@1" in r.out

@@ -305,7 +305,7 @@ def anonymize(
     columns outside --columns) is listed as a warning."""
     from modelyard.data import anonymize as anonymize_version
 
-    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
     with acting() as (platform, ctx):
         info = anonymize_version(
             platform,

@@ -404,7 +404,10 @@ def _column_list(columns: Sequence[str] | None) -> list[str] | None:
         raise wrong from None
     if not all(isinstance(c, str) for c in chosen):
         raise wrong
-    return [c for c in chosen if c] or None
+    named = [c for c in chosen if c]
+    if not named:  # an empty --columns (",,") is no way to ask for the default: nothing would say so
+        raise UsageError("columns names no column; give at least one, or none at all for those holding PII")
+    return named
 
 
 def _transform(
