@@ -445,7 +445,11 @@ def _reference_scores(
         raise
     if ref.spec == exact:
         return dict(clean)  # the alias points at this version already
-    return dict(_score(load(ref.spec, platform=platform, ctx=ctx), rows, policy, metrics).overall)
+    # With the policy's thread count too: loading sets torch's process-wide count, and the latency of the
+    # version under test is measured after this load.
+    threads = policy.latency.threads if policy.latency else None
+    ref_model = load(ref.spec, platform=platform, ctx=ctx, threads=threads)
+    return dict(_score(ref_model, rows, policy, metrics).overall)
 
 
 def _missing_alias(platform: Platform, ctx: Context, name: str, alias: str) -> str:
