@@ -251,7 +251,33 @@ def test_a_run_cut_from_one_version_is_evaluated_on_its_own_split(
     assert report["n"] == len(validation) == 10
     assert [s["source"] for s in report["samples"]] == [e.source for e in validation[:5]]
     assert "cut as the run did (seed 3)" in report["info"]["selection"]
-    # a model directory has no recipe: the single file is read whole
+    # a model directory has no recipe: its only table is not a test split, so it is read whole only when
+    # named with --file
     r = yard("eval", str(saved_model), "--data", "single@1", "--max-new-tokens", "2", "--json")
+    assert r.code == 2 and "--file" in r.error
+    whole = ["--file", "all.jsonl", "--max-new-tokens", "2", "--json"]
+    r = yard("eval", str(saved_model), "--data", "single@1", *whole)
     assert r.code == 0, r.err
     assert json.loads(r.out)["n"] == 40
+
+
+def test_a_version_without_the_split_is_refused_not_scored_on_its_training_rows(
+    yard: Yard, home: None, saved_model: Path, tmp_path: Path
+) -> None:
+    from modelyard.training import make_examples
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_examples(12, seed=6)))
+    assert yard("data", "add", str(only), "--name", "trainonly").code == 0
+    model = str(saved_model)
+    for args in ([], ["--split", "test"], ["--split", "test", "--file", "train.jsonl"]):
+        r = yard("eval", model, "--data", "trainonly@1", *args)
+        assert r.code == 2, r.err
+        assert "--split is 'test' but trainonly@1:train.jsonl is not the test split" in r.error
+        assert "--file" in r.error and "data.file" not in r.error
+    assert eval_runs(yard) == []  # nothing scored, nothing recorded
+    for args in (["--split", "train"], ["--file", "train.jsonl"]):  # the training rows, asked for by name
+        r = yard("eval", model, "--data", "trainonly@1", "--max-new-tokens", "2", "--json", *args)
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["n"] == 12

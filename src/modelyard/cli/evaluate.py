@@ -160,9 +160,11 @@ def _examples(
     split: SplitName,
     data: DataSection,
     recipe: Recipe | None,
+    split_named: bool,
 ) -> tuple[list[Example], str, str]:
     """(examples, member file, how they were chosen)."""
     from modelyard.data import get
+    from modelyard.evaluation._gates import check_split
     from modelyard.training._data import read_split
 
     root = get(spec, platform=platform, ctx=ctx)
@@ -176,6 +178,11 @@ def _examples(
         raise UsageError(
             exc.message.replace("data.file", "--file").replace("data.format", "the format")
         ) from None
+    try:  # the gates' rule: --split test never scores the training rows of a version holding no test split
+        check_split(spec, member, split, data.file, split_named, cut)
+    except UsageError as exc:
+        message = exc.message.replace("data.split", "--split").replace("data.file", "--file")
+        raise UsageError(message) from None
     if cut and recipe is not None:
         # The run cut one version by ratios: these are the same seeded split it trained and tested on.
         how = f"the {split} split of {spec}:{member} cut as the run did (seed {recipe.data.seed})"
@@ -334,10 +341,11 @@ def eval_command(
         help="A run id (or unique prefix) with model/ artifacts, or a model directory.",
     ),
     data: str = typer.Option(..., "--data", "-d", metavar="NAME@V", help="Dataset version to evaluate on."),
-    split: str = typer.Option(
-        "test",
+    split: str | None = typer.Option(
+        None,
         "--split",
-        help="train, validation or test: the file of that name when the version has one per split.",
+        help="train, validation or test (default test): the file of that name when the version has one "
+        "per split.",
     ),
     file: str | None = typer.Option(None, "--file", metavar="MEMBER", help="The member file to read."),
     source_field: str | None = typer.Option(
@@ -383,6 +391,8 @@ def eval_command(
     overall, per slice and against the copy baseline; recorded as a run with lineage to the data."""
     from modelyard.data._versions import parse_spec
 
+    split_named = split is not None  # as in a gate policy: a --file named for another split contradicts it
+    split = split if split is not None else "test"
     if split not in _SPLITS:
         raise UsageError(f"--split must be one of {', '.join(_SPLITS)}, not {split!r}")
     parse_spec(data)  # NAME@V: an evaluation names the exact version it read
@@ -411,7 +421,9 @@ def eval_command(
             {"source_field": source_field, "target_field": target_field, "group_field": group_field},
         )
         section = _section(recipe, metrics, decoding, num_beams, max_new_tokens, batch_size)
-        examples, member, how = _examples(platform, ctx, data, cast("SplitName", split), section_data, recipe)
+        examples, member, how = _examples(
+            platform, ctx, data, cast("SplitName", split), section_data, recipe, split_named
+        )
         if max_samples is not None:
             examples = examples[:max_samples]
         dev = _device(device)

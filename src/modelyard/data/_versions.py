@@ -1008,6 +1008,9 @@ def remove(platform: Platform, ctx: Context, spec: str, *, force: bool = False) 
     detail: dict[str, Any] = {}
     with platform.mutate(ctx, action, dataset_ref(name, version), detail) as s:
         _, row = _version_row(s, ctx, name, version)
+        # Locked before its dependents are read: a model registering on it (which locks it FOR SHARE) either
+        # commits first, and is seen below, or waits and finds it gone.
+        s.execute(select(DatasetVersion.id).where(DatasetVersion.id == row.id).with_for_update())
         info = _info(s, name, row)
         models = sorted(
             r

@@ -128,19 +128,27 @@ def _eval_set(
 
 
 def _check_split(data: EvalData, member: str, cut: bool) -> None:
-    """Refuse a member that is not ``data.split``. The one table of a version is picked whatever it is
-    called, so without this ``split: test`` would measure the training rows of a version holding only
-    ``train.jsonl``; a ``data.file`` named for another split contradicts an explicit ``data.split``."""
+    check_split(data.dataset, member, data.split, data.file, "split" in data.model_fields_set, cut)
+
+
+def check_split(
+    dataset: str, member: str, split: str, file: str | None, split_named: bool, cut: bool
+) -> None:
+    """Refuse a member that is not the ``split`` being evaluated on. The one table of a version is picked
+    whatever it is called, so without this ``split: test`` would measure the training rows of a version
+    holding only ``train.jsonl``; a ``file`` named for another split contradicts an explicitly named
+    (``split_named``) split. ``cut``: the member is the table the model's run cut by ratios. The message
+    names the policy's keys; ``yard eval`` puts its flags in their place."""
     from modelyard.training._data import SPLIT_NAMES
 
     stem = PurePosixPath(member).stem
-    if cut or stem == data.split:
+    if cut or stem == split:
         return
-    if data.file is None or (stem in SPLIT_NAMES and "split" in data.model_fields_set):
+    if file is None or (stem in SPLIT_NAMES and split_named):
         raise UsageError(
-            f"data.split is {data.split!r} but {data.dataset}:{member} is not the {data.split} split "
+            f"data.split is {split!r} but {dataset}:{member} is not the {split} split "
             "(nor a table the model's run cut by ratios); name the member to evaluate on with data.file, "
-            f"or use a version that holds {data.split}.jsonl"
+            f"or use a version that holds {split}.jsonl"
         )
 
 
@@ -437,7 +445,11 @@ def _reference_scores(
         raise
     if ref.spec == exact:
         return dict(clean)  # the alias points at this version already
-    return dict(_score(load(ref.spec, platform=platform, ctx=ctx), rows, policy, metrics).overall)
+    # With the policy's thread count too: loading sets torch's process-wide count, and the latency of the
+    # version under test is measured after this load.
+    threads = policy.latency.threads if policy.latency else None
+    ref_model = load(ref.spec, platform=platform, ctx=ctx, threads=threads)
+    return dict(_score(ref_model, rows, policy, metrics).overall)
 
 
 def _missing_alias(platform: Platform, ctx: Context, name: str, alias: str) -> str:

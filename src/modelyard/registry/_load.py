@@ -71,6 +71,22 @@ def _acting(platform: Platform | None, ctx: Context | None) -> Iterator[tuple[Pl
         yield opened, ctx or opened.context()
 
 
+#: torch's thread count when this process first loaded a model: what ``threads=None`` means
+_default_threads: int | None = None
+
+
+def _torch_threads(threads: int | None) -> None:
+    """Set torch's (process-wide) thread count for the model being loaded, every time: a count one load
+    (a gate's ``latency.threads: 1``) set must not stay behind for a later load without one, or an optimise
+    in the same process would time its PyTorch baseline on 1 thread and the ONNX variants on every core."""
+    global _default_threads
+    import torch
+
+    if _default_threads is None:
+        _default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads if threads is not None else _default_threads)
+
+
 def load_dir(
     path: str | os.PathLike[str], info: VersionInfo | None = None, *, threads: int | None = None
 ) -> LoadedModel:
@@ -89,10 +105,7 @@ def load_dir(
 
     from modelyard.training._model import load_model
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    _torch_threads(threads)
     # transformers draws a "Loading weights" bar on stderr: noise in a server's log once per worker and
     # version, and in every caller of load(); it is put back as it was.
     hf_logging: Any = transformers.utils.logging

@@ -39,6 +39,8 @@ from modelyard.core._db import insert_for
 from modelyard.core._models import (
     AliasEvent,
     Attestation,
+    Dataset,
+    DatasetVersion,
     LineageEdge,
     ModelAlias,
     ModelVersion,
@@ -557,6 +559,7 @@ def _store_version(
                 if src.lineage.get("recipe"):
                     reused.add(src.lineage["recipe"])
                 _gc.require_stored(s, reused, f"model {name}")
+            _require_datasets(s, ctx, src.lineage.get("datasets") or [])
             xid = store.transaction_id(s)
             model_id = _ensure_model(s, ctx, name)
             version = s.execute(
@@ -626,6 +629,30 @@ def _store_version(
                 raise
             log.warning("model %s: version stored, but removing unreferenced objects failed: %s", name, exc)
     return info
+
+
+def _require_datasets(s: Session, ctx: Context, specs: Sequence[str]) -> None:
+    """Refuse a model whose data is gone: ``data rm`` refuses while a model depends on a version, which a
+    version deleted before its run's model is registered would escape. The rows are locked (FOR SHARE) until
+    the version and its lineage edges commit; ``data rm`` locks the row it deletes before it reads them."""
+    from modelyard.data._versions import parse_spec
+
+    for spec in specs:
+        name, version = parse_spec(spec)
+        found = s.execute(
+            select(DatasetVersion.id)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(
+                Dataset.project_id == ctx.project_id, Dataset.name == name, DatasetVersion.version == version
+            )
+            .with_for_update(read=True)
+        ).first()
+        if found is None:
+            raise NotFoundError(
+                f"dataset version {spec} the model was trained on no longer exists (deleted after its run "
+                "read it): a model is not registered on data that is gone; train it again on a version "
+                "that exists"
+            )
 
 
 def _ensure_model(s: Session, ctx: Context, name: str) -> int:
