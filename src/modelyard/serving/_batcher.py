@@ -102,9 +102,12 @@ class Batcher:
         try:
             return list(await asyncio.gather(*(i.future for i in items)))
         finally:
-            for i in items:  # timed out or cancelled: waiting inputs are skipped, running ones dropped
+            for i in items:  # timed out or cancelled: running inputs finish and their outputs are dropped
                 if not i.future.done():
                     i.future.cancel()
+            if any(i.future.cancelled() for i in items):  # waiting ones leave the queue now, not after
+                # the running batch: they would count toward the limit and have others refused (429)
+                self._queue = deque(i for i in self._queue if not i.future.done())
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Refuse new work, then wait until everything queued has been answered."""
@@ -145,6 +148,8 @@ class Batcher:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
+            if not self._queue:  # what woke it was cancelled meanwhile
+                continue
             oldest = self._queue[0].enqueued
             while self._ready() < self.max_batch_size:
                 remaining = oldest + self.max_wait - time.monotonic()
