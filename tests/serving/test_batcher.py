@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from modelyard.serving._batcher import Batcher
+from modelyard.serving._batcher import Batcher, Draining
 
 
 class Model:
@@ -140,3 +140,23 @@ def test_inputs_of_a_cancelled_request_leave_the_queue_at_once() -> None:
 
     assert asyncio.run(run()) == ["A", "E"]
     assert model.runs == [["a"], ["e"]]
+
+
+def test_work_left_when_a_drain_times_out_is_answered_draining_not_left_hanging() -> None:
+    """Past drain()'s timeout the loop was cancelled and the inputs it had not answered were never answered:
+    their requests hung until their own timeout (a 504 long after, not a 503 to retry)."""
+    model = Model()
+
+    async def run() -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(model, executor=pool, max_batch_size=1)
+            batcher.start()
+            tasks = [asyncio.create_task(batcher.submit([t], None)) for t in ("a", "b")]
+            await asyncio.sleep(0.05)  # "a" runs (held by the gate), "b" waits
+            await batcher.drain(timeout=0.1)
+            done, _ = await asyncio.wait(tasks, timeout=2)
+            model.gate.set()
+            return [t.exception() if t in done else "hung" for t in tasks]
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, Draining) for r in results), results
