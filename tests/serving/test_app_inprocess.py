@@ -90,6 +90,10 @@ def test_config_refuses_what_is_unsafe_or_inconsistent() -> None:
         parse_config({"models": ["m@1"], "batching": {"max_batch_size": 8, "max_queue": 16}})
     with pytest.raises(ValidationError, match="unknown key"):
         parse_config({"models": ["m@1"], "batchin": {}})
+    # Servers share a row every share_s and read the others' rows of the last window_s: with a shorter
+    # window each one's rows were mostly out of it, and the canary was judged on a fraction of its outcomes.
+    with pytest.raises(ValidationError, match="share_s"):
+        parse_config({"models": ["m@1"], "canary": {"window_s": 0.5, "share_s": 1}})
 
 
 def _unloadable(platform: Platform, model_dir: Path, tmp: Path) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from modelyard.serving._batcher import Batcher
+from modelyard.serving._batcher import Batcher, Draining
 
 
 class Model:
@@ -112,3 +112,51 @@ def test_a_model_that_returns_too_few_outputs_fails_its_requests_clearly() -> No
 def test_bad_settings_are_refused() -> None:
     with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="max_queue"):
         Batcher(lambda t, p: t, executor=pool, max_batch_size=8, max_queue=4)
+
+
+def test_inputs_of_a_cancelled_request_leave_the_queue_at_once() -> None:
+    """A cancelled request's inputs stayed queued (and counted) until the running batch ended: while a long
+    batch ran, a client that sent and left kept everyone else at 429 (QueueFull)."""
+    model = Model()
+
+    async def run() -> list[str]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(model, executor=pool, max_batch_size=1, max_queue=4)
+            batcher.start()
+            running = asyncio.create_task(batcher.submit(["a"], None))
+            await asyncio.sleep(0.05)  # "a" runs (held by the gate)
+            gone = asyncio.create_task(batcher.submit(["b", "c", "d"], None))
+            await asyncio.sleep(0.01)
+            assert batcher.depth == 4
+            gone.cancel()
+            await asyncio.sleep(0.01)
+            assert batcher.depth == 1  # only the running input
+            late = asyncio.create_task(batcher.submit(["e"], None))  # was QueueFull
+            await asyncio.sleep(0.01)
+            model.gate.set()
+            out = await running + await late
+            await batcher.drain()
+            return out
+
+    assert asyncio.run(run()) == ["A", "E"]
+    assert model.runs == [["a"], ["e"]]
+
+
+def test_work_left_when_a_drain_times_out_is_answered_draining_not_left_hanging() -> None:
+    """Past drain()'s timeout the loop was cancelled and the inputs it had not answered were never answered:
+    their requests hung until their own timeout (a 504 long after, not a 503 to retry)."""
+    model = Model()
+
+    async def run() -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(model, executor=pool, max_batch_size=1)
+            batcher.start()
+            tasks = [asyncio.create_task(batcher.submit([t], None)) for t in ("a", "b")]
+            await asyncio.sleep(0.05)  # "a" runs (held by the gate), "b" waits
+            await batcher.drain(timeout=0.1)
+            done, _ = await asyncio.wait(tasks, timeout=2)
+            model.gate.set()
+            return [t.exception() if t in done else "hung" for t in tasks]
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, Draining) for r in results), results

@@ -407,3 +407,62 @@ def test_a_rollback_the_store_cannot_record_fails_no_request_and_is_recorded_lat
         monkeypatch.undo()
         deploy(p, ctx, "srv", version=None, mode="off", reason="test cleanup")
         p.close()
+
+
+class _Stub:
+    """A model standing in for a loaded version: a faulty one fails on "bad"; "slow" is held until ``gate``
+    is set."""
+
+    def __init__(self, *, faulty: bool = False) -> None:
+        import threading
+
+        self.gate, self.faulty = threading.Event(), faulty
+
+    def generate(self, texts: list[str], **kwargs: Any) -> list[str]:
+        if self.faulty and "bad" in texts:
+            time.sleep(0.2)  # while another client's input joins the queue
+            raise ValueError("token id out of range")
+        if "slow" in texts:
+            self.gate.wait(30)
+        return [t.upper() for t in texts]
+
+
+def test_the_request_that_rolls_a_canary_back_is_answered_without_waiting_for_its_queue(
+    store: Platform,
+) -> None:
+    """The request whose outcome breached the SLO waited, answer in hand, for the rolled-back candidate to
+    finish every input queued on it (up to a minute) before it was answered."""
+    from modelyard.serving._app import Server
+    from modelyard.serving._config import parse_config
+    from modelyard.serving._routing import Params, Route, Slot
+
+    config = parse_config(
+        {"models": ["srv@1"], "batching": {"max_batch_size": 1}, "canary": {"min_requests": 1}}
+    )
+    cand_model = _Stub(faulty=True)
+
+    async def run() -> tuple[float, list[str]]:
+        server = Server(config, store)
+        stable = Slot("srv", 1, "fp32", _Stub(), config)
+        cand = Slot("srv", 2, "fp32", cand_model, config)
+        route = Route("srv", None, stable)
+        route.candidate, route.mode, route.weight = cand, "canary", 100
+        route.window = SloWindow(config.canary, 1)
+        for slot in (stable, cand):
+            slot.batcher.start()
+        t0 = time.monotonic()
+        answer = asyncio.create_task(server.predict(route, ["bad"], Params(4), None))
+        await asyncio.sleep(0.05)  # "bad" runs on the candidate
+        queued = asyncio.create_task(cand.batcher.submit(["slow"], Params(4)))  # another client's input
+        _, out = await asyncio.wait_for(answer, 20)
+        took = time.monotonic() - t0
+        cand_model.gate.set()
+        await queued
+        assert route.candidate is None  # rolled back
+        await stable.close()
+        server.predlog.close()
+        return took, out
+
+    took, out = asyncio.run(run())
+    assert out == ["BAD"]  # the stable version answered
+    assert took < 2, took

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
@@ -45,3 +48,38 @@ def test_feedback_keeps_one_row_per_prediction_with_the_latest_answer(any_platfo
     with p.db.read() as s:
         rows = [(r.prediction_id, r.target) for r in s.scalars(select(Feedback))]
     assert sorted(rows) == sorted([(prediction_id(rid, 0), "third"), (prediction_id(rid, 1), "other input")])
+
+
+def test_a_flush_returns_only_once_a_flush_already_under_way_has_stored_its_rows(tmp_path: Path) -> None:
+    """Feedback flushes the log, then looks its prediction up. A flush that found the buffer just taken by
+    the background flush returned at once, before those rows were stored: feedback sent right after its
+    prediction was a 404 now and then."""
+    import threading
+
+    from modelyard.testing import make_platform
+
+    p = make_platform(tmp_path / "home")
+    log = PredictionLog(p, p.context(), flush_s=3600)
+    rid = new_request_id()
+    log.add(rid, "m", 1, "stable", ["a"], ["x"], 1.0)
+    seen: list[bool] = []
+
+    def feedback_side() -> None:
+        log.flush()
+        with p.db.read() as s:
+            seen.append(s.get(Prediction, prediction_id(rid, 0)) is not None)
+
+    with p.db.write():  # the background flush takes the rows, then waits for the store
+        background = threading.Thread(target=log.flush)
+        background.start()
+        deadline = time.monotonic() + 5
+        while log._rows and time.monotonic() < deadline:
+            time.sleep(0.01)
+        feedback = threading.Thread(target=feedback_side)
+        feedback.start()
+        feedback.join(0.3)
+    background.join(10)
+    feedback.join(10)
+    log.close()
+    p.close()
+    assert seen == [True]

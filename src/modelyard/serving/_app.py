@@ -392,11 +392,11 @@ class Server:
         route.candidate_out()
         log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
         route.unrecorded = (window.key, reason)
-        try:
-            await self._record_rollback(route)
-        finally:
-            self.metrics.set_model(route)
-            await old.close()
+        self.metrics.set_model(route)
+        # Drained in the background: the request that breached (answer in hand) must not wait for every
+        # input queued on the candidate, up to a minute.
+        self._spawn(old.close())
+        await self._record_rollback(route)
 
     async def _record_rollback(self, route: Route) -> None:
         """Switch the deployment off in the store for a rollback taken here; on failure it stays pending and

@@ -16,7 +16,8 @@ coming (benchmarks/serving.py: a 5 ms wait halved the throughput of one client a
   requests, so that an input the model fails on fails only its own request, never those batched with it.
 * A request that times out or whose client went away cancels its waiting inputs; inputs already running
   finish and their results are dropped. ``drain()`` stops intake and waits for queued work, so swapping a
-  model (blue-green) drops nothing in flight.
+  model (blue-green) drops nothing in flight; what it has not answered within its timeout is answered
+  :class:`Draining` (HTTP 503, or the new version where one took over), never left waiting.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,12 @@ class _Item:
     future: asyncio.Future[str]
     request: int  # which submit() it came from
     enqueued: float = field(default_factory=time.monotonic)
+
+
+def _fail(items: Iterable[_Item], error: Exception) -> None:
+    for i in items:
+        if not i.future.done():
+            i.future.set_exception(error)
 
 
 class Batcher:
@@ -102,9 +109,12 @@ class Batcher:
         try:
             return list(await asyncio.gather(*(i.future for i in items)))
         finally:
-            for i in items:  # timed out or cancelled: waiting inputs are skipped, running ones dropped
+            for i in items:  # timed out or cancelled: running inputs finish and their outputs are dropped
                 if not i.future.done():
                     i.future.cancel()
+            if any(i.future.cancelled() for i in items):  # waiting ones leave the queue now, not after
+                # the running batch: they would count toward the limit and have others refused (429)
+                self._queue = deque(i for i in self._queue if not i.future.done())
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Refuse new work, then wait until everything queued has been answered."""
@@ -116,6 +126,10 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Past the timeout, what was not answered never will be: its requests learn it now (503, retry)
+        # rather than wait for their own timeout.
+        _fail(self._queue, Draining("this model version was replaced before it answered"))
+        self._queue.clear()
 
     def _take(self) -> list[_Item]:
         """Up to max_batch_size live inputs sharing the oldest live input's key, in arrival order."""
@@ -145,6 +159,8 @@ class Batcher:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
+            if not self._queue:  # what woke it was cancelled meanwhile
+                continue
             oldest = self._queue[0].enqueued
             while self._ready() < self.max_batch_size:
                 remaining = oldest + self.max_wait - time.monotonic()
@@ -160,6 +176,9 @@ class Batcher:
             self.largest_batch = max(self.largest_batch, len(batch))
             try:
                 await self._isolate(loop, batch, await self._run_batch(loop, batch))
+            except asyncio.CancelledError:  # drain() timed out: this batch's answers will never come
+                _fail(batch, Draining("this model version was replaced before it answered"))
+                raise
             finally:
                 self._running = 0
 
@@ -173,9 +192,7 @@ class Batcher:
             return
         requests = list(dict.fromkeys(i.request for i in batch))
         if len(requests) == 1:
-            for i in batch:
-                if not i.future.done():
-                    i.future.set_exception(failure)
+            _fail(batch, failure)
             return
         for half in (requests[: len(requests) // 2], requests[len(requests) // 2 :]):
             wanted = set(half)

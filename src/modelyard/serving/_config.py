@@ -71,6 +71,14 @@ class Canary(_Section):
     min_requests: Annotated[int, Field(ge=1)] = 20
     share_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # how often workers and replicas pool their outcomes
 
+    @model_validator(mode="after")
+    def _pooled(self) -> Canary:
+        # Each server stores a row every share_s and reads the others' rows of the last window_s: with fewer
+        # than two rows of each in the window, most of the others' outcomes were outside it.
+        if self.share_s > self.window_s / 2:
+            raise ValueError("canary.share_s must be at most half of canary.window_s")
+        return self
+
 
 class Logging(_Section):
     sample: Annotated[float, Field(ge=0, le=1)] = 1.0

@@ -59,6 +59,9 @@ class PredictionLog:
         self._platform, self._ctx, self._flush_s = platform, ctx, flush_s
         self._rows: deque[dict[str, Any]] = deque(maxlen=max_buffer)
         self._lock = threading.Lock()
+        # One flush at a time: a flush (feedback's) must not return while rows another flush took are not
+        # stored yet, or the prediction it looks up next is not found.
+        self._flushing = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.dropped = 0
@@ -101,6 +104,10 @@ class PredictionLog:
             self.flush()
 
     def flush(self) -> None:
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             rows = list(self._rows)
             self._rows.clear()
