@@ -454,7 +454,8 @@ def test_the_request_that_rolls_a_canary_back_is_answered_without_waiting_for_it
         answer = asyncio.create_task(server.predict(route, ["bad"], Params(4), None))
         await asyncio.sleep(0.05)  # "bad" runs on the candidate
         queued = asyncio.create_task(cand.batcher.submit(["slow"], Params(4)))  # another client's input
-        _, out = await asyncio.wait_for(answer, 20)
+        _, out, role = await asyncio.wait_for(answer, 20)
+        assert role == "stable"
         took = time.monotonic() - t0
         cand_model.gate.set()
         await queued
@@ -466,3 +467,36 @@ def test_the_request_that_rolls_a_canary_back_is_answered_without_waiting_for_it
     took, out = asyncio.run(run())
     assert out == ["BAD"]  # the stable version answered
     assert took < 2, took
+
+
+def test_the_answer_that_rolls_a_canary_back_is_counted_as_the_candidates(store: Platform) -> None:
+    """The role of an answer was read after it came back (slot is route.candidate): a candidate's answer
+    whose own outcome completed the evidence that rolled it back was logged and counted as the stable
+    version's."""
+    from modelyard.serving._app import Server
+    from modelyard.serving._config import parse_config
+    from modelyard.serving._routing import Params, Route, Slot
+
+    config = parse_config({"models": ["srv@1"], "canary": {"min_requests": 2, "max_error_rate": 0.1}})
+
+    async def run() -> tuple[str, list[str], Slot | None]:
+        server = Server(config, store)
+        stable = Slot("srv", 1, "fp32", _Stub(), config)
+        cand = Slot("srv", 2, "fp32", _Stub(), config)
+        route = Route("srv", None, stable)
+        route.candidate, route.mode, route.weight = cand, "canary", 100
+        route.window = SloWindow(config.canary, 1)
+        route.window.add(False, 5.0)  # an earlier failure: this answer's success makes min_requests
+        for slot in (stable, cand):
+            slot.batcher.start()
+        slot, out, role = await server.predict(route, ["ok"], Params(4), None)
+        assert slot is cand
+        await stable.close()
+        server.predlog.close()
+        return role, out, route.candidate
+
+    role, out, left = asyncio.run(run())
+    # The candidate answered, and its answer rolled it back: after the await it is no longer the route's
+    # candidate, so reading the role then said "stable".
+    assert out == ["OK"] and left is None
+    assert role == "candidate"

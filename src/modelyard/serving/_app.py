@@ -490,8 +490,9 @@ class Server:
 
     async def predict(
         self, route: Route, inputs: list[str], params: Params, key: str | None
-    ) -> tuple[Slot, list[str]]:
-        """The answer of the candidate (where the split sends ``key`` there) or of the stable version, within
+    ) -> tuple[Slot, list[str], str]:
+        """(version, answer, role): the answer of the candidate (where the split sends ``key`` there) or of
+        the stable version (the role says which: the candidate may be rolled back by this very answer), within
         one deadline of ``limits.timeout_s`` for the whole request. A candidate that fails is charged for it
         only once the stable version has answered the same inputs: input that every version fails on is the
         client's fault, and must not let any client roll a canary back."""
@@ -518,7 +519,7 @@ class Server:
             else:
                 self._charge(route, cand, window, True, (time.perf_counter() - t0) * 1000)
                 await self._check_slo(route, window, latency=False)
-                return cand, out
+                return cand, out, "candidate"
         try:
             slot, out = await self._stable(route, inputs, params, deadline)
         except BaseException:
@@ -537,7 +538,7 @@ class Server:
             )
             self._charge(route, cand, window, False, ms)
             await self._check_slo(route, window, latency=False)
-        return slot, out
+        return slot, out, "stable"
 
     async def _stable(
         self, route: Route, inputs: list[str], params: Params, deadline: float
@@ -715,7 +716,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         inputs, params, key = parse_predict(await read_body(request), config)
         rid = new_request_id()
         try:
-            slot, outputs = await unless_gone(request, server.predict(route, inputs, params, key))
+            slot, outputs, role = await unless_gone(request, server.predict(route, inputs, params, key))
         except QueueFull as exc:
             raise ApiError(
                 429, "overloaded", str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))}
@@ -727,7 +728,6 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
                 503, "unavailable", "the model is being replaced; retry", {"Retry-After": "1"}
             ) from None
         seconds = time.perf_counter() - t0
-        role = "candidate" if slot is route.candidate else "stable"
         server.metrics.observe_request(name, slot.version, role, seconds)
         if random.random() < config.logging.sample:
             server.predlog.add(rid, name, slot.version, role, inputs, outputs, seconds * 1000)
