@@ -500,3 +500,24 @@ def test_the_answer_that_rolls_a_canary_back_is_counted_as_the_candidates(store:
     # candidate, so reading the role then said "stable".
     assert out == ["OK"] and left is None
     assert role == "candidate"
+
+
+def test_a_stopping_server_lets_its_background_work_finish(store: Platform) -> None:
+    """Shadow copies and late canary charges run in the background and log what the prediction log and the
+    window must get: a server stopping dropped them mid-way ("Task was destroyed but it is pending")."""
+    from modelyard.serving._app import Server
+    from modelyard.serving._config import parse_config
+
+    done: list[str] = []
+
+    async def late() -> None:
+        await asyncio.sleep(0.3)
+        done.append("logged")
+
+    async def run() -> None:
+        server = Server(parse_config({"models": ["srv@1"]}), store)
+        server._spawn(late())
+        await server.stop()
+
+    asyncio.run(run())
+    assert done == ["logged"]

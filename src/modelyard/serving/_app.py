@@ -52,6 +52,7 @@ from modelyard.serving._routing import Params, Route, Slot, SloWindow
 
 log = logging.getLogger("modelyard.serving")
 LOAD_RETRY_S = 60.0  # a version that failed to load is tried again after this
+STOP_WAIT_S = 10.0  # how long a stopping server waits for its background tasks
 FEEDBACK_GRACE_S = 2.0  # several workers or replicas: how long past flush_s feedback waits for its prediction
 _KEYS = frozenset({"inputs", "parameters", "key"})
 # A \uD800-\uDFFF escape: JSON decodes a lone one into a string that is not text (it cannot be encoded),
@@ -313,6 +314,15 @@ class Server:
                     pass
                 except Exception as exc:  # a dead loop must not keep the rest (prediction log) from closing
                     log.warning("serving: %s had stopped: %s", task.get_name(), exc)
+        if self._tasks:  # shadow copies, late canary charges, a rolled-back candidate's drain: they log and
+            # count what the prediction log and the window must still get, so they finish first (bounded)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_WAIT_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "serving: %d background task(s) did not finish in %g s", len(pending), STOP_WAIT_S
+                )
         self.metrics.close()
         for route in self.routes.values():
             for slot in (route.stable, route.candidate):
