@@ -521,3 +521,43 @@ def test_a_stopping_server_lets_its_background_work_finish(store: Platform) -> N
 
     asyncio.run(run())
     assert done == ["logged"]
+
+
+@pytest.mark.slow
+def test_a_read_from_before_a_rollback_does_not_put_the_candidate_back(
+    store: Platform, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch loop reads the deployment, then applies it: a read that began before this server's rollback
+    was recorded, holding a generation the server had not applied (a weight change), loaded the rolled-back
+    candidate back into traffic until the next poll."""
+    from modelyard.registry import register
+    from modelyard.serving._app import Server
+    from modelyard.serving._config import parse_config
+    from modelyard.serving._routing import Route, Slot
+
+    ctx = store.context()
+    for _ in range(2):
+        register(store, ctx, model_dir, "srv")
+    deploy(store, ctx, "srv", version=2, mode="canary", weight=10)
+    config = parse_config({"models": ["srv@1"], "auth": False})
+
+    async def run() -> Slot | None:
+        server = Server(config, store)
+        route = Route("srv", None, Slot("srv", 1, "fp32", _Stub(), config))
+        route.stable.batcher.start()
+        await server._follow_deployment(route)
+        assert route.candidate is not None and route.candidate.version == 2
+        deploy(store, ctx, "srv", version=2, mode="canary", weight=20)  # not applied by this server yet
+        stale = _deploy.current(store, ctx, "srv")  # read now, applied after the rollback below
+        await server._rollback(route, "error rate over the SLO")
+        assert route.candidate is None and route.unrecorded is None  # out, and recorded in the store
+        now = _deploy.current(store, ctx, "srv")
+        assert now is not None and now.mode == "off"
+        monkeypatch.setattr(_deploy, "current", lambda *_: stale)
+        await server._follow_deployment(route)
+        left = route.candidate
+        await server.stop()
+        await route.stable.close()
+        return left
+
+    assert asyncio.run(run()) is None

@@ -370,8 +370,10 @@ class Server:
         dep = await asyncio.to_thread(current, self.platform, self.ctx, route.name)
         if dep is None or dep.generation == route.generation:
             return
-        if route.unrecorded is not None and dep.candidate_generation == route.unrecorded[0]:
-            return  # the candidate this server rolled back: never back in traffic before the store knows
+        if dep.candidate_generation is not None and dep.candidate_generation == route.rolled_back:
+            # The candidate this server rolled back: never back in traffic, whether the store does not know
+            # yet or this read began before it was told (a record from then, of a newer weight, say).
+            return
         old = route.candidate
         if dep.mode == "off" or dep.candidate is None:
             route.candidate_out()
@@ -401,7 +403,7 @@ class Server:
             return
         route.candidate_out()
         log.warning("serving %s: candidate %s rolled back: %s", route.name, old.version, reason)
-        route.unrecorded = (window.key, reason)
+        route.unrecorded, route.rolled_back = (window.key, reason), window.key
         self.metrics.set_model(route)
         # Drained in the background: the request that breached (answer in hand) must not wait for every
         # input queued on the candidate, up to a minute.

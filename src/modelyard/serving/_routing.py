@@ -172,6 +172,8 @@ class Route:
         self.window: SloWindow | None = None
         # A rollback taken here that the store has not recorded yet: (window key, reason), retried.
         self.unrecorded: tuple[int, str] | None = None
+        # The window key (candidate generation) of the last candidate rolled back here: never back in traffic.
+        self.rolled_back: int | None = None
 
     def candidate_out(self) -> None:
         """No candidate in traffic (the slot, if any, is closed by the caller)."""
