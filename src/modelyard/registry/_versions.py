@@ -273,11 +273,20 @@ def _aliases_of(
         select(ModelAlias).where(ModelAlias.version_id == row.id).order_by(ModelAlias.alias)
     ):
         aliases.append(alias.alias)
-        try:
-            checked_alias(platform, s, ctx, model, alias, row)
-        except IntegrityError:
+        if not _alias_verifies(platform, s, ctx, model, alias, row):
             unverified.append(alias.alias)
     return aliases, unverified
+
+
+def _alias_verifies(
+    platform: Platform, s: Session, ctx: Context, model: RegisteredModel, alias: ModelAlias, row: ModelVersion
+) -> bool:
+    """Whether the alias's signed record checks; listings show an alias that does not as unverified."""
+    try:
+        checked_alias(platform, s, ctx, model, alias, row)
+    except IntegrityError:
+        return False
+    return True
 
 
 def _info(
@@ -689,9 +698,7 @@ def list_models(platform: Platform, ctx: Context) -> list[ModelInfo]:
                 .order_by(ModelAlias.alias)
             ):
                 aliases[alias.alias] = row.version
-                try:
-                    checked_alias(platform, s, ctx, m, alias, row)
-                except IntegrityError:
+                if not _alias_verifies(platform, s, ctx, m, alias, row):
                     unverified.append(alias.alias)
             out.append(
                 ModelInfo(
