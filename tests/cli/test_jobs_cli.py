@@ -195,7 +195,7 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
         "python", "-m", "modelyard.cli", "train", "/etc/modelyard/recipe.yaml", "--nproc", "1",
     ]  # fmt: skip
     assert container["resources"] == {  # limits = requests; the job's 8G plus 256Mi for the pod's worker
-        "requests": {"cpu": "2", "memory": "8448Mi"},
+        "requests": {"cpu": "2", "memory": "8448Mi", "ephemeral-storage": "20Gi"},  # /work's sizeLimit
         "limits": {"cpu": "2", "memory": "8448Mi", "nvidia.com/gpu": "1"},
     }
     env = {e["name"]: e for e in container["env"]}
@@ -232,7 +232,7 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
     # Without --memory, 4 GiB per CPU asked for: a runaway job is held to that, not free to take the node.
     expected = {"cpu": "1", "memory": "4352Mi"}  # 4Gi for the job, 256Mi for the pod's worker
-    assert resources == {"requests": expected, "limits": expected}
+    assert resources == {"requests": {**expected, "ephemeral-storage": "20Gi"}, "limits": expected}
     assert "tolerations" not in cpu_only["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False  # the job never calls the Kubernetes API
     victim = tmp_path / "victim"  # a link planted at -o is replaced, not written through
@@ -257,7 +257,8 @@ def test_kubernetes_manifest_of_fractional_cpus_validates(home_with_data: Platfo
     _validate(manifest)
     assert info is None
     resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources["requests"] == resources["limits"] == {"cpu": "500m", "memory": "1792Mi"}
+    assert resources["limits"] == {"cpu": "500m", "memory": "1792Mi"}
+    assert resources["requests"] == {**resources["limits"], "ephemeral-storage": "20Gi"}
 
 
 def test_a_kubernetes_job_without_memory_is_recorded_and_limited_with_the_default(
@@ -308,6 +309,10 @@ def test_a_kubernetes_jobs_work_directory_is_bounded_and_the_bound_recorded(
     )  # fmt: skip
     volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
     assert volumes["work"]["emptyDir"] == {"sizeLimit": "512Mi"}
+    # The scheduler is told the disk too: it placed the pod as if /work took none of its node's disk.
+    resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] == "512Mi"
+    assert "ephemeral-storage" not in resources["limits"]
     for bad in ("lots", "0"):
         with pytest.raises(ConfigError, match="YARD_JOB_WORK_DISK"):
             load_settings(home=platform.settings.home, job_work_disk=bad)

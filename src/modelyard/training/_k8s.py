@@ -178,7 +178,8 @@ def job_manifest(
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job whose pod runs the job (:func:`container_command`) with the requested CPUs,
     memory (:func:`default_memory` if none) and ``nvidia.com/gpu`` as requests and limits, and its /work
-    bounded by ``job_work_disk``; ``backoffLimit`` is the job's max retries."""
+    bounded by ``job_work_disk`` (also its ``ephemeral-storage`` request); ``backoffLimit`` is the job's
+    max retries."""
     from modelyard import __version__
 
     settings = platform.settings
@@ -228,6 +229,10 @@ def job_manifest(
     memory = memory_quantity((req.memory or default_memory(req.cpus)) + WORKER_MEMORY)
     requests = {"cpu": cpu_quantity(req.cpus), "memory": memory}
     limits = dict(requests)
+    # The scheduler places a pod by its requests: without this it would count /work as free and put a job
+    # on a node whose disk cannot hold it (the emptyDir's sizeLimit only evicts, after the node filled).
+    # No limit: a container's ephemeral-storage limit excludes emptyDirs, and sizeLimit bounds /work.
+    requests["ephemeral-storage"] = memory_quantity(settings.job_work_disk)
     if req.gpus:
         limits["nvidia.com/gpu"] = str(req.gpus)  # extended resources: requests default to limits
     resources: dict[str, Any] = {"requests": requests, "limits": limits}
