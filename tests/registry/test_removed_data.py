@@ -33,7 +33,7 @@ def _refusals(platform: Platform) -> list[str]:
 
 
 def test_a_run_whose_dataset_version_was_removed_is_not_registered(
-    any_platform: Platform, model_dir: Path, tmp_path: Path
+    any_platform: Platform, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p, ctx = any_platform, any_platform.context()
     data = tmp_path / "data"
@@ -47,12 +47,16 @@ def test_a_run_whose_dataset_version_was_removed_is_not_registered(
         run.log_artifact(model_dir, "model")
     remove(p, ctx, "gone@1")
 
+    staged: list[object] = []  # refused before any file is staged (encrypted): it staged them all first
+    stage_files = p.artifacts.stage_files
+    monkeypatch.setattr(p.artifacts, "stage_files", lambda *a, **k: staged.append(a) or stage_files(*a, **k))
     with pytest.raises(NotFoundError, match=r"gone@1 .*no longer exists"):
         registry.register(p, ctx, run.id, "m")
     # a directory whose lineage names the removed version: the same
     with pytest.raises(NotFoundError, match=r"gone@1 .*no longer exists"):
         registry.register(p, ctx, model_dir, "m", lineage={"datasets": ["gone@1"]})
     assert _refusals(p) == ["refused", "refused"]
+    assert staged == []
     with p.db.read() as s:
         assert s.scalars(select(RegisteredModel)).all() == []  # nothing written
 

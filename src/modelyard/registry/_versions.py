@@ -473,6 +473,8 @@ def register(
                 src.run_id = from_run["run"]
             if lineage:
                 src.lineage.update({k: v for k, v in lineage.items() if k != "run"})
+            with platform.db.read() as s:  # now, not only after every file was staged (encrypted) for nothing
+                _require_datasets(s, ctx, src.lineage.get("datasets") or [], lock=False)
             if isinstance(eval_report, bytes):
                 src.eval_report = eval_report
             elif eval_report is not None:
@@ -640,22 +642,23 @@ def _store_version(
     return info
 
 
-def _require_datasets(s: Session, ctx: Context, specs: Sequence[str]) -> None:
+def _require_datasets(s: Session, ctx: Context, specs: Sequence[str], *, lock: bool = True) -> None:
     """Refuse a model whose data is gone: ``data rm`` refuses while a model depends on a version, which a
     version deleted before its run's model is registered would escape. The rows are locked (FOR SHARE) until
-    the version and its lineage edges commit; ``data rm`` locks the row it deletes before it reads them."""
+    the version and its lineage edges commit; ``data rm`` locks the row it deletes before it reads them.
+    ``lock=False``: the early check, before the files are staged (the locked one runs again at the write)."""
     from modelyard.data._versions import parse_spec
 
     for spec in specs:
         name, version = parse_spec(spec)
-        found = s.execute(
+        query = (
             select(DatasetVersion.id)
             .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
             .where(
                 Dataset.project_id == ctx.project_id, Dataset.name == name, DatasetVersion.version == version
             )
-            .with_for_update(read=True)
-        ).first()
+        )
+        found = s.execute(query.with_for_update(read=True) if lock else query).first()
         if found is None:
             raise NotFoundError(
                 f"dataset version {spec} the model was trained on no longer exists (deleted after its run "
