@@ -64,6 +64,9 @@ LOCAL = WebhookPolicy.parse(networks=["127.0.0.1/32"])
         "https://[::1]/hook",
         "https://[fe80::1]/hook",
         "https://[::ffff:127.0.0.1]/hook",
+        "https://[2002:a9fe:a9fe::1]/hook",  # 6to4 around 169.254.169.254 (counted as global)
+        "https://[2002:7f00:1::]/hook",  # 6to4 around 127.0.0.1
+        "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",  # Teredo: a tunnel to any IPv4 host
         "https://[fd00::1]/hook",
         "https://0.0.0.0/hook",
     ],
@@ -75,6 +78,11 @@ def test_internal_addresses_are_refused_even_when_the_host_is_allowlisted(url: s
     policy = WebhookPolicy.parse(hosts=[host, "localhost"])
     with pytest.raises(WebhookRefused, match="loopback, link-local, private or reserved"):
         check_url(url, policy)
+
+
+def test_a_6to4_address_around_a_public_ipv4_address_is_allowed() -> None:
+    url = "https://[2002:808:808::1]/hook"  # 8.8.8.8 inside: only the embedded address decides
+    check_url(url, WebhookPolicy.parse(hosts=["2002:808:808::1"]))
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,10 @@
 A webhook URL must be ``https`` (``http`` only for an allowlisted private address), its host must be on the
 allowlist, and every address the host resolves to must be public: loopback, link-local (the cloud metadata
 service at 169.254.169.254), private, shared, multicast, reserved and unspecified ranges are refused, in
-IPv4, IPv6 and IPv4-mapped forms, unless that exact network is allowlisted (``allow_networks``). The
-connection goes to the address that was checked (DNS is resolved once and pinned, so a second lookup cannot
-rebind the name to an internal address) while TLS still verifies the certificate for the host name.
+IPv4, IPv6, IPv4-mapped and 6to4 forms (Teredo always), unless that exact network is allowlisted
+(``allow_networks``). The connection goes to the address that was checked (DNS is resolved once and
+pinned, so a second lookup cannot rebind the name to an internal address) while TLS still verifies the
+certificate for the host name.
 Redirects are followed at most three times and each target is checked the same way, so a redirect to an
 internal address is refused before any connection is made to it.
 """
@@ -54,8 +55,14 @@ class WebhookPolicy:
 
 
 def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None:  # a tunnel to whatever IPv4 host it embeds; no webhook receiver needs one
+            return True
+        # 6to4 (2002::/16) counts as global, but a host with a 6to4 route sends it to the IPv4 address
+        # inside: 2002:a9fe:a9fe:: is the metadata service.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            ip = embedded
     return bool(
         ip.is_loopback
         or ip.is_link_local
