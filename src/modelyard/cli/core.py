@@ -205,6 +205,9 @@ def gc(
         console.print(
             f"{verb} {report.orphans} object(s) no blob named, {report.orphan_bytes:,} bytes", markup=False
         )
+    if report.uploads:
+        aborted = "would abort" if dry_run else "aborted"
+        console.print(f"{aborted} {report.uploads} unfinished upload(s) of interrupted writes", markup=False)
     if report.repacked:
         console.print(
             f"{'would repack' if dry_run else 'repacked'} {report.repacked} pack(s) less than "
