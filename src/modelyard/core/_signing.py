@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,7 +120,9 @@ def _trusted_public_key(platform: Platform, row: SigningKey) -> Ed25519PublicKey
     cache = _TRUSTED.setdefault(platform, {})
     if cache.get(row.id) != row.public_key:
         problem = None
-        if _key_id(bytes.fromhex(row.public_key)) != row.id:
+        if not re.fullmatch(r"[0-9a-f]{64}", row.public_key or ""):
+            problem = "its public key is not 32 bytes of hex"
+        elif _key_id(bytes.fromhex(row.public_key)) != row.id:
             problem = "its id is not the digest of its public key"
         else:
             try:
