@@ -32,7 +32,7 @@ from modelyard.core._platform import (
 )
 from modelyard.core._rbac import Role
 from modelyard.core._redact import redact_url
-from modelyard.errors import ConfigError, NotFoundError, YardError
+from modelyard.errors import ConfigError, YardError
 
 
 @dataclass
@@ -187,16 +187,15 @@ def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -
 
 
 def _init_store_marker(platform: Platform, settings: Settings, report: InitReport) -> None:
-    try:
-        marker = json.loads(platform.backend.read_bytes(STORE_MARKER))
-    except NotFoundError:
+    if not platform.backend.exists(STORE_MARKER):
         marker = {"format": 1, "region": settings.region, "created_at": utcnow().isoformat()}
         platform.backend.write_bytes(STORE_MARKER, json.dumps(marker).encode())
         report.created.append(f"artifact store {settings.resolved_artifact_uri}")
         return
-    if marker.get("region") != settings.region:
+    region = platform.store_region  # a marker that is not JSON or names no region: a ConfigError saying so
+    if region != settings.region:
         raise ConfigError(
-            f"artifact store {settings.resolved_artifact_uri} is in region {marker.get('region')!r}, "
+            f"artifact store {settings.resolved_artifact_uri} is in region {region!r}, "
             f"not {settings.region!r}; point YARD_ARTIFACT_URI at a store in {settings.region!r}"
         )
     report.existing.append(f"artifact store {settings.resolved_artifact_uri}")
