@@ -568,6 +568,9 @@ class _S3Raw(io.RawIOBase):
         super().close()
 
 
+# S3 stores stage in a temp directory of this name per backend, removed at exit (a killed process leaves its
+# own behind: see core/_home.sweep_abandoned_staging).
+S3_STAGING_PREFIX = "modelyard-s3-staging-"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -636,9 +639,9 @@ class S3Backend:
             raise self._describe(exc, action, name) from exc
 
     def staging_dir(self) -> Path:
-        if self._staging is None:
+        if self._staging is None or not self._staging.is_dir():  # made again if swept as abandoned
             # Private (0700, unpredictable name) so other users of /tmp cannot plant files or links.
-            self._staging = Path(tempfile.mkdtemp(prefix="modelyard-s3-staging-"))
+            self._staging = Path(tempfile.mkdtemp(prefix=S3_STAGING_PREFIX))
             weakref.finalize(self, shutil.rmtree, self._staging, ignore_errors=True)
         return self._staging
 

@@ -253,7 +253,7 @@ def collect_garbage(
         raise platform.refuse(
             ctx, ACTION, RESOURCE, UsageError("repack_below must be a fraction from 0 to 1")
         )
-    from modelyard.core._home import sweep_staging
+    from modelyard.core._home import sweep_backend_staging
 
     report = _sweep_rows(platform, ctx, min_age, dry_run)
     now = _store_now(platform)
@@ -264,7 +264,7 @@ def collect_garbage(
     uploads, failed_uploads = _abort_uploads(platform, ctx, now - max(min_age, orphan_min_age), dry_run)
     repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), packs, dry_run)
     # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
-    staging = 0 if dry_run else sweep_staging(platform.artifacts.backend.staging_dir())
+    staging = 0 if dry_run else sweep_backend_staging(platform.artifacts.backend)
     return replace(
         report,
         orphans=orphans,
