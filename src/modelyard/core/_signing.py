@@ -70,10 +70,11 @@ def ensure_signing_key(platform: Platform, *, by: str | None = None) -> str:
     kid = _key_id(public)
     keyring = platform.keyring
     with platform.db.write() as s:
+        # Wrap with the master key the store records, under its lock, so a rotation that ran since this
+        # process loaded its keyring cannot leave the key wrapped with a retired master. Locked before the
+        # check: on PostgreSQL that also orders concurrent first uses, so the later one finds the key made.
+        recorded = recorded_key_id(s, lock=True) or keyring.current.key_id
         if s.get(Meta, ACTIVE) is None:
-            # Wrap with the master key the store records, under its lock, so a rotation that ran since this
-            # process loaded its keyring cannot leave the key wrapped with a retired master.
-            recorded = recorded_key_id(s, lock=True) or keyring.current.key_id
             if keyring.known(recorded) is None:
                 keyring.refresh()
             master = keyring.known(recorded)
