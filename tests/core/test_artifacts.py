@@ -162,3 +162,16 @@ def test_an_unsettled_commit_keeps_its_objects(postgres_url: str, tmp_path: Path
         assert not store.backend.exists(staged.object_name)  # aborted and unreferenced: deleted
     finally:
         platform.close()
+
+
+@pytest.mark.parametrize("marker", [b"{bad", b"[1]", b'{"format": 1}'])
+def test_init_on_a_store_with_a_corrupt_marker_says_so(platform: Platform, marker: bytes) -> None:
+    """`yard init` on an existing store read its marker by hand: one that was not JSON, or JSON of another
+    shape, ended in an unexpected JSONDecodeError or AttributeError instead of the ConfigError opening the
+    store gives."""
+    from modelyard.core import init_home
+    from modelyard.errors import ConfigError
+
+    (platform.backend.root / "store.json").write_bytes(marker)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"marker store\.json .*corrupt"):
+        init_home(platform.settings)

@@ -441,3 +441,31 @@ def test_nested_streams_in_one_thread_keep_their_own_buffers() -> None:
     resealed.seek(0)
     assert b"".join(iter_decrypt(resealed, second, expected_digest=digest)) == plain
     assert size == len(plain)
+
+
+def test_a_stream_finished_in_another_thread_frees_only_its_own_buffers() -> None:
+    """A decrypting iterator may be advanced by one thread and finished by another (a thread pool
+    streaming a response does this). Finishing it marked the finishing thread's buffers free while a
+    stream suspended in that thread still used them: the next stream there overwrote them, and the
+    suspended one failed as 'corrupt'."""
+    import threading
+
+    def sealed(data: bytes) -> tuple[io.BytesIO, bytes]:
+        key, out = new_data_key(), io.BytesIO()
+        encrypt_stream(io.BytesIO(data), out, key)
+        out.seek(0)
+        return out, key
+
+    plains = [os.urandom(3 * DEFAULT_CHUNK_SIZE) for _ in range(3)]
+    (fa, ka), (fb, kb), (fc, kc) = (sealed(p) for p in plains)
+    moved = iter_decrypt(fa, ka)
+    started: list[bytes] = []
+    worker = threading.Thread(target=lambda: started.append(next(moved)))  # begun in another thread
+    worker.start()
+    worker.join()
+    suspended = iter_decrypt(fb, kb)
+    got_b = [next(suspended)]  # holds this thread's buffers
+    assert started[0] + b"".join(moved) == plains[0]  # finished here
+    assert b"".join(iter_decrypt(fc, kc)) == plains[2]  # a new stream in this thread meanwhile
+    got_b += list(suspended)
+    assert b"".join(got_b) == plains[1]

@@ -160,3 +160,18 @@ def test_verifying_the_audit_chain_while_others_append_reports_no_tampering(
     assert appended and result.ok, result.reason
     monkeypatch.undo()
     assert verify_chain(p, ctx).checked == result.checked + 1  # the late record, seen by the next check
+
+
+@pytest.mark.parametrize("param", ["password", "sslpassword"])
+def test_a_password_in_the_query_stays_out_of_messages(param: str) -> None:
+    """libpq reads a password from the query too; the store's URL in errors, `yard init` and doctor showed it
+    (only the user-info password was hidden)."""
+    from modelyard.errors import BackendError
+
+    url = f"postgresql://yard@127.0.0.1:1/yard?{param}=s3cret&connect_timeout=1"
+    with pytest.raises(BackendError) as raised:
+        MetadataStore(url)
+    assert "s3cret" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+    store = MetadataStore(url, migrate=False)
+    assert "s3cret" not in store.safe_url and "connect_timeout=1" in store.safe_url
+    store.dispose()

@@ -871,3 +871,73 @@ def test_gc_removes_what_interrupted_writes_left_in_staging_once_a_day_old(plat:
     assert report.staging == 2
     assert sorted(p.name for p in staging.iterdir()) == ["data-add-x2", "tmpfresh.tmp"]
     assert fresh.exists() and all(p.exists() for p in live)
+
+
+@pytest.mark.s3
+def test_gc_aborts_the_unfinished_uploads_of_killed_writes_on_s3(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A write killed mid-upload leaves a multipart upload whose parts are stored (and billed) but never
+    listed as an object, so the orphan sweep never saw them; gc aborts those as old as orphans."""
+    import boto3
+
+    p = make_platform(tmp_path / "home", artifact_uri=f"s3://{s3_bucket}/yard", s3_endpoint_url=s3_endpoint)
+    try:
+        ctx = p.context()
+        client = boto3.client("s3", endpoint_url=s3_endpoint)
+        key = f"yard/objects/ab/{'ab' * 32}.{'0' * 32}"
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        client.upload_part(
+            Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=os.urandom(1 << 20)
+        )
+        other = client.create_multipart_upload(Bucket=s3_bucket, Key="elsewhere/notes.txt")  # not ours
+
+        def pending() -> set[str]:
+            return {u["Key"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])}
+
+        assert collect_garbage(p, ctx, min_age=NOW, orphan_min_age=NOW, dry_run=True).uploads == 1
+        assert pending() == {key, "elsewhere/notes.txt"}
+        report = collect_garbage(p, ctx, min_age=NOW, orphan_min_age=NOW)
+        assert (report.uploads, report.failed_objects) == (1, 0)
+        assert pending() == {"elsewhere/notes.txt"}
+        assert collect_garbage(p, ctx, min_age=NOW, orphan_min_age=NOW).uploads == 0
+        client.abort_multipart_upload(Bucket=s3_bucket, Key="elsewhere/notes.txt", UploadId=other["UploadId"])
+    finally:
+        p.close()
+
+
+@pytest.mark.s3
+def test_gc_removes_the_staging_directories_killed_processes_left_for_an_s3_store(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 store stages in a temp directory per process, removed only at a clean exit; gc swept only the
+    current process's (new, empty) one, so a killed upload's sealed files stayed for good."""
+    import tempfile
+
+    from modelyard.core._blobs import S3_STAGING_PREFIX
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    p = make_platform(tmp_path / "home", artifact_uri=f"s3://{s3_bucket}/yard", s3_endpoint_url=s3_endpoint)
+    try:
+        killed, busy = temp / f"{S3_STAGING_PREFIX}killed", temp / f"{S3_STAGING_PREFIX}busy"
+        for folder in (killed, busy):
+            folder.mkdir()
+            (folder / ".put-x").write_bytes(b"sealed bytes")
+        old = time.time() - 2 * 86400
+        for path in (killed / ".put-x", killed, busy):  # busy's file is fresh: a live upload
+            os.utime(path, (old, old))
+        elsewhere = tmp_path / "not-staging"
+        elsewhere.mkdir()
+        os.utime(elsewhere, (old, old))
+        (temp / f"{S3_STAGING_PREFIX}link").symlink_to(elsewhere)
+        report = collect_garbage(p, p.context(), min_age=NOW)
+        assert report.staging == 1
+        assert not killed.exists() and busy.exists() and elsewhere.exists()
+        ours = p.artifacts.backend.staging_dir()
+        os.utime(ours, (old, old))  # this process's own, idle for a day: swept, and made again on use
+        assert collect_garbage(p, p.context(), min_age=NOW).staging == 1
+        put_artifact(p, p.context(), write(tmp_path / "t", {"f.txt": b"after"}) / "f.txt")
+    finally:
+        p.close()

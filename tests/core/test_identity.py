@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -366,3 +367,61 @@ def test_a_disabled_os_account_is_refused_and_audited(
     assert [(r["actor"], r["resource"], r["detail"]["reason"]) for r in refused] == [
         ("erin", "user:erin", "disabled")
     ]
+
+
+def _while_a_row_is_uncommitted(
+    platform: Platform, row: dict[str, object], table: object, action: Callable[[], object]
+) -> object:
+    """Run ``action`` in a thread while another transaction holds an uncommitted insert of ``row`` (the
+    same unique name), commit that insert once the action waits on it, and return what the action
+    returned or raised: a concurrent create that checked for the name before the other one committed."""
+    import threading
+
+    from sqlalchemy import insert, text
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(action())
+        except Exception as exc:
+            outcome.append(exc)
+
+    with platform.db.engine.connect() as holder:
+        holder.execute(insert(table).values(**row))  # type: ignore[arg-type]
+        worker = threading.Thread(target=run)
+        worker.start()
+        with platform.db.engine.connect() as watcher:
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            while worker.is_alive() and not watcher.execute(waiting).scalar_one():
+                watcher.rollback()  # a fresh snapshot of pg_stat_activity each time
+        holder.commit()
+        worker.join()
+    return outcome[0]
+
+
+@pytest.mark.postgres
+def test_concurrent_creates_of_one_name_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """Two admins creating the same project (or adding the same new user) at once on PostgreSQL: both
+    checked the name before either committed, and the second failed with SQLAlchemy's unexpected
+    IntegrityError. The project is 'already exists'; the user is added (to the account the other made)."""
+    from modelyard.core._models import Project, User
+    from modelyard.core._platform import utcnow
+    from modelyard.testing import make_platform
+
+    p = make_platform(tmp_path / "home", database_url=postgres_url)
+    try:
+        ctx = p.context()
+        now = utcnow()
+        project = {"name": "race", "region": ctx.region, "created_at": now, "created_by": "other"}
+        got = _while_a_row_is_uncommitted(p, project, Project, lambda: create_project(p, ctx, "race"))
+        assert isinstance(got, AlreadyExistsError), got
+        user = {"name": "newcomer", "created_at": now, "disabled": False}
+        got = _while_a_row_is_uncommitted(p, user, User, lambda: add_user(p, ctx, "newcomer", "viewer"))
+        assert not isinstance(got, Exception), got
+        assert ("newcomer", Role.VIEWER) in [(m.user, m.role) for m in list_users(p, ctx)]
+    finally:
+        p.close()

@@ -159,3 +159,26 @@ def test_a_rotation_commits_with_its_audit_record(
     old, new, _ = rotate_master_key(platform, ctx)
     [ok] = [r for r in list_records(platform, ctx) if r["action"] == "key.rotate" and r["outcome"] == "ok"]
     assert (ok["detail"]["old"], ok["detail"]["new"]) == (old, new)
+
+
+def test_a_write_staged_before_a_rotation_claims_after_the_keyring_refreshed(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """A worker stages a blob (its data key wrapped with the master key it holds), another process
+    rotates, and a read in the worker meets the new key and re-reads the key file before the claim. The
+    claim re-wraps the staged key to the live master: the retired key must still unwrap it (it was
+    forgotten at the refresh, and the write failed naming a key mismatch)."""
+    import io
+
+    ctx = platform.context()
+    first = _file(tmp_path, "first")
+    old = put_artifact(platform, ctx, first)
+    store = platform.artifacts
+    staged = store.stage(io.BytesIO(b"staged before the rotation"), region=store.region)
+    with Platform(platform.settings) as other:
+        rotate_master_key(other, other.context())
+    get_artifact(platform, ctx, old.digest, tmp_path / "read")  # a key id it does not know: refresh
+    with platform.db.write() as s:
+        assert store.claim(s, [staged]) == {staged.digest}
+    with Platform(platform.settings) as fresh:
+        assert b"".join(fresh.artifacts.iter_bytes(staged.digest)) == b"staged before the rotation"

@@ -205,6 +205,9 @@ def gc(
         console.print(
             f"{verb} {report.orphans} object(s) no blob named, {report.orphan_bytes:,} bytes", markup=False
         )
+    if report.uploads:
+        aborted = "would abort" if dry_run else "aborted"
+        console.print(f"{aborted} {report.uploads} unfinished upload(s) of interrupted writes", markup=False)
     if report.repacked:
         console.print(
             f"{'would repack' if dry_run else 'repacked'} {report.repacked} pack(s) less than "
@@ -457,10 +460,10 @@ def _since(value: str | None) -> str | None:
 def audit_ls(
     since: str | None = typer.Option(None, help="ISO date/time or look-back (1h, 7d)."),
     actor: str | None = typer.Option(None, help="Only records of this user."),
-    limit: int = typer.Option(200, min=1, help="At most this many records."),
+    limit: int = typer.Option(200, min=1, help="At most this many records: the newest, oldest first."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """List audit records of the project."""
+    """List audit records of the project (the newest --limit of them)."""
     from modelyard.core import list_records
 
     with acting() as (platform, ctx):

@@ -144,7 +144,9 @@ def query(
     project: str | None = None,
     limit: int | None = None,
 ) -> Iterator[AuditRecord]:
-    stmt = select(AuditRecord).order_by(AuditRecord.seq)
+    """Matching records in chain order; with ``limit``, the newest ``limit`` of them (as `tail`): the oldest
+    ones would hide what just happened behind a log's first records."""
+    stmt = select(AuditRecord)
     if since:
         stmt = stmt.where(AuditRecord.ts >= since)
     if actor:
@@ -152,8 +154,10 @@ def query(
     if project:
         stmt = stmt.where(AuditRecord.project == project)
     if limit:
-        stmt = stmt.limit(limit)
-    yield from session.execute(stmt.execution_options(yield_per=1000)).scalars()
+        newest = stmt.order_by(AuditRecord.seq.desc()).limit(limit)
+        yield from reversed(session.execute(newest).scalars().all())
+        return
+    yield from session.execute(stmt.order_by(AuditRecord.seq).execution_options(yield_per=1000)).scalars()
 
 
 def to_dict(rec: AuditRecord) -> dict[str, Any]:

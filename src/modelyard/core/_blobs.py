@@ -54,6 +54,12 @@ class ObjectStat(NamedTuple):
     modified: datetime  # UTC
 
 
+class Upload(NamedTuple):
+    name: str
+    upload_id: str
+    started: datetime  # UTC
+
+
 class BlobBackend(Protocol):
     """Where encrypted objects live. Names are relative POSIX keys accepted by ``safe_key``."""
 
@@ -91,6 +97,16 @@ class BlobBackend(Protocol):
 
     def list_stat(self, prefix: str = "") -> Iterator[ObjectStat]:
         """As :meth:`list`, with each object's size and last-modified time (UTC), from the listing."""
+        ...
+
+    def list_uploads(self, prefix: str = "") -> Iterator[Upload]:
+        """Unfinished uploads of names starting with ``prefix`` (S3 multipart uploads): a writer killed
+        mid-upload leaves one behind, stored (and billed) but never listed as an object."""
+        ...
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Drop an unfinished upload and its parts; one that has finished or gone meanwhile is not an error.
+        A writer still uploading it fails and records nothing."""
         ...
 
     def write_bytes(self, name: str, data: bytes) -> None: ...
@@ -465,6 +481,13 @@ class FileBackend:
                 continue  # deleted since the directory was read
             yield ObjectStat(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
+    def list_uploads(self, prefix: str = "") -> Iterator[Upload]:
+        _check_prefix(prefix)
+        return iter(())  # a publish is one rename: an interrupted write leaves only a staging temp file
+
+    def abort_upload(self, upload: Upload) -> None:
+        return None
+
     def _entries(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         prefix = _check_prefix(prefix)
         directory = prefix.rpartition("/")[0]
@@ -545,6 +568,9 @@ class _S3Raw(io.RawIOBase):
         super().close()
 
 
+# S3 stores stage in a temp directory of this name per backend, removed at exit (a killed process leaves its
+# own behind: see core/_home.sweep_abandoned_staging).
+S3_STAGING_PREFIX = "modelyard-s3-staging-"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -613,9 +639,9 @@ class S3Backend:
             raise self._describe(exc, action, name) from exc
 
     def staging_dir(self) -> Path:
-        if self._staging is None:
+        if self._staging is None or not self._staging.is_dir():  # made again if swept as abandoned
             # Private (0700, unpredictable name) so other users of /tmp cannot plant files or links.
-            self._staging = Path(tempfile.mkdtemp(prefix="modelyard-s3-staging-"))
+            self._staging = Path(tempfile.mkdtemp(prefix=S3_STAGING_PREFIX))
             weakref.finalize(self, shutil.rmtree, self._staging, ignore_errors=True)
         return self._staging
 
@@ -699,6 +725,28 @@ class S3Backend:
                     if _is_canonical(name):
                         modified = item["LastModified"].astimezone(UTC)
                         yield ObjectStat(name, int(item["Size"]), modified)
+
+    def list_uploads(self, prefix: str = "") -> Iterator[Upload]:
+        full = self.prefix + _check_prefix(prefix)
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        with self._errors("list uploads"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Uploads", []):
+                    name = item["Key"][len(self.prefix) :]
+                    if _is_canonical(name):
+                        yield Upload(name, item["UploadId"], item["Initiated"].astimezone(UTC))
+
+    def abort_upload(self, upload: Upload) -> None:
+        from botocore.exceptions import ClientError
+
+        key = self._key(upload.name)
+        with self._errors("abort upload", upload.name):
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload.upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return  # completed or aborted since it was listed
+                raise
 
 
 def _make_client(endpoint_url: str | None) -> Any:

@@ -240,23 +240,37 @@ _local = threading.local()
 _MAX_CACHED = DEFAULT_CHUNK_SIZE + _TAG
 
 
+class _LeaseState:
+    """One thread's cached buffers and whether a stream holds them."""
+
+    busy = False
+    buffers: tuple[memoryview, memoryview, memoryview] | None = None
+
+
 @contextlib.contextmanager
 def _lease(size: int) -> Iterator[tuple[memoryview, memoryview, memoryview]]:
     """Three ``size``-byte buffers, reused per thread. Fresh megabyte buffers for every object cost a page
     fault per 4 KiB touched, which dominated getting many 1 MiB artifacts. A stream that starts while
-    another is open in the same thread (reading one artifact into another) gets its own buffers."""
-    if getattr(_local, "busy", False) or size > _MAX_CACHED:
+    another is open in the same thread (reading one artifact into another) gets its own buffers.
+
+    The state is that of the thread the lease began in, held here: a decrypting generator may be resumed
+    and finished by other threads (a thread pool streaming a response), and releasing "the current
+    thread's" buffers there would free ones another suspended stream of that thread still uses."""
+    state: _LeaseState | None = getattr(_local, "state", None)
+    if state is None:
+        state = _local.state = _LeaseState()
+    if state.busy or size > _MAX_CACHED:
         yield memoryview(bytearray(size)), memoryview(bytearray(size)), memoryview(bytearray(size))
         return
-    cached: tuple[memoryview, memoryview, memoryview] | None = getattr(_local, "buffers", None)
+    cached = state.buffers
     if cached is None or len(cached[0]) < size:
         cached = (memoryview(bytearray(size)), memoryview(bytearray(size)), memoryview(bytearray(size)))
-        _local.buffers = cached
-    _local.busy = True
+        state.buffers = cached
+    state.busy = True
     try:
         yield cached[0][:size], cached[1][:size], cached[2][:size]
     finally:
-        _local.busy = False
+        state.busy = False
 
 
 def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:

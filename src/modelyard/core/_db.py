@@ -167,7 +167,9 @@ class MetadataStore:
 
     @property
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        """The URL for messages: without its password, nor a secret query parameter (libpq takes
+        ``?password=`` and ``?sslpassword=`` too, which hide_password leaves)."""
+        return redact_url(make_url(self.url).render_as_string(hide_password=True))
 
     def now(self) -> Any:
         """The clock that rows compared across processes share (heartbeats and their reaper, canary outcomes

@@ -174,6 +174,7 @@ class GcReport:
     staging: int = 0  # temp files and work directories of interrupted writes, a day old, removed locally
     repacked: int = 0  # packs mostly dead, rewritten with their live blobs only and deleted
     repacked_bytes: int = 0  # the dead bytes that went with them
+    uploads: int = 0  # unfinished uploads (S3 multipart) of killed writes, as old as orphans, aborted
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -252,7 +253,7 @@ def collect_garbage(
         raise platform.refuse(
             ctx, ACTION, RESOURCE, UsageError("repack_below must be a fraction from 0 to 1")
         )
-    from modelyard.core._home import sweep_staging
+    from modelyard.core._home import sweep_backend_staging
 
     report = _sweep_rows(platform, ctx, min_age, dry_run)
     now = _store_now(platform)
@@ -260,14 +261,16 @@ def collect_garbage(
     orphans, orphan_bytes, failed = _sweep_orphans(
         platform, ctx, max(min_age, orphan_min_age), dry_run, now=now, packs=packs, packs_before=now - min_age
     )
+    uploads, failed_uploads = _abort_uploads(platform, ctx, now - max(min_age, orphan_min_age), dry_run)
     repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), packs, dry_run)
     # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
-    staging = 0 if dry_run else sweep_staging(platform.artifacts.backend.staging_dir())
+    staging = 0 if dry_run else sweep_backend_staging(platform.artifacts.backend)
     return replace(
         report,
         orphans=orphans,
         orphan_bytes=orphan_bytes,
-        failed_objects=report.failed_objects + failed + failed_packs,
+        failed_objects=report.failed_objects + failed + failed_uploads + failed_packs,
+        uploads=uploads,
         staging=staging,
         repacked=repacked,
         repacked_bytes=repacked_bytes,
@@ -397,6 +400,31 @@ def _sweep_orphans(
         detail.update(generation=bumped, orphans=len(doomed), orphan_bytes=sum(sizes[n] for n in doomed))
     done, failed = _delete_objects(platform, sorted(doomed))
     return done, sum(sizes[n] for n in doomed), failed
+
+
+def _abort_uploads(platform: Platform, ctx: Context, before: datetime, dry_run: bool) -> tuple[int, int]:
+    """Abort the unfinished uploads of object names begun before ``before``: (aborted, failed). A writer
+    killed mid-upload leaves its parts stored (and billed) where no listing of objects shows them. One that
+    is still uploading after the orphan age fails and records nothing, as when its objects are swept."""
+    backend = platform.artifacts.backend
+    try:
+        stale = [u for u in backend.list_uploads("objects/") if is_object_name(u.name) and u.started < before]
+    except BackendError as exc:  # e.g. a bucket policy without ListBucketMultipartUploads: the rest goes on
+        log.warning("gc: cannot list unfinished uploads, none aborted: %s", exc)
+        return 0, 0
+    if dry_run or not stale:
+        return len(stale), 0
+    done = failed = 0
+    for upload in stale:
+        try:
+            backend.abort_upload(upload)
+            done += 1
+        except (OSError, BackendError) as exc:
+            failed += 1  # the next collection tries again
+            log.warning("gc: aborting the unfinished upload of %s failed: %s", upload.name, exc)
+    if done:
+        platform.audit(ctx, ACTION, RESOURCE, "ok", {"aborted_uploads": done})
+    return done, failed
 
 
 def _repack(

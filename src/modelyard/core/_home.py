@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.metadata as md
 import json
 import os
 import platform as _pyplatform
 import shutil
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from modelyard.config import CONFIG_FILE, Settings, load_settings, write_home_config
+from modelyard.core._blobs import S3_STAGING_PREFIX, BlobBackend, S3Backend
 from modelyard.core._crypto import MasterKey, load_master_key_file, write_master_key_file
 from modelyard.core._db import missing_sqlite_file
 from modelyard.core._keys import MASTER_KEY_ID
@@ -32,7 +35,7 @@ from modelyard.core._platform import (
 )
 from modelyard.core._rbac import Role
 from modelyard.core._redact import redact_url
-from modelyard.errors import ConfigError, NotFoundError, YardError
+from modelyard.errors import ConfigError, YardError
 
 
 @dataclass
@@ -187,20 +190,19 @@ def _init_metadata(platform: Platform, settings: Settings, report: InitReport) -
 
 
 def _init_store_marker(platform: Platform, settings: Settings, report: InitReport) -> None:
-    try:
-        marker = json.loads(platform.backend.read_bytes(STORE_MARKER))
-    except NotFoundError:
+    if not platform.backend.exists(STORE_MARKER):
         marker = {"format": 1, "region": settings.region, "created_at": utcnow().isoformat()}
         platform.backend.write_bytes(STORE_MARKER, json.dumps(marker).encode())
         report.created.append(f"artifact store {settings.resolved_artifact_uri}")
         return
-    if marker.get("region") != settings.region:
+    region = platform.store_region  # a marker that is not JSON or names no region: a ConfigError saying so
+    if region != settings.region:
         raise ConfigError(
-            f"artifact store {settings.resolved_artifact_uri} is in region {marker.get('region')!r}, "
+            f"artifact store {settings.resolved_artifact_uri} is in region {region!r}, "
             f"not {settings.region!r}; point YARD_ARTIFACT_URI at a store in {settings.region!r}"
         )
     report.existing.append(f"artifact store {settings.resolved_artifact_uri}")
-    swept = sweep_staging(platform.backend.staging_dir())
+    swept = sweep_backend_staging(platform.backend)
     if swept:
         report.cleaned.append(f"{swept} stale temp file(s) left by interrupted writes")
 
@@ -229,6 +231,30 @@ def sweep_staging(staging: Path, *, older_than: float = 86_400) -> int:
                 entry.unlink()
                 removed += 1
             elif entry.is_dir() and _newest_mtime(entry) < cutoff:
+                shutil.rmtree(entry)
+                removed += 1
+    return removed
+
+
+def sweep_backend_staging(backend: BlobBackend) -> int:
+    """``sweep_staging`` of the backend's staging directory; for an S3 store also the staging directories
+    that killed processes of this user left in the temp directory (each process stages in its own, removed
+    only at a clean exit, so sweeping the current one alone never found them)."""
+    removed = sweep_staging(backend.staging_dir())
+    if isinstance(backend, S3Backend):
+        removed += sweep_abandoned_staging(Path(tempfile.gettempdir()), S3_STAGING_PREFIX)
+    return removed
+
+
+def sweep_abandoned_staging(parent: Path, prefix: str, *, older_than: float = 86_400) -> int:
+    """Remove this user's directories ``parent/prefix*`` whose newest entry is a day old: a live process
+    keeps touching what it writes there, and one idle that long makes its directory again when needed."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for entry in parent.glob(glob.escape(prefix) + "*"):
+        with contextlib.suppress(OSError):
+            st = entry.lstat()  # not a link, and ours: the temp directory is shared with other users
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and _newest_mtime(entry) < cutoff:
                 shutil.rmtree(entry)
                 removed += 1
     return removed

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelyard.config import check_name, check_region
@@ -73,7 +74,10 @@ def create_project(platform: Platform, ctx: Context, name: str, *, region: str |
             raise AlreadyExistsError(f"project {name!r} already exists")
         proj = Project(name=name, region=region, created_at=utcnow(), created_by=ctx.user)
         s.add(proj)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError:  # PostgreSQL: created by another transaction since the check above
+            raise AlreadyExistsError(f"project {name!r} already exists") from None
         s.add(Membership(user_id=ctx.user_id, project_id=proj.id, role=str(Role.ADMIN)))
     return proj
 
@@ -112,15 +116,22 @@ def add_user(platform: Platform, ctx: Context, name: str, role: str | Role) -> M
     with platform.mutate(ctx, "user.manage", resource, {"role": str(parsed), "op": "add"}) as s:
         user = s.execute(select(User).where(User.name == name)).scalar_one_or_none()
         if user is None:
-            user = User(name=name, created_at=utcnow(), disabled=False)
-            s.add(user)
-            s.flush()
+            try:
+                with s.begin_nested():
+                    user = User(name=name, created_at=utcnow(), disabled=False)
+                    s.add(user)
+            except IntegrityError:  # PostgreSQL: another admin made the account since the check above
+                user = s.execute(select(User).where(User.name == name)).scalar_one()
         if s.get(Membership, (user.id, ctx.project_id)) is not None:
             raise AlreadyExistsError(
                 f"user {name!r} is already a member of {ctx.project!r}; change the role with "
                 f"`yard users set-role {name} ROLE`"
             )
         s.add(Membership(user_id=user.id, project_id=ctx.project_id, role=str(parsed)))
+        try:
+            s.flush()
+        except IntegrityError:  # PostgreSQL: added by another admin since the check above
+            raise AlreadyExistsError(f"user {name!r} is already a member of {ctx.project!r}") from None
     return MemberInfo(name, parsed, False)
 
 

@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,9 @@ class Keyring:
     current: MasterKey
     source: str  # "env" or the key file path
     pending: MasterKey | None = None  # a rotation's new key, until the rotation is settled
+    # Keys this process held before a rotation replaced them: a data key it wrapped with one of them
+    # (staged, not yet claimed) must still unwrap when the claim re-wraps it to the live key.
+    retired: dict[str, MasterKey] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, settings: Settings) -> Keyring:
@@ -73,7 +76,14 @@ class Keyring:
         for key in (self.current, self.pending):
             if key is not None and key.key_id == key_id:
                 return key
-        return None
+        return self.retired.get(key_id)
+
+    def replace(self, current: MasterKey, pending: MasterKey | None) -> None:
+        """Switch to ``current`` (and ``pending``), keeping the keys held until now as retired."""
+        for key in (self.current, self.pending):
+            if key is not None and key.key_id not in (current.key_id, pending and pending.key_id):
+                self.retired[key.key_id] = key
+        self.current, self.pending = current, pending
 
     def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
         key = self.known(key_id)
@@ -93,7 +103,7 @@ class Keyring:
         """Re-read the key file (another process may have rotated the key)."""
         if self.source != "env":
             fresh = Keyring.from_file(Path(self.source))
-            self.current, self.pending = fresh.current, fresh.pending
+            self.replace(fresh.current, fresh.pending)
 
 
 def _pending_path(path: Path) -> Path:
@@ -136,7 +146,7 @@ def _settle_locked(keyring: Keyring, db: MetadataStore, path: Path) -> None:
         recorded = recorded_key_id(s)
     if recorded == keyring.pending.key_id:  # committed: the new key is live
         os.replace(_pending_path(path), path)
-        keyring.current, keyring.pending = keyring.pending, None
+        keyring.replace(keyring.pending, None)
     elif recorded in (None, keyring.current.key_id):  # never committed: the new key protects nothing
         _pending_path(path).unlink()
         keyring.pending = None

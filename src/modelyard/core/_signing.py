@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,10 +70,11 @@ def ensure_signing_key(platform: Platform, *, by: str | None = None) -> str:
     kid = _key_id(public)
     keyring = platform.keyring
     with platform.db.write() as s:
+        # Wrap with the master key the store records, under its lock, so a rotation that ran since this
+        # process loaded its keyring cannot leave the key wrapped with a retired master. Locked before the
+        # check: on PostgreSQL that also orders concurrent first uses, so the later one finds the key made.
+        recorded = recorded_key_id(s, lock=True) or keyring.current.key_id
         if s.get(Meta, ACTIVE) is None:
-            # Wrap with the master key the store records, under its lock, so a rotation that ran since this
-            # process loaded its keyring cannot leave the key wrapped with a retired master.
-            recorded = recorded_key_id(s, lock=True) or keyring.current.key_id
             if keyring.known(recorded) is None:
                 keyring.refresh()
             master = keyring.known(recorded)
@@ -119,7 +121,9 @@ def _trusted_public_key(platform: Platform, row: SigningKey) -> Ed25519PublicKey
     cache = _TRUSTED.setdefault(platform, {})
     if cache.get(row.id) != row.public_key:
         problem = None
-        if _key_id(bytes.fromhex(row.public_key)) != row.id:
+        if not re.fullmatch(r"[0-9a-f]{64}", row.public_key or ""):
+            problem = "its public key is not 32 bytes of hex"
+        elif _key_id(bytes.fromhex(row.public_key)) != row.id:
             problem = "its id is not the digest of its public key"
         else:
             try:
