@@ -315,6 +315,30 @@ def test_resume_continues_a_run(client: Client) -> None:
     assert info.status == "FINISHED" and info.metrics == {"x": 2.0}
 
 
+def test_resuming_a_run_applies_its_name_params_and_tags(client: Client) -> None:
+    # start_run(run_id=..., name=, params=, tags=) dropped all three without a word, and an experiment
+    # other than the run's own was ignored as well.
+    with client.start_run("resume", capture=False, params={"lr": 0.1}) as run:
+        pass
+    with client.start_run(
+        "resume", run_id=run.id, name="stage-2", params={"lr": 0.1, "epochs": 3}, tags={"stage": "2"}
+    ):
+        pass
+    info = client.get_run(run.id)
+    assert (info.name, info.params, info.tags) == ("stage-2", {"lr": "0.1", "epochs": "3"}, {"stage": "2"})
+    # Refused before anything changes: another experiment, a changed param, a bad name.
+    for kwargs, match in [
+        ({"experiment": "other"}, "belongs to experiment 'resume'"),
+        ({"params": {"lr": 0.2}}, "param 'lr' .* already has a different value"),
+        ({"name": "bad\nname"}, "run name must be"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            client.start_run(run_id=run.id, **kwargs)  # type: ignore[arg-type]
+        after = client.get_run(run.id)
+        assert (after.status, after.name, after.params) == ("FINISHED", "stage-2", info.params)
+    assert client.active_run() is None
+
+
 def test_a_run_active_in_this_client_cannot_be_resumed_into_a_second_handle(client: Client) -> None:
     # A thread resuming the run by id got a second handle that replaced the first among the client's
     # open runs; ending the first then dropped the second, which close() and the exit never flushed.

@@ -375,6 +375,9 @@ class Client:
     ) -> Run:
         """Start a run (or, with ``run_id``, continue an existing one) and make it the active run.
 
+        Continuing a run sets the ``name``, ``params`` and ``tags`` given (a param may not change), and an
+        ``experiment``, if given, must be the run's own; ``capture`` applies to new runs only.
+
         Inside an active run, ``nested=True`` starts a child (HPO trials); otherwise it is an error.
         ``parent_id`` makes the new run a child of a run of another process (HPO workers of one study).
         ``capture`` records git commit and dirty flag, command line, Python, host and package versions."""
@@ -398,7 +401,10 @@ class Client:
                         f"run {run_id} is already active in this client (another thread or task holds "
                         "its handle): log through that Run object, or continue it from another Client"
                     )
-            _store.resume_run(self.platform, self.ctx, run_id)
+            # MLflow's start_run sets a resumed run's tags and name too; they were silently dropped.
+            _store.resume_run(
+                self.platform, self.ctx, run_id, experiment=experiment, name=name, params=params, tags=tags
+            )
             info = _store.get_run(self.platform, self.ctx, run_id)
             run = Run(self, run_id, info.experiment, info.parent_id)
         else:

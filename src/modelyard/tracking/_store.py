@@ -320,12 +320,7 @@ def create_run(
     platform.authorize(ctx, "run.write", resource)
     try:
         check_experiment(experiment)
-        if name is not None and (
-            not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable()
-        ):
-            raise ValidationError(
-                f"run name must be a string of 1-{MAX_NAME} printable characters (no control characters)"
-            )
+        _check_name(name)
         p = check_pairs("param", params or {}, MAX_PARAM_VALUE)
         t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
         if parent_id is not None:
@@ -359,13 +354,55 @@ def create_run(
     return run_id
 
 
-def resume_run(platform: Platform, ctx: Context, run_id: str) -> None:
-    """Mark an existing run RUNNING again (another process or a restart continues it)."""
+def _check_name(name: object) -> None:
+    if name is not None and (
+        not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable()
+    ):
+        raise ValidationError(
+            f"run name must be a string of 1-{MAX_NAME} printable characters (no control characters)"
+        )
+
+
+def resume_run(
+    platform: Platform,
+    ctx: Context,
+    run_id: str,
+    *,
+    experiment: str | None = None,
+    name: str | None = None,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> None:
+    """Mark an existing run RUNNING again (another process or a restart continues it), in one audited
+    transaction with a new ``name`` and the ``params`` (which may not change) and ``tags`` given;
+    ``experiment``, if given, must be the run's own. Bad input changes nothing."""
     check_run_id(run_id)
-    with platform.mutate(ctx, "run.write", run_ref(run_id), {"resume": True}) as s:
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        if experiment is not None:
+            check_experiment(experiment)
+        _check_name(name)
+        p = check_pairs("param", params or {}, MAX_PARAM_VALUE)
+        t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    detail: dict[str, Any] = {"resume": True, "params": sorted(p)[:50], "tags": sorted(t)[:50]}
+    with platform.mutate(ctx, "run.write", resource, detail) as s:
         run = _run_row(s, ctx, run_id)
+        if experiment is not None:
+            own = s.execute(select(Experiment.name).where(Experiment.id == run.experiment_id)).scalar_one()
+            if own != experiment:
+                raise UsageError(
+                    f"run {run_id} belongs to experiment {own!r}, not {experiment!r}; a run cannot move: "
+                    "leave the experiment out to continue it"
+                )
+        _put_pairs(s, RunParam, run_id, p)
+        _put_pairs(s, RunTag, run_id, t)
         run.status, run.end_time, run.reason = "RUNNING", None, None
         run.heartbeat_at, run.stale_at = platform.db.now(), _stale_at(platform)
+        if name is not None:
+            run.name = name
 
 
 def end_run(
