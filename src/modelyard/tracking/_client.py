@@ -475,11 +475,13 @@ class Client:
 
     # -- signals: flush and end KILLED, then behave as the process would have -------------------------
     def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or self._saved_handlers:
+        if threading.current_thread() is not threading.main_thread():
             return
         for sig in _SIGNALS:
             try:
                 prev = signal.getsignal(sig)
+                if sig in self._saved_handlers and self._reaches_us(prev, sig):
+                    continue  # ours, or another client's that passes the signal on to ours
                 if prev is signal.SIG_IGN:
                     continue  # the process chose to ignore it: so do we
                 signal.signal(sig, self._on_signal)
@@ -487,16 +489,32 @@ class Client:
             except (ValueError, OSError):  # not the main interpreter, or unsupported
                 continue
 
+    def _reaches_us(self, handler: Any, sig: int) -> bool:
+        """Whether ``handler`` is this client's, or another client's whose chain of saved handlers leads
+        to this one's (every client's handler passes a signal on to the handler it replaced)."""
+        for _ in range(len(_CLIENTS) + 1):  # a chain visits each client at most once
+            owner = getattr(handler, "__self__", None)
+            if not isinstance(owner, Client) or getattr(handler, "__func__", None) is not Client._on_signal:
+                return False
+            if owner is self:
+                return True
+            handler = owner._saved_handlers.get(sig)
+        return False
+
     def _restore_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        saved, self._saved_handlers = self._saved_handlers, {}
-        for sig, prev in saved.items():
+        for sig, prev in list(self._saved_handlers.items()):
             try:
-                if signal.getsignal(sig) == self._on_signal:
-                    signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+                if signal.getsignal(sig) != self._on_signal:
+                    # Another client's handler (or the program's) was installed over ours and passes signals
+                    # on to ours: keep the handler ours passes them to. Forgetting it lost the program's own
+                    # handler once the other client put ours back (SIGTERM then exited 143).
+                    continue
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
             except (ValueError, OSError):
-                continue
+                pass
+            del self._saved_handlers[sig]
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._in_signal:
