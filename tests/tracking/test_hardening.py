@@ -309,3 +309,20 @@ def test_a_run_failing_with_a_nul_or_bad_byte_in_its_reason_still_ends(any_platf
             _store.end_run(any_platform, client.ctx, run.id, "FAILED", 5)  # type: ignore[arg-type]
     finally:
         client.close()
+
+
+def test_the_current_directory_is_logged_under_its_name(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path('.').name is '' (and Path('out/..').name is '..'): log_artifact('.') built '/a.txt' and was
+    # refused as "an absolute path", and 'out/..' as a '..' segment, for a plain directory.
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("a")
+    monkeypatch.chdir(out)
+    with client.start_run("cwd", capture=False) as run:
+        run.log_artifact(".")
+        assert [p for p, _, _ in client.list_artifacts(run.id)] == ["out/a.txt"]
+        (out / "sub" / "b.txt").write_text("b")
+        run.log_artifact("sub/..")
+    assert [p for p, _, _ in client.list_artifacts(run.id)] == ["out/a.txt", "out/sub/b.txt"]

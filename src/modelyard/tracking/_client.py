@@ -150,9 +150,10 @@ class Run:
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> list[str]:
         """Store a file (or a directory's files) encrypted in the artifact store and record it on the run;
-        ``artifact_path`` is a folder inside the run. Returns the digests. Symbolic links are refused
-        (UnsafePathError naming the link) before anything is stored: following one could upload a file
-        from outside the directory."""
+        ``artifact_path`` is a folder inside the run (default: a directory's files go under its name, so
+        ``"."`` logs the current directory as ``<its name>/...``). Returns the digests. Symbolic links are
+        refused (UnsafePathError naming the link) before anything is stored: following one could upload a
+        file from outside the directory."""
         pairs = _store.artifact_files(
             self.client.platform, self.client.ctx, self.id, Path(path), artifact_path
         )

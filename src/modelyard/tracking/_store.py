@@ -695,9 +695,12 @@ def artifact_files(
             raise UsageError(f"{src} holds no files to log")
     except UsageError as exc:
         raise platform.refuse(ctx, "run.write", resource, exc) from None
+    # The name the path has once made absolute: Path('.').name is '' and Path('out/..').name is '..',
+    # which made '/a.txt' and '../a.txt' of a plain directory's files.
+    name = Path(os.path.abspath(src)).name
     if len(files) == 1 and files[0][1] == "":  # a single file
-        return [(src, f"{artifact_path.rstrip('/')}/{src.name}" if artifact_path else src.name)]
-    prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{src.name}/"
+        return [(src, f"{artifact_path.rstrip('/')}/{name}" if artifact_path else name)]
+    prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{name}/"
     return [(p, prefix + rel) for p, rel in files]
 
 
