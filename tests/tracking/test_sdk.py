@@ -373,6 +373,9 @@ def test_a_deleted_run_stops_its_writer_with_a_clear_error(client: Client) -> No
     run.log_metric("x", 2.0)
     with pytest.raises(BackendError, match=r"metric writing stopped .*could not be stored"):
         run.flush(timeout=10)
+    # It said "has ended; start or resume a run", which is neither what happened nor possible here.
+    with pytest.raises(BackendError, match=r"metric writing stopped \(run .* no longer exists"):
+        run.log_metric("x", 3.0)
     with pytest.raises((BackendError, NotFoundError)):
         run.end()
     assert client.active_run() is None

@@ -84,6 +84,11 @@ class MetricWriter:
             if self.orphaned:
                 raise self._orphan_error()
             if self._stopping and not self._thread.is_alive():
+                if self.last_error is not None:  # it gave up: the run was deleted or the role revoked
+                    raise BackendError(
+                        f"run {self.run_id}: metric writing stopped ({self.last_error}); this point cannot "
+                        "be stored"
+                    )
                 raise BackendError(f"run {self.run_id} has ended; start or resume a run to log metrics")
             self._buffer.extend(points)
             self._logged += len(points)
