@@ -289,6 +289,28 @@ def test_a_run_is_judged_by_its_own_processes_timeout_not_the_reapers(platform: 
         patient.close()
 
 
+def test_a_timeout_shorter_than_the_heartbeat_interval_does_not_reap_live_runs(platform: Platform) -> None:
+    """YARD_RUN_HEARTBEAT_TIMEOUT_S=5 (to notice crashes sooner) with the default 10 s heartbeat made every
+    live run stale between two beats, so any reaper (its own get_run included) marked it FAILED while it
+    trained. The writer now beats at least three times per timeout."""
+    settings = {"run_heartbeat_s": 600.0, "run_heartbeat_timeout_s": 1.5, "system_metrics_s": 0.0}
+    quick = Platform(platform.settings.model_copy(update=settings))
+    try:
+        with Client(platform=quick) as client, client.start_run("beats", capture=False) as run:
+            with quick.db.read() as s:
+                first = s.scalar(select(RunRow.heartbeat_at).where(RunRow.id == run.id))
+            beat = first
+            for _ in range(200):  # a beat is due within 0.5 s; give a loaded machine 10 s
+                time.sleep(0.05)
+                with quick.db.read() as s:
+                    beat = s.scalar(select(RunRow.heartbeat_at).where(RunRow.id == run.id))
+                if beat != first:
+                    break
+            assert beat != first, "no heartbeat within 10 s"
+    finally:
+        quick.close()
+
+
 # -- an exception message that no store can hold as it is -------------------------------------------------
 def test_a_run_failing_with_a_nul_or_bad_byte_in_its_reason_still_ends(any_platform: Platform) -> None:
     # Python turns undecodable bytes of a file name into lone surrogates; a message may hold a NUL.
