@@ -348,3 +348,23 @@ def test_the_current_directory_is_logged_under_its_name(
         (out / "sub" / "b.txt").write_text("b")
         run.log_artifact("sub/..")
     assert [p for p, _, _ in client.list_artifacts(run.id)] == ["out/a.txt", "out/sub/b.txt"]
+
+
+def test_two_files_with_one_normalised_name_are_refused(any_platform: Platform, tmp_path: Path) -> None:
+    # Artifact names are stored in Unicode NFC, so 'café.txt' written composed and decomposed (two files
+    # on Linux) became one name: PostgreSQL failed with a raw CardinalityViolation, SQLite kept one file.
+    import unicodedata
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for form, text in (("NFC", "composed"), ("NFD", "decomposed")):
+        (out / unicodedata.normalize(form, "café.txt")).write_text(text)
+    if len(list(out.iterdir())) != 2:
+        pytest.skip("this filesystem normalises file names itself")
+    with (
+        Client(platform=any_platform) as client,
+        client.start_run("nfc", capture=False) as run,
+        pytest.raises(UsageError, match="same artifact name"),
+    ):
+        run.log_artifact(out)
+    assert client.list_artifacts(run.id) == []

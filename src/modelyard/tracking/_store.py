@@ -15,6 +15,7 @@ import operator
 import os
 import re
 import stat
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -693,6 +694,7 @@ def artifact_files(
         files = _walk_artifact(src)
         if not files:
             raise UsageError(f"{src} holds no files to log")
+        _check_distinct(files)
     except UsageError as exc:
         raise platform.refuse(ctx, "run.write", resource, exc) from None
     # The name the path has once made absolute: Path('.').name is '' and Path('out/..').name is '..',
@@ -702,6 +704,21 @@ def artifact_files(
         return [(src, f"{artifact_path.rstrip('/')}/{name}" if artifact_path else name)]
     prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{name}/"
     return [(p, prefix + rel) for p, rel in files]
+
+
+def _check_distinct(files: list[tuple[Path, str]]) -> None:
+    """Artifact names are stored in Unicode NFC (see core._paths.safe_key), so two files whose names differ
+    only in composition ('café' composed and decomposed: two files on Linux) would be one artifact: one
+    would silently replace the other (SQLite), or the insert fail (PostgreSQL)."""
+    seen: dict[str, Path] = {}
+    for path, rel in files:
+        key = unicodedata.normalize("NFC", rel)
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {path} have the same artifact name {key!r} once normalised (Unicode NFC); "
+                "rename one of them"
+            )
+        seen[key] = path
 
 
 def _walk_artifact(src: Path) -> list[tuple[Path, str]]:
