@@ -105,6 +105,25 @@ def test_module_helpers_delegate_to_the_active_run(platform: Platform) -> None:
         modelyard.end_run()
 
 
+def test_flush_makes_the_parent_of_a_nested_run_durable_too(platform: Platform) -> None:
+    # modelyard.flush() flushed the innermost run only: inside a nested run (HPO trials), the parent's
+    # points were still buffered when it returned, though "flush() waits for every point logged before it".
+    slow = Platform(platform.settings.model_copy(update={"metric_flush_s": 600.0, "system_metrics_s": 0.0}))
+    try:
+        with Client(platform=slow) as client, client.start_run("flush", capture=False) as parent:
+            parent.log_metric("best", 0.5)
+            with client.start_run(nested=True) as child:
+                child.log_metric("loss", 1.0)
+                modelyard.tracking.flush()
+                assert (parent.buffered, child.buffered) == (0, 0)
+                assert client.get_run(parent.id).metrics == {"best": 0.5}
+                parent.log_metric("best", 0.25)
+                client.flush()
+                assert client.get_run(parent.id).metrics == {"best": 0.25}
+    finally:
+        slow.close()
+
+
 def test_module_start_run_opens_a_client_from_settings(platform: Platform) -> None:
     with modelyard.start_run("fluent", params={"a": 1}) as run:
         modelyard.log_metric("loss", 0.5)

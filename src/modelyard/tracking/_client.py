@@ -474,6 +474,17 @@ class Client:
             except Exception as exc:
                 warnings.warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=2)
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every metric logged so far to this client's open runs is committed (BackendError
+        after ``timeout``, default ``flush_timeout_s``, for all of them together; the points stay buffered).
+        A run's own :meth:`Run.flush` covers that run only: not the parent of a nested run."""
+        total = self.platform.settings.flush_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + total
+        with self._lock:
+            runs = list(self._active.values())
+        for run in runs:
+            run._writer.flush(max(0.0, deadline - time.monotonic()))
+
     # -- signals: flush and end KILLED, then behave as the process would have -------------------------
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -725,4 +736,6 @@ def log_figure(figure: Any, name: str) -> str:
 
 
 def flush() -> None:
-    _active().flush()
+    """Block until every metric logged so far is committed: the active run's and those of the other runs
+    its client has open (the parent of a nested run, ...)."""
+    _active().client.flush()
