@@ -206,6 +206,9 @@ class MetricWriter:
                     heartbeat(self.platform, self.run_id)
                 except Exception as exc:  # the metric path reports outages
                     log.debug("heartbeat of run %s failed: %s", self.run_id, exc)
+                    # Try again soon: the outage may have outlasted the timeout, and until the next beat
+                    # lands any reaper may take this live run.
+                    next_beat = now + min(self.heartbeat_s, 1.0)
             if pending is None:
                 continue
             try:
@@ -228,13 +231,18 @@ class MetricWriter:
                 if self._committed >= self._logged:
                     self._flush_wanted = False
                 self._cond.notify_all()
-                if self._failing_since is not None:
+                recovered = self._failing_since is not None
+                if recovered:
                     if self._warned:
                         log.warning(
                             "run %s: metric store reachable again; buffered points flushed", self.run_id
                         )
                     self._failing_since, self._warned, self.last_error = None, False, None
             next_flush = time.monotonic() + self.flush_s
+            if recovered and next_beat != float("inf"):
+                # The store is back after an outage that may have outlasted the heartbeat timeout: beat
+                # now, not up to heartbeat_s later, while any reaper could mark this live run FAILED.
+                next_beat = 0.0
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
