@@ -87,6 +87,9 @@ def test_depth_limit_marks_truncation(platform: Platform, admin: Context) -> Non
     assert leaf.ref == "dataset:d@3" and leaf.truncated and not leaf.children
     with pytest.raises(UsageError, match="depth"):
         lineage(platform, admin, "dataset:d@1", depth=0)
+    for bad in ("3", 2.5, True, None):  # a raw TypeError ("'<=' not supported") or taken as 1
+        with pytest.raises(UsageError, match="depth must be an integer"):
+            lineage(platform, admin, "dataset:d@1", depth=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.postgres
