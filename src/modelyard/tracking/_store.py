@@ -388,7 +388,8 @@ def resume_run(
         t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
     except UsageError as exc:
         raise platform.refuse(ctx, "run.write", resource, exc) from None
-    detail: dict[str, Any] = {"resume": True, "params": sorted(p)[:50], "tags": sorted(t)[:50]}
+    detail: dict[str, Any] = {"resume": True}
+    detail.update({f"{kind}s": sorted(pairs)[:50] for kind, pairs in (("param", p), ("tag", t)) if pairs})
     with platform.mutate(ctx, "run.write", resource, detail) as s:
         run = _run_row(s, ctx, run_id)
         if experiment is not None:
