@@ -173,3 +173,34 @@ def test_the_heartbeat_is_sent_again_as_soon_as_the_store_is_back(
             assert beat_at(run.id) != first
     finally:
         platform.close()
+
+
+def test_warnings_turned_into_errors_do_not_stop_the_writer(
+    proxied: tuple[Platform, Proxy, Platform],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under `-W error` (or pytest's filterwarnings = error) the outage warning raised inside the writer
+    thread and killed it: every point logged after that was accepted and never written, and flush() said
+    "metric writing stopped"."""
+    import warnings
+
+    platform, proxy, direct = proxied
+    monkeypatch.setattr(_writer, "OUTAGE_WARN_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="modelyard.tracking")
+    with Client(platform=platform) as client, warnings.catch_warnings():
+        warnings.simplefilter("error", MetricWriterWarning)
+        run = client.start_run("strict", capture=False)
+        proxy.down()
+        run.log_metric("loss", 1.0, step=0)
+        deadline = time.monotonic() + 20
+        while "cannot reach the metadata store" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "cannot reach the metadata store" in caplog.text
+        run.log_metric("loss", 0.5, step=1)
+        proxy.up()
+        run.flush(timeout=30)
+        run.end()
+    with direct.db.read() as s:
+        steps = s.scalars(select(RunMetric.step).where(RunMetric.run_id == run.id)).all()
+    assert sorted(steps) == [0, 1]

@@ -14,6 +14,7 @@ point, so an hour of 1,000 points/s is ~360 MB); ``flush()`` raises after its ti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -261,7 +262,10 @@ class MetricWriter:
             "retried, none is dropped; flush()/end_run() will wait for the store"
         )
         log.warning(message)
-        warnings.warn(message, MetricWriterWarning, stacklevel=1)
+        # Warnings made errors (-W error): raised here, it killed the writer thread, and every point logged
+        # after it was accepted and never written. The log record above already says it.
+        with contextlib.suppress(Exception):
+            warnings.warn(message, MetricWriterWarning, stacklevel=1)
 
     def _give_up(self, exc: BaseException) -> None:
         # Retrying cannot succeed (the role was revoked, or the run deleted). Say so; flush() reports it.
