@@ -400,6 +400,21 @@ def test_a_deleted_run_stops_its_writer_with_a_clear_error(client: Client) -> No
     assert client.active_run() is None
 
 
+def test_close_ends_every_run_even_when_warnings_are_errors(client: Client) -> None:
+    # close() warns about a run it cannot end and goes on with the others; under -W error that warning
+    # was raised out of the loop, and the parent behind the unendable child stayed RUNNING (likewise at
+    # the exit and in the SIGTERM handler).
+    import warnings
+
+    parent = client.start_run("strict", capture=False)
+    child = client.start_run(nested=True)
+    client.delete_run(child.id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.close()
+    assert client.get_run(parent.id).status == "FINISHED"
+
+
 def test_concurrent_reapers_reap_and_audit_each_run_once(any_platform: Platform) -> None:
     import threading
     from datetime import timedelta

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import json
+import logging
 import os
 import signal
 import socket
@@ -42,6 +43,7 @@ from modelyard.tracking._store import (
 )
 from modelyard.tracking._writer import MetricWriter
 
+log = logging.getLogger("modelyard.tracking")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _I64 = 2**63
 # The client whose run is active in this context (module helpers use it); each client keeps its own stack.
@@ -286,7 +288,7 @@ class Run:
         try:
             self.end(status, reason=(f"{interrupted}, then {reason}" if interrupted else reason)[:2000])
         except Exception as end_exc:  # never hide the exception that ended the run
-            warnings.warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=2)
+            _warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -472,7 +474,7 @@ class Client:
             try:
                 run._end(st, why, interrupting=signalled)
             except Exception as exc:
-                warnings.warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=2)
+                _warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=3)
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every metric logged so far to this client's open runs is committed (BackendError
@@ -647,12 +649,22 @@ def _exit_status() -> tuple[str, str]:
     return status, f"uncaught {type(exc).__name__}: {exc}"[:2000]
 
 
+def _warn(message: str, stacklevel: int = 2) -> None:
+    """``warnings.warn`` that cannot raise. Under ``-W error`` the warning was raised out of the loop that
+    ends every run (close, exit, the signal handler), leaving the rest RUNNING, and out of ``__exit__`` in
+    place of the exception that ended the run; then the message goes to the log instead."""
+    try:
+        warnings.warn(message, stacklevel=stacklevel)
+    except Exception:
+        log.warning(message)
+
+
 def _flush_at_exit(run: Run) -> None:
     """A run whose final flush timed out (store outage) gets one more bounded wait at exit."""
     try:
         run.flush()
     except YardError as exc:
-        warnings.warn(f"modelyard: exiting with metrics not stored: {exc}", stacklevel=1)
+        _warn(f"modelyard: exiting with metrics not stored: {exc}")
 
 
 # -- module-level helpers ------------------------------------------------------------------------------------
