@@ -415,6 +415,32 @@ def test_close_ends_every_run_even_when_warnings_are_errors(client: Client) -> N
     assert client.get_run(parent.id).status == "FINISHED"
 
 
+def test_a_second_end_waits_for_the_end_in_progress(client: Client) -> None:
+    # end() from a second thread while the first was flushing returned at once, the run still RUNNING and
+    # its points not yet stored: a main thread returning so could exit and lose both with the daemon
+    # writer, though "end() returned" means the run is ended.
+    import threading
+
+    run = client.start_run("twice", capture=False)
+    run.log_metric("loss", 1.0)
+    seen: list[str] = []
+    first = threading.Thread(target=run.end)
+    second = threading.Thread(target=lambda: (run.end(), seen.append(run.status)))
+    with client.platform.db.write():  # the store is busy: the first end waits in its flush
+        first.start()
+        for _ in range(2000):
+            if run._ending:
+                break
+            threading.Event().wait(0.005)
+        assert run._ending
+        second.start()
+        second.join(timeout=1.0)
+    first.join()
+    second.join()
+    assert seen == ["FINISHED"]
+    assert client.get_run(run.id).metrics == {"loss": 1.0}
+
+
 def test_concurrent_reapers_reap_and_audit_each_run_once(any_platform: Platform) -> None:
     import threading
     from datetime import timedelta

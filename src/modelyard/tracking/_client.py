@@ -74,6 +74,9 @@ class Run:
         # The end asked for (status, reason), kept until it commits: a failed end is retried with it.
         self._end_request: tuple[str, str | None] | None = None
         self._ending = False  # an end() of this run is in progress (re-entry guard)
+        self._ender: int | None = None  # the thread of that end
+        # RLock: a signal handler on the thread that holds it may end the run too.
+        self._end_cond = threading.Condition(threading.RLock())
         # A signal the program's own handler took while this run was active ("received SIGTERM"): if the
         # run then ends by an exception (SystemExit included) or at the exit, it ends KILLED.
         self._signalled: str | None = None
@@ -240,9 +243,14 @@ class Run:
         stops)."""
         if self._writer.orphaned:
             raise self._writer._orphan_error()  # a forked child must not end its parent's run
-        if self.status != "RUNNING" or (self._ending and not interrupting):
-            return  # recorded already, or another end of this run is in progress
-        self._ending = True
+        with self._end_cond:
+            # Another thread is ending this run: return once it is done, as an end() that returned means
+            # the run is ended (this returned at once, and a main thread could exit and lose the run).
+            while self._ending and not interrupting and self._ender != threading.get_ident():
+                self._end_cond.wait()
+            if self.status != "RUNNING" or (self._ending and not interrupting):
+                return  # recorded already, or this thread's end of it is in progress
+            self._ending, self._ender = True, threading.get_ident()
         self._end_request = (status, reason)
         flush_error: YardError | None = None
         try:
@@ -262,7 +270,9 @@ class Run:
                 raise
             self.status = status
         finally:
-            self._ending = False
+            with self._end_cond:
+                self._ending, self._ender = False, None
+                self._end_cond.notify_all()
         self.client._forget(self)
         if flush_error is not None:
             if self._writer.alive:  # it keeps retrying; the exit waits for it once more
