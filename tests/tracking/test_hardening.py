@@ -179,6 +179,16 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
             ["t.py", "--openaikey", "sk-1", "WANDBKEY=z", "--monkey", "m"],
             "t.py --openaikey *** WANDBKEY=*** --monkey m",
         ),
+        # Hydra overrides that add a key (+k=v, ++k=v), and a NAME=value given inline to an innocent
+        # option (--env=HF_TOKEN=..., --set=db.password=...): all were stored as they were
+        (
+            ["t.py", "+wandb.api_key=k1", "++trainer.hf_token=k2", "+lr=0.1"],
+            "t.py +wandb.api_key=*** ++trainer.hf_token=*** +lr=0.1",
+        ),
+        (
+            ["t.py", "--env=HF_TOKEN=k3", "--set=db.password=k4", "--set=lr=0.1"],
+            "t.py --env=HF_TOKEN=*** --set=db.password=*** --set=lr=0.1",
+        ),
     ],
 )
 def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:
