@@ -358,6 +358,20 @@ def test_resuming_a_run_applies_its_name_params_and_tags(client: Client) -> None
     assert client.active_run() is None
 
 
+def test_a_closed_client_starts_no_runs(platform: Platform) -> None:
+    # close() unregisters the exit hook: a run started afterwards was never flushed or ended at exit (it
+    # stayed RUNNING with its last points lost) though start_run raised nothing.
+    client = Client(platform=platform)
+    with client.start_run("closed", capture=False) as run:
+        pass
+    client.close()
+    with pytest.raises(UsageError, match="client is closed"):
+        client.start_run("closed", capture=False)
+    with pytest.raises(UsageError, match="client is closed"):
+        client.start_run(run_id=run.id)
+    assert client.get_run(run.id).status == "FINISHED"  # reading stays possible
+
+
 def test_a_run_active_in_this_client_cannot_be_resumed_into_a_second_handle(client: Client) -> None:
     # A thread resuming the run by id got a second handle that replaced the first among the client's
     # open runs; ending the first then dropped the second, which close() and the exit never flushed.

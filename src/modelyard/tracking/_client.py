@@ -336,6 +336,7 @@ class Client:
         self._saved_handlers: dict[int, Any] = {}
         self._in_signal = False
         self._close_when_idle = False
+        self._closed = False
         ref = weakref.ref(self)
         self._atexit = lambda: _at_exit(ref)
         atexit.register(self._atexit)
@@ -364,6 +365,7 @@ class Client:
                 self._close_when_idle = True
                 return
         atexit.unregister(self._atexit)
+        self._closed = True
         if self._owns_platform:
             self.platform.close()
 
@@ -394,6 +396,9 @@ class Client:
         Inside an active run, ``nested=True`` starts a child (HPO trials); otherwise it is an error.
         ``parent_id`` makes the new run a child of a run of another process (HPO workers of one study).
         ``capture`` records git commit and dirty flag, command line, Python, host and package versions."""
+        if self._closed:
+            # Its exit hook is gone: a run started now would never be flushed or ended at exit.
+            raise UsageError("this client is closed; open a new Client() to start or continue a run")
         parent = self.active_run()
         if parent is not None and parent_id is not None:
             raise UsageError(
@@ -698,6 +703,8 @@ def start_run(
     """Start a run with the client of the active run, or a new ``Client()`` from settings (closed again when
     its last run ends)."""
     client = _CURRENT.get()
+    if client is not None and client._closed:  # closed from another thread or context since
+        client = None
     owned = client is None
     if client is None:
         client = Client()
