@@ -152,6 +152,26 @@ def two_clients() -> None:
     print(f"alive {one.id} {two.id}", flush=True)
 
 
+def thread_run() -> None:
+    """A thread starts a run with a client of its own and returns without ending it; nothing else in the
+    program refers to that client."""
+    import gc
+    import threading
+
+    ids: list[str] = []
+
+    def work() -> None:
+        run = Client().start_run("thread", capture=False)
+        run.log_metric("loss", 0.5)
+        ids.append(run.id)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    gc.collect()
+    print(f"started {ids[0]}", flush=True)
+
+
 if __name__ == "__main__":
     # A script started from a terminal gets Python's KeyboardInterrupt handler. One started by a
     # non-interactive shell's background job (`cmd &`, as CI runners and `nohup ... &` do) inherits
@@ -176,5 +196,7 @@ if __name__ == "__main__":
         graceful()
     elif mode == "two_clients":
         two_clients()
+    elif mode == "thread_run":
+        thread_run()
     else:
         raise SystemExit(f"unknown mode {mode}")

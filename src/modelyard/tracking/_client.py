@@ -49,6 +49,10 @@ _I64 = 2**63
 # The client whose run is active in this context (module helpers use it); each client keeps its own stack.
 _CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("modelyard_client", default=None)
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()  # for the fork hook below
+# Clients with runs open. The exit hook holds its client weakly (a client never closed may be collected),
+# but one with open runs must live until they end: once the thread that started them was gone, the client
+# and its runs referred only to each other, the collector took them, and the exit ended nothing.
+_OPEN: set[Client] = set()
 
 
 def _after_fork_in_child() -> None:
@@ -349,6 +353,7 @@ class Client:
         for run in self._active.values():
             run._writer.orphan()
         self._active = {}
+        _OPEN.discard(self)
         self._stack.set(())
         if _CURRENT.get() is self:
             _CURRENT.set(None)
@@ -449,6 +454,7 @@ class Client:
             run = Run(self, new_id, exp, parent.id if parent else parent_id)
         with self._lock:
             self._active[run.id] = run
+            _OPEN.add(self)
         self._stack.set((*self._stack.get(), run))
         _CURRENT.set(self)
         self._install_signal_handlers()
@@ -471,6 +477,8 @@ class Client:
         with self._lock:
             self._active.pop(run.id, None)
             idle = not self._active
+            if idle:
+                _OPEN.discard(self)
         self._stack.set(tuple(r for r in self._stack.get() if r is not run))
         if idle:
             self._restore_signal_handlers()
