@@ -21,7 +21,7 @@ from modelyard.core._models import (
     RunMetric,
 )
 from modelyard.core._platform import utcnow
-from modelyard.errors import BackendError, NotFoundError, UsageError
+from modelyard.errors import BackendError, NotFoundError, UsageError, ValidationError
 from modelyard.tracking import Client, MetricPoint, lineage
 from modelyard.tracking._store import write_metric_batch
 
@@ -234,6 +234,31 @@ def test_artifacts_are_encrypted_recorded_and_in_lineage(client: Client, tmp_pat
     assert b"weights" * 10 not in stored  # encrypted at rest
     _, down = lineage(client.platform, client.ctx, f"run:{run.id}")
     assert {(c.ref, c.relation) for c in down.children} >= {(f"artifact:{digest}", "output")}
+
+
+def test_log_dict_takes_any_mapping(client: Client, tmp_path: Path) -> None:
+    # An OrderedDict (or one nested in a dict) was "not YAML-serialisable" and a MappingProxyType refused
+    # as YAML and as JSON, though log_dict takes any Mapping; a mapping that holds itself stays an error.
+    import collections
+    import json
+    import types
+
+    import yaml
+
+    config = collections.OrderedDict(lr=1e-4, opt=collections.OrderedDict(name="adam", betas=(0.9, 0.99)))
+    with client.start_run("dicts", capture=False) as run:
+        run.log_dict(config, "config.yaml")
+        run.log_dict(types.MappingProxyType({"n": 1, "inner": {"k": [1, 2]}}), "frozen.json")
+        looped: dict[str, object] = {}
+        looped["self"] = looped
+        with pytest.raises(ValidationError, match="not JSON-serialisable"):
+            run.log_dict(looped, "loop.json")
+    out = client.download_artifacts(run.id, "", tmp_path / "out")
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {
+        "lr": 1e-4,
+        "opt": {"name": "adam", "betas": [0.9, 0.99]},
+    }
+    assert json.loads((out / "frozen.json").read_text()) == {"n": 1, "inner": {"k": [1, 2]}}
 
 
 def test_log_figure(client: Client) -> None:

@@ -173,6 +173,12 @@ class Run:
         """Store ``data`` as JSON (or YAML when ``name`` ends in .yaml/.yml) under ``name``."""
         if not isinstance(name, str) or not name:
             raise UsageError("log_dict needs an artifact name such as 'config.json'")
+        try:
+            data = _plain(data)
+        except RecursionError:
+            what = "YAML" if name.endswith((".yaml", ".yml")) else "JSON"
+            message = f"log_dict: {name!r} is not {what}-serialisable: it contains itself"
+            raise ValidationError(message) from None
         if name.endswith((".yaml", ".yml")):
             import yaml
 
@@ -303,6 +309,17 @@ class Run:
             self.end(status, reason=(f"{interrupted}, then {reason}" if interrupted else reason)[:2000])
         except Exception as end_exc:  # never hide the exception that ended the run
             _warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=3)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every Mapping made a dict and every list or tuple a list, so that any Mapping that
+    log_dict takes can be written: YAML's safe dumper refused an OrderedDict and a tuple, and neither
+    dumper took a MappingProxyType."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
