@@ -14,6 +14,7 @@ import atexit
 import contextvars
 import json
 import logging
+import numbers
 import os
 import signal
 import socket
@@ -137,7 +138,9 @@ class Run:
     def flush(self, timeout: float | None = None) -> None:
         """Block until every metric logged so far is committed (BackendError after ``flush_timeout_s``;
         the points stay buffered)."""
-        self._writer.flush(self.client.platform.settings.flush_timeout_s if timeout is None else timeout)
+        self._writer.flush(
+            self.client.platform.settings.flush_timeout_s if timeout is None else _seconds(timeout)
+        )
 
     @property
     def buffered(self) -> int:
@@ -163,6 +166,8 @@ class Run:
         ``"."`` logs the current directory as ``<its name>/...``). Returns the digests. Symbolic links are
         refused (UnsafePathError naming the link) before anything is stored: following one could upload a
         file from outside the directory."""
+        if not isinstance(path, str | os.PathLike):
+            raise UsageError(f"log_artifact needs a file or directory path, got {type(path).__name__}")
         pairs = _store.artifact_files(
             self.client.platform, self.client.ctx, self.id, Path(path), artifact_path
         )
@@ -309,6 +314,13 @@ class Run:
             self.end(status, reason=(f"{interrupted}, then {reason}" if interrupted else reason)[:2000])
         except Exception as end_exc:  # never hide the exception that ended the run
             _warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=3)
+
+
+def _seconds(timeout: object) -> float:
+    seconds = float(timeout) if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) else -1.0
+    if not seconds >= 0:  # NaN too
+        raise UsageError(f"timeout must be a number of seconds (0 or more), got {timeout!r}")
+    return seconds
 
 
 def _plain(value: Any) -> Any:
@@ -520,7 +532,7 @@ class Client:
         """Block until every metric logged so far to this client's open runs is committed (BackendError
         after ``timeout``, default ``flush_timeout_s``, for all of them together; the points stay buffered).
         A run's own :meth:`Run.flush` covers that run only: not the parent of a nested run."""
-        total = self.platform.settings.flush_timeout_s if timeout is None else timeout
+        total = self.platform.settings.flush_timeout_s if timeout is None else _seconds(timeout)
         deadline = time.monotonic() + total
         with self._lock:
             runs = list(self._active.values())

@@ -588,6 +588,8 @@ def metric_history(
     check_run_id(run_id)
     if isinstance(keys, str):  # MLflow's get_metric_history(run_id, "loss"): one key, not its letters
         keys = [keys]
+    elif keys is not None and not isinstance(keys, Iterable):
+        raise UsageError(f"keys must be a metric key or a list of them, got {type(keys).__name__}")
     wanted = [check_key(k, "metric key") for k in keys] if keys is not None else None
     platform.authorize(ctx, "run.read", run_ref(run_id))
     with platform.db.read() as s:
