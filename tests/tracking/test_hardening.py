@@ -179,6 +179,16 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
             ["t.py", "--openaikey", "sk-1", "WANDBKEY=z", "--monkey", "m"],
             "t.py --openaikey *** WANDBKEY=*** --monkey m",
         ),
+        # Hydra overrides that add a key (+k=v, ++k=v), and a NAME=value given inline to an innocent
+        # option (--env=HF_TOKEN=..., --set=db.password=...): all were stored as they were
+        (
+            ["t.py", "+wandb.api_key=k1", "++trainer.hf_token=k2", "+lr=0.1"],
+            "t.py +wandb.api_key=*** ++trainer.hf_token=*** +lr=0.1",
+        ),
+        (
+            ["t.py", "--env=HF_TOKEN=k3", "--set=db.password=k4", "--set=lr=0.1"],
+            "t.py --env=HF_TOKEN=*** --set=db.password=*** --set=lr=0.1",
+        ),
     ],
 )
 def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:
@@ -289,6 +299,28 @@ def test_a_run_is_judged_by_its_own_processes_timeout_not_the_reapers(platform: 
         patient.close()
 
 
+def test_a_timeout_shorter_than_the_heartbeat_interval_does_not_reap_live_runs(platform: Platform) -> None:
+    """YARD_RUN_HEARTBEAT_TIMEOUT_S=5 (to notice crashes sooner) with the default 10 s heartbeat made every
+    live run stale between two beats, so any reaper (its own get_run included) marked it FAILED while it
+    trained. The writer now beats at least three times per timeout."""
+    settings = {"run_heartbeat_s": 600.0, "run_heartbeat_timeout_s": 1.5, "system_metrics_s": 0.0}
+    quick = Platform(platform.settings.model_copy(update=settings))
+    try:
+        with Client(platform=quick) as client, client.start_run("beats", capture=False) as run:
+            with quick.db.read() as s:
+                first = s.scalar(select(RunRow.heartbeat_at).where(RunRow.id == run.id))
+            beat = first
+            for _ in range(200):  # a beat is due within 0.5 s; give a loaded machine 10 s
+                time.sleep(0.05)
+                with quick.db.read() as s:
+                    beat = s.scalar(select(RunRow.heartbeat_at).where(RunRow.id == run.id))
+                if beat != first:
+                    break
+            assert beat != first, "no heartbeat within 10 s"
+    finally:
+        quick.close()
+
+
 # -- an exception message that no store can hold as it is -------------------------------------------------
 def test_a_run_failing_with_a_nul_or_bad_byte_in_its_reason_still_ends(any_platform: Platform) -> None:
     # Python turns undecodable bytes of a file name into lone surrogates; a message may hold a NUL.
@@ -309,3 +341,40 @@ def test_a_run_failing_with_a_nul_or_bad_byte_in_its_reason_still_ends(any_platf
             _store.end_run(any_platform, client.ctx, run.id, "FAILED", 5)  # type: ignore[arg-type]
     finally:
         client.close()
+
+
+def test_the_current_directory_is_logged_under_its_name(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path('.').name is '' (and Path('out/..').name is '..'): log_artifact('.') built '/a.txt' and was
+    # refused as "an absolute path", and 'out/..' as a '..' segment, for a plain directory.
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("a")
+    monkeypatch.chdir(out)
+    with client.start_run("cwd", capture=False) as run:
+        run.log_artifact(".")
+        assert [p for p, _, _ in client.list_artifacts(run.id)] == ["out/a.txt"]
+        (out / "sub" / "b.txt").write_text("b")
+        run.log_artifact("sub/..")
+    assert [p for p, _, _ in client.list_artifacts(run.id)] == ["out/a.txt", "out/sub/b.txt"]
+
+
+def test_two_files_with_one_normalised_name_are_refused(any_platform: Platform, tmp_path: Path) -> None:
+    # Artifact names are stored in Unicode NFC, so 'café.txt' written composed and decomposed (two files
+    # on Linux) became one name: PostgreSQL failed with a raw CardinalityViolation, SQLite kept one file.
+    import unicodedata
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for form, text in (("NFC", "composed"), ("NFD", "decomposed")):
+        (out / unicodedata.normalize(form, "café.txt")).write_text(text)
+    if len(list(out.iterdir())) != 2:
+        pytest.skip("this filesystem normalises file names itself")
+    with (
+        Client(platform=any_platform) as client,
+        client.start_run("nfc", capture=False) as run,
+        pytest.raises(UsageError, match="same artifact name"),
+    ):
+        run.log_artifact(out)
+    assert client.list_artifacts(run.id) == []

@@ -87,6 +87,9 @@ def test_depth_limit_marks_truncation(platform: Platform, admin: Context) -> Non
     assert leaf.ref == "dataset:d@3" and leaf.truncated and not leaf.children
     with pytest.raises(UsageError, match="depth"):
         lineage(platform, admin, "dataset:d@1", depth=0)
+    for bad in ("3", 2.5, True, None):  # a raw TypeError ("'<=' not supported") or taken as 1
+        with pytest.raises(UsageError, match="depth must be an integer"):
+            lineage(platform, admin, "dataset:d@1", depth=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.postgres
@@ -191,3 +194,24 @@ def test_cli_lineage_show(platform: Platform, admin: Context, capsys: pytest.Cap
     assert "upstream" in text and "dataset:raw@2" in text and "(input)" in text
     assert main(["lineage", "show", "nosuchkind:x"]) == 2
     assert "is not an object reference" in capsys.readouterr().err
+
+
+def test_cli_lineage_show_takes_the_run_id_prefix_that_runs_ls_shows(
+    platform: Platform, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # `yard runs ls` shows 12 characters of a run id and `yard runs show` takes them; `yard lineage show`
+    # refused them as "not an object reference".
+    from modelyard.tracking import Client
+
+    src = tmp_path / "report.txt"
+    src.write_text("r")
+    with Client(platform=platform) as client, client.start_run("prefix", capture=False) as run:
+        (digest,) = run.log_artifact(src)
+    capsys.readouterr()
+    for arg in (run.id[:12], f"run:{run.id[:12]}"):
+        assert main(["lineage", "show", arg, "--json"]) == 0, capsys.readouterr().err
+        out = json.loads(capsys.readouterr().out)
+        assert out["ref"] == f"run:{run.id}"
+        assert [n["ref"] for n in out["downstream"]] == [f"artifact:{digest}"]
+    assert main(["lineage", "show", "0123456789ab"]) == 1  # a prefix of no run: not found
+    assert "not found" in capsys.readouterr().err

@@ -138,3 +138,69 @@ def test_outage_buffers_warns_and_loses_nothing(
         steps = s.scalars(select(RunMetric.step).where(RunMetric.run_id == run.id)).all()
         assert s.scalar(select(func.count()).select_from(RunMetric)) == 3000
     assert sorted(steps) == list(range(3000))  # every acknowledged point, each once
+
+
+def test_the_heartbeat_is_sent_again_as_soon_as_the_store_is_back(
+    proxied: tuple[Platform, Proxy, Platform],
+) -> None:
+    """An outage near the heartbeat timeout left the run's next beat up to run_heartbeat_s after the store
+    came back, and any reaper in between marked the live run FAILED for the rest of its training. The
+    first batch that commits after an outage is now followed by a beat at once."""
+    from modelyard.core._models import Run as RunRow
+
+    via, proxy, direct = proxied
+    quiet = {"run_heartbeat_s": 600.0, "run_heartbeat_timeout_s": 3600.0}
+    platform = Platform(via.settings.model_copy(update=quiet))
+
+    def beat_at(run_id: str) -> object:
+        with direct.db.read() as s:
+            return s.scalar(select(RunRow.heartbeat_at).where(RunRow.id == run_id))
+
+    try:
+        with Client(platform=platform) as client, client.start_run("beat", capture=False) as run:
+            first = beat_at(run.id)
+            proxy.down()
+            run.log_metric("loss", 1.0)
+            deadline = time.monotonic() + 20
+            while run._writer.last_error is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert run._writer.last_error is not None  # the writer saw the outage
+            proxy.up()
+            run.flush(timeout=30)
+            deadline = time.monotonic() + 20
+            while beat_at(run.id) == first and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert beat_at(run.id) != first
+    finally:
+        platform.close()
+
+
+def test_warnings_turned_into_errors_do_not_stop_the_writer(
+    proxied: tuple[Platform, Proxy, Platform],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under `-W error` (or pytest's filterwarnings = error) the outage warning raised inside the writer
+    thread and killed it: every point logged after that was accepted and never written, and flush() said
+    "metric writing stopped"."""
+    import warnings
+
+    platform, proxy, direct = proxied
+    monkeypatch.setattr(_writer, "OUTAGE_WARN_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="modelyard.tracking")
+    with Client(platform=platform) as client, warnings.catch_warnings():
+        warnings.simplefilter("error", MetricWriterWarning)
+        run = client.start_run("strict", capture=False)
+        proxy.down()
+        run.log_metric("loss", 1.0, step=0)
+        deadline = time.monotonic() + 20
+        while "cannot reach the metadata store" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "cannot reach the metadata store" in caplog.text
+        run.log_metric("loss", 0.5, step=1)
+        proxy.up()
+        run.flush(timeout=30)
+        run.end()
+    with direct.db.read() as s:
+        steps = s.scalars(select(RunMetric.step).where(RunMetric.run_id == run.id)).all()
+    assert sorted(steps) == [0, 1]

@@ -282,3 +282,32 @@ def test_a_programs_own_sigterm_handler_runs_first_and_the_run_ends_killed_after
         {"checkpointed": 1.0},
     )
     assert later.status == "FINISHED"
+
+
+def test_a_programs_sigterm_handler_survives_two_clients_ending_out_of_order(any_platform: Platform) -> None:
+    """The second client's handler wrapped the first's; the first, idle, dropped the program's handler it
+    had saved, and the second put the first's back: SIGTERM then exited 143 and the program's handler was
+    never called."""
+    proc = _spawn(any_platform, "two_clients")
+    with reaping(proc):
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == ["program handler", "program handler"], out
+    _, one, two = lines[2].split()
+    with Client(platform=any_platform) as client:
+        assert [client.get_run(r).status for r in (one, two)] == ["FINISHED", "FINISHED"]
+
+
+def test_a_run_left_open_by_a_finished_thread_is_ended_at_exit(platform: Platform) -> None:
+    """The client and its run only referred to each other once the thread that started them was gone, so
+    the garbage collector took them and the exit hook (which holds the client weakly) found nothing to
+    end: the run stayed RUNNING and its buffered points were lost."""
+    proc = _spawn(platform, "thread_run", YARD_METRIC_FLUSH_S="600")
+    with reaping(proc):
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    run_id = out.split()[1]
+    with Client(platform=platform) as client:
+        info = client.get_run(run_id)
+    assert (info.status, info.metrics) == ("FINISHED", {"loss": 0.5})

@@ -21,7 +21,7 @@ from modelyard.core._models import (
     RunMetric,
 )
 from modelyard.core._platform import utcnow
-from modelyard.errors import BackendError, NotFoundError, UsageError
+from modelyard.errors import BackendError, NotFoundError, UsageError, ValidationError
 from modelyard.tracking import Client, MetricPoint, lineage
 from modelyard.tracking._store import write_metric_batch
 
@@ -103,6 +103,25 @@ def test_module_helpers_delegate_to_the_active_run(platform: Platform) -> None:
     assert {"t": "1", "u": "2"}.items() <= info.tags.items()
     with pytest.raises(UsageError, match="no active run"):
         modelyard.end_run()
+
+
+def test_flush_makes_the_parent_of_a_nested_run_durable_too(platform: Platform) -> None:
+    # modelyard.flush() flushed the innermost run only: inside a nested run (HPO trials), the parent's
+    # points were still buffered when it returned, though "flush() waits for every point logged before it".
+    slow = Platform(platform.settings.model_copy(update={"metric_flush_s": 600.0, "system_metrics_s": 0.0}))
+    try:
+        with Client(platform=slow) as client, client.start_run("flush", capture=False) as parent:
+            parent.log_metric("best", 0.5)
+            with client.start_run(nested=True) as child:
+                child.log_metric("loss", 1.0)
+                modelyard.tracking.flush()
+                assert (parent.buffered, child.buffered) == (0, 0)
+                assert client.get_run(parent.id).metrics == {"best": 0.5}
+                parent.log_metric("best", 0.25)
+                client.flush()
+                assert client.get_run(parent.id).metrics == {"best": 0.25}
+    finally:
+        slow.close()
 
 
 def test_module_start_run_opens_a_client_from_settings(platform: Platform) -> None:
@@ -217,6 +236,31 @@ def test_artifacts_are_encrypted_recorded_and_in_lineage(client: Client, tmp_pat
     assert {(c.ref, c.relation) for c in down.children} >= {(f"artifact:{digest}", "output")}
 
 
+def test_log_dict_takes_any_mapping(client: Client, tmp_path: Path) -> None:
+    # An OrderedDict (or one nested in a dict) was "not YAML-serialisable" and a MappingProxyType refused
+    # as YAML and as JSON, though log_dict takes any Mapping; a mapping that holds itself stays an error.
+    import collections
+    import json
+    import types
+
+    import yaml
+
+    config = collections.OrderedDict(lr=1e-4, opt=collections.OrderedDict(name="adam", betas=(0.9, 0.99)))
+    with client.start_run("dicts", capture=False) as run:
+        run.log_dict(config, "config.yaml")
+        run.log_dict(types.MappingProxyType({"n": 1, "inner": {"k": [1, 2]}}), "frozen.json")
+        looped: dict[str, object] = {}
+        looped["self"] = looped
+        with pytest.raises(ValidationError, match="not JSON-serialisable"):
+            run.log_dict(looped, "loop.json")
+    out = client.download_artifacts(run.id, "", tmp_path / "out")
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {
+        "lr": 1e-4,
+        "opt": {"name": "adam", "betas": [0.9, 0.99]},
+    }
+    assert json.loads((out / "frozen.json").read_text()) == {"n": 1, "inner": {"k": [1, 2]}}
+
+
 def test_log_figure(client: Client) -> None:
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
@@ -315,6 +359,44 @@ def test_resume_continues_a_run(client: Client) -> None:
     assert info.status == "FINISHED" and info.metrics == {"x": 2.0}
 
 
+def test_resuming_a_run_applies_its_name_params_and_tags(client: Client) -> None:
+    # start_run(run_id=..., name=, params=, tags=) dropped all three without a word, and an experiment
+    # other than the run's own was ignored as well.
+    with client.start_run("resume", capture=False, params={"lr": 0.1}) as run:
+        pass
+    with client.start_run(
+        "resume", run_id=run.id, name="stage-2", params={"lr": 0.1, "epochs": 3}, tags={"stage": "2"}
+    ):
+        pass
+    info = client.get_run(run.id)
+    assert (info.name, info.params, info.tags) == ("stage-2", {"lr": "0.1", "epochs": "3"}, {"stage": "2"})
+    # Refused before anything changes: another experiment, a changed param, a bad name.
+    for kwargs, match in [
+        ({"experiment": "other"}, "belongs to experiment 'resume'"),
+        ({"params": {"lr": 0.2}}, "param 'lr' .* already has a different value"),
+        ({"name": "bad\nname"}, "run name must be"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            client.start_run(run_id=run.id, **kwargs)  # type: ignore[arg-type]
+        after = client.get_run(run.id)
+        assert (after.status, after.name, after.params) == ("FINISHED", "stage-2", info.params)
+    assert client.active_run() is None
+
+
+def test_a_closed_client_starts_no_runs(platform: Platform) -> None:
+    # close() unregisters the exit hook: a run started afterwards was never flushed or ended at exit (it
+    # stayed RUNNING with its last points lost) though start_run raised nothing.
+    client = Client(platform=platform)
+    with client.start_run("closed", capture=False) as run:
+        pass
+    client.close()
+    with pytest.raises(UsageError, match="client is closed"):
+        client.start_run("closed", capture=False)
+    with pytest.raises(UsageError, match="client is closed"):
+        client.start_run(run_id=run.id)
+    assert client.get_run(run.id).status == "FINISHED"  # reading stays possible
+
+
 def test_a_run_active_in_this_client_cannot_be_resumed_into_a_second_handle(client: Client) -> None:
     # A thread resuming the run by id got a second handle that replaced the first among the client's
     # open runs; ending the first then dropped the second, which close() and the exit never flushed.
@@ -349,9 +431,53 @@ def test_a_deleted_run_stops_its_writer_with_a_clear_error(client: Client) -> No
     run.log_metric("x", 2.0)
     with pytest.raises(BackendError, match=r"metric writing stopped .*could not be stored"):
         run.flush(timeout=10)
+    # It said "has ended; start or resume a run", which is neither what happened nor possible here.
+    with pytest.raises(BackendError, match=r"metric writing stopped \(run .* no longer exists"):
+        run.log_metric("x", 3.0)
     with pytest.raises((BackendError, NotFoundError)):
         run.end()
     assert client.active_run() is None
+
+
+def test_close_ends_every_run_even_when_warnings_are_errors(client: Client) -> None:
+    # close() warns about a run it cannot end and goes on with the others; under -W error that warning
+    # was raised out of the loop, and the parent behind the unendable child stayed RUNNING (likewise at
+    # the exit and in the SIGTERM handler).
+    import warnings
+
+    parent = client.start_run("strict", capture=False)
+    child = client.start_run(nested=True)
+    client.delete_run(child.id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.close()
+    assert client.get_run(parent.id).status == "FINISHED"
+
+
+def test_a_second_end_waits_for_the_end_in_progress(client: Client) -> None:
+    # end() from a second thread while the first was flushing returned at once, the run still RUNNING and
+    # its points not yet stored: a main thread returning so could exit and lose both with the daemon
+    # writer, though "end() returned" means the run is ended.
+    import threading
+
+    run = client.start_run("twice", capture=False)
+    run.log_metric("loss", 1.0)
+    seen: list[str] = []
+    first = threading.Thread(target=run.end)
+    second = threading.Thread(target=lambda: (run.end(), seen.append(run.status)))
+    with client.platform.db.write():  # the store is busy: the first end waits in its flush
+        first.start()
+        for _ in range(2000):
+            if run._ending:
+                break
+            threading.Event().wait(0.005)
+        assert run._ending
+        second.start()
+        second.join(timeout=1.0)
+    first.join()
+    second.join()
+    assert seen == ["FINISHED"]
+    assert client.get_run(run.id).metrics == {"loss": 1.0}
 
 
 def test_concurrent_reapers_reap_and_audit_each_run_once(any_platform: Platform) -> None:

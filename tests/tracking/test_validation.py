@@ -272,3 +272,19 @@ def test_logging_to_an_ended_run_is_an_error(client: Client) -> None:
     with pytest.raises(UsageError, match="has ended"):
         run.log_metrics({"x": 1.0})
     assert client.active_run() is None
+
+
+def test_arguments_of_the_wrong_type_are_usage_errors(client: Client, run: LiveRun) -> None:
+    """Each of these raised a raw TypeError ('int' object is not iterable, unsupported operand ...)."""
+    calls = [
+        lambda: client.metric_history(run.id, 5),  # type: ignore[arg-type]
+        lambda: client.search_runs(5),  # type: ignore[arg-type]
+        lambda: run.flush("5"),  # type: ignore[arg-type]
+        lambda: run.flush(math.nan),
+        lambda: client.flush(-1),
+        lambda: run.log_artifact(None),  # type: ignore[arg-type]
+        lambda: run.log_artifact(5),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(UsageError):
+            call()

@@ -139,6 +139,39 @@ def graceful() -> None:
         sys.exit(128 + signal.SIGTERM)  # the program stops because of the signal
 
 
+def two_clients() -> None:
+    """A program with its own SIGTERM handler and two clients whose runs end first-started first."""
+    signal.signal(signal.SIGTERM, lambda *_: print("program handler", flush=True))
+    first, second = Client(), Client()
+    one = first.start_run("two", capture=False)
+    two = second.start_run("two", capture=False)
+    one.end()
+    os.kill(os.getpid(), signal.SIGTERM)  # the second run is still open: the program's handler decides
+    two.end()
+    os.kill(os.getpid(), signal.SIGTERM)  # no run open: only the program's handler runs
+    print(f"alive {one.id} {two.id}", flush=True)
+
+
+def thread_run() -> None:
+    """A thread starts a run with a client of its own and returns without ending it; nothing else in the
+    program refers to that client."""
+    import gc
+    import threading
+
+    ids: list[str] = []
+
+    def work() -> None:
+        run = Client().start_run("thread", capture=False)
+        run.log_metric("loss", 0.5)
+        ids.append(run.id)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    gc.collect()
+    print(f"started {ids[0]}", flush=True)
+
+
 if __name__ == "__main__":
     # A script started from a terminal gets Python's KeyboardInterrupt handler. One started by a
     # non-interactive shell's background job (`cmd &`, as CI runners and `nohup ... &` do) inherits
@@ -161,5 +194,9 @@ if __name__ == "__main__":
         fork()
     elif mode == "graceful":
         graceful()
+    elif mode == "two_clients":
+        two_clients()
+    elif mode == "thread_run":
+        thread_run()
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -35,14 +35,24 @@ def _rich(tree: Tree, node: Any) -> None:
 
 @lineage_app.command("show")
 def show(
-    ref: str = typer.Argument(..., help="dataset:name@3, name@3, run:<id>, a run id, artifact:<sha256>."),
+    ref: str = typer.Argument(
+        ...,
+        help="dataset:name@3, name@3, run:<id>, a run id (or its first 6+ characters), artifact:<sha256>.",
+    ),
     depth: int = typer.Option(10, min=1, max=50, help="How many hops to follow each way."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print what OBJECT was made from (upstream) and what was made from it (downstream)."""
+    import re
+
     from modelyard.tracking._lineage import lineage
+    from modelyard.tracking._store import resolve_run_id
 
     with acting() as (platform, ctx):
+        # The short run id that `yard runs ls` shows (and `yard runs show` takes), bare or as run:<prefix>.
+        short = re.fullmatch(r"(?:run:)?([0-9a-f]{6,31})", ref)
+        if short is not None:
+            ref = f"run:{resolve_run_id(platform, ctx, short.group(1))}"
         up, down = lineage(platform, ctx, ref, depth=depth)
     if json_out:
         print_json(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import atexit
 import contextvars
 import json
+import logging
+import numbers
 import os
 import signal
 import socket
@@ -42,11 +44,16 @@ from modelyard.tracking._store import (
 )
 from modelyard.tracking._writer import MetricWriter
 
+log = logging.getLogger("modelyard.tracking")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _I64 = 2**63
 # The client whose run is active in this context (module helpers use it); each client keeps its own stack.
 _CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("modelyard_client", default=None)
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()  # for the fork hook below
+# Clients with runs open. The exit hook holds its client weakly (a client never closed may be collected),
+# but one with open runs must live until they end: once the thread that started them was gone, the client
+# and its runs referred only to each other, the collector took them, and the exit ended nothing.
+_OPEN: set[Client] = set()
 
 
 def _after_fork_in_child() -> None:
@@ -72,6 +79,9 @@ class Run:
         # The end asked for (status, reason), kept until it commits: a failed end is retried with it.
         self._end_request: tuple[str, str | None] | None = None
         self._ending = False  # an end() of this run is in progress (re-entry guard)
+        self._ender: int | None = None  # the thread of that end
+        # RLock: a signal handler on the thread that holds it may end the run too.
+        self._end_cond = threading.Condition(threading.RLock())
         # A signal the program's own handler took while this run was active ("received SIGTERM"): if the
         # run then ends by an exception (SystemExit included) or at the exit, it ends KILLED.
         self._signalled: str | None = None
@@ -128,7 +138,9 @@ class Run:
     def flush(self, timeout: float | None = None) -> None:
         """Block until every metric logged so far is committed (BackendError after ``flush_timeout_s``;
         the points stay buffered)."""
-        self._writer.flush(self.client.platform.settings.flush_timeout_s if timeout is None else timeout)
+        self._writer.flush(
+            self.client.platform.settings.flush_timeout_s if timeout is None else _seconds(timeout)
+        )
 
     @property
     def buffered(self) -> int:
@@ -150,9 +162,12 @@ class Run:
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> list[str]:
         """Store a file (or a directory's files) encrypted in the artifact store and record it on the run;
-        ``artifact_path`` is a folder inside the run. Returns the digests. Symbolic links are refused
-        (UnsafePathError naming the link) before anything is stored: following one could upload a file
-        from outside the directory."""
+        ``artifact_path`` is a folder inside the run (default: a directory's files go under its name, so
+        ``"."`` logs the current directory as ``<its name>/...``). Returns the digests. Symbolic links are
+        refused (UnsafePathError naming the link) before anything is stored: following one could upload a
+        file from outside the directory."""
+        if not isinstance(path, str | os.PathLike):
+            raise UsageError(f"log_artifact needs a file or directory path, got {type(path).__name__}")
         pairs = _store.artifact_files(
             self.client.platform, self.client.ctx, self.id, Path(path), artifact_path
         )
@@ -163,6 +178,12 @@ class Run:
         """Store ``data`` as JSON (or YAML when ``name`` ends in .yaml/.yml) under ``name``."""
         if not isinstance(name, str) or not name:
             raise UsageError("log_dict needs an artifact name such as 'config.json'")
+        try:
+            data = _plain(data)
+        except RecursionError:
+            what = "YAML" if name.endswith((".yaml", ".yml")) else "JSON"
+            message = f"log_dict: {name!r} is not {what}-serialisable: it contains itself"
+            raise ValidationError(message) from None
         if name.endswith((".yaml", ".yml")):
             import yaml
 
@@ -237,9 +258,14 @@ class Run:
         stops)."""
         if self._writer.orphaned:
             raise self._writer._orphan_error()  # a forked child must not end its parent's run
-        if self.status != "RUNNING" or (self._ending and not interrupting):
-            return  # recorded already, or another end of this run is in progress
-        self._ending = True
+        with self._end_cond:
+            # Another thread is ending this run: return once it is done, as an end() that returned means
+            # the run is ended (this returned at once, and a main thread could exit and lose the run).
+            while self._ending and not interrupting and self._ender != threading.get_ident():
+                self._end_cond.wait()
+            if self.status != "RUNNING" or (self._ending and not interrupting):
+                return  # recorded already, or this thread's end of it is in progress
+            self._ending, self._ender = True, threading.get_ident()
         self._end_request = (status, reason)
         flush_error: YardError | None = None
         try:
@@ -259,7 +285,9 @@ class Run:
                 raise
             self.status = status
         finally:
-            self._ending = False
+            with self._end_cond:
+                self._ending, self._ender = False, None
+                self._end_cond.notify_all()
         self.client._forget(self)
         if flush_error is not None:
             if self._writer.alive:  # it keeps retrying; the exit waits for it once more
@@ -285,7 +313,25 @@ class Run:
         try:
             self.end(status, reason=(f"{interrupted}, then {reason}" if interrupted else reason)[:2000])
         except Exception as end_exc:  # never hide the exception that ended the run
-            warnings.warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=2)
+            _warn(f"modelyard: could not end run {self.id} cleanly: {end_exc}", stacklevel=3)
+
+
+def _seconds(timeout: object) -> float:
+    seconds = float(timeout) if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) else -1.0
+    if not seconds >= 0:  # NaN too
+        raise UsageError(f"timeout must be a number of seconds (0 or more), got {timeout!r}")
+    return seconds
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every Mapping made a dict and every list or tuple a list, so that any Mapping that
+    log_dict takes can be written: YAML's safe dumper refused an OrderedDict and a tuple, and neither
+    dumper took a MappingProxyType."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -323,6 +369,7 @@ class Client:
         self._saved_handlers: dict[int, Any] = {}
         self._in_signal = False
         self._close_when_idle = False
+        self._closed = False
         ref = weakref.ref(self)
         self._atexit = lambda: _at_exit(ref)
         atexit.register(self._atexit)
@@ -335,6 +382,7 @@ class Client:
         for run in self._active.values():
             run._writer.orphan()
         self._active = {}
+        _OPEN.discard(self)
         self._stack.set(())
         if _CURRENT.get() is self:
             _CURRENT.set(None)
@@ -351,6 +399,7 @@ class Client:
                 self._close_when_idle = True
                 return
         atexit.unregister(self._atexit)
+        self._closed = True
         if self._owns_platform:
             self.platform.close()
 
@@ -375,9 +424,15 @@ class Client:
     ) -> Run:
         """Start a run (or, with ``run_id``, continue an existing one) and make it the active run.
 
+        Continuing a run sets the ``name``, ``params`` and ``tags`` given (a param may not change), and an
+        ``experiment``, if given, must be the run's own; ``capture`` applies to new runs only.
+
         Inside an active run, ``nested=True`` starts a child (HPO trials); otherwise it is an error.
         ``parent_id`` makes the new run a child of a run of another process (HPO workers of one study).
         ``capture`` records git commit and dirty flag, command line, Python, host and package versions."""
+        if self._closed:
+            # Its exit hook is gone: a run started now would never be flushed or ended at exit.
+            raise UsageError("this client is closed; open a new Client() to start or continue a run")
         parent = self.active_run()
         if parent is not None and parent_id is not None:
             raise UsageError(
@@ -398,7 +453,10 @@ class Client:
                         f"run {run_id} is already active in this client (another thread or task holds "
                         "its handle): log through that Run object, or continue it from another Client"
                     )
-            _store.resume_run(self.platform, self.ctx, run_id)
+            # MLflow's start_run sets a resumed run's tags and name too; they were silently dropped.
+            _store.resume_run(
+                self.platform, self.ctx, run_id, experiment=experiment, name=name, params=params, tags=tags
+            )
             info = _store.get_run(self.platform, self.ctx, run_id)
             run = Run(self, run_id, info.experiment, info.parent_id)
         else:
@@ -425,6 +483,7 @@ class Client:
             run = Run(self, new_id, exp, parent.id if parent else parent_id)
         with self._lock:
             self._active[run.id] = run
+            _OPEN.add(self)
         self._stack.set((*self._stack.get(), run))
         _CURRENT.set(self)
         self._install_signal_handlers()
@@ -447,6 +506,8 @@ class Client:
         with self._lock:
             self._active.pop(run.id, None)
             idle = not self._active
+            if idle:
+                _OPEN.discard(self)
         self._stack.set(tuple(r for r in self._stack.get() if r is not run))
         if idle:
             self._restore_signal_handlers()
@@ -465,15 +526,28 @@ class Client:
             try:
                 run._end(st, why, interrupting=signalled)
             except Exception as exc:
-                warnings.warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=2)
+                _warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=3)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every metric logged so far to this client's open runs is committed (BackendError
+        after ``timeout``, default ``flush_timeout_s``, for all of them together; the points stay buffered).
+        A run's own :meth:`Run.flush` covers that run only: not the parent of a nested run."""
+        total = self.platform.settings.flush_timeout_s if timeout is None else _seconds(timeout)
+        deadline = time.monotonic() + total
+        with self._lock:
+            runs = list(self._active.values())
+        for run in runs:
+            run._writer.flush(max(0.0, deadline - time.monotonic()))
 
     # -- signals: flush and end KILLED, then behave as the process would have -------------------------
     def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or self._saved_handlers:
+        if threading.current_thread() is not threading.main_thread():
             return
         for sig in _SIGNALS:
             try:
                 prev = signal.getsignal(sig)
+                if sig in self._saved_handlers and self._reaches_us(prev, sig):
+                    continue  # ours, or another client's that passes the signal on to ours
                 if prev is signal.SIG_IGN:
                     continue  # the process chose to ignore it: so do we
                 signal.signal(sig, self._on_signal)
@@ -481,16 +555,32 @@ class Client:
             except (ValueError, OSError):  # not the main interpreter, or unsupported
                 continue
 
+    def _reaches_us(self, handler: Any, sig: int) -> bool:
+        """Whether ``handler`` is this client's, or another client's whose chain of saved handlers leads
+        to this one's (every client's handler passes a signal on to the handler it replaced)."""
+        for _ in range(len(_CLIENTS) + 1):  # a chain visits each client at most once
+            owner = getattr(handler, "__self__", None)
+            if not isinstance(owner, Client) or getattr(handler, "__func__", None) is not Client._on_signal:
+                return False
+            if owner is self:
+                return True
+            handler = owner._saved_handlers.get(sig)
+        return False
+
     def _restore_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        saved, self._saved_handlers = self._saved_handlers, {}
-        for sig, prev in saved.items():
+        for sig, prev in list(self._saved_handlers.items()):
             try:
-                if signal.getsignal(sig) == self._on_signal:
-                    signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+                if signal.getsignal(sig) != self._on_signal:
+                    # Another client's handler (or the program's) was installed over ours and passes signals
+                    # on to ours: keep the handler ours passes them to. Forgetting it lost the program's own
+                    # handler once the other client put ours back (SIGTERM then exited 143).
+                    continue
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
             except (ValueError, OSError):
-                continue
+                pass
+            del self._saved_handlers[sig]
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._in_signal:
@@ -611,12 +701,22 @@ def _exit_status() -> tuple[str, str]:
     return status, f"uncaught {type(exc).__name__}: {exc}"[:2000]
 
 
+def _warn(message: str, stacklevel: int = 2) -> None:
+    """``warnings.warn`` that cannot raise. Under ``-W error`` the warning was raised out of the loop that
+    ends every run (close, exit, the signal handler), leaving the rest RUNNING, and out of ``__exit__`` in
+    place of the exception that ended the run; then the message goes to the log instead."""
+    try:
+        warnings.warn(message, stacklevel=stacklevel)
+    except Exception:
+        log.warning(message)
+
+
 def _flush_at_exit(run: Run) -> None:
     """A run whose final flush timed out (store outage) gets one more bounded wait at exit."""
     try:
         run.flush()
     except YardError as exc:
-        warnings.warn(f"modelyard: exiting with metrics not stored: {exc}", stacklevel=1)
+        _warn(f"modelyard: exiting with metrics not stored: {exc}")
 
 
 # -- module-level helpers ------------------------------------------------------------------------------------
@@ -640,6 +740,8 @@ def start_run(
     """Start a run with the client of the active run, or a new ``Client()`` from settings (closed again when
     its last run ends)."""
     client = _CURRENT.get()
+    if client is not None and client._closed:  # closed from another thread or context since
+        client = None
     owned = client is None
     if client is None:
         client = Client()
@@ -700,4 +802,6 @@ def log_figure(figure: Any, name: str) -> str:
 
 
 def flush() -> None:
-    _active().flush()
+    """Block until every metric logged so far is committed: the active run's and those of the other runs
+    its client has open (the parent of a nested run, ...)."""
+    _active().client.flush()

@@ -159,8 +159,8 @@ def lineage(
 ) -> tuple[LineageNode, LineageNode]:
     """(upstream tree, downstream tree) of ``ref`` in ctx's project."""
     ref = parse_ref(ref)
-    if not 1 <= depth <= MAX_DEPTH:
-        raise UsageError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+        raise UsageError(f"depth must be an integer between 1 and {MAX_DEPTH}, got {depth!r}")
     platform.authorize(ctx, "lineage.read", ref)
     with platform.db.read() as s:
         up = _walk(s, ctx.project_id, ref, upstream=True, depth=depth)

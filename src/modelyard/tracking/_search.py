@@ -471,6 +471,8 @@ def search_runs(
         or not 1 <= max_results <= MAX_RESULTS
     ):
         raise UsageError(f"max_results must be an integer between 1 and {MAX_RESULTS:,}, got {max_results!r}")
+    if experiment is not None and not isinstance(experiment, str | list | tuple):
+        raise UsageError(f"experiment must be a name or a list of names, got {type(experiment).__name__}")
     names = [experiment] if isinstance(experiment, str) else list(experiment or [])
     for n in names:
         check_experiment(n)

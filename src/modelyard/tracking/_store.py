@@ -15,6 +15,7 @@ import operator
 import os
 import re
 import stat
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -320,12 +321,7 @@ def create_run(
     platform.authorize(ctx, "run.write", resource)
     try:
         check_experiment(experiment)
-        if name is not None and (
-            not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable()
-        ):
-            raise ValidationError(
-                f"run name must be a string of 1-{MAX_NAME} printable characters (no control characters)"
-            )
+        _check_name(name)
         p = check_pairs("param", params or {}, MAX_PARAM_VALUE)
         t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
         if parent_id is not None:
@@ -359,13 +355,56 @@ def create_run(
     return run_id
 
 
-def resume_run(platform: Platform, ctx: Context, run_id: str) -> None:
-    """Mark an existing run RUNNING again (another process or a restart continues it)."""
+def _check_name(name: object) -> None:
+    if name is not None and (
+        not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable()
+    ):
+        raise ValidationError(
+            f"run name must be a string of 1-{MAX_NAME} printable characters (no control characters)"
+        )
+
+
+def resume_run(
+    platform: Platform,
+    ctx: Context,
+    run_id: str,
+    *,
+    experiment: str | None = None,
+    name: str | None = None,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> None:
+    """Mark an existing run RUNNING again (another process or a restart continues it), in one audited
+    transaction with a new ``name`` and the ``params`` (which may not change) and ``tags`` given;
+    ``experiment``, if given, must be the run's own. Bad input changes nothing."""
     check_run_id(run_id)
-    with platform.mutate(ctx, "run.write", run_ref(run_id), {"resume": True}) as s:
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        if experiment is not None:
+            check_experiment(experiment)
+        _check_name(name)
+        p = check_pairs("param", params or {}, MAX_PARAM_VALUE)
+        t = check_pairs("tag", tags or {}, MAX_TAG_VALUE)
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    detail: dict[str, Any] = {"resume": True}
+    detail.update({f"{kind}s": sorted(pairs)[:50] for kind, pairs in (("param", p), ("tag", t)) if pairs})
+    with platform.mutate(ctx, "run.write", resource, detail) as s:
         run = _run_row(s, ctx, run_id)
+        if experiment is not None:
+            own = s.execute(select(Experiment.name).where(Experiment.id == run.experiment_id)).scalar_one()
+            if own != experiment:
+                raise UsageError(
+                    f"run {run_id} belongs to experiment {own!r}, not {experiment!r}; a run cannot move: "
+                    "leave the experiment out to continue it"
+                )
+        _put_pairs(s, RunParam, run_id, p)
+        _put_pairs(s, RunTag, run_id, t)
         run.status, run.end_time, run.reason = "RUNNING", None, None
         run.heartbeat_at, run.stale_at = platform.db.now(), _stale_at(platform)
+        if name is not None:
+            run.name = name
 
 
 def end_run(
@@ -549,6 +588,8 @@ def metric_history(
     check_run_id(run_id)
     if isinstance(keys, str):  # MLflow's get_metric_history(run_id, "loss"): one key, not its letters
         keys = [keys]
+    elif keys is not None and not isinstance(keys, Iterable):
+        raise UsageError(f"keys must be a metric key or a list of them, got {type(keys).__name__}")
     wanted = [check_key(k, "metric key") for k in keys] if keys is not None else None
     platform.authorize(ctx, "run.read", run_ref(run_id))
     with platform.db.read() as s:
@@ -656,12 +697,31 @@ def artifact_files(
         files = _walk_artifact(src)
         if not files:
             raise UsageError(f"{src} holds no files to log")
+        _check_distinct(files)
     except UsageError as exc:
         raise platform.refuse(ctx, "run.write", resource, exc) from None
+    # The name the path has once made absolute: Path('.').name is '' and Path('out/..').name is '..',
+    # which made '/a.txt' and '../a.txt' of a plain directory's files.
+    name = Path(os.path.abspath(src)).name
     if len(files) == 1 and files[0][1] == "":  # a single file
-        return [(src, f"{artifact_path.rstrip('/')}/{src.name}" if artifact_path else src.name)]
-    prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{src.name}/"
+        return [(src, f"{artifact_path.rstrip('/')}/{name}" if artifact_path else name)]
+    prefix = f"{artifact_path.rstrip('/')}/" if artifact_path else f"{name}/"
     return [(p, prefix + rel) for p, rel in files]
+
+
+def _check_distinct(files: list[tuple[Path, str]]) -> None:
+    """Artifact names are stored in Unicode NFC (see core._paths.safe_key), so two files whose names differ
+    only in composition ('café' composed and decomposed: two files on Linux) would be one artifact: one
+    would silently replace the other (SQLite), or the insert fail (PostgreSQL)."""
+    seen: dict[str, Path] = {}
+    for path, rel in files:
+        key = unicodedata.normalize("NFC", rel)
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {path} have the same artifact name {key!r} once normalised (Unicode NFC); "
+                "rename one of them"
+            )
+        seen[key] = path
 
 
 def _walk_artifact(src: Path) -> list[tuple[Path, str]]:

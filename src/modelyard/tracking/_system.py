@@ -24,7 +24,8 @@ log = logging.getLogger("modelyard.tracking")
 _GIT_TIMEOUT_S = 2.0
 _PACKAGES = ("modelyard", "torch", "transformers", "numpy", "optuna")
 _OPTION = re.compile(r"^(-{1,2}[A-Za-z0-9][A-Za-z0-9_.\-]*)(=.*)?$", re.DOTALL)
-_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
+# NAME=value, also as a Hydra override that adds a key (+name=value, ++name=value).
+_ASSIGN = re.compile(r"^\+{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)=", re.DOTALL)
 
 
 def redact_argv(argv: list[str]) -> str:
@@ -50,9 +51,14 @@ def redact_argv(argv: list[str]) -> str:
                 else:
                     words.append(shlex.quote(opt.group(1) + "=") + REDACTED)
                 continue
+            # An innocent option given a secret NAME=value inline: --env=HF_TOKEN=..., --set=db.password=...
+            inline = _ASSIGN.match(opt.group(2)[1:]) if opt.group(2) else None
+            if inline is not None and secret_name(inline["name"]):
+                words.append(shlex.quote(f"{opt.group(1)}={inline.group(0)}") + REDACTED)
+                continue
         else:
             assign = _ASSIGN.match(arg)
-            if assign is not None and secret_name(assign.group(1)):
+            if assign is not None and secret_name(assign["name"]):
                 words.append(shlex.quote(assign.group(0)) + REDACTED)
                 continue
         words.append(shlex.quote(redact_url(arg)))

@@ -14,6 +14,7 @@ point, so an hour of 1,000 points/s is ~360 MB); ``flush()`` raises after its ti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -58,7 +59,9 @@ class MetricWriter:
         st = platform.settings
         self.platform, self.ctx, self.run_id = platform, ctx, run_id
         self.flush_s = st.metric_flush_s
-        self.heartbeat_s = st.run_heartbeat_s
+        # At least three beats per timeout: a timeout set below the interval (to notice crashes sooner)
+        # made every live run stale between two beats, and any reaper marked it FAILED mid-training.
+        self.heartbeat_s = min(st.run_heartbeat_s, st.run_heartbeat_timeout_s / 3)
         self.system_s = st.system_metrics_s if sampler is not None else 0.0
         self.sampler = sampler
         # RLock: a signal handler on the main thread may flush while that thread is inside log_metric.
@@ -84,6 +87,11 @@ class MetricWriter:
             if self.orphaned:
                 raise self._orphan_error()
             if self._stopping and not self._thread.is_alive():
+                if self.last_error is not None:  # it gave up: the run was deleted or the role revoked
+                    raise BackendError(
+                        f"run {self.run_id}: metric writing stopped ({self.last_error}); this point cannot "
+                        "be stored"
+                    )
                 raise BackendError(f"run {self.run_id} has ended; start or resume a run to log metrics")
             self._buffer.extend(points)
             self._logged += len(points)
@@ -199,6 +207,9 @@ class MetricWriter:
                     heartbeat(self.platform, self.run_id)
                 except Exception as exc:  # the metric path reports outages
                     log.debug("heartbeat of run %s failed: %s", self.run_id, exc)
+                    # Try again soon: the outage may have outlasted the timeout, and until the next beat
+                    # lands any reaper may take this live run.
+                    next_beat = now + min(self.heartbeat_s, 1.0)
             if pending is None:
                 continue
             try:
@@ -221,13 +232,18 @@ class MetricWriter:
                 if self._committed >= self._logged:
                     self._flush_wanted = False
                 self._cond.notify_all()
-                if self._failing_since is not None:
+                recovered = self._failing_since is not None
+                if recovered:
                     if self._warned:
                         log.warning(
                             "run %s: metric store reachable again; buffered points flushed", self.run_id
                         )
                     self._failing_since, self._warned, self.last_error = None, False, None
             next_flush = time.monotonic() + self.flush_s
+            if recovered and next_beat != float("inf"):
+                # The store is back after an outage that may have outlasted the heartbeat timeout: beat
+                # now, not up to heartbeat_s later, while any reaper could mark this live run FAILED.
+                next_beat = 0.0
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -246,7 +262,10 @@ class MetricWriter:
             "retried, none is dropped; flush()/end_run() will wait for the store"
         )
         log.warning(message)
-        warnings.warn(message, MetricWriterWarning, stacklevel=1)
+        # Warnings made errors (-W error): raised here, it killed the writer thread, and every point logged
+        # after it was accepted and never written. The log record above already says it.
+        with contextlib.suppress(Exception):
+            warnings.warn(message, MetricWriterWarning, stacklevel=1)
 
     def _give_up(self, exc: BaseException) -> None:
         # Retrying cannot succeed (the role was revoked, or the run deleted). Say so; flush() reports it.
