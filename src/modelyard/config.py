@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         return v
 
     @property
+    def run_beat_s(self) -> float:
+        """How often a run (or trial) beats: ``run_heartbeat_s``, but at least three times per timeout. A
+        timeout set below the interval (to notice crashes sooner) made every live run stale between beats."""
+        return min(self.run_heartbeat_s, self.run_heartbeat_timeout_s / 3)
+
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'yard.db'}"
 

@@ -3,6 +3,7 @@ database (SQLite beside yard.db; a schema of the same PostgreSQL database)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,16 @@ def test_study_lives_in_its_own_schema_of_the_platform_database(
         from modelyard.core._db import HEAD_REVISION
 
         assert ours == HEAD_REVISION and theirs == 2  # ours stays in public, at our head
+
+
+def test_trials_beat_at_least_three_times_per_grace_period(tmp_path: Path) -> None:
+    """A heartbeat timeout set below the heartbeat interval (to notice dead trials sooner) had live trials
+    miss their grace period between two beats, and the next tune's stale sweep failed them."""
+    from modelyard.training._tune import storage
+
+    with make_platform(tmp_path / "home") as platform:
+        for timeout, interval in ((6.0, 2), (60.0, 10), (2.0, 1)):
+            settings = platform.settings.model_copy(update={"run_heartbeat_timeout_s": timeout})
+            with Platform(settings) as p:
+                store = storage(p)
+                assert (store.heartbeat_interval, store.grace_period) == (interval, math.ceil(timeout))

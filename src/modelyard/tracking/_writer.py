@@ -59,9 +59,7 @@ class MetricWriter:
         st = platform.settings
         self.platform, self.ctx, self.run_id = platform, ctx, run_id
         self.flush_s = st.metric_flush_s
-        # At least three beats per timeout: a timeout set below the interval (to notice crashes sooner)
-        # made every live run stale between two beats, and any reaper marked it FAILED mid-training.
-        self.heartbeat_s = min(st.run_heartbeat_s, st.run_heartbeat_timeout_s / 3)
+        self.heartbeat_s = st.run_beat_s  # at least three beats per timeout, or reapers take live runs
         self.system_s = st.system_metrics_s if sampler is not None else 0.0
         self.sampler = sampler
         # RLock: a signal handler on the main thread may flush while that thread is inside log_metric.

@@ -69,14 +69,16 @@ class TuneResult:
 def storage(platform: Platform) -> Any:
     """Optuna's RDBStorage in the platform's database (see the module docstring for where).
 
-    Running trials beat (Optuna's heartbeat, at the tracking runs' ``run_heartbeat_s``); one silent for
+    Running trials beat (Optuna's heartbeat, as the tracking runs do: ``Settings.run_beat_s``); one silent for
     ``run_heartbeat_timeout_s`` (its process died) is failed by the next ``tune`` of its study, instead of
     staying RUNNING forever."""
     import optuna
     from sqlalchemy import text
 
     settings = platform.settings
-    interval = max(1, math.ceil(settings.run_heartbeat_s))
+    # Whole seconds (Optuna's type), at least three beats per grace period: a grace period below the
+    # interval had the next tune's stale sweep fail trials that were alive.
+    interval = max(1, math.floor(settings.run_beat_s))
     grace = max(1, math.ceil(settings.run_heartbeat_timeout_s))
     url = settings.resolved_database_url
     with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
