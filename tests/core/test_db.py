@@ -175,3 +175,22 @@ def test_a_password_in_the_query_stays_out_of_messages(param: str) -> None:
     store = MetadataStore(url, migrate=False)
     assert "s3cret" not in store.safe_url and "connect_timeout=1" in store.safe_url
     store.dispose()
+
+
+def test_a_postgres_connection_gives_up_on_a_vanished_server(postgres_url: str) -> None:
+    """libpq's defaults wait for ever: with the server gone behind a partition, end_run and the exit hung for
+    minutes. Connections get a connect timeout and keepalives; what the URL names itself is kept."""
+    from modelyard.core._db import PG_CONNECT_DEFAULTS
+
+    def parameters(url: str) -> dict[str, str]:
+        store = MetadataStore(url, migrate=False)
+        try:
+            with store.engine.connect() as conn:
+                return dict(conn.connection.driver_connection.info.get_parameters())
+        finally:
+            store.dispose()
+
+    got = parameters(postgres_url)
+    assert {k: got.get(k) for k in PG_CONNECT_DEFAULTS} == {k: str(v) for k, v in PG_CONNECT_DEFAULTS.items()}
+    sep = "&" if "?" in postgres_url else "?"
+    assert parameters(f"{postgres_url}{sep}connect_timeout=3")["connect_timeout"] == "3"

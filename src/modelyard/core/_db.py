@@ -130,6 +130,26 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# Connection settings a PostgreSQL URL gets unless it names them: give up connecting after 10 s, and notice a
+# peer that vanished mid-connection within about a minute (keepalive probes, unacknowledged data).
+PG_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
+}
+
+
+def pg_connect_args(url: str) -> dict[str, Any]:
+    """PG_CONNECT_DEFAULTS less what ``url`` names itself. libpq waits for ever by default: a server gone
+    behind a partition hung end_run and the exit for minutes (the flush wait is bounded, the connection
+    was not)."""
+    query = make_url(url).query
+    return {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in query}
+
+
 class MetadataStore:
     """Transactions over the metadata database. Use :meth:`write` for anything that changes state."""
 
@@ -146,6 +166,7 @@ class MetadataStore:
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True
+            kwargs["connect_args"] = pg_connect_args(self.url)
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except Exception as exc:  # missing driver, bad options

@@ -75,6 +75,8 @@ def storage(platform: Platform) -> Any:
     import optuna
     from sqlalchemy import text
 
+    from modelyard.core._db import pg_connect_args
+
     settings = platform.settings
     # Whole seconds (Optuna's type), at least three beats per grace period: a grace period below the
     # interval had the next tune's stale sweep fail trials that were alive.
@@ -92,7 +94,10 @@ def storage(platform: Platform) -> Any:
                 conn.execute(text("CREATE SCHEMA IF NOT EXISTS optuna"))
             return optuna.storages.RDBStorage(
                 url,
-                engine_kwargs={"connect_args": {"options": "-csearch_path=optuna"}, "pool_pre_ping": True},
+                engine_kwargs={
+                    "connect_args": {"options": "-csearch_path=optuna", **pg_connect_args(url)},
+                    "pool_pre_ping": True,
+                },
                 heartbeat_interval=interval,
                 grace_period=grace,
             )
