@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from modelyard.core import Platform
-from modelyard.core._models import AuditRecord, RunArtifact
+from modelyard.core._models import AuditRecord, RunArtifact, RunParam
 from modelyard.core._models import Run as RunRow
 from modelyard.errors import BackendError, UnsafePathError, UsageError
 from modelyard.testing import make_platform
@@ -378,3 +378,17 @@ def test_two_files_with_one_normalised_name_are_refused(any_platform: Platform, 
     ):
         run.log_artifact(out)
     assert client.list_artifacts(run.id) == []
+
+
+def test_params_past_the_drivers_bind_limits_in_one_call(any_platform: Platform) -> None:
+    """The check that no param changed read every key back in one IN list: 40,000 params in one log_params
+    passed SQLite's 32,766 bound variables (and 70,000 PostgreSQL's 65,535) and the call failed."""
+    params = {f"p{i}": str(i) for i in range(40_000 if any_platform.db.dialect == "sqlite" else 70_000)}
+    with Client(any_platform) as client, client.start_run("wide", capture=False) as run:
+        run.log_params(params)
+        run.log_params(params)  # the same again is no change
+        with pytest.raises(UsageError, match=r"'p7' of run .* already has a different value"):
+            run.log_params({"p7": "changed"})
+    with any_platform.db.read() as s:
+        stored = select(func.count()).select_from(RunParam).where(RunParam.run_id == run.id)
+        assert s.scalar(stored) == len(params)

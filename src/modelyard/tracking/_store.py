@@ -461,14 +461,12 @@ def _put_pairs(s: Session, model: type[RunParam] | type[RunTag], run_id: str, va
             stmt = stmt.on_conflict_do_nothing()
         s.execute(stmt)
     if model is RunParam:
-        stored: dict[str, str] = {
-            k: v
-            for k, v in s.execute(
-                select(RunParam.key, RunParam.value).where(
-                    RunParam.run_id == run_id, RunParam.key.in_(list(values))
-                )
+        keys, stored = list(values), dict[str, str]()
+        for i in range(0, len(keys), _ROWS):  # one IN list of them all passed the drivers' bind limits
+            found = select(RunParam.key, RunParam.value).where(
+                RunParam.run_id == run_id, RunParam.key.in_(keys[i : i + _ROWS])
             )
-        }
+            stored.update((k, v) for k, v in s.execute(found))  # a Result has keys(): not a mapping
         changed = sorted(k for k, v in values.items() if stored.get(k) != v)
         if changed:
             # Only the key: this message lands in the permanent audit chain, and values may be secrets.
