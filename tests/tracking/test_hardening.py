@@ -189,6 +189,12 @@ def test_a_directory_without_links_is_still_logged(client: Client, outputs: tupl
             ["t.py", "--env=HF_TOKEN=k3", "--set=db.password=k4", "--set=lr=0.1"],
             "t.py --env=HF_TOKEN=*** --set=db.password=*** --set=lr=0.1",
         ),
+        # JSON given as an argument: its secret-named keys, at any depth (it was stored as it was)
+        (
+            ["t.py", "--hub-kwargs", '{"token": "hf_k5", "revision": "main"}', "--x", '[{"api_key": "k6"}]'],
+            """t.py --hub-kwargs '{"token":"***","revision":"main"}' --x '[{"api_key":"***"}]'""",
+        ),
+        (["t.py", '{"lr": 0.1}', "{not json"], """t.py '{"lr": 0.1}' '{not json'"""),  # as it was
     ],
 )
 def test_secret_arguments_are_redacted(argv: list[str], cmd: str) -> None:

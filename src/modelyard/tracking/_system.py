@@ -6,6 +6,7 @@ or transformers are only consulted when the user's program already imported them
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform as _platform
@@ -32,8 +33,9 @@ def redact_argv(argv: list[str]) -> str:
     """The command line as a shell would take it, with secret values replaced by ``***``: the value of an
     option whose name has a secret word (``--hf-token value``, ``--password=value``; not ``--tokenizer`` or
     ``--max_tokens``: :func:`~modelyard.core._redact.secret_name`), of an env-style ``NAME=value``
-    word, and in URLs the password (``scheme://user:password@host``) and secret query parameters. The
-    ``cmd`` tag is readable by every viewer of the project, so it must not carry tokens."""
+    word, of secret-named keys in a JSON argument, and in URLs the password (``scheme://user:password@host``)
+    and secret query parameters. The ``cmd`` tag is readable by every viewer of the project, so it must not
+    carry tokens."""
     words: list[str] = []
     hide_next = False
     for arg in argv:
@@ -61,8 +63,34 @@ def redact_argv(argv: list[str]) -> str:
             if assign is not None and secret_name(assign["name"]):
                 words.append(shlex.quote(assign.group(0)) + REDACTED)
                 continue
-        words.append(shlex.quote(redact_url(arg)))
+        words.append(shlex.quote(_redact_json(arg) or redact_url(arg)))
     return " ".join(words)
+
+
+def _redact_json(arg: str) -> str | None:
+    """A JSON object or array argument (``--kwargs '{"token": "..."}'``) with the values of secret-named keys
+    replaced, re-encoded compactly; None when ``arg`` is not one (or holds nothing to hide)."""
+    if not arg.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(arg)
+    except ValueError:
+        return None
+    found = False
+
+    def walk(v: Any) -> Any:
+        nonlocal found
+        if isinstance(v, dict):
+            out = {}
+            for k, item in v.items():
+                hidden = secret_name(k) and item is not None
+                found |= hidden
+                out[k] = REDACTED if hidden else walk(item)
+            return out
+        return [walk(item) for item in v] if isinstance(v, list) else v
+
+    redacted = walk(value)
+    return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")) if found else None
 
 
 def _git(*args: str) -> str | None:
