@@ -33,8 +33,10 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-console = Console(soft_wrap=True)  # piped or captured output keeps its lines whole (Rich cuts at 80)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# soft_wrap: piped or captured output keeps its lines whole (Rich cuts at 80). emoji off: Rich would show a
+# name or path holding ':fire:' as the emoji, even with markup=False, so errors misquoted what was typed.
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _PIPED_WIDTH = 1000  # the widest a piped table grows before its cells wrap
 
 
@@ -102,17 +104,18 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     from rich.table import Table  # on first use: most commands print no table
     from rich.text import Text
 
-    t = Table(title=None if title is None else plain(title), show_lines=False)
+    # Text everywhere: stored names are never read as markup ([red]) or emoji codes (:fire:).
+    t = Table(title=None if title is None else Text(plain(title), style="table.title"), show_lines=False)
     for col in columns:
-        t.add_column(plain(col))
+        t.add_column(Text(plain(col)))
     for row in rows:
-        t.add_row(*(Text("" if v is None else plain(v)) for v in row))  # Text: no markup parsing
+        t.add_row(*(Text("" if v is None else plain(v)) for v in row))
     out = console
     if not console.is_terminal:  # piped or captured: Rich would cut every row at 80 columns
         from rich.measure import Measurement
 
         natural = Measurement.get(console, console.options.update(max_width=_PIPED_WIDTH), t).maximum
-        out = Console(width=max(console.width, natural))
+        out = Console(width=max(console.width, natural), emoji=False)
     out.print(t)
 
 

@@ -165,7 +165,7 @@ def metrics(
             raise UsageError(f"run {run_id} has no metrics to plot")
         path = output or Path(f"metrics-{run_id[:12]}.png")
         _plot(history, path, run_id)
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", markup=False)
 
 
 def _plot(history: dict[str, Any], path: Path, run_id: str) -> None:

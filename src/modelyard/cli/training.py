@@ -128,7 +128,7 @@ def train_cmd(
             }
         )
         return
-    console.print(f"run {result.run_id} finished after {result.steps} steps")
+    console.print(f"run {result.run_id} finished after {result.steps} steps", markup=False)
     if result.metrics:
         keys = sorted(result.metrics)
         table(
@@ -218,7 +218,7 @@ def tune_cmd(
     if as_json:
         print_json(result.__dict__)
         return
-    console.print(f"study {result.study}: parent run {result.parent_run}")
+    console.print(f"study {result.study}: parent run {result.parent_run}", markup=False)
     table(
         "trials",
         ["trial", "state", result.metric, "params", "run"],
@@ -234,9 +234,11 @@ def tune_cmd(
         ],
     )
     if result.best_value is not None:
-        console.print(f"best {result.metric} {result.best_value:.4f} (run {str(result.best_run)[:8]})")
+        console.print(
+            f"best {result.metric} {result.best_value:.4f} (run {str(result.best_run)[:8]})", markup=False
+        )
         if result.default_value is not None:
-            console.print(f"the recipe's own values gave {result.default_value:.4f}")
+            console.print(f"the recipe's own values gave {result.default_value:.4f}", markup=False)
     if result.importances:
         table("importance", ["param", "importance"], [[k, f"{v:.3f}"] for k, v in result.importances.items()])
 
