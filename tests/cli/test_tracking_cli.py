@@ -123,3 +123,10 @@ def test_a_runs_values_reach_the_terminal_escaped(yard: Yard, runs: list[str]) -
     assert r.code == 0, r.err
     assert "\x1b" not in r.out and "\x07" not in r.out and "\u202e" not in r.out
     assert "a\\x1b]52;c;cm0gLXJmIH4=\\x07b" in r.out and "x\\u202ey" in r.out
+
+
+@pytest.mark.parametrize("group", ["runs", "lineage"])
+def test_group_without_command_shows_help(yard: Yard, group: str) -> None:
+    r = yard(group)  # as `yard data` does: the help (on stderr, as click shows it), exit 0
+    assert r.code == 0, r.err
+    assert f"Usage: yard {group}" in r.err and "Commands:" in r.err

@@ -10,7 +10,9 @@ from rich.tree import Tree
 
 from modelyard.cli._app import acting, app, console, print_json
 
-lineage_app = typer.Typer(help="Lineage: what an object was made from and what was made from it.")
+lineage_app = typer.Typer(
+    help="Lineage: what an object was made from and what was made from it.", no_args_is_help=True
+)
 app.add_typer(lineage_app, name="lineage")
 
 

@@ -9,7 +9,7 @@ import typer
 
 from modelyard.cli._app import acting, app, console, print_json, table
 
-runs_app = typer.Typer(help="Experiment runs: list, show, compare, metrics.")
+runs_app = typer.Typer(help="Experiment runs: list, show, compare, metrics.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 
