@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import typer
@@ -37,14 +38,23 @@ def _rich(tree: Tree, node: Any) -> None:
 
 @lineage_app.command("show")
 def show(
-    ref: str = typer.Argument(..., help="dataset:name@3, name@3, run:<id>, a run id, artifact:<sha256>."),
+    ref: str = typer.Argument(
+        ...,
+        help="dataset:name@3, name@3, run:<id>, a run id (or prefix of 6+), model:name@3, artifact:<sha256>.",
+    ),
     depth: int = typer.Option(10, min=1, max=50, help="How many hops to follow each way."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print what OBJECT was made from (upstream) and what was made from it (downstream)."""
     from modelyard.tracking._lineage import lineage
+    from modelyard.tracking._store import resolve_run_id
 
     with acting() as (platform, ctx):
+        # A run as every other command takes it: the 12 characters `yard runs ls` shows, or any unique
+        # prefix of 6+, bare or as run:PREFIX (the lineage store keys runs by their full id).
+        prefix = re.fullmatch(r"(?:run:)?([0-9a-f]{6,31})", ref)
+        if prefix is not None:
+            ref = f"run:{resolve_run_id(platform, ctx, prefix[1])}"
         up, down = lineage(platform, ctx, ref, depth=depth)
     if json_out:
         print_json(
