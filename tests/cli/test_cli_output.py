@@ -37,3 +37,14 @@ def test_plot_path_printed_as_written(yard: Yard, run_id: str, tmp_path: Path) -
         assert r.code == 0, r.err
         assert (tmp_path / name).is_file()
         assert r.out.splitlines()[-1] == f"wrote {name}"
+
+
+def test_metrics_output_alone_writes_the_plot(yard: Yard, run_id: str, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    r = yard("runs", "metrics", run_id, "--output", "curves.png")  # --output names the PNG: it asks for one
+    assert r.code == 0, r.err
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    r = yard("runs", "metrics", run_id, "--plot", "--output", "both.png", "--json")
+    assert r.code == 0, r.err
+    assert list(r.json()) == ["loss"]  # stdout stays one JSON document
+    assert (tmp_path / "both.png").is_file() and "wrote both.png" in r.err
