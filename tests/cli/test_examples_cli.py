@@ -68,6 +68,8 @@ def test_make_data_refuses_a_non_empty_directory(yard: Yard, tmp_path: Path) -> 
         (["--splits", "a,b,c"], "--splits takes three ratios or row counts"),
         (["--splits", "0.5,0.5,0.5"], "add up to 1"),
         (["--rows", "many"], "Invalid value for '--rows'"),
+        # held in memory and written out: 10^12 rows ran until the memory or the disk gave out
+        (["--rows", "1000000000000"], "Invalid value for '--rows'"),
     ],
 )
 def test_bad_options_are_usage_errors(yard: Yard, tmp_path: Path, args: list[str], message: str) -> None:
