@@ -93,6 +93,14 @@ def test_make_data_version_creates_a_dataset_version(yard: Yard, tmp_path: Path)
     assert r.out.strip().splitlines()[-1] == "normalise@2"
 
 
+def test_make_data_bad_version_name_writes_nothing(yard: Yard, tmp_path: Path) -> None:
+    assert yard("init").code == 0
+    r = yard("examples", "make-data", "ex", "--rows", "50", "--version", "bad@name")
+    assert r.code == 2 and "dataset name 'bad@name' is not valid" in r.error
+    assert not (tmp_path / "ex").exists()  # so the corrected command finds DIR still empty
+    assert yard("examples", "make-data", "ex", "--rows", "50", "--version", "good").code == 0
+
+
 def test_make_data_version_without_a_home_fails_cleanly(yard: Yard, tmp_path: Path) -> None:
     r = yard("examples", "make-data", "ex", "--rows", "20", "--version", "normalise")
     assert r.code == 1 and "run `yard init` first" in r.error

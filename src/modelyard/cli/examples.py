@@ -63,8 +63,14 @@ def make_data(
     from modelyard.training._exampledata import write_dataset
 
     with contextlib.ExitStack() as stack:
-        # With --version, open the platform first: a missing home fails before any file is written.
-        acted = stack.enter_context(acting()) if version is not None else None
+        # With --version, open the platform and check the name first: a missing home or a bad name fails
+        # before any file is written (else the corrected command finds DIR not empty).
+        acted = None
+        if version is not None:
+            from modelyard.data._versions import check_dataset_name
+
+            acted = stack.enter_context(acting())
+            check_dataset_name(version)
         paths = write_dataset(
             directory,
             rows,
