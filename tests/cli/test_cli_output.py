@@ -48,3 +48,10 @@ def test_metrics_output_alone_writes_the_plot(yard: Yard, run_id: str, tmp_path:
     assert r.code == 0, r.err
     assert list(r.json()) == ["loss"]  # stdout stays one JSON document
     assert (tmp_path / "both.png").is_file() and "wrote both.png" in r.err
+
+
+def test_export_without_a_directory_says_so(yard: Yard) -> None:
+    # The one argument was taken for DIR, and the error asked for the models the user had just named.
+    r = yard("serve", "support-t5@production", "--export", "k8s")
+    assert r.code == 2
+    assert "--export k8s needs the directory" in r.error and "NAME@ALIAS --export k8s DIR" in r.error
