@@ -54,7 +54,7 @@ def read_recipe(path: Path, sets: list[str]) -> tuple[Recipe, str]:
 @app.command("train")
 def train_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes on this node (torchrun, DDP)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this node (torchrun, DDP)."),
     nnodes: str = typer.Option("1", "--nnodes", help="Nodes (or MIN:MAX) for a multi-node job."),
     node_rank: int | None = typer.Option(None, "--node-rank", help="This node's rank (multi-node)."),
     rdzv_endpoint: str | None = typer.Option(None, "--rdzv", "--rdzv-endpoint", help="HOST:PORT rendezvous."),
