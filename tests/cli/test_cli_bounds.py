@@ -17,3 +17,14 @@ def test_train_nproc_below_one_is_refused(yard: Yard, nproc: str) -> None:
     r = yard("train", RECIPE, "--nproc", nproc)
     assert r.code == 2
     assert "--nproc" in r.error
+
+
+@pytest.mark.parametrize("project", ["", "../x", "a b"])
+def test_project_option_is_a_valid_name(yard: Yard, project: str) -> None:
+    # -p "" acted in the default project (a script's unset $PROJECT reached it), and -p ../x was told
+    # `yard projects create ../x makes it`, a name create refuses.
+    assert yard("init").code == 0
+    r = yard("--project", project, "data", "ls")
+    assert r.code == 2
+    assert r.error.startswith("error: --project: project name") and "is not valid" in r.error
+    assert yard("-p", "default", "data", "ls").code == 0

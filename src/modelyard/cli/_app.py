@@ -66,6 +66,15 @@ def root(
         None, "--project", "-p", help="Project to act in (default YARD_PROJECT)."
     ),
 ) -> None:
+    if project is not None:
+        # Checked here, not when the project is looked up: -p "" (a script's unset variable) fell back to the
+        # default project, and a name no project can have was answered `yard projects create NAME makes it`.
+        from modelyard.config import check_name
+
+        try:
+            check_name(project, "project")
+        except ValueError as exc:
+            raise UsageError(f"--project: {exc}") from None
     _STATE.set(State(debug=debug, project=project))
 
 
