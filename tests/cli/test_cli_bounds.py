@@ -28,3 +28,25 @@ def test_project_option_is_a_valid_name(yard: Yard, project: str) -> None:
     assert r.code == 2
     assert r.error.startswith("error: --project: project name") and "is not valid" in r.error
     assert yard("-p", "default", "data", "ls").code == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["data", "add", "tree", "--name", "ds"],
+        ["artifacts", "put", "tree/a.txt"],
+        ["projects", "create", "p2"],
+    ],
+)
+@pytest.mark.parametrize("region", ["", "Not A Region"])
+def test_region_option_is_a_valid_region(yard: Yard, tmp_path: Path, args: list[str], region: str) -> None:
+    # --region "" was read as no --region: the data (or a new project, for good) went to the default region
+    # instead of being refused, as `yard init --region ""` is.
+    assert yard("init").code == 0
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.txt").write_text("a")
+    r = yard(*args, "--region", region)
+    assert r.code == 2
+    assert r.error.startswith(f"error: --region: region {region!r} must be")
+    assert yard("data", "ls", "--json").json() == [] and yard("artifacts", "ls", "--json").json() == []
+    assert [p for p in yard("projects", "ls").out.split() if p == "p2"] == []

@@ -177,5 +177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _STATE.reset(token)
 
 
+def region_option(region: str | None) -> str | None:
+    """A --region as given, checked: the services read '' as no region (the default one), so a script's
+    unset $REGION put data, or a new project for good, in the default region instead of being refused."""
+    if region is None:
+        return None
+    from modelyard.config import check_region
+
+    try:
+        return check_region(region)
+    except ValueError as exc:  # a bad option value is a usage error (exit 2)
+        raise UsageError(f"--region: {exc}") from None
+
+
 def usage(message: str) -> UsageError:
     return UsageError(message)
