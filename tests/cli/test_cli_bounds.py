@@ -50,3 +50,11 @@ def test_region_option_is_a_valid_region(yard: Yard, tmp_path: Path, args: list[
     assert r.error.startswith(f"error: --region: region {region!r} must be")
     assert yard("data", "ls", "--json").json() == [] and yard("artifacts", "ls", "--json").json() == []
     assert [p for p in yard("projects", "ls").out.split() if p == "p2"] == []
+
+
+def test_audit_ls_limit_is_bounded(yard: Yard) -> None:
+    # Past SQLite's integers it was "unexpected OverflowError".
+    assert yard("init").code == 0
+    r = yard("audit", "ls", "--limit", "99999999999999999999")
+    assert r.code == 2 and "--limit" in r.error and "unexpected" not in r.err
+    assert yard("audit", "ls", "--limit", "1000000", "--json").code == 0

@@ -459,7 +459,7 @@ def _since(value: str | None) -> str | None:
 def audit_ls(
     since: str | None = typer.Option(None, help="ISO date/time or look-back (1h, 7d)."),
     actor: str | None = typer.Option(None, help="Only records of this user."),
-    limit: int = typer.Option(200, min=1, help="At most this many records."),
+    limit: int = typer.Option(200, min=1, max=1_000_000, help="At most this many records."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List audit records of the project."""
