@@ -58,3 +58,10 @@ def test_audit_ls_limit_is_bounded(yard: Yard) -> None:
     r = yard("audit", "ls", "--limit", "99999999999999999999")
     assert r.code == 2 and "--limit" in r.error and "unexpected" not in r.err
     assert yard("audit", "ls", "--limit", "1000000", "--json").code == 0
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_tune_seed_outside_numpys_range_is_refused(yard: Yard, seed: str) -> None:
+    # It reached the sampler: "unexpected ValueError: Seed must be between 0 and 2**32 - 1".
+    r = yard("tune", RECIPE, "--seed", seed, "--trials", "1")
+    assert r.code == 2 and "--seed" in r.error and "unexpected" not in r.err

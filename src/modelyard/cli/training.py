@@ -182,7 +182,9 @@ def tune_cmd(
     resume: bool = typer.Option(
         False, "--resume", help="Take over the study this command started before (e.g. its worker died)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Sampler seed."),
+    # numpy's range (each trial's sampler is seeded with seed + trials so far, so half of it): past it,
+    # the sampler failed with "unexpected ValueError: Seed must be between 0 and 2**32 - 1".
+    seed: int | None = typer.Option(None, "--seed", min=0, max=2**31 - 1, help="Sampler seed."),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop starting trials after SECONDS."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     sets: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value."),
