@@ -65,3 +65,13 @@ def test_tune_seed_outside_numpys_range_is_refused(yard: Yard, seed: str) -> Non
     # It reached the sampler: "unexpected ValueError: Seed must be between 0 and 2**32 - 1".
     r = yard("tune", RECIPE, "--seed", seed, "--trials", "1")
     assert r.code == 2 and "--seed" in r.error and "unexpected" not in r.err
+
+
+def test_debug_works_where_the_hint_puts_it(yard: Yard) -> None:
+    # "rerun with --debug" was taken at its word: `yard data show x@1 --debug` said "No such option".
+    assert yard("init").code == 0
+    r = yard("data", "show", "nope@1", "--debug")
+    assert r.code == 1
+    assert "Traceback" in r.err and r.err_lines[-1].startswith("error: dataset 'nope' not found")
+    r = yard("jobs", "submit", "nope.yaml", "--", "--debug")  # after --, it is the job's own argument
+    assert r.code == 2 and "Traceback" not in r.err

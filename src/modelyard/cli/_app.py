@@ -145,7 +145,12 @@ def _fail(message: str, code: int, debug: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Exit 2 for usage errors, 1 for failures; traceback only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
+    # --debug anywhere before `--` (errors say "rerun with --debug", and users append it): it is a root
+    # option, which the subcommands' parsers refused as "No such option".
+    own = args[: args.index("--")] if "--" in args else args
+    if "--debug" in own:
+        args = ["--debug", *(a for a in own if a != "--debug"), *args[len(own) :]]
+    debug = "--debug" in own or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
     token = _STATE.set(State(debug=debug))
     try:
         result = app(args=args, prog_name="yard", standalone_mode=False)
