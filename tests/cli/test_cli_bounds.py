@@ -75,3 +75,17 @@ def test_debug_works_where_the_hint_puts_it(yard: Yard) -> None:
     assert "Traceback" in r.err and r.err_lines[-1].startswith("error: dataset 'nope' not found")
     r = yard("jobs", "submit", "nope.yaml", "--", "--debug")  # after --, it is the job's own argument
     assert r.code == 2 and "Traceback" not in r.err
+
+
+def test_project_option_after_the_command(yard: Yard) -> None:
+    # docs/jobs.md: "`yard worker` runs the jobs of its project (`-p`)"; `yard worker -p research` and
+    # `yard data ls --project research` were refused as "No such option".
+    assert yard("init").code == 0
+    assert yard("projects", "create", "research").code == 0
+    assert yard("-p", "research", "artifacts", "put", "--name", "r.txt", RECIPE).code == 0
+    for args in (["-p", "research"], ["--project", "research"], ["--project=research"]):
+        r = yard("artifacts", "ls", *args, "--json")
+        assert [a["name"] for a in r.json()] == ["r.txt"], args
+    assert yard("artifacts", "ls", "--json").json() == []  # the default project's
+    r = yard("data", "ls", "-p", "nope")
+    assert r.code == 1 and "project 'nope' does not exist" in r.error

@@ -142,15 +142,34 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
+def _root_options_first(args: list[str]) -> list[str]:
+    """The root options (--debug, -p/--project NAME) moved before the command, from anywhere before `--`.
+    Errors say "rerun with --debug" and docs/jobs.md gives `yard worker` a project with -p, and users
+    append them, but the subcommands' parsers refused both as "No such option" (no command has its own)."""
+    end = args.index("--") if "--" in args else len(args)
+    debug: list[str] = []
+    project: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = args[i]
+        if arg == "--debug":
+            debug = [arg]
+        elif arg in ("-p", "--project") and i + 1 < end:
+            project = [arg, args[i + 1]]
+            i += 1
+        elif arg.startswith("--project="):
+            project = [arg]
+        else:
+            rest.append(arg)
+        i += 1
+    return [*debug, *project, *rest, *args[end:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Exit 2 for usage errors, 1 for failures; traceback only with --debug."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    # --debug anywhere before `--` (errors say "rerun with --debug", and users append it): it is a root
-    # option, which the subcommands' parsers refused as "No such option".
-    own = args[: args.index("--")] if "--" in args else args
-    if "--debug" in own:
-        args = ["--debug", *(a for a in own if a != "--debug"), *args[len(own) :]]
-    debug = "--debug" in own or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
+    args = _root_options_first(list(sys.argv[1:] if argv is None else argv))
+    debug = args[:1] == ["--debug"] or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
     token = _STATE.set(State(debug=debug))
     try:
         result = app(args=args, prog_name="yard", standalone_mode=False)
