@@ -89,3 +89,11 @@ def test_project_option_after_the_command(yard: Yard) -> None:
     assert yard("artifacts", "ls", "--json").json() == []  # the default project's
     r = yard("data", "ls", "-p", "nope")
     assert r.code == 1 and "project 'nope' does not exist" in r.error
+
+
+def test_quickstart_home_that_is_a_file_is_refused(yard: Yard, tmp_path: Path) -> None:
+    # It was "unexpected NotADirectoryError".
+    (tmp_path / "notes").write_text("mine")
+    r = yard("quickstart", "--home", "notes")
+    assert r.code == 2 and "is not a directory; choose another --home" in r.error
+    assert (tmp_path / "notes").read_text() == "mine"
