@@ -185,6 +185,9 @@ def test_a_tampered_model_is_refused(yard: Yard, home: None, saved_model: Path, 
         (["MODEL", "--data", "normalise@1", "--file", "../x.jsonl"], 2, "--file"),
         (["MODEL", "--data", "normalise@1", "--file", "other.jsonl"], 2, "not a file of the dataset version"),
         (["MODEL", "--data", "normalise@1", "--batch-size", "0"], 2, "--batch-size"),
+        # named as the flags, not as the recipe's fields (max_new_tokens: ...)
+        (["MODEL", "--data", "normalise@1", "--batch-size", "10000000"], 2, "error: --batch-size: "),
+        (["MODEL", "--data", "normalise@1", "--max-new-tokens", "10000000"], 2, "error: --max-new-tokens: "),
     ],
 )
 def test_bad_input_gives_one_line_errors(

@@ -68,6 +68,8 @@ def test_make_data_refuses_a_non_empty_directory(yard: Yard, tmp_path: Path) -> 
         (["--splits", "a,b,c"], "--splits takes three ratios or row counts"),
         (["--splits", "0.5,0.5,0.5"], "add up to 1"),
         (["--rows", "many"], "Invalid value for '--rows'"),
+        # held in memory and written out: 10^12 rows ran until the memory or the disk gave out
+        (["--rows", "1000000000000"], "Invalid value for '--rows'"),
     ],
 )
 def test_bad_options_are_usage_errors(yard: Yard, tmp_path: Path, args: list[str], message: str) -> None:
@@ -89,6 +91,14 @@ def test_make_data_version_creates_a_dataset_version(yard: Yard, tmp_path: Path)
     r = yard("examples", "make-data", "ex2", "--rows", "200", "--shift", "0.5", "--version", "normalise")
     assert r.code == 0, r.err
     assert r.out.strip().splitlines()[-1] == "normalise@2"
+
+
+def test_make_data_bad_version_name_writes_nothing(yard: Yard, tmp_path: Path) -> None:
+    assert yard("init").code == 0
+    r = yard("examples", "make-data", "ex", "--rows", "50", "--version", "bad@name")
+    assert r.code == 2 and "dataset name 'bad@name' is not valid" in r.error
+    assert not (tmp_path / "ex").exists()  # so the corrected command finds DIR still empty
+    assert yard("examples", "make-data", "ex", "--rows", "50", "--version", "good").code == 0
 
 
 def test_make_data_version_without_a_home_fails_cleanly(yard: Yard, tmp_path: Path) -> None:

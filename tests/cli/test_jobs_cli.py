@@ -227,6 +227,13 @@ def test_kubernetes_dry_run_manifest_is_a_valid_job_with_secrets_by_reference(
     out = tmp_path / "job.yaml"
     r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "-o", out, *CLUSTER)
     assert r.code == 0 and r.out == "" and f"wrote {out}" in r.err
+    # --json: the manifest as JSON on stdout (it was YAML, or nothing with -o), which kubectl takes too.
+    r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "--json", *CLUSTER)
+    assert r.json()["kind"] == "Job"
+    r = yard(
+        "jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", "--json", "-o", out, *CLUSTER
+    )  # fmt: skip
+    assert r.json() == yaml.safe_load(out.read_text())
     cpu_only = yaml.safe_load(out.read_text())
     _validate(cpu_only)
     resources = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]

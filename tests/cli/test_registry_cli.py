@@ -63,6 +63,15 @@ def test_register_list_show_verify_card_and_keys(
         and (tmp_path / "out" / "model.safetensors").read_bytes()
         == (model_dir / "model.safetensors").read_bytes()
     )
+    # The refusal named an option the command did not have ("pass overwrite"); --overwrite is it.
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"damaged")
+    r = yard("models", "download", "t5@1", tmp_path / "out")
+    assert r.code == 2 and "pass --overwrite" in r.error
+    r = yard("models", "download", "t5@1", tmp_path / "out", "--overwrite")
+    assert r.code == 0, r.err
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        model_dir / "model.safetensors"
+    ).read_bytes()
 
 
 def test_what_cannot_be_read_or_written_is_one_clear_line(

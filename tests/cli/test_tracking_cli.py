@@ -123,3 +123,20 @@ def test_a_runs_values_reach_the_terminal_escaped(yard: Yard, runs: list[str]) -
     assert r.code == 0, r.err
     assert "\x1b" not in r.out and "\x07" not in r.out and "\u202e" not in r.out
     assert "a\\x1b]52;c;cm0gLXJmIH4=\\x07b" in r.out and "x\\u202ey" in r.out
+
+
+def test_lineage_takes_the_run_id_runs_ls_shows(yard: Yard, runs: list[str]) -> None:
+    shown = runs[0][:12]  # the id column of `yard runs ls`
+    for ref in (shown, f"run:{shown}", f"run:{runs[0][:6]}"):
+        r = yard("lineage", "show", ref, "--json")
+        assert r.code == 0, r.err
+        assert r.json()["ref"] == f"run:{runs[0]}"
+    r = yard("lineage", "show", "run:0000000")
+    assert r.code == 1 and "run 0000000 not found" in r.error
+
+
+@pytest.mark.parametrize("group", ["runs", "lineage"])
+def test_group_without_command_shows_help(yard: Yard, group: str) -> None:
+    r = yard(group)  # as `yard data` does: the help (on stderr, as click shows it), exit 0
+    assert r.code == 0, r.err
+    assert f"Usage: yard {group}" in r.err and "Commands:" in r.err

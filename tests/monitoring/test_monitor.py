@@ -134,7 +134,9 @@ def test_p95_is_the_nearest_rank() -> None:
     assert nearest_rank([7.0], 95) == 7.0
 
 
-def test_quality_from_feedback_against_the_evaluation(home: Platform) -> None:
+def test_quality_from_feedback_against_the_evaluation(
+    home: Platform, trained: TrainedModel, yard: Any
+) -> None:
     from modelyard.serving._predlog import record_feedback
 
     rows = list(make_examples(40, seed=13))
@@ -144,6 +146,11 @@ def test_quality_from_feedback_against_the_evaluation(home: Platform) -> None:
     q = quality(home, home.context(), "mon-same@1", window=HOUR)
     assert q.examples == 40 and q.metrics["exact_match"] == pytest.approx(0.5)
     assert q.drop["exact_match"] == pytest.approx(q.reference["exact_match"] - 0.5)
+    # A metric the evaluation did not record (gen_len...) has no reference: shown as -, not as nan with a
+    # drop of +0.0000.
+    r = yard("monitor", "drift", "mon-same@1", env={"YARD_HOME": str(trained.home)})
+    quality_rows = r.out[r.out.index("quality on 40 predictions") :]
+    assert "nan" not in quality_rows and "gen_len" in quality_rows
     with pytest.raises(NotFoundError):
         record_feedback(home, home.context(), "mon-same", "f" * 26, "x")
 

@@ -33,8 +33,10 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-console = Console(soft_wrap=True)  # piped or captured output keeps its lines whole (Rich cuts at 80)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# soft_wrap: piped or captured output keeps its lines whole (Rich cuts at 80). emoji off: Rich would show a
+# name or path holding ':fire:' as the emoji, even with markup=False, so errors misquoted what was typed.
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _PIPED_WIDTH = 1000  # the widest a piped table grows before its cells wrap
 
 
@@ -64,6 +66,15 @@ def root(
         None, "--project", "-p", help="Project to act in (default YARD_PROJECT)."
     ),
 ) -> None:
+    if project is not None:
+        # Checked here, not when the project is looked up: -p "" (a script's unset variable) fell back to the
+        # default project, and a name no project can have was answered `yard projects create NAME makes it`.
+        from modelyard.config import check_name
+
+        try:
+            check_name(project, "project")
+        except ValueError as exc:
+            raise UsageError(f"--project: {exc}") from None
     _STATE.set(State(debug=debug, project=project))
 
 
@@ -102,17 +113,18 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     from rich.table import Table  # on first use: most commands print no table
     from rich.text import Text
 
-    t = Table(title=None if title is None else plain(title), show_lines=False)
+    # Text everywhere: stored names are never read as markup ([red]) or emoji codes (:fire:).
+    t = Table(title=None if title is None else Text(plain(title), style="table.title"), show_lines=False)
     for col in columns:
-        t.add_column(plain(col))
+        t.add_column(Text(plain(col)))
     for row in rows:
-        t.add_row(*(Text("" if v is None else plain(v)) for v in row))  # Text: no markup parsing
+        t.add_row(*(Text("" if v is None else plain(v)) for v in row))
     out = console
     if not console.is_terminal:  # piped or captured: Rich would cut every row at 80 columns
         from rich.measure import Measurement
 
         natural = Measurement.get(console, console.options.update(max_width=_PIPED_WIDTH), t).maximum
-        out = Console(width=max(console.width, natural))
+        out = Console(width=max(console.width, natural), emoji=False)
     out.print(t)
 
 
@@ -130,10 +142,34 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
+def _root_options_first(args: list[str]) -> list[str]:
+    """The root options (--debug, -p/--project NAME) moved before the command, from anywhere before `--`.
+    Errors say "rerun with --debug" and docs/jobs.md gives `yard worker` a project with -p, and users
+    append them, but the subcommands' parsers refused both as "No such option" (no command has its own)."""
+    end = args.index("--") if "--" in args else len(args)
+    debug: list[str] = []
+    project: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = args[i]
+        if arg == "--debug":
+            debug = [arg]
+        elif arg in ("-p", "--project") and i + 1 < end:
+            project = [arg, args[i + 1]]
+            i += 1
+        elif arg.startswith("--project="):
+            project = [arg]
+        else:
+            rest.append(arg)
+        i += 1
+    return [*debug, *project, *rest, *args[end:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Exit 2 for usage errors, 1 for failures; traceback only with --debug."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
+    args = _root_options_first(list(sys.argv[1:] if argv is None else argv))
+    debug = args[:1] == ["--debug"] or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
     token = _STATE.set(State(debug=debug))
     try:
         result = app(args=args, prog_name="yard", standalone_mode=False)
@@ -163,6 +199,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"unexpected {kind}: {exc}{hint}", 1, debug)
     finally:
         _STATE.reset(token)
+
+
+def region_option(region: str | None) -> str | None:
+    """A --region as given, checked: the services read '' as no region (the default one), so a script's
+    unset $REGION put data, or a new project for good, in the default region instead of being refused."""
+    if region is None:
+        return None
+    from modelyard.config import check_region
+
+    try:
+        return check_region(region)
+    except ValueError as exc:  # a bad option value is a usage error (exit 2)
+        raise UsageError(f"--region: {exc}") from None
 
 
 def usage(message: str) -> UsageError:

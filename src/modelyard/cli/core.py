@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from modelyard.cli._app import acting, app, console, print_json, table
+from modelyard.cli._app import acting, app, console, print_json, region_option, table
 from modelyard.errors import UsageError
 
 
@@ -18,15 +18,9 @@ def init(
     region: str | None = typer.Option(None, help="Region of this home's stores, e.g. me-central-1."),
 ) -> None:
     """Create the home, master key, metadata and artifact stores, and make you admin. Idempotent."""
-    from modelyard.config import check_region
     from modelyard.core import init_home
 
-    if region is not None:
-        try:
-            check_region(region)
-        except ValueError as exc:  # a bad option value is a usage error (exit 2), not a broken setup
-            raise UsageError(f"--region: {exc}") from None
-    report = init_home(region=region)
+    report = init_home(region=region_option(region))
     for item in report.created:
         console.print(f"created  {item}", markup=False)
     for item in report.existing:
@@ -83,12 +77,19 @@ def artifacts_put(
     """Encrypt and store files in one batch. One file: print its SHA-256 digest; several: digest and name."""
     from modelyard.core import put_artifacts
 
+    region = region_option(region)
     files, names = _expand(paths)
     if name is not None:
         if len(files) != 1:
             raise UsageError(f"--name applies to a single file, but {len(files)} files were given")
         names = [name]
     with acting() as (platform, ctx):
+        from modelyard.data._versions import _check_outside_home
+
+        # As `yard data add` refuses them: from the folder holding the home, `put .` stored the master key,
+        # the database and the store's objects in the project, for every viewer to `get`.
+        for path in paths:
+            _check_outside_home(platform, path)
         infos = put_artifacts(platform, ctx, files, names=names, region=region)
     if len(infos) == 1 and paths[0].is_file():
         typer.echo(infos[0].digest)
@@ -283,6 +284,7 @@ def projects_create(
     """Create a project; you become its admin."""
     from modelyard.core import create_project
 
+    region = region_option(region)
     with acting() as (platform, ctx):
         proj = create_project(platform, ctx, name, region=region)
     console.print(f"created project {proj.name} (region {proj.region})", markup=False)
@@ -460,7 +462,9 @@ def _since(value: str | None) -> str | None:
 def audit_ls(
     since: str | None = typer.Option(None, help="ISO date/time or look-back (1h, 7d)."),
     actor: str | None = typer.Option(None, help="Only records of this user."),
-    limit: int = typer.Option(200, min=1, help="At most this many records: the newest, oldest first."),
+    limit: int = typer.Option(
+        200, min=1, max=1_000_000, help="At most this many records: the newest, oldest first."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List audit records of the project (the newest --limit of them)."""

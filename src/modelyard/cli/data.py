@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from modelyard.cli._app import acting, app, console, err_console, plain, print_json, table
+from modelyard.cli._app import acting, app, console, err_console, plain, print_json, region_option, table
 
 data_app = typer.Typer(
     help="Versioned datasets: add, ls, show, diff, checkout, rm, scan, anonymize.", no_args_is_help=True
@@ -82,6 +82,7 @@ def add(
     """Version PATH as the next version of dataset NAME (nothing new if it equals the latest)."""
     from modelyard.data import add_version
 
+    region = region_option(region)
     with acting() as (platform, ctx), _progress(f"adding {name}") as progress:
         info = add_version(platform, ctx, path, name, message=message, region=region, progress=progress)
     for warning in info.warnings:

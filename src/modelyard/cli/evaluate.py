@@ -49,6 +49,8 @@ _FLAGS = {
     "num_beams": "--num-beams",
     "decoding": "--decoding",
     "metrics": "--metrics",
+    "max_new_tokens": "--max-new-tokens",
+    "batch_size": "--batch-size",
 }
 _FLAG_WORD = re.compile(r"(?<![\w-])(" + "|".join(_FLAGS) + r")\b")
 

@@ -34,7 +34,9 @@ def _splits(value: str) -> tuple[float, ...]:
 @examples_app.command("make-data")
 def make_data(
     directory: Path = typer.Argument(..., metavar="DIR", help="New or empty directory for the split files."),
-    rows: int = typer.Option(2000, "--rows", "-n", help="Rows in all splits together."),
+    # Bounded as quickstart's --rows: the rows are made in memory first, and 10^12 of them ran until the
+    # memory or the disk gave out (the check below the CLI keeps its own message for negative counts).
+    rows: int = typer.Option(2000, "--rows", "-n", max=1_000_000, help="Rows in all splits together."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same rows and same file bytes."),
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl, csv or parquet."),
     shift: float = typer.Option(
@@ -61,8 +63,14 @@ def make_data(
     from modelyard.training._exampledata import write_dataset
 
     with contextlib.ExitStack() as stack:
-        # With --version, open the platform first: a missing home fails before any file is written.
-        acted = stack.enter_context(acting()) if version is not None else None
+        # With --version, open the platform and check the name first: a missing home or a bad name fails
+        # before any file is written (else the corrected command finds DIR not empty).
+        acted = None
+        if version is not None:
+            from modelyard.data._versions import check_dataset_name
+
+            acted = stack.enter_context(acting())
+            check_dataset_name(version)
         paths = write_dataset(
             directory,
             rows,

@@ -117,9 +117,11 @@ def submit(
                 except OSError as exc:
                     raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
                 err_console.print(f"wrote {output}", markup=False)
-            elif dry_run:
+            elif dry_run and not json_out:
                 sys.stdout.write(text)
             if submitted is None:
+                if json_out:  # stdout is one JSON document: the manifest (kubectl takes JSON as well)
+                    print_json(manifest)
                 return
             info = submitted
     if json_out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import typer
@@ -10,7 +11,9 @@ from rich.tree import Tree
 
 from modelyard.cli._app import acting, app, console, print_json
 
-lineage_app = typer.Typer(help="Lineage: what an object was made from and what was made from it.")
+lineage_app = typer.Typer(
+    help="Lineage: what an object was made from and what was made from it.", no_args_is_help=True
+)
 app.add_typer(lineage_app, name="lineage")
 
 
@@ -37,22 +40,21 @@ def _rich(tree: Tree, node: Any) -> None:
 def show(
     ref: str = typer.Argument(
         ...,
-        help="dataset:name@3, name@3, run:<id>, a run id (or its first 6+ characters), artifact:<sha256>.",
+        help="dataset:name@3, name@3, run:<id>, a run id (or prefix of 6+), model:name@3, artifact:<sha256>.",
     ),
     depth: int = typer.Option(10, min=1, max=50, help="How many hops to follow each way."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print what OBJECT was made from (upstream) and what was made from it (downstream)."""
-    import re
-
     from modelyard.tracking._lineage import lineage
     from modelyard.tracking._store import resolve_run_id
 
     with acting() as (platform, ctx):
-        # The short run id that `yard runs ls` shows (and `yard runs show` takes), bare or as run:<prefix>.
-        short = re.fullmatch(r"(?:run:)?([0-9a-f]{6,31})", ref)
-        if short is not None:
-            ref = f"run:{resolve_run_id(platform, ctx, short.group(1))}"
+        # A run as every other command takes it: the 12 characters `yard runs ls` shows, or any unique
+        # prefix of 6+, bare or as run:PREFIX (the lineage store keys runs by their full id).
+        prefix = re.fullmatch(r"(?:run:)?([0-9a-f]{6,31})", ref)
+        if prefix is not None:
+            ref = f"run:{resolve_run_id(platform, ctx, prefix[1])}"
         up, down = lineage(platform, ctx, ref, depth=depth)
     if json_out:
         print_json(

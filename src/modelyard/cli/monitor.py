@@ -62,8 +62,13 @@ def drift(
             table(
                 f"quality on {q.examples} predictions with feedback",
                 ["metric", "now", "at evaluation", "drop"],
-                [
-                    (k, f"{v:.4f}", f"{q.reference.get(k, float('nan')):.4f}", f"{q.drop.get(k, 0.0):+.4f}")
+                [  # a metric the evaluation did not record has no reference and no drop: "-"
+                    (
+                        k,
+                        f"{v:.4f}",
+                        f"{q.reference[k]:.4f}" if k in q.reference else "-",
+                        f"{q.drop[k]:+.4f}" if k in q.drop else "-",
+                    )
                     for k, v in sorted(q.metrics.items())
                 ],
             )

@@ -304,12 +304,15 @@ def card(
 def download(
     spec: str = typer.Argument(..., metavar="NAME[@V|@ALIAS]"),
     dest: Path = typer.Argument(..., metavar="DIR", help="New or empty directory."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Write into a non-empty DIR, replacing the version's files there."
+    ),
 ) -> None:
     """Write a version's files into DIR, every byte verified (DIR appears only when all verified)."""
     from modelyard.registry import download as do_download
 
     with acting() as (platform, ctx):
-        info, path = do_download(platform, ctx, spec, dest)
+        info, path = do_download(platform, ctx, spec, dest, overwrite=overwrite)
     console.print(f"{info.spec}: {info.files} files verified in {path}", markup=False)
 
 

@@ -48,9 +48,11 @@ def serve(
     if export is not None:
         if export != "k8s":
             raise usage(f"--export {export!r}: only k8s is supported")
-        if not specs:
+        # DIR is the last argument: a lone NAME@ALIAS would be taken for it, leaving no model to serve.
+        if not specs or (len(specs) == 1 and config is None):
             raise usage(
-                "--export k8s needs the directory to write to: yard serve NAME@ALIAS --export k8s DIR"
+                "--export k8s needs the directory to write to after the models: "
+                "yard serve NAME@ALIAS --export k8s DIR"
             )
         target = Path(specs.pop())
     data: dict[str, Any] = load_config(config).model_dump(mode="json") if config is not None else {}

@@ -7,9 +7,9 @@ from typing import Any
 
 import typer
 
-from modelyard.cli._app import acting, app, console, print_json, table
+from modelyard.cli._app import acting, app, console, err_console, print_json, table
 
-runs_app = typer.Typer(help="Experiment runs: list, show, compare, metrics.")
+runs_app = typer.Typer(help="Experiment runs: list, show, compare, metrics.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 
@@ -128,7 +128,9 @@ def metrics(
     run: str = typer.Argument(..., help="Run id (or a unique prefix of 6+ characters)."),
     key: list[str] | None = typer.Option(None, "--key", "-k", help="Only these metric keys."),
     plot: bool = typer.Option(False, "--plot", help="Write a PNG of the curves (needs matplotlib)."),
-    output: Path | None = typer.Option(None, "--output", help="PNG path (default metrics-<run>.png)."),
+    output: Path | None = typer.Option(
+        None, "--output", help="PNG path (default metrics-<run>.png); implies --plot."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Summarise a run's metric histories; --plot draws them to a PNG."""
@@ -144,28 +146,29 @@ def metrics(
             raise UsageError(f"run {run_id} has no metric {missing[0]!r}; see `yard runs show {run_id[:12]}`")
     if json_out:
         print_json({k: [p._asdict() for p in points] for k, points in history.items()})
-        return
-    rows = []
-    for k, points in history.items():
-        values = [p.value for p in points if p.value is not None]
-        last = points[-1]
-        rows.append(
-            [
-                k,
-                len(points),
-                _fmt(min(values) if values else None),
-                _fmt(max(values) if values else None),
-                _fmt(last.value),
-                last.step,
-            ]
-        )
-    table(f"metrics of run {run_id}", ["key", "points", "min", "max", "last", "last step"], rows)
-    if plot:
+    else:
+        rows = []
+        for k, points in history.items():
+            values = [p.value for p in points if p.value is not None]
+            last = points[-1]
+            rows.append(
+                [
+                    k,
+                    len(points),
+                    _fmt(min(values) if values else None),
+                    _fmt(max(values) if values else None),
+                    _fmt(last.value),
+                    last.step,
+                ]
+            )
+        table(f"metrics of run {run_id}", ["key", "points", "min", "max", "last", "last step"], rows)
+    if plot or output is not None:  # --output alone was ignored: no PNG and no word said
         if not history:
             raise UsageError(f"run {run_id} has no metrics to plot")
         path = output or Path(f"metrics-{run_id[:12]}.png")
         _plot(history, path, run_id)
-        console.print(f"wrote {path}")
+        # With --json, stdout holds the JSON document alone.
+        (err_console if json_out else console).print(f"wrote {path}", markup=False)
 
 
 def _plot(history: dict[str, Any], path: Path, run_id: str) -> None:

@@ -54,7 +54,7 @@ def read_recipe(path: Path, sets: list[str]) -> tuple[Recipe, str]:
 @app.command("train")
 def train_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes on this node (torchrun, DDP)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this node (torchrun, DDP)."),
     nnodes: str = typer.Option("1", "--nnodes", help="Nodes (or MIN:MAX) for a multi-node job."),
     node_rank: int | None = typer.Option(None, "--node-rank", help="This node's rank (multi-node)."),
     rdzv_endpoint: str | None = typer.Option(None, "--rdzv", "--rdzv-endpoint", help="HOST:PORT rendezvous."),
@@ -128,7 +128,7 @@ def train_cmd(
             }
         )
         return
-    console.print(f"run {result.run_id} finished after {result.steps} steps")
+    console.print(f"run {result.run_id} finished after {result.steps} steps", markup=False)
     if result.metrics:
         keys = sorted(result.metrics)
         table(
@@ -182,7 +182,9 @@ def tune_cmd(
     resume: bool = typer.Option(
         False, "--resume", help="Take over the study this command started before (e.g. its worker died)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Sampler seed."),
+    # numpy's range (each trial's sampler is seeded with seed + trials so far, so half of it): past it,
+    # the sampler failed with "unexpected ValueError: Seed must be between 0 and 2**32 - 1".
+    seed: int | None = typer.Option(None, "--seed", min=0, max=2**31 - 1, help="Sampler seed."),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop starting trials after SECONDS."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     sets: list[str] = typer.Option([], "--set", help="Override a recipe value: section.key=value."),
@@ -218,7 +220,7 @@ def tune_cmd(
     if as_json:
         print_json(result.__dict__)
         return
-    console.print(f"study {result.study}: parent run {result.parent_run}")
+    console.print(f"study {result.study}: parent run {result.parent_run}", markup=False)
     table(
         "trials",
         ["trial", "state", result.metric, "params", "run"],
@@ -234,9 +236,11 @@ def tune_cmd(
         ],
     )
     if result.best_value is not None:
-        console.print(f"best {result.metric} {result.best_value:.4f} (run {str(result.best_run)[:8]})")
+        console.print(
+            f"best {result.metric} {result.best_value:.4f} (run {str(result.best_run)[:8]})", markup=False
+        )
         if result.default_value is not None:
-            console.print(f"the recipe's own values gave {result.default_value:.4f}")
+            console.print(f"the recipe's own values gave {result.default_value:.4f}", markup=False)
     if result.importances:
         table("importance", ["param", "importance"], [[k, f"{v:.3f}"] for k, v in result.importances.items()])
 

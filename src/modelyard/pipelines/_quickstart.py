@@ -105,6 +105,8 @@ def _free_port() -> int:
 
 
 def _fresh(home: Path) -> None:
+    if home.exists() and not home.is_dir():  # it was "unexpected NotADirectoryError"
+        raise UsageError(f"{home} is not a directory; choose another --home (nothing was changed)")
     if home.exists():
         if not (home / MARKER).exists() and any(home.iterdir()):
             raise UsageError(

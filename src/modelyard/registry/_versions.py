@@ -856,7 +856,10 @@ def download(
     if target.is_symlink():  # as data checkout and runs download: the files would land where it points
         raise UnsafePathError(f"{target} is a symbolic link; download into a real directory")
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
-        raise UsageError(f"{target} exists and is not an empty directory; choose another or pass overwrite")
+        raise UsageError(
+            f"{target} exists and is not an empty directory; choose another, or pass --overwrite "
+            "(overwrite=True in Python) to replace the version's files in it"
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
