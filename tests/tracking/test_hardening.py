@@ -398,3 +398,23 @@ def test_params_past_the_drivers_bind_limits_in_one_call(any_platform: Platform)
     with any_platform.db.read() as s:
         stored = select(func.count()).select_from(RunParam).where(RunParam.run_id == run.id)
         assert s.scalar(stored) == len(params)
+
+
+def test_a_run_does_not_log_modelyards_own_files(client: Client, tmp_path: Path) -> None:
+    """log_artifact(".") from the folder holding the home stored the master key and the database as the
+    run's artifacts, for every viewer of the project (`yard artifacts put` and `data add` refused them)."""
+    home = client.platform.settings.home
+    mine = home.parent / "notes.txt"
+    mine.write_text("mine")
+    with client.start_run("own", capture=False) as run:
+        for target in (
+            home.parent,
+            home,
+            home / "keys",
+            client.platform.settings.resolved_key_file,
+            home / "yard.db",
+        ):
+            with pytest.raises(UsageError, match="modelyard's own"):
+                run.log_artifact(target)
+        assert run.log_artifact(mine)  # the user's own files still go in
+    assert [a[0] for a in client.list_artifacts(run.id)] == ["notes.txt"]

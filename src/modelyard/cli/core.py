@@ -84,12 +84,6 @@ def artifacts_put(
             raise UsageError(f"--name applies to a single file, but {len(files)} files were given")
         names = [name]
     with acting() as (platform, ctx):
-        from modelyard.data._versions import _check_outside_home
-
-        # As `yard data add` refuses them: from the folder holding the home, `put .` stored the master key,
-        # the database and the store's objects in the project, for every viewer to `get`.
-        for path in paths:
-            _check_outside_home(platform, path)
         infos = put_artifacts(platform, ctx, files, names=names, region=region)
     if len(infos) == 1 and paths[0].is_file():
         typer.echo(infos[0].digest)

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.config import check_name
 from modelyard.core import _gc
-from modelyard.core._artifacts import ArtifactStore, StagedBlob
+from modelyard.core._artifacts import ArtifactStore, StagedBlob, check_outside_home
 from modelyard.core._blobs import sync_filesystem
 from modelyard.core._db import insert_for
 from modelyard.core._models import Dataset, DatasetVersion
@@ -545,7 +545,7 @@ def _add(
             raise UsageError(f"{root} does not exist; give a file or directory to version")
         n_workers = _workers(platform, workers)
         if source is None:  # anonymise adds its own checkout, made in the store's staging folder
-            _check_outside_home(platform, root)
+            check_outside_home(platform, root, remedy="version the data from a folder outside it")
         with platform.db.read() as s:
             latest = None
             with contextlib.suppress(NotFoundError):
@@ -605,25 +605,6 @@ def _add(
         cache.close()
         spill.close()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _check_outside_home(platform: Platform, root: Path) -> None:
-    """Refuse a tree that holds modelyard's home, folder store or master key, or lies in the store or the
-    home's keys: it would version the key and the database for every reader of the dataset, and an add
-    writes into the store it would walk. Data kept elsewhere in the home (the quickstart's) is fine."""
-    tree = Path(os.path.realpath(root))
-    home = platform.settings.home
-    store = getattr(platform.artifacts.backend, "root", None)  # a folder store; S3 has none here
-    stores = [store] if isinstance(store, Path) else []
-    held = [home, *stores, platform.settings.resolved_key_file]
-    within = [*stores, home / "keys"]
-    for place, holds in [(p, True) for p in held] + [(p, False) for p in within]:
-        place = Path(os.path.realpath(place))
-        if place.is_relative_to(tree) if holds else tree.is_relative_to(place):
-            raise UsageError(
-                f"{root} {'holds' if holds else 'lies in'} {place}, modelyard's own (its home, store or "
-                "keys: the master key, database and objects); version the data from a folder outside it"
-            )
 
 
 def _discard(store: ArtifactStore, spill: _Spill, *, xid: str | None = None) -> None:

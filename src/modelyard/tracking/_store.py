@@ -27,6 +27,7 @@ from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.core import _audit, _gc
+from modelyard.core._artifacts import check_outside_home
 from modelyard.core._db import insert_for
 from modelyard.core._models import (
     Dataset,
@@ -695,6 +696,7 @@ def artifact_files(
         files = _walk_artifact(src)
         if not files:
             raise UsageError(f"{src} holds no files to log")
+        check_outside_home(platform, src, remedy="log files from outside it")
         _check_distinct(files)
     except UsageError as exc:
         raise platform.refuse(ctx, "run.write", resource, exc) from None
