@@ -226,10 +226,15 @@ def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
 
 
 def _token_losses(
-    setup: _Setup, model: Any, batch: dict[str, Any], loss_hook: LossHook | None = None
+    setup: _Setup,
+    model: Any,
+    batch: dict[str, Any],
+    loss_hook: LossHook | None = None,
+    *,
+    smoothing: bool = True,
 ) -> tuple[Any, int]:
     """Sum of the token cross-entropies of ``batch`` (or ``loss_hook``'s loss) and its number of target
-    tokens."""
+    tokens. ``smoothing``: apply the recipe's label smoothing (the training loss); off for validation."""
     import torch.nn.functional as F
 
     from modelyard.training._model import autocast_context
@@ -250,7 +255,7 @@ def _token_losses(
         labels.reshape(-1),
         ignore_index=-100,
         reduction="sum",
-        label_smoothing=setup.recipe.hyperparameters.label_smoothing,
+        label_smoothing=setup.recipe.hyperparameters.label_smoothing if smoothing else 0.0,
     )
     return loss, int((labels != -100).sum())
 
@@ -273,7 +278,8 @@ def validation_loss(setup: _Setup, examples: Sequence[Example]) -> float:
             for i in range(0, len(rows), size):
                 batch = {k: v.to(setup.device) for k, v in _collate(rows[i : i + size], 0).items()}
                 batch["input_ids"][batch["attention_mask"] == 0] = setup.tokenizer.pad_token_id
-                loss, n = _token_losses(setup, setup.core, batch)
+                # Plain cross-entropy: a smoothed val_loss would not compare across label_smoothing values.
+                loss, n = _token_losses(setup, setup.core, batch, smoothing=False)
                 total, tokens = total + float(loss), tokens + n
     finally:
         setup.core.train(was_training)
