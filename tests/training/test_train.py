@@ -369,6 +369,34 @@ def test_every_optimizer_step_sums_exactly_gradient_accumulation_micro_batches(
     assert per_step == [4] * 16
 
 
+def test_keep_best_keeps_a_best_evaluation_that_falls_between_checkpoints(
+    data_home: Path, tmp_path: Path
+) -> None:
+    # Evaluations every 4 steps, checkpoints only at the end: the best evaluation had no checkpoint, so the
+    # final model was silently the last step's, not the best one's.
+    from modelyard.training import _train, load_recipe
+
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        train__eval_every_steps=4,
+        checkpoints={"every_steps": None, "keep_last": 1, "metric": "loss", "mode": "max"},  # the worst loss
+    )
+    with client_of(data_home) as c:
+        result = _train.train(load_recipe(recipe), client=c, progress=False, final_eval=False)
+        info = c.get_run(result.run_id)
+        val = {p.step: p.value for p in c.metric_history(info.id, ["val_loss"])["val_loss"]}
+        model = c.download_artifacts(info.id, "model", tmp_path / "model")
+    best = max(val, key=lambda s: val[s])
+    assert best < 12 and result.best["step"] == best  # the loss went down: the worst is an early one
+    assert info.tags["model_step"] == str(best)
+    root = ckpt_root(data_home, result.run_id)
+    assert sorted(p.name for p in root.glob("step-*")) == [f"step-{best:08d}", "step-00000012"]
+    saved = load_file(model / "model.safetensors")
+    kept = load_file(root / f"step-{best:08d}" / "model.safetensors")
+    common = saved.keys() & kept.keys()  # the tied embedding is stored under one name or the other
+    assert len(common) > 10 and all(torch.equal(saved[k], kept[k]) for k in common)
+
+
 def test_periodic_evaluation_without_validation_rows_is_refused_before_training(
     yard: Yard, data_home: Path, tmp_path: Path
 ) -> None:

@@ -767,9 +767,13 @@ def _loop(
                 if state.step % log_every == 0 or state.step == setup.total_steps:
                     t_window, logged = _log_train(setup, state, run, window, t_window)
                     bar.report(state.step, setup.total_steps, logged)
+                new_best = False
                 if eval_every and (state.step % eval_every == 0 or state.step == setup.total_steps):
-                    _evaluate_step(setup, state, run, on_eval)
-                if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps:
+                    new_best = _evaluate_step(setup, state, run, on_eval)
+                # keep_best keeps the best evaluation's weights, so they are checkpointed even between
+                # every_steps (otherwise the final model silently falls back to the last step's).
+                keep = new_best and recipe.checkpoints.keep_best
+                if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps or keep:
                     state.log_window = [*_dist.all_sum(dist, list(window)), time.perf_counter() - t_window]
                     _save(setup, state, client, run)
                 if state.step >= setup.total_steps or state.stopped_early:
@@ -819,10 +823,11 @@ def _accum(setup: _Setup) -> int:
     return setup.recipe.hyperparameters.gradient_accumulation
 
 
-def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_eval: EvalHook | None) -> None:
-    """Rank 0 evaluates while the others wait; the early-stopping decision is shared."""
+def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_eval: EvalHook | None) -> bool:
+    """Rank 0 evaluates while the others wait; the early-stopping decision is shared. Returns (on every rank)
+    whether this evaluation is a new best of ``checkpoints.metric``."""
     recipe = setup.recipe
-    stop = False
+    stop = new_best = False
     if setup.dist.main:
         metrics = _periodic_eval(setup)
         state.last_eval = metrics
@@ -832,6 +837,7 @@ def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_ev
         value = metrics.get(cfg.metric)
         if value is not None and _better(value, state.best_value, cfg.direction, 0.0):
             state.best_value, state.best_step = value, state.step
+            new_best = True
         es = recipe.train.early_stopping
         if es is not None:
             current = metrics.get(es.metric)
@@ -842,7 +848,9 @@ def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_ev
             stop = state.bad_evals >= es.patience
         if on_eval is not None:
             on_eval(state.step, dict(metrics))
-    state.stopped_early = bool(_dist.broadcast(setup.dist, stop))
+    stop, new_best = _dist.broadcast(setup.dist, (stop, new_best))
+    state.stopped_early = bool(stop)
+    return bool(new_best)
 
 
 class _NoBar:
