@@ -407,6 +407,18 @@ def test_periodic_evaluation_without_validation_rows_is_refused_before_training(
     assert not list((data_home / "checkpoints").glob("*/step-*"))
 
 
+def test_a_batch_larger_than_the_data_is_refused_before_the_tokenizer_is_trained(
+    yard: Yard, data_home: Path, tmp_path: Path
+) -> None:
+    # It was found only after the SentencePiece vocabulary was trained (minutes on a large corpus).
+    recipe = write_recipe(
+        tmp_path / "r.yaml", hyperparameters__batch_size=100, hyperparameters__gradient_accumulation=4
+    )
+    r = yard("train", recipe, "--no-progress")
+    assert r.code == 2 and "fewer than one optimizer step" in r.error
+    assert not list((data_home / "checkpoints").glob("*/tokenizer"))
+
+
 def test_batch_size_must_split_across_processes(yard: Yard, data_home: Path, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", hyperparameters__batch_size=7)
     r = yard("train", recipe, "--no-progress", env={"WORLD_SIZE": "2", "RANK": "1"})

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from modelyard.tracking import Client, Run
-    from modelyard.training._recipe import Recipe
+    from modelyard.training._recipe import Hyperparameters, Recipe
 
 EvalHook = Callable[[int, dict[str, float]], None]
 #: ``loss(logits, batch) -> summed token loss``: ``logits`` are the model's fp32 logits of a micro-batch;
@@ -387,6 +387,7 @@ def train(
                 splits = replace(splits, train=hooks.train_examples(list(splits.train)))
                 if not splits.train:
                     raise UsageError("the training split is empty")
+            _steps_per_epoch(len(splits.train), hp)  # before the tokenizer is trained: minutes on a corpus
             if hooks.tokenizer_dir is not None:
                 tok_files = _read_tokenizer_dir(Path(hooks.tokenizer_dir))
             else:
@@ -403,12 +404,7 @@ def train(
 
         enc = encode_examples(tokenizer, splits.train, recipe)
         rows = _Rows(enc["input_ids"], enc["labels"])
-        per_epoch = (len(rows) // hp.batch_size) // hp.gradient_accumulation
-        if per_epoch == 0:
-            raise UsageError(
-                f"{len(rows)} training rows are fewer than one optimizer step "
-                f"(batch_size {hp.batch_size} x gradient_accumulation {hp.gradient_accumulation})"
-            )
+        per_epoch = _steps_per_epoch(len(rows), hp)
         total = hp.max_steps if hp.max_steps is not None else per_epoch * (hp.epochs or 1)
         core = build_model(
             recipe,
@@ -484,6 +480,17 @@ def train(
     finally:
         _release_run(run.id if run is not None else None)
         _dist.close_group(dist)
+
+
+def _steps_per_epoch(rows: int, hp: Hyperparameters) -> int:
+    """Whole optimizer steps in an epoch of ``rows`` examples; UsageError when there is not one."""
+    per_epoch = (rows // hp.batch_size) // hp.gradient_accumulation
+    if per_epoch == 0:
+        raise UsageError(
+            f"{rows} training rows are fewer than one optimizer step "
+            f"(batch_size {hp.batch_size} x gradient_accumulation {hp.gradient_accumulation})"
+        )
+    return per_epoch
 
 
 def _open_run(
