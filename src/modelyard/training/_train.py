@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.core._paths import private_dirs
+from modelyard.core._paths import private_dirs, write_file
 from modelyard.errors import BackendError, IntegrityError, NotFoundError, UsageError
 from modelyard.training import _checkpoint as ck
 from modelyard.training import _dist
@@ -627,19 +627,37 @@ def _tokenizer_files(recipe: Recipe, train: list[Example], root: Path) -> dict[s
 
     tok_dir = root / "tokenizer"
     done = tok_dir / "done"
+
+    def kept() -> dict[str, bytes]:
+        # Hidden names are temp files of an interrupted write (of done, below), not the tokenizer's.
+        return {
+            p.name: p.read_bytes()
+            for p in sorted(tok_dir.iterdir())
+            if p.is_file() and not p.is_symlink() and p.name != "done" and not p.name.startswith(".")
+        }
+
     if not done.is_file():
         private_dirs(root)
         build_tokenizer(recipe, train, tok_dir)
-        files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file()}
+        files = kept()
         # The digests of what a resume must find again: the checkpoints' weights mean nothing with another
-        # vocabulary, and the step directories are verified the same way.
+        # vocabulary, and the step directories are verified the same way. Temp file + rename: a crash
+        # leaves no done (the tokenizer is trained again, the same) rather than half of one.
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-        done.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        write_file(done, json.dumps(digests, indent=1, sort_keys=True) + "\n")
         return files
-    files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file() and p.name != "done"}
-    text = done.read_text(encoding="utf-8")
+    files = kept()
+    text = done.read_text(encoding="utf-8", errors="replace")
     if text.strip() != "ok":  # "ok": a run from before the digests were kept
-        expected = json.loads(text)
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            expected = None
+        if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+            raise IntegrityError(
+                f"{done}: not a record of the tokenizer's files (it was changed after the run wrote it); "
+                "the run cannot be resumed with a vocabulary it can vouch for"
+            )
         found = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         bad = sorted(n for n in set(expected) | set(found) if expected.get(n) != found.get(n))
         if bad:
