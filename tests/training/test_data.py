@@ -188,3 +188,16 @@ def test_a_utf8_byte_order_mark_is_read_as_such(tmp_path: Path) -> None:
     data_section = _recipe(train="x@1").data
     assert read_examples(tmp_path / "t.csv", data_section) == [Example("x", "007")]
     assert read_examples(tmp_path / "t.jsonl", data_section) == [Example("x", "007")]
+
+
+def test_a_csv_column_named_twice_is_a_clear_error(tmp_path: Path) -> None:
+    # It was an "unexpected KeyError" from pyarrow, also for a duplicate column the recipe does not read.
+    (tmp_path / "t.csv").write_text("source,target,note,note\na,b,c,d\n")
+    with pytest.raises(ValidationError, match=r"t\.csv: the column 'note' is named twice"):
+        read_examples(tmp_path / "t.csv", _recipe(train="x@1").data)
+
+
+def test_a_csv_header_field_past_the_csv_module_limit_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text('"' + "a" * 200_000 + '",target\nx,y\n')  # was "unexpected Error"
+    with pytest.raises(ValidationError, match=r"t\.csv: not a readable CSV file"):
+        read_examples(tmp_path / "t.csv", _recipe(train="x@1").data)

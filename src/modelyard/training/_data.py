@@ -278,9 +278,13 @@ def _read_csv(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]]:
     # utf-8-sig: pyarrow drops a leading BOM from the first column's name, so the header read here must
     # too, or that column's type is inferred (007 -> 7) instead of text.
     with path.open("r", encoding="utf-8-sig", newline="") as f:
-        header = next(csv.reader(f), [])
+        try:
+            header = next(csv.reader(f), [])
+        except csv.Error as exc:  # a header field past the csv module's limit, ...
+            raise ValidationError(f"{label}: not a readable CSV file ({exc})") from None
     if not header:
         return [], {}
+    _check_unique(header, label)
     try:
         table = pcsv.read_csv(
             path,
@@ -291,6 +295,16 @@ def _read_csv(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]]:
     except pa.ArrowInvalid as exc:
         raise ValidationError(f"{label}: not a readable CSV file ({exc})") from None
     return list(table.column_names), {c: table.column(c).to_pylist() for c in table.column_names}
+
+
+def _check_unique(columns: list[str], label: str) -> None:
+    """Refuse a column name given twice: which of the two a field means is anyone's guess."""
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ValidationError(
+            f"{label}: the column {twice[0]!r} is named twice; give each column its own name",
+            columns=twice,
+        )
 
 
 def _check_utf8(path: Path, label: str) -> None:
