@@ -419,6 +419,31 @@ def test_a_batch_larger_than_the_data_is_refused_before_the_tokenizer_is_trained
     assert not list((data_home / "checkpoints").glob("*/tokenizer"))
 
 
+def test_resuming_on_another_kind_of_device_is_refused_before_any_work(
+    data_home: Path, tmp_path: Path
+) -> None:
+    # A run trained on a GPU, resumed on a CPU: the run's params are immutable, so it failed only at the
+    # end of the setup (data read, tokenizer trained, checkpoint loaded) with "param 'run.device' of run
+    # ... already has a different value".
+    from modelyard.errors import UsageError
+    from modelyard.training import _train, load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml"))
+    with client_of(data_home) as c:
+        run = c.start_run("t", params={**recipe.params(), "run.device": "cuda", "run.precision": "bf16"})
+        run.end("FAILED", "the GPU node went away")
+        with pytest.raises(UsageError, match=r"trained on cuda.*resume it on cuda"):
+            _train.train(recipe, client=c, resume=run.id, device="cpu", progress=False)
+    assert not (ckpt_root(data_home, run.id) / "tokenizer").exists()
+    # The same device kind, but auto resolved otherwise there (bf16 on an A100, fp32 here).
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", precision="auto"))
+    with client_of(data_home) as c:
+        run = c.start_run("t", params={**recipe.params(), "run.device": "cpu", "run.precision": "bf16"})
+        run.end("FAILED", "killed")
+        with pytest.raises(UsageError, match=r"trained in bf16, which precision: auto resolves to fp32"):
+            _train.train(recipe, client=c, resume=run.id, device="cpu", progress=False)
+
+
 def test_batch_size_must_split_across_processes(yard: Yard, data_home: Path, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", hyperparameters__batch_size=7)
     r = yard("train", recipe, "--no-progress", env={"WORLD_SIZE": "2", "RANK": "1"})

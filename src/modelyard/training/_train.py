@@ -367,7 +367,7 @@ def train(
         if dist.main:
             assert client is not None
             run, ckpt_path = _open_run(
-                client, recipe, resume, run_name, dist, nested, parent_id, tags, hooks.params
+                client, recipe, resume, run_name, dist, nested, parent_id, tags, hooks.params, dev.type
             )
             run_id = run.id
             if on_start is not None:
@@ -417,6 +417,13 @@ def train(
             hooks.model(core)
         torch.manual_seed(hp.seed + 7919 * dist.rank)  # dropout: seeded, different per rank
         precision = resolve_precision(recipe.precision, dev, core.config.model_type)
+        if dist.main and resume is not None and client is not None:
+            was = client.get_run(run_id).params.get("run.precision")
+            if was is not None and was != precision:  # e.g. auto: bf16 on an A100, fp32 on a V100
+                raise UsageError(
+                    f"run {run_id[:8]} trained in {was}, which precision: {recipe.precision} resolves to "
+                    f"{precision} on this device; resume it on a device that runs {was}"
+                )
         core.to(dev)
         model = core
         if dist.enabled:
@@ -503,6 +510,7 @@ def _open_run(
     parent_id: str | None = None,
     tags: dict[str, Any] | None = None,
     extra_params: Mapping[str, str | int | float] | None = None,
+    device_type: str = "cpu",
 ) -> tuple[Run, str | None]:
     """Rank 0: a new run, or the resumed one and its newest complete checkpoint."""
     from modelyard.tracking import _store
@@ -532,6 +540,18 @@ def _open_run(
         )
     if info.status == "FINISHED":
         raise UsageError(f"run {run_id[:8]} has FINISHED; there is nothing to resume (start a new run)")
+    # The run.* params are logged again below and cannot change: say so now, not after the setup.
+    was_device, was_world = stored.get("run.device"), stored.get("run.world_size")
+    if was_device is not None and was_device != device_type:
+        raise UsageError(
+            f"run {run_id[:8]} trained on {was_device}; resume it on {was_device} (--device {was_device}): "
+            "its checkpoints continue exactly only on the kind of device that wrote them"
+        )
+    if was_world is not None and was_world != str(dist.world):
+        raise UsageError(
+            f"run {run_id[:8]} trained with {was_world} processes; resume it with --nproc {was_world} "
+            "(the data order and RNG streams depend on it)"
+        )
     root = checkpoint_root(client, run_id)
     _hold_run(root, run_id)
     try:
