@@ -7,6 +7,7 @@ are the point."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -442,6 +443,34 @@ def test_resuming_on_another_kind_of_device_is_refused_before_any_work(
         run.end("FAILED", "killed")
         with pytest.raises(UsageError, match=r"trained in bf16, which precision: auto resolves to fp32"):
             _train.train(recipe, client=c, resume=run.id, device="cpu", progress=False)
+
+
+def test_an_infinite_loss_is_logged_as_nan_and_training_goes_on(data_home: Path, tmp_path: Path) -> None:
+    # An overflowing step (fp16: the gradient scaler skips it) has an infinite loss, which the tracking store
+    # refuses: log_metrics raised and the run FAILED. A constant inf leaves the gradients finite.
+    import torch.nn.functional as F
+
+    from modelyard.training import _train, load_recipe
+
+    calls = [0]
+
+    def loss(logits: Any, batch: dict[str, Any]) -> Any:
+        calls[0] += 1
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), reduction="sum"
+        )
+        return ce + float("inf") if calls[0] == 3 else ce
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", hyperparameters__max_steps=4))
+    with client_of(data_home) as c:
+        result = _train.train(
+            recipe, client=c, progress=False, final_eval=False, hooks=_train.TrainHooks(loss=loss)
+        )
+        info = c.get_run(result.run_id)
+        losses = {p.step: p.value for p in c.metric_history(info.id, ["loss"])["loss"]}
+    assert info.status == "FINISHED" and sorted(losses) == [1, 2, 3, 4]
+    assert losses[3] is None or math.isnan(losses[3])  # NaN is stored as a gap
+    assert all(math.isfinite(losses[s]) for s in (1, 2, 4))
 
 
 def test_batch_size_must_split_across_processes(yard: Yard, data_home: Path, tmp_path: Path) -> None:

@@ -859,9 +859,15 @@ def _log_train(
         "epoch": state.epoch + state.batch_in_epoch / max(setup.steps_per_epoch * _accum(setup), 1),
     }
     if run is not None:
-        run.log_metrics(metrics, step=state.step)
+        run.log_metrics(_loggable(metrics), step=state.step)
     window[:] = [0.0] * len(window)
     return now, metrics
+
+
+def _loggable(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` with an infinite value as NaN (a gap): the tracking store refuses infinities, and one
+    overflowing step (fp16, whose gradient scaler skips it) must not end the run."""
+    return {k: v if not math.isinf(v) else math.nan for k, v in metrics.items()}
 
 
 def _accum(setup: _Setup) -> int:
@@ -877,7 +883,7 @@ def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_ev
         metrics = _periodic_eval(setup)
         state.last_eval = metrics
         if run is not None:
-            run.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
+            run.log_metrics(_loggable({f"val_{k}": v for k, v in metrics.items()}), step=state.step)
         cfg = recipe.checkpoints
         value = metrics.get(cfg.metric)
         if value is not None and _better(value, state.best_value, cfg.direction, 0.0):
