@@ -160,3 +160,44 @@ def test_a_deeply_nested_jsonl_line_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text('{"source": "x", "target": "y"}\n{"source": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     with pytest.raises(ValidationError, match=r"train\.jsonl: line 2 is nested too deeply"):
         read_examples(path, _recipe(train="x@1").data)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("train.jsonl", b'{"source": "a", "target": "b"}\n{"source": "caf\xe9", "target": "b"}\n', "line 2"),
+        ("train.csv", b"source,target\ncaf\xe9,b\n", "not UTF-8"),
+        ("train.csv", b"sou\xe9rce,target\na,b\n", "not UTF-8"),
+    ],
+)
+def test_text_that_is_not_utf8_is_a_clear_error(
+    tmp_path: Path, name: str, content: bytes, where: str
+) -> None:
+    path = tmp_path / name  # Latin-1 bytes were an "unexpected UnicodeDecodeError"
+    path.write_bytes(content)
+    with pytest.raises(ValidationError, match=rf"{name}: .*not UTF-8") as err:
+        read_examples(path, _recipe(train="x@1").data)
+    assert where in err.value.message
+
+
+def test_a_utf8_byte_order_mark_is_read_as_such(tmp_path: Path) -> None:
+    # Spreadsheet exports start with one: the CSV's first column was typed by inference (007 -> 7, refused as
+    # "non-string") and a JSONL file's first line was "not valid JSON".
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbftarget,source\n007,x\n")
+    (tmp_path / "t.jsonl").write_bytes(b'\xef\xbb\xbf{"source": "x", "target": "007"}\n')
+    data_section = _recipe(train="x@1").data
+    assert read_examples(tmp_path / "t.csv", data_section) == [Example("x", "007")]
+    assert read_examples(tmp_path / "t.jsonl", data_section) == [Example("x", "007")]
+
+
+def test_a_csv_column_named_twice_is_a_clear_error(tmp_path: Path) -> None:
+    # It was an "unexpected KeyError" from pyarrow, also for a duplicate column the recipe does not read.
+    (tmp_path / "t.csv").write_text("source,target,note,note\na,b,c,d\n")
+    with pytest.raises(ValidationError, match=r"t\.csv: the column 'note' is named twice"):
+        read_examples(tmp_path / "t.csv", _recipe(train="x@1").data)
+
+
+def test_a_csv_header_field_past_the_csv_module_limit_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text('"' + "a" * 200_000 + '",target\nx,y\n')  # was "unexpected Error"
+    with pytest.raises(ValidationError, match=r"t\.csv: not a readable CSV file"):
+        read_examples(tmp_path / "t.csv", _recipe(train="x@1").data)

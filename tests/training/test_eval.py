@@ -112,6 +112,22 @@ def test_slices_score_each_group_on_its_own_rows() -> None:
     assert Scores.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 
+def test_every_slice_gets_its_own_valid_metric_key() -> None:
+    # Names were cut to the characters a metric key allows: 日本 and 中国 (or a/b and a_b) logged to one key,
+    # the last overwriting the others, and a group named ".." made the final log_metrics of a run fail.
+    from modelyard.tracking._store import check_key
+
+    groups = ["日本", "中国", "a/b", "a_b", "..", "x" * 120, "x" * 120 + "y", "de-DE", None]
+    s = score(["a"] * len(groups), ["a"] * len(groups), ["exact_match"], groups=groups)
+    keys = [k for k in s.flat() if k.startswith("slice/")]
+    assert len(keys) == len(groups)
+    for key in keys:
+        check_key(key, "metric key")
+    assert {"slice/de-DE/exact_match", "slice/a_b/exact_match", "slice/_missing_/exact_match"} <= set(keys)
+    alone = score(["a"], ["a"], ["exact_match"], groups=["日本"]).flat()
+    assert set(alone) - {"exact_match"} <= set(keys)  # a group's key does not depend on the other groups
+
+
 def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(
         UsageError, match=r"unknown metric 'blue' \(did you mean 'bleu'\?\); choose from bleu"

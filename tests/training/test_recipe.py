@@ -123,6 +123,10 @@ def test_quoted_number_is_not_silently_coerced() -> None:
             recipe(train__early_stopping={"metric": "loss", "patiense": 2}),
             "train.early_stopping.patiense: unknown",
         ),
+        (  # it judges periodic evaluations; without them it silently never stopped anything
+            recipe(train__early_stopping={"metric": "loss", "patience": 2}),
+            "train: early_stopping needs eval_every_steps",
+        ),
         (
             recipe(model__config={"d_model": 8}, model__preset=...),
             "model.config.d_ff: required key is missing",

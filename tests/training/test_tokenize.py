@@ -150,3 +150,24 @@ def test_from_model_loads_a_local_directory(trained: tuple[Any, Path]) -> None:
     )
     tok = build_tokenizer(recipe, [], out / "unused")
     assert len(tok) == 320 and not (out / "unused").exists()
+
+
+def test_from_model_finds_a_local_model_directory_under_the_home_as_the_model_does(
+    trained: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model loader expands "~"; the tokenizer took "~/models/t5" for a hub id and failed.
+    import shutil
+
+    _, saved = trained
+    shutil.copytree(saved, tmp_path / "models" / "t5")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recipe = parse_recipe(
+        {
+            "data": {"train": "normalise@1"},
+            "tokenizer": {"from": "model"},
+            "model": {"pretrained": "~/models/t5"},
+            "hyperparameters": {"lr": 1e-3, "max_steps": 10},
+        }
+    )
+    tok = build_tokenizer(recipe, [], tmp_path / "unused")
+    assert len(tok) == 320

@@ -7,6 +7,7 @@ are the point."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -369,6 +370,34 @@ def test_every_optimizer_step_sums_exactly_gradient_accumulation_micro_batches(
     assert per_step == [4] * 16
 
 
+def test_keep_best_keeps_a_best_evaluation_that_falls_between_checkpoints(
+    data_home: Path, tmp_path: Path
+) -> None:
+    # Evaluations every 4 steps, checkpoints only at the end: the best evaluation had no checkpoint, so the
+    # final model was silently the last step's, not the best one's.
+    from modelyard.training import _train, load_recipe
+
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        train__eval_every_steps=4,
+        checkpoints={"every_steps": None, "keep_last": 1, "metric": "loss", "mode": "max"},  # the worst loss
+    )
+    with client_of(data_home) as c:
+        result = _train.train(load_recipe(recipe), client=c, progress=False, final_eval=False)
+        info = c.get_run(result.run_id)
+        val = {p.step: p.value for p in c.metric_history(info.id, ["val_loss"])["val_loss"]}
+        model = c.download_artifacts(info.id, "model", tmp_path / "model")
+    best = max(val, key=lambda s: val[s])
+    assert best < 12 and result.best["step"] == best  # the loss went down: the worst is an early one
+    assert info.tags["model_step"] == str(best)
+    root = ckpt_root(data_home, result.run_id)
+    assert sorted(p.name for p in root.glob("step-*")) == [f"step-{best:08d}", "step-00000012"]
+    saved = load_file(model / "model.safetensors")
+    kept = load_file(root / f"step-{best:08d}" / "model.safetensors")
+    common = saved.keys() & kept.keys()  # the tied embedding is stored under one name or the other
+    assert len(common) > 10 and all(torch.equal(saved[k], kept[k]) for k in common)
+
+
 def test_periodic_evaluation_without_validation_rows_is_refused_before_training(
     yard: Yard, data_home: Path, tmp_path: Path
 ) -> None:
@@ -377,6 +406,71 @@ def test_periodic_evaluation_without_validation_rows_is_refused_before_training(
     r = yard("train", recipe, "--no-progress")
     assert r.code == 2 and "validation split, which is empty" in r.error
     assert not list((data_home / "checkpoints").glob("*/step-*"))
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_the_tokenizer_is_trained(
+    yard: Yard, data_home: Path, tmp_path: Path
+) -> None:
+    # It was found only after the SentencePiece vocabulary was trained (minutes on a large corpus).
+    recipe = write_recipe(
+        tmp_path / "r.yaml", hyperparameters__batch_size=100, hyperparameters__gradient_accumulation=4
+    )
+    r = yard("train", recipe, "--no-progress")
+    assert r.code == 2 and "fewer than one optimizer step" in r.error
+    assert not list((data_home / "checkpoints").glob("*/tokenizer"))
+
+
+def test_resuming_on_another_kind_of_device_is_refused_before_any_work(
+    data_home: Path, tmp_path: Path
+) -> None:
+    # A run trained on a GPU, resumed on a CPU: the run's params are immutable, so it failed only at the
+    # end of the setup (data read, tokenizer trained, checkpoint loaded) with "param 'run.device' of run
+    # ... already has a different value".
+    from modelyard.errors import UsageError
+    from modelyard.training import _train, load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml"))
+    with client_of(data_home) as c:
+        run = c.start_run("t", params={**recipe.params(), "run.device": "cuda", "run.precision": "bf16"})
+        run.end("FAILED", "the GPU node went away")
+        with pytest.raises(UsageError, match=r"trained on cuda.*resume it on cuda"):
+            _train.train(recipe, client=c, resume=run.id, device="cpu", progress=False)
+    assert not (ckpt_root(data_home, run.id) / "tokenizer").exists()
+    # The same device kind, but auto resolved otherwise there (bf16 on an A100, fp32 here).
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", precision="auto"))
+    with client_of(data_home) as c:
+        run = c.start_run("t", params={**recipe.params(), "run.device": "cpu", "run.precision": "bf16"})
+        run.end("FAILED", "killed")
+        with pytest.raises(UsageError, match=r"trained in bf16, which precision: auto resolves to fp32"):
+            _train.train(recipe, client=c, resume=run.id, device="cpu", progress=False)
+
+
+def test_an_infinite_loss_is_logged_as_nan_and_training_goes_on(data_home: Path, tmp_path: Path) -> None:
+    # An overflowing step (fp16: the gradient scaler skips it) has an infinite loss, which the tracking store
+    # refuses: log_metrics raised and the run FAILED. A constant inf leaves the gradients finite.
+    import torch.nn.functional as F
+
+    from modelyard.training import _train, load_recipe
+
+    calls = [0]
+
+    def loss(logits: Any, batch: dict[str, Any]) -> Any:
+        calls[0] += 1
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), reduction="sum"
+        )
+        return ce + float("inf") if calls[0] == 3 else ce
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", hyperparameters__max_steps=4))
+    with client_of(data_home) as c:
+        result = _train.train(
+            recipe, client=c, progress=False, final_eval=False, hooks=_train.TrainHooks(loss=loss)
+        )
+        info = c.get_run(result.run_id)
+        losses = {p.step: p.value for p in c.metric_history(info.id, ["loss"])["loss"]}
+    assert info.status == "FINISHED" and sorted(losses) == [1, 2, 3, 4]
+    assert losses[3] is None or math.isnan(losses[3])  # NaN is stored as a gap
+    assert all(math.isfinite(losses[s]) for s in (1, 2, 4))
 
 
 def test_batch_size_must_split_across_processes(yard: Yard, data_home: Path, tmp_path: Path) -> None:

@@ -245,8 +245,15 @@ def read_examples(path: Path, data: DataSection, *, label: str | None = None) ->
 def _read_jsonl(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]]:
     """Line by line (robust to mixed types that pyarrow.json would refuse); blank lines are skipped."""
     records: list[dict[str, Any]] = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            # One line at a time, so an error names it; a BOM (spreadsheet exports write one) is not data.
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ValidationError(
+                    f"{label}: line {lineno} is not UTF-8 text; re-encode the file"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -267,10 +274,17 @@ def _read_csv(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    with path.open("r", encoding="utf-8", newline="") as f:
-        header = next(csv.reader(f), [])
+    _check_utf8(path, label)
+    # utf-8-sig: pyarrow drops a leading BOM from the first column's name, so the header read here must
+    # too, or that column's type is inferred (007 -> 7) instead of text.
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        try:
+            header = next(csv.reader(f), [])
+        except csv.Error as exc:  # a header field past the csv module's limit, ...
+            raise ValidationError(f"{label}: not a readable CSV file ({exc})") from None
     if not header:
         return [], {}
+    _check_unique(header, label)
     try:
         table = pcsv.read_csv(
             path,
@@ -281,6 +295,39 @@ def _read_csv(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]]:
     except pa.ArrowInvalid as exc:
         raise ValidationError(f"{label}: not a readable CSV file ({exc})") from None
     return list(table.column_names), {c: table.column(c).to_pylist() for c in table.column_names}
+
+
+def _check_unique(columns: list[str], label: str) -> None:
+    """Refuse a column name given twice: which of the two a field means is anyone's guess."""
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ValidationError(
+            f"{label}: the column {twice[0]!r} is named twice; give each column its own name",
+            columns=twice,
+        )
+
+
+def _check_utf8(path: Path, label: str) -> None:
+    """A clear error naming the line of the first byte that is not UTF-8 (streamed, not read whole)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 1
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                lines += chunk.count(b"\n", 0, max(exc.start - pending, 0))
+                raise ValidationError(
+                    f"{label}: line {lines} is not UTF-8 text; re-encode the file"
+                ) from None
+            lines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValidationError(f"{label}: line {lines} is not UTF-8 text; re-encode the file") from None
 
 
 def _read_parquet(path: Path, label: str) -> tuple[list[str], dict[str, list[Any]]]:

@@ -88,6 +88,19 @@ def init_group(dist: Dist, backend: str, device: Any) -> None:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise UsageError("distributed.backend nccl needs CUDA devices; use gloo (or auto) on CPU")
+    if backend == "nccl":
+        # pick_device shares GPUs out round-robin; NCCL refuses two ranks on one GPU, but only at the first
+        # collective, after rank 0 has read the data and trained the tokenizer.
+        import torch
+
+        local_env = os.environ.get("LOCAL_WORLD_SIZE", "1")  # set by torchrun
+        local = int(local_env) if local_env.isdigit() else 1
+        gpus = torch.cuda.device_count()
+        if local > gpus:
+            raise UsageError(
+                f"{local} processes on this node but {gpus} GPUs: NCCL needs a GPU of its own for each "
+                f"process; use --nproc {gpus} (or distributed.backend: gloo)"
+            )
     if not td.is_initialized():
         td.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
 

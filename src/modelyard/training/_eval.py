@@ -36,6 +36,7 @@ sacrebleu, rouge-score and torch are imported inside the functions.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import re
@@ -220,9 +221,17 @@ class Scores:
 
 
 def metric_key_part(text: str) -> str:
-    """``text`` with every character a metric key refuses replaced by ``_`` (at most 100 characters)."""
-    cleaned = _METRIC_KEY_BAD.sub("_", text).strip() or "_"
-    return cleaned[:100]
+    """A metric key segment naming the group ``text``: ``text`` itself when a key allows it (at most 100
+    characters), else ``text`` with every character a key refuses replaced by ``_`` and a short hash of
+    ``text`` added, so that two groups never share a key (日本 and 中国 would both be ``__``) and the key
+    depends on the group alone. The slice of examples with no group is ``_missing_``."""
+    if text == MISSING_GROUP:
+        return "_missing_"
+    cleaned = _METRIC_KEY_BAD.sub("_", text).strip()
+    if cleaned == text and text not in ("", ".", "..") and len(text) <= 100:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[:80].strip('. ') or '_'}_{digest}"
 
 
 def score(

@@ -329,6 +329,15 @@ class TrainSection(_Section):
     early_stopping: EarlyStopping | None = None
     generation: GenerationSettings = GenerationSettings()
 
+    @model_validator(mode="after")
+    def _stopping_needs_evaluations(self) -> TrainSection:
+        if self.early_stopping is not None and self.eval_every_steps is None:
+            raise ValueError(
+                "early_stopping needs eval_every_steps: it judges the periodic evaluations, and without "
+                "them it would never stop anything"
+            )
+        return self
+
 
 # -- 7. checkpoints ---------------------------------------------------------------------------------------
 

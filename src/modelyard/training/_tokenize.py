@@ -49,7 +49,13 @@ def build_tokenizer(
         pretrained = recipe.model.pretrained
         if pretrained is None:  # the recipe validator already refuses this
             raise UsageError("tokenizer from: model needs model.pretrained")
+        # The same place the model is loaded from: a local directory ("~" expanded) before a hub id.
+        local = Path(pretrained).expanduser()
         try:
+            if local.is_dir():
+                return AutoTokenizer.from_pretrained(
+                    str(local), revision=recipe.model.revision, local_files_only=True
+                )
             return AutoTokenizer.from_pretrained(pretrained, revision=recipe.model.revision)
         except (OSError, ValueError) as exc:
             raise UsageError(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.core._paths import private_dirs
+from modelyard.core._paths import private_dirs, write_file
 from modelyard.errors import BackendError, IntegrityError, NotFoundError, UsageError
 from modelyard.training import _checkpoint as ck
 from modelyard.training import _dist
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from modelyard.tracking import Client, Run
-    from modelyard.training._recipe import Recipe
+    from modelyard.training._recipe import Hyperparameters, Recipe
 
 EvalHook = Callable[[int, dict[str, float]], None]
 #: ``loss(logits, batch) -> summed token loss``: ``logits`` are the model's fp32 logits of a micro-batch;
@@ -226,10 +226,15 @@ def _loader(setup: _Setup, epoch: int, start: int) -> Iterator[dict[str, Any]]:
 
 
 def _token_losses(
-    setup: _Setup, model: Any, batch: dict[str, Any], loss_hook: LossHook | None = None
+    setup: _Setup,
+    model: Any,
+    batch: dict[str, Any],
+    loss_hook: LossHook | None = None,
+    *,
+    smoothing: bool = True,
 ) -> tuple[Any, int]:
     """Sum of the token cross-entropies of ``batch`` (or ``loss_hook``'s loss) and its number of target
-    tokens."""
+    tokens. ``smoothing``: apply the recipe's label smoothing (the training loss); off for validation."""
     import torch.nn.functional as F
 
     from modelyard.training._model import autocast_context
@@ -250,7 +255,7 @@ def _token_losses(
         labels.reshape(-1),
         ignore_index=-100,
         reduction="sum",
-        label_smoothing=setup.recipe.hyperparameters.label_smoothing,
+        label_smoothing=setup.recipe.hyperparameters.label_smoothing if smoothing else 0.0,
     )
     return loss, int((labels != -100).sum())
 
@@ -273,7 +278,8 @@ def validation_loss(setup: _Setup, examples: Sequence[Example]) -> float:
             for i in range(0, len(rows), size):
                 batch = {k: v.to(setup.device) for k, v in _collate(rows[i : i + size], 0).items()}
                 batch["input_ids"][batch["attention_mask"] == 0] = setup.tokenizer.pad_token_id
-                loss, n = _token_losses(setup, setup.core, batch)
+                # Plain cross-entropy: a smoothed val_loss would not compare across label_smoothing values.
+                loss, n = _token_losses(setup, setup.core, batch, smoothing=False)
                 total, tokens = total + float(loss), tokens + n
     finally:
         setup.core.train(was_training)
@@ -361,7 +367,7 @@ def train(
         if dist.main:
             assert client is not None
             run, ckpt_path = _open_run(
-                client, recipe, resume, run_name, dist, nested, parent_id, tags, hooks.params
+                client, recipe, resume, run_name, dist, nested, parent_id, tags, hooks.params, dev.type
             )
             run_id = run.id
             if on_start is not None:
@@ -381,6 +387,7 @@ def train(
                 splits = replace(splits, train=hooks.train_examples(list(splits.train)))
                 if not splits.train:
                     raise UsageError("the training split is empty")
+            _steps_per_epoch(len(splits.train), hp)  # before the tokenizer is trained: minutes on a corpus
             if hooks.tokenizer_dir is not None:
                 tok_files = _read_tokenizer_dir(Path(hooks.tokenizer_dir))
             else:
@@ -397,12 +404,7 @@ def train(
 
         enc = encode_examples(tokenizer, splits.train, recipe)
         rows = _Rows(enc["input_ids"], enc["labels"])
-        per_epoch = (len(rows) // hp.batch_size) // hp.gradient_accumulation
-        if per_epoch == 0:
-            raise UsageError(
-                f"{len(rows)} training rows are fewer than one optimizer step "
-                f"(batch_size {hp.batch_size} x gradient_accumulation {hp.gradient_accumulation})"
-            )
+        per_epoch = _steps_per_epoch(len(rows), hp)
         total = hp.max_steps if hp.max_steps is not None else per_epoch * (hp.epochs or 1)
         core = build_model(
             recipe,
@@ -415,6 +417,13 @@ def train(
             hooks.model(core)
         torch.manual_seed(hp.seed + 7919 * dist.rank)  # dropout: seeded, different per rank
         precision = resolve_precision(recipe.precision, dev, core.config.model_type)
+        if dist.main and resume is not None and client is not None:
+            was = client.get_run(run_id).params.get("run.precision")
+            if was is not None and was != precision:  # e.g. auto: bf16 on an A100, fp32 on a V100
+                raise UsageError(
+                    f"run {run_id[:8]} trained in {was}, which precision: {recipe.precision} resolves to "
+                    f"{precision} on this device; resume it on a device that runs {was}"
+                )
         core.to(dev)
         model = core
         if dist.enabled:
@@ -480,6 +489,17 @@ def train(
         _dist.close_group(dist)
 
 
+def _steps_per_epoch(rows: int, hp: Hyperparameters) -> int:
+    """Whole optimizer steps in an epoch of ``rows`` examples; UsageError when there is not one."""
+    per_epoch = (rows // hp.batch_size) // hp.gradient_accumulation
+    if per_epoch == 0:
+        raise UsageError(
+            f"{rows} training rows are fewer than one optimizer step "
+            f"(batch_size {hp.batch_size} x gradient_accumulation {hp.gradient_accumulation})"
+        )
+    return per_epoch
+
+
 def _open_run(
     client: Client,
     recipe: Recipe,
@@ -490,6 +510,7 @@ def _open_run(
     parent_id: str | None = None,
     tags: dict[str, Any] | None = None,
     extra_params: Mapping[str, str | int | float] | None = None,
+    device_type: str = "cpu",
 ) -> tuple[Run, str | None]:
     """Rank 0: a new run, or the resumed one and its newest complete checkpoint."""
     from modelyard.tracking import _store
@@ -519,6 +540,18 @@ def _open_run(
         )
     if info.status == "FINISHED":
         raise UsageError(f"run {run_id[:8]} has FINISHED; there is nothing to resume (start a new run)")
+    # The run.* params are logged again below and cannot change: say so now, not after the setup.
+    was_device, was_world = stored.get("run.device"), stored.get("run.world_size")
+    if was_device is not None and was_device != device_type:
+        raise UsageError(
+            f"run {run_id[:8]} trained on {was_device}; resume it on {was_device} (--device {was_device}): "
+            "its checkpoints continue exactly only on the kind of device that wrote them"
+        )
+    if was_world is not None and was_world != str(dist.world):
+        raise UsageError(
+            f"run {run_id[:8]} trained with {was_world} processes; resume it with --nproc {was_world} "
+            "(the data order and RNG streams depend on it)"
+        )
     root = checkpoint_root(client, run_id)
     _hold_run(root, run_id)
     try:
@@ -614,19 +647,37 @@ def _tokenizer_files(recipe: Recipe, train: list[Example], root: Path) -> dict[s
 
     tok_dir = root / "tokenizer"
     done = tok_dir / "done"
+
+    def kept() -> dict[str, bytes]:
+        # Hidden names are temp files of an interrupted write (of done, below), not the tokenizer's.
+        return {
+            p.name: p.read_bytes()
+            for p in sorted(tok_dir.iterdir())
+            if p.is_file() and not p.is_symlink() and p.name != "done" and not p.name.startswith(".")
+        }
+
     if not done.is_file():
         private_dirs(root)
         build_tokenizer(recipe, train, tok_dir)
-        files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file()}
+        files = kept()
         # The digests of what a resume must find again: the checkpoints' weights mean nothing with another
-        # vocabulary, and the step directories are verified the same way.
+        # vocabulary, and the step directories are verified the same way. Temp file + rename: a crash
+        # leaves no done (the tokenizer is trained again, the same) rather than half of one.
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-        done.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        write_file(done, json.dumps(digests, indent=1, sort_keys=True) + "\n")
         return files
-    files = {p.name: p.read_bytes() for p in sorted(tok_dir.iterdir()) if p.is_file() and p.name != "done"}
-    text = done.read_text(encoding="utf-8")
+    files = kept()
+    text = done.read_text(encoding="utf-8", errors="replace")
     if text.strip() != "ok":  # "ok": a run from before the digests were kept
-        expected = json.loads(text)
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            expected = None
+        if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+            raise IntegrityError(
+                f"{done}: not a record of the tokenizer's files (it was changed after the run wrote it); "
+                "the run cannot be resumed with a vocabulary it can vouch for"
+            )
         found = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         bad = sorted(n for n in set(expected) | set(found) if expected.get(n) != found.get(n))
         if bad:
@@ -761,9 +812,13 @@ def _loop(
                 if state.step % log_every == 0 or state.step == setup.total_steps:
                     t_window, logged = _log_train(setup, state, run, window, t_window)
                     bar.report(state.step, setup.total_steps, logged)
+                new_best = False
                 if eval_every and (state.step % eval_every == 0 or state.step == setup.total_steps):
-                    _evaluate_step(setup, state, run, on_eval)
-                if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps:
+                    new_best = _evaluate_step(setup, state, run, on_eval)
+                # keep_best keeps the best evaluation's weights, so they are checkpointed even between
+                # every_steps (otherwise the final model silently falls back to the last step's).
+                keep = new_best and recipe.checkpoints.keep_best
+                if (ckpt_every and state.step % ckpt_every == 0) or state.step == setup.total_steps or keep:
                     state.log_window = [*_dist.all_sum(dist, list(window)), time.perf_counter() - t_window]
                     _save(setup, state, client, run)
                 if state.step >= setup.total_steps or state.stopped_early:
@@ -804,28 +859,36 @@ def _log_train(
         "epoch": state.epoch + state.batch_in_epoch / max(setup.steps_per_epoch * _accum(setup), 1),
     }
     if run is not None:
-        run.log_metrics(metrics, step=state.step)
+        run.log_metrics(_loggable(metrics), step=state.step)
     window[:] = [0.0] * len(window)
     return now, metrics
+
+
+def _loggable(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` with an infinite value as NaN (a gap): the tracking store refuses infinities, and one
+    overflowing step (fp16, whose gradient scaler skips it) must not end the run."""
+    return {k: v if not math.isinf(v) else math.nan for k, v in metrics.items()}
 
 
 def _accum(setup: _Setup) -> int:
     return setup.recipe.hyperparameters.gradient_accumulation
 
 
-def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_eval: EvalHook | None) -> None:
-    """Rank 0 evaluates while the others wait; the early-stopping decision is shared."""
+def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_eval: EvalHook | None) -> bool:
+    """Rank 0 evaluates while the others wait; the early-stopping decision is shared. Returns (on every rank)
+    whether this evaluation is a new best of ``checkpoints.metric``."""
     recipe = setup.recipe
-    stop = False
+    stop = new_best = False
     if setup.dist.main:
         metrics = _periodic_eval(setup)
         state.last_eval = metrics
         if run is not None:
-            run.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=state.step)
+            run.log_metrics(_loggable({f"val_{k}": v for k, v in metrics.items()}), step=state.step)
         cfg = recipe.checkpoints
         value = metrics.get(cfg.metric)
         if value is not None and _better(value, state.best_value, cfg.direction, 0.0):
             state.best_value, state.best_step = value, state.step
+            new_best = True
         es = recipe.train.early_stopping
         if es is not None:
             current = metrics.get(es.metric)
@@ -836,7 +899,9 @@ def _evaluate_step(setup: _Setup, state: ck.TrainerState, run: Run | None, on_ev
             stop = state.bad_evals >= es.patience
         if on_eval is not None:
             on_eval(state.step, dict(metrics))
-    state.stopped_early = bool(_dist.broadcast(setup.dist, stop))
+    stop, new_best = _dist.broadcast(setup.dist, (stop, new_best))
+    state.stopped_early = bool(stop)
+    return bool(new_best)
 
 
 class _NoBar:
