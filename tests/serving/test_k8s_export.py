@@ -148,3 +148,5 @@ def test_yard_deploy(yard: Yard, model_dir: Path) -> None:
     assert r.code == 2 and "weight" in r.error
     r = yard("deploy", "m", "--version", "1", "--mode", "blue")
     assert r.code == 2 and "mode" in r.error
+    r = yard("deploy", "m", "--version", "1", "--mode", "off")  # the version was silently ignored
+    assert r.code == 2 and "leave out the version" in r.error

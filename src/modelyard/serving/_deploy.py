@@ -90,6 +90,8 @@ def deploy(
             raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
         if mode != "off" and (version is None or isinstance(version, bool) or not isinstance(version, int)):
             raise UsageError(f"mode {mode} needs the candidate's version number (--version V)")
+        if mode == "off" and version is not None:  # it was ignored: the user may think V is now serving
+            raise UsageError("mode off removes the candidate: leave out the version (--version)")
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             raise UsageError(f"weight must be a whole percentage from 0 to 100, got {weight!r}")
         if not isinstance(reason, str) or len(reason) > 1000:
