@@ -1017,6 +1017,13 @@ def _finish(
             (Path(tmp) / "report.md").write_text(report.to_markdown(), encoding="utf-8")
             run.log_artifact(Path(tmp) / "report.json", "eval")
             run.log_artifact(Path(tmp) / "report.md", "eval")
+        elif final_eval:  # say why the run has no BLEU/ROUGE and no eval/ report
+            run.set_tags({"final_eval": "skipped: no test or validation split"})
+            warnings.warn(
+                "no test or validation split: the final evaluation (metrics and eval/report.json) is "
+                "skipped; give data.test or data.validation, or evaluate the model later with yard eval",
+                stacklevel=2,
+            )
 
 
 def _make_pruning_permanent(model: Any) -> None:
