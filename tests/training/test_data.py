@@ -201,3 +201,20 @@ def test_a_csv_header_field_past_the_csv_module_limit_is_a_clear_error(tmp_path:
     (tmp_path / "t.csv").write_text('"' + "a" * 200_000 + '",target\nx,y\n')  # was "unexpected Error"
     with pytest.raises(ValidationError, match=r"t\.csv: not a readable CSV file"):
         read_examples(tmp_path / "t.csv", _recipe(train="x@1").data)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_empty_and_whitespace_only_texts_are_refused(tmp_path: Path, fmt: str) -> None:
+    # Such a pair has nothing to learn: it trained towards end-of-sequence alone, silently.
+    rows = [("s0", "t0"), ("s1", ""), ("  \t", "t2"), ("s3", "t3"), ("s4", " ")]
+    path = tmp_path / f"rows.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in rows))
+    else:
+        path.write_text("source,target\n" + "".join(f"{s},{t}\n" for s, t in rows))
+    with pytest.raises(ValidationError) as info:
+        read_examples(path, _recipe(train="x@1").data)
+    msg = info.value.message
+    assert msg.startswith(f"rows.{fmt}: ")
+    assert "2 of 5 rows have an empty or whitespace-only 'target' (rows 2, 5)" in msg
+    assert "1 of 5 rows have an empty or whitespace-only 'source' (rows 3)" in msg

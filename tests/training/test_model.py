@@ -333,3 +333,21 @@ def test_autocast_and_scaler(tiny: Any) -> None:
     scaler = make_grad_scaler("fp32", "cpu")
     loss = torch.tensor(2.0)
     assert scaler.scale(loss) is loss
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"d_model": 32, "d_ff": 48, "num_layers": 2, "num_heads": 4},
+        {"d_model": 24, "d_ff": 40, "num_layers": 1, "num_decoder_layers": 3, "num_heads": 2, "d_kv": 5},
+        {"d_model": 16, "d_ff": 32, "num_layers": 2, "num_heads": 2, "feed_forward_proj": "relu"},
+        {"d_model": 16, "d_ff": 32, "num_layers": 1, "num_heads": 2, "tie_word_embeddings": False},
+    ],
+)
+def test_parameter_estimate_is_the_built_models_count(config: dict[str, Any]) -> None:
+    # The recipe's size limit relies on this count; it must be what build_model really makes.
+    recipe = make_recipe({"init": "scratch", "config": config})
+    dims = recipe.model.dims()
+    assert dims is not None
+    model = build_model(recipe, vocab_size=VOCAB)
+    assert dims.parameters(VOCAB) == sum(p.numel() for p in model.parameters())

@@ -472,3 +472,25 @@ def test_importing_training_does_not_import_torch() -> None:
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_a_scratch_model_too_large_to_build_is_refused_with_its_size() -> None:
+    # Each size is within its own bound; together they make a model of trillions of parameters, which
+    # used to be found out only when built, after the data was read and the tokenizer trained.
+    huge = {"d_model": 32_768, "d_ff": 131_072, "num_layers": 128, "num_heads": 512}
+    msg = problems(recipe(model__preset=..., model__config=huge))
+    assert (
+        "vocab_size 256 makes a model of about 4,947.8 billion parameters, over the limit of 30 billion"
+        in msg
+    )
+
+
+def test_the_largest_flan_t5_sizes_pass_the_size_limit() -> None:
+    # google/flan-t5-xxl and google/flan-ul2, from their config.json files (tied: one embedding fewer)
+    xxl = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64}
+    ul2 = {"d_model": 4096, "d_ff": 16384, "num_layers": 32, "num_heads": 16, "d_kv": 256}
+    for config, billions in ((xxl, 11.0), (ul2, 19.5)):
+        config |= {"tie_word_embeddings": False, "relative_attention_num_buckets": 32}
+        r = parse_recipe(recipe(model__preset=..., model__config=config, tokenizer__vocab_size=32128))
+        dims = r.model.dims()
+        assert dims is not None and round(dims.parameters(32128) / 1e9, 1) == billions

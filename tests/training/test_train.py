@@ -535,3 +535,59 @@ def test_checkpoint_directories_are_private_under_a_permissive_umask(tmp_path: P
         _train._release_run("r1")
     for path in (home / "checkpoints", home / "checkpoints" / "r1"):
         assert path.stat().st_mode & 0o777 == 0o700, path
+
+
+def test_a_run_without_test_or_validation_rows_says_why_it_has_no_final_evaluation(
+    data_home: Path, tmp_path: Path
+) -> None:
+    # The final evaluation was skipped without a word, so a run had no BLEU/ROUGE and no eval/ report and
+    # nothing said why.
+    from modelyard.training import _train, load_recipe
+
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path / "r.yaml",
+            data={"train": "norm@1"},
+            train__eval_every_steps=None,
+            hyperparameters__max_steps=2,
+        )
+    )
+    with client_of(data_home) as c:
+        with pytest.warns(UserWarning, match="no test or validation split: the final evaluation"):
+            result = _train.train(recipe, client=c, progress=False)
+        info = c.get_run(result.run_id)
+        names = {name for name, _, _ in c.list_artifacts(info.id)}
+    assert info.status == "FINISHED" and result.metrics == {}
+    assert info.tags["final_eval"] == "skipped: no test or validation split"
+    assert "model/model.safetensors" in names and not any(n.startswith("eval/") for n in names)
+
+
+def _runs(c: Client, n: int, status: str, *, checkpoint: bool = False) -> list[str]:
+    ids = []
+    for _ in range(n):
+        run = c.start_run("t")
+        run.end(status)
+        if checkpoint:
+            step = ckpt_root(c.platform.settings.home, run.id) / "step-00000003"
+            step.mkdir(parents=True)
+            (step / "manifest.json").write_text("{}")
+        ids.append(run.id)
+    return ids
+
+
+def test_resume_latest_finds_the_newest_resumable_run_behind_many_newer_runs(
+    any_platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the 200 newest runs of the experiment were looked at: a killed run followed by 200 finished
+    # ones (a sweep, say) was "no run ... has a checkpoint to resume".
+    from modelyard.training import _train
+
+    with Client(any_platform) as c:
+        _runs(c, 1, "KILLED", checkpoint=True)
+        (wanted,) = _runs(c, 1, "KILLED", checkpoint=True)
+        _runs(c, 201, "FINISHED")
+        assert _train._resolve_resume(c, "t", "latest") == wanted
+        # Unfinished runs without a checkpoint are read a page at a time, however many there are.
+        monkeypatch.setattr(_train, "_RESUME_PAGE", 2)
+        _runs(c, 5, "FAILED")
+        assert _train._resolve_resume(c, "t", "latest") == wanted

@@ -188,8 +188,9 @@ def pick_member(root: Path, data: DataSection, *, role: str | None) -> str:
 def read_examples(path: Path, data: DataSection, *, label: str | None = None) -> list[Example]:
     """Read the examples of one file (format from ``data.format`` or the suffix), checking the fields.
 
-    Every row must carry a string ``source_field`` and ``target_field``; null or non-string values are one
-    :class:`ValidationError` with their count and the first row numbers (1-based data rows). The group field,
+    Every row must carry a non-blank string ``source_field`` and ``target_field``; null, non-string, empty
+    or whitespace-only values are one :class:`ValidationError` with their count and the first row numbers
+    (1-based data rows). The group field,
     when set, may hold any scalar (converted with ``str``) or null."""
     label = label or path.name
     fmt = data.format if data.format != "auto" else _format_of(path.name)
@@ -218,6 +219,7 @@ def read_examples(path: Path, data: DataSection, *, label: str | None = None) ->
     sources, targets = table[data.source_field], table[data.target_field]
     groups = table[data.group_field] if data.group_field is not None else None
     bad: dict[str, list[int]] = {}
+    blank: dict[str, list[int]] = {}
     examples: list[Example] = []
     for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
         ok = True
@@ -225,19 +227,23 @@ def read_examples(path: Path, data: DataSection, *, label: str | None = None) ->
             if not isinstance(value, str):
                 bad.setdefault(name, []).append(i + 1)
                 ok = False
+            elif not value.strip():
+                # Nothing to learn from: such a pair trains towards end-of-sequence alone (or from no input).
+                blank.setdefault(name, []).append(i + 1)
+                ok = False
         if ok:
             g = groups[i] if groups is not None else None
             examples.append(Example(s, t, None if g is None else str(g)))
-    if bad:
+    if bad or blank:
         parts = []
-        for name, rows in bad.items():
-            shown = ", ".join(map(str, rows[:_SHOW])) + (", ..." if len(rows) > _SHOW else "")
-            parts.append(
-                f"{len(rows)} of {len(sources)} rows have a null or non-string {name!r} (rows {shown})"
-            )
+        for what, found in (("a null or non-string", bad), ("an empty or whitespace-only", blank)):
+            for name, rows in found.items():
+                shown = ", ".join(map(str, rows[:_SHOW])) + (", ..." if len(rows) > _SHOW else "")
+                parts.append(f"{len(rows)} of {len(sources)} rows have {what} {name!r} (rows {shown})")
         raise ValidationError(
             f"{label}: {'; '.join(parts)}; fix or drop those rows in a new dataset version",
             bad_rows={k: len(v) for k, v in bad.items()},
+            blank_rows={k: len(v) for k, v in blank.items()},
         )
     return examples
 

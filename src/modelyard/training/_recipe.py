@@ -76,6 +76,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 MAX_SEQUENCE_LENGTH = 1_000_000
 #: the most beams a beam search may keep (each is a copy of the decoder state)
 MAX_BEAMS = 256
+#: the largest scratch model a recipe may ask for, in parameters (flan-t5-xxl has 11.1e9, flan-ul2 19.5e9)
+MAX_SCRATCH_PARAMETERS = 30_000_000_000
 Beams = Annotated[int, Field(ge=1, le=MAX_BEAMS)]
 NewTokens = Annotated[int, Field(ge=1, le=MAX_SEQUENCE_LENGTH)]
 #: the largest recipe, gate policy or alert rules file read (as a job's recipe is bounded)
@@ -223,6 +225,16 @@ class T5Dims(_Section):
     @property
     def kv(self) -> int:
         return self.d_kv if self.d_kv is not None else self.d_model // self.num_heads
+
+    def parameters(self, vocab_size: int) -> int:
+        """The parameter count of the T5 model these sizes build (one shared, tied embedding)."""
+        d, inner = self.d_model, self.num_heads * self.kv
+        attention = 4 * d * inner  # q, k, v, o
+        ff = (3 if self.feed_forward_proj.startswith("gated") else 2) * d * self.d_ff
+        bias = self.relative_attention_num_buckets * self.num_heads  # in the first layer of each stack
+        encoder = self.num_layers * (attention + ff + 2 * d) + bias + d
+        decoder = (self.num_decoder_layers or self.num_layers) * (2 * attention + ff + 3 * d) + bias + d
+        return vocab_size * d + encoder + decoder
 
 
 PRESETS: dict[str, T5Dims] = {
@@ -464,6 +476,17 @@ class Recipe(_Section):
                 raise ValueError(
                     f"{where}: {metric!r} is not computed; use loss or one of evaluation.metrics "
                     f"({', '.join(self.evaluation.metrics)})"
+                )
+        dims = self.model.dims()
+        if dims is not None and self.tokenizer.vocab_size is not None:
+            # Each size is bounded but not their product: catch a model that cannot fit before the data and
+            # tokenizer work, not when it is built.
+            estimate = dims.parameters(self.tokenizer.vocab_size)
+            if estimate > MAX_SCRATCH_PARAMETERS:
+                raise ValueError(
+                    f"model.config with tokenizer.vocab_size {self.tokenizer.vocab_size} makes a model of "
+                    f"about {estimate / 1e9:,.1f} billion parameters, over the limit of "
+                    f"{MAX_SCRATCH_PARAMETERS / 1e9:,.0f} billion; use smaller sizes"
                 )
         if self.search:
             self._check_search(self.search)

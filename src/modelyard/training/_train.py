@@ -614,17 +614,39 @@ def _param_text(value: Any) -> str:
     return check_pairs("param", {"v": value}, 10**6)["v"]
 
 
+#: how many unfinished runs one look-up of ``--resume latest`` reads at a time
+_RESUME_PAGE = 200
+
+
 def _resolve_resume(client: Client, experiment: str, resume: str) -> str:
     from modelyard.tracking import _store
 
     if resume != "latest":
         return _store.resolve_run_id(client.platform, client.ctx, resume)
-    for info in client.search_runs(experiment, order_by=["start_time DESC"], max_results=200):
-        root = checkpoint_root(client, info.id)
-        resumable = info.status != "FINISHED" and info.parent_id is None
-        if resumable and root.is_dir() and any(root.glob("step-*/manifest.json")):
-            return info.id
-    raise NotFoundError(f"no run of experiment {experiment!r} has a checkpoint to resume")
+    # Unfinished runs, newest first, filtered in the store and read a page at a time: the newest resumable
+    # run is found however many runs came after it (it was looked for among the 200 newest only).
+    unfinished = "attributes.status != 'FINISHED'"
+    query, seen = unfinished, set()
+    while True:
+        page = client.search_runs(
+            experiment, filter=query, order_by=["start_time DESC"], max_results=_RESUME_PAGE
+        )
+        fresh = [info for info in page if info.id not in seen]
+        for info in fresh:
+            seen.add(info.id)
+            root = checkpoint_root(client, info.id)
+            if info.parent_id is None and root.is_dir() and any(root.glob("step-*/manifest.json")):
+                return info.id
+        if len(page) < _RESUME_PAGE:
+            raise NotFoundError(f"no run of experiment {experiment!r} has a checkpoint to resume")
+        oldest = min(info.start_time for info in page).timestamp() * 1000
+        # Runs started at the oldest one's instant may be on the next page, so it is included again (with a
+        # millisecond of slack for the float); a whole page of one instant is stepped past.
+        query = (
+            f"{unfinished} and attributes.start_time <= {oldest + 1!r}"
+            if fresh
+            else f"{unfinished} and attributes.start_time < {oldest!r}"
+        )
 
 
 def _attach_job(client: Client, run_id: str) -> None:
@@ -1017,6 +1039,13 @@ def _finish(
             (Path(tmp) / "report.md").write_text(report.to_markdown(), encoding="utf-8")
             run.log_artifact(Path(tmp) / "report.json", "eval")
             run.log_artifact(Path(tmp) / "report.md", "eval")
+        elif final_eval:  # say why the run has no BLEU/ROUGE and no eval/ report
+            run.set_tags({"final_eval": "skipped: no test or validation split"})
+            warnings.warn(
+                "no test or validation split: the final evaluation (metrics and eval/report.json) is "
+                "skipped; give data.test or data.validation, or evaluate the model later with yard eval",
+                stacklevel=2,
+            )
 
 
 def _make_pruning_permanent(model: Any) -> None:
