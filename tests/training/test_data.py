@@ -218,3 +218,17 @@ def test_empty_and_whitespace_only_texts_are_refused(tmp_path: Path, fmt: str) -
     assert msg.startswith(f"rows.{fmt}: ")
     assert "2 of 5 rows have an empty or whitespace-only 'target' (rows 2, 5)" in msg
     assert "1 of 5 rows have an empty or whitespace-only 'source' (rows 3)" in msg
+
+
+def test_what_an_older_run_trained_on_is_read_with_its_blank_texts(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """Monitoring reads a model's training split as a drift reference: a model trained before blank texts
+    were refused must still have one, with the rows (and so the seeded split) its run had."""
+    rows = [{"source": f"s{i}", "target": "" if i % 4 == 0 else f"t{i}"} for i in range(20)]
+    recipe = _recipe(dataset=_one_file(platform, tmp_path, "older", rows))
+    with pytest.raises(ValidationError, match="empty or whitespace-only 'target'"):
+        load_splits(platform, platform.context(), recipe)
+    splits = load_splits(platform, platform.context(), recipe, blank_ok=True)
+    assert sum(splits.sizes().values()) == 20
+    assert sum(1 for e in splits.train + splits.validation + splits.test if e.target == "") == 5

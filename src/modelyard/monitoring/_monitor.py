@@ -63,7 +63,8 @@ def reference(platform: Platform, ctx: Context, spec: str, *, max_rows: int = 20
         raise NotFoundError(
             f"{info.spec} records no training recipe, so there is no training data to compare with"
         )
-    splits = load_splits(platform, ctx, recipe)
+    # As the run read them (blank texts were kept before training refused them): the same seeded split.
+    splits = load_splits(platform, ctx, recipe, blank_ok=True)
     rows = splits.train
     if len(rows) > max_rows:  # a seeded random sample: the head of a file sorted by date or label is skewed
         keep = sorted(random.Random(0).sample(range(len(rows)), max_rows))

@@ -66,8 +66,9 @@ class Splits:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
 
-def load_splits(platform: Platform, ctx: Context, recipe: Recipe) -> Splits:
+def load_splits(platform: Platform, ctx: Context, recipe: Recipe, *, blank_ok: bool = False) -> Splits:
     """Read the examples of ``recipe.data``: one version per split, or one version cut by the split ratios.
+    ``blank_ok``: keep empty texts (see :func:`read_examples`), for reading what an older run trained on.
 
     Raises :class:`UsageError` when no member file can be chosen, :class:`ValidationError` when a field is
     missing or a value is null or not a string, and the errors of :func:`modelyard.data.get` (not found,
@@ -82,7 +83,9 @@ def load_splits(platform: Platform, ctx: Context, recipe: Recipe) -> Splits:
 
     if data.dataset is not None:
         member = pick_member(roots[data.dataset], data, role=None)
-        rows = read_examples(roots[data.dataset] / member, data, label=f"{data.dataset}:{member}")
+        rows = read_examples(
+            roots[data.dataset] / member, data, label=f"{data.dataset}:{member}", blank_ok=blank_ok
+        )
         train, validation, test = split_examples(rows, data)
         return Splits(train, validation, test, versions=dict(versions), files={"dataset": member})
 
@@ -90,7 +93,7 @@ def load_splits(platform: Platform, ctx: Context, recipe: Recipe) -> Splits:
     files: dict[str, str] = {}
     for role, spec in versions.items():
         member = pick_member(roots[spec], data, role=role)
-        out[role] = read_examples(roots[spec] / member, data, label=f"{spec}:{member}")
+        out[role] = read_examples(roots[spec] / member, data, label=f"{spec}:{member}", blank_ok=blank_ok)
         files[role] = member
     return Splits(
         out["train"], out.get("validation", []), out.get("test", []), versions=dict(versions), files=files
@@ -185,13 +188,15 @@ def pick_member(root: Path, data: DataSection, *, role: str | None) -> str:
     )
 
 
-def read_examples(path: Path, data: DataSection, *, label: str | None = None) -> list[Example]:
+def read_examples(
+    path: Path, data: DataSection, *, label: str | None = None, blank_ok: bool = False
+) -> list[Example]:
     """Read the examples of one file (format from ``data.format`` or the suffix), checking the fields.
 
     Every row must carry a non-blank string ``source_field`` and ``target_field``; null, non-string, empty
     or whitespace-only values are one :class:`ValidationError` with their count and the first row numbers
-    (1-based data rows). The group field,
-    when set, may hold any scalar (converted with ``str``) or null."""
+    (1-based data rows); ``blank_ok`` keeps empty and whitespace-only texts (models trained before they
+    were refused). The group field, when set, may hold any scalar (converted with ``str``) or null."""
     label = label or path.name
     fmt = data.format if data.format != "auto" else _format_of(path.name)
     if fmt == "jsonl":
@@ -227,7 +232,7 @@ def read_examples(path: Path, data: DataSection, *, label: str | None = None) ->
             if not isinstance(value, str):
                 bad.setdefault(name, []).append(i + 1)
                 ok = False
-            elif not value.strip():
+            elif not blank_ok and not value.strip():
                 # Nothing to learn from: such a pair trains towards end-of-sequence alone (or from no input).
                 blank.setdefault(name, []).append(i + 1)
                 ok = False
