@@ -377,7 +377,9 @@ def _while_a_row_is_uncommitted(
     returned or raised: a concurrent create that checked for the name before the other one committed."""
     import threading
 
-    from sqlalchemy import insert, text
+    from sqlalchemy import insert
+
+    from modelyard.testing import wait_for_lock_wait
 
     outcome: list[object] = []
 
@@ -391,13 +393,7 @@ def _while_a_row_is_uncommitted(
         holder.execute(insert(table).values(**row))  # type: ignore[arg-type]
         worker = threading.Thread(target=run)
         worker.start()
-        with platform.db.engine.connect() as watcher:
-            waiting = text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
-            while worker.is_alive() and not watcher.execute(waiting).scalar_one():
-                watcher.rollback()  # a fresh snapshot of pg_stat_activity each time
+        wait_for_lock_wait(platform.db.engine, worker)
         holder.commit()
         worker.join()
     return outcome[0]

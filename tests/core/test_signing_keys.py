@@ -38,13 +38,13 @@ def test_concurrent_first_uses_of_the_signing_key_agree_on_postgres(
     inserted a second active key and failed with SQLAlchemy's unexpected IntegrityError."""
     import threading
 
-    from sqlalchemy import delete, select, text
+    from sqlalchemy import delete, select
 
     from modelyard.core._keys import MASTER_KEY_ID
     from modelyard.core._models import Meta
     from modelyard.core._platform import utcnow
     from modelyard.core._signing import ACTIVE, ensure_signing_key
-    from modelyard.testing import make_platform
+    from modelyard.testing import make_platform, wait_for_lock_wait
 
     p = make_platform(tmp_path / "home", database_url=postgres_url)
     try:
@@ -63,13 +63,7 @@ def test_concurrent_first_uses_of_the_signing_key_agree_on_postgres(
             s.execute(select(Meta).where(Meta.key == MASTER_KEY_ID).with_for_update())
             second = threading.Thread(target=first_use)
             second.start()
-            with p.db.engine.connect() as watcher:
-                waiting = text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database()"
-                )
-                while second.is_alive() and not watcher.execute(waiting).scalar_one():
-                    watcher.rollback()
+            wait_for_lock_wait(p.db.engine, second)
             s.add(Meta(key=ACTIVE, value="f" * 32))  # what the first use records (a stand-in key row)
             s.add(
                 SigningKey(

@@ -14,6 +14,7 @@ from modelyard.testing._fixtures import (
     train_tiny,
     trained_model,
     vm_hwm_kib,
+    wait_for_lock_wait,
 )
 from modelyard.testing._k8sapi import FakeCluster, fake_kubernetes
 from modelyard.testing._s3server import moto_s3_server
@@ -38,4 +39,5 @@ __all__ = [
     "train_tiny",
     "trained_model",
     "vm_hwm_kib",
+    "wait_for_lock_wait",
 ]

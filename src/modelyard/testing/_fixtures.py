@@ -6,6 +6,7 @@ import contextlib
 import filecmp
 import secrets
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,18 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def wait_for_lock_wait(engine: Any, thread: threading.Thread) -> None:
+    """Return once a session of ``engine``'s PostgreSQL database waits on a lock, or ``thread`` ended: a test
+    holding a lock learns that the thread under test queued behind it (no sleep to guess)."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    with engine.connect() as watcher:
+        while thread.is_alive() and not watcher.execute(waiting).scalar_one():
+            watcher.rollback()  # a fresh snapshot of pg_stat_activity each time
 
 
 def vm_hwm_kib() -> int:
