@@ -45,7 +45,7 @@ from modelyard.errors import (
     YardError,
 )
 from modelyard.serving._batcher import Draining, QueueFull
-from modelyard.serving._config import ServeConfig
+from modelyard.serving._config import LOCAL_HOSTS, ServeConfig
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._predlog import new_request_id
 from modelyard.serving._routing import Params, Route, Slot, SloWindow
@@ -73,6 +73,16 @@ class ApiError(Exception):
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _loopback_name(host: str) -> bool:
+    """Whether a Host header names the loopback interface (127.0.0.1, localhost, [::1]; any port)."""
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1 : name.find("]")] if "]" in name else ""
+    else:
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    return name in LOCAL_HOSTS
 
 
 # -- request parsing ----------------------------------------------------------------------------------------
@@ -439,6 +449,17 @@ class Server:
     # -- auth ------------------------------------------------------------------------------------------------
     async def authenticate(self, request: Request, model: str) -> Context:
         if not self.config.auth:
+            # No tokens, so the loopback address is the only guard, and a web page the user opens can pass it
+            # by DNS rebinding: its own name, resolved to 127.0.0.1, makes its requests same-origin to the
+            # browser. They name that host in Host, so only loopback names are answered.
+            host = request.headers.get("host")
+            if host is not None and not _loopback_name(host):
+                raise ApiError(
+                    421,
+                    "misdirected_request",
+                    "this server has no API tokens (auth: false) and answers only requests addressed to "
+                    "127.0.0.1, localhost or [::1]",
+                )
             return self.ctx
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -814,7 +835,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         server = srv()
-        if server.config.metrics_auth:
+        if server.config.metrics_auth or not server.config.auth:  # without auth: the Host check alone
             await server.authenticate(request, "*")
         body, content_type = server.metrics.render(server.routes.values())
         return Response(body, media_type=content_type)

@@ -1,0 +1,86 @@
+"""The REST surface against a hostile client: the app in this process over a real (PyTorch) version, driven
+through httpx's ASGI transport or raw ASGI messages where a client misbehaves below HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from modelyard import registry
+from modelyard.config import load_settings
+from modelyard.core import Platform, create_token
+from modelyard.serving import create_app, parse_config
+from modelyard.testing import TrainedModel
+
+pytestmark = pytest.mark.slow
+PREDICT = "/v1/models/hard:predict"
+FEEDBACK = "/v1/models/hard:feedback"
+
+
+@pytest.fixture(scope="module")
+def platform(trained: TrainedModel) -> Iterator[Platform]:
+    pytest.importorskip("fastapi")
+    p = Platform(load_settings(home=trained.home))
+    registry.register(p, p.context(), trained.model_dir, "hard")
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def token(platform: Platform) -> str:
+    return create_token(platform, platform.context(), platform.context().user)[1]
+
+
+@asynccontextmanager
+async def serving(platform: Platform, **config: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The app (lifespan run) and a client addressing it as http://127.0.0.1."""
+    app = create_app(parse_config({"models": ["hard@1"], **config}), platform)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60) as client:
+            yield app, client
+
+
+def test_without_auth_only_requests_addressed_to_loopback_are_answered(platform: Platform) -> None:
+    """auth: false is allowed on loopback alone, but a page in the user's browser reaches loopback through DNS
+    rebinding (attacker.example resolving to 127.0.0.1): it must not predict, post feedback or read what is
+    served. Its requests carry its own name in Host."""
+
+    async def run() -> None:
+        async with serving(platform, auth=False) as (_, client):
+            evil = {"host": "attacker.example:8000"}
+            for method, path, body in (
+                ("POST", PREDICT, {"inputs": ["normalise amount (en-US): $12"]}),
+                ("POST", FEEDBACK, {"request_id": "0" * 26, "target": "x"}),
+                ("GET", "/v1/models", None),
+                ("GET", "/metrics", None),
+            ):
+                r = await client.request(method, path, json=body, headers=evil)
+                assert r.status_code == 421, (path, r.status_code, r.text)
+                assert r.json()["error"]["code"] == "misdirected_request"
+                assert "hard" not in r.text
+            for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"):
+                r = await client.post(PREDICT, json={"inputs": ["x"]}, headers={"host": host})
+                assert r.status_code == 200, (host, r.text)
+            assert (await client.get("/healthz", headers=evil)).status_code == 200  # nothing in it
+
+    asyncio.run(run())
+
+
+def test_with_auth_the_host_is_not_checked(platform: Platform, token: str) -> None:
+    async def run() -> None:
+        async with serving(platform) as (_, client):
+            r = await client.post(
+                PREDICT,
+                json={"inputs": ["x"]},
+                headers={"host": "models.example", "authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 200, r.text
+
+    asyncio.run(run())
+
