@@ -4,6 +4,7 @@ through httpx's ASGI transport or raw ASGI messages where a client misbehaves be
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -84,3 +85,57 @@ def test_with_auth_the_host_is_not_checked(platform: Platform, token: str) -> No
 
     asyncio.run(run())
 
+
+async def _raw(app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    """One request as ASGI messages (what uvicorn hands the app when a client hangs up mid-body)."""
+    sent: list[Any] = []
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            return queue.pop(0)
+        await asyncio.Event().wait()  # nothing more ever comes
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PREDICT,
+        "raw_path": PREDICT.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(
+    platform: Platform, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was answered 500, counted as internal_error and logged with a traceback: any client could fill the
+    log and the error metric (and the alerts on it) by hanging up."""
+
+    async def run() -> str:
+        async with serving(platform) as (app, client):
+            auth = [(b"authorization", f"Bearer {token}".encode())]
+            for _ in range(3):
+                part = {"type": "http.request", "body": b'{"inputs": ["x', "more_body": True}
+                sent = await _raw(app, [part, {"type": "http.disconnect"}], auth)
+                assert sent[0]["status"] == 499, sent
+            return (await client.get("/metrics")).text
+
+    with caplog.at_level(logging.ERROR, "modelyard.serving"):
+        metrics = asyncio.run(run())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert 'yard_errors_total{code="client_closed"} 3.0' in metrics
+    assert 'code="internal_error"' not in metrics

@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from modelyard.core._platform import Context, Platform
 from modelyard.errors import (
@@ -134,6 +135,8 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
         await asyncio.wait_for(read(), timeout_s)
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:  # the client's doing, not the server's: no 500, no traceback in the log
+        raise ApiError(499, "client_closed", "the client went away before sending the whole body") from None
     try:  # JSON over HTTP is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and UTF-32
         body = b"".join(chunks).decode("utf-8").removeprefix("\ufeff")  # a BOM may be ignored (RFC 8259)
     except UnicodeDecodeError as exc:
