@@ -139,3 +139,21 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert 'yard_errors_total{code="client_closed"} 3.0' in metrics
     assert 'code="internal_error"' not in metrics
+
+
+def test_error_messages_quote_a_bounded_part_of_the_request(platform: Platform, token: str) -> None:
+    """An unknown field or parameter was echoed whole: a 1 MB field name came back as a 1 MB error (and
+    into anything that logs error messages)."""
+
+    async def run() -> None:
+        async with serving(platform) as (_, client):
+            auth = {"authorization": f"Bearer {token}"}
+            name = "f" * 500_000
+            for body in ({"inputs": ["x"], name: 1}, {"inputs": ["x"], "parameters": {name: 1}}):
+                r = await client.post(PREDICT, json=body, headers=auth)
+                assert r.status_code == 422 and len(r.content) < 500, len(r.content)
+                assert "'ffff" in r.json()["error"]["message"]  # still says which one
+            r = await client.post(f"/v1/models/{'m' * 5000}:predict", json={"inputs": ["x"]}, headers=auth)
+            assert r.status_code == 404 and len(r.content) < 500, len(r.content)
+
+    asyncio.run(run())

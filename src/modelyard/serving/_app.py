@@ -110,6 +110,11 @@ def _not_text(value: Any) -> str | None:
     return None
 
 
+def _quoted(text: str, limit: int = 40) -> str:
+    """``text`` as an error message quotes it: the start of it (a name from the request may be huge)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
@@ -194,7 +199,7 @@ def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, st
         raise bad('the body must be a JSON object such as {"inputs": ["..."]}')
     unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise bad(f"unknown field {unknown[0]!r}; expected inputs, parameters and key")
+        raise bad(f"unknown field {_quoted(unknown[0])}; expected inputs, parameters and key")
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise bad("inputs must be a non-empty list of strings")
@@ -212,7 +217,7 @@ def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, st
         raise bad("parameters must be an object")
     unknown = sorted(set(params) - {"max_new_tokens"})
     if unknown:
-        raise bad(f"unknown parameter {unknown[0]!r}; supported: max_new_tokens")
+        raise bad(f"unknown parameter {_quoted(unknown[0])}; supported: max_new_tokens")
     tokens = params.get("max_new_tokens", lim.default_new_tokens)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= lim.max_new_tokens:
         raise bad(f"parameters.max_new_tokens must be a whole number from 1 to {lim.max_new_tokens}")
@@ -499,14 +504,14 @@ class Server:
         from modelyard.core._rbac import allowed
 
         if not allowed(ctx.role, "model.predict"):
-            raise ApiError(403, "permission_denied", f"{ctx.user} may not use model {model!r}")
+            raise ApiError(403, "permission_denied", f"{ctx.user} may not use model {_quoted(model)}")
         return ctx
 
     def route(self, name: str) -> Route:
         route = self.routes.get(name)
         if route is None:
             raise ApiError(
-                404, "not_found", f"this server does not serve a model {name!r}; see GET /v1/models"
+                404, "not_found", f"this server does not serve a model {_quoted(name)}; see GET /v1/models"
             )
         return route
 
