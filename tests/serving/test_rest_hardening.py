@@ -141,6 +141,32 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(
     assert 'code="internal_error"' not in metrics
 
 
+def test_what_is_not_json_or_is_ambiguous_is_refused(platform: Platform, token: str) -> None:
+    """json.loads takes NaN and Infinity (not JSON, RFC 8259) and lets the last of duplicate keys win: a proxy
+    or filter in front that reads the first "inputs" saw other inputs than the model got."""
+
+    async def run() -> None:
+        async with serving(platform) as (_, client):
+            headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+            for body in (
+                b'{"inputs": ["checked"], "inputs": ["normalise amount (en-US): $12"]}',
+                b'{"inputs": ["x"], "parameters": {"max_new_tokens": 4, "max_new_tokens": 8}}',
+                b'{"inputs": ["x"], "key": NaN}',
+                b'{"inputs": ["x"], "parameters": {"max_new_tokens": -Infinity}}',
+            ):
+                r = await client.post(PREDICT, content=body, headers=headers)
+                assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json", (body, r.text)
+            r = await client.post(
+                FEEDBACK, content=b'{"request_id": "x", "target": "a", "target": "b"}', headers=headers
+            )
+            assert r.status_code == 400, r.text
+            # keys that only look alike are different keys
+            r = await client.post(PREDICT, content=b'{"inputs": ["x"], "Inputs": ["y"]}', headers=headers)
+            assert r.status_code == 422, r.text
+
+    asyncio.run(run())
+
+
 def test_error_messages_quote_a_bounded_part_of_the_request(platform: Platform, token: str) -> None:
     """An unknown field or parameter was echoed whole: a 1 MB field name came back as a 1 MB error (and
     into anything that logs error messages)."""

@@ -110,6 +110,23 @@ def _not_text(value: Any) -> str | None:
     return None
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _one_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: with json.loads's default the last of two wins, so a filter or
+    proxy that reads the first one would check other inputs than the model gets."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {_quoted(key)} appears twice in one object")
+            seen.add(key)
+    return data
+
+
 def _quoted(text: str, limit: int = 40) -> str:
     """``text`` as an error message quotes it: the start of it (a name from the request may be huge)."""
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
@@ -148,7 +165,7 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
         why = f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
         raise ApiError(400, "malformed_json", why) from None
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json, object_pairs_hook=_one_each)
     except RecursionError:
         raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
     except ValueError as exc:
