@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from modelyard import registry
 from modelyard.config import load_settings
 from modelyard.core import Platform, create_token
 from modelyard.serving import create_app, parse_config
-from modelyard.testing import TrainedModel
+from modelyard.testing import TrainedModel, fresh_postgres_database, make_platform
 
 pytestmark = pytest.mark.slow
 PREDICT = "/v1/models/hard:predict"
@@ -183,3 +184,49 @@ def test_error_messages_quote_a_bounded_part_of_the_request(platform: Platform, 
             assert r.status_code == 404 and len(r.content) < 500, len(r.content)
 
     asyncio.run(run())
+
+
+def test_a_store_outage_does_not_tell_clients_where_the_store_is(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    """Tokens are resolved in the metadata store, so when it is down any client, token or not, got a 503
+    whose message was the driver's error with the store's URL: its user, host, port and database name."""
+    import os
+
+    from sqlalchemy import create_engine, make_url, text
+
+    server = os.environ.get("YARD_TEST_DATABASE_URL")
+    if not server:
+        pytest.skip("YARD_TEST_DATABASE_URL is not set")
+    with fresh_postgres_database(server) as url:
+        name = make_url(url).database
+        p = make_platform(tmp_path / "home", database_url=url)
+        admin = create_engine(
+            make_url(server).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+        )
+        try:
+            registry.register(p, p.context(), trained.model_dir, "hard")
+
+            async def run() -> httpx.Response:
+                async with serving(p) as (_, client):
+                    with admin.connect() as conn:  # the store goes away: no connection is taken
+                        conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+                        conn.execute(
+                            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                            {"n": name},
+                        )
+                    try:
+                        return await client.post(
+                            PREDICT, json={"inputs": ["x"]}, headers={"authorization": "Bearer yard_a_b"}
+                        )
+                    finally:
+                        with admin.connect() as conn:
+                            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+
+            r = asyncio.run(run())
+        finally:
+            p.close()
+            admin.dispose()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "backend_error", r.text
+    host = make_url(server).host
+    assert name not in r.text and str(host) not in r.text and "postgres" not in r.text, r.text

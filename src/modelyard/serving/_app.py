@@ -719,8 +719,12 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
 
     @app.exception_handler(YardError)
     async def _yard_error(request: Request, exc: YardError) -> JSONResponse:
-        status = exc.http_status if exc.http_status < 500 else 503
-        return answer(status, exc.code, exc.message)
+        if exc.http_status < 500:
+            return answer(exc.http_status, exc.code, exc.message)
+        # A backend failure's message names the store (URL, user, host, database, the driver's words): for
+        # the log, not the client, who may not even have a token (tokens are resolved in that store).
+        log.warning("serving: %s", exc.message)
+        return answer(503, exc.code, "the server cannot reach its storage right now; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
