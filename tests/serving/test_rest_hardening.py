@@ -230,3 +230,42 @@ def test_a_store_outage_does_not_tell_clients_where_the_store_is(
     assert r.status_code == 503 and r.json()["error"]["code"] == "backend_error", r.text
     host = make_url(server).host
     assert name not in r.text and str(host) not in r.text and "postgres" not in r.text, r.text
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(platform: Platform) -> None:
+    """uvicorn timed out idle kept-alive connections, never one that had not sent a whole request: a client
+    that connected and sent nothing, or trickled its headers (slowloris), held a connection for ever."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from modelyard.serving._http import uvicorn_options
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = parse_config({"models": ["hard@1"], "port": port, "limits": {"read_timeout_s": 1}})
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, platform), **uvicorn_options(cfg)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            threading.Event().wait(0.05)
+        silent = socket.create_connection(("127.0.0.1", port))
+        trickle = socket.create_connection(("127.0.0.1", port))
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
+        for conn in (silent, trickle):
+            with conn:
+                conn.settimeout(60)
+                assert conn.recv(100) == b""  # closed by the server, long before this timeout
+        # a request whose headers came in time is answered, and its connection kept for the next one
+        with socket.create_connection(("127.0.0.1", port)) as ok:
+            ok.settimeout(60)
+            for _ in range(2):
+                ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert ok.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
