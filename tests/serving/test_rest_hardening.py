@@ -269,3 +269,18 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(platform: Plat
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(platform: Platform) -> None:
+    """Starlette answered /v1/models/hard:predict/ (and any path with a trailing slash) with a 307 to the same
+    path on whatever host the request's Host header named, before any token was checked: a redirect built
+    from client input (Host header injection, poison for a cache in front), and not an error body."""
+
+    async def run() -> None:
+        async with serving(platform) as (_, client):
+            for path in (f"{PREDICT}/", "/healthz/", "/v1/models/"):
+                r = await client.post(path, json={"inputs": ["x"]}, headers={"host": "attacker.example"})
+                assert r.status_code == 404 and "location" not in r.headers, (path, r.status_code)
+                assert r.json()["error"]["code"] == "not_found"
+
+    asyncio.run(run())

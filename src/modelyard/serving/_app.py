@@ -694,7 +694,16 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         finally:
             await server.stop()
 
-    app = FastAPI(title="modelyard serving", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: Starlette builds them from the request's Host header, before any token is
+    # checked; a path this API does not have is 404 like any other.
+    app = FastAPI(
+        title="modelyard serving",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
 
     async def read_body(request: Request) -> Any:
         return await read_json(request, config.limits.max_body_bytes, config.limits.read_timeout_s)
