@@ -34,7 +34,7 @@ def test_a_version_without_onnx_is_served_with_pytorch(
 
     transformers.utils.logging.enable_progress_bar()  # as a process that never turned it off has it
     config = parse_config({"models": ["torch-served@1"], "auth": False})
-    with TestClient(create_app(config, platform)) as client:
+    with TestClient(create_app(config, platform), base_url="http://localhost") as client:
         models = client.get("/v1/models").json()["models"]
         assert models[0]["variant"] == "fp32"
         r = client.post(
@@ -54,7 +54,7 @@ def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(platform: Plat
             "batching": {"max_wait_ms": 50},
         }
     )
-    with TestClient(create_app(config, platform)) as client:
+    with TestClient(create_app(config, platform), base_url="http://localhost") as client:
         r = client.post("/v1/models/torch-served:predict", json={"inputs": ["normalise amount (en-US): $12"]})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert client.get("/healthz").status_code == 200
@@ -64,10 +64,12 @@ def test_metrics_need_a_token_only_when_metrics_auth_is_on(platform: Platform) -
     from modelyard.core import create_token
 
     _, token = create_token(platform, platform.context(), platform.context().user)
-    with TestClient(create_app(parse_config({"models": ["torch-served@1"]}), platform)) as client:
+    with TestClient(
+        create_app(parse_config({"models": ["torch-served@1"]}), platform), base_url="http://localhost"
+    ) as client:
         assert "yard_requests_total" in client.get("/metrics").text  # the default: scraped by annotation
     config = parse_config({"models": ["torch-served@1"], "metrics_auth": True})
-    with TestClient(create_app(config, platform)) as client:
+    with TestClient(create_app(config, platform), base_url="http://localhost") as client:
         r = client.get("/metrics")
         assert r.status_code == 401 and "yard_requests_total" not in r.text
         assert client.get("/metrics", headers={"Authorization": "Bearer yard_x_y"}).status_code == 401
@@ -131,7 +133,10 @@ def test_a_candidate_or_alias_that_cannot_load_keeps_the_server_up_and_following
     try:
         # A canary that cannot load does not keep the server from starting: the stable version serves.
         app = create_app(config, platform)
-        with caplog.at_level(logging.WARNING, "modelyard.serving"), TestClient(app) as client:
+        with (
+            caplog.at_level(logging.WARNING, "modelyard.serving"),
+            TestClient(app, base_url="http://localhost") as client,
+        ):
             assert client.get("/readyz").json() == {"status": "ready"}
             assert _candidate(client) is None
             r = client.post("/v1/models/torch-served:predict", json=body)
@@ -176,7 +181,7 @@ def test_a_candidate_leaves_traffic_when_the_deployment_names_one_that_cannot_lo
     config = parse_config({"models": ["torch-served@1"], "auth": False, "alias_poll_s": 0.1})
     body = {"inputs": ["normalise date (de-DE): 02.03.2013"]}
     try:
-        with TestClient(create_app(config, platform)) as client:
+        with TestClient(create_app(config, platform), base_url="http://localhost") as client:
             assert _candidate(client) is not None
             deploy(platform, engineer, "torch-served", version=bad, mode="ab", weight=50)
             _wait(lambda: _candidate(client) is None)
@@ -193,7 +198,7 @@ def test_a_nul_in_a_body_is_a_400(platform: Platform) -> None:
     a feedback target was a 500 (helper-29)."""
     config = parse_config({"models": ["torch-served@1"], "auth": False})
     json_type = {"content-type": "application/json"}
-    with TestClient(create_app(config, platform)) as client:
+    with TestClient(create_app(config, platform), base_url="http://localhost") as client:
         r = client.post(
             "/v1/models/torch-served:predict", content=b'{"inputs": ["a\\u0000b"]}', headers=json_type
         )
@@ -232,7 +237,7 @@ def test_inputs_too_slow_for_every_version_do_not_roll_a_canary_back(
     )
     body = {"inputs": ["normalise date (de-DE): 02.03.2013"]}
     try:
-        with TestClient(create_app(config, platform)) as client:
+        with TestClient(create_app(config, platform), base_url="http://localhost") as client:
             assert _candidate(client) is not None
             codes = {
                 client.post("/v1/models/torch-served:predict", json={**body, "key": f"k{i}"}).status_code
@@ -265,7 +270,7 @@ def test_a_revoked_token_or_a_removed_or_disabled_user_gets_no_more_answers(plat
         headers = {"Authorization": f"Bearer {tokens[name][1]}"}
         return client.post("/v1/models/torch-served:predict", json=body, headers=headers).status_code
 
-    with TestClient(create_app(config, platform)) as client:
+    with TestClient(create_app(config, platform), base_url="http://localhost") as client:
         assert [status(n) for n in tokens] == [200, 200, 200]
         revoke_token(platform, admin, tokens["srv-revoked"][0].id)
         remove_user(platform, admin, "srv-removed")

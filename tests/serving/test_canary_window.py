@@ -304,7 +304,10 @@ def test_two_servers_roll_a_canary_back_on_their_pooled_requests(served: Served)
             weight=100,
             reason="pooled window test",
         )
-        with TestClient(create_app(config, p1)) as c1, TestClient(create_app(config, p2)) as c2:
+        with (
+            TestClient(create_app(config, p1), base_url="http://localhost") as c1,
+            TestClient(create_app(config, p2), base_url="http://localhost") as c2,
+        ):
             for client in (c1, c2):
                 assert client.get("/v1/models").json()["models"][0]["candidate"]["version"] == 3
                 for i in range(5):
@@ -381,7 +384,7 @@ def test_a_rollback_the_store_cannot_record_fails_no_request_and_is_recorded_lat
             reason="unrecordable rollback",
         )
         monkeypatch.setattr(_deploy, "rollback_candidate", outage)
-        with TestClient(create_app(config, p)) as client:
+        with TestClient(create_app(config, p), base_url="http://localhost") as client:
             for i in range(6):
                 r = client.post(
                     "/v1/models/srv:predict", json={"inputs": [f"normalise date (de-DE): 0{i}.03.2013"]}

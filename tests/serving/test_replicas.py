@@ -28,7 +28,10 @@ def test_feedback_waits_for_a_prediction_another_replica_answered(served: Served
     )
     a, b = (Platform(load_settings(home=served.home)) for _ in range(2))
     try:
-        with TestClient(create_app(config, a)) as replica_a, TestClient(create_app(config, b)) as replica_b:
+        with (
+            TestClient(create_app(config, a), base_url="http://localhost") as replica_a,
+            TestClient(create_app(config, b), base_url="http://localhost") as replica_b,
+        ):
             r = replica_a.post(
                 "/v1/models/srv:predict", json={"inputs": ["normalise date (de-DE): 02.03.2013"]}
             )

@@ -109,14 +109,9 @@ def _run(cfg: Any) -> None:
         f"({cfg.workers} worker(s), auth {'on' if cfg.auth else 'OFF'})",
         markup=False,
     )
-    server: dict[str, Any] = {
-        "host": cfg.host,
-        "port": cfg.port,
-        "timeout_keep_alive": cfg.limits.keep_alive_s,
-        "limit_concurrency": cfg.limits.max_connections,
-        "log_level": "warning",
-        "access_log": False,
-    }
+    from modelyard.serving._http import uvicorn_options
+
+    server = uvicorn_options(cfg)
     if cfg.workers == 1:
         # One process keeps its metrics in memory: a PROMETHEUS_MULTIPROC_DIR left in the environment
         # would make prometheus_client write files there (or fail at start-up when it is gone).

@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from modelyard.core._platform import Context, Platform
 from modelyard.errors import (
@@ -45,7 +46,7 @@ from modelyard.errors import (
     YardError,
 )
 from modelyard.serving._batcher import Draining, QueueFull
-from modelyard.serving._config import ServeConfig
+from modelyard.serving._config import LOCAL_HOSTS, ServeConfig
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._predlog import new_request_id
 from modelyard.serving._routing import Params, Route, Slot, SloWindow
@@ -75,6 +76,16 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def _loopback_name(host: str) -> bool:
+    """Whether a Host header names the loopback interface (127.0.0.1, localhost, [::1]; any port)."""
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1 : name.find("]")] if "]" in name else ""
+    else:
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    return name in LOCAL_HOSTS
+
+
 # -- request parsing ----------------------------------------------------------------------------------------
 
 
@@ -97,6 +108,28 @@ def _not_text(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend(item)
     return None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _one_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: with json.loads's default the last of two wins, so a filter or
+    proxy that reads the first one would check other inputs than the model gets."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {_quoted(key)} appears twice in one object")
+            seen.add(key)
+    return data
+
+
+def _quoted(text: str, limit: int = 40) -> str:
+    """``text`` as an error message quotes it: the start of it (a name from the request may be huge)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
@@ -124,13 +157,15 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
         await asyncio.wait_for(read(), timeout_s)
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:  # the client's doing, not the server's: no 500, no traceback in the log
+        raise ApiError(499, "client_closed", "the client went away before sending the whole body") from None
     try:  # JSON over HTTP is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and UTF-32
         body = b"".join(chunks).decode("utf-8").removeprefix("\ufeff")  # a BOM may be ignored (RFC 8259)
     except UnicodeDecodeError as exc:
         why = f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
         raise ApiError(400, "malformed_json", why) from None
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json, object_pairs_hook=_one_each)
     except RecursionError:
         raise ApiError(400, "malformed_json", "the JSON body is nested too deeply") from None
     except ValueError as exc:
@@ -181,7 +216,7 @@ def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, st
         raise bad('the body must be a JSON object such as {"inputs": ["..."]}')
     unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise bad(f"unknown field {unknown[0]!r}; expected inputs, parameters and key")
+        raise bad(f"unknown field {_quoted(unknown[0])}; expected inputs, parameters and key")
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise bad("inputs must be a non-empty list of strings")
@@ -199,7 +234,7 @@ def parse_predict(data: Any, config: ServeConfig) -> tuple[list[str], Params, st
         raise bad("parameters must be an object")
     unknown = sorted(set(params) - {"max_new_tokens"})
     if unknown:
-        raise bad(f"unknown parameter {unknown[0]!r}; supported: max_new_tokens")
+        raise bad(f"unknown parameter {_quoted(unknown[0])}; supported: max_new_tokens")
     tokens = params.get("max_new_tokens", lim.default_new_tokens)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= lim.max_new_tokens:
         raise bad(f"parameters.max_new_tokens must be a whole number from 1 to {lim.max_new_tokens}")
@@ -439,6 +474,17 @@ class Server:
     # -- auth ------------------------------------------------------------------------------------------------
     async def authenticate(self, request: Request, model: str) -> Context:
         if not self.config.auth:
+            # No tokens, so the loopback address is the only guard, and a web page the user opens can pass it
+            # by DNS rebinding: its own name, resolved to 127.0.0.1, makes its requests same-origin to the
+            # browser. They name that host in Host, so only loopback names are answered.
+            host = request.headers.get("host")
+            if host is not None and not _loopback_name(host):
+                raise ApiError(
+                    421,
+                    "misdirected_request",
+                    "this server has no API tokens (auth: false) and answers only requests addressed to "
+                    "127.0.0.1, localhost or [::1]",
+                )
             return self.ctx
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -475,14 +521,14 @@ class Server:
         from modelyard.core._rbac import allowed
 
         if not allowed(ctx.role, "model.predict"):
-            raise ApiError(403, "permission_denied", f"{ctx.user} may not use model {model!r}")
+            raise ApiError(403, "permission_denied", f"{ctx.user} may not use model {_quoted(model)}")
         return ctx
 
     def route(self, name: str) -> Route:
         route = self.routes.get(name)
         if route is None:
             raise ApiError(
-                404, "not_found", f"this server does not serve a model {name!r}; see GET /v1/models"
+                404, "not_found", f"this server does not serve a model {_quoted(name)}; see GET /v1/models"
             )
         return route
 
@@ -648,7 +694,16 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         finally:
             await server.stop()
 
-    app = FastAPI(title="modelyard serving", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: Starlette builds them from the request's Host header, before any token is
+    # checked; a path this API does not have is 404 like any other.
+    app = FastAPI(
+        title="modelyard serving",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
 
     async def read_body(request: Request) -> Any:
         return await read_json(request, config.limits.max_body_bytes, config.limits.read_timeout_s)
@@ -673,8 +728,12 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
 
     @app.exception_handler(YardError)
     async def _yard_error(request: Request, exc: YardError) -> JSONResponse:
-        status = exc.http_status if exc.http_status < 500 else 503
-        return answer(status, exc.code, exc.message)
+        if exc.http_status < 500:
+            return answer(exc.http_status, exc.code, exc.message)
+        # A backend failure's message names the store (URL, user, host, database, the driver's words): for
+        # the log, not the client, who may not even have a token (tokens are resolved in that store).
+        log.warning("serving: %s", exc.message)
+        return answer(503, exc.code, "the server cannot reach its storage right now; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -814,7 +873,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         server = srv()
-        if server.config.metrics_auth:
+        if server.config.metrics_auth or not server.config.auth:  # without auth: the Host check alone
             await server.authenticate(request, "*")
         body, content_type = server.metrics.render(server.routes.values())
         return Response(body, media_type=content_type)

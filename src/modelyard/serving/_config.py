@@ -56,6 +56,7 @@ class Limits(_Section):
     # the same as httpx's, and lost about one request in 2,000 under 200 clients).
     keep_alive_s: Annotated[int, Field(ge=1, le=3600)] = 75
     # A body must arrive within this (408): a client that trickles one, or never sends it, holds a connection.
+    # A request's line and headers too (the connection is closed): see serving/_http.py.
     read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # Connections (and requests) a server process holds at once; past it, new ones are answered 503 at once,
     # /healthz included (uvicorn's limit_concurrency): with it set, probe liveness by TCP. Default: no limit.
