@@ -4,6 +4,7 @@ through httpx's ASGI transport or raw ASGI messages where a client misbehaves be
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -284,3 +285,29 @@ def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(platfor
                 assert r.json()["error"]["code"] == "not_found"
 
     asyncio.run(run())
+
+
+def test_a_server_failure_that_is_not_an_outage_is_not_called_one(platform: Platform) -> None:
+    """The 503 of a failure other than the store's (a file failing its digest, a key that does not unwrap)
+    told clients to retry because the storage was unreachable; it names its code (the log has the detail)."""
+    from modelyard.errors import BackendError, IntegrityError, YardError
+
+    async def run() -> list[dict[str, Any]]:
+        async with serving(platform) as (app, _):
+            handler = app.exception_handlers[YardError]
+            out = []
+            for exc in (
+                IntegrityError("weights.safetensors of hard@1 does not match"),
+                BackendError("db down"),
+            ):
+                response = await handler(None, exc)
+                assert response.status_code == 503
+                out.append(json.loads(response.body)["error"])
+            return out
+
+    integrity, backend = asyncio.run(run())
+    assert integrity == {
+        "code": "integrity_error",
+        "message": "the server could not answer (integrity_error); its log says why",
+    }
+    assert backend["code"] == "backend_error" and "cannot reach its storage" in backend["message"]

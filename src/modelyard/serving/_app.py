@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from modelyard.core._platform import Context, Platform
 from modelyard.errors import (
     AuthenticationError,
+    BackendError,
     NotFoundError,
     PermissionDeniedError,
     UsageError,
@@ -733,7 +734,10 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         # A backend failure's message names the store (URL, user, host, database, the driver's words): for
         # the log, not the client, who may not even have a token (tokens are resolved in that store).
         log.warning("serving: %s", exc.message)
-        return answer(503, exc.code, "the server cannot reach its storage right now; retry later")
+        if isinstance(exc, BackendError):
+            return answer(503, exc.code, "the server cannot reach its storage right now; retry later")
+        # Not an outage (a file that fails its digest, a key that does not unwrap): retrying will not help.
+        return answer(503, exc.code, f"the server could not answer ({exc.code}); its log says why")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
