@@ -311,3 +311,21 @@ def test_a_server_failure_that_is_not_an_outage_is_not_called_one(platform: Plat
         "message": "the server could not answer (integrity_error); its log says why",
     }
     assert backend["code"] == "backend_error" and "cannot reach its storage" in backend["message"]
+
+
+def test_no_answer_may_be_cached_or_sniffed(platform: Platform, token: str) -> None:
+    """Predictions may hold personal data: no answer, error or not, may be kept by a cache or read as HTML."""
+
+    async def run() -> list[httpx.Response]:
+        async with serving(platform) as (_, client):
+            auth = {"authorization": f"Bearer {token}"}
+            return [
+                await client.post(PREDICT, json={"inputs": ["normalise amount (en-US): $12"]}, headers=auth),
+                await client.post(PREDICT, json={"inputs": ["x"]}),  # 401
+                await client.get("/healthz"),
+                await client.get("/nowhere"),
+            ]
+
+    for r in asyncio.run(run()):
+        assert r.headers["cache-control"] == "no-store", (r.status_code, r.headers)
+        assert r.headers["x-content-type-options"] == "nosniff"

@@ -87,6 +87,29 @@ def _loopback_name(host: str) -> bool:
     return name in LOCAL_HOSTS
 
 
+class _NoStoreNoSniff:
+    """Headers on every answer: predictions may hold personal data, so no cache (a proxy's, a browser's) may
+    keep one, and no browser may read a JSON answer as HTML. Plain ASGI: no per-request task, as
+    BaseHTTPMiddleware would add."""
+
+    HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 # -- request parsing ----------------------------------------------------------------------------------------
 
 
@@ -705,6 +728,7 @@ def create_app(config: ServeConfig, platform: Platform | None = None) -> FastAPI
         redoc_url=None,
         redirect_slashes=False,
     )
+    app.add_middleware(_NoStoreNoSniff)
 
     async def read_body(request: Request) -> Any:
         return await read_json(request, config.limits.max_body_bytes, config.limits.read_timeout_s)
