@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
@@ -817,8 +818,47 @@ def _check_dest(dest: Path) -> None:
     if dest.exists():
         if not dest.is_dir():
             raise UsageError(f"{dest} exists and is not a directory; give a new or empty directory")
-        if any(dest.iterdir()):
+        stale = _stale_temps(dest, dest.name)
+        if any(p not in stale for p in dest.iterdir()):
+            if stale:
+                raise UsageError(
+                    f"{dest} holds part of a checkout that was interrupted (what it had not moved in yet is "
+                    f"in {stale[0].name}); empty {dest} and check out again"
+                )
             raise UsageError(f"{dest} is not empty; check out into a new or empty directory")
+
+
+def _stale_temps(where: Path, name: str) -> list[Path]:
+    """Temp directories that checkouts into ``where/name`` (or into ``where`` itself, whose name is
+    ``name``) left when they were killed: a live checkout holds an flock on its own (see _hold)."""
+    prefix = f"{temp_prefix(name)}checkout-"
+    found = []
+    with os.scandir(where) as it:
+        for e in it:
+            if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False) and not _held(e.path):
+                found.append(Path(e.path))
+    return found
+
+
+def _hold(path: Path) -> int:
+    """Lock ``path`` (a directory) for as long as the returned descriptor is open, or the process lives."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # just made, so nobody else holds it
+    return fd
+
+
+def _held(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return True  # gone meanwhile, or not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock taken just to test it
+    return False
 
 
 def checkout(
@@ -835,7 +875,9 @@ def checkout(
     failure it is removed, so ``dest`` never holds an unverified tree. A new ``dest`` is the temp
     directory renamed (atomic). An existing empty one is filled in place instead of replaced: it may be
     the shell's working directory (``checkout ds@1 .``), a mount point, or have its own owner and mode;
-    the temp directory is made inside it and its top-level entries are renamed into it one by one."""
+    the temp directory is made inside it and its top-level entries are renamed into it one by one.
+    A checkout that was killed leaves its temp directory, which the next checkout into ``dest`` removes
+    (or, if some entries had been moved in already, names when it refuses ``dest``)."""
     parse_spec(spec)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec, version_required=True)
@@ -850,7 +892,10 @@ def checkout(
     where = dest if existing else dest.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
+        for stale in _stale_temps(where, dest.name):  # left by a killed checkout into dest
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
+        held = _hold(tmp)
     except OSError as exc:
         raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
     moved: list[Path] = []
@@ -873,6 +918,8 @@ def checkout(
                 path.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     return info
 
 
