@@ -1003,22 +1003,22 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec)
     target = _cache_dir(platform, ctx, info)
-    with _manifest.StatCache(_cache_path(platform)) as cache:
-        if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
-            return target
-    if target.exists() or target.is_symlink():
+    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
+    # One get of a version at a time (threads and processes): otherwise one that found the copy bad could
+    # delete the fresh copy another had just made and returned in its place.
+    lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with _manifest.StatCache(_cache_path(platform)) as cache:
+            if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
+                return target
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        else:
+        elif target.exists() or target.is_symlink():
             target.unlink()
-    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
-    try:
         checkout(platform, ctx, f"{info.name}@{info.version}", target)
-    except UsageError:
-        # Another process checked the same version out meanwhile; use it if it verifies.
-        with _manifest.StatCache(_cache_path(platform)) as cache:
-            if not verify_tree(platform.artifacts, cache, target, info.manifest_digest):
-                raise
+    finally:
+        os.close(lock)  # releases the lock
     return target
 
 
