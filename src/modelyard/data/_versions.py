@@ -900,6 +900,8 @@ def checkout(
         raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
     moved: list[Path] = []
     try:
+        if _case_insensitive(tmp):
+            _check_case(members(platform.artifacts, info.manifest_digest), spec, dest)
         _materialise(platform.artifacts, info, tmp, n_workers, progress)
         sync_filesystem(tmp)
         try:
@@ -921,6 +923,38 @@ def checkout(
     finally:
         os.close(held)
     return info
+
+
+def _case_insensitive(directory: Path) -> bool:
+    """True if ``directory``'s filesystem takes names that differ only in case for the same file (macOS and
+    Windows by default): a file made with a lower-case name is found under its upper-case one."""
+    fd, path = tempfile.mkstemp(prefix=".yard-case-", dir=directory)  # mkstemp's names are lower case
+    try:
+        probe = os.fstat(fd)
+        try:
+            other = os.lstat(os.path.join(directory, os.path.basename(path).upper()))
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(probe, other)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _check_case(version: Iterator[_manifest.Member], spec: str, dest: Path) -> None:
+    """Refuse a version holding two names (of files or of their directories) that differ only in case: a
+    case-insensitive filesystem would silently hold one where the version has two."""
+    seen: dict[str, str] = {}
+    for m in version:
+        parts = m.path.split("/")
+        for i in range(1, len(parts) + 1):
+            name = "/".join(parts[:i])
+            other = seen.setdefault(name.casefold(), name)
+            if other != name:
+                raise UsageError(
+                    f"{spec} holds both {other!r} and {name!r}, which name the same file on the "
+                    f"case-insensitive filesystem of {dest}; check it out onto a case-sensitive one"
+                )
 
 
 def _fill(dest: Path, tmp: Path, moved: list[Path]) -> None:
