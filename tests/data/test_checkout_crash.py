@@ -105,7 +105,7 @@ def test_a_live_checkouts_temp_directory_is_not_taken_for_a_leftover(
     data.add_version(platform, ctx, tree, "ds")
     dest = tmp_path / "empty"
     dest.mkdir()
-    live = dest / ".empty.checkout-live"
+    live = dest / ".empty.checkout-live1234"
     live.mkdir()
     fd = os.open(live, os.O_RDONLY)
     try:
@@ -115,3 +115,15 @@ def test_a_live_checkouts_temp_directory_is_not_taken_for_a_leftover(
         assert live.is_dir()
     finally:
         os.close(fd)
+
+
+def test_a_directory_that_only_starts_like_a_leftover_is_kept(
+    platform: Platform, tree: Path, tmp_path: Path
+) -> None:
+    ctx = platform.context()
+    data.add_version(platform, ctx, tree, "ds")
+    mine = tmp_path / ".new.checkout-notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    data.checkout(platform, ctx, "ds@1", tmp_path / "new")
+    assert (mine / "keep.txt").read_text() == "mine"

@@ -831,11 +831,13 @@ def _check_dest(dest: Path) -> None:
 def _stale_temps(where: Path, name: str) -> list[Path]:
     """Temp directories that checkouts into ``where/name`` (or into ``where`` itself, whose name is
     ``name``) left when they were killed: a live checkout holds an flock on its own (see _hold)."""
-    prefix = f"{temp_prefix(name)}checkout-"
+    # Exactly mkdtemp's names (8 characters of [a-z0-9_] after the prefix): a user's own directory that
+    # merely starts like one is not removed.
+    ours = re.compile(re.escape(f"{temp_prefix(name)}checkout-") + r"[a-z0-9_]{8}")
     found = []
     with os.scandir(where) as it:
         for e in it:
-            if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False) and not _held(e.path):
+            if ours.fullmatch(e.name) and e.is_dir(follow_symlinks=False) and not _held(e.path):
                 found.append(Path(e.path))
     return found
 
