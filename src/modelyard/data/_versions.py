@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
@@ -817,8 +818,49 @@ def _check_dest(dest: Path) -> None:
     if dest.exists():
         if not dest.is_dir():
             raise UsageError(f"{dest} exists and is not a directory; give a new or empty directory")
-        if any(dest.iterdir()):
+        stale = _stale_temps(dest, dest.name)
+        if any(p not in stale for p in dest.iterdir()):
+            if stale:
+                raise UsageError(
+                    f"{dest} holds part of a checkout that was interrupted (what it had not moved in yet is "
+                    f"in {stale[0].name}); empty {dest} and check out again"
+                )
             raise UsageError(f"{dest} is not empty; check out into a new or empty directory")
+
+
+def _stale_temps(where: Path, name: str) -> list[Path]:
+    """Temp directories that checkouts into ``where/name`` (or into ``where`` itself, whose name is
+    ``name``) left when they were killed: a live checkout holds an flock on its own (see _hold)."""
+    # Exactly mkdtemp's names (8 characters of [a-z0-9_] after the prefix): a user's own directory that
+    # merely starts like one is not removed.
+    ours = re.compile(re.escape(f"{temp_prefix(name)}checkout-") + r"[a-z0-9_]{8}")
+    found = []
+    with os.scandir(where) as it:
+        for e in it:
+            if ours.fullmatch(e.name) and e.is_dir(follow_symlinks=False) and not _held(e.path):
+                found.append(Path(e.path))
+    return found
+
+
+def _hold(path: Path) -> int:
+    """Lock ``path`` (a directory) for as long as the returned descriptor is open, or the process lives."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # just made, so nobody else holds it
+    return fd
+
+
+def _held(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return True  # gone meanwhile, or not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock taken just to test it
+    return False
 
 
 def checkout(
@@ -835,7 +877,9 @@ def checkout(
     failure it is removed, so ``dest`` never holds an unverified tree. A new ``dest`` is the temp
     directory renamed (atomic). An existing empty one is filled in place instead of replaced: it may be
     the shell's working directory (``checkout ds@1 .``), a mount point, or have its own owner and mode;
-    the temp directory is made inside it and its top-level entries are renamed into it one by one."""
+    the temp directory is made inside it and its top-level entries are renamed into it one by one.
+    A checkout that was killed leaves its temp directory, which the next checkout into ``dest`` removes
+    (or, if some entries had been moved in already, names when it refuses ``dest``)."""
     parse_spec(spec)
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec, version_required=True)
@@ -850,11 +894,16 @@ def checkout(
     where = dest if existing else dest.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
+        for stale in _stale_temps(where, dest.name):  # left by a killed checkout into dest
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
+        held = _hold(tmp)
     except OSError as exc:
         raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
     moved: list[Path] = []
     try:
+        if _case_insensitive(tmp):
+            _check_case(members(platform.artifacts, info.manifest_digest), spec, dest)
         _materialise(platform.artifacts, info, tmp, n_workers, progress)
         sync_filesystem(tmp)
         try:
@@ -873,7 +922,41 @@ def checkout(
                 path.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     return info
+
+
+def _case_insensitive(directory: Path) -> bool:
+    """True if ``directory``'s filesystem takes names that differ only in case for the same file (macOS and
+    Windows by default): a file made with a lower-case name is found under its upper-case one."""
+    fd, path = tempfile.mkstemp(prefix=".yard-case-", dir=directory)  # mkstemp's names are lower case
+    try:
+        probe = os.fstat(fd)
+        try:
+            other = os.lstat(os.path.join(directory, os.path.basename(path).upper()))
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(probe, other)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _check_case(version: Iterator[_manifest.Member], spec: str, dest: Path) -> None:
+    """Refuse a version holding two names (of files or of their directories) that differ only in case: a
+    case-insensitive filesystem would silently hold one where the version has two."""
+    seen: dict[str, str] = {}
+    for m in version:
+        parts = m.path.split("/")
+        for i in range(1, len(parts) + 1):
+            name = "/".join(parts[:i])
+            other = seen.setdefault(name.casefold(), name)
+            if other != name:
+                raise UsageError(
+                    f"{spec} holds both {other!r} and {name!r}, which name the same file on the "
+                    f"case-insensitive filesystem of {dest}; check it out onto a case-sensitive one"
+                )
 
 
 def _fill(dest: Path, tmp: Path, moved: list[Path]) -> None:
@@ -956,22 +1039,22 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec)
     target = _cache_dir(platform, ctx, info)
-    with _manifest.StatCache(_cache_path(platform)) as cache:
-        if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
-            return target
-    if target.exists() or target.is_symlink():
+    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
+    # One get of a version at a time (threads and processes): otherwise one that found the copy bad could
+    # delete the fresh copy another had just made and returned in its place.
+    lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with _manifest.StatCache(_cache_path(platform)) as cache:
+            if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
+                return target
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        else:
+        elif target.exists() or target.is_symlink():
             target.unlink()
-    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
-    try:
         checkout(platform, ctx, f"{info.name}@{info.version}", target)
-    except UsageError:
-        # Another process checked the same version out meanwhile; use it if it verifies.
-        with _manifest.StatCache(_cache_path(platform)) as cache:
-            if not verify_tree(platform.artifacts, cache, target, info.manifest_digest):
-                raise
+    finally:
+        os.close(lock)  # releases the lock
     return target
 
 
