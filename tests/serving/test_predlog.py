@@ -83,3 +83,32 @@ def test_a_flush_returns_only_once_a_flush_already_under_way_has_stored_its_rows
     log.close()
     p.close()
     assert seen == [True]
+
+
+def test_feedback_for_an_unknown_prediction_does_not_wait_for_the_write_lock(tmp_path: Path) -> None:
+    """An unknown request id (a typo, a replay, a flood; the server retries it while its log flushes) was
+    looked up inside a write transaction: each try queued on SQLite's one write lock with the flushes."""
+    import threading
+
+    from modelyard.errors import NotFoundError
+    from modelyard.testing import make_platform
+
+    p = make_platform(tmp_path / "home")
+    outcome: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            record_feedback(p, p.context(), "m", new_request_id(), "t")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        with p.db.write():  # the prediction log (or anyone) writing meanwhile
+            poster = threading.Thread(target=post)
+            poster.start()
+            poster.join(10)  # answered while the lock is held, not after it
+            assert not poster.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], NotFoundError)
+    finally:
+        poster.join()
+        p.close()

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError
+from sqlalchemy.orm import Session
 
 from modelyard.core._db import insert_for
 from modelyard.core._models import Feedback, Prediction
@@ -169,12 +170,20 @@ def record_feedback(
     if not isinstance(target, str) or not target or len(target) > MAX_TEXT or "\x00" in target:
         raise UsageError(f"target must be a non-empty string of at most {MAX_TEXT} characters, without NUL")
     pid = prediction_id(request_id, index)
-    with platform.db.write() as s:
+
+    def check(s: Session) -> None:
         row = s.get(Prediction, pid)
         if row is None or row.project_id != ctx.project_id or row.model != model:
             raise NotFoundError(
                 f"no logged prediction of input {index} of request {request_id} of model {model!r}"
             )
+
+    # Looked up in a read first: an unknown id (a typo, a replay, a flood; the server retries it for a few
+    # seconds while the log flushes) must not queue on the store's one write lock with the prediction log.
+    with platform.db.read() as s:
+        check(s)
+    with platform.db.write() as s:
+        check(s)  # retention may have removed it since
         # One row per prediction, the latest answer in it (quality reads only the latest): a client posting
         # corrections, or retrying, must not grow the table without bound.
         latest = s.scalars(
