@@ -320,6 +320,13 @@ def _iban_at(text: str, start: int, stop: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------------
 # IP addresses: shape by regex, validity by `ipaddress` (octets <= 255, no leading zeros).
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
+# A dotted quad right after a version word ("version 1.2.3.4", "build 10.0.19041.1", "OID 2.5.4.3") or a
+# product token ("Agent/1.0.0.2") is a version or object id: release notes and logs are full of them.
+_VERSION_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?:versions?|ver|v|releases?|rel|builds?|revision|rev|firmware|fw|patch|oid|sdk|update)"
+    r"\.?\s*[:=#]?\s*|[A-Za-z]/)$",
+    re.IGNORECASE,
+)
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
@@ -346,6 +353,8 @@ def _find_ips(text: str) -> Iterator[tuple[int, int]]:
         # Netmasks (255.255.255.0: ones then zeros, from 255.0.0.0 up) and 0.0.0.0 name no host: they fill
         # network configs, and counting them as personal data buried the real addresses in a scan.
         if value == 0 or (value >> 24 == 255 and ((~value & 0xFFFFFFFF) + 1) & (~value & 0xFFFFFFFF) == 0):
+            continue
+        if _VERSION_BEFORE.search(text, max(0, m.start() - 24), m.start()):
             continue
         yield m.span()
 
