@@ -135,9 +135,21 @@ _PHONE_NATIONAL = [
         + r"0(?:5[024568](?P<a>[ \-]?)\d{3}(?P=a)?\d{4}|[234679](?P<b>[ \-])\d{3}(?P=b)?\d{4})"
         + _NUM_R
     ),
-    # UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code.
-    re.compile(_NUM_L + r"0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})" + _NUM_R),
+    # UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code, or with
+    # the area code in parentheses ("(020) 7946 0958").
+    re.compile(
+        _NUM_L
+        + r"(?:0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})"
+        + r"|\(0[12]\d{1,3}\) ?\d{3,4} ?\d{3,4})"
+        + _NUM_R
+    ),
+    # France: ten digits in exactly five pairs with one separator kind (01 23 45 67 89, 06.12.34.56.78);
+    # a longer run of pairs ("04 12 23 35 41 48") is a list of numbers.
+    re.compile(_NUM_L + r"(?<!\d )0[1-9](?P<f>[ .\-])\d{2}(?P=f)\d{2}(?P=f)\d{2}(?P=f)\d{2}(?! \d)" + _NUM_R),
 ]
+# Germany: an area code of 3-5 digits with its 0, then a space or "/" and one block ("030 12345678",
+# "089/1234567", "0151 23456789", "(030) 12345678"); 10-12 digits in all, so "0123 4567 8901" is no match.
+_PHONE_DE = re.compile(_NUM_L + r"(?:0[1-9]\d{1,4}[ /]|\(0[1-9]\d{1,4}\) ?)\d{4,8}" + _NUM_R)
 
 
 def _find_phones(text: str) -> Iterator[tuple[int, int]]:
@@ -161,6 +173,9 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             n_digits = sum(ch.isdigit() for ch in m.group())
             if 9 <= n_digits <= 11:
                 yield m.span()
+    for m in _PHONE_DE.finditer(text):
+        if 10 <= sum(ch.isdigit() for ch in m.group()) <= 12:
+            yield m.span()
 
 
 # --------------------------------------------------------------------------------------------------
