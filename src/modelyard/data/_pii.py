@@ -81,6 +81,10 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _gs1_ok(digits: str) -> bool:
+    return sum((ord(ch) - 48) * (3 if i % 2 else 1) for i, ch in enumerate(reversed(digits))) % 10 == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Email: pragmatic RFC 5322/6531 subset (dot-atoms of letters, digits and _%+-, in any script, as the
 # domain's labels; an alphabetic or punycode TLD). ASCII-only letters redacted "jörg.müller@x.de" to
@@ -120,6 +124,15 @@ _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){7,14}" + _NUM_R)
 # The same with the "00" international prefix, written with separators ("00971 50 123 4567"): a compact
 # "00971501234567" looks like a zero-padded id, so it is left alone.
 _PHONE_00 = re.compile(_NUM_L + r"00[1-9]\d{0,2}(?:[ .\-]\d{1,6}){2,5}" + _NUM_R)
+# Compact ("00971501234567") only where the digits after 00 fit a numbering plan exactly: NANP (1 + NXX NXX
+# XXXX), UK (44 + 9-10 digits), Germany (49 + 9-11), France (33 + 9), UAE (971 + mobile 5X or landline).
+# Anything else compact after 00 reads as a zero-padded id.
+_PHONE_00_COMPACT = re.compile(
+    _NUM_L
+    + r"00(?:1[2-9]\d{2}[2-9]\d{6}|44[1-37-9]\d{8,9}|49[1-9]\d{8,10}|33[1-9]\d{8}"
+    + r"|971(?:5[024568]\d{7}|[234679]\d{7}))"
+    + _NUM_R
+)
 _PHONE_NATIONAL = [
     # NANP: (555) 123-4567, 555-123-4567, 555.123.4567 (one separator kind), with or without the country
     # code (1-555-123-4567, 1 (555) 123-4567). Not "555 123 4567": space-separated number lists ("sizes
@@ -167,6 +180,11 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             yield m.span()
     for m in _PHONE_00.finditer(text):
         if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
+            yield m.span()
+    for m in _PHONE_00_COMPACT.finditer(text):
+        # A 13- or 14-digit code with a valid GS1 check digit is a barcode (GTIN-13/14; UPC-A padded to
+        # "00..."), which shop data is full of; one phone number in ten is given up for that.
+        if len(m.group()) not in (13, 14) or not _gs1_ok(m.group()):
             yield m.span()
     for pattern in _PHONE_NATIONAL:
         for m in pattern.finditer(text):
