@@ -165,6 +165,20 @@ _PHONE_NATIONAL = [
 _PHONE_DE = re.compile(_NUM_L + r"(?:0[1-9]\d{1,4}[ /]|\(0[1-9]\d{1,4}\) ?)\d{4,8}" + _NUM_R)
 
 
+def _parens_ok(s: str) -> bool:
+    # Balanced, not nested, at most two pairs: "(+44) (0)20 7946 0958" but not "+44) 20" or "+1 (555 123".
+    depth = pairs = 0
+    for ch in s:
+        if ch == "(":
+            depth += 1
+            pairs += 1
+        elif ch == ")":
+            depth -= 1
+        if not 0 <= depth <= 1:
+            return False
+    return depth == 0 and pairs <= 2
+
+
 def _find_phones(text: str) -> Iterator[tuple[int, int]]:
     if "+" in text:
         for m in _PHONE_INTL.finditer(text):
@@ -174,10 +188,12 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             # A bare "+12345678" is more often a signed amount than a phone: ask for 10+ digits then.
             if n_digits < (10 if compact else 8) or n_digits > 15:
                 continue
-            opens, closes = s.count("("), s.count(")")
-            if opens != closes or opens > 1 or (opens and s.index("(") > s.index(")")):
+            start = m.start()
+            if start and text[start - 1] == "(" and s.count(")") > s.count("("):
+                s, start = "(" + s, start - 1  # the country code in parentheses: "(+44) 20 7946 0958"
+            if not _parens_ok(s):
                 continue
-            yield m.span()
+            yield start, m.end()
     for m in _PHONE_00.finditer(text):
         if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
             yield m.span()
