@@ -162,6 +162,7 @@ _PHONE_NATIONAL = [
 ]
 # Germany: an area code of 3-5 digits with its 0, then a space or "/" and one block ("030 12345678",
 # "089/1234567", "0151 23456789", "(030) 12345678"); 10-12 digits in all, so "0123 4567 8901" is no match.
+_TRUNK_0 = re.compile(r"(?<![\w.\-])\(?0[1-9]")
 _PHONE_DE = re.compile(_NUM_L + r"(?:0[1-9]\d{1,4}[ /]|\(0[1-9]\d{1,4}\) ?)\d{4,8}" + _NUM_R)
 
 
@@ -194,22 +195,28 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             if not _parens_ok(s):
                 continue
             yield start, m.end()
-    for m in _PHONE_00.finditer(text):
-        if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
-            yield m.span()
-    for m in _PHONE_00_COMPACT.finditer(text):
-        # A 13- or 14-digit code with a valid GS1 check digit is a barcode (GTIN-13/14; UPC-A padded to
-        # "00..."), which shop data is full of; one phone number in ten is given up for that.
-        if len(m.group()) not in (13, 14) or not _gs1_ok(m.group()):
-            yield m.span()
-    for pattern in _PHONE_NATIONAL:
+    if "00" in text:
+        for m in _PHONE_00.finditer(text):
+            if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
+                yield m.span()
+        for m in _PHONE_00_COMPACT.finditer(text):
+            # A 13- or 14-digit code with a valid GS1 check digit is a barcode (GTIN-13/14; UPC-A padded
+            # to "00..."), which shop data is full of; one phone number in ten is given up for that.
+            if len(m.group()) not in (13, 14) or not _gs1_ok(m.group()):
+                yield m.span()
+    # Every national form but NANP starts with its trunk 0: one scan for that spares the text four more.
+    trunk = _TRUNK_0.search(text) is not None
+    for i, pattern in enumerate(_PHONE_NATIONAL):
+        if i and not trunk:
+            break
         for m in pattern.finditer(text):
             n_digits = sum(ch.isdigit() for ch in m.group())
             if 9 <= n_digits <= 11:
                 yield m.span()
-    for m in _PHONE_DE.finditer(text):
-        if 10 <= sum(ch.isdigit() for ch in m.group()) <= 12:
-            yield m.span()
+    if trunk:
+        for m in _PHONE_DE.finditer(text):
+            if 10 <= sum(ch.isdigit() for ch in m.group()) <= 12:
+                yield m.span()
 
 
 # --------------------------------------------------------------------------------------------------
