@@ -119,11 +119,29 @@ def _find_emails(text: str) -> Iterator[tuple[int, int]]:
 
 # --------------------------------------------------------------------------------------------------
 # Phone numbers. E.164-style international numbers need the leading "+"; national formats are an
-# explicit list (NANP, UAE, UK) because a generic "some digits with separators" rule flags dates.
+# explicit list (NANP, UAE, UK, Germany, France) because a generic "some digits with separators" rule
+# flags dates.
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){7,14}" + _NUM_R)
-# The same with the "00" international prefix, written with separators ("00971 50 123 4567"): a compact
-# "00971501234567" looks like a zero-padded id, so it is left alone.
-_PHONE_00 = re.compile(_NUM_L + r"00[1-9]\d{0,2}(?:[ .\-]\d{1,6}){2,5}" + _NUM_R)
+# The same with the "00" international prefix, written with separators ("00971 50 123 4567"). Its first
+# group must be 00 and a country code: "0012 3456 7890 1234" is a zero-padded id (there is no code 12).
+_PHONE_00 = re.compile(_NUM_L + r"00[1-9]\d{0,2}(?:[ .\-]\d{1,8}){2,5}" + _NUM_R)
+_PHONE_00_GROUPS = re.compile(r"[ .\-]")
+# ITU-T E.164 country codes: 1 and 7, these two-digit ones, and three digits under the other prefixes.
+_CC_2 = frozenset({
+    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57, 58,
+    60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+})  # fmt: skip
+_CC_3_PREFIXES = frozenset({
+    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
+})  # fmt: skip
+
+
+def _country_code_ok(cc: str) -> bool:
+    if len(cc) == 1:
+        return cc in "17"
+    return int(cc) in _CC_2 if len(cc) == 2 else int(cc[:2]) in _CC_3_PREFIXES
+
+
 # Compact ("00971501234567") only where the digits after 00 fit a numbering plan exactly: NANP (1 + NXX NXX
 # XXXX), UK (44 + 9-10 digits), Germany (49 + 9-11), France (33 + 9), UAE (971 + mobile 5X or landline).
 # Anything else compact after 00 reads as a zero-padded id.
@@ -197,7 +215,11 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             yield start, m.end()
     if "00" in text:
         for m in _PHONE_00.finditer(text):
-            if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
+            groups = _PHONE_00_GROUPS.split(m.group())
+            # Four-digit groups throughout ("0031 2345 6789 0123") is how ids and cards are printed.
+            if len(groups) >= 4 and all(len(g) == 4 for g in groups):
+                continue
+            if _country_code_ok(groups[0][2:]) and 8 <= sum(map(len, groups)) - 2 <= 15:
                 yield m.span()
         for m in _PHONE_00_COMPACT.finditer(text):
             # A 13- or 14-digit code with a valid GS1 check digit is a barcode (GTIN-13/14; UPC-A padded
