@@ -104,6 +104,7 @@ CLEAN: list[str] = [
     "temperature 21.5 humidity 45.2",
     "Part No. 030-1234-5678",
     "score 01 23 45 67",
+    "part 070 25070454, bin 044 8668241, lot 038 85454051",
     "member ID 0012 3456 7890 1234, acct 0031 2345 6789 0123",
     "UPC 0012345678905, GTIN 00012345678905, account 00000012345678",
     "customer id 00123456789, ref 0099123456789",

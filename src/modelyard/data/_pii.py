@@ -178,10 +178,13 @@ _PHONE_NATIONAL = [
     # a longer run of pairs ("04 12 23 35 41 48") is a list of numbers.
     re.compile(_NUM_L + r"(?<!\d )0[1-9](?P<f>[ .\-])\d{2}(?P=f)\d{2}(?P=f)\d{2}(?P=f)\d{2}(?! \d)" + _NUM_R),
 ]
-# Germany: an area code of 3-5 digits with its 0, then a space or "/" and one block ("030 12345678",
-# "089/1234567", "0151 23456789", "(030) 12345678"); 10-12 digits in all, so "0123 4567 8901" is no match.
+# Germany: an area code with its 0, then a space or "/" and one block ("030 12345678", "089/1234567",
+# "0151 23456789", "(030) 12345678"); 10-12 digits in all, so "0123 4567 8901" is no match. Only Berlin,
+# Hamburg, Frankfurt and Munich have two-digit codes, and 01 is for mobiles (015-017): a zero-padded
+# code before a number ("070 25070454", "019 963612") is not taken for one.
 _TRUNK_0 = re.compile(r"(?<![\w.\-])\(?0[1-9]")
-_PHONE_DE = re.compile(_NUM_L + r"(?:0[1-9]\d{1,4}[ /]|\(0[1-9]\d{1,4}\) ?)\d{4,8}" + _NUM_R)
+_DE_AREA = r"0(?:30|40|69|89|[2-9]\d{2,3}|1[5-7]\d{1,2})"
+_PHONE_DE = re.compile(_NUM_L + r"(?:" + _DE_AREA + r"[ /]|\(" + _DE_AREA + r"\) ?)\d{4,8}" + _NUM_R)
 
 
 def _parens_ok(s: str) -> bool:
