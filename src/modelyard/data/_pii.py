@@ -151,6 +151,14 @@ _PHONE_00_COMPACT = re.compile(
     + r"|971(?:5[024568]\d{7}|[234679]\d{7}))"
     + _NUM_R
 )
+# UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code, or with
+# the area code in parentheses ("(020) 7946 0958").
+_PHONE_UK = re.compile(
+    _NUM_L
+    + r"(?:0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})"
+    + r"|\(0[12]\d{1,3}\) ?\d{3,4} ?\d{3,4})"
+    + _NUM_R
+)
 _PHONE_NATIONAL = [
     # NANP: (555) 123-4567, 555-123-4567, 555.123.4567 (one separator kind), with or without the country
     # code (1-555-123-4567, 1 (555) 123-4567). Not "555 123 4567": space-separated number lists ("sizes
@@ -166,14 +174,7 @@ _PHONE_NATIONAL = [
         + r"0(?:5[024568](?P<a>[ \-]?)\d{3}(?P=a)?\d{4}|[234679](?P<b>[ \-])\d{3}(?P=b)?\d{4})"
         + _NUM_R
     ),
-    # UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code, or with
-    # the area code in parentheses ("(020) 7946 0958").
-    re.compile(
-        _NUM_L
-        + r"(?:0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})"
-        + r"|\(0[12]\d{1,3}\) ?\d{3,4} ?\d{3,4})"
-        + _NUM_R
-    ),
+    _PHONE_UK,
     # France: ten digits in exactly five pairs with one separator kind (01 23 45 67 89, 06.12.34.56.78);
     # a longer run of pairs ("04 12 23 35 41 48") is a list of numbers.
     re.compile(_NUM_L + r"(?<!\d )0[1-9](?P<f>[ .\-])\d{2}(?P=f)\d{2}(?P=f)\d{2}(?P=f)\d{2}(?! \d)" + _NUM_R),
@@ -234,9 +235,11 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
     for i, pattern in enumerate(_PHONE_NATIONAL):
         if i and not trunk:
             break
+        # UK numbers have 10 or 11 digits with the 0: a 9-digit "019 963612" is a code and a count.
+        least = 10 if pattern is _PHONE_UK else 9
         for m in pattern.finditer(text):
             n_digits = sum(ch.isdigit() for ch in m.group())
-            if 9 <= n_digits <= 11:
+            if least <= n_digits <= 11:
                 yield m.span()
     if trunk:
         for m in _PHONE_DE.finditer(text):
