@@ -265,7 +265,9 @@ def clean_values() -> list[str]:
         "1+2=3",
         "score +1234567 and +5 points",
         "05 123 4567",
-        "00971501234567",  # compact: a zero-padded id as often as a phone
+        "00971123456789",  # compact after 00 but fitting no numbering plan: a zero-padded id
+        "00000012345678 0099123456789 00123456789",
+        "UPC 0012345678905 GTIN 00012345678905",  # GS1 check digit: barcodes, not 001 phones
         "batch 0012 3456",
         "0001 0002 0003 0004",
         "1-23-4567",

@@ -81,6 +81,10 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _gs1_ok(digits: str) -> bool:
+    return sum((ord(ch) - 48) * (3 if i % 2 else 1) for i, ch in enumerate(reversed(digits))) % 10 == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Email: pragmatic RFC 5322/6531 subset (dot-atoms of letters, digits and _%+-, in any script, as the
 # domain's labels; an alphabetic or punycode TLD). ASCII-only letters redacted "jörg.müller@x.de" to
@@ -115,11 +119,46 @@ def _find_emails(text: str) -> Iterator[tuple[int, int]]:
 
 # --------------------------------------------------------------------------------------------------
 # Phone numbers. E.164-style international numbers need the leading "+"; national formats are an
-# explicit list (NANP, UAE, UK) because a generic "some digits with separators" rule flags dates.
+# explicit list (NANP, UAE, UK, Germany, France) because a generic "some digits with separators" rule
+# flags dates.
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){7,14}" + _NUM_R)
-# The same with the "00" international prefix, written with separators ("00971 50 123 4567"): a compact
-# "00971501234567" looks like a zero-padded id, so it is left alone.
-_PHONE_00 = re.compile(_NUM_L + r"00[1-9]\d{0,2}(?:[ .\-]\d{1,6}){2,5}" + _NUM_R)
+# The same with the "00" international prefix, written with separators ("00971 50 123 4567"). Its first
+# group must be 00 and a country code: "0012 3456 7890 1234" is a zero-padded id (there is no code 12).
+_PHONE_00 = re.compile(_NUM_L + r"00[1-9]\d{0,2}(?:[ .\-]\d{1,8}){2,5}" + _NUM_R)
+_PHONE_00_GROUPS = re.compile(r"[ .\-]")
+# ITU-T E.164 country codes: 1 and 7, these two-digit ones, and three digits under the other prefixes.
+_CC_2 = frozenset({
+    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57, 58,
+    60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+})  # fmt: skip
+_CC_3_PREFIXES = frozenset({
+    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
+})  # fmt: skip
+
+
+def _country_code_ok(cc: str) -> bool:
+    if len(cc) == 1:
+        return cc in "17"
+    return int(cc) in _CC_2 if len(cc) == 2 else int(cc[:2]) in _CC_3_PREFIXES
+
+
+# Compact ("00971501234567") only where the digits after 00 fit a numbering plan exactly: NANP (1 + NXX NXX
+# XXXX), UK (44 + 9-10 digits), Germany (49 + 9-11), France (33 + 9), UAE (971 + mobile 5X or landline).
+# Anything else compact after 00 reads as a zero-padded id.
+_PHONE_00_COMPACT = re.compile(
+    _NUM_L
+    + r"00(?:1[2-9]\d{2}[2-9]\d{6}|44[1-37-9]\d{8,9}|49[1-9]\d{8,10}|33[1-9]\d{8}"
+    + r"|971(?:5[024568]\d{7}|[234679]\d{7}))"
+    + _NUM_R
+)
+# UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code, or with
+# the area code in parentheses ("(020) 7946 0958").
+_PHONE_UK = re.compile(
+    _NUM_L
+    + r"(?:0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})"
+    + r"|\(0[12]\d{1,3}\) ?\d{3,4} ?\d{3,4})"
+    + _NUM_R
+)
 _PHONE_NATIONAL = [
     # NANP: (555) 123-4567, 555-123-4567, 555.123.4567 (one separator kind), with or without the country
     # code (1-555-123-4567, 1 (555) 123-4567). Not "555 123 4567": space-separated number lists ("sizes
@@ -135,9 +174,32 @@ _PHONE_NATIONAL = [
         + r"0(?:5[024568](?P<a>[ \-]?)\d{3}(?P=a)?\d{4}|[234679](?P<b>[ \-])\d{3}(?P=b)?\d{4})"
         + _NUM_R
     ),
-    # UK mobile 07XXX XXXXXX and geographic 01/02 numbers written with a space after the area code.
-    re.compile(_NUM_L + r"0(?:7\d{3}(?P<u> ?)\d{3}(?P=u)?\d{3}|[12]\d{1,3} \d{3,4} ?\d{3,4})" + _NUM_R),
+    _PHONE_UK,
+    # France: ten digits in exactly five pairs with one separator kind (01 23 45 67 89, 06.12.34.56.78);
+    # a longer run of pairs ("04 12 23 35 41 48") is a list of numbers.
+    re.compile(_NUM_L + r"(?<!\d )0[1-9](?P<f>[ .\-])\d{2}(?P=f)\d{2}(?P=f)\d{2}(?P=f)\d{2}(?! \d)" + _NUM_R),
 ]
+# Germany: an area code with its 0, then a space or "/" and one block ("030 12345678", "089/1234567",
+# "0151 23456789", "(030) 12345678"); 10-12 digits in all, so "0123 4567 8901" is no match. Only Berlin,
+# Hamburg, Frankfurt and Munich have two-digit codes, and 01 is for mobiles (015-017): a zero-padded
+# code before a number ("070 25070454", "019 963612") is not taken for one.
+_TRUNK_0 = re.compile(r"(?<![\w.\-])\(?0[1-9]")
+_DE_AREA = r"0(?:30|40|69|89|[2-9]\d{2,3}|1[5-7]\d{1,2})"
+_PHONE_DE = re.compile(_NUM_L + r"(?:" + _DE_AREA + r"[ /]|\(" + _DE_AREA + r"\) ?)\d{4,8}" + _NUM_R)
+
+
+def _parens_ok(s: str) -> bool:
+    # Balanced, not nested, at most two pairs: "(+44) (0)20 7946 0958" but not "+44) 20" or "+1 (555 123".
+    depth = pairs = 0
+    for ch in s:
+        if ch == "(":
+            depth += 1
+            pairs += 1
+        elif ch == ")":
+            depth -= 1
+        if not 0 <= depth <= 1:
+            return False
+    return depth == 0 and pairs <= 2
 
 
 def _find_phones(text: str) -> Iterator[tuple[int, int]]:
@@ -149,17 +211,39 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
             # A bare "+12345678" is more often a signed amount than a phone: ask for 10+ digits then.
             if n_digits < (10 if compact else 8) or n_digits > 15:
                 continue
-            opens, closes = s.count("("), s.count(")")
-            if opens != closes or opens > 1 or (opens and s.index("(") > s.index(")")):
+            start = m.start()
+            if start and text[start - 1] == "(" and s.count(")") > s.count("("):
+                s, start = "(" + s, start - 1  # the country code in parentheses: "(+44) 20 7946 0958"
+            if not _parens_ok(s):
                 continue
-            yield m.span()
-    for m in _PHONE_00.finditer(text):
-        if 8 <= sum(ch.isdigit() for ch in m.group()) - 2 <= 15:
-            yield m.span()
-    for pattern in _PHONE_NATIONAL:
+            yield start, m.end()
+    if "00" in text:
+        for m in _PHONE_00.finditer(text):
+            groups = _PHONE_00_GROUPS.split(m.group())
+            # Four-digit groups throughout ("0031 2345 6789 0123") is how ids and cards are printed.
+            if len(groups) >= 4 and all(len(g) == 4 for g in groups):
+                continue
+            if _country_code_ok(groups[0][2:]) and 8 <= sum(map(len, groups)) - 2 <= 15:
+                yield m.span()
+        for m in _PHONE_00_COMPACT.finditer(text):
+            # A 13- or 14-digit code with a valid GS1 check digit is a barcode (GTIN-13/14; UPC-A padded
+            # to "00..."), which shop data is full of; one phone number in ten is given up for that.
+            if len(m.group()) not in (13, 14) or not _gs1_ok(m.group()):
+                yield m.span()
+    # Every national form but NANP starts with its trunk 0: one scan for that spares the text four more.
+    trunk = _TRUNK_0.search(text) is not None
+    for i, pattern in enumerate(_PHONE_NATIONAL):
+        if i and not trunk:
+            break
+        # UK numbers have 10 or 11 digits with the 0: a 9-digit "019 963612" is a code and a count.
+        least = 10 if pattern is _PHONE_UK else 9
         for m in pattern.finditer(text):
             n_digits = sum(ch.isdigit() for ch in m.group())
-            if 9 <= n_digits <= 11:
+            if least <= n_digits <= 11:
+                yield m.span()
+    if trunk:
+        for m in _PHONE_DE.finditer(text):
+            if 10 <= sum(ch.isdigit() for ch in m.group()) <= 12:
                 yield m.span()
 
 
@@ -320,6 +404,13 @@ def _iban_at(text: str, start: int, stop: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------------
 # IP addresses: shape by regex, validity by `ipaddress` (octets <= 255, no leading zeros).
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
+# A dotted quad right after a version word ("version 1.2.3.4", "build 10.0.19041.1", "OID 2.5.4.3") or a
+# product token ("Agent/1.0.0.2") is a version or object id: release notes and logs are full of them.
+_VERSION_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?:versions?|ver|v|releases?|rel|builds?|revision|rev|firmware|fw|patch|oid|sdk|update)"
+    r"\.?\s*[:=#]?\s*|[A-Za-z]/)$",
+    re.IGNORECASE,
+)
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
@@ -346,6 +437,8 @@ def _find_ips(text: str) -> Iterator[tuple[int, int]]:
         # Netmasks (255.255.255.0: ones then zeros, from 255.0.0.0 up) and 0.0.0.0 name no host: they fill
         # network configs, and counting them as personal data buried the real addresses in a scan.
         if value == 0 or (value >> 24 == 255 and ((~value & 0xFFFFFFFF) + 1) & (~value & 0xFFFFFFFF) == 0):
+            continue
+        if _VERSION_BEFORE.search(text, max(0, m.start() - 24), m.start()):
             continue
         yield m.span()
 
