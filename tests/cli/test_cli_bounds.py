@@ -89,6 +89,14 @@ def test_project_option_after_the_command(yard: Yard) -> None:
     assert yard("artifacts", "ls", "--json").json() == []  # the default project's
     r = yard("data", "ls", "-p", "nope")
     assert r.code == 1 and "project 'nope' does not exist" in r.error
+    # Another option's value that reads like a root option stays that option's value.
+    data = Path("d")
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    r = yard("data", "add", data, "--name", "ds", "--message", "-p", "-p", "research")
+    assert r.code == 0, r.err
+    r = yard("-p", "research", "data", "show", "ds@1", "--json")
+    assert r.code == 0 and r.json()["message"] == "-p", r.out
 
 
 def test_quickstart_home_that_is_a_file_is_refused(yard: Yard, tmp_path: Path) -> None:

@@ -142,11 +142,18 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
+_ROOT_OPTIONS = ("--debug", "-p", "--project")
+
+
 def _root_options_first(args: list[str]) -> list[str]:
     """The root options (--debug, -p/--project NAME) moved before the command, from anywhere before `--`.
     Errors say "rerun with --debug" and docs/jobs.md gives `yard worker` a project with -p, and users
-    append them, but the subcommands' parsers refused both as "No such option" (no command has its own)."""
+    append them, but the subcommands' parsers refused both as "No such option" (no command has its own).
+    The value of another option is left alone (`--message -p` is a message)."""
     end = args.index("--") if "--" in args else len(args)
+    if not any(a in _ROOT_OPTIONS or a.startswith("--project=") for a in args[:end]):
+        return args  # the usual case: no command tree to build
+    valued = _value_options(args[:end])
     debug: list[str] = []
     project: list[str] = []
     rest: list[str] = []
@@ -160,10 +167,28 @@ def _root_options_first(args: list[str]) -> list[str]:
             i += 1
         elif arg.startswith("--project="):
             project = [arg]
+        elif arg in valued and i + 1 < end:
+            rest += [arg, args[i + 1]]
+            i += 1
         else:
             rest.append(arg)
         i += 1
     return [*debug, *project, *rest, *args[end:]]
+
+
+def _value_options(args: list[str]) -> set[str]:
+    """The options that take a value (``--message TEXT``) of the commands ``args`` name, root's aside."""
+    command: Any = typer.main.get_command(app)
+    valued: set[str] = set()
+    for arg in args:
+        sub = None if arg.startswith("-") else getattr(command, "commands", {}).get(arg)
+        if sub is None:
+            continue
+        command = sub
+        for param in command.params:
+            if getattr(param, "param_type_name", "") == "option" and not (param.is_flag or param.count):
+                valued.update(param.opts + param.secondary_opts)
+    return valued - set(_ROOT_OPTIONS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
