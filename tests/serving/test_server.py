@@ -96,6 +96,7 @@ def test_tokens(served: Served, server_factory: Any) -> None:
     assert httpx.post(url, json={"inputs": ["x"]}, headers={"Authorization": "Basic abc"}).status_code == 401
     r = httpx.post(url, json={"inputs": ["x"]}, headers=auth(served.other_token))
     assert r.status_code == 403 and "elsewhere" in r.json()["error"]["message"]
+    assert "default" not in r.json()["error"]["message"]  # the server's project: not another tenant's
     # Without a token nothing says what is served: an unknown model is 401 too, and /readyz names nothing.
     for path in ("/v1/models/secret:predict", "/v1/models/secret:feedback"):
         assert httpx.post(f"{server.url}{path}", json={"inputs": ["x"]}).status_code == 401

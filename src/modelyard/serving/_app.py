@@ -540,7 +540,8 @@ class Server:
             raise ApiError(
                 403,
                 "permission_denied",
-                f"the token belongs to project {ctx.project!r}; this server serves {self.ctx.project!r}",
+                # Not the server's own project: a token of another tenant learns nothing about this one.
+                f"the token belongs to project {ctx.project!r}, not to the project this server serves",
             )
         from modelyard.core._rbac import allowed
 
