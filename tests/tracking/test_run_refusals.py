@@ -3,12 +3,14 @@ log holds every attempted mutation. Both raised before the role was checked and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
-from modelyard.errors import UsageError
+from modelyard.errors import NotFoundError, UsageError
 from modelyard.tracking import Client, _store
 
 
@@ -29,3 +31,12 @@ def test_bad_end_and_bad_dataset_input_are_audited(platform: Platform, client: C
         _store.use_dataset(platform, client.ctx, run.id, "no such/spec")
     assert _refused(platform) == [(me, "run.write", f"run:{run.id}")] * 3
     run.end()
+
+
+def test_logging_artifacts_to_a_run_that_is_not_there_is_audited(platform: Platform, tmp_path: Path) -> None:
+    ctx = platform.context()
+    (tmp_path / "a.txt").write_text("a", encoding="utf-8")
+    ghost = "0" * 32
+    with pytest.raises(NotFoundError):
+        _store.log_artifacts(platform, ctx, ghost, [(tmp_path / "a.txt", "a.txt")])
+    assert _refused(platform) == [(ctx.user, "run.write", f"run:{ghost}")]

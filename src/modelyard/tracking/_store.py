@@ -777,8 +777,11 @@ def log_artifacts(
 
     check_run_id(run_id)
     platform.authorize(ctx, "run.write", run_ref(run_id))
-    with platform.db.read() as s:
-        _run_row(s, ctx, run_id)
+    try:  # before anything is stored; a run that is not there is a refusal on record, as in mutate
+        with platform.db.read() as s:
+            _run_row(s, ctx, run_id)
+    except NotFoundError as exc:
+        raise platform.refuse(ctx, "run.write", run_ref(run_id), exc) from None
     since = _gc.generation(platform)
     infos = put_artifacts(platform, ctx, [p for p, _ in files], names=[n for _, n in files])
     now = utcnow()
