@@ -11,7 +11,7 @@ from modelyard.monitoring._alerts import _claim, _key
 
 
 def test_only_the_first_of_two_claims_on_the_same_state_wins(any_platform: Platform) -> None:
-    key = _key("rule", "m", "drifted")
+    key = _key("rule", 1, "m", "drifted")
     first = {"fired_at": "2026-12-06T00:00:00+00:00", "failed": ["log"]}
     written = _claim(any_platform, key, None, first)
     assert written == any_platform.meta(key)
@@ -23,7 +23,7 @@ def test_only_the_first_of_two_claims_on_the_same_state_wins(any_platform: Platf
 
 
 def test_concurrent_claims_of_a_new_rule_state_let_exactly_one_fire(any_platform: Platform) -> None:
-    key = _key("rule", "m", "concurrent")
+    key = _key("rule", 1, "m", "concurrent")
     start = threading.Barrier(8)
     won: list[bool] = []
 
@@ -66,7 +66,8 @@ def test_a_retrain_another_monitor_is_submitting_is_not_submitted_again(
         "retrain": {"recipe": "recipe.yaml", "policy": "gates.yaml"},
     }
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
-    policy, ctx, key = load_alerts(tmp_path / "rules.yaml"), any_platform.context(), _key("retrain", "m")
+    policy, ctx = load_alerts(tmp_path / "rules.yaml"), any_platform.context()
+    key = _key("retrain", ctx.project_id, "m")
     submitting = {"state": "submitting", "claim": "other", "at": utcnow().isoformat()}
     seen = _claim(any_platform, key, None, submitting)
     assert "another monitor is submitting it" in _start_retrain(any_platform, ctx, policy, "m")

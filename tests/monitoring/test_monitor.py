@@ -607,7 +607,7 @@ def test_a_run_ahead_of_the_clock_is_refused_and_records_nothing(
     path.write_text(
         yaml.safe_dump({"model": "mon-future@1", "rules": [{"name": "traffic", "when": "requests > 0"}]})
     )
-    policy, key = load_alerts(path), _key("rule", "mon-future", "traffic")
+    policy, key = load_alerts(path), _key("rule", home.context().project_id, "mon-future", "traffic")
 
     def audited() -> int:
         with home.db.read() as s:
@@ -649,8 +649,8 @@ def test_a_retrain_is_recorded_at_the_runs_time_like_its_alert(
     outcome = result.fired[0].actions[0]
     assert outcome.startswith("retrain job"), outcome
     cancel_job(home, home.context(), outcome.split()[2])  # not for other tests' workers
-    alert = json.loads(home.meta(_key("rule", "mon-retro", "always")) or "{}")
-    retrain = json.loads(home.meta(_key("retrain", "mon-retro")) or "{}")
+    alert = json.loads(home.meta(_key("rule", home.context().project_id, "mon-retro", "always")) or "{}")
+    retrain = json.loads(home.meta(_key("retrain", home.context().project_id, "mon-retro")) or "{}")
     assert (
         alert["fired_at"] == when.isoformat()
         and retrain["state"] == "queued"

@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from modelyard.core._platform import Context, Platform
-from modelyard.errors import IntegrityError, NotFoundError, UsageError
+from modelyard.errors import IntegrityError, NotFoundError, UsageError, YardError
 from modelyard.evaluation._perturb import perturb
 from modelyard.evaluation._policy import EvalData, GatePolicy
 from modelyard.evaluation._speed import latency_ms
@@ -201,12 +201,17 @@ def check_gates(
     exact = info.spec
     if attest:  # before the evaluation, not after minutes of it
         platform.authorize(ctx, "model.register", f"model:{exact}")
-    trained_with = _trained_with(platform, ctx, exact)
-    rows, member, cut = _eval_set(platform, ctx, policy.data, trained_with)
-    _check_split(policy.data, member, cut)
-    metrics = policy.needed_metrics() or ["rougeL"]
-    threads = policy.latency.threads if policy.latency else None
-    model = load(exact, platform=platform, ctx=ctx, threads=threads)
+    try:
+        trained_with = _trained_with(platform, ctx, exact)
+        rows, member, cut = _eval_set(platform, ctx, policy.data, trained_with)
+        _check_split(policy.data, member, cut)
+        metrics = policy.needed_metrics() or ["rougeL"]
+        threads = policy.latency.threads if policy.latency else None
+        model = load(exact, platform=platform, ctx=ctx, threads=threads)
+    except YardError as exc:  # an attestation that cannot be made is a refused one, on record
+        if attest:
+            raise platform.refuse(ctx, "model.register", f"model:{exact}", exc) from None
+        raise
     clean_preds = _predict(model, rows, policy)
     clean = _score(model, rows, policy, metrics, clean_preds)
     measured: dict[str, Any] = {

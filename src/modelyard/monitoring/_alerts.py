@@ -178,8 +178,12 @@ def load_alerts(path: str | Path) -> AlertPolicy:
 # -- state kept in the metadata store ---------------------------------------------------------------------
 
 
-def _key(kind: str, *parts: str) -> str:
-    return f"monitor:{kind}:" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:40]
+def _key(kind: str, project_id: int, *parts: str) -> str:
+    """The store key of a rule's or a retrain's state: per project, as model names are (another tenant's
+    model of the same name must not share its cooldowns or pending retrain)."""
+    return (
+        f"monitor:{kind}:" + hashlib.sha256("\x00".join([str(project_id), *parts]).encode()).hexdigest()[:40]
+    )
 
 
 def _get(platform: Platform, key: str) -> dict[str, Any] | None:
@@ -304,7 +308,7 @@ def run_once(
         value = values.get(m["signal"])
         if value is None or not _OPS[m["op"]](value, float(m["n"])):
             continue
-        key = _key("rule", name, rule.name)
+        key = _key("rule", ctx.project_id, name, rule.name)
         seen = platform.meta(key)
         state = json.loads(seen) if seen else {}
         pending: list[str] = state.get("pending") or []
@@ -477,7 +481,7 @@ def _start_retrain(
 
     assert policy.retrain is not None
     now = now or utcnow()
-    key = _key("retrain", name)
+    key = _key("retrain", ctx.project_id, name)
     seen = platform.meta(key)
     pending = json.loads(seen) if seen else None
     if pending is not None and pending.get("state") in ("queued", "registered"):
@@ -534,7 +538,7 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
     """Follow a pending retrain: when its job finished, register its model, gate it, deploy it as a canary."""
     from modelyard.training._jobs import get_job
 
-    key = _key("retrain", name)
+    key = _key("retrain", ctx.project_id, name)
     pending = _get(platform, key)
     if pending is None or pending.get("state") not in ("queued", "registered") or policy.retrain is None:
         return []

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelyard.core._platform import Context, Platform
-from modelyard.errors import UsageError
+from modelyard.errors import UsageError, YardError
 
 if TYPE_CHECKING:
     from modelyard.evaluation import EvalData
@@ -268,32 +268,40 @@ def optimize(
     from modelyard.registry import download, register, show
 
     say = progress or (lambda _msg: None)
-    limits = parse_budget(budget or {"rougeL": -0.01})
-    given = {"max_samples": max_samples, "max_new_tokens": max_new_tokens, "latency_samples": latency_samples}
-    for key, value in {**given, **({"threads": threads} if threads is not None else {})}.items():
-        least, most = SETTINGS[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-            raise UsageError(f"{key} must be a whole number from {least} to {most:,}, got {value!r}")
-    if prune is not None and not 0 < prune < 1:
-        raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
-    if prune is None and (structured or prune_finetune is not None):
-        raise UsageError(NO_PRUNE)  # not silently ignored
-    platform.authorize(ctx, "model.register", f"model:{spec}")
-    info = show(platform, ctx, spec)
-    if info.format != "safetensors":
-        raise UsageError(
-            f"{info.spec} is already {info.format} ({info.variant}); optimise its PyTorch parent"
-        )
-    from modelyard.registry import read_manifest
+    resource = f"model:{spec}"
+    platform.authorize(ctx, "model.register", resource)
+    try:  # refused before anything is downloaded or measured, and on record like other refusals
+        limits = parse_budget(budget or {"rougeL": -0.01})
+        given = {
+            "max_samples": max_samples,
+            "max_new_tokens": max_new_tokens,
+            "latency_samples": latency_samples,
+        }
+        for key, value in {**given, **({"threads": threads} if threads is not None else {})}.items():
+            least, most = SETTINGS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+                raise UsageError(f"{key} must be a whole number from {least} to {most:,}, got {value!r}")
+        if prune is not None and not 0 < prune < 1:
+            raise UsageError(f"--prune must be a share of weights between 0 and 1, got {prune}")
+        if prune is None and (structured or prune_finetune is not None):
+            raise UsageError(NO_PRUNE)  # not silently ignored
+        info = show(platform, ctx, spec)
+        if info.format != "safetensors":
+            raise UsageError(
+                f"{info.spec} is already {info.format} ({info.variant}); optimise its PyTorch parent"
+            )
+        from modelyard.registry import read_manifest
 
-    _, manifest = read_manifest(platform, ctx, info.spec)  # verified once, read for both checks below
-    if not any(f["path"] == "manifest.json" for f in manifest["files"]):
-        # The exporters read the directory save_model writes; say so before anything is measured.
-        raise UsageError(
-            f"{info.spec} was registered from a directory save_model did not write (no manifest.json), "
-            "which the ONNX export needs; load it, save it with modelyard.training.save_model and register "
-            "that directory"
-        )
+        _, manifest = read_manifest(platform, ctx, info.spec)  # verified once, read for both checks below
+        if not any(f["path"] == "manifest.json" for f in manifest["files"]):
+            # The exporters read the directory save_model writes; say so before anything is measured.
+            raise UsageError(
+                f"{info.spec} was registered from a directory save_model did not write (no "
+                "manifest.json), which the ONNX export needs; load it, save it with "
+                "modelyard.training.save_model and register that directory"
+            )
+    except YardError as exc:
+        raise platform.refuse(ctx, "model.register", resource, exc) from None
     evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
     measure = dict(max_new_tokens=max_new_tokens, samples=latency_samples, threads=threads)
     with tempfile.TemporaryDirectory(prefix="yard-optimize-") as tmp_name:

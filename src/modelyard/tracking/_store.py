@@ -412,11 +412,17 @@ def end_run(
     platform: Platform, ctx: Context, run_id: str, status: str = "FINISHED", reason: str | None = None
 ) -> None:
     check_run_id(run_id)
-    if status not in TERMINAL:
-        raise UsageError(f"status {status!r} is not a final status; expected one of {', '.join(TERMINAL)}")
-    if reason is not None and not isinstance(reason, str):
-        raise UsageError(f"reason must be a string, got {type(reason).__name__}")
-    with platform.mutate(ctx, "run.write", run_ref(run_id), {"status": status}) as s:
+    resource = run_ref(run_id)
+    platform.authorize(ctx, "run.write", resource)
+    try:
+        if status not in TERMINAL:
+            final = ", ".join(TERMINAL)
+            raise UsageError(f"status {status!r} is not a final status; expected one of {final}")
+        if reason is not None and not isinstance(reason, str):
+            raise UsageError(f"reason must be a string, got {type(reason).__name__}")
+    except UsageError as exc:
+        raise platform.refuse(ctx, "run.write", resource, exc) from None
+    with platform.mutate(ctx, "run.write", resource, {"status": status}) as s:
         run = _run_row(s, ctx, run_id)
         run.status, run.end_time = status, utcnow()
         run.reason = _storable(reason)[:2000] if reason else None
@@ -771,8 +777,11 @@ def log_artifacts(
 
     check_run_id(run_id)
     platform.authorize(ctx, "run.write", run_ref(run_id))
-    with platform.db.read() as s:
-        _run_row(s, ctx, run_id)
+    try:  # before anything is stored; a run that is not there is a refusal on record, as in mutate
+        with platform.db.read() as s:
+            _run_row(s, ctx, run_id)
+    except NotFoundError as exc:
+        raise platform.refuse(ctx, "run.write", run_ref(run_id), exc) from None
     since = _gc.generation(platform)
     infos = put_artifacts(platform, ctx, [p for p, _ in files], names=[n for _, n in files])
     now = utcnow()
@@ -897,12 +906,13 @@ def use_dataset(platform: Platform, ctx: Context, run_id: str, spec: str) -> str
     """Record that the run reads dataset version ``name@N`` (``name`` alone: the latest version); returns
     the dataset reference of the edge dataset -> run (relation "input")."""
     check_run_id(run_id)
-    m = _DATASET_RE.match(spec) if isinstance(spec, str) else None
-    if m is None:
-        raise UsageError(f"{spec!r} is not a dataset version; expected name@N or name (the latest version)")
-    name, version = m["name"], m["version"]
     resource = run_ref(run_id)
     platform.authorize(ctx, "run.write", resource)
+    m = _DATASET_RE.match(spec) if isinstance(spec, str) else None
+    if m is None:
+        bad = UsageError(f"{spec!r} is not a dataset version; expected name@N or name (the latest version)")
+        raise platform.refuse(ctx, "run.write", resource, bad)
+    name, version = m["name"], m["version"]
     with platform.mutate(ctx, "run.write", resource, {"input": spec}) as s:
         _run_row(s, ctx, run_id)
         q = (

@@ -587,8 +587,7 @@ def cancel_job(platform: Platform, ctx: Context, job_id: int | str) -> JobInfo:
     jid = parse_job_id(job_id)
     resource = job_ref(jid)
     platform.authorize(ctx, "job.cancel", resource)
-    with platform.db.read() as s:
-        owner = _job_row(s, ctx, jid).submitted_by
+    owner = _owner(platform, ctx, jid, "job.cancel")
     action = "job.cancel" if owner == ctx.user else "job.cancel.any"
     platform.authorize(ctx, action, resource)
     with platform.mutate(ctx, action, resource, {"owner": owner}) as s:
@@ -674,18 +673,28 @@ def delete_cancelled_jobs(platform: Platform, ctx: Context, job_id: int | None =
                 _audit.append_many(s, entries)
 
 
+def _owner(platform: Platform, ctx: Context, jid: int, action: str) -> str:
+    """Who submitted job ``jid`` (which decides the action to check); a job that is not there is refused
+    and audited, as a mutation of it would be."""
+    try:
+        with platform.db.read() as s:
+            return _job_row(s, ctx, jid).submitted_by
+    except NotFoundError as exc:
+        raise platform.refuse(ctx, action, job_ref(jid), exc) from None
+
+
 def attach_run(platform: Platform, ctx: Context, job_id: int | str, run_id: str) -> None:
     """Record the tracking run a job's process created (``yard train`` calls this with ``YARD_JOB_ID``), so a
     retry after a worker died resumes that run from its last checkpoint. Your own job needs ``job.write``;
     anyone else's ``worker.run``, the role of the worker (or pod) whose process runs it: a scientist must not
     make a colleague's retried job resume a run of theirs."""
     jid = parse_job_id(job_id)
-    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
-        raise UsageError(f"{run_id!r} is not a run id; expected 32 lower-case hex characters")
     resource = job_ref(jid)
     platform.authorize(ctx, "job.write", resource)
-    with platform.db.read() as s:
-        owner = _job_row(s, ctx, jid).submitted_by
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        bad = UsageError(f"{run_id!r} is not a run id; expected 32 lower-case hex characters")
+        raise platform.refuse(ctx, "job.write", resource, bad)
+    owner = _owner(platform, ctx, jid, "job.write")
     action = "job.write" if owner == ctx.user else "worker.run"
     with platform.mutate(ctx, action, resource, {"run": run_id, "owner": owner}) as s:
         job = _job_row(s, ctx, jid, lock=True)

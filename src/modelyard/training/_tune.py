@@ -270,6 +270,9 @@ def tune(
         optimize_log.addFilter(_OurFailedTrials())
     experiment = recipe.experiment or "default"
     resource = f"study:{client.ctx.project}/{name}"
+    # Before the study is read: a worker also writes it (fails stale trials, records its own trials)
+    # before its first child run would be refused.
+    client.platform.authorize(client.ctx, "run.write", resource)
     if worker:
         try:
             st = optuna.load_study(study_name=name, storage=store, sampler=smp)
@@ -296,7 +299,6 @@ def tune(
             )
         _check_same_search(st, name, metric, direction, space)
         st.pruner = prn
-        client.platform.authorize(client.ctx, "run.write", resource)
         _fail_stale_trials(st)  # the trials the dead process was running
         if client.get_run(parent_id).status == "FINISHED":  # nothing left to do: the study's outcome
             return _summary(st, name, parent_id, metric, direction)
@@ -307,7 +309,6 @@ def tune(
                 f"study {name!r} exists; join it with --worker, take it over with --resume, or choose "
                 "another --study"
             )
-        client.platform.authorize(client.ctx, "run.write", resource)
         parent = client.start_run(
             experiment,
             name=name,
