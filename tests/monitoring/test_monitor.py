@@ -134,9 +134,7 @@ def test_p95_is_the_nearest_rank() -> None:
     assert nearest_rank([7.0], 95) == 7.0
 
 
-def test_quality_from_feedback_against_the_evaluation(
-    home: Platform, trained: TrainedModel, yard: Any
-) -> None:
+def test_quality_from_feedback_against_the_evaluation(home: Platform) -> None:
     from modelyard.serving._predlog import record_feedback
 
     rows = list(make_examples(40, seed=13))
@@ -148,9 +146,6 @@ def test_quality_from_feedback_against_the_evaluation(
     assert q.drop["exact_match"] == pytest.approx(q.reference["exact_match"] - 0.5)
     # A metric the evaluation did not record (gen_len...) has no reference: shown as -, not as nan with a
     # drop of +0.0000.
-    r = yard("monitor", "drift", "mon-same@1", env={"YARD_HOME": str(trained.home)})
-    quality_rows = r.out[r.out.index("quality on 40 predictions") :]
-    assert "nan" not in quality_rows and "gen_len" in quality_rows
     with pytest.raises(NotFoundError):
         record_feedback(home, home.context(), "mon-same", "f" * 26, "x")
 
@@ -559,6 +554,11 @@ def test_yard_monitor_drift_cli(home: Platform, trained: TrainedModel, tmp_path:
         assert r.code == 2 and "--interval" in r.error, r.error
     r = yard("monitor", "run", rules, "--json", env=env)
     assert r.code == 0 and json.loads(r.out)["fired"][0]["rule"] == "drift"
+    # The quality table (feedback from test_quality_from_feedback_against_the_evaluation): a metric the
+    # evaluation did not record (gen_len...) has no reference, shown as -, not as nan with a drop of +0.0000.
+    r = yard("monitor", "drift", "mon-same@1", env=env)
+    quality_rows = r.out[r.out.index("quality on 40 predictions") :]
+    assert "nan" not in quality_rows and "gen_len" in quality_rows
 
 
 def test_a_run_at_a_given_time_judges_the_window_before_that_time(
