@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +22,8 @@ from modelyard.core._models import RunMetric
 from modelyard.errors import BackendError
 from modelyard.testing import make_platform
 from modelyard.tracking import Client, MetricWriterWarning, _writer
+
+WORKER = Path(__file__).with_name("worker.py")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -204,3 +209,41 @@ def test_warnings_turned_into_errors_do_not_stop_the_writer(
     with direct.db.read() as s:
         steps = s.scalars(select(RunMetric.step).where(RunMetric.run_id == run.id)).all()
     assert sorted(steps) == [0, 1]
+
+
+def test_the_exit_waits_for_the_store_once_for_all_open_runs(
+    proxied: tuple[Platform, Proxy, Platform],
+) -> None:
+    # Each open run's flush at exit waited flush_timeout_s on its own: N runs kept a process whose store
+    # was down alive for N timeouts. One deadline, flush_timeout_s from the exit, now covers them all.
+    platform, proxy, _ = proxied
+    timeout, count = 2.0, 4
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
+    env.update(
+        YARD_HOME=str(platform.settings.home),
+        YARD_DATABASE_URL=str(platform.settings.database_url),
+        YARD_FLUSH_TIMEOUT_S=str(timeout),
+        YARD_METRIC_FLUSH_S="600",  # the points stay buffered until the exit flushes them
+        YARD_SYSTEM_METRICS_S="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), "open_runs", str(count)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().startswith("ready "), proc.stderr.read() if proc.stderr else ""
+        proxy.down()
+        out, err = proc.communicate("exit\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    took = float(out.rsplit("exit hooks took ", 1)[1])
+    assert timeout <= took < 2 * timeout, err  # about one timeout, not count of them
+    assert err.count("could not end run") == count, err  # each run still said why, store down

@@ -359,6 +359,34 @@ def test_resume_continues_a_run(client: Client) -> None:
     assert info.status == "FINISHED" and info.metrics == {"x": 2.0}
 
 
+def test_a_resumed_run_relogging_steps_keeps_every_point_and_the_latest_is_the_newest(
+    any_platform: Platform,
+) -> None:
+    # A job restarted from its step-2 checkpoint logs steps 3..5 again. As in MLflow every point is kept;
+    # "latest" (get_run, search) is the point with the highest step, then the newest timestamp.
+    client = Client(platform=any_platform)
+    try:
+        with client.start_run("resume", capture=False) as run:
+            for step in range(6):
+                run.log_metric("loss", 10.0 + step, step=step, timestamp=1000 + step)
+        with client.start_run(run_id=run.id) as again:
+            for step in range(3, 5):
+                again.log_metric("loss", 20.0 + step, step=step, timestamp=2000 + step)
+            again.flush()
+            # Re-logged up to step 4 only: step 5's first point is still the highest step.
+            assert client.get_run(run.id).metrics == {"loss": 15.0}
+            again.log_metric("loss", 25.0, step=5, timestamp=2005)
+        history = client.metric_history(run.id, "loss")["loss"]
+        assert [(p.step, p.value) for p in history] == [
+            (0, 10.0), (1, 11.0), (2, 12.0), (3, 13.0), (3, 23.0), (4, 14.0), (4, 24.0), (5, 15.0), (5, 25.0)
+        ]  # fmt: skip
+        assert client.get_run(run.id).metrics == {"loss": 25.0}
+        assert [r.id for r in client.search_runs("resume", "metrics.loss = 25")] == [run.id]
+        assert client.search_runs("resume", "metrics.loss = 15") == []
+    finally:
+        client.close()
+
+
 def test_resuming_a_run_applies_its_name_params_and_tags(client: Client) -> None:
     # start_run(run_id=..., name=, params=, tags=) dropped all three without a word, and an experiment
     # other than the run's own was ignored as well.

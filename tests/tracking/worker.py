@@ -87,6 +87,26 @@ def end_fails_once(count: int) -> None:
     _store.end_run = real_end  # the store is back; the exit must retry what end() asked for
 
 
+def open_runs(count: int) -> None:
+    """Open ``count`` runs (an even number) with a point buffered in each, say so, wait for a line on stdin
+    (the test takes the store away meanwhile), then exit with the runs open; the last exit hook says how
+    long the exit's hooks took."""
+    import atexit
+
+    started: list[float] = []
+    atexit.register(lambda: started and print(f"exit hooks took {time.monotonic() - started[0]:.3f}"))
+    runs = []
+    for _ in range(count // 2):  # clients (an exit hook each), each with a run and a nested one
+        client = Client()
+        runs.append(client.start_run("exit", capture=False))
+        runs.append(client.start_run("exit", nested=True, capture=False))
+    for run in runs:
+        run.log_metric("loss", 1.0)
+    print("ready " + " ".join(run.id for run in runs), flush=True)
+    sys.stdin.readline()
+    started.append(time.monotonic())
+
+
 def _sleep_forever() -> None:
     while True:
         time.sleep(0.05)
@@ -190,6 +210,8 @@ if __name__ == "__main__":
         term_in_end(int(args[0]))
     elif mode == "end_fails_once":
         end_fails_once(int(args[0]))
+    elif mode == "open_runs":
+        open_runs(int(args[0]))
     elif mode == "fork":
         fork()
     elif mode == "graceful":

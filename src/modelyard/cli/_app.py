@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import os
 import sys
@@ -136,10 +137,43 @@ def print_json(data: Any) -> None:
 
 
 def _fail(message: str, code: int, debug: bool) -> int:
-    if debug:
-        traceback.print_exc()
-    err_console.print(f"error: {message}", markup=False)
+    try:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"error: {message}", markup=False)
+    except (BrokenPipeError, SystemExit) as exc:  # `2>&1 | head`, reader gone: the code still tells
+        if not _broken_pipe(exc):
+            raise
+        _silence_stdio()
     return code
+
+
+# A reader that stops early (`yard runs ls | head -1`) is not a failure: exit quietly with 141 (128 + SIGPIPE,
+# what git and the shell report when SIGPIPE ends a command), never 1 (Typer's choice, the code of a failure)
+# and never an error line. SIGPIPE is not set back to its default to get this: a closed socket (the
+# PostgreSQL server, an HTTP peer) would then kill the process without a word.
+EXIT_BROKEN_PIPE = 141
+
+
+def _silence_stdio() -> None:
+    """Point stdout and stderr at /dev/null, so the flush at interpreter exit cannot raise BrokenPipeError
+    again (the Python docs' "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):  # in-process callers may capture into memory
+                pass
+    finally:
+        os.close(devnull)
+
+
+def _broken_pipe(exc: BaseException | None) -> bool:
+    """A write to a closed pipe, or the SystemExit(1) that Typer and Rich raise while handling one."""
+    if isinstance(exc, SystemExit):
+        exc = exc.__context__
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
 
 
 _ROOT_OPTIONS = ("--debug", "-p", "--project")
@@ -192,13 +226,20 @@ def _value_options(args: list[str]) -> set[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point. Exit 2 for usage errors, 1 for failures; traceback only with --debug."""
+    """Console entry point. Exit 2 for usage errors, 1 for failures, 141 when the reader of the output went
+    away (see EXIT_BROKEN_PIPE); traceback only with --debug."""
     args = _root_options_first(list(sys.argv[1:] if argv is None else argv))
     debug = args[:1] == ["--debug"] or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
     token = _STATE.set(State(debug=debug))
     try:
         result = app(args=args, prog_name="yard", standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except (BrokenPipeError, SystemExit) as exc:
+        # Typer and Rich answer a write to a closed pipe with SystemExit(1), raised while handling it.
+        if not _broken_pipe(exc):
+            raise
+        _silence_stdio()
+        return EXIT_BROKEN_PIPE
     except YardError as exc:
         return _fail(exc.message, exc.exit_code, debug)
     except KeyboardInterrupt:

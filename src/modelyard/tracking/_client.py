@@ -252,10 +252,12 @@ class Run:
             raise UsageError(f"status {status!r} is not a final status; expected one of {_store.TERMINAL}")
         self._end(status, reason)
 
-    def _end(self, status: str, reason: str | None, *, interrupting: bool = False) -> None:
+    def _end(
+        self, status: str, reason: str | None, *, interrupting: bool = False, deadline: float | None = None
+    ) -> None:
         """``interrupting``: a signal handler ending the run while an ``end`` of it is in progress on
         this thread (the handler then does that end itself, with its own status, before the process
-        stops)."""
+        stops). ``deadline`` (monotonic): when the flush gives up, if not ``flush_timeout_s`` from now."""
         if self._writer.orphaned:
             raise self._writer._orphan_error()  # a forked child must not end its parent's run
         with self._end_cond:
@@ -271,7 +273,8 @@ class Run:
         try:
             self._writer.begin_end()
             try:
-                self._writer.stop(self.client.platform.settings.flush_timeout_s)
+                timeout = self.client.platform.settings.flush_timeout_s
+                self._writer.stop(timeout if deadline is None else max(0.0, deadline - time.monotonic()))
             except YardError as exc:
                 flush_error = exc
             if self.status != "RUNNING":
@@ -516,15 +519,21 @@ class Client:
             if self._close_when_idle:
                 self.close()
 
-    def _end_all(self, status: str, reason: str, *, signalled: bool = False) -> None:
+    def _end_all(
+        self, status: str, reason: str, *, signalled: bool = False, deadline: float | None = None
+    ) -> None:
         """End every active run. A run whose earlier end did not commit is ended with the status that end
-        asked for, except on a signal, which ends everything KILLED (including an end in progress)."""
+        asked for, except on a signal, which ends everything KILLED (including an end in progress). Their
+        flushes share one ``deadline`` (default ``flush_timeout_s`` from now): with the store down, N runs
+        each waiting the whole timeout held a SIGTERM's grace period or the exit for N timeouts."""
+        if deadline is None:
+            deadline = time.monotonic() + self.platform.settings.flush_timeout_s
         with self._lock:
             runs = list(self._active.values())
         for run in reversed(runs):  # children before parents
             st, why = (status, reason) if signalled or run._end_request is None else run._end_request
             try:
-                run._end(st, why, interrupting=signalled)
+                run._end(st, why, interrupting=signalled, deadline=deadline)
             except Exception as exc:
                 _warn(f"modelyard: could not end run {run.id}: {exc}", stacklevel=3)
 
@@ -687,7 +696,20 @@ def _at_exit(ref: weakref.ReferenceType[Client]) -> None:
             if run._signalled is not None and run._end_request is None:
                 run._end_request = ("KILLED", run._signalled)  # _end_all ends it as asked
     status, reason = _exit_status()
-    client._end_all(status, reason)
+    client._end_all(status, reason, deadline=_exit_deadline(client.platform.settings.flush_timeout_s))
+
+
+# When the interpreter's exit hooks began: every client's runs (and _flush_at_exit) flush against one
+# deadline, flush_timeout_s after it, so the exit waits on a store that is down for one timeout, not one per
+# run.
+_EXIT_STARTED: float | None = None
+
+
+def _exit_deadline(timeout: float) -> float:
+    global _EXIT_STARTED
+    if _EXIT_STARTED is None:
+        _EXIT_STARTED = time.monotonic()
+    return _EXIT_STARTED + timeout
 
 
 def _exit_status() -> tuple[str, str]:
@@ -713,8 +735,9 @@ def _warn(message: str, stacklevel: int = 2) -> None:
 
 def _flush_at_exit(run: Run) -> None:
     """A run whose final flush timed out (store outage) gets one more bounded wait at exit."""
+    deadline = _exit_deadline(run.client.platform.settings.flush_timeout_s)
     try:
-        run.flush()
+        run.flush(max(0.0, deadline - time.monotonic()))
     except YardError as exc:
         _warn(f"modelyard: exiting with metrics not stored: {exc}")
 
