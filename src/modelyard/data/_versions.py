@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 import unicodedata
@@ -45,6 +46,7 @@ from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.data import _manifest, _profile
 from modelyard.errors import (
     BackendError,
+    ConfigError,
     NotFoundError,
     ResidencyError,
     UsageError,
@@ -889,17 +891,17 @@ def checkout(
         )
     n_workers = _workers(platform, workers)
     dest = Path(dest).absolute()  # "." has no parent to make the temp directory in
-    _check_dest(dest)
-    existing = dest.is_dir()
-    where = dest if existing else dest.parent
-    try:
+    try:  # checking dest can fail too: a parent this user may not search, a dest it may not read
+        _check_dest(dest)
+        existing = dest.is_dir()
+        where = dest if existing else dest.parent
         where.mkdir(parents=True, exist_ok=True)
         for stale in _stale_temps(where, dest.name):  # left by a killed checkout into dest
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
         held = _hold(tmp)
     except OSError as exc:
-        raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
+        raise _unusable_dest(dest, exc) from None
     moved: list[Path] = []
     try:
         if _case_insensitive(tmp):
@@ -925,6 +927,27 @@ def checkout(
     finally:
         os.close(held)
     return info
+
+
+def _failure(exc: OSError, path: Path) -> tuple[Path, str]:
+    """The path an OSError from making or using ``path`` is about, and why: mkdir below a file says "File
+    exists" or "Not a directory" of a path that is not there, so that file is named instead."""
+    failed = Path(exc.filename) if isinstance(exc.filename, str) else path
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        file = next((p for p in (failed, *failed.parents) if p.exists() and not p.is_dir()), None)
+        if file is not None:
+            return file, "it is a file, not a directory"
+    return failed, exc.strerror or str(exc)
+
+
+def _unusable_dest(dest: Path, exc: OSError) -> UsageError:
+    failed, why = _failure(exc, dest)
+    if failed.name.startswith(temp_prefix(dest.name)):  # our temp directory: name where it was to be made
+        failed = failed.parent
+    return UsageError(
+        f"cannot check out into {dest}: {'' if failed == dest else f'{failed}: '}{why}; give a new or empty "
+        "directory that this user can read and write"
+    )
 
 
 def _case_insensitive(directory: Path) -> bool:
@@ -1039,23 +1062,38 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec)
     target = _cache_dir(platform, ctx, info)
-    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
-    # One get of a version at a time (threads and processes): otherwise one that found the copy bad could
-    # delete the fresh copy another had just made and returned in its place.
-    lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
+        # One get of a version at a time (threads and processes): otherwise one that found the copy bad
+        # could delete the fresh copy another had just made and returned in its place.
+        lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise _unusable_cache(platform, exc) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with _manifest.StatCache(_cache_path(platform)) as cache:
-            if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
-                return target
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        try:
+            with _manifest.StatCache(_cache_path(platform)) as cache:
+                if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
+                    return target
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        except (OSError, sqlite3.Error) as exc:  # sqlite3: the stat cache in a folder this user cannot write
+            raise _unusable_cache(platform, exc) from None
         checkout(platform, ctx, f"{info.name}@{info.version}", target)
     finally:
         os.close(lock)  # releases the lock
     return target
+
+
+def _unusable_cache(platform: Platform, exc: OSError | sqlite3.Error) -> ConfigError:
+    cache = platform.settings.home / "cache"
+    failed, why = _failure(exc, cache) if isinstance(exc, OSError) else (_cache_path(platform), str(exc))
+    return ConfigError(
+        f"cannot use the dataset cache: {failed}: {why}; make {cache} a directory this user can write (it "
+        "holds only copies and may be deleted), or set YARD_HOME to a home it owns"
+    )
 
 
 # -- remove -----------------------------------------------------------------------------------------------
