@@ -905,7 +905,8 @@ def checkout(
     moved: list[Path] = []
     try:
         if _case_insensitive(tmp):
-            _check_case(members(platform.artifacts, info.manifest_digest), spec, dest)
+            fold = _full_fold if _folds_fully(tmp) else _simple_fold
+            _check_case(members(platform.artifacts, info.manifest_digest), spec, dest, fold)
         _materialise(platform.artifacts, info, tmp, n_workers, progress)
         sync_filesystem(tmp)
         try:
@@ -966,15 +967,62 @@ def _case_insensitive(directory: Path) -> bool:
         os.unlink(path)
 
 
-def _check_case(version: Iterator[_manifest.Member], spec: str, dest: Path) -> None:
-    """Refuse a version holding two names (of files or of their directories) that differ only in case: a
+def _folds_fully(directory: Path) -> bool:
+    """True if ``directory``'s (case-insensitive) filesystem folds case fully, "ß" as "ss": APFS and ext4's
+    casefold do (Unicode CaseFolding.txt C+F, then NFD); NTFS and HFS+ fold one character to one, so there
+    "Straße" and "STRASSE" are two names. Probed like _case_insensitive: a temp file named with "ß" is
+    looked up with "ss". A filesystem that cannot hold the name counts as folding fully (refuse more)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=".yard-fold-", suffix="\u00df", dir=directory)
+    except (OSError, UnicodeError):
+        return True
+    try:
+        try:
+            other = os.lstat(path[: -len("\u00df")] + "ss")
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(os.fstat(fd), other)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+# Both folds compare as Unicode's canonical caseless match does, NFD(fold(NFD(name))); an ASCII name, the
+# common case, is just lower-cased.
+def _full_fold(name: str) -> str:
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def _simple_fold(name: str) -> str:
+    """Unicode simple case folding (CaseFolding.txt C+S: one character to one). NFD too, as HFS+ normalises;
+    NTFS does not, so a pair differing only there is refused needlessly: rare, and better than a lost file.
+    Python has only full folding (str.casefold, C+F); the two differ only where full folding maps a
+    character to several ("ß" to "ss", "İ" to "i̇", "ﬁ" to "fi"): there the S mapping, where there is one,
+    is the character's lower case ("ẞ" to "ß", "ᾈ" to "ᾀ"), and without one the character stays."""
+    if name.isascii():
+        return name.lower()
+    out = []
+    for c in unicodedata.normalize("NFD", name):
+        folded = c.casefold()
+        if len(folded) != 1:
+            folded = c.lower() if len(c.lower()) == 1 else c
+        out.append(folded)
+    return unicodedata.normalize("NFD", "".join(out))
+
+
+def _check_case(
+    version: Iterator[_manifest.Member], spec: str, dest: Path, fold: Callable[[str], str]
+) -> None:
+    """Refuse a version holding two names (of files or of their directories) that ``fold`` makes equal: a
     case-insensitive filesystem would silently hold one where the version has two."""
     seen: dict[str, str] = {}
     for m in version:
         parts = m.path.split("/")
         for i in range(1, len(parts) + 1):
             name = "/".join(parts[:i])
-            other = seen.setdefault(name.casefold(), name)
+            other = seen.setdefault(fold(name), name)
             if other != name:
                 raise UsageError(
                     f"{spec} holds both {other!r} and {name!r}, which name the same file on the "
