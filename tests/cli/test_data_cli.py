@@ -104,6 +104,22 @@ def test_bad_input_is_one_error_line(
     assert yard("data", "ls", "--json").json() == []
 
 
+def test_checkout_into_a_directory_it_cannot_make_is_one_error_line(
+    yard: Yard, tree: Path, tmp_path: Path
+) -> None:
+    """Was "unexpected OSError: [Errno 36] File name too long" (and PermissionError for a directory this
+    user may not read or search); the modes case is in tests/data/test_checkout_unwritable.py."""
+    assert yard("data", "add", tree, "--name", "ds").code == 0
+    (tmp_path / "f").write_text("mine")
+    for dest, needle in (
+        (tmp_path / ("x" * 300), "too long"),
+        (tmp_path / "f" / "sub", "is a file, not a directory"),
+    ):
+        r = yard("data", "checkout", "ds@1", dest)
+        assert r.code == 2 and needle in r.error and "unexpected" not in r.err, r.err
+        assert r.err.count("\n") == 1 and "Traceback" not in r.err
+
+
 def test_malformed_table_warns_and_is_versioned(yard: Yard, tree: Path) -> None:
     (tree / "broken.parquet").write_bytes(b"PAR1 garbage")
     r = yard("data", "add", tree, "--name", "ds")

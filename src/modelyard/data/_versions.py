@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 import unicodedata
@@ -45,6 +46,7 @@ from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.data import _manifest, _profile
 from modelyard.errors import (
     BackendError,
+    ConfigError,
     NotFoundError,
     ResidencyError,
     UsageError,
@@ -889,21 +891,22 @@ def checkout(
         )
     n_workers = _workers(platform, workers)
     dest = Path(dest).absolute()  # "." has no parent to make the temp directory in
-    _check_dest(dest)
-    existing = dest.is_dir()
-    where = dest if existing else dest.parent
-    try:
+    try:  # checking dest can fail too: a parent this user may not search, a dest it may not read
+        _check_dest(dest)
+        existing = dest.is_dir()
+        where = dest if existing else dest.parent
         where.mkdir(parents=True, exist_ok=True)
         for stale in _stale_temps(where, dest.name):  # left by a killed checkout into dest
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
         held = _hold(tmp)
     except OSError as exc:
-        raise UsageError(f"cannot write into {where}: {exc.strerror or exc}") from None
+        raise _unusable_dest(dest, exc) from None
     moved: list[Path] = []
     try:
         if _case_insensitive(tmp):
-            _check_case(members(platform.artifacts, info.manifest_digest), spec, dest)
+            fold = _full_fold if _folds_fully(tmp) else _simple_fold
+            _check_case(members(platform.artifacts, info.manifest_digest), spec, dest, fold)
         _materialise(platform.artifacts, info, tmp, n_workers, progress)
         sync_filesystem(tmp)
         try:
@@ -927,6 +930,27 @@ def checkout(
     return info
 
 
+def _failure(exc: OSError, path: Path) -> tuple[Path, str]:
+    """The path an OSError from making or using ``path`` is about, and why: mkdir below a file says "File
+    exists" or "Not a directory" of a path that is not there, so that file is named instead."""
+    failed = Path(exc.filename) if isinstance(exc.filename, str) else path
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        file = next((p for p in (failed, *failed.parents) if p.exists() and not p.is_dir()), None)
+        if file is not None:
+            return file, "it is a file, not a directory"
+    return failed, exc.strerror or str(exc)
+
+
+def _unusable_dest(dest: Path, exc: OSError) -> UsageError:
+    failed, why = _failure(exc, dest)
+    if failed.name.startswith(temp_prefix(dest.name)):  # our temp directory: name where it was to be made
+        failed = failed.parent
+    return UsageError(
+        f"cannot check out into {dest}: {'' if failed == dest else f'{failed}: '}{why}; give a new or empty "
+        "directory that this user can read and write"
+    )
+
+
 def _case_insensitive(directory: Path) -> bool:
     """True if ``directory``'s filesystem takes names that differ only in case for the same file (macOS and
     Windows by default): a file made with a lower-case name is found under its upper-case one."""
@@ -943,15 +967,62 @@ def _case_insensitive(directory: Path) -> bool:
         os.unlink(path)
 
 
-def _check_case(version: Iterator[_manifest.Member], spec: str, dest: Path) -> None:
-    """Refuse a version holding two names (of files or of their directories) that differ only in case: a
+def _folds_fully(directory: Path) -> bool:
+    """True if ``directory``'s (case-insensitive) filesystem folds case fully, "ß" as "ss": APFS and ext4's
+    casefold do (Unicode CaseFolding.txt C+F, then NFD); NTFS and HFS+ fold one character to one, so there
+    "Straße" and "STRASSE" are two names. Probed like _case_insensitive: a temp file named with "ß" is
+    looked up with "ss". A filesystem that cannot hold the name counts as folding fully (refuse more)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=".yard-fold-", suffix="\u00df", dir=directory)
+    except (OSError, UnicodeError):
+        return True
+    try:
+        try:
+            other = os.lstat(path[: -len("\u00df")] + "ss")
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(os.fstat(fd), other)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+# Both folds compare as Unicode's canonical caseless match does, NFD(fold(NFD(name))); an ASCII name, the
+# common case, is just lower-cased.
+def _full_fold(name: str) -> str:
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def _simple_fold(name: str) -> str:
+    """Unicode simple case folding (CaseFolding.txt C+S: one character to one). NFD too, as HFS+ normalises;
+    NTFS does not, so a pair differing only there is refused needlessly: rare, and better than a lost file.
+    Python has only full folding (str.casefold, C+F); the two differ only where full folding maps a
+    character to several ("ß" to "ss", "İ" to "i̇", "ﬁ" to "fi"): there the S mapping, where there is one,
+    is the character's lower case ("ẞ" to "ß", "ᾈ" to "ᾀ"), and without one the character stays."""
+    if name.isascii():
+        return name.lower()
+    out = []
+    for c in unicodedata.normalize("NFD", name):
+        folded = c.casefold()
+        if len(folded) != 1:
+            folded = c.lower() if len(c.lower()) == 1 else c
+        out.append(folded)
+    return unicodedata.normalize("NFD", "".join(out))
+
+
+def _check_case(
+    version: Iterator[_manifest.Member], spec: str, dest: Path, fold: Callable[[str], str]
+) -> None:
+    """Refuse a version holding two names (of files or of their directories) that ``fold`` makes equal: a
     case-insensitive filesystem would silently hold one where the version has two."""
     seen: dict[str, str] = {}
     for m in version:
         parts = m.path.split("/")
         for i in range(1, len(parts) + 1):
             name = "/".join(parts[:i])
-            other = seen.setdefault(name.casefold(), name)
+            other = seen.setdefault(fold(name), name)
             if other != name:
                 raise UsageError(
                     f"{spec} holds both {other!r} and {name!r}, which name the same file on the "
@@ -1039,23 +1110,38 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec)
     target = _cache_dir(platform, ctx, info)
-    private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
-    # One get of a version at a time (threads and processes): otherwise one that found the copy bad could
-    # delete the fresh copy another had just made and returned in its place.
-    lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
+        # One get of a version at a time (threads and processes): otherwise one that found the copy bad
+        # could delete the fresh copy another had just made and returned in its place.
+        lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise _unusable_cache(platform, exc) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with _manifest.StatCache(_cache_path(platform)) as cache:
-            if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
-                return target
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        try:
+            with _manifest.StatCache(_cache_path(platform)) as cache:
+                if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
+                    return target
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        except (OSError, sqlite3.Error) as exc:  # sqlite3: the stat cache in a folder this user cannot write
+            raise _unusable_cache(platform, exc) from None
         checkout(platform, ctx, f"{info.name}@{info.version}", target)
     finally:
         os.close(lock)  # releases the lock
     return target
+
+
+def _unusable_cache(platform: Platform, exc: OSError | sqlite3.Error) -> ConfigError:
+    cache = platform.settings.home / "cache"
+    failed, why = _failure(exc, cache) if isinstance(exc, OSError) else (_cache_path(platform), str(exc))
+    return ConfigError(
+        f"cannot use the dataset cache: {failed}: {why}; make {cache} a directory this user can write (it "
+        "holds only copies and may be deleted), or set YARD_HOME to a home it owns"
+    )
 
 
 # -- remove -----------------------------------------------------------------------------------------------
