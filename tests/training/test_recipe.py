@@ -183,6 +183,10 @@ def test_quoted_number_is_not_silently_coerced() -> None:
             "model.config.d_model: must be less than or equal to 65536",
         ),
         (recipe(tokenizer={"from": "model"}), "tokenizer from: model needs a pretrained model"),
+        (  # a new vocabulary's ids name other tokens than the ones the pretrained embeddings learnt
+            recipe(model={"pretrained": "google/flan-t5-base"}),
+            "tokenizer train: sentencepiece with a pretrained model",
+        ),
         (recipe(tokenizer__vocab_size=...), "tokenizer: train: sentencepiece needs vocab_size"),
         (recipe(tokenizer__max_unk_rate=2), "tokenizer.max_unk_rate: must be less than or equal to 1"),
         (  # trained fine, then the first evaluation's tokenizer call overflowed

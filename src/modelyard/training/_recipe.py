@@ -467,6 +467,13 @@ class Recipe(_Section):
             raise ValueError(
                 "tokenizer from: model needs a pretrained model; a scratch model needs train: sentencepiece"
             )
+        if self.tokenizer.from_ != "model" and self.model.pretrained is not None:
+            # A new vocabulary numbers its pieces afresh: every id would look up the embedding the pretrained
+            # model learnt for another token, so fine-tuning would start from noise, silently.
+            raise ValueError(
+                "tokenizer train: sentencepiece with a pretrained model gives its embeddings other tokens' "
+                "ids; use tokenizer from: model with a pretrained model (or init: scratch to train both)"
+            )
         known = ("loss", *self.evaluation.metrics)
         for where, metric in (
             ("train.early_stopping.metric", self.train.early_stopping and self.train.early_stopping.metric),
