@@ -378,6 +378,44 @@ def test_international_addresses_are_redacted_whole(address: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "code",
+    [
+        "y = x@self.weight",
+        "h = x@self.proj.weight.T",
+        "out = obj@module.attr",
+        "c = a@torch.linalg",
+        "scores = q@k.transpose(-2, -1)",
+        "z = inp@model.fc.weight",
+        "m = x@W.mT",
+        "t@nn.Linear",
+        "v = x@self.weight.data",
+    ],
+)
+def test_matrix_products_and_attribute_chains_are_not_emails(code: str) -> None:
+    """Python's "@" operator between identifiers reads like an address: no real TLD ends the chain."""
+    assert scan_text(code) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("write to a.b@sub.example.co.uk today", "a.b@sub.example.co.uk"),
+        ("write to first.last+tag@example.org today", "first.last+tag@example.org"),
+        ("write to x@xn--bcher-kva.example today", "x@xn--bcher-kva.example"),
+        ("write to x@b.xn--p1ai today", "x@b.xn--p1ai"),
+        ("write to jane@studio.photography today", "jane@studio.photography"),
+        ("write to jane@my-studio.lighting today", "jane@my-studio.lighting"),
+        ("write to Jane.Doe@Example.COM today", "Jane.Doe@Example.COM"),
+        ("write to jane@startup.io today", "jane@startup.io"),
+        ("write to jane@example.com.Thanks", "jane@example.com"),
+        ("write to a@b.example today", "a@b.example"),
+    ],
+)
+def test_addresses_at_real_tlds_are_found(text: str, address: str) -> None:
+    assert [(text[a:b], kind) for a, b, kind in find_spans(text)] == [(address, "email")]
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "a" * 10**6 + "@",
