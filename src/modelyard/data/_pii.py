@@ -462,6 +462,18 @@ _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
 
+# Hosts get addresses only where IANA has allocated space: global unicast, unique local, link-local and
+# multicast, and the prefixes that carry an IPv4 host (::ffff:0:0/96, NAT64). The rest is reserved, and
+# what falls there is code or bytes: C++ scopes ("Face::Add", "abc::def"), hexspeak ("dead::beef"),
+# slices ("x[10::10]"), EUI-64 and timecodes ("00:12:4b:00:01:02:03:04": every group under 0x100).
+_IPV6_ASSIGNABLE = tuple(
+    map(
+        ipaddress.IPv6Network,
+        ["2000::/3", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48"],
+    )
+)
+_SUBSCRIPTED = re.compile(r"[\w\])]\[")
+
 
 def _find_ips(text: str) -> Iterator[tuple[int, int]]:
     if ":" in text:
@@ -472,8 +484,13 @@ def _find_ips(text: str) -> Iterator[tuple[int, int]]:
             if len(parts) < 2 or sum(len(p) for p in parts) < 4:
                 continue
             try:
-                ipaddress.IPv6Address(s)
+                address = ipaddress.IPv6Address(s)
             except ValueError:
+                continue
+            if not any(address in net for net in _IPV6_ASSIGNABLE):
+                continue
+            # A slice of an indexed name ("x[2000::10]") is Python; a URL's "[2001:db8::1]" follows a "/".
+            if m.start() >= 2 and _SUBSCRIPTED.match(text, m.start() - 2):
                 continue
             yield m.span()
     for m in _IPV4.finditer(text):
