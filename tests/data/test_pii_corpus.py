@@ -80,6 +80,7 @@ CLEAN: list[str] = [
     "ratio 16:9, John 3:16, at 10:30",
     "std::vector<int> a; a::b",
     "Face::Add(x); beef::Add(y); tail = rows[2000::10]",
+    "attn = q@k.transpose(-2, -1); h = x@self.proj.weight.T; y = x@W.mT",
     "mac 00:1A:2B:3C:4D:5E",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0.6099.109 Safari/537.36",
     "pip install numpy==1.26.4 torch==2.1.0",
