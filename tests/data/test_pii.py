@@ -378,6 +378,67 @@ def test_international_addresses_are_redacted_whole(address: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "code",
+    [
+        "y = x@self.weight",
+        "h = x@self.proj.weight.T",
+        "out = obj@module.attr",
+        "c = a@torch.linalg",
+        "scores = q@k.transpose(-2, -1)",
+        "z = inp@model.fc.weight",
+        "m = x@W.mT",
+        "t@nn.Linear",
+        "v = x@self.weight.data",
+    ],
+)
+def test_matrix_products_and_attribute_chains_are_not_emails(code: str) -> None:
+    """Python's "@" operator between identifiers reads like an address: no real TLD ends the chain."""
+    assert scan_text(code) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("write to a.b@sub.example.co.uk today", "a.b@sub.example.co.uk"),
+        ("write to first.last+tag@example.org today", "first.last+tag@example.org"),
+        ("write to x@xn--bcher-kva.example today", "x@xn--bcher-kva.example"),
+        ("write to x@b.xn--p1ai today", "x@b.xn--p1ai"),
+        ("write to jane@studio.photography today", "jane@studio.photography"),
+        ("write to jane@my-studio.lighting today", "jane@my-studio.lighting"),
+        ("write to Jane.Doe@Example.COM today", "Jane.Doe@Example.COM"),
+        ("write to jane@startup.io today", "jane@startup.io"),
+        ("write to jane@example.com.Thanks", "jane@example.com"),
+        ("write to a@b.example today", "a@b.example"),
+    ],
+)
+def test_addresses_at_real_tlds_are_found(text: str, address: str) -> None:
+    assert [(text[a:b], kind) for a, b, kind in find_spans(text)] == [(address, "email")]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("peer 2001:db8::1 up", "2001:db8::1"),
+        ("peer 2001:DB8::1 up", "2001:DB8::1"),
+        ("zone fe80::1%eth0", "fe80::1"),
+        ("http://[2001:db8::1]:8080/x", "2001:db8::1"),
+        ("mapped ::ffff:192.0.2.1", "::ffff:192.0.2.1"),
+        ("nat64 64:ff9b::c000:221", "64:ff9b::c000:221"),
+        ("hexspeak dead::beef", None),  # unallocated space: no host has it
+        ("loopback ::1", None),  # a host's own address names no one
+        ("Face::Add(x); Abc::Def y; beef::Add(z)", None),  # C++ scopes: no address mixes cases in a group
+        ("std::vector<int> a; a::b", None),
+        ("rows x[10::10], y[2000::2]", None),  # Python slices
+        ("at 12:34:56, tc 10:30:45:12", None),
+        ("zigbee 00:12:4b:00:01:02:03:04", None),  # EUI-64 bytes, like a MAC address
+    ],
+)
+def test_ipv6_addresses_but_not_code(text: str, found: str | None) -> None:
+    expected = [(found, "ip_address")] if found else []
+    assert [(text[a:b], kind) for a, b, kind in find_spans(text)] == expected
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "a" * 10**6 + "@",

@@ -79,6 +79,8 @@ CLEAN: list[str] = [
     "accuracy 0.9876 loss 0.0123 lr 3e-4",
     "ratio 16:9, John 3:16, at 10:30",
     "std::vector<int> a; a::b",
+    "Face::Add(x); beef::Add(y); tail = rows[2000::10]",
+    "attn = q@k.transpose(-2, -1); h = x@self.proj.weight.T; y = x@W.mT",
     "mac 00:1A:2B:3C:4D:5E",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0.6099.109 Safari/537.36",
     "pip install numpy==1.26.4 torch==2.1.0",
@@ -111,6 +113,8 @@ CLEAN: list[str] = [
     "customer id 00123456789, ref 0099123456789",
     "ids 0101 1234 5678, in 2019 we sold 0150 units",
     "lotto 04 12 23 35 41 48",
+    "table 12 34 56 78 90, row 1 01 23 45 67 89, row 01 23 45 67 89 10, run 101 23 45 67 89",
+    "at 2024.01.23.45.67.89, hms 01:23:45:67:89",
 ]
 
 

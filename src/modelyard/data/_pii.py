@@ -107,14 +107,61 @@ _NOT_TLDS = frozenset(
     }
 )
 
+# Python's "@" (matrix product) before an attribute chain reads like an address: "x@self.weight",
+# "q@k.transpose". The TLD tells them apart, so one ending a chain of identifiers must be real: an assigned
+# country code (ISO 3166, as delegated), a generic TLD addresses are used at (and RFC 2606's example and
+# test, which sample data uses for real addresses), or an IDN. A domain with a label no identifier has
+# ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD. An address at a rare generic TLD
+# with one-word labels ("jane@studio.lighting") is missed for that.
+_CC_TLD_LIST = (
+    "ac ad ae af ag ai al am ao aq ar as at au aw ax az ba bb bd be bf bg bh bi bj bm bn bo bq br bs bt "
+    "bv bw by bz ca cc cd cf cg ch ci ck cl cm cn co cr cu cv cw cx cy cz de dj dk dm do dz ec ee eg er "
+    "es et eu fi fj fk fm fo fr ga gb gd ge gf gg gh gi gl gm gn gp gq gr gs gt gu gw gy hk hm hn hr ht "
+    "hu id ie il im in io iq ir is it je jm jo jp ke kg kh ki km kn kp kr kw ky kz la lb lc li lk lr ls "
+    "lt lu lv ly ma mc md me mg mh mk ml mm mn mo mp mq mr ms mt mu mv mw mx my mz na nc ne nf ng ni nl "
+    "no np nr nu nz om pa pe pf pg ph pk pl pm pn pr ps pt pw py qa re ro rs ru rw sa sb sc sd se sg sh "
+    "si sj sk sl sm sn so sr ss st su sv sx sy sz tc td tf tg th tj tk tl tm tn to tr tt tv tw tz ua ug "
+    "uk us uy uz va vc ve vg vi vn vu wf ws ye yt za zm zw"
+)
+_GENERIC_TLD_LIST = (
+    "com net org edu gov mil int info biz name pro aero coop museum mobi asia tel travel jobs cat post "
+    "app dev page tech online site website store shop cloud email digital agency company solutions "
+    "services group global world life live news media blog art design studio network systems software "
+    "academy center consulting club xyz top icu vip work space fun today ltd llc inc one pub guru expert "
+    "photography photo photos events social team tools zone plus link click host health law legal finance "
+    "capital fund money bank insurance realty marketing ventures partners international enterprises "
+    "management support care family love green energy city church school university education institute "
+    "training swiss berlin hamburg bayern london paris nyc tokyo wien amsterdam brussels dubai africa "
+    "scot wales cymru eus gal bzh quebec gmbh example test"
+)
+_CC_TLDS = frozenset(_CC_TLD_LIST.split())
+_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split())
+
+
+def _tld_real(tld: str) -> bool:
+    if not tld.isascii() or tld[:4].lower() == "xn--":
+        return True  # an IDN TLD ("рф", "xn--p1ai") is no identifier
+    if not (tld.islower() or tld.isupper() or tld.istitle()):
+        return False  # camelCase ("x@W.mT") is an identifier, however a host name is capitalised
+    return tld.lower() in (_CC_TLDS if len(tld) == 2 else _GENERIC_TLDS)
+
 
 def _find_emails(text: str) -> Iterator[tuple[int, int]]:
     if "@" not in text:
         return
     for m in _EMAIL.finditer(text):
-        local = m.group().split("@", 1)[0]
-        if len(local) <= 64 and m.group("tld").lower() not in _NOT_TLDS:
+        local, domain = m.group().split("@", 1)
+        if len(local) > 64 or m.group("tld").lower() in _NOT_TLDS:
+            continue
+        labels = domain.split(".")
+        if _tld_real(labels[-1]) or not all(label.isascii() and label.isidentifier() for label in labels):
             yield m.span()
+            continue
+        # "jane@example.com.Thanks": a sentence run on after the address; cut at the last real TLD.
+        for k in range(len(labels) - 1, 1, -1):
+            if _tld_real(labels[k - 1]):
+                yield m.start(), m.start() + len(local) + 1 + len(".".join(labels[:k]))
+                break
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,6 +462,18 @@ _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
 
+# Hosts get addresses only where IANA has allocated space: global unicast, unique local, link-local and
+# multicast, and the prefixes that carry an IPv4 host (::ffff:0:0/96, NAT64). The rest is reserved, and
+# what falls there is code or bytes: C++ scopes ("Face::Add", "abc::def"), hexspeak ("dead::beef"),
+# slices ("x[10::10]"), EUI-64 and timecodes ("00:12:4b:00:01:02:03:04": every group under 0x100).
+_IPV6_ASSIGNABLE = tuple(
+    map(
+        ipaddress.IPv6Network,
+        ["2000::/3", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48"],
+    )
+)
+_SUBSCRIPTED = re.compile(r"[\w\])]\[")
+
 
 def _find_ips(text: str) -> Iterator[tuple[int, int]]:
     if ":" in text:
@@ -425,8 +484,13 @@ def _find_ips(text: str) -> Iterator[tuple[int, int]]:
             if len(parts) < 2 or sum(len(p) for p in parts) < 4:
                 continue
             try:
-                ipaddress.IPv6Address(s)
+                address = ipaddress.IPv6Address(s)
             except ValueError:
+                continue
+            if not any(address in net for net in _IPV6_ASSIGNABLE):
+                continue
+            # A slice of an indexed name ("x[2000::10]") is Python; a URL's "[2001:db8::1]" follows a "/".
+            if m.start() >= 2 and _SUBSCRIPTED.match(text, m.start() - 2):
                 continue
             yield m.span()
     for m in _IPV4.finditer(text):
