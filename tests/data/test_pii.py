@@ -409,6 +409,11 @@ def test_matrix_products_and_attribute_chains_are_not_emails(code: str) -> None:
         ("write to jane@startup.io today", "jane@startup.io"),
         ("write to jane@example.com.Thanks", "jane@example.com"),
         ("write to a@b.example today", "a@b.example"),
+        # internal mail domains of the enterprises that run this (RFC 6762's local, ICANN's internal)
+        ("write to j.doe@corp.internal today", "j.doe@corp.internal"),
+        ("write to jdoe@mail.acme.corp today", "jdoe@mail.acme.corp"),
+        ("write to admin@fileserver.local today", "admin@fileserver.local"),
+        ("write to ops@intranet.lan today", "ops@intranet.lan"),
     ],
 )
 def test_addresses_at_real_tlds_are_found(text: str, address: str) -> None:

@@ -110,9 +110,9 @@ _NOT_TLDS = frozenset(
 # Python's "@" (matrix product) before an attribute chain reads like an address: "x@self.weight",
 # "q@k.transpose". The TLD tells them apart, so one ending a chain of identifiers must be real: an assigned
 # country code (ISO 3166, as delegated), a generic TLD addresses are used at (and RFC 2606's example and
-# test, which sample data uses for real addresses), or an IDN. A domain with a label no identifier has
-# ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD. An address at a rare generic TLD
-# with one-word labels ("jane@studio.lighting") is missed for that.
+# test, which sample data uses for real addresses), an internal one (corp, local), or an IDN. A domain
+# with a label no identifier has ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD.
+# An address at a rare generic TLD with one-word labels ("jane@studio.lighting") is missed for that.
 _CC_TLD_LIST = (
     "ac ad ae af ag ai al am ao aq ar as at au aw ax az ba bb bd be bf bg bh bi bj bm bn bo bq br bs bt "
     "bv bw by bz ca cc cd cf cg ch ci ck cl cm cn co cr cu cv cw cx cy cz de dj dk dm do dz ec ee eg er "
@@ -132,7 +132,9 @@ _GENERIC_TLD_LIST = (
     "capital fund money bank insurance realty marketing ventures partners international enterprises "
     "management support care family love green energy city church school university education institute "
     "training swiss berlin hamburg bayern london paris nyc tokyo wien amsterdam brussels dubai africa "
-    "scot wales cymru eus gal bzh quebec gmbh example test"
+    "scot wales cymru eus gal bzh quebec gmbh example test "
+    # internal mail domains, common in the enterprise data this scans: RFC 6762's local, ICANN's internal
+    "local internal corp lan intranet home localdomain"
 )
 _CC_TLDS = frozenset(_CC_TLD_LIST.split())
 _GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split())
