@@ -148,6 +148,37 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
+_DISK_FULL = "free some space there, or use a home on another filesystem (YARD_HOME)"
+_NO_WRITE = "check the permissions of that path and of the user running yard"
+# What to do about the OSErrors a command meets most (a full disk, a read-only mount, permissions).
+_OS_REMEDIES = {
+    errno.ENOSPC: _DISK_FULL,
+    errno.EDQUOT: _DISK_FULL,
+    errno.EROFS: "the filesystem is read-only: remount it read-write, or use a home elsewhere (YARD_HOME)",
+    errno.EACCES: _NO_WRITE,
+    errno.EPERM: _NO_WRITE,
+    errno.EIO: "the device reported a read or write failure: check the disk and filesystem before retrying",
+}
+
+
+def _path_text(name: object) -> str:
+    return os.fsdecode(name) if isinstance(name, bytes) else str(name)
+
+
+def os_error_message(exc: OSError, debug: bool) -> str:
+    """An OSError that escaped a command as "<reason>: <path> (<remedy>)", without Python's "[Errno N]";
+    the disk, not modelyard, is usually what has to change."""
+    message = str(exc.strerror)
+    if exc.filename is not None:
+        message += f": {_path_text(exc.filename)}"
+        if exc.filename2 is not None:  # rename, link: both sides
+            message += f" -> {_path_text(exc.filename2)}"
+    remedy = _OS_REMEDIES.get(exc.errno or 0)
+    if remedy is None:
+        return message if debug else f"{message} (rerun with --debug for the traceback)"
+    return f"{message} ({remedy})"
+
+
 # A reader that stops early (`yard runs ls | head -1`) is not a failure: exit quietly with 141 (128 + SIGPIPE,
 # what git and the shell report when SIGPIPE ends a command), never 1 (Typer's choice, the code of a failure)
 # and never an error line. SIGPIPE is not set back to its default to get this: a closed socket (the
@@ -261,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 where = cctx.command_path if cctx is not None else "yard"
                 return _fail(f"{message} (see `{where} --help`)", 2, debug)
             return _fail(message, int(exc.exit_code), debug)
+        if isinstance(exc, OSError) and exc.strerror:
+            return _fail(os_error_message(exc, debug), 1, debug)
         hint = "" if debug else " (rerun with --debug for the traceback)"
         return _fail(f"unexpected {kind}: {exc}{hint}", 1, debug)
     finally:

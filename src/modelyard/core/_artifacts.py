@@ -697,25 +697,32 @@ def _naming(digest: str, object_name: str) -> Iterator[None]:
 # -- services: permission, residency, audit ------------------------------------------------------------
 
 
-def check_outside_home(platform: Platform, root: Path, *, remedy: str) -> None:
+def _is_within(path: str, folder: str) -> bool:
+    """Path(path).is_relative_to(folder) for realpath()'s normalised strings, at a fraction of its cost."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_outside_home(platform: Platform, *roots: Path, remedy: str) -> None:
     """Refuse a path that holds modelyard's home, folder store or master key, or lies in the store, the
     home's keys or the SQLite database: stored, the master key and the database would reach every reader,
     and writing the store while walking it never ends. Data kept elsewhere in the home (the quickstart's)
-    is fine. ``remedy`` ends the message (what to do instead)."""
-    tree = Path(os.path.realpath(root))
+    is fine. ``remedy`` ends the message (what to do instead). The guarded places are resolved once for
+    all ``roots`` (a batch of thousands of files paid for each file's own resolving of them)."""
     home = platform.settings.home
     store = getattr(platform.artifacts.backend, "root", None)  # a folder store; S3 has none here
     stores = [store] if isinstance(store, Path) else []
     db = platform.db._sqlite_file()
     held = [home, *stores, platform.settings.resolved_key_file]
     within = [*stores, home / "keys", *([Path(db + x) for x in ("", "-wal", "-shm")] if db else [])]
-    for place, holds in [(p, True) for p in held] + [(p, False) for p in within]:
-        place = Path(os.path.realpath(place))
-        if place.is_relative_to(tree) if holds else tree.is_relative_to(place):
-            raise UsageError(
-                f"{root} {'holds' if holds else 'lies in'} {place}, modelyard's own (its home, store, "
-                f"database or keys: the master key, database and objects); {remedy}"
-            )
+    places = [(os.path.realpath(p), True) for p in held] + [(os.path.realpath(p), False) for p in within]
+    for root in roots:
+        tree = os.path.realpath(root)
+        for place, holds in places:
+            if _is_within(place, tree) if holds else _is_within(tree, place):
+                raise UsageError(
+                    f"{root} {'holds' if holds else 'lies in'} {place}, modelyard's own (its home, store, "
+                    f"database or keys: the master key, database and objects); {remedy}"
+                )
 
 
 def put_artifacts(
@@ -748,8 +755,8 @@ def put_artifacts(
         unreadable = [p for p in paths if not p.is_file()]
         if unreadable:
             raise UsageError(f"{unreadable[0]} is not a readable file")
-        for p in paths:  # `yard artifacts put .` from the folder holding the home: the master key too
-            check_outside_home(platform, p, remedy="store files from outside it")
+        # `yard artifacts put .` from the folder holding the home: the master key too
+        check_outside_home(platform, *paths, remedy="store files from outside it")
     except (UsageError, ResidencyError) as exc:
         raise platform.refuse(ctx, "artifact.write", resource, exc) from None
     since = generation(platform)  # before stage_files deduplicates against the stored digests
