@@ -50,7 +50,7 @@ from modelyard.core._gc import (
 )
 from modelyard.core._keys import Keyring, recorded_key_id
 from modelyard.core._models import Artifact, Blob
-from modelyard.core._paths import safe_key, temp_prefix
+from modelyard.core._paths import check_output_target, safe_key, temp_prefix
 from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import (
     BackendError,
@@ -659,6 +659,7 @@ class ArtifactStore:
     def _decrypt_to(self, digest: str, loc: _Location, dest: Path, durable: bool) -> int:
         if dest.is_dir():
             raise UsageError(f"output {dest} is a directory; give a file path to write the artifact to")
+        check_output_target(dest)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(dest.name), dir=dest.parent)

@@ -196,12 +196,32 @@ def temp_prefix(name: str) -> str:
     return f".{name[:40]}."
 
 
+def check_output_target(path: Path) -> None:
+    """Refuse an output ``path`` that names a device, FIFO or socket, or a link to one: outputs are a temp
+    file renamed into place, which would put a regular file where /dev/full or /dev/stdout (a link to the
+    process's fd) was, for every user when run as root. A missing path, a file or a link to one is fine."""
+    from modelyard.errors import UsageError
+
+    try:
+        mode = os.stat(path).st_mode  # follows a link only to see what it names; the link is what is replaced
+    except OSError:
+        return  # missing (the usual case), or unreadable: the write itself says why
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise UsageError(
+            f"output {path} is {kind}, not a regular file: it is written whole to a temp file and renamed "
+            "into place, which would replace it; give the path of a file"
+        )
+
+
 def write_file(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` as a new file (mode 0600): temp file in the same directory, fsync, rename.
     A symlink planted at ``path`` is replaced, never followed (a plain write would overwrite the file it
-    points to, anywhere the user can write); readers never see a half-written file. OSError on failure."""
+    points to, anywhere the user can write); readers never see a half-written file. OSError on failure;
+    UsageError for a path that names a device or FIFO (check_output_target)."""
     import tempfile
 
+    check_output_target(path)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
