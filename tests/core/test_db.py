@@ -194,3 +194,30 @@ def test_a_postgres_connection_gives_up_on_a_vanished_server(postgres_url: str) 
     assert {k: got.get(k) for k in PG_CONNECT_DEFAULTS} == {k: str(v) for k, v in PG_CONNECT_DEFAULTS.items()}
     sep = "&" if "?" in postgres_url else "?"
     assert parameters(f"{postgres_url}{sep}connect_timeout=3")["connect_timeout"] == "3"
+
+
+def test_a_second_store_on_the_same_file_keeps_the_first_ones_sqlite_locks(tmp_path: Path) -> None:
+    """SQLite's locks are POSIX locks, which the process loses on *any* close of the file. Opening a second
+    store on the same file in one process (a CLI call inside an SDK process, the monitor loop) used to
+    open and close yard.db to create it private: another process then took the file as unused, checkpointed
+    and deleted the WAL under the first store's connections, whose next read was 'disk I/O error'."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "yard.db"
+    first = MetadataStore(f"sqlite:///{path}")
+    try:
+        with first.write() as s:
+            append(s, actor="t", project="p", action="a", resource="r", outcome="ok")
+        with first.read() as s:  # the first store's pooled connection stays open on the file
+            s.scalar(select(func.count()).select_from(AuditRecord))
+        MetadataStore(f"sqlite:///{path}").dispose()
+        # Another process opens, reads and closes: it may delete the WAL only if it thinks it was the last.
+        read = "select count(*) from sqlite_master"  # one that reads nothing would not open the WAL
+        code = f"import sqlite3; c = sqlite3.connect({str(path)!r}); c.execute({read!r}); c.close()"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        assert Path(f"{path}-wal").exists()
+        with first.read() as s:
+            assert s.scalar(select(func.count()).select_from(AuditRecord)) == 1
+    finally:
+        first.dispose()

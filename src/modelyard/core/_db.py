@@ -62,6 +62,17 @@ def missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
+def _create_private(path: str) -> None:
+    """Create a new SQLite file private (it holds wrapped data keys and token hashes), whatever the umask.
+    An existing file is never opened: SQLite's locks are POSIX locks, which a process loses on any close of
+    the file, so an open and close here, beside another store of this process on the same file, let another
+    process take it as unused, checkpoint and delete the WAL under that store ('disk I/O error')."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # Python's sqlite3 opens implicit transactions itself; turn that off so we control BEGIN below.
     dbapi_conn.isolation_level = None
@@ -161,8 +172,7 @@ class MetadataStore:
             path = make_url(self.url).database
             if path and path != ":memory:":
                 private_dirs(Path(path).parent)  # 0700, not the umask's mode: others could swap the store
-                # It holds wrapped data keys and token hashes: create it private, whatever the umask.
-                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+                _create_private(path)
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True
