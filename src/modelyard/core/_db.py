@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelyard.core._paths import private_dirs
+from modelyard.core._paths import create_private, private_dirs
 from modelyard.core._redact import redact_url
 from modelyard.errors import BackendError, ConfigError, UsageError
 
@@ -60,17 +60,6 @@ def missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(parsed.database)
     return None if path.exists() else path
-
-
-def _create_private(path: str) -> None:
-    """Create a new SQLite file private (it holds wrapped data keys and token hashes), whatever the umask.
-    An existing file is never opened: SQLite's locks are POSIX locks, which a process loses on any close of
-    the file, so an open and close here, beside another store of this process on the same file, let another
-    process take it as unused, checkpoint and delete the WAL under that store ('disk I/O error')."""
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -172,7 +161,9 @@ class MetadataStore:
             path = make_url(self.url).database
             if path and path != ":memory:":
                 private_dirs(Path(path).parent)  # 0700, not the umask's mode: others could swap the store
-                _create_private(path)
+                # It holds wrapped data keys and token hashes: private whatever the umask. An existing file
+                # is not opened: that would drop this process's SQLite locks on it (see create_private).
+                create_private(path, links=True)  # a yard.db linked elsewhere on purpose is followed
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True

@@ -234,6 +234,23 @@ def write_file(path: Path, data: bytes | str) -> None:
         raise
 
 
+def create_private(path: str | os.PathLike[str], *, links: bool = False) -> None:
+    """Create ``path`` as an empty file of mode 0600 (whatever the umask) unless something is there. What is
+    there is never opened: for a SQLite file that is the point, since SQLite's locks are POSIX locks and a
+    process loses all of them on any close of the file, so an open and close beside a live connection let
+    another process take the database as unused and delete its WAL ('disk I/O error', lost writes). A
+    symlink there is refused (OSError ELOOP) unless ``links`` (one the user made on purpose)."""
+    import errno
+
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # O_EXCL: never through a link
+    except FileExistsError:
+        if not links and os.path.islink(path):
+            raise OSError(
+                errno.ELOOP, "a symbolic link is where a private file belongs", os.fspath(path)
+            ) from None
+
+
 def private_dirs(path: Path) -> None:
     """Make ``path`` and each missing parent with mode 0700: ``Path.mkdir(parents=True)`` gives the parents
     the umask's default (0777 under ``umask 000``), so anyone could plant files beside ours."""

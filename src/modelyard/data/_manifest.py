@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.core._paths import safe_child, safe_key
+from modelyard.core._paths import create_private, safe_child, safe_key
 from modelyard.errors import IntegrityError, UnsafePathError, UsageError
 
 # A file whose mtime or ctime is this close to the moment we read it may change again within the same
@@ -147,8 +147,7 @@ class StatCache:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        os.close(fd)
+        create_private(path)  # never opens an existing file: that would drop another cache's SQLite locks
         self.path = path
         self.hits = 0
         self.hashed = 0
