@@ -372,6 +372,35 @@ def test_bad_input_is_a_clear_error(platform: Platform, model_dir: Path, call: o
         call(platform, platform.context(), model_dir)  # type: ignore[operator]
 
 
+def test_a_failure_to_stage_the_files_is_a_clear_error_on_record(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's disk cannot take the sealed files (here: its staging area is not a directory, as
+    a full or read-only disk makes writes fail): a BackendError naming the cause, an audit record of the
+    attempt, and nothing stored."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from modelyard.errors import BackendError
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model_dir / "model.safetensors"))
+    (model_dir / "config.json").write_text("{}", encoding="utf-8")
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")
+    monkeypatch.setattr(platform.backend, "staging_dir", lambda: blocked)
+    with pytest.raises(BackendError, match="model:t5") as err:
+        registry.register(platform, platform.context(), model_dir, "t5")
+    assert "Not a directory" in err.value.message
+    assert audit_outcomes(platform, "model.register") == ["refused"]
+    with platform.db.read() as s:
+        assert s.execute(text("SELECT count(*) FROM model_versions")).scalar_one() == 0
+        code = s.scalars(select(AuditRecord.detail).where(AuditRecord.action == "model.register")).one()
+    assert json.loads(code)["code"] == "backend_error"
+    assert list(platform.backend.list("objects/")) == []
+
+
 def test_roles(platform: Platform, model_dir: Path) -> None:
     admin = platform.context()
     viewer = actor(platform, admin, "vera", Role.VIEWER)

@@ -206,7 +206,7 @@ def test_who_trained_a_version_cannot_approve_it_either(
     # nor vouch by hand that it passed its gates (a second approver's deployment would rest on it)
     with pytest.raises(PermissionDeniedError, match=f"trained {name}@1 and cannot also attest"):
         registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=True)
-    assert ("model.approve", "refused") in refusals(p, f"model:{name}@1")
+    assert ("model.approve", "denied") in refusals(p, f"model:{name}@1")  # four eyes, as a role is
     assert registry.attestations(p, trainer, f"{name}@1", kind="gates") == []
     registry.attest(p, trainer, f"{name}@1", "gates", {"checks": []}, passed=False)  # a failure is no favour
     registry.attest(p, person(p, Role.APPROVER), f"{name}@1", "gates", {"checks": []}, passed=True)

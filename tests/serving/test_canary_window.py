@@ -261,7 +261,8 @@ def test_more_than_half_of_the_traffic_takes_what_promotion_takes(store: Platfor
             select(AuditRecord.action, AuditRecord.outcome).where(AuditRecord.resource == "deployment:srv")
         ).all()
     assert outcomes.count(("model.approve", "denied")) == 1
-    assert outcomes.count(("model.deploy", "refused")) == 3
+    assert outcomes.count(("model.deploy", "denied")) == 1  # four eyes
+    assert outcomes.count(("model.deploy", "refused")) == 2  # no passing gates
     assert _deploy.current(store, owner, "srv").weight == 100  # type: ignore[union-attr]
 
 

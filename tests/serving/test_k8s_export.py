@@ -54,6 +54,8 @@ def test_exported_manifests_are_valid_kubernetes_objects(yard: Yard, tmp_path: P
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["home"]["emptyDir"] == {"sizeLimit": "20Gi"}  # a pod cannot fill its node's disk
     assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "2Gi"}
+    # ... and the scheduler places it only on a node with that much disk free (as a training job's /work)
+    assert container["resources"]["requests"]["ephemeral-storage"] == "22Gi"
     served = yaml.safe_load(docs["configmap"]["data"]["serve.yaml"])
     assert (
         served["models"] == ["support@production"] and served["auth"] is True and served["host"] == "0.0.0.0"

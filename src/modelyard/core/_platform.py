@@ -386,8 +386,10 @@ class Platform:
         )
 
     def refuse(self, ctx: Context, action: str, resource: str, error: YardError) -> YardError:
-        """Audit a refused mutation (bad input, residency, conflict) and hand the error back to raise."""
-        self.audit(ctx, action, resource, "refused", {"code": error.code, "message": error.message})
+        """Audit a refused mutation (bad input, residency, conflict) and hand the error back to raise. An
+        authorization failure that is not a role (four eyes) is ``denied``, as a missing role is."""
+        outcome = "denied" if isinstance(error, PermissionDeniedError) else "refused"
+        self.audit(ctx, action, resource, outcome, {"code": error.code, "message": error.message})
         return error
 
     @contextlib.contextmanager
@@ -399,18 +401,14 @@ class Platform:
         On failure the transaction rolls back and a separate record notes the refusal or error, so the
         log holds every attempted mutation and the store holds none of a failed one."""
         self.authorize(ctx, action, resource)
-        denied = False
         try:
             with self.db.write() as s:
-                try:
-                    self.recheck(s, ctx, action)
-                except PermissionDeniedError:
-                    denied = True
-                    raise
+                self.recheck(s, ctx, action)
                 yield s
                 self.audit(ctx, action, resource, "ok", detail, session=s)
         except YardError as exc:
-            outcome = "denied" if denied else "refused"  # the role it acted with is gone, or bad input
+            # The role it acted with is gone, or another authorization rule (four eyes), or bad input.
+            outcome = "denied" if isinstance(exc, PermissionDeniedError) else "refused"
             self.audit(
                 ctx, action, resource, outcome, {**(detail or {}), "code": exc.code, "message": exc.message}
             )

@@ -49,7 +49,14 @@ from modelyard.core._models import (
 from modelyard.core._paths import temp_prefix
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
 from modelyard.core._signing import Signer, canonical, verify_signature
-from modelyard.errors import IntegrityError, NotFoundError, UnsafePathError, UsageError, YardError
+from modelyard.errors import (
+    BackendError,
+    IntegrityError,
+    NotFoundError,
+    UnsafePathError,
+    UsageError,
+    YardError,
+)
 from modelyard.registry._files import ModelFile, model_format, scan_model_dir
 
 log = logging.getLogger(__name__)
@@ -550,6 +557,9 @@ def _store_version(
         extra = [store.stage(io.BytesIO(src.eval_report), region=ctx.region)] if src.eval_report else []
     except YardError as exc:
         raise platform.refuse(ctx, "model.register", resource, exc) from None
+    except OSError as exc:  # sealing into the store's staging area (disk full, permissions): as artifact puts
+        failure = BackendError(f"storing {resource} failed: {exc}")
+        raise platform.refuse(ctx, "model.register", resource, failure) from exc
     report_digest = extra[0].digest if extra else None
     detail: dict[str, Any] = {
         "files": len(src.files),
@@ -599,7 +609,10 @@ def _store_version(
                 "created_by": ctx.user,
             }
             body = canonical(manifest)
-            manifest_blob = store.stage(io.BytesIO(body), region=ctx.region)
+            try:
+                manifest_blob = store.stage(io.BytesIO(body), region=ctx.region)
+            except OSError as exc:  # a BackendError: mutate records it as refused, with its code
+                raise BackendError(f"storing {resource} failed: {exc}") from exc
             claimed |= store.claim(s, [manifest_blob], collected=collected)
             row = ModelVersion(
                 model_id=model_id,

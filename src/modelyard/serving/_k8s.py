@@ -19,7 +19,7 @@ from modelyard.errors import UsageError, ValidationError
 from modelyard.serving._config import ServeConfig
 
 CONFIG_DIR = "/etc/modelyard"
-HOME_DISK, TMP_DISK = "20Gi", "2Gi"  # emptyDir bounds of a serving pod
+HOME_DISK, TMP_DISK = 20 << 30, 2 << 30  # emptyDir bounds of a serving pod (bytes)
 DOCKERFILE = """\
 # A slim serving image: ONNX Runtime, tokenizers and numpy; no torch, no transformers.
 FROM python:3.11-slim
@@ -56,6 +56,7 @@ def manifests(
         cluster_artifact_uri,
         cluster_database_url,
         cluster_s3_endpoint,
+        memory_quantity,
     )
 
     if not _IMAGE.match(image):
@@ -147,7 +148,15 @@ def manifests(
                             "ports": [{"name": "http", "containerPort": 8000}],
                             "env": env,
                             "resources": {
-                                "requests": {"cpu": "1", "memory": "1Gi"},
+                                # Disk as a training job's /work: the scheduler must not count the
+                                # emptyDirs below as free and place the pod on a node that cannot hold
+                                # them (sizeLimit only evicts, after the node filled). The root file
+                                # system is read-only: the emptyDirs are all the pod writes, but logs.
+                                "requests": {
+                                    "cpu": "1",
+                                    "memory": "1Gi",
+                                    "ephemeral-storage": memory_quantity(HOME_DISK + TMP_DISK),
+                                },
                                 "limits": {"memory": "4Gi"},
                             },
                             "readinessProbe": {
@@ -172,8 +181,8 @@ def manifests(
                         # Bounded, or a pod could fill its node's disk: home holds the verified copies
                         # of the versions served (stable and candidate), /tmp only scratch. Past a bound
                         # the kubelet evicts the pod; raise it in the exported file for larger models.
-                        {"name": "home", "emptyDir": {"sizeLimit": HOME_DISK}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_DISK}},
+                        {"name": "home", "emptyDir": {"sizeLimit": memory_quantity(HOME_DISK)}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": memory_quantity(TMP_DISK)}},
                     ],
                 },
             },
