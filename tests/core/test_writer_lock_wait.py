@@ -144,3 +144,16 @@ def test_a_write_gives_up_on_a_thread_of_this_process_that_hangs_in_a_write(
         hanging.join(30)
     _write(store, "y")
     assert _count(store) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_lock_file_that_cannot_be_opened_is_a_clear_error_that_blocks_no_other_thread(
+    db: tuple[MetadataStore, Path],
+) -> None:
+    store, lock = db
+    lock.mkdir()  # not a file: opening it fails
+    with pytest.raises(BackendError, match="write lock"):
+        _write(store, "x")
+    lock.rmdir()
+    assert _in_thread(lambda: _write(store, "y")) == [None]
+    assert _count(store) == 1

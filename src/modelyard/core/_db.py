@@ -138,11 +138,16 @@ class _WriterLock:
             return self._fd
         except BlockingIOError:
             pass
+        except OSError as exc:
+            raise BackendError(f"cannot take the metadata store's write lock {path}: {exc}") from exc
         # Contended. A blocking flock, which the kernel grants as soon as the holder lets go (polling
         # would let a writer that takes it again at once starve the others past the timeout), waited
         # for in a helper thread so that the wait can be given up. On a descriptor of its own: a lock
         # it gets after we gave up is dropped there, never one a later write holds on self._fd.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot take the metadata store's write lock {path}: {exc}") from exc
         mutex, done, gave_up, failed = threading.Lock(), threading.Event(), [False], list[OSError]()
 
         def release() -> None:
