@@ -103,7 +103,7 @@ def test_a_write_gives_up_on_a_lock_another_process_holds_and_writes_nothing(
             _write(store, "x")
         waited = time.monotonic() - start
         assert str(lock) in str(info.value)
-        assert 1.0 <= waited < 30  # the store's 1 s, not SQLite's 60 s nor for ever
+        assert 0.9 < waited < 30  # the store's 1 s (give or take the clock), not 60 s nor for ever
         assert _count(store) == 0
 
 
