@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -87,31 +88,111 @@ class _WriterLock:
 
     SQLite's busy handler polls with sleeps of up to 100 ms, so under contention writers mostly sleep; a
     blocking flock hands the lock to the next waiter as soon as it is released. The SQLite lock still
-    guards correctness; this only makes waiting efficient. A no-op for PostgreSQL and in-memory SQLite."""
+    guards correctness; this only makes waiting efficient. A no-op for PostgreSQL and in-memory SQLite.
+
+    The wait is bounded like SQLite's busy timeout: a holder that hangs (stopped, in a debugger,
+    deadlocked) would otherwise stall every writer, and the end of runs at exit, for ever."""
 
     def __init__(self, db_path: str | None) -> None:
         self._path = f"{db_path}.write.lock" if db_path else None
-        self._fd: int | None = None
+        self._fd: int | None = None  # kept open: the uncontended path is one non-blocking flock
+        self._held: int | None = None  # the descriptor that holds the flock while _depth > 0
         self._thread_lock = threading.RLock()
         self._depth = 0
 
-    def __enter__(self) -> None:
+    @contextlib.contextmanager
+    def held(self, timeout_s: float) -> Iterator[None]:
         if self._path is None:
+            yield
             return
-        self._thread_lock.acquire()
-        if self._depth == 0:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._depth += 1
+        deadline = time.monotonic() + timeout_s
+        if not self._thread_lock.acquire(timeout=timeout_s):
+            raise BackendError(
+                f"gave up after {timeout_s:g} s waiting for the metadata store's write lock {self._path}: "
+                "another thread of this process has held it all that time (a write that hangs or is "
+                "deadlocked); retry once it is done"
+            )
+        try:
+            if self._depth == 0:
+                self._held = self._flock(self._path, deadline, timeout_s)
+            self._depth += 1
+        except BaseException:
+            self._thread_lock.release()  # or every later write of this store waits on it for ever
+            raise
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._held is not None:
+                held, self._held = self._held, None
+                fcntl.flock(held, fcntl.LOCK_UN)
+                if held != self._fd:
+                    os.close(held)
+            self._thread_lock.release()
 
-    def __exit__(self, *exc: object) -> None:
-        if self._path is None:
-            return
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._thread_lock.release()
+    def _flock(self, path: str, deadline: float, timeout_s: float) -> int:
+        try:
+            if self._fd is None:
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return self._fd
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise BackendError(f"cannot take the metadata store's write lock {path}: {exc}") from exc
+        # Contended. A blocking flock, which the kernel grants as soon as the holder lets go (polling
+        # would let a writer that takes it again at once starve the others past the timeout), waited
+        # for in a helper thread so that the wait can be given up. On a descriptor of its own: a lock
+        # it gets after we gave up is dropped there, never one a later write holds on self._fd.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot take the metadata store's write lock {path}: {exc}") from exc
+        mutex, done, gave_up, failed = threading.Lock(), threading.Event(), [False], list[OSError]()
+
+        def release() -> None:
+            # Unlocked explicitly, not just closed: a child forked meanwhile holds a copy of the descriptor.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                failed.append(exc)
+            with mutex:
+                if not gave_up[0]:
+                    done.set()
+                    return
+            release()
+
+        def give_up_unless_done() -> bool:
+            with mutex:
+                gave_up[0] = not done.is_set()
+            return gave_up[0]
+
+        try:
+            threading.Thread(target=wait, name="yard-write-lock-wait", daemon=True).start()
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            done.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # interrupted: the lock, if it came, is no one's
+            if not give_up_unless_done():
+                release()
+            raise
+        if give_up_unless_done():
+            raise BackendError(
+                f"gave up after {timeout_s:g} s waiting for the metadata store's write lock {path}: another "
+                "process has held it all that time (one stopped, paused in a debugger or hung mid-write). "
+                "`lslocks` names it; resume or end that process, then retry"
+            )
+        if failed:
+            release()
+            raise BackendError(f"cannot take the metadata store's write lock {path}: {failed[0]}")
+        return fd
 
     def close(self) -> None:
         if self._fd is not None:
@@ -153,8 +234,17 @@ def pg_connect_args(url: str) -> dict[str, Any]:
 class MetadataStore:
     """Transactions over the metadata database. Use :meth:`write` for anything that changes state."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, migrate: bool = True, write_lock_timeout_s: float = _BUSY_TIMEOUT_MS / 1000
+    ) -> None:
         self.url = _normalise_url(url)
+        # How long a SQLite write waits for the writer queue (other threads and processes) before it gives
+        # up with BackendError: SQLite's own busy timeout unless a test wants it short.
+        if not write_lock_timeout_s > 0:
+            raise UsageError(
+                f"write_lock_timeout_s must be a positive number of seconds, not {write_lock_timeout_s!r}"
+            )
+        self.write_lock_timeout_s = write_lock_timeout_s
         self.dialect = make_url(self.url).get_backend_name()
         kwargs: dict[str, Any] = {"future": True}
         if self.dialect == "sqlite":
@@ -211,7 +301,12 @@ class MetadataStore:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A short write transaction: commits on success, rolls back on any exception."""
-        with self._writer, self._wrap_errors(), self._write() as session, session.begin():
+        with (
+            self._writer.held(self.write_lock_timeout_s),
+            self._wrap_errors(),
+            self._write() as session,
+            session.begin(),
+        ):
             yield session
 
     def _sqlite_file(self) -> str | None:
@@ -234,9 +329,10 @@ class MetadataStore:
         connection corrupt it) and open a writer lock of its own; both are made again on first use."""
         self.engine.dispose(close=False)
         old, self._writer = self._writer, _WriterLock(self._sqlite_file())
-        if old._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(old._fd)  # the parent's flock stays: it holds its own descriptor
+        for fd in {old._fd, old._held}:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # the parent's flock stays: it holds its own descriptor
 
     # -- migrations -----------------------------------------------------------------------------------
     def migrate(self) -> None:
