@@ -413,6 +413,38 @@ def test_the_aging_limit_is_a_priority_name(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "name", ["JOB_HEARTBEAT_S", "JOB_HEARTBEAT_TIMEOUT_S", "JOB_POLL_S", "JOB_KILL_GRACE_S"]
+)
+@pytest.mark.parametrize("value", ["inf", "1e300", "2592001"])
+def test_job_durations_past_30_days_are_refused_as_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """inf or 1e300 seconds passed the settings and then broke every `yard jobs ls` and worker with an
+    unexpected OverflowError (the store's clock plus the timeout; Event.wait; the pod's grace period)."""
+    from modelyard.config import load_settings
+    from modelyard.errors import ConfigError
+
+    monkeypatch.setenv(f"YARD_{name}", value)
+    with pytest.raises(ConfigError, match=f"YARD_{name}"):
+        load_settings()
+
+
+def test_the_longest_job_durations_work(local_queue: tuple[Platform, Context, Path]) -> None:
+    platform, ctx, recipe = local_queue
+    day30 = 30 * 86400.0
+    slow = Platform(
+        platform.settings.model_copy(
+            update={"job_heartbeat_timeout_s": day30, "job_kill_grace_s": day30, "job_poll_s": day30}
+        )
+    )
+    job = _jobs.submit_job(slow, ctx, recipe)
+    assert [j.id for j in _jobs.list_jobs(slow, ctx)] == [job.id]  # the reaper's cutoff is computable
+    _jobs.Worker(slow, ctx, cpus=1, max_jobs=1, executor=lambda j, r: [sys.executable, "-c", "pass"]).run()
+    assert _jobs.get_job(slow, ctx, job.id).status == "SUCCEEDED"
+    slow.close()
+
+
 # -- resources ----------------------------------------------------------------------------------------------
 def test_jobs_that_do_not_fit_the_worker_are_not_claimed(
     local_queue: tuple[Platform, Context, Path], tmp_path: Path
