@@ -135,6 +135,24 @@ def test_worker_exits_when_idle(yard: Yard, home_with_data: Platform) -> None:
     assert "stopped after 0 job(s)" in r.err
 
 
+def test_a_recipe_name_cannot_send_escape_sequences_to_the_workers_terminal(
+    yard: Yard, home_with_data: Platform, tmp_path: Path
+) -> None:
+    """Any scientist names the recipe file; the worker's operator reads it in the worker's log lines. An
+    OSC sequence there set their terminal's title (or clipboard) and ANSI ones recoloured the log."""
+    evil = "x\x1b]0;PWNED\x07\x1b[31mred.yaml"
+    (tmp_path / evil).write_text(RECIPE)
+    r = yard("jobs", "submit", evil, "--", "--help")  # `yard train FILE --help`: a quick real job
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.err and "x\\x1b]0;PWNED\\x07\\x1b[31mred.yaml" in r.err
+    r = yard("worker", "--cpus", "1", "--gpus", "0", "--exit-when-idle")
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.err and "\x07" not in r.err
+    assert "started train x\\x1b]0;PWNED\\x07\\x1b[31mred.yaml" in r.err
+    r = yard("jobs", "ls")
+    assert "\x1b" not in r.out
+
+
 def test_logs_follow_prints_everything_to_the_end(yard: Yard, home_with_data: Platform) -> None:
     platform = home_with_data
     job_id = int(yard("jobs", "submit", "recipe.yaml").out)
