@@ -531,6 +531,10 @@ def test_gpus_are_assigned_through_cuda_visible_devices(
     assert _jobs.Worker(platform, ctx, gpus=1).gpu_ids == ["3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert _jobs.Worker(platform, ctx, gpus=2).gpu_ids == ["0", "1"]  # none detected: ids 0..n-1
+    # A GPU listed twice is one GPU: offered twice, two 1-GPU jobs were placed on it (or one, given none
+    # left to hand out, ran with CUDA_VISIBLE_DEVICES empty, on the CPU).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 3,5,3")
+    assert _jobs.Worker(platform, ctx).gpu_ids == ["3", "5"]
 
 
 def test_a_job_gets_as_many_threads_as_cpus_it_asked_for(

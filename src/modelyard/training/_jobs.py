@@ -974,8 +974,8 @@ def _runnable(text: str, name: str) -> str:
 def detect_gpus() -> list[str]:
     """GPU ids this machine offers: CUDA_VISIBLE_DEVICES if set, else ``nvidia-smi -L``; none without."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if visible is not None:  # an id listed twice is one GPU, offered once
+        return list(dict.fromkeys(d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"))
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
