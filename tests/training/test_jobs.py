@@ -922,6 +922,22 @@ def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
     )
 
 
+@pytest.mark.parametrize("memory", ["512", 4096, "1K", "5.9M"])
+def test_a_memory_request_no_process_fits_in_is_refused(
+    local_queue: tuple[Platform, Context, Path], memory: str | int
+) -> None:
+    """`--memory 512` (meant as 512M) was 512 bytes: queued, then killed as over its memory at once ("4.2
+    MiB in use, 512 requested"), a job that could only fail. Below 6M (Docker's minimum) it is refused."""
+    platform, ctx, recipe = local_queue
+    with pytest.raises(ValidationError, match=r"at least 6M .*e\.g\. 512M"):
+        _jobs.submit_job(platform, ctx, recipe, memory=memory)
+    with pytest.raises(ValidationError, match=r"at least 6M"):
+        _jobs.Worker(platform, ctx, memory=memory)
+    assert jobs_by_id(platform) == {}
+    assert _jobs.submit_job(platform, ctx, recipe, memory="6M").memory == 6 << 20
+    assert _jobs.submit_job(platform, ctx, recipe, memory=0).memory == 0  # none asked for
+
+
 def test_memory_and_priority_parsing() -> None:
     assert _jobs.parse_memory("8G") == 8 << 30
     assert _jobs.parse_memory("8Gi") == _jobs.parse_memory("8gb") == 8 << 30
