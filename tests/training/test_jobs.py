@@ -798,6 +798,33 @@ def test_bad_recipes_and_missing_data_queue_nothing(
     assert _count(platform) == 0
 
 
+def test_a_recipe_whose_data_file_cannot_be_chosen_queues_nothing(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """normalise@1 has three table files: a recipe naming none of them was queued, and its `yard train` could
+    only fail at once ("choose one with data.file"). The per-split form picks train.jsonl for train."""
+    platform, ctx, _ = local_queue
+    ambiguous = tmp_path / "ambiguous.yaml"
+    ambiguous.write_text(
+        RECIPE.replace("data: {dataset: normalise@1, file: train.jsonl}", "data: {dataset: normalise@1}")
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"data.dataset: normalise@1 has 3 table files; choose one with data.file: "
+        r"test.jsonl, train.jsonl, validation.jsonl",
+    ):
+        _jobs.submit_job(platform, ctx, ambiguous)
+    assert _count(platform) == 0
+    per_split = tmp_path / "per-split.yaml"
+    per_split.write_text(
+        RECIPE.replace(
+            "data: {dataset: normalise@1, file: train.jsonl}",
+            "data: {train: normalise@1, validation: normalise@1, test: normalise@1}",
+        )
+    )
+    assert _jobs.submit_job(platform, ctx, per_split).status == "QUEUED"
+
+
 def test_unknown_job_ids(local_queue: tuple[Platform, Context, Path]) -> None:
     platform, ctx, recipe = local_queue
     for call in (_jobs.get_job, _jobs.cancel_job, lambda p, c, j: list(_jobs.iter_logs(p, c, j))):
