@@ -21,6 +21,7 @@ from modelyard.errors import ConfigError
 CONFIG_FILE = "config.yaml"
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_MAX_JOB_S = 30 * 86400.0
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kmgtp]?)(?:i?b?)\s*\Z", re.IGNORECASE)
 
 
@@ -89,11 +90,13 @@ class Settings(BaseSettings):
     # image of Kubernetes jobs (default modelyard:<version>). job_aging_s: a queued job gains one priority
     # level per this many seconds waited, so a stream of higher-priority jobs cannot starve it (0: strict),
     # up to job_aging_limit (default high: only urgent jobs stay above every aged one).
-    job_heartbeat_s: float = Field(default=5.0, gt=0)
-    job_heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    # The durations are at most 30 days: inf or 1e300 seconds overflowed the store's clock plus the timeout,
+    # Event.wait and the pod's grace period, an OverflowError in every `yard jobs ls` and worker.
+    job_heartbeat_s: float = Field(default=5.0, gt=0, le=_MAX_JOB_S)
+    job_heartbeat_timeout_s: float = Field(default=60.0, gt=0, le=_MAX_JOB_S)
     job_max_retries: int = Field(default=2, ge=0, le=100)
-    job_poll_s: float = Field(default=1.0, gt=0)
-    job_kill_grace_s: float = Field(default=10.0, ge=0)
+    job_poll_s: float = Field(default=1.0, gt=0, le=_MAX_JOB_S)
+    job_kill_grace_s: float = Field(default=10.0, ge=0, le=_MAX_JOB_S)
     job_aging_s: float = Field(default=0.0, ge=0)
     job_aging_limit: Literal["low", "normal", "high", "urgent"] = "high"
     job_image: str | None = None

@@ -135,6 +135,24 @@ def test_worker_exits_when_idle(yard: Yard, home_with_data: Platform) -> None:
     assert "stopped after 0 job(s)" in r.err
 
 
+def test_a_recipe_name_cannot_send_escape_sequences_to_the_workers_terminal(
+    yard: Yard, home_with_data: Platform, tmp_path: Path
+) -> None:
+    """Any scientist names the recipe file; the worker's operator reads it in the worker's log lines. An
+    OSC sequence there set their terminal's title (or clipboard) and ANSI ones recoloured the log."""
+    evil = "x\x1b]0;PWNED\x07\x1b[31mred.yaml"
+    (tmp_path / evil).write_text(RECIPE)
+    r = yard("jobs", "submit", evil, "--", "--help")  # `yard train FILE --help`: a quick real job
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.err and "x\\x1b]0;PWNED\\x07\\x1b[31mred.yaml" in r.err
+    r = yard("worker", "--cpus", "1", "--gpus", "0", "--exit-when-idle")
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.err and "\x07" not in r.err
+    assert "started train x\\x1b]0;PWNED\\x07\\x1b[31mred.yaml" in r.err
+    r = yard("jobs", "ls")
+    assert "\x1b" not in r.out
+
+
 def test_logs_follow_prints_everything_to_the_end(yard: Yard, home_with_data: Platform) -> None:
     platform = home_with_data
     job_id = int(yard("jobs", "submit", "recipe.yaml").out)
@@ -398,6 +416,16 @@ def test_kubernetes_manifest_passes_arguments_as_given_and_bounds_the_recipe_in_
         ),
         ([*CLUSTER, "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not a valid Kubernetes name"),
         ([*CLUSTER, "--image", "bad image"], "image 'bad image' is not a valid container image"),
+        # Past the dry run these were Jobs the API server refused (a Secret name of empty DNS labels) or
+        # whose pod waited for ever in InvalidImageName (a repository in upper case, an empty tag).
+        ([*CLUSTER, "--secret", "yard..secrets"], "secret 'yard..secrets' is not a valid Kubernetes Secret"),
+        ([*CLUSTER, "--secret", "yard.-secrets"], "secret 'yard.-secrets' is not a valid Kubernetes Secret"),
+        ([*CLUSTER, "--image", "ModelYard:1.0"], "image 'ModelYard:1.0' is not a valid container image"),
+        ([*CLUSTER, "--image", "reg.example/Team/yard"], "image 'reg.example/Team/yard' is not a valid"),
+        ([*CLUSTER, "--image", "yard:"], "image 'yard:' is not a valid container image"),
+        ([*CLUSTER, "--image", "yard@sha256:abc"], "image 'yard@sha256:abc' is not a valid container image"),
+        ([*CLUSTER, "--image", "yard:a+b"], "image 'yard:a+b' is not a valid container image"),
+        ([*CLUSTER, "--image", "r.example/" + "y" * 250], "is not a valid container image"),  # > 255
         ([*CLUSTER, "--gpus", "-1"], "gpus -1 is out of range"),
     ],
 )
@@ -405,6 +433,24 @@ def test_kubernetes_bad_input(yard: Yard, home_with_data: Platform, extra: list[
     r = yard("jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", *extra)
     assert r.code == 2, r.err
     assert message in r.error
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "yard",
+        "localhost/yard:dev",
+        "Registry.Example:5000/team/yard_x__y-z.1:v1.2-rc_3",  # a registry host may have capitals
+        "ghcr.io/org/yard@sha256:" + "a" * 64,
+        "ghcr.io/org/yard:1.0@sha256:" + "b" * 64,
+    ],
+)
+def test_kubernetes_valid_images_are_taken(yard: Yard, home_with_data: Platform, image: str) -> None:
+    r = yard(
+        "jobs", "submit", "recipe.yaml", "--backend", "kubernetes", "--dry-run", *CLUSTER, "--image", image
+    )
+    assert r.code == 0, r.err
+    assert yaml.safe_load(r.out)["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
 
 def test_kubernetes_apply_without_the_client_is_a_clear_error(

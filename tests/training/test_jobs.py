@@ -413,6 +413,38 @@ def test_the_aging_limit_is_a_priority_name(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "name", ["JOB_HEARTBEAT_S", "JOB_HEARTBEAT_TIMEOUT_S", "JOB_POLL_S", "JOB_KILL_GRACE_S"]
+)
+@pytest.mark.parametrize("value", ["inf", "1e300", "2592001"])
+def test_job_durations_past_30_days_are_refused_as_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """inf or 1e300 seconds passed the settings and then broke every `yard jobs ls` and worker with an
+    unexpected OverflowError (the store's clock plus the timeout; Event.wait; the pod's grace period)."""
+    from modelyard.config import load_settings
+    from modelyard.errors import ConfigError
+
+    monkeypatch.setenv(f"YARD_{name}", value)
+    with pytest.raises(ConfigError, match=f"YARD_{name}"):
+        load_settings()
+
+
+def test_the_longest_job_durations_work(local_queue: tuple[Platform, Context, Path]) -> None:
+    platform, ctx, recipe = local_queue
+    day30 = 30 * 86400.0
+    slow = Platform(
+        platform.settings.model_copy(
+            update={"job_heartbeat_timeout_s": day30, "job_kill_grace_s": day30, "job_poll_s": day30}
+        )
+    )
+    job = _jobs.submit_job(slow, ctx, recipe)
+    assert [j.id for j in _jobs.list_jobs(slow, ctx)] == [job.id]  # the reaper's cutoff is computable
+    _jobs.Worker(slow, ctx, cpus=1, max_jobs=1, executor=lambda j, r: [sys.executable, "-c", "pass"]).run()
+    assert _jobs.get_job(slow, ctx, job.id).status == "SUCCEEDED"
+    slow.close()
+
+
 # -- resources ----------------------------------------------------------------------------------------------
 def test_jobs_that_do_not_fit_the_worker_are_not_claimed(
     local_queue: tuple[Platform, Context, Path], tmp_path: Path
@@ -499,6 +531,10 @@ def test_gpus_are_assigned_through_cuda_visible_devices(
     assert _jobs.Worker(platform, ctx, gpus=1).gpu_ids == ["3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert _jobs.Worker(platform, ctx, gpus=2).gpu_ids == ["0", "1"]  # none detected: ids 0..n-1
+    # A GPU listed twice is one GPU: offered twice, two 1-GPU jobs were placed on it (or one, given none
+    # left to hand out, ran with CUDA_VISIBLE_DEVICES empty, on the CPU).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 3,5,3")
+    assert _jobs.Worker(platform, ctx).gpu_ids == ["3", "5"]
 
 
 def test_a_job_gets_as_many_threads_as_cpus_it_asked_for(
@@ -762,6 +798,33 @@ def test_bad_recipes_and_missing_data_queue_nothing(
     assert _count(platform) == 0
 
 
+def test_a_recipe_whose_data_file_cannot_be_chosen_queues_nothing(
+    local_queue: tuple[Platform, Context, Path], tmp_path: Path
+) -> None:
+    """normalise@1 has three table files: a recipe naming none of them was queued, and its `yard train` could
+    only fail at once ("choose one with data.file"). The per-split form picks train.jsonl for train."""
+    platform, ctx, _ = local_queue
+    ambiguous = tmp_path / "ambiguous.yaml"
+    ambiguous.write_text(
+        RECIPE.replace("data: {dataset: normalise@1, file: train.jsonl}", "data: {dataset: normalise@1}")
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"data.dataset: normalise@1 has 3 table files; choose one with data.file: "
+        r"test.jsonl, train.jsonl, validation.jsonl",
+    ):
+        _jobs.submit_job(platform, ctx, ambiguous)
+    assert _count(platform) == 0
+    per_split = tmp_path / "per-split.yaml"
+    per_split.write_text(
+        RECIPE.replace(
+            "data: {dataset: normalise@1, file: train.jsonl}",
+            "data: {train: normalise@1, validation: normalise@1, test: normalise@1}",
+        )
+    )
+    assert _jobs.submit_job(platform, ctx, per_split).status == "QUEUED"
+
+
 def test_unknown_job_ids(local_queue: tuple[Platform, Context, Path]) -> None:
     platform, ctx, recipe = local_queue
     for call in (_jobs.get_job, _jobs.cancel_job, lambda p, c, j: list(_jobs.iter_logs(p, c, j))):
@@ -884,6 +947,22 @@ def test_attach_run(local_queue: tuple[Platform, Context, Path]) -> None:
     assert "--resume" not in _jobs.cli_argv(
         info.__class__(**{**info.__dict__, "command": "eval"}), Path("r.yaml")
     )
+
+
+@pytest.mark.parametrize("memory", ["512", 4096, "1K", "5.9M"])
+def test_a_memory_request_no_process_fits_in_is_refused(
+    local_queue: tuple[Platform, Context, Path], memory: str | int
+) -> None:
+    """`--memory 512` (meant as 512M) was 512 bytes: queued, then killed as over its memory at once ("4.2
+    MiB in use, 512 requested"), a job that could only fail. Below 6M (Docker's minimum) it is refused."""
+    platform, ctx, recipe = local_queue
+    with pytest.raises(ValidationError, match=r"at least 6M .*e\.g\. 512M"):
+        _jobs.submit_job(platform, ctx, recipe, memory=memory)
+    with pytest.raises(ValidationError, match=r"at least 6M"):
+        _jobs.Worker(platform, ctx, memory=memory)
+    assert jobs_by_id(platform) == {}
+    assert _jobs.submit_job(platform, ctx, recipe, memory="6M").memory == 6 << 20
+    assert _jobs.submit_job(platform, ctx, recipe, memory=0).memory == 0  # none asked for
 
 
 def test_memory_and_priority_parsing() -> None:

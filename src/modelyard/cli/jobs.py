@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from modelyard.cli._app import acting, app, console, err_console, print_json, table
+from modelyard.cli._app import acting, app, console, err_console, plain, print_json, table
 
 jobs_app = typer.Typer(
     help="Job queue: submit training jobs, list them, follow their logs, cancel them.", no_args_is_help=True
@@ -129,7 +129,7 @@ def submit(
         return
     where = f"kubernetes job {info.external_id}" if info.external_id else "queued"
     err_console.print(
-        f"job {info.id} {where}: {info.command} {info.recipe_name} (priority {info.priority_name})",
+        plain(f"job {info.id} {where}: {info.command} {info.recipe_name} (priority {info.priority_name})"),
         markup=False,
     )
     console.print(str(info.id), markup=False)
@@ -200,10 +200,8 @@ def logs(
             namespace, _, name = (info.external_id or "").partition("/")
             why = f" ({info.waiting})" if info.waiting else ""
             state = "has not started in Kubernetes yet" if not info.attempts else "waits for its next attempt"
-            err_console.print(
-                f"job {info.id} {state}{why}; if it stays so, see kubectl describe job/{name} -n {namespace}",
-                markup=False,
-            )
+            hint = f"kubectl describe job/{name} -n {namespace}"
+            err_console.print(plain(f"job {info.id} {state}{why}; if it stays so, see {hint}"), markup=False)
         attempt = 0
         for chunk in iter_logs(
             platform, ctx, info.id, follow=follow, poll_s=min(0.5, platform.settings.job_poll_s)
@@ -219,7 +217,7 @@ def logs(
             final = get_job(platform, ctx, info.id)
             if final.status != "SUBMITTED":
                 err_console.print(
-                    f"job {final.id} {final.status}" + (f": {final.reason}" if final.reason else ""),
+                    plain(f"job {final.id} {final.status}" + (f": {final.reason}" if final.reason else "")),
                     markup=False,
                 )
 
@@ -231,7 +229,7 @@ def cancel(job: str = typer.Argument(..., help="Job id.")) -> None:
 
     with acting() as (platform, ctx):
         info = cancel_job(platform, ctx, job)
-    console.print(f"job {info.id} cancelled ({info.reason})", markup=False)
+    console.print(plain(f"job {info.id} cancelled ({info.reason})"), markup=False)
     if info.status == "CANCELLED" and cancel_pending(info):
         namespace, _, name = (info.external_id or "").partition("/")
         err_console.print(
@@ -281,7 +279,8 @@ def worker(
             name=name,
             max_jobs=max_jobs,
             exit_when_idle=exit_when_idle,
-            log=lambda msg: err_console.print(msg, markup=False),
+            # Its lines name other people's recipe files and carry reasons: shown, never obeyed.
+            log=lambda msg: err_console.print(plain(msg), markup=False),
             job=job,
             echo=echo if job is not None else None,
         )

@@ -22,7 +22,7 @@ from modelyard.core import Context, Platform, Role, add_user, create_token, init
 # and its data at submission but need not train it).
 JOB_RECIPE = """\
 experiment: jobs-test
-data: {dataset: normalise@1}
+data: {dataset: normalise@1, file: train.jsonl}
 tokenizer: {train: sentencepiece, vocab_size: 128}
 model: {init: scratch, preset: tiny}
 hyperparameters: {lr: 1e-3, max_steps: 2, batch_size: 4}

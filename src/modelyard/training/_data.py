@@ -167,6 +167,21 @@ def pick_member(root: Path, data: DataSection, *, role: str | None) -> str:
             )
         return data.file
     tables = _table_files(root)
+    try:
+        return choose_member(tables, data, role=role)
+    except UsageError as exc:
+        if exc.details.get("candidates"):
+            raise
+        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        raise UsageError(f"{exc.message}; its files are: {', '.join(files) or '(none)'}") from None
+
+
+def choose_member(members: list[str], data: DataSection, *, role: str | None) -> str:
+    """The member to read among a version's member paths when ``data.file`` is not given (the module
+    docstring's rules), or a :class:`UsageError`. Also used before a job is queued, from the manifest."""
+    tables = sorted(
+        m for m in members if not any(p.startswith(".") for p in m.split("/")) and _format_of(m) is not None
+    )
     candidates = [t for t in tables if data.format == "auto" or _format_of(t) == data.format]
     if len(candidates) == 1:
         return candidates[0]
@@ -176,11 +191,7 @@ def pick_member(root: Path, data: DataSection, *, role: str | None) -> str:
             return named[0]
     kind = "table files" if data.format == "auto" else f"{data.format} files"
     if not candidates:
-        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-        raise UsageError(
-            f"the dataset version has no {kind} (.jsonl, .csv, .parquet); "
-            f"its files are: {', '.join(files) or '(none)'}"
-        )
+        raise UsageError(f"the dataset version has no {kind} (.jsonl, .csv, .parquet)")
     raise UsageError(
         f"the dataset version has {len(candidates)} {kind}; choose one with data.file: "
         f"{', '.join(candidates)}",

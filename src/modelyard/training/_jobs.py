@@ -83,6 +83,8 @@ MAX_ARG_CHARS = 1000
 MAX_CPUS = 4096.0
 MAX_GPUS = 64
 MAX_MEMORY = 1 << 50  # 1 PiB
+# Docker's minimum: `--memory 512`, meant as 512M, was 512 bytes, and the job was killed at once as over it.
+MIN_MEMORY = 6 << 20
 CLUSTER_POLL_S = 10.0  # how often `yard jobs logs -f` asks the cluster about a job that has not started
 MAX_LOG_CHARS = 64 << 20  # per attempt; past it the output is dropped with one marker line
 _LOG_CHUNK = 256 << 10
@@ -112,6 +114,17 @@ def parse_memory(value: str | int | None) -> int:
         n = math.ceil(size) if math.isfinite(size) else MAX_MEMORY + 1
     if n < 0 or n > MAX_MEMORY:
         raise ValidationError(f"memory {value!r} is out of range; expected 0 to 1P")
+    return n
+
+
+def check_memory(value: str | int | None, what: str = "memory") -> int:
+    """``parse_memory``, and none (0) or at least :data:`MIN_MEMORY`: no process runs in less."""
+    n = parse_memory(value)
+    if 0 < n < MIN_MEMORY:
+        raise ValidationError(
+            f"{what} {value!r} is {n} bytes; a job needs at least 6M (a number without a unit is bytes: "
+            "give one, e.g. 512M or 8G)"
+        )
     return n
 
 
@@ -356,7 +369,7 @@ def job_request(
         args=check_args(args),
         cpus=check_cpus(cpus),
         gpus=check_gpus(gpus),
-        memory=parse_memory(memory),
+        memory=check_memory(memory),
         priority=parse_priority(priority),
         max_retries=check_max_retries(
             platform.settings.job_max_retries if max_retries is None else max_retries
@@ -974,8 +987,8 @@ def _runnable(text: str, name: str) -> str:
 def detect_gpus() -> list[str]:
     """GPU ids this machine offers: CUDA_VISIBLE_DEVICES if set, else ``nvidia-smi -L``; none without."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if visible is not None:  # an id listed twice is one GPU, offered once
+        return list(dict.fromkeys(d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"))
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
@@ -1070,7 +1083,7 @@ class Worker:
             )
         # Without any GPU detected (no nvidia-smi), the ids offered are 0..n-1.
         self.gpu_ids = found[:n_gpus] if found else [str(i) for i in range(n_gpus)]
-        self.memory = parse_memory(memory) if memory is not None else total_memory()
+        self.memory = check_memory(memory, "worker memory") if memory is not None else total_memory()
         if self.memory <= 0:
             raise ValidationError("worker memory must be above 0")
         self.name = (name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")[:256]

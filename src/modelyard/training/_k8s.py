@@ -49,8 +49,25 @@ SECRET_KEYS: tuple[tuple[str, str, bool], ...] = (
 )
 MAX_RECIPE_ANNOTATION = 200_000  # bytes: Kubernetes allows 256 KiB of annotations (UTF-8) per object
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
+# A DNS subdomain (at most 253 characters): dot-separated DNS labels. "a..b" passed a looser pattern and the
+# API server refused the Job.
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+# The image reference grammar of the kubelet and Docker (distribution/reference): a repository in upper
+# case, an empty tag or a short digest passed a looser pattern, and the pod then waited in InvalidImageName
+# for ever. The optional registry host may have capitals and a port; the repository path may not.
+_HOST_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"^(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?\Z"
+)
+
+
+def _image_name(image: str) -> str:
+    """The repository of an image reference (host and path), without its tag and digest."""
+    name = image.partition("@")[0]
+    head, colon, tag = name.rpartition(":")
+    return head if colon and "/" not in tag else name
 
 
 def _label(value: str) -> str:
@@ -183,12 +200,12 @@ def job_manifest(
     from modelyard import __version__
 
     settings = platform.settings
-    image = image or settings.job_image or f"modelyard:{__version__}"
-    if not _IMAGE.match(image):
+    image = image or settings.job_image or f"modelyard:{__version__.replace('+', '-')}"  # a tag has no "+"
+    if len(image) > 1024 or not _IMAGE.match(image) or len(_image_name(image)) > 255:
         raise ValidationError(f"image {image!r} is not a valid container image reference")
     if not _DNS_LABEL.match(namespace):
         raise ValidationError(f"namespace {namespace!r} is not a valid Kubernetes name (a DNS label)")
-    if not _SECRET_NAME.match(secret_name):
+    if len(secret_name) > 253 or not _SECRET_NAME.match(secret_name):
         raise ValidationError(f"secret {secret_name!r} is not a valid Kubernetes Secret name")
     db = cluster_database_url(database_url or settings.resolved_database_url)
     store = cluster_artifact_uri(artifact_uri or settings.resolved_artifact_uri)

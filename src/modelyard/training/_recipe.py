@@ -818,7 +818,8 @@ def recorded_recipe(platform: Platform, manifest: Mapping[str, Any], spec: str) 
 
 def check_data(platform: Platform, ctx: Context, recipe: Recipe) -> dict[str, VersionInfo]:
     """Resolve every dataset version the recipe reads (role -> version), before any work starts. Raises
-    :class:`~modelyard.errors.NotFoundError` naming every missing version (and a missing ``data.file``)."""
+    :class:`~modelyard.errors.NotFoundError` naming every missing version (and a missing ``data.file``), or
+    :class:`~modelyard.errors.UsageError` where the file to read cannot be chosen (several table files)."""
     from modelyard.data import show
     from modelyard.data._versions import members
 
@@ -837,4 +838,19 @@ def check_data(platform: Platform, ctx: Context, recipe: Recipe) -> dict[str, Ve
                 )
     if missing:
         raise NotFoundError("; ".join(missing), missing=missing)
+    if recipe.data.file is None:
+        # The member each role reads, chosen as training will: a version with several table files and no
+        # data.file was accepted (a queued job) and then could only fail at once.
+        from modelyard.training._data import choose_member
+
+        unclear: list[str] = []
+        for role, info in found.items():
+            paths = [m.path for m in members(platform.artifacts, info.manifest_digest)]
+            try:
+                choose_member(paths, recipe.data, role=None if role == "dataset" else role)
+            except UsageError as exc:
+                why = exc.message.removeprefix("the dataset version ")
+                unclear.append(f"data.{role}: {info.name}@{info.version} {why}")
+        if unclear:
+            raise UsageError("; ".join(unclear))
     return found
