@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from modelyard.errors import UsageError
+from modelyard.errors import UsageError, YardError
 
 MARKER = ".yard-quickstart"
 MODEL = "quickstart"
@@ -160,6 +160,55 @@ def run(
     say: Callable[[str], None] | None = None,
 ) -> Quickstart:
     """Run every step; ``on_step`` hears each finished step, ``say`` what is happening now."""
+    tell = say or (lambda _m: None)
+    home = home.resolve()
+    _fresh(home)
+    qs = Quickstart(home)
+    work = home / "quickstart"
+    work.mkdir()
+    with _environment(home):
+        return _run(home, qs, work, steps, rows, on_step, tell)
+
+
+# Settings that would point the quickstart's steps (and the job worker's children) at another store.
+_FOREIGN = (
+    "YARD_DATABASE_URL",
+    "YARD_ARTIFACT_URI",
+    "YARD_TOKEN",
+    "YARD_MASTER_KEY",
+    "YARD_MASTER_KEY_FILE",
+    "YARD_PROJECT",
+)
+
+
+@contextlib.contextmanager
+def _environment(home: Path) -> Iterator[None]:
+    """YARD_HOME is the quickstart's home, for this process and the `yard train` children of its job worker,
+    and nothing points elsewhere; the caller's environment comes back afterwards, whatever happened (an SDK
+    caller's next Platform() opened the quickstart's home, without the caller's token)."""
+    saved = {key: os.environ.get(key) for key in ("YARD_HOME", *_FOREIGN)}
+    os.environ["YARD_HOME"] = str(home)
+    for key in _FOREIGN:
+        os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(
+    home: Path,
+    qs: Quickstart,
+    work: Path,
+    steps: int,
+    rows: int,
+    on_step: Callable[[Step], None] | None,
+    tell: Callable[[str], None],
+) -> Quickstart:
     import httpx
 
     from modelyard import registry
@@ -170,26 +219,11 @@ def run(
     from modelyard.monitoring import load_alerts, model_drift, run_once
     from modelyard.optimize import optimize
     from modelyard.serving import ServeConfig
+    from modelyard.serving._deploy import current
     from modelyard.tracking import Client
     from modelyard.training import Worker, parse_recipe, write_dataset
     from modelyard.training._train import train
 
-    tell = say or (lambda _m: None)
-    home = home.resolve()
-    _fresh(home)
-    qs = Quickstart(home)
-    work = home / "quickstart"
-    work.mkdir()
-    os.environ["YARD_HOME"] = str(home)  # the job worker's `yard train` children find this home
-    for key in (
-        "YARD_DATABASE_URL",
-        "YARD_ARTIFACT_URI",
-        "YARD_TOKEN",
-        "YARD_MASTER_KEY",
-        "YARD_MASTER_KEY_FILE",
-        "YARD_PROJECT",
-    ):
-        os.environ.pop(key, None)
     started = time.perf_counter()
 
     @contextlib.contextmanager
@@ -366,6 +400,8 @@ def run(
                 alerts = load_alerts(rules_path)
                 fired = run_once(platform, admin, alerts)
                 actions = "; ".join(a for f in fired.fired for a in f.actions) or "no alert fired"
+                if "retrain job" not in actions:  # the steps after this one would pass with nothing to do
+                    raise YardError(f"quickstart: the drift alert did not start a retrain job ({actions})")
                 tell("training the new version (a job on the local queue)")
                 Worker(platform, admin, cpus=2, exit_when_idle=True, log=lambda _line: None).run()
                 s.result = actions
@@ -373,6 +409,11 @@ def run(
             with step("gate the retrained version and deploy it as a canary") as s:
                 done = run_once(platform, admin, alerts)
                 s.result = "; ".join(done.retrains) or "nothing to deploy"
+                deployed = current(platform, admin, MODEL)
+                if deployed is None or deployed.mode != "canary" or deployed.candidate is None:
+                    # A failed retrain job or gate is the platform working, but not the lifecycle this
+                    # promises: said as a failure (exit 1), not as a tick beside "nothing to deploy".
+                    raise YardError(f"quickstart: the retrained version is not a canary ({s.result})")
                 s.link = f"yard models ls {MODEL}"
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
