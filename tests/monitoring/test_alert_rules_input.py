@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from modelyard.errors import ValidationError
+from modelyard.errors import UsageError, ValidationError
 from modelyard.monitoring._alerts import load_alerts
 
 
@@ -30,3 +31,42 @@ def test_an_alias_bomb_is_refused_without_expanding_it(tmp_path: Path, where: st
     with pytest.raises(ValidationError, match="invalid alert rules") as info:
         load_alerts(path)
     assert len(info.value.message) < 2000
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("drift.share > 1", "between 0 and 1"),
+        ("drift.input >= 2", "between 0 and 1"),
+        ("quality_drop.bleu > 5", r"rates are in \[0, 1\]"),  # BLEU on sacrebleu's 0-100 scale
+        ("quality.rougeL >= 30", r"rates are in \[0, 1\]"),
+        ("requests < 0", "at least 0"),
+        ("latency.p95_ms <= -1", "at least 0"),
+        ("quality.gen_len < 0", "at least 0"),
+        ("quality_drop.gen_len > 1" + "0" * 400, "a finite number"),  # the number reads as inf
+    ],
+)
+def test_a_rule_that_can_never_fire_is_refused(tmp_path: Path, when: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"model": "m@1", "rules": [{"name": "x", "when": when}]}))
+    with pytest.raises(UsageError, match=f"can never hold.*{message}|{message}.*can never hold"):
+        load_alerts(path)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "drift.share >= 1",
+        "drift.input > 0",
+        "drift.output < 1",
+        "quality_drop.bleu > -0.5",
+        "quality_drop.gen_len < -3",
+        "quality.exact_match <= 0",
+        "requests <= 0",
+        "latency.p50_ms > 0",
+    ],
+)
+def test_rules_at_the_edge_of_a_signals_range_are_kept(tmp_path: Path, when: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"model": "m@1", "rules": [{"name": "x", "when": when}]}))
+    assert load_alerts(path).rules[0].when == when

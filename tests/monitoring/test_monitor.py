@@ -378,7 +378,9 @@ def test_a_failed_evaluation_does_not_end_the_interval_loop(
     set_alias(home, ctx, "mon-same@1", "watched")
     rules = tmp_path / "rules.yaml"
     rules.write_text(
-        yaml.safe_dump({"model": "mon-same@watched", "rules": [{"name": "x", "when": "requests < 0"}]})
+        yaml.safe_dump(
+            {"model": "mon-same@watched", "rules": [{"name": "x", "when": "requests > 1000000000"}]}
+        )
     )
     sleeps: list[float] = []
 
