@@ -320,6 +320,22 @@ def test_numeric_mean_shift_is_flagged() -> None:
     assert large.stats["psi"] > 0.05
 
 
+@pytest.mark.parametrize("unit", [1e-9, 1e-4, 1.0, 1e6])
+def test_the_wasserstein_verdict_does_not_depend_on_the_unit(unit: float) -> None:
+    # "0.1 standard deviations", whatever the unit: Evidently's norm floor of 0.001 (absolute) read a
+    # column of small numbers (std 1e-4 or less) as a thousandth of a deviation, so no shift was flagged.
+    rng = np.random.default_rng(7)
+    ref, same, shifted = rng.normal(size=5000), rng.normal(size=5000), rng.normal(0.3, 1, size=5000)
+    assert not one(ref * unit, same * unit).drifted
+    col = one(ref * unit, shifted * unit)
+    assert col.test == "wasserstein" and col.drifted
+    assert col.statistic == pytest.approx(one(ref, shifted).statistic, rel=1e-9)
+    # a reference without spread keeps Evidently's floor: any change from a constant is drift, none is not
+    flat = np.full(5000, 0.1 * unit)
+    assert one(flat, flat.copy()).statistic == 0 and not one(flat, flat.copy()).drifted
+    assert one(flat, flat + rng.normal(0, 1, 5000)).drifted
+
+
 def test_new_categories_are_flagged() -> None:
     rng = np.random.default_rng(6)
     cur = CATS[rng.choice(5, 3000, p=PROBS)]

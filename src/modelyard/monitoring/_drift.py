@@ -22,11 +22,12 @@ categorical   no                  Jensen-Shannon distance (``jensenshannon``)  d
 
 Details copied with the rule: missing values (null, NaN) and +-inf are dropped before testing; the
 Jensen-Shannon distance uses the natural logarithm and no smoothing; the Wasserstein norm is the population
-standard deviation of the reference, at least 0.001; p-values of the Kolmogorov-Smirnov test are scipy's
-``ks_2samp`` (see :func:`_ks_p_value` for the one shortcut, in a statistic that never decides a column).
+standard deviation of the reference (0.001 where it has none: see the second departure below); p-values of
+the Kolmogorov-Smirnov test are scipy's ``ks_2samp`` (see :func:`_ks_p_value` for the one shortcut, in a
+statistic that never decides a column).
 The **dataset** drifts when the share of drifted columns is at least ``drift_share`` (0.5).
 
-**One deliberate departure: the chi-square.** Evidently's chi-square compares the current counts with the
+**First deliberate departure: the chi-square.** Evidently's chi-square compares the current counts with the
 reference's scaled to the current size, as if the reference shares were exact (a goodness-of-fit test).
 The reference is a sample too, so its noise inflates the statistic by about 1 + n_cur / n_ref: two samples
 of one distribution, 400 and 300 values, are flagged 28% of the time at p < 0.05 (measured over 500
@@ -36,6 +37,13 @@ correction), which is flagged 4.4% of the time on the same data. ``chisquare="ev
 Evidently's form, and its verdicts. It only matters for categorical columns of at most 1,000 reference
 values with more than two categories (and numeric ones with 3-5 distinct values): larger samples are
 decided by distances, where both agree.
+
+**Second departure: the Wasserstein norm's floor.** Evidently divides by ``max(std, 0.001)``, an absolute
+floor, so the "0.1 standard deviations" its threshold stands for became 0.1 thousandths for a column of
+small numbers: with a reference std of 1e-6, a shift of 10 deviations read 0.01 (no drift), and the verdict
+changed with the unit. modelyard divides by the standard deviation whatever its size, and uses Evidently's
+0.001 only for a reference without spread (a constant column), where the two agree. Verdicts differ only
+for columns whose reference std is below 0.001.
 
 Every numeric column also reports PSI (10 bins at the reference's quantiles, shares below 1e-4 raised to
 1e-4), the Kolmogorov-Smirnov statistic and p-value, and the raw and normed Wasserstein distance; every
@@ -840,7 +848,7 @@ def _numeric_drift(
     ks_d, wasserstein, distinct = _merged_stats(r_s, c_s)
     ks_d, ks_p = _ks_p_value(r_s, c_s, ks_d)
     std_r = _std(r)
-    normed = wasserstein / max(std_r, WASSERSTEIN_MIN_NORM)
+    normed = wasserstein / _wasserstein_norm(std_r, r_s)
     stats: dict[str, Any] = {
         "ks_statistic": ks_d,
         "ks_p_value": ks_p,
@@ -982,6 +990,17 @@ def _std(x: FloatArray) -> float:
         return std
     scale = float(np.max(np.abs(x)))
     return float(np.std(x / scale)) * scale
+
+
+def _wasserstein_norm(std_r: float, r_s: FloatArray) -> float:
+    """The reference's standard deviation, or Evidently's WASSERSTEIN_MIN_NORM where it has none.
+
+    Evidently divides by ``max(std, 0.001)``, an absolute floor: a column of small numbers (std 1e-4, a rate
+    or a length in km) was measured in thousandths, and even a shift of many deviations stayed under 0.1.
+    The floor is kept only for a reference without spread: np.std of a constant is 0 or rounding noise of
+    its magnitude (relative 1e-16 or so), and dividing by that would make any change infinite."""
+    magnitude = max(abs(float(r_s[0])), abs(float(r_s[-1])))
+    return std_r if std_r > magnitude * 1e-12 else WASSERSTEIN_MIN_NORM
 
 
 def _bin_counts(x_s: FloatArray, inner_edges: FloatArray) -> IntArray:
