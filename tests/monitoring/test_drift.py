@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -334,6 +335,30 @@ def test_the_wasserstein_verdict_does_not_depend_on_the_unit(unit: float) -> Non
     flat = np.full(5000, 0.1 * unit)
     assert one(flat, flat.copy()).statistic == 0 and not one(flat, flat.copy()).drifted
     assert one(flat, flat + rng.normal(0, 1, 5000)).drifted
+
+
+def test_a_wasserstein_verdict_made_by_a_few_extreme_values_says_so() -> None:
+    # The verdict stays Evidently's (distance / std of the reference), but the report says when a handful
+    # of extreme values decided it, either way.
+    rng = np.random.default_rng(8)
+    ref = rng.normal(size=5000)
+    ref[:5] = 1e5  # 0.1% of the reference: its std is ~3,000, so a shift of the bulk by 1 reads 0.03
+    col = one(ref, rng.normal(1, 1, size=5000))
+    assert col.test == "wasserstein" and not col.drifted
+    assert col.stats["std_reference_robust"] == pytest.approx(1, rel=0.1)
+    [note] = col.notes
+    assert "inflated by a few extreme values" in note and "interquartile range" in note
+    assert "K-S p-value 0" in note
+    # 3 current values of 5,000 far outside the reference's range: distance 0.6, the rest is unchanged
+    cur = rng.normal(size=5000)
+    cur[:3] = 1e3
+    col = one(rng.normal(size=5000), cur)
+    assert col.drifted
+    [note] = col.notes
+    assert re.search(r"\d current values \(0\.\d\d%\) lie beyond the reference's range", note), note
+    assert "below the 0.1 threshold" in note
+    # a real shift has no such note
+    assert not one(rng.normal(size=5000), rng.normal(0.3, 1, size=5000)).notes
 
 
 def test_new_categories_are_flagged() -> None:

@@ -45,6 +45,12 @@ changed with the unit. modelyard divides by the standard deviation whatever its 
 0.001 only for a reference without spread (a constant column), where the two agree. Verdicts differ only
 for columns whose reference std is below 0.001.
 
+Both the distance (a mean over all values) and its norm (a standard deviation) are led by outliers: a few
+extreme reference values can hide a shift of the whole bulk, and a few extreme current values can make the
+verdict alone. The verdict stays Evidently's, but the column then carries a note saying so, with the
+distance in the reference's robust spread (interquartile range / 1.349, ``std_reference_robust``) or
+without the current values beyond the reference's range, beside the K-S p-value and PSI.
+
 Every numeric column also reports PSI (10 bins at the reference's quantiles, shares below 1e-4 raised to
 1e-4), the Kolmogorov-Smirnov statistic and p-value, and the raw and normed Wasserstein distance; every
 categorical column the chi-square statistic and p-value, the Jensen-Shannon distance, PSI and the
@@ -125,6 +131,8 @@ TEXT_DISTINCT_SHARE = 0.5
 #: scipy.stats.ks_2samp computes exact p-values up to this many values per sample (MAX_AUTO_N)
 KS_EXACT_MAX = 10_000
 WASSERSTEIN_MIN_NORM = 0.001
+#: interquartile range of a normal distribution, in standard deviations (2 * 0.6745)
+IQR_PER_STD = 1.349
 
 # ---- modelyard's own choices ----
 PSI_BINS = 10
@@ -848,7 +856,10 @@ def _numeric_drift(
     ks_d, wasserstein, distinct = _merged_stats(r_s, c_s)
     ks_d, ks_p = _ks_p_value(r_s, c_s, ks_d)
     std_r = _std(r)
-    normed = wasserstein / _wasserstein_norm(std_r, r_s)
+    norm = _wasserstein_norm(std_r, r_s)
+    normed = wasserstein / norm
+    q1, q3 = _quantiles_sorted(r_s, np.array([0.25, 0.75]))
+    robust_std = float(q3 - q1) / IQR_PER_STD
     stats: dict[str, Any] = {
         "ks_statistic": ks_d,
         "ks_p_value": ks_p,
@@ -858,6 +869,7 @@ def _numeric_drift(
         "mean_reference": float(np.mean(r)),
         "mean_current": float(np.mean(c)),
         "std_reference": std_r,
+        "std_reference_robust": robust_std,
         "std_current": _std(c),
         "distinct_values": distinct,
     }
@@ -877,20 +889,58 @@ def _numeric_drift(
         statistic = _category_test(test, ref_counts, cur_counts, options.chisquare)
     if threshold is None:
         threshold = P_VALUE_THRESHOLD if test in _P_VALUE_TESTS else DISTANCE_THRESHOLD
+    drifted = _drifted(test, float(statistic), threshold)
+    notes: list[str] = []
+    if test == "wasserstein":
+        notes = _wasserstein_notes(r_s, c_s, stats, norm, threshold, drifted)
     return ColumnDrift(
         name=name,
         kind="numeric",
         test=test,
         statistic=float(statistic),
         threshold=threshold,
-        drifted=_drifted(test, float(statistic), threshold),
+        drifted=drifted,
         reference_count=n_r,
         current_count=n_c,
         reference_missing=r_missing,
         current_missing=c_missing,
         stats=stats,
         plot=_histogram(r_s, c_s),
+        notes=tuple(notes),
     )
+
+
+def _wasserstein_notes(
+    r_s: FloatArray, c_s: FloatArray, stats: Mapping[str, Any], norm: float, threshold: float, drifted: bool
+) -> list[str]:
+    """What to read beside a Wasserstein verdict that a handful of extreme values made. The distance is a
+    mean over all values and its norm a standard deviation, and both are led by outliers: a few extreme
+    reference values inflate the norm until a shift of the whole bulk reads as none, and a few extreme
+    current values carry the distance past the threshold alone. The verdict stays Evidently's."""
+    robust, ks_p = stats["std_reference_robust"], stats["ks_p_value"]
+    # Heavy tails on both sides alone put the distance in the robust spread above the threshold: the K-S
+    # test (ranks: outliers weigh as any value) must see a difference too.
+    if not drifted and 0 < 3 * robust < stats["std_reference"] and ks_p <= P_VALUE_THRESHOLD:
+        robust_normed = stats["wasserstein"] / robust
+        if robust_normed >= threshold:
+            return [
+                f"the reference's standard deviation ({_fmt(stats['std_reference'])}) is inflated by a few "
+                f"extreme values (its interquartile range implies {_fmt(robust)}); in that spread the "
+                f"distance is {_fmt(robust_normed)}, at or above the {_fmt(threshold)} threshold, so a shift "
+                f"of most values may be hidden (K-S p-value {_fmt(ks_p)}, PSI {_fmt(stats['psi'])})"
+            ]
+    lo, hi = r_s[0], r_s[-1]
+    beyond = int(np.searchsorted(c_s, lo, side="left") + c_s.size - np.searchsorted(c_s, hi, "right"))
+    if drifted and 0 < beyond <= c_s.size / 100:  # a handful: more beyond the range is a shift of its own
+        inside = _merged_stats(r_s, np.clip(c_s, lo, hi))[1] / norm
+        if inside < threshold:
+            return [
+                f"{beyond:,} current values ({beyond / c_s.size:.2%}) lie beyond the reference's range "
+                f"[{_fmt(float(lo))}, {_fmt(float(hi))}] and make the verdict: moved to its edge, the normed "
+                f"distance is {_fmt(inside)}, below the {_fmt(threshold)} threshold (K-S p-value "
+                f"{_fmt(ks_p)}, PSI {_fmt(stats['psi'])})"
+            ]
+    return []
 
 
 def _merged_stats(r_s: FloatArray, c_s: FloatArray) -> tuple[float, float, int]:
