@@ -361,6 +361,34 @@ def test_a_wasserstein_verdict_made_by_a_few_extreme_values_says_so() -> None:
     assert not one(rng.normal(size=5000), rng.normal(0.3, 1, size=5000)).notes
 
 
+@pytest.mark.parametrize(
+    ("ref", "cur", "kind", "test", "smallest"),
+    [
+        ([1.0, 2, 3], [100.0, 200, 300], "numeric", "ks", 2 / math.comb(6, 3)),
+        ([1.0, 2], [7.0, 8, 9, 10, 11], "numeric", "ks", 2 / math.comb(7, 2)),
+        ([0.0], [1.0], "numeric", "z", 2 * scipy.stats.norm.sf(math.sqrt(2))),
+        (["a", "b"], ["c", "c"], "categorical", "chisquare", scipy.stats.chi2.sf(4, 2)),
+    ],
+)
+def test_samples_too_small_to_ever_drift_say_so(
+    ref: list[Any], cur: list[Any], kind: str, test: str, smallest: float
+) -> None:
+    # Completely separated samples, and still "no drift": the test cannot reach 0.05 with so few values.
+    col = one(np.array(ref) if kind == "numeric" else ref, np.array(cur) if kind == "numeric" else cur, kind)
+    assert col.test == test and not col.drifted
+    assert col.statistic == pytest.approx(smallest, rel=1e-6)  # the most extreme split there is
+    assert col.stats["smallest_p_value"] == pytest.approx(smallest, rel=1e-6)
+    assert any("too few values to tell" in n for n in col.notes), col.notes
+
+
+def test_samples_that_can_drift_carry_no_small_sample_note() -> None:
+    rng = np.random.default_rng(9)
+    col = one(np.arange(3.0), np.arange(40.0) + 100)  # 2 / C(43, 3): separated, so flagged
+    assert col.drifted and col.stats["smallest_p_value"] < 0.05 and not col.notes
+    assert not one(rng.normal(size=300), rng.normal(size=300)).notes
+    assert not one(np.zeros(50), np.zeros(50)).notes  # one value, the same on both sides: nothing to tell
+
+
 def test_new_categories_are_flagged() -> None:
     rng = np.random.default_rng(6)
     cur = CATS[rng.choice(5, 3000, p=PROBS)]

@@ -51,6 +51,10 @@ verdict alone. The verdict stays Evidently's, but the column then carries a note
 distance in the reference's robust spread (interquartile range / 1.349, ``std_reference_robust``) or
 without the current values beyond the reference's range, beside the K-S p-value and PSI.
 
+A column decided by a p-value also reports the smallest p-value its test can give at these sample sizes
+(``smallest_p_value``, that of two samples with nothing in common), and a note where even that does not
+reach the threshold: 3 values against 3 cannot drift under K-S (p >= 0.1), which is not the same as no drift.
+
 Every numeric column also reports PSI (10 bins at the reference's quantiles, shares below 1e-4 raised to
 1e-4), the Kolmogorov-Smirnov statistic and p-value, and the raw and normed Wasserstein distance; every
 categorical column the chi-square statistic and p-value, the Jensen-Shannon distance, PSI and the
@@ -821,7 +825,40 @@ def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, optio
         r_texts, r_missing = _texts(ref)
         c_texts, c_missing = _texts(cur)
         result = _text_drift(name, r_texts, c_texts, r_missing, c_missing, options)
+    if kind != "text" and result.statistic_kind == "p_value":
+        result = _with_power(result, options.chisquare)
     return _with_seconds(result, time.perf_counter() - started)
+
+
+def _with_power(col: ColumnDrift, chisquare: ChiSquareMode) -> ColumnDrift:
+    """Add the smallest p-value the deciding test can give at these sample sizes (that of two samples with
+    nothing in common), and a note where even that does not reach the threshold: 3 values against 3 are
+    "no drift" at best p = 0.1 however different they are, which is too few values to tell, not a match."""
+    from scipy import special
+
+    n_r, n_c = col.reference_count, col.current_count
+    n = n_r + n_c
+    k = col.stats["distinct_values"] if col.kind == "numeric" else col.stats["chisquare_dof"] + 1
+    if col.test == "ks":  # exact: both orders of two separated samples, out of C(n, n_r) arrangements
+        log_arrangements = math.lgamma(n + 1) - math.lgamma(n_r + 1) - math.lgamma(n_c + 1)
+        smallest = min(1.0, 2 * math.exp(-log_arrangements))
+    elif k < 2:  # one value, the same on both sides: nothing could differ
+        return col
+    elif col.test == "z":  # |z| is at most sqrt(n), when each sample holds one of the two values
+        smallest = float(2 * special.ndtr(-math.sqrt(n)))
+    elif chisquare == "two-sample":  # Pearson's statistic on a 2 x k table is at most n
+        smallest = float(special.chdtrc(k - 1, n))
+    else:  # Evidently's goodness-of-fit statistic is unbounded (a new category makes it infinite)
+        smallest = 0.0
+    stats = {**col.stats, "smallest_p_value": smallest}
+    if _drifted(col.test, smallest, col.threshold):
+        return replace(col, stats=stats)
+    note = (
+        f"with {n_r:,} reference and {n_c:,} current values the {col.test_name} cannot reach the "
+        f"{_fmt(col.threshold)} threshold (its smallest value here is {_fmt(smallest)}): no drift here means "
+        "too few values to tell, not the same distribution"
+    )
+    return replace(col, stats=stats, notes=(*col.notes, note))
 
 
 def _with_seconds(col: ColumnDrift, seconds: float) -> ColumnDrift:
