@@ -94,7 +94,8 @@ _LOG_ONLY: list[Action] = ["log"]
 
 class Rule(_Section):
     name: Annotated[str, Field(min_length=1, max_length=100)]
-    when: Annotated[str, AfterValidator(_check_when)]
+    # Bounded before parsing: errors quote what they refuse, and a 1 MiB file may hold a 900 KB condition.
+    when: Annotated[str, Field(max_length=200), AfterValidator(_check_when)]
     actions: Annotated[list[Action], Field(min_length=1)] = Field(default_factory=lambda: _LOG_ONLY.copy())
 
 
@@ -113,7 +114,7 @@ class Retrain(_Section):
 
 
 class AlertPolicy(_Section):
-    model: str
+    model: Annotated[str, Field(max_length=300)]  # NAME@ALIAS: names and aliases are far shorter
     window: str = "1h"
     cooldown: str = "1h"
     rules: Annotated[list[Rule], Field(min_length=1)]
