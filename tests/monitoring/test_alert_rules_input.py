@@ -80,3 +80,13 @@ def test_a_huge_string_is_refused_without_being_echoed(tmp_path: Path, where: st
     with pytest.raises(ValidationError, match="at most") as info:
         load_alerts(path)
     assert len(info.value.message) < 500, info.value.message[:500]
+
+
+def test_an_action_named_twice_in_a_rule_is_refused(tmp_path: Path) -> None:
+    # It ran twice for one alert (two webhook calls, a second retrain attempt); the retry bookkeeping,
+    # which counts actions by name, then dropped both from "pending" after the first.
+    path = tmp_path / "rules.yaml"
+    rule = {"name": "x", "when": "requests > 1", "actions": ["log", "log"]}
+    path.write_text(yaml.safe_dump({"model": "m@1", "rules": [rule]}))
+    with pytest.raises(ValidationError, match=r"rules\[0\]\.actions: 'log' is named twice"):
+        load_alerts(path)

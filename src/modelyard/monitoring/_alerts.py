@@ -92,11 +92,22 @@ Action = Literal["log", "webhook", "retrain"]
 _LOG_ONLY: list[Action] = ["log"]
 
 
+def _once_each(actions: list[Action]) -> list[Action]:
+    # One alert runs each action once: a second webhook call or retrain for one condition is noise, and
+    # the bookkeeping of what is still pending counts actions by name.
+    twice = next((a for i, a in enumerate(actions) if a in actions[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{twice!r} is named twice; list each action once")
+    return actions
+
+
 class Rule(_Section):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     # Bounded before parsing: errors quote what they refuse, and a 1 MiB file may hold a 900 KB condition.
     when: Annotated[str, Field(max_length=200), AfterValidator(_check_when)]
-    actions: Annotated[list[Action], Field(min_length=1)] = Field(default_factory=lambda: _LOG_ONLY.copy())
+    actions: Annotated[list[Action], Field(min_length=1), AfterValidator(_once_each)] = Field(
+        default_factory=lambda: _LOG_ONLY.copy()
+    )
 
 
 class Webhook(_Section):
