@@ -11,6 +11,8 @@ import yaml
 from modelyard.errors import UsageError, ValidationError
 from modelyard.monitoring._alerts import load_alerts
 
+EXAMPLES = Path(__file__).parents[2] / "examples" / "flan-t5"
+
 
 def alias_bomb(levels: int) -> str:
     """A few hundred bytes of YAML whose anchors stand for 9 ** levels strings (PyYAML shares them)."""
@@ -90,3 +92,36 @@ def test_an_action_named_twice_in_a_rule_is_refused(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"model": "m@1", "rules": [rule]}))
     with pytest.raises(ValidationError, match=r"rules\[0\]\.actions: 'log' is named twice"):
         load_alerts(path)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "gates", "message"),
+    [
+        ("data: [unclosed\n", None, r"recipe\.yaml: not valid YAML"),
+        ("modle: {}\n", None, r"recipe\.yaml: invalid recipe"),
+        (None, "gates: {bleu: high}\n", r"gates\.yaml: "),
+    ],
+)
+def test_a_retrain_recipe_or_gate_policy_that_cannot_load_is_refused_with_the_rules(
+    tmp_path: Path, recipe: str | None, gates: str | None, message: str
+) -> None:
+    # They were only checked to be files: a typo surfaced when the rule fired, as a failed retrain
+    # tried again at every run while the drift lasted.
+    (tmp_path / "recipe.yaml").write_text(recipe or (Path(EXAMPLES) / "recipe-tiny.yaml").read_text())
+    (tmp_path / "gates.yaml").write_text(gates or (Path(EXAMPLES) / "gates.yaml").read_text())
+    rule = {"name": "x", "when": "drift.input > 0", "actions": ["retrain"]}
+    retrain = {"recipe": "recipe.yaml", "policy": "gates.yaml"}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"model": "m@1", "rules": [rule], "retrain": retrain}))
+    with pytest.raises(ValidationError, match=message):
+        load_alerts(path)
+
+
+def test_the_example_retrain_recipe_and_gate_policy_load(tmp_path: Path) -> None:
+    for name in ("recipe-tiny.yaml", "gates.yaml"):
+        (tmp_path / name).write_text((Path(EXAMPLES) / name).read_text())
+    rule = {"name": "x", "when": "drift.input > 0", "actions": ["retrain"]}
+    retrain = {"recipe": "recipe-tiny.yaml", "policy": "gates.yaml"}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"model": "m@1", "rules": [rule], "retrain": retrain}))
+    assert load_alerts(path).retrain is not None

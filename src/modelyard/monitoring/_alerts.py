@@ -161,6 +161,13 @@ class AlertPolicy(_Section):
             for what, path in (("recipe", self.retrain.recipe), ("policy", self.retrain.policy)):
                 if not Path(path).is_file():
                     raise UsageError(f"retrain.{what}: {path} is not a file")
+            # Validated now, not when a rule first fires: a typo would surface as a failed retrain, tried
+            # again at every run while the drift lasts. They are read again then (they may be fixed since).
+            from modelyard.evaluation._policy import load_policy
+            from modelyard.training._recipe import load_recipe
+
+            load_recipe(self.retrain.recipe)
+            load_policy(self.retrain.policy)
         if self.webhook is not None:
             from modelyard.monitoring._webhook import WebhookPolicy, check_url
 
