@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -318,6 +319,74 @@ def test_numeric_mean_shift_is_flagged() -> None:
     assert large.test == "wasserstein" and large.drifted
     assert large.statistic == pytest.approx(0.3, abs=0.05)
     assert large.stats["psi"] > 0.05
+
+
+@pytest.mark.parametrize("unit", [1e-9, 1e-4, 1.0, 1e6])
+def test_the_wasserstein_verdict_does_not_depend_on_the_unit(unit: float) -> None:
+    # "0.1 standard deviations", whatever the unit: Evidently's norm floor of 0.001 (absolute) read a
+    # column of small numbers (std 1e-4 or less) as a thousandth of a deviation, so no shift was flagged.
+    rng = np.random.default_rng(7)
+    ref, same, shifted = rng.normal(size=5000), rng.normal(size=5000), rng.normal(0.3, 1, size=5000)
+    assert not one(ref * unit, same * unit).drifted
+    col = one(ref * unit, shifted * unit)
+    assert col.test == "wasserstein" and col.drifted
+    assert col.statistic == pytest.approx(one(ref, shifted).statistic, rel=1e-9)
+    # a reference without spread keeps Evidently's floor: any change from a constant is drift, none is not
+    flat = np.full(5000, 0.1 * unit)
+    assert one(flat, flat.copy()).statistic == 0 and not one(flat, flat.copy()).drifted
+    assert one(flat, flat + rng.normal(0, 1, 5000)).drifted
+
+
+def test_a_wasserstein_verdict_made_by_a_few_extreme_values_says_so() -> None:
+    # The verdict stays Evidently's (distance / std of the reference), but the report says when a handful
+    # of extreme values decided it, either way.
+    rng = np.random.default_rng(8)
+    ref = rng.normal(size=5000)
+    ref[:5] = 1e5  # 0.1% of the reference: its std is ~3,000, so a shift of the bulk by 1 reads 0.03
+    col = one(ref, rng.normal(1, 1, size=5000))
+    assert col.test == "wasserstein" and not col.drifted
+    assert col.stats["std_reference_robust"] == pytest.approx(1, rel=0.1)
+    [note] = col.notes
+    assert "inflated by a few extreme values" in note and "interquartile range" in note
+    assert "K-S p-value 0" in note
+    # 3 current values of 5,000 far outside the reference's range: distance 0.6, the rest is unchanged
+    cur = rng.normal(size=5000)
+    cur[:3] = 1e3
+    col = one(rng.normal(size=5000), cur)
+    assert col.drifted
+    [note] = col.notes
+    assert re.search(r"\d current values \(0\.\d\d%\) lie beyond the reference's range", note), note
+    assert "below the 0.1 threshold" in note
+    # a real shift has no such note
+    assert not one(rng.normal(size=5000), rng.normal(0.3, 1, size=5000)).notes
+
+
+@pytest.mark.parametrize(
+    ("ref", "cur", "kind", "test", "smallest"),
+    [
+        ([1.0, 2, 3], [100.0, 200, 300], "numeric", "ks", 2 / math.comb(6, 3)),
+        ([1.0, 2], [7.0, 8, 9, 10, 11], "numeric", "ks", 2 / math.comb(7, 2)),
+        ([0.0], [1.0], "numeric", "z", 2 * scipy.stats.norm.sf(math.sqrt(2))),
+        (["a", "b"], ["c", "c"], "categorical", "chisquare", scipy.stats.chi2.sf(4, 2)),
+    ],
+)
+def test_samples_too_small_to_ever_drift_say_so(
+    ref: list[Any], cur: list[Any], kind: str, test: str, smallest: float
+) -> None:
+    # Completely separated samples, and still "no drift": the test cannot reach 0.05 with so few values.
+    col = one(np.array(ref) if kind == "numeric" else ref, np.array(cur) if kind == "numeric" else cur, kind)
+    assert col.test == test and not col.drifted
+    assert col.statistic == pytest.approx(smallest, rel=1e-6)  # the most extreme split there is
+    assert col.stats["smallest_p_value"] == pytest.approx(smallest, rel=1e-6)
+    assert any("too few values to tell" in n for n in col.notes), col.notes
+
+
+def test_samples_that_can_drift_carry_no_small_sample_note() -> None:
+    rng = np.random.default_rng(9)
+    col = one(np.arange(3.0), np.arange(40.0) + 100)  # 2 / C(43, 3): separated, so flagged
+    assert col.drifted and col.stats["smallest_p_value"] < 0.05 and not col.notes
+    assert not one(rng.normal(size=300), rng.normal(size=300)).notes
+    assert not one(np.zeros(50), np.zeros(50)).notes  # one value, the same on both sides: nothing to tell
 
 
 def test_new_categories_are_flagged() -> None:

@@ -378,7 +378,9 @@ def test_a_failed_evaluation_does_not_end_the_interval_loop(
     set_alias(home, ctx, "mon-same@1", "watched")
     rules = tmp_path / "rules.yaml"
     rules.write_text(
-        yaml.safe_dump({"model": "mon-same@watched", "rules": [{"name": "x", "when": "requests < 0"}]})
+        yaml.safe_dump(
+            {"model": "mon-same@watched", "rules": [{"name": "x", "when": "requests > 1000000000"}]}
+        )
     )
     sleeps: list[float] = []
 
@@ -637,7 +639,8 @@ def test_a_retrain_is_recorded_at_the_runs_time_like_its_alert(
 
     registry.register(home, home.context(), trained.run_id, "mon-retro")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_RECIPE)))
-    (tmp_path / "gates.yaml").write_text(yaml.safe_dump({"size": {"max_mb": 100}}))
+    gates = {"data": {"dataset": "norm@1", "file": "test.jsonl"}, "size": {"max_mb": 100}}
+    (tmp_path / "gates.yaml").write_text(yaml.safe_dump(gates))  # valid: checked when the rules load
     rules = {
         "model": "mon-retro@1",
         "rules": [{"name": "always", "when": "requests >= 0", "actions": ["retrain"]}],

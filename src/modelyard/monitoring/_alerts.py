@@ -18,7 +18,8 @@ retrain:
 Signals: ``drift.share`` (share of drifted columns), ``drift.input`` / ``drift.output`` (1 when that column
 drifted), ``quality.<metric>`` and ``quality_drop.<metric>`` (evaluation minus now, from feedback),
 ``latency.p50_ms`` / ``latency.p95_ms`` and ``requests`` from the prediction log. A rule's condition is
-``SIGNAL OP NUMBER`` (parsed, never evaluated); a signal without data (no feedback yet) never fires.
+``SIGNAL OP NUMBER`` (parsed, never evaluated); a signal without data (no feedback yet) never fires, and
+a condition no value of its signal can meet (``drift.share > 1``, a BLEU of 25 for 0.25) is refused.
 
 A rule that fired is quiet for the cooldown, except for its actions that failed: they are tried again at
 each run while the condition holds. A monitor claims a rule before acting on it (a compare-and-set with a
@@ -33,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import tempfile
@@ -90,10 +92,22 @@ Action = Literal["log", "webhook", "retrain"]
 _LOG_ONLY: list[Action] = ["log"]
 
 
+def _once_each(actions: list[Action]) -> list[Action]:
+    # One alert runs each action once: a second webhook call or retrain for one condition is noise, and
+    # the bookkeeping of what is still pending counts actions by name.
+    twice = next((a for i, a in enumerate(actions) if a in actions[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{twice!r} is named twice; list each action once")
+    return actions
+
+
 class Rule(_Section):
     name: Annotated[str, Field(min_length=1, max_length=100)]
-    when: Annotated[str, AfterValidator(_check_when)]
-    actions: Annotated[list[Action], Field(min_length=1)] = Field(default_factory=lambda: _LOG_ONLY.copy())
+    # Bounded before parsing: errors quote what they refuse, and a 1 MiB file may hold a 900 KB condition.
+    when: Annotated[str, Field(max_length=200), AfterValidator(_check_when)]
+    actions: Annotated[list[Action], Field(min_length=1), AfterValidator(_once_each)] = Field(
+        default_factory=lambda: _LOG_ONLY.copy()
+    )
 
 
 class Webhook(_Section):
@@ -111,7 +125,7 @@ class Retrain(_Section):
 
 
 class AlertPolicy(_Section):
-    model: str
+    model: Annotated[str, Field(max_length=300)]  # NAME@ALIAS: names and aliases are far shorter
     window: str = "1h"
     cooldown: str = "1h"
     rules: Annotated[list[Rule], Field(min_length=1)]
@@ -138,6 +152,7 @@ class AlertPolicy(_Section):
                     f"rule {rule.name!r}: {signal} is not a metric monitoring scores; "
                     f"expected one of {', '.join(EVAL_METRICS)}"
                 )
+            _check_reachable(rule)
             if "webhook" in rule.actions and self.webhook is None:
                 raise UsageError(f"rule {rule.name!r} calls a webhook, but the policy has no webhook section")
             if "retrain" in rule.actions and self.retrain is None:
@@ -146,6 +161,13 @@ class AlertPolicy(_Section):
             for what, path in (("recipe", self.retrain.recipe), ("policy", self.retrain.policy)):
                 if not Path(path).is_file():
                     raise UsageError(f"retrain.{what}: {path} is not a file")
+            # Validated now, not when a rule first fires: a typo would surface as a failed retrain, tried
+            # again at every run while the drift lasts. They are read again then (they may be fixed since).
+            from modelyard.evaluation._policy import load_policy
+            from modelyard.training._recipe import load_recipe
+
+            load_recipe(self.retrain.recipe)
+            load_policy(self.retrain.policy)
         if self.webhook is not None:
             from modelyard.monitoring._webhook import WebhookPolicy, check_url
 
@@ -154,6 +176,37 @@ class AlertPolicy(_Section):
             policy = WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
             check_url(self.webhook.url, policy, resolve=False)
         return self
+
+
+def _signal_range(signal: str) -> tuple[float, float, str]:
+    """The values a signal can take, and how to say so."""
+    from modelyard.training._eval import RATE_METRICS
+
+    if signal.startswith("drift."):
+        return 0.0, 1.0, "between 0 and 1"
+    if signal.startswith("quality"):
+        kind, metric = signal.split(".", 1)
+        if metric in RATE_METRICS:
+            lo = 0.0 if kind == "quality" else -1.0
+            return lo, 1.0, f"between {lo:g} and 1 (rates are in [0, 1]: a BLEU of 25 is 0.25)"
+        if kind == "quality_drop":  # a length's drop: the evaluation's length minus today's, either sign
+            return -math.inf, math.inf, "a finite number"
+    return 0.0, math.inf, "at least 0"  # gen_len, latency, requests
+
+
+def _check_reachable(rule: Rule) -> None:
+    """A condition no value of its signal satisfies is a rule that stays silent forever, with nothing to
+    say why (the monitor reports only rules that fire): refused when the file is loaded."""
+    m = _RULE_RE.match(rule.when)
+    assert m is not None  # checked when parsed
+    lo, hi, said = _signal_range(m["signal"])
+    op, n = m["op"], float(m["n"])
+    never = {">": n >= hi, ">=": n > hi, "<": n <= lo, "<=": n < lo}[op]
+    if never:
+        raise UsageError(
+            f"rule {rule.name!r}: {rule.when!r} can never hold, since {m['signal']} is {said}; "
+            "fix the threshold"
+        )
 
 
 def load_alerts(path: str | Path) -> AlertPolicy:

@@ -22,11 +22,12 @@ categorical   no                  Jensen-Shannon distance (``jensenshannon``)  d
 
 Details copied with the rule: missing values (null, NaN) and +-inf are dropped before testing; the
 Jensen-Shannon distance uses the natural logarithm and no smoothing; the Wasserstein norm is the population
-standard deviation of the reference, at least 0.001; p-values of the Kolmogorov-Smirnov test are scipy's
-``ks_2samp`` (see :func:`_ks_p_value` for the one shortcut, in a statistic that never decides a column).
+standard deviation of the reference (0.001 where it has none: see the second departure below); p-values of
+the Kolmogorov-Smirnov test are scipy's ``ks_2samp`` (see :func:`_ks_p_value` for the one shortcut, in a
+statistic that never decides a column).
 The **dataset** drifts when the share of drifted columns is at least ``drift_share`` (0.5).
 
-**One deliberate departure: the chi-square.** Evidently's chi-square compares the current counts with the
+**First deliberate departure: the chi-square.** Evidently's chi-square compares the current counts with the
 reference's scaled to the current size, as if the reference shares were exact (a goodness-of-fit test).
 The reference is a sample too, so its noise inflates the statistic by about 1 + n_cur / n_ref: two samples
 of one distribution, 400 and 300 values, are flagged 28% of the time at p < 0.05 (measured over 500
@@ -36,6 +37,23 @@ correction), which is flagged 4.4% of the time on the same data. ``chisquare="ev
 Evidently's form, and its verdicts. It only matters for categorical columns of at most 1,000 reference
 values with more than two categories (and numeric ones with 3-5 distinct values): larger samples are
 decided by distances, where both agree.
+
+**Second departure: the Wasserstein norm's floor.** Evidently divides by ``max(std, 0.001)``, an absolute
+floor, so the "0.1 standard deviations" its threshold stands for became 0.1 thousandths for a column of
+small numbers: with a reference std of 1e-6, a shift of 10 deviations read 0.01 (no drift), and the verdict
+changed with the unit. modelyard divides by the standard deviation whatever its size, and uses Evidently's
+0.001 only for a reference without spread (a constant column), where the two agree. Verdicts differ only
+for columns whose reference std is below 0.001.
+
+Both the distance (a mean over all values) and its norm (a standard deviation) are led by outliers: a few
+extreme reference values can hide a shift of the whole bulk, and a few extreme current values can make the
+verdict alone. The verdict stays Evidently's, but the column then carries a note saying so, with the
+distance in the reference's robust spread (interquartile range / 1.349, ``std_reference_robust``) or
+without the current values beyond the reference's range, beside the K-S p-value and PSI.
+
+A column decided by a p-value also reports the smallest p-value its test can give at these sample sizes
+(``smallest_p_value``, that of two samples with nothing in common), and a note where even that does not
+reach the threshold: 3 values against 3 cannot drift under K-S (p >= 0.1), which is not the same as no drift.
 
 Every numeric column also reports PSI (10 bins at the reference's quantiles, shares below 1e-4 raised to
 1e-4), the Kolmogorov-Smirnov statistic and p-value, and the raw and normed Wasserstein distance; every
@@ -117,6 +135,8 @@ TEXT_DISTINCT_SHARE = 0.5
 #: scipy.stats.ks_2samp computes exact p-values up to this many values per sample (MAX_AUTO_N)
 KS_EXACT_MAX = 10_000
 WASSERSTEIN_MIN_NORM = 0.001
+#: interquartile range of a normal distribution, in standard deviations (2 * 0.6745)
+IQR_PER_STD = 1.349
 
 # ---- modelyard's own choices ----
 PSI_BINS = 10
@@ -805,7 +825,40 @@ def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, optio
         r_texts, r_missing = _texts(ref)
         c_texts, c_missing = _texts(cur)
         result = _text_drift(name, r_texts, c_texts, r_missing, c_missing, options)
+    if kind != "text" and result.statistic_kind == "p_value":
+        result = _with_power(result, options.chisquare)
     return _with_seconds(result, time.perf_counter() - started)
+
+
+def _with_power(col: ColumnDrift, chisquare: ChiSquareMode) -> ColumnDrift:
+    """Add the smallest p-value the deciding test can give at these sample sizes (that of two samples with
+    nothing in common), and a note where even that does not reach the threshold: 3 values against 3 are
+    "no drift" at best p = 0.1 however different they are, which is too few values to tell, not a match."""
+    from scipy import special
+
+    n_r, n_c = col.reference_count, col.current_count
+    n = n_r + n_c
+    k = col.stats["distinct_values"] if col.kind == "numeric" else col.stats["chisquare_dof"] + 1
+    if col.test == "ks":  # exact: both orders of two separated samples, out of C(n, n_r) arrangements
+        log_arrangements = math.lgamma(n + 1) - math.lgamma(n_r + 1) - math.lgamma(n_c + 1)
+        smallest = min(1.0, 2 * math.exp(-log_arrangements))
+    elif k < 2:  # one value, the same on both sides: nothing could differ
+        return col
+    elif col.test == "z":  # |z| is at most sqrt(n), when each sample holds one of the two values
+        smallest = float(2 * special.ndtr(-math.sqrt(n)))
+    elif chisquare == "two-sample":  # Pearson's statistic on a 2 x k table is at most n
+        smallest = float(special.chdtrc(k - 1, n))
+    else:  # Evidently's goodness-of-fit statistic is unbounded (a new category makes it infinite)
+        smallest = 0.0
+    stats = {**col.stats, "smallest_p_value": smallest}
+    if _drifted(col.test, smallest, col.threshold):
+        return replace(col, stats=stats)
+    note = (
+        f"with {n_r:,} reference and {n_c:,} current values the {col.test_name} cannot reach the "
+        f"{_fmt(col.threshold)} threshold (its smallest value here is {_fmt(smallest)}): no drift here means "
+        "too few values to tell, not the same distribution"
+    )
+    return replace(col, stats=stats, notes=(*col.notes, note))
 
 
 def _with_seconds(col: ColumnDrift, seconds: float) -> ColumnDrift:
@@ -840,7 +893,10 @@ def _numeric_drift(
     ks_d, wasserstein, distinct = _merged_stats(r_s, c_s)
     ks_d, ks_p = _ks_p_value(r_s, c_s, ks_d)
     std_r = _std(r)
-    normed = wasserstein / max(std_r, WASSERSTEIN_MIN_NORM)
+    norm = _wasserstein_norm(std_r, r_s)
+    normed = wasserstein / norm
+    q1, q3 = _quantiles_sorted(r_s, np.array([0.25, 0.75]))
+    robust_std = float(q3 - q1) / IQR_PER_STD
     stats: dict[str, Any] = {
         "ks_statistic": ks_d,
         "ks_p_value": ks_p,
@@ -850,6 +906,7 @@ def _numeric_drift(
         "mean_reference": float(np.mean(r)),
         "mean_current": float(np.mean(c)),
         "std_reference": std_r,
+        "std_reference_robust": robust_std,
         "std_current": _std(c),
         "distinct_values": distinct,
     }
@@ -869,20 +926,58 @@ def _numeric_drift(
         statistic = _category_test(test, ref_counts, cur_counts, options.chisquare)
     if threshold is None:
         threshold = P_VALUE_THRESHOLD if test in _P_VALUE_TESTS else DISTANCE_THRESHOLD
+    drifted = _drifted(test, float(statistic), threshold)
+    notes: list[str] = []
+    if test == "wasserstein":
+        notes = _wasserstein_notes(r_s, c_s, stats, norm, threshold, drifted)
     return ColumnDrift(
         name=name,
         kind="numeric",
         test=test,
         statistic=float(statistic),
         threshold=threshold,
-        drifted=_drifted(test, float(statistic), threshold),
+        drifted=drifted,
         reference_count=n_r,
         current_count=n_c,
         reference_missing=r_missing,
         current_missing=c_missing,
         stats=stats,
         plot=_histogram(r_s, c_s),
+        notes=tuple(notes),
     )
+
+
+def _wasserstein_notes(
+    r_s: FloatArray, c_s: FloatArray, stats: Mapping[str, Any], norm: float, threshold: float, drifted: bool
+) -> list[str]:
+    """What to read beside a Wasserstein verdict that a handful of extreme values made. The distance is a
+    mean over all values and its norm a standard deviation, and both are led by outliers: a few extreme
+    reference values inflate the norm until a shift of the whole bulk reads as none, and a few extreme
+    current values carry the distance past the threshold alone. The verdict stays Evidently's."""
+    robust, ks_p = stats["std_reference_robust"], stats["ks_p_value"]
+    # Heavy tails on both sides alone put the distance in the robust spread above the threshold: the K-S
+    # test (ranks: outliers weigh as any value) must see a difference too.
+    if not drifted and 0 < 3 * robust < stats["std_reference"] and ks_p <= P_VALUE_THRESHOLD:
+        robust_normed = stats["wasserstein"] / robust
+        if robust_normed >= threshold:
+            return [
+                f"the reference's standard deviation ({_fmt(stats['std_reference'])}) is inflated by a few "
+                f"extreme values (its interquartile range implies {_fmt(robust)}); in that spread the "
+                f"distance is {_fmt(robust_normed)}, at or above the {_fmt(threshold)} threshold, so a shift "
+                f"of most values may be hidden (K-S p-value {_fmt(ks_p)}, PSI {_fmt(stats['psi'])})"
+            ]
+    lo, hi = r_s[0], r_s[-1]
+    beyond = int(np.searchsorted(c_s, lo, side="left") + c_s.size - np.searchsorted(c_s, hi, "right"))
+    if drifted and 0 < beyond <= c_s.size / 100:  # a handful: more beyond the range is a shift of its own
+        inside = _merged_stats(r_s, np.clip(c_s, lo, hi))[1] / norm
+        if inside < threshold:
+            return [
+                f"{beyond:,} current values ({beyond / c_s.size:.2%}) lie beyond the reference's range "
+                f"[{_fmt(float(lo))}, {_fmt(float(hi))}] and make the verdict: moved to its edge, the normed "
+                f"distance is {_fmt(inside)}, below the {_fmt(threshold)} threshold (K-S p-value "
+                f"{_fmt(ks_p)}, PSI {_fmt(stats['psi'])})"
+            ]
+    return []
 
 
 def _merged_stats(r_s: FloatArray, c_s: FloatArray) -> tuple[float, float, int]:
@@ -982,6 +1077,17 @@ def _std(x: FloatArray) -> float:
         return std
     scale = float(np.max(np.abs(x)))
     return float(np.std(x / scale)) * scale
+
+
+def _wasserstein_norm(std_r: float, r_s: FloatArray) -> float:
+    """The reference's standard deviation, or Evidently's WASSERSTEIN_MIN_NORM where it has none.
+
+    Evidently divides by ``max(std, 0.001)``, an absolute floor: a column of small numbers (std 1e-4, a rate
+    or a length in km) was measured in thousandths, and even a shift of many deviations stayed under 0.1.
+    The floor is kept only for a reference without spread: np.std of a constant is 0 or rounding noise of
+    its magnitude (relative 1e-16 or so), and dividing by that would make any change infinite."""
+    magnitude = max(abs(float(r_s[0])), abs(float(r_s[-1])))
+    return std_r if std_r > magnitude * 1e-12 else WASSERSTEIN_MIN_NORM
 
 
 def _bin_counts(x_s: FloatArray, inner_edges: FloatArray) -> IntArray:

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,16 +23,21 @@ from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import NotFoundError, UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DIGITS = re.compile(r"[0-9]+\Z")
 
 
 def parse_window(text: str) -> timedelta:
     """``90s``, ``30m``, ``1h``, ``7d`` -> a timedelta (at most 366 days)."""
     t = text.strip().lower() if isinstance(text, str) else ""
-    if len(t) < 2 or t[-1] not in _UNITS or not t[:-1].isdigit() or int(t[:-1]) < 1:
-        raise UsageError(f"window {text!r}: expected a number and a unit, such as 30m, 1h or 7d")
-    seconds = int(t[:-1]) * _UNITS[t[-1]]
+    # ASCII digits only: str.isdigit also takes '²' (which int() refuses) and other scripts' digits
+    digits = t[:-1].lstrip("0")
+    shown = f"{text[:20]!r}..." if isinstance(text, str) and len(text) > 20 else repr(text)
+    if len(t) < 2 or t[-1] not in _UNITS or not _DIGITS.match(t[:-1]) or not digits:
+        raise UsageError(f"window {shown}: expected a number and a unit, such as 30m, 1h or 7d")
+    # more than 9 digits is over a year in any unit, and int() refuses over 4,300
+    seconds = int(digits) * _UNITS[t[-1]] if len(digits) <= 9 else math.inf
     if seconds > 366 * 86400:
-        raise UsageError(f"window {text!r} is longer than a year")
+        raise UsageError(f"window {shown} is longer than a year")
     return timedelta(seconds=seconds)
 
 

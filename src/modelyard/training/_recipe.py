@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -671,7 +672,11 @@ def _message(err: Mapping[str, Any], root: type[BaseModel] | None = None) -> str
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    # reprlib, not repr: YAML anchors let a 1 KiB file stand for billions of shared strings (an alias
+    # bomb), and a full repr of the offending value would walk every one of them.
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 4, 4, 60, 60
+    text = short.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
