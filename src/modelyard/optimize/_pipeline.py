@@ -271,6 +271,9 @@ def optimize(
     resource = f"model:{spec}"
     platform.authorize(ctx, "model.register", resource)
     try:  # refused before anything is downloaded or measured, and on record like other refusals
+        from modelyard.optimize._onnx import require
+
+        require("yard optimize", "torch", "transformers", "onnx", "onnxruntime")  # every run exports
         limits = parse_budget(budget or {"rougeL": -0.01})
         given = {
             "max_samples": max_samples,

@@ -1,0 +1,51 @@
+"""`yard optimize` and its steps on bad input or a failure part-way: a clear modelyard error, on record, and
+nothing written or registered."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from _onnx_tiny import Tiny, tiny  # tests/optimize/_onnx_tiny.py
+from sqlalchemy import select
+
+from modelyard.core import Platform
+from modelyard.core._models import AuditRecord
+from modelyard.errors import UsageError
+from modelyard.optimize import export_onnx, optimize, quantize_int8
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return tiny(tmp_path_factory)
+
+
+def _refused(platform: Platform) -> list[tuple[str, str]]:
+    with platform.db.read() as s:
+        rows = s.scalars(select(AuditRecord).where(AuditRecord.outcome == "refused")).all()
+    return [(r.action, r.resource) for r in rows]
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_a_missing_optimize_extra_is_named_before_any_work(
+    missing: str, model: Tiny, platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each was an unexpected ModuleNotFoundError, and `yard optimize` met it only after it had downloaded
+    # and measured the parent.
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import onnx` meets where it is not installed
+    work = tmp_path / "work"
+    work.mkdir()
+    for call in (
+        lambda: export_onnx(model.model_dir, work / "onnx"),
+        lambda: quantize_int8(model.onnx_dir, work / "int8"),
+    ):
+        with pytest.raises(UsageError, match=rf"needs {missing}\b.*pip install 'modelyard\[optimize\]'"):
+            call()
+    assert list(work.iterdir()) == []
+    ctx = platform.context()
+    with pytest.raises(UsageError, match=rf"needs {missing}\b"):
+        optimize(platform, ctx, "m@1")
+    assert _refused(platform) == [("model.register", "model:m@1")]
