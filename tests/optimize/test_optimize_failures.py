@@ -13,7 +13,7 @@ from sqlalchemy import select
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
 from modelyard.errors import UsageError
-from modelyard.optimize import export_onnx, optimize, quantize_int8
+from modelyard.optimize import export_onnx, optimize, prune_model, quantize_int8
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +49,17 @@ def test_a_missing_optimize_extra_is_named_before_any_work(
     with pytest.raises(UsageError, match=rf"needs {missing}\b"):
         optimize(platform, ctx, "m@1")
     assert _refused(platform) == [("model.register", "model:m@1")]
+
+
+def test_an_output_below_a_file_is_a_clear_error(model: Tiny, tmp_path: Path) -> None:
+    # mkdir of the staging folder's parent raised a bare FileExistsError
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"
+    for call in (
+        lambda: export_onnx(model.model_dir, out),
+        lambda: quantize_int8(model.onnx_dir, out),
+        lambda: prune_model(model.model_dir, out, amount=0.3),
+    ):
+        with pytest.raises(UsageError, match=r"cannot create the output directory .*file"):
+            call()
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

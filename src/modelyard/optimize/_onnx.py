@@ -290,8 +290,14 @@ def make_staging(out: Path) -> Path:
     """A new hidden directory next to ``out`` (same filesystem, so the final rename is atomic)."""
     from modelyard.core._paths import temp_prefix
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
+    except OSError as exc:  # a file on the way, no permission: was a bare FileExistsError/PermissionError
+        raise UsageError(
+            f"cannot create the output directory {out}: {exc.strerror or exc} "
+            f"({exc.filename or out.parent}); choose another"
+        ) from None
 
 
 def graph_table(layers: int) -> dict[str, Any]:
