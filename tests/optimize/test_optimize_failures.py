@@ -13,7 +13,7 @@ from sqlalchemy import select
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
 from modelyard.errors import UsageError
-from modelyard.optimize import export_onnx, optimize, prune_model, quantize_int8
+from modelyard.optimize import export_onnx, optimize, parse_budget, prune_model, quantize_int8
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +63,10 @@ def test_an_output_below_a_file_is_a_clear_error(model: Tiny, tmp_path: Path) ->
         with pytest.raises(UsageError, match=r"cannot create the output directory .*file"):
             call()
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+@pytest.mark.parametrize("budget", ["rougeL=-" + "9" * 400, {"bleu": 1e400}])
+def test_a_budget_beyond_any_number_is_refused(budget: object) -> None:
+    # 400 digits parsed as -inf: every variant was within it, and `--json` printed -Infinity (not JSON)
+    with pytest.raises(UsageError):
+        parse_budget(budget)  # type: ignore[arg-type]

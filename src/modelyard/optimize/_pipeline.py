@@ -67,7 +67,10 @@ def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, f
             raise UsageError(f"budget: unknown metric {m[1]!r}; expected one of {', '.join(METRICS)}")
         if m[1] in out:  # which one was meant? (the last used to win silently)
             raise UsageError(f"budget: {m[1]} is given twice; give each metric once")
-        out[m[1]] = float(m[2])
+        bound = float(m[2])
+        if not math.isfinite(bound):  # 400 digits are -inf: every variant within it, -Infinity in --json
+            raise UsageError(f"budget {m[1]}: the bound is too large to be a number; give one such as -0.01")
+        out[m[1]] = bound
     if not out:
         raise UsageError("give an accuracy budget such as rougeL=-0.01")
     return out
