@@ -10,6 +10,7 @@ import pytest
 from _onnx_tiny import Tiny, tiny  # tests/optimize/_onnx_tiny.py
 from sqlalchemy import select
 
+from modelyard import registry
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
 from modelyard.errors import UsageError
@@ -70,3 +71,13 @@ def test_a_budget_beyond_any_number_is_refused(budget: object) -> None:
     # 400 digits parsed as -inf: every variant was within it, and `--json` printed -Infinity (not JSON)
     with pytest.raises(UsageError):
         parse_budget(budget)  # type: ignore[arg-type]
+
+
+def test_no_evaluation_data_is_a_refusal_on_record(model: Tiny, platform: Platform) -> None:
+    # A version registered from a directory names no held-out data: refused, but not audited (the check
+    # ran after the others, outside the refusal's record).
+    ctx = platform.context()
+    spec = registry.register(platform, ctx, model.model_dir, "plain").spec
+    with pytest.raises(UsageError, match="names no held-out dataset version"):
+        optimize(platform, ctx, spec)
+    assert _refused(platform) == [("model.register", f"model:{spec}")]

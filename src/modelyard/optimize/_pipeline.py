@@ -306,9 +306,10 @@ def optimize(
                 "manifest.json), which the ONNX export needs; load it, save it with "
                 "modelyard.training.save_model and register that directory"
             )
+        # no held-out data, or --data naming what is not there: refused on record too
+        evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
     except YardError as exc:
         raise platform.refuse(ctx, "model.register", resource, exc) from None
-    evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
     measure = dict(max_new_tokens=max_new_tokens, samples=latency_samples, threads=threads)
     with tempfile.TemporaryDirectory(prefix="yard-optimize-") as tmp_name:
         tmp = Path(tmp_name)
