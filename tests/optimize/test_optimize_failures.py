@@ -81,3 +81,33 @@ def test_no_evaluation_data_is_a_refusal_on_record(model: Tiny, platform: Platfo
     with pytest.raises(UsageError, match="names no held-out dataset version"):
         optimize(platform, ctx, spec)
     assert _refused(platform) == [("model.register", f"model:{spec}")]
+
+
+def test_a_failure_while_measuring_registers_no_variant(
+    model: Tiny, platform: Platform, tmp_path: Path
+) -> None:
+    # Each variant was registered as soon as it was measured: stopping while the INT8 one was measured
+    # (Ctrl-C, a runtime error) left the FP32 one registered with no report of the run, and running
+    # `yard optimize` again registered it a second time.
+    from modelyard.data import add_version
+    from modelyard.evaluation import EvalData
+    from modelyard.training import write_dataset
+
+    ctx = platform.context()
+    files = write_dataset(tmp_path / "data", 40, seed=2)
+    add_version(platform, ctx, files[0].parent, "norm")
+    spec = registry.register(platform, ctx, model.model_dir, "m").spec
+
+    def interrupt(message: str) -> None:
+        if message == "measuring onnx-int8":
+            raise KeyboardInterrupt
+
+    settings = dict(data=EvalData(dataset="norm@1"), max_samples=4, max_new_tokens=4, latency_samples=1)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(platform, ctx, spec, progress=interrupt, **settings)  # type: ignore[arg-type]
+    assert [v.spec for v in registry.list_versions(platform, ctx, "m")] == [spec]
+    said: list[str] = []
+    report = optimize(platform, ctx, spec, progress=said.append, **settings)  # type: ignore[arg-type]
+    assert [v.spec for v in report.variants] == ["m@2", "m@3"]
+    measured = [i for i, m in enumerate(said) if m.startswith("measuring onnx")]
+    assert max(measured) < min(i for i, m in enumerate(said) if m.startswith("registering"))

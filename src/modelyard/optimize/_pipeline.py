@@ -371,15 +371,21 @@ def optimize(
             candidates.append(("distilled", student, result.run_id, None))
             onnx_forms(student, "distilled-", result.run_id)
 
-        variants: list[Measured] = []
-        registered_as: dict[str, str] = {}  # variant -> NAME@V
+        # Every candidate is measured before any is registered: a failure or Ctrl-C while measuring (the
+        # long part) registers nothing, where variants registered one by one stayed behind, and a second
+        # run registered them again.
+        measured: list[tuple[str, Path, str | None, str | None, Measured, Any]] = []
         for variant, root, trained_by, source in candidates:
-            parent = registered_as[source] if source is not None else info.spec
             say(f"measuring {variant}")
             m, scores = _measure(root, variant, rows, **measure)  # type: ignore[arg-type]
             m.delta = {k: m.metrics[k] - baseline.metrics[k] for k in METRICS}
             m.speedup = baseline.p50_ms / m.p50_ms if m.p50_ms > 0 else 0.0
             judge(m, limits)
+            measured.append((variant, root, trained_by, source, m, scores))
+        variants: list[Measured] = []
+        registered_as: dict[str, str] = {}  # variant -> NAME@V
+        for variant, root, trained_by, source, m, scores in measured:
+            parent = registered_as[source] if source is not None else info.spec
             report = _report(
                 scores,
                 rows,
