@@ -257,6 +257,28 @@ def test_an_alias_is_not_moved_onto_a_tampered_version(platform: Platform, model
     assert registry.rollback(platform, ctx, "t5", "staging").version == 1
 
 
+def test_a_deployment_is_not_pointed_at_a_tampered_version(platform: Platform, model_dir: Path) -> None:
+    """As for an alias: a canary (or shadow) of a version whose stored bytes changed was recorded, and every
+    server then failed to load it, retrying each minute, while `yard deploy` had said nothing."""
+    from modelyard.serving import deploy
+    from modelyard.serving._deploy import current
+
+    ctx = platform.context()
+    registry.register(platform, ctx, model_dir, "t5")
+    second = registry.register(platform, ctx, model_dir, "t5")
+    _, manifest = registry.read_manifest(platform, ctx, "t5@2")
+    weights = next(f for f in manifest["files"] if f["path"] == "model.safetensors")
+    path, offset = stored_object(platform, weights["sha256"])
+    flip_byte(path, offset + 5000)
+    for mode, weight in (("canary", 10), ("shadow", 0)):
+        with pytest.raises(IntegrityError, match=r"t5@2: file model\.safetensors"):
+            deploy(platform, ctx, "t5", version=second.version, mode=mode, weight=weight)
+    assert current(platform, ctx, "t5") is None
+    assert audit_outcomes(platform, "model.deploy") == ["refused", "refused"]
+    flip_byte(path, offset + 5000)  # mended: the canary goes through
+    assert deploy(platform, ctx, "t5", version=2, mode="canary", weight=10).candidate == 2
+
+
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [

@@ -47,6 +47,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 14, 20
 #: models with more bytes of weights than this are optimised with external data (protobuf caps files at 2 GiB)
 EXTERNAL_DATA_THRESHOLD = 1536 << 20
+#: the extra that installs each module the ONNX steps import
+EXTRAS = {"torch": "train", "transformers": "train", "onnx": "optimize", "onnxruntime": "optimize"}
 #: texts the tokenizer check encodes (ASCII, accents, symbols, digits, repeated and edge whitespace)
 _TOKENIZER_PROBES = (
     "normalise date (en-US): 7/12/2003",
@@ -71,6 +73,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int | None
 
     src = Path(model_dir)
     out = Path(out_dir)
+    require("ONNX export", "torch", "transformers", "onnx", "onnxruntime")
     opset = _check_opset(opset)
     check_target(out)
     check_outside(src, out)
@@ -140,6 +143,24 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int | None
 
 
 # -- checks on the input ------------------------------------------------------------------------------------
+
+
+def require(what: str, *modules: str) -> None:
+    """A UsageError naming the extra to install when one of ``modules`` is not installed, before any work: the
+    import, deep inside the step, was an unexpected ModuleNotFoundError (after `yard optimize` had downloaded
+    and measured the parent)."""
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
+    missing = [m for m in modules if not installed(m)]
+    if missing:
+        extras = " ".join(f"'modelyard[{e}]'" for e in sorted({EXTRAS[m] for m in missing}, reverse=True))
+        raise UsageError(f"{what} needs {', '.join(missing)} (not installed): pip install {extras}")
 
 
 def _check_opset(opset: int | None) -> int:
@@ -269,8 +290,14 @@ def make_staging(out: Path) -> Path:
     """A new hidden directory next to ``out`` (same filesystem, so the final rename is atomic)."""
     from modelyard.core._paths import temp_prefix
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
+    except OSError as exc:  # a file on the way, no permission: was a bare FileExistsError/PermissionError
+        raise UsageError(
+            f"cannot create the output directory {out}: {exc.strerror or exc} "
+            f"({exc.filename or out.parent}); choose another"
+        ) from None
 
 
 def graph_table(layers: int) -> dict[str, Any]:

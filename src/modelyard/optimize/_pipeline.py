@@ -67,7 +67,10 @@ def parse_budget(text: str | Sequence[str] | Mapping[str, float]) -> dict[str, f
             raise UsageError(f"budget: unknown metric {m[1]!r}; expected one of {', '.join(METRICS)}")
         if m[1] in out:  # which one was meant? (the last used to win silently)
             raise UsageError(f"budget: {m[1]} is given twice; give each metric once")
-        out[m[1]] = float(m[2])
+        bound = float(m[2])
+        if not math.isfinite(bound):  # 400 digits are -inf: every variant within it, -Infinity in --json
+            raise UsageError(f"budget {m[1]}: the bound is too large to be a number; give one such as -0.01")
+        out[m[1]] = bound
     if not out:
         raise UsageError("give an accuracy budget such as rougeL=-0.01")
     return out
@@ -271,6 +274,9 @@ def optimize(
     resource = f"model:{spec}"
     platform.authorize(ctx, "model.register", resource)
     try:  # refused before anything is downloaded or measured, and on record like other refusals
+        from modelyard.optimize._onnx import require
+
+        require("yard optimize", "torch", "transformers", "onnx", "onnxruntime")  # every run exports
         limits = parse_budget(budget or {"rougeL": -0.01})
         given = {
             "max_samples": max_samples,
@@ -300,9 +306,10 @@ def optimize(
                 "manifest.json), which the ONNX export needs; load it, save it with "
                 "modelyard.training.save_model and register that directory"
             )
+        # no held-out data, or --data naming what is not there: refused on record too
+        evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
     except YardError as exc:
         raise platform.refuse(ctx, "model.register", resource, exc) from None
-    evaluated_on, rows = _eval_rows(platform, ctx, info.spec, data, max_samples)
     measure = dict(max_new_tokens=max_new_tokens, samples=latency_samples, threads=threads)
     with tempfile.TemporaryDirectory(prefix="yard-optimize-") as tmp_name:
         tmp = Path(tmp_name)
@@ -364,15 +371,21 @@ def optimize(
             candidates.append(("distilled", student, result.run_id, None))
             onnx_forms(student, "distilled-", result.run_id)
 
-        variants: list[Measured] = []
-        registered_as: dict[str, str] = {}  # variant -> NAME@V
+        # Every candidate is measured before any is registered: a failure or Ctrl-C while measuring (the
+        # long part) registers nothing, where variants registered one by one stayed behind, and a second
+        # run registered them again.
+        measured: list[tuple[str, Path, str | None, str | None, Measured, Any]] = []
         for variant, root, trained_by, source in candidates:
-            parent = registered_as[source] if source is not None else info.spec
             say(f"measuring {variant}")
             m, scores = _measure(root, variant, rows, **measure)  # type: ignore[arg-type]
             m.delta = {k: m.metrics[k] - baseline.metrics[k] for k in METRICS}
             m.speedup = baseline.p50_ms / m.p50_ms if m.p50_ms > 0 else 0.0
             judge(m, limits)
+            measured.append((variant, root, trained_by, source, m, scores))
+        variants: list[Measured] = []
+        registered_as: dict[str, str] = {}  # variant -> NAME@V
+        for variant, root, trained_by, source, m, scores in measured:
+            parent = registered_as[source] if source is not None else info.spec
             report = _report(
                 scores,
                 rows,

@@ -42,13 +42,12 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard.errors import AlreadyExistsError, NotFoundError, UsageError, ValidationError
-from modelyard.optimize._onnx import check_outside
+from modelyard.optimize._onnx import check_outside, check_target, make_staging
 
 if TYPE_CHECKING:
     from modelyard.core import Context, Platform
@@ -125,7 +124,7 @@ def prune_model(
         raise ValidationError(f"scope must be 'layer' or 'global', not {scope!r}")
     src = Path(model_dir)
     out = Path(out_dir)
-    _check_target(out)
+    check_target(out)
     check_outside(src, out)
     if finetune is not None and client is None and platform is None:
         raise UsageError(
@@ -163,7 +162,7 @@ def prune_model(
             masks = _prune_unstructured(layers, amount, scope)
             removed = 0
 
-    stage = _make_staging(out)
+    stage = make_staging(out)
     try:
         pruned_dir = save_model(model, tokenizer, stage / "pruned")
         run_id: str | None = None
@@ -202,7 +201,7 @@ def prune_model(
             finetune_run_id=run_id,
             metrics=metrics,
         )
-        _check_target(out)
+        check_target(out)
         try:
             final.rename(out)  # replaces an empty directory; fails on a non-empty one
         except OSError as exc:
@@ -419,24 +418,6 @@ def _check_amount(amount: Any) -> float:
             f"got {value:g}"
         )
     return value
-
-
-def _check_target(out: Path) -> None:
-    """``out`` must not exist, or be an empty directory (nothing is overwritten)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise AlreadyExistsError(f"{out} exists and is not a directory; choose another output directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise AlreadyExistsError(
-            f"output directory {out} is not empty; remove it or choose another one (nothing is overwritten)"
-        )
-
-
-def _make_staging(out: Path) -> Path:
-    """A new hidden directory next to ``out`` (same filesystem, so the final rename is atomic)."""
-    from modelyard.core._paths import temp_prefix
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
 
 
 def _tokenizer(src: Path) -> Any:

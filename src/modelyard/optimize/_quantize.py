@@ -43,6 +43,7 @@ from modelyard.optimize._onnx import (
     check_target,
     finish,
     make_staging,
+    require,
     share_weights,
 )
 from modelyard.serving import _format as fmt
@@ -69,6 +70,7 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
     when it fails."""
     src = Path(onnx_dir)
     out = Path(out_dir)
+    require("INT8 quantisation", "onnx", "onnxruntime")
     meta = fmt.read_meta(src, verify=True)
     if meta.get("quantization"):
         raise UsageError(f"{src} is already quantised ({meta['quantization']}); quantise the FP32 export")

@@ -418,6 +418,19 @@ def _metrics(report: bytes | None) -> dict[str, float]:
     return metrics
 
 
+def _benchmark(benchmark: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The benchmark record as the manifest will hold it: a mapping of names to JSON values."""
+    if not benchmark:
+        return None
+    if not isinstance(benchmark, Mapping) or not all(isinstance(k, str) for k in benchmark):
+        raise UsageError("benchmark must map names to numbers or text, such as {'p50_ms': 12.5}")
+    try:  # NaN or an infinity would be signed into the manifest, which no strict JSON reader then reads
+        body: dict[str, Any] = json.loads(json.dumps(dict(benchmark), allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"benchmark must be JSON with finite numbers: {exc}") from None
+    return body
+
+
 def register(
     platform: Platform,
     ctx: Context,
@@ -492,6 +505,7 @@ def register(
                         f"cannot read the evaluation report {eval_report}: {exc.strerror or exc}"
                     ) from None
             metrics = _metrics(src.eval_report)
+            bench = _benchmark(benchmark)
             fmt = model_format(src.files)
             if variant is None:
                 variant = _default_variant(src.root, fmt)
@@ -518,7 +532,7 @@ def register(
             metrics=metrics,
             description=description,
             parent_row=parent_row,
-            benchmark=dict(benchmark) if benchmark else None,
+            benchmark=bench,
             since=since,
         )
 

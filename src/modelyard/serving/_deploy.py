@@ -102,6 +102,15 @@ def deploy(
     majority = candidate is not None and mode in ("ab", "canary") and weight > MAX_UNAPPROVED_WEIGHT
     if majority:  # a candidate answering most requests is a promotion in all but name
         platform.authorize(ctx, "model.approve", resource)
+    if candidate is not None:
+        # Every byte checked, as before an alias moves: servers refuse to load a version that fails, and
+        # retried it each minute while the deployment said it was live.
+        from modelyard.registry import verify
+
+        try:
+            verify(platform, ctx, f"{name}@{candidate}")
+        except YardError as exc:
+            raise platform.refuse(ctx, "model.deploy", resource, exc) from None
     detail: dict[str, Any] = {"mode": mode, "version": candidate, "weight": weight}
     signed: tuple[str, dict[str, str]] | None = None
     if majority:  # four eyes reads who made it (and its parents) from the signed manifests, not the rows
