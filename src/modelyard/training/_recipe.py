@@ -835,9 +835,17 @@ def check_data(platform: Platform, ctx: Context, recipe: Recipe) -> dict[str, Ve
             found[role] = show(platform, ctx, spec)
         except NotFoundError as exc:
             missing.append(f"data.{role}: {spec} not found ({exc.message})")
+    read: dict[str, list[str]] = {}
+
+    def paths(info: VersionInfo) -> list[str]:
+        """The member paths of a version, each manifest read once (train, validation, test may share one)."""
+        if info.manifest_digest not in read:
+            read[info.manifest_digest] = [m.path for m in members(platform.artifacts, info.manifest_digest)]
+        return read[info.manifest_digest]
+
     if not missing and recipe.data.file is not None:
         for info in found.values():
-            if not any(m.path == recipe.data.file for m in members(platform.artifacts, info.manifest_digest)):
+            if recipe.data.file not in paths(info):
                 missing.append(
                     f"data.file: {recipe.data.file!r} is not a member of {info.name}@{info.version}"
                 )
@@ -850,9 +858,8 @@ def check_data(platform: Platform, ctx: Context, recipe: Recipe) -> dict[str, Ve
 
         unclear: list[str] = []
         for role, info in found.items():
-            paths = [m.path for m in members(platform.artifacts, info.manifest_digest)]
             try:
-                choose_member(paths, recipe.data, role=None if role == "dataset" else role)
+                choose_member(paths(info), recipe.data, role=None if role == "dataset" else role)
             except UsageError as exc:
                 why = exc.message.removeprefix("the dataset version ")
                 unclear.append(f"data.{role}: {info.name}@{info.version} {why}")
