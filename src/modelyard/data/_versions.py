@@ -951,20 +951,33 @@ def _unusable_dest(dest: Path, exc: OSError) -> UsageError:
     )
 
 
-def _case_insensitive(directory: Path) -> bool:
-    """True if ``directory``'s filesystem takes names that differ only in case for the same file (macOS and
-    Windows by default): a file made with a lower-case name is found under its upper-case one."""
-    fd, path = tempfile.mkstemp(prefix=".yard-case-", dir=directory)  # mkstemp's names are lower case
+def _same_file(
+    directory: Path, suffix: str, other_name: Callable[[str], str], *, unmakeable: bool | None = None
+) -> bool:
+    """Probe ``directory``'s filesystem: a temp file named ``.yard-case-<random><suffix>`` (mkstemp's random
+    part is lower case) is made, then looked up as ``other_name(its name)``; True if that finds the same
+    file. The probe is removed. A probe that cannot be made raises, or answers ``unmakeable`` if given."""
     try:
-        probe = os.fstat(fd)
+        fd, path = tempfile.mkstemp(prefix=".yard-case-", suffix=suffix, dir=directory)
+    except (OSError, UnicodeError):
+        if unmakeable is None:
+            raise
+        return unmakeable
+    try:
         try:
-            other = os.lstat(os.path.join(directory, os.path.basename(path).upper()))
+            other = os.lstat(os.path.join(directory, other_name(os.path.basename(path))))
         except FileNotFoundError:
             return False
-        return os.path.samestat(probe, other)
+        return os.path.samestat(os.fstat(fd), other)
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def _case_insensitive(directory: Path) -> bool:
+    """True if ``directory``'s filesystem takes names that differ only in case for the same file (macOS and
+    Windows by default): a file made with a lower-case name is found under its upper-case one."""
+    return _same_file(directory, "", str.upper)
 
 
 def _folds_fully(directory: Path) -> bool:
@@ -972,19 +985,7 @@ def _folds_fully(directory: Path) -> bool:
     casefold do (Unicode CaseFolding.txt C+F, then NFD); NTFS and HFS+ fold one character to one, so there
     "Straße" and "STRASSE" are two names. Probed like _case_insensitive: a temp file named with "ß" is
     looked up with "ss". A filesystem that cannot hold the name counts as folding fully (refuse more)."""
-    try:
-        fd, path = tempfile.mkstemp(prefix=".yard-fold-", suffix="\u00df", dir=directory)
-    except (OSError, UnicodeError):
-        return True
-    try:
-        try:
-            other = os.lstat(path[: -len("\u00df")] + "ss")
-        except FileNotFoundError:
-            return False
-        return os.path.samestat(os.fstat(fd), other)
-    finally:
-        os.close(fd)
-        os.unlink(path)
+    return _same_file(directory, "\u00df", lambda name: name[:-1] + "ss", unmakeable=True)
 
 
 # Both folds compare as Unicode's canonical caseless match does, NFD(fold(NFD(name))); an ASCII name, the
