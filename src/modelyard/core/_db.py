@@ -139,7 +139,7 @@ class _WriterLock:
         except BlockingIOError:
             pass
         except OSError as exc:
-            raise BackendError(f"cannot take the metadata store's write lock {path}: {exc}") from exc
+            raise _unusable(path, exc) from exc
         # Contended. A blocking flock, which the kernel grants as soon as the holder lets go (polling
         # would let a writer that takes it again at once starve the others past the timeout), waited
         # for in a helper thread so that the wait can be given up. On a descriptor of its own: a lock
@@ -147,7 +147,7 @@ class _WriterLock:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise BackendError(f"cannot take the metadata store's write lock {path}: {exc}") from exc
+            raise _unusable(path, exc) from exc
         mutex, done, gave_up, failed = threading.Lock(), threading.Event(), [False], list[OSError]()
 
         def release() -> None:
@@ -191,13 +191,17 @@ class _WriterLock:
             )
         if failed:
             release()
-            raise BackendError(f"cannot take the metadata store's write lock {path}: {failed[0]}")
+            raise _unusable(path, failed[0])
         return fd
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _unusable(path: str, exc: OSError) -> BackendError:
+    return BackendError(f"cannot take the metadata store's write lock {path}: {exc}")
 
 
 _STORES: weakref.WeakSet[MetadataStore] = weakref.WeakSet()
