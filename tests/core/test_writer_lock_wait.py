@@ -157,3 +157,23 @@ def test_a_lock_file_that_cannot_be_opened_is_a_clear_error_that_blocks_no_other
     lock.rmdir()
     assert _in_thread(lambda: _write(store, "y")) == [None]
     assert _count(store) == 1
+
+
+def test_a_write_inside_another_write_of_the_same_store_fails_at_once(tmp_path: Path) -> None:
+    """SQLite lets one writer in at a time: a write started inside another on the same thread waited for
+    itself, for the whole busy timeout (60 s), then failed with "database is locked". It fails at once,
+    saying why, and the outer write is unharmed."""
+    store = MetadataStore(f"sqlite:///{tmp_path / 'yard.db'}", write_lock_timeout_s=30)
+    try:
+        started = time.monotonic()
+        with store.write() as outer:
+            append(outer, actor="a", project="p", action="x.outer", resource="r", outcome="ok")
+            with pytest.raises(BackendError, match="inside another write"), store.write() as inner:
+                append(inner, actor="a", project="p", action="x.inner", resource="r", outcome="ok")
+        assert time.monotonic() - started < 5
+        with store.read() as s:
+            assert s.scalar(select(func.count()).select_from(AuditRecord)) == 1
+        with store.write() as again:  # the lock is not left held
+            append(again, actor="a", project="p", action="x.after", resource="r", outcome="ok")
+    finally:
+        store.dispose()

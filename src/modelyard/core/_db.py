@@ -74,15 +74,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _sqlite_begin(conn: Any) -> None:
-    # Writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction that later tries to
-    # upgrade fails with SQLITE_BUSY without waiting, which is where "database is locked" comes from.
-    if conn.get_execution_options().get("yard_write"):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
-
-
 class _WriterLock:
     """Queues SQLite writers (threads and processes) on an flock before BEGIN IMMEDIATE.
 
@@ -268,9 +259,10 @@ class MetadataStore:
             raise BackendError(f"cannot create database engine for {self.safe_url}: {exc}") from exc
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine, "begin", _sqlite_begin)
+            event.listen(self.engine, "begin", self._sqlite_begin)
         self._write_engine = self.engine.execution_options(yard_write=True)
         self._writer = _WriterLock(self._sqlite_file())
+        self._writing = threading.local()  # .began: this thread's write transaction has begun
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         _STORES.add(self)
@@ -305,13 +297,35 @@ class MetadataStore:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A short write transaction: commits on success, rolls back on any exception."""
-        with (
-            self._writer.held(self.write_lock_timeout_s),
-            self._wrap_errors(),
-            self._write() as session,
-            session.begin(),
-        ):
-            yield session
+        inner = getattr(self._writing, "began", False)
+        try:
+            with (
+                self._writer.held(self.write_lock_timeout_s),
+                self._wrap_errors(),
+                self._write() as session,
+                session.begin(),
+            ):
+                yield session
+        finally:
+            if not inner:
+                self._writing.began = False
+
+    def _sqlite_begin(self, conn: Any) -> None:
+        # Writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction that later tries to
+        # upgrade fails with SQLITE_BUSY without waiting, which is where "database is locked" comes from.
+        if not conn.get_execution_options().get("yard_write"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if getattr(self._writing, "began", False):
+            # SQLite lets one writer in at a time: this one would wait for the busy timeout on the write
+            # this very thread has open, then fail with "database is locked".
+            raise BackendError(
+                f"a write to the metadata store {self.safe_url} was started inside another write of this "
+                "thread, which SQLite cannot run at once: it would wait for itself. Finish the first write "
+                "before the second (a bug in the caller)"
+            )
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        self._writing.began = True
 
     def _sqlite_file(self) -> str | None:
         path = make_url(self.url).database if self.dialect == "sqlite" else None
@@ -332,6 +346,7 @@ class MetadataStore:
         """In a forked child: leave the parent's pooled connections to the parent (two processes on one
         connection corrupt it) and open a writer lock of its own; both are made again on first use."""
         self.engine.dispose(close=False)
+        self._writing = threading.local()  # a write the forking thread had open is the parent's
         old, self._writer = self._writer, _WriterLock(self._sqlite_file())
         for fd in {old._fd, old._held}:
             if fd is not None:
