@@ -129,6 +129,7 @@ def _show(result: MonitorResult, json_out: bool) -> None:
                 "quiet": result.quiet,
                 "retrains": result.retrains,
                 "problems": result.problems,
+                "unjudged": result.unjudged,
                 "fired": [
                     {
                         "rule": f.rule,
@@ -159,3 +160,5 @@ def _show(result: MonitorResult, json_out: bool) -> None:
         console.print(line, markup=False)
     for line in result.problems:
         console.print(f"warning: {line}", markup=False)
+    for line in result.unjudged:
+        console.print(line, markup=False)

@@ -7,7 +7,7 @@ cooldown: 1h                        # a rule that fired stays quiet this long
 rules:
   - {name: input drift, when: drift.input > 0, actions: [log, retrain]}
   - {name: quality drop, when: quality_drop.rougeL > 0.05, actions: [log, webhook]}
-  - {name: slow, when: latency.p95_ms > 500, actions: [webhook]}
+  - {name: slow, when: latency.p95_ms > 500, min_samples: 50, actions: [webhook]}
 webhook: {url: https://hooks.example/yard, allow_hosts: [hooks.example], allow_networks: []}
 retrain:
   recipe: examples/flan-t5/recipe-tiny.yaml    # submitted as a job with its datasets at their newest versions
@@ -19,7 +19,10 @@ Signals: ``drift.share`` (share of drifted columns), ``drift.input`` / ``drift.o
 drifted), ``quality.<metric>`` and ``quality_drop.<metric>`` (evaluation minus now, from feedback),
 ``latency.p50_ms`` / ``latency.p95_ms`` and ``requests`` from the prediction log. A rule's condition is
 ``SIGNAL OP NUMBER`` (parsed, never evaluated); a signal without data (no feedback yet) never fires, and
-a condition no value of its signal can meet (``drift.share > 1``, a BLEU of 25 for 0.25) is refused.
+a condition no value of its signal can meet (``drift.share > 1``, a BLEU of 25 for 0.25) is refused. A rule's
+``min_samples`` (default 1) is how many observations its signal must rest on before it may fire: requests for
+latency, this version's predictions for drift, feedback examples for quality (``requests`` is a count, exact
+on no traffic at all, and takes none).
 
 A rule that fired is quiet for the cooldown, except for its actions that failed: they are tried again at
 each run while the condition holds. A monitor claims a rule before acting on it (a compare-and-set with a
@@ -108,6 +111,9 @@ class Rule(_Section):
     actions: Annotated[list[Action], Field(min_length=1), AfterValidator(_once_each)] = Field(
         default_factory=lambda: _LOG_ONLY.copy()
     )
+    # How many observations the signal must rest on before the rule may fire: a p95 of three requests or
+    # a ROUGE of one feedback is noise, and a retrain on noise is costly.
+    min_samples: Annotated[int, Field(ge=1, le=1_000_000_000)] = 1
 
 
 class Webhook(_Section):
@@ -153,6 +159,11 @@ class AlertPolicy(_Section):
                     f"expected one of {', '.join(EVAL_METRICS)}"
                 )
             _check_reachable(rule)
+            if signal == "requests" and rule.min_samples != 1:
+                raise UsageError(
+                    f"rule {rule.name!r}: min_samples does not apply to requests, which is a count (a rule "
+                    "such as 'requests < 1' must fire on no traffic at all); leave it out"
+                )
             if "webhook" in rule.actions and self.webhook is None:
                 raise UsageError(f"rule {rule.name!r} calls a webhook, but the policy has no webhook section")
             if "retrain" in rule.actions and self.retrain is None:
@@ -295,6 +306,7 @@ class MonitorResult:
     quiet: list[str]  # rules whose condition held but that are cooling down
     retrains: list[str]  # what happened to pending retrains
     problems: list[str] = field(default_factory=list)  # signals that could not be computed, and why
+    unjudged: list[str] = field(default_factory=list)  # rules that held on fewer samples than they ask
 
 
 def signals(
@@ -305,11 +317,13 @@ def signals(
     problems: list[str] | None = None,
     *,
     now: datetime | None = None,
+    samples: dict[str, int] | None = None,
 ) -> dict[str, float]:
     """The signals rules may name, each over the window that ends at ``now`` (default: the clock). A signal
     without data is absent (its rules never fire); one that could not be computed (the version's training
     data is gone, ...) is absent too, and said in ``problems``: its rules would otherwise stay silent with
-    no reason given."""
+    no reason given. ``samples`` receives how many observations each kind of signal rests on (``requests``,
+    ``latency``, ``drift``, ``quality``)."""
     from modelyard.monitoring._monitor import NoPredictions, model_drift, quality, serving_stats
     from modelyard.registry import show
 
@@ -317,10 +331,11 @@ def signals(
     now = now or utcnow()  # one end for every signal: they judge the same window
     stats = serving_stats(platform, ctx, info.name, window=window, now=now)
     out = {"requests": stats["requests"]}
+    sizes = {"requests": int(stats["requests"]), "latency": int(stats["requests"])}
     out.update({f"latency.{k}": stats[k] for k in ("p50_ms", "p95_ms") if k in stats})
     if out["requests"]:
         try:
-            _, report, _ = model_drift(platform, ctx, spec, window=window, now=now)
+            _, report, sizes["drift"] = model_drift(platform, ctx, spec, window=window, now=now)
         except NoPredictions:  # the version answered nobody in the window (a canary took the traffic)
             pass
         except Exception as exc:  # the other signals and rules still count
@@ -333,6 +348,9 @@ def signals(
             for col in report.columns:
                 out[f"drift.{col.name}"] = 1.0 if col.drifted else 0.0
     q = quality(platform, ctx, spec, window=window, now=now)
+    sizes["quality"] = q.examples
+    if samples is not None:
+        samples.update(sizes)
     if q.examples:
         out.update({f"quality.{k}": v for k, v in q.metrics.items()})
         out.update({f"quality_drop.{k}": v for k, v in q.drop.items()})
@@ -352,14 +370,23 @@ def run_once(
     now = _run_time(now)
     window, cooldown = parse_window(policy.window), parse_window(policy.cooldown)
     problems: list[str] = []
-    values = signals(platform, ctx, policy.model, window, problems, now=now)
+    samples: dict[str, int] = {}
+    values = signals(platform, ctx, policy.model, window, problems, now=now, samples=samples)
     fired: list[Fired] = []
     quiet: list[str] = []
+    unjudged: list[str] = []
     for rule in policy.rules:
         m = _RULE_RE.match(rule.when)
         assert m is not None
         value = values.get(m["signal"])
         if value is None or not _OPS[m["op"]](value, float(m["n"])):
+            continue
+        n = samples.get(m["signal"].split(".")[0].removesuffix("_drop"), 0)
+        if m["signal"] != "requests" and n < rule.min_samples:  # a count is exact, not an estimate
+            unjudged.append(
+                f"rule {rule.name!r} holds ({m['signal']} = {value:.4g}) on {n} samples in the window, "
+                f"fewer than its min_samples {rule.min_samples}: not fired"
+            )
             continue
         key = _key("rule", ctx.project_id, name, rule.name)
         seen = platform.meta(key)
@@ -422,7 +449,7 @@ def run_once(
         message = _said(exc)
         platform.audit(ctx, "monitor.retrain", f"model:{policy.model}", "error", {"error": message})
         retrains = [f"retrain could not advance: {message}"]
-    return MonitorResult(policy.model, values, fired, quiet, retrains, problems)
+    return MonitorResult(policy.model, values, fired, quiet, retrains, problems, unjudged)
 
 
 def _run_time(now: datetime | None) -> datetime:
