@@ -120,13 +120,18 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
         t.add_column(Text(plain(col)))
     for row in rows:
         t.add_row(*(Text("" if v is None else plain(v)) for v in row))
+    print_whole(t)
+
+
+def print_whole(renderable: Any) -> None:
+    """Print a table or tree; piped or captured, as wide as it needs (Rich would cut it at 80 columns)."""
     out = console
-    if not console.is_terminal:  # piped or captured: Rich would cut every row at 80 columns
+    if not console.is_terminal:
         from rich.measure import Measurement
 
-        natural = Measurement.get(console, console.options.update(max_width=_PIPED_WIDTH), t).maximum
+        natural = Measurement.get(console, console.options.update(max_width=_PIPED_WIDTH), renderable).maximum
         out = Console(width=max(console.width, natural), emoji=False)
-    out.print(t)
+    out.print(renderable)
 
 
 def print_json(data: Any) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 from rich.tree import Tree
 
-from modelyard.cli._app import acting, app, console, print_json
+from modelyard.cli._app import acting, app, print_json, print_whole
 
 lineage_app = typer.Typer(
     help="Lineage: what an object was made from and what was made from it.", no_args_is_help=True
@@ -70,4 +70,4 @@ def show(
     _rich(down_tree, down)
     if not down.children:
         down_tree.add(Text("(nothing recorded)", style="dim"))
-    console.print(root)
+    print_whole(root)

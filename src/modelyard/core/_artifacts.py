@@ -720,8 +720,10 @@ def check_outside_home(platform: Platform, *roots: Path, remedy: str) -> None:
         tree = os.path.realpath(root)
         for place, holds in places:
             if _is_within(place, tree) if holds else _is_within(tree, place):
+                # The place itself reads as what it is ("master.key holds master.key" said nothing).
+                where = "is" if tree == place else f"{'holds' if holds else 'lies in'} {place},"
                 raise UsageError(
-                    f"{root} {'holds' if holds else 'lies in'} {place}, modelyard's own (its home, store, "
+                    f"{root} {where} modelyard's own (its home, store, "
                     f"database or keys: the master key, database and objects); {remedy}"
                 )
 

@@ -145,6 +145,8 @@ def profile_table(table: Any, schema: Any = None) -> dict[str, Any]:
 
 def profile_file(source: BinaryIO, fmt: str, sha256: str, size: int) -> dict[str, Any]:
     """Profile of the table in the open file ``source`` (the caller opened the file it sealed)."""
+    if size == 0:  # a placeholder, not a broken export: pyarrow's refusal read as "malformed"
+        raise ValueError("it is empty (0 bytes)")
     if fmt == "parquet":
         table, schema = _read_parquet(source)
     else:

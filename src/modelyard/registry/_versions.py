@@ -895,9 +895,8 @@ def download(
             f"cannot write into {target}: {exc.strerror or exc}; choose another directory"
         ) from None
     try:
-        pairs = [
-            (f["sha256"], safe_join(work, safe_key(f["path"], what="model file"))) for f in manifest["files"]
-        ]
+        keys = [safe_key(f["path"], what="model file") for f in manifest["files"]]
+        pairs = [(f["sha256"], safe_join(work, key)) for f, key in zip(manifest["files"], keys, strict=True)]
         for _, path in pairs:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -911,9 +910,10 @@ def download(
             os.replace(work, target)
         else:
             # Every destination checked before any file moves: a symlinked folder planted in the target
-            # (tok -> /elsewhere) would otherwise receive the files it names.
+            # (tok -> /elsewhere) would otherwise receive the files it names. Joined by key: safe_join
+            # returns resolved paths, which are not "relative to" a relative (or symlinked) temp directory.
             try:
-                moves = [(path, safe_join(target, path.relative_to(work).as_posix())) for _, path in pairs]
+                moves = [(path, safe_join(target, key)) for (_, path), key in zip(pairs, keys, strict=True)]
             except UnsafePathError as exc:
                 link = exc.details.get("link", "a path below it")
                 raise UnsafePathError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,12 @@ class Metrics:
     def __init__(self, *, multiprocess: bool = False) -> None:
         """``multiprocess``: this process is one of several workers of a server (see the module doc)."""
         self.multiprocess_dir = multiprocess_dir(multiprocess)
+        # remove() warns whenever PROMETHEUS_MULTIPROC_DIR is set: it cannot delete a value from the shared
+        # files. Expected here (the value is set to 0 first and the merge leaves zeros out), and printed on
+        # every worker's start it read as a fault. Only that message is silenced.
+        warnings.filterwarnings(
+            "ignore", message="Removal of labels has not been implemented", category=UserWarning
+        )
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "yard_requests_total", "Answered predict requests.", ["model", "version", "route"], registry=r

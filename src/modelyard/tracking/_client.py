@@ -42,7 +42,7 @@ from modelyard.tracking._store import (
     check_timestamp,
     check_value,
 )
-from modelyard.tracking._writer import MetricWriter
+from modelyard.tracking._writer import MetricWriter, orphan_error
 
 log = logging.getLogger("modelyard.tracking")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -56,7 +56,16 @@ _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()  # for the fork hook below
 _OPEN: set[Client] = set()
 
 
+# In a forked child: the run that was active where the fork happened (the parent's), so that the module
+# helpers can say whose it is and how to log from here, rather than "call start_run first".
+_INHERITED: str | None = None
+
+
 def _after_fork_in_child() -> None:
+    global _INHERITED
+    current = _CURRENT.get()
+    inherited = current.active_run() if current is not None else None
+    _INHERITED = inherited.id if inherited is not None else _INHERITED
     for client in list(_CLIENTS):
         client._forked()
 
@@ -745,6 +754,8 @@ def _flush_at_exit(run: Run) -> None:
 # -- module-level helpers ------------------------------------------------------------------------------------
 def _active() -> Run:
     run = active_run()
+    if run is None and _INHERITED is not None:
+        raise orphan_error(_INHERITED)
     if run is None:
         raise UsageError("no active run: call modelyard.start_run(...) first (or use a Client's run)")
     return run

@@ -43,6 +43,16 @@ OUTAGE_WARN_S = 60.0
 _BACKOFF_MAX_S = 2.0
 
 
+def orphan_error(run_id: str) -> UsageError:
+    """What a forked child is told when it logs into a run it inherited."""
+    # Not start_run(run_id=...): that run would end when this process leaves it, while the parent is
+    # still training in it.
+    return UsageError(
+        f"run {run_id} belongs to the process that forked this one; log from that process, or "
+        f"give this one a run of its own: Client().start_run(parent_id={run_id!r})"
+    )
+
+
 class MetricWriterWarning(UserWarning):
     """The metric store has been unreachable for a while; points are buffered, not lost."""
 
@@ -137,12 +147,7 @@ class MetricWriter:
         self.orphaned = True
 
     def _orphan_error(self) -> UsageError:
-        # Not start_run(run_id=...): that run would end when this process leaves it, while the parent
-        # is still training in it.
-        return UsageError(
-            f"run {self.run_id} belongs to the process that forked this one; log from that process, or "
-            f"give this one a run of its own: Client().start_run(parent_id={self.run_id!r})"
-        )
+        return orphan_error(self.run_id)
 
     def begin_end(self) -> None:
         """The run is ending: stop heartbeats and system samples, keep writing what is buffered. If the
