@@ -1,0 +1,102 @@
+"""A retrain whose job succeeded but whose model cannot be registered: register's error escaped
+advance_retrains, so the retrain stayed "queued" for ever, every later monitor run failed the same way, and
+no later alert could start a new retrain of the model (one was always pending)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import yaml
+from safetensors.numpy import save_file
+from sqlalchemy import select
+
+from modelyard import registry
+from modelyard.core import Platform
+from modelyard.core._models import AuditRecord
+from modelyard.core._platform import utcnow
+from modelyard.monitoring._alerts import _key, load_alerts, run_once
+from modelyard.testing import TINY_RECIPE
+from modelyard.training import Worker, write_dataset
+from modelyard.training._jobs import cancel_job, get_job
+
+# The job's process: a FINISHED tracking run that stored no model, attached to the job as `yard train` does.
+CHILD = """
+from modelyard.core import Platform
+from modelyard.tracking import Client
+from modelyard.training._jobs import attach_run, job_id_from_env
+
+platform = Platform()
+with Client(platform) as client:
+    with client.start_run("retrain") as run:
+        run.log_metric("loss", 1.0)
+    attach_run(platform, client.ctx, job_id_from_env(), run.id)
+platform.close()
+"""
+
+
+def test_a_retrain_whose_model_cannot_be_registered_fails_and_frees_the_next_retrain(
+    platform: Platform, tmp_path: Path
+) -> None:
+    from modelyard.data import add_version
+
+    ctx = platform.context()
+    files = write_dataset(tmp_path / "norm", 60, seed=1)
+    add_version(platform, ctx, files[0].parent, "norm")
+    model = tmp_path / "model"  # the monitored version: any valid model directory (it is never loaded)
+    model.mkdir()
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    registry.register(platform, ctx, model, "m11")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_RECIPE)))
+    gates = {"data": {"dataset": "norm@1", "file": "test.jsonl"}, "size": {"max_mb": 100}}
+    (tmp_path / "gates.yaml").write_text(yaml.safe_dump(gates))
+    rules = {
+        "model": "m11@1",
+        "cooldown": "1h",
+        "rules": [{"name": "always", "when": "requests >= 0", "actions": ["retrain"]}],
+        "retrain": {"recipe": "recipe.yaml", "policy": "gates.yaml"},
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    policy = load_alerts(tmp_path / "rules.yaml")
+    started = utcnow() - timedelta(hours=3)  # the alert fired in the past: its cooldown is over now
+
+    [outcome] = run_once(platform, ctx, policy, now=started).fired[0].actions
+    assert outcome.startswith("retrain job"), outcome
+    job_id = int(outcome.split()[2])
+    Worker(
+        platform, ctx, cpus=1, exit_when_idle=True, executor=lambda job, recipe: [sys.executable, "-c", CHILD]
+    ).run()
+    job = get_job(platform, ctx, job_id)
+    assert job.status == "SUCCEEDED" and job.run_id is not None, job
+
+    # The job succeeded, but its run stored no model: said and audited, not raised, and the retrain failed.
+    result = run_once(platform, ctx, policy, now=started + timedelta(minutes=1))  # the rule cools down
+    assert result.quiet == ["always"]
+    [said] = result.retrains
+    assert f"retrain job {job_id} succeeded, but its model could not be registered" in said, said
+    assert "stored no model" in said
+    state = json.loads(platform.meta(_key("retrain", ctx.project_id, "m11")) or "{}")
+    assert state["state"] == "failed" and "stored no model" in state["error"], state
+    with platform.db.read() as s:
+        records = s.execute(
+            select(AuditRecord.outcome, AuditRecord.detail).where(
+                AuditRecord.action == "monitor.retrain", AuditRecord.resource == "model:m11@1"
+            )
+        ).all()
+    [(outcome_, detail)] = records
+    assert outcome_ == "error"
+    assert json.loads(detail)["job"] == job_id and "stored no model" in json.loads(detail)["error"]
+    assert [v.version for v in registry.list_versions(platform, ctx, "m11")] == [1]
+
+    # Nothing pending any more: the next run says nothing of it, and the next alert starts a new retrain.
+    assert run_once(platform, ctx, policy, now=started + timedelta(minutes=2)).retrains == []
+    later = run_once(platform, ctx, policy)
+    [again] = later.fired[0].actions
+    assert again.startswith("retrain job") and int(again.split()[2]) != job_id, again
+    assert later.retrains == [f"retrain job {again.split()[2]} is queued"]
+    cancel_job(platform, ctx, again.split()[2])
