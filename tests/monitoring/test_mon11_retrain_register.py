@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from modelyard import registry
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
 from modelyard.core._platform import utcnow
-from modelyard.monitoring._alerts import _key, load_alerts, run_once
+from modelyard.monitoring._alerts import AlertPolicy, _key, load_alerts, run_once
 from modelyard.testing import TINY_RECIPE
 from modelyard.training import Worker, write_dataset
 from modelyard.training._jobs import cancel_job, get_job
@@ -40,9 +40,9 @@ platform.close()
 """
 
 
-def test_a_retrain_whose_model_cannot_be_registered_fails_and_frees_the_next_retrain(
-    platform: Platform, tmp_path: Path
-) -> None:
+def retrain_ran(platform: Platform, tmp_path: Path, child: list[str]) -> tuple[AlertPolicy, datetime, int]:
+    """Model m11@1 with a rule that always retrains; its alert fired 3 hours ago (its cooldown is over now)
+    and its job ran ``child`` (python -c ...) to success. Returns the rules, when they fired, the job."""
     from modelyard.data import add_version
 
     ctx = platform.context()
@@ -64,16 +64,27 @@ def test_a_retrain_whose_model_cannot_be_registered_fails_and_frees_the_next_ret
     }
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     policy = load_alerts(tmp_path / "rules.yaml")
-    started = utcnow() - timedelta(hours=3)  # the alert fired in the past: its cooldown is over now
-
+    started = utcnow() - timedelta(hours=3)
     [outcome] = run_once(platform, ctx, policy, now=started).fired[0].actions
     assert outcome.startswith("retrain job"), outcome
     job_id = int(outcome.split()[2])
     Worker(
-        platform, ctx, cpus=1, exit_when_idle=True, executor=lambda job, recipe: [sys.executable, "-c", CHILD]
+        platform,
+        ctx,
+        cpus=1,
+        exit_when_idle=True,
+        executor=lambda job, recipe: [sys.executable, "-c", *child],
     ).run()
     job = get_job(platform, ctx, job_id)
     assert job.status == "SUCCEEDED" and job.run_id is not None, job
+    return policy, started, job_id
+
+
+def test_a_retrain_whose_model_cannot_be_registered_fails_and_frees_the_next_retrain(
+    platform: Platform, tmp_path: Path
+) -> None:
+    ctx = platform.context()
+    policy, started, job_id = retrain_ran(platform, tmp_path, [CHILD])
 
     # The job succeeded, but its run stored no model: said and audited, not raised, and the retrain failed.
     result = run_once(platform, ctx, policy, now=started + timedelta(minutes=1))  # the rule cools down
@@ -127,7 +138,6 @@ def test_a_store_outage_while_registering_keeps_the_retrain_for_the_next_run(
     import socket
 
     from modelyard.config import load_settings
-    from modelyard.data import add_version
     from modelyard.testing import make_platform
     from modelyard.testing._s3server import DUMMY_AWS_ENV, moto_s3_server
 
@@ -142,34 +152,7 @@ def test_a_store_outage_while_registering_keeps_the_retrain_for_the_next_run(
         monkeypatch.setenv("YARD_S3_ENDPOINT_URL", url)
         platform = make_platform(tmp_path / "home")
         ctx = platform.context()
-        files = write_dataset(tmp_path / "norm", 60, seed=1)
-        add_version(platform, ctx, files[0].parent, "norm")
-        model = tmp_path / "model"
-        model.mkdir()
-        save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
-        (model / "config.json").write_text("{}", encoding="utf-8")
-        registry.register(platform, ctx, model, "m11")
-        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_RECIPE)))
-        gates = {"data": {"dataset": "norm@1", "file": "test.jsonl"}, "size": {"max_mb": 100}}
-        (tmp_path / "gates.yaml").write_text(yaml.safe_dump(gates))
-        rules = {
-            "model": "m11@1",
-            "rules": [{"name": "always", "when": "requests >= 0", "actions": ["retrain"]}],
-            "retrain": {"recipe": "recipe.yaml", "policy": "gates.yaml"},
-        }
-        (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
-        policy = load_alerts(tmp_path / "rules.yaml")
-        started = utcnow() - timedelta(hours=3)
-        [outcome] = run_once(platform, ctx, policy, now=started).fired[0].actions
-        job_id = int(outcome.split()[2])
-        Worker(
-            platform,
-            ctx,
-            cpus=1,
-            exit_when_idle=True,
-            executor=lambda job, recipe: [sys.executable, "-c", CHILD_WITH_MODEL, str(model)],
-        ).run()
-        assert get_job(platform, ctx, job_id).status == "SUCCEEDED"
+        policy, started, job_id = retrain_ran(platform, tmp_path, [CHILD_WITH_MODEL, str(tmp_path / "model")])
 
         # A monitor that cannot reach the store: nothing registered, said and audited, still queued.
         with socket.socket() as sock:
@@ -200,3 +183,19 @@ def test_a_store_outage_while_registering_keeps_the_retrain_for_the_next_run(
         state = json.loads(platform.meta(_key("retrain", ctx.project_id, "m11")) or "{}")
         assert state["state"] != "queued" and state["version"] == 2, state
         platform.close()
+
+
+def test_a_model_already_registered_from_the_jobs_run_is_not_registered_twice(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """A monitor that registered the job's model but died (or could not record it) before saying so left the
+    retrain queued: the next run takes that version up rather than registering a second copy."""
+    ctx = platform.context()
+    policy, started, job_id = retrain_ran(platform, tmp_path, [CHILD_WITH_MODEL, str(tmp_path / "model")])
+    run_id = get_job(platform, ctx, job_id).run_id
+    assert run_id is not None
+    registry.register(platform, ctx, run_id, "m11")  # what the monitor that died had done
+    result = run_once(platform, ctx, policy, now=started + timedelta(minutes=1))
+    assert [v.version for v in registry.list_versions(platform, ctx, "m11")] == [1, 2], result.retrains
+    state = json.loads(platform.meta(_key("retrain", ctx.project_id, "m11")) or "{}")
+    assert state["state"] != "queued" and state["version"] == 2, state

@@ -604,14 +604,19 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         platform.audit(ctx, "monitor.retrain", resource, "error", {"job": job.id, "status": job.status})
         return [f"retrain job {job.id} ended {job.status}"]
     from modelyard.evaluation import check_gates, load_policy
-    from modelyard.registry import register
+    from modelyard.registry import list_versions, register
     from modelyard.serving._deploy import deploy
 
     if pending["state"] == "queued":  # registered once: a later failure resumes here, not with a new version
         try:
-            info = register(
-                platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})"
-            )
+            # A version already registered from the run (by a monitor that died, or whose store write
+            # failed, before it recorded so) is taken up: registering again would make a second copy.
+            versions = list_versions(platform, ctx, name)
+            info = next((v for v in versions if v.run_id == job.run_id and v.parent is None), None)
+            if info is None:
+                info = register(
+                    platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})"
+                )
         except (BackendError, CollectedMeanwhileError) as exc:
             # A store outage, or `yard gc` racing the write: register recorded nothing and the run's model is
             # still there, so the state stays "queued" and the next run registers it. Retrying the job's
