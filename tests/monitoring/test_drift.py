@@ -499,10 +499,7 @@ def test_missing_values_are_dropped_and_reported() -> None:
         ({"x": [1.0]}, {"x": [1.0]}, {"chisquare": "pearson"}, "chisquare must be"),
         ({"x": [1.0]}, {"x": [1.0]}, {"kinds": {"x": "ordinal"}}, "must be one of"),
         ({"x": [1.0]}, {"x": [1.0]}, {"kinds": {"y": "numeric"}}, "not compared: 'y'"),
-        ({"x": [None, None]}, {"x": ["a"]}, {}, "only missing values"),
         ({"x": [1.0, 2.0]}, {"x": [np.nan, np.inf]}, {}, "current sample has no finite value .1 missing, 1"),
-        ({"x": [1.0, 2.0]}, {"x": [np.nan, np.nan]}, {}, "current sample has only missing values"),
-        ({"x": ["a", None]}, {"x": [None, None]}, {"kinds": {"x": "categorical"}}, "only missing"),
         ({"x": [1.0]}, {"x": [1.0]}, {"drift_share": 0}, "drift_share"),
         ({"x": [1.0]}, {"x": [1.0]}, {"permutations": 10}, "permutations"),
         ({"x": [1.0]}, {"x": [1.0]}, {"workers": 0}, "workers"),
@@ -521,8 +518,7 @@ def test_bad_text_input_and_tokenizers() -> None:
         text_drift(["a b"], ["a b"], tokenizer=lambda s: s)
     with pytest.raises(ValidationError, match="strings only"):
         text_drift(["a b"], ["a b"], tokenizer=lambda s: [1, 2])  # type: ignore[list-item]
-    with pytest.raises(ValidationError, match="only missing values"):
-        text_drift([None, None], ["a"])
+    # a column with no value on one side is a verdict, not an error: see test_mon11_drift_missing.py
     with pytest.raises(ValidationError, match="hold strings"):
         detect_drift({"t": [1.0]}, {"t": [2.0]}, kinds={"t": "text"})
     with pytest.raises(ValidationError, match="top_k"):

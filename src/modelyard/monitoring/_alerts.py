@@ -50,7 +50,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelyard.core._platform import Context, Platform, utcnow
-from modelyard.errors import UsageError, ValidationError, YardError
+from modelyard.errors import BackendError, CollectedMeanwhileError, UsageError, ValidationError, YardError
 
 log = logging.getLogger("modelyard.monitoring")
 # How long a monitor's claim on a rule keeps others off it while it acts (a webhook times out well within
@@ -631,13 +631,36 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         platform.audit(ctx, "monitor.retrain", resource, "error", {"job": job.id, "status": job.status})
         return [f"retrain job {job.id} ended {job.status}"]
     from modelyard.evaluation import check_gates, load_policy
-    from modelyard.registry import register
+    from modelyard.registry import list_versions, register
     from modelyard.serving._deploy import deploy
 
     if pending["state"] == "queued":  # registered once: a later failure resumes here, not with a new version
-        info = register(
-            platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})"
-        )
+        try:
+            # A version already registered from the run (by a monitor that died, or whose store write
+            # failed, before it recorded so) is taken up: registering again would make a second copy.
+            versions = list_versions(platform, ctx, name)
+            info = next((v for v in versions if v.run_id == job.run_id and v.parent is None), None)
+            if info is None:
+                info = register(
+                    platform, ctx, job.run_id, name, description=f"retrained by monitoring (job {job.id})"
+                )
+        except (BackendError, CollectedMeanwhileError) as exc:
+            # A store outage, or `yard gc` racing the write: register recorded nothing and the run's model is
+            # still there, so the state stays "queued" and the next run registers it. Retrying the job's
+            # own model beats failing it: a new retrain would train again for the same result.
+            audited = {"job": job.id, "error": exc.message, "retry": True}
+            platform.audit(ctx, "monitor.retrain", resource, "error", audited)
+            return [
+                f"retrain job {job.id} succeeded, but its model could not be registered yet (tried again at "
+                f"the next run): {exc.message}"
+            ]
+        except YardError as exc:
+            # Retrying would fail the same way (the run stored no model, the monitor may not register, an
+            # artifact fails its digest): failed, or it would stay pending for ever and block every later
+            # retrain of this model.
+            _put(platform, key, {**pending, "state": "failed", "error": exc.message})
+            platform.audit(ctx, "monitor.retrain", resource, "error", {"job": job.id, "error": exc.message})
+            return [f"retrain job {job.id} succeeded, but its model could not be registered: {exc.message}"]
         pending = {**pending, "state": "registered", "version": info.version}
         _put(platform, key, pending)
     spec = f"{name}@{pending['version']}"

@@ -63,6 +63,12 @@ in a numeric column is not missing (it is a value, often an overflow or a divisi
 is counted and reported on its own (``reference_infinite`` / ``current_infinite``, their shares, and a
 note), outside the tests as in Evidently.
 
+**Third departure: a column with no value on one side.** Evidently raises ("An empty column ... was
+provided"), which hides every other column's verdict. Here a column entirely missing in the current sample
+is drifted (the feature stopped arriving): test ``missing``, its statistic the current share of missing
+values (1, at a threshold of 1), with a note. A column entirely missing in the reference has nothing to be
+compared with: it is not judged (``judged`` False, statistic NaN, a note) and not counted as drifted.
+
 **Column kinds** (when not given; :func:`infer_kind`, Evidently's ``infer_column_type`` rule, applied to
 the reference): floats are numeric; integers are categorical with at most 10 distinct values, numeric
 otherwise; booleans and Arrow dictionary columns are categorical; strings are text when more than half of
@@ -157,6 +163,7 @@ TESTS: dict[str, str] = {
     "text": "text (Bonferroni-adjusted p_value)",
     "token_js": "token Jensen-Shannon (permutation p_value)",
     "oov": "out-of-vocabulary rate (permutation p_value)",
+    "missing": "share of missing values",
 }
 _P_VALUE_TESTS = frozenset({"ks", "chisquare", "z", "text", "token_js", "oov"})
 
@@ -198,6 +205,7 @@ class ColumnDrift:
     parts: tuple[ColumnDrift, ...] = ()
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    judged: bool = True  # False: no reference value to compare with (no score, not drifted)
 
     @property
     def test_name(self) -> str:
@@ -259,6 +267,7 @@ class ColumnDrift:
             "parts": [p.to_dict() for p in self.parts],
             "notes": list(self.notes),
             "seconds": self.seconds,
+            "judged": self.judged,
         }
         result: dict[str, Any] = _json_safe(out)
         return result
@@ -386,8 +395,13 @@ def detect_drift(
     options = _Options(psi_bins, chisquare, tokenizer, top_k, permutations, max_texts, seed)
 
     def one(name: str) -> ColumnDrift:
-        kind = given.get(name) or _infer(ref_cols[name], name)
-        return _column_drift(name, kind, ref_cols[name], cur_cols[name], options)
+        ref, cur = ref_cols[name], cur_cols[name]
+        kind = given.get(name)
+        if kind is None:
+            # A reference without values has no kind to infer: the current values' (it is not judged).
+            seen = ref if _present(ref) else cur
+            kind = _infer(seen, name) if _present(seen) else _MISSING_KINDS.get(seen.family, "categorical")
+        return _column_drift(name, kind, ref, cur, options)
 
     if workers > 1 and len(names) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(names))) as pool:
@@ -689,6 +703,26 @@ def _non_missing_count(col: _Column) -> int:
     return int(col.length - col.data.null_count)
 
 
+def _present(col: _Column) -> int:
+    """The number of values that are not missing (null, NaN); +-inf is a value here."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if col.family == "null":
+        return 0
+    data = col.data
+    if isinstance(data, np.ndarray):
+        return int(np.count_nonzero(~np.isnan(data))) if col.family == "float" else col.length
+    n = int(col.length - data.null_count)
+    if n and pa.types.is_floating(data.type):
+        n -= int(pc.sum(pc.is_nan(data).cast(pa.int64())).as_py() or 0)
+    return n
+
+
+# The kind of a column without any value on either side (nothing to infer from): by the type it was given.
+_MISSING_KINDS: dict[str, ColumnKind] = {"float": "numeric", "int": "numeric"}
+
+
 def _infer(col: _Column, name: str) -> ColumnKind:
     import pyarrow.compute as pc
 
@@ -807,6 +841,8 @@ def _texts(col: _Column) -> tuple[list[str], int]:
 
 def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, options: _Options) -> ColumnDrift:
     started = time.perf_counter()
+    if not _present(ref) or not _present(cur):
+        return _with_seconds(_missing_drift(name, kind, ref, cur), time.perf_counter() - started)
     if kind == "numeric":
         r, r_missing, r_inf = _numeric_values(ref)
         c, c_missing, c_inf = _numeric_values(cur)
@@ -828,6 +864,54 @@ def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, optio
     if kind != "text" and result.statistic_kind == "p_value":
         result = _with_power(result, options.chisquare)
     return _with_seconds(result, time.perf_counter() - started)
+
+
+def _missing_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column) -> ColumnDrift:
+    """A column with no value on one side, which no test can compare (Evidently raises). None in the current
+    sample: the feature stopped arriving, which is drift (scored by the share of missing values, 1). None in
+    the reference: nothing to compare with, so not judged (no score, not drifted)."""
+    counts = {}
+    for col in (ref, cur):  # (values, missing, infinite); a side with values is checked against the kind
+        if not _present(col):
+            counts[col.which] = (0, col.length, 0)
+        elif kind == "numeric":
+            values, missing, infinite = _numeric_values(col)
+            counts[col.which] = (int(values.size), missing, infinite)
+        elif kind == "categorical":
+            _, value_counts, missing = _value_counts(col)
+            counts[col.which] = (int(value_counts.sum()), missing, 0)
+        else:
+            texts, missing = _texts(col)
+            counts[col.which] = (len(texts), missing, 0)
+    (n_r, m_r, i_r), (n_c, m_c, i_c) = counts["reference"], counts["current"]
+    judged = n_r + i_r > 0
+    if judged:
+        before = f"{_share(m_r, ref.length):.1%}" if m_r else "none"
+        note = (
+            f"all {cur.length:,} values are missing in the current sample ({before} in the reference): a "
+            "column that stopped arriving counts as drifted"
+        )
+    else:
+        note = (
+            f"all {ref.length:,} values are missing in the reference sample: there is nothing to compare "
+            "the current values with, so the column is not judged (nor counted as drifted)"
+        )
+    return ColumnDrift(
+        name=name,
+        kind=kind,
+        test="missing",
+        statistic=_share(m_c, cur.length) if judged else math.nan,
+        threshold=1.0,
+        drifted=judged,
+        reference_count=n_r,
+        current_count=n_c,
+        reference_missing=m_r,
+        current_missing=m_c,
+        reference_infinite=i_r,
+        current_infinite=i_c,
+        notes=(note,),
+        judged=judged,
+    )
 
 
 def _with_power(col: ColumnDrift, chisquare: ChiSquareMode) -> ColumnDrift:
@@ -1612,6 +1696,8 @@ def _fmt(x: float) -> str:
 
 def _details(col: ColumnDrift) -> str:
     s = col.stats
+    if col.test == "missing":
+        return f"no value in the {'current' if col.judged else 'reference'} sample"
     if col.kind == "numeric":
         return (
             f"psi {_fmt(s['psi'])}, ks {_fmt(s['ks_statistic'])} (p {_fmt(s['ks_p_value'])}), "
@@ -1641,7 +1727,7 @@ def _row(col: ColumnDrift) -> tuple[str, ...]:
         col.test_name,
         _fmt(col.statistic),
         _fmt(col.threshold),
-        "DRIFT" if col.drifted else "ok",
+        "DRIFT" if col.drifted else ("ok" if col.judged else "not judged"),
         missing,
         _details(col),
     )

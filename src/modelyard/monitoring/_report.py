@@ -159,7 +159,9 @@ def _parts_table(col: ColumnDrift) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _verdict(drifted: bool) -> str:
+def _verdict(drifted: bool, judged: bool = True) -> str:
+    if not judged:  # no reference value to compare with
+        return "<td>not judged</td>"
     return '<td class="drift">DRIFT</td>' if drifted else '<td class="ok">ok</td>'
 
 
@@ -178,7 +180,7 @@ def render_html(report: DriftReport, *, title: str = "Drift report") -> str:
     for i, (col, cells) in enumerate(zip(report.columns, report.rows(), strict=True)):
         tds = [f"<td>{_e(c)}</td>" for c in cells]
         tds[0] = f'<td><a href="#col-{i}">{_e(cells[0])}</a></td>'
-        tds[5] = _verdict(col.drifted)
+        tds[5] = _verdict(col.drifted, col.judged)
         rows.append(f"<tr>{''.join(tds)}</tr>")
     sections = []
     for i, col in enumerate(report.columns):
@@ -187,6 +189,8 @@ def render_html(report: DriftReport, *, title: str = "Drift report") -> str:
         )
         notes = "".join(f'<p class="note">{_e(n)}</p>' for n in col.notes)
         verdict = '<span class="drift">DRIFT</span>' if col.drifted else '<span class="ok">ok</span>'
+        if not col.judged:
+            verdict = "not judged"
         sections.append(
             f'<section id="col-{i}"><h2>{_e(col.name)} ({_e(col.kind)}): {verdict}</h2>'
             f"{notes}{images}{_parts_table(col)}{_stats_table(col)}</section>"
