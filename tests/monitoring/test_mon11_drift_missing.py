@@ -5,6 +5,7 @@ value in the reference has nothing to compare with and is not judged; the other 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,18 @@ def test_the_html_report_says_which_column_is_missing(tmp_path: Path) -> None:
     html = report.to_html(tmp_path / "r.html").read_text()
     assert "all 300 values are missing in the current sample" in html
     assert "<td>not judged</td>" in html and "ref_empty (numeric): not judged</h2>" in html
+
+
+def test_a_numeric_column_with_no_finite_value_on_one_side_is_judged_like_a_missing_one() -> None:
+    # Only NaN and +-inf (an overflow upstream): this raised "no finite value" for the whole report.
+    rng = np.random.default_rng(5)
+    ref = {"x": rng.normal(size=200), "y": rng.normal(size=200), "z": np.full(200, np.inf)}
+    cur = {"x": np.array([np.nan, np.inf, -np.inf, np.inf]), "y": rng.normal(size=4), "z": rng.normal(size=4)}
+    report = detect_drift(ref, cur)
+    x, z = report.column("x"), report.column("z")
+    assert x.drifted and x.judged and x.test == "missing" and x.statistic == 1.0
+    assert (x.current_count, x.current_missing, x.current_infinite) == (0, 1, 3)
+    assert "none of the 4 values is finite (1 missing, 3 infinite) in the current sample" in x.notes[0]
+    assert not z.drifted and not z.judged and "none of the 200 values is finite" in z.notes[0]
+    assert "in the reference sample" in z.notes[0] and math.isnan(z.statistic)
+    assert report.column("y").test != "missing" and report.drifted_columns == ("x",)

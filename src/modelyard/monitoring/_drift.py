@@ -66,7 +66,8 @@ note), outside the tests as in Evidently.
 **Third departure: a column with no value on one side.** Evidently raises ("An empty column ... was
 provided"), which hides every other column's verdict. Here a column entirely missing in the current sample
 is drifted (the feature stopped arriving): test ``missing``, its statistic the current share of missing
-values (1, at a threshold of 1), with a note. A column entirely missing in the reference has nothing to be
+values (1, at a threshold of 1), with a note. A numeric column with no finite value (only NaN and +-inf, an
+overflow upstream) is judged the same way. A column entirely missing in the reference has nothing to be
 compared with: it is not judged (``judged`` False, statistic NaN, a note) and not counted as drifted.
 
 **Column kinds** (when not given; :func:`infer_kind`, Evidently's ``infer_column_type`` rule, applied to
@@ -163,7 +164,7 @@ TESTS: dict[str, str] = {
     "text": "text (Bonferroni-adjusted p_value)",
     "token_js": "token Jensen-Shannon (permutation p_value)",
     "oov": "out-of-vocabulary rate (permutation p_value)",
-    "missing": "share of missing values",
+    "missing": "share of missing (numeric: or infinite) values",
 }
 _P_VALUE_TESTS = frozenset({"ks", "chisquare", "z", "text", "token_js", "oov"})
 
@@ -726,14 +727,14 @@ _MISSING_KINDS: dict[str, ColumnKind] = {"float": "numeric", "int": "numeric"}
 def _infer(col: _Column, name: str) -> ColumnKind:
     import pyarrow.compute as pc
 
+    if col.family == "float":  # by its type, whatever it holds (only NaN and +-inf: not judged, below)
+        return "numeric"
     if col.family == "null" or _non_missing_count(col) == 0:
         raise ValidationError(
             f"column {name!r} of the reference sample has only missing values: its kind cannot be "
             "inferred and there is nothing to compare; drop the column or fix what produces it",
             column=name,
         )
-    if col.family == "float":
-        return "numeric"
     if col.family in ("bool", "dictionary"):
         return "categorical"
     if col.family == "int":
@@ -753,7 +754,8 @@ def _all_missing(col: _Column, kind: str) -> ValidationError:
 
 
 def _numeric_values(col: _Column) -> tuple[FloatArray, int, int]:
-    """Finite values as float64, the number of missing ones (null, NaN) and of infinite ones."""
+    """Finite values as float64 (there may be none), the number of missing ones (null, NaN) and of infinite
+    ones."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -784,14 +786,6 @@ def _numeric_values(col: _Column) -> tuple[FloatArray, int, int]:
         infinite = int(np.count_nonzero(np.isinf(values)))
         nulls += int(values.size - np.count_nonzero(finite)) - infinite
         values = values[finite]
-    if values.size == 0 and infinite:
-        raise ValidationError(
-            f"column {col.name!r} of the {col.which} sample has no finite value ({nulls} missing, "
-            f"{infinite} infinite); a numeric column needs at least one on each side: fix what produces it",
-            column=col.name,
-        )
-    if values.size == 0:
-        raise _all_missing(col, "numeric")
     return values, nulls, infinite
 
 
@@ -846,6 +840,8 @@ def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, optio
     if kind == "numeric":
         r, r_missing, r_inf = _numeric_values(ref)
         c, c_missing, c_inf = _numeric_values(cur)
+        if not r.size or not c.size:  # only NaN and +-inf on a side (an overflow upstream): nothing to test
+            return _with_seconds(_missing_drift(name, kind, ref, cur), time.perf_counter() - started)
         result = _numeric_drift(name, r, c, r_missing, c_missing, options=options)
         if r_inf or c_inf:
             note = (
@@ -867,9 +863,10 @@ def _column_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column, optio
 
 
 def _missing_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column) -> ColumnDrift:
-    """A column with no value on one side, which no test can compare (Evidently raises). None in the current
-    sample: the feature stopped arriving, which is drift (scored by the share of missing values, 1). None in
-    the reference: nothing to compare with, so not judged (no score, not drifted)."""
+    """A column with no value on one side (numeric: no finite one), which no test can compare (Evidently
+    raises). None in the current sample: the feature stopped arriving, which is drift (scored by the share of
+    values missing or infinite, 1). None in the reference: nothing to compare with, so not judged (no score,
+    not drifted)."""
     counts = {}
     for col in (ref, cur):  # (values, missing, infinite); a side with values is checked against the kind
         if not _present(col):
@@ -884,23 +881,32 @@ def _missing_drift(name: str, kind: ColumnKind, ref: _Column, cur: _Column) -> C
             texts, missing = _texts(col)
             counts[col.which] = (len(texts), missing, 0)
     (n_r, m_r, i_r), (n_c, m_c, i_c) = counts["reference"], counts["current"]
-    judged = n_r + i_r > 0
+
+    def none_in(col: _Column, missing: int, infinite: int) -> str:
+        if not infinite:
+            return f"all {col.length:,} values are missing in the {col.which} sample"
+        return (
+            f"none of the {col.length:,} values is finite ({missing:,} missing, {infinite:,} infinite) in "
+            f"the {col.which} sample"
+        )
+
+    judged = n_r > 0
     if judged:
         before = f"{_share(m_r, ref.length):.1%}" if m_r else "none"
         note = (
-            f"all {cur.length:,} values are missing in the current sample ({before} in the reference): a "
-            "column that stopped arriving counts as drifted"
+            f"{none_in(cur, m_c, i_c)} ({before} in the reference): a column that stopped arriving counts as "
+            "drifted"
         )
     else:
         note = (
-            f"all {ref.length:,} values are missing in the reference sample: there is nothing to compare "
-            "the current values with, so the column is not judged (nor counted as drifted)"
+            f"{none_in(ref, m_r, i_r)}: there is nothing to compare the current values with, so the column "
+            "is not judged (nor counted as drifted)"
         )
     return ColumnDrift(
         name=name,
         kind=kind,
         test="missing",
-        statistic=_share(m_c, cur.length) if judged else math.nan,
+        statistic=_share(m_c + i_c, cur.length) if judged else math.nan,
         threshold=1.0,
         drifted=judged,
         reference_count=n_r,
