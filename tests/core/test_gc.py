@@ -234,7 +234,7 @@ def test_the_gc_command(yard: Yard, tmp_path: Path) -> None:
     assert "until an admin runs `yard gc`" in yard("data", "rm", "ds@1").out
     out = yard("gc", "--dry-run", "--min-age", "0").out
     assert "would delete 3 unreferenced blob(s)" in out
-    assert "kept 0 referenced and 0 younger" in out
+    assert out.rstrip().endswith("kept 0 referenced") and "younger" not in out  # none is kept for age
     kept = yard("gc").out  # default --min-age 1h
     assert "deleted 0 unreferenced blob(s)" in kept and "3 younger than 1h" in kept
     report = yard("gc", "--min-age", "0", "--json").json()

@@ -193,7 +193,8 @@ def gc(
     console.print(
         f"{verb} {report.blobs} unreferenced blob(s), {report.bytes:,} bytes"
         + ("" if dry_run else f", {report.objects} object(s)")
-        + f"; kept {report.live} referenced and {report.young} younger than {min_age}",
+        + f"; kept {report.live} referenced"
+        + (f" and {report.young} younger than {min_age}" if age else ""),  # --min-age 0 keeps none for youth
         markup=False,
     )
     if report.orphans:

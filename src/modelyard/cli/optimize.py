@@ -139,11 +139,13 @@ def optimize(
         ["version", "variant", "MB", "p50 ms", "p95 ms", "seq/s @16", "speed-up", *keys, "in budget"],
         rows,
     )
+    # As typed: "rougeL=-0.01", not the dict's "{'rougeL': -0.01}".
+    budget = ", ".join(f"{k}={v:g}" for k, v in sorted(report.budget.items()))
     if report.picked is None:
-        console.print(f"no variant is within the budget {report.budget}", markup=False)
+        console.print(f"no variant is within the budget {budget}", markup=False)
     else:
         console.print(
             f"picked {report.picked.spec} ({report.picked.variant}): {report.picked.speedup:.2f}x faster at "
-            f"batch 1 than {report.parent}, within the budget {report.budget}",
+            f"batch 1 than {report.parent}, within the budget {budget}",
             markup=False,
         )
