@@ -140,12 +140,12 @@ def optimize(
         rows,
     )
     # As typed: "rougeL=-0.01", not the dict's "{'rougeL': -0.01}".
-    budget = ", ".join(f"{k}={v:g}" for k, v in sorted(report.budget.items()))
+    allowed = ", ".join(f"{k}={v:g}" for k, v in sorted(report.budget.items()))
     if report.picked is None:
-        console.print(f"no variant is within the budget {budget}", markup=False)
+        console.print(f"no variant is within the budget {allowed}", markup=False)
     else:
         console.print(
             f"picked {report.picked.spec} ({report.picked.variant}): {report.picked.speedup:.2f}x faster at "
-            f"batch 1 than {report.parent}, within the budget {budget}",
+            f"batch 1 than {report.parent}, within the budget {allowed}",
             markup=False,
         )
