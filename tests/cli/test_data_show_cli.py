@@ -47,3 +47,19 @@ def test_control_characters_of_a_table_are_not_sent_to_the_terminal(
         assert "\x1b" not in r.out + r.err and "\x07" not in r.out + r.err and "\u202e" not in r.out
         assert "\\x1b]0;pwned\\x07name" in r.out or args[0] == "scan"
     assert "mail\\u202e" in yard("data", "scan", "esc@1").out
+
+
+def test_show_prints_the_top_values_of_a_category_column(
+    yard: Yard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile records each string column's most frequent values; `yard data show` printed only how many
+    distinct values there were."""
+    monkeypatch.setattr(_manifest, "RACY_NS", 0)
+    assert yard("init").code == 0
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "c.csv").write_text("city\n" + "Dubai\n" * 5 + "Oslo\n" * 3 + "Lima\n" * 2 + "Pune\n")
+    assert yard("data", "add", root, "--name", "cities").code == 0
+    r = yard("data", "show", "cities@1")
+    assert r.code == 0, r.err
+    assert "4 distinct; top 'Dubai' x5, 'Oslo' x3, 'Lima' x2" in r.out and "Pune" not in r.out

@@ -180,6 +180,9 @@ def show(
                 stats = ", ".join(f"{k} {_number(c[k])}" for k in ("min", "max", "mean"))
             elif "distinct" in c:
                 stats = f"{c['distinct']:,} distinct"
+                top = c.get("top") or []
+                if top:  # the most frequent three, with their counts: what "distinct" alone hides
+                    stats += "; top " + ", ".join(f"{v!r} x{n:,}" for v, n in top[:3])
             rows.append((col, c["type"], c["nulls"], stats))
         table(f"{path} ({t.get('rows', 0):,} rows)", ["column", "type", "nulls", "statistics"], rows)
     for path, why in info.profile.get("skipped", {}).items():
