@@ -240,7 +240,7 @@ def test_bad_requests(
     spec = registry.register(platform, ctx, plain, "plain").spec
     with pytest.raises(UsageError, match="save_model did not write"):
         optimize(platform, ctx, spec)
-    with pytest.raises(UsageError, match="already onnx"):
+    with pytest.raises(UsageError, match="is an ONNX model"):
         optimize(platform, ctx, report.variants[0].spec)
     with pytest.raises(UsageError, match="between 0 and 1"):
         optimize(platform, ctx, "opt@1", prune=1.5)

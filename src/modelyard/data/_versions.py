@@ -847,7 +847,11 @@ def _stale_temps(where: Path, name: str) -> list[Path]:
 def _hold(path: Path) -> int:
     """Lock ``path`` (a directory) for as long as the returned descriptor is open, or the process lives."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # just made, so nobody else holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # just made, so nobody else holds it
+    except BaseException:  # ENOLCK on a filesystem without locks: the descriptor is not the caller's yet
+        os.close(fd)
+        raise
     return fd
 
 
@@ -899,9 +903,15 @@ def checkout(
         for stale in _stale_temps(where, dest.name):  # left by a killed checkout into dest
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
-        held = _hold(tmp)
     except OSError as exc:
         raise _unusable_dest(dest, exc) from None
+    try:
+        held = _hold(tmp)
+    except BaseException as exc:  # the cleanup below is not armed yet: the temp directory stayed behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _unlockable(dest, tmp, exc) from None
+        raise
     moved: list[Path] = []
     try:
         if _case_insensitive(tmp):
@@ -948,6 +958,16 @@ def _unusable_dest(dest: Path, exc: OSError) -> UsageError:
     return UsageError(
         f"cannot check out into {dest}: {'' if failed == dest else f'{failed}: '}{why}; give a new or empty "
         "directory that this user can read and write"
+    )
+
+
+def _unlockable(dest: Path, tmp: Path, exc: OSError) -> UsageError:
+    """A checkout's temp directory that cannot be locked (see _hold): ENOLCK where the filesystem has no
+    flock (some network filesystems), not a permission problem, so _unusable_dest's remedy would mislead."""
+    return UsageError(
+        f"cannot check out into {dest}: cannot lock its temporary directory in {tmp.parent} "
+        f"({exc.strerror or exc}); a checkout locks it so that another checkout does not remove it as "
+        "stale: check out onto a filesystem with file locks (flock), such as a local disk"
     )
 
 
@@ -1119,7 +1139,14 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
     except OSError as exc:
         raise _unusable_cache(platform, exc) from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as exc:  # ENOLCK: a home on a filesystem without file locks; was a raw OSError
+            raise ConfigError(
+                f"cannot use the dataset cache: cannot lock {target.parent / f'.{target.name}.lock'} "
+                f"({exc.strerror or exc}); the cache needs file locks (flock): set YARD_HOME to a home on a "
+                "filesystem that has them, such as a local disk"
+            ) from None
         try:
             with _manifest.StatCache(_cache_path(platform)) as cache:
                 if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard.errors import NotFoundError, UsageError, ValidationError
+from modelyard.optimize._onnx import refuse_onnx_source
 
 if TYPE_CHECKING:
     from modelyard.tracking import Client
@@ -143,7 +144,8 @@ def distill(
     ``sequence_level``, :class:`~modelyard.errors.NotFoundError` for a missing teacher,
     :class:`~modelyard.errors.IntegrityError` for one that does not match its manifest or holds pickle
     files, and :class:`~modelyard.errors.UsageError` for a teacher that is not a seq2seq model with a
-    tokenizer or a student whose vocabulary differs from the teacher's. Warns (:class:`DistillWarning`) when
+    tokenizer, a teacher or pretrained student that is an ONNX export (give the model it was exported from),
+    or a student whose vocabulary differs from the teacher's. Warns (:class:`DistillWarning`) when
     the student has at least as many parameters as the teacher. Nothing is recorded when a check fails."""
     alpha = _check_unit(alpha, "alpha")
     temperature = _check_temperature(temperature)
@@ -154,6 +156,7 @@ def distill(
         raise NotFoundError(f"teacher model directory {str(teacher_path)!r} not found")
     if not teacher_path.is_dir():
         raise UsageError(f"teacher {teacher_path} is a file; give a model directory written by save_model")
+    refuse_onnx_source(teacher_path, "teacher")
 
     import torch
 
@@ -356,6 +359,9 @@ def _check_student_vocab(recipe: Recipe, tokenizer: Any) -> None:
                 f"distributions over the same tokens): set tokenizer.vocab_size: {vocab}"
             )
         return
+    local = Path(recipe.model.pretrained).expanduser()
+    if local.is_dir():  # its tokenizer loads and matches, and training from it failed after the checks
+        refuse_onnx_source(local, "student")
     from transformers import AutoTokenizer
 
     try:

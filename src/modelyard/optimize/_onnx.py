@@ -66,9 +66,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int | None
 
     Raises :class:`~modelyard.errors.NotFoundError` for a missing ``model_dir``,
     :class:`~modelyard.errors.IntegrityError` for one whose files do not match its manifest (or that holds
-    pickle files), :class:`~modelyard.errors.UsageError` for a model that is not a T5 seq2seq model, has no
-    tokenizer, or a bad ``opset``, and :class:`~modelyard.errors.AlreadyExistsError` when ``out_dir`` holds
-    files. Nothing is written when it fails."""
+    pickle files), :class:`~modelyard.errors.UsageError` for an ONNX export (give the model it was exported
+    from), a model that is not a T5 seq2seq model, has no tokenizer, or a bad ``opset``, and
+    :class:`~modelyard.errors.AlreadyExistsError` when ``out_dir`` holds files. Nothing is written when it
+    fails."""
     from modelyard.training import verify_model_dir
 
     src = Path(model_dir)
@@ -190,6 +191,18 @@ def check_outside(src: Path, out: Path) -> None:
         )
 
 
+def refuse_onnx_source(src: Path, role: str = "") -> None:
+    """A UsageError when ``src`` is an ONNX export (onnx.json, no manifest.json: what export_onnx or
+    quantize_int8 writes) where the PyTorch model it came from is needed. The manifest check read it as a
+    damaged save (an IntegrityError saying "no manifest.json"). ``role``: e.g. ``teacher`` or ``student``."""
+    if (src / fmt.META_NAME).is_file() and not (src / "manifest.json").exists():
+        raise UsageError(
+            f"{role + ' ' if role else ''}{src} is an ONNX model (export_onnx or quantize_int8 wrote it), "
+            "not a PyTorch/transformers model; give the model directory it was exported from (written by "
+            "modelyard.training.save_model; for a registered ONNX version, download its PyTorch parent)"
+        )
+
+
 def _verified(src: Path, verify: Any) -> str:
     if not src.exists():
         raise NotFoundError(f"model directory {str(src)!r} not found")
@@ -197,6 +210,7 @@ def _verified(src: Path, verify: Any) -> str:
         raise UsageError(
             f"{src} is a file; give the model directory written by modelyard.training.save_model"
         )
+    refuse_onnx_source(src)
     verify(src)
     return fmt.sha256_file(src / "manifest.json")
 

@@ -27,6 +27,7 @@ from modelyard.errors import UsageError, YardError
 
 if TYPE_CHECKING:
     from modelyard.evaluation import EvalData
+    from modelyard.registry import VersionInfo
     from modelyard.training._data import Example
     from modelyard.training._recipe import Recipe
 
@@ -246,6 +247,34 @@ def _eval_rows(
     return chosen.dataset, rows
 
 
+def _not_pytorch(platform: Platform, ctx: Context, info: VersionInfo) -> str:
+    """Why a version that is not PyTorch (an ONNX export) cannot be optimised, naming the PyTorch version it
+    came from where lineage records one (an INT8 variant's parent is the FP32 export, whose parent it is)."""
+    from modelyard.registry import show
+
+    origin, seen = info.parent, {info.spec}
+    while origin is not None and origin not in seen:
+        seen.add(origin)
+        try:
+            up = show(platform, ctx, origin)
+        except YardError:  # removed, or not readable here: say what to give without naming it
+            origin = None
+            break
+        if up.format == "safetensors":
+            break
+        origin = up.parent
+    else:
+        origin = None
+    what = "an ONNX model" if info.format == "onnx" else f"a {info.format} model"
+    instead = (
+        f"optimise {origin}, the PyTorch version it was exported from"
+        if origin is not None
+        else "optimise the PyTorch/transformers version it was exported from (register that model first "
+        "if it is not in the registry)"
+    )
+    return f"{info.spec} is {what} ({info.variant}), not a PyTorch/transformers model; {instead}"
+
+
 def optimize(
     platform: Platform,
     ctx: Context,
@@ -293,9 +322,7 @@ def optimize(
             raise UsageError(NO_PRUNE)  # not silently ignored
         info = show(platform, ctx, spec)
         if info.format != "safetensors":
-            raise UsageError(
-                f"{info.spec} is already {info.format} ({info.variant}); optimise its PyTorch parent"
-            )
+            raise UsageError(_not_pytorch(platform, ctx, info))
         from modelyard.registry import read_manifest
 
         _, manifest = read_manifest(platform, ctx, info.spec)  # verified once, read for both checks below

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard.errors import AlreadyExistsError, NotFoundError, UsageError, ValidationError
-from modelyard.optimize._onnx import check_outside, check_target, make_staging
+from modelyard.optimize._onnx import check_outside, check_target, make_staging, refuse_onnx_source
 
 if TYPE_CHECKING:
     from modelyard.core import Context, Platform
@@ -116,7 +116,8 @@ def prune_model(
     Raises :class:`~modelyard.errors.ValidationError` for a bad ``amount`` or ``scope``,
     :class:`~modelyard.errors.NotFoundError` for a missing ``model_dir``,
     :class:`~modelyard.errors.IntegrityError` for one that does not match its manifest or holds pickle
-    files, :class:`~modelyard.errors.UsageError` for a model that is not T5 or has no tokenizer, and
+    files, :class:`~modelyard.errors.UsageError` for an ONNX export (give the model it was exported from), a
+    model that is not T5 or has no tokenizer, and
     :class:`~modelyard.errors.AlreadyExistsError` when ``out_dir`` holds files. Nothing is written to
     ``out_dir`` when it fails."""
     amount = _check_amount(amount)
@@ -140,6 +141,7 @@ def prune_model(
         raise UsageError(
             f"{src} is a file; give the model directory written by modelyard.training.save_model"
         )
+    refuse_onnx_source(src)
     model = load_model(src)  # verifies every file against the manifest and refuses pickle files first
     if getattr(model.config, "model_type", None) != "t5":
         raise UsageError(f"{src}: only T5 models can be pruned, not {model.config.model_type!r}")
