@@ -384,7 +384,12 @@ def _run(
                         "window": f"{seconds}s",
                         "cooldown": "1h",
                         "rules": [
-                            {"name": "input drift", "when": "drift.input > 0", "actions": ["log", "retrain"]}
+                            {
+                                "name": "input drift",
+                                "when": "drift.input > 0",
+                                "min_samples": 50,  # judged on the 120 shifted requests, not on a handful
+                                "actions": ["log", "retrain"],
+                            }
                         ],
                         "retrain": {
                             "recipe": "recipe.yaml",
