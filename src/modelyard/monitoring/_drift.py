@@ -1703,7 +1703,14 @@ def _fmt(x: float) -> str:
 def _details(col: ColumnDrift) -> str:
     s = col.stats
     if col.test == "missing":
-        return f"no value in the {'current' if col.judged else 'reference'} sample"
+        side = "current" if col.judged else "reference"
+        if not (col.reference_infinite or col.current_infinite):
+            return f"no value in the {side} sample"
+        # Values there, all +-inf: "no value" beside a missing share below 100% read as a contradiction.
+        return (
+            f"no finite value in the {side} sample, "
+            f"inf {col.reference_infinite_share:.1%} -> {col.current_infinite_share:.1%}"
+        )
     if col.kind == "numeric":
         return (
             f"psi {_fmt(s['psi'])}, ks {_fmt(s['ks_statistic'])} (p {_fmt(s['ks_p_value'])}), "

@@ -499,6 +499,8 @@ class Client:
         self._stack.set((*self._stack.get(), run))
         _CURRENT.set(self)
         self._install_signal_handlers()
+        global _INHERITED
+        _INHERITED = None  # this process has had a run of its own: no run active is no longer the parent's
         return run
 
     def active_run(self) -> Run | None:
