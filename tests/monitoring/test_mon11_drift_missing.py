@@ -92,7 +92,8 @@ def test_a_column_with_no_reference_value_is_not_judged_nor_counted(ref: object,
     assert (
         "all 50 values are missing in the reference sample" in col.notes[0] and "not judged" in col.notes[0]
     )
-    assert report.drifted_columns == ("shifted",) and report.share_drifted == 0.5
+    # left out of the share: one column judged, and drifted (it diluted the share to 0.5)
+    assert report.drifted_columns == ("shifted",) and report.share_drifted == 1.0
     assert report.rows()[0][5] == "not judged"
     assert report.to_dict()["columns"][0]["statistic"] is None  # no score: NaN, null in JSON
 

@@ -68,7 +68,7 @@ provided"), which hides every other column's verdict. Here a column entirely mis
 is drifted (the feature stopped arriving): test ``missing``, its statistic the current share of missing
 values (1, at a threshold of 1), with a note. A numeric column with no finite value (only NaN and +-inf, an
 overflow upstream) is judged the same way. A column entirely missing in the reference has nothing to be
-compared with: it is not judged (``judged`` False, statistic NaN, a note) and not counted as drifted.
+compared with: it is not judged (``judged`` False, statistic NaN, a note) and left out of the drifted share.
 
 **Column kinds** (when not given; :func:`infer_kind`, Evidently's ``infer_column_type`` rule, applied to
 the reference): floats are numeric; integers are categorical with at most 10 distinct values, numeric
@@ -303,7 +303,9 @@ class DriftReport:
 
     @property
     def share_drifted(self) -> float:
-        return _share(len(self.drifted_columns), len(self.columns))
+        # Of the columns judged: one with nothing in the reference to compare with is neither drifted nor
+        # not, so it does not dilute the share.
+        return _share(len(self.drifted_columns), sum(c.judged for c in self.columns))
 
     @property
     def dataset_drifted(self) -> bool:
