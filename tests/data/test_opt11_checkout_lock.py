@@ -63,9 +63,12 @@ def test_a_lock_that_fails_leaves_nothing_behind(
     assert _listing(parent) == before  # no temp directory, no dest
     message = str(info.value)
     where = dest if existing else parent
-    assert f"cannot check out into {dest}" in message and os.strerror(code) in message
+    assert f"cannot check out into {dest}" in message and "read and write" not in message  # not a mode
+    if code == errno.EWOULDBLOCK:  # held by another checkout's sweep each time: made again, then given up
+        assert f"removed this one's temporary directory in {where} 5 times" in message, message
+        return
+    assert os.strerror(code) in message  # the remedy is another filesystem
     assert re.search(rf"cannot lock .* in {re.escape(str(where))}", message), message
-    assert "read and write" not in message  # not a mode problem: the remedy is another filesystem
 
 
 def test_get_whose_checkout_cannot_lock_leaves_nothing_in_the_cache(

@@ -869,6 +869,58 @@ def _held(path: str) -> bool:
     return False
 
 
+def _remove_stale(path: Path) -> None:
+    """Remove a killed checkout's temp directory, holding its lock meanwhile: a checkout that made it just
+    now and locks it only next (see _held_temp) fails to, and makes another, rather than writing into a
+    tree removed under it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # gone meanwhile
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a live checkout holds it now
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+_TEMP_TRIES = 5  # temp directories a checkout makes before it gives up on others sweeping them
+
+
+def _held_temp(dest: Path, where: Path) -> tuple[Path, int]:
+    """A new temp directory for a checkout into ``dest``, made in ``where`` and locked (see _hold). It is
+    unlocked for a moment after it is made, when another checkout into ``dest`` may sweep it as stale: then
+    another is made."""
+    for _ in range(_TEMP_TRIES):
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
+        except OSError as exc:
+            raise _unusable_dest(dest, exc) from None
+        try:
+            held = _hold(tmp)
+        except (FileNotFoundError, BlockingIOError):  # swept, or a sweep holds it while it removes it
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        except BaseException as exc:  # ENOLCK: a filesystem without flock
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise _unlockable(dest, tmp, exc) from None
+            raise
+        try:  # swept between being opened and being locked: the lock is on a removed directory
+            if os.path.samestat(os.stat(tmp, follow_symlinks=False), os.fstat(held)):
+                return tmp, held
+        except FileNotFoundError:
+            pass
+        os.close(held)
+    raise UsageError(
+        f"cannot check out into {dest}: another checkout into it removed this one's temporary directory in "
+        f"{where} {_TEMP_TRIES} times, as if it were left by a killed checkout; retry once that one is done"
+    )
+
+
 def checkout(
     platform: Platform,
     ctx: Context,
@@ -901,17 +953,10 @@ def checkout(
         where = dest if existing else dest.parent
         where.mkdir(parents=True, exist_ok=True)
         for stale in _stale_temps(where, dest.name):  # left by a killed checkout into dest
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(dest.name)}checkout-", dir=where))
+            _remove_stale(stale)
     except OSError as exc:
         raise _unusable_dest(dest, exc) from None
-    try:
-        held = _hold(tmp)
-    except BaseException as exc:  # the cleanup below is not armed yet: the temp directory stayed behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise _unlockable(dest, tmp, exc) from None
-        raise
+    tmp, held = _held_temp(dest, where)  # the cleanup below is not armed yet: it removes its own on failure
     moved: list[Path] = []
     try:
         if _case_insensitive(tmp):
