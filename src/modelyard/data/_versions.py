@@ -558,8 +558,26 @@ def _add(
 
     since = _gc.generation(platform)  # before the add deduplicates against the stored digests
     cache: _manifest.StatCache = _manifest.StatCache(_cache_path(platform)) if use_cache else _NoCache()
-    work = Path(tempfile.mkdtemp(prefix="data-add-", dir=store.backend.staging_dir()))
-    spill = _Spill(work)
+    staging_dir: Path | None = None
+    work: Path | None = None
+    try:  # the cleanup below is not armed yet: a failure here must remove the temp folder itself
+        staging_dir = store.backend.staging_dir()
+        work = Path(tempfile.mkdtemp(prefix="data-add-", dir=staging_dir))
+        spill = _Spill(work)
+    except BaseException as exc:
+        cache.close()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, YardError):
+            raise platform.refuse(ctx, "dataset.write", resource, exc) from None
+        if isinstance(exc, OSError):
+            where = work or staging_dir or "the artifact store's staging folder"
+            failure = BackendError(
+                f"versioning {root} failed: cannot make its temp files in {where}: {exc.strerror or exc}; "
+                "free space in (or fix the permissions of) the artifact store's staging folder"
+            )
+            raise platform.refuse(ctx, "dataset.write", resource, failure) from exc
+        raise
     manifest_staged: StagedBlob | None = None
     try:
         try:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard.errors import NotFoundError, UsageError, ValidationError
-from modelyard.optimize._onnx import refuse_onnx_source
+from modelyard.serving._format import refuse_onnx_source
 
 if TYPE_CHECKING:
     from modelyard.tracking import Client

@@ -40,6 +40,7 @@ from typing import Any
 
 from modelyard.errors import AlreadyExistsError, IntegrityError, NotFoundError, UsageError, YardError
 from modelyard.serving import _format as fmt
+from modelyard.serving._format import refuse_onnx_source
 
 #: opset used when none is given; 14 is the oldest with everything the graphs use, 20 the newest the
 #: TorchScript exporter writes.
@@ -188,18 +189,6 @@ def check_outside(src: Path, out: Path) -> None:
     if out.resolve().is_relative_to(src.resolve()):
         raise UsageError(
             f"output directory {out} is inside {src}, the directory being read; choose one outside it"
-        )
-
-
-def refuse_onnx_source(src: Path, role: str = "") -> None:
-    """A UsageError when ``src`` is an ONNX export (onnx.json, no manifest.json: what export_onnx or
-    quantize_int8 writes) where the PyTorch model it came from is needed. The manifest check read it as a
-    damaged save (an IntegrityError saying "no manifest.json"). ``role``: e.g. ``teacher`` or ``student``."""
-    if (src / fmt.META_NAME).is_file() and not (src / "manifest.json").exists():
-        raise UsageError(
-            f"{role + ' ' if role else ''}{src} is an ONNX model (export_onnx or quantize_int8 wrote it), "
-            "not a PyTorch/transformers model; give the model directory it was exported from (written by "
-            "modelyard.training.save_model; for a registered ONNX version, download its PyTorch parent)"
         )
 
 

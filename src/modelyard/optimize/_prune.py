@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard.errors import AlreadyExistsError, NotFoundError, UsageError, ValidationError
-from modelyard.optimize._onnx import check_outside, check_target, make_staging, refuse_onnx_source
+from modelyard.optimize._onnx import check_outside, check_target, make_staging
+from modelyard.serving._format import refuse_onnx_source
 
 if TYPE_CHECKING:
     from modelyard.core import Context, Platform

@@ -232,3 +232,17 @@ def read_meta(root: Path, *, verify: bool = True) -> dict[str, Any]:
                     file=name,
                 )
     return meta
+
+
+def refuse_onnx_source(src: Path, role: str = "") -> None:
+    """A UsageError when ``src`` is an ONNX export (onnx.json, no manifest.json: what export_onnx or
+    quantize_int8 writes) where the PyTorch model it came from is needed. The manifest check read it as a
+    damaged save (an IntegrityError saying "no manifest.json"), training's weights check as a directory
+    without safetensors. ``role``: e.g. ``teacher``, ``student`` or ``model.pretrained``. Here rather than
+    in modelyard.optimize so that modelyard.training can use it without importing the optimizer."""
+    if (src / META_NAME).is_file() and not (src / "manifest.json").exists():
+        raise UsageError(
+            f"{role + ' ' if role else ''}{src} is an ONNX model (export_onnx or quantize_int8 wrote it), "
+            "not a PyTorch/transformers model; give the model directory it was exported from (written by "
+            "modelyard.training.save_model; for a registered ONNX version, download its PyTorch parent)"
+        )

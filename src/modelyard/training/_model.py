@@ -181,6 +181,11 @@ def _first_line(exc: BaseException) -> str:
 def _check_local_weights(path: Path) -> None:
     names = {p.name for p in path.iterdir() if p.is_file()}
     if not any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        # An ONNX export has no PyTorch weights: say so and name what to give (it read as "no safetensors").
+        # The check lives with the ONNX format (standard library only), not in modelyard.optimize.
+        from modelyard.serving._format import refuse_onnx_source
+
+        refuse_onnx_source(path, "model.pretrained")
         pickled = sorted(n for n in names if Path(n).suffix in PICKLE_SUFFIXES)
         if pickled:
             raise UsageError(
