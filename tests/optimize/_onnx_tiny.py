@@ -56,6 +56,18 @@ def tiny(factory: pytest.TempPathFactory) -> Tiny:
     return _CACHE[key]
 
 
+# Fixtures shared by the modules that bind them (`model, onnx_dir = _onnx_tiny.model, _onnx_tiny.onnx_dir`;
+# ruff reads names only imported as unused): the tiny model, and each of its ONNX exports in turn.
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return tiny(tmp_path_factory)
+
+
+@pytest.fixture(params=["fp32", "int8"])
+def onnx_dir(request: pytest.FixtureRequest, model: Tiny) -> Path:
+    return model.onnx_dir if request.param == "fp32" else model.int8_dir()
+
+
 def _build(root: Path) -> Tiny:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")

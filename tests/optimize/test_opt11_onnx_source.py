@@ -10,8 +10,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import _onnx_tiny  # tests/optimize/_onnx_tiny.py
 import pytest
-from _onnx_tiny import Tiny, tiny  # tests/optimize/_onnx_tiny.py
+from _onnx_tiny import Tiny
 from sqlalchemy import select
 
 from modelyard import registry
@@ -27,17 +28,9 @@ pytest.importorskip("torch")
 from modelyard.optimize import distill, export_onnx, optimize, prune_model
 from modelyard.training import parse_recipe
 
+model, onnx_dir = _onnx_tiny.model, _onnx_tiny.onnx_dir  # the shared fixtures
+
 ONNX = r"is an ONNX model .*exported from"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return tiny(tmp_path_factory)
-
-
-@pytest.fixture(params=["fp32", "int8"])
-def onnx_dir(request: pytest.FixtureRequest, model: Tiny) -> Path:
-    return model.onnx_dir if request.param == "fp32" else model.int8_dir()
 
 
 def _student(**model: Any) -> Any:

@@ -17,22 +17,15 @@ from modelyard.training import Recipe, build_model, parse_recipe
 
 # the shared tiny model and its exports live with the optimize tests (test directories are not packages)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "optimize"))
-from _onnx_tiny import Tiny, tiny
+import _onnx_tiny
+from _onnx_tiny import Tiny
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
+model, onnx_dir = _onnx_tiny.model, _onnx_tiny.onnx_dir  # the shared fixtures
+
 ONNX = r"is an ONNX model .*PyTorch.*exported from"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return tiny(tmp_path_factory)
-
-
-@pytest.fixture(params=["fp32", "int8"])
-def onnx_dir(request: pytest.FixtureRequest, model: Tiny) -> Path:
-    return model.onnx_dir if request.param == "fp32" else model.int8_dir()
 
 
 def _recipe(pretrained: Path) -> Recipe:

@@ -152,16 +152,21 @@ class StatCache:
         self.hits = 0
         self.hashed = 0
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")  # a lost cache entry only costs a re-hash
-        # Paths are keyed by their bytes (os.fsencode): a directory name that is not UTF-8 is a str with
-        # surrogate escapes, which SQLite cannot store as TEXT. The older TEXT-keyed table is only a cache.
-        with contextlib.suppress(sqlite3.OperationalError):  # busy: dropped by a later open
-            self._db.execute("DROP TABLE IF EXISTS stat")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS stat_b (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-            "ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
-        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")  # a lost cache entry only costs a re-hash
+            # Paths are keyed by their bytes (os.fsencode): a directory name that is not UTF-8 is a str
+            # with surrogate escapes, which SQLite cannot store as TEXT. The older TEXT-keyed table is only
+            # a cache.
+            with contextlib.suppress(sqlite3.OperationalError):  # busy: dropped by a later open
+                self._db.execute("DROP TABLE IF EXISTS stat")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS stat_b (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                "ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
+            )
+        except BaseException:  # not a database, or no side files (WAL) in its folder: close what opened
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()

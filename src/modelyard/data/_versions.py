@@ -557,7 +557,10 @@ def _add(
         raise platform.refuse(ctx, "dataset.write", resource, exc) from None
 
     since = _gc.generation(platform)  # before the add deduplicates against the stored digests
-    cache: _manifest.StatCache = _manifest.StatCache(_cache_path(platform)) if use_cache else _NoCache()
+    try:
+        cache: _manifest.StatCache = _manifest.StatCache(_cache_path(platform)) if use_cache else _NoCache()
+    except (OSError, sqlite3.Error) as exc:  # a file where its folder belongs, no write access, not SQLite
+        raise platform.refuse(ctx, "dataset.write", resource, _unusable_cache(platform, exc)) from None
     staging_dir: Path | None = None
     work: Path | None = None
     try:  # the cleanup below is not armed yet: a failure here must remove the temp folder itself
@@ -599,6 +602,9 @@ def _add(
                     store.backend.delete(object_name)
             if isinstance(exc, YardError):
                 raise platform.refuse(ctx, "dataset.write", resource, exc) from None
+            if isinstance(exc, sqlite3.Error):  # the stat cache's (SQLAlchemy wraps the catalog's)
+                unusable = _unusable_cache(platform, exc)
+                raise platform.refuse(ctx, "dataset.write", resource, unusable) from None
             if isinstance(exc, OSError):
                 failure = BackendError(f"versioning {root} failed: {exc}")
                 raise platform.refuse(ctx, "dataset.write", resource, failure) from exc
