@@ -474,25 +474,30 @@ _IPV6_ASSIGNABLE = tuple(
         ["2000::/3", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48"],
     )
 )
-_SUBSCRIPTED = re.compile(r"[\w\])]\[")
+# The loopback is reported as 127.0.0.1 is (an anonymised log must not keep one family's addresses), but only
+# as written "::1" or in full: "0::1" or "00:00:00:00:00:00:00:01" are slices and bytes.
+_LOOPBACK_FORMS = ("::1", "0:0:0:0:0:0:0:1")
+# A subscript: an indexed name, then only slice syntax up to the candidate ("x[2000::10]", "int[:, ::1]").
+_SUBSCRIPTED = re.compile(r"[\w\])]\[[\w\s:,.+\-]{0,40}$")
 
 
 def _find_ips(text: str) -> Iterator[tuple[int, int]]:
     if ":" in text:
         for m in _IPV6.finditer(text):
             s = m.group()
-            parts = [p for p in re.split(r"[:.]", s) if p]
-            # "::1", "1::2" or "a[::2]" are code far more often than addresses worth redacting.
-            if len(parts) < 2 or sum(len(p) for p in parts) < 4:
-                continue
-            try:
-                address = ipaddress.IPv6Address(s)
-            except ValueError:
-                continue
-            if not any(address in net for net in _IPV6_ASSIGNABLE):
-                continue
-            # A slice of an indexed name ("x[2000::10]") is Python; a URL's "[2001:db8::1]" follows a "/".
-            if m.start() >= 2 and _SUBSCRIPTED.match(text, m.start() - 2):
+            if s not in _LOOPBACK_FORMS:
+                parts = [p for p in re.split(r"[:.]", s) if p]
+                # "1::2" or "a[::2]" are code far more often than addresses worth redacting.
+                if len(parts) < 2 or sum(len(p) for p in parts) < 4:
+                    continue
+                try:
+                    address = ipaddress.IPv6Address(s)
+                except ValueError:
+                    continue
+                if not any(address in net for net in _IPV6_ASSIGNABLE):
+                    continue
+            # A slice ("x[2000::10]", "x[:, ::1]") is Python or Cython; a URL's "[::1]" follows a "/".
+            if _SUBSCRIPTED.search(text, max(0, m.start() - 44), m.start()):
                 continue
             yield m.span()
     for m in _IPV4.finditer(text):

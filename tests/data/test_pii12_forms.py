@@ -1,0 +1,50 @@
+"""Forms the PII scanner must find (loopback IPv6, dotted French numbers, addresses at rare generic TLDs)
+and the look-alikes it must not (slices and scopes, dotted versions, code after "@")."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from modelyard.data._pii import find_spans, scan_table
+
+
+def found(text: str) -> list[tuple[str, str]]:
+    return [(text[a:b], kind) for a, b, kind in find_spans(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("sshd: connection from ::1 port 50022", "::1"),  # as 127.0.0.1 is reported, so is its IPv6 twin
+        ("listen [::1]:8080", "::1"),
+        ("http://[::1]:8080/health", "::1"),
+        ("bind=0:0:0:0:0:0:0:1", "0:0:0:0:0:0:0:1"),
+        ("2026-01-02 10:00:01 GET / from fe80::1", "fe80::1"),
+        ("peer 2001:db8::8a2e:370:7334 up", "2001:db8::8a2e:370:7334"),
+    ],
+)
+def test_loopback_and_compressed_ipv6_are_found(text: str, address: str) -> None:
+    assert found(text) == [(address, "ip_address")]
+
+
+def test_loopback_ipv6_in_a_table_cell_is_found() -> None:
+    table = pa.table({"client": ["::1", "127.0.0.1", None]})
+    assert scan_table(table) == {"client": {"ip_address": 2}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "std::vector<int> v; a::b; ::std::move(x)",
+        "at 12:30:45 and 10:30:45:12",
+        "x[::2], x[::1], x[::-1], rows[1::2]",
+        "cdef double[::1] row; cdef int[:, ::1] grid; a[..., ::1]; b[0, ::1]",
+        "mac 00:1a:2b:3c:4d:5e",
+        "::",
+        "1::2 and ::2",  # reserved space: no host
+        "fe80:: is the link-local prefix",
+    ],
+)
+def test_ipv6_look_alikes_are_not_found(text: str) -> None:
+    assert found(text) == []
