@@ -48,3 +48,37 @@ def test_loopback_ipv6_in_a_table_cell_is_found() -> None:
 )
 def test_ipv6_look_alikes_are_not_found(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "01.02.03.04.05",
+        "tel 06.12.34.56.78",
+        "Tél. : 01.23.45.67.89",
+        "appeler le 09.87.65.43.21 svp",
+        "dev 01.02.03.04.05",
+    ],
+)
+def test_dotted_french_numbers_are_found(text: str) -> None:
+    assert [kind for _, kind in found(text)] == ["phone"]
+
+
+def test_a_dotted_french_number_in_a_phone_column_is_found() -> None:
+    assert scan_table(pa.table({"phone": ["01.02.03.04.05", "06.12.34.56.78"]})) == {"phone": {"phone": 2}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "v 01.02.03.04.05",
+        "V01.02.03.04.05",
+        "version 01.02.03.04.05",
+        "Version: 06.12.34.56.78",
+        "firmware 01.02.03.04.05, build 02.00.01.07.33",
+        "rev. 01.02.03.04.05",
+        "Agent/01.02.03.04.05",
+    ],
+)
+def test_dotted_versions_are_not_french_numbers(text: str) -> None:
+    assert found(text) == []

@@ -67,6 +67,14 @@ _NUM_L = r"(?<![\w.\-])(?<!\d[/:])"
 _NUM_R = r"(?!\w)(?![.\-/:]\d)"
 
 _ANY_DIGIT = re.compile(r"\d")
+# Dotted numbers right after a version word ("version 1.2.3.4", "build 10.0.19041.1", "OID 2.5.4.3",
+# "v 01.02.03.04.05") or a product token ("Agent/1.0.0.2") are a version or object id, not an IPv4 address
+# or a phone number: release notes and logs are full of them.
+_VERSION_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?:versions?|ver|v|releases?|rel|builds?|revision|rev|firmware|fw|patch|oid|sdk|update)"
+    r"\.?\s*[:=#]?\s*|[A-Za-z]/)$",
+    re.IGNORECASE,
+)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -288,8 +296,13 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
         least = 10 if pattern is _PHONE_UK else 9
         for m in pattern.finditer(text):
             n_digits = sum(ch.isdigit() for ch in m.group())
-            if least <= n_digits <= 11:
-                yield m.span()
+            if not least <= n_digits <= 11:
+                continue
+            # Real numbers are written with dots ("06.12.34.56.78" in a phone column): the dotted form stays,
+            # but after "v", "version", "build"... it is a version ("v 01.02.03.04.05"), as for IPv4 quads.
+            if "." in m.group() and _VERSION_BEFORE.search(text, max(0, m.start() - 24), m.start()):
+                continue
+            yield m.span()
     if trunk:
         for m in _PHONE_DE.finditer(text):
             if 10 <= sum(ch.isdigit() for ch in m.group()) <= 12:
@@ -453,13 +466,6 @@ def _iban_at(text: str, start: int, stop: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------------
 # IP addresses: shape by regex, validity by `ipaddress` (octets <= 255, no leading zeros).
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
-# A dotted quad right after a version word ("version 1.2.3.4", "build 10.0.19041.1", "OID 2.5.4.3") or a
-# product token ("Agent/1.0.0.2") is a version or object id: release notes and logs are full of them.
-_VERSION_BEFORE = re.compile(
-    r"(?:(?<![A-Za-z])(?:versions?|ver|v|releases?|rel|builds?|revision|rev|firmware|fw|patch|oid|sdk|update)"
-    r"\.?\s*[:=#]?\s*|[A-Za-z]/)$",
-    re.IGNORECASE,
-)
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
