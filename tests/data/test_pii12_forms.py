@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from modelyard.data._pii import find_spans, scan_table
+from modelyard.data._pii import find_spans, redact_text, scan_table
 
 
 def found(text: str) -> list[tuple[str, str]]:
@@ -81,4 +81,45 @@ def test_a_dotted_french_number_in_a_phone_column_is_found() -> None:
     ],
 )
 def test_dotted_versions_are_not_french_numbers(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "jane@studio.lighting",
+        "bob@acme.accountant",
+        "info@shop.bike",
+        "hello@band.guitars",
+        "team@kitchen.recipes",
+        "Anna@Praxis.Dental",
+        "user@example.photography",
+        "a@b.museum",
+        "x@y.co.uk",
+    ],
+)
+def test_addresses_at_generic_tlds_with_one_word_labels_are_found(address: str) -> None:
+    text = f"write to {address}, thanks"
+    assert found(text) == [(address, "email")]
+    assert redact_text(text) == "write to <EMAIL>, thanks"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "file@2x.png",
+        "clip@2x.mov and tex@2x.dds",
+        "user@localhost",
+        "v = x@self.weight.data",
+        "y = x@self.map",
+        "loss = out@batch.target",
+        "z = a@torch.zero",
+        "s = x@model.fit",
+        "this@MainActivity.run { finish() }",
+        "dialog@builder.show",
+        "h = x@self.delta",
+        "foo@bar.foo",
+    ],
+)
+def test_code_ending_in_a_tld_that_names_code_is_not_an_email(text: str) -> None:
     assert found(text) == []

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from modelyard.data._tlds import GENERIC_TLDS
 from modelyard.errors import UsageError
 
 __all__ = [
@@ -106,21 +107,21 @@ _EMAIL = re.compile(
     r"(?P<tld>[^\W\d_]{2,24}|xn--[A-Za-z0-9]{2,59})"
     r"(?![\w\-])"
 )
-# File extensions that are not TLDs: "icon@2x.png" is an asset name, not an address.
+# File extensions, read as such even where a TLD has the name: "icon@2x.png", "clip@2x.mov" are assets.
 _NOT_TLDS = frozenset(
     {
         *("png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "tif", "tiff", "heic"),
         *("js", "ts", "css", "scss", "html", "htm", "json", "yaml", "yml", "csv", "tsv", "txt", "pdf"),
-        *("rb", "java", "cpp", "log", "ini", "toml", "xml"),
+        *("rb", "java", "cpp", "log", "ini", "toml", "xml", "mov", "dds", "cab"),
     }
 )
 
 # Python's "@" (matrix product) before an attribute chain reads like an address: "x@self.weight",
 # "q@k.transpose". The TLD tells them apart, so one ending a chain of identifiers must be real: an assigned
-# country code (ISO 3166, as delegated), a generic TLD addresses are used at (and RFC 2606's example and
-# test, which sample data uses for real addresses), an internal one (corp, local), or an IDN. A domain
-# with a label no identifier has ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD.
-# An address at a rare generic TLD with one-word labels ("jane@studio.lighting") is missed for that.
+# country code (ISO 3166, as delegated), an IDN, a common generic TLD (and RFC 2606's example and test,
+# which sample data uses for real addresses), an internal one (corp, local), or any other generic TLD in the
+# root zone ("jane@studio.lighting") unless code uses that name after "@" (_CODE_NAME_LIST). A domain with
+# a label no identifier has ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD.
 _CC_TLD_LIST = (
     "ac ad ae af ag ai al am ao aq ar as at au aw ax az ba bb bd be bf bg bh bi bj bm bn bo bq br bs bt "
     "bv bw by bz ca cc cd cf cg ch ci ck cl cm cn co cr cu cv cw cx cy cz de dj dk dm do dz ec ee eg er "
@@ -144,8 +145,16 @@ _GENERIC_TLD_LIST = (
     # internal mail domains, common in the enterprise data this scans: RFC 6762's local, ICANN's internal
     "local internal corp lan intranet home localdomain"
 )
+# Generic TLDs that are names in code: attributes and methods of Python's standard library, numpy, pandas,
+# pyarrow and torch ("x@self.weight.data", "a@b.map"), common ML and app ones ("out@batch.target",
+# "d@builder.show") and placeholders ("foo@bar.foo"). An address at one with one-word labels is missed.
+_CODE_NAME_LIST = (
+    "abc book build call case codes compare data date day discover dot download drive fail final help map "
+    "new next now open parts place prod property read run safe save search seek select storage stream style "
+    "total windows zip fit target delta zero show play watch box tab free rest pid pin foo bar"
+)
 _CC_TLDS = frozenset(_CC_TLD_LIST.split())
-_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split())
+_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split()) | (GENERIC_TLDS - frozenset(_CODE_NAME_LIST.split()))
 
 
 def _tld_real(tld: str) -> bool:
