@@ -44,6 +44,7 @@ def test_loopback_ipv6_in_a_table_cell_is_found() -> None:
         "::",
         "1::2 and ::2",  # reserved space: no host
         "fe80:: is the link-local prefix",
+        'return f"{self.kexpr(offset)}::1"; (a)::1; v[i]::1',  # a scope after a closing bracket
     ],
 )
 def test_ipv6_look_alikes_are_not_found(text: str) -> None:

@@ -475,8 +475,9 @@ def _iban_at(text: str, start: int, stop: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------------
 # IP addresses: shape by regex, validity by `ipaddress` (octets <= 255, no leading zeros).
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
+# Not after a closing bracket: "f'{x}::1'", "(a)::1" are a scope or slice, not an address.
 _IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
+    r"(?<![\w:.)\]}])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
 
 # Hosts get addresses only where IANA has allocated space: global unicast, unique local, link-local and
