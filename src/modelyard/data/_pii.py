@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from modelyard.data._tlds import GENERIC_TLDS
 from modelyard.errors import UsageError
 
 __all__ = [
@@ -67,6 +68,14 @@ _NUM_L = r"(?<![\w.\-])(?<!\d[/:])"
 _NUM_R = r"(?!\w)(?![.\-/:]\d)"
 
 _ANY_DIGIT = re.compile(r"\d")
+# Dotted numbers right after a version word ("version 1.2.3.4", "build 10.0.19041.1", "OID 2.5.4.3",
+# "v 01.02.03.04.05") or a product token ("Agent/1.0.0.2") are a version or object id, not an IPv4 address
+# or a phone number: release notes and logs are full of them.
+_VERSION_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?:versions?|ver|v|releases?|rel|builds?|revision|rev|firmware|fw|patch|oid|sdk|update)"
+    r"\.?\s*[:=#]?\s*|[A-Za-z]/)$",
+    re.IGNORECASE,
+)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -98,21 +107,21 @@ _EMAIL = re.compile(
     r"(?P<tld>[^\W\d_]{2,24}|xn--[A-Za-z0-9]{2,59})"
     r"(?![\w\-])"
 )
-# File extensions that are not TLDs: "icon@2x.png" is an asset name, not an address.
+# File extensions, read as such even where a TLD has the name: "icon@2x.png", "clip@2x.mov" are assets.
 _NOT_TLDS = frozenset(
     {
         *("png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "tif", "tiff", "heic"),
         *("js", "ts", "css", "scss", "html", "htm", "json", "yaml", "yml", "csv", "tsv", "txt", "pdf"),
-        *("rb", "java", "cpp", "log", "ini", "toml", "xml"),
+        *("rb", "java", "cpp", "log", "ini", "toml", "xml", "mov", "dds", "cab"),
     }
 )
 
 # Python's "@" (matrix product) before an attribute chain reads like an address: "x@self.weight",
 # "q@k.transpose". The TLD tells them apart, so one ending a chain of identifiers must be real: an assigned
-# country code (ISO 3166, as delegated), a generic TLD addresses are used at (and RFC 2606's example and
-# test, which sample data uses for real addresses), an internal one (corp, local), or an IDN. A domain
-# with a label no identifier has ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD.
-# An address at a rare generic TLD with one-word labels ("jane@studio.lighting") is missed for that.
+# country code (ISO 3166, as delegated), an IDN, a common generic TLD (and RFC 2606's example and test,
+# which sample data uses for real addresses), an internal one (corp, local), or any other generic TLD in the
+# root zone ("jane@studio.lighting") unless code uses that name after "@" (_CODE_NAME_LIST). A domain with
+# a label no identifier has ("my-studio", "xn--bcher-kva", "3com") is a host name whatever its TLD.
 _CC_TLD_LIST = (
     "ac ad ae af ag ai al am ao aq ar as at au aw ax az ba bb bd be bf bg bh bi bj bm bn bo bq br bs bt "
     "bv bw by bz ca cc cd cf cg ch ci ck cl cm cn co cr cu cv cw cx cy cz de dj dk dm do dz ec ee eg er "
@@ -136,8 +145,16 @@ _GENERIC_TLD_LIST = (
     # internal mail domains, common in the enterprise data this scans: RFC 6762's local, ICANN's internal
     "local internal corp lan intranet home localdomain"
 )
+# Generic TLDs that are names in code: attributes and methods of Python's standard library, numpy, pandas,
+# pyarrow and torch ("x@self.weight.data", "a@b.map"), common ML and app ones ("out@batch.target",
+# "d@builder.show") and placeholders ("foo@bar.foo"). An address at one with one-word labels is missed.
+_CODE_NAME_LIST = (
+    "abc book build call case codes compare data date day discover dot download drive fail final help map "
+    "new next now open parts place prod property read run safe save search seek select storage stream style "
+    "total windows zip fit target delta zero show play watch box tab free rest pid pin foo bar"
+)
 _CC_TLDS = frozenset(_CC_TLD_LIST.split())
-_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split())
+_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split()) | (GENERIC_TLDS - frozenset(_CODE_NAME_LIST.split()))
 
 
 def _tld_real(tld: str) -> bool:
@@ -288,8 +305,13 @@ def _find_phones(text: str) -> Iterator[tuple[int, int]]:
         least = 10 if pattern is _PHONE_UK else 9
         for m in pattern.finditer(text):
             n_digits = sum(ch.isdigit() for ch in m.group())
-            if least <= n_digits <= 11:
-                yield m.span()
+            if not least <= n_digits <= 11:
+                continue
+            # Real numbers are written with dots ("06.12.34.56.78" in a phone column): the dotted form stays,
+            # but after "v", "version", "build"... it is a version ("v 01.02.03.04.05"), as for IPv4 quads.
+            if "." in m.group() and _VERSION_BEFORE.search(text, max(0, m.start() - 24), m.start()):
+                continue
+            yield m.span()
     if trunk:
         for m in _PHONE_DE.finditer(text):
             if 10 <= sum(ch.isdigit() for ch in m.group()) <= 12:
@@ -453,15 +475,9 @@ def _iban_at(text: str, start: int, stop: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------------
 # IP addresses: shape by regex, validity by `ipaddress` (octets <= 255, no leading zeros).
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
-# A dotted quad right after a version word ("version 1.2.3.4", "build 10.0.19041.1", "OID 2.5.4.3") or a
-# product token ("Agent/1.0.0.2") is a version or object id: release notes and logs are full of them.
-_VERSION_BEFORE = re.compile(
-    r"(?:(?<![A-Za-z])(?:versions?|ver|v|releases?|rel|builds?|revision|rev|firmware|fw|patch|oid|sdk|update)"
-    r"\.?\s*[:=#]?\s*|[A-Za-z]/)$",
-    re.IGNORECASE,
-)
+# Not after a closing bracket: "f'{x}::1'", "(a)::1" are a scope or slice, not an address.
 _IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
+    r"(?<![\w:.)\]}])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])(?!\.\d)"
 )
 
 # Hosts get addresses only where IANA has allocated space: global unicast, unique local, link-local and
@@ -474,25 +490,30 @@ _IPV6_ASSIGNABLE = tuple(
         ["2000::/3", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48"],
     )
 )
-_SUBSCRIPTED = re.compile(r"[\w\])]\[")
+# The loopback is reported as 127.0.0.1 is (an anonymised log must not keep one family's addresses), but only
+# as written "::1" or in full: "0::1" or "00:00:00:00:00:00:00:01" are slices and bytes.
+_LOOPBACK_FORMS = ("::1", "0:0:0:0:0:0:0:1")
+# A subscript: an indexed name, then only slice syntax up to the candidate ("x[2000::10]", "int[:, ::1]").
+_SUBSCRIPTED = re.compile(r"[\w\])]\[[\w\s:,.+\-]{0,40}$")
 
 
 def _find_ips(text: str) -> Iterator[tuple[int, int]]:
     if ":" in text:
         for m in _IPV6.finditer(text):
             s = m.group()
-            parts = [p for p in re.split(r"[:.]", s) if p]
-            # "::1", "1::2" or "a[::2]" are code far more often than addresses worth redacting.
-            if len(parts) < 2 or sum(len(p) for p in parts) < 4:
-                continue
-            try:
-                address = ipaddress.IPv6Address(s)
-            except ValueError:
-                continue
-            if not any(address in net for net in _IPV6_ASSIGNABLE):
-                continue
-            # A slice of an indexed name ("x[2000::10]") is Python; a URL's "[2001:db8::1]" follows a "/".
-            if m.start() >= 2 and _SUBSCRIPTED.match(text, m.start() - 2):
+            if s not in _LOOPBACK_FORMS:
+                parts = [p for p in re.split(r"[:.]", s) if p]
+                # "1::2" or "a[::2]" are code far more often than addresses worth redacting.
+                if len(parts) < 2 or sum(len(p) for p in parts) < 4:
+                    continue
+                try:
+                    address = ipaddress.IPv6Address(s)
+                except ValueError:
+                    continue
+                if not any(address in net for net in _IPV6_ASSIGNABLE):
+                    continue
+            # A slice ("x[2000::10]", "x[:, ::1]") is Python or Cython; a URL's "[::1]" follows a "/".
+            if _SUBSCRIPTED.search(text, max(0, m.start() - 44), m.start()):
                 continue
             yield m.span()
     for m in _IPV4.finditer(text):
