@@ -70,9 +70,10 @@ def train_cmd(
     recipe, text = read_recipe(recipe_path, sets)
     launching = (nproc > 1 or nnodes != "1") and "WORLD_SIZE" not in os.environ
     with acting() as (platform, ctx):
-        from modelyard.training import check_data
+        from modelyard.training import check_data, check_pretrained
 
         check_data(platform, ctx, recipe)  # missing versions fail before any process starts
+        check_pretrained(recipe)  # and so does an unloadable local model.pretrained
         if launching:
             launcher = {
                 "nproc": nproc,

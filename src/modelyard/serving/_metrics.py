@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -55,12 +54,6 @@ class Metrics:
     def __init__(self, *, multiprocess: bool = False) -> None:
         """``multiprocess``: this process is one of several workers of a server (see the module doc)."""
         self.multiprocess_dir = multiprocess_dir(multiprocess)
-        # remove() warns whenever PROMETHEUS_MULTIPROC_DIR is set: it cannot delete a value from the shared
-        # files. Expected here (the value is set to 0 first and the merge leaves zeros out), and printed on
-        # every worker's start it read as a fault. Only that message is silenced.
-        warnings.filterwarnings(
-            "ignore", message="Removal of labels has not been implemented", category=UserWarning
-        )
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "yard_requests_total", "Answered predict requests.", ["model", "version", "route"], registry=r
@@ -118,8 +111,7 @@ class Metrics:
     def set_model(self, route: Route) -> None:
         for labels in list(self.info._metrics):  # what this route served before
             if labels[0] == route.name:
-                self.info.labels(*labels).set(0)  # a removed child's shared file keeps its last value
-                self.info.remove(*labels)
+                _drop(self.info, labels)
         self.info.labels(route.name, str(route.stable.version), route.stable.variant, "stable").set(1)
         if route.candidate is not None:
             self.info.labels(
@@ -136,8 +128,7 @@ class Metrics:
         }
         for labels in list(self.queue._metrics):
             if labels not in depths:
-                self.queue.labels(*labels).set(0)
-                self.queue.remove(*labels)
+                _drop(self.queue, labels)
         for labels, depth in depths.items():
             self.queue.labels(*labels).set(depth)
 
@@ -159,6 +150,18 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+def _drop(gauge: Gauge, labels: Sequence[str]) -> None:
+    """Zero a child and forget it: Gauge.remove() without its warning. Zeroed first because with several
+    workers its shared file keeps the last value (the merge leaves zeros out). remove() warns "Removal of
+    labels has not been implemented" whenever PROMETHEUS_MULTIPROC_DIR is set, which is expected here and,
+    printed on every worker's start, read as a fault. Silencing it took a process-wide filter (hiding the
+    message from any other code); warnings.catch_warnings is not thread-safe before Python 3.14, and model
+    threads run beside this. So the child is dropped as remove() drops it, under the metric's lock."""
+    gauge.labels(*labels).set(0)
+    with gauge._lock:
+        gauge._metrics.pop(labels, None)
 
 
 class _Merged:

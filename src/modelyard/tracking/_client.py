@@ -268,7 +268,7 @@ class Run:
         this thread (the handler then does that end itself, with its own status, before the process
         stops). ``deadline`` (monotonic): when the flush gives up, if not ``flush_timeout_s`` from now."""
         if self._writer.orphaned:
-            raise self._writer._orphan_error()  # a forked child must not end its parent's run
+            raise orphan_error(self.id)  # a forked child must not end its parent's run
         with self._end_cond:
             # Another thread is ending this run: return once it is done, as an end() that returned means
             # the run is ended (this returned at once, and a main thread could exit and lose the run).

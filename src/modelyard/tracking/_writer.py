@@ -93,7 +93,7 @@ class MetricWriter:
     def add(self, points: list[MetricPoint]) -> None:
         with self._cond:
             if self.orphaned:
-                raise self._orphan_error()
+                raise orphan_error(self.run_id)
             if self._stopping and not self._thread.is_alive():
                 if self.last_error is not None:  # it gave up: the run was deleted or the role revoked
                     raise BackendError(
@@ -120,7 +120,7 @@ class MetricWriter:
         (the points stay buffered and are still retried)."""
         deadline = time.monotonic() + timeout
         if self.orphaned:
-            raise self._orphan_error()
+            raise orphan_error(self.run_id)
         with self._cond:
             target = self._logged
             self._flush_wanted = True
@@ -145,9 +145,6 @@ class MetricWriter:
         """This process is a fork: points added here would wait for a thread that only the parent has."""
         self._cond = threading.Condition(threading.RLock())  # another thread may have held it at the fork
         self.orphaned = True
-
-    def _orphan_error(self) -> UsageError:
-        return orphan_error(self.run_id)
 
     def begin_end(self) -> None:
         """The run is ending: stop heartbeats and system samples, keep writing what is buffered. If the

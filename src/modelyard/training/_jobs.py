@@ -484,11 +484,15 @@ def submit_kubernetes_job(
 
 
 def check_recipe_data(platform: Platform, ctx: Context, req: JobRequest) -> None:
-    """Every dataset version the recipe reads exists (a job that could only fail is not queued)."""
+    """Every dataset version the recipe reads exists, and a local model.pretrained of a train or tune job
+    is loadable (a job that could only fail is not queued)."""
+    from modelyard.training._model import check_pretrained
     from modelyard.training._recipe import check_data, parse_recipe, parse_yaml
 
     recipe = parse_recipe(parse_yaml(req.recipe, source=req.recipe_name, stored=True), source=req.recipe_name)
     check_data(platform, ctx, recipe)
+    if req.command in ("train", "tune"):  # eval reads a run's or a given model, not model.pretrained
+        check_pretrained(recipe)
 
 
 def _insert_job(

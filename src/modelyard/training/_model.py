@@ -150,12 +150,7 @@ def _load_pretrained(path_or_id: str, revision: str | None) -> Any:
     AutoModelForSeq2SeqLM: Any = transformers.AutoModelForSeq2SeqLM
 
     local = Path(path_or_id).expanduser()
-    if local.is_dir():
-        _check_local_weights(local)
-    elif local.exists():
-        raise UsageError(
-            f"model.pretrained {path_or_id!r} is a file; give the directory that holds config.json"
-        )
+    _check_local_source(path_or_id)
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(
             str(local) if local.is_dir() else path_or_id,
@@ -176,6 +171,24 @@ def _load_pretrained(path_or_id: str, revision: str | None) -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_pretrained(recipe: Recipe) -> None:
+    """Refuse a local ``model.pretrained`` that cannot be loaded (a file, an ONNX export, pickle-only or no
+    weights) before any run, study or job exists: a config mistake, not a FAILED run. Needs no torch. A hub
+    id, or a path that is not here (a job's pod), is left to the load."""
+    if recipe.model.pretrained is not None:
+        _check_local_source(recipe.model.pretrained)
+
+
+def _check_local_source(path_or_id: str) -> None:
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        _check_local_weights(local)
+    elif local.exists():
+        raise UsageError(
+            f"model.pretrained {path_or_id!r} is a file; give the directory that holds config.json"
+        )
 
 
 def _check_local_weights(path: Path) -> None:

@@ -343,7 +343,7 @@ def train(
     import torch
 
     from modelyard.training._data import load_splits
-    from modelyard.training._model import build_model, make_grad_scaler, resolve_precision
+    from modelyard.training._model import build_model, check_pretrained, make_grad_scaler, resolve_precision
 
     dist = _dist.from_env()
     dev = _dist.pick_device(device, dist)
@@ -355,6 +355,7 @@ def train(
         )
     if dist.main and client is None:
         raise UsageError("rank 0 needs a tracking client")
+    check_pretrained(recipe)  # a config mistake, refused before it leaves a FAILED run
     hooks = hooks or TrainHooks()
     clash = sorted(set(hooks.params) & set(recipe.params()))
     if clash:

@@ -239,6 +239,7 @@ def tune(
     the trials already done count, and the summary is recorded at the end."""
     import optuna
 
+    from modelyard.training._model import check_pretrained
     from modelyard.training._train import Pruned, train
 
     space = recipe.search
@@ -255,6 +256,7 @@ def tune(
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if recipe.train.eval_every_steps is None:
         raise UsageError("tuning needs train.eval_every_steps: the objective is the best validation value")
+    check_pretrained(recipe)  # before the study and its parent run: every trial would fail
     name = study or f"{recipe.experiment or 'default'}-tune"
     if not _STUDY_RE.match(name):
         raise UsageError(f"study name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
