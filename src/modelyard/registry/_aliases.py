@@ -25,6 +25,7 @@ from modelyard.core._models import (
     AliasEvent,
     Attestation,
     AuditRecord,
+    Job,
     ModelAlias,
     ModelVersion,
     RegisteredModel,
@@ -186,11 +187,11 @@ def _point(
 
 def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, str]]:
     """The manifest digest of ``spec`` and who made it, for four eyes: user -> what they did. Who registered
-    it and who ran the run that trained it (an approver must not get their own model approved by having
-    someone else register their run), and the same of every version it derives from (an INT8 variant
-    someone else optimised holds the weights its parent's run trained). Read from the signed manifests:
-    a row edited to name no run (the column older versions leave empty) would hide the trainer; a deleted
-    run's trainer is read from the audit log (:func:`_trainer`)."""
+    it and who ran the run that trained it or submitted the job that ran it (an approver must not get their
+    own model approved by having someone else register their run), and the same of every version it
+    derives from (an INT8 variant someone else optimised holds the weights its parent's run trained).
+    Read from the signed manifests: a row edited to name no run (the column older versions leave empty)
+    would hide the trainer; a deleted run's trainer is read from the audit log (:func:`_trainer`)."""
     made: dict[str, str] = {}
     digest = ""
     derived: str | None = None
@@ -205,6 +206,8 @@ def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, 
         lineage = manifest.get("lineage") or {}
         if lineage.get("run"):
             made.setdefault(_trainer(platform, ctx, lineage["run"], what), f"trained {what}")
+            for job, user in _job_submitters(platform, ctx, lineage["run"]):
+                made.setdefault(user, f"submitted job {job}, which trained {what}")
         derived = derived or info.spec
         next_spec = lineage.get("parent")
     return digest, made
@@ -234,6 +237,31 @@ def _trainer(platform: Platform, ctx: Context, run_id: str, what: str) -> str:
             action="model.approve",
         )
     return trainer
+
+
+def _job_submitters(platform: Platform, ctx: Context, run_id: str) -> list[tuple[int, str]]:
+    """(job, who submitted it) of the queued jobs that ran the run: a job runs with its worker's identity,
+    so the run names the worker, but the submitter chose what it trains. From the job rows, and from the
+    audit records of the runs attached to jobs (a deleted run's job no longer names it)."""
+    attached = f'%"run":"{run_id}"%'  # canonical detail JSON; a run id is hex, nothing LIKE would expand
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Job.id, Job.submitted_by).where(Job.project_id == ctx.project_id, Job.run_id == run_id)
+        )
+        found = {(job, user) for job, user in rows}
+        for resource, detail in s.execute(
+            select(AuditRecord.resource, AuditRecord.detail).where(
+                AuditRecord.project == ctx.project,
+                AuditRecord.action.in_(("job.write", "worker.run")),
+                AuditRecord.resource.like("job:%"),
+                AuditRecord.outcome == "ok",
+                AuditRecord.detail.like(attached),
+            )
+        ):
+            owner, job = json.loads(detail).get("owner"), resource.removeprefix("job:")
+            if isinstance(owner, str) and job.isdigit():
+                found.add((int(job), owner))
+    return sorted(found)
 
 
 def _targets(s: Session, model_id: int) -> dict[str, int]:
