@@ -525,10 +525,12 @@ def store_attestation(
             )
     if problem is not None:
         raise platform.refuse(ctx, action, f"model:{spec}", UsageError(problem)) from None
+    checked = None  # the manifest four eyes was checked for: an alias may move before the write
     if vouch:
         platform.authorize(ctx, action, f"model:{spec}")  # the role first: makers are no viewer's business
         try:
-            made = makers(platform, ctx, spec)[1].get(ctx.user)
+            checked, made_by = makers(platform, ctx, spec)
+            made = made_by.get(ctx.user)
             if made is not None:
                 raise PermissionDeniedError(
                     f"{ctx.user} {made} and cannot also attest that it passed its gates (four eyes): run "
@@ -541,6 +543,8 @@ def store_attestation(
     detail: dict[str, Any] = {"kind": kind, "passed": passed}
     with platform.mutate(ctx, action, f"model:{spec}", detail) as s:
         model, row = resolve_row(platform, s, ctx, spec)
+        if checked is not None and row.manifest_digest != checked:
+            raise UsageError(f"{spec} changed while it was being checked (four eyes); attest again")
         now = utcnow()
         body = canonical(
             {
