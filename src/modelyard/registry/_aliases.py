@@ -511,8 +511,9 @@ def store_attestation(
     problem = None
     if not isinstance(passed, bool):  # signed as written: 1 would never match the row's boolean again
         problem = f"passed must be True or False, not {passed!r}"
-    elif not isinstance(kind, str) or not kind.strip() or len(kind) > 64 or not kind.isprintable():
-        problem = f"an attestation kind is a short name such as 'gates', not {kind!r}"
+    elif not isinstance(kind, str) or not kind.strip() or len(kind) > 32 or not kind.isprintable():
+        # 32: its column's width (PostgreSQL refuses longer with a driver error inside the write)
+        problem = f"an attestation kind is a short name (at most 32 characters) such as 'gates', not {kind!r}"
     elif not isinstance(result, Mapping):
         problem = f"an attestation result is a mapping, not {type(result).__name__}"
     else:
