@@ -25,6 +25,7 @@ from modelyard.core._models import (
     AliasEvent,
     Attestation,
     AuditRecord,
+    Job,
     ModelAlias,
     ModelVersion,
     RegisteredModel,
@@ -186,11 +187,11 @@ def _point(
 
 def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, str]]:
     """The manifest digest of ``spec`` and who made it, for four eyes: user -> what they did. Who registered
-    it and who ran the run that trained it (an approver must not get their own model approved by having
-    someone else register their run), and the same of every version it derives from (an INT8 variant
-    someone else optimised holds the weights its parent's run trained). Read from the signed manifests:
-    a row edited to name no run (the column older versions leave empty) would hide the trainer; a deleted
-    run's trainer is read from the audit log (:func:`_trainer`)."""
+    it and who ran the run that trained it or submitted the job that ran it (an approver must not get their
+    own model approved by having someone else register their run), and the same of every version it
+    derives from (an INT8 variant someone else optimised holds the weights its parent's run trained).
+    Read from the signed manifests: a row edited to name no run (the column older versions leave empty)
+    would hide the trainer; a deleted run's trainer is read from the audit log (:func:`_trainer`)."""
     made: dict[str, str] = {}
     digest = ""
     derived: str | None = None
@@ -205,6 +206,8 @@ def makers(platform: Platform, ctx: Context, spec: str) -> tuple[str, dict[str, 
         lineage = manifest.get("lineage") or {}
         if lineage.get("run"):
             made.setdefault(_trainer(platform, ctx, lineage["run"], what), f"trained {what}")
+            for job, user in _job_submitters(platform, ctx, lineage["run"]):
+                made.setdefault(user, f"submitted job {job}, which trained {what}")
         derived = derived or info.spec
         next_spec = lineage.get("parent")
     return digest, made
@@ -234,6 +237,31 @@ def _trainer(platform: Platform, ctx: Context, run_id: str, what: str) -> str:
             action="model.approve",
         )
     return trainer
+
+
+def _job_submitters(platform: Platform, ctx: Context, run_id: str) -> list[tuple[int, str]]:
+    """(job, who submitted it) of the queued jobs that ran the run: a job runs with its worker's identity,
+    so the run names the worker, but the submitter chose what it trains. From the job rows, and from the
+    audit records of the runs attached to jobs (a deleted run's job no longer names it)."""
+    attached = f'%"run":"{run_id}"%'  # canonical detail JSON; a run id is hex, nothing LIKE would expand
+    with platform.db.read() as s:
+        rows = s.execute(
+            select(Job.id, Job.submitted_by).where(Job.project_id == ctx.project_id, Job.run_id == run_id)
+        )
+        found = {(job, user) for job, user in rows}
+        for resource, detail in s.execute(
+            select(AuditRecord.resource, AuditRecord.detail).where(
+                AuditRecord.project == ctx.project,
+                AuditRecord.action.in_(("job.write", "worker.run")),
+                AuditRecord.resource.like("job:%"),
+                AuditRecord.outcome == "ok",
+                AuditRecord.detail.like(attached),
+            )
+        ):
+            owner, job = json.loads(detail).get("owner"), resource.removeprefix("job:")
+            if isinstance(owner, str) and job.isdigit():
+                found.add((int(job), owner))
+    return sorted(found)
 
 
 def _targets(s: Session, model_id: int) -> dict[str, int]:
@@ -483,8 +511,9 @@ def store_attestation(
     problem = None
     if not isinstance(passed, bool):  # signed as written: 1 would never match the row's boolean again
         problem = f"passed must be True or False, not {passed!r}"
-    elif not isinstance(kind, str) or not kind.strip() or len(kind) > 64 or not kind.isprintable():
-        problem = f"an attestation kind is a short name such as 'gates', not {kind!r}"
+    elif not isinstance(kind, str) or not kind.strip() or len(kind) > 32 or not kind.isprintable():
+        # 32: its column's width (PostgreSQL refuses longer with a driver error inside the write)
+        problem = f"an attestation kind is a short name (at most 32 characters) such as 'gates', not {kind!r}"
     elif not isinstance(result, Mapping):
         problem = f"an attestation result is a mapping, not {type(result).__name__}"
     else:
@@ -497,10 +526,12 @@ def store_attestation(
             )
     if problem is not None:
         raise platform.refuse(ctx, action, f"model:{spec}", UsageError(problem)) from None
+    checked = None  # the manifest four eyes was checked for: an alias may move before the write
     if vouch:
         platform.authorize(ctx, action, f"model:{spec}")  # the role first: makers are no viewer's business
         try:
-            made = makers(platform, ctx, spec)[1].get(ctx.user)
+            checked, made_by = makers(platform, ctx, spec)
+            made = made_by.get(ctx.user)
             if made is not None:
                 raise PermissionDeniedError(
                     f"{ctx.user} {made} and cannot also attest that it passed its gates (four eyes): run "
@@ -513,6 +544,8 @@ def store_attestation(
     detail: dict[str, Any] = {"kind": kind, "passed": passed}
     with platform.mutate(ctx, action, f"model:{spec}", detail) as s:
         model, row = resolve_row(platform, s, ctx, spec)
+        if checked is not None and row.manifest_digest != checked:
+            raise UsageError(f"{spec} changed while it was being checked (four eyes); attest again")
         now = utcnow()
         body = canonical(
             {

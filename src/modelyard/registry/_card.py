@@ -84,7 +84,8 @@ def _fmt(v: Any) -> str:
 def model_card(platform: Platform, ctx: Context, spec: str) -> Card:
     """The card of a version (verified first: IntegrityError if it does not match its signature)."""
     report_v = verify(platform, ctx, spec)
-    info, manifest = read_manifest(platform, ctx, spec)
+    # By number from here: an alias that moved since must not get a card of a version nobody verified.
+    info, manifest = read_manifest(platform, ctx, report_v.spec)
     report = eval_report(platform, ctx, info.spec)
     gates = attestations(platform, ctx, info.spec, kind="gates")
     lineage = manifest.get("lineage") or {}

@@ -121,6 +121,8 @@ def deploy(
         except YardError as exc:
             raise platform.refuse(ctx, "model.deploy", resource, exc) from None
     with platform.mutate(ctx, "model.deploy", resource, detail) as s:
+        if majority:  # mutate re-checks model.deploy only: an approver demoted since ctx was resolved
+            platform.recheck(s, ctx, "model.approve")
         if candidate is not None:
             # it must exist in this project
             _, version_row = resolve_row(platform, s, ctx, f"{name}@{candidate}")
