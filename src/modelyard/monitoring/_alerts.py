@@ -662,7 +662,7 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         return [f"retrain job {job.id} ended {job.status}"]
     from modelyard.evaluation import check_gates, load_policy
     from modelyard.registry import list_versions, register
-    from modelyard.serving._deploy import deploy
+    from modelyard.serving._deploy import current, deploy
 
     if pending["state"] == "queued":  # registered once: a later failure resumes here, not with a new version
         try:
@@ -705,6 +705,16 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         _put(platform, key, {**pending, "state": "gated-out"})
         platform.audit(ctx, "monitor.retrain", resource, "refused", {**detail, "failed": report.summary()})
         return [f"retrained {spec} failed its gates: {report.summary()}"]
+    # A deploy that committed before its error was raised (the connection lost after the commit), or by a
+    # monitor that died before recording it, left the version served: deploying it again would be a second
+    # deployment of it (and a human's since, at another weight, would be overridden).
+    served = current(platform, ctx, name)
+    if served is not None and served.candidate == version:
+        _put(platform, key, {**pending, "state": "deployed"})
+        platform.audit(ctx, "monitor.retrain", resource, "ok", {**detail, "deployed_already": True})
+        return [
+            f"retrained {spec} passed its gates and is deployed already ({served.mode} at {served.weight}%)"
+        ]
     try:
         deploy(
             platform,
@@ -715,6 +725,17 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
             weight=policy.retrain.canary_weight,
             reason=f"retrained after an alert (job {job.id})",
         )
+    except BackendError as exc:
+        # A store outage (its artifacts could not be read to verify them, the metadata store failed): the
+        # version is as good as it was, so the retrain stays pending and the next run deploys it, rather
+        # than a new retrain training again for the same result.
+        platform.audit(
+            ctx, "monitor.retrain", resource, "error", {**detail, "error": exc.message, "retry": True}
+        )
+        return [
+            f"retrained {spec} passed its gates but could not be deployed yet (tried again at the next "
+            f"run): {exc.message}"
+        ]
     except YardError as exc:
         _put(platform, key, {**pending, "state": "failed", "error": exc.message})
         platform.audit(ctx, "monitor.retrain", resource, "error", {**detail, "error": exc.message})
