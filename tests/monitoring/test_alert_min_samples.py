@@ -52,7 +52,7 @@ def test_requests_is_a_count_that_takes_no_min_samples(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     rule = {"name": "silent", "when": "requests < 1", "min_samples": 10}
     path.write_text(yaml.safe_dump({"model": "m@1", "rules": [rule]}))
-    with pytest.raises(UsageError, match="min_samples does not apply to requests"):
+    with pytest.raises(UsageError, match=r"rules\[0\]\.min_samples: does not apply to requests"):
         load_alerts(path)
 
 

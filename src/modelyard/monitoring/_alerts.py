@@ -44,10 +44,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from modelyard.core._platform import Context, Platform, utcnow
 from modelyard.errors import BackendError, CollectedMeanwhileError, UsageError, ValidationError, YardError
@@ -79,11 +80,25 @@ def _check_when(text: str) -> str:
         raise ValueError(
             f"{text!r} is not a condition; expected 'SIGNAL OP NUMBER' such as 'drift.share > 0.3'"
         )
-    if not _SIGNALS.match(m["signal"]):
+    signal = m["signal"]
+    if not _SIGNALS.match(signal):
         raise ValueError(
-            f"unknown signal {m['signal']!r}; expected drift.share, drift.input, drift.output, "
+            f"unknown signal {signal!r}; expected drift.share, drift.input, drift.output, "
             "quality.METRIC, quality_drop.METRIC, latency.p50_ms, latency.p95_ms or requests"
         )
+    if signal.startswith("quality"):
+        from modelyard.training._recipe import EVAL_METRICS
+
+        if signal.split(".", 1)[1] not in EVAL_METRICS:
+            raise ValueError(
+                f"{signal} is not a metric monitoring scores; expected one of {', '.join(EVAL_METRICS)}"
+            )
+    # A condition no value of its signal satisfies is a rule that stays silent forever, with nothing to say
+    # why (the monitor reports only rules that fire).
+    lo, hi, said = _signal_range(signal)
+    op, n = m["op"], float(m["n"])
+    if {">": n >= hi, ">=": n > hi, "<": n <= lo, "<=": n < lo}[op]:
+        raise ValueError(f"{text.strip()!r} can never hold, since {signal} is {said}; fix the threshold")
     return text.strip()
 
 
@@ -115,6 +130,17 @@ class Rule(_Section):
     # a ROUGE of one feedback is noise, and a retrain on noise is costly.
     min_samples: Annotated[int, Field(ge=1, le=1_000_000_000)] = 1
 
+    @field_validator("min_samples")
+    @classmethod
+    def _not_for_a_count(cls, value: int, info: ValidationInfo) -> int:
+        m = _RULE_RE.match(info.data.get("when") or "")  # absent: `when` was refused (and is said)
+        if m is not None and m["signal"] == "requests" and value != 1:
+            raise ValueError(
+                "does not apply to requests, which is a count (a rule such as 'requests < 1' must fire on "
+                "no traffic at all); leave it out"
+            )
+        return value
+
 
 class Webhook(_Section):
     url: str
@@ -139,53 +165,72 @@ class AlertPolicy(_Section):
     retrain: Retrain | None = None
 
     def check(self) -> AlertPolicy:
+        """What the schema cannot see (the windows, rule names and actions against the sections, the files
+        they name): every problem found, in one error, rather than one per fix-and-rerun."""
         from modelyard.monitoring._monitor import parse_window
         from modelyard.registry._versions import parse_spec
 
-        parse_spec(self.model)
-        parse_window(self.window)
-        parse_window(self.cooldown)
-        from modelyard.training._recipe import EVAL_METRICS
+        problems: list[YardError] = []
 
+        def attempt(where: str, check: Callable[[], object]) -> None:
+            try:
+                check()
+            except YardError as exc:  # the same kind of error, said with where it is
+                problems.append(type(exc)(f"{where}: {exc.message}"))
+
+        attempt("model", lambda: parse_spec(self.model))
+        attempt("window", lambda: parse_window(self.window))
+        attempt("cooldown", lambda: parse_window(self.cooldown))
         seen: set[str] = set()
-        for rule in self.rules:
+        for i, rule in enumerate(self.rules):
+            where = f"rules[{i}] ({rule.name!r})"
             if rule.name in seen:  # their cooldowns would be one: the second could never fire
-                raise UsageError(f"two rules are named {rule.name!r}; give each rule its own name")
+                problems.append(
+                    UsageError(
+                        f"{where}.name: two rules are named {rule.name!r}; give each rule its own name"
+                    )
+                )
             seen.add(rule.name)
-            signal = _RULE_RE.match(rule.when)["signal"]  # type: ignore[index]  # checked when parsed
-            if signal.startswith("quality") and signal.split(".", 1)[1] not in EVAL_METRICS:
-                raise UsageError(
-                    f"rule {rule.name!r}: {signal} is not a metric monitoring scores; "
-                    f"expected one of {', '.join(EVAL_METRICS)}"
-                )
-            _check_reachable(rule)
-            if signal == "requests" and rule.min_samples != 1:
-                raise UsageError(
-                    f"rule {rule.name!r}: min_samples does not apply to requests, which is a count (a rule "
-                    "such as 'requests < 1' must fire on no traffic at all); leave it out"
-                )
-            if "webhook" in rule.actions and self.webhook is None:
-                raise UsageError(f"rule {rule.name!r} calls a webhook, but the policy has no webhook section")
-            if "retrain" in rule.actions and self.retrain is None:
-                raise UsageError(f"rule {rule.name!r} retrains, but the policy has no retrain section")
+            for action, section in (("webhook", self.webhook), ("retrain", self.retrain)):
+                if action in rule.actions and section is None:
+                    problems.append(
+                        UsageError(
+                            f"{where}.actions: {action} is named, but the policy has no {action} section"
+                        )
+                    )
         if self.retrain is not None:
-            for what, path in (("recipe", self.retrain.recipe), ("policy", self.retrain.policy)):
-                if not Path(path).is_file():
-                    raise UsageError(f"retrain.{what}: {path} is not a file")
             # Validated now, not when a rule first fires: a typo would surface as a failed retrain, tried
             # again at every run while the drift lasts. They are read again then (they may be fixed since).
             from modelyard.evaluation._policy import load_policy
             from modelyard.training._recipe import load_recipe
 
-            load_recipe(self.retrain.recipe)
-            load_policy(self.retrain.policy)
+            for what, path, load in (
+                ("recipe", self.retrain.recipe, load_recipe),
+                ("policy", self.retrain.policy, load_policy),
+            ):
+                if not Path(path).is_file():
+                    problems.append(UsageError(f"retrain.{what}: {path} is not a file"))
+                else:
+                    attempt(f"retrain.{what}", partial(load, path))
         if self.webhook is not None:
             from modelyard.monitoring._webhook import WebhookPolicy, check_url
 
+            hook = self.webhook
             # No DNS lookup here (validating a file needs no network): send() resolves the host and checks
             # every address it gets then, which is the check that counts (a name can change its addresses).
-            policy = WebhookPolicy.parse(self.webhook.allow_hosts, self.webhook.allow_networks)
-            check_url(self.webhook.url, policy, resolve=False)
+            attempt(
+                "webhook",
+                lambda: check_url(
+                    hook.url, WebhookPolicy.parse(hook.allow_hosts, hook.allow_networks), resolve=False
+                ),
+            )
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            # The kind all of them are (a ValidationError when every one is, else a UsageError).
+            kind = next(c for c in type(problems[0]).__mro__ if all(isinstance(p, c) for p in problems))
+            said = [p.message for p in problems]
+            raise kind(f"invalid alert rules, {len(said)} problems: " + "; ".join(said), problems=said)
         return self
 
 
@@ -203,21 +248,6 @@ def _signal_range(signal: str) -> tuple[float, float, str]:
         if kind == "quality_drop":  # a length's drop: the evaluation's length minus today's, either sign
             return -math.inf, math.inf, "a finite number"
     return 0.0, math.inf, "at least 0"  # gen_len, latency, requests
-
-
-def _check_reachable(rule: Rule) -> None:
-    """A condition no value of its signal satisfies is a rule that stays silent forever, with nothing to
-    say why (the monitor reports only rules that fire): refused when the file is loaded."""
-    m = _RULE_RE.match(rule.when)
-    assert m is not None  # checked when parsed
-    lo, hi, said = _signal_range(m["signal"])
-    op, n = m["op"], float(m["n"])
-    never = {">": n >= hi, ">=": n > hi, "<": n <= lo, "<=": n < lo}[op]
-    if never:
-        raise UsageError(
-            f"rule {rule.name!r}: {rule.when!r} can never hold, since {m['signal']} is {said}; "
-            "fix the threshold"
-        )
 
 
 def load_alerts(path: str | Path) -> AlertPolicy:
@@ -632,7 +662,7 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         return [f"retrain job {job.id} ended {job.status}"]
     from modelyard.evaluation import check_gates, load_policy
     from modelyard.registry import list_versions, register
-    from modelyard.serving._deploy import deploy
+    from modelyard.serving._deploy import current, deploy
 
     if pending["state"] == "queued":  # registered once: a later failure resumes here, not with a new version
         try:
@@ -675,6 +705,16 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         _put(platform, key, {**pending, "state": "gated-out"})
         platform.audit(ctx, "monitor.retrain", resource, "refused", {**detail, "failed": report.summary()})
         return [f"retrained {spec} failed its gates: {report.summary()}"]
+    # A deploy that committed before its error was raised (the connection lost after the commit), or by a
+    # monitor that died before recording it, left the version served: deploying it again would be a second
+    # deployment of it (and a human's since, at another weight, would be overridden).
+    served = current(platform, ctx, name)
+    if served is not None and served.candidate == version:
+        _put(platform, key, {**pending, "state": "deployed"})
+        platform.audit(ctx, "monitor.retrain", resource, "ok", {**detail, "deployed_already": True})
+        return [
+            f"retrained {spec} passed its gates and is deployed already ({served.mode} at {served.weight}%)"
+        ]
     try:
         deploy(
             platform,
@@ -685,6 +725,17 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
             weight=policy.retrain.canary_weight,
             reason=f"retrained after an alert (job {job.id})",
         )
+    except BackendError as exc:
+        # A store outage (its artifacts could not be read to verify them, the metadata store failed): the
+        # version is as good as it was, so the retrain stays pending and the next run deploys it, rather
+        # than a new retrain training again for the same result.
+        platform.audit(
+            ctx, "monitor.retrain", resource, "error", {**detail, "error": exc.message, "retry": True}
+        )
+        return [
+            f"retrained {spec} passed its gates but could not be deployed yet (tried again at the next "
+            f"run): {exc.message}"
+        ]
     except YardError as exc:
         _put(platform, key, {**pending, "state": "failed", "error": exc.message})
         platform.audit(ctx, "monitor.retrain", resource, "error", {**detail, "error": exc.message})
