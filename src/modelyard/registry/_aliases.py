@@ -390,6 +390,9 @@ def promote(
         signer = Signer(platform)
     except YardError as exc:
         raise platform.refuse(ctx, action, resource, exc) from None
+    except Exception as exc:  # e.g. a gate's RuntimeError from torch: on record as a failed attempt
+        platform.audit(ctx, action, resource, "error", {**detail, "error": type(exc).__name__})
+        raise
     with platform.mutate(ctx, action, resource, detail) as s:
         model, row = resolve_row(platform, s, ctx, exact)
         if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
