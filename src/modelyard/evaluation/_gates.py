@@ -436,18 +436,20 @@ def _reference_scores(
     clean: dict[str, float],
 ) -> dict[str, float] | None:
     from modelyard.registry import load, show
-    from modelyard.registry._versions import unchecked_alias_version
 
     try:
         ref = show(platform, ctx, f"{name}@{alias}")
     except NotFoundError:
         return None
-    except IntegrityError:
-        # An unsigned record (a home from before aliases were signed) is trusted for nothing, but promoting
-        # the very version it names is how a protected alias is signed again: that compares it with itself.
-        if f"{name}@{unchecked_alias_version(platform, ctx, name, alias)}" == exact:
-            return dict(clean)
-        raise
+    except IntegrityError as exc:
+        # A record that does not check (unsigned or altered) is trusted for nothing, not even for naming
+        # the version under test: whoever repointed its row would have that version compared with itself.
+        raise IntegrityError(
+            f"{exc.message}. A check relative to {alias!r} has nothing trusted to compare with: promote "
+            f"with a policy without checks relative to {alias!r} (its other checks still run) to point "
+            "it again",
+            file="alias",
+        ) from None
     if ref.spec == exact:
         return dict(clean)  # the alias points at this version already
     # With the policy's thread count too: loading sets torch's process-wide count, and the latency of the
