@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from modelyard import registry
 from modelyard.core import Platform, Role
 from modelyard.core._models import AuditRecord
-from modelyard.evaluation import gate_runner, parse_policy
+from modelyard.evaluation import check_gates, gate_runner, parse_policy
 from modelyard.testing import actor
 
 
@@ -31,12 +32,25 @@ def test_a_gate_run_crashing_in_torch_leaves_an_audited_promotion_attempt(
     monkeypatch.setattr(torch, "set_num_threads", broken)  # loading the version for its gates fails
     with pytest.raises(RuntimeError, match="intraop"):
         registry.promote(p, approver, f"{name}@1", "production", gates=gate_runner(policy))
+    assert audited(p, f"model:{name}#production") == [
+        ("model.approve", "error", approver.user, "RuntimeError")
+    ]
+    assert registry.history(p, p.context(), name) == []
+    # `yard gates check` stores an attestation: its failed attempt is on record too (the promotion's was)
+    gates_check = [("model.register", "error", approver.user, "RuntimeError")]
+    assert audited(p, f"model:{name}@1") == gates_check
+    with pytest.raises(RuntimeError, match="intraop"):
+        check_gates(p, approver, f"{name}@1", policy)
+    assert audited(p, f"model:{name}@1") == gates_check * 2
+    assert registry.attestations(p, approver, f"{name}@1") == []
+
+
+def audited(p: Platform, resource: str) -> list[tuple[str, str, str, str]]:
+    """(action, outcome, actor, error type) of the records about ``resource``."""
     with p.db.read() as s:
-        records = s.execute(
+        rows = s.execute(
             select(AuditRecord.action, AuditRecord.outcome, AuditRecord.actor, AuditRecord.detail).where(
-                AuditRecord.resource == f"model:{name}#production"
+                AuditRecord.resource == resource
             )
         ).all()
-    assert [(a, o, who) for a, o, who, _ in records] == [("model.approve", "error", approver.user)]
-    assert "RuntimeError" in records[0][3]
-    assert registry.history(p, p.context(), name) == []
+    return [(a, o, who, json.loads(detail).get("error", "")) for a, o, who, detail in rows]

@@ -48,6 +48,12 @@ def test_production_repointed_at_the_candidate_is_no_reference_for_it(
         )
     with pytest.raises(IntegrityError, match=f"{name}@production"):
         check_gates(p, approver, f"{name}@2", RELATIVE, attest=False)
+    with pytest.raises(IntegrityError, match=f"{name}@production"):
+        check_gates(p, approver, f"{name}@2", RELATIVE)  # `yard gates check`: refused on record
+    with p.db.read() as s:
+        assert s.scalars(
+            select(AuditRecord.outcome).where(AuditRecord.resource == f"model:{name}@2")
+        ).all() == ["refused"]
     with pytest.raises(IntegrityError, match="without checks relative to 'production'"):
         registry.promote(p, approver, f"{name}@2", "production", gates=gate_runner(RELATIVE))
     with p.db.read() as s:
