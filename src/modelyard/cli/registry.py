@@ -126,11 +126,12 @@ def show(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output (with the manifest)."),
 ) -> None:
     """A version: files, lineage, metrics, aliases, gate results and signature (checked)."""
-    from modelyard.registry import attestations, read_manifest
+    from modelyard.registry import checked_attestations, read_manifest
 
     with acting() as (platform, ctx):
         info, manifest = read_manifest(platform, ctx, spec)
-        gates = attestations(platform, ctx, info.spec, kind="gates")
+        # Signatures checked: this is shown beside "signature checked", and a verdict is what it claims.
+        gates = checked_attestations(platform, ctx, info.spec, kind="gates")
     if json_out:
         print_json({**info.as_dict(), "manifest": manifest, "gates": gates})
         return
@@ -148,13 +149,17 @@ def show(
         ("manifest", info.manifest_digest),
         ("signed by", f"key {info.key_id} (signature checked)"),
     ]
-    if gates:
+    bad = [g for g in gates if not g["verified"]]
+    if bad:  # no verdict at all: a newer altered one may be hiding a failed run behind an older pass
+        failing = (f"attestation {g['id']} failed its signature check: {g['problem']}" for g in bad)
+        rows.append(("gates", "; ".join(failing)))
+    elif gates:
         last = gates[-1]
         rows.append(
             (
                 "gates",
                 f"{'passed' if last['passed'] else 'FAILED'} ({last['created_at'][:19]}, "
-                f"attestation {last['id']})",
+                f"attestation {last['id']}, signature checked)",
             )
         )
     for key, value in rows:

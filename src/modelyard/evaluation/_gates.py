@@ -28,6 +28,7 @@ from modelyard.training._data import Example
 from modelyard.training._eval import MISSING_GROUP
 
 if TYPE_CHECKING:
+    from modelyard.registry import VersionInfo
     from modelyard.training._recipe import DataSection
 
 _OPS = {
@@ -194,24 +195,38 @@ def check_gates(
 ) -> GateReport:
     """Evaluate ``spec`` against ``policy``; store the signed result on the version unless ``attest`` is
     False. Raises only for errors (missing data, unreadable version); failed checks are in the report."""
-    from modelyard.registry import load, show
+    from modelyard.registry import show
     from modelyard.registry._aliases import store_attestation
 
     info = show(platform, ctx, spec)
     exact = info.spec
-    if attest:  # before the evaluation, not after minutes of it
-        platform.authorize(ctx, "model.register", f"model:{exact}")
+    if not attest:
+        return _measure(platform, ctx, info, policy)
+    platform.authorize(ctx, "model.register", f"model:{exact}")  # before the evaluation, not after minutes
+    # An attestation that cannot be made is a refused one, or a failed one, on record.
     try:
-        trained_with = _trained_with(platform, ctx, exact)
-        rows, member, cut = _eval_set(platform, ctx, policy.data, trained_with)
-        _check_split(policy.data, member, cut)
-        metrics = policy.needed_metrics() or ["rougeL"]
-        threads = policy.latency.threads if policy.latency else None
-        model = load(exact, platform=platform, ctx=ctx, threads=threads)
-    except YardError as exc:  # an attestation that cannot be made is a refused one, on record
-        if attest:
-            raise platform.refuse(ctx, "model.register", f"model:{exact}", exc) from None
+        report = _measure(platform, ctx, info, policy)
+    except YardError as exc:
+        raise platform.refuse(ctx, "model.register", f"model:{exact}", exc) from None
+    except Exception as exc:  # e.g. a RuntimeError from torch: recorded as platform.mutate records one
+        platform.audit(ctx, "model.register", f"model:{exact}", "error", {"error": type(exc).__name__})
         raise
+    body = {**report.to_dict(), "policy": policy.model_dump(mode="json")}
+    report.attestation = store_attestation(platform, ctx, exact, "gates", body, passed=report.passed)
+    return report
+
+
+def _measure(platform: Platform, ctx: Context, info: VersionInfo, policy: GatePolicy) -> GateReport:
+    """:func:`check_gates` without the attestation: every check measured and judged."""
+    from modelyard.registry import load
+
+    exact = info.spec
+    trained_with = _trained_with(platform, ctx, exact)
+    rows, member, cut = _eval_set(platform, ctx, policy.data, trained_with)
+    _check_split(policy.data, member, cut)
+    metrics = policy.needed_metrics() or ["rougeL"]
+    threads = policy.latency.threads if policy.latency else None
+    model = load(exact, platform=platform, ctx=ctx, threads=threads)
     clean_preds = _predict(model, rows, policy)
     clean = _score(model, rows, policy, metrics, clean_preds)
     measured: dict[str, Any] = {
@@ -417,11 +432,7 @@ def check_gates(
             Check("size: on disk (MB)", "size", mb, policy.size.max_mb, "<=", mb <= policy.size.max_mb)
         )
 
-    report = GateReport(exact, all(c.passed for c in checks), checks, measured)
-    if attest:
-        body = {**report.to_dict(), "policy": policy.model_dump(mode="json")}
-        report.attestation = store_attestation(platform, ctx, exact, "gates", body, passed=report.passed)
-    return report
+    return GateReport(exact, all(c.passed for c in checks), checks, measured)
 
 
 def _reference_scores(
@@ -436,18 +447,20 @@ def _reference_scores(
     clean: dict[str, float],
 ) -> dict[str, float] | None:
     from modelyard.registry import load, show
-    from modelyard.registry._versions import unchecked_alias_version
 
     try:
         ref = show(platform, ctx, f"{name}@{alias}")
     except NotFoundError:
         return None
-    except IntegrityError:
-        # An unsigned record (a home from before aliases were signed) is trusted for nothing, but promoting
-        # the very version it names is how a protected alias is signed again: that compares it with itself.
-        if f"{name}@{unchecked_alias_version(platform, ctx, name, alias)}" == exact:
-            return dict(clean)
-        raise
+    except IntegrityError as exc:
+        # A record that does not check (unsigned or altered) is trusted for nothing, not even for naming
+        # the version under test: whoever repointed its row would have that version compared with itself.
+        raise IntegrityError(
+            f"{exc.message}. A check relative to {alias!r} has nothing trusted to compare with: promote "
+            f"with a policy without checks relative to {alias!r} (its other checks still run) to point "
+            "it again",
+            file="alias",
+        ) from None
     if ref.spec == exact:
         return dict(clean)  # the alias points at this version already
     # With the policy's thread count too: loading sets torch's process-wide count, and the latency of the

@@ -390,6 +390,9 @@ def promote(
         signer = Signer(platform)
     except YardError as exc:
         raise platform.refuse(ctx, action, resource, exc) from None
+    except Exception as exc:  # e.g. a gate's RuntimeError from torch: on record as a failed attempt
+        platform.audit(ctx, action, resource, "error", {**detail, "error": type(exc).__name__})
+        raise
     with platform.mutate(ctx, action, resource, detail) as s:
         model, row = resolve_row(platform, s, ctx, exact)
         if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
@@ -578,7 +581,7 @@ def attestations(
     platform: Platform, ctx: Context, spec: str, kind: str | None = None
 ) -> list[dict[str, Any]]:
     """The version's attestations, newest last, each as its signed body plus ``id`` (signatures are checked
-    by :func:`~modelyard.registry.verify`)."""
+    by :func:`~modelyard.registry.verify`; :func:`checked_attestations` checks each)."""
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
         _, row = resolve_row(platform, s, ctx, spec)
@@ -586,3 +589,25 @@ def attestations(
         if kind is not None:
             q = q.where(Attestation.kind == kind)
         return [{"id": a.id, **json.loads(a.body)} for a in s.scalars(q.order_by(Attestation.id))]
+
+
+def checked_attestations(
+    platform: Platform, ctx: Context, spec: str, kind: str | None = None
+) -> list[dict[str, Any]]:
+    """:func:`attestations` with each one's signature checked, newest last: one that checks is its signed
+    body plus ``id`` and ``verified: True``; one that does not is only ``id``, ``verified: False`` and the
+    ``problem`` (its body and columns are nobody's word, so it is listed whatever ``kind`` they name: an
+    edited ``kind`` column must not hide it)."""
+    platform.authorize(ctx, "model.read", f"model:{spec}")
+    with platform.db.read() as s:
+        model, row = resolve_row(platform, s, ctx, spec)
+        found: list[dict[str, Any]] = []
+        for a in iter_attestations(s, row):
+            try:
+                body = signed_attestation(platform, s, f"{model.name}@{row.version}", row, a)
+            except IntegrityError as exc:
+                found.append({"id": a.id, "verified": False, "problem": exc.message})
+                continue
+            if kind is None or body["kind"] == kind:
+                found.append({"id": a.id, **body, "verified": True})
+        return found

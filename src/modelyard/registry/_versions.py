@@ -260,16 +260,6 @@ def _compare_signed(
             )
 
 
-def unchecked_alias_version(platform: Platform, ctx: Context, name: str, alias: str) -> int | None:
-    """The version number the alias's row points at, its signed record NOT checked: only for comparing with
-    a version named otherwise (None when the alias points nowhere)."""
-    with platform.db.read() as s:
-        model = _model(s, ctx, name)
-        row = s.get(ModelAlias, (model.id, alias))
-        target = s.get(ModelVersion, row.version_id) if row is not None else None
-        return target.version if target is not None else None
-
-
 def _aliases_of(
     platform: Platform, s: Session, ctx: Context, model: RegisteredModel, row: ModelVersion
 ) -> tuple[list[str], list[str]]:
