@@ -256,6 +256,8 @@ def rm(
 
     with acting() as (platform, ctx):
         info = remove(platform, ctx, spec, force=force)
+    for warning in info.warnings:
+        _warn(f"warning: {warning}")
     _say(
         f"removed {info.name}@{info.version}; its files stay stored (and readable with the master key) until "
         "an admin runs `yard gc`"

@@ -1271,4 +1271,29 @@ def remove(platform: Platform, ctx: Context, spec: str, *, force: bool = False) 
                 "an admin can delete it anyway with --force"
             )
         s.delete(row)
-    return info
+    problem = _drop_cached_copy(platform, ctx, info)
+    return dataclasses.replace(info, warnings=(problem,)) if problem else info
+
+
+def _drop_cached_copy(platform: Platform, ctx: Context, info: VersionInfo) -> str | None:
+    """Delete this home's copy of a removed version that ``get`` made (plain files, maybe personal data),
+    under the lock ``get`` holds while it checks out; None when done, else what went wrong (the removal
+    stands). Copies in other homes are beyond reach."""
+    target = _cache_dir(platform, ctx, info)
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        if not (lock_path.exists() or target.exists() or target.is_symlink()):
+            return None  # never fetched here; a get starting now finds the version gone
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # after a get mid-checkout, whose copy this then deletes
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        finally:
+            os.close(lock)
+    except OSError as exc:
+        failed, why = _failure(exc, target)
+        return f"could not delete the cached copy {target} ({failed}: {why}); delete it by hand"
+    return None
