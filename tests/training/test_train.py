@@ -110,9 +110,8 @@ def test_train_records_everything(yard: Yard, data_home: Path, tmp_path: Path) -
         names = {name for name, _, _ in c.list_artifacts(info.id)}
     assert {"model/model.safetensors", "model/manifest.json", "recipe.yaml", "eval/report.json"} <= names
     assert any(n.startswith("model/tokenizer") or n.endswith("spiece.model") for n in names)
-    # checkpoints every 3 steps, complete, the final one included
-    steps = sorted(p.name for p in ckpt_root(data_home, info.id).glob("step-*"))
-    assert steps == [f"step-{s:08d}" for s in (3, 6, 9, 12)]
+    # its checkpoints (plain files, for resume only) are deleted once the model is stored, encrypted
+    assert not ckpt_root(data_home, info.id).exists()
     # lineage: the run read norm@1
     shown = yard("lineage", "show", f"run:{info.id}")
     assert shown.code == 0 and "norm@1" in shown.out
@@ -167,6 +166,7 @@ def test_sigkill_then_resume_gives_identical_weights(data_home: Path, tmp_path: 
         hyperparameters__max_steps=15,
         train__eval_every_steps=5,
         train__log_every_steps=4,
+        checkpoints__keep_best=False,  # the model artifact is the last step's weights
     )
     # The uninterrupted run goes into a copy of the home, so each home has one run of experiment t.
     home_b = tmp_path / "home-b"
@@ -180,9 +180,15 @@ def test_sigkill_then_resume_gives_identical_weights(data_home: Path, tmp_path: 
         assert c.get_run(run_id).status == "RUNNING"  # its heartbeat is still fresh
     code, _, err = finish(yard_proc(data_home, "train", str(recipe), "--resume", run_id[:8], "--no-progress"))
     assert code == 0, err
-    final = "step-00000015/model.safetensors"
-    resumed = load_file(ckpt_root(data_home, run_id) / final)
-    uninterrupted = load_file(ckpt_root(home_b, only_run(home_b)) / final)
+    # The final models (a FINISHED run's checkpoints are deleted once its model is stored).
+    with client_of(data_home) as c:
+        resumed = load_file(c.download_artifacts(run_id, "model", tmp_path / "a") / "model.safetensors")
+    with client_of(home_b) as c:
+        straight_id = only_run(home_b)
+        uninterrupted = load_file(
+            c.download_artifacts(straight_id, "model", tmp_path / "b") / "model.safetensors"
+        )
+    assert not ckpt_root(data_home, run_id).exists() and not ckpt_root(home_b, straight_id).exists()
     # Tensor by tensor, bit for bit. (Not the file bytes: safetensors writes its header's metadata, the
     # names of T5's tied tensors, in a per-process hash order.)
     assert resumed.keys() == uninterrupted.keys()
@@ -270,7 +276,7 @@ def test_tampered_checkpoint_is_refused_and_a_half_written_one_skipped(
         r = yard("train", recipe, "--resume", "latest", "--no-progress", "--json")
     assert r.code == 0, r.err
     assert r.json()["run_id"] == run_id and r.json()["steps"] == 12
-    assert newest(root).name == "step-00000012"
+    assert not root.exists()  # FINISHED: its checkpoints are deleted
 
 
 def test_resume_with_another_recipe_is_refused(yard: Yard, data_home: Path, tmp_path: Path) -> None:
@@ -382,18 +388,28 @@ def test_keep_best_keeps_a_best_evaluation_that_falls_between_checkpoints(
         train__eval_every_steps=4,
         checkpoints={"every_steps": None, "keep_last": 1, "metric": "loss", "mode": "max"},  # the worst loss
     )
+    # The weights at each evaluation (taken at its step, as its checkpoint is): the checkpoints themselves
+    # are deleted once the run is FINISHED.
+    core: list[Any] = []
+    at_eval: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snapshot(step: int, metrics: dict[str, float]) -> None:
+        at_eval[step] = {k: v.detach().clone() for k, v in core[0].state_dict().items()}
+
+    hooks = _train.TrainHooks(model=core.append)
     with client_of(data_home) as c:
-        result = _train.train(load_recipe(recipe), client=c, progress=False, final_eval=False)
+        result = _train.train(
+            load_recipe(recipe), client=c, progress=False, final_eval=False, on_eval=snapshot, hooks=hooks
+        )
         info = c.get_run(result.run_id)
         val = {p.step: p.value for p in c.metric_history(info.id, ["val_loss"])["val_loss"]}
         model = c.download_artifacts(info.id, "model", tmp_path / "model")
     best = max(val, key=lambda s: val[s])
     assert best < 12 and result.best["step"] == best  # the loss went down: the worst is an early one
     assert info.tags["model_step"] == str(best)
-    root = ckpt_root(data_home, result.run_id)
-    assert sorted(p.name for p in root.glob("step-*")) == [f"step-{best:08d}", "step-00000012"]
+    assert not ckpt_root(data_home, result.run_id).exists()
     saved = load_file(model / "model.safetensors")
-    kept = load_file(root / f"step-{best:08d}" / "model.safetensors")
+    kept = at_eval[best]
     common = saved.keys() & kept.keys()  # the tied embedding is stored under one name or the other
     assert len(common) > 10 and all(torch.equal(saved[k], kept[k]) for k in common)
 

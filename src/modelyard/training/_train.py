@@ -477,7 +477,9 @@ def train(
         if dist.main and run is not None and client is not None:
             _finish(setup, state, run, client, recipe_text, result, final_eval)
             run.end("FINISHED")
-        _dist.barrier(dist)
+        _dist.barrier(dist)  # every rank is done with the checkpoint directory
+        if dist.main and run is not None and client is not None:
+            _drop_checkpoints(checkpoint_root(client, run.id), run.id)
         return result
     except BaseException as exc:
         if run is not None and run.status == "RUNNING":
@@ -488,6 +490,24 @@ def train(
     finally:
         _release_run(run.id if run is not None else None)
         _dist.close_group(dist)
+
+
+def _drop_checkpoints(root: Path, run_id: str) -> None:
+    """Rank 0, once the run is FINISHED with its model stored: delete its checkpoints. They are plain files
+    (weights, optimizer state, the tokenizer trained on the user's data) kept only for exact resume, which
+    a FINISHED run refuses. A FAILED or KILLED run keeps them. Failing to delete is a warning, not a failure
+    of a run that is already FINISHED."""
+    import shutil
+
+    try:
+        shutil.rmtree(root)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        warnings.warn(
+            f"run {run_id[:8]} FINISHED but its checkpoints could not be deleted ({exc}); delete {root}",
+            stacklevel=3,
+        )
 
 
 def _steps_per_epoch(rows: int, hp: Hyperparameters) -> int:

@@ -1,0 +1,81 @@
+"""A FINISHED run's checkpoints are deleted once its model is stored; an interrupted run keeps them.
+
+Checkpoints (weights, optimizer state, the tokenizer trained on the user's data) are plain files on local
+disk, there for exact resume only. A FINISHED run cannot be resumed, so they were kept for nothing, outside
+the encrypted artifact store, for as long as the home lived."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _tiny import write_recipe  # tests/training/_tiny.py
+from safetensors.torch import load_file
+
+from modelyard.config import load_settings
+from modelyard.core import Platform
+from modelyard.testing import Yard
+from modelyard.tracking import Client
+from modelyard.training import _train, load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def data_home(yard: Yard, home: Path, tmp_path: Path) -> Path:
+    assert yard("init").code == 0
+    r = yard("examples", "make-data", tmp_path / "norm", "--rows", "300", "--seed", "1", "--version", "norm")
+    assert r.code == 0, r.err
+    return home
+
+
+def _recipe(tmp_path: Path) -> Any:
+    return load_recipe(
+        write_recipe(
+            tmp_path / "r.yaml",
+            hyperparameters__max_steps=5,
+            train__eval_every_steps=None,
+            checkpoints={"every_steps": 2, "keep_last": 5, "metric": "loss"},
+        )
+    )
+
+
+def test_a_finished_run_leaves_no_checkpoints_but_keeps_its_model(data_home: Path, tmp_path: Path) -> None:
+    with Client(Platform(load_settings(home=data_home))) as c:
+        result = _train.train(_recipe(tmp_path), client=c, progress=False, final_eval=False)
+        assert c.get_run(result.run_id).status == "FINISHED"
+        model = c.download_artifacts(result.run_id, "model", tmp_path / "model")
+    assert not (data_home / "checkpoints" / result.run_id).exists()
+    # the trained weights and tokenizer are in the (encrypted) artifact store instead
+    assert load_file(model / "model.safetensors")
+    assert any(p.name.startswith("tokenizer") or p.name == "spiece.model" for p in model.iterdir())
+
+
+def test_an_interrupted_run_keeps_its_checkpoints_for_resume(data_home: Path, tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    calls = [0]
+
+    def loss(logits: Any, batch: dict[str, Any]) -> Any:
+        calls[0] += 1
+        if calls[0] == 4:  # after the checkpoint of step 2
+            raise RuntimeError("interrupted")
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), reduction="sum"
+        )
+
+    started: list[str] = []
+    with Client(Platform(load_settings(home=data_home))) as c:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            _train.train(
+                _recipe(tmp_path),
+                client=c,
+                progress=False,
+                on_start=started.append,
+                hooks=_train.TrainHooks(loss=loss),
+            )
+        assert c.get_run(started[0]).status == "FAILED"
+    root = data_home / "checkpoints" / started[0]
+    assert (root / "step-00000002" / "manifest.json").is_file()
+    assert (root / "tokenizer" / "done").is_file()
