@@ -10,24 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_train
 from _tiny import write_recipe  # tests/training/_tiny.py
 from safetensors.torch import load_file
 
 from modelyard.config import load_settings
 from modelyard.core import Platform
-from modelyard.testing import Yard
 from modelyard.tracking import Client
 from modelyard.training import _train, load_recipe
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def data_home(yard: Yard, home: Path, tmp_path: Path) -> Path:
-    assert yard("init").code == 0
-    r = yard("examples", "make-data", tmp_path / "norm", "--rows", "300", "--seed", "1", "--version", "norm")
-    assert r.code == 0, r.err
-    return home
+data_home = test_train.data_home  # an initialised home holding norm@1
 
 
 def _recipe(tmp_path: Path) -> Any:

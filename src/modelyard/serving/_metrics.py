@@ -87,7 +87,6 @@ class Metrics:
         self.rollbacks = Counter(
             "yard_canary_rollbacks_total", "Automatic candidate rollbacks.", ["model"], registry=r
         )
-        self._info_labels: dict[str, list[tuple[str, str, str, str]]] = {}
         self.info = Gauge(
             "yard_model_info",
             "Versions served (1) by route.",
