@@ -91,7 +91,7 @@ def test_yard_data_rm_deletes_the_copy_and_prints_why_it_could_not(
 
 @pytest.mark.parametrize("fetched_before", [True, False])
 def test_a_remove_between_gets_lookup_and_its_lock_leaves_no_copy(
-    platform: Platform,
+    any_platform: Platform,
     tmp_path: Path,
     make_tree: MakeTree,
     monkeypatch: pytest.MonkeyPatch,
@@ -99,6 +99,7 @@ def test_a_remove_between_gets_lookup_and_its_lock_leaves_no_copy(
 ) -> None:
     """get looked the version up, then a whole remove ran (finding no copy to delete, or deleting the old one)
     before get took the cache lock: get must not then write a copy of the removed version."""
+    platform = any_platform
     ctx = platform.context()
     data.add_version(platform, ctx, make_tree(tmp_path / "v1", {"people.txt": MARKER}), "ds")
     target = data.get("ds@1", platform=platform, ctx=ctx) if fetched_before else None
@@ -121,10 +122,11 @@ def test_a_remove_between_gets_lookup_and_its_lock_leaves_no_copy(
 
 
 def test_a_remove_during_gets_checkout_deletes_the_copy_get_then_made(
-    platform: Platform, tmp_path: Path, make_tree: MakeTree, monkeypatch: pytest.MonkeyPatch
+    any_platform: Platform, tmp_path: Path, make_tree: MakeTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The remove committed while get was writing the copy: its deletion waits for get's lock, so the copy
     get publishes (a get that began first) is deleted once get lets go, and no copy of the version stays."""
+    platform = any_platform
     ctx = platform.context()
     data.add_version(platform, ctx, make_tree(tmp_path / "v1", {"people.txt": MARKER}), "ds")
     real_materialise, real_flock = _versions._materialise, fcntl.flock
