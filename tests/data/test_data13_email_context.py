@@ -26,6 +26,7 @@ def found(text: str) -> list[tuple[str, str]]:
         "x@y.py",
         "changes are in notes@v2.md",
         "Jane@Notes.MD",
+        "read x@notes.md.Then go on",  # not cut back to x@notes.md as a run-on address would be
     ],
 )
 def test_a_file_name_whose_extension_is_a_cctld_is_not_an_email(text: str) -> None:

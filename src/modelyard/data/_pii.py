@@ -222,7 +222,7 @@ def _find_emails(text: str, email_field: bool = False) -> Iterator[tuple[int, in
             continue
         # "jane@example.com.Thanks": a sentence run on after the address; cut at the last real TLD.
         for k in range(len(labels) - 1, 1, -1):
-            if _tld_real(labels[k - 1]):
+            if _tld_real(labels[k - 1]) and not (k == 2 and labels[1].lower() in _FILE_TLDS):
                 yield m.start(), m.start() + len(local) + 1 + len(".".join(labels[:k]))
                 break
 
