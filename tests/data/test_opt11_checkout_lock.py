@@ -18,7 +18,7 @@ import pytest
 from modelyard import data
 from modelyard.core import Platform
 from modelyard.data import _versions
-from modelyard.errors import ConfigError, UsageError
+from modelyard.errors import ConfigError, NotFoundError, UsageError
 from modelyard.testing import same_tree
 
 
@@ -93,3 +93,17 @@ def test_get_whose_cache_lock_fails_is_a_clear_error(ds: Platform, monkeypatch: 
     assert "cannot lock" in message and os.strerror(errno.ENOLCK) in message and ".ds@1.lock" in message
     cache = ds.settings.home / "cache" / "data" / ctx.project
     assert _listing(cache) == [".ds@1.lock"]
+
+
+def test_remove_whose_cache_lock_fails_warns_and_the_removal_stands(
+    ds: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = ds.context()
+    cached = data.get("ds@1", platform=ds, ctx=ctx)
+    _failing_flock(monkeypatch, errno.ENOLCK)
+    (warning,) = data.remove(ds, ctx, "ds@1").warnings
+    assert f"could not delete the cached copy {cached}" in warning and os.strerror(errno.ENOLCK) in warning
+    assert cached.is_dir()  # not deleted without the lock: a get may be writing it
+    monkeypatch.undo()
+    with pytest.raises(NotFoundError):
+        data.show(ds, ctx, "ds@1")

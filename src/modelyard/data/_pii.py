@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import keyword
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -147,38 +148,81 @@ _GENERIC_TLD_LIST = (
 )
 # Generic TLDs that are names in code: attributes and methods of Python's standard library, numpy, pandas,
 # pyarrow and torch ("x@self.weight.data", "a@b.map"), common ML and app ones ("out@batch.target",
-# "d@builder.show") and placeholders ("foo@bar.foo"). An address at one with one-word labels is missed.
+# "d@builder.show") and placeholders ("foo@bar.foo"). An address at one with one-word labels counts in
+# prose ("write to jane@studio.run") and in a field named for e-mail, not in code (see _reads_as_prose).
 _CODE_NAME_LIST = (
     "abc book build call case codes compare data date day discover dot download drive fail final help map "
     "new next now open parts place prod property read run safe save search seek select storage stream style "
     "total windows zip fit target delta zero show play watch box tab free rest pid pin foo bar"
 )
 _CC_TLDS = frozenset(_CC_TLD_LIST.split())
-_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split()) | (GENERIC_TLDS - frozenset(_CODE_NAME_LIST.split()))
+_CODE_TLDS = frozenset(_CODE_NAME_LIST.split()) & GENERIC_TLDS
+_GENERIC_TLDS = frozenset(_GENERIC_TLD_LIST.split()) | (GENERIC_TLDS - _CODE_TLDS)
+# Country codes that are also source and document file extensions: "see x@notes.md", "x@y.py" name files.
+# A domain of one label at one reads as a file name (Moldova's mail is rarely at a bare second-level name,
+# Paraguay's is at com.py). Not sh, rs, pl, ml, so, in, ai, io, pt: companies and people mail from
+# one-word domains there (astral.sh, tokio.rs and comet.ml are in PyPI packages' metadata; wp.pl).
+_FILE_TLDS = frozenset({"md", "py"})
+# Prose right before an address: a word (and ":" or ","), a space, maybe an opening bracket or quote.
+_PROSE_BEFORE = re.compile(r"(?:(?<![\w.@`])(?P<word>[^\W\d_]{2,})[:,]?\s+[(<\"']?|mailto:)\Z")
+_NAME_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 
 
-def _tld_real(tld: str) -> bool:
+def _email_name(name: str) -> bool:
+    """True for a column or key named for e-mail ("email", "Email Address", "contactEmail", "e_mail")."""
+    return not {"email", "emails", "mail"}.isdisjoint(w.lower() for w in _NAME_WORD.findall(name))
+
+
+def _tld_real(tld: str, *, code_names: bool = False) -> bool:
     if not tld.isascii() or tld[:4].lower() == "xn--":
         return True  # an IDN TLD ("рф", "xn--p1ai") is no identifier
     if not (tld.islower() or tld.isupper() or tld.istitle()):
         return False  # camelCase ("x@W.mT") is an identifier, however a host name is capitalised
-    return tld.lower() in (_CC_TLDS if len(tld) == 2 else _GENERIC_TLDS)
+    tld = tld.lower()
+    return tld in (_CC_TLDS if len(tld) == 2 else _GENERIC_TLDS) or (code_names and tld in _CODE_TLDS)
 
 
-def _find_emails(text: str) -> Iterator[tuple[int, int]]:
+def _reads_as_prose(text: str, m: re.Match[str], local: str, labels: list[str]) -> bool:
+    """An address at a TLD code uses as a name ("jane@studio.run") in prose, not code ("x@self.run",
+    "return out@batch.target", "job@task.run()"): it follows a word that is not a Python keyword, or
+    "mailto:"; it is no call or subscript; no operand is one letter and no label is camelCase."""
+    before = _PROSE_BEFORE.search(text, max(0, m.start() - 40), m.start())
+    if before is None or keyword.iskeyword(before["word"] or ""):
+        return False
+    if text[m.end() : m.end() + 1] in ("(", "["):
+        return False
+    return len(local) > 1 and all(
+        len(label) > 1 and (label.islower() or label.isupper() or label.istitle()) for label in labels
+    )
+
+
+def _find_emails(text: str, email_field: bool = False) -> Iterator[tuple[int, int]]:
+    """Spans of e-mail addresses. A domain of plain identifier labels must end in a real TLD (see above);
+    one of a single label at a file-extension ccTLD ("x@notes.md") is a file name; one at a TLD code uses
+    as a name ("run", "data") counts only in prose (see _reads_as_prose). In a field named for e-mail
+    (``email_field``) any TLD of the root zone ends an address: "jane@company.md", "jane@studio.run"."""
     if "@" not in text:
         return
     for m in _EMAIL.finditer(text):
         local, domain = m.group().split("@", 1)
-        if len(local) > 64 or m.group("tld").lower() in _NOT_TLDS:
+        tld = m.group("tld")
+        if len(local) > 64 or tld.lower() in _NOT_TLDS:
             continue
         labels = domain.split(".")
-        if _tld_real(labels[-1]) or not all(label.isascii() and label.isidentifier() for label in labels):
+        if email_field and _tld_real(tld, code_names=True):
+            yield m.span()
+            continue
+        if not all(label.isascii() and label.isidentifier() for label in labels):
+            yield m.span()  # a host name ("my-studio", "3com"), whatever its TLD
+            continue
+        if len(labels) == 2 and tld.lower() in _FILE_TLDS:
+            continue
+        if _tld_real(tld) or (tld.lower() in _CODE_TLDS and _reads_as_prose(text, m, local, labels)):
             yield m.span()
             continue
         # "jane@example.com.Thanks": a sentence run on after the address; cut at the last real TLD.
         for k in range(len(labels) - 1, 1, -1):
-            if _tld_real(labels[k - 1]):
+            if _tld_real(labels[k - 1]) and not (k == 2 and labels[1].lower() in _FILE_TLDS):
                 yield m.start(), m.start() + len(local) + 1 + len(".".join(labels[:k]))
                 break
 
@@ -597,8 +641,9 @@ _FINDERS: tuple[tuple[str, _Finder, bool], ...] = (  # (kind, finder, needs a di
 )
 
 
-def find_spans(text: str) -> list[tuple[int, int, str]]:
-    """Detected PII as ``(start, end, kind)``, sorted by start and non-overlapping."""
+def find_spans(text: str, *, email_field: bool = False) -> list[tuple[int, int, str]]:
+    """Detected PII as ``(start, end, kind)``, sorted by start and non-overlapping. ``email_field``: the
+    text is a value of a column or key named for e-mail, where any TLD of the root zone ends an address."""
     has_digit = _ANY_DIGIT.search(text) is not None
     if not has_digit and "@" not in text and ":" not in text:
         return []
@@ -606,7 +651,7 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
     for priority, (kind, finder, needs_digit) in enumerate(_FINDERS):
         if needs_digit and not has_digit:
             continue
-        for start, end in finder(text):
+        for start, end in _find_emails(text, email_field) if finder is _find_emails else finder(text):
             candidates.append((priority, start - end, start, end, kind))
     candidates.sort()
     starts: list[int] = []
@@ -621,10 +666,11 @@ def find_spans(text: str) -> list[tuple[int, int, str]]:
     return chosen
 
 
-def scan_text(text: str) -> dict[str, int]:
-    """Count of findings per kind in one string; kinds with no finding are absent."""
+def scan_text(text: str, *, email_field: bool = False) -> dict[str, int]:
+    """Count of findings per kind in one string (``email_field`` as for :func:`find_spans`); kinds with no
+    finding are absent."""
     counts: dict[str, int] = {}
-    for _, _, kind in find_spans(text):
+    for _, _, kind in find_spans(text, email_field=email_field):
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -696,13 +742,14 @@ def _counted_values(chunk: Any) -> Iterator[tuple[Any, int]]:
             yield value, int(n)
 
 
-def _scan_strings(chunks: Iterable[Any], maybe: Callable[[Any], Any]) -> dict[str, int]:
+def _scan_strings(chunks: Iterable[Any], maybe: str, email_field: bool) -> dict[str, int]:
+    """Findings in string chunks, scanning only the cells that match the RE2 pattern ``maybe``."""
     found: dict[str, int] = {}
     for chunk in chunks:
         if len(chunk) == chunk.null_count:
             continue
-        for value, n in _counted_values(chunk.filter(maybe(chunk))):
-            for kind, k in scan_text(value).items():
+        for value, n in _counted_values(chunk.filter(pc.match_substring_regex(chunk, maybe))):
+            for kind, k in scan_text(value, email_field=email_field).items():
                 found[kind] = found.get(kind, 0) + k * n
     return found
 
@@ -734,29 +781,34 @@ def _merge(out: dict[str, dict[str, int]], key: str, found: dict[str, int]) -> N
             merged[kind] = merged.get(kind, 0) + n
 
 
-def _scan_column(column: Any, path: str = "") -> dict[str, dict[str, int]]:
+def _scan_column(column: Any, path: str = "", *, email_field: bool = False) -> dict[str, dict[str, int]]:
     """Findings of one column by sub-path ("" is the column, ".field" a struct field; list and map
-    items count as their container), findings in struct field names under HEADER."""
+    items count as their container), findings in struct field names under HEADER. ``email_field``: the
+    column (or the struct field, list or map holding it) is named for e-mail."""
     out: dict[str, dict[str, int]] = {}
     t = column.type
     value_type = t.value_type if pa.types.is_dictionary(t) else t
     if _is_text_type(value_type):
         chunks = _text_chunks(column)
-        _merge(out, path, _scan_strings(chunks, lambda c: pc.match_substring_regex(c, _MAYBE_PII)))
+        _merge(out, path, _scan_strings(chunks, _MAYBE_PII, email_field))
     elif _is_number_type(t):
         chunks = (_number_text(c) for c in column.chunks)
-        _merge(out, path, _scan_strings(chunks, lambda c: pc.match_substring_regex(c, _MAYBE_PII_NUMBER)))
+        _merge(out, path, _scan_strings(chunks, _MAYBE_PII_NUMBER, email_field))
     elif pa.types.is_struct(t):
         for i, field in enumerate(t):
             _merge(out, HEADER, scan_text(field.name))
-            for sub, found in _scan_column(pc.struct_field(column, [i]), f"{path}.{field.name}").items():
+            field_path = f"{path}.{field.name}"
+            email = _email_name(field.name)
+            for sub, found in _scan_column(
+                pc.struct_field(column, [i]), field_path, email_field=email
+            ).items():
                 _merge(out, sub, found)
     elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        for sub, found in _scan_column(pc.list_flatten(column), path).items():
+        for sub, found in _scan_column(pc.list_flatten(column), path, email_field=email_field).items():
             _merge(out, sub, found)
     elif pa.types.is_map(t):
         for part in (column.combine_chunks().keys, column.combine_chunks().items):
-            for sub, found in _scan_column(pa.chunked_array([part]), path).items():
+            for sub, found in _scan_column(pa.chunked_array([part]), path, email_field=email_field).items():
                 _merge(out, sub, found)
     return out
 
@@ -767,12 +819,13 @@ def scan_table(table: Any) -> dict[str, dict[str, int]]:
     String-like columns get the full text scan; number columns (integers, decimals, integral floats)
     are scanned as their digits. Struct fields are reported as ``column.field``, list and map items as
     their column. Column names are reported redacted, and findings in them are counted under
-    :data:`HEADER`.
+    :data:`HEADER`. In a column or struct field named for e-mail ("email", "Email Address", "e_mail",
+    "mail"), any TLD of the root zone ends an address (see :func:`find_spans`).
     """
     result: dict[str, dict[str, int]] = {}
     for field, column in zip(table.schema, table.columns, strict=True):
         _merge(result, HEADER, scan_text(field.name))
-        for sub, found in _scan_column(column).items():
+        for sub, found in _scan_column(column, email_field=_email_name(field.name)).items():
             _merge(result, sub if sub == HEADER else redact_text(field.name + sub), found)
     return result
 
@@ -868,7 +921,11 @@ def anonymize_table(table: Any, columns: Sequence[str] | None, method: str, salt
         )
     names: list[str] = list(table.column_names)
     if columns is None:
-        chosen = [i for i, column in enumerate(table.columns) if _scan_column(column)]
+        chosen = [
+            i
+            for i, (name, column) in enumerate(zip(names, table.columns, strict=True))
+            if _scan_column(column, email_field=_email_name(name))
+        ]
     else:
         wanted = list(dict.fromkeys(columns))
         unknown = [c for c in wanted if c not in names]
@@ -925,28 +982,29 @@ def dump_json(value: Any, *, sort_keys: bool = False) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _scan_json(value: Any, path: str, out: dict[str, dict[str, int]]) -> None:
+def _scan_json(value: Any, path: str, out: dict[str, dict[str, int]], email_field: bool) -> None:
     if isinstance(value, str):
-        _merge(out, path, scan_text(value))
+        _merge(out, path, scan_text(value, email_field=email_field))
     elif isinstance(value, dict):
         for key, item in value.items():
             _merge(out, HEADER, scan_text(key))
-            _scan_json(item, f"{path}.{key}", out)
+            _scan_json(item, f"{path}.{key}", out, _email_name(key))
     elif isinstance(value, list):
         for item in value:
-            _scan_json(item, path, out)
+            _scan_json(item, path, out, email_field)
 
 
 def scan_records(records: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, int]], set[str]]:
     """Findings in JSON objects, reported as :func:`scan_table` does (``key.field`` for nested
-    values, keys under :data:`HEADER`), and the top-level keys whose values hold any."""
+    values, keys under :data:`HEADER`; values of keys named for e-mail as in such columns), and the
+    top-level keys whose values hold any."""
     report: dict[str, dict[str, int]] = {}
     keys: set[str] = set()
     for record in records:
         for key, value in record.items():
             _merge(report, HEADER, scan_text(key))
             found: dict[str, dict[str, int]] = {}
-            _scan_json(value, key, found)
+            _scan_json(value, key, found, _email_name(key))
             for path, counts in found.items():
                 if path != HEADER:
                     keys.add(key)

@@ -139,7 +139,7 @@ def profile_table(table: Any, schema: Any = None) -> dict[str, Any]:
         name = redact_text(field.name)  # a CSV whose first row is data has its values as column names
         if name in columns:
             name = f"{name} (column {i + 1})"
-        columns[name] = _column(table.column(i), field.type)
+        columns[name] = _column(table.column(i), field.type, field.name)
     return {"rows": table.num_rows, "columns": columns}
 
 
@@ -252,17 +252,17 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _column(col: Any, declared: Any) -> dict[str, Any]:
+def _column(col: Any, declared: Any, name: str) -> dict[str, Any]:
     import pyarrow as pa
 
     kind = _kind(declared)
     nulls = col.null_count
     out: dict[str, Any] = {"type": str(declared), "kind": kind, "count": len(col) - nulls, "nulls": nulls}
     try:
-        if kind == "numeric" and out["count"] and not _has_pii(_sample_distinct(col)):
+        if kind == "numeric" and out["count"] and not _has_pii(_sample_distinct(col), name):
             out.update(_numeric(col))
         elif kind in ("string", "boolean"):
-            out.update(_categories(col, kind, out["count"]))
+            out.update(_categories(col, kind, out["count"], name))
         elif kind == "temporal" and out["count"]:
             import pyarrow.compute as pc
 
@@ -305,7 +305,7 @@ def _numeric(col: Any) -> dict[str, Any]:
     }
 
 
-def _categories(col: Any, kind: str, count: int) -> dict[str, Any]:
+def _categories(col: Any, kind: str, count: int, name: str) -> dict[str, Any]:
     import pyarrow.compute as pc
 
     counts = pc.value_counts(col.drop_null())  # dictionary-encoded columns are counted without decoding
@@ -313,7 +313,7 @@ def _categories(col: Any, kind: str, count: int) -> dict[str, Any]:
     out: dict[str, Any] = {"distinct": distinct}
     categorical = distinct < count and distinct <= max(TOP, _MAX_CATEGORY_RATIO * count)
     values = counts.field("values")
-    if distinct and (kind == "boolean" or (categorical and not _has_pii(values))):
+    if distinct and (kind == "boolean" or (categorical and not _has_pii(values, name))):
         pairs = sorted(
             zip(values.to_pylist(), counts.field("counts").to_pylist(), strict=True),
             key=lambda p: (-p[1], str(p[0])),
@@ -322,14 +322,15 @@ def _categories(col: Any, kind: str, count: int) -> dict[str, Any]:
     return out
 
 
-def _has_pii(values: Any) -> bool:
+def _has_pii(values: Any, name: str) -> bool:
     """The profile is plain metadata shown to every viewer: a column holding personal data (e-mails,
-    cards, national ids...) keeps its counts but never shows its values, not even as min/max."""
+    cards, national ids...) keeps its counts but never shows its values, not even as min/max. A column
+    named for e-mail is scanned as one (addresses at any TLD count there); the name itself is not."""
     import pyarrow as pa
 
-    from modelyard.data._pii import scan_table
+    from modelyard.data._pii import _email_name, scan_table
 
-    return bool(scan_table(pa.table({"c": values})))
+    return bool(scan_table(pa.table({"email" if _email_name(name) else "c": values})))
 
 
 def _sample_distinct(col: Any) -> Any:

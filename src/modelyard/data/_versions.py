@@ -1200,36 +1200,59 @@ def get(platform: Platform, ctx: Context, spec: str) -> Path:
     platform.authorize(ctx, "dataset.read", f"dataset:{spec}")
     info = resolve(platform, ctx, spec)
     target = _cache_dir(platform, ctx, info)
-    try:
-        private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
-        # One get of a version at a time (threads and processes): otherwise one that found the copy bad
-        # could delete the fresh copy another had just made and returned in its place.
-        lock = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise _unusable_cache(platform, exc) from None
-    try:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError as exc:  # ENOLCK: a home on a filesystem without file locks; was a raw OSError
-            raise ConfigError(
-                f"cannot use the dataset cache: cannot lock {target.parent / f'.{target.name}.lock'} "
-                f"({exc.strerror or exc}); the cache needs file locks (flock): set YARD_HOME to a home on a "
-                "filesystem that has them, such as a local disk"
-            ) from None
+            private_dirs(target.parent)  # cache/data/PROJECT: each level 0700, whatever the umask
+            # One get of a version at a time (threads and processes): otherwise one that found the copy bad
+            # could delete the fresh copy another had just made and returned in its place.
+            held.enter_context(_copy_lock(target))
+        except OSError as exc:
+            raise _unusable_cache(platform, exc) from None
         try:
             with _manifest.StatCache(_cache_path(platform)) as cache:
                 if target.is_dir() and verify_tree(platform.artifacts, cache, target, info.manifest_digest):
                     return target
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
+            _remove_copy(target)
         except (OSError, sqlite3.Error) as exc:  # sqlite3: the stat cache in a folder this user cannot write
             raise _unusable_cache(platform, exc) from None
+        # checkout looks the version up again, now under the lock: a remove that committed since the lookup
+        # above may have found no copy to delete (or deleted the old one), and this get must not then make
+        # one; a remove committing after it waits for the lock and deletes the copy made here.
         checkout(platform, ctx, f"{info.name}@{info.version}", target)
-    finally:
-        os.close(lock)  # releases the lock
     return target
+
+
+@contextlib.contextmanager
+def _copy_lock(target: Path) -> Iterator[None]:
+    """Hold the lock of the cached copy ``target`` (threads and processes): ``get`` holds it while it checks
+    or makes the copy, ``remove`` while it deletes it. OSError if the lock file cannot be opened; ConfigError
+    if its filesystem has no file locks."""
+    path = _copy_lock_path(target)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # ENOLCK: a home on a filesystem without file locks; was a raw OSError
+            raise ConfigError(
+                f"cannot use the dataset cache: cannot lock {path} ({exc.strerror or exc}); the cache "
+                "needs file locks (flock): set YARD_HOME to a home on a filesystem that has them, such as a "
+                "local disk"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _copy_lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+def _remove_copy(target: Path) -> None:
+    """Delete the cached copy ``target`` (a directory, or whatever else is in its place), if any."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
 
 
 def _unusable_cache(platform: Platform, exc: OSError | sqlite3.Error) -> ConfigError:
@@ -1280,20 +1303,14 @@ def _drop_cached_copy(platform: Platform, ctx: Context, info: VersionInfo) -> st
     under the lock ``get`` holds while it checks out; None when done, else what went wrong (the removal
     stands). Copies in other homes are beyond reach."""
     target = _cache_dir(platform, ctx, info)
-    lock_path = target.parent / f".{target.name}.lock"
     try:
-        if not (lock_path.exists() or target.exists() or target.is_symlink()):
+        if not (_copy_lock_path(target).exists() or target.exists() or target.is_symlink()):
             return None  # never fetched here; a get starting now finds the version gone
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # after a get mid-checkout, whose copy this then deletes
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-        finally:
-            os.close(lock)
+        with _copy_lock(target):  # after a get mid-checkout, whose copy this then deletes
+            _remove_copy(target)
     except OSError as exc:
         failed, why = _failure(exc, target)
         return f"could not delete the cached copy {target} ({failed}: {why}); delete it by hand"
+    except ConfigError as exc:  # no file locks
+        return f"could not delete the cached copy {target}: {exc}; delete it by hand"
     return None
