@@ -355,8 +355,10 @@ def promote(
     platform.authorize(ctx, action, resource)
     _check_reason(platform, ctx, action, resource, reason)
     detail: dict[str, Any] = {}
-    try:
-        with platform.db.read() as s:  # a missing version or a tampered alias is a refusal on record too
+    # What fails before the transaction is an attempt on record too: a missing version, a tampered alias or
+    # four eyes refused, a gate run's RuntimeError from torch an error.
+    with platform.attempt(ctx, action, resource, detail):
+        with platform.db.read() as s:
             model, row = resolve_row(platform, s, ctx, spec)
             exact = f"{model.name}@{row.version}"
             author, manifest = row.created_by, row.manifest_digest
@@ -388,11 +390,6 @@ def promote(
                     f"{exact} failed its quality gates, not promoted to {alias!r}: {summary}"
                 )
         signer = Signer(platform)
-    except YardError as exc:
-        raise platform.refuse(ctx, action, resource, exc) from None
-    except Exception as exc:  # e.g. a gate's RuntimeError from torch: on record as a failed attempt
-        platform.audit(ctx, action, resource, "error", {**detail, "error": type(exc).__name__})
-        raise
     with platform.mutate(ctx, action, resource, detail) as s:
         model, row = resolve_row(platform, s, ctx, exact)
         if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
