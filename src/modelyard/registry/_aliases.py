@@ -577,24 +577,10 @@ def store_attestation(
 def attestations(
     platform: Platform, ctx: Context, spec: str, kind: str | None = None
 ) -> list[dict[str, Any]]:
-    """The version's attestations, newest last, each as its signed body plus ``id`` (signatures are checked
-    by :func:`~modelyard.registry.verify`; :func:`checked_attestations` checks each)."""
-    platform.authorize(ctx, "model.read", f"model:{spec}")
-    with platform.db.read() as s:
-        _, row = resolve_row(platform, s, ctx, spec)
-        q = select(Attestation).where(Attestation.version_id == row.id)
-        if kind is not None:
-            q = q.where(Attestation.kind == kind)
-        return [{"id": a.id, **json.loads(a.body)} for a in s.scalars(q.order_by(Attestation.id))]
-
-
-def checked_attestations(
-    platform: Platform, ctx: Context, spec: str, kind: str | None = None
-) -> list[dict[str, Any]]:
-    """:func:`attestations` with each one's signature checked, newest last: one that checks is its signed
-    body plus ``id`` and ``verified: True``; one that does not is only ``id``, ``verified: False`` and the
-    ``problem`` (its body and columns are nobody's word, so it is listed whatever ``kind`` they name: an
-    edited ``kind`` column must not hide it)."""
+    """The version's attestations (``kind`` only, if given), newest last, each one's signature checked.
+    One that checks is its signed body plus ``id`` and ``verified: True``; one that does not (its body or
+    columns edited in the database) is only ``id``, ``verified: False`` and the ``problem``: nobody's word,
+    so it is listed whatever ``kind`` its columns name (an edited ``kind`` must not hide it)."""
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
         model, row = resolve_row(platform, s, ctx, spec)
