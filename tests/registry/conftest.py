@@ -5,6 +5,7 @@ that need its evaluation data ``norm@1`` work in its home. Those that need no tr
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def trained_platform(trained: TrainedModel) -> Iterator[Platform]:
     p = Platform(load_settings(home=trained.home))
     yield p
     p.close()
+
+
+@pytest.fixture
+def name() -> str:
+    """A model name of this test's own, in a home the session's tests share."""
+    return f"m-{secrets.token_hex(4)}"
 
 
 @pytest.fixture
