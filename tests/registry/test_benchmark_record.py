@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from modelyard import registry
@@ -20,15 +19,12 @@ from modelyard.errors import UsageError
     [{"p50_ms": float("nan")}, {"speedup": float("inf")}, {"at": object()}, "p50_ms=3", {"a": 1, 2: "b"}],
 )
 def test_a_benchmark_that_is_not_finite_json_is_refused(
-    platform: Platform, tmp_path: Path, benchmark: object
+    platform: Platform, tiny_model: Callable[..., Path], benchmark: object
 ) -> None:
     # NaN and infinities were signed into the manifest (which no strict JSON reader then reads), the others
     # were an unexpected TypeError or ValueError
     ctx = platform.context()
-    model = tmp_path / "model"
-    model.mkdir()
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
-    (model / "config.json").write_text("{}", encoding="utf-8")
+    model = tiny_model()
     with pytest.raises(UsageError, match="benchmark"):
         registry.register(platform, ctx, model, "b", benchmark=benchmark)  # type: ignore[arg-type]
     with platform.db.read() as s:

@@ -3,11 +3,10 @@ record with outcome ``denied``, as a missing role is, not ``refused`` as bad inp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from modelyard import registry
@@ -28,16 +27,13 @@ def _outcomes(platform: Platform, resource: str) -> list[tuple[str, str, str]]:
 
 
 def test_four_eyes_refusals_are_recorded_as_denied_like_a_missing_role(
-    platform: Platform, tmp_path: Path
+    platform: Platform, tiny_model: Callable[..., Path]
 ) -> None:
     from modelyard.serving import deploy
 
     author = platform.context()
     engineer = actor(platform, author, "eng", Role.ENGINEER)
-    model = tmp_path / "model"
-    model.mkdir()
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
-    (model / "config.json").write_text("{}", encoding="utf-8")
+    model = tiny_model()
     registry.register(platform, author, model, "fe")
 
     def no_gates(*_: object) -> tuple[bool, str]:

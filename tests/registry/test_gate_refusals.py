@@ -3,11 +3,10 @@ missing) is a refused attestation, audited like other refusals; it used to leave
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from modelyard import registry
@@ -17,12 +16,11 @@ from modelyard.errors import NotFoundError
 from modelyard.evaluation import check_gates, parse_policy
 
 
-def test_a_gate_check_without_its_data_is_a_refusal_on_record(platform: Platform, tmp_path: Path) -> None:
+def test_a_gate_check_without_its_data_is_a_refusal_on_record(
+    platform: Platform, tiny_model: Callable[..., Path]
+) -> None:
     ctx = platform.context()
-    model = tmp_path / "model"
-    model.mkdir()
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
-    (model / "config.json").write_text("{}", encoding="utf-8")
+    model = tiny_model()
     info = registry.register(platform, ctx, model, "gate-refusal")
     policy = parse_policy({"data": {"dataset": "no-such-data@1"}, "metrics": ["rougeL >= 0"]})
     with pytest.raises(NotFoundError):

@@ -28,11 +28,6 @@ from modelyard.training._recipe import parse_recipe
 DECODING = {"max_new_tokens": 24}
 
 
-@pytest.fixture
-def name() -> str:
-    return f"m-{secrets.token_hex(4)}"
-
-
 def one_table(platform: Platform, trained: TrainedModel, tmp_path: Path, files: list[str]) -> str:
     """A new dataset version holding one table: the session's ``files`` of norm@1 concatenated."""
     data, out = trained.home.parent / "data", tmp_path / "one"

@@ -17,11 +17,11 @@ from modelyard.testing import actor
 
 
 def test_a_gate_run_crashing_in_torch_leaves_an_audited_promotion_attempt(
-    trained_platform: Platform, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    trained_platform: Platform, model_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
-    p, name = trained_platform, f"m-{secrets.token_hex(4)}"
+    p = trained_platform
     approver = actor(p, p.context(), f"approver-{secrets.token_hex(3)}", Role.APPROVER)
     registry.register(p, p.context(), model_dir, name)
     policy = parse_policy({"data": {"dataset": "norm@1", "file": "test.jsonl"}, "metrics": ["rougeL >= 0"]})

@@ -29,9 +29,9 @@ PLAIN = parse_policy({"data": DATA, "decoding": DECODING, "metrics": ["rougeL >=
     ],
 )
 def test_production_repointed_at_the_candidate_is_no_reference_for_it(
-    trained_platform: Platform, model_dir: Path, tamper: str
+    trained_platform: Platform, model_dir: Path, name: str, tamper: str
 ) -> None:
-    p, name = trained_platform, f"m-{secrets.token_hex(4)}"
+    p = trained_platform
     author = p.context()
     approver = actor(p, author, f"approver-{secrets.token_hex(3)}", Role.APPROVER)
     for _ in range(2):

@@ -3,7 +3,6 @@ process's own default, not on whatever the last load with a count set (torch's c
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ def test_a_load_without_threads_gets_the_process_default_back(model_dir: Path) -
 
 
 def test_a_gate_times_its_version_on_the_policys_threads_after_loading_a_reference(
-    trained_platform: Platform, model_dir: Path
+    trained_platform: Platform, model_dir: Path, name: str
 ) -> None:
     import torch
 
@@ -49,7 +48,6 @@ def test_a_gate_times_its_version_on_the_policys_threads_after_loading_a_referen
     load_dir(model_dir)  # the process default (3, unless an earlier load in this process fixed another)
     if torch.get_num_threads() == 1:
         pytest.skip("this process's default is 1 thread: nothing to tell apart")
-    name = f"m-{secrets.token_hex(4)}"
     staged = registry.register(p, p.context(), model_dir, name)
     registry.set_alias(p, p.context(), staged.spec, "staging")
     info = registry.register(p, p.context(), model_dir, name)

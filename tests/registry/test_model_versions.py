@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -395,20 +396,14 @@ def test_bad_input_is_a_clear_error(platform: Platform, model_dir: Path, call: o
 
 
 def test_a_failure_to_stage_the_files_is_a_clear_error_on_record(
-    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    platform: Platform, tmp_path: Path, tiny_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store's disk cannot take the sealed files (here: its staging area is not a directory, as
     a full or read-only disk makes writes fail): a BackendError naming the cause, an audit record of the
     attempt, and nothing stored."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
     from modelyard.errors import BackendError
 
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model_dir / "model.safetensors"))
-    (model_dir / "config.json").write_text("{}", encoding="utf-8")
+    model_dir = tiny_model()
     blocked = tmp_path / "not-a-dir"
     blocked.write_bytes(b"")
     monkeypatch.setattr(platform.backend, "staging_dir", lambda: blocked)

@@ -37,11 +37,6 @@ def policy(**checks: Any) -> GatePolicy:
 PASSING = policy(metrics=["rougeL >= 0.0", "bleu >= 0.0"], size={"max_mb": 100})
 
 
-@pytest.fixture
-def name() -> str:
-    return f"m-{secrets.token_hex(4)}"
-
-
 def person(platform: Platform, role: Role) -> Context:
     from modelyard.testing import actor
 

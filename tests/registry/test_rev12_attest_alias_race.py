@@ -4,12 +4,11 @@ write (to the attester's own version), the attestation is refused, not stored on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from sqlalchemy import event
 
 from modelyard import registry
@@ -18,19 +17,14 @@ from modelyard.errors import UsageError
 from modelyard.testing import actor
 
 
-def _model(root: Path, value: float) -> Path:
-    root.mkdir()
-    save_file({"w": np.full(2, value, dtype=np.float32)}, str(root / "model.safetensors"))
-    (root / "config.json").write_text("{}", encoding="utf-8")
-    return root
-
-
-def test_an_alias_moved_during_a_hand_attestation_is_refused(platform: Platform, tmp_path: Path) -> None:
+def test_an_alias_moved_during_a_hand_attestation_is_refused(
+    platform: Platform, tiny_model: Callable[..., Path]
+) -> None:
     admin = platform.context()
     sci = actor(platform, admin, "sci", Role.SCIENTIST)
     ann = actor(platform, admin, "ann", Role.APPROVER)
-    registry.register(platform, sci, _model(tmp_path / "a", 0.0), "ar")  # v1: someone else's
-    registry.register(platform, ann, _model(tmp_path / "b", 1.0), "ar")  # v2: ann's own
+    registry.register(platform, sci, tiny_model(0.0), "ar")  # v1: someone else's
+    registry.register(platform, ann, tiny_model(1.0), "ar")  # v2: ann's own
     registry.set_alias(platform, ann, "ar@1", "staging")
 
     # The moment the attestation's signer is made (after four eyes was checked against ar@staging = 1, before

@@ -3,11 +3,10 @@ is written (PostgreSQL would otherwise fail the write with a driver error), on r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from modelyard import registry
@@ -16,12 +15,11 @@ from modelyard.core._models import AuditRecord
 from modelyard.errors import UsageError
 
 
-def test_an_attestation_kind_longer_than_its_column_is_refused(platform: Platform, tmp_path: Path) -> None:
+def test_an_attestation_kind_longer_than_its_column_is_refused(
+    platform: Platform, tiny_model: Callable[..., Path]
+) -> None:
     ctx = platform.context()
-    model = tmp_path / "model"
-    model.mkdir()
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
-    (model / "config.json").write_text("{}", encoding="utf-8")
+    model = tiny_model()
     registry.register(platform, ctx, model, "ak")
 
     with pytest.raises(UsageError, match="short name"):

@@ -3,28 +3,22 @@ version that was verified, even if the alias moves while the card is being made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from safetensors.numpy import save_file
 from sqlalchemy import event
 
 from modelyard import registry
 from modelyard.core import Platform
 
 
-def _model(root: Path, value: float) -> Path:
-    root.mkdir()
-    save_file({"w": np.full(2, value, dtype=np.float32)}, str(root / "model.safetensors"))
-    (root / "config.json").write_text("{}", encoding="utf-8")
-    return root
-
-
-def test_the_card_of_an_alias_describes_the_version_it_verified(platform: Platform, tmp_path: Path) -> None:
+def test_the_card_of_an_alias_describes_the_version_it_verified(
+    platform: Platform, tiny_model: Callable[..., Path]
+) -> None:
     ctx = platform.context()
-    registry.register(platform, ctx, _model(tmp_path / "a", 0.0), "cr")
-    registry.register(platform, ctx, _model(tmp_path / "b", 1.0), "cr")
+    registry.register(platform, ctx, tiny_model(0.0), "cr")
+    registry.register(platform, ctx, tiny_model(1.0), "cr")
     registry.set_alias(platform, ctx, "cr@1", "staging")
 
     # verify() reads the version's attestations last: right after it, staging moves to version 2, as a

@@ -5,11 +5,10 @@ their data): they must not approve it for production, though someone else regist
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from modelyard import registry
 from modelyard.core import Platform, Role
@@ -34,7 +33,7 @@ with Platform() as p:
 
 
 def test_who_submitted_the_training_job_cannot_approve_its_model(
-    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    platform: Platform, tmp_path: Path, tiny_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modelyard.data import add_version
     from modelyard.training import write_dataset
@@ -64,10 +63,7 @@ def test_who_submitted_the_training_job_cannot_approve_its_model(
     info = _jobs.get_job(platform, admin, job.id)
     assert info.status == "SUCCEEDED" and info.run_id is not None
 
-    model = tmp_path / "model"
-    model.mkdir()
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
-    (model / "config.json").write_text("{}", encoding="utf-8")
+    model = tiny_model()
     registry.register(platform, sci, model, "jq", trained_by=info.run_id)
 
     def gates(*_: object) -> tuple[bool, str]:

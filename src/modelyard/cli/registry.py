@@ -126,12 +126,12 @@ def show(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output (with the manifest)."),
 ) -> None:
     """A version: files, lineage, metrics, aliases, gate results and signature (checked)."""
-    from modelyard.registry import checked_attestations, read_manifest
+    from modelyard.registry import attestations, read_manifest
 
     with acting() as (platform, ctx):
         info, manifest = read_manifest(platform, ctx, spec)
         # Signatures checked: this is shown beside "signature checked", and a verdict is what it claims.
-        gates = checked_attestations(platform, ctx, info.spec, kind="gates")
+        gates = attestations(platform, ctx, info.spec, kind="gates")
     if json_out:
         print_json({**info.as_dict(), "manifest": manifest, "gates": gates})
         return

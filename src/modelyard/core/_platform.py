@@ -388,9 +388,35 @@ class Platform:
     def refuse(self, ctx: Context, action: str, resource: str, error: YardError) -> YardError:
         """Audit a refused mutation (bad input, residency, conflict) and hand the error back to raise. An
         authorization failure that is not a role (four eyes) is ``denied``, as a missing role is."""
-        outcome = "denied" if isinstance(error, PermissionDeniedError) else "refused"
-        self.audit(ctx, action, resource, outcome, {"code": error.code, "message": error.message})
+        self.record_failure(ctx, action, resource, error)
         return error
+
+    def record_failure(
+        self, ctx: Context, action: str, resource: str, exc: Exception, detail: dict[str, Any] | None = None
+    ) -> None:
+        """The record of a mutation that was attempted and failed: our error is ``refused`` (``denied`` for
+        an authorization rule) with its code and message, any other is an ``error`` named by its type."""
+        if isinstance(exc, YardError):
+            outcome = "denied" if isinstance(exc, PermissionDeniedError) else "refused"
+            extra: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        else:
+            outcome, extra = "error", {"error": type(exc).__name__}
+        self.audit(ctx, action, resource, outcome, {**(detail or {}), **extra})
+
+    @contextlib.contextmanager
+    def attempt(
+        self, ctx: Context, action: str, resource: str, detail: dict[str, Any] | None = None
+    ) -> Iterator[None]:
+        """Work a mutation needs before its transaction (verifying a version, running its gates), so that a
+        failure there is on record as an attempt too: our error as :meth:`refuse` records it (and raised
+        without its chain), any other (a RuntimeError from torch) as an ``error`` with ``detail``."""
+        try:
+            yield
+        except YardError as exc:
+            raise self.refuse(ctx, action, resource, exc) from None
+        except Exception as exc:
+            self.record_failure(ctx, action, resource, exc, detail)
+            raise
 
     @contextlib.contextmanager
     def mutate(
@@ -406,15 +432,10 @@ class Platform:
                 self.recheck(s, ctx, action)
                 yield s
                 self.audit(ctx, action, resource, "ok", detail, session=s)
-        except YardError as exc:
-            # The role it acted with is gone, or another authorization rule (four eyes), or bad input.
-            outcome = "denied" if isinstance(exc, PermissionDeniedError) else "refused"
-            self.audit(
-                ctx, action, resource, outcome, {**(detail or {}), "code": exc.code, "message": exc.message}
-            )
-            raise
         except Exception as exc:
-            self.audit(ctx, action, resource, "error", {**(detail or {}), "error": type(exc).__name__})
+            # The role it acted with is gone, or another authorization rule (four eyes), or bad input, or
+            # an error that is not ours: on record with the detail the mutation would have had.
+            self.record_failure(ctx, action, resource, exc, detail)
             raise
 
     def project_by_name(self, s: Session, name: str) -> Project:

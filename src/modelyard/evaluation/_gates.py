@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from modelyard.core._platform import Context, Platform
-from modelyard.errors import IntegrityError, NotFoundError, UsageError, YardError
+from modelyard.errors import IntegrityError, NotFoundError, UsageError
 from modelyard.evaluation._perturb import perturb
 from modelyard.evaluation._policy import EvalData, GatePolicy
 from modelyard.evaluation._speed import latency_ms
@@ -203,14 +203,9 @@ def check_gates(
     if not attest:
         return _measure(platform, ctx, info, policy)
     platform.authorize(ctx, "model.register", f"model:{exact}")  # before the evaluation, not after minutes
-    # An attestation that cannot be made is a refused one, or a failed one, on record.
-    try:
+    # An attestation that cannot be made is a refused one, or a failed one (torch's RuntimeError), on record.
+    with platform.attempt(ctx, "model.register", f"model:{exact}"):
         report = _measure(platform, ctx, info, policy)
-    except YardError as exc:
-        raise platform.refuse(ctx, "model.register", f"model:{exact}", exc) from None
-    except Exception as exc:  # e.g. a RuntimeError from torch: recorded as platform.mutate records one
-        platform.audit(ctx, "model.register", f"model:{exact}", "error", {"error": type(exc).__name__})
-        raise
     body = {**report.to_dict(), "policy": policy.model_dump(mode="json")}
     report.attestation = store_attestation(platform, ctx, exact, "gates", body, passed=report.passed)
     return report

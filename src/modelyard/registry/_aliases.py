@@ -355,8 +355,10 @@ def promote(
     platform.authorize(ctx, action, resource)
     _check_reason(platform, ctx, action, resource, reason)
     detail: dict[str, Any] = {}
-    try:
-        with platform.db.read() as s:  # a missing version or a tampered alias is a refusal on record too
+    # What fails before the transaction is an attempt on record too: a missing version, a tampered alias or
+    # four eyes refused, a gate run's RuntimeError from torch an error.
+    with platform.attempt(ctx, action, resource, detail):
+        with platform.db.read() as s:
             model, row = resolve_row(platform, s, ctx, spec)
             exact = f"{model.name}@{row.version}"
             author, manifest = row.created_by, row.manifest_digest
@@ -388,11 +390,6 @@ def promote(
                     f"{exact} failed its quality gates, not promoted to {alias!r}: {summary}"
                 )
         signer = Signer(platform)
-    except YardError as exc:
-        raise platform.refuse(ctx, action, resource, exc) from None
-    except Exception as exc:  # e.g. a gate's RuntimeError from torch: on record as a failed attempt
-        platform.audit(ctx, action, resource, "error", {**detail, "error": type(exc).__name__})
-        raise
     with platform.mutate(ctx, action, resource, detail) as s:
         model, row = resolve_row(platform, s, ctx, exact)
         if row.manifest_digest != manifest:  # immutable versions make this unreachable unless tampered with
@@ -580,24 +577,10 @@ def store_attestation(
 def attestations(
     platform: Platform, ctx: Context, spec: str, kind: str | None = None
 ) -> list[dict[str, Any]]:
-    """The version's attestations, newest last, each as its signed body plus ``id`` (signatures are checked
-    by :func:`~modelyard.registry.verify`; :func:`checked_attestations` checks each)."""
-    platform.authorize(ctx, "model.read", f"model:{spec}")
-    with platform.db.read() as s:
-        _, row = resolve_row(platform, s, ctx, spec)
-        q = select(Attestation).where(Attestation.version_id == row.id)
-        if kind is not None:
-            q = q.where(Attestation.kind == kind)
-        return [{"id": a.id, **json.loads(a.body)} for a in s.scalars(q.order_by(Attestation.id))]
-
-
-def checked_attestations(
-    platform: Platform, ctx: Context, spec: str, kind: str | None = None
-) -> list[dict[str, Any]]:
-    """:func:`attestations` with each one's signature checked, newest last: one that checks is its signed
-    body plus ``id`` and ``verified: True``; one that does not is only ``id``, ``verified: False`` and the
-    ``problem`` (its body and columns are nobody's word, so it is listed whatever ``kind`` they name: an
-    edited ``kind`` column must not hide it)."""
+    """The version's attestations (``kind`` only, if given), newest last, each one's signature checked.
+    One that checks is its signed body plus ``id`` and ``verified: True``; one that does not (its body or
+    columns edited in the database) is only ``id``, ``verified: False`` and the ``problem``: nobody's word,
+    so it is listed whatever ``kind`` its columns name (an edited ``kind`` must not hide it)."""
     platform.authorize(ctx, "model.read", f"model:{spec}")
     with platform.db.read() as s:
         model, row = resolve_row(platform, s, ctx, spec)

@@ -161,7 +161,15 @@ def model_card(platform: Platform, ctx: Context, spec: str) -> Card:
     else:
         metric_parts.append("No evaluation report was registered with this version.")
     sections.append(("Metrics", metric_parts))
-    if gates:
+    bad = [g for g in gates if not g["verified"]]
+    if bad:  # verified above, edited since: no verdict, as `yard models show` gives none
+        sections.append(
+            (
+                "Quality gates",
+                [f"Attestation {g['id']} failed its signature check: {g['problem']}" for g in bad],
+            )
+        )
+    elif gates:
         last = gates[-1]
         checks = (last.get("result") or {}).get("checks") or []
         sections.append(

@@ -546,14 +546,8 @@ def _insert_job(
                 detail.update(external_id=job.external_id, cluster=job.cluster, cluster_uid=job.cluster_uid)
             platform.audit(ctx, "job.write", job_ref(job.id), "ok", detail, session=s)
             info = _info(job, ctx.project)
-    except YardError as exc:
-        outcome = "denied" if isinstance(exc, PermissionDeniedError) else "refused"
-        platform.audit(
-            ctx, "job.write", "job:new", outcome, {**detail, "code": exc.code, "message": exc.message}
-        )
-        raise
-    except Exception as exc:
-        platform.audit(ctx, "job.write", "job:new", "error", {**detail, "error": type(exc).__name__})
+    except Exception as exc:  # as platform.mutate records one; not mutate: the record names the new id
+        platform.record_failure(ctx, "job.write", "job:new", exc, detail)
         raise
     return info
 
