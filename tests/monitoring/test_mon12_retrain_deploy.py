@@ -24,7 +24,7 @@ from modelyard.config import load_settings
 from modelyard.core import Platform
 from modelyard.core._models import AuditRecord
 from modelyard.monitoring._alerts import AlertPolicy, _key, run_once
-from modelyard.serving._deploy import current, deploy
+from modelyard.serving._deploy import current, deploy, rollback_candidate
 from modelyard.training._jobs import get_job
 
 
@@ -179,3 +179,39 @@ def test_a_deploy_that_committed_before_its_error_is_not_made_twice(
     assert state["state"] == "deployed", state
     assert deploys_of(platform, 2) == 1
     assert current(platform, ctx, "m11").generation == generation  # type: ignore[union-attr]
+
+
+def test_a_committed_deploy_rolled_back_since_is_not_made_again(
+    s3_platform: Platform, tmp_path: Path, model_dir: Path
+) -> None:
+    # The deploy committed before its error; before the next run, a server rolled the canary back for
+    # breaching its SLOs. The next run saw m11@2 not served and deployed it again: the rolled-back model
+    # came back.
+    platform, ctx = s3_platform, s3_platform.context()
+    policy, started, job_id = deploy_fails_for_an_outage(platform, tmp_path, model_dir)
+    info = deploy(
+        platform, ctx, "m11", version=2, mode="canary", weight=10, reason=f"retrained (job {job_id})"
+    )
+    assert info.candidate_generation is not None
+    assert rollback_candidate(platform, ctx, "m11", info.candidate_generation, "error rate 12% > 5%")
+
+    result = run_once(platform, ctx, policy, now=started + timedelta(minutes=2))
+    assert result.retrains == [
+        "retrained m11@2 passed its gates and was deployed already, but has been rolled back since "
+        "(automatic rollback: error rate 12% > 5%); it is not deployed again"
+    ], result.retrains
+    state = json.loads(platform.meta(_key("retrain", ctx.project_id, "m11")) or "{}")
+    assert state["state"] == "deployed", state
+    assert deploys_of(platform, 2) == 1
+    served = current(platform, ctx, "m11")
+    assert served is not None and (served.mode, served.candidate) == ("off", None)
+    with platform.db.read() as s:
+        [detail] = s.execute(
+            select(AuditRecord.detail).where(
+                AuditRecord.action == "monitor.retrain", AuditRecord.outcome == "ok"
+            )
+        ).scalars()
+    assert json.loads(detail)["rolled_back"] is True
+    # and later runs leave it so
+    again = run_once(platform, ctx, policy, now=started + timedelta(minutes=3))
+    assert again.retrains == [] and deploys_of(platform, 2) == 1

@@ -74,3 +74,27 @@ def test_an_interrupted_run_keeps_its_checkpoints_for_resume(data_home: Path, tm
     root = data_home / "checkpoints" / started[0]
     assert (root / "step-00000002" / "manifest.json").is_file()
     assert (root / "tokenizer" / "done").is_file()
+
+
+def test_a_deleted_run_is_not_resumed(data_home: Path, tmp_path: Path) -> None:
+    # Deleting a run deletes its checkpoints; a resume of it then is an error that brings back neither
+    # the run nor a checkpoint folder, and so is one that finds checkpoints an older version left behind.
+    from modelyard.errors import NotFoundError
+
+    recipe = _recipe(tmp_path)
+    with Client(Platform(load_settings(home=data_home))) as c:
+        run = c.start_run("t", params=recipe.params())
+        run.end("FAILED", "killed")
+        root = data_home / "checkpoints" / run.id
+        (root / "step-00000002").mkdir(parents=True)
+        (root / "step-00000002" / "manifest.json").write_text("{}")
+        c.delete_run(run.id)
+        assert not root.exists()
+        with pytest.raises(NotFoundError, match=rf"run {run.id[:8]}\w* not found"):
+            _train.train(recipe, client=c, resume=run.id, progress=False)
+        assert not root.exists()
+        (root / "step-00000002").mkdir(parents=True)  # left by a version that did not delete them
+        with pytest.raises(NotFoundError, match=rf"run {run.id[:8]}\w* not found"):
+            _train.train(recipe, client=c, resume=run.id, progress=False)
+        assert sorted(p.name for p in root.iterdir()) == ["step-00000002"]
+        assert c.search_runs("t") == []

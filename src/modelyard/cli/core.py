@@ -178,14 +178,17 @@ def gc(
     goes with it: its bytes are unreadable from then on, even where they stay inside a shared pack. Then
     objects that no blob names at all (left by a write that died before recording them, or by a failed
     delete) are deleted too, and packs of small files that are mostly dead are rewritten with their live
-    blobs only."""
+    blobs only. Last, this home's training checkpoints of runs that are FINISHED or deleted (plain files of
+    the user's data) are deleted; those of RUNNING, FAILED or KILLED runs stay for resume."""
     from modelyard.core import collect_garbage
+    from modelyard.core._checkpoints import checkpoints_dir
 
     age, orphan_age = _age("--min-age", min_age), _age("--orphan-min-age", orphan_min_age)
     with acting() as (platform, ctx):
         report = collect_garbage(
             platform, ctx, min_age=age, dry_run=dry_run, orphan_min_age=orphan_age, repack_below=repack_below
         )
+        checkpoints = checkpoints_dir(platform.settings.home)
     if json_out:
         print_json(report.to_dict())
         return
@@ -212,6 +215,22 @@ def gc(
         )
     if report.staging:
         console.print(f"removed {report.staging} day-old temp file(s) of interrupted writes", markup=False)
+    if report.checkpoints:
+        console.print(
+            f"{verb} the checkpoints of {report.checkpoints} finished or deleted run(s) in {checkpoints}",
+            markup=False,
+        )
+    if report.failed_checkpoints:
+        console.print(
+            f"warning: the checkpoints of {report.failed_checkpoints} finished or deleted run(s) could not "
+            f"be deleted (plain files of their training data); see the log and delete them in {checkpoints}",
+            markup=False,
+        )
+    if report.unknown_checkpoints:
+        names = ", ".join(report.unknown_checkpoints[:10]) + (
+            ", ..." if len(report.unknown_checkpoints) > 10 else ""
+        )
+        console.print(f"left alone in {checkpoints} (not a run's checkpoints): {names}", markup=False)
     if report.failed_objects:
         console.print(
             f"warning: {report.failed_objects} object(s) could not be deleted (their keys are gone, so they "

@@ -44,6 +44,7 @@ from sqlalchemy import Select, Table, bindparam, delete, func, select, text, upd
 from sqlalchemy.orm import Session
 
 from modelyard.core._blobs import BlobBackend, StagingWriter, is_object_name
+from modelyard.core._checkpoints import checkpoints_dir, remove_run_checkpoints
 from modelyard.core._db import ROWS, MetadataStore, chunks, insert_for
 from modelyard.core._models import (
     Artifact,
@@ -52,6 +53,7 @@ from modelyard.core._models import (
     DatasetVersion,
     Meta,
     ModelVersion,
+    Run,
     RunArtifact,
 )
 from modelyard.core._platform import Context, Platform, as_utc, utcnow
@@ -71,6 +73,7 @@ log = logging.getLogger("modelyard.gc")
 GENERATION = "artifact_gc_generation"
 # The advisory lock key of collections on PostgreSQL (any constant no other lock of ours uses).
 _PG_LOCK = 0x79617264_6763
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # a run's checkpoint folder is named by its id
 _HEX_RUN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 ACTION, RESOURCE = "artifact.gc", "artifacts:store"
 # Objects no row names are left by a write that died between uploading and recording them, or by a failed
@@ -175,6 +178,9 @@ class GcReport:
     repacked: int = 0  # packs mostly dead, rewritten with their live blobs only and deleted
     repacked_bytes: int = 0  # the dead bytes that went with them
     uploads: int = 0  # unfinished uploads (S3 multipart) of killed writes, as old as orphans, aborted
+    checkpoints: int = 0  # this home's checkpoint folders of FINISHED or deleted runs, removed
+    failed_checkpoints: int = 0  # such folders that could not be removed (logged)
+    unknown_checkpoints: tuple[str, ...] = ()  # names in checkpoints/ that are no run's folder, left alone
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -265,8 +271,12 @@ def collect_garbage(
     repacked, repacked_bytes, failed_packs = _repack(platform, ctx, float(repack_below), packs, dry_run)
     # This machine's staging only (each machine stages locally, S3 stores too); a day, whatever the ages.
     staging = 0 if dry_run else sweep_backend_staging(platform.artifacts.backend)
+    checkpoints, failed_checkpoints, unknown = _sweep_checkpoints(platform, ctx, dry_run)
     return replace(
         report,
+        checkpoints=checkpoints,
+        failed_checkpoints=failed_checkpoints,
+        unknown_checkpoints=unknown,
         orphans=orphans,
         orphan_bytes=orphan_bytes,
         failed_objects=report.failed_objects + failed + failed_uploads + failed_packs,
@@ -318,6 +328,52 @@ def _sweep_rows(platform: Platform, ctx: Context, min_age: timedelta, dry_run: b
         )
     objects, failed = _delete_objects(platform, names)
     return GcReport(False, len(deleted), sum(r[3] for r in deleted), objects, failed, live_count, young)
+
+
+def _sweep_checkpoints(platform: Platform, ctx: Context, dry_run: bool) -> tuple[int, int, tuple[str, ...]]:
+    """This home's checkpoint folders (plain files of the user's data) that no resume can use: those of
+    FINISHED runs (a crash between storing the model and deleting them; versions before that deletion)
+    and of deleted runs. RUNNING, FAILED and KILLED runs keep theirs; a folder a process trains (its lock
+    is held) is kept whatever its run's state; a name that is no run id is left alone and reported.
+    Returns (removed, failed, unknown names). The database judges: a home shared by two databases is not
+    supported (the folders of one's runs look deleted to the other)."""
+    base = checkpoints_dir(platform.settings.home)
+    try:
+        entries = sorted(base.iterdir()) if base.is_dir() else []
+    except OSError as exc:
+        log.warning("checkpoints in %s not swept: %s", base, exc)
+        return 0, 0, ()
+    folders = {p.name: p for p in entries if _RUN_ID.fullmatch(p.name) and (p.is_dir() or p.is_symlink())}
+    unknown = tuple(p.name for p in entries if p.name not in folders)
+    status: dict[str, str] = {}
+    with platform.db.read() as s:
+        for chunk in chunks(sorted(folders)):
+            status.update((i, st) for i, st in s.execute(select(Run.id, Run.status).where(Run.id.in_(chunk))))
+    # Never RUNNING, FAILED or KILLED: resuming needs them. A deleted run's row never comes back (ids are
+    # random), and training refuses to resume a FINISHED run, so neither state changes under us.
+    doomed = [name for name in folders if status.get(name, "FINISHED") == "FINISHED"]
+    if dry_run or not doomed:
+        return len(doomed), 0, unknown
+    removed: list[str] = []
+    failed = 0
+    for name in doomed:
+        try:
+            problem = remove_run_checkpoints(folders[name], name)
+        except UsageError:
+            continue  # trained by a process on this machine right now (its row deleted meanwhile)
+        if problem is None:
+            removed.append(name)
+        else:
+            failed += 1
+            log.warning(
+                "checkpoints %s of a %s run not deleted: %s",
+                folders[name],
+                status.get(name, "deleted"),
+                problem,
+            )
+    detail = {"checkpoints": removed[:1000], "removed": len(removed), "failed": failed}
+    platform.audit(ctx, ACTION, f"checkpoints:{base}", "ok" if not failed else "error", detail)
+    return len(removed), failed, unknown
 
 
 @contextlib.contextmanager

@@ -662,7 +662,7 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         return [f"retrain job {job.id} ended {job.status}"]
     from modelyard.evaluation import check_gates, load_policy
     from modelyard.registry import list_versions, register
-    from modelyard.serving._deploy import current, deploy
+    from modelyard.serving._deploy import current, deploy, deployed_since
 
     if pending["state"] == "queued":  # registered once: a later failure resumes here, not with a new version
         try:
@@ -714,6 +714,19 @@ def advance_retrains(platform: Platform, ctx: Context, policy: AlertPolicy, name
         platform.audit(ctx, "monitor.retrain", resource, "ok", {**detail, "deployed_already": True})
         return [
             f"retrained {spec} passed its gates and is deployed already ({served.mode} at {served.weight}%)"
+        ]
+    # Deployed so, then rolled back (a server's SLO rollback, a human) before this run: it is not served,
+    # but deploying it again would bring back a model taken out of traffic. The history says (any deploy of
+    # it since this retrain's job was submitted: the version cannot be older).
+    if deployed_since(platform, ctx, name, version, job.submitted_at):
+        _put(platform, key, {**pending, "state": "deployed"})
+        platform.audit(
+            ctx, "monitor.retrain", resource, "ok", {**detail, "deployed_already": True, "rolled_back": True}
+        )
+        why = (served.reason or served.mode) if served is not None else "no deployment now"
+        return [
+            f"retrained {spec} passed its gates and was deployed already, but has been rolled back since "
+            f"({why}); it is not deployed again"
         ]
     try:
         deploy(

@@ -209,6 +209,30 @@ def current(platform: Platform, ctx: Context, name: str) -> DeploymentInfo | Non
         return _info(row) if row is not None else None
 
 
+def deployed_since(platform: Platform, ctx: Context, name: str, version: int, since: datetime) -> bool:
+    """Whether ``version`` of ``name`` was deployed as a candidate (any mode but off) at or after ``since``,
+    whatever came after it (a rollback, another candidate). The deployments row holds only the present;
+    the history is the audit chain, where every committed deploy wrote its record in its own transaction."""
+    from modelyard.core._models import AuditRecord
+
+    stamp = as_utc(since).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the chain's format: ISO text sorts by time
+    with platform.db.read() as s:
+        details = s.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.action == "model.deploy",
+                AuditRecord.resource == f"deployment:{name}",
+                AuditRecord.project == ctx.project,
+                AuditRecord.outcome == "ok",
+                AuditRecord.ts >= stamp,
+            )
+        )
+        for text in details:
+            detail = json.loads(text)
+            if detail.get("version") == version and detail.get("mode", "off") != "off":
+                return True
+    return False
+
+
 def rollback_candidate(platform: Platform, ctx: Context, name: str, key: int, reason: str) -> bool:
     """A server's automatic rollback of a candidate that breached its SLOs: switch the deployment off if the
     candidate the server judged (window ``key``, its ``candidate_generation``) is still deployed, whatever

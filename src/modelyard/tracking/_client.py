@@ -689,6 +689,7 @@ class Client:
         return _store.list_experiments(self.platform, self.ctx)
 
     def delete_run(self, run_id: str) -> None:
+        """Delete a run and its checkpoints in this home (see :func:`_store.delete_run`)."""
         _store.delete_run(self.platform, self.ctx, run_id)
 
     def reap_stale_runs(self) -> list[str]:

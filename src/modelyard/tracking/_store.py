@@ -17,6 +17,7 @@ import re
 import stat
 import unicodedata
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.core import _audit, _gc
 from modelyard.core._artifacts import check_outside_home
+from modelyard.core._checkpoints import remove_run_checkpoints, run_checkpoints
 from modelyard.core._db import insert_for
 from modelyard.core._models import (
     Dataset,
@@ -436,11 +438,29 @@ def _storable(text: str) -> str:
 
 
 def delete_run(platform: Platform, ctx: Context, run_id: str) -> None:
-    """Delete a run with its params, tags and metrics; its children lose their parent link."""
+    """Delete a run with its params, tags and metrics, and its checkpoints in this home (plain files of the
+    user's data, kept for resume, which a deleted run cannot have); its children lose their parent link.
+    Refused while a process on this machine trains the run. Checkpoints that cannot be deleted are a
+    warning (the deletion stands; `yard gc` tries again); the audit record says what became of them."""
     check_run_id(run_id)
-    with platform.mutate(ctx, "run.delete", run_ref(run_id)) as s:
+    root = run_checkpoints(platform.settings.home, run_id)
+    detail: dict[str, Any] = {}
+    problem: str | None = None
+    with platform.mutate(ctx, "run.delete", run_ref(run_id), detail) as s:
         _run_row(s, ctx, run_id)
         s.execute(delete(Run).where(Run.id == run_id))
+        # Before the commit, so that the record says what became of them. Should the commit fail after
+        # this, the run stays without checkpoints (a resume starts at step 0): never a run gone and its
+        # data left behind unsaid.
+        if root.exists() or root.is_symlink():
+            problem = remove_run_checkpoints(root, run_id)
+            detail["checkpoints"] = "deleted" if problem is None else f"not deleted: {problem}"[:500]
+    if problem is not None:
+        warnings.warn(
+            f"run {run_id[:8]} deleted, but its checkpoints {root} could not be deleted ({problem}); they "
+            "hold its weights and tokenizer in plain files: delete the folder (or run `yard gc` again)",
+            stacklevel=2,
+        )
 
 
 def get_run(platform: Platform, ctx: Context, run_id: str) -> RunInfo:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelyard.core._checkpoints import LOCK, run_checkpoints
 from modelyard.core._paths import private_dirs, write_file
 from modelyard.errors import BackendError, IntegrityError, NotFoundError, UsageError
 from modelyard.training import _checkpoint as ck
@@ -95,7 +96,7 @@ class TrainResult:
 
 
 def checkpoint_root(client: Client, run_id: str) -> Path:
-    return client.platform.settings.home / "checkpoints" / run_id
+    return run_checkpoints(client.platform.settings.home, run_id)
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -605,7 +606,7 @@ def _hold_run(root: Path, run_id: str) -> None:
     import fcntl
 
     private_dirs(root)  # $YARD_HOME/checkpoints/RUN: weights and optimizer state of the user's data
-    fd = os.open(root / ".training.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
