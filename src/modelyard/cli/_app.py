@@ -36,9 +36,17 @@ app = typer.Typer(
 )
 # soft_wrap: piped or captured output keeps its lines whole (Rich cuts at 80). emoji off: Rich would show a
 # name or path holding ':fire:' as the emoji, even with markup=False, so errors misquoted what was typed.
-console = Console(soft_wrap=True, emoji=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+_CONSOLE: dict[str, Any] = {"soft_wrap": True, "emoji": False}
+console = Console(**_CONSOLE)
+err_console = Console(stderr=True, highlight=False, **_CONSOLE)
 _PIPED_WIDTH = 1000  # the widest a piped table grows before its cells wrap
+
+
+def reset_consoles() -> None:
+    """Read the terminal and the environment again (Rich reads them when a Console is made): a command run
+    by ``yard agent`` is forked from a process that had neither the caller's terminal nor environment."""
+    console.__init__(**_CONSOLE)  # type: ignore[misc]
+    err_console.__init__(stderr=True, highlight=False, **_CONSOLE)  # type: ignore[misc]
 
 
 @dataclass
@@ -320,3 +328,20 @@ def region_option(region: str | None) -> str | None:
 
 def usage(message: str) -> UsageError:
     return UsageError(message)
+
+
+# Importing a module registers its commands on the root app; every command is there once this module is.
+from modelyard.cli import agent as _agent_cli  # noqa: E402, F401
+from modelyard.cli import core as _core  # noqa: E402, F401
+from modelyard.cli import data as _data  # noqa: E402, F401
+from modelyard.cli import evaluate as _evaluate  # noqa: E402, F401
+from modelyard.cli import examples as _examples  # noqa: E402, F401
+from modelyard.cli import jobs as _jobs  # noqa: E402, F401
+from modelyard.cli import lineage as _lineage  # noqa: E402, F401
+from modelyard.cli import monitor as _monitor  # noqa: E402, F401
+from modelyard.cli import optimize as _optimize  # noqa: E402, F401
+from modelyard.cli import quickstart as _quickstart  # noqa: E402, F401
+from modelyard.cli import registry as _registry  # noqa: E402, F401
+from modelyard.cli import serving as _serving  # noqa: E402, F401
+from modelyard.cli import tracking as _tracking  # noqa: E402, F401
+from modelyard.cli import training as _training  # noqa: E402, F401
