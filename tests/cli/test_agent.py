@@ -74,6 +74,13 @@ def test_agent_runs_commands_as_in_process(agent_env: dict[str, str], tmp_path: 
     assert made.returncode == 0, made.stderr
     assert stat.S_IMODE((tmp_path / "tickets" / "train.jsonl").stat().st_mode) == 0o600
     assert served(agent_env, tmp_path) == before + 1
+    # A command whose thread pools are still up when it returns (large files are staged by an I/O pool)
+    # ends as at interpreter exit, pools shut down first, instead of waiting on them for good.
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "blob.bin").write_bytes(os.urandom(12 << 20))
+    added = yard("data", "add", "big", "--name", "big", env=agent_env, cwd=tmp_path)
+    assert added.returncode == 0 and added.stdout.startswith("big@1"), added.stderr
+    assert served(agent_env, tmp_path) == before + 2
 
     for args in (["data", "ls"], ["data", "show", "tickets@1", "--json"], ["audit", "ls"]):
         warm, cold = yard(*args, env=agent_env, cwd=tmp_path), yard(*args, env=direct, cwd=tmp_path)
@@ -84,7 +91,7 @@ def test_agent_runs_commands_as_in_process(agent_env: dict[str, str], tmp_path: 
         warm, cold = yard(*args, env=agent_env, cwd=tmp_path), yard(*args, env=direct, cwd=tmp_path)
         assert warm.returncode == cold.returncode == code, (args, warm.stderr)
         assert warm.stderr == cold.stderr and warm.stdout == cold.stdout
-    assert served(agent_env, tmp_path) == before + 1 + 6  # the YARD_AGENT=0 calls ran in-process
+    assert served(agent_env, tmp_path) == before + 2 + 6  # the YARD_AGENT=0 calls ran in-process
 
     # Each command has the caller's environment: another home is another home.
     other = {**agent_env, "YARD_HOME": str(tmp_path / "other")}

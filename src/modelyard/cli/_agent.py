@@ -521,9 +521,15 @@ def _exit(code: int) -> NoReturn:
     import threading
 
     try:
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
+        # What the interpreter does first at exit: threading's own exit hooks (concurrent.futures tells its
+        # pools' workers to finish there), then it joins the threads that are not daemons.
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        else:
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
