@@ -7,7 +7,8 @@ of it (untimed) and, in the same run and on the same filesystem:
 * re-add: 1% of the files get new contents of the same size (untimed), then the tree is added again
   (unchanged files come from the stat cache: modelyard's and DVC's state database).
 
-Tools: ``yard`` runs ``yard data add`` as a subprocess against a home made by ``yard init`` (CLI to CLI);
+Tools: ``yard`` runs the ``yard data add`` console script as a subprocess against a home made by
+``yard init`` (CLI to CLI);
 ``yard-agent`` runs the same commands with a ``yard agent`` started first (untimed): each command still
 starts its own interpreter, and the agent runs it in a fresh fork of an already-imported process;
 ``dvc`` runs ``dvc add`` as a subprocess in a fresh ``git init`` + ``dvc init --no-scm`` repository;
@@ -90,7 +91,11 @@ def bench_yard(
 ) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
     env.update(YARD_HOME=str(scratch / "home"), COLUMNS="200", YARD_AGENT="1" if agent else "0")
-    yard = [sys.executable, "-m", "modelyard.cli"]
+    # The console script, as users run it (only it asks an agent; `python -m modelyard.cli` never does).
+    script = shutil.which("yard", path=os.path.dirname(sys.executable))
+    if script is None:
+        raise SystemExit(f"no yard console script next to {sys.executable}: pip install -e .")
+    yard = [script]
     if agent:  # a socket path is short: its own private folder under /tmp
         env["YARD_AGENT_DIR"] = tempfile.mkdtemp(prefix="yard-agent-")
         run([*yard, "agent", "start"], env=env)

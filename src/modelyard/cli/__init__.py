@@ -17,8 +17,8 @@ __all__ = ["app", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (see :func:`modelyard.cli._app.main`). Without ``argv`` (the console script,
-    ``python -m modelyard.cli``) a running agent runs the command; with it, this process does."""
+    """The ``yard`` console script (see :func:`modelyard.cli._app.main`). Without ``argv`` a running agent
+    runs the command; with it, this process does (as ``python -m modelyard.cli`` always does)."""
     if argv is None:
         from modelyard.cli import _agent
 

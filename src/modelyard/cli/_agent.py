@@ -2,13 +2,18 @@
 
 A ``yard`` command spends most of a short call starting Python and importing its libraries (SQLAlchemy
 alone takes about 0.3 s). With an agent started (``yard agent start``), the console script connects to it
-and the agent forks a child, already imported, that runs the command exactly as the console script would
-have: with the caller's arguments, working folder, environment, umask, and the caller's own stdin, stdout
-and stderr (passed over the socket), so terminals, pipes, prompts and exit codes behave as in-process.
+and the agent forks a child, already imported, that runs the command as the console script would have:
+with the caller's arguments, working folder, environment, umask, and the caller's own stdin, stdout and
+stderr (passed over the socket), so terminals, pipes and exit codes behave as in-process. What differs:
+start-up options of the interpreter other than PYTHONUNBUFFERED (-X, -W, PYTHONWARNINGS) are the agent's,
+the command has no controlling terminal (/dev/tty), and job control (Ctrl-Z) stops only the caller.
+``python -m modelyard.cli`` (job workers, torchrun ranks) never uses the agent.
 Nothing is shared between commands: each runs in a fresh fork and the agent itself opens no database.
 
 Safety: the socket lies in a folder only its owner can enter (0700, checked, never a link) and each end
-checks the other's uid (SO_PEERCRED); one agent serves one interpreter and one installation. When the
+checks the other (SO_PEERCRED): same uid and gid, same namespaces, groups, seccomp and no-new-privileges,
+so a sandboxed process of the user cannot reach out through it; one agent serves one interpreter and one
+installation. When the
 code or the installed packages change, the agent refuses (the command then runs in-process) and exits.
 A command that started in the agent is never run again in-process: if the agent dies meanwhile, its
 outcome is reported unknown.
@@ -23,6 +28,7 @@ import gc
 import hashlib
 import json
 import os
+import selectors
 import signal
 import socket
 import stat
@@ -91,9 +97,31 @@ def _private(folder: str, *, create: bool) -> None:
         )
 
 
-def _peer_uid(sock: socket.socket) -> int:
+_NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
+_STATUS_KEYS = ("Groups:", "NoNewPrivs:", "Seccomp:")
+
+
+def _world(pid: int | str) -> tuple[object, ...]:
+    """What confines a process beyond its uid: namespaces, groups, no-new-privileges and seccomp."""
+    spaces = tuple(
+        os.readlink(f"/proc/{pid}/ns/{ns}") for ns in _NAMESPACES if os.path.exists(f"/proc/self/ns/{ns}")
+    )
+    with open(f"/proc/{pid}/status") as f:
+        status = tuple(line.split(None, 1)[-1].strip() for line in f if line.startswith(_STATUS_KEYS))
+    return spaces + status
+
+
+def _same_peer(sock: socket.socket) -> bool:
+    """The other end is this user with this group, in this process's world: a sandboxed process of the same
+    uid (other namespaces, seccomp, no-new-privileges) must not get its commands run outside the sandbox."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+    pid, uid, gid = struct.unpack("3i", creds)
+    if (uid, gid) != (os.getuid(), os.getgid()):
+        return False
+    try:
+        return _world(pid) == _world("self")
+    except OSError:
+        return False
 
 
 def fingerprint(path: Sequence[str]) -> str:
@@ -141,7 +169,7 @@ def _connect(path: str) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
-        if _peer_uid(sock) != os.getuid():  # not ours, whatever the folder says
+        if not _same_peer(sock):  # not ours, whatever the folder says
             raise ConnectionRefusedError
     except OSError:
         sock.close()
@@ -174,6 +202,7 @@ def forward(argv: Sequence[str]) -> int | None:
         request = {
             "op": "run",
             "argv": list(argv),
+            "argv0": sys.argv[0],
             "cwd": os.getcwd(),
             "env": dict(os.environ),
             "umask": mask,
@@ -185,7 +214,7 @@ def forward(argv: Sequence[str]) -> int | None:
             replies = _lines(sock)
             first = next(replies, None)
         except (OSError, ValueError):
-            return None  # the agent took nothing: the command has not started
+            return None  # no "started": the agent forks a command's child only after that was sent
         if first is None or "refused" in first:
             if first is not None and first.get("say"):
                 print(f"note: {first['refused']}", file=sys.stderr)
@@ -246,25 +275,30 @@ class _Server:
     served: int = 0
     wake: socket.socket | None = None  # signals write here, so select returns at once
     inode: int = 0  # of the socket file this agent bound
+    lock: int | None = None  # held while it takes commands
 
 
 def _preload() -> None:
-    """What nearly every command imports, and nothing that starts a thread or opens a file: a child is
-    forked from this process, and a fork copies no threads."""
+    """What nearly every command imports, and nothing that starts a thread or opens a database: a child is
+    forked from this process, and a fork copies no threads (Python's are counted after this)."""
     import sqlalchemy.orm
     import typer._adapters  # noqa: F401  # pydantic adapters, built when options are parsed
 
-    import modelyard.cli._app  # every command module
     import modelyard.core
     import modelyard.data
     import modelyard.registry
     import modelyard.tracking  # noqa: F401
+    from modelyard.cli._app import click_command  # every command module
 
     sqlalchemy.orm.configure_mappers()
+    click_command()
 
 
 def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    conn.settimeout(10)
+    """The request and the fds passed with it. One deadline for all of it: a client that trickles bytes
+    holds the agent's loop (and every other command's answers) for 2 s at most."""
+    deadline = time.monotonic() + 2.0
+    conn.settimeout(2.0)
     head, fds, _, _ = socket.recv_fds(conn, _LEN.size, 3)
     try:
         if len(head) != _LEN.size:
@@ -274,6 +308,7 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
             raise ValueError(f"request of {size} bytes (at most {MAX_REQUEST})")
         body = b""
         while len(body) < size:
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
             chunk = conn.recv(size - len(body))
             if not chunk:
                 raise ValueError("truncated request")
@@ -289,9 +324,12 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return request, fds
 
 
-def _reply(conn: socket.socket, message: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):
+def _reply(conn: socket.socket, message: dict[str, Any]) -> bool:
+    try:
         conn.sendall(json.dumps(message).encode() + b"\n")
+    except OSError:
+        return False
+    return True
 
 
 def _valid_run(request: dict[str, Any], fds: list[int]) -> str | None:
@@ -300,6 +338,7 @@ def _valid_run(request: dict[str, Any], fds: list[int]) -> str | None:
         (len(fds) == 3, "stdin, stdout and stderr were not passed"),
         (isinstance(request.get("argv"), list) and all(isinstance(a, str) for a in request["argv"]), "argv"),
         (isinstance(request.get("cwd"), str), "cwd"),
+        (isinstance(request.get("argv0"), str), "argv0"),
         (isinstance(env, dict) and all(isinstance(v, str) for v in env.values()), "env"),
         (isinstance(request.get("umask"), int) and 0 <= request["umask"] <= 0o777, "umask"),
         (isinstance(request.get("stdio"), list) and len(request["stdio"]) == 3, "stdio"),
@@ -310,13 +349,13 @@ def _valid_run(request: dict[str, Any], fds: list[int]) -> str | None:
 
 def _handle(server: _Server, conn: socket.socket, selector: Any) -> _Job | None:
     """One connection: a command to fork for (returns its job in the child), or ping/stop."""
-    if _peer_uid(conn) != os.getuid():
+    if not _same_peer(conn):
         conn.close()
         return None
     try:
         request, fds = _read_request(conn)
-    except (OSError, ValueError) as exc:
-        _reply(conn, {"refused": f"bad request: {exc}"})
+    except Exception as exc:  # OSError, bad JSON, nesting too deep: refused, never fatal
+        _reply(conn, {"refused": f"bad request: {type(exc).__name__}: {exc}"[:500]})
         conn.close()
         return None
     op = request.get("op")
@@ -328,7 +367,6 @@ def _handle(server: _Server, conn: socket.socket, selector: Any) -> _Job | None:
             conn.close()
             return None
         if op == "stop":
-            server.stopping = True
             _retire(server, selector)
         _reply(conn, _status(server))
         conn.close()
@@ -343,7 +381,6 @@ def _handle(server: _Server, conn: socket.socket, selector: Any) -> _Job | None:
     if problem is None and fingerprint(sys.path) != server.fingerprint:
         problem = "the yard agent stopped: modelyard or its packages changed since it started"
         say = True
-        server.stopping = True
         _retire(server, selector)
     if problem is not None:
         for fd in fds:
@@ -354,20 +391,28 @@ def _handle(server: _Server, conn: socket.socket, selector: Any) -> _Job | None:
     sys.stdout.flush()
     sys.stderr.flush()
     gc.freeze()
+    # The child waits for "go", written once the client knows the command started: a client that never
+    # heard "started" (the agent died first) runs the command itself, so this child must not run it too.
+    go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(go_write)
+        if os.read(go_read, 1) != b"g":
+            os._exit(1)
+        os.close(go_read)
         return _Job(request, fds)
+    os.close(go_read)
     for fd in fds:
         os.close(fd)  # the child holds the client's stdio now: a pipe must see EOF when the child ends
     server.served += 1
     job = _Running(pid, os.pidfd_open(pid), conn)
     server.running[job.pidfd] = job
     server.by_conn[conn.fileno()] = job
-    import selectors
-
     selector.register(job.pidfd, selectors.EVENT_READ, "child")
-    selector.register(conn, selectors.EVENT_READ, "client")
-    _reply(conn, {"started": pid})
+    if _reply(conn, {"started": pid}):
+        selector.register(conn, selectors.EVENT_READ, "client")
+        os.write(go_write, b"g")
+    os.close(go_write)  # without "g": the child exits unrun
     return None
 
 
@@ -383,10 +428,14 @@ def _status(server: _Server) -> dict[str, Any]:
 
 
 def _retire(server: _Server, selector: Any) -> None:
-    """Take no new commands; the ones running are still answered."""
+    """Take no new commands; the ones running are still answered. The lock goes too: a new agent may
+    start while this one waits for them."""
     server.stopping = True
     if server.listener.fileno() == -1:
         return
+    if server.lock is not None:
+        os.close(server.lock)
+        server.lock = None
     with contextlib.suppress(KeyError, ValueError):
         selector.unregister(server.listener)
     with contextlib.suppress(FileNotFoundError):
@@ -418,21 +467,28 @@ def _client_says(server: _Server, conn: socket.socket, selector: Any) -> None:
         return
     if not data:  # the client is gone (killed, or its terminal closed): so goes its command
         selector.unregister(conn)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(job.pid, signal.SIGTERM)
+        _signal(job.pid, signal.SIGTERM)
         return
     for line in data.splitlines():
-        with contextlib.suppress(ValueError, TypeError):
+        try:
             signum = int(json.loads(line)["signal"])
-            if signum in _FORWARDED:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(job.pid, signum)
+        except Exception:  # noqa: S112  # a client's noise is no reason for the agent to fail
+            continue
+        if signum in _FORWARDED:
+            _signal(job.pid, signum)
+
+
+def _signal(pid: int, signum: int) -> None:
+    """To the command and what it started (torchrun and its ranks): the child leads its process group."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def _serve(server: _Server) -> _Job | None:
     """The agent's loop; returns only in a forked child (its job), or None when the agent exits."""
-    import selectors
-
     selector = selectors.DefaultSelector()
     selector.register(server.listener, selectors.EVENT_READ, "listen")
     if server.wake is not None:
@@ -444,14 +500,13 @@ def _serve(server: _Server) -> _Job | None:
         timeout = None if server.running else max(0.0, server.idle - (time.monotonic() - last))
         events = selector.select(timeout)
         if not events and not server.running and time.monotonic() - last >= server.idle:
-            server.stopping = True
-            _retire(server, selector)
             break
         for key, _ in events:
             if key.data == "listen":
                 try:
                     conn, _ = server.listener.accept()
-                except OSError:
+                except OSError:  # EMFILE: wait for a command to end rather than spin
+                    time.sleep(0.1)
                     continue
                 last = time.monotonic()
                 job = _handle(server, conn, selector)
@@ -465,6 +520,8 @@ def _serve(server: _Server) -> _Job | None:
                         os.close(running.pidfd)
                         running.conn.close()
                     conn.close()
+                    if server.lock is not None:
+                        os.close(server.lock)
                     return job
             elif key.data == "wake":
                 with contextlib.suppress(OSError):
@@ -484,24 +541,39 @@ def _become(job: _Job) -> int:
     import io
 
     request = job.request
+    os.setpgid(0, 0)  # signals reach the command's own children too (see _signal)
     for target, fd in enumerate(job.fds):
         os.dup2(fd, target)
         os.close(fd)
     os.environ.clear()
     os.environ.update(request["env"])
+    time.tzset()
     os.umask(request["umask"])
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
+    # As the interpreter makes them at start-up (PYTHONUNBUFFERED included), on the client's descriptors.
+    unbuffered = bool(request["env"].get("PYTHONUNBUFFERED"))
     streams = []
     for fd, enc in enumerate(request["stdio"]):
         encoding, errors = enc if isinstance(enc, list) and len(enc) == 2 else ("utf-8", "strict")
         tty = os.isatty(fd)
         raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
-        buffered = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
-        streams.append(io.TextIOWrapper(buffered, encoding, errors, line_buffering=tty or fd == 2))
+        layer: Any = raw
+        if fd == 0 or not unbuffered:
+            layer = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
+        streams.append(
+            io.TextIOWrapper(
+                layer,
+                encoding,
+                errors,
+                newline="\n",
+                line_buffering=tty or fd == 2,
+                write_through=fd != 0 and unbuffered,
+            )
+        )
     sys.stdin, sys.stdout, sys.stderr = streams
-    sys.argv = ["yard", *request["argv"]]
+    sys.argv = [request["argv0"], *request["argv"]]
     try:
         os.chdir(request["cwd"])
     except OSError as exc:
@@ -533,8 +605,12 @@ def _exit(code: int) -> NoReturn:
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
+            try:
                 stream.flush()
+            except Exception:  # e.g. a full disk: the interpreter says so and exits 120
+                with contextlib.suppress(Exception):
+                    os.write(2, b"Exception ignored on flushing sys.stdout or sys.stderr\n")
+                code = code or 120
         os._exit(code)
 
 
@@ -547,12 +623,15 @@ def serve(idle: float = IDLE_S) -> int:
     folder = agent_dir()
     _private(folder, create=True)
     path = socket_path(folder)
-    lock = os.open(os.path.join(folder, _name() + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    lock = os.open(os.path.join(folder, _name() + ".lock"), flags, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock)
-        return 0  # another agent of this installation runs
+        print("another agent of this installation runs (it holds the lock)", file=sys.stderr)
+        return 0
+    stamp = fingerprint(sys.path)  # before the imports: an edit made while they run is seen
     _preload()
     import threading
 
@@ -567,7 +646,7 @@ def serve(idle: float = IDLE_S) -> int:
     finally:
         os.umask(old)
     listener.listen(64)
-    server = _Server(listener, path, fingerprint(sys.path), idle, inode=os.stat(path).st_ino)
+    server = _Server(listener, path, stamp, idle, inode=os.stat(path).st_ino, lock=lock)
     wake, server.wake = socket.socketpair()
     wake.setblocking(False)
     signal.set_wakeup_fd(wake.fileno())
@@ -577,11 +656,19 @@ def serve(idle: float = IDLE_S) -> int:
     gc.disable()  # the children's collections would otherwise write to every page they share with it
     job = _serve(server)
     wake.close()
-    os.close(lock)
     if job is not None:
         gc.enable()
-        _exit(_become(job))
+        code = 1
+        try:
+            code = _become(job)
+        except BaseException:  # e.g. an environment the OS refuses: said, then ended as ever
+            import traceback
+
+            traceback.print_exc()
+        _exit(code)
     server.wake.close()
+    if server.lock is not None:
+        os.close(server.lock)
     return 0
 
 
@@ -622,7 +709,8 @@ def start(idle: float = IDLE_S, wait: float = 60.0) -> dict[str, Any]:
     running = status()
     if running is not None and not running.get("stopping"):
         return {**running, "already": True}
-    log = os.open(os.path.join(folder, _name() + ".log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    log = os.open(os.path.join(folder, _name() + ".log"), flags, 0o600)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "modelyard.cli._agent", "--idle", str(idle)],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import json
 import os
 import sys
@@ -256,7 +257,7 @@ def _root_options_first(args: list[str]) -> list[str]:
 
 def _value_options(args: list[str]) -> set[str]:
     """The options that take a value (``--message TEXT``) of the commands ``args`` name, root's aside."""
-    command: Any = typer.main.get_command(app)
+    command: Any = click_command()
     valued: set[str] = set()
     for arg in args:
         sub = None if arg.startswith("-") else getattr(command, "commands", {}).get(arg)
@@ -269,6 +270,13 @@ def _value_options(args: list[str]) -> set[str]:
     return valued - set(_ROOT_OPTIONS)
 
 
+@functools.cache
+def click_command() -> Any:
+    """The command tree of ``app``, built once per process (Typer builds it on every call, and building
+    all the commands took longer than running a short one); ``yard agent`` builds it before it forks."""
+    return typer.main.get_command(app)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Exit 2 for usage errors, 1 for failures, 141 when the reader of the output went
     away (see EXIT_BROKEN_PIPE); traceback only with --debug."""
@@ -276,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args[:1] == ["--debug"] or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
     token = _STATE.set(State(debug=debug))
     try:
-        result = app(args=args, prog_name="yard", standalone_mode=False)
+        result = click_command()(args=args, prog_name="yard", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except (BrokenPipeError, SystemExit) as exc:
         # Typer and Rich answer a write to a closed pipe with SystemExit(1), raised while handling it.
