@@ -7,12 +7,16 @@ of it (untimed) and, in the same run and on the same filesystem:
 * re-add: 1% of the files get new contents of the same size (untimed), then the tree is added again
   (unchanged files come from the stat cache: modelyard's and DVC's state database).
 
-Tools: ``yard`` runs ``yard data add`` as a subprocess against a home made by ``yard init`` (CLI to CLI);
+Tools: ``yard`` runs the ``yard data add`` console script as a subprocess against a home made by
+``yard init`` (CLI to CLI);
+``yard-agent`` runs the same commands with a ``yard agent`` started first (untimed): each command still
+starts its own interpreter, and the agent runs it in a fresh fork of an already-imported process;
 ``dvc`` runs ``dvc add`` as a subprocess in a fresh ``git init`` + ``dvc init --no-scm`` repository;
 ``in-process`` calls ``modelyard.data.add_version`` in this process (no interpreter start-up);
 ``dvc-in-process`` calls ``dvc.repo.Repo(path).add("data")`` in this process, timed the same way (a fresh
 repository, an untimed warm-up add first). The table shows seconds, MB/s and how many times faster modelyard
-is than DVC (dvc time / modelyard time): ``yard`` against ``dvc`` (CLI to CLI) and ``in-process`` against
+is than DVC (dvc time / modelyard time): ``yard`` and ``yard-agent`` against ``dvc`` (CLI to CLI) and
+``in-process`` against
 ``dvc-in-process`` (in-process to in-process).
 
 Run ``python benchmarks/data.py --help`` for the options.
@@ -21,6 +25,7 @@ Run ``python benchmarks/data.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform as pyplatform
 import random
@@ -29,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from _common import compile_packages, dvc_available, dvc_repo, run, sync
@@ -39,9 +44,9 @@ from rich.table import Table
 MIB = 1 << 20
 MB = 1_000_000
 GOAL = 3.0
-TOOLS = ("yard", "dvc", "in-process", "dvc-in-process")
+TOOLS = ("yard", "yard-agent", "dvc", "in-process", "dvc-in-process")
 # Which DVC measurement each modelyard one is compared with.
-PEER = {"yard": "dvc", "in-process": "dvc-in-process"}
+PEER = {"yard": "dvc", "yard-agent": "dvc", "in-process": "dvc-in-process"}
 
 out = Console(width=None if sys.stdout.isatty() else 150)
 log = Console(stderr=True, style="dim")
@@ -81,10 +86,30 @@ def settle() -> None:
     time.sleep(1.2)
 
 
-def bench_yard(src: Path, scratch: Path, rels: Sequence[str], seed: int) -> tuple[float, float]:
+def bench_yard(
+    src: Path, scratch: Path, rels: Sequence[str], seed: int, *, agent: bool = False
+) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YARD_")}
-    env.update(YARD_HOME=str(scratch / "home"), COLUMNS="200")
-    yard = [sys.executable, "-m", "modelyard.cli"]
+    env.update(YARD_HOME=str(scratch / "home"), COLUMNS="200", YARD_AGENT="1" if agent else "0")
+    # The console script, as users run it (only it asks an agent; `python -m modelyard.cli` never does).
+    script = shutil.which("yard", path=os.path.dirname(sys.executable))
+    if script is None:
+        raise SystemExit(f"no yard console script next to {sys.executable}: pip install -e .")
+    yard = [script]
+    if agent:  # a socket path is short: its own private folder under /tmp
+        env["YARD_AGENT_DIR"] = tempfile.mkdtemp(prefix="yard-agent-")
+        run([*yard, "agent", "start"], env=env)
+    try:
+        return _yard_adds(yard, env, src, scratch, rels, seed)
+    finally:
+        if agent:
+            run([*yard, "agent", "stop"], env=env)
+            shutil.rmtree(env["YARD_AGENT_DIR"], ignore_errors=True)
+
+
+def _yard_adds(
+    yard: list[str], env: dict[str, str], src: Path, scratch: Path, rels: Sequence[str], seed: int
+) -> tuple[float, float]:
     run([*yard, "init"], env=env)
     data = scratch / "data"
     run(["cp", "-r", src, data])
@@ -208,6 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Both CLIs load bytecode, as installed wheels do (see compile_packages).
     compile_packages("modelyard", *(["dvc"] if "dvc" in tools else []))
     runs: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
+    benches: dict[str, Callable[[Path, Path, Sequence[str], int], tuple[float, float]]] = {
+        "yard": bench_yard,
+        "yard-agent": functools.partial(bench_yard, agent=True),
+        "dvc": bench_dvc,
+        "in-process": bench_in_process,
+        "dvc-in-process": bench_dvc_in_process,
+    }
     started = time.perf_counter()
     try:
         src = root / "src"
@@ -224,12 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scratch = root / f"{tool}-{rep}"
                 scratch.mkdir()
                 log.print(f"{tool} (run {rep + 1}): first add, then re-add after changing {count:,} files")
-                fn = {
-                    "yard": bench_yard,
-                    "dvc": bench_dvc,
-                    "in-process": bench_in_process,
-                    "dvc-in-process": bench_dvc_in_process,
-                }[tool]
+                fn = benches[tool]
                 runs[tool].append(fn(src, scratch, rels, args.seed))
                 log.print(f"  first {runs[tool][-1][0]:.2f} s, re-add {runs[tool][-1][1]:.2f} s")
     finally:
@@ -251,8 +278,8 @@ def report(
     table = Table(
         title=(
             f"dataset add: {total // MIB:,} MiB in {files:,} files; re-add after changing {touched:,} "
-            f"({runs}; speed-up = dvc time / modelyard time: yard vs dvc CLI to CLI, in-process vs "
-            "dvc-in-process)"
+            f"({runs}; speed-up = dvc time / modelyard time: yard and yard-agent vs dvc CLI to CLI, "
+            "in-process vs dvc-in-process)"
         ),
         title_justify="left",
     )
@@ -272,7 +299,11 @@ def report(
             up1, up2 = f"{peer[0] / first:.2f}x", f"{peer[1] / again:.2f}x"
         table.add_row(tool, f"{first:.2f}", f"{total / MB / first:,.0f}", f"{again:.2f}", up1, up2)
     out.print(table)
-    for tool, how in (("yard", "CLI to CLI"), ("in-process", "in-process to in-process")):
+    for tool, how in (
+        ("yard", "CLI to CLI"),
+        ("yard-agent", "CLI to CLI, yard agent started"),
+        ("in-process", "in-process to in-process"),
+    ):
         peer = results.get(PEER[tool])
         if peer is None or tool not in results:
             continue

@@ -30,6 +30,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("YARD_") and key != PG_ENV:
             monkeypatch.delenv(key)
     monkeypatch.setenv("YARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("YARD_AGENT_DIR", str(tmp_path / "agent"))  # never a developer's running agent
     # No developer's cluster either: a kubeconfig that does not exist, and not in a pod.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

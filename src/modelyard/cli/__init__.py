@@ -1,19 +1,38 @@
-"""The ``yard`` command line. Each stage adds one module of commands; all of them call the services."""
+"""The ``yard`` command line. Each stage adds one module of commands; all of them call the services.
 
-# Importing a module registers its commands on the root app.
-from modelyard.cli import core as _core  # noqa: F401
-from modelyard.cli import data as _data  # noqa: F401
-from modelyard.cli import evaluate as _evaluate  # noqa: F401
-from modelyard.cli import examples as _examples  # noqa: F401
-from modelyard.cli import jobs as _jobs  # noqa: F401
-from modelyard.cli import lineage as _lineage  # noqa: F401
-from modelyard.cli import monitor as _monitor  # noqa: F401
-from modelyard.cli import optimize as _optimize  # noqa: F401
-from modelyard.cli import quickstart as _quickstart  # noqa: F401
-from modelyard.cli import registry as _registry  # noqa: F401
-from modelyard.cli import serving as _serving  # noqa: F401
-from modelyard.cli import tracking as _tracking  # noqa: F401
-from modelyard.cli import training as _training  # noqa: F401
-from modelyard.cli._app import app, main
+Importing this package is cheap: the console script first asks a running ``yard agent`` to run the
+command (see :mod:`modelyard.cli._agent`) and loads the commands only when it runs them itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelyard.cli._app import app
 
 __all__ = ["app", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``yard`` console script (see :func:`modelyard.cli._app.main`). Without ``argv`` a running agent
+    runs the command; with it, this process does (as ``python -m modelyard.cli`` always does)."""
+    if argv is None:
+        from modelyard.cli import _agent
+
+        code = _agent.forward(sys.argv[1:])
+        if code is not None:
+            return code
+    from modelyard.cli import _app
+
+    return _app.main(argv)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from modelyard.cli._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import json
 import os
 import sys
@@ -36,9 +37,17 @@ app = typer.Typer(
 )
 # soft_wrap: piped or captured output keeps its lines whole (Rich cuts at 80). emoji off: Rich would show a
 # name or path holding ':fire:' as the emoji, even with markup=False, so errors misquoted what was typed.
-console = Console(soft_wrap=True, emoji=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+_CONSOLE: dict[str, Any] = {"soft_wrap": True, "emoji": False}
+console = Console(**_CONSOLE)
+err_console = Console(stderr=True, highlight=False, **_CONSOLE)
 _PIPED_WIDTH = 1000  # the widest a piped table grows before its cells wrap
+
+
+def reset_consoles() -> None:
+    """Read the terminal and the environment again (Rich reads them when a Console is made): a command run
+    by ``yard agent`` is forked from a process that had neither the caller's terminal nor environment."""
+    console.__init__(**_CONSOLE)  # type: ignore[misc]
+    err_console.__init__(stderr=True, highlight=False, **_CONSOLE)  # type: ignore[misc]
 
 
 @dataclass
@@ -248,7 +257,7 @@ def _root_options_first(args: list[str]) -> list[str]:
 
 def _value_options(args: list[str]) -> set[str]:
     """The options that take a value (``--message TEXT``) of the commands ``args`` name, root's aside."""
-    command: Any = typer.main.get_command(app)
+    command: Any = click_command()
     valued: set[str] = set()
     for arg in args:
         sub = None if arg.startswith("-") else getattr(command, "commands", {}).get(arg)
@@ -261,6 +270,13 @@ def _value_options(args: list[str]) -> set[str]:
     return valued - set(_ROOT_OPTIONS)
 
 
+@functools.cache
+def click_command() -> Any:
+    """The command tree of ``app``, built once per process (Typer builds it on every call, and building
+    all the commands took longer than running a short one); ``yard agent`` builds it before it forks."""
+    return typer.main.get_command(app)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Exit 2 for usage errors, 1 for failures, 141 when the reader of the output went
     away (see EXIT_BROKEN_PIPE); traceback only with --debug."""
@@ -268,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args[:1] == ["--debug"] or os.environ.get("YARD_DEBUG", "").lower() in {"1", "true", "yes"}
     token = _STATE.set(State(debug=debug))
     try:
-        result = app(args=args, prog_name="yard", standalone_mode=False)
+        result = click_command()(args=args, prog_name="yard", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except (BrokenPipeError, SystemExit) as exc:
         # Typer and Rich answer a write to a closed pipe with SystemExit(1), raised while handling it.
@@ -320,3 +336,20 @@ def region_option(region: str | None) -> str | None:
 
 def usage(message: str) -> UsageError:
     return UsageError(message)
+
+
+# Importing a module registers its commands on the root app; every command is there once this module is.
+from modelyard.cli import agent as _agent_cli  # noqa: E402, F401
+from modelyard.cli import core as _core  # noqa: E402, F401
+from modelyard.cli import data as _data  # noqa: E402, F401
+from modelyard.cli import evaluate as _evaluate  # noqa: E402, F401
+from modelyard.cli import examples as _examples  # noqa: E402, F401
+from modelyard.cli import jobs as _jobs  # noqa: E402, F401
+from modelyard.cli import lineage as _lineage  # noqa: E402, F401
+from modelyard.cli import monitor as _monitor  # noqa: E402, F401
+from modelyard.cli import optimize as _optimize  # noqa: E402, F401
+from modelyard.cli import quickstart as _quickstart  # noqa: E402, F401
+from modelyard.cli import registry as _registry  # noqa: E402, F401
+from modelyard.cli import serving as _serving  # noqa: E402, F401
+from modelyard.cli import tracking as _tracking  # noqa: E402, F401
+from modelyard.cli import training as _training  # noqa: E402, F401

@@ -1369,6 +1369,7 @@ class Worker:
                 YARD_PROJECT=self.ctx.project,
                 CUDA_VISIBLE_DEVICES=",".join(gpu_ids),
                 PYTHONUNBUFFERED="1",
+                YARD_AGENT="0",  # the job is this process tree, in its session and limits, never an agent's
                 OMP_NUM_THREADS=threads,
                 MKL_NUM_THREADS=threads,
             )
