@@ -177,10 +177,13 @@ def test_stale_agent_refuses_and_exits(agent_env: dict[str, str], tmp_path: Path
     """A package installed or removed while the agent runs: the command runs in-process, the agent goes."""
     extra = tmp_path / "site"
     extra.mkdir()
-    env = {**agent_env, "PYTHONPATH": os.pathsep.join([str(extra), os.environ.get("PYTHONPATH", "")])}
+    # No empty entry: it would put the working folder on the path, which differs between caller and agent.
+    path = [str(extra), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**agent_env, "PYTHONPATH": os.pathsep.join(path)}
     assert yard("init", env=env, cwd=tmp_path).returncode == 0
     start(env, tmp_path)
     assert yard("data", "ls", env=env, cwd=tmp_path).returncode == 0
+    assert served(env, tmp_path) == 1
     time.sleep(0.02)  # a later mtime than the folder's at the start
     (extra / "newpkg.py").write_text("")
     got = yard("data", "ls", "--json", env=env, cwd=tmp_path)
@@ -189,9 +192,10 @@ def test_stale_agent_refuses_and_exits(agent_env: dict[str, str], tmp_path: Path
     _wait_gone(env)
     # Another import path is another installation's business: not refused with a note, just not used.
     start(env, tmp_path)
+    assert yard("data", "ls", env=env, cwd=tmp_path).returncode == 0
     mine = yard("data", "ls", env={**env, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     assert mine.returncode == 0 and mine.stderr == ""
-    assert served(env, tmp_path) == 0
+    assert served(env, tmp_path) == 1  # the first one
 
 
 def test_malformed_requests_change_nothing(agent_env: dict[str, str], tmp_path: Path) -> None:
