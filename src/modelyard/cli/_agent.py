@@ -24,6 +24,7 @@ This module imports only the standard library: the console script loads it befor
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -119,9 +120,14 @@ def _same_peer(sock: socket.socket) -> bool:
     if (uid, gid) != (os.getuid(), os.getgid()):
         return False
     try:
-        return _world(pid) == _world("self")
+        return _world(pid) == _own_world()
     except OSError:
         return False
+
+
+@functools.cache
+def _own_world() -> tuple[object, ...]:
+    return _world("self")  # fixed for the process's life: read once
 
 
 def fingerprint(path: Sequence[str]) -> str:

@@ -7,7 +7,9 @@ runs in its own fresh process, with the caller's folder, environment and termina
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import typer
 
@@ -29,11 +31,13 @@ def _describe(info: dict[str, object]) -> str:
     )
 
 
-def _call(fn: object, *args: object) -> dict[str, object] | None:
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """The agent's refusals (a folder that is not private, a path too long) are the user's to fix: exit 2."""
     from modelyard.cli._agent import AgentError
 
     try:
-        return fn(*args)  # type: ignore[operator, no-any-return]
+        yield
     except AgentError as exc:
         raise UsageError(str(exc)) from None
 
@@ -47,7 +51,8 @@ def start(
     """Start the agent (or find the running one). Commands use it while it runs; YARD_AGENT=0 skips it."""
     from modelyard.cli import _agent
 
-    info = _call(_agent.start, idle)
+    with _usage_errors():
+        info = _agent.start(idle)
     assert info is not None
     said = "already running: " if info.get("already") else "started "
     console.print(said + _describe(info), markup=False)
@@ -58,7 +63,8 @@ def stop() -> None:
     """Stop the agent: it takes no new command and exits when the running ones end."""
     from modelyard.cli import _agent
 
-    info = _call(_agent.stop)
+    with _usage_errors():
+        info = _agent.stop()
     console.print("no agent is running" if info is None else "stopping " + _describe(info), markup=False)
 
 
@@ -67,7 +73,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     """Whether an agent runs for this installation (exit 1 when none does)."""
     from modelyard.cli import _agent
 
-    info = _call(_agent.status)
+    with _usage_errors():
+        info = _agent.status()
     if as_json:
         print_json(info)
     else:
